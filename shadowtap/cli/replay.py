@@ -1,0 +1,100 @@
+"""``shadowtap replay``: captured traffic to a shadow, at the recorded rate, scaled, or as load."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from shadowtap.cli import app
+
+_MORE = "Repeatable."
+
+
+@app.command(no_args_is_help=True)
+def replay(
+    input: Annotated[str, typer.Argument(help="Exchanges JSONL (.gz ok, '-' stdin) or a pcap/pcapng, extracted on the fly.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Where to send: http://host:port[/prefix] (https too).")],
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Results JSONL (docs/results-format.md); '-' stdout, .gz compressed.")] = None,
+    speed: Annotated[str, typer.Option(help="Recorded timing scaled by this factor (2 = twice as fast), or 'max'.")] = "1",
+    rate: Annotated[float | None, typer.Option(help="Send at this fixed rate (requests/s) whatever the recorded timing.")] = None,
+    amplify: Annotated[int, typer.Option(help="Send each request N times.", min=1)] = 1,
+    loop: Annotated[int, typer.Option(help="Replay the input N times (0: until --duration).", min=0)] = 1,
+    duration: Annotated[float | None, typer.Option(help="Stop after S seconds of schedule (of run time at --speed max).")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight at most.", min=1)] = 64,
+    pool: Annotated[bool, typer.Option("--pool", help="Independent requests over a pool of connections, instead of one target connection per captured connection, in order.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a complete answer.")] = 10.0,
+    connect_timeout: Annotated[float, typer.Option(help="Seconds to wait for a connection.")] = 5.0,
+    max_body: Annotated[int, typer.Option(help="Bytes of each response body kept in the results.")] = 1 << 20,
+    keep_host: Annotated[bool, typer.Option("--keep-host", help="Send the captured Host header instead of the target's.")] = False,
+    host_suffix: Annotated[str | None, typer.Option(help="Captured Host with this suffix added to its name (Istio: -shadow).")] = None,
+    set_header: Annotated[list[str] | None, typer.Option("--set-header", help=f"'Name: value' to set (replaces). {_MORE}")] = None,
+    drop_header: Annotated[list[str] | None, typer.Option("--drop-header", help=f"Header name to remove. {_MORE}")] = None,
+    rewrite: Annotated[list[str] | None, typer.Option("--rewrite", help=f"'REGEX=>REPLACEMENT' applied to the request target. {_MORE}")] = None,
+    method: Annotated[list[str] | None, typer.Option("--method", help=f"Replay only these methods (GET,HEAD). {_MORE}")] = None,
+    path: Annotated[str | None, typer.Option("--path", help="Replay only request targets matching this regex.")] = None,
+    header: Annotated[list[str] | None, typer.Option("--header", help=f"Replay only requests with header NAME, or NAME=REGEX matching. {_MORE}")] = None,
+    sample: Annotated[float, typer.Option(help="Percent of requests to replay, chosen consistently by --sample-key.", min=0, max=100)] = 100.0,
+    sample_key: Annotated[str, typer.Option(help="'client' (address) or 'header:NAME' (e.g. header:X-User-Id).")] = "client",
+    allow: Annotated[list[str] | None, typer.Option("--allow", help=f"'METHOD /path' route allowed though unsafe (e.g. 'POST /v1/predict'; * wildcards). {_MORE}")] = None,
+    allow_unsafe: Annotated[bool, typer.Option("--allow-unsafe", help="Replay every method, not only GET/HEAD/OPTIONS and --allow routes.")] = False,
+    idempotency_key: Annotated[bool, typer.Option("--idempotency-key/--no-idempotency-key", help="Add Idempotency-Key (stable per captured exchange) to unsafe requests sent by --allow-unsafe.")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Replay even into the server the traffic was captured from.")] = False,
+    port: Annotated[list[int] | None, typer.Option("--port", "-p", help=f"pcap input: HTTP server port. {_MORE}")] = None,
+    bpf_filter: Annotated[str | None, typer.Option("--filter", help="pcap input: BPF filter.")] = None,
+    keep_secrets: Annotated[bool, typer.Option("--keep-secrets", help="pcap input: do not redact secret headers.")] = False,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress line (default: on a terminal).")] = None,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Connect to the target once before starting.")] = True,
+) -> None:
+    """Replay captured HTTP requests to a shadow target and record its answers."""
+    from replay.policy import (
+        Policy,
+        Route,
+        Target,
+        compile_regex,
+        parse_header_filters,
+        parse_header_pairs,
+        parse_methods,
+        parse_rewrites,
+    )
+    from replay.run import ReplayConfig, run_replay
+    from replay.schedule import Timing
+    from shadowtap.errors import EXIT_INTERRUPTED, InputError
+
+    if speed.strip().lower() == "max":
+        speed_value: float | None = None
+    else:
+        try:
+            speed_value = float(speed)
+        except ValueError:
+            raise InputError(f"speed must be a number or 'max', not {speed!r}", where="--speed") from None
+    try:
+        timing = Timing(speed=speed_value, rate=rate, amplify=amplify, loop=loop, duration=duration)
+    except ValueError as exc:
+        raise InputError(str(exc), where="timing options") from exc
+    policy = Policy(
+        target=Target.parse(target),
+        keep_host=keep_host,
+        host_suffix=host_suffix,
+        set_headers=parse_header_pairs(set_header or [], "--set-header"),
+        drop_headers=frozenset(h.strip().lower() for h in drop_header or []),
+        url_rewrites=parse_rewrites(rewrite or []),
+        methods=parse_methods(method or []),
+        path_pattern=compile_regex(path, "--path") if path else None,
+        header_filters=parse_header_filters(header or []),
+        sample_percent=sample,
+        sample_key=sample_key,
+        allow=tuple(Route.parse(r) for r in allow or []),
+        allow_unsafe=allow_unsafe,
+        idempotency_key=idempotency_key,
+        force=force,
+    )
+    cfg = ReplayConfig(
+        input=input, policy=policy, timing=timing, output=output, concurrency=concurrency,
+        per_connection=not pool, timeout=timeout, connect_timeout=connect_timeout, max_body=max_body,
+        check_target=check, ports=tuple(port or ()), bpf_filter=bpf_filter, keep_secrets=keep_secrets,
+        progress=progress,
+    )
+    summary = run_replay(cfg)
+    if summary.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
