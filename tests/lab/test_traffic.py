@@ -1,0 +1,93 @@
+"""The traffic generator: only lab addresses, a reproducible mix, bounded runs against the real
+demo service on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+LAB = Path(__file__).resolve().parents[2] / "scripts" / "lab"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"lab_{name}", LAB / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+traffic = _load("traffic")
+
+
+@pytest.mark.parametrize("url", ["http://8.8.8.8:80", "http://example.com:8080", "https://127.0.0.1:1",
+                                 "http://10.251.0.1:8080", "http://[2001:db8::1]:80", "ftp://127.0.0.1/"])
+def test_refuses_targets_outside_the_lab(url):
+    with pytest.raises(ValueError):
+        traffic.check_target(url)
+    proc = subprocess.run([sys.executable, str(LAB / "traffic.py"), "--target", url, "--count", "1"],
+                          check=False, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "traffic: error" in proc.stderr
+
+
+@pytest.mark.parametrize("url", ["http://10.250.70.2:8080", "http://127.0.0.1:9", "http://localhost:9",
+                                 "http://[::1]:9"])
+def test_accepts_lab_and_loopback(url):
+    assert traffic.check_target(url).startswith("http://")
+
+
+def test_mix_is_reproducible_and_realistic():
+    rng1, rng2 = random.Random(9), random.Random(9)
+    seq1 = [traffic.plan_request(rng1, 0.2) for _ in range(3000)]
+    seq2 = [traffic.plan_request(rng2, 0.2) for _ in range(3000)]
+    assert seq1 == seq2
+    counts = Counter(p.endpoint for p in seq1)
+    total = sum(traffic.MIX.values())
+    for name, weight in traffic.MIX.items():
+        assert abs(counts[name] / 3000 - weight / total) < 0.03, (name, counts)
+    assert 0.15 < sum(p.new_connection for p in seq1) / 3000 < 0.25
+    rng = random.Random(1)
+    assert all(p.endpoint != "order" for p in (traffic.plan_request(rng, 0.2, orders=False) for _ in range(500)))
+
+
+def test_bounded_run_against_the_service(tmp_path):
+    ready = tmp_path / "ready"
+    svc = subprocess.Popen([sys.executable, str(LAB / "demo_service.py"), "--port", "0",
+                            "--ready-file", str(ready)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            assert svc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        port = json.loads(ready.read_text())["port"]
+        summary = asyncio.run(traffic.run(f"http://127.0.0.1:{port}", rate=200, count=120, duration=20,
+                                          seed=4))
+        assert summary.sent == 120 and summary.failures == 0
+        assert sum(summary.statuses.values()) == 120
+        assert summary.new_connections > 0
+        statuses = {k.split()[1] for k in summary.statuses}
+        assert statuses <= {"200", "201", "404"}
+        # duration bound: a huge count still stops after about the duration
+        t0 = time.monotonic()
+        summary = asyncio.run(traffic.run(f"http://127.0.0.1:{port}", rate=50, count=10**6, duration=1.0,
+                                          seed=4))
+        assert time.monotonic() - t0 < 15 and 40 <= summary.sent <= 51
+        # the command line prints a JSON summary
+        proc = subprocess.run([sys.executable, str(LAB / "traffic.py"), "--target", f"http://127.0.0.1:{port}",
+                               "--count", "30", "--rate", "300", "--seed", "2", "--json", "--no-orders"],
+                              check=False, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(proc.stdout)
+        assert data["sent"] == 30 and data["seed"] == 2 and not any(k.startswith("order") for k in data["statuses"])
+    finally:
+        svc.terminate()
+        svc.wait(10)
