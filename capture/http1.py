@@ -1,0 +1,989 @@
+"""Sans-I/O HTTP/1.x parsing and request/response pairing for one TCP connection.
+
+``Conversation`` takes the two ordered byte streams of a connection (``data``, ``gap``, ``end`` per
+direction, from capture.reassembly) and appends ``(Event, Transaction)`` pairs to ``events``:
+``OPENED`` when a transaction begins (the first byte of a request, or a response with no request to
+answer), ``REQUEST`` when its request is complete on the wire, ``DONE`` when it is finished. It never
+reads a file or a socket.
+
+Each direction is a state machine whose states map to handler methods through a table
+(``_HANDLERS``). The parser keeps wire fidelity: header names and values are the wire bytes
+(latin-1), in wire order and case; the target is the wire target. Framing follows RFC 9112 section 6:
+Transfer-Encoding chunked, else Content-Length, else (responses) until close; no body for responses
+to HEAD, 1xx, 204, 304; interim 1xx responses are skipped; 101 and 2xx-to-CONNECT turn the
+connection into a tunnel (the exchange is recorded, the tunnel is not parsed).
+
+Gaps: a gap inside a body of known length (Content-Length, a chunk) is counted into the body and the
+message goes on (``gap`` anomaly, ``body_truncated``); a gap anywhere else ends the message at the
+gap and the direction resynchronises at the next request or status line: two messages are never
+glued together. Memory per direction: the unparsed buffer is at most ``max_head`` bytes plus one
+segment; body bytes beyond ``max_body`` are counted, not kept.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections import deque
+from enum import IntEnum
+from typing import Any
+
+from shadowtap.records import Request, Response
+
+try:
+    import brotli
+except ImportError:  # pragma: no cover - brotli is a dependency; br bodies get no decoded_len
+    brotli = None
+
+
+class Event(IntEnum):
+    OPENED = 0
+    REQUEST = 1
+    DONE = 2
+
+
+class State(IntEnum):
+    HEAD = 0
+    BODY_LENGTH = 1
+    CHUNK_SIZE = 2
+    CHUNK_DATA = 3
+    CHUNK_END = 4
+    TRAILERS = 5
+    BODY_CLOSE = 6
+    WAIT = 7  # request side: a CONNECT/Upgrade request waits for the response's verdict
+    TUNNEL = 8
+    SYNC = 9
+    DEAD = 10
+
+
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_REQ_LINE = rb"[A-Za-z][A-Za-z0-9_.!#$%&'*+^`|~-]{0,31}[ \t]+[^\s]+(?:[ \t]+[^\s]+)*?[ \t]+HTTP/\d\.\d[ \t]*\r?\n"
+_RESP_LINE = rb"HTTP/\d\.\d[ \t]+\d\d\d"
+_SYNC_AT = {True: re.compile(_REQ_LINE), False: re.compile(_RESP_LINE)}
+_SYNC_AFTER_NL = {True: re.compile(rb"\n(?=" + _REQ_LINE + rb")"), False: re.compile(rb"\n(?=" + _RESP_LINE + rb")")}
+_SYNC_KEEP = 256  # bytes kept after a failed resync search (a message start may straddle segments)
+_SYNC_GIVE_UP = 1 << 20  # bytes searched without finding any message: the stream is not HTTP
+
+
+class Transaction:
+    """One exchange in the making (mutable; the pipeline turns it into a frozen Exchange).
+    ``serial`` orders transactions across connections; ``index`` is the position on the connection."""
+
+    __slots__ = (
+        "after_gap",
+        "anomalies",
+        "conn",
+        "done",
+        "http09",
+        "index",
+        "late",
+        "method",
+        "req_done",
+        "req_end_ts",
+        "request",
+        "resp_done",
+        "response",
+        "serial",
+        "ts",
+        "upgrade",
+        "void",
+    )
+
+    def __init__(self, ts: float) -> None:
+        self.serial = 0
+        self.ts = ts
+        self.index = -1
+        self.request: Request | None = None
+        self.response: Response | None = None
+        self.req_done = False
+        self.resp_done = False
+        self.anomalies: list[str] = []
+        self.void = False
+        self.done = False
+        self.after_gap = False
+        self.http09 = False
+        self.method = ""
+        self.req_end_ts: float | None = None
+        self.conn: Any = None  # the pipeline's connection
+        self.late = False  # released past by the pipeline (see capture.pipeline)
+        self.upgrade = False  # CONNECT or Upgrade: the response may turn the connection into a tunnel
+
+    def note(self, anomaly: str) -> None:
+        if anomaly not in self.anomalies:
+            self.anomalies.append(anomaly)
+
+
+class _Msg:
+    """A message being parsed."""
+
+    __slots__ = (
+        "anomalies",
+        "body_len",
+        "encodings",
+        "end_ts",
+        "headers",
+        "kept",
+        "parts",
+        "start1",
+        "start2",
+        "truncated",
+        "ts",
+        "version",
+    )
+
+    def __init__(self, ts: float) -> None:
+        self.ts = ts
+        self.end_ts = ts
+        self.version = ""
+        self.headers: tuple[tuple[str, str], ...] = ()
+        self.parts: list[bytes] = []
+        self.kept = 0
+        self.body_len = 0
+        self.truncated = False
+        self.start1 = ""  # method or status
+        self.start2 = ""  # target or reason
+        self.encodings: str | None = None
+        self.anomalies: list[str] = []
+
+
+def decoded_length(body: bytes, content_encoding: str | None, limit: int = 64 << 20) -> int | None:
+    """The body's length after undoing ``content_encoding`` (gzip, x-gzip, deflate, br, identity,
+    applied in the listed order), or None when it cannot be decoded. Decoding streams in 1 MiB
+    pieces and stops at ``limit`` decoded bytes (a compression bomb costs no memory)."""
+    if not content_encoding:
+        return len(body)
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
+    data = body
+    try:
+        for i, coding in enumerate(reversed(codings)):
+            last = i == len(codings) - 1
+            if coding == "identity":
+                continue
+            if coding in ("gzip", "x-gzip", "deflate"):
+                if coding == "deflate" and not (len(data) >= 2 and (data[0] & 0x0F) == 8 and ((data[0] << 8) | data[1]) % 31 == 0):
+                    d = zlib.decompressobj(-15)  # raw deflate, as some servers send
+                else:
+                    d = zlib.decompressobj(47 if coding != "deflate" else 15)
+                total = 0
+                pieces: list[bytes] = []
+                chunk = d.decompress(data, 1 << 20)
+                while chunk:
+                    total += len(chunk)
+                    if total > limit:
+                        return None
+                    if not last:
+                        pieces.append(chunk)
+                    chunk = d.decompress(d.unconsumed_tail, 1 << 20) if d.unconsumed_tail else b""
+                chunk = d.flush()
+                total += len(chunk)
+                if not last:
+                    pieces.append(chunk)
+                if not d.eof:
+                    return None
+                if last:
+                    return total
+                data = b"".join(pieces)
+            elif coding == "br" and brotli is not None:
+                data = brotli.decompress(data)
+                if len(data) > limit:
+                    return None
+            else:
+                return None
+    except Exception:  # noqa: BLE001 - zlib.error, brotli.error, ValueError: undecodable
+        return None
+    return len(data)
+
+
+def _parse_headers(lines: list[bytes], msg: _Msg) -> tuple[tuple[str, str], ...]:
+    """Header lines (without CR/LF) -> (name, value) pairs. obs-fold continuation lines join the
+    previous value with one space; lines without a colon are dropped (``bad_header``)."""
+    out: list[tuple[str, str]] = []
+    for raw in lines:
+        if raw[:1] in (b" ", b"\t"):
+            if out:
+                n, v = out[-1]
+                out[-1] = (n, (v + " " + raw.strip(b" \t").decode("latin-1")).strip())
+                if "obs_fold" not in msg.anomalies:
+                    msg.anomalies.append("obs_fold")
+            continue
+        colon = raw.find(b":")
+        if colon <= 0:
+            if raw and "bad_header" not in msg.anomalies:
+                msg.anomalies.append("bad_header")
+            continue
+        out.append((raw[:colon].rstrip(b" \t").decode("latin-1"), raw[colon + 1 :].strip(b" \t").decode("latin-1")))
+    return tuple(out)
+
+
+def _split_head(head: bytes) -> list[bytes]:
+    lines = head.split(b"\n")
+    return [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+
+
+def _content_length(values: list[str], msg: _Msg) -> int | None:
+    """The Content-Length of a message, or None when absent or unusable (``bad_content_length``).
+    Repeated equal values (also comma-joined) are one value; different ones are
+    ``conflicting_content_length`` and the first is used."""
+    nums: list[int] = []
+    for v in values:
+        for part in v.split(","):
+            part = part.strip()
+            if not part.isdigit():
+                msg.anomalies.append("bad_content_length")
+                return None
+            nums.append(int(part))
+    if not nums:
+        return None
+    if any(n != nums[0] for n in nums):
+        msg.anomalies.append("conflicting_content_length")
+    return nums[0]
+
+
+class _Side:
+    """One direction's parser: the buffer, the state and the message being parsed."""
+
+    __slots__ = (
+        "buf",
+        "chunked",
+        "conv",
+        "head_ts",
+        "is_request",
+        "lost",
+        "msg",
+        "pos",
+        "remaining",
+        "scanned",
+        "state",
+        "txn",
+    )
+
+    def __init__(self, conv: Conversation, is_request: bool, state: State) -> None:
+        self.conv = conv
+        self.is_request = is_request
+        self.state = state
+        self.buf = b""
+        self.pos = 0
+        self.msg: _Msg | None = None
+        self.remaining = 0
+        self.chunked = False
+        self.head_ts = 0.0
+        self.lost = state == State.SYNC  # boundaries lost (mid-stream join, gap): the next message notes it
+        self.scanned = 0
+        self.txn: Transaction | None = None
+
+    def feed(self, ts: float, data: bytes) -> None:
+        st = self.state
+        if st == State.DEAD or st == State.TUNNEL:
+            return
+        if self.pos >= len(self.buf):
+            self.buf = data
+            self.pos = 0
+            self.head_ts = ts
+        else:
+            self.buf = self.buf[self.pos :] + data
+            self.pos = 0
+        self.run(ts)
+
+    def run(self, ts: float) -> None:
+        handlers = self.conv.handlers_req if self.is_request else self.conv.handlers_resp
+        while handlers[self.state](self, ts):
+            pass
+        if self.pos >= len(self.buf):
+            self.buf = b""
+            self.pos = 0
+        elif self.pos > 65536:
+            self.buf = self.buf[self.pos :]
+            self.pos = 0
+
+    # -- body states (shared) ---------------------------------------------------------------------
+
+    def _take_body(self, data: bytes) -> None:
+        msg = self.msg
+        assert msg is not None
+        n = len(data)
+        msg.body_len += n
+        room = self.conv.max_body - msg.kept
+        if room > 0:
+            piece = data if n <= room else data[:room]
+            msg.parts.append(piece)
+            msg.kept += len(piece)
+        if n > room:
+            msg.truncated = True
+
+    def st_body_length(self, ts: float) -> bool:
+        avail = len(self.buf) - self.pos
+        if avail <= 0:
+            return False
+        n = min(avail, self.remaining)
+        self._take_body(self.buf[self.pos : self.pos + n] if n != len(self.buf) else self.buf)
+        self.pos += n
+        self.remaining -= n
+        if self.remaining == 0:
+            self.complete(ts)
+            return True
+        return False
+
+    def st_chunk_size(self, ts: float) -> bool:
+        le = self.buf.find(b"\n", self.pos)
+        if le < 0:
+            if len(self.buf) - self.pos > 4096:
+                self.fail(ts, "chunk_framing")
+                return True
+            return False
+        line = self.buf[self.pos : le].split(b";", 1)[0].strip(b" \t\r")
+        try:
+            size = int(line, 16)
+            if not line or line[:1] in (b"-", b"+") or b"_" in line:
+                raise ValueError
+        except ValueError:
+            self.fail(ts, "chunk_framing")
+            return True
+        self.pos = le + 1
+        if size == 0:
+            self.state = State.TRAILERS
+        else:
+            self.remaining = size
+            self.state = State.CHUNK_DATA
+        return True
+
+    def st_chunk_data(self, ts: float) -> bool:
+        avail = len(self.buf) - self.pos
+        if avail <= 0:
+            return False
+        n = min(avail, self.remaining)
+        self._take_body(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        self.remaining -= n
+        if self.remaining == 0:
+            self.state = State.CHUNK_END
+            return True
+        return False
+
+    def st_chunk_end(self, ts: float) -> bool:
+        buf, pos = self.buf, self.pos
+        if buf.startswith(b"\r\n", pos):
+            self.pos = pos + 2
+        elif buf.startswith(b"\n", pos):
+            self.pos = pos + 1
+        elif len(buf) - pos < 2 and buf[pos:] in (b"", b"\r"):
+            return False
+        else:
+            assert self.msg is not None
+            self.msg.anomalies.append("chunk_framing")
+        self.state = State.CHUNK_SIZE
+        return True
+
+    def st_trailers(self, ts: float) -> bool:
+        buf, pos = self.buf, self.pos
+        if buf.startswith(b"\r\n", pos) or buf.startswith(b"\n", pos):
+            self.pos = pos + (2 if buf[pos] == 13 else 1)
+            self.complete(ts)
+            return True
+        end = buf.find(b"\n\r\n", pos)
+        end2 = buf.find(b"\n\n", pos)
+        if end < 0 and end2 < 0:
+            if len(buf) - pos > self.conv.max_head:
+                self.fail(ts, "head_too_large")
+                return True
+            return False
+        if end < 0 or (0 <= end2 < end):
+            hend, nxt = end2, end2 + 2
+        else:
+            hend, nxt = end, end + 3
+        msg = self.msg
+        assert msg is not None
+        msg.headers = msg.headers + _parse_headers(_split_head(buf[pos:hend]), msg)
+        self.pos = nxt
+        self.complete(ts)
+        return True
+
+    def st_body_close(self, ts: float) -> bool:
+        if self.pos < len(self.buf):
+            self._take_body(self.buf[self.pos :] if self.pos else self.buf)
+            self.pos = len(self.buf)
+            assert self.msg is not None
+            self.msg.end_ts = ts
+        return False
+
+    def st_idle(self, ts: float) -> bool:
+        return False
+
+    def st_sync(self, ts: float) -> bool:
+        buf, pos = self.buf, self.pos
+        if pos >= len(buf):
+            return False
+        m = _SYNC_AT[self.is_request].match(buf, pos)
+        if m is not None:
+            start = pos
+        else:
+            m = _SYNC_AFTER_NL[self.is_request].search(buf, pos)
+            start = m.start() + 1 if m is not None else -1
+        if start < 0:
+            self.scanned += len(buf) - pos
+            if self.scanned > _SYNC_GIVE_UP:
+                self.conv.not_http(self)
+                return False
+            self.pos = max(pos, len(buf) - _SYNC_KEEP)
+            return False
+        self.scanned = 0
+        self.pos = start
+        self.state = State.HEAD
+        return True
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    def start_body(self, ts: float, length: int | None) -> None:
+        """After a head: chunked, ``length`` bytes, or (None) until the connection closes."""
+        if self.chunked:
+            self.state = State.CHUNK_SIZE
+        elif length is None:
+            self.state = State.BODY_CLOSE
+        elif length > 0:
+            self.remaining = length
+            self.state = State.BODY_LENGTH
+        else:
+            self.complete(ts)
+
+    def complete(self, ts: float) -> None:
+        msg = self.msg
+        assert msg is not None
+        if self.state != State.BODY_CLOSE:  # a close-delimited body ended with its last data
+            msg.end_ts = ts
+        self.msg = None
+        self.state = State.HEAD
+        if self.pos < len(self.buf):
+            self.head_ts = ts
+        self.conv.message_done(self, msg)
+
+    def fail(self, ts: float, anomaly: str) -> None:
+        """The stream does not parse here: end the current message (if any) and resynchronise."""
+        msg = self.msg
+        self.conv.parse_failed(self, ts, anomaly, msg)
+        self.msg = None
+        if self.state not in (State.DEAD, State.TUNNEL):
+            self.state = State.SYNC
+            self.lost = True
+            # Skip at least one byte so the search does not find the same place again.
+            self.pos = min(len(self.buf), self.pos + 1)
+
+    def gap(self, ts: float, n: int) -> None:
+        st = self.state
+        if st in (State.DEAD, State.TUNNEL):
+            return
+        msg = self.msg
+        unparsed = len(self.buf) - self.pos
+        if msg is not None and unparsed == 0:
+            if st in (State.BODY_LENGTH, State.CHUNK_DATA) and n <= self.remaining:
+                msg.body_len += n
+                msg.truncated = True
+                if "gap" not in msg.anomalies:
+                    msg.anomalies.append("gap")
+                self.remaining -= n
+                if self.remaining == 0:
+                    if st == State.BODY_LENGTH:
+                        self.complete(ts)
+                    else:
+                        self.state = State.CHUNK_END
+                return
+            if st == State.BODY_CLOSE:
+                msg.body_len += n
+                msg.truncated = True
+                if "gap" not in msg.anomalies:
+                    msg.anomalies.append("gap")
+                return
+            if st == State.BODY_LENGTH:
+                # The message ended inside the gap; what follows it is unknown.
+                msg.body_len += self.remaining
+                msg.truncated = True
+                msg.anomalies.append("gap")
+                self.remaining = 0
+                self.complete(ts)
+                msg = None
+        # The gap cuts through a head or framing: end what was being parsed, resynchronise.
+        self.buf = b""
+        self.pos = 0
+        if msg is not None:
+            msg.truncated = True
+            if "gap" not in msg.anomalies:
+                msg.anomalies.append("gap")
+            self.conv.parse_failed(self, ts, "gap", msg)
+            self.msg = None
+        elif self.state == State.HEAD and unparsed:
+            self.conv.parse_failed(self, ts, "gap", None)
+        if self.state == State.WAIT:
+            return
+        self.state = State.SYNC
+        self.lost = True
+
+    def end(self, ts: float) -> None:
+        """No more bytes in this direction."""
+        st = self.state
+        msg = self.msg
+        if st == State.BODY_CLOSE and msg is not None:
+            self.complete(ts)
+        elif msg is not None:
+            msg.truncated = True
+            msg.anomalies.append("truncated")
+            self.msg = None
+            self.conv.parse_failed(self, ts, "truncated", msg)
+        elif st == State.HEAD and self.pos < len(self.buf):
+            self.conv.parse_failed(self, ts, "truncated", None)
+        self.state = State.DEAD
+        self.buf = b""
+        self.pos = 0
+
+
+class _RequestSide(_Side):
+    __slots__ = ()
+
+    def st_head(self, ts: float) -> bool:
+        buf = self.buf
+        pos = self.pos
+        n = len(buf)
+        while pos < n and buf[pos] in (13, 10):
+            pos += 1
+        self.pos = pos
+        if pos >= n:
+            return False
+        conv = self.conv
+        if self.txn is None:
+            self.txn = conv.open_request(self.head_ts if self.head_ts else ts, self)
+        le = buf.find(b"\n", pos)
+        if le < 0:
+            if n - pos > conv.max_head:
+                self.fail(ts, "head_too_large")
+                return True
+            if n - pos >= 1 and buf[pos] not in _TCHAR:
+                self.fail(ts, "parse_error")
+                return True
+            return False
+        line = buf[pos : le - 1] if le > pos and buf[le - 1] == 13 else buf[pos:le]
+        tokens = line.split()
+        if not tokens or any(c not in _TCHAR for c in tokens[0]) or len(tokens[0]) > 32 or len(tokens) < 2:
+            self.fail(ts, "parse_error")
+            return True
+        msg = _Msg(self.txn.ts)
+        self.txn.index = conv.take_index()
+        msg.start1 = tokens[0].decode("latin-1")
+        last = tokens[-1]
+        if len(tokens) >= 3 and last.startswith(b"HTTP/"):
+            msg.version = last.decode("latin-1")
+            sp1 = line.find(tokens[1], len(tokens[0]))
+            msg.start2 = line[sp1 : line.rfind(last)].rstrip(b" \t").decode("latin-1")
+        elif len(tokens) == 2 and not last.startswith(b"HTTP/"):
+            # HTTP/0.9 simple request: ``GET /path``, no headers, the response is the raw body.
+            msg.version = "HTTP/0.9"
+            msg.start2 = tokens[1].decode("latin-1")
+            msg.anomalies.append("http09")
+            self.pos = le + 1
+            self.msg = msg
+            self.txn.http09 = True
+            self.txn.method = msg.start1
+            self.complete(ts)
+            self.state = State.DEAD  # an HTTP/0.9 connection carries one request
+            return False
+        else:
+            self.fail(ts, "parse_error")
+            return True
+        # The head ends at the first empty line.
+        e1 = buf.find(b"\r\n\r\n", le - 1)
+        e2 = buf.find(b"\n\n", le, e1 + 2 if e1 >= 0 else n)
+        if e2 >= 0 and (e1 < 0 or e2 < e1 + 2):
+            hend, nxt = e2, e2 + 2
+            if e2 > 0 and buf[e2 - 1] != 13:
+                msg.anomalies.append("bare_lf")
+        elif e1 >= 0:
+            hend, nxt = e1, e1 + 4
+        elif line and le + 1 < n and buf[le + 1] in (13, 10) and buf.startswith(b"\n", le + 1 + (buf[le + 1] == 13)):
+            hend, nxt = le, le + 2 + (buf[le + 1] == 13)
+        else:
+            if n - pos > conv.max_head:
+                self.fail(ts, "head_too_large")
+                return True
+            return False
+        if hend <= le:
+            headers: tuple[tuple[str, str], ...] = ()
+        else:
+            headers = _parse_headers(_split_head(buf[le + 1 : hend]), msg)
+        msg.headers = headers
+        self.msg = msg
+        self.pos = nxt
+        self.txn.method = msg.start1
+        # Framing (RFC 9112 6.3): chunked as final coding, else Content-Length, else no body.
+        te: str | None = None
+        cls: list[str] = []
+        upgrade = False
+        for name, value in headers:
+            ln = len(name)
+            if ln == 14 and name.lower() == "content-length":
+                cls.append(value)
+            elif ln == 17 and name.lower() == "transfer-encoding":
+                te = value if te is None else te + "," + value
+            elif ln == 16 and name.lower() == "content-encoding":
+                msg.encodings = value if msg.encodings is None else msg.encodings + "," + value
+            elif ln == 7 and name.lower() == "upgrade":
+                upgrade = True
+        length: int | None = 0
+        self.chunked = False
+        if te is not None:
+            if te.rsplit(",", 1)[-1].strip().lower() == "chunked":
+                self.chunked = True
+            else:
+                msg.anomalies.append("bad_transfer_encoding")
+            if cls:
+                msg.anomalies.append("te_and_cl")
+        elif cls:
+            length = _content_length(cls, msg) or 0
+        if upgrade or msg.start1.upper() == "CONNECT":
+            self.txn.upgrade = True
+        self.start_body(ts, length)
+        return True
+
+    def after_message(self) -> None:
+        txn = self.txn
+        self.txn = None
+        if txn is not None and txn.upgrade:
+            self.state = State.WAIT  # the next bytes may be the tunnel: hold them until the response
+            self.conv.waiting = txn
+
+
+class _ResponseSide(_Side):
+    __slots__ = ()
+
+    def st_head(self, ts: float) -> bool:
+        buf = self.buf
+        pos = self.pos
+        n = len(buf)
+        while pos < n and buf[pos] in (13, 10):
+            pos += 1
+        self.pos = pos
+        if pos >= n:
+            return False
+        conv = self.conv
+        txn = conv.answering()
+        if txn is not None and txn.http09 and not buf.startswith(b"HTTP/", pos):
+            # The answer to an HTTP/0.9 request: no status line, the body runs until close.
+            msg = _Msg(self.head_ts if self.head_ts else ts)
+            msg.version = "HTTP/0.9"
+            msg.start1 = "0"
+            self.msg = msg
+            self.txn = txn
+            conv.response_started(self, txn, msg)
+            self.state = State.BODY_CLOSE
+            return True
+        if not buf.startswith(b"HTTP/", pos):
+            if n - pos < 5 and b"HTTP/".startswith(buf[pos:]):
+                return False
+            self.fail(ts, "parse_error")
+            return True
+        e1 = buf.find(b"\r\n\r\n", pos)
+        e2 = buf.find(b"\n\n", pos, e1 + 2 if e1 >= 0 else n)
+        bare = False
+        if e2 >= 0 and (e1 < 0 or e2 < e1 + 2):
+            hend, nxt = e2, e2 + 2
+            bare = e2 > 0 and buf[e2 - 1] != 13
+        elif e1 >= 0:
+            hend, nxt = e1, e1 + 4
+        else:
+            if n - pos > conv.max_head:
+                self.fail(ts, "head_too_large")
+                return True
+            return False
+        lines = _split_head(buf[pos:hend])
+        parts = lines[0].split(None, 2)
+        if len(parts) < 2 or len(parts[1]) != 3 or not parts[1].isdigit():
+            self.fail(ts, "parse_error")
+            return True
+        status = int(parts[1])
+        msg = _Msg(self.head_ts if self.head_ts else ts)
+        if bare:
+            msg.anomalies.append("bare_lf")
+        msg.version = parts[0].decode("latin-1")
+        msg.start1 = parts[1].decode("ascii")
+        msg.start2 = parts[2].decode("latin-1").strip() if len(parts) > 2 else ""
+        headers = _parse_headers(lines[1:], msg) if len(lines) > 1 else ()
+        msg.headers = headers
+        self.pos = nxt
+        if 100 <= status < 200 and status != 101:
+            conv.interim += 1
+            self.head_ts = ts
+            return True  # interim response (100 Continue, 103 Early Hints): not the final answer
+        self.msg = msg
+        txn = conv.response_started(self, txn, msg)
+        self.txn = txn
+        te: str | None = None
+        cls: list[str] = []
+        for name, value in headers:
+            ln = len(name)
+            if ln == 14 and name.lower() == "content-length":
+                cls.append(value)
+            elif ln == 17 and name.lower() == "transfer-encoding":
+                te = value if te is None else te + "," + value
+            elif ln == 16 and name.lower() == "content-encoding":
+                msg.encodings = value if msg.encodings is None else msg.encodings + "," + value
+        method = txn.method.upper()
+        self.chunked = False
+        if status == 101 or (method == "CONNECT" and 200 <= status < 300):
+            txn.note("tunnel")
+            self.complete(ts)
+            conv.tunnel()
+            return False
+        if method == "HEAD" or status in (204, 304):
+            self.complete(ts)
+            return True
+        length: int | None = None
+        if te is not None:
+            if te.rsplit(",", 1)[-1].strip().lower() == "chunked":
+                self.chunked = True
+            if cls:
+                msg.anomalies.append("te_and_cl")
+        elif cls:
+            length = _content_length(cls, msg)
+        self.start_body(ts, length)
+        return True
+
+    def after_message(self) -> None:
+        self.txn = None
+
+
+_COMMON = {
+    State.BODY_LENGTH: _Side.st_body_length,
+    State.CHUNK_SIZE: _Side.st_chunk_size,
+    State.CHUNK_DATA: _Side.st_chunk_data,
+    State.CHUNK_END: _Side.st_chunk_end,
+    State.TRAILERS: _Side.st_trailers,
+    State.BODY_CLOSE: _Side.st_body_close,
+    State.WAIT: _Side.st_idle,
+    State.TUNNEL: _Side.st_idle,
+    State.SYNC: _Side.st_sync,
+    State.DEAD: _Side.st_idle,
+}
+# State -> handler, one table per direction, indexed by the State value.
+_HANDLERS_REQ = [({State.HEAD: _RequestSide.st_head} | _COMMON)[s] for s in State]
+_HANDLERS_RESP = [({State.HEAD: _ResponseSide.st_head} | _COMMON)[s] for s in State]
+
+
+class Conversation:
+    """HTTP/1.x on one connection: two direction parsers and the pairing of their messages.
+
+    Pairing is first-in first-out (HTTP/1.1 pipelining answers in order). A response with no
+    request waiting becomes a response-only transaction. After a gap that lost the boundaries of
+    requests, a response is not paired with a request that ended after the response began."""
+
+    handlers_req = _HANDLERS_REQ
+    handlers_resp = _HANDLERS_RESP
+
+    def __init__(self, *, max_body: int = 1 << 20, max_head: int = 64 << 10, midstream: bool = False) -> None:
+        self.max_body = max_body
+        self.max_head = max_head
+        start = State.SYNC if midstream else State.HEAD
+        self.client = _RequestSide(self, True, start)
+        self.server = _ResponseSide(self, False, start)
+        self.queue: deque[Transaction] = deque()  # opened, not yet answered (in request order)
+        self.events: list[tuple[Event, Transaction]] = []
+        self.waiting: Transaction | None = None
+        self.interim = 0
+        self.anomalies: list[str] = []  # conditions with no transaction to carry them (stats only)
+        self.midstream = midstream
+        self.seen_message = False
+        self.next_index = 0
+
+    def take_index(self) -> int:
+        i = self.next_index
+        self.next_index += 1
+        return i
+
+    # -- inputs -----------------------------------------------------------------------------------
+
+    def data(self, from_client: bool, ts: float, data: bytes) -> None:
+        (self.client if from_client else self.server).feed(ts, data)
+
+    def gap(self, from_client: bool, ts: float, n: int) -> None:
+        side = self.client if from_client else self.server
+        side.gap(ts, n)
+        if from_client and side.state == State.SYNC:
+            self._void_partial(side)
+
+    def end(self, from_client: bool, ts: float) -> None:
+        side = self.client if from_client else self.server
+        side.end(ts)
+        if from_client:
+            self._void_partial(side)
+            if self.waiting is not None:
+                self.waiting = None
+        if self.client.state == State.DEAD and self.server.state == State.DEAD:
+            self.close(ts)
+
+    def close(self, ts: float) -> None:
+        """Connection gone: every open transaction is finished as it stands."""
+        for side in (self.client, self.server):
+            if side.state != State.DEAD:
+                side.end(ts)
+        self._void_partial(self.client)
+        while self.queue:
+            txn = self.queue.popleft()
+            if txn.request is None and not txn.void and txn.response is None:
+                txn.void = True
+            self._finish(txn)
+
+    # -- callbacks from the sides ------------------------------------------------------------------
+
+    def open_request(self, ts: float, side: _Side) -> Transaction:
+        txn = Transaction(ts)
+        if side.lost:
+            side.lost = False
+            txn.after_gap = True
+            txn.note("midstream" if self.midstream and not self.seen_message else "gap")
+        self.queue.append(txn)
+        self.events.append((Event.OPENED, txn))
+        return txn
+
+    def _void_partial(self, side: _Side) -> None:
+        """A request that never got past its first bytes is no transaction."""
+        txn = side.txn
+        if txn is not None and txn.request is None and side.msg is None:
+            side.txn = None
+            txn.void = True
+            if txn in self.queue:
+                self.queue.remove(txn)
+            self._finish(txn)
+
+    def answering(self) -> Transaction | None:
+        """The transaction the next response answers, if any (without taking it)."""
+        for txn in self.queue:
+            if txn.resp_done or txn.response is not None:
+                continue
+            return txn
+        return None
+
+    def response_started(self, side: _Side, txn: Transaction | None, msg: _Msg) -> Transaction:
+        lost = side.lost
+        side.lost = False
+        if lost and txn is not None:
+            # Responses were lost in a gap: answer the last request that began before this response.
+            cands = [t for t in self.queue if not t.resp_done and t.ts <= msg.ts]
+            if cands and cands[-1] is not txn:
+                while self.queue and self.queue[0] is not cands[-1]:
+                    old = self.queue.popleft()
+                    old.note("gap")
+                    self._finish(old)
+                txn = cands[-1]
+        if txn is not None and (
+            txn.ts > msg.ts  # a response never begins before its request
+            or txn.after_gap and txn.req_end_ts is not None and txn.req_end_ts > msg.ts
+        ):
+            txn = None  # the request this answers was lost (mid-stream join, gap)
+        if txn is None:
+            txn = Transaction(msg.ts)
+            txn.req_done = True
+            txn.index = self.take_index()
+            self._insert_response_only(txn)
+            self.events.append((Event.OPENED, txn))
+        if lost:
+            txn.note("midstream" if self.midstream and not self.seen_message else "gap")
+        txn.response = None
+        return txn
+
+    def _insert_response_only(self, txn: Transaction) -> None:
+        # Before every transaction not yet answered: it is answered now, in order.
+        for i, t in enumerate(self.queue):
+            if not t.resp_done:
+                self.queue.insert(i, txn)
+                return
+        self.queue.append(txn)
+
+    def message_done(self, side: _Side, msg: _Msg) -> None:
+        self.seen_message = True
+        if side.is_request:
+            txn = side.txn
+            assert txn is not None
+            txn.request = Request(
+                ts=msg.ts, end_ts=max(msg.end_ts, msg.ts), version=msg.version, headers=msg.headers,
+                body=b"".join(msg.parts) if msg.parts else b"", body_len=msg.body_len,
+                body_truncated=msg.truncated, decoded_len=self._decoded(msg), method=msg.start1,
+                target=msg.start2,
+            )
+            txn.req_end_ts = txn.request.end_ts
+            txn.req_done = True
+            for a in msg.anomalies:
+                txn.note(a)
+            self.events.append((Event.REQUEST, txn))
+            side.after_message()  # type: ignore[attr-defined]
+            if txn.resp_done:
+                self._finish_answered()
+        else:
+            txn = side.txn
+            assert txn is not None
+            txn.response = Response(
+                ts=msg.ts, end_ts=max(msg.end_ts, msg.ts), version=msg.version, headers=msg.headers,
+                body=b"".join(msg.parts) if msg.parts else b"", body_len=msg.body_len,
+                body_truncated=msg.truncated, decoded_len=self._decoded(msg), status=int(msg.start1),
+                reason=msg.start2,
+            )
+            txn.resp_done = True
+            for a in msg.anomalies:
+                txn.note(a)
+            side.after_message()  # type: ignore[attr-defined]
+            if self.waiting is txn and "tunnel" not in txn.anomalies:
+                self.waiting = None
+                self.client.state = State.HEAD
+                self.client.run(msg.end_ts)
+            self._finish_answered()
+
+    def _finish_answered(self) -> None:
+        """Finish answered transactions from the front of the queue (their requests are done)."""
+        q = self.queue
+        while q and q[0].resp_done and (q[0].req_done or q[0].request is not None):
+            self._finish(q.popleft())
+
+    def parse_failed(self, side: _Side, ts: float, anomaly: str, msg: _Msg | None) -> None:
+        """``side`` lost its footing at ``ts``; ``msg`` (when not None) is the message cut short."""
+        txn = side.txn
+        if msg is None:
+            if txn is not None and side.is_request and txn.request is None:
+                self._void_partial(side)
+            if not self.seen_message and not self.midstream and anomaly == "parse_error":
+                self.not_http(side)
+                return
+            self.anomalies.append(anomaly)
+            return
+        assert txn is not None
+        txn.note(anomaly)
+        if anomaly != "truncated" and anomaly != "gap":
+            msg.truncated = True
+        self.message_done(side, msg)
+
+    def not_http(self, side: _Side) -> None:
+        """The connection does not carry HTTP/1.x: stop parsing it."""
+        self.anomalies.append("not_http")
+        for s in (self.client, self.server):
+            s.state = State.DEAD
+            s.buf = b""
+            s.pos = 0
+        self._void_partial(self.client)
+
+    def tunnel(self) -> None:
+        self.waiting = None
+        for s in (self.client, self.server):
+            s.state = State.TUNNEL
+            s.buf = b""
+            s.pos = 0
+
+    # -- output -----------------------------------------------------------------------------------
+
+    def _finish(self, txn: Transaction) -> None:
+        if txn.done:
+            return
+        txn.done = True
+        self.events.append((Event.DONE, txn))
+
+    def _decoded(self, msg: _Msg) -> int | None:
+        if msg.truncated:
+            return None
+        if msg.encodings is None:
+            return msg.body_len
+        body = b"".join(msg.parts)
+        n = decoded_length(body, msg.encodings)
+        if n is None:
+            msg.anomalies.append("undecodable_body")
+        return n

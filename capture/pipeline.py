@@ -1,0 +1,310 @@
+"""The one path from packets to exchanges, shared by offline ``extract``, live capture and the mirror.
+
+``Extractor.feed(ts, linktype, frame)`` decodes a frame (capture.decode), reassembles its TCP
+stream (capture.reassembly), parses HTTP/1.x (capture.http1) and returns the exchanges that are
+ready, in request-time order; ``finish()`` flushes the rest at the end of input. The same frames
+with the same timestamps give byte-identical records (ids derive from endpoints, the connection's
+first timestamp in whole microseconds and the position on the connection).
+
+Request-time order: a finished exchange is held until every exchange that began before it is
+finished too (a heap keyed by first-byte time). A request that never gets an answer therefore holds
+back later exchanges until its connection closes or is evicted as idle (``idle_timeout`` seconds of
+capture time); ``max_held_exchanges`` bounds that wait: beyond it the oldest finished exchanges go
+out anyway, and the late one is marked ``late`` when it comes.
+
+``on_request`` is called with a ``RequestEvent`` the moment a request is complete on the wire (before
+its response): the live mirror sends it to the shadow at once. The exchange written later for it
+carries the same id.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import heapq
+from collections import Counter
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+
+from capture.decode import decode
+from capture.http1 import Conversation, Event, Transaction
+from capture.reassembly import Connection, Kind, Reassembler, State
+from shadowtap.errors import InputError, PrerequisiteError
+from shadowtap.records import Exchange, Request, exchange_id
+from shadowtap.redact import Redactor
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEvent:
+    """A request complete on the wire, before its response."""
+
+    exchange_id: str
+    client: str
+    server: str
+    index: int
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractStats:
+    """Counters of one extraction (a snapshot)."""
+
+    packets: int = 0
+    bytes: int = 0
+    tcp_packets: int = 0
+    connections: int = 0
+    exchanges: int = 0
+    unanswered: int = 0  # requests without a response
+    responses_without_request: int = 0
+    anomalies: dict[str, int] = field(default_factory=dict)  # by kind, over exchanges and connections
+    evicted_connections: int = 0
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "<default Redactor>"
+
+
+DEFAULT_REDACTOR = _Default()
+
+
+class BpfFilter:
+    """A BPF filter expression run on each frame by libpcap (``pcap_offline_filter``), compiled
+    once per link type. Costs one C call per frame."""
+
+    def __init__(self, expr: str) -> None:
+        self.expr = expr
+        name = ctypes.util.find_library("pcap") or "libpcap.so.0.8"
+        try:
+            self._lib = ctypes.CDLL(name)
+        except OSError as exc:
+            raise PrerequisiteError("libpcap is needed for --filter", hint="apt-get install libpcap0.8") from exc
+        lib = self._lib
+        lib.pcap_open_dead.restype = ctypes.c_void_p
+        lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
+        lib.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32]
+        lib.pcap_geterr.restype = ctypes.c_char_p
+        lib.pcap_geterr.argtypes = [ctypes.c_void_p]
+        lib.pcap_offline_filter.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p]
+        self._programs: dict[int, _BpfProgram] = {}
+        self._hdr = _PcapPkthdr()
+        self.program(1)  # a bad expression fails now, not at the first packet
+
+    def program(self, linktype: int) -> _BpfProgram:
+        prog = self._programs.get(linktype)
+        if prog is None:
+            handle = self._lib.pcap_open_dead(linktype, 262144)
+            prog = _BpfProgram()
+            if self._lib.pcap_compile(handle, ctypes.byref(prog), self.expr.encode(), 1, 0xFFFFFFFF) != 0:
+                msg = self._lib.pcap_geterr(handle).decode(errors="replace")
+                raise InputError(f"bad filter expression {self.expr!r}: {msg}", where="--filter")
+            self._programs[linktype] = prog
+        return prog
+
+    def match(self, linktype: int, frame: bytes) -> bool:
+        hdr = self._hdr
+        hdr.caplen = hdr.len = len(frame)
+        return bool(self._lib.pcap_offline_filter(ctypes.byref(self.program(linktype)), ctypes.byref(hdr), frame))
+
+
+class _BpfProgram(ctypes.Structure):
+    _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p)]
+
+
+class _PcapPkthdr(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long), ("caplen", ctypes.c_uint32),
+                ("len", ctypes.c_uint32)]
+
+
+class Extractor:
+    """Packets in, exchanges out (see the module docstring).
+
+    ``ports``: only connections with a port in it (either end) are parsed; empty means every TCP
+    connection, HTTP recognised by content. ``bpf_filter``: a BPF expression frames must match.
+    ``max_body``: body bytes kept per message. Limits: ``max_held_bytes`` out-of-order bytes per
+    direction, ``max_head`` bytes of an unfinished message head, ``idle_timeout`` seconds of capture
+    time before an idle connection is evicted, ``max_connections`` tracked at once."""
+
+    def __init__(
+        self,
+        *,
+        ports: Collection[int] = (),
+        bpf_filter: str | None = None,
+        max_body: int = 1 << 20,
+        redactor: Redactor | None | _Default = DEFAULT_REDACTOR,
+        keep_secrets: bool = False,
+        on_request: Callable[[RequestEvent], None] | None = None,
+        max_head: int = 64 << 10,
+        max_held_bytes: int = 4 << 20,
+        idle_timeout: float = 120.0,
+        max_connections: int = 200_000,
+        max_held_exchanges: int = 100_000,
+    ) -> None:
+        if max_body < 0:
+            raise InputError("must be >= 0", where="--max-body")
+        self.ports = frozenset(ports)
+        self.filter = BpfFilter(bpf_filter) if bpf_filter else None
+        self.max_body = max_body
+        self.max_head = max_head
+        if keep_secrets:
+            self.redactor: Redactor | None = None
+        elif isinstance(redactor, _Default):
+            self.redactor = Redactor.default()
+        else:
+            self.redactor = redactor
+        self.on_request = on_request
+        self.max_held_exchanges = max_held_exchanges
+        self.reassembler = Reassembler(
+            server_ports=self.ports, max_held_bytes=max_held_bytes, idle_timeout=idle_timeout,
+            max_connections=max_connections,
+        )
+        self._heap: list[tuple[float, int, Transaction]] = []
+        self._serial = 0
+        self._packets = 0
+        self._bytes = 0
+        self._tcp = 0
+        self._exchanges = 0
+        self._unanswered = 0
+        self._orphans = 0
+        self._anomalies: Counter[str] = Counter()
+        self._late: list[Transaction] = []
+
+    # -- input ----------------------------------------------------------------------------------
+
+    def feed(self, ts: float, linktype: int, frame: bytes) -> list[Exchange]:
+        """One captured frame. Returns the exchanges now ready, in request-time order."""
+        self._packets += 1
+        self._bytes += len(frame)
+        if self.filter is not None and not self.filter.match(linktype, frame):
+            return []
+        seg = decode(linktype, frame)
+        if seg is None:
+            return []
+        if self.ports and seg.sport not in self.ports and seg.dport not in self.ports:
+            return []
+        self._tcp += 1
+        events = self.reassembler.feed(ts, seg)
+        if not events:
+            return []
+        return self._dispatch(events)
+
+    def finish(self) -> list[Exchange]:
+        """End of input: every connection ends, every exchange goes out."""
+        out = self._dispatch(self.reassembler.finish())
+        while self._heap:
+            _, _, txn = heapq.heappop(self._heap)
+            if not txn.void:
+                out.append(self._exchange(txn))
+        return out
+
+    @property
+    def stats(self) -> ExtractStats:
+        return ExtractStats(
+            packets=self._packets, bytes=self._bytes, tcp_packets=self._tcp,
+            connections=self.reassembler.connections_seen, exchanges=self._exchanges,
+            unanswered=self._unanswered, responses_without_request=self._orphans,
+            anomalies=dict(sorted(self._anomalies.items())), evicted_connections=self.reassembler.evicted,
+        )
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _conversation(self, conn: Connection) -> Conversation:
+        conv = conn.app
+        if conv is None:
+            conv = Conversation(max_body=self.max_body, max_head=self.max_head, midstream=conn.midstream)
+            conn.app = conv
+        return conv
+
+    def _dispatch(self, events: list) -> list[Exchange]:
+        for conn, from_client, kind, ts, value in events:
+            conv = conn.app
+            if conv is None:
+                conv = self._conversation(conn)
+            if kind == Kind.DATA:
+                conv.data(from_client, ts, value)
+            elif kind == Kind.GAP:
+                conv.gap(from_client, ts, value)
+            else:
+                conv.end(from_client, ts)
+                if conn.state == State.CLOSED and (conv.queue or conv.client.txn is not None):
+                    conv.close(ts)  # both directions ended: what is still open finishes as it stands
+            if conn.c2s.conflicts or conn.s2c.conflicts:
+                self._note_conflict(conn, conv)
+            if conv.events:
+                self._collect(conn, conv)
+            if conv.anomalies:
+                self._anomalies.update(conv.anomalies)
+                conv.anomalies.clear()
+        return self._release()
+
+    def _note_conflict(self, conn: Connection, conv: Conversation) -> None:
+        """A retransmission carried different bytes: the transaction being parsed gets the note."""
+        conn.c2s.conflicts = conn.s2c.conflicts = 0
+        txn = conv.server.txn or conv.client.txn or (conv.queue[-1] if conv.queue else None)
+        if txn is None:
+            self._anomalies["retransmission_conflict"] += 1
+        else:
+            txn.note("retransmission_conflict")
+
+    def _collect(self, conn: Connection, conv: Conversation) -> None:
+        for ev, txn in conv.events:
+            if ev == Event.OPENED:
+                txn.conn = conn
+                self._serial += 1
+                txn.serial = self._serial
+                heapq.heappush(self._heap, (txn.ts, txn.serial, txn))
+            elif ev == Event.REQUEST:
+                if self.on_request is not None and txn.request is not None:
+                    req = txn.request
+                    if self.redactor is not None:
+                        req = self.redactor.message(req)  # type: ignore[assignment]
+                    assert req is not None
+                    self.on_request(RequestEvent(
+                        exchange_id(conn.client, conn.server, conn.start_ts, txn.index),
+                        conn.client, conn.server, txn.index, req,
+                    ))
+            elif txn.late and not txn.void:
+                self._late.append(txn)
+        conv.events.clear()
+
+    def _release(self) -> list[Exchange]:
+        heap = self._heap
+        out: list[Exchange] = []
+        if self._late:
+            out.extend(self._exchange(t) for t in self._late)
+            self._late.clear()
+        while heap and (heap[0][2].done or len(heap) > self.max_held_exchanges):
+            _, _, txn = heapq.heappop(heap)
+            if txn.void:
+                continue
+            if not txn.done:
+                # Held too long behind an unfinished exchange: let the rest go; it comes out late.
+                txn.late = True
+                txn.note("late")
+                continue
+            out.append(self._exchange(txn))
+        return out
+
+    def _exchange(self, txn: Transaction) -> Exchange:
+        conn: Connection = txn.conn
+        req, resp = txn.request, txn.response
+        ttfb = total = None
+        if req is not None and resp is not None:
+            ttfb = round((resp.ts - req.end_ts) * 1000.0, 3)
+            total = round((resp.end_ts - req.ts) * 1000.0, 3)
+        elif req is not None:
+            self._unanswered += 1
+        else:
+            self._orphans += 1
+        self._exchanges += 1
+        anomalies = tuple(txn.anomalies)
+        if anomalies:
+            self._anomalies.update(anomalies)
+        ex = Exchange(
+            id=exchange_id(conn.client, conn.server, conn.start_ts, txn.index),
+            client=conn.client, server=conn.server, index=txn.index, request=req, response=resp,
+            anomalies=anomalies, ttfb_ms=ttfb, total_ms=total,
+        )
+        if self.redactor is not None:
+            ex = self.redactor.exchange(ex)
+        return ex
