@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import functools
 import hashlib
 import ipaddress
 import re
@@ -205,23 +206,12 @@ class Policy:
         return self._prepare(exchange, method, add_key)
 
     def _check_not_captured_server(self, server: str) -> None:
-        try:
-            ip, port = parse_endpoint(server)
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return
-        for tip, tport in self.target_endpoints:
-            if tport != port:
-                continue
-            t = ipaddress.ip_address(tip)
-            # Loopback addresses all reach the same host; 127.0.0.2:80 is the 127.0.0.1:80 server
-            # when it listens on the wildcard address.
-            if t == addr or (t.is_loopback and addr.is_loopback):
-                raise ReplayRefused(
-                    f"the target {self.target.url} is {server}, the server this traffic was captured "
-                    "from: replaying into it doubles its load",
-                    hint="point --target at the shadow, or pass --force if this is really intended",
-                )
+        if _is_target(server, self.target_endpoints):
+            raise ReplayRefused(
+                f"the target {self.target.url} is {server}, the server this traffic was captured "
+                "from: replaying into it doubles its load",
+                hint="point --target at the shadow, or pass --force if this is really intended",
+            )
 
     def _sampled_in(self, exchange: Exchange) -> bool:
         """Consistent sampling: the decision depends only on the key, so one user's requests are
@@ -279,6 +269,25 @@ class Policy:
             lane=f"{exchange.client}>{exchange.server}",
             index=exchange.index,
         )
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_target(server: str, endpoints: frozenset[tuple[str, int]]) -> bool:
+    """True when the captured ``server`` endpoint is one of the target's. Loopback addresses all
+    reach the same host: 127.0.0.2:80 is the 127.0.0.1:80 server when it listens on the wildcard
+    address. Cached: a capture has few servers and this runs for every exchange."""
+    try:
+        ip, port = parse_endpoint(server)
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    for tip, tport in endpoints:
+        if tport != port:
+            continue
+        t = ipaddress.ip_address(tip.split("%", 1)[0])
+        if t == addr or (t.is_loopback and addr.is_loopback):
+            return True
+    return False
 
 
 def _suffix_host(host: str, suffix: str) -> str:
