@@ -206,12 +206,10 @@ def open_source(config: CaptureConfig) -> tuple[Source, str]:
     return src, f"auto: pcap, because eBPF is unavailable: {why}"
 
 
-def _open_connections(stats: Any) -> int | None:
-    for name in ("open_connections", "open"):
-        value = getattr(stats, name, None)
-        if isinstance(value, int):
-            return value
-    return None
+def _open_connections(extractor: Any) -> int | None:
+    """Connections the Extractor tracks now (ExtractStats has no such figure: read its reassembler)."""
+    conns = getattr(getattr(extractor, "reassembler", None), "conns", None)
+    return len(conns) if conns is not None else None
 
 
 def run_capture(
@@ -270,7 +268,8 @@ def run_capture(
             for ts_us, frame, wire_len in src.read(wait):
                 if pcap is not None:
                     pcap.write(ts_us, frame, wire_len)
-                out = feed(ts_us / 1_000_000, linktype, frame)
+                # As capture/pcapfile.py computes it from the record: the same float, bit for bit.
+                out = feed(ts_us // 1_000_000 + (ts_us % 1_000_000) * 1e-6, linktype, frame)
                 if out:
                     emit(out)
             now = time.monotonic()
@@ -314,7 +313,7 @@ def run_capture(
 def _figures(src: Source, extractor: Any, elapsed: float, exchanges: int, rate: float) -> Figures:
     st = src.stats()
     return Figures(elapsed, st.packets, st.bytes, exchanges, rate, st.kernel_drops, st.buffer_drops,
-                   _open_connections(getattr(extractor, "stats", None)))
+                   _open_connections(extractor))
 
 
 # -- the stage function behind `shadowtap capture` ---------------------------------------------
@@ -359,8 +358,8 @@ def capture(config: CaptureConfig, *, keep_secrets: bool = False, secret_headers
     from shadowtap import console
     from shadowtap.redact import Redactor
 
-    redactor = None if keep_secrets else Redactor.default(secret_headers)
-    extractor = Extractor(ports=config.ports, max_body=max_body, redactor=redactor)
+    extractor = Extractor(ports=config.ports, max_body=max_body, keep_secrets=keep_secrets,
+                          redactor=None if keep_secrets else Redactor.default(secret_headers))
     stop = threading.Event()
     previous: dict[int, Any] = {}
 
@@ -414,7 +413,7 @@ def _print_summary(s: CaptureSummary) -> None:
         ("truncated packets", f"{s.source.truncated:,}"),
     ]
     st = s.extract_stats
-    for name in ("connections", "unanswered", "unanswered_requests", "responses_without_request"):
+    for name in ("connections", "unanswered", "responses_without_request"):
         value = getattr(st, name, None)
         if isinstance(value, int):
             rows.append((name.replace("_", " "), f"{value:,}"))

@@ -1,0 +1,79 @@
+"""``shadowtap capture`` (live HTTP capture off an interface) and ``shadowtap doctor`` (its
+prerequisites)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from shadowtap.cli import app
+
+_MORE = "Repeatable."
+
+
+@app.command(no_args_is_help=True)
+def capture(
+    iface: Annotated[str, typer.Option("--iface", "-i", help="Interface to capture on (lo, eth0, a veth...).")],
+    port: Annotated[list[int] | None, typer.Option("--port", "-p", help=f"TCP port of the HTTP service, filtered in the kernel. {_MORE} Default: every TCP port.")] = None,
+    backend: Annotated[str, typer.Option("--backend", "-b", help="ebpf (TC clsact hooks, ring buffer), pcap (libpcap/AF_PACKET) or auto (ebpf where possible, else pcap, saying why).")] = "auto",
+    write: Annotated[str | None, typer.Option("--write", "-w", help="Also write the raw packets to this pcap (tcpdump/tshark/tcpreplay read it). RAW AND UNREDACTED: it holds every secret on the wire; created 0600.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Exchanges JSONL (the format of `extract`; '-' stdout, .gz compressed; 0600). Secret headers redacted unless --keep-secrets.")] = None,
+    duration: Annotated[float | None, typer.Option("--duration", help="Stop after S seconds.", min=0)] = None,
+    count: Annotated[int | None, typer.Option("--count", "-c", help="Stop after N exchanges (those in flight are then completed and written too).", min=1)] = None,
+    rotate_size: Annotated[float | None, typer.Option("--rotate-size", help="Start a new file (out.1.pcap, out.2.pcap...) when one reaches this many MB (pcap and JSONL).", min=0.001)] = None,
+    keep_secrets: Annotated[bool, typer.Option("--keep-secrets", help="Store Authorization/Cookie/Set-Cookie/Proxy-Authorization values as captured instead of keyed hashes.")] = False,
+    secret_header: Annotated[list[str] | None, typer.Option("--secret-header", help=f"Another header to redact. {_MORE}")] = None,
+    max_body: Annotated[int, typer.Option("--max-body", help="Body bytes kept per message; body_len still counts them all.", min=0)] = 1 << 20,
+    buffer_mb: Annotated[int, typer.Option("--buffer-mb", help="Kernel buffer: the eBPF ring buffer (per CPU for a perf buffer) or the AF_PACKET ring.", min=1)] = 64,
+    perf_buffer: Annotated[bool, typer.Option("--perf-buffer", help="eBPF: use the perf buffer even where the kernel has a ring buffer.")] = False,
+    print_bpf: Annotated[bool, typer.Option("--print-bpf", help="Print the BPF program as it would be compiled for --iface, and exit.")] = False,
+) -> None:
+    """Capture HTTP exchanges live off IFACE, without touching the application: eBPF TC hooks or
+    libpcap, the kernel filtering the ports; the same reassembly and parsing as `extract`. Runs
+    until Ctrl-C/SIGTERM, --duration or --count; live figures on a terminal, a summary at the end.
+
+    The -w pcap is raw and unredacted (a pcap cannot be redacted); the -o exchanges are redacted
+    by default. Needs root (or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN for ebpf; CAP_NET_RAW for pcap):
+    `shadowtap doctor` checks everything."""
+    from capture.live import Backend, CaptureConfig
+    from shadowtap.errors import InputError
+
+    try:
+        chosen = Backend(backend)
+    except ValueError:
+        raise InputError(f"unknown backend {backend!r} (ebpf, pcap or auto)", where="--backend") from None
+    if print_bpf:
+        from capture.ebpf import EbpfSource
+        from shadowtap.console import out
+
+        src = EbpfSource(iface, tuple(port or ()), buffer_mb=buffer_mb, ringbuf=False if perf_buffer else None)
+        out.print(src.program_text(), markup=False, highlight=False)
+        return
+    if not write and not output:
+        from shadowtap.console import warn
+
+        warn("neither -w nor -o given: exchanges are counted, not kept")
+    config = CaptureConfig(
+        iface=iface, ports=tuple(port or ()), backend=chosen, pcap_out=write, jsonl_out=output,
+        duration=duration, count=count,
+        rotate_size=int(rotate_size * 1_000_000) if rotate_size else None,
+        buffer_mb=buffer_mb, ringbuf=False if perf_buffer else None,
+    )
+    from capture.live import capture as run
+
+    run(config, keep_secrets=keep_secrets, secret_headers=tuple(secret_header or ()), max_body=max_body)
+
+
+@app.command()
+def doctor(
+    iface: Annotated[str | None, typer.Option("--iface", "-i", help="Also check this interface.")] = None,
+) -> None:
+    """Check every prerequisite of live capture (privileges and capabilities, bcc, kernel headers,
+    clsact, ring buffer, tracefs, libpcap, the interface) and print what is missing with the
+    command that fixes it. Exit code 0 when both backends can run, 4 otherwise."""
+    from capture.doctor import doctor as run
+
+    code = run(iface)
+    if code:
+        raise typer.Exit(code)
