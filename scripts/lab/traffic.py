@@ -6,8 +6,8 @@ Bounded: stops at ``--count`` requests or after ``--duration`` seconds, whicheve
 (one of them is required; hard caps 1,000,000 requests and one hour). A share of the requests
 (``--new-connection-share``) goes on a fresh TCP connection each, the rest on keep-alive ones.
 
-Only the lab's addresses are allowed as the target: 10.250.0.0/16 (inside the lab's namespaces)
-and loopback.
+Only the lab's addresses are allowed as the target: 10.250.0.0/16 (inside the lab's namespaces),
+loopback, and networks named with ``--allow-network`` (the Vagrant lab's private network).
 
 The same ``--seed`` gives the same sequence of requests. Prints a summary (JSON with ``--json``).
 """
@@ -98,8 +98,8 @@ def plan_request(rng: random.Random, new_connection_share: float, *, orders: boo
     return Planned(endpoint, method, path, body, new_conn)
 
 
-def check_target(url: str) -> str:
-    """The target's base URL if it is one of the lab's addresses; ValueError else."""
+def check_target(url: str, allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()) -> str:
+    """The target's base URL if it is one of the lab's addresses (or in ``allowed``); ValueError else."""
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"target {url!r}: expected http://ADDRESS:PORT")
@@ -108,9 +108,20 @@ def check_target(url: str) -> str:
         addr = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"target {url!r}: give an IP address of the lab (10.250.0.0/16) or loopback") from None
-    if not (addr.is_loopback or addr in LAB_NETWORK):
+    if not (addr.is_loopback or addr in LAB_NETWORK or any(addr in net for net in allowed)):
         raise ValueError(f"target {url!r}: only the lab's addresses (10.250.0.0/16) and loopback are allowed")
     return f"http://{parts.netloc}"
+
+
+def _private_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A network given to --allow-network: private address space only (RFC 1918, ULA)."""
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"--allow-network {text!r}: not a network (e.g. 192.168.56.0/24)") from None
+    if not net.is_private or net.prefixlen < (16 if net.version == 4 else 48):
+        raise ValueError(f"--allow-network {text!r}: only a private network of at most /16 (IPv4) is allowed")
+    return net
 
 
 @dataclass
@@ -136,8 +147,8 @@ class Summary:
 
 async def run(target: str, *, rate: float, count: int | None, duration: float | None, seed: int,
               concurrency: int = 16, new_connection_share: float = 0.2, orders: bool = True,
-              timeout: float = 10.0) -> Summary:
-    base = check_target(target)
+              timeout: float = 10.0, allowed: tuple[str, ...] = ()) -> Summary:
+    base = check_target(target, tuple(_private_network(n) for n in allowed))
     if rate <= 0:
         raise ValueError("rate must be positive")
     if count is None and duration is None:
@@ -207,13 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-connection-share", type=float, default=0.2,
                     help="share of requests sent on a new TCP connection (default 0.2)")
     ap.add_argument("--no-orders", action="store_true", help="leave POST /v1/orders out of the mix")
+    ap.add_argument("--allow-network", action="append", default=[], metavar="CIDR",
+                    help="also allow targets in this private network (the Vagrant lab's); repeatable")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     try:
         summary = asyncio.run(run(args.target, rate=args.rate, count=args.count, duration=args.duration,
                                   seed=seed, concurrency=args.concurrency,
-                                  new_connection_share=args.new_connection_share, orders=not args.no_orders))
+                                  new_connection_share=args.new_connection_share, orders=not args.no_orders,
+                                  allowed=tuple(args.allow_network)))
     except ValueError as exc:
         print(f"traffic: error: {exc}", file=sys.stderr)
         return 2

@@ -45,6 +45,16 @@ def test_accepts_lab_and_loopback(url):
     assert traffic.check_target(url).startswith("http://")
 
 
+def test_allow_network_admits_only_private_networks():
+    allowed = (traffic._private_network("192.168.56.0/24"),)
+    assert traffic.check_target("http://192.168.56.20:8080", allowed) == "http://192.168.56.20:8080"
+    with pytest.raises(ValueError):
+        traffic.check_target("http://192.168.57.20:8080", allowed)
+    for bad in ("8.8.8.0/24", "10.0.0.0/8", "nonsense"):
+        with pytest.raises(ValueError):
+            traffic._private_network(bad)
+
+
 def test_mix_is_reproducible_and_realistic():
     rng1, rng2 = random.Random(9), random.Random(9)
     seq1 = [traffic.plan_request(rng1, 0.2) for _ in range(3000)]
