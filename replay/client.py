@@ -28,17 +28,16 @@ import asyncio
 import socket
 import ssl as ssl_module
 import time
-import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import brotli
 import httptools
 
+from capture.http1 import decoded_length
 from replay.policy import Prepared, Target
 from shadowtap.errors import TargetError
-from shadowtap.records import Headers, Response, Result, ResultError, header_value
+from shadowtap.records import Response, Result, ResultError, header_value
 
 
 class Clock:
@@ -55,33 +54,6 @@ class Clock:
 
     def to_epoch(self, mono: float) -> float:
         return self._wall0 + (mono - self._mono0)
-
-
-def decoded_length(headers: Headers, body: bytes) -> int | None:
-    """The body's length after undoing Content-Encoding (gzip, deflate, br, identity), or None
-    when the coding is unknown or the body does not decode. Cost: O(decoded size)."""
-    coding = header_value(headers, "content-encoding")
-    if coding is None:
-        return len(body)
-    length = len(body)
-    data = body
-    for c in reversed([c.strip().lower() for c in coding.split(",") if c.strip()]):
-        try:
-            if c in ("gzip", "x-gzip"):
-                data = zlib.decompress(data, 47)
-            elif c == "deflate":
-                try:
-                    data = zlib.decompress(data)
-                except zlib.error:
-                    data = zlib.decompress(data, -15)
-            elif c == "br":
-                data = brotli.decompress(data)
-            elif c != "identity":
-                return None
-        except (zlib.error, brotli.error):
-            return None
-        length = len(data)
-    return length
 
 
 class _Job:
@@ -496,7 +468,7 @@ class Sender:
                 ts=clock.to_epoch(job.first_mono), end_ts=clock.to_epoch(end_mono),
                 version=job.version, headers=headers, body=body, body_len=job.body_len,
                 body_truncated=truncated,
-                decoded_len=None if truncated else decoded_length(headers, body),
+                decoded_len=None if truncated else decoded_length(body, header_value(headers, "content-encoding")),
                 status=job.status, reason=job.reason.decode("latin-1"))
             ttfb: float | None = (job.first_mono - job.sent_mono) * 1000.0
             total: float | None = (end_mono - job.sent_mono) * 1000.0

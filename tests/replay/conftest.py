@@ -4,6 +4,7 @@ with its own loop) that records what arrives, and nginx. Plus builders of exchan
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import os
 import shutil
@@ -86,10 +87,8 @@ class AioTarget:
 
     def close(self) -> None:
         fut = asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop)
-        try:
+        with contextlib.suppress(Exception):  # a stalled handler may linger; the loop stops anyway
             fut.result(timeout=5)
-        except Exception:  # noqa: BLE001 - a stalled handler may linger; the loop stops anyway
-            pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
 
@@ -141,7 +140,8 @@ http {{
                 return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"nginx exited: {open(os.path.join(root, 'error.log')).read()}")
+                    with open(os.path.join(root, "error.log")) as log:
+                        raise RuntimeError(f"nginx exited: {log.read()}")
                 time.sleep(0.05)
         raise RuntimeError("nginx did not start listening")
 
