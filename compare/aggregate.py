@@ -198,7 +198,7 @@ class Comparison:
             agg.identical += 1
             self._overall.identical += 1
         else:
-            self._record(ex, agg, diffs, pair.primary_body, pair.shadow_body)
+            self._record(ex, res, agg, diffs, pair.primary_body, pair.shadow_body)
         if base is not None and base.response is not None:
             agg.baseline_compared += 1
             seen: set[str] = set()
@@ -230,9 +230,11 @@ class Comparison:
         return f
 
     def _record(
-        self, ex: Exchange, agg: EndpointAgg, diffs: list[Difference], pb: Body | None, sb: Body | None
+        self, ex: Exchange, res: Result, agg: EndpointAgg, diffs: list[Difference], pb: Body | None,
+        sb: Body | None,
     ) -> None:
         now = ex.ts
+        shadow_ts = res.response.ts if res.response is not None and res.response.ts else res.sent
         seen: set[str] = set()
         max_samples = self.config.limits.samples_per_field
         for d in diffs:
@@ -244,7 +246,7 @@ class Comparison:
                 if len(f.samples) < max_samples:
                     f.samples.append(self._sample(ex, d, pb, sb))
             if d.kind is Kind.VALUE or d.kind is Kind.TYPE:
-                f.volatility.observe(d.primary, d.shadow, now)
+                f.volatility.observe(d.primary, d.shadow, now, shadow_ts)
                 if (
                     isinstance(d.primary, (str, bool, int))
                     and isinstance(d.shadow, (str, bool, int))

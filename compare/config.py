@@ -164,6 +164,7 @@ class ModelConfig:
     psi_max: float = 0.2  # population stability index: < 0.1 stable, > 0.2 shifted
     mean_shift_max: float = 0.25  # |mean(shadow) - mean(primary)| / std(primary)
     min_agreement: float = 0.95  # categorical fields: share of pairs with the same value
+    critical_agreement: float = 0.8  # ... below this, the run fails
     categorical_max_values: int = 20  # more distinct values than this: not categorical
     min_samples: int = 30
 

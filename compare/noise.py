@@ -40,10 +40,13 @@ class Volatility:
         self.increasing = 0
         self._last: int | None = None
 
-    def observe(self, primary: object, shadow: object, now: float | None) -> None:
+    def observe(self, primary: object, shadow: object, primary_ts: float | None,
+                shadow_ts: float | None) -> None:
+        """``primary_ts``/``shadow_ts``: when each side answered (a replay can run days after the
+        capture, and an epoch timestamp is judged against its own side's time)."""
         self.n += 1
-        ps = volatile_shape(primary, now)
-        if ps is not None and volatile_shape(shadow, now) is not None:
+        ps = volatile_shape(primary, primary_ts)
+        if ps is not None and volatile_shape(shadow, shadow_ts) is not None:
             self.shapes[ps] += 1
         if len(self.distinct) < _DISTINCT_CAP:
             try:

@@ -15,9 +15,10 @@ Metrics (``direction`` says which way fails):
 - content (per endpoint, and per field that is not noise, increase fails): the share of pairs where
   the field differs, above ``content.max_rate``; a field only the shadow has is reported and passes
   unless ``content.extra_fields_fail``;
-- model (per categorical field: decrease fails; per numeric field: either way fails): agreement
-  below ``model.min_agreement``; PSI above ``model.psi_max``; KS statistic above ``model.ks_max_d``
-  with p below ``model.ks_alpha``; mean shift beyond ``model.mean_shift_max`` primary std devs.
+- model (per categorical field: decrease fails, below ``model.critical_agreement`` fails the run):
+  agreement below ``model.min_agreement``; (per numeric field, one "drift" metric) PSI above
+  ``model.psi_max``, or KS statistic above ``model.ks_max_d`` with p below ``model.ks_alpha``, or a
+  mean shift beyond ``model.mean_shift_max`` primary standard deviations.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def _fields(ep: dict[str, Any], cfg: CompareConfig) -> list[dict[str, Any]]:
             flips = ", ".join(f"{x['primary']!r}->{x['shadow']!r} x{x['count']}" for x in f["flips"][:3])
             failed = agr < mc.min_agreement
             out.append(_metric("agreement", "model", name, agr, mc.min_agreement, LOW if failed else PASS,
-                               failed, "model" in cfg.verdict.critical,
+                               failed, agr < mc.critical_agreement or "model" in cfg.verdict.critical,
                                f"{agr:.2%} of pairs agree; top flips: {flips or '-'}", f["path"]))
             continue
         worst = max(worst, rate)
@@ -122,22 +123,24 @@ def _fields(ep: dict[str, Any], cfg: CompareConfig) -> list[dict[str, Any]]:
     if not ep["compared"]:
         out[0].update(result=NODATA, failed=False)
     for m in ep["numeric"]:
-        path = m["path"]
-        crit = "model" in cfg.verdict.critical
-        psi_failed = m["psi"] > mc.psi_max
-        out.append(_metric("psi", "model", name, m["psi"], mc.psi_max, HIGH if psi_failed else PASS,
-                           psi_failed, crit, f"population stability index {m['psi']:.3f} over "
-                           f"{m['n']} sampled pairs", path))
-        ks_failed = m["ks_d"] > mc.ks_max_d and m["ks_p"] < mc.ks_alpha
-        out.append(_metric("ks", "model", name, m["ks_d"], mc.ks_max_d, HIGH if ks_failed else PASS,
-                           ks_failed, crit, f"Kolmogorov-Smirnov D={m['ks_d']:.3f} p={m['ks_p']:.3g}",
-                           path))
         shift = m["mean_shift"]
-        shift_failed = shift is None or abs(shift) > mc.mean_shift_max
-        res = PASS if not shift_failed else (HIGH if shift is None or shift > 0 else LOW)
-        out.append(_metric("mean shift", "model", name, shift, mc.mean_shift_max, res, shift_failed, crit,
-                           f"mean {m['mean_primary']:.4g} -> {m['mean_shadow']:.4g} "
-                           f"({'constant primary' if shift is None else f'{shift:+.2f} std'})", path))
+        why = []
+        if m["psi"] > mc.psi_max:
+            why.append(f"PSI {m['psi']:.3f} > {mc.psi_max:g}")
+        if m["ks_d"] > mc.ks_max_d and m["ks_p"] < mc.ks_alpha:
+            why.append(f"KS D {m['ks_d']:.3f} > {mc.ks_max_d:g} (p={m['ks_p']:.2g})")
+        if shift is None or abs(shift) > mc.mean_shift_max:
+            why.append("mean shift " + ("from a constant" if shift is None else
+                                        f"{shift:+.2f} std beyond {mc.mean_shift_max:g}"))
+        failed = bool(why)
+        up = shift is None or shift > 0
+        detail = (f"mean {m['mean_primary']:.4g} -> {m['mean_shadow']:.4g}"
+                  f"{'' if shift is None else f' ({shift:+.2f} std)'}, KS D={m['ks_d']:.3f} "
+                  f"p={m['ks_p']:.2g}, PSI={m['psi']:.3f} over {m['n']} sampled values"
+                  + (f"; {'; '.join(why)}" if why else ""))
+        out.append(_metric("drift", "model", name, m["psi"], mc.psi_max,
+                           (HIGH if up else LOW) if failed else PASS, failed,
+                           "model" in cfg.verdict.critical, detail, m["path"]))
     return out
 
 

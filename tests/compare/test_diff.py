@@ -1,0 +1,158 @@
+import gzip
+
+import orjson
+
+from compare.config import DEFAULT_NOISY_HEADERS
+from compare.diff import Kind, diff_json, diff_responses, normalise_text
+
+IGN = frozenset(DEFAULT_NOISY_HEADERS)
+
+
+def exact(path):
+    return (0.0, 0.0)
+
+
+def jdiff(p, s, tol=exact):
+    out = []
+    diff_json(p, s, "body", out, tol)
+    return [(d.path, d.kind) for d in out]
+
+
+def test_value_type_missing_extra():
+    assert jdiff({"a": 1}, {"a": 2}) == [("body.a", Kind.VALUE)]
+    assert jdiff({"a": "x"}, {"a": "y"}) == [("body.a", Kind.VALUE)]
+    assert jdiff({"a": 1}, {"a": "1"}) == [("body.a", Kind.TYPE)]
+    assert jdiff({"a": True}, {"a": 1}) == [("body.a", Kind.TYPE)]
+    assert jdiff({"a": None}, {"a": 0}) == [("body.a", Kind.TYPE)]
+    assert jdiff({"a": 1, "b": 2}, {"a": 1}) == [("body.b", Kind.MISSING)]
+    assert jdiff({"a": 1}, {"a": 1, "c": 3}) == [("body.c", Kind.EXTRA)]
+
+
+def test_renamed_field_is_missing_plus_extra():
+    assert jdiff({"user_id": 7}, {"userId": 7}) == [("body.user_id", Kind.MISSING), ("body.userId", Kind.EXTRA)]
+
+
+def test_size_and_order():
+    assert jdiff({"l": [1, 2]}, {"l": [1, 2, 3]}) == [("body.l", Kind.SIZE)]
+    assert jdiff({"l": [1, 2, 3]}, {"l": [3, 1, 2]}) == [("body.l", Kind.ORDER)]
+    assert jdiff({"l": [{"a": 1}, {"b": 2}]}, {"l": [{"b": 2}, {"a": 1}]}) == [("body.l", Kind.ORDER)]
+    # same length, other elements: elementwise, not order
+    assert jdiff({"l": [1, 2]}, {"l": [1, 5]}) == [("body.l[]", Kind.VALUE)]
+
+
+def test_array_indices_fold():
+    p = {"items": [{"price": 1, "sku": "a"}, {"price": 2, "sku": "b"}, {"price": 3, "sku": "c"}]}
+    s = {"items": [{"price": 1, "sku": "a"}, {"price": 9, "sku": "b"}, {"price": 8, "sku": "x"}]}
+    assert sorted(set(jdiff(p, s))) == [("body.items[].price", Kind.VALUE), ("body.items[].sku", Kind.VALUE)]
+
+
+def test_id_keyed_objects_fold():
+    p = {"users": {"123": {"n": 1}, "456": {"n": 2}}}
+    s = {"users": {"123": {"n": 1}, "456": {"n": 3}, "789": {"n": 4}}}
+    assert jdiff(p, s) == [("body.users.{id}.n", Kind.VALUE), ("body.users.{id}", Kind.EXTRA)]
+    uuid_keys = {"550e8400-e29b-41d4-a716-446655440000": 1}
+    assert jdiff({"m": uuid_keys}, {"m": {"550e8400-e29b-41d4-a716-446655440000": 2}}) == [
+        ("body.m.{id}", Kind.VALUE)
+    ]
+    # ordinary schema keys are not folded
+    assert jdiff({"m": {"name": 1}}, {"m": {"name": 2}}) == [("body.m.name", Kind.VALUE)]
+
+
+def test_numeric_tolerance():
+    assert jdiff({"s": 0.5}, {"s": 0.5000001}, lambda p: (0.0, 1e-3)) == []
+    assert jdiff({"s": 0.5}, {"s": 0.6}, lambda p: (0.0, 1e-3)) == [("body.s", Kind.VALUE)]
+    assert jdiff({"s": 10}, {"s": 10.04}, lambda p: (0.05, 0.0)) == []
+    assert jdiff({"n": 1}, {"n": 1.0}) == []  # same number, other spelling
+
+
+def R(craft, body=None, **kw):
+    return craft.response(body, **kw)
+
+
+def test_fast_path_equal_bytes_skips_parsing(craft):
+    p = R(craft, {"a": 1})
+    pair = diff_responses(p, R(craft, {"a": 1}), IGN, exact)
+    assert pair.differences == [] and pair.primary_body is None
+
+
+def test_fast_path_equal_values_other_spelling(craft):
+    p = R(craft, raw=b'{"a": 1, "b": [1, 2]}')
+    s = R(craft, raw=b'{\n  "b": [1,2],\n  "a": 1\n}')
+    pair = diff_responses(p, s, IGN, exact)
+    assert pair.differences == [] and pair.primary_body is not None
+
+
+def test_status_and_headers(craft):
+    p = R(craft, {}, headers=(("X-Feature", "a"), ("Vary", "Accept"), ("Vary", "Origin"),
+                              ("Date", "Mon, 01 Jan 2024 00:00:00 GMT"), ("X-Request-Id", "1"), ("X-Gone", "1")))
+    s = R(craft, {}, status=404, headers=(("x-feature", "b"), ("VARY", "Origin"), ("vary", "Accept"),
+                                          ("Date", "Tue, 02 Jan 2024 00:00:00 GMT"), ("X-Request-Id", "2"),
+                                          ("X-New", "1")))
+    got = {(d.path, d.kind) for d in diff_responses(p, s, IGN, exact).differences}
+    # header names are case-insensitive, repeated values a set, Date/X-Request-Id ignored
+    assert got == {("status", Kind.VALUE), ("header.x-feature", Kind.VALUE), ("header.x-gone", Kind.MISSING),
+                   ("header.x-new", Kind.EXTRA)}
+
+
+def test_noisy_header_list_is_overridable(craft):
+    p = R(craft, {}, headers=(("ETag", '"1"'),))
+    s = R(craft, {}, headers=(("ETag", '"2"'),))
+    assert diff_responses(p, s, IGN, exact).differences == []
+    got = diff_responses(p, s, IGN - {"etag"}, exact).differences
+    assert [(d.path, d.kind) for d in got] == [("header.etag", Kind.VALUE)]
+
+
+def test_content_decoding_before_comparison(craft):
+    body = orjson.dumps({"a": 1, "b": "x" * 100})
+    p = R(craft, raw=gzip.compress(body), headers=(("Content-Encoding", "gzip"),))
+    s = R(craft, raw=body)
+    diffs = diff_responses(p, s, IGN, exact).differences
+    # the bodies are equal after decoding; only the Content-Encoding header differs
+    assert [(d.path, d.kind) for d in diffs] == [("header.content-encoding", Kind.MISSING)]
+
+
+def test_html_normalised(craft):
+    p = R(craft, raw=b"<html>\n  <body>\n    <p>Hello   world</p><!-- build 1 -->\n  </body>\n</html>",
+          content_type="text/html; charset=utf-8")
+    s = R(craft, raw=b"<html><body><p>Hello world</p><!-- build 2 --></body></html>",
+          content_type="text/html; charset=utf-8")
+    assert diff_responses(p, s, IGN, exact).differences == []
+    s2 = R(craft, raw=b"<html><body><p>Hello there</p></body></html>", content_type="text/html; charset=utf-8")
+    d = diff_responses(p, s2, IGN, exact).differences
+    assert [(x.path, x.kind) for x in d] == [("body", Kind.VALUE)]
+    assert "world" in d[0].primary and "there" in d[0].shadow
+
+
+def test_xml_and_text(craft):
+    p = R(craft, raw=b"<a>\n <b>1</b>\n</a>", content_type="application/xml")
+    s = R(craft, raw=b"<a><b>1</b></a>", content_type="application/xml")
+    assert diff_responses(p, s, IGN, exact).differences == []
+    assert normalise_text("a \r\n b\n", False) == "a b"
+    t1 = R(craft, raw=b"line one\r\nline two\r\n", content_type="text/plain")
+    t2 = R(craft, raw=b"line one\nline 2\n", content_type="text/plain")
+    assert [(d.path, d.kind) for d in diff_responses(t1, t2, IGN, exact).differences] == [("body", Kind.VALUE)]
+
+
+def test_binary_by_length_and_hash(craft):
+    p = R(craft, raw=b"\x00\xff" * 10, content_type="application/octet-stream")
+    s = R(craft, raw=b"\x00\xfe" * 10, content_type="application/octet-stream")
+    d = diff_responses(p, s, IGN, exact).differences
+    assert [(x.path, x.kind) for x in d] == [("body", Kind.VALUE)] and len(d[0].primary) == 16
+    s2 = R(craft, raw=b"\x00\xff" * 11, content_type="application/octet-stream")
+    d = diff_responses(p, s2, IGN, exact).differences
+    assert [(x.path, x.kind, x.primary, x.shadow) for x in d] == [("body", Kind.SIZE, 20, 22)]
+
+
+def test_body_type_change(craft):
+    p = R(craft, {"ok": True})
+    s = R(craft, raw=b"<html><body>502 Bad Gateway</body></html>", content_type="text/html")
+    d = diff_responses(p, s, IGN, exact).differences
+    assert ("body", Kind.TYPE, "json", "html") in [(x.path, x.kind, x.primary, x.shadow) for x in d]
+    e = diff_responses(p, R(craft, raw=b"", content_type=None), IGN, exact).differences
+    assert ("body", Kind.TYPE) in [(x.path, x.kind) for x in e]
+
+
+def test_json_sniffed_without_content_type(craft):
+    p = R(craft, raw=b'{"a": 1}', content_type=None)
+    s = R(craft, raw=b'{"a": 2}', content_type=None)
+    assert [(d.path, d.kind) for d in diff_responses(p, s, IGN, exact).differences] == [("body.a", Kind.VALUE)]
