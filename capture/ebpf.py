@@ -160,7 +160,10 @@ class EbpfSource:
         atexit.register(self.close)
         try:
             self.removed_stale = tc.remove_stale(self.ifindex)
-            self._added_clsact = tc.ensure_clsact(self.ifindex)
+            # A clsact left empty by removing a killed run's filters was most likely made by that
+            # run: treat it as ours, so it goes when this run ends (if nobody else uses it).
+            self._added_clsact = tc.ensure_clsact(self.ifindex) or (
+                bool(self.removed_stale) and not any(tc.list_filters(self.ifindex, d) for d in tc.Direction))
             name = tc.owner_name()
             for direction, fn in ((tc.Direction.INGRESS, ing), (tc.Direction.EGRESS, egr)):
                 handle = _next_handle()

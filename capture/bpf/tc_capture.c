@@ -26,7 +26,7 @@
 
 #define C_MATCHED 0    // packets that matched the port filter
 #define C_LOST 1       // matched but dropped: ring/perf buffer full or copy failed
-#define C_TRUNCATED 2  // handed over cut at MAX_CAPLEN (bigger than any TSO/GRO packet by default)
+#define C_TRUNCATED 2  // handed over cut at MAX_CAPLEN
 #define C_BYTES 3      // bytes of the matched packets (skb->len)
 #define C_COUNT 4
 
@@ -52,11 +52,16 @@ BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 // A ring record's size must be a constant, so packets go into the smallest of a few record sizes
 // that holds them: ACKs and small requests take 256 bytes of ring, not 64 KiB. (bcc does not allow
 // map calls inside macros, hence one function a size.)
-#define MAX_CAPLEN 65536
+//
+// The largest size is the pcap backend's snap length: above any TSO/GSO super-packet (64 KiB of IP
+// payload, 65550-byte frames on loopback's 65536 MTU) short of BIG TCP.
+#define XL_CAPLEN (65536 + 1024)
+#define MAX_CAPLEN 262144
 struct rec_s { struct rec_hdr h; u8 data[256]; };
 struct rec_m { struct rec_hdr h; u8 data[2048]; };
 struct rec_l { struct rec_hdr h; u8 data[16384]; };
-struct rec_xl { struct rec_hdr h; u8 data[MAX_CAPLEN]; };
+struct rec_xl { struct rec_hdr h; u8 data[XL_CAPLEN]; };
+struct rec_xxl { struct rec_hdr h; u8 data[MAX_CAPLEN]; };
 
 // Fills a reserved record; returns 0, or -1 when the copy failed (the caller discards it).
 static __always_inline int fill(struct __sk_buff *skb, struct rec_hdr *h, u8 *data, u32 size,
@@ -109,6 +114,15 @@ static __always_inline void emit_xl(struct __sk_buff *skb, u64 ts, u32 len) {
     events.ringbuf_submit(r, 0);
 }
 
+static __always_inline void emit_xxl(struct __sk_buff *skb, u64 ts, u32 len) {
+    struct rec_xxl *r = events.ringbuf_reserve(sizeof(*r));
+    if (!r) { count(C_LOST, 1); return; }
+    if (fill(skb, &r->h, r->data, sizeof(r->data), ts, len) < 0) {
+        events.ringbuf_discard(r, 0); count(C_LOST, 1); return;
+    }
+    events.ringbuf_submit(r, 0);
+}
+
 static __always_inline void emit(struct __sk_buff *skb, u64 ts) {
     u32 len = skb->len;
     if (len > MAX_CAPLEN) {
@@ -121,8 +135,10 @@ static __always_inline void emit(struct __sk_buff *skb, u64 ts) {
         emit_m(skb, ts, len);
     else if (len <= 16384)
         emit_l(skb, ts, len);
-    else
+    else if (len <= XL_CAPLEN)
         emit_xl(skb, ts, len);
+    else
+        emit_xxl(skb, ts, len);
 }
 
 #else
