@@ -386,7 +386,8 @@ class Comparison:
                 "type": vs.get("type", "other"),
                 "only_extra": set(f.kinds) == {Kind.EXTRA},
                 "flips": [
-                    {"primary": pv, "shadow": sv, "count": n} for (pv, sv), n in f.flips.most_common(10)
+                    {"primary": redact_field(path, pv), "shadow": redact_field(path, sv), "count": n}
+                    for (pv, sv), n in f.flips.most_common(10)
                 ],
                 "samples": f.samples,
             }
