@@ -139,22 +139,22 @@ class EbpfSource:
             self.use_ringbuf = ringbuf_supported()
         try:
             self._bpf = BPF(text=program_source(), cflags=self.cflags())
-            ing = self._bpf.load_func("shadowtap_ing", BPF.SCHED_CLS)
-            egr = self._bpf.load_func("shadowtap_egr", BPF.SCHED_CLS)
+            ing = self._bpf.load_func(b"shadowtap_ing", BPF.SCHED_CLS)
+            egr = self._bpf.load_func(b"shadowtap_egr", BPF.SCHED_CLS)
         except Exception as exc:  # bcc raises bare Exceptions for compile and verifier failures
             self.close()
             raise PrerequisiteError(
                 f"the BPF program did not compile or load: {exc}",
                 hint="check the kernel headers (shadowtap doctor), or use --backend pcap",
             ) from exc
-        ports = self._bpf["ports"]
+        ports = self._bpf[b"ports"]
         for p in self.ports:
             ports[ports.Key(p)] = ports.Leaf(1)
-        self._bpf["config"][ctypes.c_int(0)] = ctypes.c_uint32(0 if self.ports else 1)
+        self._bpf[b"config"][ctypes.c_int(0)] = ctypes.c_uint32(0 if self.ports else 1)
         if self.use_ringbuf:
-            self._bpf["events"].open_ring_buffer(self._on_ring)
+            self._bpf[b"events"].open_ring_buffer(self._on_ring)
         else:
-            self._bpf["events"].open_perf_buffer(self._on_perf, page_cnt=self._pages(),
+            self._bpf[b"events"].open_perf_buffer(self._on_perf, page_cnt=self._pages(),
                                                  lost_cb=self._on_perf_lost)
         self._offset_ns = time.time_ns() - time.monotonic_ns()
         atexit.register(self.close)
@@ -243,7 +243,7 @@ class EbpfSource:
         """The kernel-side counters (matched, lost, truncated, bytes), summed over CPUs."""
         if self._bpf is None:
             return [0, 0, 0, 0]
-        table = self._bpf["counters"]
+        table = self._bpf[b"counters"]
         return [int(table.sum(table.Key(i)).value) for i in range(4)]
 
     def stats(self) -> SourceStats:

@@ -132,21 +132,30 @@ class PcapWriter:
 
     def write(self, ts_us: int, frame: bytes, wire_len: int) -> None:
         assert self._f is not None
-        if self.rotate_size is not None and self._size >= self.rotate_size:
-            self._open_next()
-        sec, usec = divmod(ts_us, 1_000_000)
-        self._f.write(self._REC.pack(sec, usec, len(frame), max(wire_len, len(frame))))
-        self._f.write(frame)
+        try:
+            if self.rotate_size is not None and self._size >= self.rotate_size:
+                self._open_next()
+            sec, usec = divmod(ts_us, 1_000_000)
+            self._f.write(self._REC.pack(sec, usec, len(frame), max(wire_len, len(frame))))
+            self._f.write(frame)
+        except OSError as exc:
+            raise InputError(f"cannot write: {exc.strerror or exc}", where=self.files[-1]) from exc
         self._size += self._REC.size + len(frame)
 
     def flush(self) -> None:
         if self._f is not None:
-            self._f.flush()
+            try:
+                self._f.flush()
+            except OSError as exc:
+                raise InputError(f"cannot write: {exc.strerror or exc}", where=self.files[-1]) from exc
 
     def close(self) -> None:
         if self._f is not None:
-            self._f.close()
-            self._f = None
+            f, self._f = self._f, None
+            try:
+                f.close()
+            except OSError:
+                pass  # already reported by the write or flush that failed
 
 
 class RotatingJsonl:
@@ -163,10 +172,13 @@ class RotatingJsonl:
         self._w = JsonlWriter(path, flush_interval=FLUSH_INTERVAL)
 
     def write(self, obj: dict[str, Any]) -> None:
-        self._w.write(obj)
+        try:
+            self._w.write(obj)
+            if self.rotate_size is not None:
+                self._maybe_rotate()
+        except OSError as exc:
+            raise InputError(f"cannot write: {exc.strerror or exc}", where=self.files[-1]) from exc
         self.count += 1
-        if self.rotate_size is not None:
-            self._maybe_rotate()
 
     def _maybe_rotate(self) -> None:
         if self.rotate_size is None or os.path.getsize(self.files[-1]) < self.rotate_size:
@@ -177,11 +189,31 @@ class RotatingJsonl:
         self._w = JsonlWriter(name, flush_interval=FLUSH_INTERVAL)
 
     def flush(self) -> None:
-        self._w.flush()
-        self._maybe_rotate()
+        try:
+            self._w.flush()
+            self._maybe_rotate()
+        except OSError as exc:
+            raise InputError(f"cannot write: {exc.strerror or exc}", where=self.files[-1]) from exc
 
     def close(self) -> None:
-        self._w.close()
+        try:
+            self._w.close()
+        except OSError:
+            pass  # already reported by the write or flush that failed
+
+
+def _check_output(path: str) -> None:
+    """An output must be a regular file (or '-' for the JSONL): creating it 0600 must never chmod
+    a device such as /dev/null. Its directory must exist and be writable."""
+    if path == "-":
+        return
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise InputError("not a regular file (outputs are created 0600)", where=path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise InputError("cannot write: no such directory", where=path)
+    if not os.access(parent, os.W_OK):
+        raise InputError("cannot write: permission denied", where=path)
 
 
 def open_source(config: CaptureConfig) -> tuple[Source, str]:
@@ -242,7 +274,13 @@ def run_capture(
     rate = 0.0
     figures = Figures(0.0, 0, 0, 0, 0.0, 0, 0, None)
     try:
-        # Outputs first: an unwritable path fails before any hook is attached.
+        # The interface, then the outputs: a bad name or an unwritable path fails before any hook
+        # is attached (the pcap, which needs the source's link type, is checked here too).
+        if not os.path.isdir(f"/sys/class/net/{config.iface}"):
+            raise InputError(f"no such interface: {config.iface}", hint="list them with: ip -brief link")
+        for path in (config.pcap_out, config.jsonl_out):
+            if path:
+                _check_output(path)
         if config.jsonl_out:
             jsonl = RotatingJsonl(config.jsonl_out, rotate_size=config.rotate_size)
         src, reason = open_source(config)
