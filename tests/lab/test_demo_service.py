@@ -237,9 +237,9 @@ def test_v2_model_shifts_scores_and_flips_a_few_labels(v1, v2):
         flips += a["label"] != b["label"]
         # deterministic per input in v2 as well
         assert (b["score"], b["label"]) == demo.predict(demo.validate_features(features), 2)
-    assert 0.005 <= statistics.mean(shifts) <= 0.03
+    assert 0.01 <= statistics.mean(shifts) <= 0.04
     assert max(abs(s) for s in shifts) < 0.05
-    assert 0.01 <= flips / len(inputs) <= 0.06, flips
+    assert 0.02 <= flips / len(inputs) <= 0.08, flips
 
 
 def test_noise_timestamps_ids_and_random_order(v1):

@@ -1,0 +1,162 @@
+"""scripts/demo.sh end to end, non-interactively, with a short duration: the lab comes up, the
+mirror copies the client's traffic off the primary's interface to the shadow, the report's verdict
+is FAIL for exactly the deliberate regressions of version 2, the noise is told apart, the harmless
+new field is reported without failing, orders are never mirrored, and the lab is gone afterwards.
+
+The expected counts (label flips, 500s, renamed fields) are recomputed from what the mirror
+captured, with the demo service's own deterministic functions."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import stat
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB = ROOT / "scripts" / "lab"
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(f"lab_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _load("demo_service", LAB / "demo_service.py")
+_ct = _load("conftest", ROOT / "tests" / "conftest.py")
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    _ct.require_root()
+    for tool in ("ip", "tc"):
+        _ct.require_tool(tool)
+    out = tmp_path_factory.mktemp("demo") / "out"
+    prefix = f"std{uuid.uuid4().hex[:6]}"
+    env = dict(os.environ, DEMO_DURATION="12", DEMO_RATE="40", DEMO_SEED="1", DEMO_OUT=str(out),
+               DEMO_PREFIX=prefix, DEMO_DASHBOARD="off")
+    proc = subprocess.run([str(ROOT / "scripts" / "demo.sh")], env=env, capture_output=True, text=True,
+                          timeout=900, check=False, stdin=subprocess.DEVNULL)
+    yield {"proc": proc, "out": out, "prefix": prefix}
+    subprocess.run([sys.executable, str(LAB / "lab.py"), "down", "--prefix", prefix], capture_output=True,
+                   check=False)
+
+
+@pytest.fixture(scope="module")
+def report(run):
+    proc = run["proc"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return json.loads((run["out"] / "mirror" / "report.json").read_text())
+
+
+def _failed(report, endpoint, path=None, name=None):
+    return [m for m in report["verdict"]["metrics"]
+            if m["failed"] and m["endpoint"] == endpoint and (path is None or m["path"] == path)
+            and (name is None or m["name"] == name)]
+
+
+def _field(report, endpoint, path):
+    ep = next(e for e in report["endpoints"] if e["endpoint"] == endpoint)
+    return next(f for f in ep["fields"] if f["path"] == path)
+
+
+def test_demo_completes_and_says_where_the_files_are(run, report):
+    proc, out = run["proc"], run["out"]
+    assert "verdict: FAIL" in proc.stdout  # the report, printed
+    assert f"files in {out}" in proc.stderr and "report.html" in proc.stderr
+    html = out / "mirror" / "report.html"
+    assert html.stat().st_size > 10_000 and "<html" in html.read_text()[:2000].lower()
+    for name in ("exchanges.jsonl", "results.jsonl", "report.json", "report.html"):
+        assert stat.S_IMODE((out / "mirror" / name).stat().st_mode) == 0o600  # captured traffic
+    traffic = json.loads((out / "traffic.json").read_text())
+    assert traffic["sent"] == 12 * 40 and traffic["failures"] == 0
+
+
+def test_lab_is_down_afterwards(run, report):
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert run["prefix"] not in names
+    assert not (Path("/run/shadowtap-lab") / run["prefix"]).exists()
+
+
+def test_verdict_fails_for_the_deliberate_regressions(run, report):
+    assert report["verdict"]["result"] == "fail"
+    exchanges = {e["id"]: e for e in _jsonl(run["out"] / "mirror" / "exchanges.jsonl")}
+    results = {r["exchange_id"]: r for r in _jsonl(run["out"] / "mirror" / "results.jsonl")}
+    paired = [exchanges[i] for i in results if i in exchanges]
+
+    # the slow endpoint
+    assert _failed(report, "GET /v1/search", name="latency")
+    # the renamed field: price missing on every product found, unit_price only in the shadow
+    found = [e for e in paired if e["request"]["target"].startswith("/v1/products/") and e["response"]["status"] == 200]
+    assert _failed(report, "GET /v1/products/{id}", "body.price")
+    assert _field(report, "GET /v1/products/{id}", "body.price")["kinds"] == {"missing": len(found)}
+    assert _field(report, "GET /v1/products/{id}", "body.unit_price")["only_extra"]
+    # the 500s: exactly the pages version 2 fails on
+    pages = [int(parse_qs(urlsplit(e["request"]["target"]).query)["page"][0]) for e in paired
+             if urlsplit(e["request"]["target"]).path == "/v1/products"]
+    expected_500 = sum(demo.products_page_fails(p, 2) for p in pages)
+    assert expected_500 > 0
+    assert report["summary"]["errors"]["new_failures"] == {"5xx": expected_500}
+    assert _failed(report, "GET /v1/products", "status")
+    # the label flips: exactly the inputs near the threshold
+    flips = 0
+    for e in paired:
+        if e["request"]["target"] == "/v1/predict":
+            features = demo.validate_features(json.loads(e["request"]["body"])["features"])
+            flips += demo.predict(features, 1)[1] != demo.predict(features, 2)[1]
+    assert flips > 0
+    label = _field(report, "POST /v1/predict", "body.label")
+    assert label["kinds"] == {"value": flips} and label["flips"][0]["primary"] == "approve"
+    assert _failed(report, "POST /v1/predict", "body.label")
+
+
+def test_score_shift_measured_not_failing(report):
+    ep = next(e for e in report["endpoints"] if e["endpoint"] == "POST /v1/predict")
+    score = next(n for n in ep["numeric"] if n["path"] == "body.score")
+    assert 0.01 < score["mean_shadow"] - score["mean_primary"] < 0.04
+    assert not _failed(report, "POST /v1/predict", "body.score")
+
+
+def test_harmless_field_reported_not_failing(report):
+    new = [m for m in report["verdict"]["metrics"]
+           if m["endpoint"] == "GET /v1/categories" and m["path"] == "body.cache_ttl_s"]
+    assert new and not any(m["failed"] for m in new)
+    assert not _failed(report, "GET /v1/categories")
+    assert _field(report, "GET /v1/categories", "body.cache_ttl_s")["only_extra"]
+
+
+def test_noise_told_apart(report):
+    noise = {(n["endpoint"], n["path"]): n["reason"] for n in report["noise"]}
+    assert "uuid" in noise[("GET /v1/products", "body.request_id")]
+    assert "timestamp" in noise[("GET /v1/products", "body.generated_at")]
+    assert "timestamp" in noise[("POST /v1/predict", "body.scored_at")]
+    assert "order" in noise[("GET /v1/products/{id}", "body.tags")]
+    assert "server timing" in noise[("GET /v1/search", "body.took_ms")]  # the demo's own rule
+    assert "x-request-id" in report["noisy_headers"]
+    # none of them is a failing metric
+    for endpoint, path in noise:
+        assert not _failed(report, endpoint, path)
+
+
+def test_orders_never_mirrored(run, report):
+    results = _jsonl(run["out"] / "mirror" / "results.jsonl")
+    assert not [r for r in results if urlsplit(r["target"]).path == "/v1/orders"]
+    assert [r for r in results if urlsplit(r["target"]).path == "/v1/predict"]  # allowed: side-effect free
+    # every order the client created was seen on the wire and skipped as unsafe
+    orders = json.loads((run["out"] / "traffic.json").read_text())["statuses"]["order 201"]
+    mirror = json.loads((run["out"] / "mirror" / "mirror.json").read_text())
+    assert orders > 0 and mirror["skipped"] == {"unsafe_method": orders}
