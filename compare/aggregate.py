@@ -234,6 +234,7 @@ class Comparison:
         sb: Body | None,
     ) -> None:
         now = ex.ts
+        target = ex.request.target if ex.request is not None else ""
         shadow_ts = res.response.ts if res.response is not None and res.response.ts else res.sent
         seen: set[str] = set()
         max_samples = self.config.limits.samples_per_field
@@ -246,7 +247,7 @@ class Comparison:
                 if len(f.samples) < max_samples:
                     f.samples.append(self._sample(ex, d, pb, sb))
             if d.kind is Kind.VALUE or d.kind is Kind.TYPE:
-                f.volatility.observe(d.primary, d.shadow, now, shadow_ts)
+                f.volatility.observe(d.primary, d.shadow, now, shadow_ts, target)
                 if (
                     isinstance(d.primary, (str, bool, int))
                     and isinstance(d.shadow, (str, bool, int))

@@ -30,7 +30,7 @@ class Volatility:
     """What the differing values of one field looked like. O(1) per observation, memory bounded
     by ``_DISTINCT_CAP`` hashes."""
 
-    __slots__ = ("_last", "distinct", "increasing", "ints", "n", "shapes")
+    __slots__ = ("_last", "_last_s", "distinct", "echoed", "increasing", "ints", "n", "shapes")
 
     def __init__(self) -> None:
         self.n = 0
@@ -38,13 +38,21 @@ class Volatility:
         self.distinct: set[int] = set()
         self.ints = 0
         self.increasing = 0
+        self.echoed = 0  # the primary's value appears in the request target
         self._last: int | None = None
+        self._last_s: int | None = None
 
     def observe(self, primary: object, shadow: object, primary_ts: float | None,
-                shadow_ts: float | None) -> None:
+                shadow_ts: float | None, target: str = "") -> None:
         """``primary_ts``/``shadow_ts``: when each side answered (a replay can run days after the
-        capture, and an epoch timestamp is judged against its own side's time)."""
+        capture, and an epoch timestamp is judged against its own side's time). ``target``: the
+        request target; a value echoed from the request is never noise (an id the shadow gets
+        wrong looks like a counter or a UUID otherwise)."""
         self.n += 1
+        if target and isinstance(primary, (str, int)) and not isinstance(primary, bool):
+            text = str(primary)
+            if len(text) >= 1 and text in target:
+                self.echoed += 1
         ps = volatile_shape(primary, primary_ts)
         if ps is not None and volatile_shape(shadow, shadow_ts) is not None:
             self.shapes[ps] += 1
@@ -58,9 +66,10 @@ class Volatility:
             and isinstance(shadow, int) and not isinstance(shadow, bool)
         ):
             self.ints += 1
-            if self._last is not None and primary > self._last:
+            if (self._last is not None and self._last_s is not None and primary > self._last
+                    and shadow > self._last_s):
                 self.increasing += 1
-            self._last = primary
+            self._last, self._last_s = primary, shadow
 
     def merge(self, other: Volatility) -> None:
         self.n += other.n
@@ -69,10 +78,11 @@ class Volatility:
             self.distinct |= other.distinct
         self.ints += other.ints
         self.increasing += other.increasing
+        self.echoed += other.echoed
 
     def verdict(self, cfg: NoiseConfig) -> str | None:
         """Why this field is noise, or None."""
-        if self.n < cfg.min_observations:
+        if self.n < cfg.min_observations or self.echoed * 2 >= self.n:
             return None
         distinct = len(self.distinct) / min(self.n, _DISTINCT_CAP)
         if distinct < cfg.distinct_share:
@@ -88,7 +98,7 @@ class Volatility:
             share = self.increasing / (self.ints - 1)
             if share >= cfg.volatile_share:
                 return (
-                    f"volatile: a counter (the primary's value grew in {share:.0%} of successive "
+                    f"volatile: a counter (both sides' values grew in {share:.0%} of successive "
                     "differing exchanges)"
                 )
         return None

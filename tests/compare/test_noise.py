@@ -127,3 +127,16 @@ def test_volatility_needs_enough_observations():
     for i in range(3):
         v.observe(str(uuid.uuid4()), str(uuid.uuid4()), None, None)
     assert "uuid" in v.verdict(NoiseConfig())
+
+
+def test_values_echoed_from_the_request_are_never_noise(craft):
+    # the shadow returns the wrong order id: UUID-shaped and varying, but taken from the request
+    def make(i):
+        oid = str(uuid.uuid4())
+        ex = craft.exchange(i, craft.response({"order": oid, "n": i}), target=f"/orders/{oid}/n/{i}")
+        return ex, craft.result(i, craft.response({"order": str(uuid.uuid4()), "n": i + 1}))
+
+    rep = craft.run(N, make)
+    assert craft.field(rep, "body.order")["noise"] is None
+    assert craft.field(rep, "body.n")["noise"] is None
+    assert rep["verdict"]["result"] == "fail"
