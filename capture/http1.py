@@ -22,6 +22,7 @@ segment; body bytes beyond ``max_body`` are counted, not kept.
 
 from __future__ import annotations
 
+import operator
 import re
 import zlib
 from collections import deque
@@ -194,36 +195,56 @@ def decoded_length(body: bytes, content_encoding: str | None, limit: int = 64 <<
     return len(data)
 
 
-def _parse_headers(lines: list[bytes], msg: _Msg) -> tuple[tuple[str, str], ...]:
-    """Header lines (without CR/LF) -> (name, value) pairs. obs-fold continuation lines join the
-    previous value with one space; lines without a colon are dropped (``bad_header``)."""
+_SEP = operator.itemgetter(1)
+
+
+def _parse_headers(block: bytes, msg: _Msg) -> tuple[tuple[tuple[str, str], ...], str]:
+    """A header block (the lines after the start line, without the final empty line) -> the
+    (name, value) pairs and the block lower-cased (for cheap presence tests). One decode for the
+    block; per line one partition and one strip. obs-fold continuation lines join the previous value
+    with one space (``obs_fold``); lines without a colon are dropped (``bad_header``)."""
+    text = block.decode("latin-1")
+    if (
+        text.count("\n") == text.count("\r\n")
+        and "\n " not in text and "\n\t" not in text and " :" not in text and "\t:" not in text
+        and "\n:" not in text and text[:1] not in (" ", "\t", ":")
+    ):
+        # CRLF lines, no folding, no whitespace before a colon: the common case, ~0.2 us a line.
+        parts = [line.partition(":") for line in text.split("\r\n")]
+        if all(map(_SEP, parts)):
+            return tuple([(n, v.strip(" \t")) for n, _, v in parts]), text.lower()
     out: list[tuple[str, str]] = []
-    for raw in lines:
-        if raw[:1] in (b" ", b"\t"):
-            if out:
-                n, v = out[-1]
-                out[-1] = (n, (v + " " + raw.strip(b" \t").decode("latin-1")).strip())
-                if "obs_fold" not in msg.anomalies:
-                    msg.anomalies.append("obs_fold")
-            continue
-        colon = raw.find(b":")
-        if colon <= 0:
-            if raw and "bad_header" not in msg.anomalies:
+    append = out.append
+    for line in text.split("\n"):
+        if line[-1:] == "\r":
+            line = line[:-1]
+        name, sep, value = line.partition(":")
+        if sep and name and name[0] not in " \t" and name[-1] not in " \t":
+            append((name, value.strip(" \t")))
+        elif line[:1] in (" ", "\t") and out:
+            n, v = out[-1]
+            out[-1] = (n, (v + " " + line.strip(" \t")).strip())
+            if "obs_fold" not in msg.anomalies:
+                msg.anomalies.append("obs_fold")
+        elif sep and name.strip(" \t"):
+            append((name.rstrip(" \t"), value.strip(" \t")))  # whitespace before the colon: kept lenient
+            if "bad_header" not in msg.anomalies:
                 msg.anomalies.append("bad_header")
-            continue
-        out.append((raw[:colon].rstrip(b" \t").decode("latin-1"), raw[colon + 1 :].strip(b" \t").decode("latin-1")))
-    return tuple(out)
+        elif line and "bad_header" not in msg.anomalies:
+            msg.anomalies.append("bad_header")
+    return tuple(out), text.lower()
 
 
-def _split_head(head: bytes) -> list[bytes]:
-    lines = head.split(b"\n")
-    return [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+def _values(headers: tuple[tuple[str, str], ...], lname: str) -> list[str]:
+    return [v for n, v in headers if n.lower() == lname]
 
 
 def _content_length(values: list[str], msg: _Msg) -> int | None:
     """The Content-Length of a message, or None when absent or unusable (``bad_content_length``).
     Repeated equal values (also comma-joined) are one value; different ones are
     ``conflicting_content_length`` and the first is used."""
+    if len(values) == 1 and values[0].isdigit():
+        return int(values[0])
     nums: list[int] = []
     for v in values:
         for part in v.split(","):
@@ -239,10 +260,27 @@ def _content_length(values: list[str], msg: _Msg) -> int | None:
     return nums[0]
 
 
+def _framing(headers: tuple[tuple[str, str], ...], lowered: str, msg: _Msg) -> tuple[str | None, list[str]]:
+    """Transfer-Encoding (joined) and Content-Length values of a head; sets ``msg.encodings``.
+    The lower-cased block is searched first, so a head without them costs three ``in`` tests."""
+    te = None
+    cls: list[str] = []
+    if "content-length" in lowered:
+        cls = _values(headers, "content-length")
+    if "transfer-encoding" in lowered:
+        tes = _values(headers, "transfer-encoding")
+        te = ",".join(tes) if tes else None
+    if "content-encoding" in lowered:
+        ces = _values(headers, "content-encoding")
+        msg.encodings = ",".join(ces) if ces else None
+    return te, cls
+
+
 class _Side:
     """One direction's parser: the buffer, the state and the message being parsed."""
 
     __slots__ = (
+        "boundary",
         "buf",
         "chunked",
         "conv",
@@ -267,7 +305,10 @@ class _Side:
         self.remaining = 0
         self.chunked = False
         self.head_ts = 0.0
-        self.lost = state == State.SYNC  # boundaries lost (mid-stream join, gap): the next message notes it
+        # Message boundaries lost: "midstream" (joined without the start), "gap", "" (after a parse
+        # error); the next message found notes it (except ""); None: in step.
+        self.lost: str | None = "midstream" if state == State.SYNC else None
+        self.boundary = self.lost is not None  # the next byte follows a gap: a message may start right there
         self.scanned = 0
         self.txn: Transaction | None = None
 
@@ -392,7 +433,7 @@ class _Side:
             hend, nxt = end, end + 3
         msg = self.msg
         assert msg is not None
-        msg.headers = msg.headers + _parse_headers(_split_head(buf[pos:hend]), msg)
+        msg.headers = msg.headers + _parse_headers(buf[pos:hend], msg)[0]
         self.pos = nxt
         self.complete(ts)
         return True
@@ -412,7 +453,8 @@ class _Side:
         buf, pos = self.buf, self.pos
         if pos >= len(buf):
             return False
-        m = _SYNC_AT[self.is_request].match(buf, pos)
+        m = _SYNC_AT[self.is_request].match(buf, pos) if self.boundary else None
+        self.boundary = False
         if m is not None:
             start = pos
         else:
@@ -429,6 +471,25 @@ class _Side:
         self.pos = start
         self.state = State.HEAD
         return True
+
+    def _partial_head(self, ts: float) -> None:
+        """The stream ended inside a head: parse the lines that did arrive, as if the empty line
+        had followed, and mark the message ``truncated``."""
+        conv = self.conv
+        marker = conv.completed
+        buf = self.buf
+        self.buf = buf + (b"\r\n" if buf.endswith(b"\r\n") else b"\n" if buf.endswith(b"\n") else b"\r\n\r\n")
+        self.run(ts)
+        msg = self.msg
+        if msg is not None:
+            msg.truncated = True
+            msg.anomalies.append("truncated")
+            self.msg = None
+            conv.parse_failed(self, ts, "truncated", msg)
+        elif conv.completed is not marker and conv.completed is not None:
+            conv.completed.note("truncated")
+        else:
+            conv.parse_failed(self, ts, "truncated", None)
 
     # -- messages ---------------------------------------------------------------------------------
 
@@ -462,7 +523,8 @@ class _Side:
         self.msg = None
         if self.state not in (State.DEAD, State.TUNNEL):
             self.state = State.SYNC
-            self.lost = True
+            self.lost = ""
+            self.boundary = False
             # Skip at least one byte so the search does not find the same place again.
             self.pos = min(len(self.buf), self.pos + 1)
 
@@ -513,7 +575,8 @@ class _Side:
         if self.state == State.WAIT:
             return
         self.state = State.SYNC
-        self.lost = True
+        self.lost = "gap"
+        self.boundary = True
 
     def end(self, ts: float) -> None:
         """No more bytes in this direction."""
@@ -527,7 +590,7 @@ class _Side:
             self.msg = None
             self.conv.parse_failed(self, ts, "truncated", msg)
         elif st == State.HEAD and self.pos < len(self.buf):
-            self.conv.parse_failed(self, ts, "truncated", None)
+            self._partial_head(ts)
         self.state = State.DEAD
         self.buf = b""
         self.pos = 0
@@ -559,7 +622,7 @@ class _RequestSide(_Side):
             return False
         line = buf[pos : le - 1] if le > pos and buf[le - 1] == 13 else buf[pos:le]
         tokens = line.split()
-        if not tokens or any(c not in _TCHAR for c in tokens[0]) or len(tokens[0]) > 32 or len(tokens) < 2:
+        if len(tokens) < 2 or len(tokens[0]) > 32 or not (tokens[0].isalpha() or all(c in _TCHAR for c in tokens[0])):
             self.fail(ts, "parse_error")
             return True
         msg = _Msg(self.txn.ts)
@@ -571,17 +634,22 @@ class _RequestSide(_Side):
             sp1 = line.find(tokens[1], len(tokens[0]))
             msg.start2 = line[sp1 : line.rfind(last)].rstrip(b" \t").decode("latin-1")
         elif len(tokens) == 2 and not last.startswith(b"HTTP/"):
-            # HTTP/0.9 simple request: ``GET /path``, no headers, the response is the raw body.
+            # A request line without a protocol: HTTP/0.9 (``GET /path``), and the response will be
+            # the raw body. Header lines that arrived with it are kept (servers that answer 0.9
+            # style still get them; Suricata logs them too).
             msg.version = "HTTP/0.9"
             msg.start2 = tokens[1].decode("latin-1")
             msg.anomalies.append("http09")
-            self.pos = le + 1
-            self.msg = msg
             self.txn.http09 = True
             self.txn.method = msg.start1
-            self.complete(ts)
-            self.state = State.DEAD  # an HTTP/0.9 connection carries one request
-            return False
+            if le + 1 >= n or buf[le + 1] in (13, 10):
+                self.pos = le + 1
+                if buf.startswith(b"\r\n", le + 1) or buf.startswith(b"\n", le + 1):
+                    self.pos = le + (3 if buf[le + 1] == 13 else 2)
+                self.msg = msg
+                self.complete(ts)
+                self.state = State.DEAD  # an HTTP/0.9 connection carries one request
+                return False
         else:
             self.fail(ts, "parse_error")
             return True
@@ -603,26 +671,20 @@ class _RequestSide(_Side):
             return False
         if hend <= le:
             headers: tuple[tuple[str, str], ...] = ()
+            lowered = ""
         else:
-            headers = _parse_headers(_split_head(buf[le + 1 : hend]), msg)
+            headers, lowered = _parse_headers(buf[le + 1 : hend], msg)
         msg.headers = headers
         self.msg = msg
         self.pos = nxt
         self.txn.method = msg.start1
+        if self.txn.http09:
+            self.complete(ts)
+            self.state = State.DEAD
+            return False
         # Framing (RFC 9112 6.3): chunked as final coding, else Content-Length, else no body.
-        te: str | None = None
-        cls: list[str] = []
-        upgrade = False
-        for name, value in headers:
-            ln = len(name)
-            if ln == 14 and name.lower() == "content-length":
-                cls.append(value)
-            elif ln == 17 and name.lower() == "transfer-encoding":
-                te = value if te is None else te + "," + value
-            elif ln == 16 and name.lower() == "content-encoding":
-                msg.encodings = value if msg.encodings is None else msg.encodings + "," + value
-            elif ln == 7 and name.lower() == "upgrade":
-                upgrade = True
+        te, cls = _framing(headers, lowered, msg)
+        upgrade = "upgrade" in lowered and bool(_values(headers, "upgrade"))
         length: int | None = 0
         self.chunked = False
         if te is not None:
@@ -689,8 +751,10 @@ class _ResponseSide(_Side):
                 self.fail(ts, "head_too_large")
                 return True
             return False
-        lines = _split_head(buf[pos:hend])
-        parts = lines[0].split(None, 2)
+        le = buf.find(b"\n", pos, hend)
+        if le < 0:
+            le = hend
+        parts = buf[pos : le - 1 if buf[le - 1] == 13 else le].split(None, 2)
         if len(parts) < 2 or len(parts[1]) != 3 or not parts[1].isdigit():
             self.fail(ts, "parse_error")
             return True
@@ -701,7 +765,10 @@ class _ResponseSide(_Side):
         msg.version = parts[0].decode("latin-1")
         msg.start1 = parts[1].decode("ascii")
         msg.start2 = parts[2].decode("latin-1").strip() if len(parts) > 2 else ""
-        headers = _parse_headers(lines[1:], msg) if len(lines) > 1 else ()
+        if le < hend:
+            headers, lowered = _parse_headers(buf[le + 1 : hend], msg)
+        else:
+            headers, lowered = (), ""
         msg.headers = headers
         self.pos = nxt
         if 100 <= status < 200 and status != 101:
@@ -711,16 +778,7 @@ class _ResponseSide(_Side):
         self.msg = msg
         txn = conv.response_started(self, txn, msg)
         self.txn = txn
-        te: str | None = None
-        cls: list[str] = []
-        for name, value in headers:
-            ln = len(name)
-            if ln == 14 and name.lower() == "content-length":
-                cls.append(value)
-            elif ln == 17 and name.lower() == "transfer-encoding":
-                te = value if te is None else te + "," + value
-            elif ln == 16 and name.lower() == "content-encoding":
-                msg.encodings = value if msg.encodings is None else msg.encodings + "," + value
+        te, cls = _framing(headers, lowered, msg)
         method = txn.method.upper()
         self.chunked = False
         if status == 101 or (method == "CONNECT" and 200 <= status < 300):
@@ -787,6 +845,9 @@ class Conversation:
         self.midstream = midstream
         self.seen_message = False
         self.next_index = 0
+        self.completed: Transaction | None = None  # the last transaction a message completed
+        self.not_http_seen = False
+        self.client_failed = False  # request bytes did not parse: a response-only answer notes it
 
     def take_index(self) -> int:
         i = self.next_index
@@ -830,10 +891,11 @@ class Conversation:
 
     def open_request(self, ts: float, side: _Side) -> Transaction:
         txn = Transaction(ts)
-        if side.lost:
-            side.lost = False
+        if side.lost is not None:
             txn.after_gap = True
-            txn.note("midstream" if self.midstream and not self.seen_message else "gap")
+            if side.lost:
+                txn.note(side.lost)
+            side.lost = None
         self.queue.append(txn)
         self.events.append((Event.OPENED, txn))
         return txn
@@ -858,8 +920,8 @@ class Conversation:
 
     def response_started(self, side: _Side, txn: Transaction | None, msg: _Msg) -> Transaction:
         lost = side.lost
-        side.lost = False
-        if lost and txn is not None:
+        side.lost = None
+        if lost is not None and txn is not None:
             # Responses were lost in a gap: answer the last request that began before this response.
             cands = [t for t in self.queue if not t.resp_done and t.ts <= msg.ts]
             if cands and cands[-1] is not txn:
@@ -879,8 +941,11 @@ class Conversation:
             txn.index = self.take_index()
             self._insert_response_only(txn)
             self.events.append((Event.OPENED, txn))
+            if self.client_failed:
+                self.client_failed = False
+                txn.note("parse_error")
         if lost:
-            txn.note("midstream" if self.midstream and not self.seen_message else "gap")
+            txn.note(lost)
         txn.response = None
         return txn
 
@@ -894,6 +959,7 @@ class Conversation:
 
     def message_done(self, side: _Side, msg: _Msg) -> None:
         self.seen_message = True
+        self.completed = side.txn
         if side.is_request:
             txn = side.txn
             assert txn is not None
@@ -940,6 +1006,8 @@ class Conversation:
         """``side`` lost its footing at ``ts``; ``msg`` (when not None) is the message cut short."""
         txn = side.txn
         if msg is None:
+            if side.is_request:
+                self.client_failed = True
             if txn is not None and side.is_request and txn.request is None:
                 self._void_partial(side)
             if not self.seen_message and not self.midstream and anomaly == "parse_error":
@@ -954,13 +1022,17 @@ class Conversation:
         self.message_done(side, msg)
 
     def not_http(self, side: _Side) -> None:
-        """The connection does not carry HTTP/1.x: stop parsing it."""
-        self.anomalies.append("not_http")
-        for s in (self.client, self.server):
-            s.state = State.DEAD
-            s.buf = b""
-            s.pos = 0
-        self._void_partial(self.client)
+        """This direction does not carry HTTP/1.x: stop parsing it (the other goes on: a server
+        may still answer garbage with a 400, worth recording)."""
+        if not self.not_http_seen:
+            self.not_http_seen = True
+            self.anomalies.append("not_http")
+        side.state = State.DEAD
+        side.buf = b""
+        side.pos = 0
+        if side.is_request:
+            self.client_failed = True
+            self._void_partial(side)
 
     def tunnel(self) -> None:
         self.waiting = None
