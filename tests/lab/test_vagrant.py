@@ -62,11 +62,13 @@ def test_validate_catches_a_broken_vagrantfile(tmp_path):
     assert "vagrant_provision.sh" in proc.stdout + proc.stderr
 
 
-def test_provision_script_is_valid_bash():
+def test_vm_scripts_are_valid_bash():
+    for name in ("vagrant_provision.sh", "vm_demo.sh"):
+        path = ROOT / "scripts" / "lab" / name
+        assert os.access(path, os.X_OK)
+        proc = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
     script = ROOT / "scripts" / "lab" / "vagrant_provision.sh"
-    assert os.access(script, os.X_OK)
-    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stderr
     bad = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False,
                          timeout=30, env={"PATH": os.environ["PATH"]})
     assert bad.returncode != 0  # no role given: refuses before touching anything
