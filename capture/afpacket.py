@@ -43,8 +43,24 @@ class _BpfProgram(ctypes.Structure):
     _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p)]
 
 
+_SONAMES = ("libpcap.so.0.8", "libpcap.so.1", "libpcap.so")
+
+
+def libpcap_name() -> str | None:
+    """The loadable libpcap, or None. find_library runs ldconfig (which fails where /dev/null is
+    not writable, as for an unprivileged user on some hosts), so known sonames are tried too."""
+    for name in (ctypes.util.find_library("pcap"), *_SONAMES):
+        if name:
+            try:
+                ctypes.CDLL(name)
+            except OSError:
+                continue
+            return name
+    return None
+
+
 def _libpcap() -> ctypes.CDLL:
-    name = ctypes.util.find_library("pcap")
+    name = libpcap_name()
     if not name:
         raise PrerequisiteError("libpcap is missing", hint="apt-get install libpcap0.8")
     lib = ctypes.CDLL(name)

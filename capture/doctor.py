@@ -7,7 +7,6 @@ prerequisite as a PrerequisiteError (with its fix as the hint), so `capture` fai
 
 from __future__ import annotations
 
-import ctypes.util
 import gzip
 import os
 from dataclasses import dataclass
@@ -62,8 +61,8 @@ def _caps_check(caps: tuple[int, ...], backend: str) -> Check:
         return Check(f"privileges ({backend})", Status.OK, f"{who}, capabilities present", needed_by=backend)
     return Check(
         f"privileges ({backend})", Status.MISSING, f"{who}, missing {', '.join(missing)}",
-        "run as root (sudo shadowtap ...), or: setcap cap_bpf,cap_perfmon,cap_net_admin,cap_net_raw+ep "
-        "$(readlink -f .venv/bin/python)", needed_by=backend,
+        f"run as root (sudo shadowtap ...), or grant {', '.join(missing)} to the process "
+        f"(systemd: AmbientCapabilities={' '.join(missing)})", needed_by=backend,
     )
 
 
@@ -134,7 +133,9 @@ def check_ringbuf() -> Check:
 
 
 def check_libpcap() -> Check:
-    lib = ctypes.util.find_library("pcap")
+    from capture.afpacket import libpcap_name
+
+    lib = libpcap_name()
     if lib:
         return Check("libpcap", Status.OK, lib, needed_by="pcap")
     return Check("libpcap", Status.MISSING, "not found", "apt-get install libpcap0.8", needed_by="pcap")

@@ -138,7 +138,7 @@ class EbpfSource:
         if self.use_ringbuf is None:
             self.use_ringbuf = ringbuf_supported()
         try:
-            self._bpf = BPF(text=program_source(), cflags=self.cflags())
+            self._bpf = BPF(text=program_source().encode(), cflags=self.cflags())
             ing = self._bpf.load_func(b"shadowtap_ing", BPF.SCHED_CLS)
             egr = self._bpf.load_func(b"shadowtap_egr", BPF.SCHED_CLS)
         except Exception as exc:  # bcc raises bare Exceptions for compile and verifier failures

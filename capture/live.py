@@ -237,7 +237,10 @@ def open_source(config: CaptureConfig) -> tuple[Source, str]:
     except PrerequisiteError as exc:
         why = exc.message
     src = PcapSource(config.iface, config.ports, buffer_mb=config.buffer_mb)
-    src.open()
+    try:
+        src.open()
+    except PrerequisiteError as exc:
+        raise PrerequisiteError(f"no backend can run: eBPF: {why}; pcap: {exc.message}", hint=exc.hint) from exc
     return src, f"auto: pcap, because eBPF is unavailable: {why}"
 
 
@@ -408,10 +411,14 @@ def capture(config: CaptureConfig, *, keep_secrets: bool = False, secret_headers
     detached, in-flight exchanges written, files closed); a second Ctrl-C interrupts at once."""
     from capture.pipeline import Extractor
     from shadowtap import console
-    from shadowtap.redact import Redactor
+    from shadowtap.redact import Redactor, key_path
 
-    extractor = Extractor(ports=config.ports, max_body=max_body, keep_secrets=keep_secrets,
-                          redactor=None if keep_secrets else Redactor.default(secret_headers))
+    try:
+        redactor = None if keep_secrets else Redactor.default(secret_headers)
+    except OSError as exc:
+        raise InputError(f"cannot read or create the redaction key: {exc.strerror}", where=key_path(),
+                         hint="set SHADOWTAP_KEY_FILE to a file this user can write") from exc
+    extractor = Extractor(ports=config.ports, max_body=max_body, keep_secrets=keep_secrets, redactor=redactor)
     stop = threading.Event()
     previous: dict[int, Any] = {}
 

@@ -202,8 +202,8 @@ static __always_inline int capture(struct __sk_buff *skb) {
     return TC_ACT_UNSPEC;
 }
 
-// Program names are what `tc filter show` prints: capture/ebpf.py recognises its own (and those a
-// killed run left behind) by them.
+// `tc filter show` prints these program names after the filter's own name (shadowtap-<pid>-<start>,
+// by which capture/tc.py recognises its filters and those a killed run left behind).
 int shadowtap_egr(struct __sk_buff *skb) {
     return capture(skb);
 }
