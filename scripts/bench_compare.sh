@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Benchmark of the comparison core (compare.aggregate.Comparison.add: status, headers, bodies,
+# noise bookkeeping, latency and value reservoirs) against a plain deepdiff loop over the same
+# pairs, in the same run, on one core.
+# Pairs: ~1 KB JSON bodies (the size a typical API answers), realistic headers (Date and
+# X-Request-Id differ on every pair), 1% of the pairs with a differing field. The peer parses both
+# bodies and runs DeepDiff on them, the least a deepdiff-based comparison must do.
+# Usage: scripts/bench_compare.sh   (env: BENCH_PAIRS=50000 BENCH_PEER_PAIRS=3000)
+# Goal (issue 5): >= 20k pairs/s on one core.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+pin=()
+if command -v taskset >/dev/null; then pin=(taskset -c 0); fi
+"${pin[@]}" "$PY" - <<'PY'
+import json
+import os
+import platform
+import random
+import time
+import uuid
+
+import orjson
+from deepdiff import DeepDiff
+
+from compare.aggregate import Comparison
+from shadowtap.records import Exchange, Request, Response, Result
+
+N = int(os.environ.get("BENCH_PAIRS", "50000"))
+M = min(N, int(os.environ.get("BENCH_PEER_PAIRS", "3000")))
+rng = random.Random(42)
+T0 = time.time()
+
+
+def body(i):
+    return {
+        "id": i, "user": {"id": 1000 + i % 97, "name": f"user {i % 97}", "tier": ["free", "pro"][i % 2]},
+        "items": [{"sku": f"SKU-{(i + k) % 500:04d}", "name": f"article {(i + k) % 500}", "qty": k + 1,
+                   "price": round(3.5 * (k + 1), 2), "tags": ["a", "b", "c"][: 1 + k % 3]} for k in range(9)],
+        "prediction": {"label": ["cat", "dog", "bird"][i % 3], "score": round(rng.random(), 6)},
+        "pagination": {"page": 1 + i % 10, "per_page": 6, "total": 60},
+        "links": {"self": f"/v1/orders/{i}", "next": f"/v1/orders/{i + 1}"},
+        "note": "delivered to the front desk between nine and five",
+    }
+
+
+pairs = []
+for i in range(N):
+    ts = T0 + i * 0.001
+    b = body(i)
+    pb = orjson.dumps(b)
+    if i % 100 == 7:  # 1% differ
+        b["items"][2]["price"] += 1.0
+    sb = orjson.dumps(b)
+
+    def resp(data, t):
+        return Response(ts=t, end_ts=t, version="1.1", status=200, reason="OK", body=data, body_len=len(data),
+                        headers=(("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+                                 ("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(t))),
+                                 ("X-Request-Id", uuid.UUID(int=rng.getrandbits(128)).hex),
+                                 ("Cache-Control", "no-store")))
+
+    req = Request(ts=ts, end_ts=ts, version="1.1", headers=(("Host", "api"),), method="GET",
+                  target=f"/v1/orders/{i}")
+    ex = Exchange(id=f"{i:08x}", client="10.0.0.1:1", server="10.0.0.2:80", index=0, request=req,
+                  response=resp(pb, ts), total_ms=rng.gauss(20, 2))
+    res = Result(exchange_id=ex.id, target="http://shadow/", scheduled=ts, sent=ts, response=resp(sb, ts + 1),
+                 total_ms=rng.gauss(20, 2))
+    pairs.append((ex, res))
+avg = sum(len(e.response.body) for e, _ in pairs) / N
+
+c = Comparison()
+t = time.perf_counter()
+for ex, res in pairs:
+    c.add(ex, res)
+rep = c.snapshot()
+ours = N / (time.perf_counter() - t)
+assert abs(1 - rep["summary"]["identical"] / N - 0.01) < 0.002, rep["summary"]
+
+differing = 0
+t = time.perf_counter()
+for ex, res in pairs[:M]:
+    d = DeepDiff(json.loads(ex.response.body), json.loads(res.response.body))
+    if ex.response.status != res.response.status or d:
+        differing += 1
+peer = M / (time.perf_counter() - t)
+assert differing == sum(1 for i in range(M) if i % 100 == 7)
+
+print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}")
+print(f"pairs: {N} (deepdiff: first {M}), body {avg:.0f} bytes, 1% differing; verdict {rep['verdict']['result']}")
+print(f"shadowtap compare: {ours:,.0f} pairs/s")
+print(f"deepdiff loop:     {peer:,.0f} pairs/s")
+print(f"ratio: {ours / peer:.1f}x; goal >= 20,000 pairs/s: {'met' if ours >= 20_000 else 'NOT met'}")
+PY
