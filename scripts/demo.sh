@@ -57,6 +57,9 @@ cleanup() {
     kill -TERM "$mirror_pid" 2>/dev/null || true   # the mirror stops cleanly: hooks detached, report written
     wait "$mirror_pid" 2>/dev/null || true
   fi
+  if [ "$rc" -ne 0 ] && [ -s "$OUT/mirror/report.html" ]; then
+    echo "demo: the report of what was mirrored so far: $OUT/report.txt, $OUT/mirror/report.html" >&2
+  fi
   say "lab down"
   "${LAB[@]}" down >&2 || true
   exit "$rc"

@@ -11,9 +11,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -34,6 +36,15 @@ def _load(name: str, path: Path):
 
 demo = _load("demo_service", LAB / "demo_service.py")
 _ct = _load("conftest", ROOT / "tests" / "conftest.py")
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie lingers until init reaps it)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -160,3 +171,43 @@ def test_orders_never_mirrored(run, report):
     orders = json.loads((run["out"] / "traffic.json").read_text())["statuses"]["order 201"]
     mirror = json.loads((run["out"] / "mirror" / "mirror.json").read_text())
     assert orders > 0 and mirror["skipped"] == {"unsafe_method": orders}
+
+
+def test_ctrl_c_takes_the_lab_down(tmp_path):
+    """Ctrl-C on a terminal: SIGINT to the whole foreground process group, mid-traffic."""
+    _ct.require_root()
+    _ct.require_tool("ip")
+    out = tmp_path / "out"
+    prefix = f"std{uuid.uuid4().hex[:6]}"
+    env = dict(os.environ, DEMO_DURATION="300", DEMO_OUT=str(out), DEMO_PREFIX=prefix,
+               DEMO_DASHBOARD="off", DEMO_SETUP="0")
+    proc = subprocess.Popen([str(ROOT / "scripts" / "demo.sh")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, stdin=subprocess.DEVNULL)
+    lab_pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 300
+        results = out / "mirror" / "results.jsonl"
+        while not (results.exists() and results.stat().st_size > 0):  # lab, mirror and traffic at work
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        for role in ("client", "primary", "shadow"):
+            pids = subprocess.run(["ip", "netns", "pids", f"{prefix}-{role}"], capture_output=True, text=True,
+                                  check=False).stdout.split()
+            lab_pids += [int(p) for p in pids]
+        assert len(lab_pids) >= 4  # two services, the mirror, the traffic generator
+        os.killpg(proc.pid, signal.SIGINT)
+        _stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        subprocess.run([sys.executable, str(LAB / "lab.py"), "down", "--prefix", prefix], capture_output=True,
+                       check=False)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "lab down" in stderr
+    assert prefix not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                                        check=True).stdout
+    assert not [p for p in lab_pids if _running(p)]
+    # the mirror stopped cleanly: its report of what it saw is there
+    assert json.loads((out / "mirror" / "report.json").read_text())["summary"]["pairs"] > 0
