@@ -16,6 +16,7 @@ APT_PACKAGES=(
   python3-bpfcc bpfcc-tools libbpfcc              # bcc: eBPF backend (its Python bindings are not on PyPI)
   iproute2 iputils-ping ethtool procps              # network namespaces, veth, tc for the lab and tests
   tcpdump tshark tcpreplay                        # peers and readers of our pcaps (tests, benchmarks)
+  libpcap0.8                                      # the pcap capture backend (through ctypes)
   nginx-light wrk hey curl                        # real servers and clients for tests and benchmarks
   chromium                                        # renders the HTML report in a test
   vagrant                                         # `vagrant validate` of the lab's Vagrantfile

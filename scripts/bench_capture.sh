@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Live capture benchmark: across a veth between two network namespaces, hey drives nginx at rising
+# rates while one recorder captures on the server's interface: tcpdump (the peer), shadowtap's eBPF
+# backend, shadowtap's pcap backend. For each, the highest rate at which it recorded at least 99.9%
+# of the exchanges (tcpdump's pcap counted by `shadowtap extract`); then the latency the agent adds
+# to the primary: hey's p50/p99 at a fixed rate without a recorder and with each backend.
+# Steps are long enough (10 s) that the 64 MiB kernel buffers cannot hide a recorder slower than the
+# load; "catch-up" is how long a recorder took to finish after the load stopped (its backlog).
+#
+#   scripts/bench_capture.sh            # as root; BENCH_SECONDS (10), BENCH_RATES ("2500 5000 10000 20000 0"),
+#                                       # BENCH_LATENCY_RATE (1000) override; a rate of 0 = as fast as hey goes
+# Goal (issue 3): eBPF loss-free at >= 80% of tcpdump's drop-free rate; primary p99 up by <= 5%.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" -eq 0 ] || { echo "bench_capture: run as root" >&2; exit 4; }
+[ -x .venv/bin/python ] || scripts/setup.sh
+export BENCH_SECONDS=${BENCH_SECONDS:-10}
+export BENCH_RATES=${BENCH_RATES:-"2500 5000 10000 20000 0"}
+export BENCH_LATENCY_RATE=${BENCH_LATENCY_RATE:-1000}
+exec .venv/bin/python - <<'EOF'
+import os, re, shutil, signal, subprocess, sys, tempfile, time, uuid
+from pathlib import Path
+
+from shadowtap.netns import Topology
+
+SECONDS = float(os.environ["BENCH_SECONDS"])
+RATES = [int(r) for r in os.environ["BENCH_RATES"].split()]
+LAT_RATE = int(os.environ["BENCH_LATENCY_RATE"])
+WORKERS = 8
+PORT = 8080  # inside the bench's own namespaces: no collision possible
+PY = sys.executable
+work = Path(tempfile.mkdtemp(prefix="shadowtap-bench-"))
+os.environ["SHADOWTAP_KEY_FILE"] = str(work / "key")
+
+NGINX = f"""daemon off; master_process off; user root; worker_processes 1; pid {work}/nginx.pid;
+error_log {work}/nginx.err warn; events {{ worker_connections 4096; }}
+http {{ access_log off; default_type text/plain; keepalive_requests 1000000;
+  client_body_temp_path {work}/b; proxy_temp_path {work}/p; fastcgi_temp_path {work}/f;
+  uwsgi_temp_path {work}/u; scgi_temp_path {work}/s;
+  server {{ listen 10.250.9.2:{PORT}; location / {{ return 200 "hello $request_uri\\n"; }} }} }}
+"""
+
+
+def wait_text(path: Path, needle: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while needle not in (path.read_text(errors="replace") if path.exists() else ""):
+        if proc.poll() is not None or time.monotonic() > end:
+            raise SystemExit(f"bench: {proc.args} did not start: {path.read_text(errors='replace')[-500:]}")
+        time.sleep(0.05)
+
+
+def hey(client, rate: int, seconds: float) -> dict:
+    argv = ["hey", "-z", f"{seconds}s", "-c", str(WORKERS)]
+    if rate:
+        argv += ["-q", str(max(1, rate // WORKERS))]
+    out = client.run([*argv, f"http://10.250.9.2:{PORT}/bench"], timeout=seconds + 60).stdout
+    ok = sum(int(n) for n in re.findall(r"\[\d+\]\s+(\d+) responses", out))
+    errors = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s+Get", out, re.M))
+    lat = {p: float(v) * 1000 for p, v in re.findall(r"(\d+)% in ([\d.]+) secs", out)}
+    return {"sent": ok + errors, "ok": ok, "rps": ok / seconds, "p50": lat.get("50"), "p99": lat.get("99")}
+
+
+def start_recorder(server, iface: str, kind: str, tag: str) -> tuple[subprocess.Popen, Path, Path]:
+    err = work / f"{tag}.err"
+    if kind == "tcpdump":
+        out = work / f"{tag}.pcap"
+        argv = ["tcpdump", "-i", iface, "-n", "-s", "0", "-B", "65536", "-w", str(out), f"tcp port {PORT}"]
+        ready = "listening on"
+    else:
+        out = work / f"{tag}.jsonl"
+        argv = [PY, "-m", "shadowtap", "capture", "-i", iface, "-p", str(PORT), "-b", kind, "-o", str(out)]
+        ready = "capturing:"
+    with open(err, "wb") as e:
+        proc = server.popen(argv, stdout=subprocess.DEVNULL, stderr=e)
+    wait_text(err, ready, proc)
+    return proc, out, err
+
+
+def stop(proc: subprocess.Popen) -> float:
+    """SIGTERM after a 1 s settle (the last packets reach every recorder); the seconds it took to
+    exit after that, i.e. the backlog it still had to process."""
+    time.sleep(1)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return time.monotonic() - start
+
+
+def recorded(kind: str, out: Path) -> int:
+    if kind == "tcpdump":  # tcpdump's pcap, through the same extraction
+        jl = out.with_suffix(".jsonl")
+        subprocess.run([PY, "-m", "shadowtap", "extract", str(out), "-p", str(PORT), "-o", str(jl)],
+                       check=True, capture_output=True)
+        out = jl
+    with open(out, "rb") as f:
+        return sum(1 for line in f if b'"/bench"' in line)
+
+
+def drops(kind: str, err: Path) -> str:
+    text = err.read_text(errors="replace")
+    if kind == "tcpdump":
+        m = re.search(r"(\d+) packets dropped by kernel", text)
+        return m.group(1) if m else "?"
+    k = re.search(r"kernel drops\s+([\d,]+)", text)
+    r = re.search(r"ring buffer drops\s+([\d,]+)", text)
+    return f"{k.group(1) if k else '?'}+{r.group(1) if r else '?'}"
+
+
+topo = Topology(f"stb{uuid.uuid4().hex[:5]}")
+nginx = None
+try:
+    client, server = topo.host("client"), topo.host("server")
+    _, iface = topo.link(client, server, "10.250.9.1", "10.250.9.2")
+    for d in "bpfus":
+        (work / d).mkdir()
+    (work / "nginx.conf").write_text(NGINX)
+    nginx = server.popen(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)])
+    for _ in range(100):
+        if client.run(["curl", "-s", "-o", "/dev/null", f"http://10.250.9.2:{PORT}/"], check=False).returncode == 0:
+            break
+        time.sleep(0.1)
+    print(f"# shadowtap capture benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+          f"{os.cpu_count()} CPUs, kernel {os.uname().release}; hey -c {WORKERS}, {SECONDS:g} s a step")
+    print(f"{'recorder':8} {'target/s':>8} {'served/s':>9} {'sent':>7} {'recorded':>8} {'ratio':>8} {'catch-up':>8}  drops")
+    best: dict[str, float] = {}
+    for kind in ("tcpdump", "ebpf", "pcap"):
+        best[kind] = 0.0
+        for rate in RATES:
+            proc, out, err = start_recorder(server, iface, kind, f"{kind}-{rate}")
+            load = hey(client, rate, SECONDS)
+            lag = stop(proc)
+            got = recorded(kind, out)
+            ratio = got / load["sent"] if load["sent"] else 0.0
+            if ratio >= 0.999:
+                best[kind] = max(best[kind], load["rps"])
+            print(f"{kind:8} {rate or 'max':>8} {load['rps']:9.0f} {load['sent']:7d} {got:8d} {ratio:8.4f} {lag:7.1f}s  "
+                  f"{drops(kind, err)}", flush=True)
+    print()
+    print("highest rate with >= 99.9% of exchanges recorded (served/s):")
+    for kind in ("tcpdump", "ebpf", "pcap"):
+        rel = f"  {best[kind] / best['tcpdump']:.0%} of tcpdump" if best["tcpdump"] and kind != "tcpdump" else ""
+        print(f"  {kind:8} {best[kind]:8.0f}{rel}")
+    print()
+    print(f"primary latency at {LAT_RATE}/s, {SECONDS:g} s runs, 3 interleaved rounds (hey p50 / p99, ms):")
+    lat: dict[str, list[dict]] = {"none": [], "ebpf": [], "pcap": []}
+    for _round in range(3):
+        for kind in ("none", "ebpf", "pcap"):
+            proc = None
+            if kind != "none":
+                proc, _out, _err = start_recorder(server, iface, kind, f"lat-{kind}-{_round}")
+            lat[kind].append(hey(client, LAT_RATE, SECONDS))
+            if proc:
+                stop(proc)
+    base99 = sum(r["p99"] for r in lat["none"]) / len(lat["none"])
+    for kind, runs in lat.items():
+        p50 = sum(r["p50"] for r in runs) / len(runs)
+        p99 = sum(r["p99"] for r in runs) / len(runs)
+        rel = "" if kind == "none" else f"  p99 {p99 / base99 - 1:+.1%} vs no capture"
+        print(f"  {kind:8} {p50:7.3f} / {p99:7.3f}{rel}")
+finally:
+    if nginx is not None:
+        nginx.send_signal(signal.SIGTERM)
+        nginx.wait(30)
+    topo.close()
+    shutil.rmtree(work, ignore_errors=True)
+EOF
