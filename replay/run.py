@@ -13,6 +13,7 @@ the summary is still printed.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from array import array
@@ -46,11 +47,23 @@ class ReplayConfig:
     connect_timeout: float = 5.0
     max_body: int = 1 << 20
     check_target: bool = True  # connect once before starting: unreachable -> TargetError
+    # Decode and decide the whole input before the clock starts: the send rate of a load test is
+    # then not bounded by input decoding (~15 us an exchange), at the cost of memory O(input).
+    preload: bool = False
     # pcap input only:
     ports: tuple[int, ...] = ()
     bpf_filter: str | None = None
     keep_secrets: bool = False
     progress: bool | None = None  # None: on a terminal
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """An input exchange reduced to what the schedule and the sender need: its time and the
+    Policy's decision (the exchange itself is not kept, so a preloaded input stays small)."""
+
+    ts: float
+    decision: Prepared | Skip
 
 
 @dataclass(slots=True)
@@ -66,6 +79,7 @@ class ReplaySummary:
     lags_ms: array = field(default_factory=lambda: array("d"))
     started: float = 0.0
     elapsed: float = 0.0
+    cpu: float = 0.0  # CPU seconds this process spent while sending (near elapsed: the client is the limit)
     interrupted: bool = False
 
     def add(self, result: Result) -> None:
@@ -183,30 +197,36 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
             if not first_error:
                 first_error.append(exc)
             stop.set()
+            waker.wake()
         if sender.outstanding < window:
             room.set()
 
+    waker = _Waker(loop)
+
+    def on_sigint() -> None:
+        stop.set()
+        waker.wake()
+
     try:
-        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
     except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
         pass
     progress = _Progress(summary, sender) if (cfg.progress if cfg.progress is not None else console.interactive()) else None
+    plans = _plan(source, policy, summary)
+    if cfg.preload:
+        preloaded = list(plans())
+        plans = lambda: preloaded
     start = time.monotonic() + 0.01  # a head start, so the first slots are not late by set-up
     summary.started = start
+    cpu0 = time.process_time()
     deadline = start + timing.duration if timing.duration is not None else None
-    last_ex: Exchange | None = None
-    decision: Prepared | Skip | None = None
     unyielded = 0
     try:
-        for slot in schedule(source, timing):
+        for slot in schedule(plans, timing):
             if stop.is_set():
                 break
-            if slot.exchange is not last_ex:
-                last_ex = slot.exchange
-                decision = policy.decide(slot.exchange)
-                if isinstance(decision, Skip):
-                    summary.skipped[decision.reason.value] += 1
-            if isinstance(decision, Skip) or decision is None:
+            decision = slot.item.decision
+            if isinstance(decision, Skip):
                 continue
             if sender.outstanding >= window:
                 while sender.outstanding >= window and not stop.is_set():
@@ -222,7 +242,7 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
                 due = start + slot.offset
                 delay = due - time.monotonic()
                 if delay > 0:
-                    await _sleep_until(due, stop)
+                    await waker.sleep_until(due)
                     unyielded = 0
                     if stop.is_set():
                         break
@@ -241,12 +261,29 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
             pass
     finally:
         summary.elapsed = time.monotonic() - start
+        summary.cpu = time.process_time() - cpu0
         sender.close()
+        waker.close()
         if progress is not None:
             progress.close()
         loop.remove_signal_handler(signal.SIGINT)
     if first_error:
         raise first_error[0]
+
+
+def _plan(source: Callable[[], Iterable[Exchange]], policy: Policy,
+          summary: ReplaySummary) -> Callable[[], Iterator[Planned]]:
+    """Passes of planned requests: each exchange decided once a pass (copies share it), skips
+    counted by reason."""
+    def planned() -> Iterator[Planned]:
+        decide = policy.decide
+        skipped = summary.skipped
+        for ex in source():
+            decision = decide(ex)
+            if isinstance(decision, Skip):
+                skipped[decision.reason.value] += 1
+            yield Planned(ex.ts, decision)
+    return planned
 
 
 async def _drain_or_stop(sender: Sender, stop: asyncio.Event, interrupted: bool) -> None:
@@ -263,18 +300,88 @@ async def _drain_or_stop(sender: Sender, stop: asyncio.Event, interrupted: bool)
     stopped.cancel()
 
 
-async def _sleep_until(due: float, stop: asyncio.Event) -> None:
-    """Sleep until monotonic time ``due``. Event-loop timers are coarse (uvloop's are whole
-    milliseconds), so the last stretch is spent yielding to the loop, which keeps handling
-    answers: the send is late by at most one loop iteration, never early."""
-    while True:
-        delay = due - time.monotonic()
-        if delay <= 0 or stop.is_set():
+class _Waker:
+    """Sleeps until an instant of ``time.monotonic()``, never returning early, precise to tens of
+    microseconds without spinning: a Linux timerfd on CLOCK_MONOTONIC (the clock of
+    ``time.monotonic``) armed at the absolute due time and watched by the event loop. Event-loop
+    timers cannot do this: uvloop's count whole milliseconds from a cached loop time (they wake up
+    to ~1 ms early or late), asyncio's round up to the next millisecond. Where timerfd is missing,
+    falls back to a loop timer plus yielding until due. ``wake()`` ends a sleep at once (Ctrl-C).
+    Cost: one timerfd_settime and one read a sleep."""
+
+    _CLOCK_MONOTONIC = 1
+    _TFD_NONBLOCK_CLOEXEC = 0o4000 | 0o2000000
+    _TFD_TIMER_ABSTIME = 1
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+        self._woken = False
+        self._fd = -1
+        try:
+            import ctypes
+
+            class _Timespec(ctypes.Structure):
+                _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+            class _Itimerspec(ctypes.Structure):
+                _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.timerfd_create(self._CLOCK_MONOTONIC, self._TFD_NONBLOCK_CLOEXEC)
+            if fd < 0:
+                return
+            self._spec = _Itimerspec()
+            self._spec_ref = ctypes.byref(self._spec)
+            self._settime = libc.timerfd_settime
+            loop.add_reader(fd, self._fired)
+            self._fd = fd
+        except (OSError, AttributeError, NotImplementedError):
+            self._fd = -1
+
+    async def sleep_until(self, due: float) -> None:
+        if self._fd < 0:
+            await self._fallback(due)
             return
-        if delay > 0.002:
-            await asyncio.sleep(delay - 0.0015)
-        else:
+        sec = int(due)
+        self._spec.it_value.tv_sec = sec
+        self._spec.it_value.tv_nsec = max(1, int((due - sec) * 1e9))
+        self._waiter = self.loop.create_future()
+        if self._settime(self._fd, self._TFD_TIMER_ABSTIME, self._spec_ref, None) != 0:
+            self._waiter = None
+            await self._fallback(due)
+            return
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _fired(self) -> None:
+        try:
+            os.read(self._fd, 8)
+        except BlockingIOError:
+            return
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def wake(self) -> None:
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _fallback(self, due: float) -> None:
+        self._woken = False
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        while time.monotonic() < due and not self._woken:
             await asyncio.sleep(0)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self.loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
 
 
 class _Progress:
@@ -330,6 +437,8 @@ def print_summary(cfg: ReplayConfig, s: ReplaySummary) -> None:
         rows.append((f"error: {kind}", n))
     rows.append(("elapsed", f"{s.elapsed:.2f} s"))
     rows.append(("rate", f"{s.rate:,.0f} req/s"))
+    if s.elapsed > 0:
+        rows.append(("client CPU", f"{s.cpu:.2f} s ({100 * s.cpu / s.elapsed:.0f}% of elapsed)"))
     lag = s.lag_percentiles()
     if lag is not None:
         rows.append(("lag p50 / p99 / max", f"{lag[0]:.3f} / {lag[1]:.3f} / {lag[2]:.3f} ms"))

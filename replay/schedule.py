@@ -12,8 +12,9 @@ timing, each takes its own slot under ``--rate``); ``--loop N`` replays the whol
 (0: until ``--duration``), each pass shifted by the previous passes' span plus one mean
 inter-arrival gap, so passes do not overlap. ``--duration S`` ends the schedule at offset S.
 
-No I/O: the input is an iterable (a factory of iterables for looping) and the output an iterator of
-``Slot``; memory is O(1) in the input size.
+No I/O: the input is an iterable (a factory of iterables for looping) of anything with a ``ts``
+(an Exchange, or the runner's planned request) and the output an iterator of ``Slot``; memory is
+O(1) in the input size.
 """
 
 from __future__ import annotations
@@ -21,8 +22,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
-from shadowtap.records import Exchange
+
+class Timed(Protocol):
+    @property
+    def ts(self) -> float: ...
+
+
+T = TypeVar("T", bound=Timed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,20 +63,20 @@ class Timing:
 
 
 @dataclass(frozen=True, slots=True)
-class Slot:
-    """One request to send: ``exchange``'s request, copy number ``copy``, due ``offset`` seconds
-    after the start (None: as soon as possible). ``copy`` = pass * amplify + amplified copy."""
+class Slot(Generic[T]):
+    """One request to send: ``item``'s, copy number ``copy``, due ``offset`` seconds after the
+    start (None: as soon as possible). ``copy`` = pass * amplify + amplified copy."""
 
-    exchange: Exchange
+    item: T
     copy: int
     offset: float | None
 
 
-def schedule(source: Callable[[], Iterable[Exchange]], timing: Timing) -> Iterator[Slot]:
-    """The slots for every exchange ``source()`` yields, in input order, over every pass.
+def schedule(source: Callable[[], Iterable[T]], timing: Timing) -> Iterator[Slot[T]]:
+    """The slots for every item ``source()`` yields, in input order, over every pass.
 
     ``source`` is called once per pass. An input out of time order is scheduled as recorded: an
-    exchange earlier than its predecessor gets an earlier offset, which the runner sends late (its
+    item earlier than its predecessor gets an earlier offset, which the runner sends late (its
     lag shows it). An empty pass ends the schedule (looping an empty input would spin)."""
     n_slot = 0  # slots emitted so far (the --rate clock)
     shift = 0.0  # offset of this pass's t_0, in schedule seconds

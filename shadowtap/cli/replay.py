@@ -23,6 +23,7 @@ def replay(
     duration: Annotated[float | None, typer.Option(help="Stop after S seconds of schedule (of run time at --speed max).")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight at most.", min=1)] = 64,
     pool: Annotated[bool, typer.Option("--pool", help="Independent requests over a pool of connections, instead of one target connection per captured connection, in order.")] = False,
+    preload: Annotated[bool, typer.Option("--preload", help="Decode and decide the whole input before the clock starts (load tests: the rate is not bounded by input decoding; memory grows with the input).")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a complete answer.")] = 10.0,
     connect_timeout: Annotated[float, typer.Option(help="Seconds to wait for a connection.")] = 5.0,
     max_body: Annotated[int, typer.Option(help="Bytes of each response body kept in the results.")] = 1 << 20,
@@ -92,7 +93,7 @@ def replay(
     cfg = ReplayConfig(
         input=input, policy=policy, timing=timing, output=output, concurrency=concurrency,
         per_connection=not pool, timeout=timeout, connect_timeout=connect_timeout, max_body=max_body,
-        check_target=check, ports=tuple(port or ()), bpf_filter=bpf_filter, keep_secrets=keep_secrets,
+        check_target=check, preload=preload, ports=tuple(port or ()), bpf_filter=bpf_filter, keep_secrets=keep_secrets,
         progress=progress,
     )
     summary = run_replay(cfg)

@@ -10,7 +10,7 @@ from .conftest import make_exchange
 
 
 def offsets(exchanges, timing):
-    return [(s.exchange.index, s.copy, s.offset) for s in schedule(lambda: iter(exchanges), timing)]
+    return [(s.item.index, s.copy, s.offset) for s in schedule(lambda: iter(exchanges), timing)]
 
 
 def test_recorded_timing_is_anchored_to_the_first_exchange_and_scaled():
