@@ -63,6 +63,7 @@ SHADOW_ADDR_FROM_PRIMARY = "10.250.71.2"
 SHADOW_ADDR_FROM_CLIENT = "10.250.72.2"
 PRIMARY_CAPTURE_IF = "to-client"     # the primary's interface facing the client
 READY_TIMEOUT = 30.0
+ACTIONS = ("up", "down", "status", "env")
 
 
 @dataclass
@@ -406,48 +407,49 @@ def _print_status(st: dict[str, object]) -> None:
     table(f"lab {st['prefix']}: {st['state']}", ("host", "namespace", "interfaces", "service"), rows)
 
 
+def run(action: str, lab: Lab, *, as_json: bool = False) -> int:
+    """One command (up, down, status, env) with its output; the exit status (status and up: 0 when
+    the lab is up and answers, else 1). Raises ShadowtapError (``shadowtap lab`` reports it)."""
+    if action == "env":
+        for k, v in lab.env().items():
+            print(f"{k}={v}")
+        return 0
+    if action == "down":
+        report = down(lab)
+        if as_json:
+            print(json.dumps(report.__dict__))
+            return 0
+        print(f"lab {lab.prefix}: down" + ("" if not report.empty() else " (nothing was there)"))
+        for what, items in (("stopped", report.stopped), ("removed namespaces", report.namespaces),
+                            ("removed links", report.links)):
+            if items:
+                print(f"  {what}: {', '.join(items)}")
+        for item in report.left_running:
+            print(f"  warning: not ours, left running: {item}", file=sys.stderr)
+        return 0
+    if action == "up":
+        up(lab)
+    elif action != "status":
+        raise ValueError(f"unknown action {action!r}")
+    st = status(lab)
+    if as_json:
+        print(json.dumps(st))
+    else:
+        _print_status(st)
+    return 0 if st["state"] == "up" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="The one-host shadowtap lab (network namespaces).")
-    ap.add_argument("action", choices=("up", "down", "status", "env"))
+    ap.add_argument("action", choices=ACTIONS)
     ap.add_argument("--prefix", default=os.environ.get("LAB_PREFIX", DEFAULT_PREFIX),
                     help=f"namespace name prefix (default {DEFAULT_PREFIX}, or $LAB_PREFIX)")
     ap.add_argument("--port", type=int, default=int(os.environ.get("LAB_PORT", DEFAULT_PORT)))
     ap.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     args = ap.parse_args(argv)
-    lab = Lab(prefix=args.prefix, port=args.port, run_dir=args.run_dir)
     try:
-        if args.action == "env":
-            for k, v in lab.env().items():
-                print(f"{k}={v}")
-            return 0
-        if args.action == "up":
-            up(lab)
-            st = status(lab)
-            if args.json:
-                print(json.dumps(st))
-            else:
-                _print_status(st)
-            return 0 if st["state"] == "up" else 1
-        if args.action == "down":
-            report = down(lab)
-            if args.json:
-                print(json.dumps(report.__dict__))
-            else:
-                print(f"lab {lab.prefix}: down" + ("" if not report.empty() else " (nothing was there)"))
-                for what, items in (("stopped", report.stopped), ("removed namespaces", report.namespaces),
-                                    ("removed links", report.links)):
-                    if items:
-                        print(f"  {what}: {', '.join(items)}")
-                for item in report.left_running:
-                    print(f"  warning: not ours, left running: {item}", file=sys.stderr)
-            return 0
-        st = status(lab)
-        if args.json:
-            print(json.dumps(st))
-        else:
-            _print_status(st)
-        return 0 if st["state"] == "up" else 1
+        return run(args.action, Lab(prefix=args.prefix, port=args.port, run_dir=args.run_dir), as_json=args.json)
     except ShadowtapError as exc:
         print(f"lab: error: {exc.message}", file=sys.stderr)
         if exc.hint:

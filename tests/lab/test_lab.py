@@ -216,3 +216,26 @@ def test_lab_sh_wrapper(tmp_path):
     st = subprocess.run([str(ROOT / "scripts" / "lab.sh"), "status", "--run-dir", str(tmp_path)], env=env,
                         capture_output=True, text=True, timeout=60, check=False)
     assert st.returncode == 1 and "down" in st.stdout
+
+
+def test_shadowtap_lab_command():
+    require_root()
+    require_tool("ip")
+    prefix = f"stl{uuid.uuid4().hex[:6]}"
+
+    def st(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "shadowtap", "lab", *args, "--prefix", prefix],
+                              capture_output=True, text=True, timeout=120, check=False, cwd=ROOT)
+
+    try:
+        assert st("up").returncode == 0
+        status = st("status", "--json")
+        assert status.returncode == 0 and json.loads(status.stdout)["state"] == "up"
+        env = dict(line.split("=", 1) for line in st("env").stdout.splitlines())
+        assert env["LAB_PRIMARY_NS"] == f"{prefix}-primary" and env["LAB_PRIMARY_IF"] == "to-client"
+    finally:
+        down = st("down")
+    assert down.returncode == 0 and "removed namespaces" in down.stdout
+    assert st("status").returncode == 1
+    bad = st("sideways")
+    assert bad.returncode == 3 and "unknown action" in bad.stderr
