@@ -198,3 +198,69 @@ def _one_shot_server(answer: bytes, close: bool = True):
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     return t, port
+
+
+def test_reused_connection_closed_before_answering_is_retried_once_on_a_new_one():
+    """The keep-alive race: the target closes the kept-alive connection as the next request
+    arrives. The request goes again, once, on a fresh connection."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4)
+    lsock.settimeout(10)
+    port = lsock.getsockname()[1]
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    seen: list[tuple[int, bytes]] = []
+
+    def read_request(conn: socket.socket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def serve() -> None:
+        c1, _ = lsock.accept()
+        seen.append((1, read_request(c1).split(b"\r\n")[0]))
+        c1.sendall(ok)
+        seen.append((1, read_request(c1).split(b"\r\n")[0]))
+        c1.close()  # closes instead of answering the second request
+        c2, _ = lsock.accept()
+        seen.append((2, read_request(c2).split(b"\r\n")[0]))
+        c2.sendall(ok)
+        c2.close()
+        lsock.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    url = f"http://127.0.0.1:{port}"
+
+    async def go() -> tuple[list[Result], int]:
+        sender = Sender(Target.parse(url))
+        await sender.start()
+        out = [await sender.send(prep(url, "/one", index=0)), await sender.send(prep(url, "/two", index=1))]
+        retries = sender.stats().retries
+        sender.close()
+        return out, retries
+
+    results, retries = run(go())
+    t.join(timeout=5)
+    assert [r.error for r in results] == [None, None] and retries == 1
+    assert seen == [(1, b"GET /one HTTP/1.1"), (1, b"GET /two HTTP/1.1"), (2, b"GET /two HTTP/1.1")]
+
+
+def test_a_new_captured_connection_on_the_same_endpoints_gets_a_new_target_connection(aio_target):
+    client = "10.1.0.9:40009"
+    seq = [prep(aio_target.url, f"/n{k}", index=i, client=client) for k, i in enumerate((0, 1, 0, 1))]
+
+    async def go() -> None:
+        sender = Sender(Target.parse(aio_target.url))
+        await sender.start()
+        for p in seq:
+            await sender.send(p)
+        sender.close()
+
+    run(go())
+    ports = [s.peer_port for s in aio_target.seen]
+    assert ports[0] == ports[1] != ports[2] == ports[3]
