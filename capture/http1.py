@@ -203,6 +203,8 @@ def _parse_headers(block: bytes, msg: _Msg) -> tuple[tuple[tuple[str, str], ...]
     (name, value) pairs and the block lower-cased (for cheap presence tests). One decode for the
     block; per line one partition and one strip. obs-fold continuation lines join the previous value
     with one space (``obs_fold``); lines without a colon are dropped (``bad_header``)."""
+    if block[-1:] == b"\r":
+        block = block[:-1]
     text = block.decode("latin-1")
     if (
         text.count("\n") == text.count("\r\n")
@@ -291,6 +293,7 @@ class _Side:
         "pos",
         "remaining",
         "scanned",
+        "seg_start",
         "state",
         "txn",
     )
@@ -310,6 +313,7 @@ class _Side:
         self.lost: str | None = "midstream" if state == State.SYNC else None
         self.boundary = self.lost is not None  # the next byte follows a gap: a message may start right there
         self.scanned = 0
+        self.seg_start = 0  # where the last data fed begins in ``buf``
         self.txn: Transaction | None = None
 
     def feed(self, ts: float, data: bytes) -> None:
@@ -320,7 +324,9 @@ class _Side:
             self.buf = data
             self.pos = 0
             self.head_ts = ts
+            self.seg_start = 0
         else:
+            self.seg_start = len(self.buf) - self.pos
             self.buf = self.buf[self.pos :] + data
             self.pos = 0
         self.run(ts)
@@ -453,13 +459,18 @@ class _Side:
         buf, pos = self.buf, self.pos
         if pos >= len(buf):
             return False
-        m = _SYNC_AT[self.is_request].match(buf, pos) if self.boundary else None
-        self.boundary = False
-        if m is not None:
+        # A message may start right after a gap, at a line start, or where a segment starts (senders
+        # write a message with one send; a lost message's tail then ends at a segment end).
+        at = _SYNC_AT[self.is_request]
+        if self.boundary and at.match(buf, pos) is not None:
             start = pos
         else:
             m = _SYNC_AFTER_NL[self.is_request].search(buf, pos)
             start = m.start() + 1 if m is not None else -1
+            seg = self.seg_start
+            if pos <= seg < len(buf) and (start < 0 or seg < start) and at.match(buf, seg) is not None:
+                start = seg
+        self.boundary = False
         if start < 0:
             self.scanned += len(buf) - pos
             if self.scanned > _SYNC_GIVE_UP:
@@ -469,6 +480,8 @@ class _Side:
             return False
         self.scanned = 0
         self.pos = start
+        if start >= self.seg_start:
+            self.head_ts = ts  # the message begins in the data fed last
         self.state = State.HEAD
         return True
 

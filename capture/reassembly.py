@@ -12,7 +12,7 @@ Invariants and costs:
   (``max_held_bytes`` per direction, ``max_held_segments``); beyond either cap, or when the peer
   acknowledges bytes this capture never saw, the missing range becomes a ``GAP`` and delivery goes on.
 - Retransmitted bytes are dropped (first copy wins, as a receiving Linux stack keeps it); when they
-  differ from the copy already delivered (checked against the last delivered segment and held ones)
+  differ from the copy already delivered (checked against the last few delivered segments and held ones)
   the connection notes ``retransmission_conflict``.
 - Memory is bounded: at most ``max_connections`` connections (the least recently active is evicted
   first) and connections idle for ``idle_timeout`` seconds of capture time are evicted.
@@ -20,7 +20,7 @@ Invariants and costs:
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Collection
 from enum import IntEnum
 from typing import Any, NamedTuple
@@ -60,8 +60,7 @@ class HalfStream:
         "held",
         "held_bytes",
         "isn_known",
-        "last_data",
-        "last_off",
+        "recent",
         "next_off",
         "next_seq",
         "retransmissions",
@@ -72,8 +71,9 @@ class HalfStream:
         self.next_off = 0
         self.held: dict[int, tuple[float, bytes]] = {}
         self.held_bytes = 0
-        self.last_off = 0
-        self.last_data = b""
+        # The last few delivered segments (references, no copies), to tell a faithful
+        # retransmission from one carrying different bytes.
+        self.recent: deque[tuple[int, bytes]] = deque(maxlen=4)
         self.fin_off: int | None = None
         self.ended = False
         self.end_reported = False
@@ -90,11 +90,14 @@ class HalfStream:
         return self.next_off + d
 
     def _check_overlap(self, off: int, data: bytes) -> None:
-        """Compare an old copy of bytes at ``off`` with the last delivered segment."""
-        lo = max(off, self.last_off)
-        hi = min(off + len(data), self.last_off + len(self.last_data))
-        if lo < hi and data[lo - off : hi - off] != self.last_data[lo - self.last_off : hi - self.last_off]:
-            self.conflicts += 1
+        """Compare an old copy of bytes at ``off`` with the recently delivered segments."""
+        end = off + len(data)
+        for roff, rdata in self.recent:
+            lo = off if off > roff else roff
+            hi = min(end, roff + len(rdata))
+            if lo < hi and data[lo - off : hi - off] != rdata[lo - roff : hi - roff]:
+                self.conflicts += 1
+                return
 
     def add(self, ts: float, seq: int, data: bytes, out: list[tuple[float, Any]]) -> None:
         """Accept ``data`` at ``seq``; append (ts, bytes) / (ts, gap int) to ``out`` in order."""
@@ -133,8 +136,7 @@ class HalfStream:
     def _deliver(self, ts: float, off: int, data: bytes, out: list[tuple[float, Any]]) -> None:
         # Invariant: off == self.next_off.
         out.append((ts, data))
-        self.last_off = off
-        self.last_data = data
+        self.recent.append((off, data))
         self.next_off = off + len(data)
         assert self.next_seq is not None
         self.next_seq = (self.next_seq + len(data)) & MASK
@@ -172,7 +174,7 @@ class HalfStream:
             out.append((ts, lost))
             self.next_seq = (self.next_seq + lost) & MASK
             self.next_off = off
-            self.last_data = b""
+            self.recent.clear()
         self._drain(out)
         return True
 
