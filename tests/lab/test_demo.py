@@ -58,7 +58,7 @@ def run(tmp_path_factory):
         _ct.require_tool(tool)
     out = tmp_path_factory.mktemp("demo") / "out"
     prefix = f"std{uuid.uuid4().hex[:6]}"
-    env = dict(os.environ, DEMO_DURATION="12", DEMO_RATE="40", DEMO_SEED="1", DEMO_OUT=str(out),
+    env = dict(os.environ, DEMO_DURATION="12", DEMO_RATE="60", DEMO_SEED="1", DEMO_OUT=str(out),
                DEMO_PREFIX=prefix, DEMO_DASHBOARD="off")
     proc = subprocess.run([str(ROOT / "scripts" / "demo.sh")], env=env, capture_output=True, text=True,
                           timeout=900, check=False, stdin=subprocess.DEVNULL)
@@ -94,7 +94,7 @@ def test_demo_completes_and_says_where_the_files_are(run, report):
     for name in ("exchanges.jsonl", "results.jsonl", "report.json", "report.html"):
         assert stat.S_IMODE((out / "mirror" / name).stat().st_mode) == 0o600  # captured traffic
     traffic = json.loads((out / "traffic.json").read_text())
-    assert traffic["sent"] == 12 * 40 and traffic["failures"] == 0
+    assert traffic["sent"] == 12 * 60 and traffic["failures"] == 0
 
 
 def test_lab_is_down_afterwards(run, report):
