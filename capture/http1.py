@@ -639,7 +639,8 @@ class _RequestSide(_Side):
             self.fail(ts, "parse_error")
             return True
         msg = _Msg(self.txn.ts)
-        self.txn.index = conv.take_index()
+        if self.txn.index < 0:
+            self.txn.index = conv.take_index()
         msg.start1 = tokens[0].decode("latin-1")
         last = tokens[-1]
         if len(tokens) >= 3 and last.startswith(b"HTTP/"):

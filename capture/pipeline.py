@@ -183,7 +183,12 @@ class Extractor:
         if self.ports and seg.sport not in self.ports and seg.dport not in self.ports:
             return []
         self._tcp += 1
-        events = self.reassembler.feed(ts, seg)
+        r = self.reassembler
+        r.last_conn = None
+        events = r.feed(ts, seg)
+        conn = r.last_conn
+        if conn is not None and (conn.c2s.conflicts or conn.s2c.conflicts) and conn.app is not None:
+            self._note_conflict(conn, conn.app)
         if not events:
             return []
         return self._dispatch(events)
@@ -228,8 +233,6 @@ class Extractor:
                 conv.end(from_client, ts)
                 if conn.state == State.CLOSED and (conv.queue or conv.client.txn is not None):
                     conv.close(ts)  # both directions ended: what is still open finishes as it stands
-            if conn.c2s.conflicts or conn.s2c.conflicts:
-                self._note_conflict(conn, conv)
             if conv.events:
                 self._collect(conn, conv)
             if conv.anomalies:

@@ -60,9 +60,9 @@ class HalfStream:
         "held",
         "held_bytes",
         "isn_known",
-        "recent",
         "next_off",
         "next_seq",
+        "recent",
         "retransmissions",
     )
 
@@ -93,7 +93,7 @@ class HalfStream:
         """Compare an old copy of bytes at ``off`` with the recently delivered segments."""
         end = off + len(data)
         for roff, rdata in self.recent:
-            lo = off if off > roff else roff
+            lo = max(roff, off)
             hi = min(end, roff + len(rdata))
             if lo < hi and data[lo - off : hi - off] != rdata[lo - roff : hi - roff]:
                 self.conflicts += 1
@@ -276,6 +276,7 @@ class Reassembler:
         self._next_sweep = 0.0
         self.connections_seen = 0
         self.evicted = 0
+        self.last_conn: Connection | None = None  # the connection of the last segment fed
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -360,6 +361,7 @@ class Reassembler:
         elif conn.state == State.CLOSED:
             return out  # a straggler after the close (late retransmission, final ACK)
         conn.last_ts = ts
+        self.last_conn = conn
         from_client = (seg.src, seg.sport) == conn.client_addr
         hs = conn.c2s if from_client else conn.s2c
         if flags & SYN:
