@@ -139,6 +139,8 @@ class Comparison:
         self._overall = EndpointAgg(self.config, seed=1)
         self._tolerances: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
+        # endpoint name -> ((pairs, baseline pairs) it was computed at, its report, when)
+        self._cache: dict[str, tuple[Any, dict[str, Any], float]] = {}
         self._seed = 100
         self.started = time.time()
         # Join bookkeeping reported by the shell that feeds us (files or the mirror).
@@ -294,16 +296,43 @@ class Comparison:
                 else:
                     target.merge(agg, max_samples)
 
-    def snapshot(self) -> dict[str, Any]:
-        """The report so far, with its verdict. Cost: O(endpoints x (fields + samples kept))."""
+    def snapshot(self, *, fresh: bool = False) -> dict[str, Any]:
+        """The report so far, with its verdict.
+
+        Cost: O(endpoints x (fields + samples + reservoirs)); the statistics of an endpoint with
+        many numeric fields take milliseconds. So that a live caller (the mirror, every second)
+        never stalls add() for long, endpoints whose pairs changed are recomputed stalest first
+        within ``limits.snapshot_budget_ms``; the others keep their previous report until a later
+        snapshot. ``fresh=True`` (the final report) recomputes every changed endpoint."""
         with self._lock:
             self._fold_endpoints()
-            endpoints = [self._endpoint_report(n, a) for n, a in self._endpoints.items()]
+            deadline = time.perf_counter() + self.config.limits.snapshot_budget_ms / 1000.0
+            order = sorted(self._endpoints.items(),
+                           key=lambda kv: self._cache.get(kv[0], (None, None, 0.0))[2])
+            endpoints = []
+            computed = 0  # at least one endpoint is recomputed per snapshot, so all get their turn
+            for name, a in order:
+                key = (a.pairs, a.baseline_compared)
+                cached = self._cache.get(name)
+                over = not fresh and computed > 0 and time.perf_counter() > deadline
+                if cached is not None and (cached[0] == key or over):
+                    endpoints.append(cached[1])
+                    continue
+                if over:  # never computed: the counts now, the statistics at a later snapshot
+                    endpoints.append(self._endpoint_report(name, a, statistics=False))
+                    continue
+                rep = self._endpoint_report(name, a)
+                computed += 1
+                self._cache[name] = (key, rep, time.perf_counter())
+                endpoints.append(rep)
+            for gone in set(self._cache) - set(self._endpoints):
+                del self._cache[gone]
             overall = self._side_report(self._overall)
         cfg = self.config
         verdict = verdict_mod.judge(endpoints, overall, cfg, compared=self._overall.compared)
         failing = {m["endpoint"] for m in verdict["metrics"] if m["failed"]}
-        endpoints.sort(key=lambda e: (e["endpoint"] not in failing, -e["divergence"], -e["pairs"]))
+        endpoints.sort(key=lambda e: (e["endpoint"] not in failing, -e["divergence"], -e["pairs"],
+                                      e["endpoint"]))
         noise = [
             {"endpoint": e["endpoint"], "path": f["path"], "reason": f["noise"], "rate": f["rate"]}
             for e in endpoints for f in e["fields"] if f["noise"]
@@ -332,7 +361,7 @@ class Comparison:
             "config": cfg.to_json(),
         }
 
-    def _side_report(self, a: EndpointAgg) -> dict[str, Any]:
+    def _side_report(self, a: EndpointAgg, statistics: bool = True) -> dict[str, Any]:
         """Errors and latency of an aggregate (shared by endpoints and the overall summary)."""
         p_err = a.pairs - a.primary_outcomes.get(OK, 0)
         s_err = a.pairs - a.shadow_outcomes.get(OK, 0)
@@ -345,7 +374,7 @@ class Comparison:
                 "cdf": percentiles(vals, _CDF_POINTS) if vals else [],
             }
         test = None
-        if len(a.lat_primary.items) >= 2 and len(a.lat_shadow.items) >= 2:
+        if statistics and len(a.lat_primary.items) >= 2 and len(a.lat_shadow.items) >= 2:
             t = latency_shift(a.lat_primary.items, a.lat_shadow.items)
             test = {"p_value": t.p_value, "median_ratio": t.effect,
                     "primary_median": t.primary_median, "shadow_median": t.shadow_median}
@@ -362,9 +391,9 @@ class Comparison:
             "latency": lat,
         }
 
-    def _endpoint_report(self, name: str, a: EndpointAgg) -> dict[str, Any]:
+    def _endpoint_report(self, name: str, a: EndpointAgg, statistics: bool = True) -> dict[str, Any]:
         cfg = self.config
-        value_stats = self._value_stats(a)
+        value_stats = self._value_stats(a) if statistics else {}
         fields = []
         for path, f in a.fields.items():
             if f.diff_pairs == 0:
@@ -404,7 +433,7 @@ class Comparison:
             if vs["type"] == "numeric" and vs.get("drift") and path not in noisy:
                 model.append({"path": path, **vs["drift"]})
         fields.sort(key=lambda e: (e["noise"] is not None, -e["rate"]))
-        side = self._side_report(a)
+        side = self._side_report(a, statistics)
         regress = [e["rate"] for e in fields if not e["noise"] and not e["only_extra"]]
         err = side["errors"]
         divergence = max(

@@ -192,6 +192,7 @@ class LimitsConfig:
     max_fields: int = 300  # per endpoint; more are counted under "(other fields)"
     max_endpoints: int = 500  # more land in "(other endpoints)"
     max_sample_body: int = 4096  # bytes of each body kept in a sample
+    snapshot_budget_ms: float = 200.0  # time a live snapshot spends recomputing endpoints
 
 
 @dataclass(frozen=True, slots=True)

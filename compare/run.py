@@ -44,7 +44,7 @@ def run_compare(
         comparison.add(ex, res, base)
     comparison.unmatched_exchanges = joiner.unmatched_exchanges
     comparison.unmatched_results = joiner.unmatched_results
-    report = comparison.snapshot()
+    report = comparison.snapshot(fresh=True)
     if json_out:
         from compare.report_json import write_json
 

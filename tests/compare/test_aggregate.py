@@ -90,3 +90,26 @@ def test_samples_are_redacted(craft):
     f = craft.field(rep, "body.password")
     assert f["samples"][0]["primary"] == "[redacted]"
     assert craft.field(rep, "body.n")["samples"][0]["request"] == "GET /login?api_key=[redacted]&x=1"
+
+
+def test_live_snapshots_stay_within_a_budget_and_fresh_is_complete(craft):
+    import random
+
+    from compare.config import EndpointConfig
+
+    rng = random.Random(1)
+    cfg = CompareConfig(limits=LimitsConfig(snapshot_budget_ms=0.0), endpoints=EndpointConfig(max_distinct=100))
+    c = Comparison(cfg)
+    for i in range(1200):
+        p = {"s": rng.random(), "t": rng.random()}
+        ex = craft.exchange(i, craft.response(p), target=f"/ep{i % 12}/x", latency_ms=rng.random())
+        c.add(ex, craft.result(i, craft.response({"s": p["s"] + 0.5, "t": p["t"]}), latency_ms=rng.random()))
+    live = c.snapshot()  # a zero budget: the first endpoint computed, the rest counts only
+    assert live["summary"]["pairs"] == 1200 and len(live["endpoints"]) == 12
+    with_stats = [e for e in live["endpoints"] if e["numeric"]]
+    assert 1 <= len(with_stats) < 12
+    again = c.snapshot()  # the stalest ones get their turn
+    assert len([e for e in again["endpoints"] if e["numeric"]]) > len(with_stats)
+    final = c.snapshot(fresh=True)
+    assert all(e["numeric"] and e["latency"]["test"] for e in final["endpoints"])
+    assert final["verdict"]["result"] == "fail"
