@@ -895,6 +895,7 @@ class Conversation:
             if side.state != State.DEAD:
                 side.end(ts)
         self._void_partial(self.client)
+        self.completed = None
         while self.queue:
             txn = self.queue.popleft()
             if txn.request is None and not txn.void and txn.response is None:

@@ -238,6 +238,8 @@ class Extractor:
             if conv.anomalies:
                 self._anomalies.update(conv.anomalies)
                 conv.anomalies.clear()
+            if kind == Kind.END and conn.state == State.CLOSED and not conv.queue:
+                conn.app = None  # the parser state goes now, not when the closed connection is forgotten
         return self._release()
 
     def _note_conflict(self, conn: Connection, conv: Conversation) -> None:

@@ -185,6 +185,7 @@ class HalfStream:
         if self.fin_off is not None and self.fin_off > self.next_off and not self.ended:
             out.append((ts, self.fin_off - self.next_off))  # bytes before the FIN never seen
         self.ended = True
+        self.recent.clear()
 
 
 class State(IntEnum):
@@ -404,6 +405,8 @@ class Reassembler:
                     out.append(StreamEvent(conn, fc, Kind.END, ts, None))
             if conn.c2s.end_reported and conn.s2c.end_reported:
                 conn.state = State.CLOSED
+                conn.c2s.recent.clear()
+                conn.s2c.recent.clear()
         return out
 
     def sweep(self, now: float, out: list[StreamEvent]) -> None:
