@@ -20,7 +20,7 @@ from typing import Any
 
 from compare import verdict as verdict_mod
 from compare.config import CompareConfig
-from compare.diff import Body, BodyType, Difference, Kind, diff_responses, prepare_body
+from compare.diff import Body, BodyType, Difference, Kind, PairDiff, diff_responses, prepare_body
 from compare.endpoints import Templater
 from compare.noise import Volatility, judge_against_baseline, noise_reason
 from compare.samples import body_excerpt, redact_field, redact_text
@@ -141,6 +141,7 @@ class Comparison:
         self._lock = threading.Lock()
         # endpoint name -> ((pairs, baseline pairs) it was computed at, its report, when)
         self._cache: dict[str, tuple[Any, dict[str, Any], float]] = {}
+        self._pooled: dict[str, Volatility] = {}
         self._seed = 100
         self.started = time.time()
         # Join bookkeeping reported by the shell that feeds us (files or the mirror).
@@ -194,7 +195,12 @@ class Comparison:
         agg.compared += 1
         self._overall.compared += 1
         agg.status_pairs[(p.status, s.status)] += 1
-        pair = diff_responses(p, s, self._ignored_headers, self._tolerance)
+        if (p.status >= 500) != (s.status >= 500):
+            # One side failed: its error page says nothing about the other's fields; the status
+            # difference (and the error rate) carry it.
+            pair = PairDiff([Difference("status", Kind.VALUE, p.status, s.status)])
+        else:
+            pair = diff_responses(p, s, self._ignored_headers, self._tolerance)
         diffs = pair.differences
         if not diffs:
             agg.identical += 1
@@ -306,6 +312,7 @@ class Comparison:
         snapshot. ``fresh=True`` (the final report) recomputes every changed endpoint."""
         with self._lock:
             self._fold_endpoints()
+            self._pool_volatility()
             deadline = time.perf_counter() + self.config.limits.snapshot_budget_ms / 1000.0
             order = sorted(self._endpoints.items(),
                            key=lambda kv: self._cache.get(kv[0], (None, None, 0.0))[2])
@@ -361,6 +368,15 @@ class Comparison:
             "config": cfg.to_json(),
         }
 
+    def _pool_volatility(self) -> None:
+        """Pool, per path, the observations of fields seen too few times on one endpoint."""
+        need = self.config.noise.min_observations
+        small = {p for a in self._endpoints.values() for p, f in a.fields.items() if 0 < f.volatility.n < need}
+        self._pooled = {}
+        for a in self._endpoints.values():
+            for path in small.intersection(a.fields):
+                self._pooled.setdefault(path, Volatility()).merge(a.fields[path].volatility)
+
     def _side_report(self, a: EndpointAgg, statistics: bool = True) -> dict[str, Any]:
         """Errors and latency of an aggregate (shared by endpoints and the overall summary)."""
         p_err = a.pairs - a.primary_outcomes.get(OK, 0)
@@ -404,7 +420,8 @@ class Comparison:
             if self.has_baseline and a.baseline_compared:
                 baseline_rate = f.baseline_pairs / a.baseline_compared
                 judgement = judge_against_baseline(rate, baseline_rate, cfg.noise)
-            reason = noise_reason(name, path, f.kinds, f.volatility, cfg.noise, judgement)
+            reason = noise_reason(name, path, f.kinds, f.volatility, cfg.noise, judgement,
+                                  self._pooled.get(path))
             vs = value_stats.get(path, {})
             entry: dict[str, Any] = {
                 "path": path,
@@ -489,7 +506,9 @@ class Comparison:
             distinct = len(set(map(repr, pv[:2000])))
             info: dict[str, Any] = {"presence": present[path] / n if n else 0.0}
             is_float = any(isinstance(x, float) for x in nums)
-            if len(nums) == len(pv) and (is_float or distinct > mcfg.categorical_max_values):
+            if len(pv) < mcfg.min_samples:
+                info["type"] = "other"  # too few values to tell a label from a free value
+            elif len(nums) == len(pv) and (is_float or distinct > mcfg.categorical_max_values):
                 info["type"] = "numeric"
                 snums = [x for x in sv if isinstance(x, (int, float)) and not isinstance(x, bool)]
                 if path in differs and len(nums) >= mcfg.min_samples and len(snums) >= mcfg.min_samples:

@@ -132,8 +132,13 @@ def noise_reason(
     volatility: Volatility,
     cfg: NoiseConfig,
     baseline: BaselineJudgement | None,
+    pooled: Volatility | None = None,
 ) -> str | None:
-    """Why a differing field is noise, or None when it is a real difference."""
+    """Why a differing field is noise, or None when it is a real difference.
+
+    ``pooled``: the same path's observations on every endpoint together. A field seen differing
+    too few times on one endpoint to judge alone (a request id on a rare error body) is noise when
+    every one of its values there is volatile and the pooled observations are judged volatile."""
     for rule in cfg.rules:
         if rule.matches(endpoint, path):
             return f"rule: {rule.reason} ({rule.endpoint + '::' if rule.endpoint else ''}{rule.path})"
@@ -141,4 +146,12 @@ def noise_reason(
         return "order: same elements in another order (order_is_noise)"
     if baseline is not None:
         return None if baseline.regression else baseline.reason
-    return volatility.verdict(cfg)
+    reason = volatility.verdict(cfg)
+    if (
+        reason is None and pooled is not None and volatility.n < cfg.min_observations
+        and volatility.echoed == 0 and sum(volatility.shapes.values()) == volatility.n
+    ):
+        pooled_reason = pooled.verdict(cfg)
+        if pooled_reason:
+            return f"{pooled_reason}; judged on all endpoints together ({volatility.n} here)"
+    return reason

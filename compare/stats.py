@@ -109,11 +109,13 @@ def error_rate_increase(p_err: int, p_n: int, s_err: int, s_n: int) -> float:
 
 
 def psi(expected: Sequence[float], actual: Sequence[float], bins: int = 10) -> float:
-    """Population stability index of ``actual`` against ``expected``, on the expected's deciles
+    """Population stability index of ``actual`` against ``expected``, on the expected's quantiles
     (or its distinct values when it has fewer than ``bins``). 0 = same distribution; > 0.1 a
-    moderate shift; > 0.2 a significant one (the industry's rule of thumb)."""
+    moderate shift; > 0.2 a significant one (the industry's rule of thumb). Bins hold about 20
+    expected values at least (small samples get fewer bins: PSI over near-empty bins is noise)."""
     e = np.asarray(expected, dtype=float)
     a = np.asarray(actual, dtype=float)
+    bins = max(2, min(bins, len(e) // 20))
     uniq = np.unique(e)
     if len(uniq) <= bins:
         edges = np.concatenate(([-np.inf], (uniq[:-1] + uniq[1:]) / 2, [np.inf]))

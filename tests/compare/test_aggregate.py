@@ -113,3 +113,13 @@ def test_live_snapshots_stay_within_a_budget_and_fresh_is_complete(craft):
     final = c.snapshot(fresh=True)
     assert all(e["numeric"] and e["latency"]["test"] for e in final["endpoints"])
     assert final["verdict"]["result"] == "fail"
+
+
+def test_an_error_page_is_not_compared_field_by_field(craft):
+    c = Comparison()
+    for i in range(20):
+        s = craft.response({"error": "boom"}, status=502) if i == 3 else craft.response({"a": 1, "b": 2})
+        c.add(craft.exchange(i, craft.response({"a": 1, "b": 2})), craft.result(i, s))
+    rep = c.snapshot()
+    assert [f["path"] for f in rep["endpoints"][0]["fields"]] == ["status"]
+    assert rep["endpoints"][0]["errors"]["new_failures"] == {"5xx": 1}
