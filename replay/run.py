@@ -211,11 +211,15 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
         loop.add_signal_handler(signal.SIGINT, on_sigint)
     except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
         pass
-    progress = _Progress(summary, sender) if (cfg.progress if cfg.progress is not None else console.interactive()) else None
     plans = _plan(source, policy, summary)
+    total: float | None = None  # of the progress bar: requests (preloaded input) or seconds
     if cfg.preload:
         preloaded = list(plans())
         plans = lambda: preloaded
+        if timing.loop:
+            total = sum(not isinstance(p.decision, Skip) for p in preloaded) * timing.amplify * timing.loop
+    show = cfg.progress if cfg.progress is not None else console.interactive()
+    progress = _Progress(summary, sender, total, timing.duration if total is None else None) if show else None
     start = time.monotonic() + 0.01  # a head start, so the first slots are not late by set-up
     summary.started = start
     cpu0 = time.process_time()
@@ -385,16 +389,21 @@ class _Waker:
 
 
 class _Progress:
-    """A rich progress line on stderr: requests sent, rate, lag p99 of the last second, errors."""
+    """A rich progress bar on stderr: requests sent, rate and lag p99 of the last half second,
+    errors. The bar fills by requests when their number is known (a preloaded input), by time
+    under ``--duration``; else it is a spinner."""
 
-    def __init__(self, summary: ReplaySummary, sender: Sender) -> None:
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    def __init__(self, summary: ReplaySummary, sender: Sender, total: float | None,
+                 duration: float | None) -> None:
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.summary = summary
         self.sender = sender
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                                 console=console.err, transient=False)
-        self.task_id = self.progress.add_task("replay", total=None)
+        self.total = total
+        self.duration = duration
+        self.progress = Progress(SpinnerColumn(), BarColumn(), TextColumn("{task.description}"),
+                                 TimeElapsedColumn(), console=console.err, transient=False)
+        self.task_id = self.progress.add_task("replay", total=total or duration)
         self.progress.start()
         self._last_sent = 0
         self._last_time = time.monotonic()
@@ -407,13 +416,16 @@ class _Progress:
         rate = (s.sent - self._last_sent) / max(now - self._last_time, 1e-6)
         lag = sorted(recent)[int(len(recent) * 0.99)] if recent else 0.0
         errors = sum(s.errors.values())
-        self.progress.update(self.task_id, description=(
-            f"sent {s.sent}  {rate:,.0f} req/s  lag p99 {lag:.1f} ms  errors {errors}  "
+        completed = s.sent if self.total else (now - s.started if self.duration else None)
+        self.progress.update(self.task_id, completed=completed, description=(
+            f"sent {s.sent:,}  {rate:,.0f} req/s  lag p99 {lag:.1f} ms  errors {errors}  "
             f"in flight {self.sender.outstanding}  skipped {sum(s.skipped.values())}"))
         self._last_sent, self._last_time = s.sent, now
         self._handle = asyncio.get_running_loop().call_later(0.5, self._tick)
 
     def close(self) -> None:
+        self._handle.cancel()
+        self._tick()
         self._handle.cancel()
         self.progress.stop()
 

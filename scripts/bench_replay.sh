@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Benchmark of `shadowtap replay` against one nginx on loopback, in one run:
+#  1. throughput: replay ~100k exchanges at --speed max next to wrk with the same number of
+#     connections (wrk -t1: one thread, like the one replay process; wrk is run before and after
+#     the replays and averaged, the machine being shared). The exchanges are real: wrk's own
+#     traffic to the same nginx (another port of it), recorded with tcpdump and extracted with
+#     `shadowtap extract` (without root: synthesized exchanges of the same shape).
+#  2. timing: replay at the recorded timing of Poisson arrivals at 1k and 5k requests/s for
+#     BENCH_TIMED_SECONDS (default 60) each: lag p50/p99/max and drift (the lag's median in the
+#     first and the last tenth of the run; the last request's lag). The peer here is a naive
+#     scheduler, the fault the anchored schedule avoids (GoReplay's, tcpreplay's before 4.5.3):
+#     the same requests over aiohttp, sleeping the recorded gap between consecutive requests.
+# Usage: scripts/bench_replay.sh   (env: BENCH_CONNECTIONS=32 BENCH_EXCHANGES=100000
+#        BENCH_TIMED_SECONDS=60 BENCH_WRK_SECONDS=10)
+# Goals (issue 4): >= 30% of wrk's requests/s; lag p99 <= 2 ms at 1k/s and <= 5 ms at 5k/s; no drift.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=$PWD/.venv/bin/python
+ST=$PWD/.venv/bin/shadowtap
+C=${BENCH_CONNECTIONS:-32}
+N=${BENCH_EXCHANGES:-100000}
+T=${BENCH_TIMED_SECONDS:-60}
+W=${BENCH_WRK_SECONDS:-10}
+command -v wrk >/dev/null || { echo "bench_replay: wrk is missing (scripts/setup.sh installs it)" >&2; exit 4; }
+command -v nginx >/dev/null || { echo "bench_replay: nginx is missing (scripts/setup.sh installs it)" >&2; exit 4; }
+
+work=$(mktemp -d)
+chmod 755 "$work"
+nginx_pid= tcpdump_pid=
+cleanup() {
+  [ -n "$tcpdump_pid" ] && kill "$tcpdump_pid" 2>/dev/null || true
+  [ -n "$nginx_pid" ] && kill -QUIT "$nginx_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rec_port=$(free_port)
+port=$(free_port)
+cat > "$work/nginx.conf" <<NGX
+worker_processes 1;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work;
+  uwsgi_temp_path $work; scgi_temp_path $work;
+  keepalive_requests 10000000;
+  server { listen 127.0.0.1:$rec_port; listen 127.0.0.1:$port; location / { return 200 "hello\n"; } }
+}
+NGX
+nginx -c "$work/nginx.conf" -p "$work" >/dev/null 2>&1 &
+nginx_pid=$!
+for _ in $(seq 100); do
+  curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1 && break
+  sleep 0.05
+done
+
+wrk_rps() {
+  wrk -t1 -c"$C" -d"${1}s" "http://127.0.0.1:$port/" | awk '/^Requests\/sec/ {print $2}'
+}
+
+# 1. The input: wrk's traffic to the recording port, captured and extracted.
+source_kind=recorded
+if [ "$(id -u)" = 0 ] && command -v tcpdump >/dev/null; then
+  tcpdump -i lo -B 131072 -s 0 -w "$work/wrk.pcap" "tcp port $rec_port" 2>"$work/tcpdump.err" &
+  tcpdump_pid=$!
+  sleep 1
+  wrk -t1 -c"$C" -d3s "http://127.0.0.1:$rec_port/" >/dev/null
+  sleep 0.5
+  kill -INT "$tcpdump_pid"; wait "$tcpdump_pid" || true; tcpdump_pid=
+  "$ST" extract "$work/wrk.pcap" -o "$work/all.jsonl" 2>/dev/null
+  head -n "$N" "$work/all.jsonl" > "$work/ex.jsonl"
+else
+  source_kind=synthesized
+  "$PY" - "$work/ex.jsonl" "$N" "$C" "$rec_port" <<'PY'
+import sys, orjson
+from shadowtap.records import Exchange, Request, Response, exchange_id
+out, n, c, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+t0, idx = 1_700_000_000.0, [0] * c
+with open(out, "wb") as f:
+    for i in range(n):
+        k = i % c
+        client, server, ts = f"127.0.0.1:{40000 + k}", f"127.0.0.1:{port}", t0 + i * 1e-5
+        req = Request(ts=ts, end_ts=ts, version="1.1", headers=(("Host", f"127.0.0.1:{port}"),), method="GET", target="/")
+        resp = Response(ts=ts, end_ts=ts, version="1.1", headers=(("Content-Length", "6"),), body=b"hello\n", body_len=6,
+                        decoded_len=6, status=200, reason="OK")
+        f.write(orjson.dumps(Exchange(id=exchange_id(client, server, t0, idx[k]), client=client, server=server,
+                                      index=idx[k], request=req, response=resp).to_json()) + b"\n")
+        idx[k] += 1
+PY
+fi
+n_ex=$(wc -l < "$work/ex.jsonl")
+
+summary_field() { awk -F'\t' -v k="$2" '$1 == k {print $2}' "$1"; }
+
+wrk1=$(wrk_rps "$W")
+"$ST" replay "$work/ex.jsonl" -t "http://127.0.0.1:$port" --speed max -c "$C" --preload --no-progress \
+  -o "$work/max.jsonl" 2>"$work/max.txt"
+"$ST" replay "$work/ex.jsonl" -t "http://127.0.0.1:$port" --speed max -c "$C" --no-progress \
+  -o "$work/max_stream.jsonl" 2>"$work/max_stream.txt"
+wrk2=$(wrk_rps "$W")
+st_rps=$(summary_field "$work/max.txt" rate | tr -d ', req/s')
+st_stream_rps=$(summary_field "$work/max_stream.txt" rate | tr -d ', req/s')
+st_sent=$(summary_field "$work/max.txt" "requests sent")
+st_ok=$(summary_field "$work/max.txt" "  status 2xx")
+
+# 2. Recorded timing at 1k/s and 5k/s (Poisson arrivals over C connections).
+for rate in 1000 5000; do
+  "$PY" - "$work/t$rate.jsonl" "$rate" "$T" "$C" "$rec_port" <<'PY'
+import random, sys, orjson
+from shadowtap.records import Exchange, Request, Response, exchange_id
+out, rate, secs, c, port = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+rng, t0, t, idx = random.Random(7), 1_700_000_000.0, 0.0, [0] * c
+with open(out, "wb") as f:
+    while t < secs:
+        k = rng.randrange(c)
+        client, server, ts = f"127.0.0.1:{40000 + k}", f"127.0.0.1:{port}", t0 + t
+        req = Request(ts=ts, end_ts=ts, version="1.1", headers=(("Host", f"127.0.0.1:{port}"),), method="GET",
+                      target=f"/t?{idx[k]}")
+        f.write(orjson.dumps(Exchange(id=exchange_id(client, server, t0, idx[k]), client=client, server=server,
+                                      index=idx[k], request=req, response=None).to_json()) + b"\n")
+        idx[k] += 1
+        t += rng.expovariate(rate)
+PY
+  "$ST" replay "$work/t$rate.jsonl" -t "http://127.0.0.1:$port" -c "$C" --no-progress -o "$work/r$rate.jsonl" \
+    2>"$work/r$rate.txt"
+  # The peer: sleep the recorded gap between consecutive requests (aiohttp, uvloop), no anchor.
+  "$PY" - "$work/t$rate.jsonl" "http://127.0.0.1:$port" "$C" > "$work/naive$rate.txt" <<'PY'
+import asyncio, sys, time
+import aiohttp, orjson, uvloop
+path, base, c = sys.argv[1], sys.argv[2], int(sys.argv[3])
+reqs = [(d["request"]["ts"], d["request"]["target"]) for d in map(orjson.loads, open(path, "rb"))]
+async def main():
+    lags = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c)) as s:
+        async def one(target):
+            async with s.get(base + target) as r:
+                await r.read()
+        tasks, start, prev = [], time.monotonic(), reqs[0][0]
+        for ts, target in reqs:
+            await asyncio.sleep(ts - prev)
+            prev = ts
+            lags.append((time.monotonic() - (start + ts - reqs[0][0])) * 1000)
+            tasks.append(asyncio.ensure_future(one(target)))
+        await asyncio.gather(*tasks)
+    n = len(lags)
+    s = sorted(lags)
+    tenth = max(1, n // 10)
+    first, last = sorted(lags[:tenth])[tenth // 2], sorted(lags[-tenth:])[tenth // 2]
+    print(f"{s[n // 2]:.3f} {s[int(n * 0.99)]:.3f} {s[-1]:.3f} {first:.3f} {last:.3f} {lags[-1]:.3f}")
+uvloop.run(main())
+PY
+done
+
+"$PY" - "$work" "$source_kind" "$n_ex" "$C" "$T" "$wrk1" "$wrk2" "$st_rps" "$st_stream_rps" "$st_sent" "$st_ok" <<'PY'
+import os, platform, sys, orjson
+work, kind, n_ex, c, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+wrk1, wrk2, st, st_stream = (float(x) for x in sys.argv[6:10])
+sent, ok = sys.argv[10], sys.argv[11]
+wrk = (wrk1 + wrk2) / 2
+print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}; "
+      f"input: {n_ex} {kind} exchanges, {c} connections")
+print(f"wrk -t1 -c{c}: {wrk1:,.0f} and {wrk2:,.0f} req/s (mean {wrk:,.0f})")
+print(f"shadowtap replay --speed max --preload: {st:,.0f} req/s ({sent} sent, {ok} 2xx) = {100 * st / wrk:.1f}% of wrk (goal >= 30%)")
+print(f"shadowtap replay --speed max (streaming input): {st_stream:,.0f} req/s = {100 * st_stream / wrk:.1f}% of wrk")
+for rate, goal in ((1000, 2.0), (5000, 5.0)):
+    rs = [orjson.loads(line) for line in open(f"{work}/r{rate}.jsonl", "rb")]
+    rs.sort(key=lambda r: r["scheduled"])
+    lags = [(r["sent"] - r["scheduled"]) * 1000 for r in rs]
+    n = len(lags)
+    s = sorted(lags)
+    tenth = max(1, n // 10)
+    first, last = sorted(lags[:tenth])[tenth // 2], sorted(lags[-tenth:])[tenth // 2]
+    errors = sum(1 for r in rs if r["error"])
+    span = rs[-1]["scheduled"] - rs[0]["scheduled"]
+    print(f"recorded timing {rate}/s for {span:.0f} s: {n} sent, {errors} errors; lag p50 {s[n // 2]:.3f} "
+          f"p99 {s[int(n * 0.99)]:.3f} max {s[-1]:.3f} ms (goal p99 <= {goal:g}); drift: lag p50 first tenth "
+          f"{first:.3f}, last tenth {last:.3f}, last request {lags[-1]:.3f} ms")
+    p50, p99, mx, f1, l1, last_lag = open(f"{work}/naive{rate}.txt").read().split()
+    print(f"  peer (sleep between records, aiohttp): lag p50 {p50} p99 {p99} max {mx} ms; first tenth {f1}, "
+          f"last tenth {l1}, last request {last_lag} ms")
+PY
