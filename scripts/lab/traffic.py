@@ -1,6 +1,8 @@
 """The lab's traffic generator: a realistic mix of requests to the demo service at a chosen rate.
 
-Open loop: request ``i`` is due at ``start + i / rate`` whatever the answers' latency, with at most
+Open loop: requests are due at a fixed pace (``start + i / rate``) or, with ``--arrivals poisson``
+(the default: real users do not coordinate), at exponentially distributed intervals of mean
+``1 / rate``; either way whatever the answers' latency, with at most
 ``--concurrency`` in flight (a request that finds no free slot waits and is counted ``late``).
 Bounded: stops at ``--count`` requests or after ``--duration`` seconds, whichever comes first
 (one of them is required; hard caps 1,000,000 requests and one hour). A share of the requests
@@ -146,6 +148,7 @@ class Summary:
 
 
 async def run(target: str, *, rate: float, count: int | None, duration: float | None, seed: int,
+              arrivals: str = "poisson",
               concurrency: int = 16, new_connection_share: float = 0.2, orders: bool = True,
               timeout: float = 10.0, allowed: tuple[str, ...] = ()) -> Summary:
     base = check_target(target, tuple(_private_network(n) for n in allowed))
@@ -155,7 +158,10 @@ async def run(target: str, *, rate: float, count: int | None, duration: float | 
         raise ValueError("give --count or --duration (or both)")
     count = min(count if count is not None else MAX_COUNT, MAX_COUNT)
     duration = min(duration if duration is not None else MAX_DURATION, MAX_DURATION)
+    if arrivals not in ("poisson", "uniform"):
+        raise ValueError(f"arrivals must be poisson or uniform, not {arrivals!r}")
     rng = random.Random(seed)
+    gaps = random.Random(seed + 1)  # its own stream: the requests do not depend on the arrivals
     summary = Summary()
     slots = asyncio.Semaphore(concurrency)
     client_timeout = aiohttp.ClientTimeout(total=timeout)
@@ -179,8 +185,11 @@ async def run(target: str, *, rate: float, count: int | None, duration: float | 
     tasks: set[asyncio.Task[None]] = set()
     start = time.monotonic()
     try:
+        offset = 0.0
         for i in range(count):
-            due = start + i / rate
+            if i:
+                offset += gaps.expovariate(rate) if arrivals == "poisson" else 1 / rate
+            due = start + offset
             now = time.monotonic()
             if due - start >= duration:
                 break
@@ -213,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=20.0, help="requests per second (default 20)")
     ap.add_argument("--count", type=int, help="stop after this many requests")
     ap.add_argument("--duration", type=float, help="stop after this many seconds")
+    ap.add_argument("--arrivals", choices=("poisson", "uniform"), default="poisson",
+                    help="request intervals: exponential of mean 1/rate (default) or fixed")
     ap.add_argument("--seed", type=int, default=None, help="the same seed sends the same requests")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--new-connection-share", type=float, default=0.2,
@@ -225,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     try:
         summary = asyncio.run(run(args.target, rate=args.rate, count=args.count, duration=args.duration,
-                                  seed=seed, concurrency=args.concurrency,
+                                  seed=seed, arrivals=args.arrivals, concurrency=args.concurrency,
                                   new_connection_share=args.new_connection_share, orders=not args.no_orders,
                                   allowed=tuple(args.allow_network)))
     except ValueError as exc:

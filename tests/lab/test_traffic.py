@@ -69,6 +69,22 @@ def test_mix_is_reproducible_and_realistic():
     assert all(p.endpoint != "order" for p in (traffic.plan_request(rng, 0.2, orders=False) for _ in range(500)))
 
 
+def expected_poisson_count(seed: int, rate: float, duration: float) -> int:
+    gaps, offset, n = random.Random(seed + 1), 0.0, 0
+    while offset < duration:
+        n += 1
+        offset += gaps.expovariate(rate)
+    return n
+
+
+def test_poisson_arrivals_are_bursty_with_the_right_mean():
+    rng = random.Random(5)
+    gaps = [rng.expovariate(50) for _ in range(5000)]
+    assert abs(sum(gaps) / len(gaps) - 1 / 50) < 0.002
+    assert expected_poisson_count(1, 60, 12) != 720  # not the fixed pace...
+    assert abs(expected_poisson_count(1, 60, 12) - 720) < 4 * 720 ** 0.5  # ...but about the rate
+
+
 def test_bounded_run_against_the_service(tmp_path):
     ready = tmp_path / "ready"
     svc = subprocess.Popen([sys.executable, str(LAB / "demo_service.py"), "--port", "0",
@@ -89,8 +105,12 @@ def test_bounded_run_against_the_service(tmp_path):
         # duration bound: a huge count still stops after about the duration
         t0 = time.monotonic()
         summary = asyncio.run(traffic.run(f"http://127.0.0.1:{port}", rate=50, count=10**6, duration=1.0,
+                                          seed=4, arrivals="uniform"))
+        assert time.monotonic() - t0 < 15 and summary.sent == 50
+        # poisson arrivals (the default): as many as the seeded exponential intervals fit
+        summary = asyncio.run(traffic.run(f"http://127.0.0.1:{port}", rate=100, count=10**6, duration=1.0,
                                           seed=4))
-        assert time.monotonic() - t0 < 15 and 40 <= summary.sent <= 51
+        assert summary.sent == expected_poisson_count(4, 100, 1.0) and summary.failures == 0
         # the command line prints a JSON summary
         proc = subprocess.run([sys.executable, str(LAB / "traffic.py"), "--target", f"http://127.0.0.1:{port}",
                                "--count", "30", "--rate", "300", "--seed", "2", "--json", "--no-orders"],
