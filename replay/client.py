@@ -393,8 +393,13 @@ class Sender:
     async def send(self, prepared: Prepared, *, scheduled: float | None = None, copy: int = 0) -> Result:
         """Send one request and wait for its Result (errors are in the Result, not raised)."""
         fut: asyncio.Future[Result] = self.loop.create_future()
+
+        def deliver(result: Result) -> None:
+            if not fut.done():  # the caller may have been cancelled meanwhile
+                fut.set_result(result)
+
         self.submit(prepared, scheduled=self.clock.now() if scheduled is None else scheduled,
-                    copy=copy, on_result=fut.set_result)
+                    copy=copy, on_result=deliver)
         return await fut
 
     # -- internals

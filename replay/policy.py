@@ -228,10 +228,13 @@ class Policy:
         req = exchange.request
         assert req is not None
         target = req.target
+        if target[:1] != "/" and "://" in target:
+            # absolute-form (a request to a proxy): the target gets the origin-form
+            target = "/" + target.split("://", 1)[1].partition("/")[2]
         for pattern, repl in self.url_rewrites:
             target = pattern.sub(repl, target)
-        if self.target.prefix:
-            target = self.target.prefix + (target if target.startswith("/") else "/" + target)
+        if self.target.prefix and target.startswith("/"):
+            target = self.target.prefix + target
         if self.keep_host or self.host_suffix:
             host = req.header("host") or self.target.authority
             if self.host_suffix:

@@ -166,3 +166,10 @@ def test_bad_option_values_name_the_option():
         parse_rewrites(["(unclosed=>x"])
     with pytest.raises(InputError, match="--rewrite"):
         parse_rewrites(["no-arrow"])
+
+
+def test_absolute_form_targets_become_origin_form_and_asterisk_stays():
+    p = prepared(Policy(Target.parse("http://127.0.0.1:9/pre")), make_exchange(target="http://shop.example/a/b?c=1"))
+    assert p.target == "/pre/a/b?c=1"
+    p = prepared(Policy(TARGET), make_exchange(method="OPTIONS", target="*"))
+    assert p.wire.startswith(b"OPTIONS * HTTP/1.1\r\n")
