@@ -3,7 +3,9 @@
 Differences are named by a field path in Diffy's manner:
 
 - ``status``; ``header.<lower-case name>`` (repeated values compared as sets);
-- ``body`` for the body as a whole (text, binary, or a change of body type);
+- ``body`` for the body as a whole (text, binary, or a change of body type); ``body~token`` for
+  a text body whose only differences are volatile tokens (dates, UUIDs, hex ids), with the first
+  differing pair of tokens as values;
 - ``body.a.b`` for JSON fields; array elements fold to ``[]`` (``body.items[].price``); objects
   whose keys all look like ids (numbers, UUIDs, hex) or that hold more than ``FOLD_KEYS`` keys
   (data, not a schema) fold their keys to ``{id}`` (``body.scores.{id}``).
@@ -27,10 +29,12 @@ from typing import Any
 import orjson
 
 from compare.decode import decode_body
-from compare.shapes import is_id_like
+from compare.shapes import VOLATILE_TOKEN, is_id_like
 from shadowtap.records import Headers, Response
 
 FOLD_KEYS = 64
+# An HTML/XML/text body whose only differences are volatile tokens (dates, UUIDs, hex ids).
+TEXT_TOKEN_PATH = "body~token"
 _SNIPPET = 80  # characters of context kept either side of a text difference
 
 
@@ -253,7 +257,22 @@ def diff_prepared(pb: Body, sb: Body, out: list[Difference], tolerance: Toleranc
             else:
                 out.append(Difference("body", Kind.VALUE, _digest(pb.raw), _digest(sb.raw)))
     elif pb.value != sb.value:
-        out.append(Difference("body", Kind.VALUE, *_snippets(pb.value, sb.value)))
+        tokens = _token_difference(pb.value, sb.value)
+        if tokens is not None:
+            out.append(Difference(TEXT_TOKEN_PATH, Kind.VALUE, *tokens))
+        else:
+            out.append(Difference("body", Kind.VALUE, *_snippets(pb.value, sb.value)))
+
+
+def _token_difference(a: str, b: str) -> tuple[str, str] | None:
+    """When two texts differ only in volatile tokens (dates, UUIDs, hex ids): the first differing
+    pair of tokens, so that noise detection judges them like any field. O(len(a) + len(b))."""
+    if VOLATILE_TOKEN.sub("\0", a) != VOLATILE_TOKEN.sub("\0", b):
+        return None
+    for x, y in zip(VOLATILE_TOKEN.findall(a), VOLATILE_TOKEN.findall(b)):
+        if x != y:
+            return x, y
+    return None
 
 
 # ---------------------------------------------------------------------------------- headers

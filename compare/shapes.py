@@ -23,6 +23,14 @@ _HTTP_DATE = re.compile(
 )
 _PREFIXED_ID = re.compile(r"[A-Za-z]{1,12}[-_:](?=.*\d)[A-Za-z0-9\-_]{6,}")
 
+# Volatile tokens inside text (HTML, XML, plain text bodies): dates and times, UUIDs, long hex ids.
+VOLATILE_TOKEN = re.compile(
+    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?"
+    r"|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} GMT"
+    r"|\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"
+    r"|\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{16,}\b"
+)
+
 # Epoch timestamps in s, ms, us, ns and how far from the exchange's own time they may be.
 _EPOCH_SCALES = (1.0, 1e3, 1e6, 1e9)
 _EPOCH_WINDOW_S = 2 * 86400.0

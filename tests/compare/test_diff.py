@@ -156,3 +156,29 @@ def test_json_sniffed_without_content_type(craft):
     p = R(craft, raw=b'{"a": 1}', content_type=None)
     s = R(craft, raw=b'{"a": 2}', content_type=None)
     assert [(d.path, d.kind) for d in diff_responses(p, s, IGN, exact).differences] == [("body.a", Kind.VALUE)]
+
+
+def test_text_differing_only_in_volatile_tokens(craft):
+    html = "<html><body><p>Generated {} for request {}</p><p>{}</p></body></html>"
+    p = R(craft, raw=html.format("2025-11-26T10:00:00Z", "550e8400-e29b-41d4-a716-446655440000", "hi").encode(),
+          content_type="text/html")
+    s = R(craft, raw=html.format("2025-11-26T10:00:05Z", "550e8400-e29b-41d4-a716-446655440001", "hi").encode(),
+          content_type="text/html")
+    d = diff_responses(p, s, IGN, exact).differences
+    assert [(x.path, x.kind, x.primary, x.shadow) for x in d] == [
+        ("body~token", Kind.VALUE, "2025-11-26T10:00:00Z", "2025-11-26T10:00:05Z")]
+    s2 = R(craft, raw=html.format("2025-11-26T10:00:05Z", "550e8400-e29b-41d4-a716-446655440001", "ho").encode(),
+           content_type="text/html")
+    assert [x.path for x in diff_responses(p, s2, IGN, exact).differences] == ["body"]
+
+
+def test_html_pages_with_timestamps_are_noise(craft):
+    def make(i):
+        page = "<html><body><h1>Catalogue</h1><footer>rendered {}</footer></body></html>"
+        p = craft.response(raw=page.format(craft.iso(craft.T0 + i)).encode(), content_type="text/html")
+        s = craft.response(raw=page.format(craft.iso(craft.T0 + i + 0.3)).encode(), content_type="text/html")
+        return craft.exchange(i, p), craft.result(i, s)
+
+    rep = craft.run(50, make)
+    assert rep["verdict"]["result"] == "pass"
+    assert [n["path"] for n in rep["noise"]] == ["body~token"]
