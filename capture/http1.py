@@ -308,8 +308,8 @@ class _Side:
         self.remaining = 0
         self.chunked = False
         self.head_ts = 0.0
-        # Message boundaries lost: "midstream" (joined without the start), "gap", "" (after a parse
-        # error); the next message found notes it (except ""); None: in step.
+        # Message boundaries lost: "midstream" (joined without the start), "resync" (after a gap),
+        # "" (after a parse error); the next message found notes it (except ""); None: in step.
         self.lost: str | None = "midstream" if state == State.SYNC else None
         self.boundary = self.lost is not None  # the next byte follows a gap: a message may start right there
         self.scanned = 0
@@ -588,7 +588,7 @@ class _Side:
         if self.state == State.WAIT:
             return
         self.state = State.SYNC
-        self.lost = "gap"
+        self.lost = "resync"
         self.boundary = True
 
     def end(self, ts: float) -> None:
