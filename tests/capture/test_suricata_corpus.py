@@ -112,20 +112,20 @@ def file_matches(ex: Exchange, key: str, want: object) -> bool:
 # case's http/fileinfo checks): the reason, and the count shadowtap's reading gives.
 DISAGREE: dict[tuple[str, int], tuple[str, int]] = {
     ("http-gap-simple", 3): (
-        "/1 and /3 declare Content-Length: 12 and are followed by 14 bytes (the body and a stray "
+        ("/1 and /3 declare Content-Length: 12 and are followed by 14 bytes (the body and a stray "
         "CRLF). RFC 9112 6.3: the body is the 12 declared bytes; Suricata's file counts the CRLF. "
-        "shadowtap: two bodies of 12, none of 14.", 0),
+        "shadowtap: two bodies of 12, none of 14."), 0),
     ("http-gap-double", 3): ("as http-gap-simple: Content-Length 12 + a stray CRLF; the body is 12 bytes", 0),
     ("http-gap-whole-body", 3): ("as http-gap-simple: Content-Length 12 + a stray CRLF; the body is 12 bytes", 0),
     ("http-multiple100", 0): (
-        "the 34293 bytes are the file inside the request's multipart/form-data body; shadowtap records "
-        "HTTP bodies (34498 bytes) and does not take MIME parts apart", 0),
+        ("the 34293 bytes are the file inside the request's multipart/form-data body; shadowtap records "
+        "HTTP bodies (34498 bytes) and does not take MIME parts apart"), 0),
     ("http-range-file", 0): (
-        "Suricata joins the 15 Range responses into one 146515-byte file; shadowtap records each 206 "
-        "response (their body lengths add up to 146515: checked below)", 0),
+        ("Suricata joins the 15 Range responses into one 146515-byte file; shadowtap records each 206 "
+        "response (their body lengths add up to 146515: checked below)"), 0),
     ("http-range-multiflows", 0): (
-        "Suricata joins Range responses across flows into one file; shadowtap records each 206 "
-        "response (checked below)", 0),
+        ("Suricata joins Range responses across flows into one file; shadowtap records each 206 "
+        "response (checked below)"), 0),
 }
 
 UNSUPPORTED_KEYS = {
