@@ -56,6 +56,20 @@ class Clock:
         return self._wall0 + (mono - self._mono0)
 
 
+def local_addresses() -> frozenset[str]:
+    """This network namespace's addresses (``ip -j addr``; empty when ``ip`` is missing), for the
+    refusal to replay into the captured server itself."""
+    import json
+    import subprocess
+
+    try:
+        proc = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=5, check=False)
+        data = json.loads(proc.stdout or "[]")
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return frozenset()
+    return frozenset(a.get("local", "") for link in data for a in link.get("addr_info", ())) - {""}
+
+
 class _Job:
     """One request on its way: the prepared request and what happened to it so far."""
 

@@ -166,6 +166,9 @@ class Policy:
     force: bool = False
     # The target's resolved endpoints (ip, port), for the refusal to replay into the captured server.
     target_endpoints: frozenset[tuple[str, int]] = field(default_factory=frozenset)
+    # This host's addresses: a captured server at one of them, on the target's port, is the
+    # target when the target is this host too (captured on eth0, replayed to localhost).
+    local_addresses: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sample_percent <= 100.0:
@@ -206,7 +209,7 @@ class Policy:
         return self._prepare(exchange, method, add_key)
 
     def _check_not_captured_server(self, server: str) -> None:
-        if _is_target(server, self.target_endpoints):
+        if _is_target(server, self.target_endpoints, self.local_addresses):
             raise ReplayRefused(
                 f"the target {self.target.url} is {server}, the server this traffic was captured "
                 "from: replaying into it doubles its load",
@@ -275,10 +278,11 @@ class Policy:
 
 
 @functools.lru_cache(maxsize=4096)
-def _is_target(server: str, endpoints: frozenset[tuple[str, int]]) -> bool:
+def _is_target(server: str, endpoints: frozenset[tuple[str, int]], local: frozenset[str]) -> bool:
     """True when the captured ``server`` endpoint is one of the target's. Loopback addresses all
-    reach the same host: 127.0.0.2:80 is the 127.0.0.1:80 server when it listens on the wildcard
-    address. Cached: a capture has few servers and this runs for every exchange."""
+    reach the same host (127.0.0.2:80 is the 127.0.0.1:80 server when it listens on the wildcard
+    address), and so do this host's own addresses when the target is on this host. Cached: a
+    capture has few servers and this runs for every exchange."""
     try:
         ip, port = parse_endpoint(server)
         addr = ipaddress.ip_address(ip)
@@ -289,6 +293,8 @@ def _is_target(server: str, endpoints: frozenset[tuple[str, int]]) -> bool:
             continue
         t = ipaddress.ip_address(tip.split("%", 1)[0])
         if t == addr or (t.is_loopback and addr.is_loopback):
+            return True
+        if (t.is_loopback or str(t) in local) and (addr.is_loopback or str(addr) in local):
             return True
     return False
 

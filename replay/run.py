@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
-from replay.client import Sender
+from replay.client import Sender, local_addresses
 from replay.policy import Policy, Prepared, Skip
 from replay.schedule import Timing, schedule
 from shadowtap import console
@@ -180,7 +180,7 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
     await sender.start()
     if cfg.check_target:
         await sender.check_reachable()
-    policy = replace(cfg.policy, target_endpoints=sender.endpoints)
+    policy = replace(cfg.policy, target_endpoints=sender.endpoints, local_addresses=local_addresses())
     clock = sender.clock
     timing = cfg.timing
     window = 2 * cfg.concurrency if not timing.timed else MAX_QUEUED

@@ -173,3 +173,13 @@ def test_absolute_form_targets_become_origin_form_and_asterisk_stays():
     assert p.target == "/pre/a/b?c=1"
     p = prepared(Policy(TARGET), make_exchange(method="OPTIONS", target="*"))
     assert p.wire.startswith(b"OPTIONS * HTTP/1.1\r\n")
+
+
+def test_a_captured_server_at_an_address_of_this_host_is_the_local_target():
+    """Captured on eth0 at 192.0.2.10:8080, replayed to localhost:8080 on the same host: the same server."""
+    policy = Policy(Target.parse("http://localhost:8080"), target_endpoints=frozenset({("127.0.0.1", 8080)}),
+                    local_addresses=frozenset({"192.0.2.10"}))
+    with pytest.raises(ReplayRefused):
+        policy.decide(make_exchange(server="192.0.2.10:8080"))
+    assert isinstance(policy.decide(make_exchange(server="192.0.2.11:8080")), Prepared)  # another host
+    assert isinstance(policy.decide(make_exchange(server="192.0.2.10:9090")), Prepared)  # another port
