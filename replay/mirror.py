@@ -256,6 +256,7 @@ class Workers:
         self.sent = 0
         self.failures = 0  # sender raised (a bug, not a target error): counted, the worker goes on
         self.last_failure: str | None = None
+        self.abandoned = 0  # queued or in flight when the workers were stopped
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -282,20 +283,22 @@ class Workers:
 
     async def drain(self, timeout: float) -> bool:
         """Close the queue, let the workers finish what is queued and in flight for at most
-        ``timeout`` seconds, then cancel them. True when everything finished in time."""
+        ``timeout`` seconds, then give up on the rest (``abandoned`` counts it). True when
+        everything finished in time."""
         self.queue.close()
         if not self._tasks:
             return True
         _done, pending = await asyncio.wait(self._tasks, timeout=timeout)
-        for t in pending:
-            t.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        return not pending
+        if not pending:
+            return True
+        await self.stop()
+        return False
 
     async def stop(self) -> int:
-        """Stop now: discard what is queued, cancel what is in flight. Returns items discarded."""
-        n = self.queue.close(discard=True)
+        """Stop now: discard what is queued, cancel what is in flight. Returns how many requests
+        were abandoned that way (also added to ``abandoned``)."""
+        n = self.queue.close(discard=True) + self.in_flight
+        self.abandoned += n
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

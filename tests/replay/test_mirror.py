@@ -175,6 +175,6 @@ def test_workers_stop_discards_queue_and_cancels_in_flight():
         for i in range(5):
             w2.queue.put(Pending(f"id{i}", i, 0.0, 0.0))
         await asyncio.sleep(0.01)
-        assert await asyncio.wait_for(w2.stop(), 5) == 4  # one was in flight, four discarded
+        assert await asyncio.wait_for(w2.stop(), 5) == 5  # one in flight, four queued
 
     asyncio.run(main())

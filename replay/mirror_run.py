@@ -1,0 +1,624 @@
+"""The ``shadowtap mirror`` stage: a live capture, replay's sender and the comparison, together.
+
+Threads and what each owns:
+  - the capture thread runs the live source and the Extractor (capture/live.py). For each request
+    complete on the wire, ``on_request`` decides (Policy, sampling, rate limit) and queues it
+    (replay/mirror.py: never blocks, drops the oldest when full). For each exchange rebuilt, it
+    hands the exchange to the loop through a second bounded queue.
+  - the event loop (this module) runs the workers that send to the shadow (replay/client.py's
+    Sender), pairs each shadow Result with the primary's Exchange (replay/live_pairing.py), feeds
+    the pairs to the streaming comparison (compare/), writes the run directory, refreshes the
+    dashboard / log line, and serves ``--metrics``.
+
+The primary is never in this path: the capture copies packets off the interface; nothing here
+writes to the primary's sockets, and nothing the shadow does (slow, down, resets) reaches the
+capture thread except as counted drops.
+
+Ending: ``--duration``, Ctrl-C or SIGTERM set ``stop``. Then the capture stops (hooks detached by
+capture/live.py, the Extractor's last exchanges flushed), the queued and in-flight requests get up
+to ``drain_timeout`` seconds, what stays unpaired is counted, files are closed, the final reports
+are written and printed, and the verdict becomes the exit status.
+
+Redaction: the Extractor keeps secret headers as they were (the shadow needs the real
+Authorization); everything written to disk or shown (exchanges, results, reports) passes through
+the Redactor first, unless ``keep_secrets``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from replay import mirror_compare
+from replay.live_pairing import Pair, Pairer
+from replay.mirror import Admission, DropOldestQueue, Outcome, Pending, TokenBucket, Workers
+from replay.mirror_stats import (
+    EndpointLine,
+    Histogram,
+    MirrorSnapshot,
+    dashboard,
+    log_line,
+    prometheus_text,
+)
+from replay.policy import Policy, Prepared, ReplayRefused, Skip, SkipReason
+from shadowtap import console
+from shadowtap.errors import (
+    EXIT_OK,
+    EXIT_VERDICT_ERROR,
+    EXIT_VERDICT_FAIL,
+    EXIT_VERDICT_MARGINAL,
+    InputError,
+    TargetError,
+)
+from shadowtap.jsonl import JsonlWriter, create_private
+from shadowtap.records import Exchange, Result, parse_endpoint
+from shadowtap.redact import Redactor
+
+SWITCH_INTERVAL = 0.0005  # seconds: see MirrorRun.run
+VERDICT_EXIT = {"pass": EXIT_OK, "marginal": EXIT_VERDICT_MARGINAL, "fail": EXIT_VERDICT_FAIL,
+                "error": EXIT_VERDICT_ERROR}
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorConfig:
+    iface: str
+    ports: tuple[int, ...]
+    policy: Policy  # target = the shadow; sample_percent 100 when sampling is per request
+    backend: str = "auto"  # ebpf | pcap | auto
+    percent: float = 100.0  # per-request sampling (Istio's mirrorPercentage) when sample_per_request
+    sample_per_request: bool = True  # else the Policy samples consistently by its key
+    rate_limit: float | None = None  # requests/s to the shadow; the excess is dropped and counted
+    queue: int = 10_000
+    concurrency: int = 64
+    timeout: float = 10.0
+    connect_timeout: float = 5.0
+    max_body: int = 1 << 20
+    metrics: str | None = None  # ADDR:PORT
+    run_dir: str | None = None
+    duration: float | None = None
+    keep_secrets: bool = False
+    force: bool = False  # mirror even when the shadow looks like the primary itself
+    compare_config: str | None = None  # compare's --config FILE
+    ignore: tuple[str, ...] = ()  # compare's --ignore rules
+    dashboard: bool | None = None  # None: on a terminal
+    log_interval: float = 5.0
+    drain_timeout: float | None = None  # None: min(timeout, 10 s)
+    bpf_filter: str | None = None
+    min_coverage: float = 0.9  # share of queued requests that must be compared for a verdict
+
+
+@dataclass(slots=True)
+class _Figures:
+    """Loop-thread counters (the capture thread's are in Admission)."""
+
+    started: float = field(default_factory=time.monotonic)
+    exchanges: int = 0
+    results: int = 0
+    primary_5xx: int = 0
+    shadow_5xx: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    lag: Histogram = field(default_factory=Histogram)
+    primary_latency: Histogram = field(default_factory=Histogram)
+    shadow_latency: Histogram = field(default_factory=Histogram)
+    exchange_drops: int = 0  # exchanges lost between the capture thread and the loop
+    discarded_at_end: int = 0  # queued requests not sent when the drain timed out
+
+
+def _parse_metrics_addr(text: str) -> tuple[str, int]:
+    try:
+        host, port = parse_endpoint(text)
+        if not 0 <= port <= 65535:
+            raise ValueError
+    except ValueError:
+        raise InputError(f"{text!r} is not ADDR:PORT", where="--metrics") from None
+    return host.strip("[]") or "127.0.0.1", port
+
+
+def _local_addresses() -> set[str]:
+    """This network namespace's addresses (``ip -j addr``), for the refusal to mirror into the
+    primary itself."""
+    import json
+    import subprocess
+
+    try:
+        proc = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=5, check=False)
+        data = json.loads(proc.stdout or "[]")
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return set()
+    return {a.get("local", "") for link in data for a in link.get("addr_info", ())} - {""}
+
+
+class MirrorRun:
+    """One mirror run. ``run()`` returns the exit status; everything else is internal state."""
+
+    def __init__(self, cfg: MirrorConfig) -> None:
+        self.cfg = cfg
+        self.redactor = None if cfg.keep_secrets else Redactor.default()
+        self.fig = _Figures()
+        self.pairer = Pairer(capacity=max(4 * cfg.queue, 10_000), ttl=2 * cfg.timeout + 10.0)
+        self.stop = asyncio.Event()
+        self.stop_reason = "end"
+        self.capture_error: BaseException | None = None
+        self.capture_drops = 0
+        self.send_failures = 0
+        self.capture_summary: Any = None
+        self.comparison: Any = None
+        self._view: tuple[str | None, float | None, list[tuple[str, int, float]]] = (None, None, [])
+        self._view_at = -1e9
+        self._last_seen = (time.monotonic(), 0)
+        self._rate = 0.0
+        self._writers: dict[str, JsonlWriter] = {}
+        self._notes: list[str] = []
+
+    # ---------------------------------------------------------------- decisions (capture thread)
+    def _decide(self, policy: Policy, shadow_eps: frozenset[tuple[str, int]]) -> Callable[[Any], Any]:
+        cut = self.cfg.percent * 10_000  # of 1_000_000
+        per_request = self.cfg.sample_per_request and self.cfg.percent < 100.0
+
+        def decide(ev: Any) -> tuple[Prepared | None, tuple[Outcome, str] | None]:
+            try:
+                ip, port = parse_endpoint(ev.server)
+            except ValueError:
+                ip, port = "", 0
+            if (ip, port) in shadow_eps:
+                return None, (Outcome.OWN_TRAFFIC, "own_traffic")
+            ex = Exchange(id=ev.exchange_id, client=ev.client, server=ev.server, index=ev.index,
+                          request=ev.request, response=None)
+            d = policy.decide(ex)
+            if isinstance(d, Skip):
+                if d.reason is SkipReason.SAMPLED_OUT:
+                    return None, (Outcome.SAMPLED_OUT, "sampled_out")
+                return None, (Outcome.SKIPPED, d.reason.value)
+            if per_request and int(ev.exchange_id[:8], 16) % 1_000_000 >= cut:
+                # The id is a hash (uniform), so this samples each request on its own, as Istio's
+                # mirrorPercentage does, and the same capture gives the same choice every time.
+                return None, (Outcome.SAMPLED_OUT, "sampled_out")
+            return d, None
+
+        return decide
+
+    # ---------------------------------------------------------------- loop side
+    def _on_result(self, res: Result) -> None:
+        f = self.fig
+        f.results += 1
+        f.lag.observe(max(0.0, res.sent - res.scheduled))
+        if res.error is not None:
+            f.errors[res.error.kind] += 1
+        elif res.response is not None:
+            if res.response.status >= 500:
+                f.shadow_5xx += 1
+            if res.total_ms is not None:
+                f.shadow_latency.observe(res.total_ms / 1000)
+        if self.redactor is not None and res.response is not None:
+            res = dataclasses.replace(res, response=self.redactor.message(res.response))
+        pair = self.pairer.add_result(res, time.monotonic())
+        if pair is not None:
+            self._on_pair(pair)
+
+    def _on_exchange(self, ex: Exchange, admitted: bool) -> None:
+        f = self.fig
+        f.exchanges += 1
+        if ex.response is not None:
+            if ex.response.status >= 500:
+                f.primary_5xx += 1
+            if ex.total_ms is not None:
+                f.primary_latency.observe(ex.total_ms / 1000)
+        if not admitted:
+            return
+        if self.redactor is not None:
+            ex = self.redactor.exchange(ex)
+        pair = self.pairer.add_exchange(ex, time.monotonic())
+        if pair is not None:
+            self._on_pair(pair)
+
+    def _on_pair(self, pair: Pair) -> None:
+        if self._writers:
+            self._writers["exchanges"].write(pair.exchange.to_json())
+            self._writers["results"].write(pair.result.to_json())
+        if self.comparison is not None:
+            self._compare_add(pair)
+
+    # ---------------------------------------------------------------- comparison
+    def _compare_add(self, pair: Pair) -> None:
+        try:
+            mirror_compare.add(self.comparison, pair.exchange, pair.result)
+        except Exception as exc:  # noqa: BLE001 - a comparison bug must not stop the mirror
+            self._note(f"comparison failed on {pair.exchange.id}: {type(exc).__name__}: {exc}")
+
+    def _compare_view(self) -> tuple[str | None, float | None, list[tuple[str, int, float]]]:
+        """The comparison's verdict so far, at most once a second (a snapshot costs
+        O(endpoints x fields) and holds the comparison's lock)."""
+        now = time.monotonic()
+        if self.comparison is not None and now - self._view_at >= 1.0:
+            self._view_at = now
+            try:
+                self._view = mirror_compare.view(mirror_compare.snapshot(self.comparison))
+            except Exception as exc:  # noqa: BLE001
+                self._note(f"comparison snapshot failed: {type(exc).__name__}: {exc}")
+        return self._view
+
+    def _note(self, text: str) -> None:
+        if text not in self._notes and len(self._notes) < 5:
+            self._notes.append(text)
+            console.warn(text)
+
+    # ---------------------------------------------------------------- figures
+    def snapshot(self, admission: Admission, queue: DropOldestQueue[Pending], workers: Workers) -> MirrorSnapshot:
+        f = self.fig
+        verdict, differing, endpoints = self._compare_view()
+        verdict, _ = coverage_verdict(verdict, admission.counts[Outcome.QUEUED], self.pairer.paired,
+                                      self.cfg.min_coverage)
+        skipped = {r: n for r, n in admission.skip_reasons.items()}
+        for o in (Outcome.SAMPLED_OUT, Outcome.OWN_TRAFFIC):
+            if admission.counts[o]:
+                skipped[o.value] = admission.counts[o]
+        return MirrorSnapshot(
+            elapsed=time.monotonic() - f.started,
+            seen=admission.seen,
+            queued=admission.counts[Outcome.QUEUED],
+            mirrored=f.results,
+            dropped=queue.dropped,
+            rate_limited=admission.counts[Outcome.RATE_LIMITED],
+            skipped=skipped,
+            queue_depth=len(queue),
+            queue_max=queue.maxlen,
+            in_flight=workers.in_flight,
+            shadow_errors=dict(f.errors),
+            shadow_5xx=f.shadow_5xx,
+            primary_5xx=f.primary_5xx,
+            exchanges=f.exchanges,
+            pairs=self.pairer.paired,
+            unpaired=self.pairer.evicted_exchanges + self.pairer.evicted_results,
+            capture_drops=self.capture_drops,
+            lag=f.lag,
+            primary_latency=f.primary_latency,
+            shadow_latency=f.shadow_latency,
+            verdict=verdict,
+            differing=differing,
+            endpoints=tuple(EndpointLine(*e) for e in endpoints),
+            rate=self._rate,
+            notes=tuple(self._notes),
+        )
+
+    def _update_rate(self, seen: int) -> None:
+        now = time.monotonic()
+        t0, n0 = self._last_seen
+        if now - t0 >= 1.0:
+            self._rate = (seen - n0) / (now - t0)
+            self._last_seen = (now, seen)
+
+    # ---------------------------------------------------------------- the run
+    def run(self) -> int:
+        # Two threads share the GIL: the capture thread (frames -> Extractor -> admission) and the
+        # loop (sends, pairing, comparison). With CPython's default 5 ms switch interval a request
+        # queued by the capture thread waits up to 5 ms for the loop to run: that was most of the
+        # mirror lag. 0.5 ms costs a few more switches and bounds that wait.
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        try:
+            try:
+                import uvloop
+            except ImportError:  # pragma: no cover
+                return asyncio.run(self._main())
+            return uvloop.run(self._main())
+        finally:
+            sys.setswitchinterval(previous)
+
+    async def _main(self) -> int:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        from replay.client import Sender
+
+        sender = Sender(cfg.policy.target, concurrency=cfg.concurrency, per_connection=False,
+                        timeout=cfg.timeout, connect_timeout=cfg.connect_timeout, max_body=cfg.max_body)
+        await sender.start()
+        shadow_eps = sender.endpoints
+        if not cfg.force:
+            local = _local_addresses()
+            for ip, port in shadow_eps:
+                if port in cfg.ports and (ip in local or ip.startswith("127.") or ip == "::1"):
+                    raise ReplayRefused(
+                        f"the shadow {cfg.policy.target.url} is {ip}:{port}, an address of this host on "
+                        "a port being mirrored: that is the primary itself, and mirroring into it doubles "
+                        "its load (and mirrors its own copies)",
+                        hint="point --shadow at the shadow, or pass --force if this is really intended")
+        try:
+            await sender.check_reachable()
+        except TargetError as exc:
+            # A shadow that is down is a shadow result (errors, counted), not a reason to stop.
+            self._note(f"{exc.message}; going on: its failures count as shadow errors")
+        policy = dataclasses.replace(cfg.policy, target_endpoints=frozenset(), force=True)
+
+        queue: DropOldestQueue[Pending] = DropOldestQueue(cfg.queue, loop)
+        inbox: DropOldestQueue[tuple[Exchange, bool]] = DropOldestQueue(max(cfg.queue, 10_000), loop)
+        bucket = TokenBucket(cfg.rate_limit) if cfg.rate_limit else None
+        admission = Admission(queue, self._decide(policy, shadow_eps), rate_limit=bucket,
+                              max_admitted=max(20 * cfg.queue, 100_000))
+
+        async def send(prepared: Prepared, scheduled: float) -> Result:
+            return await sender.send(prepared, scheduled=scheduled)
+
+        workers = Workers(queue, send, self._on_result, concurrency=cfg.concurrency)
+
+        def on_exchange(ex: Exchange) -> None:  # capture thread
+            inbox.put((ex, admission.take_admitted(ex.id)))
+
+        self._open_run_dir()
+        self.comparison = mirror_compare.open_comparison(cfg.compare_config, cfg.ignore)
+        stop_thread = threading.Event()
+        capture_done = loop.create_future()
+
+        def on_started(src: Any, reason: str) -> None:  # capture thread
+            msg = (f"mirror: capturing {cfg.iface} port {','.join(map(str, cfg.ports))} to {cfg.policy.target.url}: "
+                   f"{src.describe()} ({reason})")
+            # (tests and scripts wait for this line: the hooks are attached from here on)
+            loop.call_soon_threadsafe(console.info, msg)
+
+        def on_figures(fig: Any) -> None:  # capture thread; a plain attribute store
+            self.capture_drops = int(fig.kernel_drops) + int(fig.buffer_drops)
+
+        def capture_main() -> None:
+            try:
+                summary = _run_capture(cfg, admission.offer, on_exchange, stop_thread, on_started, on_figures)
+                self.capture_drops = summary.source.drops
+                self.capture_summary = summary
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
+                self.capture_error = exc
+            finally:
+                def done() -> None:
+                    if not capture_done.done():
+                        capture_done.set_result(None)
+                    self.stop.set()
+
+                loop.call_soon_threadsafe(done)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._signal, sig)
+        tasks: list[asyncio.Task[Any]] = []
+        metrics_runner = None
+        live = None
+        exit_code = EXIT_VERDICT_ERROR
+        capture_thread = threading.Thread(target=capture_main, name="shadowtap-capture", daemon=True)
+        try:
+            if cfg.metrics:
+                metrics_runner = await self._serve_metrics(lambda: self.snapshot(admission, queue, workers))
+            workers.start()
+
+            async def consume_exchanges() -> None:
+                while True:
+                    item = await inbox.get()
+                    if item is None:
+                        return
+                    self._on_exchange(*item)
+
+            tasks.append(asyncio.ensure_future(consume_exchanges()))
+            capture_thread.start()
+            show = cfg.dashboard if cfg.dashboard is not None else console.interactive()
+            if show:
+                from rich.live import Live
+
+                live = Live(dashboard(self.snapshot(admission, queue, workers)), console=console.err,
+                            refresh_per_second=2, transient=False)
+                live.start()
+            deadline = loop.time() + cfg.duration if cfg.duration else None
+            last_log = loop.time()
+            while not self.stop.is_set():
+                timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - loop.time()))
+                try:
+                    await asyncio.wait_for(self.stop.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+                if deadline is not None and loop.time() >= deadline:
+                    self.stop_reason = "duration"
+                    self.stop.set()
+                self.pairer.expire(time.monotonic())
+                self._update_rate(admission.seen)
+                if live is not None:
+                    live.update(dashboard(self.snapshot(admission, queue, workers)))
+                elif loop.time() - last_log >= cfg.log_interval:
+                    last_log = loop.time()
+                    console.info(log_line(self.snapshot(admission, queue, workers)))
+            # ---- ending: capture first (hooks detached, last exchanges out), then the shadow side
+            stop_thread.set()
+            if capture_thread.ident is not None:
+                await asyncio.wait_for(asyncio.shield(capture_done), timeout=30)
+            inbox.close()
+            await tasks[0]
+            self.fig.exchange_drops = inbox.dropped
+            drain = cfg.drain_timeout if cfg.drain_timeout is not None else min(cfg.timeout, 10.0)
+            await workers.drain(drain)
+            self.fig.discarded_at_end = workers.abandoned
+            self.send_failures = workers.failures
+            if workers.last_failure:
+                self._note(f"{workers.failures} requests failed in the sender: {workers.last_failure}")
+            for _ in self.pairer.flush():
+                pass  # counted by the Pairer as evicted
+            exit_code = EXIT_OK
+        finally:
+            stop_thread.set()
+            for t in tasks:
+                t.cancel()
+            if live is not None:
+                live.update(dashboard(self.snapshot(admission, queue, workers)))
+                live.stop()
+            sender.close()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
+            self._close_writers()
+        if self.capture_error is not None:
+            raise self.capture_error
+        final = self.snapshot(admission, queue, workers)
+        verdict = self._finish(final)
+        if exit_code == EXIT_OK:
+            exit_code = VERDICT_EXIT.get((verdict or "error").lower(), EXIT_VERDICT_ERROR)
+        return exit_code
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.stop.is_set():
+            return
+        self.stop_reason = signal.Signals(sig).name
+        self.stop.set()
+
+    # ---------------------------------------------------------------- outputs
+    def _open_run_dir(self) -> None:
+        d = self.cfg.run_dir
+        if not d:
+            return
+        try:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the run directory: {exc.strerror}", where=d) from exc
+        self._writers["exchanges"] = JsonlWriter(os.path.join(d, "exchanges.jsonl"))
+        self._writers["results"] = JsonlWriter(os.path.join(d, "results.jsonl"))
+
+    def _close_writers(self) -> None:
+        for w in self._writers.values():
+            w.close()
+
+    async def _serve_metrics(self, snap: Callable[[], MirrorSnapshot]) -> Any:
+        from aiohttp import web
+
+        host, port = _parse_metrics_addr(self.cfg.metrics or "")
+
+        async def metrics(_request: web.Request) -> web.Response:
+            return web.Response(text=prometheus_text(snap()), content_type="text/plain",
+                                charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/", metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise InputError(f"cannot serve metrics on {host}:{port}: {exc.strerror}", where="--metrics") from exc
+        addrs = [s.getsockname() for s in (site._server.sockets if site._server else ())]  # type: ignore[union-attr]
+        if addrs:
+            console.info(f"metrics: http://{format_addr(addrs[0])}/metrics")
+        return runner
+
+    def _finish(self, s: MirrorSnapshot) -> str | None:
+        """The final reports (printed, and in the run directory) and the mirror's own summary
+        (mirror.json). Returns the verdict."""
+        mirror_compare.set_unmatched(self.comparison, self.pairer.evicted_exchanges, self.pairer.evicted_results)
+        report = mirror_compare.snapshot(self.comparison)
+        verdict, differing, _ = mirror_compare.view(report)
+        verdict, why = coverage_verdict(verdict, s.queued, s.pairs, self.cfg.min_coverage)
+        if why is not None:
+            v = report["verdict"]
+            v["result"], v["exit_code"] = verdict, VERDICT_EXIT[verdict]
+            v["reasons"] = [why, *v.get("reasons", ())]
+        s = dataclasses.replace(s, verdict=verdict, differing=differing)
+        d = self.cfg.run_dir
+        summary = mirror_summary(s, self)
+        if d:
+            with create_private(os.path.join(d, "mirror.json")) as fh:
+                fh.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+        rows = [
+            ("stopped by", self.stop_reason), ("requests seen", s.seen), ("mirrored", s.mirrored),
+            ("dropped (queue full)", s.dropped), ("rate-limited", s.rate_limited),
+            ("skipped", ", ".join(f"{k} {v}" for k, v in sorted(s.skipped.items())) or 0),
+            ("shadow errors", ", ".join(f"{k} {v}" for k, v in sorted(s.shadow_errors.items())) or 0),
+            ("pairs compared", s.pairs), ("unpaired", s.unpaired),
+            ("mirror lag p50/p99", f"{_ms(s.lag.quantile(0.5))} / {_ms(s.lag.quantile(0.99))}"),
+            ("capture drops", s.capture_drops),
+        ]
+        if self.fig.discarded_at_end:
+            rows.append(("not sent at the end (drain timed out)", self.fig.discarded_at_end))
+        console.table("mirror", ("", "value"), rows, to_stderr=True)
+        for problem in mirror_compare.write_reports(report, d):
+            console.warn(problem)
+        if d:
+            console.info(f"run directory: {d} (exchanges.jsonl, results.jsonl, report.txt, "
+                         "report.json, report.html, mirror.json)")
+        return verdict
+
+
+def coverage_verdict(verdict: str | None, queued: int, pairs: int, min_coverage: float) -> tuple[str | None, str | None]:
+    """The comparison judges the pairs it got; the mirror also knows how many it should have got.
+    When fewer than ``min_coverage`` of the requests queued for the shadow were compared (dropped
+    because the shadow did not keep up, abandoned at the end, never paired), the pairs are not a
+    fair sample of the traffic: a would-be pass or marginal becomes ``error`` (cannot judge). A
+    fail stays a fail. Returns (verdict, reason or None)."""
+    if verdict is None or queued == 0 or verdict in ("fail", "error"):
+        return verdict, None
+    coverage = pairs / queued
+    if coverage >= min_coverage:
+        return verdict, None
+    return "error", (f"only {pairs} of the {queued} requests queued for the shadow were compared "
+                     f"({coverage:.0%} < {min_coverage:.0%}): the rest were dropped or never answered, "
+                     "so the comparison does not represent the traffic (a slow shadow, or raise --queue "
+                     "/ --concurrency)")
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def format_addr(sockaddr: tuple[Any, ...]) -> str:
+    host, port = sockaddr[0], sockaddr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def mirror_summary(s: MirrorSnapshot, run: MirrorRun) -> dict[str, Any]:
+    """``mirror.json``: the run's counters (the same names as the metrics)."""
+    def q(h: Histogram, p: float) -> float | None:
+        v = h.quantile(p)
+        return None if v is None else round(v * 1000, 3)
+
+    return {
+        "verdict": s.verdict,
+        "stopped_by": run.stop_reason,
+        "elapsed_s": round(s.elapsed, 3),
+        "seen": s.seen,
+        "queued": s.queued,
+        "mirrored": s.mirrored,
+        "dropped": s.dropped,
+        "rate_limited": s.rate_limited,
+        "skipped": s.skipped,
+        "shadow_errors": s.shadow_errors,
+        "shadow_5xx": s.shadow_5xx,
+        "primary_5xx": s.primary_5xx,
+        "exchanges": s.exchanges,
+        "pairs": s.pairs,
+        "unpaired": s.unpaired,
+        "not_sent_at_end": run.fig.discarded_at_end,
+        "send_failures": run.send_failures,
+        "exchanges_lost": run.fig.exchange_drops,
+        "capture_drops": s.capture_drops,
+        "lag_ms": {"p50": q(s.lag, 0.5), "p99": q(s.lag, 0.99), "count": s.lag.count},
+        "primary_latency_ms": {"p50": q(s.primary_latency, 0.5), "p99": q(s.primary_latency, 0.99)},
+        "shadow_latency_ms": {"p50": q(s.shadow_latency, 0.5), "p99": q(s.shadow_latency, 0.99)},
+        "differing": s.differing,
+    }
+
+
+def _run_capture(cfg: MirrorConfig, on_request: Callable[[Any], Any], on_exchange: Callable[[Exchange], None],
+                 stop: threading.Event, on_started: Callable[[Any, str], None],
+                 on_figures: Callable[[Any], None]) -> Any:
+    """capture/live.py's loop with our Extractor: secrets kept (the shadow gets the request as it
+    was sent; we redact what we write), and few exchanges held for request-time order (the mirror
+    pairs by id, so order does not matter, and holding delays pairing). Returns its summary."""
+    from capture.live import Backend, CaptureConfig, run_capture
+    from capture.pipeline import Extractor
+
+    extractor = Extractor(ports=cfg.ports, bpf_filter=cfg.bpf_filter, max_body=cfg.max_body,
+                          redactor=None, on_request=on_request, max_held_exchanges=256)
+    ccfg = CaptureConfig(iface=cfg.iface, ports=cfg.ports, backend=Backend(cfg.backend))
+    return run_capture(ccfg, extractor, stop, on_exchange, on_figures=on_figures, on_started=on_started)
