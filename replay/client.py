@@ -37,7 +37,7 @@ import httptools
 from capture.http1 import decoded_length
 from replay.policy import Prepared, Target
 from shadowtap.errors import TargetError
-from shadowtap.records import Response, Result, ResultError, header_value
+from shadowtap.records import Response, Result, ResultError
 
 
 class Clock:
@@ -77,6 +77,7 @@ class _Job:
         "attempts",
         "body",
         "body_len",
+        "coding",
         "copy",
         "first_mono",
         "fresh",
@@ -111,7 +112,8 @@ class _Job:
         self.status = 0
         self.reason = b""
         self.version = "1.1"
-        self.headers: list[tuple[str, str]] = []
+        self.headers: list[tuple[bytes, bytes]] = []  # raw; decoded once, when the answer is done
+        self.coding: bytes | None = None  # Content-Encoding
         self.body = bytearray()
         self.body_len = 0
         self.in_final = False
@@ -167,8 +169,8 @@ class _Conn(asyncio.Protocol):
         job = self.job
         if job is None:
             return
-        if job.in_final and header_value(job.headers, "content-length") is None and \
-                "chunked" not in (header_value(job.headers, "transfer-encoding") or "").lower():
+        names = {n.lower() for n, _v in job.headers}
+        if job.in_final and b"content-length" not in names and b"transfer-encoding" not in names:
             self._complete(keep=False)  # a body delimited by the end of the connection
             return
         if job.received == 0 and self.done > 0 and job.attempts == 0:
@@ -190,8 +192,11 @@ class _Conn(asyncio.Protocol):
             self.job.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.job is not None:
-            self.job.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        job = self.job
+        if job is not None:
+            job.headers.append((name, value))
+            if len(name) == 16 and name.lower() == b"content-encoding":
+                job.coding = value
 
     def on_headers_complete(self) -> None:
         job = self.job
@@ -490,14 +495,20 @@ class Sender:
         clock = self.clock
         sent = clock.to_epoch(job.sent_mono)
         if error is None:
-            headers = tuple(job.headers)
+            headers = tuple([(n.decode("latin-1"), v.decode("latin-1")) for n, v in job.headers])
             body = bytes(job.body)
             truncated = job.body_len > len(body)
+            if truncated:
+                decoded: int | None = None
+            elif job.coding is None:
+                decoded = len(body)
+            else:
+                decoded = decoded_length(body, job.coding.decode("latin-1"))
             response: Response | None = Response(
                 ts=clock.to_epoch(job.first_mono), end_ts=clock.to_epoch(end_mono),
                 version=job.version, headers=headers, body=body, body_len=job.body_len,
                 body_truncated=truncated,
-                decoded_len=None if truncated else decoded_length(body, header_value(headers, "content-encoding")),
+                decoded_len=decoded,
                 status=job.status, reason=job.reason.decode("latin-1"))
             ttfb: float | None = (job.first_mono - job.sent_mono) * 1000.0
             total: float | None = (end_mono - job.sent_mono) * 1000.0
