@@ -159,7 +159,10 @@ class _Conn(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._complete(keep=False)
+            if self.job is job:  # 101 Switching Protocols: the connection is no longer HTTP
+                self._complete(keep=False)
+            else:
+                self.close()
         except httptools.HttpParserError as exc:
             if self.job is job:
                 self._fail("protocol", f"unparsable response: {exc}")
@@ -229,7 +232,7 @@ class _Conn(asyncio.Protocol):
         if not job.in_final:
             job.reset_answer()
             return
-        self._complete(keep=self.parser.should_keep_alive())
+        self._complete(keep=job.status != 101 and self.parser.should_keep_alive())
 
     # -- jobs
     def start(self, job: _Job) -> None:
