@@ -84,6 +84,7 @@ class Transaction:
         "request",
         "resp_done",
         "response",
+        "secret",
         "serial",
         "ts",
         "upgrade",
@@ -107,6 +108,7 @@ class Transaction:
         self.req_end_ts: float | None = None
         self.conn: Any = None  # the pipeline's connection
         self.late = False  # released past by the pipeline (see capture.pipeline)
+        self.secret = False  # a watched (secret) header name appears in a head: redact
         self.upgrade = False  # CONNECT or Upgrade: the response may turn the connection into a tunnel
 
     def note(self, anomaly: str) -> None:
@@ -125,6 +127,7 @@ class _Msg:
         "headers",
         "kept",
         "parts",
+        "secret",
         "start1",
         "start2",
         "truncated",
@@ -145,6 +148,7 @@ class _Msg:
         self.start2 = ""  # target or reason
         self.encodings: str | None = None
         self.anomalies: list[str] = []
+        self.secret = False  # a header the conversation watches for (secrets to redact) is present
 
 
 def decoded_length(body: bytes, content_encoding: str | None, limit: int = 64 << 20) -> int | None:
@@ -205,7 +209,11 @@ def _parse_headers(block: bytes, msg: _Msg) -> tuple[tuple[tuple[str, str], ...]
     with one space (``obs_fold``); lines without a colon are dropped (``bad_header``)."""
     if block[-1:] == b"\r":
         block = block[:-1]
-    text = block.decode("latin-1")
+    return _parse_header_text(block.decode("latin-1"), msg)
+
+
+def _parse_header_text(text: str, msg: _Msg) -> tuple[tuple[tuple[str, str], ...], str]:
+    """``_parse_headers`` on the latin-1 decoded block."""
     if (
         text.count("\n") == text.count("\r\n")
         and "\n " not in text and "\n\t" not in text and " :" not in text and "\t:" not in text
@@ -333,7 +341,8 @@ class _Side:
 
     def run(self, ts: float) -> None:
         handlers = self.conv.handlers_req if self.is_request else self.conv.handlers_resp
-        while handlers[self.state](self, ts):
+        # A handler returns True when it made progress; with no bytes left no handler can.
+        while handlers[self.state](self, ts) and self.pos < len(self.buf):
             pass
         if self.pos >= len(self.buf):
             self.buf = b""
@@ -439,7 +448,10 @@ class _Side:
             hend, nxt = end, end + 3
         msg = self.msg
         assert msg is not None
-        msg.headers = msg.headers + _parse_headers(buf[pos:hend], msg)[0]
+        trailers, lowered = _parse_headers(buf[pos:hend], msg)
+        msg.headers = msg.headers + trailers
+        if self.conv.watch is not None and self.conv.watch.search(lowered):
+            msg.secret = True
         self.pos = nxt
         self.complete(ts)
         return True
@@ -624,6 +636,32 @@ class _RequestSide(_Side):
         conv = self.conv
         if self.txn is None:
             self.txn = conv.open_request(self.head_ts if self.head_ts else ts, self)
+        # Fast path: a CRLF head, ``METHOD SP target SP HTTP/x.y``: one decode, no bytes copies
+        # beyond it. Anything else takes the general path below.
+        e1 = buf.find(b"\r\n\r\n", pos)
+        if e1 >= 0 and buf.find(b"\n\n", pos, e1) < 0:
+            text = buf[pos:e1].decode("latin-1")
+            line, _, block = text.partition("\r\n")
+            parts = line.split(" ")
+            if (len(parts) == 3 and parts[0].isalpha() and parts[0].isascii() and len(parts[0]) <= 32 and parts[1]
+                    and parts[2][:5] == "HTTP/" and "\n" not in line):
+                txn = self.txn
+                msg = _Msg(txn.ts)
+                if txn.index < 0:
+                    txn.index = conv.take_index()
+                msg.start1 = txn.method = parts[0]
+                msg.start2 = parts[1]
+                msg.version = parts[2]
+                if block:
+                    headers, lowered = _parse_header_text(block, msg)
+                    if conv.watch is not None and conv.watch.search(lowered):
+                        msg.secret = True
+                else:
+                    headers, lowered = (), ""
+                msg.headers = headers
+                self.msg = msg
+                self.pos = e1 + 4
+                return self._request_framing(ts, msg, headers, lowered)
         le = buf.find(b"\n", pos)
         if le < 0:
             if n - pos > conv.max_head:
@@ -688,6 +726,8 @@ class _RequestSide(_Side):
             lowered = ""
         else:
             headers, lowered = _parse_headers(buf[le + 1 : hend], msg)
+            if conv.watch is not None and conv.watch.search(lowered):
+                msg.secret = True
         msg.headers = headers
         self.msg = msg
         self.pos = nxt
@@ -696,6 +736,9 @@ class _RequestSide(_Side):
             self.complete(ts)
             self.state = State.DEAD
             return False
+        return self._request_framing(ts, msg, headers, lowered)
+
+    def _request_framing(self, ts: float, msg: _Msg, headers: tuple[tuple[str, str], ...], lowered: str) -> bool:
         # Framing (RFC 9112 6.3): chunked as final coding, else Content-Length, else no body.
         te, cls = _framing(headers, lowered, msg)
         upgrade = "upgrade" in lowered and bool(_values(headers, "upgrade"))
@@ -753,6 +796,26 @@ class _ResponseSide(_Side):
             self.fail(ts, "parse_error")
             return True
         e1 = buf.find(b"\r\n\r\n", pos)
+        if e1 >= 0 and buf.find(b"\n\n", pos, e1) < 0:
+            # Fast path: a CRLF head with ``HTTP/x.y SP ddd[ SP reason]``: one decode.
+            text = buf[pos:e1].decode("latin-1")
+            line, _, block = text.partition("\r\n")
+            parts = line.split(" ", 2)
+            code = parts[1] if len(parts) > 1 else ""
+            if len(code) == 3 and code.isdigit() and code.isascii():
+                msg = _Msg(self.head_ts if self.head_ts else ts)
+                msg.version = parts[0]
+                msg.start1 = code
+                msg.start2 = parts[2].strip() if len(parts) > 2 else ""
+                if block:
+                    headers, lowered = _parse_header_text(block, msg)
+                    if conv.watch is not None and conv.watch.search(lowered):
+                        msg.secret = True
+                else:
+                    headers, lowered = (), ""
+                msg.headers = headers
+                self.pos = e1 + 4
+                return self._response_framing(ts, txn, msg, int(code), headers, lowered)
         e2 = buf.find(b"\n\n", pos, e1 + 2 if e1 >= 0 else n)
         bare = False
         if e2 >= 0 and (e1 < 0 or e2 < e1 + 2):
@@ -781,10 +844,17 @@ class _ResponseSide(_Side):
         msg.start2 = parts[2].decode("latin-1").strip() if len(parts) > 2 else ""
         if le < hend:
             headers, lowered = _parse_headers(buf[le + 1 : hend], msg)
+            if conv.watch is not None and conv.watch.search(lowered):
+                msg.secret = True
         else:
             headers, lowered = (), ""
         msg.headers = headers
         self.pos = nxt
+        return self._response_framing(ts, txn, msg, status, headers, lowered)
+
+    def _response_framing(self, ts: float, txn: Transaction | None, msg: _Msg, status: int,
+                          headers: tuple[tuple[str, str], ...], lowered: str) -> bool:
+        conv = self.conv
         if 100 <= status < 200 and status != 101:
             conv.interim += 1
             self.head_ts = ts
@@ -845,8 +915,10 @@ class Conversation:
     handlers_req = _HANDLERS_REQ
     handlers_resp = _HANDLERS_RESP
 
-    def __init__(self, *, max_body: int = 1 << 20, max_head: int = 64 << 10, midstream: bool = False) -> None:
+    def __init__(self, *, max_body: int = 1 << 20, max_head: int = 64 << 10, midstream: bool = False,
+                 watch: re.Pattern[str] | None = None) -> None:
         self.max_body = max_body
+        self.watch = watch  # searched in each lower-cased head: a match sets Transaction.secret
         self.max_head = max_head
         start = State.SYNC if midstream else State.HEAD
         self.client = _RequestSide(self, True, start)
@@ -978,14 +1050,19 @@ class Conversation:
         if side.is_request:
             txn = side.txn
             assert txn is not None
+            parts = msg.parts
+            # Positional (cheaper than keywords): ts, end_ts, version, headers, body, body_len,
+            # body_truncated, decoded_len, method, target.
             txn.request = Request(
-                ts=msg.ts, end_ts=max(msg.end_ts, msg.ts), version=msg.version, headers=msg.headers,
-                body=b"".join(msg.parts) if msg.parts else b"", body_len=msg.body_len,
-                body_truncated=msg.truncated, decoded_len=self._decoded(msg), method=msg.start1,
-                target=msg.start2,
+                msg.ts, max(msg.ts, msg.end_ts), msg.version, msg.headers,
+                (parts[0] if len(parts) == 1 else b"".join(parts)) if parts else b"", msg.body_len,
+                msg.truncated, msg.body_len if msg.encodings is None and not msg.truncated else self._decoded(msg),
+                msg.start1, msg.start2,
             )
             txn.req_end_ts = txn.request.end_ts
             txn.req_done = True
+            if msg.secret:
+                txn.secret = True
             for a in msg.anomalies:
                 txn.note(a)
             self.events.append((Event.REQUEST, txn))
@@ -995,13 +1072,16 @@ class Conversation:
         else:
             txn = side.txn
             assert txn is not None
+            parts = msg.parts
             txn.response = Response(
-                ts=msg.ts, end_ts=max(msg.end_ts, msg.ts), version=msg.version, headers=msg.headers,
-                body=b"".join(msg.parts) if msg.parts else b"", body_len=msg.body_len,
-                body_truncated=msg.truncated, decoded_len=self._decoded(msg), status=int(msg.start1),
-                reason=msg.start2,
+                msg.ts, max(msg.ts, msg.end_ts), msg.version, msg.headers,
+                (parts[0] if len(parts) == 1 else b"".join(parts)) if parts else b"", msg.body_len,
+                msg.truncated, msg.body_len if msg.encodings is None and not msg.truncated else self._decoded(msg),
+                int(msg.start1), msg.start2,
             )
             txn.resp_done = True
+            if msg.secret:
+                txn.secret = True
             for a in msg.anomalies:
                 txn.note(a)
             side.after_message()  # type: ignore[attr-defined]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import heapq
+import re
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -153,6 +154,11 @@ class Extractor:
         else:
             self.redactor = redactor
         self.on_request = on_request
+        # Redaction walks every header; the parser flags the heads that name a secret header, so
+        # only those pay for it.
+        self._watch = (
+            re.compile("|".join(re.escape(n) for n in sorted(self.redactor.names))) if self.redactor is not None else None
+        )
         self.max_held_exchanges = max_held_exchanges
         self.reassembler = Reassembler(
             server_ports=self.ports, max_held_bytes=max_held_bytes, idle_timeout=idle_timeout,
@@ -216,7 +222,8 @@ class Extractor:
     def _conversation(self, conn: Connection) -> Conversation:
         conv = conn.app
         if conv is None:
-            conv = Conversation(max_body=self.max_body, max_head=self.max_head, midstream=conn.midstream)
+            conv = Conversation(max_body=self.max_body, max_head=self.max_head, midstream=conn.midstream,
+                                watch=self._watch)
             conn.app = conv
         return conv
 
@@ -261,7 +268,7 @@ class Extractor:
             elif ev == Event.REQUEST:
                 if self.on_request is not None and txn.request is not None:
                     req = txn.request
-                    if self.redactor is not None:
+                    if self.redactor is not None and txn.secret:
                         req = self.redactor.message(req)  # type: ignore[assignment]
                     assert req is not None
                     self.on_request(RequestEvent(
@@ -310,6 +317,6 @@ class Extractor:
             client=conn.client, server=conn.server, index=txn.index, request=req, response=resp,
             anomalies=anomalies, ttfb_ms=ttfb, total_ms=total,
         )
-        if self.redactor is not None:
+        if self.redactor is not None and txn.secret:
             ex = self.redactor.exchange(ex)
         return ex

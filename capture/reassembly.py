@@ -364,7 +364,20 @@ class Reassembler:
         conn.last_ts = ts
         self.last_conn = conn
         from_client = (seg.src, seg.sport) == conn.client_addr
-        hs = conn.c2s if from_client else conn.s2c
+        if from_client:
+            hs, peer = conn.c2s, conn.s2c
+        else:
+            hs, peer = conn.s2c, conn.c2s
+        if not flags & 0x07 and seg.seq == hs.next_seq and not hs.held and not peer.held and hs.fin_off is None:
+            # The common case: in order, nothing held either way, no SYN/FIN/RST. O(1), no copy.
+            payload = seg.payload
+            if payload:
+                n = len(payload)
+                hs.recent.append((hs.next_off, payload))
+                hs.next_off += n
+                hs.next_seq = (hs.next_seq + n) & MASK
+                out.append(StreamEvent(conn, from_client, Kind.DATA, ts, payload))
+            return out
         if flags & SYN:
             if hs.next_seq is None or not hs.isn_known and hs.next_off == 0:
                 hs.next_seq = (seg.seq + 1) & MASK
