@@ -13,6 +13,7 @@ add() and snapshot() may be called from different threads (one lock).
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from collections import Counter
@@ -32,7 +33,8 @@ REPORT_SCHEMA = 1
 OTHER_FIELDS = "(other fields)"
 OTHER_ENDPOINTS = "(other endpoints)"
 _LEAVES_MAX = 64  # leaf values kept per body in the value sample
-_FLIPS_MAX = 256  # distinct (primary -> shadow) value pairs counted per field
+_FLIPS_MAX = 32  # distinct (primary -> shadow) value pairs counted per field (the first seen)
+_SHAPES_MAX = 10_000  # distinct response shapes (tuples of leaf paths) shared between slots
 _CDF_POINTS = tuple(range(0, 101, 2))
 
 OK = "ok"
@@ -52,19 +54,20 @@ def _outcome_shadow(r: Result) -> str:
     return "5xx" if r.response.status >= 500 else OK
 
 
-def _leaves(v: Any, path: str, out: list[tuple[str, Any]]) -> None:
+def _leaves(v: Any, path: str, paths: list[str], values: list[Any]) -> None:
     """Scalar leaves of a JSON value with their folded paths (numbers, bools, short strings)."""
-    if len(out) >= _LEAVES_MAX:
+    if len(paths) >= _LEAVES_MAX:
         return
     if isinstance(v, dict):
         fold = len(v) > 64 or (bool(v) and all(is_id_like(k) for k in v))
         for k, x in v.items():
-            _leaves(x, f"{path}.{{id}}" if fold else f"{path}.{k}", out)
+            _leaves(x, f"{path}.{{id}}" if fold else f"{path}.{k}", paths, values)
     elif isinstance(v, list):
         for x in v:
-            _leaves(x, path + "[]", out)
+            _leaves(x, path + "[]", paths, values)
     elif v is not None and not (isinstance(v, str) and len(v) > 64):
-        out.append((path, v))
+        paths.append(path)
+        values.append(v)
 
 
 class FieldAgg:
@@ -102,16 +105,18 @@ class EndpointAgg:
         self.shadow_outcomes: Counter[str] = Counter()
         self.new_failures: Counter[str] = Counter()  # shadow outcome where the primary was ok
         self.status_pairs: Counter[tuple[int, int]] = Counter()
-        self.lat_primary = Reservoir(lim.latency_sample, seed)
-        self.lat_shadow = Reservoir(lim.latency_sample, seed + 1)
+        self.lat_primary = Reservoir(lim.latency_sample, seed, typecode="d")
+        self.lat_shadow = Reservoir(lim.latency_sample, seed + 1, typecode="d")
         self.values = Reservoir(lim.value_sample, seed + 2)  # (primary leaves, shadow leaves)
         self.fields: dict[str, FieldAgg] = {}
+        self.sample_bodies = 0  # samples of this endpoint that kept their bodies
 
     def merge(self, o: EndpointAgg, max_samples: int) -> None:
         self.pairs += o.pairs
         self.compared += o.compared
         self.identical += o.identical
         self.baseline_compared += o.baseline_compared
+        self.sample_bodies += o.sample_bodies
         self.primary_outcomes.update(o.primary_outcomes)
         self.shadow_outcomes.update(o.shadow_outcomes)
         self.new_failures.update(o.new_failures)
@@ -142,6 +147,7 @@ class Comparison:
         # endpoint name -> ((pairs, baseline pairs) it was computed at, its report, when)
         self._cache: dict[str, tuple[Any, dict[str, Any], float]] = {}
         self._pooled: dict[str, Volatility] = {}
+        self._shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._seed = 100
         self.started = time.time()
         # Join bookkeeping reported by the shell that feeds us (files or the mirror).
@@ -219,13 +225,26 @@ class Comparison:
             pb = pair.primary_body or prepare_body(p)
             sb = pair.shadow_body or (pb if p.body == s.body else prepare_body(s))
             if pb.type is BodyType.JSON and sb.type is BodyType.JSON:
-                pl: list[tuple[str, Any]] = []
-                sl: list[tuple[str, Any]] = []
-                _leaves(pb.value, "body", pl)
-                _leaves(sb.value, "body", sl)
-                agg.values.put(slot, (pl, sl))
+                pp: list[str] = []
+                pv: list[Any] = []
+                sp: list[str] = []
+                sv: list[Any] = []
+                _leaves(pb.value, "body", pp, pv)
+                _leaves(sb.value, "body", sp, sv)
+                # Responses of one endpoint share a few shapes: one tuple of paths per shape, so a
+                # slot costs its values only.
+                agg.values.put(slot, (self._shape(pp), tuple(pv), self._shape(sp), tuple(sv)))
             else:
-                agg.values.put(slot, ([], []))
+                agg.values.put(slot, ((), (), (), ()))
+
+    def _shape(self, paths: list[str]) -> tuple[str, ...]:
+        key = tuple(paths)
+        shared = self._shapes.get(key)
+        if shared is None:
+            if len(self._shapes) >= _SHAPES_MAX:
+                return key
+            shared = self._shapes[key] = tuple(sys.intern(p) for p in key)
+        return shared
 
     def _field(self, agg: EndpointAgg, path: str) -> FieldAgg:
         f = agg.fields.get(path)
@@ -246,6 +265,7 @@ class Comparison:
         shadow_ts = res.response.ts if res.response is not None and res.response.ts else res.sent
         seen: set[str] = set()
         max_samples = self.config.limits.samples_per_field
+        bodies: list[tuple[str, str]] = []  # this pair's excerpts, made at most once
         for d in diffs:
             f = self._field(agg, d.path)
             f.kinds[d.kind] += 1
@@ -253,7 +273,7 @@ class Comparison:
                 seen.add(d.path)
                 f.diff_pairs += 1
                 if len(f.samples) < max_samples:
-                    f.samples.append(self._sample(ex, d, pb, sb))
+                    f.samples.append(self._sample(ex, res, agg, d, pb, sb, bodies))
             if d.kind is Kind.VALUE or d.kind is Kind.TYPE:
                 f.volatility.observe(d.primary, d.shadow, now, shadow_ts, target)
                 if (
@@ -263,26 +283,37 @@ class Comparison:
                 ):
                     f.flips[(d.primary, d.shadow)] += 1
 
-    def _sample(self, ex: Exchange, d: Difference, pb: Body | None, sb: Body | None) -> dict[str, Any]:
-        lim = self.config.limits.max_sample_body
+    def _sample(self, ex: Exchange, res: Result, agg: EndpointAgg, d: Difference, pb: Body | None,
+                sb: Body | None, bodies: list[tuple[str, str]]) -> dict[str, Any]:
+        """A side-by-side sample. The body excerpts are made once per pair (``bodies`` caches them
+        for the pair's other fields) and kept for at most ``limits.sample_bodies`` samples per
+        endpoint, which bounds their memory whatever the number of fields."""
+        lim = self.config.limits
         req = ex.request
         line = redact_text(f"{req.method} {req.target}") if req is not None else "?"
 
         def excerpt(b: Body | None, resp: Response | None) -> str:
             if b is not None:
-                return body_excerpt(b.raw, b.value, b.type is BodyType.JSON, lim)
+                return body_excerpt(b.raw, b.value, b.type is BodyType.JSON, lim.max_sample_body)
             if resp is None:
                 return ""
-            return body_excerpt(resp.body, None, False, lim)
+            return body_excerpt(resp.body, None, False, lim.max_sample_body)
 
+        if not bodies:
+            if agg.sample_bodies < lim.sample_bodies:
+                agg.sample_bodies += 1
+                bodies.append((excerpt(pb, ex.response), excerpt(sb, res.response)))
+            else:
+                bodies.append(("(body not kept: limits.sample_bodies reached)", ""))
+        primary_body, shadow_body = bodies[0]
         return {
             "exchange_id": ex.id,
             "request": line,
             "kind": d.kind.value,
             "primary": redact_field(d.path, d.primary),
             "shadow": redact_field(d.path, d.shadow),
-            "primary_body": excerpt(pb, ex.response),
-            "shadow_body": excerpt(sb, None) if sb is not None else "",
+            "primary_body": primary_body,
+            "shadow_body": shadow_body,
         }
 
     # ---------------------------------------------------------------------------- reporting
@@ -483,16 +514,16 @@ class Comparison:
         shad: dict[str, list[Any]] = {}
         present: Counter[str] = Counter()
         differs: set[str] = set()
-        for pl, sl in a.values.items:
+        for ppaths, pvals, spaths, svals in a.values.items:
             seen: set[str] = set()
             pd: dict[str, list[Any]] = {}
-            for path, v in pl:
+            for path, v in zip(ppaths, pvals):
                 prim.setdefault(path, []).append(v)
                 pd.setdefault(path, []).append(v)
                 seen.add(path)
             present.update(seen)
             sd: dict[str, list[Any]] = {}
-            for path, v in sl:
+            for path, v in zip(spaths, svals):
                 shad.setdefault(path, []).append(v)
                 sd.setdefault(path, []).append(v)
             for path, vals in pd.items():

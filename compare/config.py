@@ -191,7 +191,8 @@ class LimitsConfig:
     samples_per_field: int = 3  # side-by-side samples kept per field
     max_fields: int = 300  # per endpoint; more are counted under "(other fields)"
     max_endpoints: int = 500  # more land in "(other endpoints)"
-    max_sample_body: int = 4096  # bytes of each body kept in a sample
+    max_sample_body: int = 4096  # characters of each body kept in a sample
+    sample_bodies: int = 30  # samples per endpoint that keep their bodies (the others: values)
     snapshot_budget_ms: float = 200.0  # time a live snapshot spends recomputing endpoints
 
 

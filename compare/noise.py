@@ -23,7 +23,7 @@ from compare.config import NoiseConfig
 from compare.diff import Kind
 from compare.shapes import Volatile, volatile_shape
 
-_DISTINCT_CAP = 512
+_DISTINCT_CAP = 64  # enough to tell 'varies' from 'a few values'; 64 small ints per field
 
 
 class Volatility:

@@ -16,6 +16,7 @@ from shadowtap.jsonl import create_private
 
 _COLOURS = {"pass": "#1a7f37", "marginal": "#b08800", "fail": "#cf222e", "error": "#8250df"}
 _PRIMARY, _SHADOW = "#0969da", "#e16f24"
+_ENDPOINT_CARDS = 60  # endpoints shown in detail (ranked by divergence); the table lists all
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1f2328;background:#f6f8fa}
@@ -195,7 +196,10 @@ def render_html(report: dict[str, Any]) -> str:
                     f'<td class="num">{_f(lat["primary"]["p50"], ".1f")} / {_f(lat["shadow"]["p50"], ".1f")}</td>'
                     f'<td class="num">{_f(lat["primary"]["p99"], ".1f")} / {_f(lat["shadow"]["p99"], ".1f")}</td></tr>')
     body.append("</table>")
-    body.extend(_endpoint_html(e) for e in report["endpoints"])
+    body.extend(_endpoint_html(e) for e in report["endpoints"][:_ENDPOINT_CARDS])
+    if len(report["endpoints"]) > _ENDPOINT_CARDS:
+        body.append(f'<p class="muted">{len(report["endpoints"]) - _ENDPOINT_CARDS} more endpoints: in the '
+                    "table above and in the JSON report.</p>")
     body.append("<h2>Treated as noise</h2>")
     if report["noise"]:
         body.append("<table><tr><th>endpoint</th><th>field</th><th>rate</th><th>why</th></tr>" + "".join(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +27,11 @@ class Reservoir:
 
     __slots__ = ("_rng", "count", "items", "k")
 
-    def __init__(self, k: int, seed: int = 0) -> None:
+    def __init__(self, k: int, seed: int = 0, typecode: str | None = None) -> None:
         self.k = k
         self.count = 0
-        self.items: list[Any] = []
+        # typecode "d": floats in an array (8 bytes each instead of a float object and a slot)
+        self.items: Any = array(typecode) if typecode else []
         self._rng = random.Random(seed)
 
     def wants(self) -> int:
@@ -62,7 +64,8 @@ class Reservoir:
         else:
             n_self = min(len(self.items), round(self.k * self.count / total))
             n_other = min(len(other.items), self.k - n_self)
-            self.items = self._rng.sample(self.items, n_self) + self._rng.sample(other.items, n_other)
+            merged = self._rng.sample(list(self.items), n_self) + self._rng.sample(list(other.items), n_other)
+            self.items = array(self.items.typecode, merged) if isinstance(self.items, array) else merged
         self.count = total
 
 

@@ -92,3 +92,51 @@ print(f"shadowtap compare: {ours:,.0f} pairs/s")
 print(f"deepdiff loop:     {peer:,.0f} pairs/s")
 print(f"ratio: {ours / peer:.1f}x; goal >= 20,000 pairs/s: {'met' if ours >= 20_000 else 'NOT met'}")
 PY
+
+# Memory: pairs generated on the fly (nothing kept by the generator) over 300 endpoints and 40
+# fields each, 5% differing; the peak RSS must stay flat once the reservoirs are full (500 pairs
+# per endpoint, i.e. after 150k pairs): bounded aggregates.
+"${pin[@]}" "$PY" - <<'PY'
+import os
+import resource
+import time
+
+import orjson
+
+from compare.aggregate import Comparison
+from compare.config import CompareConfig, EndpointConfig
+from shadowtap.records import Exchange, Request, Response, Result
+
+N = int(os.environ.get("BENCH_STREAM_PAIRS", "400000"))
+c = Comparison(CompareConfig(endpoints=EndpointConfig(max_distinct=1000)))
+T0 = time.time()
+
+
+def rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+marks = {}
+t = time.perf_counter()
+for i in range(N):
+    ts = T0 + i * 0.001
+    body = {f"f{k}": (i * k) % 1000 for k in range(40)}
+    pb = orjson.dumps(body)
+    if i % 20 == 0:
+        body[f"f{i % 40}"] = -1
+    sb = orjson.dumps(body)
+    req = Request(ts=ts, end_ts=ts, version="1.1", headers=(), method="GET", target=f"/svc{i % 300}/list")
+    ex = Exchange(id=str(i), client="a:1", server="b:2", index=0, request=req, total_ms=float(i % 97),
+                  response=Response(ts=ts, end_ts=ts, version="1.1", headers=(("Content-Type", "application/json"),),
+                                    body=pb, body_len=len(pb), status=200))
+    res = Result(exchange_id=str(i), target="t", scheduled=ts, sent=ts, total_ms=float(i % 89),
+                 response=Response(ts=ts, end_ts=ts, version="1.1", headers=(("Content-Type", "application/json"),),
+                                   body=sb, body_len=len(sb), status=200))
+    c.add(ex, res)
+    if i + 1 in (N // 4, N // 2, N):
+        marks[i + 1] = rss_mb()
+rate = N / (time.perf_counter() - t)
+rep = c.snapshot(fresh=True)
+print(f"streaming {N} pairs over {rep['summary']['endpoints']} endpoints: {rate:,.0f} pairs/s; peak RSS "
+      + ", ".join(f"{v:.0f} MB after {k:,}" for k, v in marks.items()) + f", {rss_mb():.0f} MB after the final snapshot")
+PY
