@@ -111,7 +111,7 @@ class _Job:
     def reset_answer(self) -> None:
         self.status = 0
         self.reason = b""
-        self.version = "1.1"
+        self.version = "HTTP/1.1"
         self.headers: list[tuple[bytes, bytes]] = []  # raw; decoded once, when the answer is done
         self.coding: bytes | None = None  # Content-Encoding
         self.body = bytearray()
@@ -206,7 +206,7 @@ class _Conn(asyncio.Protocol):
         if job is None:
             return
         job.status = self.parser.get_status_code()
-        job.version = self.parser.get_http_version()
+        job.version = "HTTP/" + self.parser.get_http_version()  # as captured: "HTTP/1.1"
         if 100 <= job.status < 200 and job.status != 101:
             return  # an interim answer (100 Continue, 103 Early Hints): the final one follows
         job.in_final = True

@@ -122,7 +122,7 @@ def test_body_delimited_by_the_end_of_the_connection():
         return await sender.send(prep(f"http://127.0.0.1:{port}", "/"))
     r = run(go())
     srv.join(timeout=5)
-    assert r.error is None and r.response.body == b"until the end" and r.response.version == "1.0"
+    assert r.error is None and r.response.body == b"until the end" and r.response.version == "HTTP/1.0"
 
 
 def test_per_connection_lanes_keep_order_and_pool_mode_spreads(aio_target):
