@@ -84,8 +84,8 @@ with open(out, "wb") as f:
     for i in range(n):
         k = i % c
         client, server, ts = f"127.0.0.1:{40000 + k}", f"127.0.0.1:{port}", t0 + i * 1e-5
-        req = Request(ts=ts, end_ts=ts, version="1.1", headers=(("Host", f"127.0.0.1:{port}"),), method="GET", target="/")
-        resp = Response(ts=ts, end_ts=ts, version="1.1", headers=(("Content-Length", "6"),), body=b"hello\n", body_len=6,
+        req = Request(ts=ts, end_ts=ts, version="HTTP/1.1", headers=(("Host", f"127.0.0.1:{port}"),), method="GET", target="/")
+        resp = Response(ts=ts, end_ts=ts, version="HTTP/1.1", headers=(("Content-Length", "6"),), body=b"hello\n", body_len=6,
                         decoded_len=6, status=200, reason="OK")
         f.write(orjson.dumps(Exchange(id=exchange_id(client, server, t0, idx[k]), client=client, server=server,
                                       index=idx[k], request=req, response=resp).to_json()) + b"\n")
@@ -118,7 +118,7 @@ with open(out, "wb") as f:
     while t < secs:
         k = rng.randrange(c)
         client, server, ts = f"127.0.0.1:{40000 + k}", f"127.0.0.1:{port}", t0 + t
-        req = Request(ts=ts, end_ts=ts, version="1.1", headers=(("Host", f"127.0.0.1:{port}"),), method="GET",
+        req = Request(ts=ts, end_ts=ts, version="HTTP/1.1", headers=(("Host", f"127.0.0.1:{port}"),), method="GET",
                       target=f"/t?{idx[k]}")
         f.write(orjson.dumps(Exchange(id=exchange_id(client, server, t0, idx[k]), client=client, server=server,
                                       index=idx[k], request=req, response=None).to_json()) + b"\n")

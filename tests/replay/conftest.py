@@ -175,10 +175,10 @@ def make_exchange(*, t: float = 0.0, method: str = "GET", target: str = "/", cli
     if body:
         hdrs = (*hdrs, ("Content-Length", str(len(body))))
     ts = T0 + t
-    req = Request(ts=ts, end_ts=ts, version="1.1", headers=hdrs, body=body,
+    req = Request(ts=ts, end_ts=ts, version="HTTP/1.1", headers=hdrs, body=body,
                   body_len=len(body) + (100 if body_truncated else 0), body_truncated=body_truncated,
                   method=method, target=target)
-    resp = Response(ts=ts + 0.001, end_ts=ts + 0.002, version="1.1", headers=(("Content-Length", "2"),),
+    resp = Response(ts=ts + 0.001, end_ts=ts + 0.002, version="HTTP/1.1", headers=(("Content-Length", "2"),),
                     body=b"ok", body_len=2, decoded_len=2, status=200, reason="OK")
     return Exchange(id=exchange_id(client, server, T0, index), client=client, server=server, index=index,
                     request=req, response=resp, ttfb_ms=1.0, total_ms=2.0)
