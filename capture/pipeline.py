@@ -59,6 +59,8 @@ class ExtractStats:
     responses_without_request: int = 0
     anomalies: dict[str, int] = field(default_factory=dict)  # by kind, over exchanges and connections
     evicted_connections: int = 0
+    open_connections: int = 0  # tracked now (closed ones linger a few seconds for stragglers)
+    held_exchanges: int = 0  # finished or in progress, waiting for request-time order
 
 
 class _Default:
@@ -215,6 +217,7 @@ class Extractor:
             connections=self.reassembler.connections_seen, exchanges=self._exchanges,
             unanswered=self._unanswered, responses_without_request=self._orphans,
             anomalies=dict(sorted(self._anomalies.items())), evicted_connections=self.reassembler.evicted,
+            open_connections=len(self.reassembler.conns), held_exchanges=len(self._heap),
         )
 
     # -- internals ------------------------------------------------------------------------------

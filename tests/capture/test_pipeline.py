@@ -110,7 +110,7 @@ def test_ports_and_bpf_filter(flow, extract_frames):
     assert [e.request.target for e in everything] == ["/one", "/two", "/alt"]
     only80, _ = extract_frames(frames, ports=[80])
     assert [e.request.target for e in only80] == ["/one", "/two"]
-    filtered, ex = extract_frames(frames, bpf_filter="tcp port 8080 and host 10.0.0.6")
+    filtered, _ = extract_frames(frames, bpf_filter="tcp port 8080 and host 10.0.0.6")
     assert [e.request.target for e in filtered] == ["/alt"]
 
 
@@ -198,3 +198,23 @@ def test_any_split_reorder_duplication_gives_the_same_exchanges(flow, data):
     # Timestamps follow capture order, as in a pcap: reordering changes ts, not the exchanges' content.
     frames = [(1.0 + i * 0.001, lt, fr) for i, (_, lt, fr) in enumerate(hs + body + tail)]
     assert _exchanges_json(frames) == _exchanges_json(reference)
+
+
+def test_held_exchanges_bound_lets_later_ones_out_and_marks_the_late_one(flow):
+    a = flow(client=("10.0.0.1", 41000), ts=100.0).handshake().c(b"GET /slow HTTP/1.1\r\n\r\n")
+    b = flow(client=("10.0.0.3", 42000), ts=101.0).handshake()
+    for i in range(4):
+        b.c(b"GET /b%d HTTP/1.1\r\n\r\n" % i).s(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    a.ts = b.ts + 1
+    a.s(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    ex = Extractor(keep_secrets=True, max_held_exchanges=2)
+    before_answer = []
+    for ts, lt, fr in a.frames[:-1] + b.frames:
+        before_answer.extend(ex.feed(ts, lt, fr))
+    # /slow (unanswered, first in request time) would hold them all; past the bound it is let go.
+    assert [e.request.target for e in before_answer] == ["/b0", "/b1", "/b2", "/b3"]
+    assert ex.stats.held_exchanges <= 2
+    rest = ex.feed(*a.frames[-1]) + ex.finish()
+    assert [e.request.target for e in rest] == ["/slow"]
+    slow = rest[0]
+    assert "late" in slow.anomalies and slow.response.status == 200
