@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from array import array
 from collections import Counter
@@ -55,6 +56,7 @@ class ReplayConfig:
     bpf_filter: str | None = None
     keep_secrets: bool = False
     progress: bool | None = None  # None: on a terminal
+    json_summary: bool = False  # the summary as one JSON object on stdout too
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,16 @@ class ReplaySummary:
     def rate(self) -> float:
         return self.sent / self.elapsed if self.elapsed > 0 else 0.0
 
+    def to_json(self) -> dict[str, object]:
+        lag = self.lag_percentiles()
+        return {
+            "exchanges": self.exchanges, "malformed": self.malformed, "skipped": dict(self.skipped),
+            "sent": self.sent, "answered": self.ok, "statuses": dict(self.statuses),
+            "errors": dict(self.errors), "elapsed_s": self.elapsed, "rate": self.rate, "cpu_s": self.cpu,
+            "lag_ms": {"p50": lag[0], "p99": lag[1], "max": lag[2]} if lag else None,
+            "interrupted": self.interrupted,
+        }
+
 
 def open_source(cfg: ReplayConfig, summary: ReplaySummary) -> Callable[[], Iterable[Exchange]]:
     """A factory of passes over the input: JSONL (malformed lines warned about and counted) or a
@@ -140,6 +152,8 @@ def _counting(source: Callable[[], Iterable[Exchange]], summary: ReplaySummary) 
 def run_replay(cfg: ReplayConfig) -> ReplaySummary:
     """Run the replay; print the summary; return it. Raises InputError for an input with no HTTP
     exchange, TargetError for an unreachable target, ReplayRefused for the captured server."""
+    if cfg.json_summary and cfg.output == "-":
+        raise InputError("the results go to stdout (-o -): the JSON summary cannot too", where="--json")
     summary = ReplaySummary()
     source = _counting(open_source(cfg, summary), summary)
     writer = JsonlWriter(cfg.output) if cfg.output else None
@@ -220,8 +234,9 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
             total = sum(not isinstance(p.decision, Skip) for p in preloaded) * timing.amplify * timing.loop
     show = cfg.progress if cfg.progress is not None else console.interactive()
     progress = _Progress(summary, sender, total, timing.duration if total is None else None) if show else None
-    start = time.monotonic() + 0.01  # a head start, so the first slots are not late by set-up
-    summary.started = start
+    began = time.monotonic()
+    start = began + (0.01 if timing.timed else 0.0)  # a head start: slot 0 is not late by set-up
+    summary.started = began
     cpu0 = time.process_time()
     deadline = start + timing.duration if timing.duration is not None else None
     unyielded = 0
@@ -264,7 +279,7 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
         except asyncio.TimeoutError:
             pass
     finally:
-        summary.elapsed = time.monotonic() - start
+        summary.elapsed = time.monotonic() - began
         summary.cpu = time.process_time() - cpu0
         sender.close()
         waker.close()
@@ -459,3 +474,8 @@ def print_summary(cfg: ReplayConfig, s: ReplaySummary) -> None:
     if cfg.output:
         rows.append(("results", cfg.output))
     console.table("replay summary", ("what", "value"), rows, to_stderr=True)
+    if cfg.json_summary:
+        import orjson
+
+        sys.stdout.buffer.write(orjson.dumps({"target": cfg.policy.target.url, **s.to_json()}) + b"\n")
+        sys.stdout.flush()

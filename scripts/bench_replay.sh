@@ -94,18 +94,12 @@ PY
 fi
 n_ex=$(wc -l < "$work/ex.jsonl")
 
-summary_field() { awk -F'\t' -v k="$2" '$1 == k {print $2}' "$1"; }
-
 wrk1=$(wrk_rps "$W")
-"$ST" replay "$work/ex.jsonl" -t "http://127.0.0.1:$port" --speed max -c "$C" --preload --no-progress \
-  -o "$work/max.jsonl" 2>"$work/max.txt"
-"$ST" replay "$work/ex.jsonl" -t "http://127.0.0.1:$port" --speed max -c "$C" --no-progress \
-  -o "$work/max_stream.jsonl" 2>"$work/max_stream.txt"
+"$ST" replay "$work/ex.jsonl" -t "http://127.0.0.1:$port" --speed max -c "$C" --preload --no-progress --json \
+  -o "$work/max.jsonl" >"$work/max.json" 2>/dev/null
+"$ST" replay "$work/ex.jsonl" -t "http://127.0.0.1:$port" --speed max -c "$C" --no-progress --json \
+  -o "$work/max_stream.jsonl" >"$work/max_stream.json" 2>/dev/null
 wrk2=$(wrk_rps "$W")
-st_rps=$(summary_field "$work/max.txt" rate | tr -d ', req/s')
-st_stream_rps=$(summary_field "$work/max_stream.txt" rate | tr -d ', req/s')
-st_sent=$(summary_field "$work/max.txt" "requests sent")
-st_ok=$(summary_field "$work/max.txt" "  status 2xx")
 
 # 2. Recorded timing at 1k/s and 5k/s (Poisson arrivals over C connections).
 for rate in 1000 5000; do
@@ -126,7 +120,7 @@ with open(out, "wb") as f:
         t += rng.expovariate(rate)
 PY
   "$ST" replay "$work/t$rate.jsonl" -t "http://127.0.0.1:$port" -c "$C" --no-progress -o "$work/r$rate.jsonl" \
-    2>"$work/r$rate.txt"
+    --json >"$work/r$rate.json" 2>/dev/null
   # The peer: sleep the recorded gap between consecutive requests (aiohttp, uvloop), no anchor.
   "$PY" - "$work/t$rate.jsonl" "http://127.0.0.1:$port" "$C" > "$work/naive$rate.txt" <<'PY'
 import asyncio, sys, time
@@ -155,16 +149,20 @@ uvloop.run(main())
 PY
 done
 
-"$PY" - "$work" "$source_kind" "$n_ex" "$C" "$T" "$wrk1" "$wrk2" "$st_rps" "$st_stream_rps" "$st_sent" "$st_ok" <<'PY'
+"$PY" - "$work" "$source_kind" "$n_ex" "$C" "$T" "$wrk1" "$wrk2" <<'PY'
 import os, platform, sys, orjson
 work, kind, n_ex, c, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-wrk1, wrk2, st, st_stream = (float(x) for x in sys.argv[6:10])
-sent, ok = sys.argv[10], sys.argv[11]
+wrk1, wrk2 = float(sys.argv[6]), float(sys.argv[7])
 wrk = (wrk1 + wrk2) / 2
+pre = orjson.loads(open(f"{work}/max.json", "rb").read())
+stream = orjson.loads(open(f"{work}/max_stream.json", "rb").read())
+st, st_stream = pre["rate"], stream["rate"]
+sent, ok = pre["sent"], pre["statuses"].get("2xx", 0)
 print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}; "
       f"input: {n_ex} {kind} exchanges, {c} connections")
 print(f"wrk -t1 -c{c}: {wrk1:,.0f} and {wrk2:,.0f} req/s (mean {wrk:,.0f})")
-print(f"shadowtap replay --speed max --preload: {st:,.0f} req/s ({sent} sent, {ok} 2xx) = {100 * st / wrk:.1f}% of wrk (goal >= 30%)")
+print(f"shadowtap replay --speed max --preload: {st:,.0f} req/s ({sent} sent, {ok} 2xx, client CPU "
+      f"{100 * pre['cpu_s'] / pre['elapsed_s']:.0f}% of elapsed) = {100 * st / wrk:.1f}% of wrk (goal >= 30%)")
 print(f"shadowtap replay --speed max (streaming input): {st_stream:,.0f} req/s = {100 * st_stream / wrk:.1f}% of wrk")
 for rate, goal in ((1000, 2.0), (5000, 5.0)):
     rs = [orjson.loads(line) for line in open(f"{work}/r{rate}.jsonl", "rb")]
@@ -175,8 +173,10 @@ for rate, goal in ((1000, 2.0), (5000, 5.0)):
     tenth = max(1, n // 10)
     first, last = sorted(lags[:tenth])[tenth // 2], sorted(lags[-tenth:])[tenth // 2]
     errors = sum(1 for r in rs if r["error"])
+    cpu = orjson.loads(open(f"{work}/r{rate}.json", "rb").read())
+    cpu = 100 * cpu["cpu_s"] / cpu["elapsed_s"]
     span = rs[-1]["scheduled"] - rs[0]["scheduled"]
-    print(f"recorded timing {rate}/s for {span:.0f} s: {n} sent, {errors} errors; lag p50 {s[n // 2]:.3f} "
+    print(f"recorded timing {rate}/s for {span:.0f} s: {n} sent, {errors} errors, client CPU {cpu:.0f}%; lag p50 {s[n // 2]:.3f} "
           f"p99 {s[int(n * 0.99)]:.3f} max {s[-1]:.3f} ms (goal p99 <= {goal:g}); drift: lag p50 first tenth "
           f"{first:.3f}, last tenth {last:.3f}, last request {lags[-1]:.3f} ms")
     p50, p99, mx, f1, l1, last_lag = open(f"{work}/naive{rate}.txt").read().split()

@@ -45,6 +45,7 @@ def replay(
     bpf_filter: Annotated[str | None, typer.Option("--filter", help="pcap input: BPF filter.")] = None,
     keep_secrets: Annotated[bool, typer.Option("--keep-secrets", help="pcap input: do not redact secret headers.")] = False,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress line (default: on a terminal).")] = None,
+    json_summary: Annotated[bool, typer.Option("--json", help="Also print the summary as one JSON object on stdout.")] = False,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Connect to the target once before starting.")] = True,
 ) -> None:
     """Replay captured HTTP requests to a shadow target and record its answers."""
@@ -94,7 +95,7 @@ def replay(
         input=input, policy=policy, timing=timing, output=output, concurrency=concurrency,
         per_connection=not pool, timeout=timeout, connect_timeout=connect_timeout, max_body=max_body,
         check_target=check, preload=preload, ports=tuple(port or ()), bpf_filter=bpf_filter, keep_secrets=keep_secrets,
-        progress=progress,
+        progress=progress, json_summary=json_summary,
     )
     summary = run_replay(cfg)
     if summary.interrupted:
