@@ -190,3 +190,25 @@ def test_any_split_reorder_duplication_gives_the_same_stream(flow, data):
     dups = data.draw(st.lists(st.sampled_from(segs), max_size=5))
     conns, _ = streams(hs + list(order) + dups)
     assert conns[0]["c"] == [payload, "end"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(
+    st.booleans(),  # from the client
+    st.integers(min_value=0, max_value=2**32 - 1),  # seq
+    st.integers(min_value=0, max_value=2**32 - 1),  # ack
+    st.integers(min_value=0, max_value=0x3F),  # flags
+    st.binary(max_size=40),
+), max_size=30))
+def test_random_segments_never_raise_through_reassembly_and_parsing(segments):
+    from capture.decode import Segment
+    from capture.pipeline import Extractor
+
+    ex = Extractor(keep_secrets=True, max_held_bytes=64)
+    c, s = b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02"
+    for i, (from_client, seq, ack, flags, payload) in enumerate(segments):
+        seg = Segment(c, 40000, s, 80, seq, ack, flags, payload) if from_client else Segment(s, 80, c, 40000, seq, ack, flags, payload)
+        events = ex.reassembler.feed(1.0 + i * 0.01, seg)
+        ex._dispatch(events)
+    out = ex.finish()
+    assert all(e.index >= 0 for e in out)
