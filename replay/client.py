@@ -507,21 +507,19 @@ class Sender:
                 decoded = len(body)
             else:
                 decoded = decoded_length(body, job.coding.decode("latin-1"))
+            # Positional (a third cheaper than keywords on this path); the field order is
+            # checked by tests/replay/test_client.py::test_record_field_order.
             response: Response | None = Response(
-                ts=clock.to_epoch(job.first_mono), end_ts=clock.to_epoch(end_mono),
-                version=job.version, headers=headers, body=body, body_len=job.body_len,
-                body_truncated=truncated,
-                decoded_len=decoded,
-                status=job.status, reason=job.reason.decode("latin-1"))
+                clock.to_epoch(job.first_mono), clock.to_epoch(end_mono), job.version, headers, body,
+                job.body_len, truncated, decoded, job.status, job.reason.decode("latin-1"))
             ttfb: float | None = (job.first_mono - job.sent_mono) * 1000.0
             total: float | None = (end_mono - job.sent_mono) * 1000.0
         else:
             response = None
             ttfb = (job.first_mono - job.sent_mono) * 1000.0 if job.received else None
             total = None
-        result = Result(exchange_id=job.prepared.exchange_id, target=job.prepared.url,
-                        scheduled=job.scheduled, sent=sent, response=response, ttfb_ms=ttfb,
-                        total_ms=total, error=error, copy=job.copy)
+        result = Result(job.prepared.exchange_id, job.prepared.url, job.scheduled, sent, response, ttfb,
+                        total, error, job.copy)
         # Hand the connection on before the callback, so the next request goes out first.
         lane = job.lane
         if lane is not None:

@@ -264,3 +264,15 @@ def test_a_new_captured_connection_on_the_same_endpoints_gets_a_new_target_conne
     run(go())
     ports = [s.peer_port for s in aio_target.seen]
     assert ports[0] == ports[1] != ports[2] == ports[3]
+
+
+def test_record_field_order():
+    """The client builds Response and Result positionally (hot path): their field order is pinned."""
+    import dataclasses
+
+    from shadowtap.records import Response
+
+    assert [f.name for f in dataclasses.fields(Response)][:10] == [
+        "ts", "end_ts", "version", "headers", "body", "body_len", "body_truncated", "decoded_len", "status", "reason"]
+    assert [f.name for f in dataclasses.fields(Result)][:9] == [
+        "exchange_id", "target", "scheduled", "sent", "response", "ttfb_ms", "total_ms", "error", "copy"]
