@@ -55,19 +55,29 @@ def _outcome_shadow(r: Result) -> str:
 
 
 def _leaves(v: Any, path: str, paths: list[str], values: list[Any]) -> None:
-    """Scalar leaves of a JSON value with their folded paths (numbers, bools, short strings)."""
-    if len(paths) >= _LEAVES_MAX:
-        return
+    """Scalar leaves of a JSON value with their folded paths (numbers, bools, short strings), at
+    most _LEAVES_MAX. O(size of the value); scalars are handled without a call each."""
     if isinstance(v, dict):
         fold = len(v) > 64 or (bool(v) and all(is_id_like(k) for k in v))
-        for k, x in v.items():
-            _leaves(x, f"{path}.{{id}}" if fold else f"{path}.{k}", paths, values)
+        items = v.items()
     elif isinstance(v, list):
-        for x in v:
-            _leaves(x, path + "[]", paths, values)
-    elif v is not None and not (isinstance(v, str) and len(v) > 64):
-        paths.append(path)
-        values.append(v)
+        fold = False
+        items = ((None, x) for x in v)
+    else:
+        if v is not None and not (isinstance(v, str) and len(v) > 64) and len(paths) < _LEAVES_MAX:
+            paths.append(path)
+            values.append(v)
+        return
+    inner = path + "[]" if isinstance(v, list) else f"{path}.{{id}}" if fold else None
+    for k, x in items:
+        child = inner if inner is not None else f"{path}.{k}"
+        if isinstance(x, (dict, list)):
+            _leaves(x, child, paths, values)
+        elif x is not None and not (isinstance(x, str) and len(x) > 64):
+            if len(paths) >= _LEAVES_MAX:
+                return
+            paths.append(child)
+            values.append(x)
 
 
 class FieldAgg:

@@ -36,13 +36,13 @@ _EPOCH_SCALES = (1.0, 1e3, 1e6, 1e9)
 _EPOCH_WINDOW_S = 2 * 86400.0
 
 
+_ID_LIKE = re.compile("|".join(f"(?:{r.pattern})" for r in (_NUMBER, _UUID, _HEX, _TOKEN)))
+
+
 def is_id_like(text: str) -> bool:
     """A number, a UUID, a hex id of 8+ digits, or a random token of 16+ characters mixing
-    letters and digits."""
-    return bool(
-        _NUMBER.fullmatch(text) or _UUID.fullmatch(text) or _HEX.fullmatch(text)
-        or _TOKEN.fullmatch(text)
-    )
+    letters and digits. Cost: one anchored match (digits first: the common case)."""
+    return text.isdigit() or _ID_LIKE.fullmatch(text) is not None
 
 
 class Volatile(str, Enum):

@@ -40,7 +40,7 @@ class Reservoir:
         self.count += 1
         if len(self.items) < self.k:
             return len(self.items)
-        j = self._rng.randrange(self.count)
+        j = int(self._rng.random() * self.count)  # uniform in [0, count): randrange's cost, halved
         return j if j < self.k else -1
 
     def put(self, slot: int, item: Any) -> None:
