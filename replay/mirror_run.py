@@ -1,23 +1,25 @@
 """The ``shadowtap mirror`` stage: a live capture, replay's sender and the comparison, together.
 
-Threads and what each owns:
-  - the capture thread runs the live source and the Extractor (capture/live.py). For each request
-    complete on the wire, ``on_request`` decides (Policy, sampling, rate limit) and queues it
-    (replay/mirror.py: never blocks, drops the oldest when full). For each exchange rebuilt, it
-    hands the exchange to the loop through a second bounded queue.
-  - the event loop (this module) runs the workers that send to the shadow (replay/client.py's
-    Sender), pairs each shadow Result with the primary's Exchange (replay/live_pairing.py), feeds
-    the pairs to the streaming comparison (compare/), writes the run directory, refreshes the
-    dashboard / log line, and serves ``--metrics``.
+Two processes (both halves are CPU-bound Python; one process would share one GIL and one core):
+  - the capture process (replay/mirror_capture.py, forked before anything else starts) runs
+    capture/live.py's loop and the Extractor. For each request complete on the wire it decides
+    (Policy, sampling, rate limit) and sends the prepared request over a pipe at once; for each
+    exchange rebuilt, the exchange. It never blocks (non-blocking pipe, bounded outbox).
+  - this process runs an event loop: it reads the pipe into the bounded drop-oldest queue
+    (replay/mirror.py), whose workers send to the shadow (replay/client.py's Sender); pairs each
+    shadow Result with the primary's Exchange (replay/live_pairing.py); feeds the pairs to the
+    streaming comparison (compare/, through replay/mirror_compare.py); writes the run directory;
+    refreshes the dashboard or the log line; serves ``--metrics``.
 
 The primary is never in this path: the capture copies packets off the interface; nothing here
 writes to the primary's sockets, and nothing the shadow does (slow, down, resets) reaches the
-capture thread except as counted drops.
+capture except as counted drops.
 
-Ending: ``--duration``, Ctrl-C or SIGTERM set ``stop``. Then the capture stops (hooks detached by
-capture/live.py, the Extractor's last exchanges flushed), the queued and in-flight requests get up
-to ``drain_timeout`` seconds, what stays unpaired is counted, files are closed, the final reports
-are written and printed, and the verdict becomes the exit status.
+Ending: ``--duration``, Ctrl-C or SIGTERM set ``stop``. Then the capture process stops (hooks
+detached by capture/live.py, the Extractor's last exchanges and its final figures sent), the
+queued and in-flight requests get up to ``drain_timeout`` seconds, what stays unpaired is
+counted, files are closed, the final reports are written and printed, and the verdict becomes the
+exit status.
 
 Redaction: the Extractor keeps secret headers as they were (the shadow needs the real
 Authorization); everything written to disk or shown (exchanges, results, reports) passes through
@@ -31,9 +33,8 @@ import dataclasses
 import os
 import signal
 import sys
-import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +43,8 @@ import orjson
 
 from replay import mirror_compare
 from replay.live_pairing import Pair, Pairer
-from replay.mirror import Admission, DropOldestQueue, Outcome, Pending, TokenBucket, Workers
+from replay.mirror import DropOldestQueue, Outcome, Pending, Workers
+from replay.mirror_capture import CaptureFigures
 from replay.mirror_stats import (
     EndpointLine,
     Histogram,
@@ -51,7 +53,7 @@ from replay.mirror_stats import (
     log_line,
     prometheus_text,
 )
-from replay.policy import Policy, Prepared, ReplayRefused, Skip, SkipReason
+from replay.policy import Policy, Prepared, ReplayRefused
 from shadowtap import console
 from shadowtap.errors import (
     EXIT_OK,
@@ -59,6 +61,7 @@ from shadowtap.errors import (
     EXIT_VERDICT_FAIL,
     EXIT_VERDICT_MARGINAL,
     InputError,
+    ShadowtapError,
     TargetError,
 )
 from shadowtap.jsonl import JsonlWriter, create_private
@@ -115,6 +118,48 @@ class _Figures:
     discarded_at_end: int = 0  # queued requests not sent when the drain timed out
 
 
+def _child_entry(child_main: Callable[..., None], wfd: int, stop_r: int, rfd: int, stop_w: int,
+                 *args: Any) -> None:
+    os.close(rfd)  # the parent's ends
+    os.close(stop_w)
+    child_main(wfd, stop_r, *args)
+
+
+def _rebuild_error(name: str, message: str, hint: str | None, exit_code: int) -> ShadowtapError:
+    """The capture process's error, as the same class of the hierarchy (by name)."""
+    from shadowtap import errors
+
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, ShadowtapError)):
+        err = ShadowtapError(f"the capture failed: {name}: {message}", hint=hint)
+        err.exit_code = exit_code if exit_code else 1
+        return err
+    err = ShadowtapError.__new__(cls)
+    ShadowtapError.__init__(err, message, hint=hint)
+    return err
+
+
+def _resolve(host: str, port: int) -> frozenset[tuple[str, int]]:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise TargetError(f"cannot resolve the shadow host {host!r}: {exc.strerror}") from exc
+    return frozenset((addr[0], addr[1]) for *_x, addr in infos)
+
+
+def _refuse_primary(cfg: MirrorConfig, shadow_eps: frozenset[tuple[str, int]]) -> None:
+    local = _local_addresses()
+    for ip, port in shadow_eps:
+        if port in cfg.ports and (ip in local or ip.startswith("127.") or ip == "::1"):
+            raise ReplayRefused(
+                f"the shadow {cfg.policy.target.url} is {ip}:{port}, an address of this host on a port "
+                "being mirrored: that is the primary itself, and mirroring into it doubles its load "
+                "(and mirrors its own copies)",
+                hint="point --shadow at the shadow, or pass --force if this is really intended")
+
+
 def _parse_metrics_addr(text: str) -> tuple[str, int]:
     try:
         host, port = parse_endpoint(text)
@@ -150,9 +195,13 @@ class MirrorRun:
         self.stop = asyncio.Event()
         self.stop_reason = "end"
         self.capture_error: BaseException | None = None
-        self.capture_drops = 0
+        self.capture_figures = CaptureFigures()
         self.send_failures = 0
-        self.capture_summary: Any = None
+        self.queue: DropOldestQueue[Pending] | None = None
+        self.workers: Workers | None = None
+        self.child: Any = None
+        self._data_fd = -1
+        self._stop_fd: int | None = None
         self.comparison: Any = None
         self._view: tuple[str | None, float | None, list[tuple[str, int, float]]] = (None, None, [])
         self._view_at = -1e9
@@ -160,33 +209,6 @@ class MirrorRun:
         self._rate = 0.0
         self._writers: dict[str, JsonlWriter] = {}
         self._notes: list[str] = []
-
-    # ---------------------------------------------------------------- decisions (capture thread)
-    def _decide(self, policy: Policy, shadow_eps: frozenset[tuple[str, int]]) -> Callable[[Any], Any]:
-        cut = self.cfg.percent * 10_000  # of 1_000_000
-        per_request = self.cfg.sample_per_request and self.cfg.percent < 100.0
-
-        def decide(ev: Any) -> tuple[Prepared | None, tuple[Outcome, str] | None]:
-            try:
-                ip, port = parse_endpoint(ev.server)
-            except ValueError:
-                ip, port = "", 0
-            if (ip, port) in shadow_eps:
-                return None, (Outcome.OWN_TRAFFIC, "own_traffic")
-            ex = Exchange(id=ev.exchange_id, client=ev.client, server=ev.server, index=ev.index,
-                          request=ev.request, response=None)
-            d = policy.decide(ex)
-            if isinstance(d, Skip):
-                if d.reason is SkipReason.SAMPLED_OUT:
-                    return None, (Outcome.SAMPLED_OUT, "sampled_out")
-                return None, (Outcome.SKIPPED, d.reason.value)
-            if per_request and int(ev.exchange_id[:8], 16) % 1_000_000 >= cut:
-                # The id is a hash (uniform), so this samples each request on its own, as Istio's
-                # mirrorPercentage does, and the same capture gives the same choice every time.
-                return None, (Outcome.SAMPLED_OUT, "sampled_out")
-            return d, None
-
-        return decide
 
     # ---------------------------------------------------------------- loop side
     def _on_result(self, res: Result) -> None:
@@ -254,33 +276,35 @@ class MirrorRun:
             console.warn(text)
 
     # ---------------------------------------------------------------- figures
-    def snapshot(self, admission: Admission, queue: DropOldestQueue[Pending], workers: Workers) -> MirrorSnapshot:
+    def snapshot(self) -> MirrorSnapshot:
         f = self.fig
+        c = self.capture_figures
+        queue = self.queue
         verdict, differing, endpoints = self._compare_view()
-        verdict, _ = coverage_verdict(verdict, admission.counts[Outcome.QUEUED], self.pairer.paired,
-                                      self.cfg.min_coverage)
-        skipped = {r: n for r, n in admission.skip_reasons.items()}
+        queued = c.count(Outcome.QUEUED)
+        verdict, _ = coverage_verdict(verdict, queued, self.pairer.paired, self.cfg.min_coverage)
+        skipped = dict(c.skip_reasons)
         for o in (Outcome.SAMPLED_OUT, Outcome.OWN_TRAFFIC):
-            if admission.counts[o]:
-                skipped[o.value] = admission.counts[o]
+            if c.count(o):
+                skipped[o.value] = c.count(o)
         return MirrorSnapshot(
             elapsed=time.monotonic() - f.started,
-            seen=admission.seen,
-            queued=admission.counts[Outcome.QUEUED],
+            seen=c.seen,
+            queued=queued,
             mirrored=f.results,
-            dropped=queue.dropped,
-            rate_limited=admission.counts[Outcome.RATE_LIMITED],
+            dropped=(queue.dropped if queue is not None else 0) + c.outbox_dropped_requests,
+            rate_limited=c.count(Outcome.RATE_LIMITED),
             skipped=skipped,
-            queue_depth=len(queue),
-            queue_max=queue.maxlen,
-            in_flight=workers.in_flight,
+            queue_depth=len(queue) if queue is not None else 0,
+            queue_max=self.cfg.queue,
+            in_flight=self.workers.in_flight if self.workers is not None else 0,
             shadow_errors=dict(f.errors),
             shadow_5xx=f.shadow_5xx,
             primary_5xx=f.primary_5xx,
             exchanges=f.exchanges,
             pairs=self.pairer.paired,
             unpaired=self.pairer.evicted_exchanges + self.pairer.evicted_results,
-            capture_drops=self.capture_drops,
+            capture_drops=c.capture_drops,
             lag=f.lag,
             primary_latency=f.primary_latency,
             shadow_latency=f.shadow_latency,
@@ -300,10 +324,16 @@ class MirrorRun:
 
     # ---------------------------------------------------------------- the run
     def run(self) -> int:
-        # Two threads share the GIL: the capture thread (frames -> Extractor -> admission) and the
-        # loop (sends, pairing, comparison). With CPython's default 5 ms switch interval a request
-        # queued by the capture thread waits up to 5 ms for the loop to run: that was most of the
-        # mirror lag. 0.5 ms costs a few more switches and bounds that wait.
+        cfg = self.cfg
+        shadow_eps = _resolve(cfg.policy.target.host, cfg.policy.target.port)
+        if not cfg.force:
+            _refuse_primary(cfg, shadow_eps)
+        # The policy's own refusal compares the target with each captured server; in the mirror
+        # the shadow's address there is our own traffic (skipped, counted), checked just above.
+        policy = dataclasses.replace(cfg.policy, target_endpoints=frozenset(), force=True)
+        self._start_child(policy, shadow_eps)  # fork before any thread or event loop exists
+        # Two threads share the GIL in this process (the loop and aiohttp's/rich's helpers are
+        # light, but the default 5 ms switch interval would still show as lag): 0.5 ms bounds it.
         previous = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)
         try:
@@ -314,102 +344,126 @@ class MirrorRun:
             return uvloop.run(self._main())
         finally:
             sys.setswitchinterval(previous)
+            self._reap_child()
+
+    def _start_child(self, policy: Policy, shadow_eps: frozenset[tuple[str, int]]) -> None:
+        import multiprocessing
+
+        from replay.mirror_capture import child_main
+
+        rfd, wfd = os.pipe()
+        stop_r, stop_w = os.pipe()
+        ctx = multiprocessing.get_context("fork")
+        self.child = ctx.Process(target=_child_entry, name="shadowtap-mirror-capture",
+                                 args=(child_main, wfd, stop_r, rfd, stop_w, self.cfg, policy, shadow_eps))
+        self.child.start()
+        os.close(wfd)
+        os.close(stop_r)
+        self._data_fd, self._stop_fd = rfd, stop_w
+
+    def _stop_child(self) -> None:
+        if self._stop_fd is not None:
+            try:
+                os.write(self._stop_fd, b"x")
+            except OSError:
+                pass
+
+    def _reap_child(self) -> None:
+        if self._stop_fd is not None:
+            os.close(self._stop_fd)  # EOF on the stop pipe also ends the child
+            self._stop_fd = None
+        child = self.child
+        if child is not None:
+            child.join(30)
+            if child.is_alive():  # its capture loop is stuck: SIGTERM runs its cleanup
+                child.terminate()
+                child.join(10)
+            if child.is_alive():
+                child.kill()
+                child.join()
 
     async def _main(self) -> int:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         from replay.client import Sender
+        from replay.mirror_capture import EXC, REQ, STARTED, STATS, Decoder, decode
 
+        # Imports and a first snapshot before traffic: compare pulls in scipy on its first verdict
+        # (a second of CPU), which must not stall the loop while requests queue.
+        self.comparison = mirror_compare.open_comparison(cfg.compare_config, cfg.ignore)
+        mirror_compare.view(mirror_compare.snapshot(self.comparison))
         sender = Sender(cfg.policy.target, concurrency=cfg.concurrency, per_connection=False,
                         timeout=cfg.timeout, connect_timeout=cfg.connect_timeout, max_body=cfg.max_body)
         await sender.start()
-        shadow_eps = sender.endpoints
-        if not cfg.force:
-            local = _local_addresses()
-            for ip, port in shadow_eps:
-                if port in cfg.ports and (ip in local or ip.startswith("127.") or ip == "::1"):
-                    raise ReplayRefused(
-                        f"the shadow {cfg.policy.target.url} is {ip}:{port}, an address of this host on "
-                        "a port being mirrored: that is the primary itself, and mirroring into it doubles "
-                        "its load (and mirrors its own copies)",
-                        hint="point --shadow at the shadow, or pass --force if this is really intended")
         try:
             await sender.check_reachable()
         except TargetError as exc:
             # A shadow that is down is a shadow result (errors, counted), not a reason to stop.
             self._note(f"{exc.message}; going on: its failures count as shadow errors")
-        policy = dataclasses.replace(cfg.policy, target_endpoints=frozenset(), force=True)
 
         queue: DropOldestQueue[Pending] = DropOldestQueue(cfg.queue, loop)
-        inbox: DropOldestQueue[tuple[Exchange, bool]] = DropOldestQueue(max(cfg.queue, 10_000), loop)
-        bucket = TokenBucket(cfg.rate_limit) if cfg.rate_limit else None
-        admission = Admission(queue, self._decide(policy, shadow_eps), rate_limit=bucket,
-                              max_admitted=max(20 * cfg.queue, 100_000))
+        self.queue = queue
+        dropped_ids: OrderedDict[str, None] = OrderedDict()  # dropped here: no result will come
 
         async def send(prepared: Prepared, scheduled: float) -> Result:
             return await sender.send(prepared, scheduled=scheduled)
 
         workers = Workers(queue, send, self._on_result, concurrency=cfg.concurrency)
-
-        def on_exchange(ex: Exchange) -> None:  # capture thread
-            inbox.put((ex, admission.take_admitted(ex.id)))
-
-        self._open_run_dir()
-        self.comparison = mirror_compare.open_comparison(cfg.compare_config, cfg.ignore)
-        stop_thread = threading.Event()
+        self.workers = workers
         capture_done = loop.create_future()
+        decoder = Decoder()
 
-        def on_started(src: Any, reason: str) -> None:  # capture thread
-            msg = (f"mirror: capturing {cfg.iface} port {','.join(map(str, cfg.ports))} to {cfg.policy.target.url}: "
-                   f"{src.describe()} ({reason})")
-            # (tests and scripts wait for this line: the hooks are attached from here on)
-            loop.call_soon_threadsafe(console.info, msg)
+        def on_frame(t: tuple[Any, ...]) -> None:
+            kind, obj = decode(t)
+            if kind == REQ:
+                old = queue.put(obj)
+                if old is not None:
+                    dropped_ids[old.exchange_id] = None
+                    if len(dropped_ids) > 100_000:
+                        dropped_ids.popitem(last=False)
+            elif kind == EXC:
+                ex, admitted = obj
+                if admitted and dropped_ids:
+                    admitted = dropped_ids.pop(ex.id, 0) is not None
+                self._on_exchange(ex, admitted)
+            elif kind == STATS:
+                self.capture_figures = obj
+            elif kind == STARTED:
+                describe, reason = obj
+                # (tests and scripts wait for this line: the hooks are attached from here on)
+                console.info(f"mirror: capturing {cfg.iface} port {','.join(map(str, cfg.ports))} to "
+                             f"{cfg.policy.target.url}: {describe} ({reason})")
+            else:
+                self.capture_error = _rebuild_error(*obj)
 
-        def on_figures(fig: Any) -> None:  # capture thread; a plain attribute store
-            self.capture_drops = int(fig.kernel_drops) + int(fig.buffer_drops)
+        class Reader(asyncio.Protocol):
+            def data_received(self, data: bytes) -> None:
+                for t in decoder.feed(data):
+                    on_frame(t)
 
-        def capture_main() -> None:
-            try:
-                summary = _run_capture(cfg, admission.offer, on_exchange, stop_thread, on_started, on_figures)
-                self.capture_drops = summary.source.drops
-                self.capture_summary = summary
-            except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
-                self.capture_error = exc
-            finally:
-                def done() -> None:
-                    if not capture_done.done():
-                        capture_done.set_result(None)
-                    self.stop.set()
+            def connection_lost(self, exc: Exception | None) -> None:
+                if not capture_done.done():
+                    capture_done.set_result(None)
+                run.stop.set()
 
-                loop.call_soon_threadsafe(done)
-
+        run = self
+        transport, _ = await loop.connect_read_pipe(Reader, os.fdopen(self._data_fd, "rb", buffering=0))
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._signal, sig)
-        tasks: list[asyncio.Task[Any]] = []
         metrics_runner = None
         live = None
         exit_code = EXIT_VERDICT_ERROR
-        capture_thread = threading.Thread(target=capture_main, name="shadowtap-capture", daemon=True)
         try:
+            self._open_run_dir()
             if cfg.metrics:
-                metrics_runner = await self._serve_metrics(lambda: self.snapshot(admission, queue, workers))
+                metrics_runner = await self._serve_metrics(self.snapshot)
             workers.start()
-
-            async def consume_exchanges() -> None:
-                while True:
-                    item = await inbox.get()
-                    if item is None:
-                        return
-                    self._on_exchange(*item)
-
-            tasks.append(asyncio.ensure_future(consume_exchanges()))
-            capture_thread.start()
             show = cfg.dashboard if cfg.dashboard is not None else console.interactive()
             if show:
                 from rich.live import Live
 
-                live = Live(dashboard(self.snapshot(admission, queue, workers)), console=console.err,
-                            refresh_per_second=2, transient=False)
+                live = Live(dashboard(self.snapshot()), console=console.err, refresh_per_second=2,
+                            transient=False)
                 live.start()
             deadline = loop.time() + cfg.duration if cfg.duration else None
             last_log = loop.time()
@@ -419,23 +473,23 @@ class MirrorRun:
                     await asyncio.wait_for(self.stop.wait(), timeout)
                 except asyncio.TimeoutError:
                     pass
-                if deadline is not None and loop.time() >= deadline:
+                if deadline is not None and loop.time() >= deadline and not self.stop.is_set():
                     self.stop_reason = "duration"
                     self.stop.set()
                 self.pairer.expire(time.monotonic())
-                self._update_rate(admission.seen)
+                self._update_rate(self.capture_figures.seen)
                 if live is not None:
-                    live.update(dashboard(self.snapshot(admission, queue, workers)))
+                    live.update(dashboard(self.snapshot()))
                 elif loop.time() - last_log >= cfg.log_interval:
                     last_log = loop.time()
-                    console.info(log_line(self.snapshot(admission, queue, workers)))
-            # ---- ending: capture first (hooks detached, last exchanges out), then the shadow side
-            stop_thread.set()
-            if capture_thread.ident is not None:
+                    console.info(log_line(self.snapshot()))
+            # ---- ending: the capture first (hooks detached, the Extractor's last exchanges out,
+            # its final figures), then the requests still queued or in flight, then the reports.
+            self._stop_child()
+            try:
                 await asyncio.wait_for(asyncio.shield(capture_done), timeout=30)
-            inbox.close()
-            await tasks[0]
-            self.fig.exchange_drops = inbox.dropped
+            except asyncio.TimeoutError:
+                self._note("the capture process did not finish in 30 s; stopping it")
             drain = cfg.drain_timeout if cfg.drain_timeout is not None else min(cfg.timeout, 10.0)
             await workers.drain(drain)
             self.fig.discarded_at_end = workers.abandoned
@@ -446,11 +500,10 @@ class MirrorRun:
                 pass  # counted by the Pairer as evicted
             exit_code = EXIT_OK
         finally:
-            stop_thread.set()
-            for t in tasks:
-                t.cancel()
+            self._stop_child()
+            transport.close()
             if live is not None:
-                live.update(dashboard(self.snapshot(admission, queue, workers)))
+                live.update(dashboard(self.snapshot()))
                 live.stop()
             sender.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -458,10 +511,10 @@ class MirrorRun:
             if metrics_runner is not None:
                 await metrics_runner.cleanup()
             self._close_writers()
+            await workers.stop()
         if self.capture_error is not None:
             raise self.capture_error
-        final = self.snapshot(admission, queue, workers)
-        verdict = self._finish(final)
+        verdict = self._finish(self.snapshot())
         if exit_code == EXIT_OK:
             exit_code = VERDICT_EXIT.get((verdict or "error").lower(), EXIT_VERDICT_ERROR)
         return exit_code
@@ -607,18 +660,3 @@ def mirror_summary(s: MirrorSnapshot, run: MirrorRun) -> dict[str, Any]:
         "shadow_latency_ms": {"p50": q(s.shadow_latency, 0.5), "p99": q(s.shadow_latency, 0.99)},
         "differing": s.differing,
     }
-
-
-def _run_capture(cfg: MirrorConfig, on_request: Callable[[Any], Any], on_exchange: Callable[[Exchange], None],
-                 stop: threading.Event, on_started: Callable[[Any, str], None],
-                 on_figures: Callable[[Any], None]) -> Any:
-    """capture/live.py's loop with our Extractor: secrets kept (the shadow gets the request as it
-    was sent; we redact what we write), and few exchanges held for request-time order (the mirror
-    pairs by id, so order does not matter, and holding delays pairing). Returns its summary."""
-    from capture.live import Backend, CaptureConfig, run_capture
-    from capture.pipeline import Extractor
-
-    extractor = Extractor(ports=cfg.ports, bpf_filter=cfg.bpf_filter, max_body=cfg.max_body,
-                          redactor=None, on_request=on_request, max_held_exchanges=256)
-    ccfg = CaptureConfig(iface=cfg.iface, ports=cfg.ports, backend=Backend(cfg.backend))
-    return run_capture(ccfg, extractor, stop, on_exchange, on_figures=on_figures, on_started=on_started)

@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Live mirror benchmark, in three network namespaces (client -> primary, primary -> shadow), nginx as
+# both primary and shadow (a shadow that keeps up):
+#  1. hey drives the primary at rising rates while `shadowtap mirror` (eBPF backend) copies every
+#     request to the shadow; for each rate: requests sent (hey), requests that reached the shadow
+#     (its access log), the ratio, and the mirror lag p50/p99 (results.jsonl: wire time of the
+#     request's last byte -> sent to the shadow). The peer is the primary itself: it served them all.
+#  2. the primary's latency without and with the mirror running: hey at a fixed rate (p50/p99), and
+#     wrk at full speed (its p50/p99), 3 interleaved rounds each.
+#
+#   scripts/bench_mirror.sh            # as root; BENCH_SECONDS (10), BENCH_RATES ("1000 2000 3000 5000 7000"),
+#                                      # BENCH_LATENCY_RATE (1000), BENCH_BACKEND (ebpf) override
+# Goal (issue 6): >= 5k requests/s mirrored without loss, lag p99 <= 20 ms, primary p99 up <= 5%.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" -eq 0 ] || { echo "bench_mirror: run as root" >&2; exit 4; }
+[ -x .venv/bin/python ] || scripts/setup.sh
+export BENCH_SECONDS=${BENCH_SECONDS:-10}
+export BENCH_RATES=${BENCH_RATES:-"1000 2000 3000 5000 7000"}
+export BENCH_LATENCY_RATE=${BENCH_LATENCY_RATE:-1000}
+export BENCH_BACKEND=${BENCH_BACKEND:-ebpf}
+exec .venv/bin/python - <<'EOF'
+import json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, uuid
+from pathlib import Path
+
+from shadowtap.netns import Topology
+
+SECONDS = float(os.environ["BENCH_SECONDS"])
+RATES = [int(r) for r in os.environ["BENCH_RATES"].split()]
+LAT_RATE = int(os.environ["BENCH_LATENCY_RATE"])
+BACKEND = os.environ["BENCH_BACKEND"]
+WORKERS = 8
+PORT = 8080  # inside the bench's own namespaces: no collision possible
+PRIMARY, SHADOW = "10.250.31.2", "10.250.32.2"
+SHADOWTAP = str(Path(sys.executable).parent / "shadowtap")
+work = Path(tempfile.mkdtemp(prefix="shadowtap-bench-mirror-"))
+os.environ["SHADOWTAP_KEY_FILE"] = str(work / "key")
+
+
+def nginx_conf(name: str, addr: str, access_log: bool) -> Path:
+    d = work / name
+    for sub in ("b", "p", "f", "u", "s"):
+        (d / sub).mkdir(parents=True)
+    log = f"access_log {d}/access.log;" if access_log else "access_log off;"
+    conf = d / "nginx.conf"
+    conf.write_text(f"""daemon off; master_process off; user root; worker_processes 1; pid {d}/nginx.pid;
+error_log {d}/nginx.err warn; events {{ worker_connections 4096; }}
+http {{ {log} default_type application/json; keepalive_requests 1000000;
+  client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f;
+  uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;
+  server {{ listen {addr}:{PORT}; location / {{ return 200 '{{"path": "$request_uri", "ok": true}}\\n'; }} }} }}
+""")
+    return conf
+
+
+def wait_text(path: Path, needle: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while needle not in (path.read_text(errors="replace") if path.exists() else ""):
+        if proc.poll() is not None or time.monotonic() > end:
+            raise SystemExit(f"bench: {proc.args} did not start: {path.read_text(errors='replace')[-500:]}")
+        time.sleep(0.05)
+
+
+def hey(client, rate: int, seconds: float) -> dict:
+    workers = max(WORKERS, -(-rate // 800))  # hey's per-worker limiter ticks at most ~1000/s
+    argv = ["hey", "-z", f"{seconds}s", "-c", str(workers)]
+    if rate:
+        argv += ["-q", str(max(1, rate // workers))]
+    out = client.run([*argv, f"http://{PRIMARY}:{PORT}/bench"], timeout=seconds + 60).stdout
+    ok = sum(int(n) for n in re.findall(r"\[\d+\]\s+(\d+) responses", out))
+    errors = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s+Get", out, re.M))
+    lat = {p: float(v) * 1000 for p, v in re.findall(r"(\d+)% in ([\d.]+) secs", out)}
+    return {"sent": ok + errors, "ok": ok, "rps": ok / seconds, "p50": lat.get("50"), "p99": lat.get("99")}
+
+
+def wrk(client, seconds: float) -> dict:
+    out = client.run(["wrk", "-t", "1", "-c", "8", "-d", f"{seconds:g}s", "--latency",
+                      f"http://{PRIMARY}:{PORT}/bench"], timeout=seconds + 60).stdout
+    unit = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    lat = {p: float(v) * unit[u] for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return {"rps": rps, "p50": lat.get("50"), "p99": lat.get("99")}
+
+
+def start_mirror(primary, iface: str, tag: str) -> tuple[subprocess.Popen, Path, Path]:
+    run = work / f"run-{tag}"
+    err = work / f"mirror-{tag}.err"
+    argv = [SHADOWTAP, "mirror", "--iface", iface, "--port", str(PORT), "--shadow", f"http://{SHADOW}:{PORT}",
+            "--backend", BACKEND, "--run-dir", str(run), "--no-dashboard", "--log-interval", "5",
+            "--queue", "20000", "--concurrency", "64"]
+    with open(err, "wb") as e:
+        proc = primary.popen(argv, stdout=subprocess.DEVNULL, stderr=e)
+    wait_text(err, "mirror: capturing", proc)
+    return proc, run, err
+
+
+def stop(proc: subprocess.Popen) -> float:
+    """SIGTERM after a 1 s settle; the seconds the mirror took to exit (its backlog: queue drain,
+    the last pairs, the reports)."""
+    time.sleep(1)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return time.monotonic() - start
+
+
+def shadow_count(log: Path) -> int:
+    if not log.exists():
+        return 0
+    with open(log, "rb") as f:
+        return sum(1 for line in f if b"/bench" in line)
+
+
+def lag_ms(run: Path) -> tuple[float, float, int]:
+    lags = []
+    with open(run / "results.jsonl", "rb") as f:
+        for line in f:
+            r = json.loads(line)
+            lags.append((r["sent"] - r["scheduled"]) * 1000)
+    if not lags:
+        return float("nan"), float("nan"), 0
+    lags.sort()
+    return lags[len(lags) // 2], lags[min(len(lags) - 1, int(len(lags) * 0.99))], len(lags)
+
+
+topo = Topology(f"stbm{uuid.uuid4().hex[:4]}")
+servers: list[subprocess.Popen] = []
+try:
+    client, primary, shadow = topo.host("client"), topo.host("primary"), topo.host("shadow")
+    iface, _ = topo.link(primary, client, PRIMARY, "10.250.31.1")
+    topo.link(primary, shadow, "10.250.32.1", SHADOW)
+    servers.append(primary.popen(["nginx", "-c", str(nginx_conf("primary", PRIMARY, False)), "-p", str(work / "primary")]))
+    servers.append(shadow.popen(["nginx", "-c", str(nginx_conf("shadow", SHADOW, True)), "-p", str(work / "shadow")]))
+    for host, addr in ((client, PRIMARY), (primary, SHADOW)):
+        for _ in range(100):
+            if host.run(["curl", "-s", "-o", "/dev/null", f"http://{addr}:{PORT}/"], check=False).returncode == 0:
+                break
+            time.sleep(0.1)
+    access = work / "shadow" / "access.log"
+    print(f"# shadowtap mirror benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+          f"{os.cpu_count()} CPUs, kernel {os.uname().release}; backend {BACKEND}; "
+          f"hey -c {WORKERS}+ (1 per 800/s), {SECONDS:g} s a step; nginx primary and shadow")
+    print(f"{'target/s':>8} {'served/s':>9} {'sent':>7} {'at shadow':>9} {'ratio':>8} {'dropped':>8} "
+          f"{'lag p50':>8} {'lag p99':>8} {'catch-up':>8}")
+    best = 0.0
+    best_lag: tuple[float, float] | None = None
+    for rate in RATES:
+        before = shadow_count(access)
+        proc, run, err = start_mirror(primary, iface, f"rate-{rate}")
+        load = hey(client, rate, SECONDS)
+        catch_up = stop(proc)
+        got = shadow_count(access) - before
+        ratio = got / load["sent"] if load["sent"] else 0.0
+        p50, p99, _n = lag_ms(run)
+        summary = json.loads((run / "mirror.json").read_text()) if (run / "mirror.json").exists() else {}
+        if ratio >= 0.999 and load["rps"] > best:
+            best, best_lag = load["rps"], (p50, p99)
+        print(f"{rate or 'max':>8} {load['rps']:9.0f} {load['sent']:7d} {got:9d} {ratio:8.4f} "
+              f"{summary.get('dropped', '?'):>8} {p50:7.1f}ms {p99:7.1f}ms {catch_up:7.1f}s", flush=True)
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(run, ignore_errors=True)
+    print()
+    lag = f", lag p50 {best_lag[0]:.1f} ms / p99 {best_lag[1]:.1f} ms there" if best_lag else ""
+    print(f"highest primary rate with >= 99.9% of requests at the shadow: {best:.0f}/s{lag}")
+    if os.environ.get("BENCH_NO_LATENCY"):
+        raise SystemExit(0)
+    print()
+    print(f"primary latency without / with the mirror, 3 interleaved rounds of {SECONDS:g} s:")
+    lat: dict[str, dict[str, list[dict]]] = {"hey": {"none": [], "mirror": []}, "wrk": {"none": [], "mirror": []}}
+    for rnd in range(3):
+        for kind in ("none", "mirror"):
+            proc = None
+            if kind == "mirror":
+                proc, run, _err = start_mirror(primary, iface, f"lat-{rnd}")
+            lat["hey"][kind].append(hey(client, LAT_RATE, SECONDS))
+            lat["wrk"][kind].append(wrk(client, SECONDS))
+            if proc:
+                stop(proc)
+                shutil.rmtree(run, ignore_errors=True)
+    for tool, label in (("hey", f"hey at {LAT_RATE}/s"), ("wrk", "wrk -c 8 at full speed")):
+        base50 = statistics.mean(r["p50"] for r in lat[tool]["none"])
+        base99 = statistics.mean(r["p99"] for r in lat[tool]["none"])
+        m50 = statistics.mean(r["p50"] for r in lat[tool]["mirror"])
+        m99 = statistics.mean(r["p99"] for r in lat[tool]["mirror"])
+        rps = ""
+        if tool == "wrk":
+            rps = (f"; req/s {statistics.mean(r['rps'] for r in lat[tool]['none']):.0f} -> "
+                   f"{statistics.mean(r['rps'] for r in lat[tool]['mirror']):.0f}")
+        print(f"  {label:24} p50 {base50:.3f} -> {m50:.3f} ms ({m50 / base50 - 1:+.1%}), "
+              f"p99 {base99:.3f} -> {m99:.3f} ms ({m99 / base99 - 1:+.1%}){rps}")
+finally:
+    for p in servers:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    topo.close()
+    if os.environ.get("BENCH_KEEP"):
+        print(f"kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+EOF
