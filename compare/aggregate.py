@@ -80,6 +80,25 @@ def _leaves(v: Any, path: str, paths: list[str], values: list[Any]) -> None:
             values.append(x)
 
 
+def _renames(fields: list[dict[str, Any]]) -> None:
+    """Mark a field only the primary has and a field only the shadow has, under the same parent,
+    holding the same value in the same exchange, as a rename (``renamed_to``/``renamed_from``)."""
+    missing = [f for f in fields if set(f["kinds"]) == {"missing"} and f["samples"]]
+    extra = [f for f in fields if set(f["kinds"]) == {"extra"} and f["samples"]]
+    for m in missing:
+        parent = m["path"].rsplit(".", 1)[0]
+        sm = m["samples"][0]
+        for x in extra:
+            if x["path"].rsplit(".", 1)[0] != parent or "renamed_from" in x:
+                continue
+            same = [s for s in x["samples"] if s["exchange_id"] == sm["exchange_id"]]
+            if same and same[0]["shadow"] == sm["primary"]:
+                m["renamed_to"] = x["path"]
+                x["renamed_from"] = m["path"]
+                x["only_extra"] = False  # the other half of a rename is not a harmless addition
+                break
+
+
 class FieldAgg:
     """What one field's differences looked like on one endpoint."""
 
@@ -490,6 +509,7 @@ class Comparison:
         for path, vs in value_stats.items():
             if vs["type"] == "numeric" and vs.get("drift") and path not in noisy:
                 model.append({"path": path, **vs["drift"]})
+        _renames(fields)
         fields.sort(key=lambda e: (e["noise"] is not None, -e["rate"]))
         side = self._side_report(a, statistics)
         regress = [e["rate"] for e in fields if not e["noise"] and not e["only_extra"]]

@@ -111,6 +111,10 @@ def _fields(ep: dict[str, Any], cfg: CompareConfig) -> list[dict[str, Any]]:
         failed = rate > cc.max_rate
         critical = rate > cc.critical_rate or "content" in cfg.verdict.critical
         kinds = ", ".join(f"{k} x{n}" for k, n in f["kinds"].items())
+        if "renamed_to" in f:
+            kinds += f" (renamed to {f['renamed_to']}?)"
+        elif "renamed_from" in f:
+            kinds += f" (renamed from {f['renamed_from']}?)"
         base = "" if f["baseline_rate"] is None else f" (baseline noise {f['baseline_rate']:.2%})"
         out.append(_metric("field diff rate", "content", name, rate, cc.max_rate,
                            HIGH if failed else PASS, failed, critical,

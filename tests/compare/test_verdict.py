@@ -111,7 +111,9 @@ def test_must_fail_renamed_field(craft):
     failed = metrics_failed(rep)
     assert ("content", "field diff rate", "body.name", True) in failed
     title = craft.field(rep, "body.title")
-    assert title["only_extra"] and not title["noise"]
+    assert title["renamed_from"] == "body.name" and not title["only_extra"] and not title["noise"]
+    assert craft.field(rep, "body.name")["renamed_to"] == "body.title"
+    assert any("renamed to body.title" in r for r in rep["verdict"]["reasons"])
 
 
 def test_harmless_new_field_is_reported_but_passes(craft):
