@@ -204,6 +204,7 @@ class Connection:
         "client_isn",
         "key",
         "last_ts",
+        "lru_ts",
         "midstream",
         "s2c",
         "server",
@@ -221,6 +222,7 @@ class Connection:
         self.server = format_endpoint(format_ip(server[0]), server[1])
         self.start_ts = ts
         self.last_ts = ts
+        self.lru_ts = ts
         self.midstream = midstream
         self.c2s = HalfStream()
         self.s2c = HalfStream()
@@ -273,6 +275,8 @@ class Reassembler:
         self.linger = linger
         self.on_open = on_open
         self.conns: OrderedDict[tuple, Connection] = OrderedDict()  # least recently active first
+        # (src, sport, dst, dport) of either direction -> (connection, sent by its client)
+        self.dirs: dict[tuple, tuple[Connection, bool]] = {}
         self.now = 0.0
         self._next_sweep = 0.0
         self.connections_seen = 0
@@ -303,10 +307,18 @@ class Reassembler:
         client, server = (dst, src) if sender_is_server else (src, dst)
         conn = Connection(key, client, server, ts, midstream)
         self.conns[key] = conn
+        self.dirs[(client[0], client[1], server[0], server[1])] = (conn, True)
+        self.dirs[(server[0], server[1], client[0], client[1])] = (conn, False)
         self.connections_seen += 1
         if self.on_open is not None:
             self.on_open(conn)
         return conn
+
+    def _forget(self, conn: Connection) -> None:
+        del self.conns[conn.key]
+        (c_ip, c_port), (s_ip, s_port) = conn.client_addr, conn.server_addr
+        self.dirs.pop((c_ip, c_port, s_ip, s_port), None)
+        self.dirs.pop((s_ip, s_port, c_ip, c_port), None)
 
     def _end(self, conn: Connection, ts: float, out: list[StreamEvent]) -> None:
         """Flush both directions of ``conn`` and mark it closed."""
@@ -330,40 +342,43 @@ class Reassembler:
 
     def feed(self, ts: float, seg: Segment) -> list[StreamEvent]:
         out: list[StreamEvent] = []
-        self.now = max(self.now, ts)
-        if ts >= self._next_sweep:
-            self._next_sweep = ts + 1.0
-            self.sweep(ts, out)
-        a = (seg.src, seg.sport)
-        b = (seg.dst, seg.dport)
-        key = (a, b) if a < b else (b, a)
+        if ts > self.now:
+            self.now = ts
+            if ts >= self._next_sweep:
+                self._next_sweep = ts + 1.0
+                self.sweep(ts, out)
         conns = self.conns
-        conn = conns.get(key)
+        found = self.dirs.get((seg.src, seg.sport, seg.dst, seg.dport))
         flags = seg.flags
-        if conn is not None:
-            conns.move_to_end(key)
+        if found is not None:
+            conn, from_client = found
+            if ts - conn.lru_ts > 0.5:  # LRU order kept to half a second: one move per 0.5 s, not per packet
+                conn.lru_ts = ts
+                conns.move_to_end(conn.key)
             if flags & SYN and not flags & ACK:
                 # A SYN on a known 4-tuple: a duplicate, or port reuse by a new connection.
-                if conn.client_isn == seg.seq and (seg.src, seg.sport) == conn.client_addr:
+                if conn.client_isn == seg.seq and from_client:
                     return out
                 if conn.state == State.CLOSED or conn.client_isn is not None or conn.c2s.next_off or conn.s2c.next_off:
                     self._end(conn, ts, out)
-                    del conns[key]
-                    conn = None
-        if conn is None:
+                    self._forget(conn)
+                    found = None
+        if found is None:
             if flags & RST and not seg.payload:
                 return out
-            conn = self._new(key, seg, ts)
+            a = (seg.src, seg.sport)
+            b = (seg.dst, seg.dport)
+            conn = self._new((a, b) if a < b else (b, a), seg, ts)
+            from_client = a == conn.client_addr
             if len(conns) > self.max_connections:
-                old_key, old = next(iter(conns.items()))
+                old = next(iter(conns.values()))
                 self._end(old, ts, out)
-                del conns[old_key]
+                self._forget(old)
                 self.evicted += 1
         elif conn.state == State.CLOSED:
             return out  # a straggler after the close (late retransmission, final ACK)
         conn.last_ts = ts
         self.last_conn = conn
-        from_client = (seg.src, seg.sport) == conn.client_addr
         if from_client:
             hs, peer = conn.c2s, conn.s2c
         else:
@@ -426,7 +441,7 @@ class Reassembler:
         """Evict idle connections and forget closed ones past their linger. O(evicted)."""
         conns = self.conns
         while conns:
-            key, conn = next(iter(conns.items()))
+            conn = next(iter(conns.values()))
             idle = now - conn.last_ts
             if conn.state == State.CLOSED:
                 if idle < self.linger:
@@ -436,7 +451,7 @@ class Reassembler:
             else:
                 self._end(conn, now, out)
                 self.evicted += 1
-            del conns[key]
+            self._forget(conn)
 
     def finish(self) -> list[StreamEvent]:
         """End of input: every open connection ends (held bytes delivered after gaps)."""
@@ -445,4 +460,5 @@ class Reassembler:
             if conn.state != State.CLOSED:
                 self._end(conn, self.now, out)
         self.conns.clear()
+        self.dirs.clear()
         return out
