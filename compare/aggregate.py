@@ -258,8 +258,11 @@ class Comparison:
                 pv: list[Any] = []
                 sp: list[str] = []
                 sv: list[Any] = []
-                _leaves(pb.value, "body", pp, pv)
-                _leaves(sb.value, "body", sp, sv)
+                try:
+                    _leaves(pb.value, "body", pp, pv)
+                    _leaves(sb.value, "body", sp, sv)
+                except RecursionError:  # absurdly deep: no leaf statistics for this pair
+                    pp, pv, sp, sv = [], [], [], []
                 # Responses of one endpoint share a few shapes: one tuple of paths per shape, so a
                 # slot costs its values only.
                 agg.values.put(slot, (self._shape(pp), tuple(pv), self._shape(sp), tuple(sv)))

@@ -54,11 +54,17 @@ def redact_field(path: str, value: Any) -> Any:
         return value
     if value is not None and is_secret_name(last.replace("[]", "")):
         return REDACTED
-    value = redact_json(value)
+    try:
+        value = redact_json(value)
+    except RecursionError:
+        return "(nested too deep to show)"
     if isinstance(value, str):
         return redact_text(value)[:_VALUE_MAX]
     if isinstance(value, (dict, list)):
-        text = orjson.dumps(value).decode()
+        try:
+            text = orjson.dumps(value).decode()
+        except TypeError:
+            return "(nested too deep to show)"
         return value if len(text) <= _VALUE_MAX else text[:_VALUE_MAX] + "..."
     return value
 
@@ -66,9 +72,13 @@ def redact_field(path: str, value: Any) -> Any:
 def body_excerpt(raw: bytes, parsed: Any, is_json: bool, limit: int) -> str:
     """The body as text for a side-by-side view: pretty JSON with secret fields redacted, else the
     text with key=value secrets redacted; binary bodies as a note."""
+    text = None
     if is_json:
-        text = orjson.dumps(redact_json(parsed), option=orjson.OPT_INDENT_2).decode()
-    else:
+        try:
+            text = orjson.dumps(redact_json(parsed), option=orjson.OPT_INDENT_2).decode()
+        except (TypeError, RecursionError):  # nested too deep to pretty-print: as text below
+            text = None
+    if text is None:
         try:
             text = raw[: limit * 2].decode("utf-8")
         except UnicodeDecodeError:

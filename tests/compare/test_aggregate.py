@@ -123,3 +123,17 @@ def test_an_error_page_is_not_compared_field_by_field(craft):
     rep = c.snapshot()
     assert [f["path"] for f in rep["endpoints"][0]["fields"]] == ["status"]
     assert rep["endpoints"][0]["errors"]["new_failures"] == {"5xx": 1}
+
+
+def test_absurd_bodies_do_not_stop_the_comparison(craft):
+    c = Comparison()
+    bodies = [b"[" * 900 + b"1" + b"]" * 900, b'{"a": ' * 300 + b"1" + b"}" * 300, b"\xff\xfe" * 10,
+              b'{"n": 123456789012345678901234567890}', b'{"x": NaN}']
+    for i, raw in enumerate(bodies):
+        p = craft.response(raw=raw)
+        s = craft.response(raw=raw.replace(b"1", b"2"))
+        c.add(craft.exchange(i, p), craft.result(i, s))
+    rep = c.snapshot()
+    assert rep["summary"]["compared"] == 5
+    # the deep array, the deep object and the big number differ (the others have no "1")
+    assert sum(f["diff_pairs"] for e in rep["endpoints"] for f in e["fields"]) == 3

@@ -1,6 +1,8 @@
 import gzip
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compare.config import DEFAULT_NOISY_HEADERS
 from compare.diff import Kind, diff_json, diff_responses, normalise_text
@@ -182,3 +184,32 @@ def test_html_pages_with_timestamps_are_noise(craft):
     rep = craft.run(50, make)
     assert rep["verdict"]["result"] == "pass"
     assert [n["path"] for n in rep["noise"]] == ["body~token"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values, json_values)
+def test_json_diff_properties(p, s):
+    same: list = []
+    diff_json(p, p, "body", same, exact)
+    assert same == []
+    out: list = []
+    diff_json(p, s, "body", out, exact)
+    assert all(d.path.startswith("body") and isinstance(d.kind, Kind) for d in out)
+    if orjson.dumps(p, option=orjson.OPT_SORT_KEYS) != orjson.dumps(s, option=orjson.OPT_SORT_KEYS):
+        # different values: at least one difference, unless only number spelling (1 vs 1.0) differs
+        assert out or p == s
+
+
+def test_absurdly_deep_json_is_compared_as_a_whole(craft):
+    deep_p = b"[" * 900 + b"1" + b"]" * 900
+    deep_s = b"[" * 900 + b"2" + b"]" * 900
+    d = diff_responses(R(craft, raw=deep_p), R(craft, raw=deep_s), IGN, exact).differences
+    assert [x.path for x in d] in (["body"], ["body" + "[]" * 900])
