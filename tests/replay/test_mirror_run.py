@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -205,6 +206,13 @@ class Lab:
         out, _ = proc.communicate(timeout=60)
         return proc.returncode, out.decode()
 
+    def hooks(self) -> str:
+        """shadowtap's TC filters left on the captured interface (empty when none)."""
+        out = ""
+        for direction in ("ingress", "egress"):
+            out += self.primary.run(["tc", "filter", "show", "dev", self.cap_if, direction], check=False).stdout
+        return "\n".join(line for line in out.splitlines() if "shadowtap-" in line)
+
     def close(self) -> None:
         for p in self.procs:
             if p.poll() is None:
@@ -248,6 +256,7 @@ def test_shadow_that_differs_yields_exactly_the_expected_regressions(lab, backen
     expected = _mirrorable(rows)
     lab.wait_metric("shadowtap_mirror_pairs_total", len(expected))
     rc, _out = lab.stop(proc, signal.SIGINT)
+    assert lab.hooks() == ""  # Ctrl-C detached the capture's hooks
 
     # The primary answered everyone itself.
     assert all(r["status"] in (200, 201) for r in rows)
@@ -347,17 +356,59 @@ def test_a_failing_shadow_never_touches_the_primary(lab, backend, fault, tmp_pat
     assert rc in (10, 11, 12)  # never a pass when every shadow answer failed
 
 
-def test_duration_ends_the_run_and_metrics_and_files_are_there(lab, tmp_path):
+def test_duration_percent_and_unsafe_methods_with_idempotency_keys(lab, tmp_path):
+    """--duration ends the run by itself; --percent samples each request; --allow-unsafe sends
+    every method, the unsafe ones with a stable Idempotency-Key; an identical shadow passes."""
     lab.serve(lab.primary, "v1", "primary")
-    lab.serve(lab.shadow, "v1", "shadow")
+    shadow_log = lab.serve(lab.shadow, "v1", "shadow")
     run = tmp_path / "run"
-    proc = lab.mirror("pcap", run, "--duration", "6", "--percent", "50")
-    rows = lab.drive(60, "client")
+    # Latency is for the benchmark: this machine's load must not decide the test's verdict.
+    config = tmp_path / "compare.json"
+    config.write_text(json.dumps({"latency": {"min_ms": 10_000}}))
+    proc = lab.mirror("pcap", run, "--duration", "8", "--percent", "50", "--allow-unsafe",
+                      "--config", str(config))
+    rows = lab.drive(100, "client")
     proc.communicate(timeout=60)
     s = json.loads((run / "mirror.json").read_text())
     assert s["stopped_by"] == "duration"
     sampled = s["skipped"].get("sampled_out", 0)
-    safe = len([r for r in rows if r["method"] == "GET"])
-    assert 0 < sampled < safe and s["queued"] + sampled == safe
+    assert 0 < sampled < len(rows) and s["queued"] + sampled == len(rows) == s["seen"]
     assert proc.returncode == 0 and s["verdict"] == "pass"
     assert os.stat(run / "mirror.json").st_mode & 0o777 == 0o600
+    seen = _lines(shadow_log)
+    assert len(seen) == s["queued"] == s["pairs"]
+    exchanges = {e["id"]: e for e in _lines(run / "exchanges.jsonl")}
+    posts = [x for x in seen if x["method"] == "POST"]
+    assert any(x["path"] == "/orders" for x in posts)
+    assert all(x["idem"].startswith("shadowtap-") for x in posts)
+    assert {x["idem"][len("shadowtap-"):] for x in posts} <= set(exchanges)  # keyed by exchange id
+    assert all(x["idem"] is None for x in seen if x["method"] == "GET")
+    sent_bodies = {json.dumps({"sku": i}) for i in range(100)} | {json.dumps({"x": i}) for i in range(10)}
+    assert {x["body"] for x in posts} <= sent_bodies  # bodies as sent
+
+
+def test_rate_limit_drops_the_excess_and_kill_9_leaves_no_hook(lab, tmp_path):
+    """--rate-limit drops (never delays) what exceeds it; a mirror killed with SIGKILL takes its
+    capture process with it (PR_SET_PDEATHSIG), which detaches the eBPF hooks on its way out."""
+    _backend_available("ebpf")
+    lab.serve(lab.primary, "v1", "primary")
+    lab.serve(lab.shadow, "v1", "shadow")
+    run = tmp_path / "run"
+    proc = lab.mirror("ebpf", run, "--rate-limit", "20")
+    lab.drive(100, "client")
+    lab.wait_metric("shadowtap_mirror_requests_seen_total", 100)
+    text = lab.primary.run(["curl", "-s", "http://127.0.0.1:9464/metrics"]).stdout
+    limited = re.search(r'shadowtap_mirror_requests_dropped_total\{reason="rate_limit"\} (\d+)', text)
+    queued = re.search(r"shadowtap_mirror_requests_queued_total (\d+)", text)
+    assert limited and queued and int(limited.group(1)) > 0
+    assert int(limited.group(1)) + int(queued.group(1)) == 60  # the 60 GETs
+    assert lab.hooks() != ""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 1
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{children[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{children[0]}/status").exists() or "zombie" in Path(f"/proc/{children[0]}/status").read_text()
+    assert lab.hooks() == ""

@@ -59,3 +59,17 @@ def test_prometheus_text_is_well_formed_and_cumulative():
 def test_log_line_carries_the_figures():
     line = log_line(_snapshot())
     assert "seen=100" in line and "dropped=2" in line and "verdict=fail" in line and "differing=25.0%" in line
+
+
+def test_dashboard_shows_every_figure():
+    from rich.console import Console
+
+    from replay.mirror_stats import dashboard
+
+    console = Console(record=True, width=120, force_terminal=True)
+    console.print(dashboard(_snapshot()))
+    text = console.export_text()
+    for needle in ("verdict so far: fail", "requests seen", "100 (8/s)", "dropped (queue full)",
+                   "queue depth", "0/1000", "mirror lag p50/p99", "shadow errors", "timeout 1",
+                   "most divergent endpoints", "GET /x/{id}", "25.0%", "primary", "shadow"):
+        assert needle in text, needle
