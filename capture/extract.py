@@ -14,6 +14,7 @@ import heapq
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from capture.pcapfile import read_packets
 from capture.pipeline import Extractor, ExtractStats
@@ -90,9 +91,10 @@ def run_extract(
     summary table either way. Returns the summary; raises InputError on a damaged capture after
     writing (and flushing) every exchange before the damage."""
     from shadowtap import console
-    from shadowtap.jsonl import JsonlWriter
 
     total_bytes = _file_sizes(paths)
+    ex = Extractor(ports=ports, bpf_filter=bpf_filter, max_body=max_body, keep_secrets=keep_secrets,
+                   idle_timeout=idle_timeout, max_held_bytes=max_held_bytes)
     # The extraction makes millions of short-lived acyclic objects; the default collector
     # thresholds would walk every live object thousands of times. Objects alive now (modules,
     # the CLI) are frozen out of collection; the few cycles (a connection's parser state) are
@@ -101,10 +103,7 @@ def run_extract(
     gc.freeze()
     old_threshold = gc.get_threshold()
     gc.set_threshold(50_000, 20, 100)
-    ex = Extractor(ports=ports, bpf_filter=bpf_filter, max_body=max_body, keep_secrets=keep_secrets,
-                   idle_timeout=idle_timeout, max_held_bytes=max_held_bytes)
     started = time.monotonic()
-    failure: InputError | None = None
     progress = None
     if console.interactive():
         from rich.progress import (
@@ -116,7 +115,28 @@ def run_extract(
         )
 
         progress = Progress(TextColumn("extracting"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                            TextColumn("{task.fields[exchanges]} exchanges"), console=console.err, transient=True)
+                            TextColumn("{task.fields[exchanges]} exchanges"), console=console.err, transient=True,
+                            refresh_per_second=2)
+    try:
+        written, failure = _extract_to(output, paths, ex, progress, total_bytes)
+    finally:
+        gc.set_threshold(*old_threshold)
+        gc.unfreeze()
+    elapsed = time.monotonic() - started
+    summary = ExtractSummary(ex.stats, elapsed, written, output)
+    print_summary(summary, paths)
+    if failure is not None:
+        raise failure
+    return summary
+
+
+def _extract_to(output: str, paths: Sequence[str], ex: Extractor, progress: Any, total_bytes: int
+                ) -> tuple[int, InputError | None]:
+    """Write every exchange of ``paths`` to ``output``: (the number written, the damage met or
+    None). On damage, the exchanges before it are written and the file closed first."""
+    from shadowtap.jsonl import JsonlWriter
+
+    failure: InputError | None = None
     with JsonlWriter(output) as writer:
         write = writer.write
         task = None
@@ -144,14 +164,7 @@ def run_extract(
             if progress is not None:
                 progress.stop()
         written = writer.count
-    gc.set_threshold(*old_threshold)
-    gc.unfreeze()
-    elapsed = time.monotonic() - started
-    summary = ExtractSummary(ex.stats, elapsed, written, output)
-    print_summary(summary, paths)
-    if failure is not None:
-        raise failure
-    return summary
+    return written, failure
 
 
 def print_summary(summary: ExtractSummary, paths: Sequence[str]) -> None:
