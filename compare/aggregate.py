@@ -94,8 +94,7 @@ def _renames(fields: list[dict[str, Any]]) -> None:
             same = [s for s in x["samples"] if s["exchange_id"] == sm["exchange_id"]]
             if same and same[0]["shadow"] == sm["primary"]:
                 m["renamed_to"] = x["path"]
-                x["renamed_from"] = m["path"]
-                x["only_extra"] = False  # the other half of a rename is not a harmless addition
+                x["renamed_from"] = m["path"]  # the missing half carries the regression
                 break
 
 

@@ -95,9 +95,10 @@ def _fields(ep: dict[str, Any], cfg: CompareConfig) -> list[dict[str, Any]]:
             continue
         rate = f["rate"]
         if f["only_extra"] and not cc.extra_fields_fail:
+            why = (f"the new name of {f['renamed_from']}, which carries the regression"
+                   if "renamed_from" in f else "not failing (content.extra_fields_fail = false)")
             out.append(_metric("new field", "content", name, rate, None, PASS, False, False,
-                               f"only the shadow has it ({rate:.2%} of pairs); not failing "
-                               "(content.extra_fields_fail = false)", f["path"]))
+                               f"only the shadow has it ({rate:.2%} of pairs); {why}", f["path"]))
             continue
         if f["type"] == "categorical" and "agreement" in f:
             agr = f["agreement"]
