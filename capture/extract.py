@@ -85,6 +85,7 @@ def run_extract(
     keep_secrets: bool = False,
     idle_timeout: float = 120.0,
     max_held_bytes: int = 4 << 20,
+    max_connections: int = 50_000,
 ) -> ExtractSummary:
     """The stage behind ``shadowtap extract``: write one JSON line per exchange to ``output``
     (``-`` stdout, ``.gz`` compressed, created 0600); on a terminal a progress bar on stderr, then a
@@ -94,7 +95,7 @@ def run_extract(
 
     total_bytes = _file_sizes(paths)
     ex = Extractor(ports=ports, bpf_filter=bpf_filter, max_body=max_body, keep_secrets=keep_secrets,
-                   idle_timeout=idle_timeout, max_held_bytes=max_held_bytes)
+                   idle_timeout=idle_timeout, max_held_bytes=max_held_bytes, max_connections=max_connections)
     # The extraction makes millions of short-lived acyclic objects; the default collector
     # thresholds would walk every live object thousands of times. Objects alive now (modules,
     # the CLI) are frozen out of collection; the few cycles (a connection's parser state) are

@@ -140,7 +140,7 @@ class Extractor:
         max_head: int = 64 << 10,
         max_held_bytes: int = 4 << 20,
         idle_timeout: float = 120.0,
-        max_connections: int = 200_000,
+        max_connections: int = 50_000,
         max_held_exchanges: int = 100_000,
     ) -> None:
         if max_body < 0:

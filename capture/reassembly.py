@@ -20,7 +20,7 @@ Invariants and costs:
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 from enum import IntEnum
 from typing import Any, NamedTuple
@@ -29,6 +29,7 @@ from capture.decode import ACK, FIN, RST, SYN, Segment, format_ip
 from shadowtap.records import format_endpoint
 
 MASK = 0xFFFFFFFF
+_RECENT = 4  # delivered segments kept per direction to check retransmissions against
 HALF = 0x80000000
 
 
@@ -73,7 +74,9 @@ class HalfStream:
         self.held_bytes = 0
         # The last few delivered segments (references, no copies), to tell a faithful
         # retransmission from one carrying different bytes.
-        self.recent: deque[tuple[int, bytes]] = deque(maxlen=4)
+        # A list trimmed by hand, not a deque: ~600 bytes less per direction, which counts with
+        # 100,000s of connections.
+        self.recent: list[tuple[int, bytes]] = []
         self.fin_off: int | None = None
         self.ended = False
         self.end_reported = False
@@ -136,7 +139,10 @@ class HalfStream:
     def _deliver(self, ts: float, off: int, data: bytes, out: list[tuple[float, Any]]) -> None:
         # Invariant: off == self.next_off.
         out.append((ts, data))
-        self.recent.append((off, data))
+        recent = self.recent
+        recent.append((off, data))
+        if len(recent) > _RECENT:
+            del recent[0]
         self.next_off = off + len(data)
         assert self.next_seq is not None
         self.next_seq = (self.next_seq + len(data)) & MASK
@@ -263,7 +269,7 @@ class Reassembler:
         max_held_bytes: int = 4 << 20,
         max_held_segments: int = 1024,
         idle_timeout: float = 120.0,
-        max_connections: int = 200_000,
+        max_connections: int = 50_000,
         linger: float = 5.0,
         on_open: Callable[[Connection], None] | None = None,
     ) -> None:
@@ -388,7 +394,10 @@ class Reassembler:
             payload = seg.payload
             if payload:
                 n = len(payload)
-                hs.recent.append((hs.next_off, payload))
+                recent = hs.recent
+                recent.append((hs.next_off, payload))
+                if len(recent) > _RECENT:
+                    del recent[0]
                 hs.next_off += n
                 hs.next_seq = (hs.next_seq + n) & MASK
                 out.append(StreamEvent(conn, from_client, Kind.DATA, ts, payload))

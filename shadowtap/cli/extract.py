@@ -19,6 +19,7 @@ def extract(
     keep_secrets: Annotated[bool, typer.Option("--keep-secrets", help="Keep Authorization/Cookie/Set-Cookie values instead of keyed hashes.")] = False,
     idle_timeout: Annotated[float, typer.Option("--idle-timeout", help="Seconds of capture time before an idle connection is evicted.", min=0.001)] = 120.0,
     max_buffer: Annotated[int, typer.Option("--max-buffer", help="Out-of-order bytes held per connection direction before a gap is declared.", min=1)] = 4 << 20,
+    max_connections: Annotated[int, typer.Option("--max-connections", help="Connections tracked at once (about 3.5 KB each); the least recently active goes first.", min=1)] = 50_000,
 ) -> None:
     """Rebuild the HTTP/1.x exchanges of CAPTURE files into JSON Lines, one exchange a line, in
     request-time order (format: docs/exchange-format.md)."""
@@ -27,4 +28,5 @@ def extract(
     run_extract(
         captures, output, ports=port or (), bpf_filter=bpf_filter, max_body=max_body,
         keep_secrets=keep_secrets, idle_timeout=idle_timeout, max_held_bytes=max_buffer,
+        max_connections=max_connections,
     )
