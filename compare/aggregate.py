@@ -516,9 +516,13 @@ class Comparison:
         side = self._side_report(a, statistics)
         regress = [e["rate"] for e in fields if not e["noise"] and not e["only_extra"]]
         err = side["errors"]
-        divergence = max(
-            [0.0, err["shadow_rate"] - err["primary_rate"], *regress]
-        )
+        # Divergence ranks endpoints: the worst of the share of pairs a real difference touches,
+        # the error-rate increase and, when significant, the latency slowdown (x2 counts as 1).
+        test = side["latency"]["test"]
+        slowdown = 0.0
+        if test and test["p_value"] < cfg.latency.alpha and math.isfinite(test["median_ratio"]):
+            slowdown = min(1.0, max(0.0, test["median_ratio"] - 1.0))
+        divergence = max([0.0, err["shadow_rate"] - err["primary_rate"], slowdown, *regress])
         mismatched = sum(n for (ps, ss), n in a.status_pairs.items() if ps != ss)
         return {
             "endpoint": name,

@@ -74,8 +74,10 @@ class Volatility:
     def merge(self, other: Volatility) -> None:
         self.n += other.n
         self.shapes.update(other.shapes)
-        if len(self.distinct) < _DISTINCT_CAP:
-            self.distinct |= other.distinct
+        for h in other.distinct:
+            if len(self.distinct) >= _DISTINCT_CAP:
+                break
+            self.distinct.add(h)
         self.ints += other.ints
         self.increasing += other.increasing
         self.echoed += other.echoed
@@ -84,7 +86,7 @@ class Volatility:
         """Why this field is noise, or None."""
         if self.n < cfg.min_observations or self.echoed * 2 >= self.n:
             return None
-        distinct = len(self.distinct) / min(self.n, _DISTINCT_CAP)
+        distinct = min(1.0, len(self.distinct) / min(self.n, _DISTINCT_CAP))
         if distinct < cfg.distinct_share:
             return None
         if self.shapes:

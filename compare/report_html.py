@@ -133,6 +133,10 @@ def _endpoint_html(e: dict[str, Any]) -> str:
             kinds = ", ".join(f"{k} {n}" for k, n in f["kinds"].items())
             treated = (f"noise: {escape(f['noise'])}" if f["noise"]
                        else ("new field (not failing)" if f["only_extra"] else "<b>difference</b>"))
+            if "renamed_to" in f:
+                treated += f"<br>renamed to <code>{escape(f['renamed_to'])}</code>?"
+            elif "renamed_from" in f:
+                treated += f"<br>renamed from <code>{escape(f['renamed_from'])}</code>?"
             if "agreement" in f:
                 treated += f"<br>agreement {_pct(f['agreement'])}; flips: " + escape(", ".join(
                     f"{x['primary']!r} -> {x['shadow']!r} x{x['count']}" for x in f["flips"][:5]))
