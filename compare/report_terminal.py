@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from rich.markup import escape
+
 from shadowtap import console
 
 _COLOURS = {"pass": "bold green", "marginal": "bold yellow", "fail": "bold red", "error": "bold magenta"}
@@ -20,6 +22,15 @@ def _ms(v: Any) -> str:
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.2%}"
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """console.table, with cells escaped for rich's markup on a terminal (field paths hold
+    brackets: ``body.items[]``, values may hold ``[redacted]`` or worse)."""
+    if console.out.is_terminal:
+        rows = [[escape(str(c)) for c in r] for r in rows]
+        title = escape(title)
+    console.table(title, columns, rows)
 
 
 def render(report: dict[str, Any], *, verbose: bool = False) -> None:
@@ -53,7 +64,7 @@ def render(report: dict[str, Any], *, verbose: bool = False) -> None:
             f"{_ms(lat['primary']['p99'])} / {_ms(lat['shadow']['p99'])}",
             f"{worst['path']} {_pct(worst['rate'])}" if worst else "-",
         ])
-    console.table("endpoints (ranked by divergence)",
+    _table("endpoints (ranked by divergence)",
                   ["endpoint", "pairs", "divergence", "errors p/s", "p50 ms p/s", "p99 ms p/s", "worst field"],
                   rows)
     for e in report["endpoints"][:_ENDPOINTS_SHOWN]:
@@ -77,8 +88,8 @@ def render(report: dict[str, Any], *, verbose: bool = False) -> None:
             frows.append([m["path"], "numeric", "", "",
                           (f"mean {m['mean_primary']:.4g}->{m['mean_shadow']:.4g} ({shift}), "
                            f"KS D={m['ks_d']:.3f} p={m['ks_p']:.2g}, PSI={m['psi']:.3f}")])
-        console.table(f"fields of {e['endpoint']}", ["field", "kinds", "rate", "baseline", "detail"], frows)
+        _table(f"fields of {e['endpoint']}", ["field", "kinds", "rate", "baseline", "detail"], frows)
     if report["noise"]:
-        console.table("treated as noise", ["endpoint", "field", "rate", "why"],
+        _table("treated as noise", ["endpoint", "field", "rate", "why"],
                       [[n["endpoint"], n["path"], _pct(n["rate"]), n["reason"]] for n in report["noise"]])
     out.print("headers ignored (noisy): " + ", ".join(report["noisy_headers"]), markup=False)
