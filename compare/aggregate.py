@@ -21,11 +21,19 @@ from typing import Any
 
 from compare import verdict as verdict_mod
 from compare.config import CompareConfig
-from compare.diff import Body, BodyType, Difference, Kind, PairDiff, diff_responses, prepare_body
+from compare.diff import (
+    Body,
+    BodyType,
+    Difference,
+    Kind,
+    PairDiff,
+    diff_responses,
+    fold_keys,
+    prepare_body,
+)
 from compare.endpoints import Templater
 from compare.noise import Volatility, judge_against_baseline, noise_reason
 from compare.samples import body_excerpt, redact_field, redact_text
-from compare.shapes import is_id_like
 from compare.stats import Reservoir, drift, latency_shift, percentiles
 from shadowtap.records import Exchange, Response, Result
 
@@ -58,7 +66,7 @@ def _leaves(v: Any, path: str, paths: list[str], values: list[Any]) -> None:
     """Scalar leaves of a JSON value with their folded paths (numbers, bools, short strings), at
     most _LEAVES_MAX. O(size of the value); scalars are handled without a call each."""
     if isinstance(v, dict):
-        fold = len(v) > 64 or (bool(v) and all(is_id_like(k) for k in v))
+        fold = fold_keys(v)
         items = v.items()
     elif isinstance(v, list):
         fold = False

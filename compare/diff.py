@@ -92,15 +92,12 @@ def _jtype(v: Any) -> str:
     return "object"
 
 
-def _fold_object(keys: Any) -> bool:
-    n = 0
-    for k in keys:
-        n += 1
-        if n > FOLD_KEYS:
-            return True
-        if not is_id_like(k):
-            return False
-    return n > 0
+def fold_keys(keys: Any) -> bool:
+    """True when an object's keys are data, not schema: more than FOLD_KEYS of them, or all
+    id-like. ``keys``: a dict or its keys view."""
+    if len(keys) > FOLD_KEYS:
+        return True
+    return len(keys) > 0 and all(is_id_like(k) for k in keys)
 
 
 # ---------------------------------------------------------------------------------------- JSON
@@ -123,7 +120,7 @@ def diff_json(p: Any, s: Any, path: str, out: list[Difference], tolerance: Toler
         out.append(Difference(path, Kind.TYPE, p, s))
         return
     if tp == "object":
-        fold = _fold_object(p.keys()) and _fold_object(s.keys())
+        fold = fold_keys(p.keys()) and fold_keys(s.keys())
         for k, pv in p.items():
             child = f"{path}.{{id}}" if fold else f"{path}.{k}"
             if k in s:
@@ -322,7 +319,7 @@ def diff_headers(ph: Headers, sh: Headers, ignored: frozenset[str], out: list[Di
 # ----------------------------------------------------------------------------------- a pair
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class PairDiff:
     """The differences of one pair; ``primary_body``/``shadow_body`` are set when the bodies had
     to be prepared (so the caller can reuse the parse), else None (equal bytes)."""

@@ -213,3 +213,9 @@ def test_absurdly_deep_json_is_compared_as_a_whole(craft):
     deep_s = b"[" * 900 + b"2" + b"]" * 900
     d = diff_responses(R(craft, raw=deep_p), R(craft, raw=deep_s), IGN, exact).differences
     assert [x.path for x in d] in (["body"], ["body" + "[]" * 900])
+
+
+def test_large_maps_fold():
+    p = {"m": {f"word{i}": i for i in range(100)}}
+    s = {"m": {f"word{i}": i + (i == 5) for i in range(100)}}
+    assert jdiff(p, s) == [("body.m.{id}", Kind.VALUE)]
