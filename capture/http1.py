@@ -328,6 +328,8 @@ class _Side:
         if st == State.DEAD or st == State.TUNNEL:
             return
         if self.pos >= len(self.buf):
+            if st == State.HEAD and self.txn is None and self.lost is None and self.fast(ts, data):
+                return
             self.buf = data
             self.pos = 0
             self.head_ts = ts
@@ -337,6 +339,10 @@ class _Side:
             self.buf = self.buf[self.pos :] + data
             self.pos = 0
         self.run(ts)
+
+    def fast(self, ts: float, data: bytes) -> bool:
+        """Take ``data`` whole when it is exactly one plain message; False (nothing done) else."""
+        return False
 
     def run(self, ts: float) -> None:
         handlers = self.conv.handlers_req if self.is_request else self.conv.handlers_resp
@@ -623,6 +629,53 @@ class _Side:
 class _RequestSide(_Side):
     __slots__ = ()
 
+    def fast(self, ts: float, data: bytes) -> bool:
+        """The common case in one step: ``data`` (the start of a message, nothing buffered) is
+        exactly one request with a CRLF head, ``METHOD SP target SP HTTP/x.y``, plain header lines,
+        no Transfer-Encoding, Upgrade, CONNECT or Content-Encoding, and all its Content-Length body.
+        Builds what the state machine would build, or returns False having changed nothing (the
+        general path then parses it: the property tests check both agree on any segmentation)."""
+        e = data.find(b"\r\n\r\n")
+        if e < 0:
+            return False
+        text = data[:e].decode("latin-1")
+        line, _, block = text.partition("\r\n")
+        parts = line.split(" ")
+        if (len(parts) != 3 or not parts[0].isalpha() or not parts[0].isascii() or len(parts[0]) > 32
+                or not parts[1] or parts[2][:5] != "HTTP/" or "\n" in line or parts[0] == "CONNECT"):
+            return False
+        msg = _Msg(ts)
+        if block:
+            headers, lowered = _parse_header_text(block, msg)
+            if msg.anomalies or "transfer-encoding" in lowered or "upgrade" in lowered or "content-encoding" in lowered:
+                return False
+        else:
+            headers, lowered = (), ""
+        length = 0
+        if "content-length" in lowered:
+            cls = _values(headers, "content-length")
+            if len(cls) != 1 or not cls[0].isdigit():
+                return False
+            length = int(cls[0])
+        conv = self.conv
+        if len(data) - e - 4 != length or length > conv.max_body:
+            return False
+        txn = Transaction(ts)
+        txn.index = conv.take_index()
+        txn.method = parts[0]
+        txn.request = Request(ts, ts, parts[2], headers, data[e + 4 :] if length else b"", length, False, length,
+                              parts[0], parts[1])
+        txn.req_end_ts = ts
+        txn.req_done = True
+        if conv.watch is not None and conv.watch.search(lowered):
+            txn.secret = True
+        conv.seen_message = True
+        conv.completed = txn
+        conv.queue.append(txn)
+        conv.events.append((Event.OPENED, txn))
+        conv.events.append((Event.REQUEST, txn))
+        return True
+
     def st_head(self, ts: float) -> bool:
         buf = self.buf
         pos = self.pos
@@ -767,6 +820,56 @@ class _RequestSide(_Side):
 
 class _ResponseSide(_Side):
     __slots__ = ()
+
+    def fast(self, ts: float, data: bytes) -> bool:
+        """The common case in one step: ``data`` (nothing buffered) is exactly one final response
+        (2xx-5xx but 204/304) with a CRLF head, plain header lines, no Transfer-Encoding or
+        Content-Encoding, and all its Content-Length body, answering a complete request that is
+        not HEAD, CONNECT, an Upgrade or HTTP/0.9. Else False, nothing changed (see _RequestSide.fast)."""
+        if data[:5] != b"HTTP/":
+            return False
+        conv = self.conv
+        q = conv.queue
+        if not q or conv.waiting is not None:
+            return False
+        txn = q[0]
+        if (txn.request is None or txn.resp_done or txn.response is not None or txn.after_gap or txn.upgrade
+                or txn.http09 or txn.ts > ts or txn.method == "HEAD"):
+            return False
+        e = data.find(b"\r\n\r\n")
+        if e < 0:
+            return False
+        text = data[:e].decode("latin-1")
+        line, _, block = text.partition("\r\n")
+        parts = line.split(" ", 2)
+        code = parts[1] if len(parts) > 1 else ""
+        if len(code) != 3 or not code.isdigit() or not code.isascii() or "\n" in line:
+            return False
+        status = int(code)
+        if status < 200 or status == 204 or status == 304:
+            return False
+        msg = _Msg(ts)
+        if not block:
+            return False
+        headers, lowered = _parse_header_text(block, msg)
+        if (msg.anomalies or "transfer-encoding" in lowered or "content-encoding" in lowered
+                or "content-length" not in lowered):
+            return False
+        cls = _values(headers, "content-length")
+        if len(cls) != 1 or not cls[0].isdigit():
+            return False
+        length = int(cls[0])
+        if len(data) - e - 4 != length or length > conv.max_body:
+            return False
+        txn.response = Response(ts, ts, parts[0], headers, data[e + 4 :] if length else b"", length, False, length,
+                                status, parts[2].strip() if len(parts) > 2 else "")
+        txn.resp_done = True
+        if conv.watch is not None and conv.watch.search(lowered):
+            txn.secret = True
+        conv.seen_message = True
+        conv.completed = txn
+        conv._finish_answered()
+        return True
 
     def st_head(self, ts: float) -> bool:
         buf = self.buf
