@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import gc
 import marshal
 import os
 import signal
@@ -274,6 +275,8 @@ def child_main(fd: int, stop_fd: int, cfg: Any, policy: Policy, shadow_eps: froz
             stop.set()
 
     def on_started(src: Any, reason: str) -> None:
+        gc.collect()
+        gc.freeze()  # bcc, the compiled program, the imports: not the cyclic GC's business
         outbox.put_raw((STARTED, src.describe(), reason))
 
     def on_figures(fig: Any) -> None:

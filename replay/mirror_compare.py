@@ -28,8 +28,9 @@ def add(comparison: Any, exchange: Exchange, result: Result) -> None:
 
 def view(report: dict[str, Any]) -> tuple[str | None, float | None, list[tuple[str, int, float]]]:
     """(verdict, share of compared pairs that differ, endpoints by divergence) of a report."""
-    verdict = report.get("verdict", {}).get("result")
     s = report.get("summary", {})
+    # No pair yet: no verdict so far (compare's "error" means "nothing to judge" at the end).
+    verdict = report.get("verdict", {}).get("result") if s.get("pairs") else None
     compared = s.get("compared") or 0
     differing = (1.0 - s.get("identical", 0) / compared) if compared else None
     eps = sorted(

@@ -143,7 +143,8 @@ try:
     access = work / "shadow" / "access.log"
     print(f"# shadowtap mirror benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{os.cpu_count()} CPUs, kernel {os.uname().release}; backend {BACKEND}; "
-          f"hey -c {WORKERS}+ (1 per 800/s), {SECONDS:g} s a step; nginx primary and shadow")
+          f"hey -c {WORKERS}+ (1 per 800/s), {SECONDS:g} s a step; nginx primary and shadow; "
+          f"load average before: {os.getloadavg()[0]:.1f}")
     print(f"{'target/s':>8} {'served/s':>9} {'sent':>7} {'at shadow':>9} {'ratio':>8} {'dropped':>8} "
           f"{'lag p50':>8} {'lag p99':>8} {'catch-up':>8}")
     best = 0.0
