@@ -16,6 +16,7 @@ copy of the frame's bytes a packet; ``read`` drains everything available in one 
 from __future__ import annotations
 
 import atexit
+import bisect
 import ctypes
 import ctypes.util
 import errno
@@ -31,6 +32,8 @@ from capture.source import Frame, SourceStats
 from shadowtap.errors import InputError, PrerequisiteError
 
 PROGRAM_FILE = "tc_capture.c"
+MAX_BATCH = 8192  # frames a read returns at most, so the caller's loop keeps its 1 s rhythm
+REORDER_US = 50_000  # perf buffer: how long a frame waits for older ones from other CPUs
 _REC_HDR = struct.Struct("=QII")  # ts_ns, len, caplen (struct rec_hdr)
 _C_MATCHED, _C_LOST, _C_TRUNCATED, _C_BYTES = 0, 1, 2, 3
 _ARPHRD_ETHER, _ARPHRD_LOOPBACK = 1, 772
@@ -100,6 +103,7 @@ class EbpfSource:
         self._filters: list[tc.Filter] = []
         self._added_clsact = False
         self._batch: list[Frame] = []
+        self._pending: list[Frame] = []  # perf buffer frames waiting for reordering
         self._perf_lost = 0
         self._received = 0
         self._offset_ns = 0
@@ -215,7 +219,9 @@ class EbpfSource:
 
     def _on_ring(self, _ctx: object, data: int, size: int) -> int:
         self._frame(data, size)
-        return 0
+        # libbpf keeps consuming while the producer keeps producing: under a sustained load the
+        # poll would not return. A negative return ends it (this record is consumed and kept).
+        return -1 if len(self._batch) >= MAX_BATCH else 0
 
     def _on_perf(self, _cpu: int, data: int, size: int) -> None:
         self._frame(data, size)
@@ -231,13 +237,39 @@ class EbpfSource:
         ms = max(0, int(timeout * 1000))
         if self.use_ringbuf:
             self._bpf.ring_buffer_poll(ms)
+            batch, self._batch = self._batch, []
+            if len(batch) > 1:
+                # One ring, in reservation order; a time stamp taken just before may be a few
+                # microseconds out between CPUs. Timsort on nearly sorted input is O(n).
+                batch.sort(key=_ts)
+            self._received += len(batch)
+            return batch
+        self._bpf.perf_buffer_poll(ms)
+        return self._reorder()
+
+    def _reorder(self) -> list[Frame]:
+        """Perf buffers are per CPU: a frame read from one CPU's buffer may be older than one read
+        before from another's. Frames wait here until they are REORDER_US old (so every CPU's
+        older frames have been read), then go out in time order. A poll that found nothing means
+        every buffer is empty: everything goes out."""
+        new, self._batch = self._batch, []
+        pending = self._pending
+        if not new:
+            out, self._pending = pending, []
         else:
-            self._bpf.perf_buffer_poll(ms)
-        batch, self._batch = self._batch, []
-        if not self.use_ringbuf and len(batch) > 1:
-            batch.sort(key=lambda fr: fr[0])  # per-CPU buffers: restore time order across CPUs
-        self._received += len(batch)
-        return batch
+            pending += new
+            pending.sort(key=_ts)
+            horizon = (time.monotonic_ns() + self._offset_ns) // 1000 - REORDER_US
+            cut = bisect.bisect_right(pending, horizon, key=_ts)
+            out, self._pending = pending[:cut], pending[cut:]
+        self._received += len(out)
+        return out
+
+    def flush(self) -> list[Frame]:
+        """The frames held for reordering, at the end of a capture."""
+        out, self._pending = self._pending, []
+        self._received += len(out)
+        return out
 
     def counters(self) -> list[int]:
         """The kernel-side counters (matched, lost, truncated, bytes), summed over CPUs."""
@@ -252,6 +284,10 @@ class EbpfSource:
 
 
 _HANDLES = itertools.count(1)
+
+
+def _ts(frame: Frame) -> int:
+    return frame[0]
 
 
 def _next_handle() -> int:

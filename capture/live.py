@@ -32,7 +32,7 @@ from shadowtap.records import Exchange
 
 FLUSH_INTERVAL = 1.0  # seconds: files are flushed at least this often (a crash loses at most this)
 READ_TIMEOUT = 0.2  # seconds a read waits for packets, i.e. the loop's reaction time to a stop
-DRAIN_READS = 10  # reads at most after a stop, each up to READ_TIMEOUT
+DRAIN_SECONDS = 30.0  # after a stop, the backlog in the kernel buffer is read for this long at most
 
 
 class Backend(str, Enum):
@@ -335,11 +335,13 @@ def run_capture(
                 break
         # Drain what the kernel already holds (a pcap ring block is handed over only when full or
         # after its timeout): packets that passed the hooks before the stop are not lost.
-        for _ in range(DRAIN_READS):
+        drain_end = time.monotonic() + DRAIN_SECONDS
+        while time.monotonic() < drain_end:
             frames = src.read(READ_TIMEOUT)
             if not frames:
                 break
             consume(frames)
+        consume(src.flush())
         emit(extractor.finish())
         elapsed = time.monotonic() - start
         figures = _figures(src, extractor, elapsed, exchanges, rate)

@@ -43,8 +43,13 @@ class Source(Protocol):
     def open(self) -> None: ...
 
     def read(self, timeout: float) -> list[Frame]:
-        """The frames captured since the last call, oldest first; waits up to ``timeout`` seconds
-        when there are none (an empty list then)."""
+        """Frames captured since the last call, oldest first, a bounded batch (a source under a
+        sustained load returns so its caller can flush and check for a stop); waits up to
+        ``timeout`` seconds when there are none (an empty list then)."""
+        ...
+
+    def flush(self) -> list[Frame]:
+        """At the end of a capture (after the last ``read``): frames still held back, if any."""
         ...
 
     def stats(self) -> SourceStats: ...

@@ -66,6 +66,9 @@ def test_kill9_then_next_run_replaces_the_stale_hook(veth, tmp_path):
     shown = lab.tc_filters(iface, server.ns)
     assert f"shadowtap-{first.pid}-" in shown and "direct-action" in shown
     assert shown.count(f"shadowtap-{first.pid}-") == 2  # ingress and egress
+    # flushed while running (at least every second): what was captured survives the kill
+    client.run(["curl", "-sS", "-o", "/dev/null", f"{url}/before-kill"])
+    lab.wait_for(lambda: "/before-kill" in lab.text_of(tmp_path / "first.jsonl"), 30, "the flush", proc=first.p)
     first.p.send_signal(signal.SIGKILL)
     first.p.wait(30)
     # kill -9 ran no cleanup: the hooks are still there, and still harmless (traffic flows)
@@ -171,11 +174,9 @@ def test_losses_are_counted(ringbuf):
         _blast(port, 64 << 20)
         reader.join(30)
         received = 0
-        while True:
-            got = src.read(0.2)
-            if not got:
-                break
+        while got := src.read(0.2):
             received += len(got)
+        received += len(src.flush())
         matched, lost, _truncated, _bytes = src.counters()
         stats = src.stats()
     finally:

@@ -119,6 +119,10 @@ def check_run(workdir: Path, agent, tcpdump, port: int, expected: int, marker: s
                     "-e", "http.request.uri"], workdir, "tshark")
     assert out.p.wait(120) == 0, out.err()
     assert marker in out.out()
+    tcpcapinfo = lab.require_tool("tcpcapinfo")  # tcpreplay's own pcap reader
+    info = lab.Proc([tcpcapinfo, str(workdir / "agent.pcap")], workdir, "tcpcapinfo")
+    assert info.p.wait(120) == 0, info.err()
+    assert "Packet" in info.out() and "error" not in info.out().lower()
     assert "drops\t0" in agent.err() or "kernel drops\t0" in agent.err(), agent.err()
     # nothing left attached
     assert "shadowtap" not in lab.tc_filters(iface, ns)
@@ -227,3 +231,23 @@ def test_rotation_count_and_outputs(topology, tmp_path, key_file):
     assert len(lines) >= 60
     whole = lab.extract_pcap(pcaps, port)
     assert lab.loads(lines) == whole
+
+
+@pytest.mark.root
+def test_keep_secrets_stores_them_as_captured(topology, tmp_path, key_file):
+    lab.require_tool("nginx")
+    topo = topology()
+    host = topo.host("ks")
+    port = random.randrange(20000, 60000)
+    nginx = lab.start_nginx(tmp_path, "127.0.0.1", port, host.ns)
+    try:
+        lab.wait_for(lambda: host.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/ready"],
+                                      check=False).returncode == 0, 30, "nginx", proc=nginx.p)
+        agent = lab.start_agent("lo", port, "auto", tmp_path, "--keep-secrets", "--count", "1", ns=host.ns)
+        host.run(["curl", "-sS", "-o", "/dev/null", "-H", "Authorization: Bearer abc", f"http://127.0.0.1:{port}/k"])
+        assert agent.p.wait(60) == 0, agent.err()
+    finally:
+        nginx.stop()
+    text = (tmp_path / "agent.jsonl").read_text()
+    assert "Bearer abc" in text and "session=s3cret-/k" in text and "redacted:" not in text
+    assert "backend: auto: eBPF" in agent.err()
