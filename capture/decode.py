@@ -65,12 +65,26 @@ def format_ip(packed: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
 
 
+# Ethernet + IPv4 without options + TCP, from the IPv4 header on: total length, fragment field,
+# protocol, addresses, ports, seq, ack, data offset, flags. One C call for the common frame.
+_eth_ip4_tcp = struct.Struct("!2xH2xHxB2x4s4sHHIIBB").unpack_from
+
+
 def decode(linktype: int, frame: bytes) -> Segment | None:
     """The TCP segment in ``frame``, or None when it carries none (or is too short to tell).
 
     Never raises on any input: truncated headers yield None, a truncated payload is kept as far as
     captured (the reassembler then sees a gap where the snap length cut it)."""
     n = len(frame)
+    if linktype == 1 and n >= 54 and frame[12] == 8 and frame[13] == 0 and frame[14] == 0x45:
+        # The common case: untagged Ethernet, IPv4 with a 20-byte header.
+        total, frag, proto, src, dst, sport, dport, seq, ack, doff, flags = _eth_ip4_tcp(frame, 14)
+        if proto == 6 and not frag & 0x1FFF and doff >= 0x50:
+            end = 14 + total if 20 <= total <= n - 14 else n  # as the general path below
+            if end < 54:
+                return None
+            start = 34 + (doff >> 4) * 4
+            return Segment(src, sport, dst, dport, seq, ack, flags, frame[start:end] if start < end else b"")
     if linktype == LINKTYPE_ETHERNET:
         if n < 14:
             return None

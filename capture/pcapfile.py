@@ -106,24 +106,30 @@ def _read_pcap(path: str, inp: _Input) -> Iterator[tuple[float, int, bytes]]:
     rec = struct.Struct(order + "IIII").unpack_from
     limit = max(snaplen, 262144) if snaplen else MAX_RECORD
     limit = min(limit, MAX_RECORD)
+    frac_limit = 1_000_000 if unit == 1e-6 else 1_000_000_000
     while True:
-        if inp.remaining() < 16 and not inp.ensure(16):
-            if inp.remaining():
-                raise _damage(path, inp.offset, f"truncated packet record header ({inp.remaining()} of 16 bytes)")
-            return
-        sec, frac, caplen, _origlen = rec(inp.buf, inp.pos)
-        if caplen > limit or (unit == 1e-6 and frac >= 1_000_000) or (unit == 1e-9 and frac >= 1_000_000_000):
+        buf, pos = inp.buf, inp.pos
+        if len(buf) - pos < 16:
+            if not inp.ensure(16):
+                if inp.remaining():
+                    raise _damage(path, inp.offset, f"truncated packet record header ({inp.remaining()} of 16 bytes)")
+                return
+            buf, pos = inp.buf, inp.pos
+        sec, frac, caplen, _origlen = rec(buf, pos)
+        if caplen > limit or frac >= frac_limit:
             raise _damage(path, inp.offset, f"corrupt packet record header (captured length {caplen}, fraction {frac})")
-        start = inp.offset
-        if inp.remaining() < 16 + caplen and not inp.ensure(16 + caplen):
-            raise _damage(
-                path, start,
-                f"truncated packet: the record says {caplen} bytes, the file ends after {inp.remaining() - 16}",
-            )
-        p = inp.pos + 16
-        frame = inp.buf[p : p + caplen]
-        inp.pos = p + caplen
-        yield sec + frac * unit, linktype, frame
+        end = pos + 16 + caplen
+        if end > len(buf):
+            start = inp.offset
+            if not inp.ensure(16 + caplen):
+                raise _damage(
+                    path, start,
+                    f"truncated packet: the record says {caplen} bytes, the file ends after {inp.remaining() - 16}",
+                )
+            buf, pos = inp.buf, inp.pos
+            end = pos + 16 + caplen
+        inp.pos = end
+        yield sec + frac * unit, linktype, buf[pos + 16 : end]
 
 
 def _ts(ticks: int, tick: float, offset: int) -> float:
