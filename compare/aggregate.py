@@ -267,12 +267,17 @@ class Comparison:
                 sv: list[Any] = []
                 try:
                     _leaves(pb.value, "body", pp, pv)
-                    _leaves(sb.value, "body", sp, sv)
+                    if sb is not pb:
+                        _leaves(sb.value, "body", sp, sv)
                 except RecursionError:  # absurdly deep: no leaf statistics for this pair
                     pp, pv, sp, sv = [], [], [], []
                 # Responses of one endpoint share a few shapes: one tuple of paths per shape, so a
-                # slot costs its values only.
-                agg.values.put(slot, (self._shape(pp), tuple(pv), self._shape(sp), tuple(sv)))
+                # slot costs its values only; equal bodies share one walk and one tuple.
+                ppaths, pvals = self._shape(pp), tuple(pv)
+                if sb is pb:
+                    agg.values.put(slot, (ppaths, pvals, ppaths, pvals))
+                else:
+                    agg.values.put(slot, (ppaths, pvals, self._shape(sp), tuple(sv)))
             else:
                 agg.values.put(slot, ((), (), (), ()))
 

@@ -301,10 +301,13 @@ def _show(v: Any) -> Any:
     return sorted(v) if isinstance(v, frozenset) else v
 
 
-def diff_headers(ph: Headers, sh: Headers, ignored: frozenset[str], out: list[Difference]) -> None:
+def diff_headers(ph: Headers, sh: Headers, ignored: frozenset[str], out: list[Difference]) -> bool:
+    """Append the header differences; returns whether Content-Encoding is the same on both sides
+    (so the caller need not scan the headers again)."""
     pm, sm = header_map(ph, ignored), header_map(sh, ignored)
+    same_encoding = pm.get("content-encoding") == sm.get("content-encoding")
     if pm == sm:
-        return
+        return same_encoding
     for n, pv in pm.items():
         sv = sm.get(n)
         if sv is None:
@@ -314,6 +317,7 @@ def diff_headers(ph: Headers, sh: Headers, ignored: frozenset[str], out: list[Di
     for n, sv in sm.items():
         if n not in pm:
             out.append(Difference(f"header.{n}", Kind.EXTRA, None, _show(sv)))
+    return same_encoding
 
 
 # ----------------------------------------------------------------------------------- a pair
@@ -333,9 +337,14 @@ def diff_responses(p: Response, s: Response, ignored: frozenset[str], tolerance:
     out: list[Difference] = []
     if p.status != s.status:
         out.append(Difference("status", Kind.VALUE, p.status, s.status))
+    same_encoding = True
     if p.headers != s.headers:
-        diff_headers(p.headers, s.headers, ignored, out)
-    if p.body == s.body and p.header("content-encoding") == s.header("content-encoding"):
+        if "content-encoding" in ignored:  # the user ignores it: still needed to decode bodies
+            same_encoding = p.header("content-encoding") == s.header("content-encoding")
+            diff_headers(p.headers, s.headers, ignored, out)
+        else:
+            same_encoding = diff_headers(p.headers, s.headers, ignored, out)
+    if p.body == s.body and same_encoding:
         return PairDiff(out)
     pb, sb = prepare_body(p), prepare_body(s)
     if pb.raw != sb.raw:
