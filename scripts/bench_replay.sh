@@ -119,8 +119,22 @@ with open(out, "wb") as f:
         idx[k] += 1
         t += rng.expovariate(rate)
 PY
+  # Context for the lag: how late a bare process sleeping 1 ms at a time wakes up meanwhile (the
+  # machine's own scheduling stalls, which no client can hide).
+  "$PY" - "$T" > "$work/stall$rate.txt" <<'PY' &
+import sys, time
+lat, end = [], time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    t = time.monotonic()
+    time.sleep(0.001)
+    lat.append((time.monotonic() - t - 0.001) * 1000)
+lat.sort()
+print(f"{lat[len(lat) // 2]:.3f} {lat[int(len(lat) * 0.99)]:.3f} {lat[-1]:.3f} {sum(x > 5 for x in lat)}")
+PY
+  probe_pid=$!
   "$ST" replay "$work/t$rate.jsonl" -t "http://127.0.0.1:$port" -c "$C" --no-progress -o "$work/r$rate.jsonl" \
     --json >"$work/r$rate.json" 2>/dev/null
+  wait "$probe_pid"
   # The peer: sleep the recorded gap between consecutive requests (aiohttp, uvloop), no anchor.
   "$PY" - "$work/t$rate.jsonl" "http://127.0.0.1:$port" "$C" > "$work/naive$rate.txt" <<'PY'
 import asyncio, sys, time
@@ -158,7 +172,8 @@ pre = orjson.loads(open(f"{work}/max.json", "rb").read())
 stream = orjson.loads(open(f"{work}/max_stream.json", "rb").read())
 st, st_stream = pre["rate"], stream["rate"]
 sent, ok = pre["sent"], pre["statuses"].get("2xx", 0)
-print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}; "
+print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}, load average "
+      f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; "
       f"input: {n_ex} {kind} exchanges, {c} connections")
 print(f"wrk -t1 -c{c}: {wrk1:,.0f} and {wrk2:,.0f} req/s (mean {wrk:,.0f})")
 print(f"shadowtap replay --speed max --preload: {st:,.0f} req/s ({sent} sent, {ok} 2xx, client CPU "
@@ -179,6 +194,9 @@ for rate, goal in ((1000, 2.0), (5000, 5.0)):
     print(f"recorded timing {rate}/s for {span:.0f} s: {n} sent, {errors} errors, client CPU {cpu:.0f}%; lag p50 {s[n // 2]:.3f} "
           f"p99 {s[int(n * 0.99)]:.3f} max {s[-1]:.3f} ms (goal p99 <= {goal:g}); drift: lag p50 first tenth "
           f"{first:.3f}, last tenth {last:.3f}, last request {lags[-1]:.3f} ms")
+    sp50, sp99, smax, sn = open(f"{work}/stall{rate}.txt").read().split()
+    print(f"  meanwhile a bare process sleeping 1 ms woke late by p50 {sp50} p99 {sp99} max {smax} ms "
+          f"({sn} stalls over 5 ms)")
     p50, p99, mx, f1, l1, last_lag = open(f"{work}/naive{rate}.txt").read().split()
     print(f"  peer (sleep between records, aiohttp): lag p50 {p50} p99 {p99} max {mx} ms; first tenth {f1}, "
           f"last tenth {l1}, last request {last_lag} ms")
