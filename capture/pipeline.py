@@ -26,13 +26,26 @@ import re
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from hashlib import blake2b
 
 from capture.decode import decode
 from capture.http1 import Conversation, Event, Transaction
 from capture.reassembly import Connection, Kind, Reassembler, State
 from shadowtap.errors import InputError, PrerequisiteError
-from shadowtap.records import Exchange, Request, exchange_id
+from shadowtap.records import Exchange, Request
 from shadowtap.redact import Redactor
+
+_DATA, _GAP, _END = Kind.DATA, Kind.GAP, Kind.END
+_OPENED, _REQUEST = Event.OPENED, Event.REQUEST
+
+
+def _id(conn: Connection, index: int) -> str:
+    """``records.exchange_id`` of the ``index``-th exchange of ``conn``, with the connection's part
+    of the key formatted once (tests check both agree)."""
+    prefix = conn.id_prefix
+    if not prefix:
+        prefix = conn.id_prefix = f"{conn.client}|{conn.server}|{round(conn.start_ts * 1_000_000)}|"
+    return blake2b((prefix + str(index)).encode(), digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,9 +248,9 @@ class Extractor:
             conv = conn.app
             if conv is None:
                 conv = self._conversation(conn)
-            if kind == Kind.DATA:
+            if kind == _DATA:
                 conv.data(from_client, ts, value)
-            elif kind == Kind.GAP:
+            elif kind == _GAP:
                 conv.gap(from_client, ts, value)
             else:
                 conv.end(from_client, ts)
@@ -248,7 +261,7 @@ class Extractor:
             if conv.anomalies:
                 self._anomalies.update(conv.anomalies)
                 conv.anomalies.clear()
-            if kind == Kind.END and conn.state == State.CLOSED and not conv.queue:
+            if kind == _END and conn.state == State.CLOSED and not conv.queue:
                 conn.app = None  # the parser state goes now, not when the closed connection is forgotten
         return self._release()
 
@@ -263,21 +276,18 @@ class Extractor:
 
     def _collect(self, conn: Connection, conv: Conversation) -> None:
         for ev, txn in conv.events:
-            if ev == Event.OPENED:
+            if ev == _OPENED:
                 txn.conn = conn
                 self._serial += 1
                 txn.serial = self._serial
                 heapq.heappush(self._heap, (txn.ts, txn.serial, txn))
-            elif ev == Event.REQUEST:
+            elif ev == _REQUEST:
                 if self.on_request is not None and txn.request is not None:
                     req = txn.request
                     if self.redactor is not None and txn.secret:
                         req = self.redactor.message(req)  # type: ignore[assignment]
                     assert req is not None
-                    self.on_request(RequestEvent(
-                        exchange_id(conn.client, conn.server, conn.start_ts, txn.index),
-                        conn.client, conn.server, txn.index, req,
-                    ))
+                    self.on_request(RequestEvent(_id(conn, txn.index), conn.client, conn.server, txn.index, req))
             elif txn.late and not txn.void:
                 self._late.append(txn)
         conv.events.clear()
@@ -316,7 +326,7 @@ class Extractor:
         if anomalies:
             self._anomalies.update(anomalies)
         ex = Exchange(
-            id=exchange_id(conn.client, conn.server, conn.start_ts, txn.index),
+            id=_id(conn, txn.index),
             client=conn.client, server=conn.server, index=txn.index, request=req, response=resp,
             anomalies=anomalies, ttfb_ms=ttfb, total_ms=total,
         )

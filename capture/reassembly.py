@@ -208,6 +208,7 @@ class Connection:
         "client",
         "client_addr",
         "client_isn",
+        "id_prefix",
         "key",
         "last_ts",
         "lru_ts",
@@ -234,6 +235,7 @@ class Connection:
         self.s2c = HalfStream()
         self.state = State.OPEN
         self.app: Any = None
+        self.id_prefix = ""  # the consumer's cache (capture.pipeline: the exchange ids' key prefix)
         self.client_isn: int | None = None
 
     @property
