@@ -244,6 +244,15 @@ def _parse_header_text(text: str, msg: _Msg) -> tuple[tuple[tuple[str, str], ...
     return tuple(out), text.lower()
 
 
+def _watched(names: tuple[str, ...], lowered: str) -> bool:
+    """Whether a lower-cased head mentions one of ``names`` (anywhere: a false alarm only costs
+    the redactor a look)."""
+    for name in names:
+        if name in lowered:
+            return True
+    return False
+
+
 def _values(headers: tuple[tuple[str, str], ...], lname: str) -> list[str]:
     return [v for n, v in headers if n.lower() == lname]
 
@@ -455,7 +464,7 @@ class _Side:
         assert msg is not None
         trailers, lowered = _parse_headers(buf[pos:hend], msg)
         msg.headers = msg.headers + trailers
-        if self.conv.watch is not None and self.conv.watch.search(lowered):
+        if self.conv.watch and _watched(self.conv.watch, lowered):
             msg.secret = True
         self.pos = nxt
         self.complete(ts)
@@ -667,7 +676,7 @@ class _RequestSide(_Side):
                               parts[0], parts[1])
         txn.req_end_ts = ts
         txn.req_done = True
-        if conv.watch is not None and conv.watch.search(lowered):
+        if conv.watch and _watched(conv.watch, lowered):
             txn.secret = True
         conv.seen_message = True
         conv.completed = txn
@@ -706,7 +715,7 @@ class _RequestSide(_Side):
                 msg.version = parts[2]
                 if block:
                     headers, lowered = _parse_header_text(block, msg)
-                    if conv.watch is not None and conv.watch.search(lowered):
+                    if conv.watch and _watched(conv.watch, lowered):
                         msg.secret = True
                 else:
                     headers, lowered = (), ""
@@ -778,7 +787,7 @@ class _RequestSide(_Side):
             lowered = ""
         else:
             headers, lowered = _parse_headers(buf[le + 1 : hend], msg)
-            if conv.watch is not None and conv.watch.search(lowered):
+            if conv.watch and _watched(conv.watch, lowered):
                 msg.secret = True
         msg.headers = headers
         self.msg = msg
@@ -864,7 +873,7 @@ class _ResponseSide(_Side):
         txn.response = Response(ts, ts, parts[0], headers, data[e + 4 :] if length else b"", length, False, length,
                                 status, parts[2].strip() if len(parts) > 2 else "")
         txn.resp_done = True
-        if conv.watch is not None and conv.watch.search(lowered):
+        if conv.watch and _watched(conv.watch, lowered):
             txn.secret = True
         conv.seen_message = True
         conv.completed = txn
@@ -911,7 +920,7 @@ class _ResponseSide(_Side):
                 msg.start2 = parts[2].strip() if len(parts) > 2 else ""
                 if block:
                     headers, lowered = _parse_header_text(block, msg)
-                    if conv.watch is not None and conv.watch.search(lowered):
+                    if conv.watch and _watched(conv.watch, lowered):
                         msg.secret = True
                 else:
                     headers, lowered = (), ""
@@ -946,7 +955,7 @@ class _ResponseSide(_Side):
         msg.start2 = parts[2].decode("latin-1").strip() if len(parts) > 2 else ""
         if le < hend:
             headers, lowered = _parse_headers(buf[le + 1 : hend], msg)
-            if conv.watch is not None and conv.watch.search(lowered):
+            if conv.watch and _watched(conv.watch, lowered):
                 msg.secret = True
         else:
             headers, lowered = (), ""
@@ -1018,9 +1027,9 @@ class Conversation:
     handlers_resp = _HANDLERS_RESP
 
     def __init__(self, *, max_body: int = 1 << 20, max_head: int = 64 << 10, midstream: bool = False,
-                 watch: re.Pattern[str] | None = None) -> None:
+                 watch: tuple[str, ...] = ()) -> None:
         self.max_body = max_body
-        self.watch = watch  # searched in each lower-cased head: a match sets Transaction.secret
+        self.watch = watch  # lower-case names looked for in each lower-cased head: Transaction.secret
         self.max_head = max_head
         start = State.SYNC if midstream else State.HEAD
         self.client = _RequestSide(self, True, start)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import heapq
-import re
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -171,9 +170,10 @@ class Extractor:
         self.on_request = on_request
         # Redaction walks every header; the parser flags the heads that name a secret header, so
         # only those pay for it.
-        self._watch = (
-            re.compile("|".join(re.escape(n) for n in sorted(self.redactor.names))) if self.redactor is not None else None
-        )
+        # The names to look for in heads: one that contains another ("set-cookie", "cookie") is
+        # found through it, so the default set is two substring searches a head.
+        names = sorted(self.redactor.names) if self.redactor is not None else []
+        self._watch = tuple(n for n in names if not any(m != n and m in n for m in names))
         self.max_held_exchanges = max_held_exchanges
         self.reassembler = Reassembler(
             server_ports=self.ports, max_held_bytes=max_held_bytes, idle_timeout=idle_timeout,
