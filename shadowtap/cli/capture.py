@@ -29,13 +29,14 @@ def capture(
     perf_buffer: Annotated[bool, typer.Option("--perf-buffer", help="eBPF: use the perf buffer even where the kernel has a ring buffer.")] = False,
     print_bpf: Annotated[bool, typer.Option("--print-bpf", help="Print the BPF program as it would be compiled for --iface, and exit.")] = False,
 ) -> None:
-    """Capture HTTP exchanges live off IFACE, without touching the application: eBPF TC hooks or
-    libpcap, the kernel filtering the ports; the same reassembly and parsing as `extract`. Runs
-    until Ctrl-C/SIGTERM, --duration or --count; live figures on a terminal, a summary at the end.
+    """Capture HTTP exchanges live off IFACE, without touching the application.
 
-    The -w pcap is raw and unredacted (a pcap cannot be redacted); the -o exchanges are redacted
-    by default. Needs root (or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN for ebpf; CAP_NET_RAW for pcap):
-    `shadowtap doctor` checks everything."""
+    eBPF TC hooks or libpcap, the kernel filtering the ports; the same reassembly and parsing as `extract`. Runs until Ctrl-C/SIGTERM, --duration or --count; live figures on a terminal, a summary at the end.
+
+    The -w pcap is RAW AND UNREDACTED (a pcap cannot be redacted); the -o exchanges have secret headers redacted unless --keep-secrets.
+
+    Needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN for ebpf; CAP_NET_RAW for pcap): `shadowtap doctor` checks everything.
+    """
     from capture.live import Backend, CaptureConfig
     from shadowtap.errors import InputError
 

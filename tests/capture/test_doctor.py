@@ -99,3 +99,10 @@ def test_missing_headers_ebpf_fails_auto_falls_back_to_pcap(tmp_path):
                      "-o", str(tmp_path / "x.jsonl"), env=env)
     assert proc.returncode == 0, proc.stderr
     assert "backend: auto: pcap, because eBPF is unavailable: kernel headers:" in proc.stderr
+
+
+def test_capture_help_says_the_pcap_is_raw():
+    proc = shadowtap("capture", "--help", env={"COLUMNS": "200"})
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    assert "RAW AND UNREDACTED" in text and "--keep-secrets" in text and "shadowtap doctor" in text
