@@ -15,6 +15,7 @@ the figures refreshed once a second.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import struct
@@ -276,6 +277,17 @@ def run_capture(
     last_exchanges = 0
     rate = 0.0
     figures = Figures(0.0, 0, 0, 0, 0.0, 0, 0, None)
+    finished = False
+
+    def emit(batch: list[Exchange]) -> None:
+        nonlocal exchanges
+        for ex in batch:
+            if jsonl is not None:
+                jsonl.write(ex.to_json())
+            if on_exchange is not None:
+                on_exchange(ex)
+        exchanges += len(batch)
+
     try:
         # The interface, then the outputs: a bad name or an unwritable path fails before any hook
         # is attached (the pcap, which needs the source's link type, is checked here too).
@@ -292,15 +304,6 @@ def run_capture(
             pcap = PcapWriter(config.pcap_out, linktype, rotate_size=config.rotate_size)
         if on_started is not None:
             on_started(src, reason)
-
-        def emit(batch: list[Exchange]) -> None:
-            nonlocal exchanges
-            for ex in batch:
-                if jsonl is not None:
-                    jsonl.write(ex.to_json())
-                if on_exchange is not None:
-                    on_exchange(ex)
-            exchanges += len(batch)
 
         feed = extractor.feed
 
@@ -322,6 +325,8 @@ def run_capture(
             consume(src.read(wait))
             now = time.monotonic()
             if now - last_tick >= FLUSH_INTERVAL:
+                if not os.path.isdir(f"/sys/class/net/{config.iface}"):
+                    raise InputError(f"interface {config.iface} went away during the capture")
                 if pcap is not None:
                     pcap.flush()
                 if jsonl is not None:
@@ -342,6 +347,7 @@ def run_capture(
                 break
             consume(frames)
         consume(src.flush())
+        finished = True
         emit(extractor.finish())
         elapsed = time.monotonic() - start
         figures = _figures(src, extractor, elapsed, exchanges, rate)
@@ -358,6 +364,13 @@ def run_capture(
             jsonl_files=tuple(jsonl.files) if jsonl else (),
             removed_stale_hooks=len(getattr(src, "removed_stale", ())),
         )
+    except Exception:
+        # Lose nothing that can still be kept: the exchanges in flight are completed and written
+        # (unless writing is what failed), then the error goes on.
+        if src is not None and not finished:
+            with contextlib.suppress(Exception):
+                emit(extractor.finish())
+        raise
     finally:
         if src is not None:
             src.close()

@@ -137,6 +137,20 @@ def test_unwritable_output_fails_before_attaching(veth, tmp_path):
     assert lab.tc_filters(iface, server.ns).strip() == ""
 
 
+@pytest.mark.root
+@pytest.mark.parametrize("backend", ["ebpf", "pcap"])
+def test_interface_going_away_is_a_clear_error(veth, tmp_path, backend):
+    client, server, iface, port, url = veth
+    agent = lab.start_agent(iface, port, backend, tmp_path, ns=server.ns)
+    client.run(["curl", "-sS", "-o", "/dev/null", f"{url}/kept"])
+    lab.wait_for(lambda: "/kept" in lab.text_of(tmp_path / "agent.jsonl"), 30, "the exchange", proc=agent.p)
+    server.run(["ip", "link", "del", iface])
+    lab.wait_for(lambda: agent.p.poll() is not None, 30, "the agent to stop")
+    assert agent.p.returncode == 3, agent.err()
+    assert "shadowtap: error:" in agent.err() and iface in agent.err() and "Traceback" not in agent.err()
+    assert len(lab.jsonl_lines(tmp_path / "agent.jsonl")) == 1
+
+
 def _blast(port: int, nbytes: int) -> None:
     """A TCP transfer of ``nbytes`` over loopback to ``port`` (a sink that discards)."""
     chunk = b"x" * (1 << 16)
