@@ -28,6 +28,7 @@ def capture(
     buffer_mb: Annotated[int, typer.Option("--buffer-mb", help="Kernel buffer: the eBPF ring buffer (per CPU for a perf buffer) or the AF_PACKET ring.", min=1)] = 64,
     perf_buffer: Annotated[bool, typer.Option("--perf-buffer", help="eBPF: use the perf buffer even where the kernel has a ring buffer.")] = False,
     print_bpf: Annotated[bool, typer.Option("--print-bpf", help="Print the BPF program as it would be compiled for --iface, and exit.")] = False,
+    nice: Annotated[int, typer.Option("--nice", help="Lower the agent's CPU priority by this much (0-19) so the service it watches comes first; the kernel buffer absorbs the bursts.", min=0, max=19)] = 0,
 ) -> None:
     """Capture HTTP exchanges live off IFACE, without touching the application.
 
@@ -63,6 +64,10 @@ def capture(
     )
     from capture.live import capture as run
 
+    if nice:
+        import os
+
+        os.nice(nice)
     run(config, keep_secrets=keep_secrets, secret_headers=tuple(secret_header or ()), max_body=max_body)
 
 
