@@ -189,7 +189,8 @@ class Comparison:
         # Join bookkeeping reported by the shell that feeds us (files or the mirror).
         self.unmatched_exchanges = 0
         self.unmatched_results = 0
-        self.input_errors: list[str] = []
+        self.input_error_count = 0
+        self.input_errors: list[str] = []  # the first few, as examples
 
     # ----------------------------------------------------------------------------- feeding
 
@@ -213,6 +214,10 @@ class Comparison:
                 self._seed += 7
                 agg = self._endpoints[name] = EndpointAgg(self.config, self._seed)
         return agg
+
+    @property
+    def pairs(self) -> int:
+        return self._overall.pairs
 
     def add(self, exchange: Exchange, result: Result, baseline: Result | None = None) -> None:
         with self._lock:
@@ -433,7 +438,7 @@ class Comparison:
                 "endpoints": len(endpoints),
                 "unmatched_exchanges": self.unmatched_exchanges,
                 "unmatched_results": self.unmatched_results,
-                "input_errors": len(self.input_errors),
+                "input_errors": self.input_error_count,
                 "input_error_examples": self.input_errors[:10],
                 **overall,
             },

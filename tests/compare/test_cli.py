@@ -118,3 +118,62 @@ def test_errors(craft, tmp_path):
     bad.write_text("[nope]\n")
     p = run(ex, res, "--config", str(bad))
     assert p.returncode == EXIT_INPUT and "unknown key nope" in p.stderr
+
+
+def test_unwritable_report_fails_before_the_work(craft, tmp_path):
+    ex, res = write_run(craft, tmp_path, n=5)
+    p = run(ex, res, "--html", str(tmp_path / "no" / "such" / "dir" / "r.html"))
+    assert p.returncode == EXIT_INPUT and "r.html: cannot write the report" in p.stderr
+    assert p.stdout == ""
+
+
+def test_truncated_gzip_input_reports_what_was_read(craft, tmp_path):
+    ex, res = write_run(craft, tmp_path, n=400, suffix=".jsonl.gz")
+    data = Path(res).read_bytes()
+    Path(res).write_bytes(data[: len(data) // 2])
+    p = run(ex, res, "--json", str(tmp_path / "r.json"))
+    assert f"{res}: unreadable after line" in p.stderr
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert 0 < rep["summary"]["pairs"] < 400 and rep["summary"]["input_errors"] == 1
+    assert rep["summary"]["unmatched_exchanges"] == 400 - rep["summary"]["pairs"]
+
+
+def test_ctrl_c_reports_the_pairs_read_so_far(craft, tmp_path):
+    import errno
+    import signal
+    import time
+
+    ex, res = write_run(craft, tmp_path, n=60)
+    fifo = tmp_path / "results.fifo"
+    os.mkfifo(fifo)
+    report = tmp_path / "r.json"
+    proc = subprocess.Popen([SHADOWTAP, "compare", ex, str(fifo), "--json", str(report)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the reader opens the FIFO once it has read every exchange
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError as exc:
+                assert exc.errno == errno.ENXIO and proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.02)
+        lines = Path(res).read_text().splitlines()[:40]
+        os.set_blocking(fd, True)
+        os.write(fd, ("\n".join(lines) + "\n").encode())
+        # wait until compare is blocked reading the FIFO for more: it has compared the 40 pairs
+        while "pipe" not in Path(f"/proc/{proc.pid}/wchan").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        os.close(fd)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted: reporting the 40 pairs compared so far" in err
+    assert out.startswith("verdict: PASS")
+    rep = json.loads(report.read_text())
+    assert rep["summary"]["pairs"] == 40 and rep["summary"]["interrupted"] is True
