@@ -216,7 +216,10 @@ class CompareConfig:
         return dataclasses.replace(self, noise=noise)
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The effective configuration in the config file's structure."""
+        d = dataclasses.asdict(self)
+        d["verdict"]["weights"] = dict(self.verdict.weights)
+        return d
 
 
 _LIST_ITEM = {

@@ -84,3 +84,12 @@ def test_bad_config_names_file_and_key(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(InputError, match="cannot read config"):
         load_config(str(tmp_path / "nope.toml"))
+
+
+def test_effective_config_round_trips_through_a_file(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text(TOML)
+    cfg = load_config(str(p))
+    again = tmp_path / "again.json"
+    again.write_text(json.dumps(cfg.to_json()))
+    assert load_config(str(again)) == cfg
