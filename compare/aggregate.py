@@ -516,7 +516,7 @@ class Comparison:
                     {"primary": redact_field(path, pv), "shadow": redact_field(path, sv), "count": n}
                     for (pv, sv), n in f.flips.most_common(10)
                 ],
-                "samples": f.samples,
+                "samples": list(f.samples),  # a copy: add() appends to the live list
             }
             if vs.get("type") == "categorical":
                 presence = vs["presence"]
