@@ -21,6 +21,7 @@ from compare.shapes import is_id_like
 PARAM = "{id}"
 
 _CACHE_MAX = 100_000
+_POSITIONS_MAX = 20_000  # path positions whose literal values are being counted
 
 
 def split_path(target: str) -> str:
@@ -84,7 +85,13 @@ class Templater:
                 out.append(PARAM)
                 continue
             if learn:
-                seen = self._seen.setdefault(pos, set())
+                seen = self._seen.get(pos)
+                if seen is None:
+                    if len(self._seen) >= _POSITIONS_MAX:  # adversarial paths: stop learning
+                        self._variable.add(pos)
+                        out.append(PARAM)
+                        continue
+                    seen = self._seen[pos] = set()
                 if seg not in seen:
                     seen.add(seg)
                     if len(seen) > self._config.max_distinct:

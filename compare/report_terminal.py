@@ -56,16 +56,20 @@ def render(report: dict[str, Any], *, verbose: bool = False) -> None:
     rows = []
     for e in report["endpoints"][:_ENDPOINTS_SHOWN]:
         lat = e["latency"]
-        worst = next((f for f in e["fields"] if not f["noise"]), None)
+        worst = next((f for f in e["fields"] if not f["noise"] and not f["only_extra"]), None)
+        new = next((f for f in e["fields"] if not f["noise"] and f["only_extra"]), None)
+        changes = ", ".join(f"{s['primary']}->{s['shadow']} x{s['count']}"
+                            for s in e["status"]["pairs"] if s["primary"] != s["shadow"])
         rows.append([
-            e["endpoint"], e["pairs"], _pct(e["divergence"]),
+            e["endpoint"], e["pairs"], _pct(e["divergence"]), changes or "-",
             f"{_pct(e['errors']['primary_rate'])} / {_pct(e['errors']['shadow_rate'])}",
             f"{_ms(lat['primary']['p50'])} / {_ms(lat['shadow']['p50'])}",
             f"{_ms(lat['primary']['p99'])} / {_ms(lat['shadow']['p99'])}",
-            f"{worst['path']} {_pct(worst['rate'])}" if worst else "-",
+            f"{worst['path']} {_pct(worst['rate'])}" if worst else
+            (f"{new['path']} (new field)" if new else "-"),
         ])
     _table("endpoints (ranked by divergence)",
-                  ["endpoint", "pairs", "divergence", "errors p/s", "p50 ms p/s", "p99 ms p/s", "worst field"],
+                  ["endpoint", "pairs", "divergence", "status changes", "errors p/s", "p50 ms p/s", "p99 ms p/s", "worst field"],
                   rows)
     for e in report["endpoints"][:_ENDPOINTS_SHOWN]:
         fields = [f for f in e["fields"] if not f["noise"]][:_FIELDS_SHOWN]
