@@ -207,20 +207,28 @@ def _parse_headers(block: bytes, msg: _Msg) -> tuple[tuple[tuple[str, str], ...]
     return _parse_header_text(block.decode("latin-1"), msg)
 
 
-def _parse_header_text(text: str, msg: _Msg) -> tuple[tuple[tuple[str, str], ...], str]:
-    """``_parse_headers`` on the latin-1 decoded block."""
+def _plain_headers(text: str) -> tuple[tuple[str, str], ...] | None:
+    """The header block's fields when every line is a plain CRLF ``name: value`` (no folding, no
+    whitespace before a colon, no bare LF, a colon on every line): the common case, ~0.2 us a
+    line. None otherwise (``_parse_header_text`` then reads it line by line)."""
     lines = text.split("\r\n")
     if (
         text.count("\n") == len(lines) - 1
         and "\n " not in text and "\n\t" not in text and " :" not in text and "\t:" not in text
         and "\n:" not in text and text[:1] not in (" ", "\t", ":")
     ):
-        # CRLF lines, no folding, no whitespace before a colon: the common case, ~0.2 us a line.
-        # A line without a colon raises IndexError: the general loop below handles it.
-        try:
-            return tuple([(p[0], p[1].strip(" \t")) for p in [line.split(":", 1) for line in lines]]), text.lower()
+        try:  # a line without a colon raises IndexError
+            return tuple([(p[0], p[1].strip(" \t")) for p in [line.split(":", 1) for line in lines]])
         except IndexError:
-            pass
+            return None
+    return None
+
+
+def _parse_header_text(text: str, msg: _Msg) -> tuple[tuple[tuple[str, str], ...], str]:
+    """``_parse_headers`` on the latin-1 decoded block."""
+    plain = _plain_headers(text)
+    if plain is not None:
+        return plain, text.lower()
     out: list[tuple[str, str]] = []
     append = out.append
     for line in text.split("\n"):
@@ -652,10 +660,12 @@ class _RequestSide(_Side):
         if (len(parts) != 3 or not parts[0].isalpha() or not parts[0].isascii() or len(parts[0]) > 32
                 or not parts[1] or parts[2][:5] != "HTTP/" or "\n" in line or parts[0] == "CONNECT"):
             return False
-        msg = _Msg(ts)
         if block:
-            headers, lowered = _parse_header_text(block, msg)
-            if msg.anomalies or "transfer-encoding" in lowered or "upgrade" in lowered or "content-encoding" in lowered:
+            headers = _plain_headers(block)
+            if headers is None:
+                return False
+            lowered = block.lower()
+            if "transfer-encoding" in lowered or "upgrade" in lowered or "content-encoding" in lowered:
                 return False
         else:
             headers, lowered = (), ""
@@ -856,12 +866,11 @@ class _ResponseSide(_Side):
         status = int(code)
         if status < 200 or status == 204 or status == 304:
             return False
-        msg = _Msg(ts)
-        if not block:
+        headers = _plain_headers(block) if block else None
+        if headers is None:
             return False
-        headers, lowered = _parse_header_text(block, msg)
-        if (msg.anomalies or "transfer-encoding" in lowered or "content-encoding" in lowered
-                or "content-length" not in lowered):
+        lowered = block.lower()
+        if "transfer-encoding" in lowered or "content-encoding" in lowered or "content-length" not in lowered:
             return False
         cls = _values(headers, "content-length")
         if len(cls) != 1 or not cls[0].isdigit():
