@@ -1,7 +1,7 @@
 import gzip
 
 import orjson
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compare.config import DEFAULT_NOISY_HEADERS
@@ -219,3 +219,23 @@ def test_large_maps_fold():
     p = {"m": {f"word{i}": i for i in range(100)}}
     s = {"m": {f"word{i}": i + (i == 5) for i in range(100)}}
     assert jdiff(p, s) == [("body.m.{id}", Kind.VALUE)]
+
+
+CTS = [None, "application/json", "text/html; charset=latin-1", "text/plain; charset=nope", "application/xml",
+       "application/octet-stream", "image/png"]
+CES = [None, "gzip", "deflate", "br", "gzip, br", "identity", "compress"]
+
+
+# craft is a stateless class: sharing it across examples is safe
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=200), st.binary(max_size=200), st.sampled_from(CTS), st.sampled_from(CTS),
+       st.sampled_from(CES), st.sampled_from(CES))
+def test_any_bytes_any_headers_never_raise(craft, pb, sb, pct, sct, pce, sce):
+    ph = (("Content-Encoding", pce),) if pce else ()
+    sh = (("Content-Encoding", sce),) if sce else ()
+    p = R(craft, raw=pb, content_type=pct, headers=ph)
+    s = R(craft, raw=sb, content_type=sct, headers=sh)
+    diffs = diff_responses(p, s, IGN, exact).differences
+    if pb == sb and pct == sct and pce == sce:
+        assert diffs == []
+    assert diff_responses(p, p, IGN, exact).differences == []
