@@ -322,14 +322,13 @@ class Extractor:
         else:
             self._orphans += 1
         self._exchanges += 1
-        anomalies = tuple(txn.anomalies)
-        if anomalies:
+        anomalies: tuple[str, ...] = ()
+        if txn.anomalies:
+            anomalies = tuple(txn.anomalies)
             self._anomalies.update(anomalies)
-        ex = Exchange(
-            id=_id(conn, txn.index),
-            client=conn.client, server=conn.server, index=txn.index, request=req, response=resp,
-            anomalies=anomalies, ttfb_ms=ttfb, total_ms=total,
-        )
+        # Positional (cheaper than keywords): id, client, server, index, request, response,
+        # anomalies, ttfb_ms, total_ms.
+        ex = Exchange(_id(conn, txn.index), conn.client, conn.server, txn.index, req, resp, anomalies, ttfb, total)
         if self.redactor is not None and txn.secret:
             ex = self.redactor.exchange(ex)
         return ex
