@@ -140,6 +140,7 @@ class EndpointAgg:
         self.primary_outcomes: Counter[str] = Counter()
         self.shadow_outcomes: Counter[str] = Counter()
         self.new_failures: Counter[str] = Counter()  # shadow outcome where the primary was ok
+        self.recoveries: Counter[str] = Counter()  # primary outcome where the shadow was ok
         self.status_pairs: Counter[tuple[int, int]] = Counter()
         self.lat_primary = Reservoir(lim.latency_sample, seed, typecode="d")
         self.lat_shadow = Reservoir(lim.latency_sample, seed + 1, typecode="d")
@@ -156,6 +157,7 @@ class EndpointAgg:
         self.primary_outcomes.update(o.primary_outcomes)
         self.shadow_outcomes.update(o.shadow_outcomes)
         self.new_failures.update(o.new_failures)
+        self.recoveries.update(o.recoveries)
         self.status_pairs.update(o.status_pairs)
         self.lat_primary.merge(o.lat_primary)
         self.lat_shadow.merge(o.lat_shadow)
@@ -232,6 +234,8 @@ class Comparison:
             a.shadow_outcomes[so] += 1
             if po == OK and so != OK:
                 a.new_failures[so] += 1
+            elif po != OK and so == OK:
+                a.recoveries[po] += 1
             if ex.total_ms is not None and ex.response is not None:
                 a.lat_primary.add(ex.total_ms)
             if res.total_ms is not None and res.response is not None:
@@ -242,9 +246,13 @@ class Comparison:
         agg.compared += 1
         self._overall.compared += 1
         agg.status_pairs[(p.status, s.status)] += 1
-        if (p.status >= 500) != (s.status >= 500):
-            # One side failed: its error page says nothing about the other's fields; the status
-            # difference (and the error rate) carry it.
+        if p.status >= 500 and s.status < 500:
+            # The shadow answers where the primary failed: a recovery (errors.recoveries), not a
+            # content difference; the primary's error page has no fields to compare.
+            return
+        if s.status >= 500 and p.status < 500:
+            # The shadow failed: its error page says nothing about the primary's fields; the
+            # status difference (and the error rate) carry it.
             pair = PairDiff([Difference("status", Kind.VALUE, p.status, s.status)])
         else:
             pair = diff_responses(p, s, self._ignored_headers, self._tolerance)
@@ -483,6 +491,7 @@ class Comparison:
                 "primary_outcomes": dict(a.primary_outcomes),
                 "shadow_outcomes": dict(a.shadow_outcomes),
                 "new_failures": dict(a.new_failures),
+                "recoveries": dict(a.recoveries),
             },
             "latency": lat,
         }

@@ -114,7 +114,10 @@ def _endpoint_html(e: dict[str, Any]) -> str:
            f'{_pct(e["divergence"])}; errors primary {_pct(err["primary_rate"])} / shadow '
            f'{_pct(err["shadow_rate"])}'
            + (f'; <b>new failure modes</b>: {escape(", ".join(f"{k} x{n}" for k, n in err["new_failures"].items()))}'
-              if err["new_failures"] else "") + "</p>"]
+              if err["new_failures"] else "")
+           + (f'; recoveries (the shadow answers where the primary failed): '
+              f'{escape(", ".join(f"{k} x{n}" for k, n in err.get("recoveries", {}).items()))}'
+              if err.get("recoveries") else "") + "</p>"]
     title = (f"p50 {_f(lat['primary']['p50'], '.1f')} / {_f(lat['shadow']['p50'], '.1f')} ms, "
              f"p90 {_f(lat['primary']['p90'], '.1f')} / {_f(lat['shadow']['p90'], '.1f')}, "
              f"p99 {_f(lat['primary']['p99'], '.1f')} / {_f(lat['shadow']['p99'], '.1f')} (primary / shadow)")

@@ -137,3 +137,17 @@ def test_absurd_bodies_do_not_stop_the_comparison(craft):
     assert rep["summary"]["compared"] == 5
     # the deep array, the deep object and the big number differ (the others have no "1")
     assert sum(f["diff_pairs"] for e in rep["endpoints"] for f in e["fields"]) == 3
+
+
+def test_the_shadow_fixing_errors_is_a_recovery_not_a_regression(craft):
+    c = Comparison()
+    for i in range(100):
+        p = craft.response({"error": "boom"}, status=500) if i % 4 == 0 else craft.response({"a": 1})
+        c.add(craft.exchange(i, p), craft.result(i, craft.response({"a": 1})))
+    rep = c.snapshot()
+    ep = rep["endpoints"][0]
+    assert ep["errors"]["recoveries"] == {"5xx": 25} and ep["errors"]["new_failures"] == {}
+    assert ep["fields"] == []
+    [err] = [m for m in rep["verdict"]["metrics"] if m["name"] == "error rate"]
+    assert err["result"] == "Low" and not err["failed"]
+    assert rep["verdict"]["result"] == "pass"
