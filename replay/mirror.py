@@ -1,32 +1,33 @@
 """The live mirror's sender side: replay's sender fed live from the capture.
 
-Data path and who runs it:
+Data path (replay/mirror_run.py wires it):
 
-    capture thread                     |  event loop thread
-    on_request(RequestEvent)           |
-      -> Admission.offer()             |
-         policy / sampling / rate limit|
-         -> DropOldestQueue.put() ------> N workers: get() -> send to the shadow -> on_result(Result)
+    capture process                          |  mirror process (event loop)
+    on_request(RequestEvent)                 |
+      -> Admission.offer(): policy, sampling, |
+         rate limit -> frame over the pipe ---> DropOldestQueue.put() -> Pump -> Sender.submit()
+                                             |                 Result <- on_result
 
 Invariants:
-- The capture side never blocks and never waits on the shadow: ``put`` is O(1) under a lock held
-  for a few instructions; when the queue is full the *oldest* pending request is dropped (it is the
-  one most likely to be stale by the time it could be sent) and counted.
+- Nothing waits on the shadow upstream of the queue: ``put`` is O(1) and never blocks; when the
+  queue is full the *oldest* pending request is dropped (the one most likely to be stale by the
+  time it could be sent) and counted.
 - Memory is bounded: the queue holds at most ``maxlen`` items; at most ``concurrency`` requests are
   in flight; ``Admission`` remembers at most ``max_admitted`` ids awaiting their exchange.
 - A request is offered the moment the Extractor has it complete on the wire (``on_request``), not
   after the primary answered. ``Result.scheduled`` is that wire time (the request's last byte), so
   ``Result.lag_ms`` is the mirror lag: wire to shadow.
+- The pump is callback-driven (no task per request or per worker): a request goes out in the same
+  loop iteration that received it when a slot is free, and each result frees its slot at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -34,25 +35,16 @@ T = TypeVar("T")
 
 
 class DropOldestQueue(Generic[T]):
-    """A bounded FIFO between a producer thread and consumers in an asyncio loop.
+    """A bounded FIFO: ``put`` never blocks; at capacity it drops the oldest item, counts it and
+    returns it. O(1) per operation. Single-threaded (the mirror's event loop)."""
 
-    ``put`` (any thread) never blocks: at capacity it drops the oldest item and counts it.
-    ``get`` (loop thread only) waits for an item. Wake-ups cross threads through
-    ``loop.call_soon_threadsafe`` at most once per burst (``_wake_pending``), not once per item.
-    """
-
-    def __init__(self, maxlen: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, maxlen: int) -> None:
         if maxlen < 1:
             raise ValueError("queue length must be >= 1")
         self.maxlen = maxlen
         self.dropped = 0  # items pushed out by newer ones
         self.put_count = 0
         self._items: deque[T] = deque()
-        self._lock = threading.Lock()
-        self._loop = loop
-        self._wake_pending = False
-        self._getters: deque[asyncio.Future[None]] = deque()  # loop thread only
-        self._closed = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -60,66 +52,20 @@ class DropOldestQueue(Generic[T]):
     def put(self, item: T) -> T | None:
         """Append ``item``; returns the item dropped to make room, if any."""
         dropped = None
-        with self._lock:
-            if self._closed:
-                return item
-            if len(self._items) >= self.maxlen:
-                dropped = self._items.popleft()
-                self.dropped += 1
-            self._items.append(item)
-            self.put_count += 1
-            wake = not self._wake_pending
-            self._wake_pending = True
-        if wake:
-            try:
-                self._loop.call_soon_threadsafe(self._wake)
-            except RuntimeError:  # loop closed: nobody left to wake
-                pass
+        if len(self._items) >= self.maxlen:
+            dropped = self._items.popleft()
+            self.dropped += 1
+        self._items.append(item)
+        self.put_count += 1
         return dropped
 
-    def _wake(self) -> None:
-        with self._lock:
-            self._wake_pending = False
-            n = len(self._items) if not self._closed else len(self._getters)
-        while n > 0 and self._getters:
-            fut = self._getters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                n -= 1
+    def pop(self) -> T | None:
+        """The oldest item, or None when empty."""
+        return self._items.popleft() if self._items else None
 
-    def get_nowait(self) -> T | None:
-        with self._lock:
-            return self._items.popleft() if self._items else None
-
-    async def get(self) -> T | None:
-        """The oldest item; None once the queue is closed and empty."""
-        while True:
-            with self._lock:
-                if self._items:
-                    return self._items.popleft()
-                if self._closed:
-                    return None
-            fut = self._loop.create_future()
-            self._getters.append(fut)
-            try:
-                await fut
-            except asyncio.CancelledError:
-                if fut in self._getters:
-                    self._getters.remove(fut)
-                raise
-
-    def close(self, *, discard: bool = False) -> int:
-        """No more puts; getters drain what is left (or nothing, with ``discard``) and then get
-        None. Returns how many items were discarded. Loop thread only."""
-        with self._lock:
-            self._closed = True
-            n = len(self._items) if discard else 0
-            if discard:
-                self._items.clear()
-        for fut in self._getters:
-            if not fut.done():
-                fut.set_result(None)
-        self._getters.clear()
+    def clear(self) -> int:
+        n = len(self._items)
+        self._items.clear()
         return n
 
 
@@ -186,7 +132,7 @@ class Admission:
         max_admitted: int = 200_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.queue = queue
+        self.queue = queue  # anything with DropOldestQueue's put(item) -> dropped | None
         self._decide = decide
         self._bucket = rate_limit
         self._clock = clock
@@ -230,76 +176,85 @@ class Admission:
         return True
 
 
-# send(outgoing, scheduled) -> Result. Must never raise for a target failure: errors are Results.
-Send = Callable[[Any, float], Awaitable[Any]]
+# submit(item, on_done): send ``item`` and call ``on_done(result)`` once it is done; never raises
+# for a target failure (errors are Results) and never blocks (replay/client.py's Sender.submit).
+Submit = Callable[[Pending, Callable[[Any], None]], None]
 
 
-class Workers:
-    """``concurrency`` tasks that take Pending items off the queue and send them. Each result goes
-    to ``on_result`` (loop thread). In flight: at most ``concurrency`` requests."""
+class Pump:
+    """Takes Pending items off the queue and submits them, at most ``concurrency`` in flight.
+    Each result goes to ``on_result``. Loop thread only; O(1) per request."""
 
-    def __init__(
-        self,
-        queue: DropOldestQueue[Pending],
-        send: Send,
-        on_result: Callable[[Any], None],
-        *,
-        concurrency: int,
-    ) -> None:
+    def __init__(self, queue: DropOldestQueue[Pending], submit: Submit, on_result: Callable[[Any], None],
+                 *, concurrency: int) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.queue = queue
-        self._send = send
+        self._submit = submit
         self._on_result = on_result
         self.concurrency = concurrency
         self.in_flight = 0
         self.sent = 0
-        self.failures = 0  # sender raised (a bug, not a target error): counted, the worker goes on
+        self.failures = 0  # submit or on_result raised (a bug, not a target error): counted, goes on
         self.last_failure: str | None = None
-        self.abandoned = 0  # queued or in flight when the workers were stopped
-        self._tasks: list[asyncio.Task[None]] = []
+        self.abandoned = 0  # queued or in flight when the pump was stopped
+        self.closed = False
+        self._idle: asyncio.Event | None = None
 
-    def start(self) -> None:
-        self._tasks = [asyncio.ensure_future(self._run()) for _ in range(self.concurrency)]
+    def offer(self, item: Pending) -> Pending | None:
+        """Queue ``item`` (dropping the oldest when full: returned) and send what slots allow."""
+        dropped = self.queue.put(item)
+        self._fill()
+        return dropped
 
-    async def _run(self) -> None:
-        while True:
-            item = await self.queue.get()
+    def _fill(self) -> None:
+        while self.in_flight < self.concurrency and not self.closed:
+            item = self.queue.pop()
             if item is None:
-                return
+                break
             self.in_flight += 1
             try:
-                result = await self._send(item.outgoing, item.wire_ts)
-            except asyncio.CancelledError:
-                raise
+                self._submit(item, self._done)
             except Exception as exc:  # noqa: BLE001 - one bad request must not stop the mirror
-                self.failures += 1
-                self.last_failure = f"{type(exc).__name__}: {exc}"
-                continue
-            finally:
                 self.in_flight -= 1
-            self.sent += 1
+                self._failed(exc)
+        if self._idle is not None and self.in_flight == 0 and not len(self.queue):
+            self._idle.set()
+
+    def _done(self, result: Any) -> None:
+        if self.closed:
+            return  # abandoned: already counted
+        self.in_flight -= 1
+        self.sent += 1
+        try:
             self._on_result(result)
+        except Exception as exc:  # noqa: BLE001
+            self._failed(exc)
+        self._fill()
+
+    def _failed(self, exc: Exception) -> None:
+        self.failures += 1
+        self.last_failure = f"{type(exc).__name__}: {exc}"
 
     async def drain(self, timeout: float) -> bool:
-        """Close the queue, let the workers finish what is queued and in flight for at most
-        ``timeout`` seconds, then give up on the rest (``abandoned`` counts it). True when
-        everything finished in time."""
-        self.queue.close()
-        if not self._tasks:
-            return True
-        _done, pending = await asyncio.wait(self._tasks, timeout=timeout)
-        if not pending:
-            return True
-        await self.stop()
-        return False
+        """Let what is queued and in flight finish for at most ``timeout`` seconds, then stop
+        (``abandoned`` counts what was left). True when everything finished in time."""
+        self._idle = asyncio.Event()
+        self._fill()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        done = self.in_flight == 0 and not len(self.queue)
+        self.stop()
+        return done
 
-    async def stop(self) -> int:
-        """Stop now: discard what is queued, cancel what is in flight. Returns how many requests
-        were abandoned that way (also added to ``abandoned``)."""
-        n = self.queue.close(discard=True) + self.in_flight
+    def stop(self) -> int:
+        """Stop now: what is queued or in flight is abandoned (counted; late results ignored)."""
+        if self.closed:
+            return 0
+        n = self.queue.clear() + self.in_flight
         self.abandoned += n
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.in_flight = 0
+        self.closed = True
         return n

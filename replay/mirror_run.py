@@ -44,7 +44,7 @@ import orjson
 
 from replay import mirror_compare
 from replay.live_pairing import Pair, Pairer
-from replay.mirror import DropOldestQueue, Outcome, Pending, Workers
+from replay.mirror import DropOldestQueue, Outcome, Pending, Pump
 from replay.mirror_capture import CaptureFigures
 from replay.mirror_stats import (
     EndpointLine,
@@ -54,7 +54,7 @@ from replay.mirror_stats import (
     log_line,
     prometheus_text,
 )
-from replay.policy import Policy, Prepared, ReplayRefused
+from replay.policy import Policy, ReplayRefused
 from shadowtap import console
 from shadowtap.errors import (
     EXIT_OK,
@@ -100,6 +100,7 @@ class MirrorConfig:
     drain_timeout: float | None = None  # None: min(timeout, 10 s)
     bpf_filter: str | None = None
     min_coverage: float = 0.9  # share of queued requests that must be compared for a verdict
+    nice: int = 10  # added to both processes' nice value: the primary's server comes first
 
 
 @dataclass(slots=True)
@@ -199,7 +200,7 @@ class MirrorRun:
         self.capture_figures = CaptureFigures()
         self.send_failures = 0
         self.queue: DropOldestQueue[Pending] | None = None
-        self.workers: Workers | None = None
+        self.pump: Pump | None = None
         self.child: Any = None
         self._data_fd = -1
         self._stop_fd: int | None = None
@@ -298,7 +299,7 @@ class MirrorRun:
             skipped=skipped,
             queue_depth=len(queue) if queue is not None else 0,
             queue_max=self.cfg.queue,
-            in_flight=self.workers.in_flight if self.workers is not None else 0,
+            in_flight=self.pump.in_flight if self.pump is not None else 0,
             shadow_errors=dict(f.errors),
             shadow_5xx=f.shadow_5xx,
             primary_5xx=f.primary_5xx,
@@ -329,6 +330,22 @@ class MirrorRun:
         shadow_eps = _resolve(cfg.policy.target.host, cfg.policy.target.port)
         if not cfg.force:
             _refuse_primary(cfg, shadow_eps)
+        self._check_run_dir()
+        # Imports and a first snapshot before the capture starts: compare pulls in scipy (a second
+        # or more of CPU), which must not hold up the reading of the capture's frames.
+        self.comparison = mirror_compare.open_comparison(cfg.compare_config, cfg.ignore)
+        mirror_compare.view(mirror_compare.snapshot(self.comparison))
+        # Everything alive now (modules, scipy, the config) lives as long as the run: out of the
+        # cyclic GC's sight, so a full collection walks only what the traffic makes (a full
+        # collection over the imports alone took ~100 ms here: a lag spike each time). Frozen
+        # before the fork, the child's copy-on-write pages stay shared too.
+        gc.collect()
+        gc.freeze()
+        if cfg.nice:
+            # The primary comes first: when the CPU is short, the mirror falls behind (bounded,
+            # counted drops) rather than the primary's server waiting for a core. Inherited by the
+            # capture process.
+            os.nice(cfg.nice)
         # The policy's own refusal compares the target with each captured server; in the mirror
         # the shadow's address there is our own traffic (skipped, counted), checked just above.
         policy = dataclasses.replace(cfg.policy, target_endpoints=frozenset(), force=True)
@@ -389,40 +406,34 @@ class MirrorRun:
         from replay.client import Sender
         from replay.mirror_capture import EXC, REQ, STARTED, STATS, Decoder, decode
 
-        # Imports and a first snapshot before traffic: compare pulls in scipy on its first verdict
-        # (a second of CPU), which must not stall the loop while requests queue.
-        self.comparison = mirror_compare.open_comparison(cfg.compare_config, cfg.ignore)
-        mirror_compare.view(mirror_compare.snapshot(self.comparison))
-        # Everything alive now (modules, scipy, the config) lives as long as the run: out of the
-        # cyclic GC's sight, so a full collection walks only what the traffic makes (a full
-        # collection over the imports alone took ~100 ms here: a lag spike each time).
-        gc.collect()
-        gc.freeze()
         sender = Sender(cfg.policy.target, concurrency=cfg.concurrency, per_connection=False,
                         timeout=cfg.timeout, connect_timeout=cfg.connect_timeout, max_body=cfg.max_body)
         await sender.start()
-        try:
-            await sender.check_reachable()
-        except TargetError as exc:
-            # A shadow that is down is a shadow result (errors, counted), not a reason to stop.
-            self._note(f"{exc.message}; going on: its failures count as shadow errors")
 
-        queue: DropOldestQueue[Pending] = DropOldestQueue(cfg.queue, loop)
+        async def check_shadow() -> None:
+            try:
+                await sender.check_reachable()
+            except TargetError as exc:
+                # A shadow that is down is a shadow result (errors, counted), not a reason to stop.
+                self._note(f"{exc.message}; going on: its failures count as shadow errors")
+
+        checking = asyncio.ensure_future(check_shadow())  # meanwhile the frames are read
+        queue: DropOldestQueue[Pending] = DropOldestQueue(cfg.queue)
         self.queue = queue
         dropped_ids: OrderedDict[str, None] = OrderedDict()  # dropped here: no result will come
 
-        async def send(prepared: Prepared, scheduled: float) -> Result:
-            return await sender.send(prepared, scheduled=scheduled)
+        def submit(item: Pending, on_done: Callable[[Result], None]) -> None:
+            sender.submit(item.outgoing, scheduled=item.wire_ts, copy=0, on_result=on_done)
 
-        workers = Workers(queue, send, self._on_result, concurrency=cfg.concurrency)
-        self.workers = workers
+        pump = Pump(queue, submit, self._on_result, concurrency=cfg.concurrency)
+        self.pump = pump
         capture_done = loop.create_future()
         decoder = Decoder()
 
         def on_frame(t: tuple[Any, ...]) -> None:
             kind, obj = decode(t)
             if kind == REQ:
-                old = queue.put(obj)
+                old = pump.offer(obj)
                 if old is not None:
                     dropped_ids[old.exchange_id] = None
                     if len(dropped_ids) > 100_000:
@@ -463,7 +474,6 @@ class MirrorRun:
             self._open_run_dir()
             if cfg.metrics:
                 metrics_runner = await self._serve_metrics(self.snapshot)
-            workers.start()
             show = cfg.dashboard if cfg.dashboard is not None else console.interactive()
             if show:
                 from rich.live import Live
@@ -497,11 +507,11 @@ class MirrorRun:
             except asyncio.TimeoutError:
                 self._note("the capture process did not finish in 30 s; stopping it")
             drain = cfg.drain_timeout if cfg.drain_timeout is not None else min(cfg.timeout, 10.0)
-            await workers.drain(drain)
-            self.fig.discarded_at_end = workers.abandoned
-            self.send_failures = workers.failures
-            if workers.last_failure:
-                self._note(f"{workers.failures} requests failed in the sender: {workers.last_failure}")
+            await pump.drain(drain)
+            self.fig.discarded_at_end = pump.abandoned
+            self.send_failures = pump.failures
+            if pump.last_failure:
+                self._note(f"{pump.failures} requests failed in the mirror: {pump.last_failure}")
             for _ in self.pairer.flush():
                 pass  # counted by the Pairer as evicted
             exit_code = EXIT_OK
@@ -519,7 +529,8 @@ class MirrorRun:
             if metrics_runner is not None:
                 await metrics_runner.cleanup()
             self._close_writers()
-            await workers.stop()
+            pump.stop()
+            checking.cancel()
         if self.capture_error is not None:
             raise self.capture_error
         verdict = self._finish(self.snapshot())
@@ -534,6 +545,18 @@ class MirrorRun:
         self.stop.set()
 
     # ---------------------------------------------------------------- outputs
+    def _check_run_dir(self) -> None:
+        """Before any hook is attached: the run directory can be made and written."""
+        d = self.cfg.run_dir
+        if not d:
+            return
+        try:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the run directory: {exc.strerror}", where=d) from exc
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise InputError("the run directory is not writable", where=d)
+
     def _open_run_dir(self) -> None:
         d = self.cfg.run_dir
         if not d:

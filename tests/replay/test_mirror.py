@@ -1,70 +1,23 @@
-"""replay/mirror.py: the bounded queue, the token bucket, admission and the workers, with a real
-producer thread and a real HTTP server on loopback."""
+"""replay/mirror.py: the bounded queue, the token bucket, admission and the pump, the last with
+replay's real Sender and a real HTTP server on loopback."""
 
 import asyncio
-import threading
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 
-from replay.mirror import Admission, DropOldestQueue, Outcome, Pending, TokenBucket, Workers
-from shadowtap.records import Request
+from replay.client import Sender
+from replay.mirror import Admission, DropOldestQueue, Outcome, Pending, Pump, TokenBucket
+from replay.policy import Policy, Target
+from shadowtap.records import Exchange, Request
 
 
 def test_drop_oldest_keeps_the_newest_and_counts():
-    async def main():
-        q: DropOldestQueue[int] = DropOldestQueue(3, asyncio.get_running_loop())
-        dropped = [q.put(i) for i in range(10)]
-        assert dropped == [None, None, None, 0, 1, 2, 3, 4, 5, 6]
-        assert q.dropped == 7 and len(q) == 3
-        assert [await q.get() for _ in range(3)] == [7, 8, 9]
-        q.close()
-        assert await q.get() is None
-
-    asyncio.run(main())
-
-
-def test_producer_thread_never_blocks_and_nothing_is_lost_or_duplicated():
-    """A thread puts 50k items while the loop consumes slowly: the producer finishes without
-    waiting, and what was consumed plus what was dropped is exactly what was put."""
-    n, cap = 50_000, 100
-
-    async def main():
-        loop = asyncio.get_running_loop()
-        q: DropOldestQueue[int] = DropOldestQueue(cap, loop)
-        got: list[int] = []
-        done = threading.Event()
-
-        def produce():
-            for i in range(n):
-                q.put(i)
-                assert len(q) <= cap
-            done.set()
-
-        async def consume():
-            while True:
-                item = await q.get()
-                if item is None:
-                    return
-                got.append(item)
-                if len(got) % 100 == 0:
-                    await asyncio.sleep(0.001)  # a slow consumer
-
-        task = asyncio.ensure_future(consume())
-        t = threading.Thread(target=produce)
-        t.start()
-        while not done.is_set():
-            await asyncio.sleep(0.005)
-        t.join()
-        q.close()
-        await task
-        assert len(got) + q.dropped == n
-        assert got == sorted(got) and len(set(got)) == len(got)  # FIFO, no duplicates
-        assert got[-1] == n - 1  # the newest always survives
-        assert q.dropped > 0
-
-    asyncio.run(main())
+    q: DropOldestQueue[int] = DropOldestQueue(3)
+    dropped = [q.put(i) for i in range(10)]
+    assert dropped == [None, None, None, 0, 1, 2, 3, 4, 5, 6]
+    assert q.dropped == 7 and len(q) == 3
+    assert [q.pop() for _ in range(4)] == [7, 8, 9, None]
 
 
 def test_token_bucket_rate_and_burst():
@@ -90,7 +43,7 @@ def _event(i: int, method: str = "GET") -> _Event:
 
 def test_admission_counts_every_outcome_and_tracks_admitted_ids():
     async def main():
-        q: DropOldestQueue[Pending] = DropOldestQueue(2, asyncio.get_running_loop())
+        q: DropOldestQueue[Pending] = DropOldestQueue(2)
 
         def decide(ev):
             if ev.request.method != "GET":
@@ -106,10 +59,10 @@ def test_admission_counts_every_outcome_and_tracks_admitted_ids():
         # ids 2 and 3 were dropped before their exchange came: no result will come for them
         assert [adm.take_admitted(f"id{i}") for i in range(1, 6)] == [False, False, False, True, True]
         assert adm.take_admitted("id5") is False  # once only
-        item = await q.get()
+        item = q.pop()
         assert item.outgoing == "/4" and item.wire_ts == 1.5 and item.admitted == 100.0
 
-        limited = Admission(DropOldestQueue(100, asyncio.get_running_loop()), decide,
+        limited = Admission(DropOldestQueue(100), decide,
                             rate_limit=TokenBucket(10, burst=3), clock=lambda: 5.0)
         outcomes = [limited.offer(_event(i)) for i in range(10)]
         assert outcomes.count(Outcome.QUEUED) == 3 and outcomes.count(Outcome.RATE_LIMITED) == 7
@@ -117,7 +70,9 @@ def test_admission_counts_every_outcome_and_tracks_admitted_ids():
     asyncio.run(main())
 
 
-def test_workers_respect_the_concurrency_limit_against_a_real_server():
+def test_pump_keeps_the_concurrency_limit_against_a_real_server_and_drains():
+    """The pump feeds replay's Sender (callback-driven) from the queue: never more than
+    ``concurrency`` requests at the server at once, every result delivered, nothing left."""
     async def main():
         state = {"now": 0, "max": 0}
 
@@ -135,46 +90,45 @@ def test_workers_respect_the_concurrency_limit_against_a_real_server():
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
-        results: list[str] = []
-        async with aiohttp.ClientSession() as session:
+        target = Target.parse(f"http://127.0.0.1:{port}")
+        sender = Sender(target, concurrency=3, per_connection=False, timeout=5)
+        await sender.start()
+        policy = Policy(target=target)
+        results = []
 
-            async def send(path, scheduled):
-                async with session.get(f"http://127.0.0.1:{port}{path}") as r:
-                    return await r.text()
+        def submit(item, on_done):
+            sender.submit(item.outgoing, scheduled=item.wire_ts, copy=0, on_result=on_done)
 
-            q: DropOldestQueue[Pending] = DropOldestQueue(1000, asyncio.get_running_loop())
-            w = Workers(q, send, results.append, concurrency=3)
-            w.start()
-            for i in range(30):
-                q.put(Pending(f"id{i}", f"/p{i}", 0.0, 0.0))
-            assert await w.drain(timeout=10)
+        pump = Pump(DropOldestQueue(1000), submit, results.append, concurrency=3)
+        for i in range(30):
+            ex = Exchange(id=f"id{i}", client="10.0.0.1:1", server="10.0.0.2:2", index=i,
+                          request=Request(ts=1, end_ts=1, version="HTTP/1.1", headers=(), method="GET",
+                                          target=f"/p{i}"), response=None)
+            pump.offer(Pending(ex.id, policy.decide(ex), 1.0, 1.0))
+            assert pump.in_flight <= 3
+        assert await pump.drain(timeout=10)
+        sender.close()
         await runner.cleanup()
-        assert sorted(results) == sorted(f"/p{i}" for i in range(30))
-        assert state["max"] == 3 and w.sent == 30 and w.in_flight == 0
+        assert sorted(r.response.body.decode() for r in results) == sorted(f"/p{i}" for i in range(30))
+        assert state["max"] == 3 and pump.sent == 30 and pump.abandoned == 0
 
     asyncio.run(main())
 
 
-def test_workers_stop_discards_queue_and_cancels_in_flight():
+def test_pump_drain_timeout_abandons_and_counts():
     async def main():
-        started = asyncio.Event()
+        pending_callbacks = []
 
-        async def send(outgoing, scheduled):
-            started.set()
-            await asyncio.sleep(3600)
+        def submit(item, on_done):  # a shadow that never answers
+            pending_callbacks.append(on_done)
 
-        q: DropOldestQueue[Pending] = DropOldestQueue(100, asyncio.get_running_loop())
-        w = Workers(q, send, lambda r: None, concurrency=2)
-        w.start()
+        pump = Pump(DropOldestQueue(100), submit, lambda r: None, concurrency=2)
         for i in range(10):
-            q.put(Pending(f"id{i}", i, 0.0, 0.0))
-        await started.wait()
-        assert not await asyncio.wait_for(w.drain(timeout=0.2), 5)  # in flight never finishes
-        w2 = Workers(DropOldestQueue(100, asyncio.get_running_loop()), send, lambda r: None, concurrency=1)
-        w2.start()
-        for i in range(5):
-            w2.queue.put(Pending(f"id{i}", i, 0.0, 0.0))
-        await asyncio.sleep(0.01)
-        assert await asyncio.wait_for(w2.stop(), 5) == 5  # one in flight, four queued
+            pump.offer(Pending(f"id{i}", i, 0.0, 0.0))
+        assert pump.in_flight == 2 and len(pump.queue) == 8
+        assert not await pump.drain(timeout=0.1)
+        assert pump.abandoned == 10 and pump.in_flight == 0
+        pending_callbacks[0]("late")  # a result after the end is ignored
+        assert pump.sent == 0
 
     asyncio.run(main())
