@@ -39,6 +39,9 @@ class Kind(IntEnum):
     END = 2  # value: None; this direction carries nothing more
 
 
+_DATA = Kind.DATA
+
+
 class StreamEvent(NamedTuple):
     """One event of one direction of one connection (a NamedTuple: made per segment)."""
 
@@ -199,6 +202,9 @@ class State(IntEnum):
     CLOSED = 1  # both directions ended (FIN/FIN, RST, eviction); kept a moment for stragglers
 
 
+_CLOSED = State.CLOSED
+
+
 class Connection:
     """One TCP connection. ``app`` is the consumer's per-connection state (the HTTP parser)."""
 
@@ -356,8 +362,8 @@ class Reassembler:
                 self._next_sweep = ts + 1.0
                 self.sweep(ts, out)
         conns = self.conns
-        found = self.dirs.get((seg.src, seg.sport, seg.dst, seg.dport))
-        flags = seg.flags
+        src, sport, dst, dport, seqno, _ack, flags, payload = seg  # one unpack, not eight lookups
+        found = self.dirs.get((src, sport, dst, dport))
         if found is not None:
             conn, from_client = found
             if ts - conn.lru_ts > 0.5:  # LRU order kept to half a second: one move per 0.5 s, not per packet
@@ -365,17 +371,17 @@ class Reassembler:
                 conns.move_to_end(conn.key)
             if flags & SYN and not flags & ACK:
                 # A SYN on a known 4-tuple: a duplicate, or port reuse by a new connection.
-                if conn.client_isn == seg.seq and from_client:
+                if conn.client_isn == seqno and from_client:
                     return out
                 if conn.state == State.CLOSED or conn.client_isn is not None or conn.c2s.next_off or conn.s2c.next_off:
                     self._end(conn, ts, out)
                     self._forget(conn)
                     found = None
         if found is None:
-            if flags & RST and not seg.payload:
+            if flags & RST and not payload:
                 return out
-            a = (seg.src, seg.sport)
-            b = (seg.dst, seg.dport)
+            a = (src, sport)
+            b = (dst, dport)
             conn = self._new((a, b) if a < b else (b, a), seg, ts)
             from_client = a == conn.client_addr
             if len(conns) > self.max_connections:
@@ -383,7 +389,7 @@ class Reassembler:
                 self._end(old, ts, out)
                 self._forget(old)
                 self.evicted += 1
-        elif conn.state == State.CLOSED:
+        elif conn.state == _CLOSED:
             return out  # a straggler after the close (late retransmission, final ACK)
         conn.last_ts = ts
         self.last_conn = conn
@@ -391,9 +397,8 @@ class Reassembler:
             hs, peer = conn.c2s, conn.s2c
         else:
             hs, peer = conn.s2c, conn.c2s
-        if not flags & 0x07 and seg.seq == hs.next_seq and not hs.held and not peer.held and hs.fin_off is None:
+        if not flags & 0x07 and seqno == hs.next_seq and not hs.held and not peer.held and hs.fin_off is None:
             # The common case: in order, nothing held either way, no SYN/FIN/RST. O(1), no copy.
-            payload = seg.payload
             if payload:
                 n = len(payload)
                 recent = hs.recent
@@ -402,7 +407,7 @@ class Reassembler:
                     del recent[0]
                 hs.next_off += n
                 hs.next_seq = (hs.next_seq + n) & MASK
-                out.append(StreamEvent(conn, from_client, Kind.DATA, ts, payload))
+                out.append(StreamEvent(conn, from_client, _DATA, ts, payload))
             return out
         if flags & SYN:
             if hs.next_seq is None or not hs.isn_known and hs.next_off == 0:
