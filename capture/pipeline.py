@@ -34,8 +34,10 @@ from shadowtap.errors import InputError, PrerequisiteError
 from shadowtap.records import Exchange, Request
 from shadowtap.redact import Redactor
 
-_DATA, _GAP, _END = Kind.DATA, Kind.GAP, Kind.END
-_OPENED, _REQUEST = Event.OPENED, Event.REQUEST
+# Enum members bound once: attribute access on an Enum class costs ~0.3 us.
+_EVENT_OPENED, _EVENT_REQUEST = Event.OPENED, Event.REQUEST
+_KIND_DATA, _KIND_GAP, _KIND_END = Kind.DATA, Kind.GAP, Kind.END
+_STATE_CLOSED = State.CLOSED
 
 
 def _id(conn: Connection, index: int) -> str:
@@ -248,20 +250,20 @@ class Extractor:
             conv = conn.app
             if conv is None:
                 conv = self._conversation(conn)
-            if kind == _DATA:
+            if kind == _KIND_DATA:
                 conv.data(from_client, ts, value)
-            elif kind == _GAP:
+            elif kind == _KIND_GAP:
                 conv.gap(from_client, ts, value)
             else:
                 conv.end(from_client, ts)
-                if conn.state == State.CLOSED and (conv.queue or conv.client.txn is not None):
+                if conn.state == _STATE_CLOSED and (conv.queue or conv.client.txn is not None):
                     conv.close(ts)  # both directions ended: what is still open finishes as it stands
             if conv.events:
                 self._collect(conn, conv)
             if conv.anomalies:
                 self._anomalies.update(conv.anomalies)
                 conv.anomalies.clear()
-            if kind == _END and conn.state == State.CLOSED and not conv.queue:
+            if kind == _KIND_END and conn.state == _STATE_CLOSED and not conv.queue:
                 conn.app = None  # the parser state goes now, not when the closed connection is forgotten
         return self._release()
 
@@ -276,12 +278,12 @@ class Extractor:
 
     def _collect(self, conn: Connection, conv: Conversation) -> None:
         for ev, txn in conv.events:
-            if ev == _OPENED:
+            if ev == _EVENT_OPENED:
                 txn.conn = conn
                 self._serial += 1
                 txn.serial = self._serial
                 heapq.heappush(self._heap, (txn.ts, txn.serial, txn))
-            elif ev == _REQUEST:
+            elif ev == _EVENT_REQUEST:
                 if self.on_request is not None and txn.request is not None:
                     req = txn.request
                     if self.redactor is not None and txn.secret:
