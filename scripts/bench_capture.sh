@@ -78,7 +78,7 @@ stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *a: stop.set())
 s = run_capture(CaptureConfig(sys.argv[1], (int(sys.argv[2]),), Backend(sys.argv[3]), pcap_out=sys.argv[4]), Count(),
                 stop, on_started=lambda src, why: print("capturing:", src.describe(), file=sys.stderr, flush=True))
-print(f"kernel drops {s.source.kernel_drops}\nring buffer drops {s.source.buffer_drops}", file=sys.stderr)
+print(f"kernel drops {s.source.kernel_drops}\\nring buffer drops {s.source.buffer_drops}", file=sys.stderr)
 """
 
 
