@@ -191,6 +191,7 @@ class Extractor:
         self._orphans = 0
         self._anomalies: Counter[str] = Counter()
         self._late: list[Transaction] = []
+        self._ready = False  # a transaction finished since the last release
 
     # -- input ----------------------------------------------------------------------------------
 
@@ -207,11 +208,12 @@ class Extractor:
             return []
         self._tcp += 1
         r = self.reassembler
-        r.last_conn = None
         events = r.feed(ts, seg)
-        conn = r.last_conn
-        if conn is not None and (conn.c2s.conflicts or conn.s2c.conflicts) and conn.app is not None:
-            self._note_conflict(conn, conn.app)
+        conn = r.last_conn  # set by the general path only: the in-order fast path meets no conflict
+        if conn is not None:
+            r.last_conn = None
+            if (conn.c2s.conflicts or conn.s2c.conflicts) and conn.app is not None:
+                self._note_conflict(conn, conn.app)
         if not events:
             return []
         return self._dispatch(events)
@@ -251,7 +253,7 @@ class Extractor:
             if conv is None:
                 conv = self._conversation(conn)
             if kind == _KIND_DATA:
-                conv.data(from_client, ts, value)
+                (conv.client if from_client else conv.server).feed(ts, value)
             elif kind == _KIND_GAP:
                 conv.gap(from_client, ts, value)
             else:
@@ -265,7 +267,9 @@ class Extractor:
                 conv.anomalies.clear()
             if kind == _KIND_END and conn.state == _STATE_CLOSED and not conv.queue:
                 conn.app = None  # the parser state goes now, not when the closed connection is forgotten
-        return self._release()
+        if self._ready or len(self._heap) > self.max_held_exchanges:
+            return self._release()
+        return []
 
     def _note_conflict(self, conn: Connection, conv: Conversation) -> None:
         """A retransmission carried different bytes: the transaction being parsed gets the note."""
@@ -290,11 +294,14 @@ class Extractor:
                         req = self.redactor.message(req)  # type: ignore[assignment]
                     assert req is not None
                     self.on_request(RequestEvent(_id(conn, txn.index), conn.client, conn.server, txn.index, req))
-            elif txn.late and not txn.void:
-                self._late.append(txn)
+            else:  # DONE
+                self._ready = True
+                if txn.late and not txn.void:
+                    self._late.append(txn)
         conv.events.clear()
 
     def _release(self) -> list[Exchange]:
+        self._ready = False
         heap = self._heap
         out: list[Exchange] = []
         if self._late:

@@ -302,7 +302,8 @@ class Reassembler:
         self._next_sweep = 0.0
         self.connections_seen = 0
         self.evicted = 0
-        self.last_conn: Connection | None = None  # the connection of the last segment fed
+        # The connection of the last segment that took the general path (cleared by the consumer).
+        self.last_conn: Connection | None = None
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -399,7 +400,6 @@ class Reassembler:
         elif conn.state == _STATE_CLOSED:
             return out  # a straggler after the close (late retransmission, final ACK)
         conn.last_ts = ts
-        self.last_conn = conn
         if from_client:
             hs, peer = conn.c2s, conn.s2c
         else:
@@ -416,6 +416,7 @@ class Reassembler:
                 hs.next_seq = (hs.next_seq + n) & MASK
                 out.append(StreamEvent(conn, from_client, _KIND_DATA, ts, payload))
             return out
+        self.last_conn = conn  # the general path: the consumer checks this connection for conflicts
         if flags & SYN:
             if hs.next_seq is None or not hs.isn_known and hs.next_off == 0:
                 hs.next_seq = (seg.seq + 1) & MASK
