@@ -14,7 +14,7 @@ _MORE = "Repeatable."
 @app.command(no_args_is_help=True)
 def replay(
     input: Annotated[str, typer.Argument(help="Exchanges JSONL (.gz ok, '-' stdin) or a pcap/pcapng, extracted on the fly.")],
-    target: Annotated[str, typer.Option("--target", "-t", help="Where to send: http://host:port[/prefix] (https too).")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Where to send: http://host:port, optionally with a path prefix (https too).")],
     output: Annotated[str | None, typer.Option("--output", "-o", help="Results JSONL (docs/results-format.md); '-' stdout, .gz compressed.")] = None,
     speed: Annotated[str, typer.Option(help="Recorded timing scaled by this factor (2 = twice as fast), or 'max'.")] = "1",
     rate: Annotated[float | None, typer.Option(help="Send at this fixed rate (requests/s) whatever the recorded timing.")] = None,

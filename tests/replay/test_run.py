@@ -348,3 +348,12 @@ def test_real_capture_refused_when_the_target_is_its_server(tmp_path):
     # --no-check: no connection is tried, so nothing needs to listen there; refused before sending.
     p = replay(os.path.join(PCAPS, "curl-mix.pcap"), "-t", f"http://localhost:{port}", "--no-check")
     assert p.returncode == 5 and "captured from" in p.stderr
+
+
+def test_help_lists_the_options():
+    p = replay("--help")
+    assert p.returncode == 0, p.stderr
+    for option in ("--target", "--speed", "--rate", "--amplify", "--loop", "--duration", "--concurrency", "--pool",
+                   "--keep-host", "--host-suffix", "--set-header", "--drop-header", "--rewrite", "--sample",
+                   "--allow", "--allow-unsafe", "--force", "--preload", "--json"):
+        assert option in p.stdout
