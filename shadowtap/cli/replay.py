@@ -23,7 +23,7 @@ def replay(
     duration: Annotated[float | None, typer.Option(help="Stop after S seconds of schedule (of run time at --speed max).")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight at most.", min=1)] = 64,
     pool: Annotated[bool, typer.Option("--pool", help="Independent requests over a pool of connections, instead of one target connection per captured connection, in order.")] = False,
-    preload: Annotated[bool, typer.Option("--preload", help="Decode and decide the whole input before the clock starts (load tests: the rate is not bounded by input decoding; memory grows with the input).")] = False,
+    preload: Annotated[bool, typer.Option("--preload", help="Decode and decide the whole input before the clock starts (load tests: the rate is not bounded by input decoding; about 1 KB of memory an exchange).")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a complete answer.")] = 10.0,
     connect_timeout: Annotated[float, typer.Option(help="Seconds to wait for a connection.")] = 5.0,
     max_body: Annotated[int, typer.Option(help="Bytes of each response body kept in the results.")] = 1 << 20,
