@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from shadowtap.errors import InputError, TargetError
-from shadowtap.records import Exchange, Headers, header_value, parse_endpoint
+from shadowtap.records import Exchange, Headers, header_value, header_values, parse_endpoint
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -245,14 +245,16 @@ class Policy:
         else:
             host = self.target.authority
         set_names = {n.lower() for n, _ in self.set_headers}
-        headers: list[tuple[str, str]] = [("Host", host)]
+        headers: list[tuple[str, str]] = [] if "host" in set_names else [("Host", host)]
         had_length = False
         has_key = False
+        # Headers the captured Connection header names are hop-by-hop too (RFC 9110 7.6.1).
+        conn_named = {t.strip().lower() for v in header_values(req.headers, "connection") for t in v.split(",")}
         for name, value in req.headers:
             lname = name.lower()
             if lname in ("content-length", "transfer-encoding"):
                 had_length = True
-            if lname in _HOP_BY_HOP or lname in self.drop_headers or lname in set_names:
+            if lname in _HOP_BY_HOP or lname in self.drop_headers or lname in set_names or lname in conn_named:
                 continue
             if lname == "idempotency-key":
                 has_key = True

@@ -183,3 +183,11 @@ def test_a_captured_server_at_an_address_of_this_host_is_the_local_target():
         policy.decide(make_exchange(server="192.0.2.10:8080"))
     assert isinstance(policy.decide(make_exchange(server="192.0.2.11:8080")), Prepared)  # another host
     assert isinstance(policy.decide(make_exchange(server="192.0.2.10:9090")), Prepared)  # another port
+
+
+def test_headers_named_by_connection_are_dropped_and_a_set_host_wins():
+    ex = make_exchange(headers=(("Connection", "keep-alive, X-Hop"), ("X-Hop", "1"), ("X-Stay", "2")))
+    p = prepared(Policy(TARGET), ex)
+    assert header_value(p.headers, "x-hop") is None and header_value(p.headers, "x-stay") == "2"
+    p = prepared(Policy(TARGET, set_headers=(("Host", "api.internal"),)), ex)
+    assert [v for n, v in p.headers if n.lower() == "host"] == ["api.internal"]
