@@ -300,3 +300,14 @@ HTTPISH = st.sampled_from([
 @given(st.lists(st.tuples(st.sampled_from(["c", "s"]), st.lists(HTTPISH, max_size=8).map(b"".join)), max_size=10))
 def test_random_http_fragments_never_raise(steps):
     play(*steps)
+
+
+def test_http10_keep_alive():
+    done, _ = play(
+        ("c", req("/a", extra=b"Connection: keep-alive\r\n", version=b"HTTP/1.0")),
+        ("s", b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\na"),
+        ("c", req("/b", extra=b"Connection: keep-alive\r\n", version=b"HTTP/1.0")),
+        ("s", b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nb"),
+    )
+    assert summary(done) == [("GET", "/a", 200, b"a"), ("GET", "/b", 200, b"b")]
+    assert {t.request.version for t in done} == {"HTTP/1.0"}
