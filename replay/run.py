@@ -6,7 +6,7 @@ The scheduling loop sleeps until each slot's due time, anchored to the start; it
 answers (except under ``--speed max``, where at most ``2 * concurrency`` requests are
 outstanding), so a slow target shows as lag in the results, not as a slower schedule. Results are
 written as they come (the writer flushes every second) and the file is closed on every exit path:
-on Ctrl-C the loop stops scheduling, waits for the requests in flight (at most the timeout), and
+on Ctrl-C (or SIGTERM) the loop stops scheduling, waits for the requests in flight (at most the timeout), and
 the summary is still printed.
 """
 
@@ -221,10 +221,11 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
         stop.set()
         waker.wake()
 
-    try:
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
-    except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
-        pass
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, and `timeout`/service managers
+        try:
+            loop.add_signal_handler(signum, on_sigint)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
+            pass
     plans = _plan(source, policy, summary)
     total: float | None = None  # of the progress bar: requests (preloaded input) or seconds
     if cfg.preload:
@@ -286,6 +287,7 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
         if progress is not None:
             progress.close()
         loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
     if first_error:
         raise first_error[0]
 

@@ -265,7 +265,8 @@ def test_pcap_input_is_extracted_on_the_fly(tmp_path, nginx):
     assert all(d["response"]["body"] == "hello from nginx\n" for d in results)
 
 
-def test_ctrl_c_keeps_every_result_and_prints_the_summary(tmp_path, aio_target):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_keeps_every_result_and_prints_the_summary(tmp_path, aio_target, signum):
     inp = write_jsonl(tmp_path / "in.jsonl", [make_exchange(target="/i", index=0)])
     out = tmp_path / "res.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "shadowtap", "replay", inp, "-t", aio_target.url, "-o", str(out),
@@ -276,7 +277,7 @@ def test_ctrl_c_keeps_every_result_and_prints_the_summary(tmp_path, aio_target):
         while len(aio_target.seen) < 10 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(aio_target.seen) >= 10
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _stdout, stderr = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
