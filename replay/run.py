@@ -6,8 +6,8 @@ The scheduling loop sleeps until each slot's due time, anchored to the start; it
 answers (except under ``--speed max``, where at most ``2 * concurrency`` requests are
 outstanding), so a slow target shows as lag in the results, not as a slower schedule. Results are
 written as they come (the writer flushes every second) and the file is closed on every exit path:
-on Ctrl-C (or SIGTERM) the loop stops scheduling, waits for the requests in flight (at most the timeout), and
-the summary is still printed.
+on Ctrl-C (or SIGTERM) the loop stops scheduling, waits for the requests in flight (at most the
+timeout; a second Ctrl-C stops waiting), and the summary is still printed.
 """
 
 from __future__ import annotations
