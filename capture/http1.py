@@ -99,6 +99,7 @@ class Transaction:
         "index",
         "late",
         "method",
+        "order",
         "req_done",
         "req_end_ts",
         "request",
@@ -128,6 +129,7 @@ class Transaction:
         self.req_end_ts: float | None = None
         self.conn: Any = None  # the pipeline's connection
         self.late = False  # released past by the pipeline (see capture.pipeline)
+        self.order: tuple[float, int, int] = (ts, 0, 0)  # the pipeline's ordering key
         self.secret = False  # a watched (secret) header name appears in a head: redact
         self.upgrade = False  # CONNECT or Upgrade: the response may turn the connection into a tunnel
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from hashlib import blake2b
 
-from capture.decode import decode
+from capture.decode import Segment, decode
 from capture.http1 import Conversation, Event, Transaction
 from capture.reassembly import Connection, Kind, Reassembler, State
 from shadowtap.errors import InputError, PrerequisiteError
@@ -38,6 +38,13 @@ from shadowtap.redact import Redactor
 _EVENT_OPENED, _EVENT_REQUEST = Event.OPENED, Event.REQUEST
 _KIND_DATA, _KIND_GAP, _KIND_END = Kind.DATA, Kind.GAP, Kind.END
 _STATE_CLOSED = State.CLOSED
+
+
+def _share(seg: Segment, n: int) -> int:
+    """Which of ``n`` shares a segment's connection falls in: the same both ways (XOR is
+    symmetric), spread by a multiplicative hash (client ports of one host often share a parity)."""
+    x = seg.sport ^ seg.dport ^ seg.src[-1] ^ seg.dst[-1] ^ (seg.src[-2] << 8) ^ (seg.dst[-2] << 8)
+    return ((x * 0x9E3779B1) >> 16) % n
 
 
 def _id(conn: Connection, index: int) -> str:
@@ -140,7 +147,9 @@ class Extractor:
     connection, HTTP recognised by content. ``bpf_filter``: a BPF expression frames must match.
     ``max_body``: body bytes kept per message. Limits: ``max_held_bytes`` out-of-order bytes per
     direction, ``max_head`` bytes of an unfinished message head, ``idle_timeout`` seconds of capture
-    time before an idle connection is evicted, ``max_connections`` tracked at once."""
+    time before an idle connection is evicted, ``max_connections`` tracked at once.
+    ``shard=(k, n)``: only the connections of share k of n (capture.extract's worker processes);
+    ``keyed``: ``released_keys`` gets each returned exchange's order key, for merging shards."""
 
     def __init__(
         self,
@@ -156,6 +165,8 @@ class Extractor:
         idle_timeout: float = 120.0,
         max_connections: int = 50_000,
         max_held_exchanges: int = 100_000,
+        shard: tuple[int, int] | None = None,
+        keyed: bool = False,
     ) -> None:
         if max_body < 0:
             raise InputError("must be >= 0", where="--max-body")
@@ -177,11 +188,17 @@ class Extractor:
         names = sorted(self.redactor.names) if self.redactor is not None else []
         self._watch = tuple(n for n in names if not any(m != n and m in n for m in names))
         self.max_held_exchanges = max_held_exchanges
+        self.shard = shard
         self.reassembler = Reassembler(
             server_ports=self.ports, max_held_bytes=max_held_bytes, idle_timeout=idle_timeout,
             max_connections=max_connections,
         )
-        self._heap: list[tuple[float, int, Transaction]] = []
+        # (first-byte time, packet number, serial, transaction): request-time order, ties broken by
+        # the packet that began the exchange, then the order within that packet. The packet number
+        # makes the order the same when connections are split over worker processes.
+        self._heap: list[tuple[float, int, int, Transaction]] = []
+        self.keyed = keyed
+        self.released_keys: list[tuple[float, int, int]] = []  # with keyed=True: the key of each exchange returned
         self._serial = 0
         self._packets = 0
         self._bytes = 0
@@ -206,6 +223,8 @@ class Extractor:
             return []
         if self.ports and seg.sport not in self.ports and seg.dport not in self.ports:
             return []
+        if self.shard is not None and _share(seg, self.shard[1]) != self.shard[0]:
+            return []  # another worker's connection
         self._tcp += 1
         r = self.reassembler
         events = r.feed(ts, seg)
@@ -222,7 +241,7 @@ class Extractor:
         """End of input: every connection ends, every exchange goes out."""
         out = self._dispatch(self.reassembler.finish())
         while self._heap:
-            _, _, txn = heapq.heappop(self._heap)
+            txn = heapq.heappop(self._heap)[3]
             if not txn.void:
                 out.append(self._exchange(txn))
         return out
@@ -286,7 +305,8 @@ class Extractor:
                 txn.conn = conn
                 self._serial += 1
                 txn.serial = self._serial
-                heapq.heappush(self._heap, (txn.ts, txn.serial, txn))
+                txn.order = (txn.ts, self._packets, txn.serial)
+                heapq.heappush(self._heap, (txn.ts, self._packets, txn.serial, txn))
             elif ev == _EVENT_REQUEST:
                 if self.on_request is not None and txn.request is not None:
                     req = txn.request
@@ -307,8 +327,8 @@ class Extractor:
         if self._late:
             out.extend(self._exchange(t) for t in self._late)
             self._late.clear()
-        while heap and (heap[0][2].done or len(heap) > self.max_held_exchanges):
-            _, _, txn = heapq.heappop(heap)
+        while heap and (heap[0][3].done or len(heap) > self.max_held_exchanges):
+            txn = heapq.heappop(heap)[3]
             if txn.void:
                 continue
             if not txn.done:
@@ -320,6 +340,8 @@ class Extractor:
         return out
 
     def _exchange(self, txn: Transaction) -> Exchange:
+        if self.keyed:
+            self.released_keys.append(txn.order)
         conn: Connection = txn.conn
         req, resp = txn.request, txn.response
         ttfb = total = None
