@@ -5,7 +5,8 @@
 #   shadowtap extract FILE -o /dev/null
 #   tshark -r FILE -Y http.response -T fields -e http.response.code
 # and prints exchanges/s for both, the ratio, and shadowtap's peak RSS (GNU time).
-# Usage: scripts/bench_extract.sh [CAPTURE]  (env: BENCH_REQUESTS=100000 BENCH_CONNS=8, BENCH_KEEP=copy.pcap)
+# Usage: scripts/bench_extract.sh [CAPTURE]  (env: BENCH_REQUESTS=100000 BENCH_CONNS=8, BENCH_KEEP=copy.pcap,
+#        BENCH_CPU=1 BENCH_ROUNDS=3 BENCH_JOBS=$(nproc))
 # Needs root (tcpdump on lo). Goal (issue 2): ratio >= 2, peak RSS < 200 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,18 +62,26 @@ echo "capture: $capture ($(du -h "$capture" | cut -f1), $(capinfos -c -M "$captu
 # Wall-clock and CPU (user+sys) rates are both printed.
 cpu=${BENCH_CPU:-1}
 rounds=${BENCH_ROUNDS:-3}
+# Then, unpinned, shadowtap with one worker process per CPU (--jobs) against tshark unpinned: what a
+# user gets from the whole machine (tshark dissects on one thread).
+jobs=${BENCH_JOBS:-$(nproc)}
 for r in $(seq "$rounds"); do
   /usr/bin/time -f "%e %U %S %M" -o "$work/st.$r.time" taskset -c "$cpu" \
-    .venv/bin/shadowtap extract "$capture" -o "$work/st.jsonl" 2>"$work/st.err"
+    .venv/bin/shadowtap extract "$capture" -j 1 -o "$work/st.jsonl" 2>"$work/st.err"
   /usr/bin/time -f "%e %U %S %M" -o "$work/ts.$r.time" taskset -c "$cpu" \
     tshark -r "$capture" -Y http.response -T fields -e http.response.code >"$work/ts.out" 2>/dev/null
+  /usr/bin/time -f "%e %U %S %M" -o "$work/stj.$r.time" \
+    .venv/bin/shadowtap extract "$capture" -j "$jobs" -o "$work/stj.jsonl" 2>"$work/stj.err"
+  /usr/bin/time -f "%e %U %S %M" -o "$work/tsu.$r.time" \
+    tshark -r "$capture" -Y http.response -T fields -e http.response.code >"$work/tsu.out" 2>/dev/null
 done
+cmp -s "$work/st.jsonl" "$work/stj.jsonl" || echo "WARNING: --jobs $jobs output differs from one process's"
 st_n=$(wc -l < "$work/st.jsonl")
 ts_n=$(wc -l < "$work/ts.out")
 
-python3 - "$work" "$rounds" "$st_n" "$ts_n" <<'PY'
+python3 - "$work" "$rounds" "$st_n" "$ts_n" "$jobs" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY'
 import sys
-work, rounds, st_n, ts_n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+work, rounds, st_n, ts_n, jobs, load = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
 def best(tool):
     runs = [tuple(map(float, open(f"{work}/{tool}.{r}.time").read().split())) for r in range(1, rounds + 1)]
     wall = min(r[0] for r in runs)
@@ -84,4 +93,8 @@ tw, tc, tr = best("ts")
 print(f"shadowtap extract: {st_n} exchanges; best wall {sw:.2f} s = {st_n/sw:,.0f}/s; best CPU {sc:.2f} s = {st_n/sc:,.0f}/s; peak RSS {sr:.0f} MB")
 print(f"tshark           : {ts_n} responses; best wall {tw:.2f} s = {ts_n/tw:,.0f}/s; best CPU {tc:.2f} s = {ts_n/tc:,.0f}/s; peak RSS {tr:.0f} MB")
 print(f"ratio shadowtap/tshark (exchanges/s): wall {(st_n/sw)/(ts_n/tw):.2f}x, CPU {(st_n/sc)/(ts_n/tc):.2f}x  (goal >= 2x; peak RSS goal < 200 MB)")
+jw, jc, jr = best("stj")
+uw, uc, ur = best("tsu")
+print(f"unpinned: shadowtap --jobs {jobs}: best wall {jw:.2f} s = {st_n/jw:,.0f}/s (CPU {jc:.2f} s, peak RSS {jr:.0f} MB a process); "
+      f"tshark: best wall {uw:.2f} s = {ts_n/uw:,.0f}/s; ratio wall {(st_n/jw)/(ts_n/uw):.2f}x  (load average {load})")
 PY
