@@ -5,8 +5,10 @@
 #     request to the shadow; for each rate: requests sent (hey), requests that reached the shadow
 #     (its access log), the ratio, and the mirror lag p50/p99 (results.jsonl: wire time of the
 #     request's last byte -> sent to the shadow). The peer is the primary itself: it served them all.
-#  2. the primary's latency without and with the mirror running: hey at a fixed rate (p50/p99), and
-#     wrk at full speed (its p50/p99), 3 interleaved rounds each.
+#  2. the primary's latency without anything, with `shadowtap capture` alone (the peer: the floor
+#     of any mirror's cost, its hooks and its copy of every packet) and with the mirror: hey at a
+#     fixed rate (p50/p99) and wrk at full speed (p50/p99, req/s), 3 interleaved rounds.
+# The shadow's nginx runs under SCHED_IDLE: it stands in for another machine.
 #
 #   scripts/bench_mirror.sh            # as root; BENCH_SECONDS (10), BENCH_RATES ("1000 2000 3000 5000 7000"),
 #                                      # BENCH_LATENCY_RATE (1000), BENCH_BACKEND (ebpf) override
@@ -87,11 +89,21 @@ def start_mirror(primary, iface: str, tag: str) -> tuple[subprocess.Popen, Path,
     err = work / f"mirror-{tag}.err"
     argv = [SHADOWTAP, "mirror", "--iface", iface, "--port", str(PORT), "--shadow", f"http://{SHADOW}:{PORT}",
             "--backend", BACKEND, "--run-dir", str(run), "--no-dashboard", "--log-interval", "5",
-            "--queue", "20000", "--concurrency", "64"]
+            "--queue", "20000", "--concurrency", "64", *os.environ.get("BENCH_MIRROR_ARGS", "").split()]
     with open(err, "wb") as e:
         proc = primary.popen(argv, stdout=subprocess.DEVNULL, stderr=e)
     wait_text(err, "mirror: capturing", proc)
     return proc, run, err
+
+
+def start_capture(primary, iface: str, tag: str) -> subprocess.Popen:
+    """`shadowtap capture` alone (eBPF, no output): the floor of what any mirror costs."""
+    err = work / f"capture-{tag}.err"
+    with open(err, "wb") as e:
+        proc = primary.popen([*SHADOWTAP.split(), "capture", "-i", iface, "-p", str(PORT), "-b", BACKEND],
+                             stdout=subprocess.DEVNULL, stderr=e)
+    wait_text(err, "capturing:", proc)
+    return proc
 
 
 def stop(proc: subprocess.Popen) -> float:
@@ -134,7 +146,10 @@ try:
     iface, _ = topo.link(primary, client, PRIMARY, "10.250.31.1")
     topo.link(primary, shadow, "10.250.32.1", SHADOW)
     servers.append(primary.popen(["nginx", "-c", str(nginx_conf("primary", PRIMARY, False)), "-p", str(work / "primary")]))
-    servers.append(shadow.popen(["nginx", "-c", str(nginx_conf("shadow", SHADOW, True)), "-p", str(work / "shadow")]))
+    # The shadow stands in for another machine: under SCHED_IDLE it never takes a core from the
+    # primary's nginx (on 2 shared cores it otherwise would, and that is not the mirror's cost).
+    servers.append(shadow.popen(["chrt", "--idle", "0", "nginx", "-c", str(nginx_conf("shadow", SHADOW, True)),
+                                 "-p", str(work / "shadow")]))
     for host, addr in ((client, PRIMARY), (primary, SHADOW)):
         for _ in range(100):
             if host.run(["curl", "-s", "-o", "/dev/null", f"http://{addr}:{PORT}/"], check=False).returncode == 0:
@@ -149,7 +164,7 @@ try:
           f"{'lag p50':>8} {'lag p99':>8} {'catch-up':>8}")
     best = 0.0
     best_lag: tuple[float, float] | None = None
-    for rate in RATES:
+    for rate in RATES if not os.environ.get("BENCH_NO_RATES") else ():
         before = shadow_count(access)
         proc, run, err = start_mirror(primary, iface, f"rate-{rate}")
         load = hey(client, rate, SECONDS)
@@ -171,28 +186,33 @@ try:
         raise SystemExit(0)
     print()
     print(f"primary latency without / with the mirror, 3 interleaved rounds of {SECONDS:g} s:")
-    lat: dict[str, dict[str, list[dict]]] = {"hey": {"none": [], "mirror": []}, "wrk": {"none": [], "mirror": []}}
+    kinds = ("none", "capture", "mirror")
+    lat: dict[str, dict[str, list[dict]]] = {t: {k: [] for k in kinds} for t in ("hey", "wrk")}
     for rnd in range(3):
-        for kind in ("none", "mirror"):
-            proc = None
-            if kind == "mirror":
+        for kind in kinds:
+            proc = run = None
+            if kind == "capture":
+                proc = start_capture(primary, iface, f"lat-{rnd}")
+            elif kind == "mirror":
                 proc, run, _err = start_mirror(primary, iface, f"lat-{rnd}")
             lat["hey"][kind].append(hey(client, LAT_RATE, SECONDS))
             lat["wrk"][kind].append(wrk(client, SECONDS))
             if proc:
                 stop(proc)
+            if run:
                 shutil.rmtree(run, ignore_errors=True)
     for tool, label in (("hey", f"hey at {LAT_RATE}/s"), ("wrk", "wrk -c 8 at full speed")):
         base50 = statistics.mean(r["p50"] for r in lat[tool]["none"])
         base99 = statistics.mean(r["p99"] for r in lat[tool]["none"])
-        m50 = statistics.mean(r["p50"] for r in lat[tool]["mirror"])
-        m99 = statistics.mean(r["p99"] for r in lat[tool]["mirror"])
-        rps = ""
-        if tool == "wrk":
-            rps = (f"; req/s {statistics.mean(r['rps'] for r in lat[tool]['none']):.0f} -> "
-                   f"{statistics.mean(r['rps'] for r in lat[tool]['mirror']):.0f}")
-        print(f"  {label:24} p50 {base50:.3f} -> {m50:.3f} ms ({m50 / base50 - 1:+.1%}), "
-              f"p99 {base99:.3f} -> {m99:.3f} ms ({m99 / base99 - 1:+.1%}){rps}")
+        for kind in kinds[1:]:
+            m50 = statistics.mean(r["p50"] for r in lat[tool][kind])
+            m99 = statistics.mean(r["p99"] for r in lat[tool][kind])
+            rps = ""
+            if tool == "wrk":
+                rps = (f"; req/s {statistics.mean(r['rps'] for r in lat[tool]['none']):.0f} -> "
+                       f"{statistics.mean(r['rps'] for r in lat[tool][kind]):.0f}")
+            print(f"  {label:24} {kind:8} p50 {base50:.3f} -> {m50:.3f} ms ({m50 / base50 - 1:+.1%}), "
+                  f"p99 {base99:.3f} -> {m99:.3f} ms ({m99 / base99 - 1:+.1%}){rps}")
 finally:
     for p in servers:
         p.send_signal(signal.SIGTERM)

@@ -47,6 +47,7 @@ def mirror(
     dashboard: Annotated[bool | None, typer.Option("--dashboard/--no-dashboard", help="Live dashboard (default: on a terminal; else a log line every --log-interval).")] = None,
     log_interval: Annotated[float, typer.Option(help="Seconds between log lines without a dashboard.")] = 5.0,
     nice: Annotated[int, typer.Option(help="Niceness added to the mirror's processes, so the primary's server gets the CPU first when it is short (0: none).", min=0, max=19)] = 10,
+    sched_idle: Annotated[bool, typer.Option("--sched-idle/--no-sched-idle", help="Run the mirror under SCHED_IDLE: only on CPU time nothing else wants, so it never delays the primary's server (it lags and drops instead).")] = True,
     min_coverage: Annotated[float, typer.Option(help="Share of the requests queued for the shadow that must be compared; below it a pass becomes 'error' (cannot judge).", min=0, max=1)] = 0.9,
 ) -> None:
     """Mirror the primary's live traffic to a shadow, compare the answers as they come; the verdict
@@ -92,7 +93,7 @@ def mirror(
         timeout=timeout, connect_timeout=connect_timeout, max_body=max_body, metrics=metrics,
         run_dir=run_dir, duration=duration, keep_secrets=keep_secrets, force=force,
         compare_config=config, ignore=tuple(ignore or ()), dashboard=dashboard,
-        log_interval=log_interval, bpf_filter=bpf_filter, min_coverage=min_coverage, nice=nice,
+        log_interval=log_interval, bpf_filter=bpf_filter, min_coverage=min_coverage, nice=nice, sched_idle=sched_idle,
     )
     code = MirrorRun(cfg).run()
     if code:
