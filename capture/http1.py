@@ -18,6 +18,12 @@ message goes on (``gap`` anomaly, ``body_truncated``); a gap anywhere else ends 
 gap and the direction resynchronises at the next request or status line: two messages are never
 glued together. Memory per direction: the unparsed buffer is at most ``max_head`` bytes plus one
 segment; body bytes beyond ``max_body`` are counted, not kept.
+
+Cost: a segment that is exactly one plain message (CRLF head, plain header lines, Content-Length
+body, nothing unusual) takes a one-step lane (``_RequestSide.fast``, ``_ResponseSide.fast``): one
+decode of the head, one split per header line, the records built at once, ~10 us a message here.
+Everything else goes through the state machine; the property tests check both read any
+segmentation of a conversation alike.
 """
 
 from __future__ import annotations

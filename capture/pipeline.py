@@ -15,6 +15,10 @@ out anyway, and the late one is marked ``late`` when it comes.
 ``on_request`` is called with a ``RequestEvent`` the moment a request is complete on the wire (before
 its response): the live mirror sends it to the shadow at once. The exchange written later for it
 carries the same id.
+
+Order and sharding: exchanges are ordered by (first-byte time, number of the packet that began
+them, serial); the packet number makes that order the same when ``shard=(k, n)`` splits the
+connections over worker processes (capture.extract merges their lines by that key).
 """
 
 from __future__ import annotations
