@@ -308,7 +308,7 @@ def _run_sharded(paths: Sequence[str], output: str, jobs: int, options: dict[str
                 else:
                     head, _, body = line.partition(b"\t")
                     a, b, s = head.split(b" ")
-                    yield (float(a), int(b), int(s)), body
+                    yield (float(a), int(b), int(s)), body[:-1]
 
         progress = None
         if console.interactive():
@@ -319,12 +319,13 @@ def _run_sharded(paths: Sequence[str], output: str, jobs: int, options: dict[str
                                 transient=True, refresh_per_second=2)
             progress.start()
             task = progress.add_task("extract", total=None, exchanges=0)
-        loads = orjson.loads
+        # The workers' JSON goes out as it came (orjson.Fragment: no parse, no re-encoding).
+        as_is = getattr(orjson, "Fragment", None) or orjson.loads
         try:
             with JsonlWriter(output) as writer:
                 write = writer.write
                 for n, (_, body) in enumerate(heapq.merge(*(lines(f) for f in readers), key=lambda x: x[0]), 1):
-                    write(loads(body))
+                    write(as_is(body))
                     if progress is not None and n % _PROGRESS_EVERY == 0:
                         progress.update(task, exchanges=n)
                 written = writer.count
