@@ -33,13 +33,14 @@ LAT_RATE = int(os.environ["BENCH_LATENCY_RATE"])
 BACKEND = os.environ["BENCH_BACKEND"]
 WORKERS = 8
 PORT = 8080  # inside the bench's own namespaces: no collision possible
+IDLE_PORT = 8081  # part 2's shadow (SCHED_IDLE)
 PRIMARY, SHADOW = "10.250.31.2", "10.250.32.2"
 SHADOWTAP = str(Path(sys.executable).parent / "shadowtap")
 work = Path(tempfile.mkdtemp(prefix="shadowtap-bench-mirror-"))
 os.environ["SHADOWTAP_KEY_FILE"] = str(work / "key")
 
 
-def nginx_conf(name: str, addr: str, access_log: bool) -> Path:
+def nginx_conf(name: str, addr: str, access_log: bool, port: int = PORT) -> Path:
     d = work / name
     for sub in ("b", "p", "f", "u", "s"):
         (d / sub).mkdir(parents=True)
@@ -50,7 +51,7 @@ error_log {d}/nginx.err warn; events {{ worker_connections 4096; }}
 http {{ {log} default_type application/json; keepalive_requests 1000000;
   client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f;
   uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;
-  server {{ listen {addr}:{PORT}; location / {{ return 200 '{{"path": "$request_uri", "ok": true}}\\n'; }} }} }}
+  server {{ listen {addr}:{port}; location / {{ return 200 '{{"path": "$request_uri", "ok": true}}\\n'; }} }} }}
 """)
     return conf
 
@@ -84,12 +85,12 @@ def wrk(client, seconds: float) -> dict:
     return {"rps": rps, "p50": lat.get("50"), "p99": lat.get("99")}
 
 
-def start_mirror(primary, iface: str, tag: str) -> tuple[subprocess.Popen, Path, Path]:
+def start_mirror(primary, iface: str, tag: str, *extra: str, shadow_port: int = PORT) -> tuple[subprocess.Popen, Path, Path]:
     run = work / f"run-{tag}"
     err = work / f"mirror-{tag}.err"
-    argv = [SHADOWTAP, "mirror", "--iface", iface, "--port", str(PORT), "--shadow", f"http://{SHADOW}:{PORT}",
+    argv = [SHADOWTAP, "mirror", "--iface", iface, "--port", str(PORT), "--shadow", f"http://{SHADOW}:{shadow_port}",
             "--backend", BACKEND, "--run-dir", str(run), "--no-dashboard", "--log-interval", "5",
-            "--queue", "20000", "--concurrency", "64", *os.environ.get("BENCH_MIRROR_ARGS", "").split()]
+            "--queue", "20000", "--concurrency", "64", *extra, *os.environ.get("BENCH_MIRROR_ARGS", "").split()]
     with open(err, "wb") as e:
         proc = primary.popen(argv, stdout=subprocess.DEVNULL, stderr=e)
     wait_text(err, "mirror: capturing", proc)
@@ -100,7 +101,7 @@ def start_capture(primary, iface: str, tag: str) -> subprocess.Popen:
     """`shadowtap capture` alone (eBPF, no output): the floor of what any mirror costs."""
     err = work / f"capture-{tag}.err"
     with open(err, "wb") as e:
-        proc = primary.popen([*SHADOWTAP.split(), "capture", "-i", iface, "-p", str(PORT), "-b", BACKEND],
+        proc = primary.popen([SHADOWTAP, "capture", "-i", iface, "-p", str(PORT), "-b", BACKEND],
                              stdout=subprocess.DEVNULL, stderr=e)
     wait_text(err, "capturing:", proc)
     return proc
@@ -146,13 +147,15 @@ try:
     iface, _ = topo.link(primary, client, PRIMARY, "10.250.31.1")
     topo.link(primary, shadow, "10.250.32.1", SHADOW)
     servers.append(primary.popen(["nginx", "-c", str(nginx_conf("primary", PRIMARY, False)), "-p", str(work / "primary")]))
-    # The shadow stands in for another machine: under SCHED_IDLE it never takes a core from the
-    # primary's nginx (on 2 shared cores it otherwise would, and that is not the mirror's cost).
-    servers.append(shadow.popen(["chrt", "--idle", "0", "nginx", "-c", str(nginx_conf("shadow", SHADOW, True)),
-                                 "-p", str(work / "shadow")]))
-    for host, addr in ((client, PRIMARY), (primary, SHADOW)):
+    # Part 1's shadow must keep up: a normal nginx. Part 2's stands in for another machine: under
+    # SCHED_IDLE it never takes a core from the primary's nginx (on 2 shared cores it otherwise
+    # would, and that is not the mirror's cost).
+    servers.append(shadow.popen(["nginx", "-c", str(nginx_conf("shadow", SHADOW, True)), "-p", str(work / "shadow")]))
+    servers.append(shadow.popen(["chrt", "--idle", "0", "nginx", "-c",
+                                 str(nginx_conf("shadow-idle", SHADOW, False, IDLE_PORT)), "-p", str(work / "shadow-idle")]))
+    for host, addr, port in ((client, PRIMARY, PORT), (primary, SHADOW, PORT), (primary, SHADOW, IDLE_PORT)):
         for _ in range(100):
-            if host.run(["curl", "-s", "-o", "/dev/null", f"http://{addr}:{PORT}/"], check=False).returncode == 0:
+            if host.run(["curl", "-s", "-o", "/dev/null", f"http://{addr}:{port}/"], check=False).returncode == 0:
                 break
             time.sleep(0.1)
     access = work / "shadow" / "access.log"
@@ -166,7 +169,9 @@ try:
     best_lag: tuple[float, float] | None = None
     for rate in RATES if not os.environ.get("BENCH_NO_RATES") else ():
         before = shadow_count(access)
-        proc, run, err = start_mirror(primary, iface, f"rate-{rate}")
+        # The mirror's capacity: at normal priority (its default SCHED_IDLE would measure the
+        # machine's other load instead).
+        proc, run, err = start_mirror(primary, iface, f"rate-{rate}", "--no-sched-idle", "--nice", "0")
         load = hey(client, rate, SECONDS)
         catch_up = stop(proc)
         got = shadow_count(access) - before
@@ -194,7 +199,7 @@ try:
             if kind == "capture":
                 proc = start_capture(primary, iface, f"lat-{rnd}")
             elif kind == "mirror":
-                proc, run, _err = start_mirror(primary, iface, f"lat-{rnd}")
+                proc, run, _err = start_mirror(primary, iface, f"lat-{rnd}", shadow_port=IDLE_PORT)  # defaults
             lat["hey"][kind].append(hey(client, LAT_RATE, SECONDS))
             lat["wrk"][kind].append(wrk(client, SECONDS))
             if proc:
