@@ -287,6 +287,12 @@ def test_shadow_that_differs_yields_exactly_the_expected_regressions(lab, backen
     assert (run / "report.txt").read_text().startswith("verdict: FAIL")
     assert (run / "report.html").exists()
     assert _regressions(report) == EXPECTED_REGRESSIONS
+    # compare re-analyses the run directory alone and finds the same.
+    again = tmp_path / "again.json"
+    proc = subprocess.run([SHADOWTAP, "compare", str(run / "exchanges.jsonl"), str(run / "results.jsonl"),
+                           "--json", str(again)], check=False, capture_output=True, timeout=120)
+    assert proc.returncode == 11, proc.stderr
+    assert _regressions(json.loads(again.read_text())) == EXPECTED_REGRESSIONS
     # The endpoints the shadow serves alike fail nothing but (maybe) latency.
     for m in report["verdict"]["metrics"]:
         if m["endpoint"] in ("GET /health", "POST /v1/predict"):
