@@ -2,7 +2,8 @@
 # Benchmark of `shadowtap replay` against one nginx on loopback, in one run:
 #  1. throughput: replay ~100k exchanges at --speed max next to wrk with the same number of
 #     connections (wrk -t1: one thread, like the one replay process; wrk is run before and after
-#     the replays and averaged, the machine being shared). The exchanges are real: wrk's own
+#     the replays and averaged, the machine being shared; nginx pinned to core 0, both clients to
+#     core 1). The exchanges are real: wrk's own
 #     traffic to the same nginx (another port of it), recorded with tcpdump and extracted with
 #     `shadowtap extract` (without root: synthesized exchanges of the same shape).
 #  2. timing: replay at the recorded timing of Poisson arrivals at 1k and 5k requests/s for
@@ -52,7 +53,10 @@ http {
   server { listen 127.0.0.1:$rec_port; listen 127.0.0.1:$port; location / { return 200 "hello\n"; } }
 }
 NGX
-nginx -c "$work/nginx.conf" -p "$work" >/dev/null 2>&1 &
+# nginx on one core, the clients (wrk, shadowtap) on the other: both clients get the same core.
+srv_pin=() cli_pin=()
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then srv_pin=(taskset -c 0) cli_pin=(taskset -c 1); fi
+"${srv_pin[@]}" nginx -c "$work/nginx.conf" -p "$work" >/dev/null 2>&1 &
 nginx_pid=$!
 for _ in $(seq 100); do
   curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1 && break
@@ -60,7 +64,7 @@ for _ in $(seq 100); do
 done
 
 wrk_rps() {
-  wrk -t1 -c"$C" -d"${1}s" "http://127.0.0.1:$port/" | awk '/^Requests\/sec/ {print $2}'
+  "${cli_pin[@]}" wrk -t1 -c"$C" -d"${1}s" "http://127.0.0.1:$port/" | awk '/^Requests\/sec/ {print $2}'
 }
 
 # 1. The input: wrk's traffic to the recording port, captured and extracted.
@@ -96,9 +100,9 @@ fi
 n_ex=$(wc -l < "$work/ex.jsonl")
 
 wrk1=$(wrk_rps "$W")
-"$ST" replay "$work/ex.jsonl" -t "http://127.0.0.1:$port" --speed max -c "$C" --preload --no-progress --json \
+"${cli_pin[@]}" "$ST" replay "$work/ex.jsonl" -t "http://127.0.0.1:$port" --speed max -c "$C" --preload --no-progress --json \
   -o "$work/max.jsonl" >"$work/max.json" 2>/dev/null
-"$ST" replay "$work/ex.jsonl" -t "http://127.0.0.1:$port" --speed max -c "$C" --no-progress --json \
+"${cli_pin[@]}" "$ST" replay "$work/ex.jsonl" -t "http://127.0.0.1:$port" --speed max -c "$C" --no-progress --json \
   -o "$work/max_stream.jsonl" >"$work/max_stream.json" 2>/dev/null
 wrk2=$(wrk_rps "$W")
 
