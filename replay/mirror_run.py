@@ -240,7 +240,9 @@ class MirrorRun:
             if res.total_ms is not None:
                 f.shadow_latency.observe(res.total_ms / 1000)
         if self.redactor is not None and res.response is not None:
-            res = dataclasses.replace(res, response=self.redactor.message(res.response))
+            redacted = self.redactor.message(res.response)
+            if redacted is not res.response:  # the same object when no secret header is there
+                res = dataclasses.replace(res, response=redacted)
         pair = self.pairer.add_result(res, time.monotonic())
         if pair is not None:
             self._on_pair(pair)

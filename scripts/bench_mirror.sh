@@ -121,6 +121,21 @@ def stop(proc: subprocess.Popen) -> float:
     return time.monotonic() - start
 
 
+SLEEPER = """
+import sys, time
+end = time.monotonic() + float(sys.argv[1]); late = []
+while time.monotonic() < end:
+    t = time.perf_counter(); time.sleep(0.001); late.append((time.perf_counter() - t - 0.001) * 1000)
+late.sort(); print(f"{late[int(len(late) * 0.99)]:.1f} {late[-1]:.1f}")
+"""
+
+
+def start_sleeper(seconds: float) -> subprocess.Popen:
+    """A bare process sleeping 1 ms at a time: how late the machine itself wakes a process (its
+    p99 and max, ms) during the step: the floor under any lag figure on a shared machine."""
+    return subprocess.Popen([sys.executable, "-c", SLEEPER, str(seconds)], stdout=subprocess.PIPE, text=True)
+
+
 def shadow_count(log: Path) -> int:
     if not log.exists():
         return 0
@@ -164,7 +179,7 @@ try:
           f"hey -c {WORKERS}+ (1 per 800/s), {SECONDS:g} s a step; nginx primary and shadow; "
           f"load average before: {os.getloadavg()[0]:.1f}")
     print(f"{'target/s':>8} {'served/s':>9} {'sent':>7} {'at shadow':>9} {'ratio':>8} {'dropped':>8} "
-          f"{'lag p50':>8} {'lag p99':>8} {'catch-up':>8}")
+          f"{'lag p50':>8} {'lag p99':>8} {'catch-up':>8}  sleeper late p99/max")
     best = 0.0
     best_lag: tuple[float, float] | None = None
     for rate in RATES if not os.environ.get("BENCH_NO_RATES") else ():
@@ -172,7 +187,9 @@ try:
         # The mirror's capacity: at normal priority (its default SCHED_IDLE would measure the
         # machine's other load instead).
         proc, run, err = start_mirror(primary, iface, f"rate-{rate}", "--no-sched-idle", "--nice", "0")
+        sleeper = start_sleeper(SECONDS)
         load = hey(client, rate, SECONDS)
+        late = sleeper.communicate(timeout=60)[0].split()
         catch_up = stop(proc)
         got = shadow_count(access) - before
         ratio = got / load["sent"] if load["sent"] else 0.0
@@ -181,7 +198,8 @@ try:
         if ratio >= 0.999 and load["rps"] > best:
             best, best_lag = load["rps"], (p50, p99)
         print(f"{rate or 'max':>8} {load['rps']:9.0f} {load['sent']:7d} {got:9d} {ratio:8.4f} "
-              f"{summary.get('dropped', '?'):>8} {p50:7.1f}ms {p99:7.1f}ms {catch_up:7.1f}s", flush=True)
+              f"{summary.get('dropped', '?'):>8} {p50:7.1f}ms {p99:7.1f}ms {catch_up:7.1f}s  "
+              f"{late[0]}/{late[1]} ms", flush=True)
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(run, ignore_errors=True)
     print()
