@@ -53,24 +53,30 @@ def set_unmatched(comparison: Any, exchanges: int, results: int) -> None:
 def write_reports(report: dict[str, Any], run_dir: str | None) -> list[str]:
     """Print the terminal report (stdout); in ``run_dir`` also report.txt (the same, plain),
     report.json and report.html. Returns the report files that could not be written, with why."""
+    import contextlib
+    import io
     import sys
-
-    from rich.text import Text
 
     from compare.report_json import write_json
     from compare.report_terminal import render
     from shadowtap import console
     from shadowtap.jsonl import create_private
 
-    with console.out.capture() as cap:
+    # The terminal report goes through the one output sink, whose plain (non-terminal) path writes
+    # to sys.stdout: rendered into a buffer, it is the text of report.txt, in order.
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
         render(report)
-    text = cap.get()
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    text = buf.getvalue()
+    if console.out.is_terminal:
+        render(report)  # again, in colour
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
     missing = []
     if run_dir:
         with create_private(os.path.join(run_dir, "report.txt")) as f:
-            f.write(Text.from_ansi(text).plain.encode())
+            f.write(text.encode())
         write_json(report, os.path.join(run_dir, "report.json"))
         try:
             from compare.report_html import write_html

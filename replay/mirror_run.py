@@ -210,6 +210,7 @@ class MirrorRun:
         self.fig = _Figures()
         self.pairer = Pairer(capacity=max(4 * cfg.queue, 10_000), ttl=2 * cfg.timeout + 10.0)
         self.stop = asyncio.Event()
+        self.abort = asyncio.Event()
         self.stop_reason = "end"
         self.capture_error: BaseException | None = None
         self.capture_figures = CaptureFigures()
@@ -519,8 +520,22 @@ class MirrorRun:
                 await asyncio.wait_for(asyncio.shield(capture_done), timeout=30)
             except asyncio.TimeoutError:
                 self._note("the capture process did not finish in 30 s; stopping it")
+            if not self.capture_figures.final and self.capture_error is None:
+                code = None
+                if self.child is not None:
+                    self.child.join(2)
+                    code = self.child.exitcode
+                self.capture_error = ShadowtapError(
+                    f"the capture process did not end cleanly (exit status {code}); the report covers "
+                    "what was mirrored until then")
             drain = cfg.drain_timeout if cfg.drain_timeout is not None else min(cfg.timeout, 10.0)
-            await pump.drain(drain)
+            draining = asyncio.ensure_future(pump.drain(drain))
+            aborting = asyncio.ensure_future(self.abort.wait())
+            await asyncio.wait([draining, aborting], return_when=asyncio.FIRST_COMPLETED)
+            aborting.cancel()
+            if not draining.done():
+                pump.stop()
+                await draining
             self.fig.discarded_at_end = pump.abandoned
             self.send_failures = pump.failures
             if pump.last_failure:
@@ -545,6 +560,8 @@ class MirrorRun:
             pump.stop()
             checking.cancel()
         if self.capture_error is not None:
+            if self.pairer.paired:
+                self._finish(self.snapshot())  # what was compared is not lost
             raise self.capture_error
         verdict = self._finish(self.snapshot())
         if exit_code == EXIT_OK:
@@ -553,6 +570,8 @@ class MirrorRun:
 
     def _signal(self, sig: signal.Signals) -> None:
         if self.stop.is_set():
+            # A second Ctrl-C/SIGTERM while ending: give up on the requests still in flight.
+            self.abort.set()
             return
         self.stop_reason = signal.Signals(sig).name
         self.stop.set()

@@ -418,3 +418,21 @@ def test_rate_limit_drops_the_excess_and_kill_9_leaves_no_hook(lab, tmp_path):
         time.sleep(0.1)
     assert not Path(f"/proc/{children[0]}/status").exists() or "zombie" in Path(f"/proc/{children[0]}/status").read_text()
     assert lab.hooks() == ""
+
+
+def test_capture_process_dying_ends_the_run_with_an_error_and_keeps_what_was_compared(lab, tmp_path):
+    lab.serve(lab.primary, "v1", "primary")
+    lab.serve(lab.shadow, "v1", "shadow")
+    run = tmp_path / "run"
+    proc = lab.mirror("pcap", run)
+    rows = lab.drive(40, "client")
+    lab.wait_metric("shadowtap_mirror_pairs_total", len([r for r in rows if r["method"] == "GET"]))
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 1
+    os.kill(int(children[0]), signal.SIGKILL)
+    out, _ = proc.communicate(timeout=60)
+    err = (tmp_path / "mirror-run.err").read_text()
+    assert proc.returncode == 1 and "capture process did not end cleanly" in err
+    s = json.loads((run / "mirror.json").read_text())
+    assert s["pairs"] == len([r for r in rows if r["method"] == "GET"])
+    assert out.decode().startswith("verdict:")  # the report of what was compared is printed
