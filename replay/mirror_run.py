@@ -345,6 +345,8 @@ class MirrorRun:
     # ---------------------------------------------------------------- the run
     def run(self) -> int:
         cfg = self.cfg
+        if cfg.metrics:
+            _parse_metrics_addr(cfg.metrics)  # a bad value fails before anything starts
         shadow_eps = _resolve(cfg.policy.target.host, cfg.policy.target.port)
         if not cfg.force:
             _refuse_primary(cfg, shadow_eps)

@@ -15,7 +15,7 @@ _MORE = "Repeatable."
 def mirror(
     iface: Annotated[str, typer.Option("--iface", "-i", help="The primary's network interface to capture on.")],
     port: Annotated[list[int], typer.Option("--port", "-p", help=f"The primary's HTTP port. {_MORE}")],
-    shadow: Annotated[str, typer.Option("--shadow", "-s", help="The shadow: http://host:port[/prefix].")],
+    shadow: Annotated[str, typer.Option("--shadow", "-s", help="The shadow: http://host:port, optionally with a path prefix (https too).")],
     backend: Annotated[str, typer.Option(help="Capture backend: ebpf, pcap or auto.")] = "auto",
     percent: Annotated[float, typer.Option(help="Percent of requests mirrored (Istio's mirrorPercentage).", min=0, max=100)] = 100.0,
     sample_key: Annotated[str, typer.Option(help="How --percent chooses: 'request' (each request on its own), 'client' (address) or 'header:NAME' (all of one user's requests in or out).")] = "request",
@@ -70,8 +70,12 @@ def mirror(
     if rate_limit is not None and rate_limit <= 0:
         raise InputError("rate limit must be > 0", where="--rate-limit")
     per_request = sample_key == "request"
+    try:
+        target = Target.parse(shadow)
+    except InputError as exc:  # replay's parser names its own option
+        raise InputError(exc.message.removeprefix("--target: "), where="--shadow") from None
     policy = Policy(
-        target=Target.parse(shadow),
+        target=target,
         keep_host=keep_host,
         host_suffix=host_suffix,
         set_headers=parse_header_pairs(set_header or [], "--set-header"),
