@@ -21,9 +21,7 @@ import ctypes
 import ctypes.util
 import errno
 import itertools
-import mmap
 import os
-import select
 import socket
 import struct
 import time
@@ -106,7 +104,6 @@ class EbpfSource:
         self._added_clsact = False
         self._batch: list[Frame] = []
         self._pending: list[Frame] = []  # perf buffer frames waiting for reordering
-        self._ring: _RingReader | None = None
         self._perf_lost = 0
         self._received = 0
         self._offset_ns = 0
@@ -159,10 +156,7 @@ class EbpfSource:
             ports[ports.Key(p)] = ports.Leaf(1)
         self._bpf[b"config"][ctypes.c_int(0)] = ctypes.c_uint32(0 if self.ports else 1)
         if self.use_ringbuf:
-            if _DIRECT_RING:
-                self._ring = _RingReader(self._bpf[b"events"].map_fd, self._pages() * mmap.PAGESIZE)
-            else:
-                self._bpf[b"events"].open_ring_buffer(self._on_ring)
+            self._bpf[b"events"].open_ring_buffer(self._on_ring)
         else:
             self._bpf[b"events"].open_perf_buffer(self._on_perf, page_cnt=self._pages(),
                                                  lost_cb=self._on_perf_lost)
@@ -211,9 +205,6 @@ class EbpfSource:
                     tc.remove_clsact(self.ifindex)
             except OSError:
                 pass  # the interface went away with its qdisc
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -245,11 +236,8 @@ class EbpfSource:
             return []
         ms = max(0, int(timeout * 1000))
         if self.use_ringbuf:
-            if self._ring is not None:
-                batch = self._ring.read(ms, MAX_BATCH, self._offset_ns)
-            else:
-                self._bpf.ring_buffer_poll(ms)
-                batch, self._batch = self._batch, []
+            self._bpf.ring_buffer_poll(ms)
+            batch, self._batch = self._batch, []
             if len(batch) > 1:
                 # One ring, in reservation order; a time stamp taken just before may be a few
                 # microseconds out between CPUs. Timsort on nearly sorted input is O(n).
@@ -293,61 +281,6 @@ class EbpfSource:
     def stats(self) -> SourceStats:
         _matched, lost, truncated, nbytes = self.counters()
         return SourceStats(packets=self._received, bytes=nbytes, buffer_drops=lost, truncated=truncated)
-
-
-# Reading the ring's pages directly needs loads not reordered with other loads (a record's header,
-# then its body): x86-64 guarantees it. Elsewhere bcc's callback reader (libbpf) is used.
-_DIRECT_RING = os.uname().machine == "x86_64"
-_BUSY, _DISCARD, _RB_HDR = 1 << 31, 1 << 30, 8  # struct bpf_ringbuf_hdr: u32 len (+ flags), u32 pg_off
-_U64 = struct.Struct("=Q")
-_U32 = struct.Struct("=I")
-
-
-class _RingReader:
-    """The BPF ring buffer read through its memory-mapped pages, as libbpf's ring_buffer__poll does,
-    without a ctypes callback a record: about 1 µs a record instead of 5.
-
-    Layout (kernel/bpf/ringbuf.c): page 0 the consumer position (ours to write), page 1 the
-    producer position, then the data pages mapped twice in a row so a record that wraps reads as one
-    slice. A record: 8-byte header (length, BUSY while the producer writes it, DISCARD when
-    dropped), the body, padded to 8 bytes."""
-
-    def __init__(self, map_fd: int, size: int) -> None:
-        page = mmap.PAGESIZE
-        self.base = page
-        self.mask = size - 1
-        self.cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self.prod = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
-        self.poller = select.poll()
-        self.poller.register(map_fd, select.POLLIN)
-
-    def read(self, timeout_ms: int, limit: int, offset_ns: int) -> list[Frame]:
-        cons_pos = _U64.unpack_from(self.cons, 0)[0]
-        prod_pos = _U64.unpack_from(self.prod, 0)[0]
-        if cons_pos == prod_pos and timeout_ms > 0:
-            # The kernel wakes a consumer that has caught up; poll() also sees data already there.
-            self.poller.poll(timeout_ms)
-            prod_pos = _U64.unpack_from(self.prod, 0)[0]
-        data, base, mask = self.prod, self.base, self.mask
-        unpack_hdr, unpack_rec = _U32.unpack_from, _REC_HDR.unpack_from
-        out: list[Frame] = []
-        while cons_pos < prod_pos and len(out) < limit:
-            off = base + (cons_pos & mask)
-            (length,) = unpack_hdr(data, off)
-            if length & _BUSY:
-                break  # still being written
-            size = length & ~(_BUSY | _DISCARD)
-            if not length & _DISCARD:
-                ts_ns, wire_len, caplen = unpack_rec(data, off + _RB_HDR)
-                body = off + _RB_HDR + _REC_HDR.size
-                out.append(((ts_ns + offset_ns) // 1000, data[body: body + min(caplen, size - _REC_HDR.size)], wire_len))
-            cons_pos += (size + _RB_HDR + 7) & ~7
-        _U64.pack_into(self.cons, 0, cons_pos)
-        return out
-
-    def close(self) -> None:
-        self.cons.close()
-        self.prod.close()
 
 
 _HANDLES = itertools.count(1)

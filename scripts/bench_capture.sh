@@ -177,6 +177,8 @@ try:
           "   source -> pcap file, like tcpdump)")
     print()
     rounds = int(os.environ.get("BENCH_LATENCY_ROUNDS", "5"))
+    if rounds <= 0:
+        raise SystemExit(0)
     print(f"primary latency at {LAT_RATE}/s, {SECONDS:g} s runs, {rounds} interleaved rounds (order rotated), "
           f"median of the rounds (hey p50 / p99, ms):")
     lat: dict[str, list[dict]] = {"none": [], "ebpf": [], "pcap": [], "ebpf-nice": []}
