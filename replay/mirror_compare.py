@@ -27,17 +27,22 @@ def add(comparison: Any, exchange: Exchange, result: Result) -> None:
 
 
 def view(report: dict[str, Any]) -> tuple[str | None, float | None, list[tuple[str, int, float]]]:
-    """(verdict, share of compared pairs that differ, endpoints by divergence) of a report."""
+    """(verdict, divergence overall, endpoints by divergence) of a report."""
     s = report.get("summary", {})
     # No pair yet: no verdict so far (compare's "error" means "nothing to judge" at the end).
     verdict = report.get("verdict", {}).get("result") if s.get("pairs") else None
-    compared = s.get("compared") or 0
-    differing = (1.0 - s.get("identical", 0) / compared) if compared else None
+    # Divergence as compare defines it per endpoint (the worst of: error-rate increase, the share
+    # of pairs where a field differs beyond noise), weighted by pairs: "identical" would count
+    # every pair whose request id or timestamp differs.
+    endpoints = report.get("endpoints", ())
+    pairs = sum(int(e.get("pairs", 0)) for e in endpoints)
+    divergence = (sum(float(e.get("divergence", 0.0)) * int(e.get("pairs", 0)) for e in endpoints) / pairs
+                  if pairs else None)
     eps = sorted(
         ((e["endpoint"], int(e.get("pairs", 0)), float(e.get("divergence", 0.0))) for e in report.get("endpoints", ())),
         key=lambda e: (-e[2], -e[1]),
     )
-    return verdict, differing, eps
+    return verdict, divergence, eps
 
 
 def snapshot(comparison: Any) -> dict[str, Any]:

@@ -300,7 +300,7 @@ class MirrorRun:
         f = self.fig
         c = self.capture_figures
         queue = self.queue
-        verdict, differing, endpoints = self._compare_view()
+        verdict, divergence, endpoints = self._compare_view()
         queued = c.count(Outcome.QUEUED)
         verdict, _ = coverage_verdict(verdict, queued, self.pairer.paired, self.cfg.min_coverage)
         skipped = dict(c.skip_reasons)
@@ -329,7 +329,7 @@ class MirrorRun:
             primary_latency=f.primary_latency,
             shadow_latency=f.shadow_latency,
             verdict=verdict,
-            differing=differing,
+            divergence=divergence,
             endpoints=tuple(EndpointLine(*e) for e in endpoints),
             rate=self._rate,
             notes=tuple(self._notes),
@@ -636,14 +636,14 @@ class MirrorRun:
         (mirror.json). Returns the verdict."""
         mirror_compare.set_unmatched(self.comparison, self.pairer.evicted_exchanges, self.pairer.evicted_results)
         report = mirror_compare.snapshot(self.comparison)
-        _, differing, _ = mirror_compare.view(report)
+        _, divergence, _ = mirror_compare.view(report)
         verdict = report["verdict"]["result"]
         verdict, why = coverage_verdict(verdict, s.queued, s.pairs, self.cfg.min_coverage)
         if why is not None:
             v = report["verdict"]
             v["result"], v["exit_code"] = verdict, VERDICT_EXIT[verdict]
             v["reasons"] = [why, *v.get("reasons", ())]
-        s = dataclasses.replace(s, verdict=verdict, differing=differing)
+        s = dataclasses.replace(s, verdict=verdict, divergence=divergence)
         d = self.cfg.run_dir
         summary = mirror_summary(s, self)
         if d:
@@ -724,5 +724,5 @@ def mirror_summary(s: MirrorSnapshot, run: MirrorRun) -> dict[str, Any]:
         "lag_ms": {"p50": q(s.lag, 0.5), "p99": q(s.lag, 0.99), "count": s.lag.count},
         "primary_latency_ms": {"p50": q(s.primary_latency, 0.5), "p99": q(s.primary_latency, 0.99)},
         "shadow_latency_ms": {"p50": q(s.shadow_latency, 0.5), "p99": q(s.shadow_latency, 0.99)},
-        "differing": s.differing,
+        "divergence": s.divergence,
     }

@@ -75,7 +75,7 @@ class Histogram:
 class EndpointLine:
     endpoint: str
     count: int
-    differing: float  # fraction of pairs of this endpoint that differ (0..1)
+    divergence: float  # compare's divergence of this endpoint (0..1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +103,7 @@ class MirrorSnapshot:
     primary_latency: Histogram
     shadow_latency: Histogram
     verdict: str | None = None
-    differing: float | None = None  # fraction of pairs that differ, per the comparison
+    divergence: float | None = None  # compare's endpoint divergences, weighted by pairs (0..1)
     endpoints: tuple[EndpointLine, ...] = ()
     rate: float = 0.0  # requests seen per second, recent
     notes: tuple[str, ...] = field(default=())
@@ -125,7 +125,7 @@ def log_line(s: MirrorSnapshot) -> str:
         f"dropped={s.dropped} rate_limited={s.rate_limited} skipped={sum(s.skipped.values())} "
         f"queue={s.queue_depth}/{s.queue_max} in_flight={s.in_flight} "
         f"lag_p50={_ms(s.lag.quantile(0.5))} lag_p99={_ms(s.lag.quantile(0.99))} "
-        f"shadow_errors={errors} pairs={s.pairs} differing={_pct(s.differing)} "
+        f"shadow_errors={errors} pairs={s.pairs} divergence={_pct(s.divergence)} "
         f"verdict={s.verdict or '-'}"
     ).replace(" ms", "ms")
 
@@ -141,7 +141,7 @@ def dashboard(s: MirrorSnapshot):  # -> rich renderable
     head = Text.assemble(
         ("shadowtap mirror ", "bold"), (f"{s.elapsed:.0f}s  ", ""),
         ("verdict so far: ", ""), (s.verdict or "-", verdict_style),
-        (f"   differing: {_pct(s.differing)}", ""),
+        (f"   divergence: {_pct(s.divergence)}", ""),
     )
     traffic = Table(title="traffic", title_justify="left", show_header=False, box=None, pad_edge=False)
     traffic.add_column(style="dim")
@@ -170,9 +170,9 @@ def dashboard(s: MirrorSnapshot):  # -> rich renderable
     eps = Table(title="most divergent endpoints", title_justify="left", box=None, pad_edge=False)
     eps.add_column("endpoint")
     eps.add_column("pairs", justify="right")
-    eps.add_column("differing", justify="right")
+    eps.add_column("divergence", justify="right")
     for e in s.endpoints[:8]:
-        eps.add_row(e.endpoint, str(e.count), _pct(e.differing))
+        eps.add_row(e.endpoint, str(e.count), _pct(e.divergence))
     parts = [head, traffic, lat, eps]
     parts.extend(Text(n, style="yellow") for n in s.notes)
     return Group(*parts)
@@ -218,8 +218,9 @@ def prometheus_text(s: MirrorSnapshot) -> str:
     metric("queue_depth", "gauge", "Requests waiting to be sent to the shadow.", [("", s.queue_depth)])
     metric("queue_capacity", "gauge", "The queue's bound.", [("", s.queue_max)])
     metric("in_flight", "gauge", "Requests in flight to the shadow.", [("", s.in_flight)])
-    metric("differing_ratio", "gauge", "Fraction of compared pairs that differ.",
-           [("", float("nan") if s.differing is None else float(s.differing))])
+    metric("divergence_ratio", "gauge", "Compare's endpoint divergences (error-rate increase or "
+           "share of pairs with a field differing beyond noise), weighted by pairs.",
+           [("", float("nan") if s.divergence is None else float(s.divergence))])
     metric("verdict", "gauge", "The comparison's verdict so far (1 on the current one).",
            [(f'{{verdict="{v}"}}', 1 if (s.verdict or "").lower() == v else 0) for v in _VERDICTS])
     lines += s.lag.prometheus(p + "lag_seconds", "From the request's last byte on the wire to its "

@@ -30,7 +30,7 @@ def _snapshot() -> MirrorSnapshot:
         skipped={"unsafe_method": 10}, queue_depth=0, queue_max=1000, in_flight=0,
         shadow_errors={"timeout": 1}, shadow_5xx=3, primary_5xx=0, exchanges=100, pairs=88,
         unpaired=0, capture_drops=0, lag=lag, primary_latency=pl, shadow_latency=sl,
-        verdict="fail", differing=0.25, endpoints=(EndpointLine("GET /x/{id}", 88, 0.25),), rate=8.0,
+        verdict="fail", divergence=0.25, endpoints=(EndpointLine("GET /x/{id}", 88, 0.25),), rate=8.0,
     )
 
 
@@ -58,7 +58,7 @@ def test_prometheus_text_is_well_formed_and_cumulative():
 
 def test_log_line_carries_the_figures():
     line = log_line(_snapshot())
-    assert "seen=100" in line and "dropped=2" in line and "verdict=fail" in line and "differing=25.0%" in line
+    assert "seen=100" in line and "dropped=2" in line and "verdict=fail" in line and "divergence=25.0%" in line
 
 
 def test_dashboard_shows_every_figure():
