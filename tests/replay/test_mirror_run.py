@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require, require_root
+from tests.conftest import require, require_root, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 SHADOWTAP = str(ROOT / ".venv" / "bin" / "shadowtap")
@@ -48,7 +48,7 @@ def note(request, body=b""):
 async def item(request):
     note(request)
     if variant == "slow":
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(5.0)
     i = int(request.match_info["id"])
     doc = {"id": i, "price": i * 1.5, "tags": ["a", "b"]}
     doc["title" if variant == "v2" else "name"] = f"item {i}"
@@ -57,7 +57,7 @@ async def item(request):
 async def health(request):
     note(request)
     if variant == "slow":
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(5.0)
     return web.json_response({"ok": True})
 
 async def broken(request):
@@ -224,6 +224,8 @@ class Lab:
 def lab(topology, tmp_path):
     require_root()
     require(Path(SHADOWTAP).exists(), "the shadowtap console script in .venv")
+    require_tool("curl")  # reads the mirror's metrics endpoint
+    require_tool("tc")  # sees the capture's hooks
     lab = Lab(topology(), tmp_path)
     yield lab
     lab.close()
@@ -325,8 +327,8 @@ def _latencies(rows: list[dict]) -> list[float]:
 @pytest.mark.parametrize("fault", ["down", "slow", "reset"])
 def test_a_failing_shadow_never_touches_the_primary(lab, backend, fault, tmp_path):
     """The same client run without and with the mirror: identical responses; latency within
-    generous bounds of the baseline; with a slow shadow (2 s a request) every primary response
-    still comes back in well under those 2 s (the primary never waits for the shadow); drops
+    generous bounds of the baseline; with a slow shadow (5 s a request) every primary response
+    still comes back in well under those 5 s (the primary never waits for the shadow); drops
     counted, and the accounting closes: queued = mirrored + dropped + not sent at the end."""
     _backend_available(backend)
     lab.serve(lab.primary, "v1", "primary")
@@ -346,7 +348,7 @@ def test_a_failing_shadow_never_touches_the_primary(lab, backend, fault, tmp_pat
     b, m = _latencies(base), _latencies(with_mirror)
     assert statistics.median(m) <= max(3 * statistics.median(b), statistics.median(b) + 20), (b, m)
     if fault == "slow":
-        assert max(m) < 1000, "a primary response waited for the slow shadow"
+        assert max(m) < 2500, "a primary response waited for the slow shadow"
 
     s = json.loads((run / "mirror.json").read_text())
     assert s["seen"] == n
@@ -357,7 +359,7 @@ def test_a_failing_shadow_never_touches_the_primary(lab, backend, fault, tmp_pat
     elif fault == "reset":
         assert s["shadow_errors"].get("reset", 0) == s["mirrored"] > 0
     else:
-        assert s["dropped"] > 0  # 2 in flight for 2 s each, a queue of 8: most are dropped
+        assert s["dropped"] > 0  # 2 in flight for 5 s each, a queue of 8: most are dropped
     assert s["pairs"] == s["mirrored"]
     assert rc in (10, 11, 12)  # never a pass when every shadow answer failed
 
