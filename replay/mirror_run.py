@@ -106,7 +106,7 @@ class MirrorConfig:
 
 @dataclass(slots=True)
 class _Figures:
-    """Loop-thread counters (the capture thread's are in Admission)."""
+    """The event loop's counters (the capture process's come in CaptureFigures)."""
 
     started: float = field(default_factory=time.monotonic)
     exchanges: int = 0
@@ -117,7 +117,6 @@ class _Figures:
     lag: Histogram = field(default_factory=Histogram)
     primary_latency: Histogram = field(default_factory=Histogram)
     shadow_latency: Histogram = field(default_factory=Histogram)
-    exchange_drops: int = 0  # exchanges lost between the capture thread and the loop
     discarded_at_end: int = 0  # queued requests not sent when the drain timed out
 
 
@@ -366,8 +365,9 @@ class MirrorRun:
         # the shadow's address there is our own traffic (skipped, counted), checked just above.
         policy = dataclasses.replace(cfg.policy, target_endpoints=frozenset(), force=True)
         self._start_child(policy, shadow_eps)  # fork before any thread or event loop exists
-        # Two threads share the GIL in this process (the loop and aiohttp's/rich's helpers are
-        # light, but the default 5 ms switch interval would still show as lag): 0.5 ms bounds it.
+        # Other threads of this process (rich's refresh thread under the dashboard, the resolver's)
+        # may hold the GIL for a whole switch interval while a result waits: 0.5 ms, not 5, bounds
+        # that wait.
         previous = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)
         try:
@@ -719,7 +719,7 @@ def mirror_summary(s: MirrorSnapshot, run: MirrorRun) -> dict[str, Any]:
         "unpaired": s.unpaired,
         "not_sent_at_end": run.fig.discarded_at_end,
         "send_failures": run.send_failures,
-        "exchanges_lost": run.fig.exchange_drops,
+        "exchanges_lost": run.capture_figures.outbox_dropped_exchanges,
         "capture_drops": s.capture_drops,
         "lag_ms": {"p50": q(s.lag, 0.5), "p99": q(s.lag, 0.99), "count": s.lag.count},
         "primary_latency_ms": {"p50": q(s.primary_latency, 0.5), "p99": q(s.primary_latency, 0.99)},
