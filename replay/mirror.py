@@ -35,13 +35,17 @@ T = TypeVar("T")
 
 
 class DropOldestQueue(Generic[T]):
-    """A bounded FIFO: ``put`` never blocks; at capacity it drops the oldest item, counts it and
-    returns it. O(1) per operation. Single-threaded (the mirror's event loop)."""
+    """A bounded FIFO: ``put`` never blocks; at capacity (``maxlen`` items, or ``max_bytes`` by
+    ``size(item)`` when given) it drops the oldest items, counts them and returns them. O(1) amortised per operation. Single-threaded (the mirror's event loop)."""
 
-    def __init__(self, maxlen: int) -> None:
+    def __init__(self, maxlen: int, *, max_bytes: int | None = None,
+                 size: Callable[[T], int] | None = None) -> None:
         if maxlen < 1:
             raise ValueError("queue length must be >= 1")
         self.maxlen = maxlen
+        self.max_bytes = max_bytes if size is not None else None
+        self._size = size
+        self.bytes = 0
         self.dropped = 0  # items pushed out by newer ones
         self.put_count = 0
         self._items: deque[T] = deque()
@@ -49,23 +53,36 @@ class DropOldestQueue(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, item: T) -> T | None:
-        """Append ``item``; returns the item dropped to make room, if any."""
-        dropped = None
-        if len(self._items) >= self.maxlen:
-            dropped = self._items.popleft()
-            self.dropped += 1
+    def put(self, item: T) -> list[T]:
+        """Append ``item``; returns the items dropped to make room (oldest first). The newest item
+        is always kept, even alone over ``max_bytes``."""
+        dropped: list[T] = []
         self._items.append(item)
         self.put_count += 1
+        if self._size is not None:
+            self.bytes += self._size(item)
+        while len(self._items) > 1 and (len(self._items) > self.maxlen or
+                                        (self.max_bytes is not None and self.bytes > self.max_bytes)):
+            old = self._items.popleft()
+            dropped.append(old)
+            self.dropped += 1
+            if self._size is not None:
+                self.bytes -= self._size(old)
         return dropped
 
     def pop(self) -> T | None:
         """The oldest item, or None when empty."""
-        return self._items.popleft() if self._items else None
+        if not self._items:
+            return None
+        item = self._items.popleft()
+        if self._size is not None:
+            self.bytes -= self._size(item)
+        return item
 
     def clear(self) -> int:
         n = len(self._items)
         self._items.clear()
+        self.bytes = 0
         return n
 
 
@@ -132,7 +149,7 @@ class Admission:
         max_admitted: int = 200_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.queue = queue  # anything with DropOldestQueue's put(item) -> dropped | None
+        self.queue = queue  # anything with DropOldestQueue's put(item) -> dropped items
         self._decide = decide
         self._bucket = rate_limit
         self._clock = clock
@@ -161,9 +178,8 @@ class Admission:
         self._admitted[event.exchange_id] = None
         if len(self._admitted) > self._max_admitted:
             self._admitted.popitem(last=False)
-        dropped = self.queue.put(item)
-        if dropped is not None:
-            self._admitted.pop(dropped.exchange_id, None)
+        for old in self.queue.put(item):
+            self._admitted.pop(old.exchange_id, None)
         self.counts[Outcome.QUEUED] += 1
         return Outcome.QUEUED
 
@@ -201,7 +217,7 @@ class Pump:
         self.closed = False
         self._idle: asyncio.Event | None = None
 
-    def offer(self, item: Pending) -> Pending | None:
+    def offer(self, item: Pending) -> list[Pending]:
         """Queue ``item`` (dropping the oldest when full: returned) and send what slots allow."""
         dropped = self.queue.put(item)
         self._fill()

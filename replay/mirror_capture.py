@@ -42,6 +42,7 @@ from shadowtap.records import Exchange, Request, Response, parse_endpoint
 REQ, EXC, STATS, STARTED, ERROR = 1, 2, 3, 4, 5
 _LEN = struct.Struct("<I")
 PIPE_SIZE = 4 << 20  # bytes asked for the pipe (F_SETPIPE_SZ); the kernel may give less
+MAX_OUTBOX_BYTES = 256 << 20  # frames waiting for the pipe, at most (bodies can be 1 MiB each)
 _F_SETPIPE_SZ = 1031
 _PR_SET_PDEATHSIG = 1
 
@@ -140,20 +141,22 @@ def decode(t: tuple[Any, ...]) -> Any:
 # ---------------------------------------------------------------------------------- the child
 class Outbox:
     """Frames to the mirror's process, never blocking: a non-blocking pipe, and behind it a deque of
-    at most ``max_frames`` frames; past that the oldest frame is dropped and counted. ``put`` has
-    DropOldestQueue's contract for requests (returns the Pending dropped, if any), so Admission can
-    forget an id whose request will never be sent."""
+    at most ``max_frames`` frames and ``max_bytes`` bytes; past that the oldest frames are dropped
+    and counted. ``put`` has DropOldestQueue's contract for requests (returns the Pending items
+    dropped), so Admission can forget an id whose request will never be sent."""
 
-    def __init__(self, fd: int, max_frames: int) -> None:
+    def __init__(self, fd: int, max_frames: int, max_bytes: int = MAX_OUTBOX_BYTES) -> None:
         self.fd = fd
         self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.dropped_requests = 0
         self.dropped_exchanges = 0
         self.broken = False
         self._frames: deque[tuple[bytes, Any]] = deque()  # (frame, Pending or None)
         self._partial = b""
 
-    def put(self, item: Pending) -> Pending | None:
+    def put(self, item: Pending) -> list[Pending]:
         return self._push(encode_request(item), item)
 
     def put_exchange(self, ex: Exchange, admitted: bool) -> None:
@@ -162,16 +165,19 @@ class Outbox:
     def put_raw(self, obj: tuple[Any, ...]) -> None:
         self._push(marshal.dumps(obj), None)
 
-    def _push(self, payload: bytes, item: Pending | None) -> Pending | None:
-        dropped = None
-        self._frames.append((_LEN.pack(len(payload)) + payload, item))
-        if len(self._frames) > self.max_frames:
-            _, old = self._frames.popleft()
+    def _push(self, payload: bytes, item: Pending | None) -> list[Pending]:
+        dropped: list[Pending] = []
+        frame = _LEN.pack(len(payload)) + payload
+        self._frames.append((frame, item))
+        self.bytes += len(frame)
+        while len(self._frames) > 1 and (len(self._frames) > self.max_frames or self.bytes > self.max_bytes):
+            old_frame, old = self._frames.popleft()
+            self.bytes -= len(old_frame)
             if old is None:
                 self.dropped_exchanges += 1
             else:
                 self.dropped_requests += 1
-                dropped = old
+                dropped.append(old)
         self.flush()
         return dropped
 
@@ -180,6 +186,7 @@ class Outbox:
         while (self._partial or self._frames) and not self.broken:
             if not self._partial:
                 self._partial = self._frames.popleft()[0]
+                self.bytes -= len(self._partial)
             try:
                 n = os.write(self.fd, self._partial)
             except BlockingIOError:

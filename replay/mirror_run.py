@@ -70,6 +70,7 @@ from shadowtap.records import Exchange, Result, parse_endpoint
 from shadowtap.redact import Redactor
 
 SWITCH_INTERVAL = 0.0005  # seconds: see MirrorRun.run
+MAX_QUEUE_BYTES = 256 << 20  # requests waiting for the shadow, at most, whatever --queue says
 VERDICT_EXIT = {"pass": EXIT_OK, "marginal": EXIT_VERDICT_MARGINAL, "fail": EXIT_VERDICT_FAIL,
                 "error": EXIT_VERDICT_ERROR}
 
@@ -434,7 +435,9 @@ class MirrorRun:
                 self._note(f"{exc.message}; going on: its failures count as shadow errors")
 
         checking = asyncio.ensure_future(check_shadow())  # meanwhile the frames are read
-        queue: DropOldestQueue[Pending] = DropOldestQueue(cfg.queue)
+        # Bounded in count (--queue) and in bytes: a request's body may be up to --max-body.
+        queue: DropOldestQueue[Pending] = DropOldestQueue(cfg.queue, max_bytes=MAX_QUEUE_BYTES,
+                                                          size=lambda p: len(p.outgoing.wire))
         self.queue = queue
         dropped_ids: OrderedDict[str, None] = OrderedDict()  # dropped here: no result will come
 
@@ -449,8 +452,7 @@ class MirrorRun:
         def on_frame(t: tuple[Any, ...]) -> None:
             kind, obj = decode(t)
             if kind == REQ:
-                old = pump.offer(obj)
-                if old is not None:
+                for old in pump.offer(obj):
                     dropped_ids[old.exchange_id] = None
                     if len(dropped_ids) > 100_000:
                         dropped_ids.popitem(last=False)

@@ -15,9 +15,18 @@ from shadowtap.records import Exchange, Request
 def test_drop_oldest_keeps_the_newest_and_counts():
     q: DropOldestQueue[int] = DropOldestQueue(3)
     dropped = [q.put(i) for i in range(10)]
-    assert dropped == [None, None, None, 0, 1, 2, 3, 4, 5, 6]
+    assert dropped == [[], [], [], [0], [1], [2], [3], [4], [5], [6]]
     assert q.dropped == 7 and len(q) == 3
     assert [q.pop() for _ in range(4)] == [7, 8, 9, None]
+
+
+def test_drop_oldest_also_bounds_bytes_and_keeps_the_newest():
+    q: DropOldestQueue[bytes] = DropOldestQueue(100, max_bytes=10, size=len)
+    assert q.put(b"aaaa") == [] and q.put(b"bbbb") == []
+    assert q.put(b"cccccc") == [b"aaaa"]  # 14 bytes > 10: the oldest goes
+    assert q.bytes == 10
+    assert q.put(b"x" * 50) == [b"bbbb", b"cccccc"]  # as many as needed; alone over the bound, kept
+    assert q.bytes == 50 and q.pop() == b"x" * 50 and q.bytes == 0
 
 
 def test_token_bucket_rate_and_burst():
