@@ -43,3 +43,13 @@ def test_expire_by_age_then_flush():
     assert [g.id for g in gone] == ["old"]
     assert [g.id for g in p.flush()] == ["new"]
     assert p.evicted_exchanges == 2 and len(p) == 0
+
+
+def test_bytes_bound_evicts_oldest():
+    big = Response(ts=1.1, end_ts=1.2, version="HTTP/1.1", headers=(), body=b"x" * 600, body_len=600,
+                   status=200, reason="OK")
+    p = Pairer(max_bytes=1000)
+    p.add_result(Result(exchange_id="a", target="t", scheduled=1, sent=1, response=big), 0.0)
+    p.add_result(Result(exchange_id="b", target="t", scheduled=1, sent=1, response=big), 0.0)
+    assert len(p) == 1 and p.evicted_results == 1 and p.bytes == 600
+    assert p.add_exchange(_ex("b"), 0.0) is not None and p.bytes == 0
