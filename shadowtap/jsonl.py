@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,12 +25,14 @@ T = TypeVar("T")
 def create_private(path: str, *, binary: bool = True) -> IO[Any]:
     """Open ``path`` for writing (truncating) with mode 0600, whatever the umask.
 
-    An existing file keeps its inode but has its mode set to 0600 too."""
+    An existing regular file keeps its inode but has its mode set to 0600 too; a device or a FIFO
+    (``/dev/null``, a named pipe) is written as it is, its mode left alone."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     except OSError as exc:
         raise InputError(f"cannot write: {exc.strerror}", where=path) from exc
-    os.fchmod(fd, 0o600)
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        os.fchmod(fd, 0o600)
     return os.fdopen(fd, "wb" if binary else "w")
 
 
