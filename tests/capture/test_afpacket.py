@@ -4,29 +4,14 @@ ring left unread overflows into kernel drops that are reported (PACKET_STATISTIC
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
 import threading
-from pathlib import Path
 
+import live_lab as lab
 import pytest
 
 from capture.afpacket import SNAPLEN, PcapSource, port_filter
 from capture.decode import decode
-
-
-def _load_lab():
-    name = "shadowtap_live_lab"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_live_lab.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-lab = _load_lab()
 
 
 class Sink:

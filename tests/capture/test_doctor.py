@@ -4,7 +4,6 @@ pointed away (BCC_KERNEL_SOURCE), where `auto` falls back to pcap and says why."
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -12,20 +11,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+import live_lab as lab
 import pytest
 
-
-def _load_lab():
-    name = "shadowtap_live_lab"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_live_lab.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-lab = _load_lab()
 NOBODY = 65534
 
 

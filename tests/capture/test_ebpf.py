@@ -4,29 +4,15 @@ and perf buffer) so that received + lost == matched; the program printed on requ
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
+import live_lab as lab
 import pytest
-
-
-def _load_lab():
-    name = "shadowtap_live_lab"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_live_lab.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-lab = _load_lab()
 
 
 def require_bcc() -> None:

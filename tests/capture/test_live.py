@@ -9,27 +9,14 @@ the hooks are gone afterwards. Loopback too (every packet passes both TC hooks t
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import stat
 import sys
 import uuid
 from pathlib import Path
 
+import live_lab as lab
 import pytest
-
-
-def _load_lab():
-    name = "shadowtap_live_lab"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_live_lab.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-lab = _load_lab()
 
 PY_CLIENT = r'''
 import http.client, sys

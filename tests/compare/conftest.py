@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from shadowtap.records import Exchange, Request, Response, Result, ResultError
-
-# tests/conftest.py's require() (the importlib import mode does not make conftest importable)
-_spec = importlib.util.spec_from_file_location("_root_conftest", Path(__file__).parents[1] / "conftest.py")
-_root = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_root)
 
 T0 = 1764160000.0  # 2025-11-26: timestamps in bodies are compared to the exchange's own time
 
@@ -80,7 +73,3 @@ def craft() -> type[Craft]:
     return Craft
 
 
-@pytest.fixture
-def require() -> Any:
-    """tests/conftest.py's require(condition, what): skip off CI, fail in CI."""
-    return _root.require

@@ -9,13 +9,15 @@ import subprocess
 import tempfile
 import uuid
 
+from prereq import require
+
 from compare.aggregate import Comparison
 from compare.report_html import write_html
 
 CHROMIUM = "/usr/bin/chromium"
 
 
-def chromium(require, args, url):
+def chromium(args, url):
     require(os.path.exists(CHROMIUM) or shutil.which("chromium") is not None, "chromium")
     profile = tempfile.mkdtemp(prefix="stt-chromium-")
     try:
@@ -49,7 +51,7 @@ def report(craft, fail: bool):
     return c.snapshot()
 
 
-def test_failing_report_renders_in_chromium(craft, require, tmp_path):
+def test_failing_report_renders_in_chromium(craft, tmp_path):
     path = tmp_path / "report.html"
     write_html(report(craft, fail=True), str(path))
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
@@ -59,7 +61,7 @@ def test_failing_report_renders_in_chromium(craft, require, tmp_path):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html, re.IGNORECASE)
     for secret in ("hunter2", "topsecret", "SECRETTOKEN", "SECRETBEARER"):
         assert secret not in html
-    p = chromium(require, ["--dump-dom"], path.as_uri())
+    p = chromium(["--dump-dom"], path.as_uri())
     assert p.returncode == 0, p.stderr[-2000:]
     dom = p.stdout
     assert 'id="verdict"' in dom and "Verdict: FAIL" in dom
@@ -70,11 +72,11 @@ def test_failing_report_renders_in_chromium(craft, require, tmp_path):
     assert "ERR_" not in p.stderr
 
 
-def test_passing_report_screenshot(craft, require, tmp_path):
+def test_passing_report_screenshot(craft, tmp_path):
     path = tmp_path / "report.html"
     write_html(report(craft, fail=False), str(path))
     shot = tmp_path / "shot.png"
-    p = chromium(require, [f"--screenshot={shot}", "--window-size=1200,1600"], path.as_uri())
+    p = chromium([f"--screenshot={shot}", "--window-size=1200,1600"], path.as_uri())
     assert p.returncode == 0 and shot.stat().st_size > 20_000, p.stderr[-2000:]
-    dom = chromium(require, ["--dump-dom"], path.as_uri()).stdout
+    dom = chromium(["--dump-dom"], path.as_uri()).stdout
     assert "Verdict: PASS" in dom and 'data-verdict="pass"' in dom

@@ -8,7 +8,6 @@ captured, with the demo service's own deterministic functions."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -21,22 +20,12 @@ import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import demo_service as demo
+import prereq as _ct
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "scripts" / "lab"
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(f"lab_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _load("demo_service", LAB / "demo_service.py")
-_ct = _load("conftest", ROOT / "tests" / "conftest.py")
 
 
 def _running(pid: int) -> bool:

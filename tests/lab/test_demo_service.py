@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import http.client
-import importlib.util
 import json
 import random
 import statistics
@@ -14,21 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import demo_service as demo
 import pytest
+import traffic
 
 LAB = Path(__file__).resolve().parents[2] / "scripts" / "lab"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"lab_{name}", LAB / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _load("demo_service")
-traffic = _load("traffic")
 
 
 class Client:

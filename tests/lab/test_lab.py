@@ -4,7 +4,6 @@ half-finished ``up`` left behind. Each test uses its own prefix and run director
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,24 +12,12 @@ import time
 import uuid
 from pathlib import Path
 
+import lab as labmod
 import pytest
+from prereq import require_root, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "scripts" / "lab"
-
-
-def _load(name: str, path: Path | None = None):
-    spec = importlib.util.spec_from_file_location(f"lab_{name}", path or LAB / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-labmod = _load("lab")
-# tests/conftest.py's helpers (pytest's importlib mode does not make conftest importable)
-_conftest = _load("conftest", ROOT / "tests" / "conftest.py")
-require_root, require_tool = _conftest.require_root, _conftest.require_tool
 
 
 def _namespaces() -> set[str]:

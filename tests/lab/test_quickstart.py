@@ -4,27 +4,16 @@ the shadow's deliberate regressions."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
+import prereq as _ct
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _conftest():
-    spec = importlib.util.spec_from_file_location("lab_conftest", ROOT / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_ct = _conftest()
 
 
 def quickstart_script() -> str:

@@ -4,7 +4,6 @@ demo service on loopback."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import random
 import subprocess
@@ -14,19 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import traffic
 
 LAB = Path(__file__).resolve().parents[2] / "scripts" / "lab"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"lab_{name}", LAB / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-traffic = _load("traffic")
 
 
 @pytest.mark.parametrize("url", ["http://8.8.8.8:80", "http://example.com:8080", "https://127.0.0.1:1",

@@ -9,25 +9,14 @@ script exists.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+import prereq as _ct
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _conftest():
-    spec = importlib.util.spec_from_file_location("lab_conftest", ROOT / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_ct = _conftest()
 
 
 def _validate(directory: Path, home: Path) -> subprocess.CompletedProcess[str]:

@@ -2,7 +2,7 @@
 a real nginx in a namespace, the capture agent and tcpdump as real processes, waiting on
 conditions (never on a fixed sleep), and exchange comparison "all but timestamps".
 
-Loaded by path (``load()`` below) since test directories are not packages.
+Imported as ``import live_lab as lab`` (tests/ is on the test path).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from prereq import require, require_root, require_tool  # noqa: F401 - the tests use them as lab.*
 
 REPO = Path(__file__).resolve().parents[2]
 NGINX_CONF = """
@@ -174,18 +175,3 @@ def tc_filters(iface: str, ns: str | None) -> str:
                               text=True, check=False)
         text += proc.stdout
     return text
-
-
-def _load_conftest() -> Any:
-    """tests/conftest.py's require() helpers (pytest's importlib mode does not make it importable)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("live_lab_conftest", REPO / "tests" / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_conftest = _load_conftest()
-require, require_root, require_tool = _conftest.require, _conftest.require_root, _conftest.require_tool
