@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import require, require_root, require_tool
+from prereq import require, require_root, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 SHADOWTAP = str(ROOT / ".venv" / "bin" / "shadowtap")
@@ -118,7 +117,7 @@ for i in range(n):
             conn.close()
         conn = http.client.HTTPConnection(host, port, timeout=10)
     kind = i % 5
-    headers = {"Authorization": "Bearer secret-token"}
+    headers = {"Authorization": "Bearer secret-token", "Host": "shop.example:8080"}
     if kind in (0, 1):
         method, path, body = "GET", f"/items/{i}", None
     elif kind == 2:
@@ -366,7 +365,8 @@ def test_a_failing_shadow_never_touches_the_primary(lab, backend, fault, tmp_pat
 
 def test_duration_percent_and_unsafe_methods_with_idempotency_keys(lab, tmp_path):
     """--duration ends the run by itself; --percent samples each request; --allow-unsafe sends
-    every method, the unsafe ones with a stable Idempotency-Key; an identical shadow passes."""
+    every method, the unsafe ones with a stable Idempotency-Key; --host-suffix; an identical
+    shadow passes."""
     lab.serve(lab.primary, "v1", "primary")
     shadow_log = lab.serve(lab.shadow, "v1", "shadow")
     run = tmp_path / "run"
@@ -374,7 +374,7 @@ def test_duration_percent_and_unsafe_methods_with_idempotency_keys(lab, tmp_path
     config = tmp_path / "compare.json"
     config.write_text(json.dumps({"latency": {"min_ms": 10_000}}))
     proc = lab.mirror("pcap", run, "--duration", "8", "--percent", "50", "--allow-unsafe",
-                      "--config", str(config))
+                      "--host-suffix", "-shadow", "--config", str(config))
     rows = lab.drive(100, "client")
     proc.communicate(timeout=60)
     s = json.loads((run / "mirror.json").read_text())
@@ -385,6 +385,7 @@ def test_duration_percent_and_unsafe_methods_with_idempotency_keys(lab, tmp_path
     assert os.stat(run / "mirror.json").st_mode & 0o777 == 0o600
     seen = _lines(shadow_log)
     assert len(seen) == s["queued"] == s["pairs"]
+    assert {x["host"] for x in seen} == {"shop.example-shadow:8080"}  # Istio's convention
     exchanges = {e["id"]: e for e in _lines(run / "exchanges.jsonl")}
     posts = [x for x in seen if x["method"] == "POST"]
     assert any(x["path"] == "/orders" for x in posts)
