@@ -98,8 +98,10 @@ class PcapSource:
 
     name = "pcap"
 
-    def __init__(self, iface: str, ports: tuple[int, ...] = (), *, buffer_mb: int = 64) -> None:
+    def __init__(self, iface: str, ports: tuple[int, ...] = (), *, buffer_mb: int = 64,
+                 immediate: bool = False) -> None:
         self.iface = iface
+        self.immediate = immediate
         self.ports = tuple(sorted(set(ports)))
         self.buffer_mb = buffer_mb
         self.filter = port_filter(self.ports)
@@ -130,7 +132,11 @@ class PcapSource:
         lib.pcap_set_snaplen(self._p, SNAPLEN)
         lib.pcap_set_buffer_size(self._p, self.buffer_mb << 20)
         lib.pcap_set_promisc(self._p, 0)
-        lib.pcap_set_timeout(self._p, 100)  # a partly filled ring block is handed over after 100 ms
+        if self.immediate:
+            # Each packet handed over as it arrives (the live mirror: lag before throughput).
+            lib.pcap_set_immediate_mode(self._p, 1)
+        else:
+            lib.pcap_set_timeout(self._p, 100)  # a partly filled ring block is handed over after 100 ms
         rc = lib.pcap_activate(self._p)
         if rc < 0:
             msg = self._err() or lib.pcap_statustostr(rc).decode()

@@ -58,6 +58,7 @@ class CaptureConfig:
     rotate_size: int | None = None
     buffer_mb: int = 64
     ringbuf: bool | None = None  # None: probe; False: force the perf buffer (eBPF)
+    immediate: bool = False  # pcap: hand each packet over at once rather than in 100 ms blocks
 
     def __post_init__(self) -> None:
         for p in self.ports:
@@ -223,7 +224,7 @@ def open_source(config: CaptureConfig) -> tuple[Source, str]:
     from capture.ebpf import EbpfSource
 
     if config.backend is Backend.PCAP:
-        src: Source = PcapSource(config.iface, config.ports, buffer_mb=config.buffer_mb)
+        src: Source = PcapSource(config.iface, config.ports, buffer_mb=config.buffer_mb, immediate=config.immediate)
         src.open()
         return src, "pcap backend requested"
     if config.backend is Backend.EBPF:
@@ -237,7 +238,7 @@ def open_source(config: CaptureConfig) -> tuple[Source, str]:
         return src, "auto: eBPF (bcc, kernel headers, clsact and privileges present)"
     except PrerequisiteError as exc:
         why = exc.message
-    src = PcapSource(config.iface, config.ports, buffer_mb=config.buffer_mb)
+    src = PcapSource(config.iface, config.ports, buffer_mb=config.buffer_mb, immediate=config.immediate)
     try:
         src.open()
     except PrerequisiteError as exc:

@@ -299,7 +299,7 @@ def child_main(fd: int, stop_fd: int, cfg: Any, policy: Policy, shadow_eps: froz
     try:
         extractor = Extractor(ports=cfg.ports, bpf_filter=cfg.bpf_filter, max_body=cfg.max_body,
                               redactor=None, on_request=on_request, max_held_exchanges=256)
-        ccfg = CaptureConfig(iface=cfg.iface, ports=cfg.ports, backend=Backend(cfg.backend))
+        ccfg = CaptureConfig(iface=cfg.iface, ports=cfg.ports, backend=Backend(cfg.backend), immediate=True)
         summary = run_capture(ccfg, extractor, stop, on_exchange, on_figures=on_figures, on_started=on_started)
         drops = summary.source.drops
         outbox.put_raw(figures(final=True))
