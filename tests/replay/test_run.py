@@ -358,3 +358,22 @@ def test_help_lists_the_options():
                    "--keep-host", "--host-suffix", "--set-header", "--drop-header", "--rewrite", "--sample",
                    "--allow", "--allow-unsafe", "--force", "--preload", "--json"):
         assert option in p.stdout
+
+
+def test_preload_and_json_summary(tmp_path, aio_target):
+    import orjson
+
+    exs = [make_exchange(t=i * 0.001, target=f"/j{i}", index=i) for i in range(5)]
+    exs.append(make_exchange(t=0.01, method="POST", target="/no", index=5))
+    inp = write_jsonl(tmp_path / "in.jsonl", exs)
+    out = tmp_path / "res.jsonl"
+    p = replay(inp, "-t", aio_target.url, "--speed", "max", "--preload", "--loop", "2", "--json", "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    summary = orjson.loads(p.stdout)
+    assert summary["sent"] == summary["answered"] == 10 == len(read_results(out)) == len(aio_target.seen)
+    assert summary["skipped"] == {"unsafe_method": 1} and summary["statuses"] == {"2xx": 10}
+    assert summary["lag_ms"]["p50"] >= 0 and summary["interrupted"] is False
+    assert sorted((d["target"].rsplit("/", 1)[1], d["copy"]) for d in read_results(out)) == sorted(
+        (f"j{i}", c) for i in range(5) for c in range(2))
+    p = replay(inp, "-t", aio_target.url, "--json", "-o", "-")
+    assert p.returncode == 3 and "--json" in p.stderr
