@@ -43,6 +43,7 @@ from typing import Any
 import orjson
 
 from replay import mirror_compare
+from replay.client import local_addresses
 from replay.live_pairing import Pair, Pairer
 from replay.mirror import DropOldestQueue, Outcome, Pending, Pump
 from replay.mirror_capture import CaptureFigures
@@ -167,7 +168,7 @@ def _resolve(host: str, port: int) -> frozenset[tuple[str, int]]:
 
 
 def _refuse_primary(cfg: MirrorConfig, shadow_eps: frozenset[tuple[str, int]]) -> None:
-    local = _local_addresses()
+    local = local_addresses()
     for ip, port in shadow_eps:
         if port in cfg.ports and (ip in local or ip.startswith("127.") or ip == "::1"):
             raise ReplayRefused(
@@ -186,19 +187,6 @@ def _parse_metrics_addr(text: str) -> tuple[str, int]:
         raise InputError(f"{text!r} is not ADDR:PORT", where="--metrics") from None
     return host.strip("[]") or "127.0.0.1", port
 
-
-def _local_addresses() -> set[str]:
-    """This network namespace's addresses (``ip -j addr``), for the refusal to mirror into the
-    primary itself."""
-    import json
-    import subprocess
-
-    try:
-        proc = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=5, check=False)
-        data = json.loads(proc.stdout or "[]")
-    except (OSError, ValueError, subprocess.TimeoutExpired):
-        return set()
-    return {a.get("local", "") for link in data for a in link.get("addr_info", ())} - {""}
 
 
 class MirrorRun:

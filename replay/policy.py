@@ -355,3 +355,42 @@ def compile_regex(pattern: str, where: str) -> re.Pattern[str]:
 
 def parse_methods(values: Collection[str]) -> frozenset[str]:
     return frozenset(m.strip().upper() for v in values for m in v.split(",") if m.strip())
+
+
+def policy_from_options(
+    target: Target,
+    *,
+    keep_host: bool = False,
+    host_suffix: str | None = None,
+    set_header: Sequence[str] = (),
+    drop_header: Sequence[str] = (),
+    rewrite: Sequence[str] = (),
+    method: Collection[str] = (),
+    path: str | None = None,
+    header: Sequence[str] = (),
+    sample_percent: float = 100.0,
+    sample_key: str = "client",
+    allow: Sequence[str] = (),
+    allow_unsafe: bool = False,
+    idempotency_key: bool = True,
+    force: bool = False,
+) -> Policy:
+    """The Policy of the command-line options shared by ``replay`` and ``mirror`` (their texts
+    parsed; errors name the option)."""
+    return Policy(
+        target=target,
+        keep_host=keep_host,
+        host_suffix=host_suffix,
+        set_headers=parse_header_pairs(set_header, "--set-header"),
+        drop_headers=frozenset(h.strip().lower() for h in drop_header),
+        url_rewrites=parse_rewrites(rewrite),
+        methods=parse_methods(method),
+        path_pattern=compile_regex(path, "--path") if path else None,
+        header_filters=parse_header_filters(header),
+        sample_percent=sample_percent,
+        sample_key=sample_key,
+        allow=tuple(Route.parse(r) for r in allow),
+        allow_unsafe=allow_unsafe,
+        idempotency_key=idempotency_key,
+        force=force,
+    )

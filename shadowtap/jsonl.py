@@ -13,13 +13,16 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from shadowtap.errors import InputError
 
 T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 def create_private(path: str, *, binary: bool = True) -> IO[Any]:
@@ -77,7 +80,7 @@ class JsonlWriter:
         if self._raw is not None and not self._raw.closed:
             self._raw.close()
 
-    def __enter__(self) -> JsonlWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -126,7 +129,7 @@ def read_jsonl(
             try:
                 obj = orjson.loads(line)
                 if not isinstance(obj, dict):
-                    raise ValueError("not a JSON object")
+                    raise TypeError("not a JSON object")
                 yield decode(obj)
             except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
                 err = InputError(f"malformed record: {exc}", where=f"{path} line {lineno}")

@@ -15,8 +15,12 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from shadowtap.errors import PrerequisiteError, ShadowtapError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -131,7 +135,7 @@ class Topology:
         self.hosts.clear()
         remove_stale(self.prefix)
 
-    def __enter__(self) -> Topology:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -7,42 +7,41 @@ from typing import Annotated
 import typer
 
 from shadowtap.cli import app
-
-_MORE = "Repeatable."
+from shadowtap.cli import options as opt
 
 
 @app.command(no_args_is_help=True)
 def mirror(
     iface: Annotated[str, typer.Option("--iface", "-i", help="The primary's network interface to capture on.")],
-    port: Annotated[list[int], typer.Option("--port", "-p", help=f"The primary's HTTP port. {_MORE}")],
+    port: Annotated[list[int], typer.Option("--port", "-p", help=f"The primary's HTTP port. {opt.MORE}")],
     shadow: Annotated[str, typer.Option("--shadow", "-s", help="The shadow: http://host:port, optionally with a path prefix (https too).")],
     backend: Annotated[str, typer.Option(help="Capture backend: ebpf, pcap or auto.")] = "auto",
     percent: Annotated[float, typer.Option(help="Percent of requests mirrored (Istio's mirrorPercentage).", min=0, max=100)] = 100.0,
     sample_key: Annotated[str, typer.Option(help="How --percent chooses: 'request' (each request on its own), 'client' (address) or 'header:NAME' (all of one user's requests in or out).")] = "request",
     rate_limit: Annotated[float | None, typer.Option(help="At most this many requests/s to the shadow; the excess is dropped and counted.")] = None,
     queue: Annotated[int, typer.Option(help="Requests waiting for the shadow at most; when full the oldest is dropped and counted.", min=1)] = 10_000,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight to the shadow at most.", min=1)] = 64,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the shadow's complete answer.")] = 10.0,
-    connect_timeout: Annotated[float, typer.Option(help="Seconds to wait for a connection to the shadow.")] = 5.0,
-    allow: Annotated[list[str] | None, typer.Option("--allow", help=f"'METHOD /path' route mirrored though unsafe (e.g. 'POST /v1/predict'; * wildcards). {_MORE}")] = None,
-    allow_unsafe: Annotated[bool, typer.Option("--allow-unsafe", help="Mirror every method, not only GET/HEAD/OPTIONS and --allow routes.")] = False,
-    idempotency_key: Annotated[bool, typer.Option("--idempotency-key/--no-idempotency-key", help="Add Idempotency-Key (stable per captured exchange) to unsafe requests sent by --allow-unsafe.")] = True,
-    keep_host: Annotated[bool, typer.Option("--keep-host", help="Send the captured Host header instead of the shadow's.")] = False,
-    host_suffix: Annotated[str | None, typer.Option(help="Captured Host with this suffix added to its name (Istio: -shadow).")] = None,
-    set_header: Annotated[list[str] | None, typer.Option("--set-header", help=f"'Name: value' to set (replaces). {_MORE}")] = None,
-    drop_header: Annotated[list[str] | None, typer.Option("--drop-header", help=f"Header name to remove. {_MORE}")] = None,
-    rewrite: Annotated[list[str] | None, typer.Option("--rewrite", help=f"'REGEX=>REPLACEMENT' applied to the request target. {_MORE}")] = None,
-    method: Annotated[list[str] | None, typer.Option("--method", help=f"Mirror only these methods (GET,HEAD). {_MORE}")] = None,
-    path: Annotated[str | None, typer.Option("--path", help="Mirror only request targets matching this regex.")] = None,
-    header: Annotated[list[str] | None, typer.Option("--header", help=f"Mirror only requests with header NAME, or NAME=REGEX matching. {_MORE}")] = None,
+    concurrency: opt.Concurrency = 64,
+    timeout: opt.Timeout = 10.0,
+    connect_timeout: opt.ConnectTimeout = 5.0,
+    allow: opt.Allow = None,
+    allow_unsafe: opt.AllowUnsafe = False,
+    idempotency_key: opt.IdempotencyKey = True,
+    keep_host: opt.KeepHost = False,
+    host_suffix: opt.HostSuffix = None,
+    set_header: opt.SetHeader = None,
+    drop_header: opt.DropHeader = None,
+    rewrite: opt.Rewrite = None,
+    method: opt.Method = None,
+    path: opt.PathFilter = None,
+    header: opt.HeaderFilter = None,
     metrics: Annotated[str | None, typer.Option(help="Serve Prometheus metrics on ADDR:PORT (/metrics).")] = None,
     run_dir: Annotated[str | None, typer.Option("--run-dir", help="Keep exchanges.jsonl, results.jsonl, the final reports and mirror.json here (0600 files).")] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after S seconds (else Ctrl-C or SIGTERM).")] = None,
     config: Annotated[str | None, typer.Option("--config", help="Comparison rules file (as for compare --config).")] = None,
-    ignore: Annotated[list[str] | None, typer.Option("--ignore", help=f"Comparison rule (as for compare --ignore). {_MORE}")] = None,
+    ignore: Annotated[list[str] | None, typer.Option("--ignore", help=f"Comparison rule (as for compare --ignore). {opt.MORE}")] = None,
     keep_secrets: Annotated[bool, typer.Option("--keep-secrets", help="Do not redact secret headers in the files and reports (the shadow always gets them as sent).")] = False,
     max_body: Annotated[int, typer.Option(help="Bytes of each body kept (request, and both responses).")] = 1 << 20,
-    bpf_filter: Annotated[str | None, typer.Option("--filter", help="Extra BPF filter on the captured packets.")] = None,
+    bpf_filter: opt.BpfFilter = None,
     force: Annotated[bool, typer.Option("--force", help="Mirror even when the shadow is an address of this host on a mirrored port (the primary itself).")] = False,
     dashboard: Annotated[bool | None, typer.Option("--dashboard/--no-dashboard", help="Live dashboard (default: on a terminal; else a log line every --log-interval).")] = None,
     log_interval: Annotated[float, typer.Option(help="Seconds between log lines without a dashboard.")] = 5.0,
@@ -53,16 +52,7 @@ def mirror(
     """Mirror the primary's live traffic to a shadow, compare the answers as they come; the verdict
     is the exit status (0 pass, 10 marginal, 11 fail, 12 error)."""
     from replay.mirror_run import MirrorConfig, MirrorRun
-    from replay.policy import (
-        Policy,
-        Route,
-        Target,
-        compile_regex,
-        parse_header_filters,
-        parse_header_pairs,
-        parse_methods,
-        parse_rewrites,
-    )
+    from replay.policy import Target, policy_from_options
     from shadowtap.errors import InputError
 
     if backend not in ("ebpf", "pcap", "auto"):
@@ -74,22 +64,11 @@ def mirror(
         target = Target.parse(shadow)
     except InputError as exc:  # replay's parser names its own option
         raise InputError(exc.message.removeprefix("--target: "), where="--shadow") from None
-    policy = Policy(
-        target=target,
-        keep_host=keep_host,
-        host_suffix=host_suffix,
-        set_headers=parse_header_pairs(set_header or [], "--set-header"),
-        drop_headers=frozenset(h.strip().lower() for h in drop_header or []),
-        url_rewrites=parse_rewrites(rewrite or []),
-        methods=parse_methods(method or []),
-        path_pattern=compile_regex(path, "--path") if path else None,
-        header_filters=parse_header_filters(header or []),
-        sample_percent=100.0 if per_request else percent,
-        sample_key="client" if per_request else sample_key,
-        allow=tuple(Route.parse(r) for r in allow or []),
-        allow_unsafe=allow_unsafe,
-        idempotency_key=idempotency_key,
-        force=force,
+    policy = policy_from_options(
+        target, keep_host=keep_host, host_suffix=host_suffix, set_header=set_header or (),
+        drop_header=drop_header or (), rewrite=rewrite or (), method=method or (), path=path,
+        header=header or (), sample_percent=100.0 if per_request else percent, sample_key="client" if per_request else sample_key,
+        allow=allow or (), allow_unsafe=allow_unsafe, idempotency_key=idempotency_key, force=force,
     )
     cfg = MirrorConfig(
         iface=iface, ports=tuple(port), policy=policy, backend=backend, percent=percent,

@@ -7,8 +7,7 @@ from typing import Annotated
 import typer
 
 from shadowtap.cli import app
-
-_MORE = "Repeatable."
+from shadowtap.cli import options as opt
 
 
 @app.command(no_args_is_help=True)
@@ -21,27 +20,27 @@ def replay(
     amplify: Annotated[int, typer.Option(help="Send each request N times.", min=1)] = 1,
     loop: Annotated[int, typer.Option(help="Replay the input N times (0: until --duration).", min=0)] = 1,
     duration: Annotated[float | None, typer.Option(help="Stop after S seconds of schedule (of run time at --speed max).")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight at most.", min=1)] = 64,
+    concurrency: opt.Concurrency = 64,
     pool: Annotated[bool, typer.Option("--pool", help="Independent requests over a pool of connections, instead of one target connection per captured connection, in order.")] = False,
     preload: Annotated[bool, typer.Option("--preload", help="Decode and decide the whole input before the clock starts (load tests: the rate is not bounded by input decoding; about 1 KB of memory an exchange).")] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for a complete answer.")] = 10.0,
-    connect_timeout: Annotated[float, typer.Option(help="Seconds to wait for a connection.")] = 5.0,
+    timeout: opt.Timeout = 10.0,
+    connect_timeout: opt.ConnectTimeout = 5.0,
     max_body: Annotated[int, typer.Option(help="Bytes of each response body kept in the results.")] = 1 << 20,
-    keep_host: Annotated[bool, typer.Option("--keep-host", help="Send the captured Host header instead of the target's.")] = False,
-    host_suffix: Annotated[str | None, typer.Option(help="Captured Host with this suffix added to its name (Istio: -shadow).")] = None,
-    set_header: Annotated[list[str] | None, typer.Option("--set-header", help=f"'Name: value' to set (replaces). {_MORE}")] = None,
-    drop_header: Annotated[list[str] | None, typer.Option("--drop-header", help=f"Header name to remove. {_MORE}")] = None,
-    rewrite: Annotated[list[str] | None, typer.Option("--rewrite", help=f"'REGEX=>REPLACEMENT' applied to the request target. {_MORE}")] = None,
-    method: Annotated[list[str] | None, typer.Option("--method", help=f"Replay only these methods (GET,HEAD). {_MORE}")] = None,
-    path: Annotated[str | None, typer.Option("--path", help="Replay only request targets matching this regex.")] = None,
-    header: Annotated[list[str] | None, typer.Option("--header", help=f"Replay only requests with header NAME, or NAME=REGEX matching. {_MORE}")] = None,
+    keep_host: opt.KeepHost = False,
+    host_suffix: opt.HostSuffix = None,
+    set_header: opt.SetHeader = None,
+    drop_header: opt.DropHeader = None,
+    rewrite: opt.Rewrite = None,
+    method: opt.Method = None,
+    path: opt.PathFilter = None,
+    header: opt.HeaderFilter = None,
     sample: Annotated[float, typer.Option(help="Percent of requests to replay, chosen consistently by --sample-key.", min=0, max=100)] = 100.0,
     sample_key: Annotated[str, typer.Option(help="'client' (address) or 'header:NAME' (e.g. header:X-User-Id).")] = "client",
-    allow: Annotated[list[str] | None, typer.Option("--allow", help=f"'METHOD /path' route allowed though unsafe (e.g. 'POST /v1/predict'; * wildcards). {_MORE}")] = None,
-    allow_unsafe: Annotated[bool, typer.Option("--allow-unsafe", help="Replay every method, not only GET/HEAD/OPTIONS and --allow routes.")] = False,
-    idempotency_key: Annotated[bool, typer.Option("--idempotency-key/--no-idempotency-key", help="Add Idempotency-Key (stable per captured exchange) to unsafe requests sent by --allow-unsafe.")] = True,
+    allow: opt.Allow = None,
+    allow_unsafe: opt.AllowUnsafe = False,
+    idempotency_key: opt.IdempotencyKey = True,
     force: Annotated[bool, typer.Option("--force", help="Replay even into the server the traffic was captured from.")] = False,
-    port: Annotated[list[int] | None, typer.Option("--port", "-p", help=f"pcap input: HTTP server port. {_MORE}")] = None,
+    port: Annotated[list[int] | None, typer.Option("--port", "-p", help=f"pcap input: HTTP server port. {opt.MORE}")] = None,
     bpf_filter: Annotated[str | None, typer.Option("--filter", help="pcap input: BPF filter.")] = None,
     keep_secrets: Annotated[bool, typer.Option("--keep-secrets", help="pcap input: do not redact secret headers.")] = False,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress line (default: on a terminal).")] = None,
@@ -49,16 +48,7 @@ def replay(
     check: Annotated[bool, typer.Option("--check/--no-check", help="Connect to the target once before starting.")] = True,
 ) -> None:
     """Replay captured HTTP requests to a shadow target and record its answers."""
-    from replay.policy import (
-        Policy,
-        Route,
-        Target,
-        compile_regex,
-        parse_header_filters,
-        parse_header_pairs,
-        parse_methods,
-        parse_rewrites,
-    )
+    from replay.policy import Target, policy_from_options
     from replay.run import ReplayConfig, run_replay
     from replay.schedule import Timing
     from shadowtap.errors import EXIT_INTERRUPTED, InputError
@@ -74,22 +64,11 @@ def replay(
         timing = Timing(speed=speed_value, rate=rate, amplify=amplify, loop=loop, duration=duration)
     except ValueError as exc:
         raise InputError(str(exc), where="timing options") from exc
-    policy = Policy(
-        target=Target.parse(target),
-        keep_host=keep_host,
-        host_suffix=host_suffix,
-        set_headers=parse_header_pairs(set_header or [], "--set-header"),
-        drop_headers=frozenset(h.strip().lower() for h in drop_header or []),
-        url_rewrites=parse_rewrites(rewrite or []),
-        methods=parse_methods(method or []),
-        path_pattern=compile_regex(path, "--path") if path else None,
-        header_filters=parse_header_filters(header or []),
-        sample_percent=sample,
-        sample_key=sample_key,
-        allow=tuple(Route.parse(r) for r in allow or []),
-        allow_unsafe=allow_unsafe,
-        idempotency_key=idempotency_key,
-        force=force,
+    policy = policy_from_options(
+        Target.parse(target), keep_host=keep_host, host_suffix=host_suffix, set_header=set_header or (),
+        drop_header=drop_header or (), rewrite=rewrite or (), method=method or (), path=path,
+        header=header or (), sample_percent=sample, sample_key=sample_key,
+        allow=allow or (), allow_unsafe=allow_unsafe, idempotency_key=idempotency_key, force=force,
     )
     cfg = ReplayConfig(
         input=input, policy=policy, timing=timing, output=output, concurrency=concurrency,

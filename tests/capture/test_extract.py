@@ -21,11 +21,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from prereq import require_root, require_tool
 
 from capture.extract import iter_exchanges
 from shadowtap.errors import InputError
 from shadowtap.records import Exchange
-from tests.conftest import require_root, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 PCAPS = sorted(p for p in (ROOT / "pcaps").iterdir() if p.suffix in (".pcap", ".pcapng"))

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import orjson
 import pytest
 from aiohttp import web
+from prereq import require_tool
 
 from shadowtap.records import Exchange, Request, Response, exchange_id
-from tests.conftest import require_tool
 
 
 @dataclass(frozen=True)
