@@ -585,10 +585,7 @@ class MirrorRun:
         d = self.cfg.run_dir
         if not d:
             return
-        try:
-            os.makedirs(d, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"cannot create the run directory: {exc.strerror}", where=d) from exc
+        self._check_run_dir()
         self._writers["exchanges"] = JsonlWriter(os.path.join(d, "exchanges.jsonl"))
         self._writers["results"] = JsonlWriter(os.path.join(d, "results.jsonl"))
 
