@@ -417,6 +417,17 @@ class _Side:
         if n > room:
             msg.truncated = True
 
+    def _skip_blank_lines(self) -> bool:
+        """Skip CR and LF before a message head (RFC 9112 2.2 allows empty lines there); True when
+        bytes of the head follow."""
+        buf = self.buf
+        pos = self.pos
+        n = len(buf)
+        while pos < n and buf[pos] in (13, 10):
+            pos += 1
+        self.pos = pos
+        return pos < n
+
     def st_body_length(self, ts: float) -> bool:
         avail = len(self.buf) - self.pos
         if avail <= 0:
@@ -725,14 +736,11 @@ class _RequestSide(_Side):
         return True
 
     def st_head(self, ts: float) -> bool:
+        if not self._skip_blank_lines():
+            return False
         buf = self.buf
         pos = self.pos
         n = len(buf)
-        while pos < n and buf[pos] in (13, 10):
-            pos += 1
-        self.pos = pos
-        if pos >= n:
-            return False
         conv = self.conv
         if self.txn is None:
             self.txn = conv.open_request(self.head_ts if self.head_ts else ts, self)
@@ -919,14 +927,11 @@ class _ResponseSide(_Side):
         return True
 
     def st_head(self, ts: float) -> bool:
+        if not self._skip_blank_lines():
+            return False
         buf = self.buf
         pos = self.pos
         n = len(buf)
-        while pos < n and buf[pos] in (13, 10):
-            pos += 1
-        self.pos = pos
-        if pos >= n:
-            return False
         conv = self.conv
         txn = conv.answering()
         if txn is not None and txn.http09 and not buf.startswith(b"HTTP/", pos):
