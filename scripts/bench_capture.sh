@@ -26,6 +26,9 @@ from pathlib import Path
 
 from shadowtap.netns import Topology
 
+sys.path.insert(0, "scripts")
+from benchlib import hey, wait_text  # noqa: E402
+
 SECONDS = float(os.environ["BENCH_SECONDS"])
 RATES = [int(r) for r in os.environ["BENCH_RATES"].split()]
 LAT_RATE = int(os.environ["BENCH_LATENCY_RATE"])
@@ -43,27 +46,6 @@ http {{ access_log off; default_type text/plain; keepalive_requests 1000000;
   uwsgi_temp_path {work}/u; scgi_temp_path {work}/s;
   server {{ listen 10.250.9.2:{PORT}; location / {{ return 200 "hello $request_uri\\n"; }} }} }}
 """
-
-
-def wait_text(path: Path, needle: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    end = time.monotonic() + timeout
-    while needle not in (path.read_text(errors="replace") if path.exists() else ""):
-        if proc.poll() is not None or time.monotonic() > end:
-            raise SystemExit(f"bench: {proc.args} did not start: {path.read_text(errors='replace')[-500:]}")
-        time.sleep(0.05)
-
-
-def hey(client, rate: int, seconds: float) -> dict:
-    # hey's per-worker rate limit ticks no faster than about 1000/s: more workers for more.
-    workers = max(WORKERS, -(-rate // 800))
-    argv = ["hey", "-z", f"{seconds}s", "-c", str(workers)]
-    if rate:
-        argv += ["-q", str(max(1, rate // workers))]
-    out = client.run([*argv, f"http://10.250.9.2:{PORT}/bench"], timeout=seconds + 60).stdout
-    ok = sum(int(n) for n in re.findall(r"\[\d+\]\s+(\d+) responses", out))
-    errors = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s+Get", out, re.M))
-    lat = {p: float(v) * 1000 for p, v in re.findall(r"(\d+)% in ([\d.]+) secs", out)}
-    return {"sent": ok + errors, "ok": ok, "rps": ok / seconds, "p50": lat.get("50"), "p99": lat.get("99")}
 
 
 # The capture path alone (source -> pcap file, no HTTP extraction): what tcpdump does, so the
@@ -160,7 +142,7 @@ try:
         best[kind] = 0.0
         for rate in RATES:
             proc, out, err = start_recorder(server, iface, kind, f"{kind}-{rate}")
-            load = hey(client, rate, SECONDS)
+            load = hey(client, f"http://10.250.9.2:{PORT}/bench", rate, SECONDS, WORKERS)
             lag = stop(proc)
             got = recorded(kind, out)
             ratio = got / load["sent"] if load["sent"] else 0.0
@@ -188,7 +170,7 @@ try:
             proc = None
             if kind != "none":
                 proc, _out, _err = start_recorder(server, iface, kind, f"lat-{kind}-{_round}")
-            lat[kind].append(hey(client, LAT_RATE, SECONDS))
+            lat[kind].append(hey(client, f"http://10.250.9.2:{PORT}/bench", LAT_RATE, SECONDS, WORKERS))
             if proc:
                 stop(proc)
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731

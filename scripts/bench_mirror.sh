@@ -27,6 +27,9 @@ from pathlib import Path
 
 from shadowtap.netns import Topology
 
+sys.path.insert(0, "scripts")
+from benchlib import hey, wait_text  # noqa: E402
+
 SECONDS = float(os.environ["BENCH_SECONDS"])
 RATES = [int(r) for r in os.environ["BENCH_RATES"].split()]
 LAT_RATE = int(os.environ["BENCH_LATENCY_RATE"])
@@ -54,26 +57,6 @@ http {{ {log} default_type application/json; keepalive_requests 1000000;
   server {{ listen {addr}:{port}; location / {{ return 200 '{{"path": "$request_uri", "ok": true}}\\n'; }} }} }}
 """)
     return conf
-
-
-def wait_text(path: Path, needle: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    end = time.monotonic() + timeout
-    while needle not in (path.read_text(errors="replace") if path.exists() else ""):
-        if proc.poll() is not None or time.monotonic() > end:
-            raise SystemExit(f"bench: {proc.args} did not start: {path.read_text(errors='replace')[-500:]}")
-        time.sleep(0.05)
-
-
-def hey(client, rate: int, seconds: float) -> dict:
-    workers = max(WORKERS, -(-rate // 800))  # hey's per-worker limiter ticks at most ~1000/s
-    argv = ["hey", "-z", f"{seconds}s", "-c", str(workers)]
-    if rate:
-        argv += ["-q", str(max(1, rate // workers))]
-    out = client.run([*argv, f"http://{PRIMARY}:{PORT}/bench"], timeout=seconds + 60).stdout
-    ok = sum(int(n) for n in re.findall(r"\[\d+\]\s+(\d+) responses", out))
-    errors = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s+Get", out, re.M))
-    lat = {p: float(v) * 1000 for p, v in re.findall(r"(\d+)% in ([\d.]+) secs", out)}
-    return {"sent": ok + errors, "ok": ok, "rps": ok / seconds, "p50": lat.get("50"), "p99": lat.get("99")}
 
 
 def wrk(client, seconds: float) -> dict:
@@ -188,7 +171,7 @@ try:
         # machine's other load instead).
         proc, run, err = start_mirror(primary, iface, f"rate-{rate}", "--no-sched-idle", "--nice", "0")
         sleeper = start_sleeper(SECONDS)
-        load = hey(client, rate, SECONDS)
+        load = hey(client, f"http://{PRIMARY}:{PORT}/bench", rate, SECONDS, WORKERS)
         late = sleeper.communicate(timeout=60)[0].split()
         catch_up = stop(proc)
         got = shadow_count(access) - before
@@ -218,7 +201,7 @@ try:
                 proc = start_capture(primary, iface, f"lat-{rnd}")
             elif kind == "mirror":
                 proc, run, _err = start_mirror(primary, iface, f"lat-{rnd}", shadow_port=IDLE_PORT)  # defaults
-            lat["hey"][kind].append(hey(client, LAT_RATE, SECONDS))
+            lat["hey"][kind].append(hey(client, f"http://{PRIMARY}:{PORT}/bench", LAT_RATE, SECONDS, WORKERS))
             lat["wrk"][kind].append(wrk(client, SECONDS))
             if proc:
                 stop(proc)
