@@ -85,7 +85,7 @@ def test_same_version_passes(runs, tmp_path):
     # between the lab's recording and a local replay at full speed.
     cfg = tmp_path / "c.toml"
     cfg.write_text(DEMO_RULES.read_text() + "\n[latency]\neffect = 5.0\nmin_ms = 50.0\n")
-    p, rep = compare(runs, runs["v1"], "--config", str(cfg), "--ignore", "GET /health::body.uptime_s")
+    p, rep = compare(runs, runs["v1"], "--config", str(cfg))
     assert p.returncode == 0, p.stdout
     assert rep["verdict"]["result"] == "pass" and not failed(rep)
     noise = {(n["endpoint"], n["path"]): n["reason"] for n in rep["noise"]}
@@ -96,7 +96,7 @@ def test_same_version_passes(runs, tmp_path):
 
 
 def test_new_version_fails_for_its_regressions(runs):
-    p, rep = compare(runs, runs["v2"], "--config", str(DEMO_RULES), "--ignore", "GET /health::body.uptime_s")
+    p, rep = compare(runs, runs["v2"], "--config", str(DEMO_RULES))
     assert p.returncode == 11 and p.stdout.startswith("verdict: FAIL")
     f = failed(rep)
     assert ("field diff rate", "GET /v1/products/{id}", "body.price") in f  # renamed to unit_price
