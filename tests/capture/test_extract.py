@@ -21,9 +21,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prereq import require_root, require_tool
 
-from capture.extract import iter_exchanges
+from capture.extract import _KEY_DIGITS, _order_key, iter_exchanges
 from shadowtap.errors import InputError
 from shadowtap.records import Exchange
 
@@ -353,6 +355,21 @@ def test_jobs_give_the_same_bytes(tmp_path, pcap):
         return dict(line.split("\t", 1) for line in err.splitlines() if "\t" in line and not line.startswith(("elapsed", "exchanges/s", "written")))
 
     assert figures(a.stderr) == figures(b.stderr)  # connections, exchanges, anomalies: summed right
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.floats(min_value=-1e12, max_value=4e9, allow_nan=False),
+                          st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**64 - 1)),
+                min_size=2, max_size=20))
+def test_order_keys_sort_as_the_keys_they_encode(keys):
+    """The parent merges the workers' lines as bytes: the encoded keys must sort as the keys do
+    (times of either sign, -0.0 equal to 0.0), be fixed-width hex and never contain a newline."""
+    enc = [_order_key(k) for k in keys]
+    assert all(len(e) == _KEY_DIGITS and e.isalnum() and e == e.lower() for e in enc)
+    for (a, ea) in zip(keys, enc):
+        for (b, eb) in zip(keys, enc):
+            assert (a < b) == (ea < eb) and (a == b) == (ea == eb)
+    assert _order_key((-0.0, 1, 2)) == _order_key((0.0, 1, 2))
 
 
 def test_jobs_on_a_damaged_capture(tmp_path):

@@ -10,7 +10,8 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from capture.pipeline import Extractor, RequestEvent
+from capture.decode import decode
+from capture.pipeline import Extractor, RequestEvent, _conn_key, _raw_conn_key
 from shadowtap.records import Exchange, exchange_id
 from shadowtap.redact import Redactor
 
@@ -218,3 +219,63 @@ def test_held_exchanges_bound_lets_later_ones_out_and_marks_the_late_one(flow):
     assert [e.request.target for e in rest] == ["/slow"]
     slow = rest[0]
     assert "late" in slow.anomalies and slow.response.status == 200
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(min_size=0, max_size=90), st.sampled_from([0, 1, 101, 113]), st.booleans())
+def test_raw_connection_key_agrees_with_the_decoded_one(tail, linktype, ipv4_tcp):
+    """Workers skip the other shares' frames by a key read off the raw bytes, before decoding:
+    wherever both exist it must be the decoded segment's key, or the two directions of a
+    connection could land in different workers."""
+    ip = bytearray(tail)
+    if ipv4_tcp and len(ip) >= 10:
+        ip[0], ip[9] = 0x45, 6
+    frame = b"\x02" * 12 + b"\x08\x00" + bytes(ip)
+    raw = _raw_conn_key(linktype, frame)
+    seg = decode(linktype, frame)
+    if raw >= 0 and seg is not None:
+        assert raw == _conn_key(seg)
+    if linktype != 1:
+        assert raw == -1
+
+
+def test_raw_connection_key_is_the_same_both_ways(flow):
+    f = flow(client=("10.9.8.7", 43210), server=("10.1.2.3", 8080)).handshake()
+    f.c(REQ1).s(RESP1)
+    keys = {_raw_conn_key(lt, fr) for _, lt, fr in f.frames}
+    assert len(keys) == 1 and keys != {-1}
+    assert keys == {_conn_key(decode(1, f.frames[0][2]))}
+
+
+def _sharded(frames, n):
+    """Each of ``n`` sharded extractors fed every frame: their exchanges (with order keys)."""
+    out = []
+    for k in range(n):
+        ex = Extractor(keep_secrets=True, shard=(k, n), keyed=True)
+        got = []
+        for ts, lt, fr in frames:
+            got.extend(ex.feed(ts, lt, fr))
+        got.extend(ex.finish())
+        out.append(list(zip(ex.released_keys, got)))
+    return out
+
+
+def test_shards_split_connections_evenly_and_merge_to_one_process_output(flow):
+    """Eight connections (the benchmark's hey -c 8) over two shares: four each, whatever their
+    ports; IPv4 and IPv6 (decoded share test) alike. Merged by order key, the shards' exchanges
+    are one process's."""
+    frames = []
+    for i in range(8):
+        client = (f"10.0.0.{i + 1}", 40000 + 7 * i) if i % 3 else (f"fd00::{i + 1}", 40000 + 7 * i)
+        server = ("10.0.0.100", 80) if i % 3 else ("fd00::100", 80)
+        f = flow(client=client, server=server, ts=100.0 + i * 0.0003).handshake()
+        for j in range(3):
+            f.c(b"GET /%d/%d HTTP/1.1\r\nHost: h\r\n\r\n" % (i, j)).s(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        frames += f.fin().frames
+    frames.sort(key=lambda r: r[0])
+    shards = _sharded(frames, 2)
+    assert [len({(e.client, e.server) for _, e in s}) for s in shards] == [4, 4]
+    one = Extractor(keep_secrets=True)
+    alone = [e for ts, lt, fr in frames for e in one.feed(ts, lt, fr)] + one.finish()
+    merged = [e for _, e in sorted(shards[0] + shards[1], key=lambda p: p[0])]
+    assert merged == alone and len(alone) == 24
