@@ -61,7 +61,7 @@ class JsonlWriter:
                 self._out = self._raw
 
     def write(self, obj: dict[str, Any]) -> None:
-        self._out.write(orjson.dumps(obj) + b"\n")
+        self._out.write(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
         self.count += 1
         now = time.monotonic()
         if now - self._last_flush >= self._flush_interval:
