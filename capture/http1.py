@@ -237,18 +237,40 @@ def _parse_headers(block: bytes, msg: _Msg) -> tuple[tuple[tuple[str, str], ...]
     return _parse_header_text(block.decode("latin-1"), msg)
 
 
+# Header lines seen recently -> their (name, value): traffic repeats most lines (Host, User-Agent,
+# Accept, Server, Content-Type, ...), and a lookup costs a third of a split and a strip. A memo of a
+# pure function: lines up to _LINE_MEMO_WIDTH characters, at most _LINE_MEMO_SIZE of them (~1 MB),
+# emptied when full.
+_LINE_MEMO: dict[str, tuple[str, str]] = {}
+_LINE_MEMO_SIZE = 4096
+_LINE_MEMO_WIDTH = 160
+
+
+def _header_line(line: str) -> tuple[str, str]:
+    """One plain ``name: value`` line (a colon in it, else IndexError), remembered."""
+    p = line.split(":", 1)
+    field = (p[0], p[1].strip(" \t"))
+    if len(line) <= _LINE_MEMO_WIDTH:
+        if len(_LINE_MEMO) >= _LINE_MEMO_SIZE:
+            _LINE_MEMO.clear()
+        _LINE_MEMO[line] = field
+    return field
+
+
 def _plain_headers(text: str) -> tuple[tuple[str, str], ...] | None:
     """The header block's fields when every line is a plain CRLF ``name: value`` (no folding, no
-    whitespace before a colon, no bare LF, a colon on every line): the common case, ~0.2 us a
-    line. None otherwise (``_parse_header_text`` then reads it line by line)."""
+    whitespace before a colon, no bare LF, a colon on every line): the common case, ~0.1 us a
+    line seen before (``_LINE_MEMO``), ~0.3 us else. None otherwise (``_parse_header_text`` then
+    reads it line by line)."""
     lines = text.split("\r\n")
     if (
         text.count("\n") == len(lines) - 1
         and "\n " not in text and "\n\t" not in text and " :" not in text and "\t:" not in text
         and "\n:" not in text and text[:1] not in (" ", "\t", ":")
     ):
+        get = _LINE_MEMO.get
         try:  # a line without a colon raises IndexError
-            return tuple([(p[0], p[1].strip(" \t")) for p in [line.split(":", 1) for line in lines]])
+            return tuple([get(line) or _header_line(line) for line in lines])
         except IndexError:
             return None
     return None
@@ -291,7 +313,8 @@ def _watched(names: tuple[str, ...], lowered: str) -> bool:
 
 
 def _values(headers: tuple[tuple[str, str], ...], lname: str) -> list[str]:
-    return [v for n, v in headers if n.lower() == lname]
+    size = len(lname)  # a length test first: most names are not lower-cased at all
+    return [v for n, v in headers if len(n) == size and n.lower() == lname]
 
 
 def _content_length(values: list[str], msg: _Msg) -> int | None:

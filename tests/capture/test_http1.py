@@ -9,6 +9,7 @@ import brotli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from capture import http1
 from capture.http1 import Conversation, Event, decoded_length
 
 
@@ -311,3 +312,18 @@ def test_http10_keep_alive():
     )
     assert summary(done) == [("GET", "/a", 200, b"a"), ("GET", "/b", 200, b"b")]
     assert {t.request.version for t in done} == {"HTTP/1.0"}
+
+
+def test_header_line_memo_is_bounded_and_gives_what_parsing_gives():
+    """Header lines are remembered (traffic repeats them); the memo stays within its bounds and a
+    remembered line reads as a fresh one."""
+    conv = Conversation()
+    long_value = "v" * (http1._LINE_MEMO_WIDTH + 10)
+    for i in range(http1._LINE_MEMO_SIZE + 50):
+        conv.data(True, float(i), b"GET /%d HTTP/1.1\r\nHost: h\r\nX-N:  %d \r\nX-Long: %s\r\n\r\n" % (i, i, long_value.encode()))
+        conv.data(False, float(i), b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert len(http1._LINE_MEMO) <= http1._LINE_MEMO_SIZE
+    assert not any(len(line) > http1._LINE_MEMO_WIDTH for line in http1._LINE_MEMO)
+    reqs = [t.request for ev, t in conv.events if ev == Event.REQUEST]
+    assert len(reqs) == http1._LINE_MEMO_SIZE + 50
+    assert all(r.headers == (("Host", "h"), ("X-N", str(i)), ("X-Long", long_value)) for i, r in enumerate(reqs))
