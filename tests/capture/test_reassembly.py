@@ -212,3 +212,70 @@ def test_random_segments_never_raise_through_reassembly_and_parsing(segments):
         ex._dispatch(events)
     out = ex.finish()
     assert all(e.index >= 0 for e in out)
+
+
+def _lanes_agree(segments):
+    """Feed ``(ts, Segment)``s to a reassembler through ``feed`` alone and to another through
+    ``feed_in_order`` first (``feed`` when it declines), as the pipeline does: the same events
+    (one DATA event for each segment the in-order lane took) and the same state."""
+    a, b = Reassembler(max_held_bytes=64), Reassembler(max_held_bytes=64)
+    ev_a, ev_b = [], []
+    for ts, seg in segments:
+        ev_a += [(e.conn.key, e.from_client, e.kind, e.ts, e.value) for e in a.feed(ts, seg)]
+        found = b.feed_in_order(ts, seg)
+        if found is None:
+            ev_b += [(e.conn.key, e.from_client, e.kind, e.ts, e.value) for e in b.feed(ts, seg)]
+        elif seg.payload:
+            ev_b.append((found[0].key, found[1], Kind.DATA, ts, seg.payload))
+    ev_a += [(e.conn.key, e.from_client, e.kind, e.ts, e.value) for e in a.finish()]
+    ev_b += [(e.conn.key, e.from_client, e.kind, e.ts, e.value) for e in b.finish()]
+    assert ev_a == ev_b
+    assert (a.now, a.connections_seen, a.evicted) == (b.now, b.connections_seen, b.evicted)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(
+    st.booleans(),  # from the client
+    st.sampled_from([0, 1, 2, 5, 1000, 2**32 - 3]),  # seq (few values: in-order hits are likely)
+    st.sampled_from([0x10, 0x18, 0x18, 0x18, 0x02, 0x12, 0x11, 0x04]),  # ACK, PSH|ACK, SYN, SYN|ACK, FIN|ACK, RST
+    st.binary(max_size=6),
+    st.floats(min_value=0.0, max_value=0.9),  # time step: sweeps fall between some segments
+), max_size=40))
+def test_in_order_lane_agrees_with_feed_on_random_segments(segments):
+    from capture.decode import Segment
+
+    c, s = b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02"
+    ts = 1.0
+    feed = []
+    for from_client, seq, flags, payload, step in segments:
+        ts += step
+        feed.append((ts, Segment(c, 40000, s, 80, seq, 0, flags, payload) if from_client
+                     else Segment(s, 80, c, 40000, seq, 0, flags, payload)))
+    _lanes_agree(feed)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_in_order_lane_agrees_with_feed_on_conversations(flow, data):
+    mss = data.draw(st.integers(min_value=1, max_value=64))
+    f = flow(mss=mss, step=0.3).handshake().c(REQ * 2).s(RESP * 2).c(REQ).fin()
+    frames = list(f.frames)
+    rnd = random.Random(data.draw(st.integers(min_value=0, max_value=2**32)))
+    for _ in range(data.draw(st.integers(min_value=0, max_value=6))):  # some swaps and duplicates
+        i, j = rnd.randrange(len(frames)), rnd.randrange(len(frames))
+        frames[i], frames[j] = frames[j], frames[i]
+        frames.insert(rnd.randrange(len(frames)), frames[rnd.randrange(len(frames))])
+    _lanes_agree([(1.0 + k * 0.3, decode(lt, fr)) for k, (_, lt, fr) in enumerate(frames)])
+
+
+def test_in_order_lane_declines_after_the_connection_closed(flow):
+    """Bytes in sequence after an RST are a straggler: neither lane delivers them."""
+    f = flow().handshake().c(REQ)
+    rst = f.frame(True, f.c_next, flags=RST)
+    late = f.frame(True, f.c_next, b"more")
+    frames = [(ts, decode(lt, fr)) for ts, lt, fr in [*f.frames, rst, late]]
+    _lanes_agree(frames)
+    r = Reassembler()
+    for ts, seg in frames[:-1]:
+        r.feed(ts, seg)
+    assert r.feed_in_order(*frames[-1]) is None
