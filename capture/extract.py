@@ -179,8 +179,10 @@ def _extract_to(output: str, paths: Sequence[str], ex: Extractor, progress: Any,
             feed = ex.feed
             try:
                 for ts, linktype, frame in _packets(paths):
-                    for e in feed(ts, linktype, frame):
-                        write(e.to_json())
+                    done = feed(ts, linktype, frame)
+                    if done:  # most packets finish no exchange
+                        for e in done:
+                            write(e.to_json())
                     if progress is not None:
                         n += 1
                         read += len(frame) + 16

@@ -382,7 +382,8 @@ class Reassembler:
             hs, peer = conn.s2c, conn.c2s
         if seqno != hs.next_seq or hs.held or peer.held or hs.fin_off is not None or conn.state == _STATE_CLOSED:
             return None
-        self.now = max(self.now, ts)
+        if ts > self.now:  # noqa: PLR1730 - max() is a call per packet
+            self.now = ts
         if ts - conn.lru_ts > 0.5:
             conn.lru_ts = ts
             self.conns.move_to_end(conn.key)
