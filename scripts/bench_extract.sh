@@ -76,12 +76,15 @@ for r in $(seq "$rounds"); do
     tshark -r "$capture" -Y http.response -T fields -e http.response.code >"$work/tsu.out" 2>/dev/null
 done
 cmp -s "$work/st.jsonl" "$work/stj.jsonl" || echo "WARNING: --jobs $jobs output differs from one process's"
+# What the default (--jobs 0) picks for this capture right now: 1 + the CPUs the load average
+# leaves wholly idle (the load includes this benchmark's own previous runs).
+auto=$(.venv/bin/python -c 'import sys; from capture.extract import _auto_jobs, _file_sizes; print(_auto_jobs(_file_sizes(sys.argv[1:])))' "$capture")
 st_n=$(wc -l < "$work/st.jsonl")
 ts_n=$(wc -l < "$work/ts.out")
 
-python3 - "$work" "$rounds" "$st_n" "$ts_n" "$jobs" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY'
+python3 - "$work" "$rounds" "$st_n" "$ts_n" "$jobs" "$(cut -d' ' -f1-3 /proc/loadavg)" "$auto" <<'PY'
 import sys
-work, rounds, st_n, ts_n, jobs, load = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+work, rounds, st_n, ts_n, jobs, load, auto = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7]
 def best(tool):
     runs = [tuple(map(float, open(f"{work}/{tool}.{r}.time").read().split())) for r in range(1, rounds + 1)]
     wall = min(r[0] for r in runs)
@@ -97,4 +100,5 @@ jw, jc, jr = best("stj")
 uw, uc, ur = best("tsu")
 print(f"unpinned: shadowtap --jobs {jobs}: best wall {jw:.2f} s = {st_n/jw:,.0f}/s (CPU {jc:.2f} s, peak RSS {jr:.0f} MB a process); "
       f"tshark: best wall {uw:.2f} s = {ts_n/uw:,.0f}/s; ratio wall {(st_n/jw)/(ts_n/uw):.2f}x  (load average {load})")
+print(f"default --jobs 0 would use {auto} worker process(es) for this capture at the end of the run")
 PY
