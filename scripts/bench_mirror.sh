@@ -6,12 +6,14 @@
 #     (its access log), the ratio, and the mirror lag p50/p99 (results.jsonl: wire time of the
 #     request's last byte -> sent to the shadow). The peer is the primary itself: it served them all.
 #  2. the primary's latency without anything, with `shadowtap capture` alone (the peer: the floor
-#     of any mirror's cost, its hooks and its copy of every packet) and with the mirror: hey at a
-#     fixed rate (p50/p99) and wrk at full speed (p50/p99, req/s), 3 interleaved rounds.
+#     of any mirror's cost, its hooks and its copy of every packet) and with the mirror: wrk paced at
+#     a fixed rate (microsecond percentiles) and wrk at full speed (p50/p99, req/s),
+#     BENCH_LATENCY_ROUNDS (5) interleaved rounds, the order rotating; medians and [min-max].
 # The shadow's nginx runs under SCHED_IDLE: it stands in for another machine.
 #
 #   scripts/bench_mirror.sh            # as root; BENCH_SECONDS (10), BENCH_RATES ("1000 2000 3000 5000 7000"),
-#                                      # BENCH_LATENCY_RATE (1000), BENCH_BACKEND (ebpf) override
+#                                      # BENCH_LATENCY_RATE (1000), BENCH_LATENCY_ROUNDS (5), BENCH_BACKEND (ebpf),
+#                                      # BENCH_NO_RATES=1 (part 2 only), BENCH_NO_LATENCY=1 (part 1 only) override
 # Goal (issue 6): >= 5k requests/s mirrored without loss, lag p99 <= 20 ms, primary p99 up <= 5%.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +30,7 @@ from pathlib import Path
 from shadowtap.netns import Topology
 
 sys.path.insert(0, "scripts")
-from benchlib import hey, wait_text  # noqa: E402
+from benchlib import hey, wait_text, wrk_paced  # noqa: E402
 
 SECONDS = float(os.environ["BENCH_SECONDS"])
 RATES = [int(r) for r in os.environ["BENCH_RATES"].split()]
@@ -191,34 +193,42 @@ try:
     if os.environ.get("BENCH_NO_LATENCY"):
         raise SystemExit(0)
     print()
-    print(f"primary latency without / with the mirror, 3 interleaved rounds of {SECONDS:g} s:")
+    rounds = int(os.environ.get("BENCH_LATENCY_ROUNDS", "5"))
+    print(f"primary latency without / with the mirror, {rounds} interleaved rounds of {SECONDS:g} s "
+          f"(the order rotates each round); median of the rounds [min-max]:")
     kinds = ("none", "capture", "mirror")
-    lat: dict[str, dict[str, list[dict]]] = {t: {k: [] for k in kinds} for t in ("hey", "wrk")}
-    for rnd in range(3):
-        for kind in kinds:
+    lat: dict[str, dict[str, list[dict]]] = {t: {k: [] for k in kinds} for t in ("paced", "wrk")}
+    for rnd in range(rounds):
+        for kind in kinds[rnd % 3:] + kinds[:rnd % 3]:
             proc = run = None
             if kind == "capture":
                 proc = start_capture(primary, iface, f"lat-{rnd}")
             elif kind == "mirror":
                 proc, run, _err = start_mirror(primary, iface, f"lat-{rnd}", shadow_port=IDLE_PORT)  # defaults
-            lat["hey"][kind].append(hey(client, f"http://{PRIMARY}:{PORT}/bench", LAT_RATE, SECONDS, WORKERS))
+            lat["paced"][kind].append(wrk_paced(client, f"http://{PRIMARY}:{PORT}/bench", LAT_RATE, SECONDS,
+                                                WORKERS, work))
             lat["wrk"][kind].append(wrk(client, SECONDS))
             if proc:
                 stop(proc)
             if run:
                 shutil.rmtree(run, ignore_errors=True)
-    for tool, label in (("hey", f"hey at {LAT_RATE}/s"), ("wrk", "wrk -c 8 at full speed")):
-        base50 = statistics.mean(r["p50"] for r in lat[tool]["none"])
-        base99 = statistics.mean(r["p99"] for r in lat[tool]["none"])
+
+    def spread(rows: list[dict], key: str) -> str:
+        v = [r[key] for r in rows]
+        return f"{statistics.median(v):.3f} [{min(v):.3f}-{max(v):.3f}]"
+
+    for tool, label in (("paced", f"wrk paced at {LAT_RATE}/s"), ("wrk", "wrk -c 8 at full speed")):
+        none = lat[tool]["none"]
+        base50 = statistics.median(r["p50"] for r in none)
+        base99 = statistics.median(r["p99"] for r in none)
+        rps = lambda rows: f"; req/s {statistics.median(r['rps'] for r in rows):.0f}"
+        print(f"  {label:24} none     p50 {spread(none, 'p50')} ms, p99 {spread(none, 'p99')} ms{rps(none)}")
         for kind in kinds[1:]:
-            m50 = statistics.mean(r["p50"] for r in lat[tool][kind])
-            m99 = statistics.mean(r["p99"] for r in lat[tool][kind])
-            rps = ""
-            if tool == "wrk":
-                rps = (f"; req/s {statistics.mean(r['rps'] for r in lat[tool]['none']):.0f} -> "
-                       f"{statistics.mean(r['rps'] for r in lat[tool][kind]):.0f}")
-            print(f"  {label:24} {kind:8} p50 {base50:.3f} -> {m50:.3f} ms ({m50 / base50 - 1:+.1%}), "
-                  f"p99 {base99:.3f} -> {m99:.3f} ms ({m99 / base99 - 1:+.1%}){rps}")
+            rows = lat[tool][kind]
+            m50 = statistics.median(r["p50"] for r in rows)
+            m99 = statistics.median(r["p99"] for r in rows)
+            print(f"  {label:24} {kind:8} p50 {spread(rows, 'p50')} ms ({m50 / base50 - 1:+.1%}), "
+                  f"p99 {spread(rows, 'p99')} ms ({m99 / base99 - 1:+.1%}){rps(rows)}")
 finally:
     for p in servers:
         p.send_signal(signal.SIGTERM)
