@@ -33,8 +33,15 @@ from shadowtap.errors import InputError, PrerequisiteError
 
 PROGRAM_FILE = "tc_capture.c"
 MAX_BATCH = 8192  # frames a read returns at most, so the caller's loop keeps its 1 s rhythm
+# Batched wake-ups (not immediate): the kernel wakes the reader every WAKEUP_EVERY records a CPU,
+# and the reader polls at least every BATCH_POLL_MS. Per-packet wake-ups cost the CPUs the service
+# shares (a context switch and a poll a packet); a capture to files needs no real time.
+WAKEUP_EVERY = 1024
+BATCH_POLL_MS = 20
+PERF_WAKEUP_EVENTS = 64  # the perf buffer's equivalent (per CPU buffer)
 REORDER_US = 50_000  # perf buffer: how long a frame waits for older ones from other CPUs
 _REC_HDR = struct.Struct("=QII")  # ts_ns, len, caplen (struct rec_hdr)
+_SMALL_RECORD = 2048 + 16 + 8  # up to the .c file's rec_m (and its 8-byte alignment)
 _C_MATCHED, _C_LOST, _C_TRUNCATED, _C_BYTES = 0, 1, 2, 3
 _ARPHRD_ETHER, _ARPHRD_LOOPBACK = 1, 772
 LINKTYPE_ETHERNET, LINKTYPE_RAW = 1, 101
@@ -86,13 +93,16 @@ class EbpfSource:
     """A TC eBPF capture on ``iface`` of TCP packets to or from ``ports`` (every port when empty).
 
     ``buffer_mb``: the ring buffer's size (per CPU for the perf buffer), rounded up to a power of
-    two pages. ``ringbuf``: None probes the kernel, False forces the perf buffer."""
+    two pages. ``ringbuf``: None probes the kernel, False forces the perf buffer. ``immediate``:
+    the reader is woken for each packet (the live mirror); else in batches (WAKEUP_EVERY records
+    or BATCH_POLL_MS, whichever comes first)."""
 
     name = "ebpf"
 
     def __init__(self, iface: str, ports: tuple[int, ...] = (), *, buffer_mb: int = 64,
-                 ringbuf: bool | None = None) -> None:
+                 ringbuf: bool | None = None, immediate: bool = False) -> None:
         self.iface = iface
+        self.immediate = immediate
         self.ports = tuple(sorted(set(ports)))
         self.buffer_mb = buffer_mb
         self.use_ringbuf = ringbuf
@@ -121,6 +131,7 @@ class EbpfSource:
             f"-DSKIP_INGRESS={int(self.loopback)}",
             f"-DUSE_RINGBUF={int(bool(self.use_ringbuf))}",
             f"-DRINGBUF_PAGES={self._pages()}",
+            f"-DWAKEUP_EVERY={0 if self.immediate else WAKEUP_EVERY}",
         ]
 
     def program_text(self) -> str:
@@ -159,7 +170,8 @@ class EbpfSource:
             self._bpf[b"events"].open_ring_buffer(self._on_ring)
         else:
             self._bpf[b"events"].open_perf_buffer(self._on_perf, page_cnt=self._pages(),
-                                                 lost_cb=self._on_perf_lost)
+                                                 lost_cb=self._on_perf_lost,
+                                                 wakeup_events=1 if self.immediate else PERF_WAKEUP_EVENTS)
         self._offset_ns = time.time_ns() - time.monotonic_ns()
         atexit.register(self.close)
         try:
@@ -184,7 +196,8 @@ class EbpfSource:
         size = f"{self._pages() * os.sysconf('SC_PAGE_SIZE') >> 20} MiB" + ("" if self.use_ringbuf else " per CPU")
         ports = ",".join(map(str, self.ports)) or "all"
         where = "egress only counted (loopback)" if self.loopback else "ingress+egress"
-        return f"eBPF TC clsact on {self.iface} ({where}), TCP ports {ports}, {buf} {size}"
+        wake = "woken per packet" if self.immediate else f"woken every {BATCH_POLL_MS} ms"
+        return f"eBPF TC clsact on {self.iface} ({where}), TCP ports {ports}, {buf} {size}, {wake}"
 
     def close(self) -> None:
         """Detach the hooks and free the program. Idempotent; never raises on a hook already gone."""
@@ -212,9 +225,15 @@ class EbpfSource:
 
     # -- reading ------------------------------------------------------------------------------
     def _frame(self, data: int, size: int) -> None:
-        ts_ns, wire_len, caplen = _REC_HDR.unpack(ctypes.string_at(data, _REC_HDR.size))
-        caplen = min(caplen, size - _REC_HDR.size)
-        frame = ctypes.string_at(data + _REC_HDR.size, caplen)
+        if size <= _SMALL_RECORD:
+            # Small records (ACKs, most requests and responses): one copy out of the ring, then
+            # slices (a ctypes call costs about a microsecond, a 2 KiB copy much less).
+            raw = ctypes.string_at(data, size)
+            ts_ns, wire_len, caplen = _REC_HDR.unpack_from(raw)
+            frame = raw[_REC_HDR.size:_REC_HDR.size + caplen]
+        else:
+            ts_ns, wire_len, caplen = _REC_HDR.unpack(ctypes.string_at(data, _REC_HDR.size))
+            frame = ctypes.string_at(data + _REC_HDR.size, min(caplen, size - _REC_HDR.size))
         self._batch.append(((ts_ns + self._offset_ns) // 1000, frame, wire_len))
 
     def _on_ring(self, _ctx: object, data: int, size: int) -> int:
@@ -236,7 +255,16 @@ class EbpfSource:
             return []
         ms = max(0, int(timeout * 1000))
         if self.use_ringbuf:
-            self._bpf.ring_buffer_poll(ms)
+            if self.immediate:
+                self._bpf.ring_buffer_poll(ms)
+            else:
+                # Records come without wake-ups: take what is there; else sleep a short poll
+                # (a forced wake-up ends it early) and take what came meanwhile.
+                self._bpf.ring_buffer_consume()
+                if not self._batch and ms:
+                    self._bpf.ring_buffer_poll(min(ms, BATCH_POLL_MS))
+                    if len(self._batch) < MAX_BATCH:
+                        self._bpf.ring_buffer_consume()
             batch, self._batch = self._batch, []
             if len(batch) > 1:
                 # One ring, in reservation order; a time stamp taken just before may be a few
@@ -244,7 +272,9 @@ class EbpfSource:
                 batch.sort(key=_ts)
             self._received += len(batch)
             return batch
-        self._bpf.perf_buffer_poll(ms)
+        self._bpf.perf_buffer_poll(ms if self.immediate else min(ms, BATCH_POLL_MS))
+        if not self.immediate:
+            self._bpf.perf_buffer_consume()  # the buffers that have not reached their wake-up mark
         return self._reorder()
 
     def _reorder(self) -> list[Frame]:

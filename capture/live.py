@@ -27,7 +27,7 @@ from enum import Enum
 from typing import IO, Any
 
 from capture.source import Frame, Source, SourceStats
-from shadowtap.errors import InputError, PrerequisiteError
+from shadowtap.errors import InputError, PrerequisiteError, ShadowtapError
 from shadowtap.jsonl import JsonlWriter, create_private
 from shadowtap.records import Exchange
 
@@ -58,7 +58,11 @@ class CaptureConfig:
     rotate_size: int | None = None
     buffer_mb: int = 64
     ringbuf: bool | None = None  # None: probe; False: force the perf buffer (eBPF)
-    immediate: bool = False  # pcap: hand each packet over at once rather than in 100 ms blocks
+    # Hand each packet over as it arrives (the live mirror). Else the reader wakes in batches:
+    # pcap's 100 ms ring blocks, eBPF's every-N-records wake-up with a short poll timeout.
+    immediate: bool = False
+    spool_dir: str | None = None  # where `capture` makes its private spool directory (default: $TMPDIR)
+    spool_max: int | None = None  # bytes the spool may hold (default: capture/spool.py's)
 
     def __post_init__(self) -> None:
         for p in self.ports:
@@ -66,6 +70,8 @@ class CaptureConfig:
                 raise InputError(f"bad port {p}", where="--port")
         if self.rotate_size is not None and self.rotate_size <= 0:
             raise InputError("must be positive", where="--rotate-size")
+        if self.spool_max is not None and self.spool_max <= 0:
+            raise InputError("must be positive", where="--spool-max")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +86,8 @@ class Figures:
     kernel_drops: int
     buffer_drops: int
     open_connections: int | None
+    backlog_bytes: int = 0  # spooled, not yet extracted
+    spool_drops: int = 0  # frames not spooled (the spool's bound, or its disk full)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +103,8 @@ class CaptureSummary:
     pcap_files: tuple[str, ...] = ()
     jsonl_files: tuple[str, ...] = ()
     removed_stale_hooks: int = 0
+    spool_drops: int = 0
+    spool_error: str | None = None  # the spool's first write error (its disk full), if any
 
 
 def rotated_name(path: str, n: int) -> str:
@@ -228,12 +238,14 @@ def open_source(config: CaptureConfig) -> tuple[Source, str]:
         src.open()
         return src, "pcap backend requested"
     if config.backend is Backend.EBPF:
-        src = EbpfSource(config.iface, config.ports, buffer_mb=config.buffer_mb, ringbuf=config.ringbuf)
+        src = EbpfSource(config.iface, config.ports, buffer_mb=config.buffer_mb, ringbuf=config.ringbuf,
+                         immediate=config.immediate)
         src.open()
         return src, "ebpf backend requested"
     # auto: eBPF where bcc, the kernel and privileges allow it, else pcap, saying why.
     try:
-        src = EbpfSource(config.iface, config.ports, buffer_mb=config.buffer_mb, ringbuf=config.ringbuf)
+        src = EbpfSource(config.iface, config.ports, buffer_mb=config.buffer_mb, ringbuf=config.ringbuf,
+                         immediate=config.immediate)
         src.open()
         return src, "auto: eBPF (bcc, kernel headers, clsact and privileges present)"
     except PrerequisiteError as exc:
@@ -252,6 +264,48 @@ def _open_connections(extractor: Any) -> int | None:
     return len(conns) if conns is not None else None
 
 
+def _preflight(config: CaptureConfig) -> None:
+    """The interface, then the outputs: a bad name or an unwritable path fails before any hook is
+    attached (the pcap, which needs the source's link type, is checked here too)."""
+    if not os.path.isdir(f"/sys/class/net/{config.iface}"):
+        raise InputError(f"no such interface: {config.iface}", hint="list them with: ip -brief link")
+    for path in (config.pcap_out, config.jsonl_out):
+        if path:
+            _check_output(path)
+
+
+def _read_loop(config: CaptureConfig, src: Source, stop_event: threading.Event, start: float,
+               consume: Callable[[list[Frame]], None], on_tick: Callable[[float], None],
+               done: Callable[[], bool]) -> None:
+    """Read ``src`` into ``consume`` until ``stop_event``, ``config.duration`` or ``done()``;
+    ``on_tick`` once a second (the caller flushes its files and shows its figures); then drain
+    what the kernel already holds (a pcap ring block is handed over only when full or after its
+    timeout): packets that passed the hooks before the stop are not lost."""
+    last_tick = start
+    deadline = start + config.duration if config.duration is not None else None
+    while not stop_event.is_set():
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            break
+        wait = READ_TIMEOUT if deadline is None else max(0.0, min(READ_TIMEOUT, deadline - now))
+        consume(src.read(wait))
+        now = time.monotonic()
+        if now - last_tick >= FLUSH_INTERVAL:
+            if not os.path.isdir(f"/sys/class/net/{config.iface}"):
+                raise InputError(f"interface {config.iface} went away during the capture")
+            on_tick(now)
+            last_tick = now
+        if done():
+            break
+    drain_end = time.monotonic() + DRAIN_SECONDS
+    while time.monotonic() < drain_end:
+        frames = src.read(READ_TIMEOUT)
+        if not frames:
+            break
+        consume(frames)
+    consume(src.flush())
+
+
 def run_capture(
     config: CaptureConfig,
     extractor: Any,
@@ -262,8 +316,10 @@ def run_capture(
     on_started: Callable[[Source, str], None] | None = None,
 ) -> CaptureSummary:
     """Capture until ``stop_event`` is set, ``config.duration`` has passed or ``config.count``
-    exchanges were recorded; feed every frame to ``extractor`` (capture/pipeline.py's Extractor);
-    write the outputs of ``config``; call ``on_exchange`` for each exchange, in the order written.
+    exchanges were recorded; feed every frame to ``extractor`` (capture/pipeline.py's Extractor)
+    in this process, as it arrives; write the outputs of ``config``; call ``on_exchange`` for each
+    exchange, in the order written. The live mirror's path (its Extractor's on_request fires in
+    real time); `shadowtap capture` takes ``run_spooled_capture``.
 
     The source's hooks are detached, the Extractor finished (exchanges in flight are written) and
     the files closed on every way out, errors included. Safe to run in a thread (it installs no
@@ -277,7 +333,6 @@ def run_capture(
     last_tick = start
     last_exchanges = 0
     rate = 0.0
-    figures = Figures(0.0, 0, 0, 0, 0.0, 0, 0, None)
     finished = False
 
     def emit(batch: list[Exchange]) -> None:
@@ -290,13 +345,7 @@ def run_capture(
         exchanges += len(batch)
 
     try:
-        # The interface, then the outputs: a bad name or an unwritable path fails before any hook
-        # is attached (the pcap, which needs the source's link type, is checked here too).
-        if not os.path.isdir(f"/sys/class/net/{config.iface}"):
-            raise InputError(f"no such interface: {config.iface}", hint="list them with: ip -brief link")
-        for path in (config.pcap_out, config.jsonl_out):
-            if path:
-                _check_output(path)
+        _preflight(config)
         if config.jsonl_out:
             jsonl = RotatingJsonl(config.jsonl_out, rotate_size=config.rotate_size)
         src, reason = open_source(config)
@@ -317,41 +366,22 @@ def run_capture(
                 if out:
                     emit(out)
 
-        deadline = start + config.duration if config.duration is not None else None
-        while not stop_event.is_set():
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                break
-            wait = READ_TIMEOUT if deadline is None else max(0.0, min(READ_TIMEOUT, deadline - now))
-            consume(src.read(wait))
-            now = time.monotonic()
-            if now - last_tick >= FLUSH_INTERVAL:
-                if not os.path.isdir(f"/sys/class/net/{config.iface}"):
-                    raise InputError(f"interface {config.iface} went away during the capture")
-                if pcap is not None:
-                    pcap.flush()
-                if jsonl is not None:
-                    jsonl.flush()
-                rate = (exchanges - last_exchanges) / (now - last_tick)
-                last_tick, last_exchanges = now, exchanges
-                figures = _figures(src, extractor, now - start, exchanges, rate)
-                if on_figures is not None:
-                    on_figures(figures)
-            if config.count is not None and exchanges >= config.count:
-                break
-        # Drain what the kernel already holds (a pcap ring block is handed over only when full or
-        # after its timeout): packets that passed the hooks before the stop are not lost.
-        drain_end = time.monotonic() + DRAIN_SECONDS
-        while time.monotonic() < drain_end:
-            frames = src.read(READ_TIMEOUT)
-            if not frames:
-                break
-            consume(frames)
-        consume(src.flush())
+        def on_tick(now: float) -> None:
+            nonlocal last_tick, last_exchanges, rate
+            if pcap is not None:
+                pcap.flush()
+            if jsonl is not None:
+                jsonl.flush()
+            rate = (exchanges - last_exchanges) / (now - last_tick)
+            last_tick, last_exchanges = now, exchanges
+            if on_figures is not None:
+                on_figures(_figures(src, now - start, exchanges, rate, _open_connections(extractor)))
+
+        _read_loop(config, src, stop_event, start, consume, on_tick,
+                   lambda: config.count is not None and exchanges >= config.count)
         finished = True
         emit(extractor.finish())
         elapsed = time.monotonic() - start
-        figures = _figures(src, extractor, elapsed, exchanges, rate)
         return CaptureSummary(
             backend=src.name,
             reason=reason,
@@ -359,7 +389,7 @@ def run_capture(
             elapsed=elapsed,
             source=src.stats(),
             exchanges=exchanges,
-            figures=figures,
+            figures=_figures(src, elapsed, exchanges, rate, _open_connections(extractor)),
             extract_stats=getattr(extractor, "stats", None),
             pcap_files=tuple(pcap.files) if pcap else (),
             jsonl_files=tuple(jsonl.files) if jsonl else (),
@@ -381,10 +411,327 @@ def run_capture(
             jsonl.close()
 
 
-def _figures(src: Source, extractor: Any, elapsed: float, exchanges: int, rate: float) -> Figures:
+def _figures(src: Source, elapsed: float, exchanges: int, rate: float, open_connections: int | None,
+             backlog: int = 0, spool_drops: int = 0) -> Figures:
     st = src.stats()
     return Figures(elapsed, st.packets, st.bytes, exchanges, rate, st.kernel_drops, st.buffer_drops,
-                   _open_connections(extractor))
+                   open_connections, backlog, spool_drops)
+
+
+# -- the decoupled capture: a reader and an extractor process -----------------------------------
+#
+# `shadowtap capture` runs the HTTP extraction (~40 us an exchange) in a child process, fed through
+# a spool on disk (capture/spool.py), so the reader never waits for it: during a burst the child
+# lags and the spool grows; it catches up afterwards, and at the stop the capture returns once the
+# child has extracted the whole spool. The child is forked before any hook is attached (it
+# inherits no bcc state) and niced: the service and the reader come first.
+
+DRAIN_REPORT_INTERVAL = 0.5  # seconds between on_draining calls while the child finishes
+
+
+class ExtractorDied(ShadowtapError):
+    """The extractor process ended without finishing (killed, or a bug)."""
+
+
+def _extraction_child(extractor: Any, directory: str, control: Any, results: Any, shared: Any,
+                      jsonl_out: str | None, rotate_size: int | None, parent_ends: tuple[Any, ...]) -> None:
+    """The extractor process: the spool's frames -> ``extractor`` -> the JSONL. Reports
+    ("ready",), then ("done", exchanges, stats, files) or ("error", kind, message, hint, code)."""
+    import gc
+
+    from capture import spool
+
+    for end in parent_ends:  # the reader's ends of the pipes: its death must read as EOF here
+        end.close()
+
+    # The reader decides when to stop (Ctrl-C and SIGTERM reach it; the whole process group may
+    # get them): this process ends when the spool ends, is aborted, or the reader dies.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(19)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)  # as `extract` does: millions of short-lived acyclic objects
+    jsonl: RotatingJsonl | None = None
+    exchanges = 0
+    finished = False
+
+    def emit(out: list[Exchange]) -> None:
+        nonlocal exchanges
+        if jsonl is not None:
+            for ex in out:
+                jsonl.write(ex.to_json())
+        exchanges += len(out)
+        shared[spool.EXCHANGES] = exchanges
+
+    try:
+        if jsonl_out:
+            jsonl = RotatingJsonl(jsonl_out, rotate_size=rotate_size)
+        results.send(("ready",))
+        reader = spool.SpoolReader(directory, control, shared)
+        feed = extractor.feed
+        last_tick = time.monotonic()
+        packets = 0
+        for batch in reader.batches():
+            for ts, linktype, frame in batch:
+                out = feed(ts, linktype, frame)
+                if out:
+                    emit(out)
+            packets += len(batch)
+            shared[spool.PACKETS] = packets
+            now = time.monotonic()
+            if now - last_tick >= FLUSH_INTERVAL:
+                last_tick = now
+                if jsonl is not None:
+                    jsonl.flush()
+                conns = _open_connections(extractor)
+                shared[spool.OPEN_CONNECTIONS] = -1 if conns is None else conns
+        finished = True
+        emit(extractor.finish())
+        if jsonl is not None:
+            jsonl.close()
+        if reader.orphaned:
+            spool.remove_dir(directory)  # the reader died and cannot remove it
+        results.send(("done", exchanges, getattr(extractor, "stats", None), tuple(jsonl.files) if jsonl else ()))
+    except BaseException as exc:  # noqa: BLE001 - reported to the reader, which raises it
+        if not finished:
+            with contextlib.suppress(BaseException):
+                emit(extractor.finish())
+        if jsonl is not None:
+            jsonl.close()
+        if isinstance(exc, ShadowtapError):
+            msg = ("error", type(exc).__name__, exc.message, exc.hint, exc.exit_code)
+        else:
+            import traceback
+
+            where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            at = f" at {where.filename}:{where.lineno}" if where else ""
+            msg = ("error", "ShadowtapError", f"the extractor process failed: {type(exc).__name__}: {exc}{at}",
+                   None, 1)
+        with contextlib.suppress(Exception):
+            results.send(msg)
+
+
+def _child_error(msg: tuple[Any, ...]) -> ShadowtapError:
+    _, kind, message, hint, code = msg
+    cls = {"InputError": InputError, "PrerequisiteError": PrerequisiteError}.get(kind, ShadowtapError)
+    err = cls(message, hint=hint)
+    err.exit_code = code
+    return err
+
+
+class _Child:
+    """The reader's handle on the extractor process: its messages, its death."""
+
+    def __init__(self, proc: Any, results: Any, shared: Any) -> None:
+        self.proc = proc
+        self.results = results
+        self.shared = shared
+        self.done: tuple[Any, ...] | None = None
+
+    def _take(self, timeout: float) -> tuple[Any, ...] | None:
+        try:
+            if not self.results.poll(timeout):
+                return None
+            msg = self.results.recv()
+        except (EOFError, OSError):
+            return None
+        if msg[0] == "error":
+            raise _child_error(msg)
+        return msg
+
+    def died(self) -> ExtractorDied:
+        from capture import spool
+
+        self.proc.join(1)
+        code = self.proc.exitcode
+        how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
+               else f"exit status {code}")
+        return ExtractorDied(
+            f"the extractor process died ({how}) after {self.shared[spool.EXCHANGES]:,} exchanges: the exchanges "
+            "after those were not written",
+            hint="the -w pcap, if any, holds every frame: `shadowtap extract` it")
+
+    def wait_ready(self) -> None:
+        while True:
+            msg = self._take(0.2)
+            if msg is not None and msg[0] == "ready":
+                return
+            if not self.proc.is_alive():
+                self._take(0)
+                raise self.died()
+
+    def check(self) -> None:
+        """Raise the child's error, or its death, if either happened."""
+        if self.results.poll(0):
+            msg = self._take(0)
+            if msg is not None and msg[0] == "done":
+                self.done = msg
+        if self.done is None and not self.proc.is_alive():
+            self._take(0)
+            raise self.died()
+
+    def finish(self, on_wait: Callable[[], None] | None = None) -> tuple[Any, ...]:
+        """Wait for the child's last message ("done"), calling ``on_wait`` meanwhile."""
+        while self.done is None:
+            msg = self._take(DRAIN_REPORT_INTERVAL)
+            if msg is not None and msg[0] == "done":
+                self.done = msg
+                break
+            if msg is None and not self.proc.is_alive():
+                self._take(0)
+                raise self.died()
+            if on_wait is not None:
+                on_wait()
+        self.proc.join(30)
+        return self.done
+
+
+def run_spooled_capture(
+    config: CaptureConfig,
+    extractor: Any,
+    stop_event: threading.Event | None = None,
+    *,
+    on_figures: Callable[[Figures], None] | None = None,
+    on_started: Callable[[Source, str], None] | None = None,
+    on_draining: Callable[[Figures], None] | None = None,
+) -> CaptureSummary:
+    """`shadowtap capture`'s loop: this process reads the source into the spool (and the -w pcap);
+    an extractor child process runs ``extractor`` on the spool and writes the JSONL. Returns once
+    the child has extracted everything spooled (``on_draining`` is called meanwhile, every
+    DRAIN_REPORT_INTERVAL seconds, with the backlog in the figures).
+
+    The JSONL is byte for byte what `extract` of the run's pcap gives (the child reads the same
+    records) unless the spool overflowed (``spool_drops``, counted and reported). On every way out
+    the hooks are detached first; on an error the child still extracts what was spooled, on a
+    KeyboardInterrupt (a second Ctrl-C) it stops at once; the spool directory is removed."""
+    import multiprocessing
+    import tempfile
+
+    from capture import spool
+
+    stop_event = stop_event or threading.Event()
+    _preflight(config)
+    max_bytes = config.spool_max or spool.default_max_bytes(config.spool_dir or tempfile.gettempdir())
+    directory = spool.make_dir(config.spool_dir)
+    ctx = multiprocessing.get_context("fork")
+    shared = spool.new_shared(ctx)
+    ctl_r, ctl_w = ctx.Pipe(duplex=False)
+    res_r, res_w = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_extraction_child, name="shadowtap-extract", daemon=True,
+                       args=(extractor, directory, ctl_r, res_w, shared, config.jsonl_out, config.rotate_size,
+                             (ctl_w, res_r)))
+    child = _Child(proc, res_r, shared)
+    src: Source | None = None
+    pcap: PcapWriter | None = None
+    writer: spool.SpoolWriter | None = None
+    start = time.monotonic()
+    last_tick, last_exchanges, rate = start, 0, 0.0
+
+    def figures(now: float, source: Source) -> Figures:
+        conns = shared[spool.OPEN_CONNECTIONS]
+        return _figures(source, now - start, shared[spool.EXCHANGES], rate, None if conns < 0 else conns,
+                        writer.backlog if writer else 0, writer.dropped if writer else 0)
+
+    try:
+        proc.start()
+        ctl_r.close()  # the child's ends: each side sees EOF when the other dies
+        res_w.close()
+        child.wait_ready()  # an unwritable JSONL fails here, before any hook
+        src, reason = open_source(config)
+        if config.pcap_out:
+            pcap = PcapWriter(config.pcap_out, src.linktype, rotate_size=config.rotate_size)
+        writer = spool.SpoolWriter(directory, src.linktype, ctl_w, shared, max_bytes=max_bytes)
+        if on_started is not None:
+            on_started(src, reason)
+        spool_write = writer.write
+
+        def consume(frames: list[Frame]) -> None:
+            if pcap is not None:
+                for ts_us, frame, wire_len in frames:
+                    pcap.write(ts_us, frame, wire_len)
+            spool_write(frames)
+
+        def on_tick(now: float) -> None:
+            nonlocal last_tick, last_exchanges, rate
+            if pcap is not None:
+                pcap.flush()
+            n = shared[spool.EXCHANGES]
+            rate = (n - last_exchanges) / (now - last_tick)
+            last_tick, last_exchanges = now, n
+            if on_figures is not None:
+                on_figures(figures(now, src))
+
+        def done() -> bool:
+            child.check()
+            return config.count is not None and shared[spool.EXCHANGES] >= config.count
+
+        _read_loop(config, src, stop_event, start, consume, on_tick, done)
+        # Detach now: the child's catching up needs no hook. The source's figures are kept first.
+        final_source = src.stats()
+        last = figures(time.monotonic(), src)
+        description, backend = src.describe(), src.name
+        removed = len(getattr(src, "removed_stale", ()))
+        src.close()
+        if pcap is not None:
+            pcap.close()
+        writer.end()
+
+        def draining() -> None:
+            if on_draining is not None:
+                on_draining(Figures(time.monotonic() - start, last.packets, last.bytes, shared[spool.EXCHANGES],
+                                    rate, last.kernel_drops, last.buffer_drops, last.open_connections,
+                                    writer.backlog, writer.dropped))
+
+        _, exchanges, stats, jsonl_files = child.finish(draining)
+        elapsed = time.monotonic() - start
+        return CaptureSummary(
+            backend=backend,
+            reason=reason,
+            description=description,
+            elapsed=elapsed,
+            source=final_source,
+            exchanges=exchanges,
+            figures=Figures(elapsed, last.packets, last.bytes, exchanges, rate, last.kernel_drops, last.buffer_drops,
+                            None, 0, writer.dropped),
+            extract_stats=stats,
+            pcap_files=tuple(pcap.files) if pcap else (),
+            jsonl_files=jsonl_files,
+            removed_stale_hooks=removed,
+            spool_drops=writer.dropped,
+            spool_error=writer.disk_error,
+        )
+    except BaseException as exc:
+        # Hooks first, then whatever was spooled is still extracted and written (a second Ctrl-C:
+        # at once), then the error goes on.
+        if src is not None:
+            src.close()
+        if proc.is_alive():
+            with contextlib.suppress(Exception):
+                if isinstance(exc, KeyboardInterrupt):
+                    if writer is not None:
+                        writer.abort()
+                    ctl_w.close()
+                    proc.join(10)
+                else:
+                    if writer is not None:
+                        writer.end()
+                    else:
+                        ctl_w.close()  # nothing spooled: EOF ends the child
+                    child.finish()
+        raise
+    finally:
+        if src is not None:
+            src.close()
+        if pcap is not None:
+            pcap.close()
+        ctl_w.close()
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+        res_r.close()
+        spool.remove_dir(directory)
 
 
 # -- the stage function behind `shadowtap capture` ---------------------------------------------
@@ -405,6 +752,8 @@ def _figures_table(fig: Figures, title: str) -> Any:
         ("kernel drops", f"{fig.kernel_drops:,}"),
         ("ring buffer drops", f"{fig.buffer_drops:,}"),
         ("open connections", "-" if fig.open_connections is None else f"{fig.open_connections:,}"),
+        ("spool backlog", _human_bytes(fig.backlog_bytes)),
+        ("spool drops", f"{fig.spool_drops:,}"),
     ]
     for name, value in rows:
         t.add_row(name, value)
@@ -446,25 +795,41 @@ def capture(config: CaptureConfig, *, keep_secrets: bool = False, secret_headers
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             previous[sig] = signal.signal(sig, on_signal)
-    live = None
+    live: Any = None
+    interactive = console.interactive()
+    last_note = 0.0
     try:
         def started(src: Source, reason: str) -> None:
+            nonlocal live
             console.info(f"capturing: {src.describe()}")
             console.info(f"backend: {reason}")
             for f in getattr(src, "removed_stale", ()):
                 console.warn(f"removed a stale shadowtap hook left by a killed run: {f.name} ({f.direction.name.lower()})")
             if config.pcap_out:
                 console.info(f"pcap: {config.pcap_out} (raw, unredacted)")
+            if interactive:  # started here, after the extractor process was forked (no thread in it)
+                from rich.live import Live
 
-        on_figures = None
-        if console.interactive():
-            from rich.live import Live
+                live = Live(_figures_table(Figures(0, 0, 0, 0, 0, 0, 0, None), "capturing"),
+                            console=console.err, refresh_per_second=2, transient=True)
+                live.start()
 
-            live = Live(_figures_table(Figures(0, 0, 0, 0, 0, 0, 0, None), "capturing"),
-                        console=console.err, refresh_per_second=2, transient=True)
-            live.start()
-            on_figures = lambda fig: live.update(_figures_table(fig, f"capturing on {config.iface}"))
-        summary = run_capture(config, extractor, stop, on_figures=on_figures, on_started=started)
+        def on_figures(fig: Figures) -> None:
+            if live is not None:
+                live.update(_figures_table(fig, f"capturing on {config.iface}"))
+
+        def on_draining(fig: Figures) -> None:
+            # The hooks are detached; the extractor process finishes the spool.
+            nonlocal last_note
+            if live is not None:
+                live.update(_figures_table(fig, f"stopped; extracting the spooled backlog ({_human_bytes(fig.backlog_bytes)})"))
+            elif fig.elapsed - last_note >= 5 and fig.backlog_bytes:
+                last_note = fig.elapsed
+                console.info(f"stopped; extracting the spooled backlog: {_human_bytes(fig.backlog_bytes)} left, "
+                             f"{fig.exchanges:,} exchanges so far")
+
+        summary = run_spooled_capture(config, extractor, stop, on_figures=on_figures, on_started=started,
+                                      on_draining=on_draining)
     finally:
         if live is not None:
             live.stop()
@@ -486,6 +851,7 @@ def _print_summary(s: CaptureSummary) -> None:
         ("kernel drops", f"{s.source.kernel_drops:,}"),
         ("ring buffer drops", f"{s.source.buffer_drops:,}"),
         ("truncated packets", f"{s.source.truncated:,}"),
+        ("spool drops", f"{s.spool_drops:,}"),
     ]
     st = s.extract_stats
     for name in ("connections", "unanswered", "responses_without_request"):
@@ -499,4 +865,8 @@ def _print_summary(s: CaptureSummary) -> None:
     if s.source.drops:
         console.warn(f"{s.source.drops:,} packets were dropped before shadowtap saw them: exchanges may be "
                      "missing (a bigger --buffer-mb, or fewer ports)")
+    if s.spool_drops:
+        why = f" ({s.spool_error})" if s.spool_error else " (the spool reached --spool-max)"
+        console.warn(f"{s.spool_drops:,} packets were captured but not spooled for extraction{why}: exchanges may "
+                     "be missing from the exchanges file (the -w pcap has them)")
 
