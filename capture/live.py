@@ -5,12 +5,18 @@ Invariant: every frame written to the pcap is fed to the Extractor, in the same 
 same timestamp (whole microseconds), and nothing else is: so the exchanges written live are, byte
 for byte, what `extract` of the run's pcap gives.
 
-``run_capture`` is the embeddable loop (the live mirror runs it too, with its own Extractor and
-``on_exchange``); ``capture`` is the stage function behind `shadowtap capture` (signals, the live
-figures on a terminal, the summary).
+Two loops share the reading (``_read_loop``):
+- ``run_capture`` feeds the Extractor in this process as frames arrive: the live mirror's path
+  (its on_request must fire in real time), with its own Extractor and ``on_exchange``;
+- ``run_spooled_capture`` (`shadowtap capture`) only reads and spools the frames; an extractor
+  process runs the Extractor on the spool (capture/spool.py) and writes the JSONL, so the reader
+  never waits for the ~40 us an exchange costs, and a burst is extracted late instead of dropped.
+``capture`` is the stage function behind `shadowtap capture` (signals, the live figures on a
+terminal, the summary).
 
-Costs: per frame one pcap record write (buffered) and one Extractor.feed; files are flushed and
-the figures refreshed once a second.
+Costs: per frame one pcap record write (buffered) and one Extractor.feed (in-process), or one
+record packed into the spool's batch write (spooled); files are flushed and the figures refreshed
+once a second.
 """
 
 from __future__ import annotations
@@ -797,7 +803,7 @@ def capture(config: CaptureConfig, *, keep_secrets: bool = False, secret_headers
             previous[sig] = signal.signal(sig, on_signal)
     live: Any = None
     interactive = console.interactive()
-    last_note = 0.0
+    last_note: float | None = None
     try:
         def started(src: Source, reason: str) -> None:
             nonlocal live
@@ -823,7 +829,7 @@ def capture(config: CaptureConfig, *, keep_secrets: bool = False, secret_headers
             nonlocal last_note
             if live is not None:
                 live.update(_figures_table(fig, f"stopped; extracting the spooled backlog ({_human_bytes(fig.backlog_bytes)})"))
-            elif fig.elapsed - last_note >= 5 and fig.backlog_bytes:
+            elif fig.backlog_bytes and (last_note is None or fig.elapsed - last_note >= 5):
                 last_note = fig.elapsed
                 console.info(f"stopped; extracting the spooled backlog: {_human_bytes(fig.backlog_bytes)} left, "
                              f"{fig.exchanges:,} exchanges so far")

@@ -107,6 +107,7 @@ class SpoolWriter:
         self._size = 0
         self._written = 0
         self._ended = False
+        self._full = False  # the bound was hit: dropping until the child catches up
 
     def _open_next(self) -> None:
         if self._fd >= 0:
@@ -129,13 +130,20 @@ class SpoolWriter:
             view = view[n:]
 
     def write(self, frames: list[tuple[int, bytes, int]]) -> None:
-        """Append a batch (one write). Frames beyond the bound are dropped and counted: once the
-        bound is hit, the rest of the batch goes too (a hole, not a sieve)."""
+        """Append a batch (one write). Frames beyond the bound are dropped and counted."""
         if not frames:
             return
+        held = self._written - self.shared[FREED]
+        if self._full:
+            # Once full, every frame is dropped until the child has freed a quarter of the bound:
+            # one hole in the streams, not a sieve of whichever frames happen to fit.
+            if held > self.max_bytes * 3 // 4:
+                self.dropped += len(frames)
+                return
+            self._full = False
         if self._fd < 0 or self._size >= self.segment_bytes:
             self._open_next()
-        room = self.max_bytes - (self._written - self.shared[FREED])
+        room = self.max_bytes - held
         pack = _REC.pack
         parts: list[bytes] = []
         size = 0
@@ -150,7 +158,9 @@ class SpoolWriter:
             parts.append(pack(sec, usec, n, max(n, wire_len)))
             parts.append(frame)
             kept += 1
-        self.dropped += len(frames) - kept
+        if kept < len(frames):
+            self.dropped += len(frames) - kept
+            self._full = True
         if not kept:
             return
         try:
