@@ -262,8 +262,8 @@ def _shard_worker(paths: Sequence[str], k: int, n: int, options: dict[str, Any],
     # with 16 KiB writes the parent woke up ten times as often and preempted the workers ~10x more.
     out = os.fdopen(fd, "wb", buffering=1 << 17)
     try:
-        gc.collect()
-        gc.freeze()
+        # The parent froze its objects before forking (see _run_sharded): no collection here walks
+        # them (a walk writes to every object's header: copy-on-write faults for all their pages).
         gc.set_threshold(50_000, 20, 100)
         ex = Extractor(**options, shard=(k, n), keyed=True)
         keys = ex.released_keys
@@ -312,6 +312,10 @@ def _run_sharded(paths: Sequence[str], output: str, jobs: int, options: dict[str
     from shadowtap.jsonl import JsonlWriter
 
     ctx = multiprocessing.get_context("fork")
+    # The objects alive now (modules, the CLI) are frozen out of collection before forking, so the
+    # workers inherit them frozen (as run_extract does for one process); thawed at the end.
+    gc.collect()
+    gc.freeze()
     procs = []
     readers = []
     started = time.monotonic()
@@ -368,6 +372,7 @@ def _run_sharded(paths: Sequence[str], output: str, jobs: int, options: dict[str
                 proc.terminate()
         raise
     finally:
+        gc.unfreeze()
         for f in readers:
             f.close()
     if len(stats) != jobs:
