@@ -107,19 +107,26 @@ def _read_pcap(path: str, inp: _Input) -> Iterator[tuple[float, int, bytes]]:
     limit = max(snaplen, 262144) if snaplen else MAX_RECORD
     limit = min(limit, MAX_RECORD)
     frac_limit = 1_000_000 if unit == 1e-6 else 1_000_000_000
+    # The buffer and the position live in locals while records come from the same buffer;
+    # ``inp.pos`` is brought up to date before anything that reads it (a refill, an error).
+    buf, pos = inp.buf, inp.pos
+    n = len(buf)
     while True:
-        buf, pos = inp.buf, inp.pos
-        if len(buf) - pos < 16:
+        if n - pos < 16:
+            inp.pos = pos
             if not inp.ensure(16):
                 if inp.remaining():
                     raise _damage(path, inp.offset, f"truncated packet record header ({inp.remaining()} of 16 bytes)")
                 return
             buf, pos = inp.buf, inp.pos
+            n = len(buf)
         sec, frac, caplen, _origlen = rec(buf, pos)
         if caplen > limit or frac >= frac_limit:
+            inp.pos = pos
             raise _damage(path, inp.offset, f"corrupt packet record header (captured length {caplen}, fraction {frac})")
         end = pos + 16 + caplen
-        if end > len(buf):
+        if end > n:
+            inp.pos = pos
             start = inp.offset
             if not inp.ensure(16 + caplen):
                 raise _damage(
@@ -127,9 +134,11 @@ def _read_pcap(path: str, inp: _Input) -> Iterator[tuple[float, int, bytes]]:
                     f"truncated packet: the record says {caplen} bytes, the file ends after {inp.remaining() - 16}",
                 )
             buf, pos = inp.buf, inp.pos
+            n = len(buf)
             end = pos + 16 + caplen
-        inp.pos = end
-        yield sec + frac * unit, linktype, buf[pos + 16 : end]
+        frame = buf[pos + 16 : end]
+        pos = end
+        yield sec + frac * unit, linktype, frame
 
 
 def _ts(ticks: int, tick: float, offset: int) -> float:
