@@ -430,7 +430,7 @@ def _figures(src: Source, elapsed: float, exchanges: int, rate: float, open_conn
 # a spool on disk (capture/spool.py), so the reader never waits for it: during a burst the child
 # lags and the spool grows; it catches up afterwards, and at the stop the capture returns once the
 # child has extracted the whole spool. The child is forked before any hook is attached (it
-# inherits no bcc state) and niced: the service and the reader come first.
+# inherits no bcc state) and runs as SCHED_IDLE: the service and the reader come first.
 
 DRAIN_REPORT_INTERVAL = 0.5  # seconds between on_draining calls while the child finishes
 
@@ -454,8 +454,14 @@ def _extraction_child(extractor: Any, directory: str, control: Any, results: Any
     # get them): this process ends when the spool ends, is aborted, or the reader dies.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    with contextlib.suppress(OSError):
-        os.nice(19)
+    # SCHED_IDLE: it runs only on CPU time nothing else wants, and any waking task of the service
+    # (or the reader) preempts it at once (a nice 19 task keeps the CPU to the end of its slice,
+    # a few ms in the service's tail latency). Nice 19 where SCHED_IDLE is refused.
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):
+        with contextlib.suppress(OSError):
+            os.nice(19)
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)  # as `extract` does: millions of short-lived acyclic objects
@@ -734,8 +740,10 @@ def run_spooled_capture(
             pcap.close()
         ctl_w.close()
         if proc.is_alive():
-            proc.terminate()
-            proc.join(5)
+            proc.join(5)  # it ignores SIGTERM (the reader decides): an abort not obeyed ends here
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
         res_r.close()
         spool.remove_dir(directory)
 

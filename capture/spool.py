@@ -289,6 +289,7 @@ class SpoolReader:
                 self.shared[CONSUMED] = self._consumed
                 if out:
                     yield out
+                self._messages(0)  # an abort is seen in a backlog too, not only once caught up
                 continue
             # At the end of what is written so far.
             self._messages(0)

@@ -7,7 +7,8 @@
 # to the primary: hey's p50/p99 at a fixed rate without a recorder and with each backend.
 # Steps are long enough (10 s) that the 64 MiB kernel buffers cannot hide a recorder slower than the
 # load; "catch-up" is how long a recorder took to finish after the load stopped (its backlog: the
-# agent extracts its spool after the stop, with the hooks already detached).
+# agent extracts its spool after the stop, with the hooks already detached); "cpu s" the CPU time
+# the recorder used in all (user + system, its extractor process included).
 #
 #   scripts/bench_capture.sh            # as root; BENCH_SECONDS (10), BENCH_RATES ("5000 ... 30000 0"),
 #                                       # BENCH_LATENCY_RATE (1000), BENCH_LATENCY_ROUNDS (8), BENCH_RECORDERS,
@@ -23,7 +24,7 @@ export BENCH_SECONDS=${BENCH_SECONDS:-10}
 export BENCH_RATES=${BENCH_RATES:-"5000 10000 20000 30000 0"}
 export BENCH_LATENCY_RATE=${BENCH_LATENCY_RATE:-1000}
 exec .venv/bin/python - <<'EOF'
-import os, re, shutil, signal, subprocess, sys, tempfile, time, uuid
+import os, re, resource, shutil, signal, subprocess, sys, tempfile, time, uuid
 from pathlib import Path
 
 from shadowtap.netns import Topology
@@ -103,10 +104,12 @@ def start_recorder(server, iface: str, kind: str, tag: str) -> tuple[subprocess.
     return proc, out, err
 
 
-def stop(proc: subprocess.Popen) -> float:
-    """SIGTERM after a 1 s settle (the last packets reach every recorder); the seconds it took to
-    exit after that, i.e. the backlog it still had to process."""
+def stop(proc: subprocess.Popen) -> tuple[float, float]:
+    """SIGTERM after a 1 s settle (the last packets reach every recorder): (the seconds it took to
+    exit after that, i.e. the backlog it still had to process; the CPU seconds it used in all,
+    its own processes included)."""
     time.sleep(1)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     try:
@@ -114,7 +117,9 @@ def stop(proc: subprocess.Popen) -> float:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    return time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return time.monotonic() - start, cpu
 
 
 def recorded(kind: str, out: Path) -> int:
@@ -152,20 +157,22 @@ try:
         time.sleep(0.1)
     print(f"# shadowtap capture benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{os.cpu_count()} CPUs, kernel {os.uname().release}; hey -c {WORKERS}+ (1 per 800/s), {SECONDS:g} s a step")
-    print(f"{'recorder':8} {'target/s':>8} {'served/s':>9} {'sent':>7} {'recorded':>8} {'ratio':>8} {'catch-up':>8}  drops")
-    best: dict[str, float] = {}
-    for kind in RECORDERS:
-        best[kind] = 0.0
-        for rate in RATES:
+    print(f"{'recorder':8} {'target/s':>8} {'served/s':>9} {'sent':>7} {'recorded':>8} {'ratio':>8} {'catch-up':>8} "
+          f"{'cpu s':>6}  drops")
+    best: dict[str, float] = {kind: 0.0 for kind in RECORDERS}
+    # Rates outer, recorders inner: a busy spell of the (shared) machine hits every recorder at
+    # about the same rate, instead of all the steps of one recorder.
+    for rate in RATES:
+        for kind in RECORDERS:
             proc, out, err = start_recorder(server, iface, kind, f"{kind}-{rate}")
             load = hey(client, f"http://10.250.9.2:{PORT}/bench", rate, SECONDS, WORKERS)
-            lag = stop(proc)
+            lag, cpu = stop(proc)
             got = recorded(kind, out)
             ratio = got / load["sent"] if load["sent"] else 0.0
             if ratio >= 0.999:
                 best[kind] = max(best[kind], load["rps"])
-            print(f"{kind:8} {rate or 'max':>8} {load['rps']:9.0f} {load['sent']:7d} {got:8d} {ratio:8.4f} {lag:7.1f}s  "
-                  f"{drops(kind, err)}", flush=True)
+            print(f"{kind:8} {rate or 'max':>8} {load['rps']:9.0f} {load['sent']:7d} {got:8d} {ratio:8.4f} {lag:7.1f}s "
+                  f"{cpu:6.1f}  {drops(kind, err)}", flush=True)
     print()
     print("highest rate with >= 99.9% of exchanges recorded (served/s):")
     for kind in RECORDERS:

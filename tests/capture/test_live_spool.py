@@ -221,7 +221,7 @@ def test_reader_killed_the_extractor_finishes_and_removes_the_spool(veth, tmp_pa
         os.kill(child, signal.SIGCONT)
     lab.wait_for(lambda: not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2],
                  30, "the extractor to end")
-    assert [o["request"]["path"] for o in lab.loads(lab.jsonl_lines(tmp_path / "agent.jsonl"))] == ["/one", "/two"]
+    assert [o["request"]["target"] for o in lab.loads(lab.jsonl_lines(tmp_path / "agent.jsonl"))] == ["/one", "/two"]
     assert list(spool_parent.iterdir()) == []
 
 
