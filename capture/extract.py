@@ -68,19 +68,33 @@ class ExtractSummary:
     output: str
 
 
+def _busy_cpus() -> float:
+    """CPUs busy with other work: the 1-minute load average, or the tasks runnable right now
+    (besides this one) when fewer. The average lags a minute behind: a command that just ended
+    still counts in it, and a machine that has just become idle looks busy."""
+    busy = os.getloadavg()[0]
+    try:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])  # "runnable/total", this process included
+        busy = min(busy, running - 1)
+    except (OSError, ValueError, IndexError):
+        pass  # not Linux: the average alone
+    return max(0.0, busy)
+
+
 def _auto_jobs(total_bytes: int) -> int:
     """Worker processes for ``--jobs 0``: for captures over 32 MiB, one for the CPU this process
-    would use plus one per further CPU the load average leaves wholly idle (at most 4, within the
+    would use plus one per further CPU left wholly idle (``_busy_cpus``; at most 4, within the
     CPUs this process may run on); else one. An idle 2-CPU machine gets two. Extra workers cost
-    little (each reads the file and skips the other shares' packets by one unpack, a few per cent
-    more CPU in all), so they pay whenever a CPU is free."""
+    little (each reads the file and skips the other shares' packets by one unpack: 10-20% more
+    CPU in all), so they pay whenever a CPU is free."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         cpus = os.cpu_count() or 1
     if total_bytes <= 32 << 20 or cpus < 2:
         return 1
-    idle = cpus - os.getloadavg()[0]
+    idle = cpus - _busy_cpus()
     return max(1, min(4, cpus, int(idle) + 1))
 
 
