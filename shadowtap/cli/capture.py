@@ -28,13 +28,13 @@ def capture(
     buffer_mb: Annotated[int, typer.Option("--buffer-mb", help="Kernel buffer: the eBPF ring buffer (per CPU for a perf buffer) or the AF_PACKET ring.", min=1)] = 64,
     perf_buffer: Annotated[bool, typer.Option("--perf-buffer", help="eBPF: use the perf buffer even where the kernel has a ring buffer.")] = False,
     print_bpf: Annotated[bool, typer.Option("--print-bpf", help="Print the BPF program as it would be compiled for --iface, and exit.")] = False,
-    spool_dir: Annotated[str | None, typer.Option("--spool-dir", help="Where the private (0700) spool directory is made: the reader appends the raw frames there and a separate, niced extractor process turns them into exchanges, catching up after bursts; removed at the end. Default: $TMPDIR or /tmp. RAW AND UNREDACTED while it exists, like -w.")] = None,
+    spool_dir: Annotated[str | None, typer.Option("--spool-dir", help="Where the private (0700) spool directory is made: the reader appends the raw frames there and a separate extractor process (SCHED_IDLE: it only takes CPU time nothing else wants) turns them into exchanges, catching up after bursts; removed at the end. Default: $TMPDIR or /tmp. RAW AND UNREDACTED while it exists, like -w.")] = None,
     spool_max: Annotated[float | None, typer.Option("--spool-max", help="MB the spool may hold not yet extracted; beyond it packets are dropped from the extraction and counted (the -w pcap still has them). Default: 2048, or half the free space of --spool-dir if less.", min=1)] = None,
-    nice: Annotated[int, typer.Option("--nice", help="Lower the agent's CPU priority by this much (0-19) so the service it watches comes first; the kernel buffer absorbs the bursts.", min=0, max=19)] = 0,
+    nice: Annotated[int, typer.Option("--nice", help="Lower the reader's CPU priority by this much (0-19) so the service it watches comes first; the kernel buffer (--buffer-mb) absorbs what it cannot read at once. --nice 0 gives it an equal share when the service saturates the CPUs (fewer kernel drops, a slower service).", min=0, max=19)] = 19,
 ) -> None:
     """Capture HTTP exchanges live off IFACE, without touching the application.
 
-    eBPF TC hooks or libpcap, the kernel filtering the ports; the same reassembly and parsing as `extract`, in a separate niced process fed through a spool on disk, so a burst it cannot follow is extracted afterwards instead of dropped. Runs until Ctrl-C/SIGTERM, --duration or --count (then the spooled backlog is extracted before it exits); live figures on a terminal, a summary at the end.
+    eBPF TC hooks or libpcap, the kernel filtering the ports; the same reassembly and parsing as `extract`, in a separate idle-priority process fed through a spool on disk, so a burst it cannot follow is extracted afterwards instead of dropped. Runs until Ctrl-C/SIGTERM, --duration or --count (then the spooled backlog is extracted before it exits); live figures on a terminal, a summary at the end.
 
     The -w pcap is RAW AND UNREDACTED (a pcap cannot be redacted); the -o exchanges have secret headers redacted unless --keep-secrets.
 
