@@ -36,7 +36,8 @@ def create_private(path: str, *, binary: bool = True) -> IO[Any]:
         raise InputError(f"cannot write: {exc.strerror}", where=path) from exc
     if stat.S_ISREG(os.fstat(fd).st_mode):
         os.fchmod(fd, 0o600)
-    return os.fdopen(fd, "wb" if binary else "w")
+    # 64 KiB buffers: a write syscall per ~100 exchanges, not per ~10 (writers flush every second).
+    return os.fdopen(fd, "wb" if binary else "w", buffering=1 << 16)
 
 
 class JsonlWriter:

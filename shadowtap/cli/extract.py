@@ -20,7 +20,7 @@ def extract(
     idle_timeout: Annotated[float, typer.Option("--idle-timeout", help="Seconds of capture time before an idle connection is evicted.", min=0.001)] = 120.0,
     max_buffer: Annotated[int, typer.Option("--max-buffer", help="Out-of-order bytes held per connection direction before a gap is declared.", min=1)] = 4 << 20,
     max_connections: Annotated[int, typer.Option("--max-connections", help="Connections tracked at once (about 3.5 KB each); the least recently active goes first.", min=1)] = 50_000,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes sharing the connections (0: one per idle CPU, at most 4, for captures over 32 MiB; 1: none). The output is the same.", min=0)] = 0,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes sharing the connections (0: for captures over 32 MiB, one plus one per further idle CPU, at most 4; 1: none). The output is byte for byte the same.", min=0)] = 0,
 ) -> None:
     """Rebuild the HTTP/1.x exchanges of CAPTURE files into JSON Lines, one exchange a line, in
     request-time order (format: docs/exchange-format.md)."""
