@@ -248,3 +248,27 @@ def test_spool_bound_drops_are_counted(veth, tmp_path):
     assert len(lab.extract_pcap([tmp_path / "agent.pcap"], port)) == 12
     assert len(lab.jsonl_lines(tmp_path / "agent.jsonl")) < 12
     assert list(spool_parent.iterdir()) == []
+
+
+@pytest.mark.root
+def test_second_ctrl_c_abandons_the_backlog(veth, tmp_path):
+    """Ctrl-C stops the capture and the backlog is extracted; a second Ctrl-C gives it up: exit 130
+    soon, the exchanges written so far whole, no hook, no spool."""
+    client, server, iface, port, url = veth
+    agent, spool_parent = start(tmp_path, iface, port, "pcap", server.ns)
+    child = extractor_pid(agent)
+    os.kill(child, signal.SIGSTOP)
+    try:
+        client.run([lab.require_tool("hey"), "-n", "2000", "-c", "8", f"{url}/burst"], timeout=120)
+        lab.wait_for(lambda: spooled_bytes(spool_parent) > 500_000, 30, "the spool to hold the burst", proc=agent.p)
+        agent.p.send_signal(signal.SIGINT)
+        agent.wait_stderr("extracting the spooled backlog", 30)
+        agent.p.send_signal(signal.SIGINT)
+    finally:
+        os.kill(child, signal.SIGCONT)
+    assert agent.p.wait(30) == 130, agent.err()
+    assert "Traceback" not in agent.err()
+    lines = lab.jsonl_lines(tmp_path / "agent.jsonl")
+    assert len(lines) < 2000
+    assert all(o["request"]["target"] == "/burst" for o in lab.loads(lines))  # whole lines only
+    assert list(spool_parent.iterdir()) == []
