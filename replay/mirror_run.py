@@ -67,6 +67,7 @@ from shadowtap.errors import (
     TargetError,
 )
 from shadowtap.jsonl import JsonlWriter, create_private
+from shadowtap.priority import lower_priority
 from shadowtap.records import Exchange, Result, parse_endpoint
 from shadowtap.redact import Redactor
 
@@ -141,20 +142,6 @@ def _rebuild_error(name: str, message: str, hint: str | None, exit_code: int) ->
     err = ShadowtapError.__new__(cls)
     ShadowtapError.__init__(err, message, hint=hint)
     return err
-
-
-def _lower_priority(nice: int, sched_idle: bool) -> None:
-    """The primary comes first: when the CPU is short, the mirror falls behind (lag, then bounded
-    and counted drops) instead of the primary's server waiting for a core. SCHED_IDLE is the
-    strong form (a normal task preempts ours at once on wake-up: the primary's tail latency does not
-    see us); nice the weak one. Inherited by the capture process (set before the fork)."""
-    if nice:
-        os.nice(nice)
-    if sched_idle and hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        except OSError:
-            pass
 
 
 def _resolve(host: str, port: int) -> frozenset[tuple[str, int]]:
@@ -349,7 +336,7 @@ class MirrorRun:
         # before the fork, the child's copy-on-write pages stay shared too.
         gc.collect()
         gc.freeze()
-        _lower_priority(cfg.nice, cfg.sched_idle)
+        lower_priority(cfg.nice, cfg.sched_idle)  # inherited by the capture process (forked next)
         # The policy's own refusal compares the target with each captured server; in the mirror
         # the shadow's address there is our own traffic (skipped, counted), checked just above.
         policy = dataclasses.replace(cfg.policy, target_endpoints=frozenset(), force=True)

@@ -14,7 +14,8 @@
 #                                       # BENCH_LATENCY_RATE (1000), BENCH_LATENCY_ROUNDS (8), BENCH_RECORDERS,
 #                                       # BENCH_LATENCY_KINDS ("none none2 ebpf pcap") override; a rate of
 #                                       # 0 = as fast as hey goes; BENCH_RATES=" " skips the ladder.
-#                                       # ebpf-nice0: the agent with --nice 0 (its reader not niced).
+#                                       # ebpf-nice0: the agent with --nice 0 (its reader not niced);
+#                                       # ebpf-idle: the agent with --sched-idle.
 # Goal (issue 3): eBPF loss-free at >= 80% of tcpdump's drop-free rate; primary p99 up by <= 5%.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,6 +86,8 @@ def start_recorder(server, iface: str, kind: str, tag: str) -> tuple[subprocess.
     extra = []
     if kind.endswith("-nice0"):  # the agent's reader at normal priority (the default is --nice 19)
         kind, extra = kind[:-6], ["--nice", "0"]
+    elif kind.endswith("-idle"):  # the agent under SCHED_IDLE (--sched-idle)
+        kind, extra = kind[:-5], ["--sched-idle"]
     if kind == "tcpdump":
         out = work / f"{tag}.pcap"
         argv = ["tcpdump", "-i", iface, "-n", "-s", "0", "-B", "65536", "-w", str(out), f"tcp port {PORT}"]

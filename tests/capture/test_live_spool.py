@@ -259,7 +259,8 @@ def test_second_ctrl_c_abandons_the_backlog(veth, tmp_path):
     child = extractor_pid(agent)
     os.kill(child, signal.SIGSTOP)
     try:
-        client.run([lab.require_tool("hey"), "-n", "2000", "-c", "8", f"{url}/burst"], timeout=120)
+        # A backlog the extractor needs ~1 s for: the abort surely reaches it before it is through.
+        client.run([lab.require_tool("hey"), "-n", "20000", "-c", "8", f"{url}/burst"], timeout=120)
         lab.wait_for(lambda: spooled_bytes(spool_parent) > 500_000, 30, "the spool to hold the burst", proc=agent.p)
         agent.p.send_signal(signal.SIGINT)
         agent.wait_stderr("extracting the spooled backlog", 30)
@@ -269,6 +270,6 @@ def test_second_ctrl_c_abandons_the_backlog(veth, tmp_path):
     assert agent.p.wait(30) == 130, agent.err()
     assert "Traceback" not in agent.err()
     lines = lab.jsonl_lines(tmp_path / "agent.jsonl")
-    assert len(lines) < 2000
+    assert len(lines) < 20000
     assert all(o["request"]["target"] == "/burst" for o in lab.loads(lines))  # whole lines only
     assert list(spool_parent.iterdir()) == []
