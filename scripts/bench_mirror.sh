@@ -30,7 +30,7 @@ from pathlib import Path
 from shadowtap.netns import Topology
 
 sys.path.insert(0, "scripts")
-from benchlib import hey, wait_text, wrk_paced  # noqa: E402
+from benchlib import hey, wait_text, wrk, wrk_paced  # noqa: E402
 
 SECONDS = float(os.environ["BENCH_SECONDS"])
 RATES = [int(r) for r in os.environ["BENCH_RATES"].split()]
@@ -59,15 +59,6 @@ http {{ {log} default_type application/json; keepalive_requests 1000000;
   server {{ listen {addr}:{port}; location / {{ return 200 '{{"path": "$request_uri", "ok": true}}\\n'; }} }} }}
 """)
     return conf
-
-
-def wrk(client, seconds: float) -> dict:
-    out = client.run(["wrk", "-t", "1", "-c", "8", "-d", f"{seconds:g}s", "--latency",
-                      f"http://{PRIMARY}:{PORT}/bench"], timeout=seconds + 60).stdout
-    unit = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-    lat = {p: float(v) * unit[u] for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return {"rps": rps, "p50": lat.get("50"), "p99": lat.get("99")}
 
 
 def start_mirror(primary, iface: str, tag: str, *extra: str, shadow_port: int = PORT) -> tuple[subprocess.Popen, Path, Path]:
@@ -207,7 +198,7 @@ try:
                 proc, run, _err = start_mirror(primary, iface, f"lat-{rnd}", shadow_port=IDLE_PORT)  # defaults
             lat["paced"][kind].append(wrk_paced(client, f"http://{PRIMARY}:{PORT}/bench", LAT_RATE, SECONDS,
                                                 WORKERS, work))
-            lat["wrk"][kind].append(wrk(client, SECONDS))
+            lat["wrk"][kind].append(wrk(client, f"http://{PRIMARY}:{PORT}/bench", SECONDS))
             if proc:
                 stop(proc)
             if run:

@@ -39,9 +39,15 @@ def wrk_paced(client, url: str, rate: int, seconds: float, conns: int = 8, workd
     p50/p90/p99 in ms."""
     script = Path(workdir or "/tmp") / f"wrk-pace-{rate}-{conns}.lua"
     script.write_text(f"function delay() return {conns * 1000.0 / rate:.3f} end\n")
-    out = client.run(["wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds:g}s", "--latency", "-s", str(script), url],
+    return wrk(client, url, seconds, conns, "-s", str(script))
+
+
+def wrk(client, url: str, seconds: float, conns: int = 8, *extra: str) -> dict:
+    """wrk -t 1 from ``client`` for ``seconds`` (as fast as it goes unless ``extra`` paces it):
+    rps and latency p50/p90/p99 in ms (wrk's --latency percentiles, microsecond resolution)."""
+    out = client.run(["wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds:g}s", "--latency", *extra, url],
                      timeout=seconds + 60).stdout
     unit = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-    lat = {p: float(v) * unit[u] for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    lat = {p: float(v) * unit[u] for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)}
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return {"rps": rps, "p50": lat.get("50"), "p90": lat.get("90"), "p99": lat.get("99")}
