@@ -19,7 +19,7 @@ import ctypes.util
 import os
 import select
 
-from capture.source import Frame, SourceStats
+from shadowtap.capture.source import Frame, SourceStats
 from shadowtap.errors import InputError, PrerequisiteError
 
 MAX_BATCH = 8192  # frames a read returns at most, so the caller's loop keeps its 1 s rhythm
@@ -119,7 +119,7 @@ class PcapSource:
         return (self._lib.pcap_geterr(self._p) or b"").decode(errors="replace")
 
     def open(self) -> None:
-        from capture.doctor import require_pcap
+        from shadowtap.capture.doctor import require_pcap
 
         require_pcap()
         if not os.path.isdir(f"/sys/class/net/{self.iface}"):

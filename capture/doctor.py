@@ -122,7 +122,7 @@ def check_clsact() -> Check:
 
 
 def check_ringbuf() -> Check:
-    from capture.ebpf import ringbuf_supported
+    from shadowtap.capture.ebpf import ringbuf_supported
 
     if missing_capabilities((CAP_BPF,)):
         return Check("BPF ring buffer", Status.WARN, "not probed (no CAP_BPF)", "run as root")
@@ -133,7 +133,7 @@ def check_ringbuf() -> Check:
 
 
 def check_libpcap() -> Check:
-    from capture.afpacket import libpcap_name
+    from shadowtap.capture.afpacket import libpcap_name
 
     lib = libpcap_name()
     if lib:

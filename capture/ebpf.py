@@ -27,8 +27,8 @@ import struct
 import time
 from importlib import resources
 
-from capture import tc
-from capture.source import Frame, SourceStats
+from shadowtap.capture import tc
+from shadowtap.capture.source import Frame, SourceStats
 from shadowtap.errors import InputError, PrerequisiteError
 
 PROGRAM_FILE = "tc_capture.c"
@@ -52,7 +52,7 @@ _SYS_BPF = 321  # x86_64; other architectures go through bcc's probe below
 
 
 def program_source() -> str:
-    return resources.files("capture").joinpath("bpf", PROGRAM_FILE).read_text()
+    return resources.files("shadowtap.capture").joinpath("bpf", PROGRAM_FILE).read_text()
 
 
 def ringbuf_supported() -> bool:
@@ -143,7 +143,7 @@ class EbpfSource:
 
     # -- life cycle ---------------------------------------------------------------------------
     def open(self) -> None:
-        from capture.doctor import require_ebpf
+        from shadowtap.capture.doctor import require_ebpf
 
         require_ebpf()
         try:

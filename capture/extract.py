@@ -20,8 +20,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from capture.pcapfile import read_packets
-from capture.pipeline import Extractor, ExtractStats
+from shadowtap.capture.pcapfile import read_packets
+from shadowtap.capture.pipeline import Extractor, ExtractStats
 from shadowtap.errors import InputError
 from shadowtap.records import Exchange
 

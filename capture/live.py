@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import IO, Any
 
-from capture.source import Frame, Source, SourceStats
+from shadowtap.capture.source import Frame, Source, SourceStats
 from shadowtap.errors import InputError, PrerequisiteError, ShadowtapError
 from shadowtap.jsonl import JsonlWriter, create_private
 from shadowtap.records import Exchange
@@ -236,8 +236,8 @@ def _check_output(path: str) -> None:
 
 def open_source(config: CaptureConfig) -> tuple[Source, str]:
     """The opened source for ``config.backend`` and why it was chosen (for ``auto``)."""
-    from capture.afpacket import PcapSource
-    from capture.ebpf import EbpfSource
+    from shadowtap.capture.afpacket import PcapSource
+    from shadowtap.capture.ebpf import EbpfSource
 
     if config.backend is Backend.PCAP:
         src: Source = PcapSource(config.iface, config.ports, buffer_mb=config.buffer_mb, immediate=config.immediate)
@@ -445,7 +445,7 @@ def _extraction_child(extractor: Any, directory: str, control: Any, results: Any
     ("ready",), then ("done", exchanges, stats, files) or ("error", kind, message, hint, code)."""
     import gc
 
-    from capture import spool
+    from shadowtap.capture import spool
 
     for end in parent_ends:  # the reader's ends of the pipes: its death must read as EOF here
         end.close()
@@ -554,7 +554,7 @@ class _Child:
         return msg
 
     def died(self) -> ExtractorDied:
-        from capture import spool
+        from shadowtap.capture import spool
 
         self.proc.join(1)
         code = self.proc.exitcode
@@ -621,7 +621,7 @@ def run_spooled_capture(
     import multiprocessing
     import tempfile
 
-    from capture import spool
+    from shadowtap.capture import spool
 
     stop_event = stop_event or threading.Event()
     _preflight(config)
@@ -788,7 +788,7 @@ def capture(config: CaptureConfig, *, keep_secrets: bool = False, secret_headers
     """`shadowtap capture`: run until Ctrl-C, SIGTERM, --duration or --count; live figures on a
     terminal (stderr), a summary at the end. SIGINT and SIGTERM stop the capture cleanly (hooks
     detached, in-flight exchanges written, files closed); a second Ctrl-C interrupts at once."""
-    from capture.pipeline import Extractor
+    from shadowtap.capture.pipeline import Extractor
     from shadowtap import console
     from shadowtap.redact import Redactor, key_path
 

@@ -32,9 +32,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from hashlib import blake2b
 
-from capture.decode import Segment, decode
-from capture.http1 import Conversation, Event, Transaction
-from capture.reassembly import Connection, Kind, Reassembler, State
+from shadowtap.capture.decode import Segment, decode
+from shadowtap.capture.http1 import Conversation, Event, Transaction
+from shadowtap.capture.reassembly import Connection, Kind, Reassembler, State
 from shadowtap.errors import InputError, PrerequisiteError
 from shadowtap.records import Exchange, Request
 from shadowtap.redact import Redactor

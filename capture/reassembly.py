@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection
 from enum import IntEnum
 from typing import Any, NamedTuple
 
-from capture.decode import ACK, FIN, RST, SYN, Segment, format_ip
+from shadowtap.capture.decode import ACK, FIN, RST, SYN, Segment, format_ip
 from shadowtap.records import format_endpoint
 
 MASK = 0xFFFFFFFF

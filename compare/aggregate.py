@@ -19,9 +19,9 @@ import time
 from collections import Counter
 from typing import Any
 
-from compare import verdict as verdict_mod
-from compare.config import CompareConfig
-from compare.diff import (
+from shadowtap.compare import verdict as verdict_mod
+from shadowtap.compare.config import CompareConfig
+from shadowtap.compare.diff import (
     Body,
     BodyType,
     Difference,
@@ -31,10 +31,10 @@ from compare.diff import (
     fold_keys,
     prepare_body,
 )
-from compare.endpoints import Templater
-from compare.noise import Volatility, judge_against_baseline, noise_reason
-from compare.samples import body_excerpt, redact_field, redact_text
-from compare.stats import Reservoir, drift, latency_shift, percentiles
+from shadowtap.compare.endpoints import Templater
+from shadowtap.compare.noise import Volatility, judge_against_baseline, noise_reason
+from shadowtap.compare.samples import body_excerpt, redact_field, redact_text
+from shadowtap.compare.stats import Reservoir, drift, latency_shift, percentiles
 from shadowtap.records import Exchange, Response, Result
 
 REPORT_SCHEMA = 1

@@ -28,8 +28,8 @@ from typing import Any
 
 import orjson
 
-from compare.decode import decode_body
-from compare.shapes import VOLATILE_TOKEN, is_id_like
+from shadowtap.compare.decode import decode_body
+from shadowtap.compare.shapes import VOLATILE_TOKEN, is_id_like
 from shadowtap.records import Headers, Response
 
 FOLD_KEYS = 64

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from compare.config import EndpointConfig
-from compare.shapes import is_id_like
+from shadowtap.compare.config import EndpointConfig
+from shadowtap.compare.shapes import is_id_like
 
 PARAM = "{id}"
 

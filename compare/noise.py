@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from compare.config import NoiseConfig
-from compare.diff import Kind
-from compare.shapes import Volatile, volatile_shape
+from shadowtap.compare.config import NoiseConfig
+from shadowtap.compare.diff import Kind
+from shadowtap.compare.shapes import Volatile, volatile_shape
 
 _DISTINCT_CAP = 64  # enough to tell 'varies' from 'a few values'; 64 small ints per field
 

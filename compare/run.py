@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from compare.aggregate import Comparison
-from compare.config import NoiseRule, load_config
-from compare.join import Joiner, join
+from shadowtap.compare.aggregate import Comparison
+from shadowtap.compare.config import NoiseRule, load_config
+from shadowtap.compare.join import Joiner, join
 from shadowtap import console
 from shadowtap.errors import EXIT_INTERRUPTED, InputError
 from shadowtap.jsonl import read_jsonl
@@ -63,15 +63,15 @@ def run_compare(
     report = comparison.snapshot(fresh=True)
     report["summary"]["interrupted"] = interrupted
     if not quiet:
-        from compare.report_terminal import render
+        from shadowtap.compare.report_terminal import render
 
         render(report)
     if json_out:
-        from compare.report_json import write_json
+        from shadowtap.compare.report_json import write_json
 
         write_json(report, json_out)
     if html:
-        from compare.report_html import write_html
+        from shadowtap.compare.report_html import write_html
 
         write_html(report, html)
     return EXIT_INTERRUPTED if interrupted else int(report["verdict"]["exit_code"])

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from compare.config import CompareConfig
-from compare.stats import error_rate_increase
+from shadowtap.compare.config import CompareConfig
+from shadowtap.compare.stats import error_rate_increase
 from shadowtap.errors import EXIT_OK, EXIT_VERDICT_ERROR, EXIT_VERDICT_FAIL, EXIT_VERDICT_MARGINAL
 
 PASS, HIGH, LOW, NODATA = "Pass", "High", "Low", "Nodata"

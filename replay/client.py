@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import httptools
 
-from capture.http1 import decoded_length
-from replay.policy import Prepared, Target
+from shadowtap.capture.http1 import decoded_length
+from shadowtap.replay.policy import Prepared, Target
 from shadowtap.errors import TargetError
 from shadowtap.records import Response, Result, ResultError
 

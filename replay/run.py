@@ -22,9 +22,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
-from replay.client import Sender, local_addresses
-from replay.policy import Policy, Prepared, Skip
-from replay.schedule import Timing, schedule
+from shadowtap.replay.client import Sender, local_addresses
+from shadowtap.replay.policy import Policy, Prepared, Skip
+from shadowtap.replay.schedule import Timing, schedule
 from shadowtap import console
 from shadowtap.errors import InputError, TargetError
 from shadowtap.jsonl import JsonlWriter, read_jsonl, sniff_is_jsonl
@@ -134,7 +134,7 @@ def open_source(cfg: ReplayConfig, summary: ReplaySummary) -> Callable[[], Itera
         return jsonl_pass
 
     def pcap_pass() -> Iterable[Exchange]:
-        from capture.extract import iter_exchanges
+        from shadowtap.capture.extract import iter_exchanges
 
         return iter_exchanges([cfg.input], ports=cfg.ports, bpf_filter=cfg.bpf_filter,
                               max_body=max(cfg.max_body, 1 << 20), keep_secrets=cfg.keep_secrets)

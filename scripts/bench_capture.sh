@@ -56,7 +56,7 @@ http {{ access_log off; default_type text/plain; keepalive_requests 1000000;
 # mechanisms compare like for like. run_capture with an extractor that only counts.
 RAW = """
 import signal, sys, threading
-from capture.live import Backend, CaptureConfig, run_capture
+from shadowtap.capture.live import Backend, CaptureConfig, run_capture
 class Count:
     def feed(self, ts, linktype, frame): return []
     def finish(self): return []

@@ -23,7 +23,7 @@ import uuid
 import orjson
 from deepdiff import DeepDiff
 
-from compare.aggregate import Comparison
+from shadowtap.compare.aggregate import Comparison
 from shadowtap.records import Exchange, Request, Response, Result
 
 N = int(os.environ.get("BENCH_PAIRS", "50000"))
@@ -103,8 +103,8 @@ import time
 
 import orjson
 
-from compare.aggregate import Comparison
-from compare.config import CompareConfig, EndpointConfig
+from shadowtap.compare.aggregate import Comparison
+from shadowtap.compare.config import CompareConfig, EndpointConfig
 from shadowtap.records import Exchange, Request, Response, Result
 
 N = int(os.environ.get("BENCH_STREAM_PAIRS", "400000"))

@@ -17,7 +17,9 @@ APT_PACKAGES=(
   iproute2 iputils-ping ethtool procps              # network namespaces, veth, tc for the lab and tests
   tcpdump tshark tcpreplay                        # peers and readers of our pcaps (tests, benchmarks)
   libpcap0.8                                      # the pcap capture backend (through ctypes)
-  nginx-light wrk hey curl                        # real servers and clients for tests and benchmarks
+  nginx-light wrk hey curl openssl                # real servers and clients for tests and benchmarks (TLS certificates by openssl)
+  nats-server                                     # the broker agents publish to (JetStream), in tests and the lab
+  default-jre-headless                            # Java for Spark in local mode (pyspark)
   chromium                                        # renders the HTML report in a test
   vagrant                                         # `vagrant validate` of the lab's Vagrantfile
 )
@@ -75,7 +77,7 @@ fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -e "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -e ".[all,test]"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -1,12 +1,12 @@
 """Fixtures shared by every test. The prerequisite helpers (``require``: skip off CI, fail in CI)
-are in tests/prereq.py."""
+are in tests/support/prereq.py."""
 
 from __future__ import annotations
 
 import uuid
 
 import pytest
-from prereq import require_root, require_tool
+from tests.support.prereq import require_root, require_tool
 
 
 @pytest.fixture

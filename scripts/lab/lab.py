@@ -37,8 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-if str(HERE.parents[1]) not in sys.path:  # run from a checkout without an installed shadowtap
-    sys.path.insert(0, str(HERE.parents[1]))
 
 from shadowtap import netns
 from shadowtap.errors import PrerequisiteError, ShadowtapError

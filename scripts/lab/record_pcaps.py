@@ -21,9 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-import lab as labmod
+from shadowtap.lab import lab as labmod
 
 PRIMARY = f"{labmod.PRIMARY_ADDR}:{labmod.DEFAULT_PORT}"
 SHADOW = f"{labmod.SHADOW_ADDR_FROM_CLIENT}:{labmod.DEFAULT_PORT}"

@@ -41,7 +41,7 @@ def capture(
 
     Needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN for ebpf; CAP_NET_RAW for pcap): `shadowtap doctor` checks everything.
     """
-    from capture.live import Backend, CaptureConfig
+    from shadowtap.capture.live import Backend, CaptureConfig
     from shadowtap.errors import InputError
 
     try:
@@ -49,7 +49,7 @@ def capture(
     except ValueError:
         raise InputError(f"unknown backend {backend!r} (ebpf, pcap or auto)", where="--backend") from None
     if print_bpf:
-        from capture.ebpf import EbpfSource
+        from shadowtap.capture.ebpf import EbpfSource
         from shadowtap.console import out
 
         src = EbpfSource(iface, tuple(port or ()), buffer_mb=buffer_mb, ringbuf=False if perf_buffer else None)
@@ -66,7 +66,7 @@ def capture(
         buffer_mb=buffer_mb, ringbuf=False if perf_buffer else None,
         spool_dir=spool_dir, spool_max=int(spool_max * 1_000_000) if spool_max else None,
     )
-    from capture.live import capture as run
+    from shadowtap.capture.live import capture as run
     from shadowtap.priority import lower_priority
 
     lower_priority(nice, sched_idle)
@@ -80,7 +80,7 @@ def doctor(
     """Check every prerequisite of live capture (privileges and capabilities, bcc, kernel headers,
     clsact, ring buffer, tracefs, libpcap, the interface) and print what is missing with the
     command that fixes it. Exit code 0 when both backends can run, 4 otherwise."""
-    from capture.doctor import doctor as run
+    from shadowtap.capture.doctor import doctor as run
 
     code = run(iface)
     if code:

@@ -24,7 +24,7 @@ def compare(
     """Compare the shadow's responses with the primary's: content, status, errors, latency.
 
     Exit status: 0 pass, 10 marginal, 11 fail, 12 error (nothing to compare); 3 unreadable input."""
-    from compare.run import run_compare
+    from shadowtap.compare.run import run_compare
 
     code = run_compare(exchanges, results, baseline=baseline, ignore=ignore or (), config=config,
                        html=html, json_out=json_out, quiet=quiet or json_out == "-")

@@ -24,7 +24,7 @@ def extract(
 ) -> None:
     """Rebuild the HTTP/1.x exchanges of CAPTURE files into JSON Lines, one exchange a line, in
     request-time order (format: docs/exchange-format.md)."""
-    from capture.extract import run_extract
+    from shadowtap.capture.extract import run_extract
 
     run_extract(
         captures, output, ports=port or (), bpf_filter=bpf_filter, max_body=max_body,

@@ -1,6 +1,5 @@
-"""``shadowtap lab``: the one-host lab (scripts/lab/lab.py, also behind scripts/lab.sh): network
-namespaces client, primary (demo service v1) and shadow (demo service v2). Needs a checkout: the
-lab and its demo service live in scripts/lab/, not in the installed package."""
+"""``shadowtap lab``: the one-host lab (shadowtap.lab, from scripts/lab/; also behind scripts/lab.sh):
+network namespaces client, primary (demo service v1) and shadow (demo service v2)."""
 
 from __future__ import annotations
 
@@ -21,21 +20,9 @@ def lab(
 ) -> None:
     """Bring the one-host lab up, take it down (also after a crash), show its status, or print its
     addresses as shell variables (env). status exits 1 when the lab is not up."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from shadowtap.errors import InputError
+    from shadowtap.lab import lab as module
 
-    from shadowtap.errors import InputError, PrerequisiteError
-
-    script = Path(__file__).resolve().parents[2] / "scripts" / "lab" / "lab.py"
-    if not script.is_file():
-        raise PrerequisiteError(f"the lab lives in a shadowtap checkout ({script} is missing)",
-                                hint="run from a checkout (pip install -e .), or use scripts/lab.sh there")
-    spec = importlib.util.spec_from_file_location("shadowtap_lab_script", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
     if action not in module.ACTIONS:
         raise InputError(f"unknown action {action!r} (up, down, status, env)", where="shadowtap lab")
     code = module.run(action, module.Lab(prefix=prefix, port=port), as_json=json_out)

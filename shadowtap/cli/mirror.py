@@ -51,8 +51,8 @@ def mirror(
 ) -> None:
     """Mirror the primary's live traffic to a shadow, compare the answers as they come; the verdict
     is the exit status (0 pass, 10 marginal, 11 fail, 12 error)."""
-    from replay.mirror_run import MirrorConfig, MirrorRun
-    from replay.policy import Target, policy_from_options
+    from shadowtap.mirror.run import MirrorConfig, MirrorRun
+    from shadowtap.replay.policy import Target, policy_from_options
     from shadowtap.errors import InputError
 
     if backend not in ("ebpf", "pcap", "auto"):

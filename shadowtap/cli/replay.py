@@ -48,9 +48,9 @@ def replay(
     check: Annotated[bool, typer.Option("--check/--no-check", help="Connect to the target once before starting.")] = True,
 ) -> None:
     """Replay captured HTTP requests to a shadow target and record its answers."""
-    from replay.policy import Target, policy_from_options
-    from replay.run import ReplayConfig, run_replay
-    from replay.schedule import Timing
+    from shadowtap.replay.policy import Target, policy_from_options
+    from shadowtap.replay.run import ReplayConfig, run_replay
+    from shadowtap.replay.schedule import Timing
     from shadowtap.errors import EXIT_INTERRUPTED, InputError
 
     if speed.strip().lower() == "max":

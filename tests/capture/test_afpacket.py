@@ -7,11 +7,11 @@ from __future__ import annotations
 import socket
 import threading
 
-import live_lab as lab
+import tests.support.live_lab as lab
 import pytest
 
-from capture.afpacket import SNAPLEN, PcapSource, port_filter
-from capture.decode import decode
+from shadowtap.capture.afpacket import SNAPLEN, PcapSource, port_filter
+from shadowtap.capture.decode import decode
 
 
 class Sink:

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import live_lab as lab
+import tests.support.live_lab as lab
 import pytest
 
 NOBODY = 65534

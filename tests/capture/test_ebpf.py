@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 
-import live_lab as lab
+import tests.support.live_lab as lab
 import pytest
 
 
@@ -153,7 +153,7 @@ def test_losses_are_counted(ringbuf):
     """A 1 MiB buffer not read while 64 MiB cross loopback overflows: every packet the kernel
     matched is either received or counted lost, none silently missing."""
     require_bcc()
-    from capture.ebpf import EbpfSource
+    from shadowtap.capture.ebpf import EbpfSource
 
     sink = socket.socket()
     sink.bind(("127.0.0.1", 0))
@@ -191,7 +191,7 @@ def test_losses_are_counted(ringbuf):
 @pytest.mark.root
 def test_hooks_on_loopback_record_egress_only():
     require_bcc()
-    from capture.ebpf import EbpfSource
+    from shadowtap.capture.ebpf import EbpfSource
 
     src = EbpfSource("lo", (9,))
     assert src.loopback and "-DSKIP_INGRESS=1" in src.cflags()

@@ -23,9 +23,9 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prereq import require_root, require_tool
+from tests.support.prereq import require_root, require_tool
 
-from capture.extract import _KEY_DIGITS, _order_key, iter_exchanges
+from shadowtap.capture.extract import _KEY_DIGITS, _order_key, iter_exchanges
 from shadowtap.errors import InputError
 from shadowtap.records import Exchange
 

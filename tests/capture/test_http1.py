@@ -9,8 +9,8 @@ import brotli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capture import http1
-from capture.http1 import Conversation, Event, decoded_length
+from shadowtap.capture import http1
+from shadowtap.capture.http1 import Conversation, Event, decoded_length
 
 
 def play(*steps, midstream=False, max_body=1 << 20, split=None):

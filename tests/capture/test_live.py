@@ -15,7 +15,7 @@ import sys
 import uuid
 from pathlib import Path
 
-import live_lab as lab
+import tests.support.live_lab as lab
 import pytest
 
 PY_CLIENT = r'''
@@ -116,8 +116,8 @@ def check_run(workdir: Path, agent, tcpdump, port: int, expected: int, marker: s
 
 
 def payload_bytes(path: Path) -> int:
-    from capture.decode import decode
-    from capture.pcapfile import read_packets
+    from shadowtap.capture.decode import decode
+    from shadowtap.capture.pcapfile import read_packets
 
     total = 0
     for _ts, linktype, frame in read_packets(str(path)):

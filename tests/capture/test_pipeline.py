@@ -10,8 +10,8 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from capture.decode import decode
-from capture.pipeline import Extractor, RequestEvent, _conn_key, _raw_conn_key
+from shadowtap.capture.decode import decode
+from shadowtap.capture.pipeline import Extractor, RequestEvent, _conn_key, _raw_conn_key
 from shadowtap.records import Exchange, exchange_id
 from shadowtap.redact import Redactor
 

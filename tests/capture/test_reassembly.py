@@ -7,8 +7,8 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from capture.decode import decode
-from capture.reassembly import Kind, Reassembler
+from shadowtap.capture.decode import decode
+from shadowtap.capture.reassembly import Kind, Reassembler
 
 ACK, PSH, SYN, FIN, RST = 0x10, 0x08, 0x02, 0x01, 0x04
 
@@ -201,8 +201,8 @@ def test_any_split_reorder_duplication_gives_the_same_stream(flow, data):
     st.binary(max_size=40),
 ), max_size=30))
 def test_random_segments_never_raise_through_reassembly_and_parsing(segments):
-    from capture.decode import Segment
-    from capture.pipeline import Extractor
+    from shadowtap.capture.decode import Segment
+    from shadowtap.capture.pipeline import Extractor
 
     ex = Extractor(keep_secrets=True, max_held_bytes=64)
     c, s = b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02"
@@ -242,7 +242,7 @@ def _lanes_agree(segments):
     st.floats(min_value=0.0, max_value=0.9),  # time step: sweeps fall between some segments
 ), max_size=40))
 def test_in_order_lane_agrees_with_feed_on_random_segments(segments):
-    from capture.decode import Segment
+    from shadowtap.capture.decode import Segment
 
     c, s = b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02"
     ts = 1.0

@@ -47,7 +47,7 @@ class Craft:
     def run(n: int, make: Any, config: Any = None, baseline: bool = False) -> dict[str, Any]:
         """Feed ``make(i) -> (exchange, result[, baseline])`` for i < n to a Comparison and return
         its snapshot."""
-        from compare.aggregate import Comparison
+        from shadowtap.compare.aggregate import Comparison
 
         c = Comparison(config, baseline=baseline)
         for i in range(n):

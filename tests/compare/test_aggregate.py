@@ -2,8 +2,8 @@
 
 import threading
 
-from compare.aggregate import OTHER_ENDPOINTS, OTHER_FIELDS, Comparison
-from compare.config import CompareConfig, LimitsConfig
+from shadowtap.compare.aggregate import OTHER_ENDPOINTS, OTHER_FIELDS, Comparison
+from shadowtap.compare.config import CompareConfig, LimitsConfig
 
 
 def test_snapshot_any_time_and_incremental(craft):
@@ -95,7 +95,7 @@ def test_samples_are_redacted(craft):
 def test_live_snapshots_stay_within_a_budget_and_fresh_is_complete(craft):
     import random
 
-    from compare.config import EndpointConfig
+    from shadowtap.compare.config import EndpointConfig
 
     rng = random.Random(1)
     cfg = CompareConfig(limits=LimitsConfig(snapshot_budget_ms=0.0), endpoints=EndpointConfig(max_distinct=100))

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from compare.config import DEFAULT_NOISY_HEADERS, CompareConfig, load_config
+from shadowtap.compare.config import DEFAULT_NOISY_HEADERS, CompareConfig, load_config
 from shadowtap.errors import InputError
 
 TOML = """

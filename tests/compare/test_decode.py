@@ -3,7 +3,7 @@ import zlib
 
 import brotli
 
-from compare.decode import decode_body
+from shadowtap.compare.decode import decode_body
 
 BODY = b'{"hello": "world"}' * 50
 

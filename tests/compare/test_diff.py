@@ -4,8 +4,8 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compare.config import DEFAULT_NOISY_HEADERS
-from compare.diff import Kind, diff_json, diff_responses, normalise_text
+from shadowtap.compare.config import DEFAULT_NOISY_HEADERS
+from shadowtap.compare.diff import Kind, diff_json, diff_responses, normalise_text
 
 IGN = frozenset(DEFAULT_NOISY_HEADERS)
 

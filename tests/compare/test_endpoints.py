@@ -1,6 +1,6 @@
-from compare.aggregate import Comparison
-from compare.config import CompareConfig, EndpointConfig, EndpointRule
-from compare.endpoints import Templater, split_path
+from shadowtap.compare.aggregate import Comparison
+from shadowtap.compare.config import CompareConfig, EndpointConfig, EndpointRule
+from shadowtap.compare.endpoints import Templater, split_path
 
 
 def test_ids_become_parameters():

@@ -1,4 +1,4 @@
-from compare.join import Joiner, join
+from shadowtap.compare.join import Joiner, join
 
 
 def ids(triples):

@@ -4,8 +4,8 @@ import random
 import secrets
 import uuid
 
-from compare.config import CompareConfig, NoiseConfig, NoiseRule
-from compare.noise import Volatility, judge_against_baseline
+from shadowtap.compare.config import CompareConfig, NoiseConfig, NoiseRule
+from shadowtap.compare.noise import Volatility, judge_against_baseline
 
 N = 120
 

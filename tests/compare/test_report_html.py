@@ -9,10 +9,10 @@ import subprocess
 import tempfile
 import uuid
 
-from prereq import require
+from tests.support.prereq import require
 
-from compare.aggregate import Comparison
-from compare.report_html import write_html
+from shadowtap.compare.aggregate import Comparison
+from shadowtap.compare.report_html import write_html
 
 CHROMIUM = "/usr/bin/chromium"
 

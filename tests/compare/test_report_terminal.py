@@ -4,8 +4,8 @@ import io
 
 from rich.console import Console
 
-from compare.aggregate import Comparison
-from compare.report_terminal import render
+from shadowtap.compare.aggregate import Comparison
+from shadowtap.compare.report_terminal import render
 from shadowtap import console
 
 

@@ -3,7 +3,7 @@
 import random
 import uuid
 
-from compare.config import CompareConfig, LatencyConfig, NumericConfig, NumericTolerance
+from shadowtap.compare.config import CompareConfig, LatencyConfig, NumericConfig, NumericTolerance
 from shadowtap.errors import EXIT_OK, EXIT_VERDICT_ERROR, EXIT_VERDICT_FAIL
 
 N = 200
@@ -127,7 +127,7 @@ def test_harmless_new_field_is_reported_but_passes(craft):
     cfg = CompareConfig.__new__(CompareConfig)
     import dataclasses
 
-    from compare.config import ContentConfig
+    from shadowtap.compare.config import ContentConfig
     cfg = dataclasses.replace(CompareConfig(), content=ContentConfig(extra_fields_fail=True))
     rng = random.Random(7)
     rep = craft.run(N, lambda i: healthy(craft, i, rng, shadow_body=dict(item(i, rng), currency="EUR")), cfg)

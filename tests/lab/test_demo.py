@@ -20,8 +20,8 @@ import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import demo_service as demo
-import prereq as _ct
+from shadowtap.lab import demo_service as demo
+import tests.support.prereq as _ct
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]

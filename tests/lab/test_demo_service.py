@@ -13,10 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import demo_service as demo
+from shadowtap.lab import demo_service as demo
 import pytest
-import traffic
-
+from shadowtap.lab import traffic
 LAB = Path(__file__).resolve().parents[2] / "scripts" / "lab"
 
 

@@ -12,9 +12,9 @@ import time
 import uuid
 from pathlib import Path
 
-import lab as labmod
+from shadowtap.lab import lab as labmod
 import pytest
-from prereq import require_root, require_tool
+from tests.support.prereq import require_root, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "scripts" / "lab"

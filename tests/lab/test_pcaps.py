@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from capture.extract import iter_exchanges
+from shadowtap.capture.extract import iter_exchanges
 
 PCAPS = Path(__file__).resolve().parents[2] / "pcaps"
 LAB_PCAPS = ("lab-keepalive", "lab-pipelined", "lab-chunked", "lab-gzip", "lab-post", "lab-errors",

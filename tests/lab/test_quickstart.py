@@ -11,7 +11,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-import prereq as _ct
+import tests.support.prereq as _ct
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,8 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import traffic
-
+from shadowtap.lab import traffic
 LAB = Path(__file__).resolve().parents[2] / "scripts" / "lab"
 
 

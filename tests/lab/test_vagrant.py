@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import prereq as _ct
+import tests.support.prereq as _ct
 
 ROOT = Path(__file__).resolve().parents[2]
 

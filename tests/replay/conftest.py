@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import orjson
 import pytest
 from aiohttp import web
-from prereq import require_tool
+from tests.support.prereq import require_tool
 
 from shadowtap.records import Exchange, Request, Response, exchange_id
 

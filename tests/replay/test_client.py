@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from replay.client import Sender
-from replay.policy import Policy, Prepared, Target
+from shadowtap.replay.client import Sender
+from shadowtap.replay.policy import Policy, Prepared, Target
 from shadowtap.errors import TargetError
 from shadowtap.records import Result
 

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from replay.policy import (
+from shadowtap.replay.policy import (
     Policy,
     Prepared,
     ReplayRefused,

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from replay.policy import Policy, Prepared, Target
+from shadowtap.replay.policy import Policy, Prepared, Target
 from shadowtap.records import Result
 
 from .conftest import make_exchange, read_results, write_jsonl
@@ -300,7 +300,7 @@ def test_real_capture_replays_every_request_faithfully(tmp_path, aio_target):
     out = tmp_path / "res.jsonl"
     p = replay(pcap, "-t", aio_target.url, "-o", str(out), "--speed", "max", "--allow-unsafe")
     assert p.returncode == 0, p.stderr
-    from capture.extract import iter_exchanges
+    from shadowtap.capture.extract import iter_exchanges
 
     captured = [ex for ex in iter_exchanges([pcap]) if ex.request is not None]
     assert sorted((s.method, s.path) for s in aio_target.seen) == sorted(
@@ -321,7 +321,7 @@ def test_real_capture_replays_every_request_faithfully(tmp_path, aio_target):
 def test_real_keepalive_and_pipelined_captures_keep_their_connections(tmp_path, aio_target):
     """hey: 300 GETs over 3 keep-alive connections; the lab's pipelined capture: 3 GETs written at
     once on one connection (replayed in order, one at a time)."""
-    from capture.extract import iter_exchanges
+    from shadowtap.capture.extract import iter_exchanges
 
     pcap = os.path.join(PCAPS, "hey-keepalive.pcap")
     captured: dict[str, int] = {}
@@ -342,7 +342,7 @@ def test_real_keepalive_and_pipelined_captures_keep_their_connections(tmp_path, 
 
 def test_real_capture_refused_when_the_target_is_its_server(tmp_path):
     """curl-mix.pcap was captured from nginx at 127.0.0.1:42641: a target there is that server."""
-    from capture.extract import iter_exchanges
+    from shadowtap.capture.extract import iter_exchanges
 
     server = next(iter(iter_exchanges([os.path.join(PCAPS, "curl-mix.pcap")]))).server
     port = int(server.rsplit(":", 1)[1])

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replay.schedule import Timing, schedule
+from shadowtap.replay.schedule import Timing, schedule
 
 from .conftest import make_exchange
 

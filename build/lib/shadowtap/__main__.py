@@ -1,0 +1,3 @@
+from shadowtap.cli import main
+
+main()

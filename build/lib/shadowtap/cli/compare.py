@@ -1,0 +1,31 @@
+"""``shadowtap compare``: diff the shadow's results against the primary's exchanges and give a
+verdict; the exit status is the verdict (0 pass, 10 marginal, 11 fail, 12 error)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from shadowtap.cli import app
+
+
+@app.command()
+def compare(
+    exchanges: Annotated[str, typer.Argument(help="Exchanges JSONL (the primary's requests and responses; .gz ok, - = stdin).")],
+    results: Annotated[str, typer.Argument(help="Results JSONL from `shadowtap replay` (the shadow's responses).")],
+    baseline: Annotated[str | None, typer.Option("--baseline", help="Results of a second instance of the primary's version: differences it shows too are noise (Diffy's method).")] = None,
+    ignore: Annotated[list[str] | None, typer.Option("--ignore", help="A field to treat as noise: PATH_GLOB or 'ENDPOINT_GLOB::PATH_GLOB' (e.g. 'body.meta.*', 'GET /users/*::body.etag'). Repeatable.")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="Config file (TOML or JSON): thresholds, noise rules, tolerances, endpoint rules. See docs/compare.md.")] = None,
+    html: Annotated[str | None, typer.Option("--html", help="Write a self-contained HTML report here.")] = None,
+    json_out: Annotated[str | None, typer.Option("--json", help="Write the JSON report here (- = stdout).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No terminal report; the exit status still carries the verdict.")] = False,
+) -> None:
+    """Compare the shadow's responses with the primary's: content, status, errors, latency.
+
+    Exit status: 0 pass, 10 marginal, 11 fail, 12 error (nothing to compare); 3 unreadable input."""
+    from shadowtap.compare.run import run_compare
+
+    code = run_compare(exchanges, results, baseline=baseline, ignore=ignore or (), config=config,
+                       html=html, json_out=json_out, quiet=quiet or json_out == "-")
+    raise typer.Exit(code)

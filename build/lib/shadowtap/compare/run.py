@@ -1,0 +1,77 @@
+"""The stage behind ``shadowtap compare``: stream the files through the joiner into a
+Comparison, then write the reports. Returns the verdict's exit code."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from shadowtap.compare.aggregate import Comparison
+from shadowtap.compare.config import NoiseRule, load_config
+from shadowtap.compare.join import Joiner, join
+from shadowtap import console
+from shadowtap.errors import EXIT_INTERRUPTED, InputError
+from shadowtap.jsonl import read_jsonl
+from shadowtap.records import Exchange, Result
+
+
+def run_compare(
+    exchanges: str,
+    results: str,
+    *,
+    baseline: str | None = None,
+    ignore: Sequence[str] = (),
+    config: str | None = None,
+    html: str | None = None,
+    json_out: str | None = None,
+    quiet: bool = False,
+) -> int:
+    cfg = load_config(config).with_ignore(tuple(NoiseRule.parse(r) for r in ignore))
+    for out in (html, json_out):  # fail before the work, not after it
+        if out and out != "-":
+            folder = os.path.dirname(os.path.abspath(out))
+            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+                raise InputError("cannot write the report: no such writable directory", where=out)
+    comparison = Comparison(cfg, baseline=baseline is not None)
+
+    def on_error(err: InputError) -> None:
+        comparison.input_error_count += 1
+        if comparison.input_error_count <= 20:
+            console.warn(f"{err} (skipped)")
+        if len(comparison.input_errors) < 10:
+            comparison.input_errors.append(str(err))
+
+    joiner = Joiner(baseline=baseline is not None)
+    triples = join(
+        read_jsonl(exchanges, Exchange.from_json, on_error),
+        read_jsonl(results, Result.from_json, on_error),
+        read_jsonl(baseline, Result.from_json, on_error) if baseline else None,
+        joiner,
+    )
+    interrupted = False
+    try:
+        for ex, res, base in triples:
+            comparison.add(ex, res, base)
+    except KeyboardInterrupt:
+        # Ctrl-C loses nothing: the pairs read so far are reported, and the exit status (130)
+        # says the verdict covers part of the input only.
+        interrupted = True
+        console.warn(f"interrupted: reporting the {comparison.pairs} pairs compared so far")
+    else:
+        comparison.unmatched_exchanges = joiner.unmatched_exchanges
+        comparison.unmatched_results = joiner.unmatched_results
+    report = comparison.snapshot(fresh=True)
+    report["summary"]["interrupted"] = interrupted
+    if not quiet:
+        from shadowtap.compare.report_terminal import render
+
+        render(report)
+    if json_out:
+        from shadowtap.compare.report_json import write_json
+
+        write_json(report, json_out)
+    if html:
+        from shadowtap.compare.report_html import write_html
+
+        write_html(report, html)
+    return EXIT_INTERRUPTED if interrupted else int(report["verdict"]["exit_code"])

@@ -1,0 +1,151 @@
+"""Reading and writing JSON Lines files of records (exchanges, results).
+
+Files are created with mode 0600 (captured traffic holds personal data), gzip-compressed when the
+name ends in ``.gz``, ``-`` is standard output/input. Writers flush at least every
+``flush_interval`` seconds, so a crash loses at most that much.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from shadowtap.errors import InputError
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+
+def create_private(path: str, *, binary: bool = True) -> IO[Any]:
+    """Open ``path`` for writing (truncating) with mode 0600, whatever the umask.
+
+    An existing regular file keeps its inode but has its mode set to 0600 too; a device or a FIFO
+    (``/dev/null``, a named pipe) is written as it is, its mode left alone."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise InputError(f"cannot write: {exc.strerror}", where=path) from exc
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        os.fchmod(fd, 0o600)
+    # 64 KiB buffers: a write syscall per ~100 exchanges, not per ~10 (writers flush every second).
+    return os.fdopen(fd, "wb" if binary else "w", buffering=1 << 16)
+
+
+class JsonlWriter:
+    """Writes one JSON object a line. Use as a context manager; ``close`` flushes."""
+
+    def __init__(self, path: str, *, flush_interval: float = 1.0) -> None:
+        self.path = path
+        self.count = 0
+        self._flush_interval = flush_interval
+        self._last_flush = time.monotonic()
+        self._raw: IO[bytes] | None
+        if path == "-":
+            self._raw = None
+            self._out: IO[bytes] = sys.stdout.buffer
+        else:
+            self._raw = create_private(path)
+            if path.endswith(".gz"):
+                # The gzip member is flushed with Z_SYNC_FLUSH on flush(), so a reader of a crashed
+                # run's file gets every line written before the last flush.
+                self._out = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6)
+            else:
+                self._out = self._raw
+
+    def write(self, obj: dict[str, Any]) -> None:
+        self._out.write(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
+        self.count += 1
+        now = time.monotonic()
+        if now - self._last_flush >= self._flush_interval:
+            self.flush()
+
+    def flush(self) -> None:
+        self._out.flush()
+        if self._raw is not None and self._out is not self._raw:
+            self._raw.flush()
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+        if self._out is not sys.stdout.buffer:
+            self._out.close()
+        if self._raw is not None and not self._raw.closed:
+            self._raw.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_input(path: str) -> IO[bytes]:
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", where=path) from exc
+    if path.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw
+
+
+def read_jsonl(
+    path: str,
+    decode: Callable[[dict[str, Any]], T],
+    on_error: Callable[[InputError], None] | None = None,
+) -> Iterator[T]:
+    """Yield ``decode(obj)`` for each line of ``path``.
+
+    A malformed line (bad JSON, or ``decode`` raising ValueError/KeyError/TypeError) is reported to
+    ``on_error`` as an InputError naming the file and line, and skipped; without ``on_error`` it
+    raises. Blank lines are skipped. Reads are streaming: memory is O(longest line)."""
+    f = _open_input(path)
+    try:
+        lineno = 0
+        while True:
+            try:
+                line = f.readline()
+            except (OSError, EOFError, gzip.BadGzipFile) as exc:
+                err = InputError(f"unreadable after line {lineno}: {exc}", where=path)
+                if on_error is None:
+                    raise err from exc
+                on_error(err)
+                return
+            if not line:
+                return
+            lineno += 1
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+                if not isinstance(obj, dict):
+                    raise TypeError("not a JSON object")
+                yield decode(obj)
+            except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
+                err = InputError(f"malformed record: {exc}", where=f"{path} line {lineno}")
+                if on_error is None:
+                    raise err from exc
+                on_error(err)
+    finally:
+        if f is not sys.stdin.buffer:
+            f.close()
+
+
+def sniff_is_jsonl(path: str) -> bool:
+    """True when ``path`` looks like a JSONL file rather than a pcap/pcapng (by its first bytes)."""
+    if path == "-":
+        return True
+    with _open_input(path) as f:
+        head = f.read(1)
+    return head in (b"{", b"\n", b"")

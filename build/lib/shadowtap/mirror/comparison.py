@@ -1,0 +1,92 @@
+"""The live mirror's one door into compare/: the streaming Comparison and its report writers.
+
+This is the single exception to the dependency rule (replay does not import compare): the live
+mirror compares as it goes, and replay is where the mirror lives because it is replay's sender fed
+live. Everything the mirror needs from compare goes through the four functions here, so the
+coupling is one small module (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from shadowtap.records import Exchange, Result
+
+
+def open_comparison(config_path: str | None, ignore: tuple[str, ...]) -> Any:
+    from shadowtap.compare.aggregate import Comparison
+    from shadowtap.compare.config import NoiseRule, load_config
+
+    cfg = load_config(config_path).with_ignore(tuple(NoiseRule.parse(r) for r in ignore))
+    return Comparison(cfg)
+
+
+def add(comparison: Any, exchange: Exchange, result: Result) -> None:
+    comparison.add(exchange, result)
+
+
+def view(report: dict[str, Any]) -> tuple[str | None, float | None, list[tuple[str, int, float]]]:
+    """(verdict, divergence overall, endpoints by divergence) of a report."""
+    s = report.get("summary", {})
+    # No pair yet: no verdict so far (compare's "error" means "nothing to judge" at the end).
+    verdict = report.get("verdict", {}).get("result") if s.get("pairs") else None
+    # Divergence as compare defines it per endpoint (the worst of: error-rate increase, the share
+    # of pairs where a field differs beyond noise), weighted by pairs: "identical" would count
+    # every pair whose request id or timestamp differs.
+    endpoints = report.get("endpoints", ())
+    pairs = sum(int(e.get("pairs", 0)) for e in endpoints)
+    divergence = (sum(float(e.get("divergence", 0.0)) * int(e.get("pairs", 0)) for e in endpoints) / pairs
+                  if pairs else None)
+    eps = sorted(
+        ((e["endpoint"], int(e.get("pairs", 0)), float(e.get("divergence", 0.0))) for e in report.get("endpoints", ())),
+        key=lambda e: (-e[2], -e[1]),
+    )
+    return verdict, divergence, eps
+
+
+def snapshot(comparison: Any) -> dict[str, Any]:
+    return comparison.snapshot()
+
+
+def set_unmatched(comparison: Any, exchanges: int, results: int) -> None:
+    """The pairs the mirror could not make (evicted unpaired), for the report's summary."""
+    comparison.unmatched_exchanges = exchanges
+    comparison.unmatched_results = results
+
+
+def write_reports(report: dict[str, Any], run_dir: str | None) -> list[str]:
+    """Print the terminal report (stdout); in ``run_dir`` also report.txt (the same, plain),
+    report.json and report.html. Returns the report files that could not be written, with why."""
+    import contextlib
+    import io
+    import sys
+
+    from shadowtap.compare.report_json import write_json
+    from shadowtap.compare.report_terminal import render
+    from shadowtap import console
+    from shadowtap.jsonl import create_private
+
+    # The terminal report goes through the one output sink, whose plain (non-terminal) path writes
+    # to sys.stdout: rendered into a buffer, it is the text of report.txt, in order.
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        render(report)
+    text = buf.getvalue()
+    if console.out.is_terminal:
+        render(report)  # again, in colour
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    missing = []
+    if run_dir:
+        with create_private(os.path.join(run_dir, "report.txt")) as f:
+            f.write(text.encode())
+        write_json(report, os.path.join(run_dir, "report.json"))
+        try:
+            from shadowtap.compare.report_html import write_html
+        except ImportError as exc:
+            missing.append(f"report.html: compare's HTML writer is missing ({exc})")
+        else:
+            write_html(report, os.path.join(run_dir, "report.html"))
+    return missing

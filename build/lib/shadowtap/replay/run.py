@@ -1,0 +1,487 @@
+"""The ``shadowtap replay`` stage: read exchanges (JSONL or a capture extracted on the fly), decide
+with the Policy, schedule with ``schedule``, send with the Sender, write one Result line per
+request sent, and summarise.
+
+The scheduling loop sleeps until each slot's due time, anchored to the start; it never waits for
+answers (except under ``--speed max``, where at most ``2 * concurrency`` requests are
+outstanding), so a slow target shows as lag in the results, not as a slower schedule. Results are
+written as they come (the writer flushes every second) and the file is closed on every exit path:
+on Ctrl-C (or SIGTERM) the loop stops scheduling, waits for the requests in flight (at most the
+timeout; a second Ctrl-C stops waiting), and the summary is still printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+
+from shadowtap.replay.client import Sender, local_addresses
+from shadowtap.replay.policy import Policy, Prepared, Skip
+from shadowtap.replay.schedule import Timing, schedule
+from shadowtap import console
+from shadowtap.errors import InputError, TargetError
+from shadowtap.jsonl import JsonlWriter, read_jsonl, sniff_is_jsonl
+from shadowtap.records import Exchange, Result
+
+# Under recorded timing, a target that falls behind makes requests queue in the Sender; past this
+# many the scheduler waits (its lag shows it) instead of growing memory without bound.
+MAX_QUEUED = 100_000
+MAX_WARNINGS = 10  # malformed-line warnings printed; the rest are counted
+_STATUS_CLASS = {k: f"{k}xx" for k in range(1, 6)}
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayConfig:
+    input: str
+    policy: Policy
+    timing: Timing = field(default_factory=Timing)
+    output: str | None = None  # results JSONL ('-' stdout, .gz compressed); None: no file
+    concurrency: int = 64
+    per_connection: bool = True
+    timeout: float = 10.0
+    connect_timeout: float = 5.0
+    max_body: int = 1 << 20
+    check_target: bool = True  # connect once before starting: unreachable -> TargetError
+    # Decode and decide the whole input before the clock starts: the send rate of a load test is
+    # then not bounded by input decoding (~15 us an exchange), at the cost of memory O(input).
+    preload: bool = False
+    # pcap input only:
+    ports: tuple[int, ...] = ()
+    bpf_filter: str | None = None
+    keep_secrets: bool = False
+    progress: bool | None = None  # None: on a terminal
+    json_summary: bool = False  # the summary as one JSON object on stdout too
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """An input exchange reduced to what the schedule and the sender need: its time and the
+    Policy's decision (the exchange itself is not kept, so a preloaded input stays small)."""
+
+    ts: float
+    decision: Prepared | Skip
+
+
+@dataclass(slots=True)
+class ReplaySummary:
+    exchanges: int = 0  # read from the input (every pass)
+    malformed: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    submitted: int = 0
+    sent: int = 0  # results written
+    ok: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[str] = field(default_factory=Counter)  # "2xx", "5xx", ...
+    lags_ms: array = field(default_factory=lambda: array("d"))
+    started: float = 0.0
+    elapsed: float = 0.0
+    cpu: float = 0.0  # CPU seconds this process spent while sending (near elapsed: the client is the limit)
+    interrupted: bool = False
+
+    def add(self, result: Result) -> None:
+        self.sent += 1
+        self.lags_ms.append(result.lag_ms)
+        if result.error is not None:
+            self.errors[result.error.kind] += 1
+        elif result.response is not None:
+            self.ok += 1
+            self.statuses[_STATUS_CLASS.get(result.response.status // 100, "other")] += 1
+
+    def lag_percentiles(self) -> tuple[float, float, float] | None:
+        """(p50, p99, max) of the lag in ms, or None before any result."""
+        if not self.lags_ms:
+            return None
+        import numpy as np
+
+        a = np.frombuffer(self.lags_ms, dtype=np.float64)
+        p50, p99 = np.percentile(a, [50, 99])
+        return float(p50), float(p99), float(a.max())
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.elapsed if self.elapsed > 0 else 0.0
+
+    def to_json(self) -> dict[str, object]:
+        lag = self.lag_percentiles()
+        return {
+            "exchanges": self.exchanges, "malformed": self.malformed, "skipped": dict(self.skipped),
+            "sent": self.sent, "answered": self.ok, "statuses": dict(self.statuses),
+            "errors": dict(self.errors), "elapsed_s": self.elapsed, "rate": self.rate, "cpu_s": self.cpu,
+            "lag_ms": {"p50": lag[0], "p99": lag[1], "max": lag[2]} if lag else None,
+            "interrupted": self.interrupted,
+        }
+
+
+def open_source(cfg: ReplayConfig, summary: ReplaySummary) -> Callable[[], Iterable[Exchange]]:
+    """A factory of passes over the input: JSONL (malformed lines warned about and counted) or a
+    capture extracted on the fly."""
+    if sniff_is_jsonl(cfg.input):
+        def on_error(err: InputError) -> None:
+            summary.malformed += 1
+            if summary.malformed <= MAX_WARNINGS:
+                console.warn(f"{err.message} (skipped)")
+
+        def jsonl_pass() -> Iterable[Exchange]:
+            return read_jsonl(cfg.input, Exchange.from_json, on_error)
+
+        return jsonl_pass
+
+    def pcap_pass() -> Iterable[Exchange]:
+        from shadowtap.capture.extract import iter_exchanges
+
+        return iter_exchanges([cfg.input], ports=cfg.ports, bpf_filter=cfg.bpf_filter,
+                              max_body=max(cfg.max_body, 1 << 20), keep_secrets=cfg.keep_secrets)
+
+    return pcap_pass
+
+
+def _counting(source: Callable[[], Iterable[Exchange]], summary: ReplaySummary) -> Callable[[], Iterator[Exchange]]:
+    def counted() -> Iterator[Exchange]:
+        for ex in source():
+            summary.exchanges += 1
+            yield ex
+    return counted
+
+
+def run_replay(cfg: ReplayConfig) -> ReplaySummary:
+    """Run the replay; print the summary; return it. Raises InputError for an input with no HTTP
+    exchange, TargetError for an unreachable target, ReplayRefused for the captured server."""
+    if cfg.json_summary and cfg.output == "-":
+        raise InputError("the results go to stdout (-o -): the JSON summary cannot too", where="--json")
+    summary = ReplaySummary()
+    source = _counting(open_source(cfg, summary), summary)
+    writer = JsonlWriter(cfg.output) if cfg.output else None
+    try:
+        _run_loop(_replay(cfg, source, writer, summary))
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        if writer is not None:
+            writer.close()
+        if summary.started:
+            summary.elapsed = summary.elapsed or time.monotonic() - summary.started
+            print_summary(cfg, summary)
+    if summary.interrupted:
+        return summary
+    if summary.exchanges == 0:
+        what = f" ({summary.malformed} malformed lines)" if summary.malformed else ""
+        raise InputError(f"no HTTP exchange to replay{what}", where=cfg.input)
+    if summary.sent and summary.ok == 0 and summary.errors.keys() <= {"refused", "timeout"}:
+        raise TargetError(f"the target {cfg.policy.target.url} answered none of {summary.sent} requests")
+    return summary
+
+
+def _run_loop(coro: object) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; kept for other platforms
+        asyncio.run(coro)  # type: ignore[arg-type]
+        return
+    uvloop.run(coro)  # type: ignore[arg-type]
+
+
+async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
+                  writer: JsonlWriter | None, summary: ReplaySummary) -> None:
+    loop = asyncio.get_running_loop()
+    sender = Sender(cfg.policy.target, concurrency=cfg.concurrency, per_connection=cfg.per_connection,
+                    timeout=cfg.timeout, connect_timeout=cfg.connect_timeout, max_body=cfg.max_body)
+    await sender.start()
+    if cfg.check_target:
+        await sender.check_reachable()
+    policy = replace(cfg.policy, target_endpoints=sender.endpoints, local_addresses=local_addresses())
+    clock = sender.clock
+    timing = cfg.timing
+    window = 2 * cfg.concurrency if not timing.timed else MAX_QUEUED
+    # Once the window is full the scheduler sleeps until it is a quarter empty: one wake-up then
+    # submits many requests, instead of a wake-up (a task step, ~5 us) a request.
+    low_water = window - max(1, window // 4)
+    room = asyncio.Event()
+    stop = asyncio.Event()
+    first_error: list[BaseException] = []
+
+    def on_result(result: Result) -> None:
+        try:
+            summary.add(result)
+            if writer is not None:
+                writer.write(result.to_json())
+        except BaseException as exc:  # noqa: BLE001 - a failing writer must stop the run, not vanish
+            if not first_error:
+                first_error.append(exc)
+            stop.set()
+            waker.wake()
+        if sender.outstanding <= low_water:
+            room.set()
+
+    waker = _Waker(loop)
+
+    def on_sigint() -> None:
+        stop.set()
+        waker.wake()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, and `timeout`/service managers
+        try:
+            loop.add_signal_handler(signum, on_sigint)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
+            pass
+    plans = _plan(source, policy, summary)
+    total: float | None = None  # of the progress bar: requests (preloaded input) or seconds
+    if cfg.preload:
+        preloaded = list(plans())
+        plans = lambda: preloaded
+        if timing.loop:
+            total = sum(not isinstance(p.decision, Skip) for p in preloaded) * timing.amplify * timing.loop
+    show = cfg.progress if cfg.progress is not None else console.interactive()
+    progress = _Progress(summary, sender, total, timing.duration if total is None else None) if show else None
+    began = time.monotonic()
+    start = began + (0.01 if timing.timed else 0.0)  # a head start: slot 0 is not late by set-up
+    summary.started = began
+    cpu0 = time.process_time()
+    deadline = start + timing.duration if timing.duration is not None else None
+    unyielded = 0
+    try:
+        for slot in schedule(plans, timing):
+            if stop.is_set():
+                break
+            decision = slot.item.decision
+            if isinstance(decision, Skip):
+                continue
+            if sender.outstanding >= window:
+                while sender.outstanding > low_water and not stop.is_set():
+                    room.clear()
+                    await room.wait()
+                unyielded = 0
+            if slot.offset is None:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                scheduled = clock.to_epoch(now)
+            else:
+                due = start + slot.offset
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await waker.sleep_until(due)
+                    unyielded = 0
+                    if stop.is_set():
+                        break
+                scheduled = clock.to_epoch(due)
+            sender.submit(decision, scheduled=scheduled, copy=slot.copy, on_result=on_result)
+            summary.submitted += 1
+            unyielded += 1
+            if unyielded >= 64:  # let answers in when the schedule is behind or unthrottled
+                unyielded = 0
+                await asyncio.sleep(0)
+        if stop.is_set():
+            summary.interrupted = not first_error
+        try:
+            await asyncio.wait_for(_drain_or_stop(sender, stop, summary.interrupted), cfg.timeout + cfg.connect_timeout + 1)
+        except asyncio.TimeoutError:
+            pass
+    finally:
+        summary.elapsed = time.monotonic() - began
+        summary.cpu = time.process_time() - cpu0
+        sender.close()
+        waker.close()
+        if progress is not None:
+            progress.close()
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+    if first_error:
+        raise first_error[0]
+
+
+def _plan(source: Callable[[], Iterable[Exchange]], policy: Policy,
+          summary: ReplaySummary) -> Callable[[], Iterator[Planned]]:
+    """Passes of planned requests: each exchange decided once a pass (copies share it), skips
+    counted by reason."""
+    def planned() -> Iterator[Planned]:
+        decide = policy.decide
+        skipped = summary.skipped
+        for ex in source():
+            decision = decide(ex)
+            if isinstance(decision, Skip):
+                skipped[decision.reason.value] += 1
+            yield Planned(ex.ts, decision)
+    return planned
+
+
+async def _drain_or_stop(sender: Sender, stop: asyncio.Event, interrupted: bool) -> None:
+    """Wait for the requests in flight; a second Ctrl-C (after the first stopped the schedule)
+    gives up on them."""
+    if not interrupted:
+        await sender.drain()
+        return
+    stop.clear()
+    drain = asyncio.ensure_future(sender.drain())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({drain, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    drain.cancel()
+    stopped.cancel()
+
+
+class _Waker:
+    """Sleeps until an instant of ``time.monotonic()``, never returning early, precise to tens of
+    microseconds without spinning: a Linux timerfd on CLOCK_MONOTONIC (the clock of
+    ``time.monotonic``) armed at the absolute due time and watched by the event loop. Event-loop
+    timers cannot do this: uvloop's count whole milliseconds from a cached loop time (they wake up
+    to ~1 ms early or late), asyncio's round up to the next millisecond. Where timerfd is missing,
+    falls back to a loop timer plus yielding until due. ``wake()`` ends a sleep at once (Ctrl-C).
+    Cost: one timerfd_settime and one read a sleep."""
+
+    _CLOCK_MONOTONIC = 1
+    _TFD_NONBLOCK_CLOEXEC = 0o4000 | 0o2000000
+    _TFD_TIMER_ABSTIME = 1
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+        self._woken = False
+        self._fd = -1
+        try:
+            import ctypes
+
+            class _Timespec(ctypes.Structure):
+                _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+            class _Itimerspec(ctypes.Structure):
+                _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.timerfd_create(self._CLOCK_MONOTONIC, self._TFD_NONBLOCK_CLOEXEC)
+            if fd < 0:
+                return
+            self._spec = _Itimerspec()
+            self._spec_ref = ctypes.byref(self._spec)
+            self._settime = libc.timerfd_settime
+            loop.add_reader(fd, self._fired)
+            self._fd = fd
+        except (OSError, AttributeError, NotImplementedError):
+            self._fd = -1
+
+    async def sleep_until(self, due: float) -> None:
+        if self._fd < 0:
+            await self._fallback(due)
+            return
+        sec = int(due)
+        self._spec.it_value.tv_sec = sec
+        self._spec.it_value.tv_nsec = max(1, int((due - sec) * 1e9))
+        self._waiter = self.loop.create_future()
+        if self._settime(self._fd, self._TFD_TIMER_ABSTIME, self._spec_ref, None) != 0:
+            self._waiter = None
+            await self._fallback(due)
+            return
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _fired(self) -> None:
+        try:
+            os.read(self._fd, 8)
+        except BlockingIOError:
+            return
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def wake(self) -> None:
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _fallback(self, due: float) -> None:
+        self._woken = False
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        while time.monotonic() < due and not self._woken:
+            await asyncio.sleep(0)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self.loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _Progress:
+    """A rich progress bar on stderr: requests sent, rate and lag p99 of the last half second,
+    errors. The bar fills by requests when their number is known (a preloaded input), by time
+    under ``--duration``; else it is a spinner."""
+
+    def __init__(self, summary: ReplaySummary, sender: Sender, total: float | None,
+                 duration: float | None) -> None:
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.summary = summary
+        self.sender = sender
+        self.total = total
+        self.duration = duration
+        self.progress = Progress(SpinnerColumn(), BarColumn(), TextColumn("{task.description}"),
+                                 TimeElapsedColumn(), console=console.err, transient=False)
+        self.task_id = self.progress.add_task("replay", total=total or duration)
+        self.progress.start()
+        self._last_sent = 0
+        self._last_time = time.monotonic()
+        self._handle = asyncio.get_running_loop().call_later(0.5, self._tick)
+
+    def _tick(self) -> None:
+        s = self.summary
+        now = time.monotonic()
+        recent = s.lags_ms[self._last_sent:]
+        rate = (s.sent - self._last_sent) / max(now - self._last_time, 1e-6)
+        lag = sorted(recent)[int(len(recent) * 0.99)] if recent else 0.0
+        errors = sum(s.errors.values())
+        completed = s.sent if self.total else (now - s.started if self.duration else None)
+        self.progress.update(self.task_id, completed=completed, description=(
+            f"sent {s.sent:,}  {rate:,.0f} req/s  lag p99 {lag:.1f} ms  errors {errors}  "
+            f"in flight {self.sender.outstanding}  skipped {sum(s.skipped.values())}"))
+        self._last_sent, self._last_time = s.sent, now
+        self._handle = asyncio.get_running_loop().call_later(0.5, self._tick)
+
+    def close(self) -> None:
+        self._handle.cancel()
+        self._tick()
+        self._handle.cancel()
+        self.progress.stop()
+
+
+def print_summary(cfg: ReplayConfig, s: ReplaySummary) -> None:
+    rows: list[tuple[str, object]] = [
+        ("target", cfg.policy.target.url),
+        ("exchanges read", s.exchanges),
+    ]
+    if s.malformed:
+        rows.append(("malformed input lines", s.malformed))
+    for reason, n in sorted(s.skipped.items()):
+        rows.append((f"skipped: {reason}", n))
+    rows += [
+        ("requests sent", s.sent),
+        ("answered", s.ok),
+    ]
+    for status, n in sorted(s.statuses.items()):
+        rows.append((f"  status {status}", n))
+    for kind, n in sorted(s.errors.items()):
+        rows.append((f"error: {kind}", n))
+    rows.append(("elapsed", f"{s.elapsed:.2f} s"))
+    rows.append(("rate", f"{s.rate:,.0f} req/s"))
+    if s.elapsed > 0:
+        rows.append(("client CPU", f"{s.cpu:.2f} s ({100 * s.cpu / s.elapsed:.0f}% of elapsed)"))
+    lag = s.lag_percentiles()
+    if lag is not None:
+        rows.append(("lag p50 / p99 / max", f"{lag[0]:.3f} / {lag[1]:.3f} / {lag[2]:.3f} ms"))
+    if s.interrupted:
+        rows.append(("interrupted", "yes (results of the requests answered are written)"))
+    if cfg.output:
+        rows.append(("results", cfg.output))
+    console.table("replay summary", ("what", "value"), rows, to_stderr=True)
+    if cfg.json_summary:
+        import orjson
+
+        sys.stdout.buffer.write(orjson.dumps({"target": cfg.policy.target.url, **s.to_json()}) + b"\n")
+        sys.stdout.flush()
