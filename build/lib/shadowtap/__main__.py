@@ -1,3 +1,0 @@
-from shadowtap.cli import main
-
-main()
