@@ -1,0 +1,529 @@
+"""Generative AI responses (OpenAI-style and Ollama APIs) read as what they mean: the final
+message, however it travelled (one JSON body, an SSE stream of chunks, Ollama's NDJSON stream),
+and, for streams whose pieces were timed on the wire, when each piece of content arrived.
+Sans-I/O and pure: a response's bytes (and chunk times) in, a ``Generation`` out.
+
+Streams are reassembled as the APIs define them:
+- OpenAI ``chat.completion.chunk`` (SSE, ``data: [DONE]`` last): ``delta.content`` concatenated per
+  choice ``index``; tool calls by their ``index``: the first fragment has ``id`` and
+  ``function.name``, the later ones pieces of ``function.arguments``, joined and then parsed as
+  JSON; ``finish_reason`` per choice; ``usage`` from the chunk that carries it (``choices`` empty
+  or null); ``data: {"error": ...}`` mid-stream is a failure (``error``);
+- OpenAI ``text_completion`` streams: ``choices[].text`` the same way;
+- Ollama ``/api/chat`` and ``/api/generate`` (NDJSON, one object a line): ``message.content`` or
+  ``response`` concatenated, ``done: true`` last with ``done_reason`` and the token counts
+  (``eval_count``, ``prompt_eval_count``: normalised to ``usage.completion_tokens`` and
+  ``usage.prompt_tokens``);
+- any other SSE stream: the event list (``api = sse``), no message.
+
+Anomalies (names in ``Generation.anomalies``): ``stream_cut`` (ended mid-event, or without
+``[DONE]``/``done`` and without a finish reason), ``stream_not_json`` (a ``data:`` that is not
+JSON), ``stream_error`` (an error event), ``not_event_stream`` (claims ``text/event-stream`` and
+holds no event), ``body_truncated`` (cut at ``max_body``).
+
+Cost: O(body): one SSE pass, one orjson parse per event, string joins at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from itertools import pairwise
+from typing import Any
+
+import orjson
+
+from shadowtap.wire.sse import parse_sse
+
+__all__ = [
+    "Api", "Choice", "Generation", "Timing", "ToolCall", "is_stream_type", "parse_generation",
+    "timing",
+]
+
+_INVALID = object()
+
+
+class Api(str, Enum):
+    OPENAI_CHAT = "openai.chat"
+    OPENAI_COMPLETION = "openai.completion"
+    OPENAI_EMBEDDING = "openai.embedding"
+    OLLAMA_CHAT = "ollama.chat"
+    OLLAMA_GENERATE = "ollama.generate"
+    SSE = "sse"  # a generic event stream: events only
+
+
+class Anomaly(str, Enum):
+    CUT = "stream_cut"
+    NOT_JSON = "stream_not_json"
+    ERROR = "stream_error"
+    NOT_SSE = "not_event_stream"
+    TRUNCATED = "body_truncated"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str  # as sent (joined fragments); ``parsed`` holds the JSON or None when invalid
+    parsed: Any = None
+    valid: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    index: int
+    content: str
+    finish_reason: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    refusal: str | None = None  # OpenAI's ``refusal`` field (structured outputs)
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """The reassembled answer. ``content_times``: arrival time (epoch s) of each event that carried
+    non-empty content, in order (empty without chunk times); ``events``: events (or NDJSON lines)
+    in the stream, 0 for a plain JSON body."""
+
+    api: Api
+    streamed: bool
+    choices: tuple[Choice, ...] = ()
+    model: str | None = None
+    usage: dict[str, Any] | None = None
+    error: Any = None
+    done: bool = False
+    events: int = 0
+    content_events: int = 0
+    content_times: tuple[float, ...] = ()
+    last_time: float | None = None
+    anomalies: tuple[str, ...] = ()
+    embeddings: tuple[tuple[float, ...], ...] = ()
+    sse_events: tuple[dict[str, Any], ...] = field(default=())  # generic SSE only (bounded)
+
+    @property
+    def text(self) -> str:
+        """The first choice's content (the answer most clients show)."""
+        return self.choices[0].content if self.choices else ""
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.choices[0].finish_reason if self.choices else None
+
+    def output_tokens(self) -> tuple[int | None, bool]:
+        """(tokens, approximate): from ``usage`` when sent, else the content events counted."""
+        u = self.usage or {}
+        n = u.get("completion_tokens")
+        if isinstance(n, int) and not isinstance(n, bool):
+            return n, False
+        if self.streamed and self.content_events:
+            return self.content_events, True
+        return None, True
+
+    def message(self) -> dict[str, Any]:
+        """The final message as one JSON value, what a comparison diffs: stream or not, the same
+        shape. Volatile fields (ids, creation times, fingerprints) are left out."""
+        return {
+            "choices": [
+                {
+                    "index": c.index,
+                    "content": c.content,
+                    "finish_reason": c.finish_reason,
+                    "refusal": c.refusal,
+                    "tool_calls": [
+                        {"name": t.name, "arguments": t.parsed if t.valid else t.arguments}
+                        for t in c.tool_calls
+                    ],
+                }
+                for c in self.choices
+            ],
+            "error": self.error,
+        }
+
+
+_STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/ndjson",
+                 "application/jsonl", "application/json-seq")
+
+
+def is_stream_type(content_type: str | None) -> bool:
+    """A response whose body arrives as a stream of events worth timing piece by piece."""
+    ct = (content_type or "").lower()
+    return any(t in ct for t in _STREAM_TYPES)
+
+
+# ------------------------------------------------------------------------------ accumulators
+
+
+class _ChoiceAcc:
+    __slots__ = ("content", "finish", "refusal", "tools")
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.refusal: list[str] = []
+        self.finish: str | None = None
+        self.tools: dict[int, list[Any]] = {}  # index -> [id, name, [argument pieces]]
+
+    def tool(self, tc: dict[str, Any], position: int) -> None:
+        idx = tc.get("index", position)
+        idx = idx if isinstance(idx, int) else position
+        entry = self.tools.get(idx)
+        if entry is None:
+            entry = self.tools[idx] = [None, None, []]
+        if tc.get("id"):
+            entry[0] = tc["id"]
+        fn = tc.get("function") or {}
+        if isinstance(fn, dict):
+            if fn.get("name"):
+                entry[1] = fn["name"] if entry[1] is None else entry[1] + (
+                    "" if entry[1] == fn["name"] else fn["name"])
+            args = fn.get("arguments")
+            if isinstance(args, str):
+                entry[2].append(args)
+            elif args is not None:  # Ollama sends the arguments as an object
+                entry[2].append(orjson.dumps(args).decode())
+
+    def fold(self, msg: dict[str, Any]) -> bool:
+        """Fold a message or a delta (content, refusal, tool calls) in; True when it carried
+        any of them."""
+        got = False
+        piece = msg.get("content")
+        if isinstance(piece, str) and piece:
+            self.content.append(piece)
+            got = True
+        piece = msg.get("refusal")
+        if isinstance(piece, str) and piece:
+            self.refusal.append(piece)
+            got = True
+        for i, tc in enumerate(msg.get("tool_calls") or ()):
+            if isinstance(tc, dict):
+                self.tool(tc, i)
+                got = True
+        return got
+
+    def build(self, index: int) -> Choice:
+        tools = []
+        for i in sorted(self.tools):
+            tid, name, pieces = self.tools[i]
+            args = "".join(pieces)
+            try:
+                parsed, valid = (orjson.loads(args) if args else {}), True
+            except orjson.JSONDecodeError:
+                parsed, valid = None, False
+            tools.append(ToolCall(i, tid, name, args, parsed, valid))
+        return Choice(index, "".join(self.content), self.finish, tuple(tools),
+                      "".join(self.refusal) or None)
+
+
+def _choices(accs: dict[int, _ChoiceAcc]) -> tuple[Choice, ...]:
+    return tuple(accs[i].build(i) for i in sorted(accs))
+
+
+def _usage_ollama(obj: dict[str, Any]) -> dict[str, Any] | None:
+    if "eval_count" not in obj and "prompt_eval_count" not in obj:
+        return None
+    u: dict[str, Any] = {}
+    if isinstance(obj.get("prompt_eval_count"), int):
+        u["prompt_tokens"] = obj["prompt_eval_count"]
+    if isinstance(obj.get("eval_count"), int):
+        u["completion_tokens"] = obj["eval_count"]
+    if len(u) == 2:
+        u["total_tokens"] = u["prompt_tokens"] + u["completion_tokens"]
+    return u
+
+
+def _api_of(obj: Any, target: str) -> Api | None:
+    """Which API an object (a body or a stream's first piece) belongs to, or None."""
+    if not isinstance(obj, dict):
+        return None
+    kind = obj.get("object")
+    if kind in ("chat.completion", "chat.completion.chunk"):
+        return Api.OPENAI_CHAT
+    if kind == "text_completion":
+        return Api.OPENAI_COMPLETION
+    if kind == "list" and isinstance(obj.get("data"), list) and (
+            not obj["data"] or isinstance(obj["data"][0], dict) and "embedding" in obj["data"][0]):
+        return Api.OPENAI_EMBEDDING
+    if "done" in obj and ("message" in obj or "response" in obj or "model" in obj):
+        return Api.OLLAMA_CHAT if "message" in obj or "/api/chat" in target else Api.OLLAMA_GENERATE
+    choices = obj.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        c = choices[0]
+        if "delta" in c or "message" in c:
+            return Api.OPENAI_CHAT
+        if "text" in c:
+            return Api.OPENAI_COMPLETION
+    path = target.split("?", 1)[0]
+    if path.endswith("/chat/completions"):
+        return Api.OPENAI_CHAT
+    if path.endswith("/completions"):
+        return Api.OPENAI_COMPLETION
+    return None
+
+
+# -------------------------------------------------------------------------- one JSON body
+
+
+def _from_body(obj: dict[str, Any], api: Api) -> Generation:
+    if api is Api.OPENAI_EMBEDDING:
+        vecs = []
+        for d in obj.get("data") or ():
+            emb = d.get("embedding") if isinstance(d, dict) else None
+            if isinstance(emb, list):
+                vecs.append(tuple(float(x) for x in emb if isinstance(x, (int, float))))
+        return Generation(api, False, model=obj.get("model"), usage=obj.get("usage"),
+                          embeddings=tuple(vecs), done=True)
+    if api in (Api.OLLAMA_CHAT, Api.OLLAMA_GENERATE):
+        acc = _ChoiceAcc()
+        _ollama_piece(obj, acc)
+        return Generation(api, False, (acc.build(0),), obj.get("model"), _usage_ollama(obj),
+                          obj.get("error"), bool(obj.get("done")))
+    accs: dict[int, _ChoiceAcc] = {}
+    for pos, ch in enumerate(obj.get("choices") or ()):
+        if not isinstance(ch, dict):
+            continue
+        idx = ch.get("index", pos)
+        acc = accs.setdefault(idx if isinstance(idx, int) else pos, _ChoiceAcc())
+        msg = ch.get("message")
+        if isinstance(msg, dict):
+            acc.fold(msg)
+        elif isinstance(ch.get("text"), str):
+            acc.content.append(ch["text"])
+        acc.finish = ch.get("finish_reason")
+    usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
+    return Generation(api, False, _choices(accs), obj.get("model"), usage, obj.get("error"), True)
+
+
+def _ollama_piece(obj: dict[str, Any], acc: _ChoiceAcc) -> bool:
+    """Fold one Ollama object into ``acc``; True when it carried content."""
+    got = False
+    msg = obj.get("message")
+    if isinstance(msg, dict):
+        got = acc.fold(msg)
+    elif isinstance(obj.get("response"), str) and obj["response"]:
+        acc.content.append(obj["response"])
+        got = True
+    if obj.get("done"):
+        acc.finish = obj.get("done_reason") or "stop"
+    return got
+
+
+# ------------------------------------------------------------------------------- streams
+
+
+def _from_sse(body: bytes, chunks: tuple[tuple[int, float], ...], target: str) -> Generation:
+    stream = parse_sse(body, chunks)
+    anomalies: list[str] = []
+    if stream.pending:
+        anomalies.append(Anomaly.CUT.value)
+    if not stream.events:
+        if Anomaly.CUT.value not in anomalies or not body.lstrip().startswith((b"data", b":", b"event")):
+            anomalies.append(Anomaly.NOT_SSE.value)
+        return Generation(Api.SSE, True, anomalies=tuple(anomalies))
+    api: Api | None = None
+    accs: dict[int, _ChoiceAcc] = {}
+    ollama = _ChoiceAcc()
+    model = usage = error = None
+    done = False
+    not_json = 0
+    content_times: list[float] = []
+    content_events = 0
+    generic: list[dict[str, Any]] = []
+    for ev in stream.events:
+        data = ev.data
+        if data == "[DONE]":
+            done = True
+            continue
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            not_json += 1
+            if len(generic) < 1000:
+                generic.append({"type": ev.type, "data": data[:1000], "ts": ev.ts})
+            continue
+        if len(generic) < 1000:
+            generic.append({"type": ev.type, "data": obj if len(data) <= 1000 else data[:1000],
+                            "ts": ev.ts})
+        if not isinstance(obj, dict):
+            continue
+        if api is None:
+            api = _api_of(obj, target)
+        if "error" in obj and not obj.get("choices") or ev.type == "error":
+            error = obj.get("error", obj)
+            continue
+        if obj.get("model") and model is None:
+            model = obj["model"]
+        if isinstance(obj.get("usage"), dict):
+            usage = obj["usage"]
+        got = False
+        if api in (Api.OLLAMA_CHAT, Api.OLLAMA_GENERATE):
+            got = _ollama_piece(obj, ollama)
+            done = done or bool(obj.get("done"))
+            usage = _usage_ollama(obj) or usage
+        else:
+            for pos, ch in enumerate(obj.get("choices") or ()):
+                if not isinstance(ch, dict):
+                    continue
+                idx = ch.get("index", pos)
+                acc = accs.get(idx)
+                if acc is None:
+                    acc = accs[idx] = _ChoiceAcc()
+                delta = ch.get("delta")
+                if isinstance(delta, dict):
+                    got = acc.fold(delta) or got
+                elif isinstance(ch.get("text"), str) and ch["text"]:
+                    acc.content.append(ch["text"])
+                    got = True
+                if ch.get("finish_reason"):
+                    acc.finish = ch["finish_reason"]
+        if got:
+            content_events += 1
+            if ev.ts is not None:
+                content_times.append(ev.ts)
+    if not_json:
+        anomalies.append(Anomaly.NOT_JSON.value)
+    if error is not None:
+        anomalies.append(Anomaly.ERROR.value)
+    last = stream.events[-1].ts
+    if api is None:
+        return Generation(Api.SSE, True, events=len(stream.events), anomalies=tuple(anomalies),
+                          sse_events=tuple(generic), last_time=last, done=done)
+    choices = (ollama.build(0),) if api in (Api.OLLAMA_CHAT, Api.OLLAMA_GENERATE) else _choices(accs)
+    if not done and not any(c.finish_reason for c in choices) and Anomaly.CUT.value not in anomalies:
+        anomalies.append(Anomaly.CUT.value)
+    return Generation(api, True, choices, model, usage, error, done, len(stream.events), content_events,
+                      tuple(content_times), last, tuple(anomalies))
+
+
+def _from_ndjson(body: bytes, chunks: tuple[tuple[int, float], ...], target: str) -> Generation:
+    """Ollama's stream: one JSON object a line; a line's time is that of the chunk ending it."""
+    ends = [e for e, _ in chunks]
+    times = [t for _, t in chunks]
+    acc = _ChoiceAcc()
+    api: Api | None = None
+    model = usage = error = None
+    done = False
+    events = content_events = not_json = 0
+    content_times: list[float] = []
+    pos = 0
+    ci = 0
+    last: float | None = None
+    anomalies: list[str] = []
+    n = len(body)
+    while pos < n:
+        nl = body.find(b"\n", pos)
+        if nl < 0:
+            line, end, cut = body[pos:], n, True
+        else:
+            line, end, cut = body[pos:nl], nl + 1, False
+        pos = end
+        if not line.strip():
+            continue
+        while ci < len(ends) - 1 and ends[ci] < end:
+            ci += 1
+        ts = times[ci] if times else None
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            if cut:
+                anomalies.append(Anomaly.CUT.value)
+            else:
+                not_json += 1
+            continue
+        events += 1
+        last = ts
+        if not isinstance(obj, dict):
+            continue
+        if api is None:
+            api = _api_of(obj, target) or Api.OLLAMA_GENERATE
+        if "error" in obj:
+            error = obj["error"]
+            continue
+        model = model or obj.get("model")
+        if _ollama_piece(obj, acc):
+            content_events += 1
+            if ts is not None:
+                content_times.append(ts)
+        if obj.get("done"):
+            done = True
+            usage = _usage_ollama(obj) or usage
+    if not_json:
+        anomalies.append(Anomaly.NOT_JSON.value)
+    if error is not None:
+        anomalies.append(Anomaly.ERROR.value)
+    if not done and Anomaly.CUT.value not in anomalies:
+        anomalies.append(Anomaly.CUT.value)
+    return Generation(api or Api.OLLAMA_GENERATE, True, (acc.build(0),), model, usage, error, done,
+                      events, content_events, tuple(content_times), last, tuple(anomalies))
+
+
+def parse_generation(body: bytes, content_type: str | None, target: str = "", *,
+                     chunks: tuple[tuple[int, float], ...] = (), truncated: bool = False
+                     ) -> Generation | None:
+    """The generation a response holds, or None when it is not a generative API's answer.
+
+    ``body``: after content decoding; ``target``: the request target (a hint when the body does
+    not say which API it is); ``chunks``: (end offset, arrival time) of the body's pieces."""
+    ct = (content_type or "").lower()
+    gen: Generation | None
+    if "text/event-stream" in ct:
+        gen = _from_sse(body, chunks, target)
+    elif is_stream_type(ct):
+        gen = _from_ndjson(body, chunks, target)
+    elif "json" in ct or (not ct and body[:1] == b"{"):
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            nl = body.find(b"\n")
+            if 0 < nl < len(body) - 1 and body[:1] == b"{" and "/api/" in target:
+                return _from_ndjson(body, chunks, target)  # Ollama streams as application/json
+            return None
+        api = _api_of(obj, target)
+        if api is None:
+            return None
+        gen = _from_body(obj, api)
+    else:
+        return None
+    if truncated:
+        gen = _with_anomaly(gen, Anomaly.TRUNCATED.value)
+    return gen
+
+
+def _with_anomaly(gen: Generation, name: str) -> Generation:
+    return gen if name in gen.anomalies else replace(gen, anomalies=(*gen.anomalies, name))
+
+
+# -------------------------------------------------------------------------------- timing
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Latency of a generation, in ms (definitions in docs/results-format.md):
+    ``ttft``: the request's last byte to the first event with non-empty content;
+    ``itl``: the gaps between successive content events; ``total``: the request's last byte to the
+    response's last byte; ``tpot``: (total - ttft) / (tokens - 1); ``tokens_per_s``: tokens / the
+    decode time (total - ttft) when tokens > 1."""
+
+    ttft: float | None
+    total: float | None
+    itl: tuple[float, ...]
+    tokens: int | None
+    tokens_approx: bool
+    tpot: float | None
+    tokens_per_s: float | None
+
+
+def timing(gen: Generation, request_end: float | None, response_end: float | None) -> Timing | None:
+    """The generation's latency, or None when its content arrival was not timed."""
+    if not gen.content_times or request_end is None:
+        return None
+    times = gen.content_times
+    ttft = max(0.0, (times[0] - request_end) * 1000.0)
+    end = response_end if response_end is not None else times[-1]
+    total = max(ttft, (end - request_end) * 1000.0)
+    itl = tuple(max(0.0, (b - a) * 1000.0) for a, b in pairwise(times))
+    tokens, approx = gen.output_tokens()
+    tpot = tps = None
+    if tokens is not None and tokens > 1:
+        decode = total - ttft
+        tpot = decode / (tokens - 1)
+        tps = (tokens - 1) / (decode / 1000.0) if decode > 0 else None
+    return Timing(ttft, total, itl, tokens, approx, tpot, tps)
