@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from shadowtap.compare.aggregate import Comparison
 from shadowtap.compare.config import NoiseRule, load_config
 from shadowtap.compare.join import Joiner, join
+
 from shadowtap import console
 from shadowtap.errors import EXIT_INTERRUPTED, InputError
 from shadowtap.jsonl import read_jsonl
@@ -25,6 +26,7 @@ def run_compare(
     html: str | None = None,
     json_out: str | None = None,
     quiet: bool = False,
+    parquet: str | None = None,
 ) -> int:
     cfg = load_config(config).with_ignore(tuple(NoiseRule.parse(r) for r in ignore))
     for out in (html, json_out):  # fail before the work, not after it
@@ -41,6 +43,11 @@ def run_compare(
         if len(comparison.input_errors) < 10:
             comparison.input_errors.append(str(err))
 
+    lake = None
+    if parquet:  # the pairs to a Parquet lake too (docs/lake.md)
+        from shadowtap.lake.writer import LakeWriter
+
+        lake = LakeWriter(parquet, config=cfg)
     joiner = Joiner(baseline=baseline is not None)
     triples = join(
         read_jsonl(exchanges, Exchange.from_json, on_error),
@@ -52,6 +59,8 @@ def run_compare(
     try:
         for ex, res, base in triples:
             comparison.add(ex, res, base)
+            if lake is not None:
+                lake.add(ex, res)
     except KeyboardInterrupt:
         # Ctrl-C loses nothing: the pairs read so far are reported, and the exit status (130)
         # says the verdict covers part of the input only.
@@ -60,6 +69,9 @@ def run_compare(
     else:
         comparison.unmatched_exchanges = joiner.unmatched_exchanges
         comparison.unmatched_results = joiner.unmatched_results
+    finally:
+        if lake is not None:
+            lake.close()
     report = comparison.snapshot(fresh=True)
     report["summary"]["interrupted"] = interrupted
     if not quiet:

@@ -39,7 +39,7 @@ def _register() -> None:
     # Each module adds its command(s) to ``app`` on import.
     import importlib
 
-    for name in ("extract", "capture", "replay", "compare", "mirror", "lab"):
+    for name in ("extract", "capture", "replay", "compare", "export", "mirror", "lab"):
         try:
             importlib.import_module(f"shadowtap.cli.{name}")
         except ModuleNotFoundError as exc:

@@ -19,6 +19,7 @@ def compare(
     config: Annotated[str | None, typer.Option("--config", help="Config file (TOML or JSON): thresholds, noise rules, tolerances, endpoint rules. See docs/compare.md.")] = None,
     html: Annotated[str | None, typer.Option("--html", help="Write a self-contained HTML report here.")] = None,
     json_out: Annotated[str | None, typer.Option("--json", help="Write the JSON report here (- = stdout).")] = None,
+    parquet: Annotated[str | None, typer.Option("--parquet", help="Also write the joined pairs to this Parquet lake directory (docs/lake.md).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No terminal report; the exit status still carries the verdict.")] = False,
 ) -> None:
     """Compare the shadow's responses with the primary's: content, status, errors, latency.
@@ -27,5 +28,6 @@ def compare(
     from shadowtap.compare.run import run_compare
 
     code = run_compare(exchanges, results, baseline=baseline, ignore=ignore or (), config=config,
-                       html=html, json_out=json_out, quiet=quiet or json_out == "-")
+                       html=html, json_out=json_out, quiet=quiet or json_out == "-",
+                       parquet=parquet)
     raise typer.Exit(code)

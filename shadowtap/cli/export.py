@@ -1,0 +1,26 @@
+"""``shadowtap export``: write the joined pairs of a run (exchanges + results) to a Parquet lake
+(Hive-partitioned by date and endpoint; docs/lake.md)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from shadowtap.cli import app
+
+
+@app.command()
+def export(
+    inputs: Annotated[list[str], typer.Argument(help="A run directory (exchanges.jsonl + results.jsonl, as the mirror writes), or an exchanges file and a results file (.gz ok).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="The lake directory (created 0700; files 0600). Existing files are kept: runs add to a lake.")],
+    host: Annotated[str | None, typer.Option("--host", help="Host name recorded in each row (default: this machine's).")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="compare's config (endpoint rules, ignored headers, tolerances) for the endpoint names and the per-pair diff.")] = None,
+    max_body: Annotated[int, typer.Option("--max-body", min=0, help="Bytes of each body kept (longer ones are cut and marked body_truncated).")] = 65536,
+    rows_per_file: Annotated[int, typer.Option("--rows-per-file", min=1, help="Rows buffered before a file is written per partition.")] = 100_000,
+) -> None:
+    """Export pairs to a Parquet lake that DuckDB, Spark or pandas read directly."""
+    from shadowtap.lake.export import run_export
+
+    raise typer.Exit(run_export(inputs, out, host=host, config=config, max_body=max_body,
+                                rows_per_file=rows_per_file))

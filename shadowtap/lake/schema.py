@@ -1,0 +1,244 @@
+"""The lake's schema (version ``LAKE_SCHEMA``, docs/lake.md) and the mapping between records and
+its rows. Pure: no I/O; pyarrow builds the columns.
+
+One row is one pair: an Exchange (the primary's request and response) and one Result (the
+shadow's answer to one copy of it). Every field of both records is kept in nested structs
+(``request``, ``primary``, ``shadow``) so the records can be rebuilt exactly (``pairs_from_batch``),
+with bodies cut at the writer's bound (``*.body_truncated`` then set). Flat columns repeat what
+queries ask most (statuses, latencies, endpoint, the diff summary) so SQL needs no struct access.
+
+Schema evolution: columns are only ever added within a version; a removal or a change of meaning
+bumps ``LAKE_SCHEMA``, which every row carries (``schema_version``) and every file's metadata too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from shadowtap.records import Exchange, Message, Request, Response, Result, ResultError
+
+LAKE_SCHEMA = 1
+PARTITIONS = ("date", "endpoint_key")
+DIFF_PATHS_MAX = 32  # paths kept per pair in diff_paths (diff_count counts them all)
+META_KEY = b"shadowtap.lake.schema"
+
+_HEADERS = pa.list_(pa.struct([("name", pa.string()), ("value", pa.string())]))
+_COMMON = [
+    ("ts", pa.float64()), ("end_ts", pa.float64()), ("version", pa.string()),
+    ("headers", _HEADERS), ("body", pa.binary()), ("body_len", pa.int64()),
+    ("body_truncated", pa.bool_()), ("decoded_len", pa.int64()),
+]
+REQUEST = pa.struct([("method", pa.string()), ("target", pa.string()), *_COMMON])
+RESPONSE = pa.struct([("status", pa.int32()), ("reason", pa.string()), *_COMMON])
+
+SCHEMA = pa.schema(
+    [
+        ("schema_version", pa.int16()),
+        ("host", pa.string()),  # the agent (or exporting host) the pair comes from
+        ("exchange_id", pa.string()),
+        ("copy", pa.int32()),
+        ("endpoint", pa.string()),  # METHOD + path template, as compare names it
+        ("ts", pa.timestamp("us", tz="UTC")),  # when the exchange started (its request's first byte)
+        ("client", pa.string()),
+        ("server", pa.string()),
+        ("conn_index", pa.int32()),
+        ("anomalies", pa.list_(pa.string())),
+        ("primary_status", pa.int32()),
+        ("shadow_status", pa.int32()),
+        ("primary_ttfb_ms", pa.float64()),
+        ("primary_ms", pa.float64()),
+        ("shadow_ttfb_ms", pa.float64()),
+        ("shadow_ms", pa.float64()),
+        ("shadow_error_kind", pa.string()),
+        ("shadow_error", pa.string()),
+        ("shadow_target", pa.string()),
+        ("scheduled", pa.float64()),
+        ("sent", pa.float64()),
+        ("result_extra", pa.string()),  # the Result's ``extra`` as JSON text, or null
+        ("compared", pa.bool_()),  # both sides answered, so content was compared
+        ("differs", pa.bool_()),
+        ("diff_count", pa.int32()),
+        ("diff_paths", pa.list_(pa.string())),
+        ("diff_kinds", pa.list_(pa.string())),
+        ("request", REQUEST),
+        ("primary_response", RESPONSE),
+        ("shadow_response", RESPONSE),
+        ("date", pa.string()),  # partition: the exchange's UTC day, YYYY-MM-DD
+        ("endpoint_key", pa.string()),  # partition: a path-safe name of the endpoint
+    ],
+    metadata={META_KEY: str(LAKE_SCHEMA).encode()},
+)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def endpoint_key(endpoint: str) -> str:
+    """A directory-safe, readable name for an endpoint: ``GET /items/{id}`` ->
+    ``GET_items_id-1a2b3c4d`` (the hash keeps names that slug alike apart)."""
+    slug = _UNSAFE.sub("_", endpoint).strip("_")[:80] or "_"
+    return f"{slug}-{hashlib.blake2b(endpoint.encode(), digest_size=4).hexdigest()}"
+
+
+@dataclass(frozen=True, slots=True)
+class DiffSummary:
+    """What the per-pair diff found (``None`` fields: the pair was not compared)."""
+
+    compared: bool
+    count: int = 0
+    paths: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+
+
+NOT_COMPARED = DiffSummary(False)
+
+
+def _message(m: Message | None, max_body: int, first: tuple[str, Any], second: tuple[str, Any]
+             ) -> dict[str, Any] | None:
+    if m is None:
+        return None
+    body = m.body
+    cut = len(body) > max_body
+    return {
+        first[0]: first[1], second[0]: second[1],
+        "ts": m.ts, "end_ts": m.end_ts, "version": m.version,
+        "headers": [{"name": n, "value": v} for n, v in m.headers],
+        "body": body[:max_body] if cut else body,
+        "body_len": m.body_len,
+        "body_truncated": m.body_truncated or cut,
+        "decoded_len": m.decoded_len,
+    }
+
+
+class Rows:
+    """Columns being filled, one pair at a time; ``batch()`` hands them over as a RecordBatch.
+    Memory: the rows added since the last batch (bodies cut at ``max_body``)."""
+
+    def __init__(self, host: str, max_body: int = 65536) -> None:
+        self.host = host
+        self.max_body = max_body
+        self._cols: dict[str, list[Any]] = {f.name: [] for f in SCHEMA}
+
+    def __len__(self) -> int:
+        return len(self._cols["exchange_id"])
+
+    def add(self, ex: Exchange, res: Result, endpoint: str, diff: DiffSummary,
+            host: str | None = None) -> None:
+        c = self._cols
+        mb = self.max_body
+        req, p, s = ex.request, ex.response, res.response
+        ts = ex.ts
+        c["schema_version"].append(LAKE_SCHEMA)
+        c["host"].append(host or self.host)
+        c["exchange_id"].append(ex.id)
+        c["copy"].append(res.copy)
+        c["endpoint"].append(endpoint)
+        c["ts"].append(int(ts * 1_000_000))
+        c["client"].append(ex.client)
+        c["server"].append(ex.server)
+        c["conn_index"].append(ex.index)
+        c["anomalies"].append(list(ex.anomalies))
+        c["primary_status"].append(p.status if p is not None else None)
+        c["shadow_status"].append(s.status if s is not None else None)
+        c["primary_ttfb_ms"].append(ex.ttfb_ms)
+        c["primary_ms"].append(ex.total_ms)
+        c["shadow_ttfb_ms"].append(res.ttfb_ms)
+        c["shadow_ms"].append(res.total_ms)
+        c["shadow_error_kind"].append(res.error.kind if res.error is not None else None)
+        c["shadow_error"].append(res.error.message if res.error is not None else None)
+        c["shadow_target"].append(res.target)
+        c["scheduled"].append(res.scheduled)
+        c["sent"].append(res.sent)
+        c["result_extra"].append(orjson.dumps(res.extra).decode() if res.extra else None)
+        c["compared"].append(diff.compared)
+        c["differs"].append(diff.count > 0 if diff.compared else None)
+        c["diff_count"].append(diff.count if diff.compared else None)
+        c["diff_paths"].append(list(diff.paths))
+        c["diff_kinds"].append(list(diff.kinds))
+        c["request"].append(
+            _message(req, mb, ("method", req.method), ("target", req.target)) if req else None)
+        c["primary_response"].append(_message(p, mb, ("status", p.status), ("reason", p.reason)) if p else None)
+        c["shadow_response"].append(_message(s, mb, ("status", s.status), ("reason", s.reason)) if s else None)
+        c["date"].append(time.strftime("%Y-%m-%d", time.gmtime(ts)))
+        c["endpoint_key"].append(endpoint_key(endpoint))
+
+    def rename_endpoints(self, rename: Any) -> None:
+        """Apply ``rename(name) -> name`` to the rows held (templates learnt since they came)."""
+        names = self._cols["endpoint"]
+        memo: dict[str, str] = {}
+        for i, n in enumerate(names):
+            new = memo.get(n)
+            if new is None:
+                new = memo[n] = rename(n)
+            if new != n:
+                names[i] = new
+                self._cols["endpoint_key"][i] = endpoint_key(new)
+
+    def batch(self) -> pa.RecordBatch:
+        cols = self._cols
+        arrays = [pa.array(cols[f.name], type=f.type) for f in SCHEMA]
+        self._cols = {f.name: [] for f in SCHEMA}
+        return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+
+
+# ------------------------------------------------------------------------------------ reading
+
+
+def _headers(items: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple((h["name"], h["value"]) for h in items)
+
+
+def _common(d: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "ts": d["ts"], "end_ts": d["end_ts"], "version": d["version"],
+        "headers": _headers(d["headers"]), "body": d["body"], "body_len": d["body_len"],
+        "body_truncated": d["body_truncated"], "decoded_len": d["decoded_len"],
+    }
+
+
+def _response(d: dict[str, Any] | None) -> Response | None:
+    if d is None:
+        return None
+    return Response(status=d["status"], reason=d["reason"], **_common(d))
+
+
+def pairs_from_batch(batch: pa.RecordBatch | pa.Table) -> Iterator[tuple[Exchange, Result, str]]:
+    """The records of a batch of lake rows, with each row's host. Rows of another schema version
+    raise ValueError (the caller says where)."""
+    need = ("schema_version", "host", "exchange_id", "copy", "client", "server", "conn_index",
+            "anomalies", "primary_ttfb_ms", "primary_ms", "shadow_ttfb_ms", "shadow_ms",
+            "shadow_error_kind", "shadow_error", "shadow_target", "scheduled", "sent",
+            "result_extra", "request", "primary_response", "shadow_response")
+    missing = [n for n in need if n not in batch.schema.names]
+    if missing:
+        raise ValueError(f"not a shadowtap lake (columns missing: {', '.join(missing)})")
+    cols = {n: batch.column(n).to_pylist() for n in need}
+    for i in range(batch.num_rows):
+        version = cols["schema_version"][i]
+        if version != LAKE_SCHEMA:
+            raise ValueError(f"lake rows of schema {version}, this shadowtap reads {LAKE_SCHEMA}")
+        rq = cols["request"][i]
+        req = Request(method=rq["method"], target=rq["target"], **_common(rq)) if rq else None
+        ex = Exchange(
+            id=cols["exchange_id"][i], client=cols["client"][i], server=cols["server"][i],
+            index=cols["conn_index"][i], request=req, response=_response(cols["primary_response"][i]),
+            anomalies=tuple(cols["anomalies"][i] or ()), ttfb_ms=cols["primary_ttfb_ms"][i],
+            total_ms=cols["primary_ms"][i],
+        )
+        kind = cols["shadow_error_kind"][i]
+        extra = cols["result_extra"][i]
+        res = Result(
+            exchange_id=ex.id, target=cols["shadow_target"][i], scheduled=cols["scheduled"][i],
+            sent=cols["sent"][i], response=_response(cols["shadow_response"][i]),
+            ttfb_ms=cols["shadow_ttfb_ms"][i], total_ms=cols["shadow_ms"][i],
+            error=ResultError(kind, cols["shadow_error"][i] or "") if kind else None,
+            copy=cols["copy"][i], extra=orjson.loads(extra) if extra else {},
+        )
+        yield ex, res, cols["host"][i]

@@ -1,0 +1,131 @@
+"""The Parquet lake: every record field survives the round trip, the dataset is Hive-partitioned
+and private, DuckDB reads it (the README's three queries), compare --parquet and export agree."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from shadowtap.lake.schema import LAKE_SCHEMA, endpoint_key
+from shadowtap.lake.writer import LakeWriter, read_lake
+from tests.support.pairs import pairs, write_run
+
+SHADOWTAP = [sys.executable, "-m", "shadowtap"]
+
+# The README's queries (docs/lake.md too); {lake} is the lake directory.
+WORST_ENDPOINTS = """
+SELECT endpoint, count(*) AS pairs,
+       avg(CASE WHEN differs THEN 1 ELSE 0 END) AS diff_rate,
+       avg(CASE WHEN shadow_error_kind IS NOT NULL OR shadow_status >= 500 THEN 1 ELSE 0 END)
+         AS shadow_error_rate
+FROM read_parquet('{lake}/**/*.parquet', hive_partitioning = true)
+GROUP BY endpoint ORDER BY diff_rate DESC, shadow_error_rate DESC
+"""
+FIELD_OVER_TIME = """
+SELECT date, endpoint,
+       avg(CASE WHEN list_contains(diff_paths, 'body.tier') THEN 1 ELSE 0 END) AS tier_diff_rate
+FROM read_parquet('{lake}/**/*.parquet', hive_partitioning = true)
+WHERE compared AND endpoint = 'GET /users/{{id}}'
+GROUP BY date, endpoint ORDER BY date
+"""
+SLOWEST_SHADOW = """
+SELECT exchange_id, endpoint, shadow_ms, primary_ms, host
+FROM read_parquet('{lake}/**/*.parquet', hive_partitioning = true)
+WHERE shadow_ms IS NOT NULL ORDER BY shadow_ms DESC LIMIT 5
+"""
+
+
+def _export(tmp_path, n: int, *args: str) -> str:
+    write_run(str(tmp_path), n)
+    lake = str(tmp_path / "lake")
+    out = subprocess.run([*SHADOWTAP, "export", str(tmp_path), "-o", lake, "--host", "agent-1", *args],
+                         check=False, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"exported {n} pairs" in out.stderr + out.stdout
+    return lake
+
+
+def test_round_trip_every_record_field(tmp_path) -> None:
+    original = list(pairs(600))
+    lake = str(tmp_path / "lake")
+    with LakeWriter(lake, host="h1", rows_per_file=250) as w:
+        for ex, res in original:
+            w.add(ex, res)
+    back = {(ex.id, res.copy): (ex, res, host) for ex, res, host in read_lake(lake)}
+    assert len(back) == len(original)
+    for ex, res in original:
+        ex2, res2, host = back[(ex.id, res.copy)]
+        assert ex2 == ex  # frozen dataclasses: every field, bodies and header order included
+        assert res2 == res
+        assert host == "h1"
+    # binary bodies, missing responses, errors, extras and anomalies were all in the input
+    assert any(res.error for _, res in original) and any(ex.response is None for ex, _ in original)
+    assert any(res.extra for _, res in original) and any(ex.anomalies for ex, _ in original)
+
+
+def test_bodies_bounded_and_marked(tmp_path) -> None:
+    lake = str(tmp_path / "lake")
+    with LakeWriter(lake, host="h", max_body=10) as w:
+        for ex, res in pairs(20):
+            w.add(ex, res)
+    for ex, res, _ in read_lake(lake):
+        if ex.response is not None and ex.response.body_len > 10:
+            assert len(ex.response.body) == 10 and ex.response.body_truncated
+            assert ex.response.body_len > 10  # the real length is kept
+
+
+def test_export_partitions_private_files_and_schema(tmp_path) -> None:
+    lake = _export(tmp_path, 2000)
+    assert stat.S_IMODE(os.stat(lake).st_mode) == 0o700
+    files = [os.path.join(d, f) for d, _, fs in os.walk(lake) for f in fs]
+    assert files and all(stat.S_IMODE(os.stat(f).st_mode) == 0o600 for f in files)
+    parts = {os.path.relpath(os.path.dirname(f), lake) for f in files}
+    assert f"date=2025-11-26/endpoint_key={endpoint_key('GET /users/{id}')}" in parts
+    assert any(p.startswith("date=2025-11-27/") for p in parts)
+    meta = pq.read_schema(files[0]).metadata
+    assert meta[b"shadowtap.lake.schema"] == str(LAKE_SCHEMA).encode()
+
+
+def test_duckdb_reads_the_readme_queries(tmp_path) -> None:
+    lake = _export(tmp_path, 3000)
+    con = duckdb.connect()
+    worst = con.sql(WORST_ENDPOINTS.format(lake=lake)).fetchall()
+    assert worst[0][0] == "GET /users/{id}"  # the endpoint with the tier regression
+    assert sum(r[1] for r in worst) == 3000
+    over_time = con.sql(FIELD_OVER_TIME.format(lake=lake)).fetchall()
+    assert [str(r[0]) for r in over_time] == ["2025-11-26", "2025-11-27"]
+    assert all(0.2 < r[2] < 0.4 for r in over_time)  # ~30% of pairs get the tier wrong
+    slow = con.sql(SLOWEST_SHADOW.format(lake=lake)).fetchall()
+    assert len(slow) == 5 and slow[0][2] >= slow[-1][2] and slow[0][4] == "agent-1"
+    # the per-pair diff summary is the diff's: the volatile request_id differs on every user pair
+    n_users, with_rid = con.sql(
+        f"SELECT count(*), sum(CASE WHEN list_contains(diff_paths, 'body.request_id') THEN 1 END) "
+        f"FROM read_parquet('{lake}/**/*.parquet', hive_partitioning = true) "
+        f"WHERE compared AND endpoint = 'GET /users/{{id}}'").fetchall()[0]
+    assert n_users == with_rid > 1400  # every compared pair
+
+
+def test_compare_parquet_writes_the_same_pairs_as_export(tmp_path) -> None:
+    ex, res = write_run(str(tmp_path), 500)
+    lake = str(tmp_path / "cmp-lake")
+    out = subprocess.run([*SHADOWTAP, "compare", ex, res, "--quiet", "--parquet", lake],
+                         check=False, capture_output=True, text=True, timeout=120)
+    assert out.returncode in (0, 10, 11), out.stderr
+    ids = sorted((e.id, r.copy) for e, r, _ in read_lake(lake))
+    assert ids == sorted((e.id, r.copy) for e, r in pairs(500))
+
+
+def test_bad_inputs_say_where(tmp_path) -> None:
+    out = subprocess.run([*SHADOWTAP, "export", str(tmp_path), "-o", str(tmp_path / "l")],
+                         check=False, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3 and "no exchanges.jsonl" in out.stderr
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet")
+    with pytest.raises(Exception, match="bad.parquet"):
+        list(read_lake(str(bad)))

@@ -1,0 +1,91 @@
+"""Generated pairs (exchange + the shadow's result) for the lake's tests and benchmarks: several
+endpoints, JSON bodies with a volatile field, a field the shadow gets wrong on one endpoint,
+shadow errors and 5xx, a missing primary response, binary and non-UTF-8 bodies, anomalies,
+repeated headers, result extras and copies. Deterministic for a seed."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import orjson
+
+from shadowtap.jsonl import JsonlWriter
+from shadowtap.records import Exchange, Request, Response, Result, ResultError
+
+T0 = 1764160000.0  # 2025-11-26T12:26:40Z
+DAY = 86400.0
+
+
+def _resp(ts: float, status: int, body: bytes, ctype: str = "application/json") -> Response:
+    return Response(ts=ts, end_ts=ts + 0.004, version="1.1",
+                    headers=(("Content-Type", ctype), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")),
+                    body=body, body_len=len(body), status=status, reason="OK" if status < 400 else "ERR")
+
+
+def make_pair(i: int, rng: random.Random, days: int = 2) -> tuple[Exchange, Result]:
+    ts = T0 + ((i // 7) % days) * DAY + i * 0.001
+    kind = i % 10
+    user = rng.randrange(1000)
+    if kind < 5:
+        method, target = "GET", f"/users/{user}"
+        pbody = {"id": user, "name": f"user{user}", "tier": rng.choice(["a", "b", "c"]),
+                 "request_id": f"{rng.getrandbits(64):016x}", "score": rng.random()}
+        sbody = dict(pbody, request_id=f"{rng.getrandbits(64):016x}")
+        if rng.random() < 0.3:
+            sbody["tier"] = "z"  # the shadow's regression
+        p = _resp(ts, 200, orjson.dumps(pbody))
+        s = _resp(ts + 1, 200, orjson.dumps(sbody))
+    elif kind < 8:
+        method, target = "POST", "/v1/predict?x=1"
+        out = {"label": rng.choice(["cat", "dog"]), "p": round(rng.random(), 3)}
+        p = _resp(ts, 200, orjson.dumps(out))
+        s = _resp(ts + 1, 200 if rng.random() > 0.05 else 503, orjson.dumps(out))
+    elif kind == 8:
+        method, target = "GET", "/static/logo.png"
+        blob = bytes(rng.getrandbits(8) for _ in range(64)) + b"\xff\xfe"
+        p = _resp(ts, 200, blob, "image/png")
+        s = _resp(ts + 1, 200, blob, "image/png")
+    else:
+        method, target = "GET", "/health"
+        p = _resp(ts, 200, b"ok", "text/plain")
+        s = None
+    req_body = b'{"q": 1}' if method == "POST" else b""
+    req = Request(ts=ts, end_ts=ts + 0.001, version="1.1",
+                  headers=(("Host", "svc"), ("X-Trace", str(i))), body=req_body,
+                  body_len=len(req_body), method=method, target=target)
+    primary = None if i % 97 == 0 else p
+    ex = Exchange(id=f"ex{i:08d}", client=f"10.0.0.{i % 7}:4{i % 1000:04d}", server="10.0.1.1:80",
+                  index=i % 5, request=req, response=primary,
+                  anomalies=("gap",) if i % 53 == 0 else (),
+                  ttfb_ms=None if primary is None else 2.0 + rng.random(),
+                  total_ms=None if primary is None else 3.0 + rng.expovariate(0.3))
+    err = ResultError("timeout", "no answer in 5s") if s is None else None
+    res = Result(exchange_id=ex.id, target=f"http://10.0.2.1:80{target}", scheduled=ts + 1,
+                 sent=ts + 1.001, response=s, ttfb_ms=None if s is None else 2.5,
+                 total_ms=None if s is None else 3.5 + rng.expovariate(0.25), error=err,
+                 extra={"agent": "a1"} if i % 11 == 0 else {})
+    return ex, res
+
+
+def pairs(n: int, seed: int = 7, start: int = 0) -> Iterator[tuple[Exchange, Result]]:
+    rng = random.Random(seed)
+    for i in range(start, start + n):
+        yield make_pair(i, rng)
+
+
+def write_run(directory: str, n: int, seed: int = 7, gz: bool = False) -> tuple[str, str]:
+    """exchanges.jsonl and results.jsonl of ``n`` pairs in ``directory`` (results lag a little,
+    as a replay's completion order does)."""
+    suffix = ".jsonl.gz" if gz else ".jsonl"
+    ex_path, res_path = f"{directory}/exchanges{suffix}", f"{directory}/results{suffix}"
+    held: list[Result] = []
+    with JsonlWriter(ex_path) as xw, JsonlWriter(res_path) as rw:
+        for ex, res in pairs(n, seed):
+            xw.write(ex.to_json())
+            held.append(res)
+            if len(held) >= 3:
+                rw.write(held.pop(1).to_json())
+        for r in held:
+            rw.write(r.to_json())
+    return ex_path, res_path
