@@ -12,8 +12,11 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-EXCHANGE_SCHEMA = 1
-RESULT_SCHEMA = 1
+# Schema 2 added the optional ``h2`` and ``grpc`` objects (HTTP/2 streams and gRPC calls). A
+# schema 1 line is upgraded on reading (``_migrate``); a reader of schema 1 refuses a schema 2
+# line rather than replaying an HTTP/2 exchange as HTTP/1.x.
+EXCHANGE_SCHEMA = 2
+RESULT_SCHEMA = 2
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -157,6 +160,128 @@ def exchange_id(client: str, server: str, conn_start_ts: float, index: int) -> s
     return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
 
+H2_OUTCOMES = ("complete", "reset", "refused", "truncated")
+
+
+@dataclass(frozen=True, slots=True)
+class H2Stream:
+    """How an HTTP/2 stream went. ``outcome``: ``complete`` (both sides ended the stream),
+    ``reset`` (RST_STREAM, ``error_code`` its code), ``refused`` (above a GOAWAY's last stream id,
+    ``error_code`` the GOAWAY's), ``truncated`` (the connection or capture ended first).
+    ``request_trailers``/``response_trailers``: how many of the message's last ``headers`` are
+    trailers. ``undecoded_fields``: header fields that referenced HPACK table entries from before
+    the capture began (left out, never guessed)."""
+
+    stream_id: int
+    outcome: str = "complete"
+    error_code: int | None = None
+    request_trailers: int = 0
+    response_trailers: int = 0
+    undecoded_fields: int = 0
+
+    def __post_init__(self) -> None:
+        if self.outcome not in H2_OUTCOMES:
+            raise ValueError(f"h2 outcome {self.outcome!r} not in {H2_OUTCOMES}")
+        if self.stream_id <= 0:
+            raise ValueError("stream_id must be > 0")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stream_id": self.stream_id, "outcome": self.outcome, "error_code": self.error_code,
+                "request_trailers": self.request_trailers, "response_trailers": self.response_trailers,
+                "undecoded_fields": self.undecoded_fields}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> H2Stream:
+        code = d.get("error_code")
+        return cls(int(d["stream_id"]), str(d.get("outcome", "complete")), None if code is None else int(code),
+                   int(d.get("request_trailers", 0)), int(d.get("response_trailers", 0)),
+                   int(d.get("undecoded_fields", 0)))
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcMessage:
+    """One gRPC message: ``data`` the message bytes (decompressed when it was sent compressed),
+    cut at the capture's budget (``truncated``); ``length`` its length on the wire (the prefix's)."""
+
+    data: bytes
+    length: int
+    compressed: bool = False
+    truncated: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        text, enc = _encode_body(self.data)
+        return {"data": text, "encoding": enc, "len": self.length, "compressed": self.compressed,
+                "truncated": self.truncated}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> GrpcMessage:
+        return cls(_decode_body(d.get("data", ""), d.get("encoding", "utf8")), int(d["len"]),
+                   bool(d.get("compressed", False)), bool(d.get("truncated", False)))
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcCall:
+    """A gRPC call: ``/service/method``, the messages of each side (kept up to ``--max-body``
+    bytes per side; ``*_count`` counts them all), and the status (``grpc-status``,
+    ``grpc-message``) from the trailers or a trailers-only response; None when none was seen."""
+
+    service: str
+    method: str
+    request_messages: tuple[GrpcMessage, ...] = ()
+    response_messages: tuple[GrpcMessage, ...] = ()
+    request_count: int = 0
+    response_count: int = 0
+    status: int | None = None
+    message: str | None = None
+
+    @property
+    def path(self) -> str:
+        return f"/{self.service}/{self.method}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "service": self.service, "method": self.method,
+            "request_messages": [m.to_json() for m in self.request_messages],
+            "request_count": self.request_count,
+            "response_messages": [m.to_json() for m in self.response_messages],
+            "response_count": self.response_count,
+            "status": self.status, "message": self.message,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> GrpcCall:
+        status = d.get("status")
+        return cls(
+            str(d["service"]), str(d["method"]),
+            tuple(GrpcMessage.from_json(m) for m in d.get("request_messages", ())),
+            tuple(GrpcMessage.from_json(m) for m in d.get("response_messages", ())),
+            int(d.get("request_count", 0)), int(d.get("response_count", 0)),
+            None if status is None else int(status), d.get("message"),
+        )
+
+
+def _migrate(d: dict[str, Any], current: int, kind: str) -> dict[str, Any]:
+    """A record of an older schema brought up to ``current``, one step at a time (mitmproxy's
+    io/compat style: a converter per version step). Raises ValueError for an unknown schema."""
+    schema = d.get("schema")
+    if schema == current:
+        return d
+    if not isinstance(schema, int) or isinstance(schema, bool) or not 1 <= schema < current:
+        raise ValueError(f"not {kind} record of schema {current} (schema={schema!r})")
+    while schema < current:
+        d = _MIGRATIONS[schema](d)
+        schema = d["schema"]
+    return d
+
+
+def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
+    """Schema 2 only added optional objects (``h2``, ``grpc``): a schema 1 record is HTTP/1.x."""
+    return {**d, "schema": 2}
+
+
+_MIGRATIONS = {1: _v1_to_v2}
+
+
 @dataclass(frozen=True, slots=True)
 class Exchange:
     """One request and the primary's response to it, as seen on the wire.
@@ -174,6 +299,8 @@ class Exchange:
     anomalies: tuple[str, ...] = ()
     ttfb_ms: float | None = None
     total_ms: float | None = None
+    h2: H2Stream | None = None  # an HTTP/2 stream (messages' version "HTTP/2")
+    grpc: GrpcCall | None = None  # a gRPC call carried by that stream
 
     def __post_init__(self) -> None:
         if self.request is None and self.response is None:
@@ -189,7 +316,7 @@ class Exchange:
         return msg.ts
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "schema": EXCHANGE_SCHEMA,
             "id": self.id,
             "conn": {"client": self.client, "server": self.server},
@@ -200,13 +327,17 @@ class Exchange:
             "total_ms": self.total_ms,
             "anomalies": list(self.anomalies),
         }
+        if self.h2 is not None:
+            d["h2"] = self.h2.to_json()
+        if self.grpc is not None:
+            d["grpc"] = self.grpc.to_json()
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Exchange:
-        schema = d.get("schema")
-        if schema != EXCHANGE_SCHEMA:
-            raise ValueError(f"not an exchange record of schema {EXCHANGE_SCHEMA} (schema={schema!r})")
+        d = _migrate(d, EXCHANGE_SCHEMA, "an exchange")
         req, resp = d.get("request"), d.get("response")
+        h2, grpc = d.get("h2"), d.get("grpc")
         return cls(
             id=str(d["id"]),
             client=str(d["conn"]["client"]),
@@ -217,6 +348,8 @@ class Exchange:
             anomalies=tuple(d.get("anomalies", ())),
             ttfb_ms=d.get("ttfb_ms"),
             total_ms=d.get("total_ms"),
+            h2=H2Stream.from_json(h2) if h2 is not None else None,
+            grpc=GrpcCall.from_json(grpc) if grpc is not None else None,
         )
 
 
@@ -250,6 +383,7 @@ class Result:
     error: ResultError | None = None
     copy: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    grpc: GrpcCall | None = None  # the shadow's side of a replayed gRPC call (its messages, status)
 
     @property
     def lag_ms(self) -> float:
@@ -270,14 +404,14 @@ class Result:
         }
         if self.extra:
             d["extra"] = self.extra
+        if self.grpc is not None:
+            d["grpc"] = self.grpc.to_json()
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Result:
-        schema = d.get("schema")
-        if schema != RESULT_SCHEMA:
-            raise ValueError(f"not a result record of schema {RESULT_SCHEMA} (schema={schema!r})")
-        resp, err = d.get("response"), d.get("error")
+        d = _migrate(d, RESULT_SCHEMA, "a result")
+        resp, err, grpc = d.get("response"), d.get("error"), d.get("grpc")
         return cls(
             exchange_id=str(d["exchange_id"]),
             copy=int(d.get("copy", 0)),
@@ -289,4 +423,5 @@ class Result:
             total_ms=d.get("total_ms"),
             error=ResultError(str(err["kind"]), str(err["message"])) if err else None,
             extra=dict(d.get("extra", {})),
+            grpc=GrpcCall.from_json(grpc) if grpc is not None else None,
         )

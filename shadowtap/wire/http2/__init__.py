@@ -1,0 +1,30 @@
+"""HTTP/2 (h2c) observed passively: reassembled bytes of each direction in, one exchange per stream
+out. The public surface is re-exported from private modules (h11 style).
+
+What is decoded: frames (python-hyper's ``hyperframe``), header blocks with HPACK (``hpack``; one
+decoder per direction, bounded by the decoding side's SETTINGS_HEADER_TABLE_SIZE), CONTINUATION
+and padding, request and response heads, DATA and trailers per stream, interim 1xx skipped,
+RST_STREAM and GOAWAY as outcomes, PUSH_PROMISE decoded for its table insertions and otherwise
+ignored (``h2_push_ignored``). Flow control is not needed to observe. gRPC calls are split into
+messages (``shadowtap.wire.grpc``).
+
+Joining mid-connection: frame boundaries are found again (a run of plausible frame headers),
+the HPACK dynamic table's older entries are unknown; fields that reference them are left out and
+the stream is marked ``h2_headers_undecodable``, never guessed. A stream whose ``:path`` is lost
+is kept when its DATA reads as gRPC messages (``h2_path_unknown``), else counted and dropped.
+"""
+
+from shadowtap.wire.http2 import _conversation, _frames
+from shadowtap.wire.http2._conversation import *
+from shadowtap.wire.http2._frames import PREFACE, looks_like_frames
+
+__all__ = ["PREFACE", "looks_like_frames", "sniff"]
+__all__ += _conversation.__all__
+
+
+def sniff(data: bytes, *, midstream: bool = False) -> bool:
+    """Whether a connection's first client bytes are HTTP/2: the preface (or a prefix of it, when
+    fewer bytes came), or, joined mid-way, frames."""
+    if data[: len(PREFACE)] == PREFACE[: len(data)] and data:
+        return True
+    return midstream and _frames.looks_like_frames(data)

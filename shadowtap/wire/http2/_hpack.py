@@ -1,0 +1,209 @@
+"""HPACK decoding for a passive observer: one ``HeaderDecoder`` per direction.
+
+Two modes, one interface:
+
+- **Known start** (the capture saw the connection's preface, or the dynamic table was emptied by a
+  size update to 0): python-hyper's ``hpack.Decoder`` does the work, its table bounded by the
+  decoding side's SETTINGS_HEADER_TABLE_SIZE. It raises on any violation (index out of range, bad
+  Huffman, a size update beyond the setting); the error is reported and the direction falls back
+  to the passive mode below, because a block that failed halfway leaves the table in an unknown
+  state (entries it would have inserted are missing, so every later position is unsure).
+- **Passive** (joined mid-connection, after a gap or an HPACK error): the dynamic table's older
+  entries are unknown. HPACK's table is FIFO and a position counts from the newest entry, so the
+  entries inserted since the capture began sit at known positions whatever was evicted before
+  them: index ``62 + i`` is the i-th most recent insertion seen, exactly, as long as i is below
+  the number of insertions seen. Anything deeper is an unknown entry: the field is reported as
+  undecodable (its name when the name alone is known), never guessed. The static table, literals
+  and Huffman strings always decode. A size update to 0 empties the table: from then on the
+  direction is fully known again and goes back to ``hpack.Decoder``.
+
+Decoding is O(block size); the passive table keeps at most ``_PASSIVE_MAX_ENTRIES`` insertions
+(older ones become unknown, which only costs decodability, never correctness).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import hpack
+from hpack.hpack import decode_integer
+from hpack.huffman_table import decode_huffman
+from hpack.table import HeaderTable, table_entry_size
+
+_STATIC = HeaderTable.STATIC_TABLE
+_NSTATIC = len(_STATIC)
+_PASSIVE_MAX_ENTRIES = 4096
+# Decoded header list bound per block (the library's DoS guard): 1 MiB, far above real heads.
+MAX_HEADER_LIST = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """One header block's outcome. ``fields``: decoded (name, value) pairs in block order; a field
+    whose name or value could not be decoded is left out and counted in ``unknown``. ``error``: why decoding stopped early (the fields
+    before it are kept), or None."""
+
+    fields: tuple[tuple[bytes, bytes], ...]
+    unknown: int = 0
+    error: str | None = None
+
+
+class HeaderDecoder:
+    """HPACK state of one direction (see the module docstring)."""
+
+    __slots__ = ("_entries", "_lib", "_limit", "_max", "_tail_unknown", "passive")
+
+    def __init__(self, *, known_start: bool, table_limit: int = 4096) -> None:
+        self._limit = table_limit  # the decoding side's SETTINGS_HEADER_TABLE_SIZE, as last seen
+        self._lib: hpack.Decoder | None = None
+        # Passive table: newest first; None for an entry whose name or value is unknown.
+        self._entries: list[tuple[bytes, bytes] | None] = []
+        self._tail_unknown = True  # entries older than those in _entries may exist
+        self._max: int | None = None  # the table's current maximum size, once a size update shows it
+        self.passive = True
+        if known_start:
+            self._known()
+
+    def _known(self) -> None:
+        lib = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
+        lib.max_allowed_table_size = self._limit
+        self._lib = lib
+        self.passive = False
+        self._entries = []
+        self._tail_unknown = False
+
+    def set_table_limit(self, size: int) -> None:
+        """The decoding side advertised SETTINGS_HEADER_TABLE_SIZE ``size``. The encoder may keep
+        using the old size until it sees the setting, so the bound only grows until a block's
+        size update brings the table down (the library checks updates against it)."""
+        self._limit = size
+        if self._lib is not None:
+            self._lib.max_allowed_table_size = max(size, self._lib.header_table_size)
+
+    def lose_state(self) -> None:
+        """Bytes of this direction were lost: every dynamic entry is unknown from now on."""
+        self._lib = None
+        self.passive = True
+        self._entries = []
+        self._tail_unknown = True
+        self._max = None
+
+    def decode(self, block: bytes) -> Decoded:
+        lib = self._lib
+        if lib is not None:
+            try:
+                fields = lib.decode(block, raw=True)
+            except hpack.HPACKError as exc:
+                self.lose_state()
+                return Decoded((), error=f"hpack: {exc}")
+            return Decoded(tuple((bytes(n), bytes(v)) for n, v in fields))
+        return self._decode_passive(block)
+
+    # -- passive mode ---------------------------------------------------------------------------
+
+    def _lookup(self, index: int) -> tuple[bytes, bytes] | None | bool:
+        """Entry ``index``: the pair, None when unknown, False when out of range (an error)."""
+        if index <= 0:
+            return False
+        if index <= _NSTATIC:
+            return _STATIC[index - 1]
+        i = index - _NSTATIC - 1
+        if i < len(self._entries):
+            return self._entries[i]
+        return None if self._tail_unknown else False
+
+    def _insert(self, entry: tuple[bytes, bytes] | None) -> None:
+        self._entries.insert(0, entry)
+        self._evict()
+        if len(self._entries) > _PASSIVE_MAX_ENTRIES:
+            del self._entries[_PASSIVE_MAX_ENTRIES:]
+
+    def _evict(self) -> None:
+        """Drop the entries the encoder has evicted, when that is certain: the table's current
+        maximum is known (a size update was seen) and the sizes up to the cut are known. Cutting
+        into the entries seen proves every older, unknown one gone too."""
+        if self._max is None:
+            return
+        size = 0
+        entries = self._entries
+        for k, e in enumerate(entries):
+            if e is None:
+                return
+            size += table_entry_size(*e)
+            if size > self._max:
+                del entries[k:]
+                self._tail_unknown = False
+                return
+
+    def _string(self, data: bytes, pos: int) -> tuple[bytes, int]:
+        length, used = decode_integer(memoryview(data)[pos:], 7)
+        start = pos + used
+        raw = data[start:start + length]
+        if len(raw) != length:
+            raise ValueError("truncated header block")
+        if data[pos] & 0x80:
+            raw = decode_huffman(raw)
+        return bytes(raw), start + length
+
+    def _decode_passive(self, block: bytes) -> Decoded:
+        fields: list[tuple[bytes, bytes]] = []
+        unknown = 0
+        pos, n = 0, len(block)
+        seen_field = False
+        try:
+            while pos < n:
+                b = block[pos]
+                view = memoryview(block)[pos:]
+                if b & 0x80:  # indexed field
+                    index, used = decode_integer(view, 7)
+                    pos += used
+                    entry = self._lookup(index)
+                    if entry is False:
+                        raise ValueError(f"index {index} out of range")
+                    if entry is None:
+                        unknown += 1
+                    else:
+                        fields.append(entry)  # type: ignore[arg-type]
+                    seen_field = True
+                    continue
+                if (b & 0xE0) == 0x20:  # dynamic table size update
+                    if seen_field:
+                        raise ValueError("table size update after a field")
+                    size, used = decode_integer(view, 5)
+                    pos += used
+                    if size > self._limit and not self._tail_unknown:
+                        raise ValueError(f"table size {size} above the setting {self._limit}")
+                    self._max = size
+                    self._evict()
+                    if size == 0:
+                        # Emptied: the direction is fully known again; the library takes over for
+                        # the rest of this block's fields too.
+                        self._known()
+                        rest = self.decode(block[pos:]) if pos < n else Decoded(())
+                        return Decoded(tuple(fields) + rest.fields, unknown + rest.unknown, rest.error)
+                    continue
+                indexing = bool(b & 0x40)
+                prefix = 6 if indexing else 4
+                name_index, used = decode_integer(view, prefix)
+                if name_index:
+                    pos += used
+                    entry = self._lookup(name_index)
+                    if entry is False:
+                        raise ValueError(f"name index {name_index} out of range")
+                    name = entry[0] if entry is not None else None  # type: ignore[index]
+                else:
+                    name, pos = self._string(block, pos + 1)
+                value, pos = self._string(block, pos)
+                seen_field = True
+                if name is None:
+                    unknown += 1
+                    if indexing:
+                        self._insert(None)
+                    continue
+                fields.append((name, value))
+                if indexing:
+                    self._insert((name, value))
+        except (ValueError, IndexError, hpack.HPACKError) as exc:
+            self.lose_state()
+            return Decoded(tuple(fields), unknown, error=f"hpack: {exc}")
+        return Decoded(tuple(fields), unknown)
