@@ -38,6 +38,7 @@ from shadowtap.capture.http1 import decoded_length
 from shadowtap.replay.policy import Prepared, Target
 from shadowtap.errors import TargetError
 from shadowtap.records import Response, Result, ResultError
+from shadowtap.wire.genai import is_stream_type
 
 
 class Clock:
@@ -77,6 +78,7 @@ class _Job:
         "attempts",
         "body",
         "body_len",
+        "chunks",
         "coding",
         "copy",
         "first_mono",
@@ -88,6 +90,7 @@ class _Job:
         "prepared",
         "reason",
         "received",
+        "rx_mono",
         "scheduled",
         "sent_mono",
         "status",
@@ -117,6 +120,9 @@ class _Job:
         self.body = bytearray()
         self.body_len = 0
         self.in_final = False
+        # A streamed body (text/event-stream, NDJSON): (body length so far, monotonic arrival
+        # time) per socket read, for time to first token; None for other bodies (no cost).
+        self.chunks: list[tuple[int, float]] | None = None
 
 
 class _Lane:
@@ -154,7 +160,9 @@ class _Conn(asyncio.Protocol):
             self.close()
             return
         if job.received == 0:
-            job.first_mono = time.monotonic()
+            job.first_mono = job.rx_mono = time.monotonic()
+        elif job.chunks is not None:
+            job.rx_mono = time.monotonic()
         job.received += len(data)
         try:
             self.parser.feed_data(data)
@@ -200,6 +208,9 @@ class _Conn(asyncio.Protocol):
             job.headers.append((name, value))
             if len(name) == 16 and name.lower() == b"content-encoding":
                 job.coding = value
+            elif len(name) == 12 and name.lower() == b"content-type" and is_stream_type(
+                    value.decode("latin-1")):
+                job.chunks = []
 
     def on_headers_complete(self) -> None:
         job = self.job
@@ -221,6 +232,12 @@ class _Conn(asyncio.Protocol):
         if job is None:
             return
         job.body_len += len(body)
+        chunks = job.chunks
+        if chunks is not None:  # one entry per socket read: pieces of one read share its time
+            if chunks and chunks[-1][1] == job.rx_mono:
+                chunks[-1] = (job.body_len, job.rx_mono)
+            else:
+                chunks.append((job.body_len, job.rx_mono))
         room = self.sender.max_body - len(job.body)
         if room > 0:
             job.body += body[:room] if len(body) > room else body
@@ -518,8 +535,10 @@ class Sender:
             response = None
             ttfb = (job.first_mono - job.sent_mono) * 1000.0 if job.received else None
             total = None
+        chunks = (tuple([(n, clock.to_epoch(m)) for n, m in job.chunks])
+                  if response is not None and job.chunks else ())
         result = Result(job.prepared.exchange_id, job.prepared.url, job.scheduled, sent, response, ttfb,
-                        total, error, job.copy)
+                        total, error, job.copy, chunks=chunks)
         # Hand the connection on before the callback, so the next request goes out first.
         lane = job.lane
         if lane is not None:

@@ -12,13 +12,28 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-# Schema 2 added the optional ``h2`` and ``grpc`` objects (HTTP/2 streams and gRPC calls). A
+# Schema 2 added the optional ``h2`` and ``grpc`` objects (HTTP/2 streams and gRPC calls) and
+# ``chunks`` (the arrival times of a streamed body's pieces). A
 # schema 1 line is upgraded on reading (``_migrate``); a reader of schema 1 refuses a schema 2
 # line rather than replaying an HTTP/2 exchange as HTTP/1.x.
 EXCHANGE_SCHEMA = 2
 RESULT_SCHEMA = 2
 
 Headers = tuple[tuple[str, str], ...]
+# (end offset in the body, arrival time in epoch seconds) of each piece of a streamed body
+# (text/event-stream, NDJSON) as it came off the wire or the socket; () when not recorded.
+Chunks = tuple[tuple[int, float], ...]
+
+
+def _chunks_json(chunks: Chunks) -> list[list[float]]:
+    return [[off, ts] for off, ts in chunks]
+
+
+def _chunks_from(d: dict[str, Any]) -> Chunks:
+    try:
+        return tuple((int(off), float(ts)) for off, ts in d.get("chunks") or ())
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"chunks: not a list of [offset, time] pairs ({exc})") from exc
 
 
 def _encode_body(body: bytes) -> tuple[str, str]:
@@ -275,7 +290,8 @@ def _migrate(d: dict[str, Any], current: int, kind: str) -> dict[str, Any]:
 
 
 def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
-    """Schema 2 only added optional objects (``h2``, ``grpc``): a schema 1 record is HTTP/1.x."""
+    """Schema 2 only added optional fields (``h2``, ``grpc``, ``chunks``): a schema 1 record is
+    HTTP/1.x with no timed body pieces."""
     return {**d, "schema": 2}
 
 
@@ -288,7 +304,8 @@ class Exchange:
 
     ``ttfb_ms``: last request byte to first response byte; ``total_ms``: first request byte to last
     response byte; both None when either side is missing. ``anomalies``: names of conditions met
-    (``gap``, ``retransmission_conflict``, ``parse_error``, ``midstream``, ``truncated``, ...)."""
+    (``gap``, ``retransmission_conflict``, ``parse_error``, ``midstream``, ``truncated``, ...).
+    ``chunks``: when each piece of a streamed response body arrived (see ``Chunks``)."""
 
     id: str
     client: str
@@ -301,6 +318,7 @@ class Exchange:
     total_ms: float | None = None
     h2: H2Stream | None = None  # an HTTP/2 stream (messages' version "HTTP/2")
     grpc: GrpcCall | None = None  # a gRPC call carried by that stream
+    chunks: Chunks = ()
 
     def __post_init__(self) -> None:
         if self.request is None and self.response is None:
@@ -331,6 +349,8 @@ class Exchange:
             d["h2"] = self.h2.to_json()
         if self.grpc is not None:
             d["grpc"] = self.grpc.to_json()
+        if self.chunks:
+            d["chunks"] = _chunks_json(self.chunks)
         return d
 
     @classmethod
@@ -350,6 +370,7 @@ class Exchange:
             total_ms=d.get("total_ms"),
             h2=H2Stream.from_json(h2) if h2 is not None else None,
             grpc=GrpcCall.from_json(grpc) if grpc is not None else None,
+            chunks=_chunks_from(d),
         )
 
 
@@ -384,6 +405,7 @@ class Result:
     copy: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     grpc: GrpcCall | None = None  # the shadow's side of a replayed gRPC call (its messages, status)
+    chunks: Chunks = ()  # when each piece of a streamed answer arrived (see ``Chunks``)
 
     @property
     def lag_ms(self) -> float:
@@ -406,6 +428,8 @@ class Result:
             d["extra"] = self.extra
         if self.grpc is not None:
             d["grpc"] = self.grpc.to_json()
+        if self.chunks:
+            d["chunks"] = _chunks_json(self.chunks)
         return d
 
     @classmethod
@@ -424,4 +448,5 @@ class Result:
             error=ResultError(str(err["kind"]), str(err["message"])) if err else None,
             extra=dict(d.get("extra", {})),
             grpc=GrpcCall.from_json(grpc) if grpc is not None else None,
+            chunks=_chunks_from(d),
         )

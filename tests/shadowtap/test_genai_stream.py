@@ -147,3 +147,23 @@ def test_embeddings_and_non_generative_bodies():
 def test_truncated_body_marked():
     g = parse_generation(openai_stream(["a"])[:40], SSE, "/v1/chat/completions", truncated=True)
     assert "body_truncated" in g.anomalies
+
+
+def test_records_schema_2_chunks_round_trip_and_v1_migrates():
+    from shadowtap.records import Exchange, Response, Result
+
+    resp = Response(1.0, 2.0, "HTTP/1.1", (("Content-Type", SSE),), b"data: x\n\n", 9, status=200, reason="OK")
+    ex = Exchange("a", "1.1.1.1:1", "2.2.2.2:80", 0, None, resp, chunks=((9, 1.5),))
+    d = ex.to_json()
+    assert d["schema"] == 2 and d["chunks"] == [[9, 1.5]]
+    assert Exchange.from_json(d) == ex
+    old = {**d, "schema": 1}
+    del old["chunks"]
+    assert Exchange.from_json(old).chunks == ()
+    r = Result("a", "http://x/", 1.0, 1.0, resp, chunks=((9, 1.6),))
+    assert Result.from_json(r.to_json()) == r
+    assert Result.from_json({**r.to_json(), "schema": 1}).chunks == ((9, 1.6),)
+    with pytest.raises(ValueError, match="schema"):
+        Result.from_json({**r.to_json(), "schema": 99})
+    with pytest.raises(ValueError, match="chunks"):
+        Result.from_json({**r.to_json(), "chunks": [5]})
