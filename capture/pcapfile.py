@@ -59,13 +59,31 @@ class _Input:
         return len(self.buf) - self.pos
 
 
+PCAPNG_BOMS = (b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d")
+SNIFF_BYTES = 12  # what sniff_format needs to tell every format apart
+
+
 def sniff_format(head: bytes) -> str | None:
-    """``pcap``, ``pcapng`` or None from a file's first 4 bytes."""
+    """``pcap``, ``pcapng`` or None from a file's first ``SNIFF_BYTES`` bytes, by full magic:
+    pcap's 4-byte magic; pcapng's Section Header Block type (which begins with a newline byte, so
+    a first-byte test takes it for text) and its byte-order magic at offset 8. The one sniffing
+    function: replay asks it before reading an input as JSONL."""
     if head[:4] in PCAP_MAGICS:
         return "pcap"
-    if head[:4] == PCAPNG_SHB:
+    if head[:4] == PCAPNG_SHB and head[8:12] in PCAPNG_BOMS:
         return "pcapng"
     return None
+
+
+def sniff_path(path: str) -> str | None:
+    """``sniff_format`` of the file at ``path`` (None for ``-``: standard input is JSONL)."""
+    if path == "-":
+        return None
+    try:
+        with open(path, "rb") as f:
+            return sniff_format(f.read(SNIFF_BYTES))
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", where=path) from exc
 
 
 def read_packets(path: str) -> Iterator[tuple[float, int, bytes]]:
@@ -78,7 +96,8 @@ def read_packets(path: str) -> Iterator[tuple[float, int, bytes]]:
         inp = _Input(f)
         if not inp.ensure(4):
             raise InputError("empty or too short to be a capture", where=f"{path} at byte 0")
-        kind = sniff_format(inp.buf[:4])
+        inp.ensure(SNIFF_BYTES)
+        kind = sniff_format(inp.buf[:SNIFF_BYTES])
         if kind == "pcap":
             yield from _read_pcap(path, inp)
         elif kind == "pcapng":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -222,6 +223,31 @@ class CompareConfig:
         return d
 
 
+# Fields whose values are shares or probabilities (0..1) and scores (0..100); every other number
+# must be finite and >= 0 (a negative limit or threshold has no meaning; NaN compares false with
+# everything, so ``pass_score = nan`` would silently never pass).
+_UNIT_FIELDS = frozenset({
+    "volatile_share", "distinct_share", "alpha", "min_increase", "max_rate", "critical_rate",
+    "ks_alpha", "min_agreement", "critical_agreement",
+})
+_SCORE_FIELDS = frozenset({"pass_score", "marginal_score"})
+
+
+def _number(value: float, name: str, where: str) -> float:
+    """``value`` checked for the field ``name`` (``section.key``): finite, >= 0, and within
+    0..1 for shares and 0..100 for scores; InputError naming the field otherwise."""
+    if not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, not {value}", where=where)
+    if value < 0:
+        raise InputError(f"{name} must be >= 0, not {value}", where=where)
+    key = name.rpartition(".")[2]
+    if key in _UNIT_FIELDS and value > 1:
+        raise InputError(f"{name} must be within 0..1, not {value}", where=where)
+    if key in _SCORE_FIELDS and value > 100:
+        raise InputError(f"{name} must be within 0..100, not {value}", where=where)
+    return value
+
+
 _LIST_ITEM = {
     ("noise", "rules"): NoiseRule,
     ("numeric", "paths"): NumericTolerance,
@@ -255,7 +281,9 @@ def _build(cls: type, data: dict[str, Any], where: str, section: str) -> Any:
         elif section == "verdict" and key == "weights":
             if not isinstance(value, dict):
                 raise InputError("verdict.weights must be a table of group = weight", where=where)
-            kwargs[key] = tuple((str(k), float(v)) for k, v in value.items())
+            kwargs[key] = tuple(
+                (str(k), _number(_as_number(v, f"verdict.weights.{k}", where), f"verdict.weights.{k}", where))
+                for k, v in value.items())
         elif dataclasses.is_dataclass(default):
             kwargs[key] = _build(type(default), value, where, key)
         elif isinstance(default, tuple):
@@ -267,15 +295,29 @@ def _build(cls: type, data: dict[str, Any], where: str, section: str) -> Any:
                 raise InputError(f"{section}.{key} must be true or false", where=where)
             kwargs[key] = value
         elif isinstance(default, (int, float)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise InputError(f"{section}.{key} must be a number", where=where)
-            kwargs[key] = type(default)(value)
+            name = f"{section}.{key}" if section else key
+            number = _number(_as_number(value, name, where), name, where)
+            if isinstance(default, int) and number != int(number):
+                raise InputError(f"{name} must be a whole number, not {value}", where=where)
+            kwargs[key] = type(default)(number)
         else:
             kwargs[key] = str(value)
+    if cls is VerdictConfig and kwargs.get("marginal_score", _VERDICT.marginal_score) > kwargs.get(
+            "pass_score", _VERDICT.pass_score):
+        raise InputError("verdict.marginal_score must not be above verdict.pass_score", where=where)
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise InputError(f"[{section}]: {exc}", where=where) from exc
+
+
+_VERDICT = VerdictConfig()
+
+
+def _as_number(value: Any, name: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{name} must be a number", where=where)
+    return float(value)
 
 
 def load_config(path: str | None) -> CompareConfig:

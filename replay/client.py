@@ -18,6 +18,17 @@ A request that finds its reused connection closed by the target before any byte 
 (connect or answer), ``refused``, ``reset`` (closed or reset before the answer was complete),
 ``protocol`` (unparsable answer) or ``other``.
 
+Bounds on what a hostile or broken target can make the client hold (``ResponseLimits``): the
+head (status line and headers, interim answers included) in bytes, the number of headers, the
+reason phrase's length and the number of interim (1xx) answers before the final one. Past any of
+them the request ends with a ``protocol`` error and its connection is closed; the run goes on.
+Bytes are counted before they are parsed, so memory is O(max_head + one read) a connection
+whatever the target sends; a target that trickles is ended by the timeout.
+
+Before a request is written its head is checked once more (``records.request_line_problem``):
+a method or header name that is no token, CR/LF/NUL in the target or a value is never written
+(an ``other`` error "not sent"), whatever built the request.
+
 Times: ``Clock`` maps the monotonic clock to epoch seconds once, so ``scheduled`` and ``sent``
 are comparable to the microsecond and immune to wall-clock steps during a run.
 """
@@ -33,12 +44,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httptools
-
 from shadowtap.capture.http1 import decoded_length
 from shadowtap.replay.policy import Prepared, Target
+
 from shadowtap.errors import TargetError
-from shadowtap.records import Response, Result, ResultError
+from shadowtap.records import Response, Result, ResultError, request_line_problem
 from shadowtap.wire.genai import is_stream_type
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseLimits:
+    """Caps on one answer's head (docs/security.md lists them with their defaults). Generous for
+    any real service (nginx's proxy buffer is 4-8 KiB, curl's header cap 100 KiB), small enough
+    that a connection costs at most ~``max_head`` of memory."""
+
+    max_head: int = 256 << 10  # bytes of status lines and headers, interim answers included
+    max_headers: int = 500  # header fields of one answer
+    max_reason: int = 1024  # bytes of the reason phrase
+    max_interim: int = 16  # 1xx answers before the final one
+
+    def __post_init__(self) -> None:
+        for name in ("max_head", "max_headers", "max_reason", "max_interim"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
 
 
 class Clock:
@@ -83,8 +111,10 @@ class _Job:
         "copy",
         "first_mono",
         "fresh",
+        "head_bytes",
         "headers",
         "in_final",
+        "interim",
         "lane",
         "on_result",
         "prepared",
@@ -95,6 +125,7 @@ class _Job:
         "sent_mono",
         "status",
         "version",
+        "violation",
     )
 
     def __init__(self, prepared: Prepared, scheduled: float, copy: int,
@@ -123,6 +154,9 @@ class _Job:
         # A streamed body (text/event-stream, NDJSON): (body length so far, monotonic arrival
         # time) per socket read, for time to first token; None for other bodies (no cost).
         self.chunks: list[tuple[int, float]] | None = None
+        self.head_bytes = 0  # bytes received before the final answer's head was complete
+        self.interim = 0  # 1xx answers so far
+        self.violation: str | None = None  # a ResponseLimits cap passed: the protocol error
 
 
 class _Lane:
@@ -164,6 +198,13 @@ class _Conn(asyncio.Protocol):
         elif job.chunks is not None:
             job.rx_mono = time.monotonic()
         job.received += len(data)
+        if not job.in_final:
+            # Counted before parsing: the parser (and job.headers) never hold more than
+            # max_head plus one read of the head.
+            job.head_bytes += len(data)
+            if job.head_bytes - len(data) > self.sender.limits.max_head:
+                self._fail("protocol", f"response head longer than {self.sender.limits.max_head} bytes")
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -174,6 +215,9 @@ class _Conn(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if self.job is job:
                 self._fail("protocol", f"unparsable response: {exc}")
+            return
+        if self.job is job and job.violation is not None:
+            self._fail("protocol", job.violation)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -198,13 +242,22 @@ class _Conn(asyncio.Protocol):
 
     # -- httptools callbacks
     # A replaced parser (after a HEAD answer) may still call back with no job: ignored.
+    # A cap passed sets ``violation`` and stops keeping; the job fails when its head completes or
+    # after the read, whichever comes first (the parser cannot be stopped from a callback).
     def on_status(self, status: bytes) -> None:
-        if self.job is not None:
-            self.job.reason += status
+        job = self.job
+        if job is not None and job.violation is None:
+            job.reason += status
+            if len(job.reason) > self.sender.limits.max_reason:
+                job.violation = f"reason phrase longer than {self.sender.limits.max_reason} bytes"
+                job.reason = job.reason[: self.sender.limits.max_reason]
 
     def on_header(self, name: bytes, value: bytes) -> None:
         job = self.job
-        if job is not None:
+        if job is not None and job.violation is None:
+            if len(job.headers) >= self.sender.limits.max_headers:
+                job.violation = f"more than {self.sender.limits.max_headers} header fields"
+                return
             job.headers.append((name, value))
             if len(name) == 16 and name.lower() == b"content-encoding":
                 job.coding = value
@@ -216,10 +269,17 @@ class _Conn(asyncio.Protocol):
         job = self.job
         if job is None:
             return
+        if job.violation is not None:
+            self._fail("protocol", job.violation)  # later callbacks of this read find no job
+            return
         job.status = self.parser.get_status_code()
         job.version = "HTTP/" + self.parser.get_http_version()  # as captured: "HTTP/1.1"
         if 100 <= job.status < 200 and job.status != 101:
-            return  # an interim answer (100 Continue, 103 Early Hints): the final one follows
+            # an interim answer (100 Continue, 103 Early Hints): the final one follows
+            job.interim += 1
+            if job.interim > self.sender.limits.max_interim:
+                self._fail("protocol", f"more than {self.sender.limits.max_interim} interim (1xx) answers")
+            return
         job.in_final = True
         if job.prepared.is_head:
             # llhttp cannot be told the request was HEAD: the answer ends with its headers. The
@@ -247,7 +307,10 @@ class _Conn(asyncio.Protocol):
         if job is None:
             return
         if not job.in_final:
+            # The interim answer is dropped; its bytes still count against max_head.
+            interim, head_bytes, violation = job.interim, job.head_bytes, job.violation
             job.reset_answer()
+            job.interim, job.head_bytes, job.violation = interim, head_bytes, violation
             return
         self._complete(keep=job.status != 101 and self.parser.should_keep_alive())
 
@@ -306,9 +369,11 @@ class Sender:
 
     def __init__(self, target: Target, *, concurrency: int = 64, per_connection: bool = True,
                  timeout: float = 10.0, connect_timeout: float = 5.0, max_body: int = 1 << 20,
-                 max_idle: int | None = None, clock: Clock | None = None) -> None:
+                 max_idle: int | None = None, clock: Clock | None = None,
+                 limits: ResponseLimits | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        self.limits = limits or ResponseLimits()
         self.target = target
         self.concurrency = concurrency
         self.per_connection = per_connection
@@ -405,7 +470,15 @@ class Sender:
     # -- submitting
     def submit(self, prepared: Prepared, *, scheduled: float, copy: int,
                on_result: Callable[[Result], None]) -> None:
-        """Queue ``prepared`` for sending; ``on_result`` gets its Result. Never blocks."""
+        """Queue ``prepared`` for sending; ``on_result`` gets its Result. Never blocks. A request
+        whose head would not be one request on the wire is not sent: its Result (an ``other``
+        error) comes at once. Cost of the check: O(bytes of the head)."""
+        problem = request_line_problem(prepared.method, prepared.target, prepared.headers)
+        if problem is not None:
+            now = self.clock.now()
+            on_result(Result(prepared.exchange_id, prepared.url, scheduled, now, None, None, None,
+                             ResultError("other", f"not sent: {problem}"), copy))
+            return
         self._queued += 1
         if self.per_connection:
             key = f"{prepared.lane}#{copy}"

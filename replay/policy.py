@@ -56,6 +56,9 @@ class SkipReason(enum.Enum):
     HEADER = "header_filter"
     SAMPLED_OUT = "sampled_out"
     UNSAFE = "unsafe_method"  # not GET/HEAD/OPTIONS, not an allowed route, no --allow-unsafe
+    # A method or header name that is no token, CR/LF/NUL in the target or a value: sent, it
+    # would be another request on the wire (CRLF injection). records.request_line_problem.
+    UNSENDABLE = "unsendable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +185,8 @@ class Policy:
         req = exchange.request
         if req is None:
             return Skip(SkipReason.NO_REQUEST)
+        if req.send_problem() is not None:
+            return Skip(SkipReason.UNSENDABLE)
         if not self.force:
             self._check_not_captured_server(exchange.server)
         if req.body_truncated:

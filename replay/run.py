@@ -25,9 +25,10 @@ from dataclasses import dataclass, field, replace
 from shadowtap.replay.client import Sender, local_addresses
 from shadowtap.replay.policy import Policy, Prepared, Skip
 from shadowtap.replay.schedule import Timing, schedule
+
 from shadowtap import console
 from shadowtap.errors import InputError, TargetError
-from shadowtap.jsonl import JsonlWriter, read_jsonl, sniff_is_jsonl
+from shadowtap.jsonl import JsonlWriter, read_jsonl
 from shadowtap.records import Exchange, Result
 
 # Under recorded timing, a target that falls behind makes requests queue in the Sender; past this
@@ -120,16 +121,19 @@ class ReplaySummary:
 
 
 def open_source(cfg: ReplayConfig, summary: ReplaySummary) -> Callable[[], Iterable[Exchange]]:
-    """A factory of passes over the input: JSONL (malformed lines warned about and counted) or a
-    capture extracted on the fly."""
-    if sniff_is_jsonl(cfg.input):
+    """A factory of passes over the input: a capture (pcap/pcapng by their full magic,
+    ``pcapfile.sniff_format``) extracted on the fly, else JSONL (malformed lines, and requests
+    that cannot be sent as one request, warned about with their line number and counted)."""
+    from shadowtap.capture.pcapfile import sniff_path
+
+    if sniff_path(cfg.input) is None:
         def on_error(err: InputError) -> None:
             summary.malformed += 1
             if summary.malformed <= MAX_WARNINGS:
                 console.warn(f"{err.message} (skipped)")
 
         def jsonl_pass() -> Iterable[Exchange]:
-            return read_jsonl(cfg.input, Exchange.from_json, on_error)
+            return read_jsonl(cfg.input, Exchange.from_json_sendable, on_error)
 
         return jsonl_pass
 

@@ -140,12 +140,3 @@ def read_jsonl(
     finally:
         if f is not sys.stdin.buffer:
             f.close()
-
-
-def sniff_is_jsonl(path: str) -> bool:
-    """True when ``path`` looks like a JSONL file rather than a pcap/pcapng (by its first bytes)."""
-    if path == "-":
-        return True
-    with _open_input(path) as f:
-        head = f.read(1)
-    return head in (b"{", b"\n", b"")

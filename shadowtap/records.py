@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +54,63 @@ def _decode_body(text: str, encoding: str) -> bytes:
     if encoding == "base64":
         return base64.b64decode(text)
     raise ValueError(f"unknown body_encoding {encoding!r}")
+
+
+# RFC 9110 5.6.2: token = 1*tchar. Methods and header names must be tokens; anything else (a
+# space, CR, LF, ':', NUL) could end the request line or a header early on the wire: CRLF injection.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# A target or a header value may hold any byte but controls that split or end a line on the wire:
+# CR, LF, NUL and the other C0 controls and DEL (HTAB is allowed in values, RFC 9110 5.5).
+_TARGET_BAD = re.compile(r"[\x00-\x20\x7f]")
+_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def is_token(text: str) -> bool:
+    return _TOKEN.fullmatch(text) is not None
+
+
+def request_line_problem(method: str, target: str, headers: Headers) -> str | None:
+    """Why a request with these fields cannot be written to the wire as one request, or None.
+
+    Methods and header names must be tokens; the target must hold no whitespace or control
+    character; header values no control character but HTAB. The one check of both the records
+    read from a file and the requests the replay client sends (a request that passes it is one
+    request on the wire, whatever the input held). Cost: O(bytes of the head)."""
+    if not is_token(method):
+        return f"method {method[:40]!r} is not a token (RFC 9110)"
+    if not target or _TARGET_BAD.search(target) is not None:
+        return f"target {target[:60]!r} is empty or holds a space or a control character"
+    for name, value in headers:
+        if not is_token(name):
+            return f"header name {name[:40]!r} is not a token (RFC 9110)"
+        if _VALUE_BAD.search(value) is not None:
+            return f"header {name!r}: value {value[:60]!r} holds a control character (CR, LF, NUL...)"
+    return None
+
+
+def finite(d: dict[str, Any], key: str, where: str) -> float:
+    """``d[key]`` as a finite float; ValueError naming the field otherwise (``"NaN"``, ``inf``,
+    strings and booleans are not times)."""
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{where}{key}: not a number: {v!r}")
+    f = float(v)
+    if not math.isfinite(f):
+        raise ValueError(f"{where}{key}: not a finite number: {v!r}")
+    return f
+
+
+def _optional_finite(d: dict[str, Any], key: str, where: str) -> float | None:
+    return None if d.get(key) is None else finite(d, key, where)
+
+
+def _count(d: dict[str, Any], key: str, where: str, *, optional: bool = False) -> int | None:
+    v = d.get(key) if optional else d[key]
+    if v is None and optional:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{where}{key}: not a count (an integer >= 0): {v!r}")
+    return v
 
 
 def header_values(headers: Headers, name: str) -> list[str]:
@@ -116,16 +175,18 @@ class Message:
         }
 
     @staticmethod
-    def _common_kwargs(d: dict[str, Any]) -> dict[str, Any]:
+    def _common_kwargs(d: dict[str, Any], where: str) -> dict[str, Any]:
+        """The common fields of a JSON message, checked: times finite, lengths counts. Errors are
+        ValueErrors naming the field (``request.ts: not a finite number: 'NaN'``)."""
         return {
-            "ts": float(d["ts"]),
-            "end_ts": float(d["end_ts"]),
+            "ts": finite(d, "ts", where),
+            "end_ts": finite(d, "end_ts", where),
             "version": str(d["version"]),
             "headers": tuple((str(n), str(v)) for n, v in d["headers"]),
             "body": _decode_body(d.get("body", ""), d.get("body_encoding", "utf8")),
-            "body_len": int(d["body_len"]),
+            "body_len": _count(d, "body_len", where),
             "body_truncated": bool(d.get("body_truncated", False)),
-            "decoded_len": d.get("decoded_len"),
+            "decoded_len": _count(d, "decoded_len", where, optional=True),
         }
 
 
@@ -139,7 +200,13 @@ class Request(Message):
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Request:
-        return cls(method=str(d["method"]), target=str(d["target"]), **cls._common_kwargs(d))
+        return cls(method=str(d["method"]), target=str(d["target"]), **cls._common_kwargs(d, "request."))
+
+    def send_problem(self) -> str | None:
+        """Why this request cannot be sent as one request (``request_line_problem``), or None.
+        Not checked on decoding: compare reads odd captured requests as they were; replay and
+        the mirror refuse to send them."""
+        return request_line_problem(self.method, self.target, self.headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +219,10 @@ class Response(Message):
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Response:
-        return cls(status=int(d["status"]), reason=str(d["reason"]), **cls._common_kwargs(d))
+        status = d["status"]
+        if isinstance(status, bool) or not isinstance(status, int) or not 0 <= status <= 999:
+            raise ValueError(f"response.status: not a status code: {status!r}")
+        return cls(status=status, reason=str(d["reason"]), **cls._common_kwargs(d, "response."))
 
 
 def format_endpoint(ip: str, port: int) -> str:
@@ -333,6 +403,18 @@ class Exchange:
         assert msg is not None
         return msg.ts
 
+    @classmethod
+    def from_json_sendable(cls, d: dict[str, Any]) -> Exchange:
+        """``from_json`` for replay: a request that cannot be sent as one request (CRLF
+        injection, a method or header name that is no token) is a ValueError naming the field, so
+        the reader warns about it with its line number and skips it."""
+        ex = cls.from_json(d)
+        if ex.request is not None:
+            problem = ex.request.send_problem()
+            if problem is not None:
+                raise ValueError(f"request not replayable: {problem}")
+        return ex
+
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "schema": EXCHANGE_SCHEMA,
@@ -366,8 +448,8 @@ class Exchange:
             request=Request.from_json(req) if req is not None else None,
             response=Response.from_json(resp) if resp is not None else None,
             anomalies=tuple(d.get("anomalies", ())),
-            ttfb_ms=d.get("ttfb_ms"),
-            total_ms=d.get("total_ms"),
+            ttfb_ms=_optional_finite(d, "ttfb_ms", ""),
+            total_ms=_optional_finite(d, "total_ms", ""),
             h2=H2Stream.from_json(h2) if h2 is not None else None,
             grpc=GrpcCall.from_json(grpc) if grpc is not None else None,
             chunks=_chunks_from(d),
@@ -440,11 +522,11 @@ class Result:
             exchange_id=str(d["exchange_id"]),
             copy=int(d.get("copy", 0)),
             target=str(d["target"]),
-            scheduled=float(d["scheduled"]),
-            sent=float(d["sent"]),
+            scheduled=finite(d, "scheduled", ""),
+            sent=finite(d, "sent", ""),
             response=Response.from_json(resp) if resp is not None else None,
-            ttfb_ms=d.get("ttfb_ms"),
-            total_ms=d.get("total_ms"),
+            ttfb_ms=_optional_finite(d, "ttfb_ms", ""),
+            total_ms=_optional_finite(d, "total_ms", ""),
             error=ResultError(str(err["kind"]), str(err["message"])) if err else None,
             extra=dict(d.get("extra", {})),
             grpc=GrpcCall.from_json(grpc) if grpc is not None else None,
