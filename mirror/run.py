@@ -66,7 +66,7 @@ from shadowtap.errors import (
     ShadowtapError,
     TargetError,
 )
-from shadowtap.jsonl import JsonlWriter, create_private
+from shadowtap.jsonl import JsonlWriter, check_directory, create_private
 from shadowtap.priority import lower_priority
 from shadowtap.records import Exchange, Result, parse_endpoint
 from shadowtap.redact import Redactor
@@ -567,6 +567,7 @@ class MirrorRun:
             raise InputError(f"cannot create the run directory: {exc.strerror}", where=d) from exc
         if not os.access(d, os.W_OK | os.X_OK):
             raise InputError("the run directory is not writable", where=d)
+        check_directory(d)  # not one other users can write (they could plant links there)
 
     def _open_run_dir(self) -> None:
         d = self.cfg.run_dir

@@ -1,12 +1,14 @@
 """Reading and writing JSON Lines files of records (exchanges, results).
 
-Files are created with mode 0600 (captured traffic holds personal data), gzip-compressed when the
+Files are created with mode 0600 (captured traffic holds personal data), never through a link or
+into a directory another user could plant one in (``create_private``), gzip-compressed when the
 name ends in ``.gz``, ``-`` is standard output/input. Writers flush at least every
 ``flush_interval`` seconds, so a crash loses at most that much.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import stat
@@ -25,16 +27,67 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 
-def create_private(path: str, *, binary: bool = True) -> IO[Any]:
-    """Open ``path`` for writing (truncating) with mode 0600, whatever the umask.
-
-    An existing regular file keeps its inode but has its mode set to 0600 too; a device or a FIFO
-    (``/dev/null``, a named pipe) is written as it is, its mode left alone."""
+def check_directory(path: str) -> None:
+    """Refuse a directory another user could plant files or links in: writable by group or others
+    and not owned by the caller (``/tmp`` for anyone but root, another user's world-writable
+    folder). InputError naming it otherwise. A directory the caller owns, or one only its owner
+    (root, say) can write, is fine."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        st = os.stat(path)
     except OSError as exc:
-        raise InputError(f"cannot write: {exc.strerror}", where=path) from exc
-    if stat.S_ISREG(os.fstat(fd).st_mode):
+        raise InputError(f"cannot use the directory: {exc.strerror}", where=path) from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise InputError("not a directory", where=path)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and st.st_uid != os.geteuid():
+        raise InputError(
+            f"refusing a directory other users can write (mode {stat.S_IMODE(st.st_mode):o}, owner uid "
+            f"{st.st_uid}): they could plant a link or a file where the output goes", where=path,
+            hint="write into a directory you own that others cannot write (e.g. a 0700 folder)")
+
+
+def _shared(st: os.stat_result) -> bool:
+    return bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def create_private(path: str, *, binary: bool = True) -> IO[Any]:
+    """Open ``path`` for writing (truncating) with mode 0600, whatever the umask, safely in a
+    directory others can reach (issue 12 item 9; docs/security.md):
+
+    - the directory must not be writable by others unless the caller owns it (``check_directory``);
+    - the file is opened with ``O_NOFOLLOW``: a symbolic link is followed only when it belongs to
+      the caller or root (``/dev/stdout``, a link the user made), never one another user planted;
+    - an existing regular file with other hard links, or (in a directory others can write)
+      owned by another user, is refused before anything is truncated;
+    - an existing regular file keeps its inode and has its mode set to 0600; a device or a FIFO
+      (``/dev/null``, a named pipe) is written as it is, its mode left alone."""
+    folder = os.path.dirname(os.path.abspath(path))
+    check_directory(folder)
+    me = os.geteuid()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise InputError(f"cannot write: {exc.strerror}", where=path) from exc
+        link = os.lstat(path)
+        if link.st_uid not in (me, 0):
+            raise InputError(f"refusing to follow a symbolic link owned by uid {link.st_uid}",
+                             where=path, hint="remove the link, or write elsewhere") from exc
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc2:
+            raise InputError(f"cannot write: {exc2.strerror}", where=path) from exc2
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode):
+        problem = None
+        if st.st_nlink > 1:
+            problem = f"the file has {st.st_nlink} hard links: writing would change the others too"
+        elif st.st_uid != me and _shared(os.stat(folder)):
+            problem = f"the file belongs to uid {st.st_uid} in a directory others can write"
+        if problem is not None:
+            os.close(fd)
+            raise InputError(f"refusing to write: {problem}", where=path, hint="remove it, or write elsewhere")
+        os.ftruncate(fd, 0)
         os.fchmod(fd, 0o600)
     # 64 KiB buffers: a write syscall per ~100 exchanges, not per ~10 (writers flush every second).
     return os.fdopen(fd, "wb" if binary else "w", buffering=1 << 16)

@@ -15,6 +15,7 @@ import os
 import secrets
 from collections.abc import Iterable
 
+from shadowtap.jsonl import create_private
 from shadowtap.records import Exchange, Headers, Message
 
 DEFAULT_SECRET_HEADERS = ("authorization", "cookie", "set-cookie", "proxy-authorization")
@@ -37,8 +38,7 @@ def load_key(path: str | None = None) -> bytes:
         pass
     os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
     key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
+    with create_private(path) as f:  # never through a planted link
         f.write(key)
     return key
 
