@@ -12,6 +12,7 @@ add() and snapshot() may be called from different threads (one lock).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import threading
@@ -33,11 +34,28 @@ from shadowtap.compare.diff import (
 )
 from shadowtap.compare.endpoints import Templater
 from shadowtap.compare.noise import Volatility, judge_against_baseline, noise_reason
+from shadowtap.compare.report import (
+    REPORT_SCHEMA,
+    Drift,
+    EndpointReport,
+    Errors,
+    FieldReport,
+    Flip,
+    Latency,
+    LatencySide,
+    LatencyTest,
+    NoiseEntry,
+    Report,
+    Sample,
+    Side,
+    Status,
+    StatusPair,
+    Summary,
+)
 from shadowtap.compare.samples import body_excerpt, redact_field, redact_text
 from shadowtap.compare.stats import Reservoir, drift, latency_shift, percentiles
 from shadowtap.records import Exchange, Response, Result
 
-REPORT_SCHEMA = 1
 OTHER_FIELDS = "(other fields)"
 OTHER_ENDPOINTS = "(other endpoints)"
 _LEAVES_MAX = 64  # leaf values kept per body in the value sample
@@ -88,22 +106,28 @@ def _leaves(v: Any, path: str, paths: list[str], values: list[Any]) -> None:
             values.append(x)
 
 
-def _renames(fields: list[dict[str, Any]]) -> None:
+def _renames(fields: list[FieldReport]) -> list[FieldReport]:
     """Mark a field only the primary has and a field only the shadow has, under the same parent,
     holding the same value in the same exchange, as a rename (``renamed_to``/``renamed_from``)."""
-    missing = [f for f in fields if set(f["kinds"]) == {"missing"} and f["samples"]]
-    extra = [f for f in fields if set(f["kinds"]) == {"extra"} and f["samples"]]
+    missing = [f for f in fields if set(f.kinds) == {"missing"} and f.samples]
+    extra = [f for f in fields if set(f.kinds) == {"extra"} and f.samples]
+    renamed: dict[str, tuple[str | None, str | None]] = {}  # path -> (renamed_to, renamed_from)
     for m in missing:
-        parent = m["path"].rsplit(".", 1)[0]
-        sm = m["samples"][0]
+        parent = m.path.rsplit(".", 1)[0]
+        sm = m.samples[0]
         for x in extra:
-            if x["path"].rsplit(".", 1)[0] != parent or "renamed_from" in x:
+            if x.path.rsplit(".", 1)[0] != parent or x.path in renamed:
                 continue
-            same = [s for s in x["samples"] if s["exchange_id"] == sm["exchange_id"]]
-            if same and same[0]["shadow"] == sm["primary"]:
-                m["renamed_to"] = x["path"]
-                x["renamed_from"] = m["path"]  # the missing half carries the regression
+            same = [s for s in x.samples if s.exchange_id == sm.exchange_id]
+            if same and same[0].shadow == sm.primary:
+                renamed[m.path] = (x.path, None)
+                renamed[x.path] = (None, m.path)  # the missing half carries the regression
                 break
+    if not renamed:
+        return fields
+    return [f if f.path not in renamed else
+            dataclasses.replace(f, renamed_to=renamed[f.path][0], renamed_from=renamed[f.path][1])
+            for f in fields]
 
 
 class FieldAgg:
@@ -117,7 +141,7 @@ class FieldAgg:
         self.kinds: Counter[Kind] = Counter()
         self.volatility = Volatility()
         self.flips: Counter[tuple[Any, Any]] = Counter()
-        self.samples: list[dict[str, Any]] = []
+        self.samples: list[Sample] = []
 
     def merge(self, o: FieldAgg, max_samples: int) -> None:
         self.diff_pairs += o.diff_pairs
@@ -183,7 +207,7 @@ class Comparison:
         self._tolerances: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
         # endpoint name -> ((pairs, baseline pairs) it was computed at, its report, when)
-        self._cache: dict[str, tuple[Any, dict[str, Any], float]] = {}
+        self._cache: dict[str, tuple[tuple[int, int], EndpointReport, float]] = {}
         self._pooled: dict[str, Volatility] = {}
         self._shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._seed = 100
@@ -341,7 +365,7 @@ class Comparison:
                     f.flips[(d.primary, d.shadow)] += 1
 
     def _sample(self, ex: Exchange, res: Result, agg: EndpointAgg, d: Difference, pb: Body | None,
-                sb: Body | None, bodies: list[tuple[str, str]]) -> dict[str, Any]:
+                sb: Body | None, bodies: list[tuple[str, str]]) -> Sample:
         """A side-by-side sample. The body excerpts are made once per pair (``bodies`` caches them
         for the pair's other fields) and kept for at most ``limits.sample_bodies`` samples per
         endpoint, which bounds their memory whatever the number of fields."""
@@ -363,15 +387,15 @@ class Comparison:
             else:
                 bodies.append(("(body not kept: limits.sample_bodies reached)", ""))
         primary_body, shadow_body = bodies[0]
-        return {
-            "exchange_id": ex.id,
-            "request": line,
-            "kind": d.kind.value,
-            "primary": redact_field(d.path, d.primary),
-            "shadow": redact_field(d.path, d.shadow),
-            "primary_body": primary_body,
-            "shadow_body": shadow_body,
-        }
+        return Sample(
+            exchange_id=ex.id,
+            request=line,
+            kind=d.kind.value,
+            primary=redact_field(d.path, d.primary),
+            shadow=redact_field(d.path, d.shadow),
+            primary_body=primary_body,
+            shadow_body=shadow_body,
+        )
 
     # ---------------------------------------------------------------------------- reporting
 
@@ -390,7 +414,7 @@ class Comparison:
                 else:
                     target.merge(agg, max_samples)
 
-    def snapshot(self, *, fresh: bool = False) -> dict[str, Any]:
+    def snapshot(self, *, fresh: bool = False) -> Report:
         """The report so far, with its verdict.
 
         Cost: O(endpoints x (fields + samples + reservoirs)); the statistics of an endpoint with
@@ -402,9 +426,8 @@ class Comparison:
             self._fold_endpoints()
             self._pool_volatility()
             deadline = time.perf_counter() + self.config.limits.snapshot_budget_ms / 1000.0
-            order = sorted(self._endpoints.items(),
-                           key=lambda kv: self._cache.get(kv[0], (None, None, 0.0))[2])
-            endpoints = []
+            order = sorted(self._endpoints.items(), key=lambda kv: self._computed_at(kv[0]))
+            endpoints: list[EndpointReport] = []
             computed = 0  # at least one endpoint is recomputed per snapshot, so all get their turn
             for name, a in order:
                 key = (a.pairs, a.baseline_compared)
@@ -425,36 +448,41 @@ class Comparison:
             overall = self._side_report(self._overall)
         cfg = self.config
         verdict = verdict_mod.judge(endpoints, overall, cfg, compared=self._overall.compared)
-        failing = {m["endpoint"] for m in verdict["metrics"] if m["failed"]}
-        endpoints.sort(key=lambda e: (e["endpoint"] not in failing, -e["divergence"], -e["pairs"],
-                                      e["endpoint"]))
+        failing = {m.endpoint for m in verdict.metrics if m.failed}
+        endpoints.sort(key=lambda e: (e.endpoint not in failing, -e.divergence, -e.pairs,
+                                      e.endpoint))
         noise = [
-            {"endpoint": e["endpoint"], "path": f["path"], "reason": f["noise"], "rate": f["rate"]}
-            for e in endpoints for f in e["fields"] if f["noise"]
+            NoiseEntry(endpoint=e.endpoint, path=f.path, reason=f.noise, rate=f.rate)
+            for e in endpoints for f in e.fields if f.noise
         ]
         o = self._overall
-        return {
-            "schema": REPORT_SCHEMA,
-            "generated": time.time(),
-            "verdict": verdict,
-            "summary": {
-                "pairs": o.pairs,
-                "compared": o.compared,
-                "identical": o.identical,
-                "with_baseline": sum(a.baseline_compared for a in self._endpoints.values()),
-                "baseline": self.has_baseline,
-                "endpoints": len(endpoints),
-                "unmatched_exchanges": self.unmatched_exchanges,
-                "unmatched_results": self.unmatched_results,
-                "input_errors": self.input_error_count,
-                "input_error_examples": self.input_errors[:10],
-                **overall,
-            },
-            "noisy_headers": sorted(self._ignored_headers),
-            "noise": noise,
-            "endpoints": endpoints,
-            "config": cfg.to_json(),
-        }
+        return Report(
+            schema=REPORT_SCHEMA,
+            generated=time.time(),
+            verdict=verdict,
+            summary=Summary(
+                pairs=o.pairs,
+                compared=o.compared,
+                identical=o.identical,
+                with_baseline=sum(a.baseline_compared for a in self._endpoints.values()),
+                baseline=self.has_baseline,
+                endpoints=len(endpoints),
+                unmatched_exchanges=self.unmatched_exchanges,
+                unmatched_results=self.unmatched_results,
+                input_errors=self.input_error_count,
+                input_error_examples=self.input_errors[:10],
+                errors=overall.errors,
+                latency=overall.latency,
+            ),
+            noisy_headers=sorted(self._ignored_headers),
+            noise=noise,
+            endpoints=endpoints,
+            config=cfg.to_json(),
+        )
+
+    def _computed_at(self, name: str) -> float:
+        cached = self._cache.get(name)
+        return 0.0 if cached is None else cached[2]
 
     def _pool_volatility(self) -> None:
         """Pool, per path, the observations of fields seen too few times on one endpoint."""
@@ -465,41 +493,39 @@ class Comparison:
             for path in small.intersection(a.fields):
                 self._pooled.setdefault(path, Volatility()).merge(a.fields[path].volatility)
 
-    def _side_report(self, a: EndpointAgg, statistics: bool = True) -> dict[str, Any]:
+    def _side_report(self, a: EndpointAgg, statistics: bool = True) -> Side:
         """Errors and latency of an aggregate (shared by endpoints and the overall summary)."""
         p_err = a.pairs - a.primary_outcomes.get(OK, 0)
         s_err = a.pairs - a.shadow_outcomes.get(OK, 0)
-        lat: dict[str, Any] = {}
-        for side, res in (("primary", a.lat_primary), ("shadow", a.lat_shadow)):
+        sides = []
+        for res in (a.lat_primary, a.lat_shadow):
             vals = res.items
             p50, p90, p99 = percentiles(vals)
-            lat[side] = {
-                "n": res.count, "p50": p50, "p90": p90, "p99": p99,
-                "cdf": percentiles(vals, _CDF_POINTS) if vals else [],
-            }
+            sides.append(LatencySide(n=res.count, p50=p50, p90=p90, p99=p99,
+                                     cdf=percentiles(vals, _CDF_POINTS) if vals else []))
         test = None
         if statistics and len(a.lat_primary.items) >= 2 and len(a.lat_shadow.items) >= 2:
             t = latency_shift(a.lat_primary.items, a.lat_shadow.items)
-            test = {"p_value": t.p_value, "median_ratio": t.effect,
-                    "primary_median": t.primary_median, "shadow_median": t.shadow_median}
-        lat["test"] = test
-        return {
-            "errors": {
-                "primary": p_err, "shadow": s_err,
-                "primary_rate": p_err / a.pairs if a.pairs else 0.0,
-                "shadow_rate": s_err / a.pairs if a.pairs else 0.0,
-                "primary_outcomes": dict(a.primary_outcomes),
-                "shadow_outcomes": dict(a.shadow_outcomes),
-                "new_failures": dict(a.new_failures),
-                "recoveries": dict(a.recoveries),
-            },
-            "latency": lat,
-        }
+            test = LatencyTest(p_value=t.p_value, median_ratio=t.effect,
+                               primary_median=t.primary_median, shadow_median=t.shadow_median)
+        return Side(
+            errors=Errors(
+                primary=p_err, shadow=s_err,
+                primary_rate=p_err / a.pairs if a.pairs else 0.0,
+                shadow_rate=s_err / a.pairs if a.pairs else 0.0,
+                primary_outcomes=dict(a.primary_outcomes),
+                shadow_outcomes=dict(a.shadow_outcomes),
+                new_failures=dict(a.new_failures),
+                recoveries=dict(a.recoveries),
+            ),
+            latency=Latency(primary=sides[0], shadow=sides[1], test=test),
+        )
 
-    def _endpoint_report(self, name: str, a: EndpointAgg, statistics: bool = True) -> dict[str, Any]:
+    def _endpoint_report(self, name: str, a: EndpointAgg, statistics: bool = True
+                         ) -> EndpointReport:
         cfg = self.config
         value_stats = self._value_stats(a) if statistics else {}
-        fields = []
+        fields: list[FieldReport] = []
         for path, f in a.fields.items():
             if f.diff_pairs == 0:
                 continue  # differs only against the baseline
@@ -511,65 +537,61 @@ class Comparison:
                 judgement = judge_against_baseline(rate, baseline_rate, cfg.noise)
             reason = noise_reason(name, path, f.kinds, f.volatility, cfg.noise, judgement,
                                   self._pooled.get(path))
-            vs = value_stats.get(path, {})
-            entry: dict[str, Any] = {
-                "path": path,
-                "kinds": {k.value: n for k, n in f.kinds.most_common()},
-                "diff_pairs": f.diff_pairs,
-                "rate": rate,
-                "baseline_rate": baseline_rate,
-                "noise": reason,
-                "type": vs.get("type", "other"),
-                "only_extra": set(f.kinds) == {Kind.EXTRA},
-                "flips": [
-                    {"primary": redact_field(path, pv), "shadow": redact_field(path, sv), "count": n}
-                    for (pv, sv), n in f.flips.most_common(10)
-                ],
-                "samples": list(f.samples),  # a copy: add() appends to the live list
-            }
-            if vs.get("type") == "categorical":
-                presence = vs["presence"]
-                observed = max(1.0, a.compared * presence)
-                entry["agreement"] = max(0.0, 1.0 - f.diff_pairs / observed)
-            fields.append(entry)
+            vs = value_stats.get(path)
+            agreement = None
+            if vs is not None and vs.type == "categorical":
+                observed = max(1.0, a.compared * vs.presence)
+                agreement = max(0.0, 1.0 - f.diff_pairs / observed)
+            fields.append(FieldReport(
+                path=path,
+                kinds={k.value: n for k, n in f.kinds.most_common()},
+                diff_pairs=f.diff_pairs,
+                rate=rate,
+                baseline_rate=baseline_rate,
+                noise=reason,
+                type="other" if vs is None else vs.type,
+                only_extra=set(f.kinds) == {Kind.EXTRA},
+                flips=[Flip(primary=redact_field(path, pv), shadow=redact_field(path, sv), count=n)
+                       for (pv, sv), n in f.flips.most_common(10)],
+                samples=list(f.samples),  # a copy: add() appends to the live list
+                agreement=agreement,
+            ))
         # Numeric paths drift even when every pair is within tolerance: report them too.
-        model = []
-        noisy = {e["path"] for e in fields if e["noise"]}
-        for path, vs in value_stats.items():
-            if vs["type"] == "numeric" and vs.get("drift") and path not in noisy:
-                model.append({"path": path, **vs["drift"]})
-        _renames(fields)
-        fields.sort(key=lambda e: (e["noise"] is not None, -e["rate"]))
+        noisy = {e.path for e in fields if e.noise}
+        model = [vs.drift for path, vs in value_stats.items()
+                 if vs.type == "numeric" and vs.drift is not None and path not in noisy]
+        fields = _renames(fields)
+        fields.sort(key=lambda e: (e.noise is not None, -e.rate))
         side = self._side_report(a, statistics)
-        regress = [e["rate"] for e in fields if not e["noise"] and not e["only_extra"]]
-        err = side["errors"]
+        regress = [e.rate for e in fields if not e.noise and not e.only_extra]
+        err = side.errors
         # Divergence ranks endpoints: the worst of the share of pairs a real difference touches,
         # the error-rate increase and, when significant, the latency slowdown (x2 counts as 1).
-        test = side["latency"]["test"]
+        test = side.latency.test
         slowdown = 0.0
-        if test and test["p_value"] < cfg.latency.alpha and math.isfinite(test["median_ratio"]):
-            slowdown = min(1.0, max(0.0, test["median_ratio"] - 1.0))
-        divergence = max([0.0, err["shadow_rate"] - err["primary_rate"], slowdown, *regress])
+        if test and test.p_value < cfg.latency.alpha and math.isfinite(test.median_ratio):
+            slowdown = min(1.0, max(0.0, test.median_ratio - 1.0))
+        divergence = max([0.0, err.shadow_rate - err.primary_rate, slowdown, *regress])
         mismatched = sum(n for (ps, ss), n in a.status_pairs.items() if ps != ss)
-        return {
-            "endpoint": name,
-            "pairs": a.pairs,
-            "compared": a.compared,
-            "identical": a.identical,
-            "baseline_compared": a.baseline_compared,
-            "divergence": divergence,
-            "status": {
-                "pairs": [
-                    {"primary": ps, "shadow": ss, "count": n} for (ps, ss), n in a.status_pairs.most_common(20)
-                ],
-                "mismatch_rate": mismatched / a.compared if a.compared else 0.0,
-            },
-            **side,
-            "fields": fields,
-            "numeric": model,
-        }
+        return EndpointReport(
+            endpoint=name,
+            pairs=a.pairs,
+            compared=a.compared,
+            identical=a.identical,
+            baseline_compared=a.baseline_compared,
+            divergence=divergence,
+            status=Status(
+                pairs=[StatusPair(primary=ps, shadow=ss, count=n)
+                       for (ps, ss), n in a.status_pairs.most_common(20)],
+                mismatch_rate=mismatched / a.compared if a.compared else 0.0,
+            ),
+            errors=side.errors,
+            latency=side.latency,
+            fields=fields,
+            numeric=model,
+        )
 
-    def _value_stats(self, a: EndpointAgg) -> dict[str, dict[str, Any]]:
+    def _value_stats(self, a: EndpointAgg) -> dict[str, _ValueStats]:
         """Per leaf path, from the value sample: its type (numeric, categorical, other), how often
         it is present, and for numeric paths the drift between the two sides."""
         mcfg = self.config.model
@@ -593,29 +615,40 @@ class Comparison:
                 if sd.get(path) != vals:
                     differs.add(path)
         n = len(a.values.items)
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, _ValueStats] = {}
         for path, pv in prim.items():
             sv = shad.get(path, [])
             nums = [x for x in pv if isinstance(x, (int, float)) and not isinstance(x, bool)]
             distinct = len(set(map(repr, pv[:2000])))
-            info: dict[str, Any] = {"presence": present[path] / n if n else 0.0}
+            presence = present[path] / n if n else 0.0
             is_float = any(isinstance(x, float) for x in nums)
+            found: Drift | None = None
             if len(pv) < mcfg.min_samples:
-                info["type"] = "other"  # too few values to tell a label from a free value
+                kind = "other"  # too few values to tell a label from a free value
             elif len(nums) == len(pv) and (is_float or distinct > mcfg.categorical_max_values):
-                info["type"] = "numeric"
+                kind = "numeric"
                 snums = [x for x in sv if isinstance(x, (int, float)) and not isinstance(x, bool)]
-                if path in differs and len(nums) >= mcfg.min_samples and len(snums) >= mcfg.min_samples:
+                if (path in differs and len(nums) >= mcfg.min_samples
+                        and len(snums) >= mcfg.min_samples):
                     d = drift(nums, snums)
-                    info["drift"] = {
-                        "n": d.n_primary, "mean_primary": d.mean_primary, "mean_shadow": d.mean_shadow,
-                        "std_primary": d.std_primary,
-                        "mean_shift": d.mean_shift if math.isfinite(d.mean_shift) else None,
-                        "ks_d": d.ks_d, "ks_p": d.ks_p, "psi": d.psi,
-                    }
+                    found = Drift(
+                        path=path, n=d.n_primary, mean_primary=d.mean_primary,
+                        mean_shadow=d.mean_shadow, std_primary=d.std_primary,
+                        mean_shift=d.mean_shift if math.isfinite(d.mean_shift) else None,
+                        ks_d=d.ks_d, ks_p=d.ks_p, psi=d.psi,
+                    )
             elif distinct <= mcfg.categorical_max_values:
-                info["type"] = "categorical"
+                kind = "categorical"
             else:
-                info["type"] = "other"
-            out[path] = info
+                kind = "other"
+            out[path] = _ValueStats(kind, presence, found)
         return out
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ValueStats:
+    """A leaf path's values in an endpoint's value sample."""
+
+    type: str  # numeric, categorical, other
+    presence: float  # share of sampled pairs whose primary body has the path
+    drift: Drift | None  # numeric paths whose values differ between the sides

@@ -10,13 +10,13 @@ from typing import Any
 from rich.markup import escape
 
 from shadowtap import console
+from shadowtap.compare.report import Report
 
-_COLOURS = {"pass": "bold green", "marginal": "bold yellow", "fail": "bold red", "error": "bold magenta"}
 _ENDPOINTS_SHOWN = 15
 _FIELDS_SHOWN = 8
 
 
-def _ms(v: Any) -> str:
+def _ms(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"
 
 
@@ -33,67 +33,67 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     console.table(title, columns, rows)
 
 
-def render(report: dict[str, Any], *, verbose: bool = False) -> None:
+def render(report: Report, *, verbose: bool = False) -> None:
     out = console.out
-    v = report["verdict"]
-    s = report["summary"]
-    colour = _COLOURS[v["result"]]
-    head = (f"verdict: {v['result'].upper()}  score {v['score']:.1f} "
-            f"(pass >= {v['pass_score']:g}, marginal >= {v['marginal_score']:g})  exit {v['exit_code']}")
+    v = report.verdict
+    s = report.summary
+    head = (f"verdict: {v.result.upper()}  score {v.score:.1f} "
+            f"(pass >= {v.pass_score:g}, marginal >= {v.marginal_score:g})  exit {v.exit_code}")
     if out.is_terminal:
-        out.print(f"[{colour}]{head}[/]")
+        out.print(f"[{v.result.style}]{head}[/]")
     else:
         out.print(head, markup=False)
-    for r in v["reasons"][: 20 if not verbose else None]:
+    for r in v.reasons[: 20 if not verbose else None]:
         out.print(f"  - {r}", markup=False)
     out.print(
-        f"pairs {s['pairs']}, compared {s['compared']}, identical {s['identical']}, endpoints "
-        f"{s['endpoints']}, unmatched exchanges {s['unmatched_exchanges']}, unmatched results "
-        f"{s['unmatched_results']}" + (f", baseline pairs {s['with_baseline']}" if s["baseline"] else "")
-        + (f", malformed input lines {s['input_errors']}" if s["input_errors"] else ""),
+        f"pairs {s.pairs}, compared {s.compared}, identical {s.identical}, endpoints "
+        f"{s.endpoints}, unmatched exchanges {s.unmatched_exchanges}, unmatched results "
+        f"{s.unmatched_results}" + (f", baseline pairs {s.with_baseline}" if s.baseline else "")
+        + (f", malformed input lines {s.input_errors}" if s.input_errors else ""),
         markup=False,
     )
     rows = []
-    for e in report["endpoints"][:_ENDPOINTS_SHOWN]:
-        lat = e["latency"]
-        worst = next((f for f in e["fields"] if not f["noise"] and not f["only_extra"]), None)
-        new = next((f for f in e["fields"] if not f["noise"] and f["only_extra"]), None)
-        changes = ", ".join(f"{s['primary']}->{s['shadow']} x{s['count']}"
-                            for s in e["status"]["pairs"] if s["primary"] != s["shadow"])
+    for e in report.endpoints[:_ENDPOINTS_SHOWN]:
+        lat = e.latency
+        worst = next((f for f in e.fields if not f.noise and not f.only_extra), None)
+        new = next((f for f in e.fields if not f.noise and f.only_extra), None)
+        changes = ", ".join(f"{p.primary}->{p.shadow} x{p.count}"
+                            for p in e.status.pairs if p.primary != p.shadow)
         rows.append([
-            e["endpoint"], e["pairs"], _pct(e["divergence"]), changes or "-",
-            f"{_pct(e['errors']['primary_rate'])} / {_pct(e['errors']['shadow_rate'])}",
-            f"{_ms(lat['primary']['p50'])} / {_ms(lat['shadow']['p50'])}",
-            f"{_ms(lat['primary']['p99'])} / {_ms(lat['shadow']['p99'])}",
-            f"{worst['path']} {_pct(worst['rate'])}" if worst else
-            (f"{new['path']} (new field)" if new else "-"),
+            e.endpoint, e.pairs, _pct(e.divergence), changes or "-",
+            f"{_pct(e.errors.primary_rate)} / {_pct(e.errors.shadow_rate)}",
+            f"{_ms(lat.primary.p50)} / {_ms(lat.shadow.p50)}",
+            f"{_ms(lat.primary.p99)} / {_ms(lat.shadow.p99)}",
+            f"{worst.path} {_pct(worst.rate)}" if worst else
+            (f"{new.path} (new field)" if new else "-"),
         ])
     _table("endpoints (ranked by divergence)",
-                  ["endpoint", "pairs", "divergence", "status changes", "errors p/s", "p50 ms p/s", "p99 ms p/s", "worst field"],
-                  rows)
-    for e in report["endpoints"][:_ENDPOINTS_SHOWN]:
-        fields = [f for f in e["fields"] if not f["noise"]][:_FIELDS_SHOWN]
-        numeric = e["numeric"]
+           ["endpoint", "pairs", "divergence", "status changes", "errors p/s", "p50 ms p/s",
+            "p99 ms p/s", "worst field"],
+           rows)
+    for e in report.endpoints[:_ENDPOINTS_SHOWN]:
+        fields = [f for f in e.fields if not f.noise][:_FIELDS_SHOWN]
+        numeric = e.numeric
         if not fields and not numeric:
             continue
         frows = []
         for f in fields:
             extra = ""
-            if "agreement" in f:
-                flips = ", ".join(f"{x['primary']}->{x['shadow']} x{x['count']}" for x in f["flips"][:3])
-                extra = f"agreement {f['agreement']:.2%}; {flips}"
-            elif f["samples"]:
-                smp = f["samples"][0]
-                extra = f"e.g. {str(smp['primary'])[:40]!s} -> {str(smp['shadow'])[:40]!s}"
-            frows.append([f["path"], ", ".join(f"{k}:{n}" for k, n in f["kinds"].items()), _pct(f["rate"]),
-                          "-" if f["baseline_rate"] is None else _pct(f["baseline_rate"]), extra])
+            if f.agreement is not None:
+                flips = ", ".join(f"{x.primary}->{x.shadow} x{x.count}" for x in f.flips[:3])
+                extra = f"agreement {f.agreement:.2%}; {flips}"
+            elif f.samples:
+                smp = f.samples[0]
+                extra = f"e.g. {str(smp.primary)[:40]!s} -> {str(smp.shadow)[:40]!s}"
+            frows.append([f.path, ", ".join(f"{k}:{n}" for k, n in f.kinds.items()),
+                          _pct(f.rate), _pct(f.baseline_rate), extra])
         for m in numeric:
-            shift = "-" if m["mean_shift"] is None else f"{m['mean_shift']:+.2f} std"
-            frows.append([m["path"], "numeric", "", "",
-                          (f"mean {m['mean_primary']:.4g}->{m['mean_shadow']:.4g} ({shift}), "
-                           f"KS D={m['ks_d']:.3f} p={m['ks_p']:.2g}, PSI={m['psi']:.3f}")])
-        _table(f"fields of {e['endpoint']}", ["field", "kinds", "rate", "baseline", "detail"], frows)
-    if report["noise"]:
+            shift = "-" if m.mean_shift is None else f"{m.mean_shift:+.2f} std"
+            frows.append([m.path, "numeric", "", "",
+                          (f"mean {m.mean_primary:.4g}->{m.mean_shadow:.4g} ({shift}), "
+                           f"KS D={m.ks_d:.3f} p={m.ks_p:.2g}, PSI={m.psi:.3f}")])
+        _table(f"fields of {e.endpoint}", ["field", "kinds", "rate", "baseline", "detail"], frows)
+    if report.noise:
         _table("treated as noise", ["endpoint", "field", "rate", "why"],
-                      [[n["endpoint"], n["path"], _pct(n["rate"]), n["reason"]] for n in report["noise"]])
-    out.print("headers ignored (noisy): " + ", ".join(report["noisy_headers"]), markup=False)
+               [[n.endpoint, n.path, _pct(n.rate), n.reason] for n in report.noise])
+    out.print("headers ignored (noisy): " + ", ".join(report.noisy_headers), markup=False)

@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from shadowtap import console
 from shadowtap.compare.aggregate import Comparison
 from shadowtap.compare.config import NoiseRule, load_config
 from shadowtap.compare.join import Joiner, join
-
-from shadowtap import console
 from shadowtap.errors import EXIT_INTERRUPTED, InputError
 from shadowtap.jsonl import read_jsonl
 from shadowtap.records import Exchange, Result
@@ -73,7 +72,7 @@ def run_compare(
         if lake is not None:
             lake.close()
     report = comparison.snapshot(fresh=True)
-    report["summary"]["interrupted"] = interrupted
+    report = report.interrupted() if interrupted else report.finished()
     if not quiet:
         from shadowtap.compare.report_terminal import render
 
@@ -86,4 +85,4 @@ def run_compare(
         from shadowtap.compare.report_html import write_html
 
         write_html(report, html)
-    return EXIT_INTERRUPTED if interrupted else int(report["verdict"]["exit_code"])
+    return EXIT_INTERRUPTED if interrupted else report.verdict.exit_code

@@ -23,187 +23,196 @@ Metrics (``direction`` says which way fails):
 
 from __future__ import annotations
 
-from typing import Any
-
 from shadowtap.compare.config import CompareConfig
+from shadowtap.compare.report import (
+    EndpointReport,
+    Group,
+    GroupScore,
+    Metric,
+    MetricResult,
+    Side,
+    Verdict,
+    VerdictReport,
+)
 from shadowtap.compare.stats import error_rate_increase
-from shadowtap.errors import EXIT_OK, EXIT_VERDICT_ERROR, EXIT_VERDICT_FAIL, EXIT_VERDICT_MARGINAL
 
-PASS, HIGH, LOW, NODATA = "Pass", "High", "Low", "Nodata"
-EXIT_CODES = {"pass": EXIT_OK, "marginal": EXIT_VERDICT_MARGINAL, "fail": EXIT_VERDICT_FAIL,
-              "error": EXIT_VERDICT_ERROR}
+PASS, HIGH, LOW, NODATA = MetricResult.PASS, MetricResult.HIGH, MetricResult.LOW, MetricResult.NODATA
 OVERALL = "(overall)"
 
 
 def _metric(
-    name: str, group: str, endpoint: str, value: float | None, threshold: float | None,
-    result: str, failed: bool, critical: bool, detail: str, path: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "name": name, "group": group, "endpoint": endpoint, "path": path, "value": value,
-        "threshold": threshold, "result": result, "failed": failed,
-        "critical": critical and failed, "detail": detail,
-    }
+    name: str, group: Group, endpoint: str, value: float | None, threshold: float | None,
+    result: MetricResult, failed: bool, critical: bool, detail: str, path: str | None = None,
+) -> Metric:
+    return Metric(name=name, group=group, endpoint=endpoint, path=path, value=value,
+                  threshold=threshold, result=result, failed=failed, critical=critical and failed,
+                  detail=detail)
 
 
-def _errors(endpoint: str, side: dict[str, Any], pairs: int, cfg: CompareConfig) -> dict[str, Any]:
-    e = side["errors"]
-    critical = "errors" in cfg.verdict.critical
+def _errors(endpoint: str, side: Side | EndpointReport, pairs: int, cfg: CompareConfig) -> Metric:
+    e = side.errors
+    critical = Group.ERRORS in cfg.verdict.critical
     if pairs == 0:
-        return _metric("error rate", "errors", endpoint, None, None, NODATA, False, False, "no pairs")
-    p_val = error_rate_increase(e["primary"], pairs, e["shadow"], pairs)
-    increase = e["shadow_rate"] - e["primary_rate"]
-    detail = (f"shadow {e['shadow_rate']:.2%} vs primary {e['primary_rate']:.2%} errors "
+        return _metric("error rate", Group.ERRORS, endpoint, None, None, NODATA, False, False,
+                       "no pairs")
+    p_val = error_rate_increase(e.primary, pairs, e.shadow, pairs)
+    increase = e.shadow_rate - e.primary_rate
+    detail = (f"shadow {e.shadow_rate:.2%} vs primary {e.primary_rate:.2%} errors "
               f"(Fisher p={p_val:.3g})")
-    if e["new_failures"]:
-        detail += "; new failure modes: " + ", ".join(f"{k} x{n}" for k, n in e["new_failures"].items())
+    if e.new_failures:
+        detail += "; new failure modes: " + ", ".join(
+            f"{k} x{n}" for k, n in e.new_failures.items())
     if p_val < cfg.errors.alpha and increase >= cfg.errors.min_increase:
-        return _metric("error rate", "errors", endpoint, e["shadow_rate"], e["primary_rate"], HIGH, True,
-                       critical, detail)
-    reverse = error_rate_increase(e["shadow"], pairs, e["primary"], pairs)
+        return _metric("error rate", Group.ERRORS, endpoint, e.shadow_rate, e.primary_rate, HIGH,
+                       True, critical, detail)
+    reverse = error_rate_increase(e.shadow, pairs, e.primary, pairs)
     result = LOW if reverse < cfg.errors.alpha and -increase >= cfg.errors.min_increase else PASS
-    return _metric("error rate", "errors", endpoint, e["shadow_rate"], e["primary_rate"], result, False,
-                   critical, detail)
+    return _metric("error rate", Group.ERRORS, endpoint, e.shadow_rate, e.primary_rate, result,
+                   False, critical, detail)
 
 
-def _latency(endpoint: str, side: dict[str, Any], cfg: CompareConfig) -> dict[str, Any]:
+def _latency(endpoint: str, side: Side | EndpointReport, cfg: CompareConfig) -> Metric:
     lc = cfg.latency
-    lat = side["latency"]
-    t = lat["test"]
-    n = min(lat["primary"]["n"], lat["shadow"]["n"])
+    lat = side.latency
+    t = lat.test
+    n = min(lat.primary.n, lat.shadow.n)
     if t is None or n < lc.min_samples:
-        return _metric("latency", "latency", endpoint, None, lc.effect, NODATA, False, False,
+        return _metric("latency", Group.LATENCY, endpoint, None, lc.effect, NODATA, False, False,
                        f"fewer than {lc.min_samples} latencies on a side")
-    ratio = t["median_ratio"]
-    delta = t["shadow_median"] - t["primary_median"]
-    detail = (f"median {t['shadow_median']:.2f} ms vs {t['primary_median']:.2f} ms "
-              f"(x{ratio:.2f}, Mann-Whitney p={t['p_value']:.3g})")
-    if t["p_value"] < lc.alpha and ratio > lc.effect and delta > lc.min_ms:
-        return _metric("latency", "latency", endpoint, ratio, lc.effect, HIGH, True,
-                       "latency" in cfg.verdict.critical, detail)
+    ratio = t.median_ratio
+    delta = t.shadow_median - t.primary_median
+    detail = (f"median {t.shadow_median:.2f} ms vs {t.primary_median:.2f} ms "
+              f"(x{ratio:.2f}, Mann-Whitney p={t.p_value:.3g})")
+    if t.p_value < lc.alpha and ratio > lc.effect and delta > lc.min_ms:
+        return _metric("latency", Group.LATENCY, endpoint, ratio, lc.effect, HIGH, True,
+                       Group.LATENCY in cfg.verdict.critical, detail)
     result = LOW if ratio * lc.effect < 1 and -delta > lc.min_ms else PASS
-    return _metric("latency", "latency", endpoint, ratio, lc.effect, result, False, False, detail)
+    return _metric("latency", Group.LATENCY, endpoint, ratio, lc.effect, result, False, False,
+                   detail)
 
 
-def _fields(ep: dict[str, Any], cfg: CompareConfig) -> list[dict[str, Any]]:
+def _fields(ep: EndpointReport, cfg: CompareConfig) -> list[Metric]:
     cc, mc = cfg.content, cfg.model
-    name = ep["endpoint"]
+    name = ep.endpoint
     out = []
     worst = 0.0
-    for f in ep["fields"]:
-        if f["noise"]:
+    for f in ep.fields:
+        if f.noise:
             continue
-        rate = f["rate"]
-        if f["only_extra"] and not cc.extra_fields_fail:
-            why = (f"the new name of {f['renamed_from']}, which carries the regression"
-                   if "renamed_from" in f else "not failing (content.extra_fields_fail = false)")
-            out.append(_metric("new field", "content", name, rate, None, PASS, False, False,
-                               f"only the shadow has it ({rate:.2%} of pairs); {why}", f["path"]))
+        rate = f.rate
+        if f.only_extra and not cc.extra_fields_fail:
+            why = (f"the new name of {f.renamed_from}, which carries the regression"
+                   if f.renamed_from is not None
+                   else "not failing (content.extra_fields_fail = false)")
+            out.append(_metric("new field", Group.CONTENT, name, rate, None, PASS, False, False,
+                               f"only the shadow has it ({rate:.2%} of pairs); {why}", f.path))
             continue
-        if f["type"] == "categorical" and "agreement" in f:
-            agr = f["agreement"]
-            flips = ", ".join(f"{x['primary']!r}->{x['shadow']!r} x{x['count']}" for x in f["flips"][:3])
+        if f.type == "categorical" and f.agreement is not None:
+            agr = f.agreement
+            flips = ", ".join(f"{x.primary!r}->{x.shadow!r} x{x.count}" for x in f.flips[:3])
             failed = agr < mc.min_agreement
-            out.append(_metric("agreement", "model", name, agr, mc.min_agreement, LOW if failed else PASS,
-                               failed, agr < mc.critical_agreement or "model" in cfg.verdict.critical,
-                               f"{agr:.2%} of pairs agree; top flips: {flips or '-'}", f["path"]))
+            out.append(_metric("agreement", Group.MODEL, name, agr, mc.min_agreement,
+                               LOW if failed else PASS, failed,
+                               agr < mc.critical_agreement or Group.MODEL in cfg.verdict.critical,
+                               f"{agr:.2%} of pairs agree; top flips: {flips or '-'}", f.path))
             continue
         worst = max(worst, rate)
         failed = rate > cc.max_rate
-        critical = rate > cc.critical_rate or "content" in cfg.verdict.critical
-        kinds = ", ".join(f"{k} x{n}" for k, n in f["kinds"].items())
-        if "renamed_to" in f:
-            kinds += f" (renamed to {f['renamed_to']}?)"
-        elif "renamed_from" in f:
-            kinds += f" (renamed from {f['renamed_from']}?)"
-        base = "" if f["baseline_rate"] is None else f" (baseline noise {f['baseline_rate']:.2%})"
-        out.append(_metric("field diff rate", "content", name, rate, cc.max_rate,
+        critical = rate > cc.critical_rate or Group.CONTENT in cfg.verdict.critical
+        kinds = ", ".join(f"{k} x{n}" for k, n in f.kinds.items())
+        if f.renamed_to is not None:
+            kinds += f" (renamed to {f.renamed_to}?)"
+        elif f.renamed_from is not None:
+            kinds += f" (renamed from {f.renamed_from}?)"
+        base = "" if f.baseline_rate is None else f" (baseline noise {f.baseline_rate:.2%})"
+        out.append(_metric("field diff rate", Group.CONTENT, name, rate, cc.max_rate,
                            HIGH if failed else PASS, failed, critical,
-                           f"differs in {rate:.2%} of pairs{base}: {kinds}", f["path"]))
+                           f"differs in {rate:.2%} of pairs{base}: {kinds}", f.path))
     failed = worst > cc.max_rate
-    out.insert(0, _metric("content diff rate", "content", name, worst, cc.max_rate,
-                          HIGH if failed else PASS, failed, False,
-                          f"worst field beyond noise differs in {worst:.2%} of pairs"
-                          if ep["compared"] else "no pair with both responses"))
-    if not ep["compared"]:
-        out[0].update(result=NODATA, failed=False)
-    for m in ep["numeric"]:
-        shift = m["mean_shift"]
+    if ep.compared:
+        out.insert(0, _metric("content diff rate", Group.CONTENT, name, worst, cc.max_rate,
+                              HIGH if failed else PASS, failed, False,
+                              f"worst field beyond noise differs in {worst:.2%} of pairs"))
+    else:
+        out.insert(0, _metric("content diff rate", Group.CONTENT, name, worst, cc.max_rate,
+                              NODATA, False, False, "no pair with both responses"))
+    for m in ep.numeric:
+        shift = m.mean_shift
         why = []
-        if m["psi"] > mc.psi_max:
-            why.append(f"PSI {m['psi']:.3f} > {mc.psi_max:g}")
-        if m["ks_d"] > mc.ks_max_d and m["ks_p"] < mc.ks_alpha:
-            why.append(f"KS D {m['ks_d']:.3f} > {mc.ks_max_d:g} (p={m['ks_p']:.2g})")
+        if m.psi > mc.psi_max:
+            why.append(f"PSI {m.psi:.3f} > {mc.psi_max:g}")
+        if m.ks_d > mc.ks_max_d and m.ks_p < mc.ks_alpha:
+            why.append(f"KS D {m.ks_d:.3f} > {mc.ks_max_d:g} (p={m.ks_p:.2g})")
         if shift is None or abs(shift) > mc.mean_shift_max:
             why.append("mean shift " + ("from a constant" if shift is None else
                                         f"{shift:+.2f} std beyond {mc.mean_shift_max:g}"))
         failed = bool(why)
         up = shift is None or shift > 0
-        detail = (f"mean {m['mean_primary']:.4g} -> {m['mean_shadow']:.4g}"
-                  f"{'' if shift is None else f' ({shift:+.2f} std)'}, KS D={m['ks_d']:.3f} "
-                  f"p={m['ks_p']:.2g}, PSI={m['psi']:.3f} over {m['n']} sampled values"
+        detail = (f"mean {m.mean_primary:.4g} -> {m.mean_shadow:.4g}"
+                  f"{'' if shift is None else f' ({shift:+.2f} std)'}, KS D={m.ks_d:.3f} "
+                  f"p={m.ks_p:.2g}, PSI={m.psi:.3f} over {m.n} sampled values"
                   + (f"; {'; '.join(why)}" if why else ""))
-        out.append(_metric("drift", "model", name, m["psi"], mc.psi_max,
+        out.append(_metric("drift", Group.MODEL, name, m.psi, mc.psi_max,
                            (HIGH if up else LOW) if failed else PASS, failed,
-                           "model" in cfg.verdict.critical, detail, m["path"]))
+                           Group.MODEL in cfg.verdict.critical, detail, m.path))
     return out
 
 
-def judge(endpoints: list[dict[str, Any]], overall: dict[str, Any], cfg: CompareConfig,
-          *, compared: int) -> dict[str, Any]:
+def judge(endpoints: list[EndpointReport], overall: Side, cfg: CompareConfig,
+          *, compared: int) -> VerdictReport:
     """The verdict over per-endpoint reports and the overall errors/latency."""
-    pairs = sum(e["pairs"] for e in endpoints)
-    metrics: list[dict[str, Any]] = []
+    pairs = sum(e.pairs for e in endpoints)
+    metrics: list[Metric] = []
     if len(endpoints) > 1:
         metrics.append(_errors(OVERALL, overall, pairs, cfg))
         metrics.append(_latency(OVERALL, overall, cfg))
     for ep in endpoints:
-        metrics.append(_errors(ep["endpoint"], ep, ep["pairs"], cfg))
-        metrics.append(_latency(ep["endpoint"], ep, cfg))
+        metrics.append(_errors(ep.endpoint, ep, ep.pairs, cfg))
+        metrics.append(_latency(ep.endpoint, ep, cfg))
         metrics.extend(_fields(ep, cfg))
-    groups: dict[str, dict[str, Any]] = {}
+    counts: dict[str, list[int]] = {}  # group -> [metrics, passed], in the order first seen
     for m in metrics:
-        if m["result"] == NODATA:
+        if m.result is NODATA:
             continue
-        g = groups.setdefault(m["group"], {"metrics": 0, "passed": 0})
-        g["metrics"] += 1
-        g["passed"] += 0 if m["failed"] else 1
+        c = counts.setdefault(m.group.value, [0, 0])
+        c[0] += 1
+        c[1] += 0 if m.failed else 1
     total_w = 0.0
     got = 0.0
-    for name, g in groups.items():
+    groups: dict[str, GroupScore] = {}
+    for name, (n, passed) in counts.items():
         w = cfg.verdict.weight(name)
-        g["weight"] = w
-        g["score"] = 100.0 * g["passed"] / g["metrics"]
+        groups[name] = GroupScore(metrics=n, passed=passed, weight=w, score=100.0 * passed / n)
         total_w += w
-        got += w * g["passed"] / g["metrics"]
+        got += w * passed / n
     score = 100.0 * got / total_w if total_w else 0.0
-    critical = [m for m in metrics if m["critical"]]
-    failed = [m for m in metrics if m["failed"]]
+    critical = [m for m in metrics if m.critical]
+    failed = [m for m in metrics if m.failed]
     if pairs == 0:
-        result = "error"
+        result = Verdict.ERROR
         reasons = ["no pairs to compare: no exchange had a result"]
     else:
         if critical:
-            result = "fail"
+            result = Verdict.FAIL
         elif score >= cfg.verdict.pass_score:
-            result = "pass"
+            result = Verdict.PASS
         elif score >= cfg.verdict.marginal_score:
-            result = "marginal"
+            result = Verdict.MARGINAL
         else:
-            result = "fail"
+            result = Verdict.FAIL
         reasons = [
-            f"{'CRITICAL ' if m['critical'] else ''}{m['group']}: {m['endpoint']}"
-            f"{' ' + m['path'] if m['path'] else ''}: {m['name']} {m['result']} - {m['detail']}"
-            for m in sorted(failed, key=lambda m: not m["critical"])
+            f"{'CRITICAL ' if m.critical else ''}{m.group}: {m.endpoint}"
+            f"{' ' + m.path if m.path else ''}: {m.name} {m.result} - {m.detail}"
+            for m in sorted(failed, key=lambda m: not m.critical)
         ]
-    return {
-        "result": result,
-        "exit_code": EXIT_CODES[result],
-        "score": round(score, 2),
-        "pass_score": cfg.verdict.pass_score,
-        "marginal_score": cfg.verdict.marginal_score,
-        "compared": compared,
-        "groups": groups,
-        "reasons": reasons,
-        "metrics": metrics,
-    }
+    return VerdictReport(
+        result=result,
+        exit_code=result.exit_code,
+        score=round(score, 2),
+        pass_score=cfg.verdict.pass_score,
+        marginal_score=cfg.verdict.marginal_score,
+        compared=compared,
+        groups=groups,
+        reasons=tuple(reasons),
+        metrics=tuple(metrics),
+    )

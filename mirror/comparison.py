@@ -9,12 +9,16 @@ coupling is one small module (docs/architecture.md).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 from shadowtap.records import Exchange, Result
 
+if TYPE_CHECKING:
+    from shadowtap.compare.aggregate import Comparison
+    from shadowtap.compare.report import Report
 
-def open_comparison(config_path: str | None, ignore: tuple[str, ...]) -> Any:
+
+def open_comparison(config_path: str | None, ignore: tuple[str, ...]) -> Comparison:
     from shadowtap.compare.aggregate import Comparison
     from shadowtap.compare.config import NoiseRule, load_config
 
@@ -22,49 +26,45 @@ def open_comparison(config_path: str | None, ignore: tuple[str, ...]) -> Any:
     return Comparison(cfg)
 
 
-def add(comparison: Any, exchange: Exchange, result: Result) -> None:
+def add(comparison: Comparison, exchange: Exchange, result: Result) -> None:
     comparison.add(exchange, result)
 
 
-def view(report: dict[str, Any]) -> tuple[str | None, float | None, list[tuple[str, int, float]]]:
+def view(report: Report) -> tuple[str | None, float | None, list[tuple[str, int, float]]]:
     """(verdict, divergence overall, endpoints by divergence) of a report."""
-    s = report.get("summary", {})
     # No pair yet: no verdict so far (compare's "error" means "nothing to judge" at the end).
-    verdict = report.get("verdict", {}).get("result") if s.get("pairs") else None
+    verdict = report.result
     # Divergence as compare defines it per endpoint (the worst of: error-rate increase, the share
     # of pairs where a field differs beyond noise), weighted by pairs: "identical" would count
     # every pair whose request id or timestamp differs.
-    endpoints = report.get("endpoints", ())
-    pairs = sum(int(e.get("pairs", 0)) for e in endpoints)
-    divergence = (sum(float(e.get("divergence", 0.0)) * int(e.get("pairs", 0)) for e in endpoints) / pairs
-                  if pairs else None)
-    eps = sorted(
-        ((e["endpoint"], int(e.get("pairs", 0)), float(e.get("divergence", 0.0))) for e in report.get("endpoints", ())),
-        key=lambda e: (-e[2], -e[1]),
-    )
+    endpoints = report.endpoints
+    pairs = sum(e.pairs for e in endpoints)
+    divergence = sum(e.divergence * e.pairs for e in endpoints) / pairs if pairs else None
+    eps = sorted(((e.endpoint, e.pairs, e.divergence) for e in endpoints),
+                 key=lambda e: (-e[2], -e[1]))
     return verdict, divergence, eps
 
 
-def snapshot(comparison: Any) -> dict[str, Any]:
+def snapshot(comparison: Comparison) -> Report:
     return comparison.snapshot()
 
 
-def set_unmatched(comparison: Any, exchanges: int, results: int) -> None:
+def set_unmatched(comparison: Comparison, exchanges: int, results: int) -> None:
     """The pairs the mirror could not make (evicted unpaired), for the report's summary."""
     comparison.unmatched_exchanges = exchanges
     comparison.unmatched_results = results
 
 
-def write_reports(report: dict[str, Any], run_dir: str | None) -> list[str]:
+def write_reports(report: Report, run_dir: str | None) -> list[str]:
     """Print the terminal report (stdout); in ``run_dir`` also report.txt (the same, plain),
     report.json and report.html. Returns the report files that could not be written, with why."""
     import contextlib
     import io
     import sys
 
+    from shadowtap import console
     from shadowtap.compare.report_json import write_json
     from shadowtap.compare.report_terminal import render
-    from shadowtap import console
     from shadowtap.jsonl import create_private
 
     # The terminal report goes through the one output sink, whose plain (non-terminal) path writes

@@ -57,11 +57,10 @@ from shadowtap.mirror.stats import (
 )
 from shadowtap.replay.policy import Policy, ReplayRefused
 from shadowtap import console
+from shadowtap.compare.report import Verdict
 from shadowtap.errors import (
     EXIT_OK,
     EXIT_VERDICT_ERROR,
-    EXIT_VERDICT_FAIL,
-    EXIT_VERDICT_MARGINAL,
     InputError,
     ShadowtapError,
     TargetError,
@@ -73,8 +72,6 @@ from shadowtap.redact import Redactor
 
 SWITCH_INTERVAL = 0.0005  # seconds: see MirrorRun.run
 MAX_QUEUE_BYTES = 256 << 20  # requests waiting for the shadow, at most, whatever --queue says
-VERDICT_EXIT = {"pass": EXIT_OK, "marginal": EXIT_VERDICT_MARGINAL, "fail": EXIT_VERDICT_FAIL,
-                "error": EXIT_VERDICT_ERROR}
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,7 +541,7 @@ class MirrorRun:
             raise self.capture_error
         verdict = self._finish(self.snapshot())
         if exit_code == EXIT_OK:
-            exit_code = VERDICT_EXIT.get((verdict or "error").lower(), EXIT_VERDICT_ERROR)
+            exit_code = Verdict(verdict or Verdict.ERROR).exit_code
         return exit_code
 
     def _signal(self, sig: signal.Signals) -> None:
@@ -612,12 +609,10 @@ class MirrorRun:
         mirror_compare.set_unmatched(self.comparison, self.pairer.evicted_exchanges, self.pairer.evicted_results)
         report = mirror_compare.snapshot(self.comparison)
         _, divergence, _ = mirror_compare.view(report)
-        verdict = report["verdict"]["result"]
-        verdict, why = coverage_verdict(verdict, s.queued, s.pairs, self.cfg.min_coverage)
+        verdict, why = coverage_verdict(report.verdict.result, s.queued, s.pairs,
+                                        self.cfg.min_coverage)
         if why is not None:
-            v = report["verdict"]
-            v["result"], v["exit_code"] = verdict, VERDICT_EXIT[verdict]
-            v["reasons"] = [why, *v.get("reasons", ())]
+            report = report.overruled(Verdict.ERROR, why)
         s = dataclasses.replace(s, verdict=verdict, divergence=divergence)
         d = self.cfg.run_dir
         summary = mirror_summary(s, self)

@@ -13,6 +13,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from shadowtap.compare.report import Verdict
+
 
 def _log_bounds(lo: float, hi: float, factor: float) -> tuple[float, ...]:
     out = []
@@ -136,8 +138,7 @@ def dashboard(s: MirrorSnapshot):  # -> rich renderable
     from rich.table import Table
     from rich.text import Text
 
-    verdict_style = {"pass": "bold green", "marginal": "bold yellow", "fail": "bold red",
-                     "error": "bold red"}.get((s.verdict or "").lower(), "bold")
+    verdict_style = Verdict(s.verdict).style if s.verdict in tuple(Verdict) else "bold"
     head = Text.assemble(
         ("shadowtap mirror ", "bold"), (f"{s.elapsed:.0f}s  ", ""),
         ("verdict so far: ", ""), (s.verdict or "-", verdict_style),
@@ -178,7 +179,7 @@ def dashboard(s: MirrorSnapshot):  # -> rich renderable
     return Group(*parts)
 
 
-_VERDICTS = ("pass", "marginal", "fail", "error")
+_VERDICTS = tuple(v.value for v in Verdict)
 
 
 def _esc(v: str) -> str:

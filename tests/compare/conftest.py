@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from shadowtap.compare.report import FieldReport, Report
 from shadowtap.records import Exchange, Request, Response, Result, ResultError
 
 T0 = 1764160000.0  # 2025-11-26: timestamps in bodies are compared to the exchange's own time
@@ -44,7 +45,7 @@ class Craft:
                       error=ResultError(error, "crafted") if error else None, copy=copy)
 
     @staticmethod
-    def run(n: int, make: Any, config: Any = None, baseline: bool = False) -> dict[str, Any]:
+    def run(n: int, make: Any, config: Any = None, baseline: bool = False) -> Report:
         """Feed ``make(i) -> (exchange, result[, baseline])`` for i < n to a Comparison and return
         its snapshot."""
         from shadowtap.compare.aggregate import Comparison
@@ -55,11 +56,11 @@ class Craft:
         return c.snapshot()
 
     @staticmethod
-    def field(report: dict[str, Any], path: str, endpoint: str | None = None) -> dict[str, Any] | None:
-        for e in report["endpoints"]:
-            if endpoint is None or e["endpoint"] == endpoint:
-                for f in e["fields"]:
-                    if f["path"] == path:
+    def field(report: Report, path: str, endpoint: str | None = None) -> FieldReport | None:
+        for e in report.endpoints:
+            if endpoint is None or e.endpoint == endpoint:
+                for f in e.fields:
+                    if f.path == path:
                         return f
         return None
 

@@ -8,17 +8,17 @@ from shadowtap.compare.config import CompareConfig, LimitsConfig
 
 def test_snapshot_any_time_and_incremental(craft):
     c = Comparison()
-    assert c.snapshot()["verdict"]["result"] == "error"
+    assert c.snapshot().verdict.result == "error"
     for i in range(50):
         c.add(craft.exchange(i, craft.response({"a": 1})), craft.result(i, craft.response({"a": 1})))
     first = c.snapshot()
-    assert first["summary"]["pairs"] == 50 and first["verdict"]["result"] == "pass"
+    assert first.summary.pairs == 50 and first.verdict.result == "pass"
     for i in range(50, 100):
         c.add(craft.exchange(i, craft.response({"a": 1})), craft.result(i, craft.response({"a": 2})))
     second = c.snapshot()
-    assert second["summary"]["pairs"] == 100
-    assert craft.field(second, "body.a")["rate"] == 0.5
-    assert second["verdict"]["result"] == "fail"
+    assert second.summary.pairs == 100
+    assert craft.field(second, "body.a").rate == 0.5
+    assert second.verdict.result == "fail"
 
 
 def test_memory_is_bounded_by_the_limits(craft):
@@ -38,8 +38,8 @@ def test_memory_is_bounded_by_the_limits(craft):
         assert all(len(f.samples) <= 2 for f in agg.fields.values())
     assert any(OTHER_FIELDS in a.fields for a in c._endpoints.values())
     rep = c.snapshot()
-    assert rep["summary"]["pairs"] == 3000
-    assert sum(e["pairs"] for e in rep["endpoints"]) == 3000
+    assert rep.summary.pairs == 3000
+    assert sum(e.pairs for e in rep.endpoints) == 3000
 
 
 def test_add_and_snapshot_from_two_threads(craft):
@@ -49,7 +49,7 @@ def test_add_and_snapshot_from_two_threads(craft):
 
     def reader():
         while not stop.is_set():
-            snaps.append(c.snapshot()["summary"]["pairs"])
+            snaps.append(c.snapshot().summary.pairs)
 
     t = threading.Thread(target=reader)
     t.start()
@@ -60,7 +60,7 @@ def test_add_and_snapshot_from_two_threads(craft):
         stop.set()
         t.join()
     assert snaps == sorted(snaps)  # every snapshot saw a consistent, growing count
-    assert c.snapshot()["summary"]["pairs"] == 2000
+    assert c.snapshot().summary.pairs == 2000
 
 
 def test_missing_sides_are_counted_not_compared(craft):
@@ -68,9 +68,9 @@ def test_missing_sides_are_counted_not_compared(craft):
     c.add(craft.exchange(0, None), craft.result(0, craft.response({"a": 1})))
     c.add(craft.exchange(1, craft.response({"a": 1})), craft.result(1, None, error="reset"))
     rep = c.snapshot()
-    ep = rep["endpoints"]
-    assert rep["summary"]["pairs"] == 2 and rep["summary"]["compared"] == 0
-    outcomes = {k: v for e in ep for k, v in e["errors"]["shadow_outcomes"].items()}
+    ep = rep.endpoints
+    assert rep.summary.pairs == 2 and rep.summary.compared == 0
+    outcomes = {k: v for e in ep for k, v in e.errors.shadow_outcomes.items()}
     assert outcomes == {"ok": 1, "reset": 1}
 
 
@@ -88,8 +88,8 @@ def test_samples_are_redacted(craft):
     for secret in ("hunter2", "hunter3", "SECRETKEY", "Bearer abc"):
         assert secret not in text
     f = craft.field(rep, "body.password")
-    assert f["samples"][0]["primary"] == "[redacted]"
-    assert craft.field(rep, "body.n")["samples"][0]["request"] == "GET /login?api_key=[redacted]&x=1"
+    assert f.samples[0].primary == "[redacted]"
+    assert craft.field(rep, "body.n").samples[0].request == "GET /login?api_key=[redacted]&x=1"
 
 
 def test_live_snapshots_stay_within_a_budget_and_fresh_is_complete(craft):
@@ -105,14 +105,14 @@ def test_live_snapshots_stay_within_a_budget_and_fresh_is_complete(craft):
         ex = craft.exchange(i, craft.response(p), target=f"/ep{i % 12}/x", latency_ms=rng.random())
         c.add(ex, craft.result(i, craft.response({"s": p["s"] + 0.5, "t": p["t"]}), latency_ms=rng.random()))
     live = c.snapshot()  # a zero budget: the first endpoint computed, the rest counts only
-    assert live["summary"]["pairs"] == 1200 and len(live["endpoints"]) == 12
-    with_stats = [e for e in live["endpoints"] if e["numeric"]]
+    assert live.summary.pairs == 1200 and len(live.endpoints) == 12
+    with_stats = [e for e in live.endpoints if e.numeric]
     assert 1 <= len(with_stats) < 12
     again = c.snapshot()  # the stalest ones get their turn
-    assert len([e for e in again["endpoints"] if e["numeric"]]) > len(with_stats)
+    assert len([e for e in again.endpoints if e.numeric]) > len(with_stats)
     final = c.snapshot(fresh=True)
-    assert all(e["numeric"] and e["latency"]["test"] for e in final["endpoints"])
-    assert final["verdict"]["result"] == "fail"
+    assert all(e.numeric and e.latency.test for e in final.endpoints)
+    assert final.verdict.result == "fail"
 
 
 def test_an_error_page_is_not_compared_field_by_field(craft):
@@ -121,8 +121,8 @@ def test_an_error_page_is_not_compared_field_by_field(craft):
         s = craft.response({"error": "boom"}, status=502) if i == 3 else craft.response({"a": 1, "b": 2})
         c.add(craft.exchange(i, craft.response({"a": 1, "b": 2})), craft.result(i, s))
     rep = c.snapshot()
-    assert [f["path"] for f in rep["endpoints"][0]["fields"]] == ["status"]
-    assert rep["endpoints"][0]["errors"]["new_failures"] == {"5xx": 1}
+    assert [f.path for f in rep.endpoints[0].fields] == ["status"]
+    assert rep.endpoints[0].errors.new_failures == {"5xx": 1}
 
 
 def test_absurd_bodies_do_not_stop_the_comparison(craft):
@@ -134,9 +134,9 @@ def test_absurd_bodies_do_not_stop_the_comparison(craft):
         s = craft.response(raw=raw.replace(b"1", b"2"))
         c.add(craft.exchange(i, p), craft.result(i, s))
     rep = c.snapshot()
-    assert rep["summary"]["compared"] == 5
+    assert rep.summary.compared == 5
     # the deep array, the deep object and the big number differ (the others have no "1")
-    assert sum(f["diff_pairs"] for e in rep["endpoints"] for f in e["fields"]) == 3
+    assert sum(f.diff_pairs for e in rep.endpoints for f in e.fields) == 3
 
 
 def test_the_shadow_fixing_errors_is_a_recovery_not_a_regression(craft):
@@ -145,9 +145,9 @@ def test_the_shadow_fixing_errors_is_a_recovery_not_a_regression(craft):
         p = craft.response({"error": "boom"}, status=500) if i % 4 == 0 else craft.response({"a": 1})
         c.add(craft.exchange(i, p), craft.result(i, craft.response({"a": 1})))
     rep = c.snapshot()
-    ep = rep["endpoints"][0]
-    assert ep["errors"]["recoveries"] == {"5xx": 25} and ep["errors"]["new_failures"] == {}
-    assert ep["fields"] == []
-    [err] = [m for m in rep["verdict"]["metrics"] if m["name"] == "error rate"]
-    assert err["result"] == "Low" and not err["failed"]
-    assert rep["verdict"]["result"] == "pass"
+    ep = rep.endpoints[0]
+    assert ep.errors.recoveries == {"5xx": 25} and ep.errors.new_failures == {}
+    assert ep.fields == []
+    [err] = [m for m in rep.verdict.metrics if m.name == "error rate"]
+    assert err.result == "Low" and not err.failed
+    assert rep.verdict.result == "pass"

@@ -182,8 +182,8 @@ def test_html_pages_with_timestamps_are_noise(craft):
         return craft.exchange(i, p), craft.result(i, s)
 
     rep = craft.run(50, make)
-    assert rep["verdict"]["result"] == "pass"
-    assert [n["path"] for n in rep["noise"]] == ["body~token"]
+    assert rep.verdict.result == "pass"
+    assert [n.path for n in rep.noise] == ["body~token"]
 
 
 json_values = st.recursive(

@@ -46,4 +46,4 @@ def test_aggregates_merge_when_a_segment_turns_out_variable(craft):
         ex = craft.exchange(i, craft.response({"a": 1}), target=f"/people/{name}")
         c.add(ex, craft.result(i, craft.response({"a": 1})))
     rep = c.snapshot()
-    assert [(e["endpoint"], e["pairs"]) for e in rep["endpoints"]] == [("GET /people/{id}", 8)]
+    assert [(e.endpoint, e.pairs) for e in rep.endpoints] == [("GET /people/{id}", 8)]

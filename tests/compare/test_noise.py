@@ -31,7 +31,7 @@ def test_volatile_values_are_noise_with_reasons(craft):
         return pair(craft, i, p, s)
 
     rep = craft.run(N, make)
-    reasons = {n["path"]: n["reason"] for n in rep["noise"]}
+    reasons = {n.path: n.reason for n in rep.noise}
     assert set(reasons) == {"body.at", "body.rid", "body.token", "body.seq", "body.epoch", "body.items"}
     assert "timestamp" in reasons["body.at"]
     assert "uuid" in reasons["body.rid"]
@@ -39,7 +39,7 @@ def test_volatile_values_are_noise_with_reasons(craft):
     assert "counter" in reasons["body.seq"]
     assert "epoch timestamp" in reasons["body.epoch"]
     assert reasons["body.items"].startswith("order:")
-    assert rep["verdict"]["result"] == "pass"
+    assert rep.verdict.result == "pass"
 
 
 def test_epoch_of_a_replay_days_later_is_still_noise(craft):
@@ -52,7 +52,7 @@ def test_epoch_of_a_replay_days_later_is_still_noise(craft):
         return ex, res
 
     rep = craft.run(N, make)
-    assert [n["path"] for n in rep["noise"]] == ["body.now"]
+    assert [n.path for n in rep.noise] == ["body.now"]
 
 
 def test_constant_change_is_not_noise(craft):
@@ -60,21 +60,21 @@ def test_constant_change_is_not_noise(craft):
     rep = craft.run(N, lambda i: pair(craft, i, {"version": "2024-01-01T00:00:00Z"},
                                       {"version": "2024-02-01T00:00:00Z"}))
     f = craft.field(rep, "body.version")
-    assert f["noise"] is None and f["rate"] == 1.0
-    assert rep["verdict"]["result"] == "fail"
+    assert f.noise is None and f.rate == 1.0
+    assert rep.verdict.result == "fail"
 
 
 def test_model_scores_are_not_noise(craft):
     rng = random.Random(2)
     rep = craft.run(N, lambda i: pair(craft, i, {"score": rng.random()}, {"score": rng.random()}))
-    assert craft.field(rep, "body.score")["noise"] is None
+    assert craft.field(rep, "body.score").noise is None
 
 
 def test_order_can_matter(craft):
     cfg = CompareConfig(noise=NoiseConfig(order_is_noise=False))
     rep = craft.run(N, lambda i: pair(craft, i, {"l": [1, 2]}, {"l": [2, 1]}), cfg)
     f = craft.field(rep, "body.l")
-    assert f["noise"] is None and f["kinds"] == {"order": N}
+    assert f.noise is None and f.kinds == {"order": N}
 
 
 def test_user_rules(craft):
@@ -82,10 +82,10 @@ def test_user_rules(craft):
                                        NoiseRule.parse("GET /items/*::body.region")))
     rep = craft.run(N, lambda i: pair(craft, i, {"build": "a", "region": "eu", "other": 1},
                                       {"build": "b", "region": "us", "other": 2}), cfg)
-    reasons = {n["path"]: n["reason"] for n in rep["noise"]}
+    reasons = {n.path: n.reason for n in rep.noise}
     assert reasons["body.build"].startswith("rule: --ignore body.build")
     assert "GET /items/*::body.region" in reasons["body.region"]
-    assert craft.field(rep, "body.other")["noise"] is None
+    assert craft.field(rep, "body.other").noise is None
     rule = NoiseRule.parse("POST /x/*::header.x-*")
     assert rule.matches("POST /x/{id}", "header.x-foo") and not rule.matches("GET /x/{id}", "header.x-foo")
 
@@ -104,9 +104,9 @@ def test_baseline_separates_noise_from_regression(craft):
     rep = craft.run(400, make, baseline=True)
     hit = craft.field(rep, "body.cache_hit")
     disc = craft.field(rep, "body.discount")
-    assert hit["noise"].startswith("within baseline noise") and hit["baseline_rate"] > 0.3
-    assert disc["noise"] is None and disc["baseline_rate"] == 0.0 and disc["rate"] == 0.2
-    assert rep["summary"]["with_baseline"] == 400
+    assert hit.noise.startswith("within baseline noise") and hit.baseline_rate > 0.3
+    assert disc.noise is None and disc.baseline_rate == 0.0 and disc.rate == 0.2
+    assert rep.summary.with_baseline == 400
 
 
 def test_baseline_rule_thresholds():
@@ -137,6 +137,6 @@ def test_values_echoed_from_the_request_are_never_noise(craft):
         return ex, craft.result(i, craft.response({"order": str(uuid.uuid4()), "n": i + 1}))
 
     rep = craft.run(N, make)
-    assert craft.field(rep, "body.order")["noise"] is None
-    assert craft.field(rep, "body.n")["noise"] is None
-    assert rep["verdict"]["result"] == "fail"
+    assert craft.field(rep, "body.order").noise is None
+    assert craft.field(rep, "body.n").noise is None
+    assert rep.verdict.result == "fail"
