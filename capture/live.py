@@ -73,11 +73,11 @@ class CaptureConfig:
     def __post_init__(self) -> None:
         for p in self.ports:
             if not 0 < p < 65536:
-                raise InputError(f"bad port {p}", where="--port")
+                raise InputError(f"bad port {p}", field="ports")
         if self.rotate_size is not None and self.rotate_size <= 0:
-            raise InputError("must be positive", where="--rotate-size")
+            raise InputError("must be positive", field="rotate_size")
         if self.spool_max is not None and self.spool_max <= 0:
-            raise InputError("must be positive", where="--spool-max")
+            raise InputError("must be positive", field="spool_max")
 
 
 @dataclass(frozen=True, slots=True)

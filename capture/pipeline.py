@@ -151,7 +151,7 @@ class BpfFilter:
             prog = _BpfProgram()
             if self._lib.pcap_compile(handle, ctypes.byref(prog), self.expr.encode(), 1, 0xFFFFFFFF) != 0:
                 msg = self._lib.pcap_geterr(handle).decode(errors="replace")
-                raise InputError(f"bad filter expression {self.expr!r}: {msg}", where="--filter")
+                raise InputError(f"bad filter expression {self.expr!r}: {msg}", field="bpf_filter")
             self._programs[linktype] = prog
         return prog
 
@@ -201,7 +201,7 @@ class Extractor:
         keyed: bool = False,
     ) -> None:
         if max_body < 0:
-            raise InputError("must be >= 0", where="--max-body")
+            raise InputError("must be >= 0", field="max_body")
         self.ports = frozenset(ports)
         self.filter = BpfFilter(bpf_filter) if bpf_filter else None
         self.max_body = max_body

@@ -66,7 +66,7 @@ class NoiseRule:
         """``PATH_GLOB`` or ``ENDPOINT_GLOB::PATH_GLOB`` (the ``--ignore`` option's syntax)."""
         endpoint, sep, path = text.rpartition("::")
         if not path:
-            raise InputError(f"empty path in ignore rule {text!r}", where="--ignore")
+            raise InputError(f"empty path in ignore rule {text!r}", field="ignore")
         return cls(path=path, endpoint=endpoint if sep else "", reason=f"--ignore {text}")
 
 

@@ -168,7 +168,7 @@ def _parse_metrics_addr(text: str) -> tuple[str, int]:
         if not 0 <= port <= 65535:
             raise ValueError
     except ValueError:
-        raise InputError(f"{text!r} is not ADDR:PORT", where="--metrics") from None
+        raise InputError(f"{text!r} is not ADDR:PORT", field="metrics") from None
     return host.strip("[]") or "127.0.0.1", port
 
 
@@ -597,7 +597,8 @@ class MirrorRun:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            raise InputError(f"cannot serve metrics on {host}:{port}: {exc.strerror}", where="--metrics") from exc
+            raise InputError(f"cannot serve metrics on {host}:{port}: {exc.strerror}",
+                             field="metrics") from exc
         addrs = [s.getsockname() for s in (site._server.sockets if site._server else ())]  # type: ignore[union-attr]
         if addrs:
             console.info(f"metrics: http://{format_addr(addrs[0])}/metrics")

@@ -85,13 +85,14 @@ class Target:
     def parse(cls, url: str) -> Target:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https"):
-            raise InputError(f"target must be an http:// or https:// URL, not {url!r}", where="--target")
+            raise InputError(f"target must be an http:// or https:// URL, not {url!r}",
+                             field="target")
         if not parts.hostname:
-            raise InputError(f"target {url!r} has no host", where="--target")
+            raise InputError(f"target {url!r} has no host", field="target")
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError as exc:
-            raise InputError(f"target {url!r}: {exc}", where="--target") from exc
+            raise InputError(f"target {url!r}: {exc}", field="target") from exc
         return cls(url=url, scheme=parts.scheme, host=parts.hostname, port=port, prefix=parts.path.rstrip("/"))
 
     @property
@@ -119,7 +120,7 @@ class Route:
         method, _, path = text.strip().partition(" ")
         path = path.strip()
         if not method or not path.startswith("/"):
-            raise InputError(f"route {text!r} is not 'METHOD /path'", where="--allow")
+            raise InputError(f"route {text!r} is not 'METHOD /path'", field="allow")
         return cls(method.upper(), path)
 
     def matches(self, method: str, path: str) -> bool:
@@ -175,9 +176,12 @@ class Policy:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sample_percent <= 100.0:
-            raise InputError(f"sample percent must be in 0..100, not {self.sample_percent}", where="--sample")
+            raise InputError(f"sample percent must be in 0..100, not {self.sample_percent}",
+                             field="sample_percent")
         if self.sample_key != "client" and not self.sample_key.startswith("header:"):
-            raise InputError(f"sample key must be 'client' or 'header:NAME', not {self.sample_key!r}", where="--sample-key")
+            raise InputError(
+                f"sample key must be 'client' or 'header:NAME', not {self.sample_key!r}",
+                field="sample_key")
 
     def decide(self, exchange: Exchange) -> Prepared | Skip:
         """The request to send for ``exchange``, or why not. Raises ReplayRefused when the target is
@@ -315,15 +319,15 @@ def _suffix_host(host: str, suffix: str) -> str:
     return f"{name}{suffix}{sep}{port}"
 
 
-def parse_header_pairs(values: Sequence[str], where: str) -> tuple[tuple[str, str], ...]:
+def parse_header_pairs(values: Sequence[str], field: str) -> tuple[tuple[str, str], ...]:
     """``Name: value`` options (``--set-header``) into pairs."""
     out = []
     for v in values:
         name, sep, value = v.partition(":")
         if not sep or not name.strip() or any(c in name for c in " \t\r\n"):
-            raise InputError(f"{v!r} is not 'Name: value'", where=where)
+            raise InputError(f"{v!r} is not 'Name: value'", field=field)
         if "\r" in value or "\n" in value:
-            raise InputError(f"{v!r}: header value has a line break", where=where)
+            raise InputError(f"{v!r}: header value has a line break", field=field)
         out.append((name.strip(), value.strip()))
     return tuple(out)
 
@@ -334,8 +338,8 @@ def parse_header_filters(values: Sequence[str]) -> tuple[tuple[str, re.Pattern[s
     for v in values:
         name, sep, pattern = v.partition("=")
         if not name.strip():
-            raise InputError(f"{v!r} is not 'NAME' or 'NAME=REGEX'", where="--header")
-        out.append((name.strip().lower(), compile_regex(pattern, "--header") if sep else None))
+            raise InputError(f"{v!r} is not 'NAME' or 'NAME=REGEX'", field="header")
+        out.append((name.strip().lower(), compile_regex(pattern, "header") if sep else None))
     return tuple(out)
 
 
@@ -346,16 +350,16 @@ def parse_rewrites(values: Sequence[str]) -> tuple[tuple[re.Pattern[str], str], 
     for v in values:
         pattern, sep, repl = v.partition("=>")
         if not sep:
-            raise InputError(f"{v!r} is not 'REGEX=>REPLACEMENT'", where="--rewrite")
-        out.append((compile_regex(pattern, "--rewrite"), repl))
+            raise InputError(f"{v!r} is not 'REGEX=>REPLACEMENT'", field="rewrite")
+        out.append((compile_regex(pattern, "rewrite"), repl))
     return tuple(out)
 
 
-def compile_regex(pattern: str, where: str) -> re.Pattern[str]:
+def compile_regex(pattern: str, field: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
     except re.error as exc:
-        raise InputError(f"bad regular expression {pattern!r}: {exc}", where=where) from exc
+        raise InputError(f"bad regular expression {pattern!r}: {exc}", field=field) from exc
 
 
 def parse_methods(values: Collection[str]) -> frozenset[str]:
@@ -386,11 +390,11 @@ def policy_from_options(
         target=target,
         keep_host=keep_host,
         host_suffix=host_suffix,
-        set_headers=parse_header_pairs(set_header, "--set-header"),
+        set_headers=parse_header_pairs(set_header, "set_header"),
         drop_headers=frozenset(h.strip().lower() for h in drop_header),
         url_rewrites=parse_rewrites(rewrite),
         methods=parse_methods(method),
-        path_pattern=compile_regex(path, "--path") if path else None,
+        path_pattern=compile_regex(path, "path") if path else None,
         header_filters=parse_header_filters(header),
         sample_percent=sample_percent,
         sample_key=sample_key,

@@ -158,7 +158,8 @@ def run_replay(cfg: ReplayConfig) -> ReplaySummary:
     """Run the replay; print the summary; return it. Raises InputError for an input with no HTTP
     exchange, TargetError for an unreachable target, ReplayRefused for the captured server."""
     if cfg.json_summary and cfg.output == "-":
-        raise InputError("the results go to stdout (-o -): the JSON summary cannot too", where="--json")
+        raise InputError("the results go to stdout (-o -): the JSON summary cannot too",
+                         field="json_summary")
     summary = ReplaySummary()
     source = _counting(open_source(cfg, summary), summary)
     writer = JsonlWriter(cfg.output) if cfg.output else None

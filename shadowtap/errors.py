@@ -19,15 +19,31 @@ class ShadowtapError(Exception):
 
 
 class InputError(ShadowtapError):
-    """The user's input is bad: a corrupt capture, a malformed line, a bad option value.
+    """The user's input is bad: a corrupt capture, a malformed line, a bad setting.
 
-    ``where`` names the place (``file.pcap at byte 1234``, ``results.jsonl line 7``)."""
+    ``where`` names the place (``file.pcap at byte 1234``, ``results.jsonl line 7``); ``field``
+    names the setting whose value is bad, as the code that raised it knows it (``target``,
+    ``sample_percent``), never as a command-line flag: only the CLI knows flags, and it turns the
+    field into its flag at one boundary (:meth:`at`), so a stage used as a library, by the mirror
+    or by a test says ``target: ...`` where ``shadowtap mirror`` says ``--shadow: ...``."""
 
     exit_code = 3
 
-    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None) -> None:
-        super().__init__(f"{where}: {message}" if where else message, hint=hint)
+    def __init__(self, message: str, *, where: str | None = None, field: str | None = None,
+                 hint: str | None = None) -> None:
+        place = where if where is not None else field
+        super().__init__(f"{place}: {message}" if place else message, hint=hint)
+        self.reason = message  # the message without its place
         self.where = where
+        self.field = field
+
+    def at(self, where: str) -> InputError:
+        """The same error (same class, hint and cause) placed at ``where`` (a flag, say)."""
+        err = type(self).__new__(type(self))
+        InputError.__init__(err, self.reason, where=where, hint=self.hint)
+        err.field = self.field
+        err.__cause__ = self.__cause__
+        return err
 
 
 class PrerequisiteError(ShadowtapError):

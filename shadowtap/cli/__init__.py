@@ -9,7 +9,7 @@ import sys
 import typer
 
 from shadowtap import __version__
-from shadowtap.errors import EXIT_INTERRUPTED, ShadowtapError
+from shadowtap.errors import EXIT_INTERRUPTED, InputError, ShadowtapError
 
 app = typer.Typer(
     name="shadowtap",
@@ -30,9 +30,39 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
 ) -> None:
-    pass
+    global _command
+    _command = ctx.invoked_subcommand
+
+
+_command: str | None = None  # the subcommand being run, for flag_for
+
+# The one place where the stages' fields become flags (h11's way: errors are raised about fields
+# inside, translated at the edge). A field is its flag with dashes (max_body -> --max-body) unless
+# listed here: for every command (None), or for one.
+_FLAGS: dict[str | None, dict[str, str]] = {
+    None: {"ports": "--port", "bpf_filter": "--filter", "json_summary": "--json"},
+    "replay": {"sample_percent": "--sample"},
+    "mirror": {"target": "--shadow", "sample_percent": "--percent"},
+}
+
+
+def flag_for(field: str, command: str | None = None) -> str:
+    """The command-line flag that sets ``field`` in ``command`` (default: the one being run)."""
+    command = command if command is not None else _command
+    flag = _FLAGS.get(command, {}).get(field) or _FLAGS[None].get(field)
+    return flag or "--" + field.replace("_", "-")
+
+
+def user_error(exc: ShadowtapError) -> ShadowtapError:
+    """The error as the user of the command line sees it: an InputError about a field is placed
+    at the field's flag (``target: ...`` -> ``--shadow: ...`` in ``shadowtap mirror``)."""
+    if isinstance(exc, InputError) and exc.field is not None and exc.where is None:
+        return exc.at(flag_for(exc.field))
+    return exc
 
 
 def _register() -> None:
@@ -51,9 +81,10 @@ def main() -> None:
     _register()
     try:
         app()
-    except ShadowtapError as exc:
+    except ShadowtapError as raised:
         from shadowtap.console import err
 
+        exc = user_error(raised)
         err.print(f"shadowtap: error: {exc.message}", markup=False)
         if exc.hint:
             err.print(f"  fix: {exc.hint}", markup=False)

@@ -60,10 +60,7 @@ def mirror(
     if rate_limit is not None and rate_limit <= 0:
         raise InputError("rate limit must be > 0", where="--rate-limit")
     per_request = sample_key == "request"
-    try:
-        target = Target.parse(shadow)
-    except InputError as exc:  # replay's parser names its own option
-        raise InputError(exc.message.removeprefix("--target: "), where="--shadow") from None
+    target = Target.parse(shadow)  # its errors are about "target": --shadow here (flag_for)
     policy = policy_from_options(
         target, keep_host=keep_host, host_suffix=host_suffix, set_header=set_header or (),
         drop_header=drop_header or (), rewrite=rewrite or (), method=method or (), path=path,
