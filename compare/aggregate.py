@@ -205,6 +205,8 @@ class Comparison:
         self._endpoints: dict[str, EndpointAgg] = {}
         self._overall = EndpointAgg(self.config, seed=1)
         self._tolerances: dict[str, tuple[float, float]] = {}
+        self._max_walk = self.config.limits.max_walk  # per-pair diff bounds (compare/diff.py)
+        self._max_differences = self.config.limits.max_differences
         self._lock = threading.Lock()
         # endpoint name -> ((pairs, baseline pairs) it was computed at, its report, when)
         self._cache: dict[str, tuple[tuple[int, int], EndpointReport, float]] = {}
@@ -279,7 +281,8 @@ class Comparison:
             # status difference (and the error rate) carry it.
             pair = PairDiff([Difference("status", Kind.VALUE, p.status, s.status)])
         else:
-            pair = diff_responses(p, s, self._ignored_headers, self._tolerance)
+            pair = diff_responses(p, s, self._ignored_headers, self._tolerance, max_walk=self._max_walk,
+                                  max_differences=self._max_differences)
         diffs = pair.differences
         if not diffs:
             agg.identical += 1
@@ -289,7 +292,8 @@ class Comparison:
         if base is not None and base.response is not None:
             agg.baseline_compared += 1
             seen: set[str] = set()
-            for d in diff_responses(p, base.response, self._ignored_headers, self._tolerance).differences:
+            for d in diff_responses(p, base.response, self._ignored_headers, self._tolerance,
+                                    max_walk=self._max_walk, max_differences=self._max_differences).differences:
                 if d.path not in seen:
                     seen.add(d.path)
                     self._field(agg, d.path).baseline_pairs += 1

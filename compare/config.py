@@ -195,6 +195,10 @@ class LimitsConfig:
     max_sample_body: int = 4096  # characters of each body kept in a sample
     sample_bodies: int = 30  # samples per endpoint that keep their bodies (the others: values)
     snapshot_budget_ms: float = 200.0  # time a live snapshot spends recomputing endpoints
+    # Per pair: JSON values the diff visits and differences it keeps; past either the walk stops
+    # and a ``body~cut`` difference says so (docs/security.md).
+    max_walk: int = 100_000
+    max_differences: int = 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -239,3 +239,46 @@ def test_any_bytes_any_headers_never_raise(craft, pb, sb, pct, sct, pce, sce):
     if pb == sb and pct == sct and pce == sce:
         assert diffs == []
     assert diff_responses(p, p, IGN, exact).differences == []
+
+
+def test_wide_diffs_are_cut_at_the_pair_budget():
+    """Issue 12 item 8: 300k-element arrays that differ everywhere cost a bounded walk, and the
+    pair says it was cut."""
+    from shadowtap.compare.diff import CUT_PATH, Budget
+
+    p = list(range(300_000))
+    s = [x + 1 for x in p]
+    out = []
+    budget = Budget(walk=1000, differences=50)
+    diff_json({"a": p}, {"a": s}, "body", out, exact, budget)
+    assert len(out) == 50 and budget.cut and all(d.path == "body.a[]" for d in out)
+    # through diff_responses: the cut is a difference of its own
+    from shadowtap.records import Response
+
+    def resp(v):
+        body = orjson.dumps(v)
+        return Response(0.0, 0.0, "HTTP/1.1", (("Content-Type", "application/json"),), body, len(body), status=200)
+
+    pair = diff_responses(resp({"a": p}), resp({"a": s}), IGN, exact, max_walk=5000, max_differences=100)
+    assert pair.cut
+    assert [d.path for d in pair.differences].count("body.a[]") == 100
+    assert pair.differences[-1].path == CUT_PATH and pair.differences[-1].kind is Kind.SIZE
+    # A budget large enough walks all: no cut
+    pair = diff_responses(resp({"a": [1, 2, 3]}), resp({"a": [1, 2, 4]}), IGN, exact)
+    assert not pair.cut and [d.path for d in pair.differences] == ["body.a[]"]
+    # An affordable order check still finds a reordering; an unaffordable one walks elementwise
+    assert jdiff({"l": [1, 2, 3]}, {"l": [3, 2, 1]}) == [("body.l", Kind.ORDER)]
+    out = []
+    diff_json({"l": [1, 2, 3]}, {"l": [3, 2, 1]}, "body", out, exact, Budget(walk=6))
+    assert [(d.path, d.kind) for d in out] == [("body.l[]", Kind.VALUE)] * 2
+
+
+def test_text_difference_snippets_find_the_first_difference():
+    from shadowtap.compare.diff import _snippets
+
+    a = "x" * 1_000_000 + "A" + "tail"
+    b = "x" * 1_000_000 + "B" + "tail"
+    pa, pb = _snippets(a, b)
+    assert pa.endswith("Atail") and pb.endswith("Btail") and len(pa) == 80 + 5
+    assert _snippets("abc", "abc") == ("abc", "abc")
+    assert _snippets("", "x") == ("", "x")
