@@ -28,11 +28,13 @@ from shadowtap.compare.diff import (
     Difference,
     Kind,
     PairDiff,
+    diff_headers,
     diff_responses,
     fold_keys,
     prepare_body,
 )
 from shadowtap.compare.endpoints import Templater
+from shadowtap.compare.genai import GenAgg, GenAiComparer
 from shadowtap.compare.noise import Volatility, judge_against_baseline, noise_reason
 from shadowtap.compare.report import (
     REPORT_SCHEMA,
@@ -171,6 +173,7 @@ class EndpointAgg:
         self.values = Reservoir(lim.value_sample, seed + 2)  # (primary leaves, shadow leaves)
         self.fields: dict[str, FieldAgg] = {}
         self.sample_bodies = 0  # samples of this endpoint that kept their bodies
+        self.genai: GenAgg | None = None  # generative answers (compare/genai.py), when any
 
     def merge(self, o: EndpointAgg, max_samples: int) -> None:
         self.pairs += o.pairs
@@ -186,6 +189,11 @@ class EndpointAgg:
         self.lat_primary.merge(o.lat_primary)
         self.lat_shadow.merge(o.lat_shadow)
         self.values.merge(o.values)
+        if o.genai is not None:
+            if self.genai is None:
+                self.genai = o.genai
+            else:
+                self.genai.merge(o.genai)
         for path, f in o.fields.items():
             mine = self.fields.get(path)
             if mine is None:
@@ -202,6 +210,7 @@ class Comparison:
         self.has_baseline = baseline
         self._ignored_headers = self.config.headers.ignored()
         self._templater = Templater(self.config.endpoints)
+        self._genai = GenAiComparer(self.config.genai) if self.config.genai.enabled else None
         self._endpoints: dict[str, EndpointAgg] = {}
         self._overall = EndpointAgg(self.config, seed=1)
         self._tolerances: dict[str, tuple[float, float]] = {}
@@ -276,15 +285,31 @@ class Comparison:
             # The shadow answers where the primary failed: a recovery (errors.recoveries), not a
             # content difference; the primary's error page has no fields to compare.
             return
+        gp = None
         if s.status >= 500 and p.status < 500:
             # The shadow failed: its error page says nothing about the primary's fields; the
             # status difference (and the error rate) carry it.
             pair = PairDiff([Difference("status", Kind.VALUE, p.status, s.status)])
         else:
-            pair = diff_responses(p, s, self._ignored_headers, self._tolerance, max_walk=self._max_walk,
-                                  max_differences=self._max_differences)
+            gp = self._genai.pair(ex, res) if self._genai is not None else None
+            if gp is not None:
+                # A generative answer: compared as its reassembled message (compare/genai.py);
+                # ids, creation times, chunk boundaries and usage counts are not field differences.
+                if agg.genai is None:
+                    agg.genai = GenAgg(self.config.limits.latency_sample, self._seed + 3)
+                agg.genai.add(ex, gp, self.config.limits.max_sample_body)
+                found: list[Difference] = []
+                if p.status != s.status:
+                    found.append(Difference("status", Kind.VALUE, p.status, s.status))
+                if p.headers != s.headers:
+                    diff_headers(p.headers, s.headers, self._ignored_headers, found)
+                found.extend(gp.differences)
+                pair = PairDiff(found)
+            else:
+                pair = diff_responses(p, s, self._ignored_headers, self._tolerance,
+                                      max_walk=self._max_walk, max_differences=self._max_differences)
         diffs = pair.differences
-        if not diffs:
+        if not diffs and (gp is None or gp.cls == "identical"):  # an equivalent answer differs
             agg.identical += 1
             self._overall.identical += 1
         else:
@@ -298,7 +323,9 @@ class Comparison:
                     seen.add(d.path)
                     self._field(agg, d.path).baseline_pairs += 1
         slot = agg.values.wants()
-        if slot >= 0:
+        if slot >= 0 and gp is not None:  # no leaf statistics of generative answers' raw bodies
+            agg.values.put(slot, ((), (), (), ()))
+        elif slot >= 0:
             pb = pair.primary_body or prepare_body(p)
             sb = pair.shadow_body or (pb if p.body == s.body else prepare_body(s))
             if pb.type is BodyType.JSON and sb.type is BodyType.JSON:
@@ -593,6 +620,7 @@ class Comparison:
             latency=side.latency,
             fields=fields,
             numeric=model,
+            genai=a.genai.report(cfg.genai) if a.genai is not None else None,
         )
 
     def _value_stats(self, a: EndpointAgg) -> dict[str, _ValueStats]:

@@ -170,12 +170,44 @@ class ModelConfig:
     min_samples: int = 30
 
 
+# Phrases that open a refusal (matched case-insensitively in the first ``refusal_window``
+# characters of an answer; curly apostrophes count as straight ones). Replace with
+# ``[genai] refusal_phrases = [...]``.
+DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
+    "i'm sorry, but i can't", "i am sorry, but i cannot", "i'm sorry, i can't", "sorry, i can't",
+    "i cannot help with", "i can't help with", "i cannot assist", "i can't assist",
+    "i'm unable to help", "i am unable to help", "i'm not able to help", "i cannot provide",
+    "i can't provide", "i won't be able to", "i must decline", "i cannot comply", "i can't comply",
+    "as an ai language model, i cannot", "i'm not able to provide", "i cannot fulfill",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GenAiConfig:
+    """Generative AI answers (docs/compare.md, "Generative AI endpoints")."""
+
+    enabled: bool = True
+    # regular expressions over request targets; empty = generative answers recognised by content
+    paths: tuple[str, ...] = ()
+    embedder: str = "wordllama"  # "wordllama", "none", or "module:factory" (a user's embedder)
+    equivalent: float = 0.85  # similarity at or above which a changed answer is "equivalent"
+    similarity_floor: float = 0.7  # the endpoint's median similarity below this fails
+    embedding_equivalent: float = 0.99  # /v1/embeddings: cosine from which vectors are equivalent
+    refusal_phrases: tuple[str, ...] = DEFAULT_REFUSAL_PHRASES
+    refusal_window: int = 200  # characters at the start of an answer searched for the phrases
+    alpha: float = 0.01  # Fisher test of the shadow's refusal/truncation/... rate vs the primary's
+    min_increase: float = 0.02  # absolute rate increase that matters
+    critical: tuple[str, ...] = ("refusal",)  # conditions whose increase fails the run
+    ttft_effect: float = 1.25  # shadow/primary median time-to-first-token ratio tolerated
+    ttft_min_ms: float = 5.0  # median TTFT differences below this never fail
+
+
 @dataclass(frozen=True, slots=True)
 class VerdictConfig:
     pass_score: float = 95.0
     marginal_score: float = 75.0
     weights: tuple[tuple[str, float], ...] = (
-        ("errors", 30.0), ("latency", 20.0), ("content", 35.0), ("model", 15.0),
+        ("errors", 30.0), ("latency", 20.0), ("content", 35.0), ("model", 15.0), ("genai", 20.0),
     )
     critical: tuple[str, ...] = ("errors", "latency")  # groups whose High fails the run
 
@@ -211,6 +243,7 @@ class CompareConfig:
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     content: ContentConfig = field(default_factory=ContentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    genai: GenAiConfig = field(default_factory=GenAiConfig)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 

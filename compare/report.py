@@ -68,6 +68,7 @@ class Group(StrEnum):
     LATENCY = "latency"
     CONTENT = "content"
     MODEL = "model"
+    GENAI = "genai"  # generative answers: refusal/truncation rates, similarity (compare/genai.py)
 
 
 class Record:
@@ -282,6 +283,10 @@ class EndpointReport(Record):
     latency: Latency
     fields: list[FieldReport]
     numeric: list[Drift]
+    # compare/genai.py's section (a JSON object, docs/compare.md), only for endpoints that answered
+    # generatively: other reports keep their bytes.
+    genai: dict[str, Any] | None = None
+    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"genai"})
 
 
 @dataclass(frozen=True, slots=True)

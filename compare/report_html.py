@@ -175,6 +175,10 @@ def _endpoint_html(e: EndpointReport) -> str:
                        f'<div class="side"><div><b>primary</b><pre>{escape(smp.primary_body)}</pre>'
                        f'</div><div><b>shadow</b><pre>{escape(smp.shadow_body)}</pre></div></div>')
         out.append("</details>")
+    if e.genai is not None:
+        from shadowtap.compare.genai import genai_html
+
+        out.append(genai_html(e.genai))
     out.append("</div>")
     return "".join(out)
 

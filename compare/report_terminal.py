@@ -93,6 +93,12 @@ def render(report: Report, *, verbose: bool = False) -> None:
                           (f"mean {m.mean_primary:.4g}->{m.mean_shadow:.4g} ({shift}), "
                            f"KS D={m.ks_d:.3f} p={m.ks_p:.2g}, PSI={m.psi:.3f}")])
         _table(f"fields of {e.endpoint}", ["field", "kinds", "rate", "baseline", "detail"], frows)
+    for e in report.endpoints[:_ENDPOINTS_SHOWN]:
+        if e.genai is not None:
+            from shadowtap.compare.genai import terminal_rows
+
+            _table(f"generative answers of {e.endpoint}", ["", "primary", "shadow", "detail"],
+                   terminal_rows(e.genai))
     if report.noise:
         _table("treated as noise", ["endpoint", "field", "rate", "why"],
                [[n.endpoint, n.path, _pct(n.rate), n.reason] for n in report.noise])

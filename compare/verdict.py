@@ -170,6 +170,10 @@ def judge(endpoints: list[EndpointReport], overall: Side, cfg: CompareConfig,
         metrics.append(_errors(ep.endpoint, ep, ep.pairs, cfg))
         metrics.append(_latency(ep.endpoint, ep, cfg))
         metrics.extend(_fields(ep, cfg))
+        if ep.genai is not None:
+            from shadowtap.compare.genai import genai_metrics
+
+            metrics.extend(genai_metrics(ep, cfg))
     counts: dict[str, list[int]] = {}  # group -> [metrics, passed], in the order first seen
     for m in metrics:
         if m.result is NODATA:

@@ -36,7 +36,13 @@ import orjson
 from shadowtap.wire.sse import parse_sse
 
 __all__ = [
-    "Api", "Choice", "Generation", "Timing", "ToolCall", "is_stream_type", "parse_generation",
+    "Api",
+    "Choice",
+    "Generation",
+    "Timing",
+    "ToolCall",
+    "is_stream_type",
+    "parse_generation",
     "timing",
 ]
 
@@ -140,8 +146,13 @@ class Generation:
         }
 
 
-_STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/ndjson",
-                 "application/jsonl", "application/json-seq")
+_STREAM_TYPES = (
+    "text/event-stream",
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+    "application/json-seq",
+)
 
 
 def is_stream_type(content_type: str | None) -> bool:
@@ -173,8 +184,11 @@ class _ChoiceAcc:
         fn = tc.get("function") or {}
         if isinstance(fn, dict):
             if fn.get("name"):
-                entry[1] = fn["name"] if entry[1] is None else entry[1] + (
-                    "" if entry[1] == fn["name"] else fn["name"])
+                entry[1] = (
+                    fn["name"]
+                    if entry[1] is None
+                    else entry[1] + ("" if entry[1] == fn["name"] else fn["name"])
+                )
             args = fn.get("arguments")
             if isinstance(args, str):
                 entry[2].append(args)
@@ -209,8 +223,9 @@ class _ChoiceAcc:
             except orjson.JSONDecodeError:
                 parsed, valid = None, False
             tools.append(ToolCall(i, tid, name, args, parsed, valid))
-        return Choice(index, "".join(self.content), self.finish, tuple(tools),
-                      "".join(self.refusal) or None)
+        return Choice(
+            index, "".join(self.content), self.finish, tuple(tools), "".join(self.refusal) or None
+        )
 
 
 def _choices(accs: dict[int, _ChoiceAcc]) -> tuple[Choice, ...]:
@@ -239,8 +254,11 @@ def _api_of(obj: Any, target: str) -> Api | None:
         return Api.OPENAI_CHAT
     if kind == "text_completion":
         return Api.OPENAI_COMPLETION
-    if kind == "list" and isinstance(obj.get("data"), list) and (
-            not obj["data"] or isinstance(obj["data"][0], dict) and "embedding" in obj["data"][0]):
+    if (
+        kind == "list"
+        and isinstance(obj.get("data"), list)
+        and (not obj["data"] or isinstance(obj["data"][0], dict) and "embedding" in obj["data"][0])
+    ):
         return Api.OPENAI_EMBEDDING
     if "done" in obj and ("message" in obj or "response" in obj or "model" in obj):
         return Api.OLLAMA_CHAT if "message" in obj or "/api/chat" in target else Api.OLLAMA_GENERATE
@@ -269,13 +287,26 @@ def _from_body(obj: dict[str, Any], api: Api) -> Generation:
             emb = d.get("embedding") if isinstance(d, dict) else None
             if isinstance(emb, list):
                 vecs.append(tuple(float(x) for x in emb if isinstance(x, (int, float))))
-        return Generation(api, False, model=obj.get("model"), usage=obj.get("usage"),
-                          embeddings=tuple(vecs), done=True)
+        return Generation(
+            api,
+            False,
+            model=obj.get("model"),
+            usage=obj.get("usage"),
+            embeddings=tuple(vecs),
+            done=True,
+        )
     if api in (Api.OLLAMA_CHAT, Api.OLLAMA_GENERATE):
         acc = _ChoiceAcc()
         _ollama_piece(obj, acc)
-        return Generation(api, False, (acc.build(0),), obj.get("model"), _usage_ollama(obj),
-                          obj.get("error"), bool(obj.get("done")))
+        return Generation(
+            api,
+            False,
+            (acc.build(0),),
+            obj.get("model"),
+            _usage_ollama(obj),
+            obj.get("error"),
+            bool(obj.get("done")),
+        )
     accs: dict[int, _ChoiceAcc] = {}
     for pos, ch in enumerate(obj.get("choices") or ()):
         if not isinstance(ch, dict):
@@ -315,7 +346,9 @@ def _from_sse(body: bytes, chunks: tuple[tuple[int, float], ...], target: str) -
     if stream.pending:
         anomalies.append(Anomaly.CUT.value)
     if not stream.events:
-        if Anomaly.CUT.value not in anomalies or not body.lstrip().startswith((b"data", b":", b"event")):
+        if Anomaly.CUT.value not in anomalies or not body.lstrip().startswith(
+            (b"data", b":", b"event")
+        ):
             anomalies.append(Anomaly.NOT_SSE.value)
         return Generation(Api.SSE, True, anomalies=tuple(anomalies))
     api: Api | None = None
@@ -340,8 +373,9 @@ def _from_sse(body: bytes, chunks: tuple[tuple[int, float], ...], target: str) -
                 generic.append({"type": ev.type, "data": data[:1000], "ts": ev.ts})
             continue
         if len(generic) < 1000:
-            generic.append({"type": ev.type, "data": obj if len(data) <= 1000 else data[:1000],
-                            "ts": ev.ts})
+            generic.append(
+                {"type": ev.type, "data": obj if len(data) <= 1000 else data[:1000], "ts": ev.ts}
+            )
         if not isinstance(obj, dict):
             continue
         if api is None:
@@ -384,13 +418,38 @@ def _from_sse(body: bytes, chunks: tuple[tuple[int, float], ...], target: str) -
         anomalies.append(Anomaly.ERROR.value)
     last = stream.events[-1].ts
     if api is None:
-        return Generation(Api.SSE, True, events=len(stream.events), anomalies=tuple(anomalies),
-                          sse_events=tuple(generic), last_time=last, done=done)
-    choices = (ollama.build(0),) if api in (Api.OLLAMA_CHAT, Api.OLLAMA_GENERATE) else _choices(accs)
-    if not done and not any(c.finish_reason for c in choices) and Anomaly.CUT.value not in anomalies:
+        return Generation(
+            Api.SSE,
+            True,
+            events=len(stream.events),
+            anomalies=tuple(anomalies),
+            sse_events=tuple(generic),
+            last_time=last,
+            done=done,
+        )
+    choices = (
+        (ollama.build(0),) if api in (Api.OLLAMA_CHAT, Api.OLLAMA_GENERATE) else _choices(accs)
+    )
+    if (
+        not done
+        and not any(c.finish_reason for c in choices)
+        and Anomaly.CUT.value not in anomalies
+    ):
         anomalies.append(Anomaly.CUT.value)
-    return Generation(api, True, choices, model, usage, error, done, len(stream.events), content_events,
-                      tuple(content_times), last, tuple(anomalies))
+    return Generation(
+        api,
+        True,
+        choices,
+        model,
+        usage,
+        error,
+        done,
+        len(stream.events),
+        content_events,
+        tuple(content_times),
+        last,
+        tuple(anomalies),
+    )
 
 
 def _from_ndjson(body: bytes, chunks: tuple[tuple[int, float], ...], target: str) -> Generation:
@@ -451,13 +510,30 @@ def _from_ndjson(body: bytes, chunks: tuple[tuple[int, float], ...], target: str
         anomalies.append(Anomaly.ERROR.value)
     if not done and Anomaly.CUT.value not in anomalies:
         anomalies.append(Anomaly.CUT.value)
-    return Generation(api or Api.OLLAMA_GENERATE, True, (acc.build(0),), model, usage, error, done,
-                      events, content_events, tuple(content_times), last, tuple(anomalies))
+    return Generation(
+        api or Api.OLLAMA_GENERATE,
+        True,
+        (acc.build(0),),
+        model,
+        usage,
+        error,
+        done,
+        events,
+        content_events,
+        tuple(content_times),
+        last,
+        tuple(anomalies),
+    )
 
 
-def parse_generation(body: bytes, content_type: str | None, target: str = "", *,
-                     chunks: tuple[tuple[int, float], ...] = (), truncated: bool = False
-                     ) -> Generation | None:
+def parse_generation(
+    body: bytes,
+    content_type: str | None,
+    target: str = "",
+    *,
+    chunks: tuple[tuple[int, float], ...] = (),
+    truncated: bool = False,
+) -> Generation | None:
     """The generation a response holds, or None when it is not a generative API's answer.
 
     ``body``: after content decoding; ``target``: the request target (a hint when the body does

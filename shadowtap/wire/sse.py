@@ -59,8 +59,19 @@ class SseParser:
     ``close()`` says whether an event was left unfinished."""
 
     __slots__ = (
-        "_data", "_data_len", "_has_data", "_id", "_line", "_max", "_retry", "_skip_lf", "_started",
-        "_type", "comments", "oversized", "unknown_fields",
+        "_data",
+        "_data_len",
+        "_has_data",
+        "_id",
+        "_line",
+        "_max",
+        "_retry",
+        "_skip_lf",
+        "_started",
+        "_type",
+        "comments",
+        "oversized",
+        "unknown_fields",
     )
 
     def __init__(self, max_event: int = DEFAULT_MAX_EVENT) -> None:
@@ -162,8 +173,9 @@ class SseParser:
         return pending
 
 
-def parse_sse(body: bytes, chunks: tuple[tuple[int, float], ...] = (),
-              max_event: int = DEFAULT_MAX_EVENT) -> SseStream:
+def parse_sse(
+    body: bytes, chunks: tuple[tuple[int, float], ...] = (), max_event: int = DEFAULT_MAX_EVENT
+) -> SseStream:
     """Parse a whole ``body``. ``chunks``: (end offset in the body, arrival time) of each piece
     as it came off the wire, in order; the events get the time of the piece that ended them.
     Without chunks, events have no time. Bytes past the last chunk's offset get its time."""

@@ -12,9 +12,14 @@ SSE = "text/event-stream"
 
 
 def chunk(i: int, delta: dict, finish: str | None = None, index: int = 0) -> bytes:
-    obj = {"id": f"chatcmpl-{i}", "object": "chat.completion.chunk", "created": 1796149490 + i,
-           "model": "m", "system_fingerprint": f"fp_{i}",
-           "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+    obj = {
+        "id": f"chatcmpl-{i}",
+        "object": "chat.completion.chunk",
+        "created": 1796149490 + i,
+        "model": "m",
+        "system_fingerprint": f"fp_{i}",
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
+    }
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
@@ -23,9 +28,11 @@ def openai_stream(words: list[str], *, usage: bool = True, done: bool = True) ->
     parts += [chunk(i + 1, {"content": w}) for i, w in enumerate(words)]
     parts.append(chunk(99, {}, "stop"))
     if usage:
-        parts.append(b'data: {"object":"chat.completion.chunk","choices":[],"usage":'
-                     b'{"prompt_tokens":5,"completion_tokens":%d,"total_tokens":%d}}\n\n'
-                     % (len(words), len(words) + 5))
+        parts.append(
+            b'data: {"object":"chat.completion.chunk","choices":[],"usage":'
+            b'{"prompt_tokens":5,"completion_tokens":%d,"total_tokens":%d}}\n\n'
+            % (len(words), len(words) + 5)
+        )
     if done:
         parts.append(b"data: [DONE]\n\n")
     return b"".join(parts)
@@ -42,10 +49,22 @@ def test_openai_chat_stream_reassembled():
 
 
 def test_stream_and_body_give_the_same_message():
-    body = orjson.dumps({"id": "x", "object": "chat.completion", "created": 1, "model": "m",
-                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello world"},
-                                      "finish_reason": "stop"}],
-                         "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}})
+    body = orjson.dumps(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "Hello world"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+        }
+    )
     plain = parse_generation(body, "application/json", "/v1/chat/completions")
     streamed = parse_generation(openai_stream(["Hello", " world"]), SSE, "/v1/chat/completions")
     assert plain is not None and streamed is not None
@@ -56,8 +75,19 @@ def test_choices_by_index_and_tool_call_fragments():
     parts = [
         chunk(1, {"content": "a"}, index=1),
         chunk(2, {"content": "b"}, index=0),
-        chunk(3, {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                                  "function": {"name": "get_weather", "arguments": ""}}]}),
+        chunk(
+            3,
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": ""},
+                    }
+                ]
+            },
+        ),
         chunk(4, {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
         chunk(5, {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
         chunk(6, {}, "tool_calls"),
@@ -67,28 +97,39 @@ def test_choices_by_index_and_tool_call_fragments():
     g = parse_generation(b"".join(parts), SSE, "/v1/chat/completions")
     assert [c.content for c in g.choices] == ["b", "a"]
     tc = g.choices[0].tool_calls[0]
-    assert (tc.id, tc.name, tc.parsed, tc.valid) == ("call_1", "get_weather", {"city": "Paris"}, True)
+    assert (tc.id, tc.name, tc.parsed, tc.valid) == (
+        "call_1",
+        "get_weather",
+        {"city": "Paris"},
+        True,
+    )
     assert g.choices[0].finish_reason == "tool_calls" and g.choices[1].finish_reason == "stop"
 
 
 def test_mid_stream_error_is_a_failure():
-    body = chunk(1, {"content": "partial"}) + b'data: {"error": {"message": "overloaded", "code": 503}}\n\n'
+    body = (
+        chunk(1, {"content": "partial"})
+        + b'data: {"error": {"message": "overloaded", "code": 503}}\n\n'
+    )
     g = parse_generation(body, SSE, "/v1/chat/completions")
     assert g.error == {"message": "overloaded", "code": 503}
     assert "stream_error" in g.anomalies and g.text == "partial"
 
 
-@pytest.mark.parametrize("body", [
-    openai_stream(["a", "b"], done=False)[: -len(b'data: {"obj')],  # cut mid-event
-    b"".join(chunk(i, {"content": "x"}) for i in range(3)),  # no [DONE], no finish
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        openai_stream(["a", "b"], done=False)[: -len(b'data: {"obj')],  # cut mid-event
+        b"".join(chunk(i, {"content": "x"}) for i in range(3)),  # no [DONE], no finish
+    ],
+)
 def test_cut_streams(body):
     g = parse_generation(body, SSE, "/v1/chat/completions")
     assert "stream_cut" in g.anomalies and g.text.startswith("x") or g.text == "ab"
 
 
 def test_non_json_data_comments_retry_and_generic_sse():
-    body = b": ping\nretry: 100\ndata: hello\n\nevent: score\ndata: {\"v\": 1}\n\n"
+    body = b': ping\nretry: 100\ndata: hello\n\nevent: score\ndata: {"v": 1}\n\n'
     g = parse_generation(body, SSE, "/events")
     assert g.api is Api.SSE and g.events == 2 and "stream_not_json" in g.anomalies
     assert [e["data"] for e in g.sse_events] == ["hello", {"v": 1}]
@@ -101,12 +142,26 @@ def test_claims_event_stream_and_is_not():
 
 def test_ollama_ndjson_chat_stream_with_times():
     lines = [
-        {"model": "llama3", "created_at": "2026-01-01T00:00:00Z", "message": {"role": "assistant", "content": "Hi"},
-         "done": False},
-        {"model": "llama3", "created_at": "2026-01-01T00:00:01Z", "message": {"role": "assistant", "content": " there"},
-         "done": False},
-        {"model": "llama3", "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop",
-         "eval_count": 2, "prompt_eval_count": 7},
+        {
+            "model": "llama3",
+            "created_at": "2026-01-01T00:00:00Z",
+            "message": {"role": "assistant", "content": "Hi"},
+            "done": False,
+        },
+        {
+            "model": "llama3",
+            "created_at": "2026-01-01T00:00:01Z",
+            "message": {"role": "assistant", "content": " there"},
+            "done": False,
+        },
+        {
+            "model": "llama3",
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": "stop",
+            "eval_count": 2,
+            "prompt_eval_count": 7,
+        },
     ]
     raw = [orjson.dumps(x) + b"\n" for x in lines]
     body = b"".join(raw)
@@ -121,7 +176,9 @@ def test_ollama_ndjson_chat_stream_with_times():
 
 
 def test_timing_from_sse_chunks_and_approximate_tokens():
-    parts = [chunk(0, {"role": "assistant", "content": ""})] + [chunk(i, {"content": "w"}) for i in range(1, 5)]
+    parts = [chunk(0, {"role": "assistant", "content": ""})] + [
+        chunk(i, {"content": "w"}) for i in range(1, 5)
+    ]
     parts.append(b"data: [DONE]\n\n")
     ends, total = [], 0
     for p in parts:
@@ -132,12 +189,19 @@ def test_timing_from_sse_chunks_and_approximate_tokens():
     t = timing(g, 99.9, 100.25)
     # the first event is a role-only delta: not content; the first content came at 100.05
     assert t.ttft == pytest.approx(150.0) and len(t.itl) == 3 and t.tokens_approx and t.tokens == 4
-    assert timing(parse_generation(b"".join(parts), SSE, "/v1/chat/completions"), 99.9, 100.25) is None
+    assert (
+        timing(parse_generation(b"".join(parts), SSE, "/v1/chat/completions"), 99.9, 100.25) is None
+    )
 
 
 def test_embeddings_and_non_generative_bodies():
-    emb = orjson.dumps({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
-                        "model": "e"})
+    emb = orjson.dumps(
+        {
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+            "model": "e",
+        }
+    )
     g = parse_generation(emb, "application/json", "/v1/embeddings")
     assert g.api is Api.OPENAI_EMBEDDING and g.embeddings == ((0.1, 0.2),)
     assert parse_generation(b'{"price": 3}', "application/json", "/v1/products/1") is None
@@ -152,7 +216,9 @@ def test_truncated_body_marked():
 def test_records_schema_2_chunks_round_trip_and_v1_migrates():
     from shadowtap.records import Exchange, Response, Result
 
-    resp = Response(1.0, 2.0, "HTTP/1.1", (("Content-Type", SSE),), b"data: x\n\n", 9, status=200, reason="OK")
+    resp = Response(
+        1.0, 2.0, "HTTP/1.1", (("Content-Type", SSE),), b"data: x\n\n", 9, status=200, reason="OK"
+    )
     ex = Exchange("a", "1.1.1.1:1", "2.2.2.2:80", 0, None, resp, chunks=((9, 1.5),))
     d = ex.to_json()
     assert d["schema"] == 2 and d["chunks"] == [[9, 1.5]]

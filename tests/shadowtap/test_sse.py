@@ -19,22 +19,31 @@ def test_blank_line_ends_an_event_and_data_lines_join():
 
 
 def test_comments_event_id_retry_and_unknown_fields():
-    body = (b": keep-alive\nevent: delta\nid: 7\nretry: 3000\nfoo: bar\ndata: x\n\n"
-            b"retry: soon\ndata: y\n\n")
+    body = (
+        b": keep-alive\nevent: delta\nid: 7\nretry: 3000\nfoo: bar\ndata: x\n\n"
+        b"retry: soon\ndata: y\n\n"
+    )
     s = parse_sse(body)
     assert [(e.type, e.data, e.id, e.retry) for e in s.events] == [
-        ("delta", "x", "7", 3000), ("message", "y", "7", 3000)]  # the id and retry persist
+        ("delta", "x", "7", 3000),
+        ("message", "y", "7", 3000),
+    ]  # the id and retry persist
     assert s.comments == 1 and s.unknown_fields == 1 and not s.pending
 
 
 def test_line_ends_cr_lf_crlf_and_no_colon_field():
     assert events(b"data\r\rdata: a\r\n\r\ndata: b\n\n") == [
-        ("message", "", ""), ("message", "a", ""), ("message", "b", "")]
+        ("message", "", ""),
+        ("message", "a", ""),
+        ("message", "b", ""),
+    ]
 
 
 def test_event_without_data_dispatches_nothing_and_id_with_nul_is_ignored():
     assert events(b"event: x\n\nid: 1\ndata: a\n\nid: 2\x003\ndata: b\n\n") == [
-        ("message", "a", "1"), ("message", "b", "1")]
+        ("message", "a", "1"),
+        ("message", "b", "1"),
+    ]
 
 
 def test_bom_and_invalid_utf8():
@@ -74,10 +83,15 @@ def test_many_events_in_small_chunks_is_linear():
 
 # ---------------------------------------------------------------------------- properties
 
-_value = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=12)
+_value = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=12
+)
 _line = st.one_of(
-    st.tuples(st.sampled_from(["data", "event", "id", "retry", "x", ""]), st.sampled_from([":", ": ", ":  ", ""]),
-              _value).map(lambda t: t[0] + t[1] + t[2] if t[0] or t[1] else t[2]),
+    st.tuples(
+        st.sampled_from(["data", "event", "id", "retry", "x", ""]),
+        st.sampled_from([":", ": ", ":  ", ""]),
+        _value,
+    ).map(lambda t: t[0] + t[1] + t[2] if t[0] or t[1] else t[2]),
     st.just(""),
     _value.map(lambda v: ":" + v),
 )

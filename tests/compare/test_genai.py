@@ -1,0 +1,281 @@
+"""Comparison of generative answers: streamed answers compared as their reassembled messages, ids
+and timestamps not flagged, paraphrases equivalent, refusals named, tool calls structural, TTFT
+measured. The answers come from the lab's demo LLM generator (scripts/lab/llm_service.py)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from shadowtap.compare.aggregate import Comparison
+from shadowtap.compare.config import CompareConfig, GenAiConfig
+from shadowtap.compare.genai import GenAiComparer, text_metrics
+from shadowtap.lab.llm_service import answer, behaviour, prompts, tokens
+from shadowtap.records import Exchange, Request, Response, Result
+
+SSE = "text/event-stream"
+
+
+def sse_body(
+    text: str, model: str, t0: float, ttft: float, gap: float, created: int, usage: bool = True
+) -> tuple[bytes, tuple[tuple[int, float], ...]]:
+    """An OpenAI stream of ``text`` with a fresh id per chunk, and its chunk times."""
+    parts, times = [], []
+    head = {
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": f"fp_{created}",
+    }
+    parts.append(
+        {
+            **head,
+            "id": f"c{created}",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}],
+        }
+    )
+    times.append(t0 + 0.001)
+    for i, piece in enumerate(tokens(text)):
+        parts.append(
+            {**head, "id": f"c{created}", "choices": [{"index": 0, "delta": {"content": piece}}]}
+        )
+        times.append(t0 + ttft + i * gap)
+    parts.append(
+        {
+            **head,
+            "id": f"c{created}",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
+    )
+    times.append(times[-1] + gap)
+    if usage:
+        n = len(tokens(text))
+        parts.append(
+            {
+                **head,
+                "id": f"c{created}",
+                "choices": [],
+                "usage": {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": n + 5},
+            }
+        )
+        times.append(times[-1])
+    raw = [b"data: " + orjson.dumps(p) + b"\n\n" for p in parts] + [b"data: [DONE]\n\n"]
+    times.append(times[-1])
+    chunks, end = [], 0
+    for r, t in zip(raw, times):
+        end += len(r)
+        chunks.append((end, t))
+    return b"".join(raw), tuple(chunks)
+
+
+def json_body(text: str, model: str, created: int) -> bytes:
+    return orjson.dumps(
+        {
+            "id": f"chatcmpl-{created}",
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": f"fp_{created}",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 5,
+                "completion_tokens": len(text.split()),
+                "total_tokens": 5 + len(text.split()),
+            },
+        }
+    )
+
+
+def pair(i: int, prompt: str, stream: bool, t0: float) -> tuple[Exchange, Result]:
+    req_body = orjson.dumps(
+        {"model": "m", "stream": stream, "messages": [{"role": "user", "content": prompt}]}
+    )
+    req = Request(
+        t0,
+        t0,
+        "HTTP/1.1",
+        (("Content-Type", "application/json"),),
+        req_body,
+        len(req_body),
+        method="POST",
+        target="/v1/chat/completions",
+    )
+    ct = SSE if stream else "application/json"
+    out = []
+    for version, ttft, start in ((1, 0.015, t0), (2, 0.060, t0 + 1000.0)):
+        text = answer(prompt, version)
+        created = int(start) + i
+        if stream:
+            body, chunks = sse_body(text, f"demo-llm-{version}", start, ttft, 0.001, created)
+        else:
+            body, chunks = json_body(text, f"demo-llm-{version}", created), ()
+        end = chunks[-1][1] if chunks else start + ttft
+        resp = Response(
+            start + 0.001,
+            end,
+            "HTTP/1.1",
+            (("Content-Type", ct),),
+            body,
+            len(body),
+            status=200,
+            reason="OK",
+        )
+        out.append((resp, chunks, start))
+    (p, pch, _), (s, sch, sstart) = out
+    ex = Exchange(
+        f"x{i}",
+        "10.0.0.1:1000",
+        "10.0.0.2:80",
+        i,
+        req,
+        p,
+        total_ms=(p.end_ts - t0) * 1000,
+        chunks=pch,
+    )
+    res = Result(
+        f"x{i}",
+        "http://shadow/v1/chat/completions",
+        sstart,
+        sstart,
+        s,
+        total_ms=(s.end_ts - sstart) * 1000,
+        chunks=sch,
+    )
+    return ex, res
+
+
+def test_sixty_completions_name_refusals_and_ttft_and_do_not_cry_wolf():
+    cmp = Comparison(CompareConfig())
+    ps = prompts(60)
+    t0 = 1_796_149_490.0
+    for i, pr in enumerate(ps):
+        cmp.add(*pair(i, pr, stream=i % 2 == 0, t0=t0 + i))
+    rep = cmp.snapshot(fresh=True)
+    [ep] = rep["endpoints"]
+    g = ep["genai"]
+    refusals = sum(behaviour(p, 2) == "refuse" for p in ps)
+    paraphrases = sum(behaviour(p, 2) == "paraphrase" for p in ps)
+    assert g["classes"]["refusal"] == refusals > 0
+    assert g["classes"]["equivalent"] == paraphrases
+    assert g["classes"]["identical"] == 60 - refusals - paraphrases
+    assert g["streamed"] == {"primary": 30, "shadow": 30}
+    # no field differences from ids, creation times, fingerprints, models or usage counts
+    assert [f["path"] for f in ep["fields"] if not f["noise"]] == []
+    t = g["latency"]["ttft"]
+    assert t["primary"]["p50"] == pytest.approx(15.0, abs=1) and t["shadow"][
+        "p50"
+    ] == pytest.approx(60.0, abs=1)
+    v = rep["verdict"]
+    assert v["result"] == "fail"
+    critical = [r for r in v["reasons"] if r.startswith("CRITICAL")]
+    assert any("refusal rate" in r for r in critical)
+    assert any("time to first token" in r for r in critical)
+    assert not any("created" in r or "body.id" in r or "fingerprint" in r for r in v["reasons"])
+    assert not any("similarity" in r for r in v["reasons"])
+    worst = g["worst"]
+    assert worst and worst[0]["class"] == "refusal" and "sorry" in worst[0]["shadow"]
+
+
+def test_tool_calls_compared_structurally_and_invalid_json_named():
+    comparer = GenAiComparer(GenAiConfig(embedder="none"))
+
+    def ex_res(p_args: str, s_args: str, fmt: bool = False, p_text: str = "", s_text: str = ""):
+        req_body = {"messages": [{"role": "user", "content": "x"}]}
+        if fmt:
+            req_body["response_format"] = {"type": "json_object"}
+        rb = orjson.dumps(req_body)
+        req = Request(
+            1.0, 1.0, "HTTP/1.1", (), rb, len(rb), method="POST", target="/v1/chat/completions"
+        )
+
+        def resp(args: str, text: str) -> Response:
+            msg = {"role": "assistant", "content": text}
+            if args:
+                msg["tool_calls"] = [
+                    {
+                        "id": "call_9",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": args},
+                    }
+                ]
+            b = orjson.dumps(
+                {
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": msg,
+                            "finish_reason": "tool_calls" if args else "stop",
+                        }
+                    ],
+                }
+            )
+            return Response(
+                1.0, 1.1, "HTTP/1.1", (("Content-Type", "application/json"),), b, len(b), status=200
+            )
+
+        ex = Exchange("a", "c:1", "s:2", 0, req, resp(p_args, p_text))
+        return ex, Result("a", "t", 1.0, 1.0, resp(s_args, s_text))
+
+    same = comparer.pair(*ex_res('{"city": "Paris", "unit": "c"}', '{"unit":"c","city":"Paris"}'))
+    assert same.cls == "identical" and same.differences == []
+    moved = comparer.pair(*ex_res('{"city": "Paris"}', '{"city": "Lyon"}'))
+    assert moved.cls == "tool_call"
+    assert [(d.path, d.primary, d.shadow) for d in moved.differences] == [
+        ("body.choices[].tool_calls[].arguments.city", "Paris", "Lyon")
+    ]
+    bad = comparer.pair(*ex_res("", "", fmt=True, p_text='{"a": 1}', s_text="Sure! here: {a: 1}"))
+    assert bad.cls == "invalid_json" and "invalid_json" in bad.shadow.flags
+
+
+def test_text_metrics_rouge_on_non_english_and_refusal_phrases():
+    m = text_metrics("Столица Франции — Париж.", "Париж — столица Франции.", None, chrf=True)
+    assert m.rouge_l > 0.5 and m.semantic is None and 0 < m.chrf <= 1
+    comparer = GenAiComparer(GenAiConfig(embedder="none"))
+    from shadowtap.wire.genai import Api, Choice, Generation
+
+    assert comparer.refuses(
+        Generation(
+            Api.OPENAI_CHAT, False, (Choice(0, "I\u2019m sorry, but I can\u2019t do that."),)
+        )
+    )
+    assert not comparer.refuses(
+        Generation(Api.OPENAI_CHAT, False, (Choice(0, "Paris is the capital."),))
+    )
+
+
+def test_embeddings_cosine_and_dimension_changes():
+    from shadowtap.lab.llm_service import embedding
+
+    cmp = Comparison(CompareConfig())
+    for i in range(5):
+        req = Request(
+            1.0, 1.0, "HTTP/1.1", (), b'{"input": "x"}', 14, method="POST", target="/v1/embeddings"
+        )
+
+        def resp(vec: list[float]) -> Response:
+            b = orjson.dumps(
+                {
+                    "object": "list",
+                    "model": "e",
+                    "data": [{"object": "embedding", "index": 0, "embedding": vec}],
+                }
+            )
+            return Response(
+                1.0, 1.1, "HTTP/1.1", (("Content-Type", "application/json"),), b, len(b), status=200
+            )
+
+        sv = embedding(f"t{i}", 2) if i < 4 else embedding(f"t{i}", 2, dim=32)
+        cmp.add(
+            Exchange(f"e{i}", "c:1", "s:2", i, req, resp(embedding(f"t{i}", 1))),
+            Result(f"e{i}", "t", 1.0, 1.0, resp(sv)),
+        )
+    g = cmp.snapshot(fresh=True)["endpoints"][0]["genai"]
+    assert g["embeddings"]["cosine"]["n"] == 4 and g["embeddings"]["cosine"]["p50"] > 0.95
+    assert g["embeddings"]["dimension_changes"] == [{"primary": 64, "shadow": 32, "count": 1}]
