@@ -157,8 +157,8 @@ def test_sixty_completions_name_refusals_and_ttft_and_do_not_cry_wolf():
     for i, pr in enumerate(ps):
         cmp.add(*pair(i, pr, stream=i % 2 == 0, t0=t0 + i))
     rep = cmp.snapshot(fresh=True)
-    [ep] = rep["endpoints"]
-    g = ep["genai"]
+    [ep] = rep.endpoints
+    g = ep.genai
     refusals = sum(behaviour(p, 2) == "refuse" for p in ps)
     paraphrases = sum(behaviour(p, 2) == "paraphrase" for p in ps)
     assert g["classes"]["refusal"] == refusals > 0
@@ -166,18 +166,18 @@ def test_sixty_completions_name_refusals_and_ttft_and_do_not_cry_wolf():
     assert g["classes"]["identical"] == 60 - refusals - paraphrases
     assert g["streamed"] == {"primary": 30, "shadow": 30}
     # no field differences from ids, creation times, fingerprints, models or usage counts
-    assert [f["path"] for f in ep["fields"] if not f["noise"]] == []
+    assert [f.path for f in ep.fields if not f.noise] == []
     t = g["latency"]["ttft"]
     assert t["primary"]["p50"] == pytest.approx(15.0, abs=1) and t["shadow"][
         "p50"
     ] == pytest.approx(60.0, abs=1)
-    v = rep["verdict"]
-    assert v["result"] == "fail"
-    critical = [r for r in v["reasons"] if r.startswith("CRITICAL")]
+    v = rep.verdict
+    assert v.result == "fail"
+    critical = [r for r in v.reasons if r.startswith("CRITICAL")]
     assert any("refusal rate" in r for r in critical)
     assert any("time to first token" in r for r in critical)
-    assert not any("created" in r or "body.id" in r or "fingerprint" in r for r in v["reasons"])
-    assert not any("similarity" in r for r in v["reasons"])
+    assert not any("created" in r or "body.id" in r or "fingerprint" in r for r in v.reasons)
+    assert not any("similarity" in r for r in v.reasons)
     worst = g["worst"]
     assert worst and worst[0]["class"] == "refusal" and "sorry" in worst[0]["shadow"]
 
@@ -276,6 +276,6 @@ def test_embeddings_cosine_and_dimension_changes():
             Exchange(f"e{i}", "c:1", "s:2", i, req, resp(embedding(f"t{i}", 1))),
             Result(f"e{i}", "t", 1.0, 1.0, resp(sv)),
         )
-    g = cmp.snapshot(fresh=True)["endpoints"][0]["genai"]
+    g = cmp.snapshot(fresh=True).endpoints[0].genai
     assert g["embeddings"]["cosine"]["n"] == 4 and g["embeddings"]["cosine"]["p50"] > 0.95
     assert g["embeddings"]["dimension_changes"] == [{"primary": 64, "shadow": 32, "count": 1}]
