@@ -34,6 +34,7 @@ from enum import IntEnum
 from typing import Any
 
 from shadowtap.records import Request, Response
+from shadowtap.wire.genai import is_stream_type
 
 try:
     import brotli
@@ -99,6 +100,7 @@ class Transaction:
     __slots__ = (
         "after_gap",
         "anomalies",
+        "chunks",
         "conn",
         "done",
         "http09",
@@ -138,10 +140,22 @@ class Transaction:
         self.order: tuple[float, int, int] = (ts, 0, 0)  # the pipeline's ordering key
         self.secret = False  # a watched (secret) header name appears in a head: redact
         self.upgrade = False  # CONNECT or Upgrade: the response may turn the connection into a tunnel
+        self.chunks: tuple[tuple[int, float], ...] = ()  # a streamed response's timed pieces
 
     def note(self, anomaly: str) -> None:
         if anomaly not in self.anomalies:
             self.anomalies.append(anomaly)
+
+
+def _timed(msg: _Msg, ts: float) -> None:
+    """Note that a streamed body reached ``msg.body_len`` bytes at ``ts``; pieces of one packet
+    share an entry. O(1)."""
+    chunks = msg.chunks
+    assert chunks is not None
+    if chunks and chunks[-1][1] == ts:
+        chunks[-1] = (msg.body_len, ts)
+    else:
+        chunks.append((msg.body_len, ts))
 
 
 class _Msg:
@@ -150,6 +164,7 @@ class _Msg:
     __slots__ = (
         "anomalies",
         "body_len",
+        "chunks",
         "encodings",
         "end_ts",
         "headers",
@@ -177,6 +192,9 @@ class _Msg:
         self.encodings: str | None = None
         self.anomalies: list[str] = []
         self.secret = False  # a header the conversation watches for (secrets to redact) is present
+        # A streamed body (text/event-stream, NDJSON): (body length, packet time) per piece, for
+        # time to first token (records.Chunks); None for every other body (no cost).
+        self.chunks: list[tuple[int, float]] | None = None
 
 
 def decoded_length(body: bytes, content_encoding: str | None, limit: int = 64 << 20) -> int | None:
@@ -457,6 +475,8 @@ class _Side:
             return False
         n = min(avail, self.remaining)
         self._take_body(self.buf[self.pos : self.pos + n] if n != len(self.buf) else self.buf)
+        if self.msg is not None and self.msg.chunks is not None:
+            _timed(self.msg, ts)
         self.pos += n
         self.remaining -= n
         if self.remaining == 0:
@@ -493,6 +513,8 @@ class _Side:
             return False
         n = min(avail, self.remaining)
         self._take_body(self.buf[self.pos : self.pos + n])
+        if self.msg is not None and self.msg.chunks is not None:
+            _timed(self.msg, ts)
         self.pos += n
         self.remaining -= n
         if self.remaining == 0:
@@ -547,6 +569,8 @@ class _Side:
             self.pos = len(self.buf)
             assert self.msg is not None
             self.msg.end_ts = ts
+            if self.msg.chunks is not None:
+                _timed(self.msg, ts)
         return False
 
     def st_idle(self, ts: float) -> bool:
@@ -1040,6 +1064,8 @@ class _ResponseSide(_Side):
         txn = conv.response_started(self, txn, msg)
         self.txn = txn
         te, cls = _framing(headers, lowered, msg)
+        if is_stream_type(lowered):  # SSE or NDJSON: each piece's arrival time is kept
+            msg.chunks = []
         method = txn.method.upper()
         self.chunked = False
         if status == 101 or (method == "CONNECT" and 200 <= status < 300):
@@ -1259,6 +1285,8 @@ class Conversation:
                 int(msg.start1), msg.start2,
             )
             txn.resp_done = True
+            if msg.chunks:
+                txn.chunks = tuple(msg.chunks)
             if msg.secret:
                 txn.secret = True
             for a in msg.anomalies:

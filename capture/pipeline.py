@@ -434,7 +434,8 @@ class Extractor:
             self._anomalies.update(anomalies)
         # Positional (cheaper than keywords): id, client, server, index, request, response,
         # anomalies, ttfb_ms, total_ms.
-        ex = Exchange(_id(conn, txn.index), conn.client, conn.server, txn.index, req, resp, anomalies, ttfb, total)
+        ex = Exchange(_id(conn, txn.index), conn.client, conn.server, txn.index, req, resp, anomalies, ttfb, total,
+                      chunks=txn.chunks)
         if self.redactor is not None and txn.secret:
             ex = self.redactor.exchange(ex)
         return ex
