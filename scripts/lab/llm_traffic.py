@@ -37,8 +37,11 @@ async def drive(target: str, count: int, embeddings: int) -> int:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         for i, prompt in enumerate(prompts(count)):
             stream = i % 2 == 0
-            body: dict[str, object] = {"model": "demo", "stream": stream,
-                                       "messages": [{"role": "user", "content": prompt}]}
+            body: dict[str, object] = {
+                "model": "demo",
+                "stream": stream,
+                "messages": [{"role": "user", "content": prompt}],
+            }
             if stream:
                 body["stream_options"] = {"include_usage": True}
             async with session.post(target + "/v1/chat/completions", json=body) as resp:

@@ -28,21 +28,63 @@ N = 60
 
 def start_llm(version: int, port: int, workdir: Path, ns: str) -> lab.Proc:
     ready = workdir / f"llm{version}.ready"
-    proc = lab.Proc([sys.executable, "-m", "shadowtap.lab.llm_service", "--version", str(version),
-                     "--host", "127.0.0.1", "--port", str(port), "--ready-file", str(ready)],
-                    workdir, f"llm{version}", ns=ns)
+    proc = lab.Proc(
+        [
+            sys.executable,
+            "-m",
+            "shadowtap.lab.llm_service",
+            "--version",
+            str(version),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ready-file",
+            str(ready),
+        ],
+        workdir,
+        f"llm{version}",
+        ns=ns,
+    )
     lab.wait_for(ready.exists, 60, f"llm service v{version}", proc=proc.p)
     return proc
 
 
 def compare(host, workdir: Path, exchanges: Path, name: str, target: str) -> dict:
     results = workdir / f"{name}.results.jsonl"
-    host.run([sys.executable, "-m", "shadowtap", "replay", str(exchanges), "--target", target,
-              "--allow", "POST /v1/chat/completions", "-o", str(results)], timeout=300)
+    host.run(
+        [
+            sys.executable,
+            "-m",
+            "shadowtap",
+            "replay",
+            str(exchanges),
+            "--target",
+            target,
+            "--allow",
+            "POST /v1/chat/completions",
+            "-o",
+            str(results),
+        ],
+        timeout=300,
+    )
     report = workdir / f"{name}.report.json"
-    proc = host.run([sys.executable, "-m", "shadowtap", "compare", str(exchanges), str(results),
-                     "--json", str(report), "--html", str(workdir / f"{name}.html")],
-                    check=False, timeout=300)
+    proc = host.run(
+        [
+            sys.executable,
+            "-m",
+            "shadowtap",
+            "compare",
+            str(exchanges),
+            str(results),
+            "--json",
+            str(report),
+            "--html",
+            str(workdir / f"{name}.html"),
+        ],
+        check=False,
+        timeout=300,
+    )
     assert proc.returncode == 11, proc.stdout + proc.stderr  # fail
     return json.loads(report.read_text())
 
@@ -51,7 +93,9 @@ def check(rep: dict, exchanges: Path) -> None:
     exs = [orjson.loads(line) for line in exchanges.read_bytes().splitlines() if line.strip()]
     chats = [e for e in exs if e["request"] and e["request"]["target"] == "/v1/chat/completions"]
     assert len(chats) == N
-    streamed = [e for e in chats if b'"stream":true' in e["request"]["body"].replace(" ", "").encode()]
+    streamed = [
+        e for e in chats if b'"stream":true' in e["request"]["body"].replace(" ", "").encode()
+    ]
     assert len(streamed) == N // 2 and all(e.get("chunks") for e in streamed)
     [ep] = [e for e in rep["endpoints"] if e["endpoint"] == "POST /v1/chat/completions"]
     g = ep["genai"]
@@ -67,13 +111,19 @@ def check(rep: dict, exchanges: Path) -> None:
     assert [f["path"] for f in ep["fields"] if not f["noise"]] == []
     reasons = rep["verdict"]["reasons"]
     assert any(r.startswith("CRITICAL genai") and "refusal rate" in r for r in reasons), reasons
-    assert any(r.startswith("CRITICAL latency") and "time to first token" in r for r in reasons), reasons
-    assert not any(w in r for r in reasons for w in ("created", "body.id", "fingerprint", "similarity"))
+    assert any(r.startswith("CRITICAL latency") and "time to first token" in r for r in reasons), (
+        reasons
+    )
+    assert not any(
+        w in r for r in reasons for w in ("created", "body.id", "fingerprint", "similarity")
+    )
 
 
 @pytest.mark.root
 @pytest.mark.slow
-def test_llm_endpoint_captured_live_and_offline_replayed_and_compared(topology, tmp_path, monkeypatch):
+def test_llm_endpoint_captured_live_and_offline_replayed_and_compared(
+    topology, tmp_path, monkeypatch
+):
     lab.require_tool("tcpdump")
     monkeypatch.setenv("SHADOWTAP_KEY_FILE", str(tmp_path / "redact.key"))
     host = topology().host("lo")
@@ -85,16 +135,40 @@ def test_llm_endpoint_captured_live_and_offline_replayed_and_compared(topology, 
         agent = lab.start_agent("lo", port_a, "pcap", tmp_path, ns=host.ns)
         tcpdump = lab.start_tcpdump("lo", port_a, tmp_path, host.ns)
         try:
-            out = host.run([sys.executable, "-m", "shadowtap.lab.llm_traffic", "--target",
-                            f"http://127.0.0.1:{port_a}", "--count", str(N)], timeout=120)
+            out = host.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "shadowtap.lab.llm_traffic",
+                    "--target",
+                    f"http://127.0.0.1:{port_a}",
+                    "--count",
+                    str(N),
+                ],
+                timeout=120,
+            )
             assert f"{N} of {N} answered 200" in out.stdout
-            lab.wait_for(lambda: len(lab.jsonl_lines(tmp_path / "agent.jsonl")) >= N, 60, "the agent's exchanges",
-                         proc=agent.p)
+            lab.wait_for(
+                lambda: len(lab.jsonl_lines(tmp_path / "agent.jsonl")) >= N,
+                60,
+                "the agent's exchanges",
+                proc=agent.p,
+            )
         finally:
             agent.stop()
             tcpdump.stop()
         offline = tmp_path / "offline.jsonl"
-        host.run([sys.executable, "-m", "shadowtap", "extract", str(tmp_path / "tcpdump.pcap"), "-o", str(offline)])
+        host.run(
+            [
+                sys.executable,
+                "-m",
+                "shadowtap",
+                "extract",
+                str(tmp_path / "tcpdump.pcap"),
+                "-o",
+                str(offline),
+            ]
+        )
         check(compare(host, tmp_path, offline, "offline", f"http://127.0.0.1:{port_b}"), offline)
         live = tmp_path / "agent.jsonl"
         check(compare(host, tmp_path, live, "live", f"http://127.0.0.1:{port_b}"), live)
