@@ -13,7 +13,6 @@ import stat
 import struct
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections import Counter
@@ -23,11 +22,12 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.support.prereq import require_root, require_tool
 
 from shadowtap.capture.extract import _KEY_DIGITS, _order_key, iter_exchanges
 from shadowtap.errors import InputError
 from shadowtap.records import Exchange
+from tests.support.nginx import start_nginx
+from tests.support.prereq import require_root, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 PCAPS = sorted(p for p in (ROOT / "pcaps").iterdir() if p.suffix in (".pcap", ".pcapng"))
@@ -286,33 +286,20 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_live_recording_agrees_with_curl(tmp_path, request):
+def test_live_recording_agrees_with_curl(tmp_path):
     require_root()
-    nginx, tcpdump, curl = require_tool("nginx"), require_tool("tcpdump"), require_tool("curl")
+    tcpdump, curl = require_tool("tcpdump"), require_tool("curl")
     port = _free_port()
-    www = Path(tempfile.mkdtemp(prefix="shadowtap-www-"))  # nginx's worker (nobody) must read it
-    os.chmod(www, 0o755)
-    request.addfinalizer(lambda: shutil.rmtree(www, ignore_errors=True))
+    www = tmp_path / "www"
+    www.mkdir()
     (www / "a.txt").write_bytes(b"alpha\n" * 1000)
     (www / "b.bin").write_bytes(os.urandom(50_000))
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(textwrap.dedent(f"""
-        worker_processes 1; daemon off; pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;
-        events {{ worker_connections 64; }}
-        http {{ access_log off; gzip on; gzip_types text/plain; gzip_min_length 10;
-          server {{ listen 127.0.0.1:{port}; root {www};
-            location = /teapot {{ return 418 "short and stout"; }} }} }}
-    """))
-    server = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")])
+    server = start_nginx(
+        tmp_path, "127.0.0.1", port, http_extra="gzip on; gzip_types text/plain; gzip_min_length 10;",
+        locations=f'root {www}; location = /teapot {{ return 418 "short and stout"; }}')
     pcap = tmp_path / "live.pcap"
     dump = None
     try:
-        for _ in range(50):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         dump = subprocess.Popen([tcpdump, "-i", "lo", "-U", "-s", "0", "-w", str(pcap), f"tcp port {port}"],
                                 stderr=subprocess.PIPE)
         time.sleep(1.0)
@@ -326,8 +313,7 @@ def test_live_recording_agrees_with_curl(tmp_path, request):
         if dump is not None:
             dump.send_signal(signal.SIGINT)
             dump.wait(timeout=10)
-        server.terminate()
-        server.wait(timeout=10)
+        server.stop()
     curl_view = [tuple(int(x) for x in line.split()) for line in (plain + comp).splitlines()]
     got = list(iter_exchanges([str(pcap)], ports=[port]))
     ours = [(e.response.status, e.response.body_len) for e in got]

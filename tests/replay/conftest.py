@@ -6,11 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import os
-import shutil
-import signal
 import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -18,9 +14,9 @@ from dataclasses import dataclass
 import orjson
 import pytest
 from aiohttp import web
-from tests.support.prereq import require_tool
 
 from shadowtap.records import Exchange, Request, Response, exchange_id
+from tests.support.nginx import start_nginx
 
 
 @dataclass(frozen=True)
@@ -106,62 +102,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Nginx:
-    def __init__(self, root: str) -> None:
-        self.binary = require_tool("nginx")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        conf = os.path.join(root, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(f"""
-worker_processes 1;
-daemon off;
-pid {root}/nginx.pid;
-error_log {root}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {root}; proxy_temp_path {root}; fastcgi_temp_path {root};
-  uwsgi_temp_path {root}; scgi_temp_path {root};
-  keepalive_requests 100000;
-  server {{
-    listen 127.0.0.1:{self.port};
-    location / {{ return 200 "hello from nginx\\n"; }}
-    location /status/ {{ return 404 "missing\\n"; }}
-  }}
-}}
-""")
-        self.proc = subprocess.Popen([self.binary, "-c", conf, "-p", root], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    with open(os.path.join(root, "error.log")) as log:
-                        raise RuntimeError(f"nginx exited: {log.read()}")
-                time.sleep(0.05)
-        raise RuntimeError("nginx did not start listening")
-
-    def close(self) -> None:
-        self.proc.send_signal(signal.SIGQUIT)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+REPLAY_LOCATIONS = """
+        location /status/ { return 404 "missing\\n"; }
+        location / { return 200 "hello from nginx\\n"; }
+"""
 
 
 @pytest.fixture
 def nginx(tmp_path):
+    """nginx on a free loopback port: ``hello from nginx`` for every path but /status/ (404)."""
     root = tmp_path / "nginx"
     root.mkdir()
-    n = Nginx(str(root))
-    yield n
-    n.close()
-    shutil.rmtree(root, ignore_errors=True)
+    port = free_port()
+    proc = start_nginx(root, "127.0.0.1", port, locations=REPLAY_LOCATIONS)
+    proc.port, proc.url = port, f"http://127.0.0.1:{port}"
+    yield proc
+    proc.stop()
 
 
 T0 = 1_700_000_000.0

@@ -27,7 +27,8 @@ class HostileServer:
         self.bytes_sent = 0
         self.loop = asyncio.new_event_loop()
         self.server = self.loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0))
+            asyncio.start_server(self._handle, "127.0.0.1", 0)
+        )
         self.port = self.server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -57,7 +58,9 @@ class HostileServer:
 
     async def _answer(self, path: str, writer: asyncio.StreamWriter) -> bool:
         if path.startswith("/headers-forever"):
-            return await self._flood(writer, b"HTTP/1.1 200 OK\r\n", b"X-Flood: yes\r\n" * (_PIECE // 14))
+            return await self._flood(
+                writer, b"HTTP/1.1 200 OK\r\n", b"X-Flood: yes\r\n" * (_PIECE // 14)
+            )
         if path.startswith("/value-forever"):
             return await self._flood(writer, b"HTTP/1.1 200 OK\r\nX-Long: ", b"v" * _PIECE)
         if path.startswith("/reason-forever"):
@@ -65,7 +68,9 @@ class HostileServer:
         if path.startswith("/interim-forever"):
             return await self._flood(writer, b"", b"HTTP/1.1 100 Continue\r\n\r\n" * (_PIECE // 25))
         if path.startswith("/many-headers"):
-            writer.write(b"HTTP/1.1 200 OK\r\n" + b"X-H: 1\r\n" * 5000 + b"Content-Length: 2\r\n\r\nok")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\n" + b"X-H: 1\r\n" * 5000 + b"Content-Length: 2\r\n\r\nok"
+            )
             await writer.drain()
             return True
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")

@@ -18,9 +18,16 @@ DAY = 86400.0
 
 
 def _resp(ts: float, status: int, body: bytes, ctype: str = "application/json") -> Response:
-    return Response(ts=ts, end_ts=ts + 0.004, version="1.1",
-                    headers=(("Content-Type", ctype), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")),
-                    body=body, body_len=len(body), status=status, reason="OK" if status < 400 else "ERR")
+    return Response(
+        ts=ts,
+        end_ts=ts + 0.004,
+        version="1.1",
+        headers=(("Content-Type", ctype), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")),
+        body=body,
+        body_len=len(body),
+        status=status,
+        reason="OK" if status < 400 else "ERR",
+    )
 
 
 def make_pair(i: int, rng: random.Random, days: int = 2) -> tuple[Exchange, Result]:
@@ -29,8 +36,13 @@ def make_pair(i: int, rng: random.Random, days: int = 2) -> tuple[Exchange, Resu
     user = rng.randrange(1000)
     if kind < 5:
         method, target = "GET", f"/users/{user}"
-        pbody = {"id": user, "name": f"user{user}", "tier": rng.choice(["a", "b", "c"]),
-                 "request_id": f"{rng.getrandbits(64):016x}", "score": rng.random()}
+        pbody = {
+            "id": user,
+            "name": f"user{user}",
+            "tier": rng.choice(["a", "b", "c"]),
+            "request_id": f"{rng.getrandbits(64):016x}",
+            "score": rng.random(),
+        }
         sbody = dict(pbody, request_id=f"{rng.getrandbits(64):016x}")
         if rng.random() < 0.3:
             sbody["tier"] = "z"  # the shadow's regression
@@ -51,20 +63,40 @@ def make_pair(i: int, rng: random.Random, days: int = 2) -> tuple[Exchange, Resu
         p = _resp(ts, 200, b"ok", "text/plain")
         s = None
     req_body = b'{"q": 1}' if method == "POST" else b""
-    req = Request(ts=ts, end_ts=ts + 0.001, version="1.1",
-                  headers=(("Host", "svc"), ("X-Trace", str(i))), body=req_body,
-                  body_len=len(req_body), method=method, target=target)
+    req = Request(
+        ts=ts,
+        end_ts=ts + 0.001,
+        version="1.1",
+        headers=(("Host", "svc"), ("X-Trace", str(i))),
+        body=req_body,
+        body_len=len(req_body),
+        method=method,
+        target=target,
+    )
     primary = None if i % 97 == 0 else p
-    ex = Exchange(id=f"ex{i:08d}", client=f"10.0.0.{i % 7}:4{i % 1000:04d}", server="10.0.1.1:80",
-                  index=i % 5, request=req, response=primary,
-                  anomalies=("gap",) if i % 53 == 0 else (),
-                  ttfb_ms=None if primary is None else 2.0 + rng.random(),
-                  total_ms=None if primary is None else 3.0 + rng.expovariate(0.3))
+    ex = Exchange(
+        id=f"ex{i:08d}",
+        client=f"10.0.0.{i % 7}:4{i % 1000:04d}",
+        server="10.0.1.1:80",
+        index=i % 5,
+        request=req,
+        response=primary,
+        anomalies=("gap",) if i % 53 == 0 else (),
+        ttfb_ms=None if primary is None else 2.0 + rng.random(),
+        total_ms=None if primary is None else 3.0 + rng.expovariate(0.3),
+    )
     err = ResultError("timeout", "no answer in 5s") if s is None else None
-    res = Result(exchange_id=ex.id, target=f"http://10.0.2.1:80{target}", scheduled=ts + 1,
-                 sent=ts + 1.001, response=s, ttfb_ms=None if s is None else 2.5,
-                 total_ms=None if s is None else 3.5 + rng.expovariate(0.25), error=err,
-                 extra={"agent": "a1"} if i % 11 == 0 else {})
+    res = Result(
+        exchange_id=ex.id,
+        target=f"http://10.0.2.1:80{target}",
+        scheduled=ts + 1,
+        sent=ts + 1.001,
+        response=s,
+        ttfb_ms=None if s is None else 2.5,
+        total_ms=None if s is None else 3.5 + rng.expovariate(0.25),
+        error=err,
+        extra={"agent": "a1"} if i % 11 == 0 else {},
+    )
     return ex, res
 
 
