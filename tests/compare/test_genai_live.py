@@ -86,6 +86,7 @@ def compare(host, workdir: Path, exchanges: Path, name: str, target: str) -> dic
         timeout=300,
     )
     assert proc.returncode == 11, proc.stdout + proc.stderr  # fail
+    (workdir / f"{name}.txt").write_text(proc.stdout)  # the terminal report, kept for a look
     return json.loads(report.read_text())
 
 
