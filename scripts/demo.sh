@@ -77,11 +77,11 @@ case "$DASHBOARD" in
   on) dash=(--dashboard) ;;
   off) dash=(--no-dashboard) ;;
 esac
-# POST /v1/predict is side-effect free: mirrored. POST /v1/orders creates orders: never mirrored
-# (only GET/HEAD/OPTIONS and --allow routes are).
+# POST /v1/predict and /v1/chat/completions are side-effect free: mirrored. POST /v1/orders
+# creates orders: never mirrored (only GET/HEAD/OPTIONS and --allow routes are).
 ip netns exec "$LAB_PRIMARY_NS" "$ST" mirror \
   --iface "$LAB_PRIMARY_IF" --port "$LAB_PORT" --shadow "$LAB_SHADOW_URL" --backend "$BACKEND" \
-  --allow 'POST /v1/predict' --config "$ROOT/scripts/lab/demo-compare.toml" \
+  --allow 'POST /v1/predict' --allow 'POST /v1/chat/completions' --config "$ROOT/scripts/lab/demo-compare.toml" \
   --duration $((DURATION + 300)) --run-dir "$OUT/mirror" --log-interval 5 "${dash[@]}" \
   > "$OUT/report.txt" &
 mirror_pid=$!

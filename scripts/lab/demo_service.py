@@ -10,6 +10,7 @@ each deterministic per input so tests can assert the exact regressions:
 | GET  /v1/products          | HTTP 500 for 2% of inputs: pages with ``page % 50 == 7``          |
 | GET  /v1/categories        | a harmless new top-level field ``cache_ttl_s``                    |
 | POST /v1/predict           | retrained model: scores shift slightly, labels flip on ~5%        |
+| POST /v1/chat/completions  | refuses 1 prompt in 5, paraphrases 2 in 5, slower first token     |
 
 Noise present in both versions (not regressions): timestamps (``generated_at``, ``scored_at``,
 ``time``), request ids (``request_id`` and the ``X-Request-Id`` header), the ``tags`` list of a
@@ -38,6 +39,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from aiohttp import web
+
+from shadowtap.lab.llm_service import add_routes
 
 # --- the catalogue: pure and deterministic (the same 2000 products in every process) -------------
 
@@ -213,6 +216,7 @@ class DemoService:
         app.router.add_get("/v1/export", self.export)
         app.router.add_post("/v1/orders", self.create_order)
         app.router.add_post("/v1/predict", self.predict)
+        add_routes(app, self.version)  # POST /v1/chat/completions, /v1/embeddings (llm_service.py)
         return app
 
     @web.middleware

@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from shadowtap.lab.llm_service import prompts
+
 LAB_NETWORK = ipaddress.ip_network("10.250.0.0/16")
 MAX_COUNT = 1_000_000
 MAX_DURATION = 3600.0
@@ -42,11 +44,13 @@ MIX = {
     "categories": 5,  # GET /v1/categories
     "order": 4,      # POST /v1/orders (a side effect: the demo never mirrors it)
     "health": 3,     # GET /health
+    "chat": 6,       # POST /v1/chat/completions (half streamed as SSE; scripts/lab/llm_service.py)
 }
 _SEARCH_WORDS = ("compact", "smart", "wireless", "pro", "mini", "portable", "speaker", "lamp",
                  "kettle", "camera", "phone", "watch", "keyboard", "headset", "charger", "monitor")
 _COUNTRIES = (("DE", 30), ("US", 25), ("GB", 15), ("FR", 12), ("IN", 8), ("BR", 6), ("NG", 4))
 _DEVICES = (("mobile", 55), ("desktop", 35), ("tablet", 10))
+_PROMPTS = prompts(60)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,13 @@ def plan_request(rng: random.Random, new_connection_share: float, *, orders: boo
         path = "/health"
     elif endpoint == "predict":
         method, path, body = "POST", "/v1/predict", {"features": random_features(rng)}
+    elif endpoint == "chat":
+        stream = rng.random() < 0.5
+        body = {"model": "demo", "stream": stream,
+                "messages": [{"role": "user", "content": _PROMPTS[rng.randrange(len(_PROMPTS))]}]}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        method, path = "POST", "/v1/chat/completions"
     else:
         items = [{"product_id": rng.randint(1, 2000), "quantity": rng.randint(1, 3)}
                  for _ in range(rng.randint(1, 3))]

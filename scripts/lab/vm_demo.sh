@@ -15,7 +15,7 @@ iface=$(ip -o -4 addr show | awk -v a="$LAB_PRIMARY_ADDR" '{split($4, x, "/"); i
 OUT=${DEMO_OUT:-/var/tmp/shadowtap-demo-$(date -u +%Y%m%d-%H%M%S)}
 rc=0
 /shadowtap/.venv/bin/shadowtap mirror --iface "$iface" --port "$LAB_PORT" --shadow "$LAB_SHADOW_URL" \
-  --backend "${DEMO_BACKEND:-auto}" --allow 'POST /v1/predict' \
+  --backend "${DEMO_BACKEND:-auto}" --allow 'POST /v1/predict' --allow 'POST /v1/chat/completions' \
   --config /shadowtap/scripts/lab/demo-compare.toml \
   --duration "${DEMO_DURATION:-30}" --run-dir "$OUT" || rc=$?
 echo "verdict exit status $rc (11 = fail: the shadow runs version 2 with deliberate regressions)" >&2

@@ -208,3 +208,13 @@ def test_ctrl_c_takes_the_lab_down(tmp_path):
     assert not [p for p in lab_pids if _running(p)]
     # the mirror stopped cleanly: its report of what it saw is there
     assert json.loads((out / "mirror" / "report.json").read_text())["summary"]["pairs"] > 0
+
+
+def test_llm_answers_compared_as_messages(report):
+    """POST /v1/chat/completions (scripts/lab/llm_service.py): version 2's refusals are counted as
+    such, its paraphrases as equivalent, and no field of the raw answers (ids, created) differs."""
+    ep = next(e for e in report["endpoints"] if e["endpoint"] == "POST /v1/chat/completions")
+    g = ep["genai"]
+    assert g["classes"]["refusal"] > 0 and g["classes"]["equivalent"] > 0
+    assert g["streamed"]["primary"] > 0
+    assert not [f for f in ep["fields"] if not f["noise"]]
