@@ -282,6 +282,10 @@ class GenAiComparer:
         sg = self.generation(s, target, res.chunks)
         if sg is None:  # the shadow's answer is not one: compared as usual (a type change)
             return None
+        if "not_event_stream" in pg.anomalies or "not_event_stream" in sg.anomalies:
+            # Claims text/event-stream and holds no event: compared as the bytes it is (the
+            # usual diff); the anomaly is counted for the endpoint by the caller (``misfits``).
+            return None
         try:
             rbody = orjson.loads(req.body) if req.body[:1] == b"{" else None
         except orjson.JSONDecodeError:
@@ -295,7 +299,15 @@ class GenAiComparer:
         cls: str
         emb_cos: list[float] = []
         dims = None
-        if pg.api is Api.OPENAI_EMBEDDING:
+        if pg.api is Api.SSE or sg.api is Api.SSE:
+            # A generic event stream: its events' data compared as JSON values, in order
+            # (``body.events[].x`` paths: noise detection judges them like any field).
+            diff_json([e["data"] for e in pg.sse_events], [e["data"] for e in sg.sse_events],
+                      "body.events", diffs, _exact)
+            cls = "identical" if not diffs else "changed"
+            if "error" in ss.flags - ps.flags:
+                cls = "error"
+        elif pg.api is Api.OPENAI_EMBEDDING:
             for a, b in zip(pg.embeddings, sg.embeddings):
                 if len(a) != len(b):
                     dims = (len(a), len(b))

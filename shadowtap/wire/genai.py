@@ -350,7 +350,9 @@ def _from_sse(body: bytes, chunks: tuple[tuple[int, float], ...], target: str) -
             (b"data", b":", b"event")
         ):
             anomalies.append(Anomaly.NOT_SSE.value)
-        return Generation(Api.SSE, True, anomalies=tuple(anomalies))
+            return Generation(Api.SSE, True, anomalies=tuple(anomalies))
+        # A stream cut inside its first event: the API the request was for, and no content.
+        return Generation(_api_of({}, target) or Api.SSE, True, anomalies=tuple(anomalies))
     api: Api | None = None
     accs: dict[int, _ChoiceAcc] = {}
     ollama = _ChoiceAcc()

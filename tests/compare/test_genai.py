@@ -279,3 +279,58 @@ def test_embeddings_cosine_and_dimension_changes():
     g = cmp.snapshot(fresh=True).endpoints[0].genai
     assert g["embeddings"]["cosine"]["n"] == 4 and g["embeddings"]["cosine"]["p50"] > 0.95
     assert g["embeddings"]["dimension_changes"] == [{"primary": 64, "shadow": 32, "count": 1}]
+
+
+def _sse_pair(p_body: bytes, s_body: bytes, target: str = "/events", truncated: bool = False):
+    req = Request(1.0, 1.0, "HTTP/1.1", (), b"", 0, method="GET", target=target)
+
+    def resp(b: bytes) -> Response:
+        return Response(
+            1.0,
+            1.1,
+            "HTTP/1.1",
+            (("Content-Type", "text/event-stream"),),
+            b,
+            len(b) + (1000 if truncated else 0),
+            truncated,
+            status=200,
+        )
+
+    return Exchange("g", "c:1", "s:2", 0, req, resp(p_body)), Result(
+        "g", "t", 1.0, 1.0, resp(s_body)
+    )
+
+
+def test_generic_sse_compared_event_by_event_and_a_false_event_stream_as_bytes():
+    comparer = GenAiComparer(GenAiConfig(embedder="none"))
+    same = comparer.pair(*_sse_pair(b': hi\ndata: {"v": 1}\n\n', b'data: {"v": 1}\r\n\r\n'))
+    assert same.cls == "identical" and same.differences == []
+    moved = comparer.pair(*_sse_pair(b'data: {"v": 1}\n\n', b'data: {"v": 2}\n\n'))
+    assert moved.cls == "changed"
+    assert [(d.path, d.primary, d.shadow) for d in moved.differences] == [("body.events[].v", 1, 2)]
+    # claims text/event-stream and is JSON: not a generative pair; the usual diff sees the bodies
+    assert comparer.pair(*_sse_pair(b'{"a": 1}', b'{"a": 2}')) is None
+    cmp = Comparison(CompareConfig(genai=GenAiConfig(embedder="none")))
+    cmp.add(*_sse_pair(b'{"a": 1}', b'{"a": 2}'))
+    assert [f.path for f in cmp.snapshot(fresh=True).endpoints[0].fields] == ["body"]
+
+
+def test_a_ten_megabyte_event_cut_at_max_body_is_truncated_and_compared():
+    head = (
+        b'data: {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "'
+    )
+    big = head + b"x" * (1 << 20)  # the body kept: 1 MiB of a 10 MB event, no end
+    ok = b"".join(
+        [
+            head + b'hello"}}]}\n\n',
+            b'data: {"object": "chat.completion.chunk", "choices": '
+            b'[{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n',
+            b"data: [DONE]\n\n",
+        ]
+    )
+    comparer = GenAiComparer(GenAiConfig(embedder="none"))
+    ex, _ = _sse_pair(ok, ok, "/v1/chat/completions")
+    _, res = _sse_pair(ok, big, "/v1/chat/completions", truncated=True)
+    gp = comparer.pair(ex, res)
+    assert gp is not None and "truncated" in gp.shadow.flags and gp.cls == "truncated"
+    assert {"stream_cut", "body_truncated"} <= set(gp.shadow.gen.anomalies)
