@@ -284,7 +284,7 @@ class GenAiComparer:
             return None
         if "not_event_stream" in pg.anomalies or "not_event_stream" in sg.anomalies:
             # Claims text/event-stream and holds no event: compared as the bytes it is (the
-            # usual diff); the anomaly is counted for the endpoint by the caller (``misfits``).
+            # usual diff shows its body).
             return None
         try:
             rbody = orjson.loads(req.body) if req.body[:1] == b"{" else None

@@ -58,12 +58,12 @@ def encode_exchange(ex: Exchange, admitted: bool) -> bytes:
         EXC, admitted, ex.id, ex.client, ex.server, ex.index,
         None if req is None else (*_msg(req), req.method, req.target),
         None if resp is None else (*_msg(resp), resp.status, resp.reason),
-        ex.anomalies, ex.ttfb_ms, ex.total_ms,
+        ex.anomalies, ex.ttfb_ms, ex.total_ms, ex.chunks,
     ))
 
 
 def _decode_exchange(t: tuple[Any, ...]) -> tuple[Exchange, bool]:
-    _, admitted, xid, client, server, index, rq, rs, anomalies, ttfb, total = t
+    _, admitted, xid, client, server, index, rq, rs, anomalies, ttfb, total, chunks = t
     req = None if rq is None else Request(
         ts=rq[0], end_ts=rq[1], version=rq[2], headers=rq[3], body=rq[4], body_len=rq[5],
         body_truncated=rq[6], decoded_len=rq[7], method=rq[8], target=rq[9])
@@ -71,7 +71,7 @@ def _decode_exchange(t: tuple[Any, ...]) -> tuple[Exchange, bool]:
         ts=rs[0], end_ts=rs[1], version=rs[2], headers=rs[3], body=rs[4], body_len=rs[5],
         body_truncated=rs[6], decoded_len=rs[7], status=rs[8], reason=rs[9])
     return Exchange(id=xid, client=client, server=server, index=index, request=req, response=resp,
-                    anomalies=anomalies, ttfb_ms=ttfb, total_ms=total), admitted
+                    anomalies=anomalies, ttfb_ms=ttfb, total_ms=total, chunks=chunks), admitted
 
 
 def encode_request(item: Pending) -> bytes:

@@ -18,7 +18,8 @@ def _exchange(i: int = 1) -> Exchange:
     resp = Response(ts=1.7, end_ts=1.8, version="HTTP/1.1", headers=(("Content-Type", "application/json"),),
                     body=b'{"a": 1}', body_len=8, decoded_len=8, status=201, reason="Created")
     return Exchange(id=f"{i:016x}", client="10.0.0.1:4000", server="[::1]:8080", index=i, request=req,
-                    response=resp, anomalies=("gap",), ttfb_ms=0.1, total_ms=0.3)
+                    response=resp, anomalies=("gap",), ttfb_ms=0.1, total_ms=0.3,
+                    chunks=((4, 1.75), (8, 1.8)))  # a streamed body's timed pieces travel too
 
 
 def _frame(payload: bytes) -> bytes:
