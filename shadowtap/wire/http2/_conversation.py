@@ -16,6 +16,7 @@ time per direction (``_frames``).
 from __future__ import annotations
 
 from enum import Enum, IntEnum
+from typing import Any
 
 from hyperframe.frame import (
     ContinuationFrame,
@@ -30,7 +31,7 @@ from hyperframe.frame import (
 
 from shadowtap.records import GrpcCall, H2Stream, Request, Response
 from shadowtap.wire import grpc as _grpc
-from shadowtap.wire.http2._frames import FrameReader
+from shadowtap.wire.http2._frames import PREFACE, FrameReader, find_sync, looks_like_frames
 from shadowtap.wire.http2._hpack import HeaderDecoder
 
 __all__ = ["Anomaly", "Conversation", "Event", "Outcome", "Stream"]
@@ -138,7 +139,7 @@ class Stream:
         self.done = False
         self.void = False
         self.late = False
-        self.secret = True  # header values may name secrets: the pipeline redacts h2 heads always
+        self.secret = False  # a watched (secret) header name appears in a head: redact
 
     def note(self, anomaly: str) -> None:
         if anomaly not in self.anomalies:
@@ -160,6 +161,9 @@ class _Direction:
 
     def feed(self, ts: float, data: bytes) -> None:
         reader = self.reader
+        if reader.preface and self.conv.streams_seen == 0 and data[:1] != b"P" and looks_like_frames(data):
+            # No preface but frames: the connection's start was not what the capture saw.
+            self.conv.joined_late()
         for start_ts, frame, sid, length in reader.feed(ts, data):
             self.conv.on_frame(self, start_ts, ts, frame, sid, length)
         if reader.broken is not None and not self.conv.not_h2:
@@ -180,7 +184,8 @@ class Conversation:
     ``max_body``: body bytes (and gRPC message bytes) kept per message."""
 
     def __init__(self, *, max_body: int = 1 << 20, midstream: bool = False,
-                 upgrade: Request | None = None, max_streams: int = 10_000) -> None:
+                 upgrade: Request | None = None, max_streams: int = 10_000,
+                 watch: tuple[str, ...] = ()) -> None:
         self.max_body = max_body
         self.max_streams = max_streams
         self.midstream = midstream
@@ -189,6 +194,11 @@ class Conversation:
         self.streams: dict[int, Stream] = {}
         self.client = _Direction(self, True, not midstream, not midstream)
         self.server = _Direction(self, False, not midstream, False)
+        # The Extractor's entry points (shadowtap.wire.protocol.Conversation): bound once.
+        self.feed_client = self.client.feed
+        self.feed_server = self.server.feed
+        self.watch = watch
+        self._current: Stream | None = None
         self.not_h2 = False
         self._index = 0
         self._max_opened = 0  # highest client stream id opened by HEADERS seen
@@ -214,6 +224,14 @@ class Conversation:
     def data(self, from_client: bool, ts: float, data: bytes) -> None:
         (self.client if from_client else self.server).feed(ts, data)
 
+    def joined_late(self) -> None:
+        """Frames without the preface: treat the connection as joined mid-way."""
+        self.midstream = True
+        for d in (self.client, self.server):
+            d.reader.preface = False
+            d.reader.synced = False
+            d.decoder.lose_state()
+
     def take_index(self) -> int:
         i = self._index
         self._index += 1
@@ -223,6 +241,15 @@ class Conversation:
     def queue(self) -> list[Stream]:
         """Streams not finished yet (the pipeline closes them when the connection closes)."""
         return list(self.streams.values())
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.streams)
+
+    def current(self) -> Stream | None:
+        """The stream whose frame came last (a retransmission conflict is noted on it)."""
+        st = self._current
+        return st if st is not None and not st.done else None
 
     def gap(self, from_client: bool, ts: float, n: int) -> None:
         """``n`` bytes of one direction were lost: its frame boundaries and HPACK state are
@@ -291,6 +318,8 @@ class Conversation:
 
     def on_frame(self, d: _Direction, start_ts: float, ts: float, frame: Frame | str, sid: int,
                  length: int) -> None:
+        if sid:
+            self._current = self.streams.get(sid, self._current)
         other = self.server if d.from_client else self.client
         if length > d.reader.max_frame and not isinstance(frame, str):
             st = self.streams.get(sid)
@@ -383,10 +412,13 @@ class Conversation:
                 self.anomalies.append(Anomaly.PUSH_IGNORED.value)
             return
         fields = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in decoded.fields]
+        secret = bool(self.watch) and any(n.lower() in self.watch for n, _ in fields)
         # A client's header block on a new stream id opens it; a server's never does.
         st = self._stream(sid, start_ts, d.from_client)
         if st is None:
             return
+        if secret:
+            st.secret = True
         if decoded.error is not None:
             st.note(Anomaly.HPACK_ERROR.value)
         if decoded.unknown or (d.decoder.passive and decoded.error is None and not fields):
@@ -526,3 +558,22 @@ def _decoded_len(body: bytes, coding: str | None) -> int | None:
         return None
     return len(got[0])
 
+
+
+def make(settings: Any, midstream: bool) -> Conversation:
+    """A Conversation with the Extractor's limits (``shadowtap.wire.protocol.ProtocolSpec.make``)."""
+    return Conversation(max_body=settings.max_body, midstream=midstream, watch=tuple(settings.watch))
+
+
+def sniff_bytes(data: bytes, from_client: bool) -> int:
+    """2 (yes), 1 (more bytes needed) or 0 (no), for ``shadowtap.wire.protocol.Sniff``: the
+    client's preface (or a prefix of it), else, on either side, a run of plausible frames (a
+    capture that joined the connection mid-way)."""
+    if from_client and data:
+        n = min(len(data), len(PREFACE))
+        if data[:n] == PREFACE[:n]:
+            return 2 if n == len(PREFACE) else 1
+    at = find_sync(data[:1 << 16])
+    if at >= 0:
+        return 2
+    return 0
