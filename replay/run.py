@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 from shadowtap.replay.client import Sender, local_addresses
+from shadowtap.replay.grpc_client import GrpcSender, Router
 from shadowtap.replay.policy import Policy, Prepared, Skip
 from shadowtap.replay.schedule import Timing, schedule
 
@@ -195,8 +196,11 @@ def _run_loop(coro: object) -> None:
 async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
                   writer: JsonlWriter | None, summary: ReplaySummary) -> None:
     loop = asyncio.get_running_loop()
-    sender = Sender(cfg.policy.target, concurrency=cfg.concurrency, per_connection=cfg.per_connection,
-                    timeout=cfg.timeout, connect_timeout=cfg.connect_timeout, max_body=cfg.max_body)
+    http = Sender(cfg.policy.target, concurrency=cfg.concurrency, per_connection=cfg.per_connection,
+                  timeout=cfg.timeout, connect_timeout=cfg.connect_timeout, max_body=cfg.max_body)
+    # gRPC calls go to grpcio (replay/grpc_client.py), the rest to the HTTP/1.x sender.
+    sender = Router(http, GrpcSender(cfg.policy.target, concurrency=cfg.concurrency, timeout=cfg.timeout,
+                                     connect_timeout=cfg.connect_timeout, max_body=cfg.max_body))
     await sender.start()
     if cfg.check_target:
         await sender.check_reachable()
@@ -292,6 +296,7 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
         summary.elapsed = time.monotonic() - began
         summary.cpu = time.process_time() - cpu0
         sender.close()
+        await sender.aclose()
         waker.close()
         if progress is not None:
             progress.close()

@@ -1,0 +1,331 @@
+"""Replay of captured gRPC calls to the shadow (h2c, or TLS for an ``https://`` target).
+
+Why grpcio's generic calls and not an HTTP/2 library over asyncio: grpcio is the reference gRPC
+implementation (its C core does HTTP/2 framing, flow control, keepalive, TLS and the call
+lifecycle), so the shadow receives what a real gRPC client sends; ``channel.stream_stream(path)``
+without serializers moves raw message bytes both ways. On the wire a unary, client-, server- or
+bidi-streaming call is the same HTTP/2 stream (the kind is a property of the service definition,
+not of the bytes), so every call is replayed as ``stream_stream``: the captured messages are
+sent in order, the request side is half-closed, every answer message is read. What is lost:
+grpcio chooses its own HTTP/2 settings and header order, and cannot send plain (non-gRPC) HTTP/2.
+
+``GrpcSender`` has the ``Sender``'s interface (``start``, ``submit``, ``outstanding``, ``drain``,
+``close``, ``endpoints``, ``clock``, ``stats``), so replay/run.py drives both; ``Router`` sends
+each prepared request to the one that speaks its protocol. Per captured connection (a lane) one
+channel with its own HTTP/2 connection (a local subchannel pool), calls started in capture order
+(they multiplex, as they did on the captured connection); at most ``concurrency`` in flight.
+
+Results: ``response`` is the answer as an HTTP/2 exchange would record it (status 200, the initial
+and trailing metadata as headers, ``grpc-status``/``grpc-message`` last, the body the
+length-prefixed messages), ``grpc`` holds the messages (at most ``max_body`` bytes kept) and the
+status. A status other than OK is an answer, not an error; ``error`` is set only when no answer
+came: ``refused`` (cannot connect), ``timeout`` (our deadline), ``reset`` (the connection broke).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import astuple
+from typing import Any
+
+import grpc
+import grpc.aio
+from shadowtap.replay.client import Clock, Sender, SenderStats
+from shadowtap.replay.policy import Prepared, Target
+
+from shadowtap.records import GrpcCall, GrpcMessage, Response, Result, ResultError, header_value
+from shadowtap.wire.grpc import MessageSplitter, is_grpc_content_type, parse_path
+
+__all__ = ["GrpcSender", "Router", "is_grpc_request", "split_request"]
+
+# Request headers that are the transport's, not the call's metadata (grpcio sets its own).
+_NOT_METADATA = frozenset({
+    "host", "content-length", "content-type", "te", "user-agent", "grpc-encoding",
+    "grpc-accept-encoding", "grpc-timeout", "connection", "transfer-encoding", "accept-encoding",
+})
+_COMPRESSION = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}
+
+
+def is_grpc_request(prepared: Prepared) -> bool:
+    return is_grpc_content_type(header_value(prepared.headers, "content-type"))
+
+
+def split_request(prepared: Prepared, budget: int = 64 << 20) -> tuple[list[bytes], list[str]]:
+    """The captured request's messages (decompressed per ``grpc-encoding``) and anomalies."""
+    sp = MessageSplitter(budget)
+    sp.feed(prepared.body)
+    sp.finish()
+    msgs = [m.data for m in sp.records(header_value(prepared.headers, "grpc-encoding"), budget)]
+    return msgs, sp.anomalies
+
+
+def _metadata(prepared: Prepared) -> list[tuple[str, str | bytes]]:
+    out: list[tuple[str, str | bytes]] = []
+    for name, value in prepared.headers:
+        lname = name.lower()
+        if lname.startswith(":") or lname in _NOT_METADATA:
+            continue
+        if lname.endswith("-bin"):
+            try:
+                out.append((lname, base64.b64decode(value + "=" * (-len(value) % 4))))
+            except ValueError:
+                continue
+        else:
+            out.append((lname, value))
+    return out
+
+
+def _frame(msg: bytes) -> bytes:
+    return struct.pack(">BI", 0, len(msg)) + msg
+
+
+class _Job:
+    __slots__ = ("copy", "lane", "on_result", "prepared", "scheduled")
+
+    def __init__(self, prepared: Prepared, scheduled: float, copy: int,
+                 on_result: Callable[[Result], None], lane: str) -> None:
+        self.prepared = prepared
+        self.scheduled = scheduled
+        self.copy = copy
+        self.on_result = on_result
+        self.lane = lane
+
+
+class GrpcSender:
+    """Sends prepared gRPC calls to ``target`` (see the module docstring)."""
+
+    def __init__(self, target: Target, *, concurrency: int = 64, timeout: float = 10.0,
+                 connect_timeout: float = 5.0, max_body: int = 1 << 20, max_channels: int = 256,
+                 clock: Clock | None = None) -> None:
+        self.target = target
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.max_body = max_body
+        self.max_channels = max_channels
+        self.clock = clock or Clock()
+        self.addresses: list[tuple[int, tuple]] = []
+        self._channels: OrderedDict[str, grpc.aio.Channel] = OrderedDict()
+        self._pending: deque[_Job] = deque()
+        self._in_flight = 0
+        self._sent = 0
+        self._opened = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self) -> None:
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def endpoints(self) -> frozenset[tuple[str, int]]:
+        return frozenset()
+
+    @property
+    def outstanding(self) -> int:
+        return self._in_flight + len(self._pending)
+
+    def stats(self) -> SenderStats:
+        return SenderStats(self._sent, self._in_flight, len(self._pending), self._opened, 0)
+
+    def _channel(self, lane: str) -> grpc.aio.Channel:
+        ch = self._channels.get(lane)
+        if ch is not None:
+            self._channels.move_to_end(lane)
+            return ch
+        host = f"[{self.target.host}]" if ":" in self.target.host else self.target.host
+        addr = f"{host}:{self.target.port}"
+        # A local subchannel pool: this lane gets its own HTTP/2 connection, as in the capture.
+        options = [("grpc.use_local_subchannel_pool", 1), ("grpc.enable_retries", 0),
+                   ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        if self.target.scheme == "https":
+            ch = grpc.aio.secure_channel(addr, grpc.ssl_channel_credentials(), options=options)
+        else:
+            ch = grpc.aio.insecure_channel(addr, options=options)
+        self._opened += 1
+        self._channels[lane] = ch
+        while len(self._channels) > self.max_channels:
+            _, old = self._channels.popitem(last=False)
+            self._spawn(old.close(grace=self.timeout))
+        return ch
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def submit(self, prepared: Prepared, *, scheduled: float, copy: int,
+               on_result: Callable[[Result], None]) -> None:
+        """Queue a call; it starts at once when fewer than ``concurrency`` are in flight."""
+        self._pending.append(_Job(prepared, scheduled, copy, on_result, f"{prepared.lane}#{copy}"))
+        self._idle.clear()
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._pending and self._in_flight < self.concurrency:
+            job = self._pending.popleft()
+            self._in_flight += 1
+            self._spawn(self._call(job))
+
+    async def _call(self, job: _Job) -> None:
+        try:
+            result = await self._run(job)
+        except Exception as exc:  # noqa: BLE001 - a call's failure is its Result, never the run's
+            result = self._failed(job, self.clock.now(), "other", repr(exc))
+        self._in_flight -= 1
+        self._sent += 1
+        try:
+            job.on_result(result)
+        finally:
+            self._pump()
+            if not self.outstanding:
+                self._idle.set()
+
+    def _failed(self, job: _Job, sent: float, kind: str, message: str) -> Result:
+        return Result(job.prepared.exchange_id, self._url(job.prepared), job.scheduled, sent, None,
+                      error=ResultError(kind, message), copy=job.copy)
+
+    def _url(self, prepared: Prepared) -> str:
+        return self.target.base + prepared.target
+
+    async def _run(self, job: _Job) -> Result:
+        p = job.prepared
+        msgs, _ = split_request(p)
+        names = parse_path(p.target) or ("", "")
+        encoding = (header_value(p.headers, "grpc-encoding") or "identity").lower()
+        channel = self._channel(job.lane)
+        sent_mono = time.monotonic()
+        sent = self.clock.to_epoch(sent_mono)
+        call = channel.stream_stream(p.target)(
+            iter(msgs), metadata=_metadata(p) or None, timeout=self.timeout + self.connect_timeout,
+            compression=_COMPRESSION.get(encoding), wait_for_ready=False)
+        kept: list[GrpcMessage] = []
+        budget = self.max_body
+        count = 0
+        first: float | None = None
+        body = bytearray()
+        body_len = 0
+        try:
+            async for m in call:
+                now = time.monotonic()
+                if first is None:
+                    first = now
+                count += 1
+                framed = _frame(m)
+                body_len += len(framed)
+                room = self.max_body - len(body)
+                if room > 0:
+                    body += framed[:room]
+                keep = m[:max(budget, 0)]
+                if keep or budget > 0:
+                    kept.append(GrpcMessage(keep, len(m), False, len(keep) < len(m)))
+                budget -= len(keep)
+        except grpc.aio.AioRpcError:
+            pass  # the status below says what happened
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        code = await call.code()
+        details = await call.details()
+        end = time.monotonic()
+        if code == grpc.StatusCode.UNAVAILABLE and first is None and _no_connection(details):
+            return self._failed(job, sent, "refused", details or "unavailable")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and first is None:
+            return self._failed(job, sent, "timeout", f"no answer within {self.timeout:g} s")
+        initial = await call.initial_metadata() or ()
+        trailing = await call.trailing_metadata() or ()
+        headers = [(":status", "200"), ("content-type", "application/grpc")]
+        headers += [(k, _text(v)) for k, v in initial]
+        headers += [(k, _text(v)) for k, v in trailing]
+        headers.append(("grpc-status", str(code.value[0])))
+        if details:
+            headers.append(("grpc-message", details))
+        ts = self.clock.to_epoch(first if first is not None else end)
+        resp = Response(ts=ts, end_ts=max(ts, self.clock.to_epoch(end)), version="HTTP/2",
+                        headers=tuple(headers), body=bytes(body), body_len=body_len,
+                        body_truncated=body_len > len(body), decoded_len=None if body_len > len(body) else body_len,
+                        status=200, reason="")
+        result_call = GrpcCall(names[0], names[1], (), tuple(kept), len(msgs), count, code.value[0], details or None)
+        ttfb = round(((first if first is not None else end) - sent_mono) * 1000.0, 3)
+        total = round((end - sent_mono) * 1000.0, 3)
+        return Result(p.exchange_id, self._url(p), job.scheduled, sent, resp, ttfb, total, None, job.copy,
+                      grpc=result_call)
+
+    async def drain(self) -> None:
+        while self.outstanding:
+            await self._idle.wait()
+
+    def close(self) -> None:
+        """Cancel the calls in flight; ``aclose`` then closes the channels."""
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def aclose(self) -> None:
+        self.close()
+        channels = list(self._channels.values())
+        self._channels.clear()
+        for ch in channels:
+            await ch.close(grace=None)
+
+
+def _no_connection(details: str | None) -> bool:
+    d = (details or "").lower()
+    return "connect" in d or "refused" in d or "unreachable" in d
+
+
+def _text(v: str | bytes) -> str:
+    return base64.b64encode(v).decode("ascii").rstrip("=") if isinstance(v, bytes) else v
+
+
+class Router:
+    """The replay's sender: gRPC calls to a ``GrpcSender``, the rest to the HTTP/1.x ``Sender``
+    (one clock for both, so ``scheduled`` and ``sent`` stay comparable)."""
+
+    def __init__(self, http: Sender, grpc_sender: GrpcSender) -> None:
+        self.http = http
+        self.grpc = grpc_sender
+        self.grpc.clock = http.clock
+        self.clock = http.clock
+        self.target = http.target
+
+    async def start(self) -> None:
+        await self.http.start()
+        await self.grpc.start()
+
+    async def check_reachable(self) -> None:
+        await self.http.check_reachable()
+
+    @property
+    def endpoints(self) -> frozenset[tuple[str, int]]:
+        return self.http.endpoints
+
+    @property
+    def outstanding(self) -> int:
+        return self.http.outstanding + self.grpc.outstanding
+
+    def stats(self) -> SenderStats:
+        a, b = astuple(self.http.stats()), astuple(self.grpc.stats())
+        return SenderStats(*(x + y for x, y in zip(a, b, strict=True)))
+
+    def submit(self, prepared: Prepared, *, scheduled: float, copy: int,
+               on_result: Callable[[Result], None]) -> None:
+        sender = self.grpc if is_grpc_request(prepared) else self.http
+        sender.submit(prepared, scheduled=scheduled, copy=copy, on_result=on_result)
+
+    async def drain(self) -> None:
+        await asyncio.gather(self.http.drain(), self.grpc.drain())
+
+    def close(self) -> None:
+        self.http.close()
+        self.grpc.close()
+
+    async def aclose(self) -> None:
+        """Close the gRPC channels (after ``close``; the HTTP/1.x sender needs no await)."""
+        await self.grpc.aclose()
+

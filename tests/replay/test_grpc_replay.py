@@ -1,0 +1,88 @@
+"""gRPC replay end to end: real grpcio traffic to a v1 server, read by the passive parser, written
+as exchanges, replayed by ``shadowtap replay`` to a v2 server (grpcio generic calls)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from shadowtap.records import Result
+from tests.support.grpc_lab import Relay, client_traffic, compile_protos, serve
+from tests.wire.exchanges import exchanges
+
+
+@pytest.fixture(scope="module")
+def protos(tmp_path_factory):
+    return compile_protos(tmp_path_factory.mktemp("protos"))
+
+
+@pytest.fixture(scope="module")
+def captured(protos, tmp_path_factory):
+    pb2, pb2_grpc, _ = protos
+    server, port = serve(pb2, pb2_grpc, "v1")
+    relay = Relay(("127.0.0.1", port))
+    try:
+        got = client_traffic(pb2, pb2_grpc, f"127.0.0.1:{relay.port}")
+    finally:
+        relay.close()
+        server.stop(0)
+    exs = exchanges(relay.log)
+    path = tmp_path_factory.mktemp("cap") / "exchanges.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(e.to_json()) + b"\n" for e in exs))
+    return path, exs, got
+
+
+def test_replay_to_v2_records_status_messages_and_metadata(protos, captured, tmp_path):
+    pb2, pb2_grpc, _ = protos
+    path, exs, _got = captured
+    shadow, port = serve(pb2, pb2_grpc, "v2")
+    out = tmp_path / "results.jsonl"
+    try:
+        p = subprocess.run([sys.executable, "-m", "shadowtap", "replay", str(path), "-t", f"http://127.0.0.1:{port}",
+                            "-o", str(out), "--allow-unsafe", "--speed", "max"],
+                           capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        shadow.stop(0)
+    assert p.returncode == 0, p.stderr
+    results = {r.exchange_id: r for r in (Result.from_json(orjson.loads(x)) for x in out.read_bytes().splitlines())}
+    assert len(results) == len(exs) == 13
+    for ex in exs:
+        r = results[ex.id]
+        assert r.error is None and r.grpc is not None, r
+        assert r.grpc.method == ex.grpc.method and r.grpc.request_count == ex.grpc.request_count
+        assert r.response.version == "HTTP/2" and r.total_ms is not None and r.sent >= r.scheduled
+    infer = [ex for ex in exs if ex.grpc.method == "Infer" and ex.grpc.status == 0]
+    for ex in infer:
+        r = results[ex.id]
+        primary = pb2.InferResponse.FromString(ex.grpc.response_messages[0].data)
+        shadow_answer = pb2.InferResponse.FromString(r.grpc.response_messages[0].data)
+        assert (primary.model_version, shadow_answer.model_version) == ("v1", "v2")
+        assert shadow_answer.id == primary.id
+        assert ("x-served-by", "v2") in r.response.headers
+    missing = next(ex for ex in exs if ex.grpc.status == 5)
+    assert (results[missing.id].grpc.status, results[missing.id].grpc.message) == (5, "no model named missing")
+    stream = next(ex for ex in exs if ex.grpc.method == "InferStream")
+    assert results[stream.id].grpc.response_count == 3
+    bidi = next(ex for ex in exs if ex.grpc.method == "InferBidi")
+    assert results[bidi.id].grpc.response_count == 2
+
+
+def test_replay_refused_target_is_an_error_not_a_status(captured, tmp_path):
+    import socket
+
+    path, _exs, _ = captured
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    out = tmp_path / "results.jsonl"
+    p = subprocess.run([sys.executable, "-m", "shadowtap", "replay", str(path), "-t", f"http://127.0.0.1:{port}",
+                        "-o", str(out), "--allow-unsafe", "--speed", "max", "--no-check",
+                        "--timeout", "3", "--connect-timeout", "2"],
+                       capture_output=True, text=True, timeout=120, check=False)
+    results = [Result.from_json(orjson.loads(x)) for x in out.read_bytes().splitlines()] if out.exists() else []
+    assert results, p.stderr
+    assert all(r.error is not None and r.error.kind == "refused" for r in results), [r.error for r in results]
