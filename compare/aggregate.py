@@ -36,6 +36,7 @@ from shadowtap.compare.diff import (
 from shadowtap.compare.endpoints import Templater
 from shadowtap.compare.genai import GenAgg, GenAiComparer
 from shadowtap.compare.noise import Volatility, judge_against_baseline, noise_reason
+from shadowtap.compare.protobuf import Schema, diff_grpc
 from shadowtap.compare.report import (
     REPORT_SCHEMA,
     Drift,
@@ -68,9 +69,16 @@ _CDF_POINTS = tuple(range(0, 101, 2))
 OK = "ok"
 
 
+# gRPC statuses that are the server's failure (UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE,
+# DATA_LOSS): counted with 5xx; the others (NOT_FOUND, INVALID_ARGUMENT, ...) are answers.
+_GRPC_SERVER_ERRORS = frozenset((2, 4, 13, 14, 15))
+
+
 def _outcome_primary(ex: Exchange) -> str:
     if ex.response is None:
         return "no response"
+    if ex.grpc is not None and ex.grpc.status in _GRPC_SERVER_ERRORS:
+        return "5xx"
     return "5xx" if ex.response.status >= 500 else OK
 
 
@@ -79,6 +87,8 @@ def _outcome_shadow(r: Result) -> str:
         return r.error.kind
     if r.response is None:
         return "no response"
+    if r.grpc is not None and r.grpc.status in _GRPC_SERVER_ERRORS:
+        return "5xx"
     return "5xx" if r.response.status >= 500 else OK
 
 
@@ -205,8 +215,10 @@ class EndpointAgg:
 class Comparison:
     """The streaming aggregator behind ``shadowtap compare`` and the live mirror."""
 
-    def __init__(self, config: CompareConfig | None = None, *, baseline: bool = False) -> None:
+    def __init__(self, config: CompareConfig | None = None, *, baseline: bool = False,
+                 proto_schema: Schema | None = None) -> None:
         self.config = config or CompareConfig()
+        self.proto_schema = proto_schema  # gRPC messages with field names (compare/protobuf.py)
         self.has_baseline = baseline
         self._ignored_headers = self.config.headers.ignored()
         self._templater = Templater(self.config.endpoints)
@@ -286,7 +298,11 @@ class Comparison:
             # content difference; the primary's error page has no fields to compare.
             return
         gp = None
-        if s.status >= 500 and p.status < 500:
+        if ex.grpc is not None and res.grpc is not None:
+            # gRPC: messages field by field, grpc-status as the status (compare/protobuf.py).
+            pair = diff_grpc(ex.grpc, res.grpc, self._tolerance, self.proto_schema,
+                             max_walk=self._max_walk, max_differences=self._max_differences)
+        elif s.status >= 500 and p.status < 500:
             # The shadow failed: its error page says nothing about the primary's fields; the
             # status difference (and the error rate) carry it.
             pair = PairDiff([Difference("status", Kind.VALUE, p.status, s.status)])
@@ -317,8 +333,13 @@ class Comparison:
         if base is not None and base.response is not None:
             agg.baseline_compared += 1
             seen: set[str] = set()
-            for d in diff_responses(p, base.response, self._ignored_headers, self._tolerance,
-                                    max_walk=self._max_walk, max_differences=self._max_differences).differences:
+            bdiff = (diff_grpc(ex.grpc, base.grpc, self._tolerance, self.proto_schema,
+                               max_walk=self._max_walk, max_differences=self._max_differences)
+                     if ex.grpc is not None and base.grpc is not None
+                     else diff_responses(p, base.response, self._ignored_headers, self._tolerance,
+                                         max_walk=self._max_walk,
+                                         max_differences=self._max_differences))
+            for d in bdiff.differences:
                 if d.path not in seen:
                     seen.add(d.path)
                     self._field(agg, d.path).baseline_pairs += 1

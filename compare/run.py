@@ -26,6 +26,7 @@ def run_compare(
     json_out: str | None = None,
     quiet: bool = False,
     parquet: str | None = None,
+    proto_descriptor: str | None = None,
 ) -> int:
     cfg = load_config(config).with_ignore(tuple(NoiseRule.parse(r) for r in ignore))
     for out in (html, json_out):  # fail before the work, not after it
@@ -33,7 +34,12 @@ def run_compare(
             folder = os.path.dirname(os.path.abspath(out))
             if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
                 raise InputError("cannot write the report: no such writable directory", where=out)
-    comparison = Comparison(cfg, baseline=baseline is not None)
+    schema = None
+    if proto_descriptor:  # gRPC messages with their field names (compare/protobuf.py)
+        from shadowtap.compare.protobuf import Schema
+
+        schema = Schema(proto_descriptor)
+    comparison = Comparison(cfg, baseline=baseline is not None, proto_schema=schema)
 
     def on_error(err: InputError) -> None:
         comparison.input_error_count += 1

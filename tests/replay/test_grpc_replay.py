@@ -86,3 +86,31 @@ def test_replay_refused_target_is_an_error_not_a_status(captured, tmp_path):
     results = [Result.from_json(orjson.loads(x)) for x in out.read_bytes().splitlines()] if out.exists() else []
     assert results, p.stderr
     assert all(r.error is not None and r.error.kind == "refused" for r in results), [r.error for r in results]
+
+
+def test_compare_reports_the_deliberate_difference_by_field_name(protos, captured, tmp_path):
+    """Replay to v2, then ``shadowtap compare --proto-descriptor``: the report names the changed
+    fields (model_version, the scores), the error call's status agrees."""
+    import json
+
+    pb2, pb2_grpc, desc = protos
+    path, _exs, _ = captured
+    shadow, port = serve(pb2, pb2_grpc, "v2")
+    out = tmp_path / "results.jsonl"
+    try:
+        p = subprocess.run([sys.executable, "-m", "shadowtap", "replay", str(path), "-t", f"http://127.0.0.1:{port}",
+                            "-o", str(out), "--allow-unsafe", "--speed", "max"],
+                           capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        shadow.stop(0)
+    assert p.returncode == 0, p.stderr
+    report = tmp_path / "report.json"
+    c = subprocess.run([sys.executable, "-m", "shadowtap", "compare", str(path), str(out), "--json", str(report),
+                        "--proto-descriptor", str(desc), "-q"],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert c.returncode in (0, 10, 11), c.stderr
+    text = report.read_text()
+    rep = json.loads(text)
+    assert "body.model_version" in text and "body.outputs[].fp32_contents[]" in text
+    assert "/lab.model.Model/Infer" in text
+    assert rep["verdict"]["result"] in ("fail", "marginal")
