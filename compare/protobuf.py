@@ -60,7 +60,9 @@ class Schema:
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
-            raise InputError(f"cannot read the descriptor set: {exc.strerror}", where=str(path)) from exc
+            raise InputError(
+                f"cannot read the descriptor set: {exc.strerror}", where=str(path)
+            ) from exc
         fds = descriptor_pb2.FileDescriptorSet()
         try:
             fds.ParseFromString(data)
@@ -68,8 +70,9 @@ class Schema:
             for f in fds.file:
                 pool.Add(f)
         except Exception as exc:  # protobuf raises several kinds for a bad file
-            raise InputError(f"not a FileDescriptorSet (protoc --descriptor_set_out): {exc}",
-                             where=str(path)) from exc
+            raise InputError(
+                f"not a FileDescriptorSet (protoc --descriptor_set_out): {exc}", where=str(path)
+            ) from exc
         self._pool = pool
         self._factory = message_factory
         self._types: dict[tuple[str, str, bool], Any] = {}
@@ -96,7 +99,9 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def message_tree(data: bytes, *, cls: Any = None, typedef: dict | None = None) -> tuple[Any, dict | None]:
+def message_tree(
+    data: bytes, *, cls: Any = None, typedef: dict | None = None
+) -> tuple[Any, dict | None]:
     """A message as a JSON tree and the bbpb typedef used (None with a schema). Raises ValueError
     when the bytes are not a message of that type (or not a protobuf message at all)."""
     if cls is not None:

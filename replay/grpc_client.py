@@ -44,10 +44,21 @@ from shadowtap.wire.grpc import MessageSplitter, is_grpc_content_type, parse_pat
 __all__ = ["GrpcSender", "Router", "is_grpc_request", "split_request"]
 
 # Request headers that are the transport's, not the call's metadata (grpcio sets its own).
-_NOT_METADATA = frozenset({
-    "host", "content-length", "content-type", "te", "user-agent", "grpc-encoding",
-    "grpc-accept-encoding", "grpc-timeout", "connection", "transfer-encoding", "accept-encoding",
-})
+_NOT_METADATA = frozenset(
+    {
+        "host",
+        "content-length",
+        "content-type",
+        "te",
+        "user-agent",
+        "grpc-encoding",
+        "grpc-accept-encoding",
+        "grpc-timeout",
+        "connection",
+        "transfer-encoding",
+        "accept-encoding",
+    }
+)
 _COMPRESSION = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}
 
 
@@ -87,8 +98,14 @@ def _frame(msg: bytes) -> bytes:
 class _Job:
     __slots__ = ("copy", "lane", "on_result", "prepared", "scheduled")
 
-    def __init__(self, prepared: Prepared, scheduled: float, copy: int,
-                 on_result: Callable[[Result], None], lane: str) -> None:
+    def __init__(
+        self,
+        prepared: Prepared,
+        scheduled: float,
+        copy: int,
+        on_result: Callable[[Result], None],
+        lane: str,
+    ) -> None:
         self.prepared = prepared
         self.scheduled = scheduled
         self.copy = copy
@@ -99,9 +116,17 @@ class _Job:
 class GrpcSender:
     """Sends prepared gRPC calls to ``target`` (see the module docstring)."""
 
-    def __init__(self, target: Target, *, concurrency: int = 64, timeout: float = 10.0,
-                 connect_timeout: float = 5.0, max_body: int = 1 << 20, max_channels: int = 256,
-                 clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        target: Target,
+        *,
+        concurrency: int = 64,
+        timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        max_body: int = 1 << 20,
+        max_channels: int = 256,
+        clock: Clock | None = None,
+    ) -> None:
         self.target = target
         self.concurrency = concurrency
         self.timeout = timeout
@@ -142,8 +167,12 @@ class GrpcSender:
         host = f"[{self.target.host}]" if ":" in self.target.host else self.target.host
         addr = f"{host}:{self.target.port}"
         # A local subchannel pool: this lane gets its own HTTP/2 connection, as in the capture.
-        options = [("grpc.use_local_subchannel_pool", 1), ("grpc.enable_retries", 0),
-                   ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        options = [
+            ("grpc.use_local_subchannel_pool", 1),
+            ("grpc.enable_retries", 0),
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.max_send_message_length", -1),
+        ]
         if self.target.scheme == "https":
             ch = grpc.aio.secure_channel(addr, grpc.ssl_channel_credentials(), options=options)
         else:
@@ -160,8 +189,14 @@ class GrpcSender:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def submit(self, prepared: Prepared, *, scheduled: float, copy: int,
-               on_result: Callable[[Result], None]) -> None:
+    def submit(
+        self,
+        prepared: Prepared,
+        *,
+        scheduled: float,
+        copy: int,
+        on_result: Callable[[Result], None],
+    ) -> None:
         """Queue a call; it starts at once when fewer than ``concurrency`` are in flight."""
         self._pending.append(_Job(prepared, scheduled, copy, on_result, f"{prepared.lane}#{copy}"))
         self._idle.clear()
@@ -188,8 +223,15 @@ class GrpcSender:
                 self._idle.set()
 
     def _failed(self, job: _Job, sent: float, kind: str, message: str) -> Result:
-        return Result(job.prepared.exchange_id, self._url(job.prepared), job.scheduled, sent, None,
-                      error=ResultError(kind, message), copy=job.copy)
+        return Result(
+            job.prepared.exchange_id,
+            self._url(job.prepared),
+            job.scheduled,
+            sent,
+            None,
+            error=ResultError(kind, message),
+            copy=job.copy,
+        )
 
     def _url(self, prepared: Prepared) -> str:
         return self.target.base + prepared.target
@@ -203,8 +245,12 @@ class GrpcSender:
         sent_mono = time.monotonic()
         sent = self.clock.to_epoch(sent_mono)
         call = channel.stream_stream(p.target)(
-            iter(msgs), metadata=_metadata(p) or None, timeout=self.timeout + self.connect_timeout,
-            compression=_COMPRESSION.get(encoding), wait_for_ready=False)
+            iter(msgs),
+            metadata=_metadata(p) or None,
+            timeout=self.timeout + self.connect_timeout,
+            compression=_COMPRESSION.get(encoding),
+            wait_for_ready=False,
+        )
         kept: list[GrpcMessage] = []
         budget = self.max_body
         count = 0
@@ -222,7 +268,7 @@ class GrpcSender:
                 room = self.max_body - len(body)
                 if room > 0:
                     body += framed[:room]
-                keep = m[:max(budget, 0)]
+                keep = m[: max(budget, 0)]
                 if keep or budget > 0:
                     kept.append(GrpcMessage(keep, len(m), False, len(keep) < len(m)))
                 budget -= len(keep)
@@ -247,15 +293,35 @@ class GrpcSender:
         if details:
             headers.append(("grpc-message", details))
         ts = self.clock.to_epoch(first if first is not None else end)
-        resp = Response(ts=ts, end_ts=max(ts, self.clock.to_epoch(end)), version="HTTP/2",
-                        headers=tuple(headers), body=bytes(body), body_len=body_len,
-                        body_truncated=body_len > len(body), decoded_len=None if body_len > len(body) else body_len,
-                        status=200, reason="")
-        result_call = GrpcCall(names[0], names[1], (), tuple(kept), len(msgs), count, code.value[0], details or None)
+        resp = Response(
+            ts=ts,
+            end_ts=max(ts, self.clock.to_epoch(end)),
+            version="HTTP/2",
+            headers=tuple(headers),
+            body=bytes(body),
+            body_len=body_len,
+            body_truncated=body_len > len(body),
+            decoded_len=None if body_len > len(body) else body_len,
+            status=200,
+            reason="",
+        )
+        result_call = GrpcCall(
+            names[0], names[1], (), tuple(kept), len(msgs), count, code.value[0], details or None
+        )
         ttfb = round(((first if first is not None else end) - sent_mono) * 1000.0, 3)
         total = round((end - sent_mono) * 1000.0, 3)
-        return Result(p.exchange_id, self._url(p), job.scheduled, sent, resp, ttfb, total, None, job.copy,
-                      grpc=result_call)
+        return Result(
+            p.exchange_id,
+            self._url(p),
+            job.scheduled,
+            sent,
+            resp,
+            ttfb,
+            total,
+            None,
+            job.copy,
+            grpc=result_call,
+        )
 
     async def drain(self) -> None:
         while self.outstanding:
@@ -313,8 +379,14 @@ class Router:
         a, b = astuple(self.http.stats()), astuple(self.grpc.stats())
         return SenderStats(*(x + y for x, y in zip(a, b, strict=True)))
 
-    def submit(self, prepared: Prepared, *, scheduled: float, copy: int,
-               on_result: Callable[[Result], None]) -> None:
+    def submit(
+        self,
+        prepared: Prepared,
+        *,
+        scheduled: float,
+        copy: int,
+        on_result: Callable[[Result], None],
+    ) -> None:
         sender = self.grpc if is_grpc_request(prepared) else self.http
         sender.submit(prepared, scheduled=scheduled, copy=copy, on_result=on_result)
 
@@ -328,4 +400,3 @@ class Router:
     async def aclose(self) -> None:
         """Close the gRPC channels (after ``close``; the HTTP/1.x sender needs no await)."""
         await self.grpc.aclose()
-

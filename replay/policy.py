@@ -265,6 +265,8 @@ class Policy:
                 had_length = True
             if lname in _HOP_BY_HOP or lname in self.drop_headers or lname in set_names or lname in conn_named:
                 continue
+            if lname[:1] == ":":  # an HTTP/2 pseudo-header: the request line and Host carry them
+                continue
             if lname == "idempotency-key":
                 has_key = True
             headers.append((name, value))

@@ -199,8 +199,9 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
     http = Sender(cfg.policy.target, concurrency=cfg.concurrency, per_connection=cfg.per_connection,
                   timeout=cfg.timeout, connect_timeout=cfg.connect_timeout, max_body=cfg.max_body)
     # gRPC calls go to grpcio (replay/grpc_client.py), the rest to the HTTP/1.x sender.
-    sender = Router(http, GrpcSender(cfg.policy.target, concurrency=cfg.concurrency, timeout=cfg.timeout,
-                                     connect_timeout=cfg.connect_timeout, max_body=cfg.max_body))
+    grpc_sender = GrpcSender(cfg.policy.target, concurrency=cfg.concurrency, timeout=cfg.timeout,
+                             connect_timeout=cfg.connect_timeout, max_body=cfg.max_body)
+    sender = Router(http, grpc_sender)
     await sender.start()
     if cfg.check_target:
         await sender.check_reachable()

@@ -206,7 +206,10 @@ class Request(Message):
         """Why this request cannot be sent as one request (``request_line_problem``), or None.
         Not checked on decoding: compare reads odd captured requests as they were; replay and
         the mirror refuse to send them."""
-        return request_line_problem(self.method, self.target, self.headers)
+        headers = self.headers
+        if self.version == "HTTP/2":  # pseudo-header names begin with a colon (RFC 9113 8.3)
+            headers = tuple((n[1:] if n[:1] == ":" else n, v) for n, v in headers)
+        return request_line_problem(self.method, self.target, headers)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,10 @@ def compare(
     html: Annotated[str | None, typer.Option("--html", help="Write a self-contained HTML report here.")] = None,
     json_out: Annotated[str | None, typer.Option("--json", help="Write the JSON report here (- = stdout).")] = None,
     parquet: Annotated[str | None, typer.Option("--parquet", help="Also write the joined pairs to this Parquet lake directory (docs/lake.md).")] = None,
-    proto_descriptor: Annotated[str | None, typer.Option("--proto-descriptor", help="A FileDescriptorSet (protoc --descriptor_set_out, grpcio-tools) for gRPC messages: fields compared by name (outputs[].fp32_contents), not by number.")] = None,
+    proto_descriptor: Annotated[str | None, typer.Option(
+        "--proto-descriptor",
+        help="A FileDescriptorSet (protoc --descriptor_set_out, grpcio-tools) for gRPC messages: "
+             "fields compared by name (outputs[].fp32_contents), not by number.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No terminal report; the exit status still carries the verdict.")] = False,
 ) -> None:
     """Compare the shadow's responses with the primary's: content, status, errors, latency.

@@ -26,8 +26,9 @@ _CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 def is_grpc_content_type(value: str | None) -> bool:
-    return value is not None and (value == "application/grpc" or value.startswith(("application/grpc+",
-                                                                                   "application/grpc;")))
+    return value is not None and (
+        value == "application/grpc" or value.startswith(("application/grpc+", "application/grpc;"))
+    )
 
 
 def parse_path(path: str | None) -> tuple[str, str] | None:
@@ -85,8 +86,19 @@ class MessageSplitter:
     """Messages of one direction of one call (see the module docstring). ``lose()`` after a gap:
     message boundaries are unknown from then on, nothing more is split."""
 
-    __slots__ = ("_cur", "_flag", "_head", "_len", "_need", "anomalies", "budget", "count", "lost",
-                 "messages", "partial")
+    __slots__ = (
+        "_cur",
+        "_flag",
+        "_head",
+        "_len",
+        "_need",
+        "anomalies",
+        "budget",
+        "count",
+        "lost",
+        "messages",
+        "partial",
+    )
 
     def __init__(self, budget: int) -> None:
         self.budget = budget  # message bytes still to keep
@@ -108,7 +120,7 @@ class MessageSplitter:
         while pos < n:
             if self._need < 0:
                 take = min(5 - len(self._head), n - pos)
-                self._head += data[pos:pos + take]
+                self._head += data[pos : pos + take]
                 pos += take
                 if len(self._head) < 5:
                     break
@@ -128,7 +140,7 @@ class MessageSplitter:
             take = min(self._need, n - pos)
             keep = min(take, self.budget - len(self._cur)) if self.budget > len(self._cur) else 0
             if keep > 0:
-                self._cur += data[pos:pos + keep]
+                self._cur += data[pos : pos + keep]
             pos += take
             self._need -= take
             if self._need == 0:

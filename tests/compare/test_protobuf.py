@@ -27,9 +27,16 @@ def call(pb2, *answers, status=0, message=None):
 
 
 def answer(pb2, version="v1", scores=(1.0, 2.0)):
-    return pb2.InferResponse(model_name="clf", model_version=version, id="r1",
-                             outputs=[pb2.Tensor(name="scores", datatype="FP32", shape=[1, len(scores)],
-                                                 fp32_contents=list(scores))])
+    return pb2.InferResponse(
+        model_name="clf",
+        model_version=version,
+        id="r1",
+        outputs=[
+            pb2.Tensor(
+                name="scores", datatype="FP32", shape=[1, len(scores)], fp32_contents=list(scores)
+            )
+        ],
+    )
 
 
 def test_with_schema_fields_by_name(protos):
@@ -37,15 +44,21 @@ def test_with_schema_fields_by_name(protos):
     schema = Schema(desc)
     d = diff_grpc(call(pb2, answer(pb2)), call(pb2, answer(pb2, "v2", (1.0, 2.5))), tol, schema)
     paths = {x.path: x for x in d.differences}
-    assert paths["body.model_version"].primary == "v1" and paths["body.model_version"].shadow == "v2"
+    assert (
+        paths["body.model_version"].primary == "v1" and paths["body.model_version"].shadow == "v2"
+    )
     assert paths["body.outputs[].fp32_contents[]"].kind is Kind.VALUE
     assert d.primary_body.value["outputs"][0]["name"] == "scores"
 
 
 def test_tolerance_applies_to_message_numbers(protos):
     pb2, _, desc = protos
-    loose = lambda path: (0.6, 0.0)
-    d = diff_grpc(call(pb2, answer(pb2)), call(pb2, answer(pb2, scores=(1.0, 2.5))), loose, Schema(desc))
+    def loose(path):
+        return (0.6, 0.0)
+
+    d = diff_grpc(
+        call(pb2, answer(pb2)), call(pb2, answer(pb2, scores=(1.0, 2.5))), loose, Schema(desc)
+    )
     assert d.differences == []
 
 

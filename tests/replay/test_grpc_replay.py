@@ -41,13 +41,33 @@ def test_replay_to_v2_records_status_messages_and_metadata(protos, captured, tmp
     shadow, port = serve(pb2, pb2_grpc, "v2")
     out = tmp_path / "results.jsonl"
     try:
-        p = subprocess.run([sys.executable, "-m", "shadowtap", "replay", str(path), "-t", f"http://127.0.0.1:{port}",
-                            "-o", str(out), "--allow-unsafe", "--speed", "max"],
-                           capture_output=True, text=True, timeout=120, check=False)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "shadowtap",
+                "replay",
+                str(path),
+                "-t",
+                f"http://127.0.0.1:{port}",
+                "-o",
+                str(out),
+                "--allow-unsafe",
+                "--speed",
+                "max",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     finally:
         shadow.stop(0)
     assert p.returncode == 0, p.stderr
-    results = {r.exchange_id: r for r in (Result.from_json(orjson.loads(x)) for x in out.read_bytes().splitlines())}
+    results = {
+        r.exchange_id: r
+        for r in (Result.from_json(orjson.loads(x)) for x in out.read_bytes().splitlines())
+    }
     assert len(results) == len(exs) == 13
     for ex in exs:
         r = results[ex.id]
@@ -63,7 +83,10 @@ def test_replay_to_v2_records_status_messages_and_metadata(protos, captured, tmp
         assert shadow_answer.id == primary.id
         assert ("x-served-by", "v2") in r.response.headers
     missing = next(ex for ex in exs if ex.grpc.status == 5)
-    assert (results[missing.id].grpc.status, results[missing.id].grpc.message) == (5, "no model named missing")
+    assert (results[missing.id].grpc.status, results[missing.id].grpc.message) == (
+        5,
+        "no model named missing",
+    )
     stream = next(ex for ex in exs if ex.grpc.method == "InferStream")
     assert results[stream.id].grpc.response_count == 3
     bidi = next(ex for ex in exs if ex.grpc.method == "InferBidi")
@@ -79,13 +102,40 @@ def test_replay_refused_target_is_an_error_not_a_status(captured, tmp_path):
     port = s.getsockname()[1]
     s.close()
     out = tmp_path / "results.jsonl"
-    p = subprocess.run([sys.executable, "-m", "shadowtap", "replay", str(path), "-t", f"http://127.0.0.1:{port}",
-                        "-o", str(out), "--allow-unsafe", "--speed", "max", "--no-check",
-                        "--timeout", "3", "--connect-timeout", "2"],
-                       capture_output=True, text=True, timeout=120, check=False)
-    results = [Result.from_json(orjson.loads(x)) for x in out.read_bytes().splitlines()] if out.exists() else []
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shadowtap",
+            "replay",
+            str(path),
+            "-t",
+            f"http://127.0.0.1:{port}",
+            "-o",
+            str(out),
+            "--allow-unsafe",
+            "--speed",
+            "max",
+            "--no-check",
+            "--timeout",
+            "3",
+            "--connect-timeout",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    results = (
+        [Result.from_json(orjson.loads(x)) for x in out.read_bytes().splitlines()]
+        if out.exists()
+        else []
+    )
     assert results, p.stderr
-    assert all(r.error is not None and r.error.kind == "refused" for r in results), [r.error for r in results]
+    assert all(r.error is not None and r.error.kind == "refused" for r in results), [
+        r.error for r in results
+    ]
 
 
 def test_compare_reports_the_deliberate_difference_by_field_name(protos, captured, tmp_path):
@@ -98,16 +148,49 @@ def test_compare_reports_the_deliberate_difference_by_field_name(protos, capture
     shadow, port = serve(pb2, pb2_grpc, "v2")
     out = tmp_path / "results.jsonl"
     try:
-        p = subprocess.run([sys.executable, "-m", "shadowtap", "replay", str(path), "-t", f"http://127.0.0.1:{port}",
-                            "-o", str(out), "--allow-unsafe", "--speed", "max"],
-                           capture_output=True, text=True, timeout=120, check=False)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "shadowtap",
+                "replay",
+                str(path),
+                "-t",
+                f"http://127.0.0.1:{port}",
+                "-o",
+                str(out),
+                "--allow-unsafe",
+                "--speed",
+                "max",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     finally:
         shadow.stop(0)
     assert p.returncode == 0, p.stderr
     report = tmp_path / "report.json"
-    c = subprocess.run([sys.executable, "-m", "shadowtap", "compare", str(path), str(out), "--json", str(report),
-                        "--proto-descriptor", str(desc), "-q"],
-                       capture_output=True, text=True, timeout=120, check=False)
+    c = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shadowtap",
+            "compare",
+            str(path),
+            str(out),
+            "--json",
+            str(report),
+            "--proto-descriptor",
+            str(desc),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert c.returncode in (0, 10, 11), c.stderr
     text = report.read_text()
     rep = json.loads(text)

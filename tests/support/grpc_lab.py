@@ -54,8 +54,17 @@ def compile_protos(out: Path):
     out.mkdir(parents=True, exist_ok=True)
     (out / "labmodel.proto").write_text(PROTO)
     desc = out / "labmodel.desc"
-    rc = protoc.main(["protoc", f"-I{out}", f"--python_out={out}", f"--grpc_python_out={out}",
-                      f"--descriptor_set_out={desc}", "--include_imports", str(out / "labmodel.proto")])
+    rc = protoc.main(
+        [
+            "protoc",
+            f"-I{out}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            f"--descriptor_set_out={desc}",
+            "--include_imports",
+            str(out / "labmodel.proto"),
+        ]
+    )
     if rc != 0:
         raise RuntimeError(f"protoc failed: {rc}")
     sys.path.insert(0, str(out))
@@ -80,9 +89,14 @@ def make_servicer(pb2, pb2_grpc, version: str):
         return out
 
     def answer(req):
-        return pb2.InferResponse(model_name=req.model_name, model_version=version, id=req.id,
-                                 outputs=[pb2.Tensor(name="scores", datatype="FP32", shape=[1, 4],
-                                                     fp32_contents=scores(req))])
+        return pb2.InferResponse(
+            model_name=req.model_name,
+            model_version=version,
+            id=req.id,
+            outputs=[
+                pb2.Tensor(name="scores", datatype="FP32", shape=[1, 4], fp32_contents=scores(req))
+            ],
+        )
 
     class Servicer(pb2_grpc.ModelServicer):
         def Infer(self, request, context):
@@ -93,8 +107,9 @@ def make_servicer(pb2, pb2_grpc, version: str):
 
         def InferStream(self, request, context):
             for i in range(3):
-                yield pb2.InferResponse(model_name=request.model_name, model_version=version,
-                                        id=f"{request.id}-{i}")
+                yield pb2.InferResponse(
+                    model_name=request.model_name, model_version=version, id=f"{request.id}-{i}"
+                )
 
         def InferBatch(self, request_iterator, context):
             ids = [r.id for r in request_iterator]
@@ -107,8 +122,15 @@ def make_servicer(pb2, pb2_grpc, version: str):
     return Servicer()
 
 
-def serve(pb2, pb2_grpc, version: str, *, host: str = "127.0.0.1", port: int = 0,
-          compression: grpc.Compression | None = None) -> tuple[grpc.Server, int]:
+def serve(
+    pb2,
+    pb2_grpc,
+    version: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    compression: grpc.Compression | None = None,
+) -> tuple[grpc.Server, int]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), compression=compression)
     pb2_grpc.add_ModelServicer_to_server(make_servicer(pb2, pb2_grpc, version), server)
     bound = server.add_insecure_port(f"{host}:{port}")
@@ -116,22 +138,40 @@ def serve(pb2, pb2_grpc, version: str, *, host: str = "127.0.0.1", port: int = 0
     return server, bound
 
 
-def client_traffic(pb2, pb2_grpc, addr: str, *, compression: grpc.Compression | None = None) -> dict:
+def client_traffic(
+    pb2, pb2_grpc, addr: str, *, compression: grpc.Compression | None = None
+) -> dict:
     """One call of each kind plus an error, on one channel (one HTTP/2 connection); returns what
     the client sent and got, for the tests to compare with what was captured."""
     got: dict = {}
     with grpc.insecure_channel(addr, compression=compression) as ch:
         stub = pb2_grpc.ModelStub(ch)
-        reqs = [pb2.InferRequest(model_name="clf", id=f"r{i}",
-                                 inputs=[pb2.Tensor(name="x", datatype="FP32", shape=[1, 4],
-                                                    fp32_contents=[0.5 * i, 1.0, 2.0, 3.0])])
-                for i in range(8)]
+        reqs = [
+            pb2.InferRequest(
+                model_name="clf",
+                id=f"r{i}",
+                inputs=[
+                    pb2.Tensor(
+                        name="x",
+                        datatype="FP32",
+                        shape=[1, 4],
+                        fp32_contents=[0.5 * i, 1.0, 2.0, 3.0],
+                    )
+                ],
+            )
+            for i in range(8)
+        ]
         got["unary"] = [(r, stub.Infer(r, metadata=(("x-tenant", "acme"),))) for r in reqs]
         got["server_stream"] = list(stub.InferStream(reqs[0]))
         got["client_stream"] = stub.InferBatch(iter(reqs[:3]))
         got["bidi"] = list(stub.InferBidi(iter(reqs[:2])))
-        big = pb2.InferRequest(model_name="clf", id="big", inputs=[pb2.Tensor(
-            name="x", datatype="FP32", shape=[1, 4096], fp32_contents=[0.0] * 4096)])
+        big = pb2.InferRequest(
+            model_name="clf",
+            id="big",
+            inputs=[
+                pb2.Tensor(name="x", datatype="FP32", shape=[1, 4096], fp32_contents=[0.0] * 4096)
+            ],
+        )
         got["big"] = (big, stub.Infer(big))
         try:
             stub.Infer(pb2.InferRequest(model_name="missing", id="m"))

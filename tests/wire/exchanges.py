@@ -7,7 +7,9 @@ from shadowtap.records import Exchange, exchange_id
 from shadowtap.wire.http2 import Conversation, Event
 
 
-def exchanges(log, client: str = "127.0.0.1:50000", server: str = "127.0.0.1:50051") -> list[Exchange]:
+def exchanges(
+    log, client: str = "127.0.0.1:50000", server: str = "127.0.0.1:50051"
+) -> list[Exchange]:
     conv = Conversation()
     done = []
     for fc, ts, data in log:
@@ -24,6 +26,19 @@ def exchanges(log, client: str = "127.0.0.1:50000", server: str = "127.0.0.1:500
         if req is not None and resp is not None:
             ttfb = round((resp.ts - req.end_ts) * 1000.0, 3)
             total = round((resp.end_ts - req.ts) * 1000.0, 3)
-        out.append(Exchange(exchange_id(client, server, t0, st.index), client, server, st.index, req, resp,
-                            tuple(st.anomalies), ttfb, total, st.h2, st.grpc))
+        out.append(
+            Exchange(
+                exchange_id(client, server, t0, st.index),
+                client,
+                server,
+                st.index,
+                req,
+                resp,
+                tuple(st.anomalies),
+                ttfb,
+                total,
+                st.h2,
+                st.grpc,
+            )
+        )
     return out

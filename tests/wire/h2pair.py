@@ -15,9 +15,15 @@ from shadowtap.wire.http2 import Conversation, Event, Stream
 
 
 class H2Pair:
-    def __init__(self, *, client_settings: dict | None = None, server_settings: dict | None = None) -> None:
-        self.c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-        self.s = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+    def __init__(
+        self, *, client_settings: dict | None = None, server_settings: dict | None = None
+    ) -> None:
+        self.c = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        self.s = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
         self.log: list[tuple[bool, float, bytes]] = []
         self.t = 1000.0
         self.next_sid = 1
@@ -51,7 +57,9 @@ class H2Pair:
 
     # -- conveniences ---------------------------------------------------------------------------
 
-    def request(self, headers: list[tuple[str, str]], body: bytes = b"", *, end: bool = True) -> int:
+    def request(
+        self, headers: list[tuple[str, str]], body: bytes = b"", *, end: bool = True
+    ) -> int:
         sid = self.next_sid
         self.next_sid += 2
         self.c.send_headers(sid, headers, end_stream=not body and end)
@@ -60,8 +68,13 @@ class H2Pair:
         self.flush()
         return sid
 
-    def respond(self, sid: int, headers: list[tuple[str, str]], body: bytes = b"",
-                trailers: list[tuple[str, str]] | None = None) -> None:
+    def respond(
+        self,
+        sid: int,
+        headers: list[tuple[str, str]],
+        body: bytes = b"",
+        trailers: list[tuple[str, str]] | None = None,
+    ) -> None:
         self.s.send_headers(sid, headers, end_stream=not body and not trailers)
         if body:
             self.s.send_data(sid, body, end_stream=not trailers)
@@ -74,8 +87,13 @@ def grpc_frame(msg: bytes, compressed: bool = False) -> bytes:
     return struct.pack(">BI", int(compressed), len(msg)) + msg
 
 
-def run(log: list[tuple[bool, float, bytes]], *, midstream: bool = False, max_body: int = 1 << 20,
-        splits: list[int] | None = None) -> tuple[Conversation, list[Stream]]:
+def run(
+    log: list[tuple[bool, float, bytes]],
+    *,
+    midstream: bool = False,
+    max_body: int = 1 << 20,
+    splits: list[int] | None = None,
+) -> tuple[Conversation, list[Stream]]:
     """Feed a log to a Conversation (each write cut at the given offsets when ``splits``), end
     both directions, close; returns the conversation and the finished, non-void streams in
     the order they finished."""

@@ -61,21 +61,50 @@ def test_bad_prefix():
 
 
 def test_path_and_status():
-    assert parse_path("/inference.GRPCInferenceService/ModelInfer") == ("inference.GRPCInferenceService",
-                                                                        "ModelInfer")
+    assert parse_path("/inference.GRPCInferenceService/ModelInfer") == (
+        "inference.GRPCInferenceService",
+        "ModelInfer",
+    )
     assert parse_path("/v2/models/x/infer") is None and parse_path(None) is None
-    assert status_of([(":status", "200"), ("grpc-status", "14"), ("grpc-message", "unavailable%3A%20x")]) == (
-        14, "unavailable: x")
+    assert status_of(
+        [(":status", "200"), ("grpc-status", "14"), ("grpc-message", "unavailable%3A%20x")]
+    ) == (14, "unavailable: x")
 
 
 def test_records_round_trip_and_schema_1_migration():
-    req = Request(ts=1.0, end_ts=1.1, version="HTTP/2", headers=((":method", "POST"),), body=b"\x00\x00\x00\x00\x01\xff",
-                  body_len=6, method="POST", target="/a.B/C")
-    resp = Response(ts=1.2, end_ts=1.3, version="HTTP/2", headers=((":status", "200"), ("grpc-status", "0")),
-                    status=200)
-    call = GrpcCall("a.B", "C", (GrpcMessage(b"\xff", 1),), (GrpcMessage(b"ok", 2, True, False),), 1, 1, 0, None)
-    ex = Exchange("0123456789abcdef", "1.1.1.1:1", "2.2.2.2:2", 0, req, resp, ("midstream",), 0.1, 0.3,
-                  H2Stream(3, "complete", None, 0, 1, 0), call)
+    req = Request(
+        ts=1.0,
+        end_ts=1.1,
+        version="HTTP/2",
+        headers=((":method", "POST"),),
+        body=b"\x00\x00\x00\x00\x01\xff",
+        body_len=6,
+        method="POST",
+        target="/a.B/C",
+    )
+    resp = Response(
+        ts=1.2,
+        end_ts=1.3,
+        version="HTTP/2",
+        headers=((":status", "200"), ("grpc-status", "0")),
+        status=200,
+    )
+    call = GrpcCall(
+        "a.B", "C", (GrpcMessage(b"\xff", 1),), (GrpcMessage(b"ok", 2, True, False),), 1, 1, 0, None
+    )
+    ex = Exchange(
+        "0123456789abcdef",
+        "1.1.1.1:1",
+        "2.2.2.2:2",
+        0,
+        req,
+        resp,
+        ("midstream",),
+        0.1,
+        0.3,
+        H2Stream(3, "complete", None, 0, 1, 0),
+        call,
+    )
     d = json.loads(json.dumps(ex.to_json()))
     assert d["schema"] == 2 and d["grpc"]["request_messages"][0]["encoding"] == "base64"
     assert Exchange.from_json(d) == ex

@@ -49,7 +49,10 @@ def test_grpcio_calls_recorded_as_sent(protos, compression):
         assert st.grpc.service == "lab.model.Model" and st.grpc.status == 0
         assert pb2.InferRequest.FromString(st.grpc.request_messages[0].data) == req
         assert pb2.InferResponse.FromString(st.grpc.response_messages[0].data) == resp
-        assert ("x-tenant", "acme") in st.request.headers and ("x-served-by", "v1") in st.response.headers
+        assert ("x-tenant", "acme") in st.request.headers and (
+            "x-served-by",
+            "v1",
+        ) in st.response.headers
         assert st.h2.outcome == "complete" and st.anomalies == []
         if compression:  # small messages go uncompressed (gRPC's choice), the header says gzip
             assert ("grpc-encoding", "gzip") in st.request.headers
@@ -61,10 +64,14 @@ def test_grpcio_calls_recorded_as_sent(protos, compression):
     err = unary[9]
     assert (err.grpc.status, err.grpc.message) == (5, "no model named missing")
     [ss] = by_method["InferStream"]
-    assert [pb2.InferResponse.FromString(m.data) for m in ss.grpc.response_messages] == got["server_stream"]
+    assert [pb2.InferResponse.FromString(m.data) for m in ss.grpc.response_messages] == got[
+        "server_stream"
+    ]
     [cs] = by_method["InferBatch"]
-    assert cs.grpc.request_count == 3 and pb2.InferResponse.FromString(cs.grpc.response_messages[0].data) == got[
-        "client_stream"]
+    assert (
+        cs.grpc.request_count == 3
+        and pb2.InferResponse.FromString(cs.grpc.response_messages[0].data) == got["client_stream"]
+    )
     [bd] = by_method["InferBidi"]
     assert [pb2.InferResponse.FromString(m.data) for m in bd.grpc.response_messages] == got["bidi"]
     # Timings: each side's first and last byte, request before response.

@@ -13,13 +13,26 @@ from hypothesis import strategies as hs
 from shadowtap.wire.http2 import PREFACE, Conversation, Event, sniff
 from tests.wire.h2pair import H2Pair, grpc_frame, run
 
-GET = [(":method", "GET"), (":scheme", "http"), (":authority", "svc:8080"), (":path", "/a?x=1"),
-       ("user-agent", "t/1"), ("x-custom", "v" * 40)]
+GET = [
+    (":method", "GET"),
+    (":scheme", "http"),
+    (":authority", "svc:8080"),
+    (":path", "/a?x=1"),
+    ("user-agent", "t/1"),
+    ("x-custom", "v" * 40),
+]
 
 
 def grpc_req(path: str, extra: list[tuple[str, str]] = ()) -> list[tuple[str, str]]:
-    return [(":method", "POST"), (":scheme", "http"), (":authority", "model:9000"), (":path", path),
-            ("content-type", "application/grpc"), ("te", "trailers"), *extra]
+    return [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", "model:9000"),
+        (":path", path),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        *extra,
+    ]
 
 
 def simple_pair() -> H2Pair:
@@ -45,27 +58,46 @@ def test_get_one_exchange():
 def test_grpc_unary_with_trailers_and_gzip():
     p = H2Pair()
     msg = b"\x0a\x05hello\x10\x07"
-    sid = p.request(grpc_req("/inference.GRPCInferenceService/ModelInfer", [("grpc-encoding", "gzip")]),
-                    grpc_frame(gzip.compress(msg), compressed=True))
-    p.respond(sid, [(":status", "200"), ("content-type", "application/grpc")],
-              grpc_frame(b"\x08\x01") + grpc_frame(b"\x08\x02"),
-              [("grpc-status", "0"), ("grpc-message", "all%20good")])
+    sid = p.request(
+        grpc_req("/inference.GRPCInferenceService/ModelInfer", [("grpc-encoding", "gzip")]),
+        grpc_frame(gzip.compress(msg), compressed=True),
+    )
+    p.respond(
+        sid,
+        [(":status", "200"), ("content-type", "application/grpc")],
+        grpc_frame(b"\x08\x01") + grpc_frame(b"\x08\x02"),
+        [("grpc-status", "0"), ("grpc-message", "all%20good")],
+    )
     _, [st] = run(p.log)
     call = st.grpc
     assert (call.service, call.method) == ("inference.GRPCInferenceService", "ModelInfer")
     assert [m.data for m in call.request_messages] == [msg]
     assert call.request_messages[0].compressed and not call.request_messages[0].truncated
     assert [m.data for m in call.response_messages] == [b"\x08\x01", b"\x08\x02"]
-    assert (call.request_count, call.response_count, call.status, call.message) == (1, 2, 0, "all good")
-    assert st.h2.response_trailers == 2 and st.response.headers[-2:] == (("grpc-status", "0"),
-                                                                         ("grpc-message", "all%20good"))
+    assert (call.request_count, call.response_count, call.status, call.message) == (
+        1,
+        2,
+        0,
+        "all good",
+    )
+    assert st.h2.response_trailers == 2 and st.response.headers[-2:] == (
+        ("grpc-status", "0"),
+        ("grpc-message", "all%20good"),
+    )
 
 
 def test_trailers_only_response():
     p = H2Pair()
     sid = p.request(grpc_req("/pkg.Svc/Missing"), grpc_frame(b""))
-    p.respond(sid, [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "12"),
-                    ("grpc-message", "unimplemented")])
+    p.respond(
+        sid,
+        [
+            (":status", "200"),
+            ("content-type", "application/grpc"),
+            ("grpc-status", "12"),
+            ("grpc-message", "unimplemented"),
+        ],
+    )
     _, [st] = run(p.log)
     assert (st.grpc.status, st.grpc.message, st.grpc.response_count) == (12, "unimplemented", 0)
     assert st.grpc.request_count == 1 and st.grpc.request_messages[0].data == b""
@@ -90,12 +122,17 @@ def test_continuation_and_padding_crafted():
     enc = Encoder()
     block = enc.encode(GET + [("x-long", "z" * 3000)])
     frames = [HeadersFrame(1, block[:100], flags=["PADDED"], pad_length=7)]
-    frames += [ContinuationFrame(1, block[100:1100]), ContinuationFrame(1, block[1100:], flags=["END_HEADERS"])]
+    frames += [
+        ContinuationFrame(1, block[100:1100]),
+        ContinuationFrame(1, block[1100:], flags=["END_HEADERS"]),
+    ]
     frames += [DataFrame(1, b"body", flags=["PADDED", "END_STREAM"], pad_length=20)]
     senc = Encoder()
     resp = [HeadersFrame(1, senc.encode([(":status", "204")]), flags=["END_HEADERS", "END_STREAM"])]
-    log = [(True, 1.0, PREFACE + b"".join(f.serialize() for f in frames)),
-           (False, 2.0, b"".join(f.serialize() for f in resp))]
+    log = [
+        (True, 1.0, PREFACE + b"".join(f.serialize() for f in frames)),
+        (False, 2.0, b"".join(f.serialize() for f in resp)),
+    ]
     _, [st] = run(log)
     assert ("x-long", "z" * 3000) in st.request.headers and st.request.body == b"body"
     assert st.response.status == 204 and st.anomalies == []
@@ -108,7 +145,8 @@ def test_interrupted_header_block_is_named():
     _, done = run([(True, 1.0, PREFACE + b"".join(f.serialize() for f in frames))])
     conv, _ = run([(True, 1.0, PREFACE + b"".join(f.serialize() for f in frames))])
     assert "h2_header_block_interrupted" in conv.anomalies or any(
-        "h2_header_block_interrupted" in st.anomalies for st in done)
+        "h2_header_block_interrupted" in st.anomalies for st in done
+    )
 
 
 def test_reset_and_goaway_outcomes():
@@ -122,7 +160,11 @@ def test_reset_and_goaway_outcomes():
     p.flush()
     _, done = run(p.log)
     by = {st.id: st for st in done}
-    assert by[s1].h2.outcome == "reset" and by[s1].h2.error_code == 8 and "h2_reset" in by[s1].anomalies
+    assert (
+        by[s1].h2.outcome == "reset"
+        and by[s1].h2.error_code == 8
+        and "h2_reset" in by[s1].anomalies
+    )
     assert by[s1].grpc.request_count == 1 and by[s1].response is None
     assert by[s3].h2.outcome == "complete"
     assert by[s5].h2.outcome == "refused" and "h2_goaway" in by[s5].anomalies
@@ -133,13 +175,24 @@ def test_push_promise_ignored_but_table_kept():
     table, so the next response's indexed fields decode."""
     p = H2Pair()
     sid = p.request(GET)
-    p.s.push_stream(sid, 2, [(":method", "GET"), (":scheme", "http"), (":authority", "svc:8080"),
-                             (":path", "/pushed"), ("x-push", "p" * 30)])
+    p.s.push_stream(
+        sid,
+        2,
+        [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "svc:8080"),
+            (":path", "/pushed"),
+            ("x-push", "p" * 30),
+        ],
+    )
     p.s.send_headers(2, [(":status", "200")], end_stream=True)
     p.respond(sid, [(":status", "200"), ("x-push", "p" * 30)], b"x")
     _, done = run(p.log)
     assert [st.request.target for st in done] == ["/a?x=1"]
-    assert "h2_push_ignored" in done[0].anomalies and ("x-push", "p" * 30) in done[0].response.headers
+    assert (
+        "h2_push_ignored" in done[0].anomalies and ("x-push", "p" * 30) in done[0].response.headers
+    )
 
 
 def test_rst_from_client_and_truncated_at_end():
@@ -151,7 +204,11 @@ def test_rst_from_client_and_truncated_at_end():
     _, done = run(p.log)
     by = {st.id: st for st in done}
     assert by[s1].h2.outcome == "reset"
-    assert by[s3].h2.outcome == "truncated" and "truncated" in by[s3].anomalies and by[s3].response is None
+    assert (
+        by[s3].h2.outcome == "truncated"
+        and "truncated" in by[s3].anomalies
+        and by[s3].response is None
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -169,21 +226,30 @@ def test_any_split_gives_the_same_streams(cuts):
     p.flush()
 
     def view(done):
-        return [(st.id, st.request.to_json(), st.response.to_json(), st.grpc, st.h2, st.anomalies)
-                for st in done]
+        return [
+            (st.id, st.request.to_json(), st.response.to_json(), st.grpc, st.h2, st.anomalies)
+            for st in done
+        ]
 
     assert view(run(p.log, splits=cuts)[1]) == view(run(p.log)[1])
 
 
 # -- joining mid-connection ----------------------------------------------------------------------
 
+
 def _long_lived() -> H2Pair:
     p = H2Pair()
     for i in range(3):
-        s = p.request(grpc_req("/pkg.Model/Predict", [("x-model-version", "v2-" + "q" * 20)]),
-                      grpc_frame(b"req%d" % i))
-        p.respond(s, [(":status", "200"), ("content-type", "application/grpc")], grpc_frame(b"resp%d" % i),
-                  [("grpc-status", "0")])
+        s = p.request(
+            grpc_req("/pkg.Model/Predict", [("x-model-version", "v2-" + "q" * 20)]),
+            grpc_frame(b"req%d" % i),
+        )
+        p.respond(
+            s,
+            [(":status", "200"), ("content-type", "application/grpc")],
+            grpc_frame(b"resp%d" % i),
+            [("grpc-status", "0")],
+        )
     return p
 
 
@@ -191,17 +257,31 @@ def test_midstream_undecodable_fields_are_named_and_grpc_kept():
     p = _long_lived()
     first_len = sum(1 for _ in p.log)
     # A call whose head is all indexed references to entries made before the cut.
-    s = p.request(grpc_req("/pkg.Model/Predict", [("x-model-version", "v2-" + "q" * 20)]), grpc_frame(b"late"))
-    p.respond(s, [(":status", "200"), ("content-type", "application/grpc")], grpc_frame(b"answer"),
-              [("grpc-status", "0")])
+    s = p.request(
+        grpc_req("/pkg.Model/Predict", [("x-model-version", "v2-" + "q" * 20)]), grpc_frame(b"late")
+    )
+    p.respond(
+        s,
+        [(":status", "200"), ("content-type", "application/grpc")],
+        grpc_frame(b"answer"),
+        [("grpc-status", "0")],
+    )
     # A call with a new path: literals, decodable.
     s2 = p.request(grpc_req("/pkg.Model/Other"), grpc_frame(b"o"))
-    p.respond(s2, [(":status", "200"), ("content-type", "application/grpc")], grpc_frame(b"oo"),
-              [("grpc-status", "3")])
+    p.respond(
+        s2,
+        [(":status", "200"), ("content-type", "application/grpc")],
+        grpc_frame(b"oo"),
+        [("grpc-status", "3")],
+    )
     # The same new path again: now an entry inserted since the capture began, at a known position.
     s3 = p.request(grpc_req("/pkg.Model/Other"), grpc_frame(b"o2"))
-    p.respond(s3, [(":status", "200"), ("content-type", "application/grpc")], grpc_frame(b"oo2"),
-              [("grpc-status", "0")])
+    p.respond(
+        s3,
+        [(":status", "200"), ("content-type", "application/grpc")],
+        grpc_frame(b"oo2"),
+        [("grpc-status", "0")],
+    )
     conv, done = run(p.log[first_len:], midstream=True)
     by = {st.id: st for st in done}
     assert by[s3].request.target == "/pkg.Model/Other" and by[s3].grpc.method == "Other"
@@ -225,7 +305,11 @@ def test_midstream_mid_frame_cut_resyncs():
     # Cut the client's bytes 3 bytes into a write and the server's likewise: the first bytes of
     # each direction are the tail of a frame.
     start = 4
-    cut = [(fc, ts, data[3:] if i < start + 2 else data) for i, (fc, ts, data) in enumerate(log) if i >= start]
+    cut = [
+        (fc, ts, data[3:] if i < start + 2 else data)
+        for i, (fc, ts, data) in enumerate(log)
+        if i >= start
+    ]
     conv, done = run(cut, midstream=True)
     assert done, conv.anomalies
     assert all(st.grpc is not None for st in done)
@@ -264,8 +348,11 @@ def test_midstream_non_grpc_without_path_is_counted_not_kept():
 
 # -- bad input ------------------------------------------------------------------------------------
 
+
 def test_hpack_index_out_of_range_is_named():
-    bad = HeadersFrame(1, b"\xff\x7f", flags=["END_HEADERS", "END_STREAM"])  # index 254: no such entry
+    bad = HeadersFrame(
+        1, b"\xff\x7f", flags=["END_HEADERS", "END_STREAM"]
+    )  # index 254: no such entry
     good_enc = Encoder()
     good = HeadersFrame(3, good_enc.encode(GET), flags=["END_HEADERS", "END_STREAM"])
     _conv, done = run([(True, 1.0, PREFACE + bad.serialize() + good.serialize())])
@@ -284,9 +371,15 @@ def test_corrupt_padding_frame_is_named_and_others_survive():
     end = DataFrame(1, b"z", flags=["END_STREAM"])
     senc = Encoder()
     resp = HeadersFrame(1, senc.encode([(":status", "200")]), flags=["END_HEADERS", "END_STREAM"])
-    _, [st] = run([(True, 1.0, PREFACE + head.serialize() + bytes(bad) + end.serialize()),
-                   (False, 2.0, resp.serialize())])
-    assert "h2_frame_error" in st.anomalies and st.request.body == b"z" and st.response.status == 200
+    _, [st] = run(
+        [
+            (True, 1.0, PREFACE + head.serialize() + bytes(bad) + end.serialize()),
+            (False, 2.0, resp.serialize()),
+        ]
+    )
+    assert (
+        "h2_frame_error" in st.anomalies and st.request.body == b"z" and st.response.status == 200
+    )
 
 
 def test_frame_longer_than_settings_is_named():
@@ -331,23 +424,37 @@ def test_sniff():
     assert sniff(PREFACE + b"\x00") and sniff(PREFACE[:5]) and not sniff(b"GET / HTTP/1.1\r\n")
     p = _long_lived()
     server_bytes = b"".join(d for fc, _, d in p.log[4:] if not fc)
-    assert sniff(server_bytes, midstream=True) and not sniff(b"\x16\x03\x01" + b"\x00" * 100, midstream=True)
+    assert sniff(server_bytes, midstream=True) and not sniff(
+        b"\x16\x03\x01" + b"\x00" * 100, midstream=True
+    )
 
 
 def test_upgrade_h2c_request_is_stream_one():
     from shadowtap.records import Request
 
-    up = Request(ts=1.0, end_ts=1.0, version="HTTP/1.1", headers=(("Host", "x"), ("Upgrade", "h2c")),
-                 method="GET", target="/up")
+    up = Request(
+        ts=1.0,
+        end_ts=1.0,
+        version="HTTP/1.1",
+        headers=(("Host", "x"), ("Upgrade", "h2c")),
+        method="GET",
+        target="/up",
+    )
     conv = Conversation(upgrade=up)
     senc = Encoder()
-    server = (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-              + HeadersFrame(1, senc.encode([(":status", "200")]), flags=["END_HEADERS"]).serialize()
-              + DataFrame(1, b"upgraded", flags=["END_STREAM"]).serialize())
+    server = (
+        b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+        + HeadersFrame(1, senc.encode([(":status", "200")]), flags=["END_HEADERS"]).serialize()
+        + DataFrame(1, b"upgraded", flags=["END_STREAM"]).serialize()
+    )
     conv.data(True, 2.0, PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
     conv.data(False, 2.1, server)
     [st] = [st for ev, st in conv.events if ev == Event.DONE]
-    assert st.request.target == "/up" and st.response.body == b"upgraded" and st.response.version == "HTTP/2"
+    assert (
+        st.request.target == "/up"
+        and st.response.body == b"upgraded"
+        and st.response.version == "HTTP/2"
+    )
 
 
 def test_rst_on_unknown_stream_is_harmless():

@@ -15,7 +15,7 @@ is kept when its DATA reads as gRPC messages (``h2_path_unknown``), else counted
 """
 
 from shadowtap.wire.http2 import _conversation, _frames
-from shadowtap.wire.http2._conversation import *
+from shadowtap.wire.http2._conversation import *  # noqa: F403
 from shadowtap.wire.http2._frames import PREFACE, looks_like_frames
 
 __all__ = ["PREFACE", "looks_like_frames", "sniff"]

@@ -79,8 +79,18 @@ _H2 = "HTTP/2"
 class _Side:
     """One message (request or response) of a stream in the making."""
 
-    __slots__ = ("data", "data_len", "end_ts", "ended", "fields", "head", "lost", "splitter",
-                 "trailers", "ts")
+    __slots__ = (
+        "data",
+        "data_len",
+        "end_ts",
+        "ended",
+        "fields",
+        "head",
+        "lost",
+        "splitter",
+        "trailers",
+        "ts",
+    )
 
     def __init__(self, budget: int) -> None:
         self.ts: float | None = None
@@ -115,9 +125,28 @@ class _Side:
 class Stream:
     """One stream in the making (mutable; the pipeline turns it into a frozen Exchange)."""
 
-    __slots__ = ("anomalies", "conn", "done", "error_code", "grpc", "h2", "id", "index", "late",
-                 "order", "outcome", "req", "request", "resp", "response", "secret", "serial", "ts",
-                 "undecoded", "void")
+    __slots__ = (
+        "anomalies",
+        "conn",
+        "done",
+        "error_code",
+        "grpc",
+        "h2",
+        "id",
+        "index",
+        "late",
+        "order",
+        "outcome",
+        "req",
+        "request",
+        "resp",
+        "response",
+        "secret",
+        "serial",
+        "ts",
+        "undecoded",
+        "void",
+    )
 
     def __init__(self, sid: int, ts: float, budget: int) -> None:
         self.id = sid
@@ -151,7 +180,9 @@ class _Direction:
 
     __slots__ = ("_block", "conv", "decoder", "from_client", "reader")
 
-    def __init__(self, conv: Conversation, from_client: bool, known_start: bool, preface: bool) -> None:
+    def __init__(
+        self, conv: Conversation, from_client: bool, known_start: bool, preface: bool
+    ) -> None:
         self.conv = conv
         self.from_client = from_client
         self.reader = FrameReader(expect_preface=preface, synced=known_start)
@@ -161,7 +192,12 @@ class _Direction:
 
     def feed(self, ts: float, data: bytes) -> None:
         reader = self.reader
-        if reader.preface and self.conv.streams_seen == 0 and data[:1] != b"P" and looks_like_frames(data):
+        if (
+            reader.preface
+            and self.conv.streams_seen == 0
+            and data[:1] != b"P"
+            and looks_like_frames(data)
+        ):
             # No preface but frames: the connection's start was not what the capture saw.
             self.conv.joined_late()
         for start_ts, frame, sid, length in reader.feed(ts, data):
@@ -183,9 +219,15 @@ class Conversation:
     those after the 101 (the client's begin with the preface, the server's with SETTINGS).
     ``max_body``: body bytes (and gRPC message bytes) kept per message."""
 
-    def __init__(self, *, max_body: int = 1 << 20, midstream: bool = False,
-                 upgrade: Request | None = None, max_streams: int = 10_000,
-                 watch: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        max_body: int = 1 << 20,
+        midstream: bool = False,
+        upgrade: Request | None = None,
+        max_streams: int = 10_000,
+        watch: tuple[str, ...] = (),
+    ) -> None:
         self.max_body = max_body
         self.max_streams = max_streams
         self.midstream = midstream
@@ -211,7 +253,12 @@ class Conversation:
         self.dropped_no_path = 0
         if upgrade is not None:
             st = self._open(1, upgrade.ts)
-            st.req.ts, st.req.end_ts, st.req.head, st.req.ended = upgrade.ts, upgrade.end_ts, True, True
+            st.req.ts, st.req.end_ts, st.req.head, st.req.ended = (
+                upgrade.ts,
+                upgrade.end_ts,
+                True,
+                True,
+            )
             st.req.fields = [(":method", upgrade.method), (":path", upgrade.target)]
             st.req.fields += list(upgrade.headers)
             st.req.data += upgrade.body
@@ -309,15 +356,19 @@ class Conversation:
             if not self._first_opened:
                 self._first_opened = sid
             return self._open(sid, ts)
-        if (self.midstream or not self._first_opened) and sid not in self._closed_early and (
-                not self._first_opened or sid < self._first_opened):
+        if (
+            (self.midstream or not self._first_opened)
+            and sid not in self._closed_early
+            and (not self._first_opened or sid < self._first_opened)
+        ):
             st = self._open(sid, ts)
             st.note(Anomaly.STREAM_START_UNSEEN.value)
             return st
         return None
 
-    def on_frame(self, d: _Direction, start_ts: float, ts: float, frame: Frame | str, sid: int,
-                 length: int) -> None:
+    def on_frame(
+        self, d: _Direction, start_ts: float, ts: float, frame: Frame | str, sid: int, length: int
+    ) -> None:
         if sid:
             self._current = self.streams.get(sid, self._current)
         other = self.server if d.from_client else self.client
@@ -328,7 +379,9 @@ class Conversation:
             else:
                 self.anomalies.append(Anomaly.FRAME_TOO_LARGE.value)
         block = d._block
-        if block is not None and not (isinstance(frame, ContinuationFrame) and frame.stream_id == block[0]):
+        if block is not None and not (
+            isinstance(frame, ContinuationFrame) and frame.stream_id == block[0]
+        ):
             # A header block must be followed by its CONTINUATION frames and nothing else.
             st = self.streams.get(block[0])
             if st is not None:
@@ -472,8 +525,16 @@ class Conversation:
             decoded_len = _decoded_len(body, coding)
         ts = side.ts if side.ts is not None else st.ts
         end = side.end_ts if side.end_ts is not None else ts
-        return {"ts": ts, "end_ts": end, "version": _H2, "headers": tuple(fields), "body": body,
-                "body_len": side.data_len, "body_truncated": truncated, "decoded_len": decoded_len}
+        return {
+            "ts": ts,
+            "end_ts": end,
+            "version": _H2,
+            "headers": tuple(fields),
+            "body": body,
+            "body_len": side.data_len,
+            "body_truncated": truncated,
+            "decoded_len": decoded_len,
+        }
 
     def _request(self, st: Stream) -> Request | None:
         side = st.req
@@ -493,12 +554,16 @@ class Conversation:
             status = _status(resp.fields) or 0
             st.response = Response(status=status, reason="", **self._message_common(st, resp))
         path = st.req.pseudo(":path")
-        is_grpc = _grpc.is_grpc_content_type(st.req.header("content-type")) or _grpc.is_grpc_content_type(
-            resp.header("content-type"))
+        is_grpc = _grpc.is_grpc_content_type(
+            st.req.header("content-type")
+        ) or _grpc.is_grpc_content_type(resp.header("content-type"))
         if path is None:
             st.note(Anomaly.PATH_UNKNOWN.value)
-        if not is_grpc and (path is None or st.undecoded) and (
-                st.req.header("content-type") is None and resp.header("content-type") is None):
+        if (
+            not is_grpc
+            and (path is None or st.undecoded)
+            and (st.req.header("content-type") is None and resp.header("content-type") is None)
+        ):
             # The content type was not decodable (or not seen): gRPC messages carry no HPACK
             # state, so the call is recognised by its bytes reading as whole gRPC messages.
             is_grpc = _looks_grpc(st)
@@ -510,10 +575,14 @@ class Conversation:
             names = _grpc.parse_path(path) or ("", "")
             status, message = _grpc.status_of(resp.fields + resp.trailers)
             st.grpc = GrpcCall(
-                names[0], names[1],
+                names[0],
+                names[1],
                 st.req.splitter.records(st.req.header("grpc-encoding"), self.max_body),
                 resp.splitter.records(resp.header("grpc-encoding"), self.max_body),
-                st.req.splitter.count, resp.splitter.count, status, message,
+                st.req.splitter.count,
+                resp.splitter.count,
+                status,
+                message,
             )
             for a in st.req.splitter.anomalies + resp.splitter.anomalies:
                 st.note(a)
@@ -523,8 +592,14 @@ class Conversation:
             self.anomalies.append(Anomaly.PATH_UNKNOWN.value)
         if st.request is None and st.response is None:
             st.void = True
-        st.h2 = H2Stream(st.id, st.outcome.value, st.error_code,
-                         len(st.req.trailers), len(resp.trailers), st.undecoded)
+        st.h2 = H2Stream(
+            st.id,
+            st.outcome.value,
+            st.error_code,
+            len(st.req.trailers),
+            len(resp.trailers),
+            st.undecoded,
+        )
 
 
 def _status(fields: list[tuple[str, str]]) -> int | None:
@@ -559,10 +634,11 @@ def _decoded_len(body: bytes, coding: str | None) -> int | None:
     return len(got[0])
 
 
-
 def make(settings: Any, midstream: bool) -> Conversation:
-    """A Conversation with the Extractor's limits (``shadowtap.wire.protocol.ProtocolSpec.make``)."""
-    return Conversation(max_body=settings.max_body, midstream=midstream, watch=tuple(settings.watch))
+    """A Conversation with the Extractor's limits (``wire.protocol.ProtocolSpec.make``)."""
+    return Conversation(
+        max_body=settings.max_body, midstream=midstream, watch=tuple(settings.watch)
+    )
 
 
 def sniff_bytes(data: bytes, from_client: bool) -> int:
@@ -573,7 +649,7 @@ def sniff_bytes(data: bytes, from_client: bool) -> int:
         n = min(len(data), len(PREFACE))
         if data[:n] == PREFACE[:n]:
             return 2 if n == len(PREFACE) else 1
-    at = find_sync(data[:1 << 16])
+    at = find_sync(data[: 1 << 16])
     if at >= 0:
         return 2
     return 0

@@ -47,7 +47,7 @@ def plausible_header(data: bytes | memoryview, pos: int, max_len: int = DEFAULT_
         return -1
     if data[pos + 5] & 0x80:  # the reserved bit
         return -1
-    sid = ((data[pos + 5] << 24) | (data[pos + 6] << 16) | (data[pos + 7] << 8) | data[pos + 8])
+    sid = (data[pos + 5] << 24) | (data[pos + 6] << 16) | (data[pos + 7] << 8) | data[pos + 8]
     if (sid_rule == 1 and sid == 0) or (sid_rule == 0 and sid != 0):
         return -1
     if fixed >= 0 and length != fixed:
@@ -63,7 +63,8 @@ def plausible_header(data: bytes | memoryview, pos: int, max_len: int = DEFAULT_
 def find_sync(data: bytes, max_len: int = DEFAULT_MAX_FRAME, *, final: bool = False) -> int:
     """The first offset where ``_SYNC_CHAIN`` plausible frame headers follow one another, -1 when
     none can be confirmed yet. A chain that runs exactly to the end of ``data`` confirms too when
-    ``final`` (no more bytes will come) or when it has at least two headers. O(len(data) * chain)."""
+    ``final`` (no more bytes will come) or when it has at least two headers.
+    O(len(data) * chain)."""
     n = len(data)
     for start in range(max(0, n - 8)):
         pos, found = start, 0
@@ -114,7 +115,9 @@ class FrameReader:
         self.synced = False
         self.preface = False
 
-    def feed(self, ts: float, data: bytes, *, final: bool = False) -> list[tuple[float, Frame | str, int, int]]:
+    def feed(
+        self, ts: float, data: bytes, *, final: bool = False
+    ) -> list[tuple[float, Frame | str, int, int]]:
         if self.broken is not None:
             return []
         buf = self._buf
@@ -133,7 +136,9 @@ class FrameReader:
             del buf[: len(PREFACE)]
             self.preface = False
         if not self.synced:
-            at = find_sync(bytes(buf[:_SYNC_WINDOW]), max(self.max_frame, DEFAULT_MAX_FRAME), final=final)
+            at = find_sync(
+                bytes(buf[:_SYNC_WINDOW]), max(self.max_frame, DEFAULT_MAX_FRAME), final=final
+            )
             if at < 0:
                 if len(buf) > _SYNC_WINDOW:
                     cut = len(buf) - _SYNC_WINDOW
@@ -152,10 +157,10 @@ class FrameReader:
                 end = pos + 9 + length
                 if end > n:
                     break
-                sid = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+                sid = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
                 try:
-                    frame, _ = Frame.parse_frame_header(view[pos:pos + 9])
-                    frame.parse_body(view[pos + 9:end])
+                    frame, _ = Frame.parse_frame_header(view[pos : pos + 9])
+                    frame.parse_body(view[pos + 9 : end])
                     out.append((start_ts, frame, sid, length))
                 except (HyperframeError, ValueError) as exc:
                     out.append((start_ts, f"{type(exc).__name__}: {exc}", sid, length))

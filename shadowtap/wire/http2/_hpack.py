@@ -40,8 +40,8 @@ MAX_HEADER_LIST = 1 << 20
 @dataclass(frozen=True, slots=True)
 class Decoded:
     """One header block's outcome. ``fields``: decoded (name, value) pairs in block order; a field
-    whose name or value could not be decoded is left out and counted in ``unknown``. ``error``: why decoding stopped early (the fields
-    before it are kept), or None."""
+    whose name or value could not be decoded is left out and counted in ``unknown``. ``error``:
+    why decoding stopped early (the fields before it are kept), or None."""
 
     fields: tuple[tuple[bytes, bytes], ...]
     unknown: int = 0
@@ -59,7 +59,9 @@ class HeaderDecoder:
         # Passive table: newest first; None for an entry whose name or value is unknown.
         self._entries: list[tuple[bytes, bytes] | None] = []
         self._tail_unknown = True  # entries older than those in _entries may exist
-        self._max: int | None = None  # the table's current maximum size, once a size update shows it
+        self._max: int | None = (
+            None  # the table's current maximum size, once a size update shows it
+        )
         self.passive = True
         if known_start:
             self._known()
@@ -138,7 +140,7 @@ class HeaderDecoder:
     def _string(self, data: bytes, pos: int) -> tuple[bytes, int]:
         length, used = decode_integer(memoryview(data)[pos:], 7)
         start = pos + used
-        raw = data[start:start + length]
+        raw = data[start : start + length]
         if len(raw) != length:
             raise ValueError("truncated header block")
         if data[pos] & 0x80:
@@ -180,7 +182,9 @@ class HeaderDecoder:
                         # the rest of this block's fields too.
                         self._known()
                         rest = self.decode(block[pos:]) if pos < n else Decoded(())
-                        return Decoded(tuple(fields) + rest.fields, unknown + rest.unknown, rest.error)
+                        return Decoded(
+                            tuple(fields) + rest.fields, unknown + rest.unknown, rest.error
+                        )
                     continue
                 indexing = bool(b & 0x40)
                 prefix = 6 if indexing else 4
