@@ -393,10 +393,15 @@ class MirrorRun:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         from shadowtap.replay.client import Sender
+        from shadowtap.replay.grpc_client import GrpcSender, Router
         from shadowtap.mirror.capture_child import EXC, REQ, STARTED, STATS, Decoder, decode
 
-        sender = Sender(cfg.policy.target, concurrency=cfg.concurrency, per_connection=False,
-                        timeout=cfg.timeout, connect_timeout=cfg.connect_timeout, max_body=cfg.max_body)
+        http = Sender(cfg.policy.target, concurrency=cfg.concurrency, per_connection=False,
+                      timeout=cfg.timeout, connect_timeout=cfg.connect_timeout, max_body=cfg.max_body)
+        # gRPC calls go to grpcio (replay/grpc_client.py), the rest to the HTTP/1.x sender.
+        sender = Router(http, GrpcSender(cfg.policy.target, concurrency=cfg.concurrency,
+                                         timeout=cfg.timeout, connect_timeout=cfg.connect_timeout,
+                                         max_body=cfg.max_body))
         await sender.start()
 
         async def check_shadow() -> None:
@@ -528,6 +533,7 @@ class MirrorRun:
                 if not console.err.is_terminal:
                     console.info("")  # the last frame ends without a newline off a terminal
             sender.close()
+            await sender.aclose()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             if metrics_runner is not None:

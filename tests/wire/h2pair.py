@@ -10,6 +10,7 @@ import struct
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 
 from shadowtap.wire.http2 import Conversation, Event, Stream
 
@@ -46,7 +47,14 @@ class H2Pair:
                     moved = True
                     self.t += 0.001
                     self.log.append((from_client, self.t, data))
-                    dst.receive_data(data)
+                    for ev in dst.receive_data(data):
+                        # Give the window back, as a real peer does (long runs need it).
+                        if isinstance(ev, h2.events.DataReceived) and ev.flow_controlled_length:
+                            try:
+                                n = ev.flow_controlled_length
+                                dst.acknowledge_received_data(n, ev.stream_id)
+                            except h2.exceptions.StreamClosedError:
+                                dst.increment_flow_control_window(ev.flow_controlled_length)
             if not moved:
                 return
 
