@@ -42,7 +42,6 @@ from shadowtap.compare.diff import (
     PairDiff,
     diff_json,
 )
-
 from shadowtap.errors import InputError
 from shadowtap.records import GrpcCall
 
@@ -130,8 +129,9 @@ def _digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def _diff_wire(p: Any, s: Any, path: str, out: list[Difference], tolerance: Any,
-               budget: Budget) -> None:
+def _diff_wire(
+    p: Any, s: Any, path: str, out: list[Difference], tolerance: Any, budget: Budget
+) -> None:
     """diff_json for wire-format trees: the same kinds, but field numbers are a schema, never
     folded as ids (``body.4[].4``, not ``body.{id}``); scalars go to diff_json (tolerances).
     Every node visited spends one unit of the pair's ``budget``."""
@@ -161,8 +161,15 @@ def _diff_wire(p: Any, s: Any, path: str, out: list[Difference], tolerance: Any,
         diff_json(p, s, path, out, tolerance, budget)
 
 
-def diff_grpc(p: GrpcCall, s: GrpcCall, tolerance: Any, schema: Schema | None = None, *,
-              max_walk: int = MAX_WALK, max_differences: int = MAX_DIFFERENCES) -> PairDiff:
+def diff_grpc(
+    p: GrpcCall,
+    s: GrpcCall,
+    tolerance: Any,
+    schema: Schema | None = None,
+    *,
+    max_walk: int = MAX_WALK,
+    max_differences: int = MAX_DIFFERENCES,
+) -> PairDiff:
     """The differences of a primary and a shadow gRPC answer (see the module docstring). The
     returned PairDiff's bodies are the answers as JSON trees (a list for a stream), so the
     caller's per-field statistics read them like JSON bodies. The walk over all messages is

@@ -397,7 +397,8 @@ class MirrorRun:
         from shadowtap.mirror.capture_child import EXC, REQ, STARTED, STATS, Decoder, decode
 
         http = Sender(cfg.policy.target, concurrency=cfg.concurrency, per_connection=False,
-                      timeout=cfg.timeout, connect_timeout=cfg.connect_timeout, max_body=cfg.max_body)
+                      timeout=cfg.timeout, connect_timeout=cfg.connect_timeout,
+                      max_body=cfg.max_body)
         # gRPC calls go to grpcio (replay/grpc_client.py), the rest to the HTTP/1.x sender.
         sender = Router(http, GrpcSender(cfg.policy.target, concurrency=cfg.concurrency,
                                          timeout=cfg.timeout, connect_timeout=cfg.connect_timeout,

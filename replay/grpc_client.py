@@ -35,10 +35,10 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from shadowtap.replay.client import Clock, Sender, SenderStats
-from shadowtap.replay.policy import Prepared, Target
 
 from shadowtap.records import GrpcCall, GrpcMessage, Response, Result, ResultError, header_value
+from shadowtap.replay.client import Clock, Sender, SenderStats
+from shadowtap.replay.policy import Prepared, Target
 from shadowtap.wire.grpc import MessageSplitter, is_grpc_content_type, parse_path
 
 __all__ = ["GrpcSender", "Router", "is_grpc_request", "split_request"]

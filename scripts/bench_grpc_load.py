@@ -34,11 +34,19 @@ def main() -> None:
     port, calls, conns = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 
     def worker(n: int) -> None:
-        with grpc.insecure_channel(f"127.0.0.1:{port}",
-                                   options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+        with grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as ch:
             stub = pb2_grpc.ModelStub(ch)
-            req = pb2.InferRequest(model_name="clf", id="r7", inputs=[pb2.Tensor(
-                name="x", datatype="FP32", shape=[1, 4], fp32_contents=[0.5, 1.0, 2.0, 3.0])])
+            req = pb2.InferRequest(
+                model_name="clf",
+                id="r7",
+                inputs=[
+                    pb2.Tensor(
+                        name="x", datatype="FP32", shape=[1, 4], fp32_contents=[0.5, 1.0, 2.0, 3.0]
+                    )
+                ],
+            )
             for i in range(n):
                 if i % 10 == 9:
                     list(stub.InferStream(req))

@@ -4,9 +4,9 @@ tree, field numbers), status and message counts, undecodable bytes."""
 from __future__ import annotations
 
 import pytest
+
 from shadowtap.compare.diff import Kind
 from shadowtap.compare.protobuf import Schema, diff_grpc, message_tree
-
 from shadowtap.errors import InputError
 from shadowtap.records import GrpcCall, GrpcMessage
 from tests.support.grpc_lab import compile_protos
@@ -53,6 +53,7 @@ def test_with_schema_fields_by_name(protos):
 
 def test_tolerance_applies_to_message_numbers(protos):
     pb2, _, desc = protos
+
     def loose(path):
         return (0.6, 0.0)
 
