@@ -9,7 +9,8 @@ The rules, as implemented here:
 - a line starting with ``:`` is a comment; ``name:value`` sets a field, one space after the colon
   is dropped (only one); a line without a colon is a field with an empty value;
 - ``data`` lines append their value and a newline to the data buffer (several join with ``\\n``,
-  the last newline is removed at dispatch); ``event`` sets the type (``message`` when empty);
+  the last newline is removed at dispatch; kept here as a list of values joined at dispatch);
+  ``event`` sets the type (``message`` when empty);
   ``id`` sets the last event id unless the value holds NUL (it persists across events);
   ``retry`` is kept when all ASCII digits; any other field is ignored;
 - at the end of the stream, an event not ended by a blank line is discarded (``pending`` says so).
@@ -122,48 +123,56 @@ class SseParser:
 
     def _lines(self, lines: list[bytes], ts: float | None) -> list[Event]:
         out: list[Event] = []
+        if not self._started and lines:  # the stream's first line: a byte order mark is dropped
+            self._started = True
+            if lines[0].startswith(b"\xef\xbb\xbf"):
+                lines[0] = lines[0][3:]
+        data = self._data  # the values of this event's data lines, joined by "\n" at dispatch
         for raw in lines:
-            if not self._started:  # the stream's first line: a byte order mark is dropped
-                self._started = True
-                if raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]
             if not raw:
                 if self._has_data:
-                    data = "".join(self._data)
-                    out.append(Event(data[:-1], self._type or "message", self._id, self._retry, ts))
-                self._data = []
-                self._data_len = 0
-                self._has_data = False
+                    text = data[0] if len(data) == 1 else "\n".join(data)
+                    out.append(Event(text, self._type or "message", self._id, self._retry, ts))
+                    data = self._data = []
+                    self._data_len = 0
+                    self._has_data = False
                 self._type = ""
+                continue
+            if raw.startswith(b"data:"):  # the common line first: no partition, no decode of "data"
+                value = raw[6:] if raw[5:6] == b" " else raw[5:]
+                self._data_value(value.decode("utf-8", "replace"))
                 continue
             line = raw.decode("utf-8", "replace")
             if line[0] == ":":
                 self.comments += 1
                 continue
-            name, colon, value = line.partition(":")
-            if colon and value[:1] == " ":
-                value = value[1:]
-            if name == "data":
-                self._has_data = True
-                if self._data_len + len(value) >= self._max:
-                    if self._data_len < self._max:
-                        self.oversized += 1
-                        self._data.append(value[: self._max - self._data_len] + "\n")
-                    self._data_len = self._max
-                else:
-                    self._data.append(value + "\n")
-                    self._data_len += len(value) + 1
+            name, colon, text = line.partition(":")
+            if colon and text[:1] == " ":
+                text = text[1:]
+            if name == "data":  # "data" alone: an empty data line
+                self._data_value(text)
             elif name == "event":
-                self._type = value
+                self._type = text
             elif name == "id":
-                if "\0" not in value:
-                    self._id = value
+                if "\0" not in text:
+                    self._id = text
             elif name == "retry":
-                if value.isascii() and value.isdigit():
-                    self._retry = int(value)
+                if text.isascii() and text.isdigit():
+                    self._retry = int(text)
             else:
                 self.unknown_fields += 1
         return out
+
+    def _data_value(self, value: str) -> None:
+        self._has_data = True
+        if self._data_len + len(value) >= self._max:
+            if self._data_len < self._max:
+                self.oversized += 1
+                self._data.append(value[: self._max - self._data_len])
+            self._data_len = self._max
+        else:
+            self._data.append(value)
+            self._data_len += len(value) + 1
 
     def close(self) -> bool:
         """End of stream: True when an event (or a line) was left unfinished; it is discarded."""

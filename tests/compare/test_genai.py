@@ -334,3 +334,33 @@ def test_a_ten_megabyte_event_cut_at_max_body_is_truncated_and_compared():
     gp = comparer.pair(ex, res)
     assert gp is not None and "truncated" in gp.shadow.flags and gp.cls == "truncated"
     assert {"stream_cut", "body_truncated"} <= set(gp.shadow.gen.anomalies)
+
+
+def test_cached_word_embeddings_are_wordllamas_own():
+    import numpy as np
+    from wordllama.inference import WordLlamaInference
+
+    from shadowtap.compare.genai import _norm, wordllama_embedder
+
+    emb = wordllama_embedder()
+    texts = [_norm(answer(p, v)) for p in prompts(12) for v in (1, 2)]
+    texts += ["Столица Франции — Париж.", "東京は日本の首都です。", "I'm sorry, but I can't help."]
+    ours = emb(texts)
+    ours_again = emb(texts)  # from the word cache
+    # wordllama's own embed, over the same tokenizer and weights
+    from pathlib import Path
+
+    import wordllama
+    from safetensors import safe_open
+    from wordllama import WordLlama
+
+    root = Path(wordllama.__file__).parent
+    tokenizer = WordLlama.load_tokenizer(
+        root / "tokenizers" / "l2_supercat_tokenizer_config.json", hf_model_id=None
+    )
+    with safe_open(str(root / "weights" / "l2_supercat_256.safetensors"), framework="np") as f:
+        ref = WordLlamaInference(f.get_tensor("embedding.weight"), tokenizer).embed(
+            texts, norm=True
+        )
+    for a, b, r in zip(ours, ours_again, ref):
+        assert float(np.dot(a, r)) > 0.999 and np.array_equal(a, b)
