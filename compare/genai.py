@@ -100,9 +100,9 @@ def wordllama_embedder() -> Embedder:
     from pathlib import Path
 
     import numpy as np
-    import wordllama
+    import wordllama  # type: ignore[import-untyped]
     from safetensors import safe_open
-    from wordllama import WordLlama
+    from wordllama import WordLlama  # type: ignore[import-untyped]
 
     root = Path(wordllama.__file__).parent
     tokenizer = WordLlama.load_tokenizer(
@@ -445,7 +445,7 @@ class GenAgg:
         self.finish: Counter[tuple[Any, Any]] = Counter()
         self.models: Counter[tuple[Any, Any]] = Counter()
         self.similarity = Reservoir(k, seed, typecode="d")
-        self.metric_sums: Counter[str] = Counter()
+        self.metric_sums: Counter[str] = Counter()  # sums of floats (a Counter adds them too)
         self.metric_n = 0
         self.res: dict[str, Reservoir] = {
             name: Reservoir(k, seed + i + 1, typecode="d")
@@ -513,13 +513,13 @@ class GenAgg:
         elif m is not None:
             sim = m.similarity
             self.metric_n += 1
-            self.metric_sums["edit"] += m.edit
-            self.metric_sums["token_edit"] += m.token_edit
-            self.metric_sums["rouge_l"] += m.rouge_l
+            self.metric_sums["edit"] += m.edit  # type: ignore[assignment]
+            self.metric_sums["token_edit"] += m.token_edit  # type: ignore[assignment]
+            self.metric_sums["rouge_l"] += m.rouge_l  # type: ignore[assignment]
             if math.isfinite(m.length_ratio):
-                self.metric_sums["length_ratio"] += m.length_ratio
+                self.metric_sums["length_ratio"] += m.length_ratio  # type: ignore[assignment]
             if m.semantic is not None:
-                self.metric_sums["semantic"] += m.semantic
+                self.metric_sums["semantic"] += m.semantic  # type: ignore[assignment]
         elif gp.embedding_cosines:
             sim = min(gp.embedding_cosines)
         else:
@@ -527,12 +527,12 @@ class GenAgg:
         self.similarity.add(sim)
         if gp.cls not in ("identical", "equivalent"):
             self._n += 1
-            item = (-sim if gp.cls == "changed" else -sim + 10.0, self._n, {})
             # refusals and errors rank first (+10), then the least similar changes
+            bad = -sim if gp.cls == "changed" else -sim + 10.0
             if len(self._worst) < _WORST:
-                heapq.heappush(self._worst, (item[0], item[1], self._sample(ex, gp, sim, limit)))
-            elif item[0] > self._worst[0][0]:
-                heapq.heapreplace(self._worst, (item[0], item[1], self._sample(ex, gp, sim, limit)))
+                heapq.heappush(self._worst, (bad, self._n, self._sample(ex, gp, sim, limit)))
+            elif bad > self._worst[0][0]:
+                heapq.heapreplace(self._worst, (bad, self._n, self._sample(ex, gp, sim, limit)))
 
     @staticmethod
     def _sample(ex: Exchange, gp: GenPair, sim: float, limit: int) -> dict[str, Any]:
@@ -574,7 +574,7 @@ class GenAgg:
             (self.metric_sums, o.metric_sums),
             (self.dim_changes, o.dim_changes),
         ):
-            mine.update(theirs)  # type: ignore[attr-defined]
+            mine.update(theirs)  # type: ignore[attr-defined,arg-type]
         self.metric_n += o.metric_n
         self.tokens_approx += o.tokens_approx
         self.similarity.merge(o.similarity)
@@ -691,7 +691,7 @@ def genai_metrics(ep: Any, cfg: Any) -> list[Any]:
     gc = cfg.genai
     name = ep.endpoint
     n = g["pairs"]
-    out: list[dict[str, Any]] = []
+    out: list[Any] = []  # Metric records (compare/report.py)
     for flag in FLAGS:
         pc, sc = g["flags"][flag]["primary"], g["flags"][flag]["shadow"]
         if pc == 0 and sc == 0:

@@ -140,6 +140,7 @@ class _Job:
         self.received = 0
         self.attempts = 0
         self.fresh = False  # start a new target connection for it (a new captured connection)
+        self.rx_mono = 0.0  # when the socket read being parsed arrived (streamed bodies' times)
         # The answer's fields are set by reset_answer() when the request is written.
 
     def reset_answer(self) -> None:
