@@ -449,6 +449,57 @@ class Comparison:
             shadow_body=shadow_body,
         )
 
+    # ------------------------------------------------------------------------------ merging
+
+    def merge(self, other: Comparison) -> None:
+        """Fold in the pairs ``other`` compared (``other`` is consumed: its aggregates are taken
+        over, not copied). Comparing A then B in one Comparison and merging a Comparison of A with
+        one of B give the same counts, outcomes, status pairs, per-field diff counts and kinds
+        exactly; reservoirs (latency, values) merge into a sample of both streams whose size is
+        weighted by their counts (the same items while both fit); samples per field are the
+        first ones of self, then of other; noise evidence merges its counters (a counter's
+        increasing run is not followed across the boundary). The endpoint templates learnt apart
+        are united first, so names that fold under the union are merged too.
+
+        The algebra (tests/compare/test_merge.py): merge is associative and commutative on every
+        count; with the empty Comparison as identity. Cost: O(endpoints x (fields + reservoirs))."""
+        if other is self:
+            raise ValueError("cannot merge a Comparison into itself")
+        lim = self.config.limits
+        with self._lock, other._lock:
+            self._templater.merge(other._templater)
+            for name, agg in other._endpoints.items():
+                if name != OTHER_ENDPOINTS:
+                    name = self._templater.retemplate(name)
+                mine = self._endpoints.get(name)
+                if mine is None and len(self._endpoints) >= lim.max_endpoints:
+                    name = OTHER_ENDPOINTS
+                    mine = self._endpoints.get(name)
+                if mine is None:
+                    self._endpoints[name] = agg
+                else:
+                    mine.merge(agg, lim.samples_per_field)
+            self._overall.merge(other._overall, lim.samples_per_field)
+            self.has_baseline = self.has_baseline or other.has_baseline
+            self.started = min(self.started, other.started)
+            self.unmatched_exchanges += other.unmatched_exchanges
+            self.unmatched_results += other.unmatched_results
+            self.input_error_count += other.input_error_count
+            self.input_errors = (self.input_errors + other.input_errors)[:10]
+            self._cache.clear()
+            other._endpoints = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (for other processes and Spark's executors): no lock, no report cache."""
+        state = self.__dict__.copy()
+        del state["_lock"]
+        state["_cache"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     # ---------------------------------------------------------------------------- reporting
 
     def _fold_endpoints(self) -> None:

@@ -63,6 +63,22 @@ class Templater:
             return name
         return f"{method} {self._template(method, path, learn=False)}"
 
+    def merge(self, other: Templater) -> None:
+        """Learn what ``other`` learnt: positions variable in either are variable; literal values
+        seen at one position are united (a position past ``max_distinct`` becomes variable)."""
+        self._variable |= other._variable
+        for pos, seen in other._seen.items():
+            if pos in self._variable:
+                continue
+            mine = self._seen.setdefault(pos, set())
+            mine |= seen
+            if len(mine) > self._config.max_distinct:
+                self._variable.add(pos)
+                del self._seen[pos]
+        for pos in self._variable.intersection(self._seen):
+            del self._seen[pos]
+        self._cache.clear()
+
     def _rule(self, method: str, path: str) -> str | None:
         for rmethod, pattern, template in self._rules:
             if (not rmethod or rmethod == method) and pattern.fullmatch(path):

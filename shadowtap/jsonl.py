@@ -157,8 +157,10 @@ def read_jsonl(
     path: str,
     decode: Callable[[dict[str, Any]], T],
     on_error: Callable[[InputError], None] | None = None,
+    keep: Callable[[bytes], bool] | None = None,
 ) -> Iterator[T]:
-    """Yield ``decode(obj)`` for each line of ``path``.
+    """Yield ``decode(obj)`` for each line of ``path`` (each line ``keep(line)`` accepts, when
+    given: a cheap test on the raw bytes that spares the parse of lines another reader takes).
 
     A malformed line (bad JSON, or ``decode`` raising ValueError/KeyError/TypeError) is reported to
     ``on_error`` as an InputError naming the file and line, and skipped; without ``on_error`` it
@@ -178,7 +180,7 @@ def read_jsonl(
             if not line:
                 return
             lineno += 1
-            if not line.strip():
+            if not line.strip() or (keep is not None and not keep(line)):
                 continue
             try:
                 obj = orjson.loads(line)
