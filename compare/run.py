@@ -17,7 +17,7 @@ from shadowtap.records import Exchange, Result
 
 def run_compare(
     exchanges: str,
-    results: str,
+    results: str | None,
     *,
     baseline: str | None = None,
     ignore: Sequence[str] = (),
@@ -27,7 +27,12 @@ def run_compare(
     quiet: bool = False,
     parquet: str | None = None,
     proto_descriptor: str | None = None,
+    jobs: int = 1,
+    engine: str = "local",
+    spark_master: str = "local[*]",
 ) -> int:
+    """``results`` None: ``exchanges`` is a run directory or a lake. ``jobs`` > 1 or the spark
+    engine: the partitioned comparison (compare/partitioned.py), merged; the same report."""
     cfg = load_config(config).with_ignore(tuple(NoiseRule.parse(r) for r in ignore))
     for out in (html, json_out):  # fail before the work, not after it
         if out and out != "-":
@@ -39,6 +44,15 @@ def run_compare(
         from shadowtap.compare.protobuf import Schema
 
         schema = Schema(proto_descriptor)
+    if results is None or jobs != 1 or engine != "local":
+        from shadowtap.compare.partitioned import compare_inputs
+
+        if schema is not None:
+            raise InputError("read by the one-process comparison only", field="proto_descriptor",
+                             hint="drop --jobs/--engine, or compare without the descriptor")
+        comparison = compare_inputs(exchanges, results, baseline, cfg, jobs=jobs, engine=engine,
+                                    spark_master=spark_master, parquet=parquet)
+        return _report(comparison, False, quiet=quiet, json_out=json_out, html=html)
     comparison = Comparison(cfg, baseline=baseline is not None, proto_schema=schema)
 
     def on_error(err: InputError) -> None:
@@ -77,6 +91,11 @@ def run_compare(
     finally:
         if lake is not None:
             lake.close()
+    return _report(comparison, interrupted, quiet=quiet, json_out=json_out, html=html)
+
+
+def _report(comparison: Comparison, interrupted: bool, *, quiet: bool, json_out: str | None,
+            html: str | None) -> int:
     report = comparison.snapshot(fresh=True)
     report = report.interrupted() if interrupted else report.finished()
     if not quiet:

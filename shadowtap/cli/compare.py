@@ -12,8 +12,8 @@ from shadowtap.cli import app
 
 @app.command()
 def compare(
-    exchanges: Annotated[str, typer.Argument(help="Exchanges JSONL (the primary's requests and responses; .gz ok, - = stdin).")],
-    results: Annotated[str, typer.Argument(help="Results JSONL from `shadowtap replay` (the shadow's responses).")],
+    exchanges: Annotated[str, typer.Argument(help="Exchanges JSONL (the primary's requests and responses; .gz ok, - = stdin), or a run directory, or a Parquet lake.")],
+    results: Annotated[str | None, typer.Argument(help="Results JSONL from `shadowtap replay` (the shadow's responses). Omitted: EXCHANGES is a run directory or a Parquet lake (docs/lake.md).")] = None,
     baseline: Annotated[str | None, typer.Option("--baseline", help="Results of a second instance of the primary's version: differences it shows too are noise (Diffy's method).")] = None,
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help="A field to treat as noise: PATH_GLOB or 'ENDPOINT_GLOB::PATH_GLOB' (e.g. 'body.meta.*', 'GET /users/*::body.etag'). Repeatable.")] = None,
     config: Annotated[str | None, typer.Option("--config", help="Config file (TOML or JSON): thresholds, noise rules, tolerances, endpoint rules. See docs/compare.md.")] = None,
@@ -24,6 +24,9 @@ def compare(
         "--proto-descriptor",
         help="A FileDescriptorSet (protoc --descriptor_set_out, grpcio-tools) for gRPC messages: "
              "fields compared by name (outputs[].fp32_contents), not by number.")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=0, help="Compare in N local processes (partitions by exchange id, merged; 0 = one per CPU). The report is the one-process report.")] = 1,
+    engine: Annotated[str, typer.Option("--engine", help="local (processes on this host) or spark (the same per-partition comparison on Apache Spark, merged on the driver).")] = "local",
+    spark_master: Annotated[str, typer.Option("--spark-master", help="Spark master URL for --engine spark (local[*], spark://host:7077, yarn, k8s://...).")] = "local[*]",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No terminal report; the exit status still carries the verdict.")] = False,
 ) -> None:
     """Compare the shadow's responses with the primary's: content, status, errors, latency.
@@ -33,5 +36,6 @@ def compare(
 
     code = run_compare(exchanges, results, baseline=baseline, ignore=ignore or (), config=config,
                        html=html, json_out=json_out, quiet=quiet or json_out == "-",
-                       parquet=parquet, proto_descriptor=proto_descriptor)
+                       parquet=parquet, proto_descriptor=proto_descriptor, jobs=jobs,
+                       engine=engine, spark_master=spark_master)
     raise typer.Exit(code)
