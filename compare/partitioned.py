@@ -21,10 +21,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import orjson
+
 from shadowtap.compare.aggregate import Comparison
 from shadowtap.compare.config import CompareConfig
 from shadowtap.compare.join import Joiner, join
-
 from shadowtap.errors import InputError
 from shadowtap.jsonl import read_jsonl
 from shadowtap.records import Exchange, Result
@@ -81,7 +81,8 @@ def compare_files(inputs: Inputs, cfg: CompareConfig, part: int = 0, parts: int 
     triples = join(
         read_jsonl(inputs.exchanges, Exchange.from_json, on_error, keep("x")),
         read_jsonl(inputs.results, Result.from_json, on_error, keep("r")),
-        read_jsonl(inputs.baseline, Result.from_json, on_error, keep("b")) if inputs.baseline else None,
+        (read_jsonl(inputs.baseline, Result.from_json, on_error, keep("b"))
+         if inputs.baseline else None),
         joiner,
     )
     for ex, res, base in triples:
@@ -91,7 +92,8 @@ def compare_files(inputs: Inputs, cfg: CompareConfig, part: int = 0, parts: int 
     return c
 
 
-def compare_tagged(lines: Iterable[tuple[str, bytes]], cfg: CompareConfig, baseline: bool) -> Comparison:
+def compare_tagged(lines: Iterable[tuple[str, bytes]], cfg: CompareConfig,
+                   baseline: bool) -> Comparison:
     """A partition given as raw lines tagged ``x`` (exchange), ``r`` (result), ``b`` (baseline),
     in any order (Spark's shuffle): records wait in the joiner for their partners, so memory is
     O(the partition's unmatched records)."""
@@ -185,8 +187,8 @@ def resolve(exchanges: str, results: str | None, baseline: str | None) -> Inputs
         os.path.exists(os.path.join(exchanges, f"exchanges{s}")) for s in (".jsonl", ".jsonl.gz")
     ):
         if baseline:
-            raise InputError("a lake holds no baseline results: compare JSONL files with --baseline",
-                             where=exchanges)
+            raise InputError("a lake holds no baseline results: compare JSONL files with it",
+                             field="baseline")
         lake_files(exchanges)  # fails early when there is nothing to read
         return Inputs(lake=exchanges)
     if os.path.isfile(exchanges) and exchanges.endswith(".parquet"):
@@ -203,12 +205,13 @@ def compare_inputs(exchanges: str, results: str | None, baseline: str | None, cf
     """The Comparison of the inputs, by the engine asked for (the CLI's door)."""
     inputs = resolve(exchanges, results, baseline)
     if parquet:
-        raise InputError("--parquet is written by the one-process comparison of JSONL files",
+        raise InputError("written by the one-process comparison of JSONL files only",
+                         field="parquet",
                          hint="shadowtap export RUN_DIR -o LAKE (or drop --jobs/--engine)")
     if engine == "spark":
         from shadowtap.compare.spark import compare_spark
 
         return compare_spark(inputs, cfg, spark_master, jobs if jobs > 1 else None)
     if engine != "local":
-        raise InputError(f"unknown engine {engine!r} (local, spark)")
+        raise InputError(f"unknown engine {engine!r} (local, spark)", field="engine")
     return compare_local(inputs, cfg, max(1, jobs or os.cpu_count() or 1))

@@ -22,7 +22,6 @@ from typing import Any
 from shadowtap.compare.aggregate import Comparison
 from shadowtap.compare.config import CompareConfig
 from shadowtap.compare.partitioned import Inputs, compare_tagged, merged, partition_of
-
 from shadowtap.errors import InputError, PrerequisiteError
 
 
@@ -43,8 +42,9 @@ def _session(master: str) -> tuple[Any, bool]:
                  .config("spark.sql.execution.arrow.pyspark.enabled", "true")
                  .getOrCreate())
     except Exception as exc:
-        raise PrerequisiteError(f"cannot start Spark ({master}): {exc}",
-                                hint="a Java runtime (default-jre-headless) and a reachable master") from exc
+        raise PrerequisiteError(
+            f"cannot start Spark ({master}): {exc}",
+            hint="a Java runtime (default-jre-headless) and a reachable master") from exc
     spark.sparkContext.setLogLevel("ERROR")
     return spark, ours
 
@@ -84,7 +84,8 @@ def _lake(spark: Any, root: str, cfg: CompareConfig) -> list[bytes]:
             for ex, res, _host in pairs_from_batch(batch):
                 c.add(ex, res)
         state = pickle.dumps(c, protocol=pickle.HIGHEST_PROTOCOL)
-        yield pa.RecordBatch.from_pydict({"state": [state]}, schema=pa.schema([("state", pa.binary())]))
+        schema = pa.schema([("state", pa.binary())])
+        yield pa.RecordBatch.from_pydict({"state": [state]}, schema=schema)
 
     df = spark.read.option("basePath", root).parquet(root)
     rows = df.mapInArrow(compare_batches, "state binary").collect()

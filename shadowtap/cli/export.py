@@ -9,15 +9,25 @@ import typer
 
 from shadowtap.cli import app
 
+_INPUTS = ("A run directory (exchanges.jsonl + results.jsonl, as the mirror writes), or an "
+           "exchanges file and a results file (.gz ok).")
+_OUT = ("The lake directory (created 0700; files 0600). Existing files are kept: runs add to a "
+        "lake.")
+_CONFIG = ("compare's config (endpoint rules, ignored headers, tolerances) for the endpoint names "
+           "and the per-pair diff.")
+_MAX_BODY = "Bytes of each body kept (longer ones are cut and marked body_truncated)."
+
 
 @app.command()
 def export(
-    inputs: Annotated[list[str], typer.Argument(help="A run directory (exchanges.jsonl + results.jsonl, as the mirror writes), or an exchanges file and a results file (.gz ok).")],
-    out: Annotated[str, typer.Option("--out", "-o", help="The lake directory (created 0700; files 0600). Existing files are kept: runs add to a lake.")],
-    host: Annotated[str | None, typer.Option("--host", help="Host name recorded in each row (default: this machine's).")] = None,
-    config: Annotated[str | None, typer.Option("--config", help="compare's config (endpoint rules, ignored headers, tolerances) for the endpoint names and the per-pair diff.")] = None,
-    max_body: Annotated[int, typer.Option("--max-body", min=0, help="Bytes of each body kept (longer ones are cut and marked body_truncated).")] = 65536,
-    rows_per_file: Annotated[int, typer.Option("--rows-per-file", min=1, help="Rows buffered before a file is written per partition.")] = 100_000,
+    inputs: Annotated[list[str], typer.Argument(help=_INPUTS)],
+    out: Annotated[str, typer.Option("--out", "-o", help=_OUT)],
+    host: Annotated[str | None, typer.Option(
+        "--host", help="Host name recorded in each row (default: this machine's).")] = None,
+    config: Annotated[str | None, typer.Option("--config", help=_CONFIG)] = None,
+    max_body: Annotated[int, typer.Option("--max-body", min=0, help=_MAX_BODY)] = 65536,
+    rows_per_file: Annotated[int, typer.Option(
+        "--rows-per-file", min=1, help="Rows buffered before files are written.")] = 100_000,
 ) -> None:
     """Export pairs to a Parquet lake that DuckDB, Spark or pandas read directly."""
     from shadowtap.lake.export import run_export

@@ -46,7 +46,7 @@ SCHEMA = pa.schema(
         ("exchange_id", pa.string()),
         ("copy", pa.int32()),
         ("endpoint", pa.string()),  # METHOD + path template, as compare names it
-        ("ts", pa.timestamp("us", tz="UTC")),  # when the exchange started (its request's first byte)
+        ("ts", pa.timestamp("us", tz="UTC")),  # the exchange's start (its request's first byte)
         ("client", pa.string()),
         ("server", pa.string()),
         ("conn_index", pa.int32()),
@@ -164,8 +164,9 @@ class Rows:
         c["diff_kinds"].append(list(diff.kinds))
         c["request"].append(
             _message(req, mb, ("method", req.method), ("target", req.target)) if req else None)
-        c["primary_response"].append(_message(p, mb, ("status", p.status), ("reason", p.reason)) if p else None)
-        c["shadow_response"].append(_message(s, mb, ("status", s.status), ("reason", s.reason)) if s else None)
+        for col, m in (("primary_response", p), ("shadow_response", s)):
+            c[col].append(
+                _message(m, mb, ("status", m.status), ("reason", m.reason)) if m else None)
         c["date"].append(time.strftime("%Y-%m-%d", time.gmtime(ts)))
         c["endpoint_key"].append(endpoint_key(endpoint))
 
@@ -228,7 +229,8 @@ def pairs_from_batch(batch: pa.RecordBatch | pa.Table) -> Iterator[tuple[Exchang
         req = Request(method=rq["method"], target=rq["target"], **_common(rq)) if rq else None
         ex = Exchange(
             id=cols["exchange_id"][i], client=cols["client"][i], server=cols["server"][i],
-            index=cols["conn_index"][i], request=req, response=_response(cols["primary_response"][i]),
+            index=cols["conn_index"][i], request=req,
+            response=_response(cols["primary_response"][i]),
             anomalies=tuple(cols["anomalies"][i] or ()), ttfb_ms=cols["primary_ttfb_ms"][i],
             total_ms=cols["primary_ms"][i],
         )

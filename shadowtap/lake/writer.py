@@ -63,7 +63,8 @@ class LakeWriter:
         try:
             os.makedirs(root, mode=0o700, exist_ok=True)
         except OSError as exc:
-            raise InputError(f"cannot create the lake directory: {exc.strerror}", where=root) from exc
+            raise InputError(f"cannot create the lake directory: {exc.strerror}",
+                             where=root) from exc
         if not os.access(root, os.W_OK):
             raise InputError("cannot write the lake: directory not writable", where=root)
 
@@ -127,7 +128,8 @@ class LakeWriter:
 
         ds.write_dataset(
             pa.Table.from_batches([batch]), self.root, format="parquet",
-            partitioning=_PARTITIONING, basename_template=f"{self._run}-{self._seq:05d}-{{i}}.parquet",
+            partitioning=_PARTITIONING,
+            basename_template=f"{self._run}-{self._seq:05d}-{{i}}.parquet",
             existing_data_behavior="overwrite_or_ignore", file_visitor=visit,
             max_rows_per_group=64 * 1024,
         )

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
+
 from shadowtap.compare.config import CompareConfig
 from shadowtap.compare.partitioned import Inputs, compare_local, partition_of
-
 from tests.support.pairs import essence, write_run
 from tests.support.prereq import require_tool
 

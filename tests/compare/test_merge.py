@@ -10,9 +10,10 @@ import random
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from shadowtap.compare.aggregate import Comparison
 from shadowtap.compare.config import CompareConfig, LimitsConfig
-
+from shadowtap.compare.report import as_json
 from tests.support.pairs import counts, essence, make_pair
 
 _SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -70,12 +71,12 @@ def test_empty_is_the_identity() -> None:
 
 def test_same_report_and_verdict_when_samples_fit() -> None:
     """While the reservoirs hold every item, the merged report is the whole one, statistics too."""
-    whole = _compare(_PAIRS).snapshot(fresh=True)
+    whole = as_json(_compare(_PAIRS).snapshot(fresh=True))
     merged = Comparison()
     for a, b in _split(400, [90, 250, 333]):
         part = pickle.loads(pickle.dumps(_compare(_PAIRS[a:b])))  # as it crosses processes
         merged.merge(part)
-    report = merged.snapshot(fresh=True)
+    report = as_json(merged.snapshot(fresh=True))
     assert essence(report) == essence(whole)
     for e_whole, e_merged in zip(whole["endpoints"], report["endpoints"]):
         for side in ("primary", "shadow"):  # the same items: the same percentiles
@@ -95,7 +96,7 @@ def test_samples_statistically_when_reservoirs_overflow() -> None:
     assert counts(merged) == counts(whole_c)
     o = merged._overall
     assert len(o.lat_shadow.items) == 50 and o.lat_shadow.count == whole_c._overall.lat_shadow.count
-    whole, report = whole_c.snapshot(fresh=True), merged.snapshot(fresh=True)
+    whole, report = as_json(whole_c.snapshot(fresh=True)), as_json(merged.snapshot(fresh=True))
     assert report["verdict"]["result"] == whole["verdict"]["result"]
     true = sorted(r.total_ms for _, r in _PAIRS if r.total_ms is not None)
     true_p50 = true[len(true) // 2]

@@ -44,7 +44,8 @@ WHERE shadow_ms IS NOT NULL ORDER BY shadow_ms DESC LIMIT 5
 def _export(tmp_path, n: int, *args: str) -> str:
     write_run(str(tmp_path), n)
     lake = str(tmp_path / "lake")
-    out = subprocess.run([*SHADOWTAP, "export", str(tmp_path), "-o", lake, "--host", "agent-1", *args],
+    out = subprocess.run([*SHADOWTAP, "export", str(tmp_path), "-o", lake, "--host", "agent-1",
+                          *args],
                          check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert f"exported {n} pairs" in out.stderr + out.stdout

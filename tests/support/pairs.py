@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import orjson
 
+from shadowtap.compare.report import as_json
 from shadowtap.jsonl import JsonlWriter
 from shadowtap.records import Exchange, Request, Response, Result, ResultError
 
@@ -147,6 +148,7 @@ def counts(c) -> dict:
 def essence(report: dict) -> dict:
     """What two engines' reports must share exactly: the verdict and every count and rate (not
     the generation time, nor which samples were kept, nor sample-based statistics)."""
+    report = as_json(report)  # a typed Report (compare/report.py), or its JSON already
     s = report["summary"]
     return {
         "verdict": (report["verdict"]["result"], report["verdict"]["exit_code"]),
