@@ -69,6 +69,8 @@ class CaptureConfig:
     immediate: bool = False
     spool_dir: str | None = None  # where `capture` makes its private spool directory (default: $TMPDIR)
     spool_max: int | None = None  # bytes the spool may hold (default: capture/spool.py's)
+    sink: str | None = None  # nats://host:port/SUBJECT: exchanges published to JetStream too
+    sink_spool: str | None = None  # the sink's disk buffer (default: lake/nats.py's)
 
     def __post_init__(self) -> None:
         for p in self.ports:
@@ -440,7 +442,8 @@ class ExtractorDied(ShadowtapError):
 
 
 def _extraction_child(extractor: Any, directory: str, control: Any, results: Any, shared: Any,
-                      jsonl_out: str | None, rotate_size: int | None, parent_ends: tuple[Any, ...]) -> None:
+                      jsonl_out: str | None, rotate_size: int | None, parent_ends: tuple[Any, ...],
+                      sink_url: str | None = None, sink_spool: str | None = None) -> None:
     """The extractor process: the spool's frames -> ``extractor`` -> the JSONL. Reports
     ("ready",), then ("done", exchanges, stats, files) or ("error", kind, message, hint, code)."""
     import gc
@@ -468,18 +471,26 @@ def _extraction_child(extractor: Any, directory: str, control: Any, results: Any
     jsonl: RotatingJsonl | None = None
     exchanges = 0
     finished = False
+    sink = None  # the JetStream sink (shadowtap/lake/nats.py): its own thread, spooled when away
 
     def emit(out: list[Exchange]) -> None:
         nonlocal exchanges
         if jsonl is not None:
             for ex in out:
                 jsonl.write(ex.to_json())
+        if sink is not None:
+            for ex in out:
+                sink.on_exchange(ex)
         exchanges += len(out)
         shared[spool.EXCHANGES] = exchanges
 
     try:
         if jsonl_out:
             jsonl = RotatingJsonl(jsonl_out, rotate_size=rotate_size)
+        if sink_url:
+            from shadowtap.lake.nats import open_sink
+
+            sink = open_sink(sink_url, sink_spool)
         results.send(("ready",))
         reader = spool.SpoolReader(directory, control, shared)
         feed = extractor.feed
@@ -503,6 +514,7 @@ def _extraction_child(extractor: Any, directory: str, control: Any, results: Any
         emit(extractor.finish())
         if jsonl is not None:
             jsonl.close()
+        _close_sink(sink)
         if reader.orphaned:
             spool.remove_dir(directory)  # the reader died and cannot remove it
         results.send(("done", exchanges, getattr(extractor, "stats", None), tuple(jsonl.files) if jsonl else ()))
@@ -512,6 +524,7 @@ def _extraction_child(extractor: Any, directory: str, control: Any, results: Any
                 emit(extractor.finish())
         if jsonl is not None:
             jsonl.close()
+        _close_sink(sink)
         if isinstance(exc, ShadowtapError):
             msg = ("error", type(exc).__name__, exc.message, exc.hint, exc.exit_code)
         else:
@@ -523,6 +536,18 @@ def _extraction_child(extractor: Any, directory: str, control: Any, results: Any
                    None, 1)
         with contextlib.suppress(Exception):
             results.send(msg)
+
+
+def _close_sink(sink: Any) -> None:
+    """Publish what waits (bounded by the sink's drain timeout), say what became of it."""
+    if sink is None:
+        return
+    from shadowtap import console
+    from shadowtap.lake.nats import sink_summary
+
+    with contextlib.suppress(Exception):
+        sink.close()
+        console.info(sink_summary(sink))
 
 
 def _child_error(msg: tuple[Any, ...]) -> ShadowtapError:
@@ -633,7 +658,7 @@ def run_spooled_capture(
     res_r, res_w = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_extraction_child, name="shadowtap-extract", daemon=True,
                        args=(extractor, directory, ctl_r, res_w, shared, config.jsonl_out, config.rotate_size,
-                             (ctl_w, res_r)))
+                             (ctl_w, res_r), config.sink, config.sink_spool))
     child = _Child(proc, res_r, shared)
     src: Source | None = None
     pcap: PcapWriter | None = None

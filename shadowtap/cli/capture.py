@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from shadowtap.cli import app
+from shadowtap.cli.options import SINK_HELP, SINK_SPOOL_HELP
 
 _MORE = "Repeatable."
 
@@ -31,6 +32,8 @@ def capture(
     spool_dir: Annotated[str | None, typer.Option("--spool-dir", help="Where the private (0700) spool directory is made: the reader appends the raw frames there and a separate extractor process (SCHED_IDLE: it only takes CPU time nothing else wants) turns them into exchanges, catching up after bursts; removed at the end. Default: $TMPDIR or /tmp. RAW AND UNREDACTED while it exists, like -w.")] = None,
     spool_max: Annotated[float | None, typer.Option("--spool-max", help="MB the spool may hold not yet extracted; beyond it packets are dropped from the extraction and counted (the -w pcap still has them). Default: 2048, or half the free space of --spool-dir if less.", min=1)] = None,
     sched_idle: Annotated[bool, typer.Option("--sched-idle/--no-sched-idle", help="Run the reader under SCHED_IDLE (the default): only on CPU time nothing else wants, so the service's tail latency does not see it (primary p99 at 1,000/s within 5% in docs/benchmarks.md); the kernel buffer (--buffer-mb) absorbs what it cannot read at once, and if the service saturates the CPUs for long enough to fill it, packets are dropped (counted). --no-sched-idle: a normal (--nice) share. The extractor runs SCHED_IDLE either way.")] = True,
+    sink: Annotated[str | None, typer.Option("--sink", help=SINK_HELP)] = None,
+    sink_spool: Annotated[str | None, typer.Option("--sink-spool", help=SINK_SPOOL_HELP)] = None,
     nice: Annotated[int, typer.Option("--nice", help="Lower the reader's CPU priority by this much (0-19) so the service it watches comes first; the kernel buffer (--buffer-mb) absorbs what it cannot read at once. --nice 0 gives it an equal share when the service saturates the CPUs (fewer kernel drops, a slower service).", min=0, max=19)] = 19,
 ) -> None:
     """Capture HTTP exchanges live off IFACE, without touching the application.
@@ -55,7 +58,7 @@ def capture(
         src = EbpfSource(iface, tuple(port or ()), buffer_mb=buffer_mb, ringbuf=False if perf_buffer else None)
         out.print(src.program_text(), markup=False, highlight=False)
         return
-    if not write and not output:
+    if not write and not output and not sink:
         from shadowtap.console import warn
 
         warn("neither -w nor -o given: exchanges are counted, not kept")
@@ -65,6 +68,7 @@ def capture(
         rotate_size=int(rotate_size * 1_000_000) if rotate_size else None,
         buffer_mb=buffer_mb, ringbuf=False if perf_buffer else None,
         spool_dir=spool_dir, spool_max=int(spool_max * 1_000_000) if spool_max else None,
+        sink=sink, sink_spool=sink_spool,
     )
     from shadowtap.capture.live import capture as run
     from shadowtap.priority import lower_priority

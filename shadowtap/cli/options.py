@@ -9,6 +9,10 @@ from typing import Annotated
 import typer
 
 MORE = "Repeatable."
+SINK_HELP = ("Publish to NATS JetStream too: nats://host:4222/SUBJECT (a stream per SUBJECT, made "
+             "if missing; each record acknowledged, with this host's name; docs/lake.md).")
+SINK_SPOOL_HELP = ("The sink's disk buffer while the broker is away (resent in order; the oldest "
+                   "dropped past 1 GiB, counted). Default: $TMPDIR/shadowtap-sink-UID-STREAM.")
 
 Concurrency = Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight to the target at most.", min=1)]
 Timeout = Annotated[float, typer.Option(help="Seconds to wait for the target's complete answer.")]

@@ -1,0 +1,306 @@
+"""Agents streaming to NATS JetStream (nats-py, the maintained client): ``NatsSink`` publishes
+exchanges and results with acknowledgements; ``consume`` reads them back (replay's source).
+
+``--sink nats://host:4222/SUBJECT``: the stream ``stream_name(SUBJECT)`` holds ``SUBJECT.>`` (one
+stream per run: give each run its subject), file storage, created by the first agent. Records go
+to ``SUBJECT.x.<P>`` (exchanges) and ``SUBJECT.r.<P>`` (results), ``P`` = the partition of the
+captured connection (crc32 of client and server, mod ``PARTITIONS``): a connection's exchanges
+stay in one subject, in order. Each message carries the record's JSON (the file formats'), and
+headers ``Shadowtap-Host`` (the agent's host name), ``Shadowtap-Kind`` and ``Nats-Msg-Id`` (the
+record's id: JetStream drops a resent duplicate within its window).
+
+Delivery: a record counts as delivered when JetStream acknowledged it (``acked``). Until then it
+is in memory (at most ``memory_records``) or, when the broker is away or behind, in a disk spool
+(shadowtap/lake/spool.py): resent in order before anything newer, the oldest dropped past
+``spool_bytes`` (``dropped``). ``close`` waits up to ``drain_timeout`` for the spool to empty;
+what is left stays on disk for the next run with the same spool directory.
+
+Threads: the sink runs its own event loop in a thread; ``on_exchange``/``on_result`` may be
+called from any thread and cost an encode and an append.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import orjson
+
+from shadowtap.errors import InputError, PrerequisiteError
+from shadowtap.lake.spool import DiskSpool
+from shadowtap.records import Exchange, Result
+
+PARTITIONS = 16
+EXCHANGE, RESULT = 0, 1
+_KIND = {EXCHANGE: "x", RESULT: "r"}
+_WINDOW = 512  # publishes in flight awaiting their acks
+_ACK_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class SinkUrl:
+    server: str  # nats://host:port
+    subject: str
+
+    @property
+    def stream(self) -> str:
+        return stream_name(self.subject)
+
+
+def parse_sink(url: str) -> SinkUrl:
+    """``nats://host:4222/SUBJECT`` (user:password@ allowed)."""
+    parts = urlsplit(url)
+    subject = parts.path.lstrip("/")
+    if parts.scheme not in ("nats", "tls") or not parts.hostname or not subject:
+        raise InputError(f"not a NATS sink URL {url!r} (nats://host:4222/SUBJECT)", field="sink")
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*", subject):
+        raise InputError(f"subject {subject!r}: letters, digits, - and _ between dots",
+                         field="sink")
+    return SinkUrl(f"{parts.scheme}://{parts.netloc}", subject)
+
+
+def stream_name(subject: str) -> str:
+    return "SHADOWTAP_" + subject.replace(".", "_").replace("-", "_").upper()
+
+
+def partition(client: str, server: str, partitions: int = PARTITIONS) -> int:
+    return zlib.crc32(f"{client}|{server}".encode()) % partitions
+
+
+async def ensure_stream(js: object, url: SinkUrl) -> None:
+    from nats.js.api import StorageType, StreamConfig
+    from nats.js.errors import NotFoundError
+
+    try:
+        await js.stream_info(url.stream)  # type: ignore[attr-defined]
+    except NotFoundError:
+        cfg = StreamConfig(name=url.stream, subjects=[f"{url.subject}.>"],
+                           storage=StorageType.FILE, duplicate_window=600.0)
+        with contextlib.suppress(Exception):  # another agent made it meanwhile
+            await js.add_stream(cfg)  # type: ignore[attr-defined]
+        await js.stream_info(url.stream)  # type: ignore[attr-defined]
+
+
+class NatsSink:
+    """A sink (``on_exchange``/``on_result``/``on_pair``/``close``) publishing to JetStream."""
+
+    def __init__(self, url: str, spool_dir: str, *, host: str | None = None,
+                 memory_records: int = 50_000, spool_bytes: int = 1 << 30,
+                 drain_timeout: float = 30.0, partitions: int = PARTITIONS) -> None:
+        try:
+            import nats  # noqa: F401
+        except ImportError as exc:
+            raise PrerequisiteError("nats-py is not installed",
+                                    hint="pip install 'shadowtap[nats]'") from exc
+        self.url = parse_sink(url)
+        self.host = host or socket.gethostname()
+        self.partitions = partitions
+        self.memory_records = memory_records
+        self.drain_timeout = drain_timeout
+        self.spool = DiskSpool(spool_dir, max_bytes=spool_bytes)
+        self.acked = 0
+        self.published = 0  # publish attempts (resends included)
+        self.connected = False
+        self._mem: deque[tuple[int, str, bytes]] = deque()
+        self._lock = threading.Lock()  # _mem and spool between producers and the publisher
+        self._closing = False
+        self._wake: asyncio.Event | None = None
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nats-sink", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    @property
+    def dropped(self) -> int:
+        return self.spool.dropped
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._mem) + self.spool.records
+
+    # ------------------------------------------------------------------ sink interface
+    def on_exchange(self, ex: Exchange) -> None:
+        p = partition(ex.client, ex.server, self.partitions)
+        self._put(EXCHANGE, f"x-{ex.id}", p, orjson.dumps(ex.to_json()))
+
+    def on_result(self, res: Result, exchange: Exchange | None = None) -> None:
+        p = partition(exchange.client, exchange.server, self.partitions) if exchange else 0
+        self._put(RESULT, f"r-{res.exchange_id}-{res.copy}", p, orjson.dumps(res.to_json()))
+
+    def on_pair(self, pair: object) -> None:  # a pair's records were published as they came
+        pass
+
+    def _put(self, kind: int, msg_id: str, part: int, payload: bytes) -> None:
+        # The partition travels in the id's record: "<kind>-<id>" plus the subject token.
+        rec = (kind, f"{part}:{msg_id}", payload)
+        with self._lock:
+            if self.spool or len(self._mem) >= self.memory_records:
+                self.spool.append(*rec)  # order: nothing overtakes what waits on disk
+            else:
+                self._mem.append(rec)
+        if self._wake is not None and not self._wake.is_set():
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def close(self) -> None:
+        """Publish what waits (up to ``drain_timeout``), then stop; the rest stays spooled."""
+        self._closing = True
+        if self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        self._thread.join(self.drain_timeout + 10)
+        with self._lock:
+            while self._mem:  # never published: to disk, for the next run
+                self.spool.append(*self._mem.popleft())
+            self.spool.close()
+
+    # ------------------------------------------------------------------ publisher
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        import nats
+
+        self._wake = asyncio.Event()
+        self._ready.set()
+
+        async def up() -> None:
+            self.connected = True
+
+        async def down() -> None:
+            self.connected = False
+
+        nc = None
+        deadline = None
+        while True:
+            if nc is None:
+                try:
+                    nc = await nats.connect(
+                        self.url.server, name=f"shadowtap-agent-{self.host}",
+                        max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+                        connect_timeout=2, reconnected_cb=up, disconnected_cb=down,
+                        allow_reconnect=True)
+                    js = nc.jetstream(publish_async_max_pending=_WINDOW * 2)
+                    await ensure_stream(js, self.url)
+                    self.connected = True
+                except Exception:  # noqa: BLE001 - the broker away: spool, retry
+                    if nc is not None:
+                        with contextlib.suppress(Exception):
+                            await nc.close()
+                    nc = None
+                    self._to_disk()
+            if self._closing and deadline is None:
+                deadline = time.monotonic() + self.drain_timeout
+            if deadline is not None and (time.monotonic() > deadline or not self.waiting):
+                break
+            if nc is None or not self.connected:
+                await self._nap(0.25)
+                continue
+            batch, from_spool = self._take()
+            if not batch:
+                await self._nap(0.5)
+                continue
+            ok = await self._publish(js, batch)
+            with self._lock:
+                if from_spool:
+                    self.spool.ack(batch[:ok])
+                elif ok < len(batch):
+                    # the failed tail, then everything newer, to disk in order
+                    for rec in batch[ok:]:
+                        self.spool.append(*rec)
+                    while self._mem:
+                        self.spool.append(*self._mem.popleft())
+            if ok < len(batch):
+                await self._nap(0.25)
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    async def _nap(self, seconds: float) -> None:
+        assert self._wake is not None
+        self._wake.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    def _to_disk(self) -> None:
+        with self._lock:
+            while self._mem:
+                self.spool.append(*self._mem.popleft())
+
+    def _take(self) -> tuple[list[tuple[int, str, bytes]], bool]:
+        with self._lock:
+            if self.spool:
+                return self.spool.peek(_WINDOW), True
+            batch = [self._mem.popleft() for _ in range(min(_WINDOW, len(self._mem)))]
+            return batch, False
+
+    async def _publish(self, js: object, batch: list[tuple[int, str, bytes]]) -> int:
+        """Publish a window; the number of leading records acknowledged."""
+        futures = []
+        try:
+            for kind, ident, payload in batch:
+                part, _, msg_id = ident.partition(":")
+                futures.append(await js.publish_async(  # type: ignore[attr-defined]
+                    f"{self.url.subject}.{_KIND[kind]}.{part}", payload,
+                    headers={"Nats-Msg-Id": msg_id, "Shadowtap-Host": self.host,
+                             "Shadowtap-Kind": _KIND[kind]}))
+                self.published += 1
+            done = await asyncio.wait_for(
+                asyncio.gather(*futures, return_exceptions=True), _ACK_TIMEOUT)
+        except Exception:  # noqa: BLE001 - timeouts, a closed connection: count what was acked
+            done = [f.result() if f.done() and not f.cancelled() and f.exception() is None
+                    else None for f in futures]
+            for f in futures:
+                f.cancel()
+        ok = 0
+        for r in done:
+            if r is None or isinstance(r, BaseException):
+                break
+            ok += 1
+        self.acked += ok
+        return ok
+
+
+# ---------------------------------------------------------------------------------- consuming
+
+
+async def consume(url: str, durable: str, *, kind: str = "x", batch: int = 256,
+                  idle_timeout: float = 2.0, partitions: int = PARTITIONS
+                  ) -> AsyncIterator[tuple[dict, str, object]]:
+    """Records of ``kind`` from the stream, as a member of the durable consumer group
+    ``durable``: yields (record JSON, host, message); the caller acks the message when done.
+
+    Ordering rule: a connection's records are in one partition subject; each partition has its
+    own durable consumer (``durable``-p``N``) with ``max_ack_pending`` 1 per puller... see
+    docs/lake.md. Ends after ``idle_timeout`` seconds without a message."""
+    raise NotImplementedError
+
+
+def default_spool_dir(url: str) -> str:
+    """Where an agent spools for ``url`` unless told: per user and stream, kept across runs (a
+    restarted agent resends what it had not published)."""
+    import os
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(),
+                        f"shadowtap-sink-{os.getuid()}-{parse_sink(url).stream.lower()}")
+
+
+def open_sink(url: str, spool_dir: str | None = None, **kw: object) -> NatsSink:
+    return NatsSink(url, spool_dir or default_spool_dir(url), **kw)  # type: ignore[arg-type]
+
+
+def sink_summary(sink: NatsSink) -> str:
+    return (f"sink {sink.url.server}/{sink.url.subject}: {sink.acked} acknowledged, "
+            f"{sink.dropped} dropped, {sink.waiting} spooled for the next run "
+            f"({sink.spool.directory})")
