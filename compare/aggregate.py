@@ -490,15 +490,19 @@ class Comparison:
             other._endpoints = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        """Picklable (for other processes and Spark's executors): no lock, no report cache."""
+        """Picklable (for other processes and Spark's executors): no lock, no report cache, no
+        generative comparer."""
         state = self.__dict__.copy()
         del state["_lock"]
         state["_cache"] = {}
+        state["_genai"] = None  # a comparer (models, caches): made anew from the config
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        if self.config.genai.enabled:
+            self._genai = GenAiComparer(self.config.genai)
 
     # ---------------------------------------------------------------------------- reporting
 
