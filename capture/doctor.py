@@ -133,7 +133,7 @@ def check_ringbuf() -> Check:
 
 
 def check_libpcap() -> Check:
-    from shadowtap.capture.afpacket import libpcap_name
+    from shadowtap.capture.libpcap import libpcap_name
 
     lib = libpcap_name()
     if lib:

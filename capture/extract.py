@@ -20,8 +20,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from shadowtap.capture.extractor import Extractor, ExtractStats
 from shadowtap.capture.pcapfile import read_packets
-from shadowtap.capture.pipeline import Extractor, ExtractStats
+
 from shadowtap.errors import InputError
 from shadowtap.records import Exchange
 
@@ -241,7 +242,7 @@ def print_summary(summary: ExtractSummary, paths: Sequence[str]) -> None:
 # -- several worker processes -------------------------------------------------------------------
 #
 # Worker k of n reads every packet and keeps the connections whose 4-tuple falls in share k
-# (capture.pipeline's ``shard``: for the common Ethernet/IPv4 frame the share is read off the raw
+# (capture.extractor's ``shard``: for the common Ethernet/IPv4 frame the share is read off the raw
 # bytes, so the other shares' packets cost a read and one unpack, no decoding). It writes to a pipe
 # one line per exchange, ``<order key: 48 hex digits><json>``, in its request-time order, then
 # ``#<stats json>`` and, on damage, ``!<error json>``. The key's bytes sort as the order key does

@@ -33,6 +33,7 @@ from enum import Enum
 from typing import IO, Any
 
 from shadowtap.capture.source import Frame, Source, SourceStats
+
 from shadowtap.errors import InputError, PrerequisiteError, ShadowtapError
 from shadowtap.jsonl import JsonlWriter, create_private
 from shadowtap.records import Exchange
@@ -238,8 +239,8 @@ def _check_output(path: str) -> None:
 
 def open_source(config: CaptureConfig) -> tuple[Source, str]:
     """The opened source for ``config.backend`` and why it was chosen (for ``auto``)."""
-    from shadowtap.capture.afpacket import PcapSource
     from shadowtap.capture.ebpf import EbpfSource
+    from shadowtap.capture.libpcap import PcapSource
 
     if config.backend is Backend.PCAP:
         src: Source = PcapSource(config.iface, config.ports, buffer_mb=config.buffer_mb, immediate=config.immediate)
@@ -324,7 +325,7 @@ def run_capture(
     on_started: Callable[[Source, str], None] | None = None,
 ) -> CaptureSummary:
     """Capture until ``stop_event`` is set, ``config.duration`` has passed or ``config.count``
-    exchanges were recorded; feed every frame to ``extractor`` (capture/pipeline.py's Extractor)
+    exchanges were recorded; feed every frame to ``extractor`` (capture/extractor.py's Extractor)
     in this process, as it arrives; write the outputs of ``config``; call ``on_exchange`` for each
     exchange, in the order written. The live mirror's path (its Extractor's on_request fires in
     real time); `shadowtap capture` takes ``run_spooled_capture``.
@@ -813,7 +814,8 @@ def capture(config: CaptureConfig, *, keep_secrets: bool = False, secret_headers
     """`shadowtap capture`: run until Ctrl-C, SIGTERM, --duration or --count; live figures on a
     terminal (stderr), a summary at the end. SIGINT and SIGTERM stop the capture cleanly (hooks
     detached, in-flight exchanges written, files closed); a second Ctrl-C interrupts at once."""
-    from shadowtap.capture.pipeline import Extractor
+    from shadowtap.capture.extractor import Extractor
+
     from shadowtap import console
     from shadowtap.redact import Redactor, key_path
 

@@ -1,4 +1,4 @@
-"""What a live source (capture/ebpf.py, capture/afpacket.py) gives capture/live.py.
+"""What a live source (capture/ebpf.py, capture/libpcap.py) gives capture/live.py.
 
 A source is opened on one interface with a port filter applied in the kernel, hands over batches of
 whole frames with their link type and capture time, and counts what it lost. It owns kernel

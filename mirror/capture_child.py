@@ -244,7 +244,7 @@ def child_main(fd: int, stop_fd: int, cfg: Any, policy: Policy, shadow_eps: froz
     """The capture process. Ends when ``stop_fd`` becomes readable (the parent wrote to it or
     closed it), on SIGTERM, when the pipe breaks, or when the capture fails (an ERROR frame)."""
     from shadowtap.capture.live import Backend, CaptureConfig, run_capture
-    from shadowtap.capture.pipeline import Extractor
+    from shadowtap.capture.extractor import Extractor
 
     _die_with_parent()
     stop = threading.Event()

@@ -44,11 +44,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httptools
-from shadowtap.capture.http1 import decoded_length
 from shadowtap.replay.policy import Prepared, Target
 
 from shadowtap.errors import TargetError
 from shadowtap.records import Response, Result, ResultError, request_line_problem
+from shadowtap.wire.content import decoded_length
 from shadowtap.wire.genai import is_stream_type
 
 

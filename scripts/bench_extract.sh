@@ -6,7 +6,8 @@
 #   tshark -r FILE -Y http.response -T fields -e http.response.code
 # and prints exchanges/s for both, the ratio, and shadowtap's peak RSS (GNU time).
 # Usage: scripts/bench_extract.sh [CAPTURE]  (env: BENCH_REQUESTS=100000 BENCH_CONNS=8, BENCH_KEEP=copy.pcap,
-#        BENCH_CPU=1 BENCH_ROUNDS=3 BENCH_JOBS=$(nproc))
+#        BENCH_CPU=1 BENCH_ROUNDS=3 BENCH_JOBS=$(nproc), BENCH_SHADOWTAP=command to measure (another build,
+#        for a before/after in the same session; default .venv/bin/shadowtap))
 # Needs root (tcpdump on lo). Goal (issue 2): ratio >= 2, peak RSS < 200 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,20 +66,21 @@ rounds=${BENCH_ROUNDS:-3}
 # Then, unpinned, shadowtap with one worker process per CPU (--jobs) against tshark unpinned: what a
 # user gets from the whole machine (tshark dissects on one thread).
 jobs=${BENCH_JOBS:-$(nproc)}
+read -r -a st_cmd <<<"${BENCH_SHADOWTAP:-.venv/bin/shadowtap}"
 for r in $(seq "$rounds"); do
   /usr/bin/time -f "%e %U %S %M" -o "$work/st.$r.time" taskset -c "$cpu" \
-    .venv/bin/shadowtap extract "$capture" -j 1 -o "$work/st.jsonl" 2>"$work/st.err"
+    "${st_cmd[@]}" extract "$capture" -j 1 -o "$work/st.jsonl" 2>"$work/st.err"
   /usr/bin/time -f "%e %U %S %M" -o "$work/ts.$r.time" taskset -c "$cpu" \
     tshark -r "$capture" -Y http.response -T fields -e http.response.code >"$work/ts.out" 2>/dev/null
   /usr/bin/time -f "%e %U %S %M" -o "$work/stj.$r.time" \
-    .venv/bin/shadowtap extract "$capture" -j "$jobs" -o "$work/stj.jsonl" 2>"$work/stj.err"
+    "${st_cmd[@]}" extract "$capture" -j "$jobs" -o "$work/stj.jsonl" 2>"$work/stj.err"
   /usr/bin/time -f "%e %U %S %M" -o "$work/tsu.$r.time" \
     tshark -r "$capture" -Y http.response -T fields -e http.response.code >"$work/tsu.out" 2>/dev/null
 done
 cmp -s "$work/st.jsonl" "$work/stj.jsonl" || echo "WARNING: --jobs $jobs output differs from one process's"
 # What the default (--jobs 0) picks for this capture right now: 1 + the CPUs the load average
 # leaves wholly idle (the load includes this benchmark's own previous runs).
-auto=$(.venv/bin/python -c 'import sys; from capture.extract import _auto_jobs, _file_sizes; print(_auto_jobs(_file_sizes(sys.argv[1:])))' "$capture")
+auto=$(.venv/bin/python -c 'import sys; from shadowtap.capture.extract import _auto_jobs, _file_sizes; print(_auto_jobs(_file_sizes(sys.argv[1:])))' "$capture")
 st_n=$(wc -l < "$work/st.jsonl")
 ts_n=$(wc -l < "$work/ts.out")
 

@@ -244,8 +244,17 @@ def parse_endpoint(text: str) -> tuple[str, int]:
 def exchange_id(client: str, server: str, conn_start_ts: float, index: int) -> str:
     """Unique and stable for the same input: the connection (its endpoints and the timestamp of its
     first packet, in whole microseconds as a pcap keeps it) and the position on it."""
-    key = f"{client}|{server}|{round(conn_start_ts * 1_000_000)}|{index}"
-    return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+    return exchange_id_at(exchange_id_prefix(client, server, conn_start_ts), index)
+
+
+def exchange_id_prefix(client: str, server: str, conn_start_ts: float) -> str:
+    """The connection's part of ``exchange_id``'s key (the Extractor formats it once a connection)."""
+    return f"{client}|{server}|{round(conn_start_ts * 1_000_000)}|"
+
+
+def exchange_id_at(prefix: str, index: int) -> str:
+    """``exchange_id`` of the ``index``-th exchange of the connection of ``prefix``."""
+    return hashlib.blake2b((prefix + str(index)).encode(), digest_size=8).hexdigest()
 
 
 H2_OUTCOMES = ("complete", "reset", "refused", "truncated")

@@ -109,7 +109,7 @@ def flow():
 
 def run_extractor(frames, **kwargs):
     """Every exchange the Extractor produces for ``frames`` (feed + finish), and the extractor."""
-    from shadowtap.capture.pipeline import Extractor
+    from shadowtap.capture.extractor import Extractor
 
     kwargs.setdefault("keep_secrets", True)
     ex = Extractor(**kwargs)

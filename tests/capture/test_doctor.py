@@ -11,8 +11,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import tests.support.live_lab as lab
 import pytest
+
+import tests.support.live_lab as lab
 
 NOBODY = 65534
 

@@ -11,8 +11,9 @@ import subprocess
 import sys
 import threading
 
-import tests.support.live_lab as lab
 import pytest
+
+import tests.support.live_lab as lab
 
 
 def require_bcc() -> None:

@@ -1,4 +1,4 @@
-"""capture/http1.py: HTTP/1.x parsing and pairing on crafted byte streams (the reassembler's output)."""
+"""shadowtap/wire/http1/: HTTP/1.x parsing and pairing on crafted byte streams (the reassembler's output)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import brotli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shadowtap.capture import http1
-from shadowtap.capture.http1 import Conversation, Event, decoded_length
+from shadowtap.wire.content import decoded_length
+from shadowtap.wire.http1 import Conversation, Event
+from shadowtap.wire.http1 import _headers as http1
 
 
 def play(*steps, midstream=False, max_body=1 << 20, split=None):

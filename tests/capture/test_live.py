@@ -15,8 +15,9 @@ import sys
 import uuid
 from pathlib import Path
 
-import tests.support.live_lab as lab
 import pytest
+
+import tests.support.live_lab as lab
 
 PY_CLIENT = r'''
 import http.client, sys
@@ -116,8 +117,9 @@ def check_run(workdir: Path, agent, tcpdump, port: int, expected: int, marker: s
 
 
 def payload_bytes(path: Path) -> int:
-    from shadowtap.capture.decode import decode
     from shadowtap.capture.pcapfile import read_packets
+
+    from shadowtap.wire.frames import decode
 
     total = 0
     for _ts, linktype, frame in read_packets(str(path)):

@@ -21,12 +21,12 @@ import sys
 import threading
 from pathlib import Path
 
-import tests.support.live_lab as lab
 import pytest
-
 from shadowtap.capture import spool
 from shadowtap.capture.live import PcapWriter
 from shadowtap.capture.pcapfile import read_packets
+
+import tests.support.live_lab as lab
 
 
 def _frames(n: int, seed: int = 3) -> list[tuple[int, bytes, int]]:

@@ -1,4 +1,4 @@
-"""Helpers of the live-capture tests (test_live.py, test_ebpf.py, test_afpacket.py, test_doctor.py):
+"""Helpers of the live-capture tests (test_live.py, test_ebpf.py, test_libpcap.py, test_doctor.py):
 a real nginx in a namespace, the capture agent and tcpdump as real processes, waiting on
 conditions (never on a fixed sleep), and exchange comparison "all but timestamps".
 

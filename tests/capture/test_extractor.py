@@ -1,4 +1,4 @@
-"""capture/pipeline.py: the Extractor on crafted frames: order, ids, timing, events, redaction,
+"""capture/extractor.py: the Extractor on crafted frames: order, ids, timing, events, redaction,
 filters, limits; and the property that any split, reordering and duplication of a valid
 conversation's segments yields the same exchanges."""
 
@@ -9,11 +9,11 @@ import random
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from shadowtap.capture.extractor import Extractor, RequestEvent, _conn_key, _raw_conn_key
 
-from shadowtap.capture.decode import decode
-from shadowtap.capture.pipeline import Extractor, RequestEvent, _conn_key, _raw_conn_key
 from shadowtap.records import Exchange, exchange_id
 from shadowtap.redact import Redactor
+from shadowtap.wire.frames import decode
 
 REQ1 = b"GET /one HTTP/1.1\r\nHost: svc\r\nAuthorization: Bearer s3cret\r\n\r\n"
 RESP1 = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nSet-Cookie: sid=1\r\n\r\none"

@@ -20,6 +20,7 @@ import os
 import select
 
 from shadowtap.capture.source import Frame, SourceStats
+
 from shadowtap.errors import InputError, PrerequisiteError
 
 MAX_BATCH = 8192  # frames a read returns at most, so the caller's loop keeps its 1 s rhythm
@@ -60,7 +61,15 @@ def libpcap_name() -> str | None:
     return None
 
 
+_LIB: ctypes.CDLL | None = None
+
+
 def _libpcap() -> ctypes.CDLL:
+    """libpcap, loaded and its signatures declared once a process (the live source and the BPF
+    filter share it)."""
+    global _LIB
+    if _LIB is not None:
+        return _LIB
     name = libpcap_name()
     if not name:
         raise PrerequisiteError("libpcap is missing", hint="apt-get install libpcap0.8")
@@ -83,7 +92,43 @@ def _libpcap() -> ctypes.CDLL:
     lib.pcap_next_ex.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.POINTER(_PktHdr)), ctypes.POINTER(ctypes.c_void_p)]
     lib.pcap_stats.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Stat)]
     lib.pcap_close.argtypes = [ctypes.c_void_p]
+    lib.pcap_open_dead.restype = ctypes.c_void_p
+    lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
+    lib.pcap_offline_filter.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p]
+    _LIB = lib
     return lib
+
+
+class _OfflineHdr(ctypes.Structure):
+    _fields_ = [("ts", _Timeval), ("caplen", ctypes.c_uint32), ("len", ctypes.c_uint32)]
+
+
+class BpfFilter:
+    """A BPF filter expression run on each frame by libpcap (``pcap_offline_filter``), compiled
+    once per link type. Costs one C call per frame."""
+
+    def __init__(self, expr: str) -> None:
+        self.expr = expr
+        self._lib = _libpcap()
+        self._programs: dict[int, _BpfProgram] = {}
+        self._hdr = _OfflineHdr()
+        self.program(1)  # a bad expression fails now, not at the first packet
+
+    def program(self, linktype: int) -> _BpfProgram:
+        prog = self._programs.get(linktype)
+        if prog is None:
+            handle = self._lib.pcap_open_dead(linktype, SNAPLEN)
+            prog = _BpfProgram()
+            if self._lib.pcap_compile(handle, ctypes.byref(prog), self.expr.encode(), 1, _PCAP_NETMASK_UNKNOWN) != 0:
+                msg = self._lib.pcap_geterr(handle).decode(errors="replace")
+                raise InputError(f"bad filter expression {self.expr!r}: {msg}", field="bpf_filter")
+            self._programs[linktype] = prog
+        return prog
+
+    def match(self, linktype: int, frame: bytes) -> bool:
+        hdr = self._hdr
+        hdr.caplen = hdr.len = len(frame)
+        return bool(self._lib.pcap_offline_filter(ctypes.byref(self.program(linktype)), ctypes.byref(hdr), frame))
 
 
 def port_filter(ports: tuple[int, ...]) -> str:

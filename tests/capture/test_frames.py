@@ -1,4 +1,4 @@
-"""capture/decode.py: frames built by scapy (an independent encoder) decode to the right segment, for
+"""shadowtap/wire/frames.py: frames built by scapy (an independent encoder) decode to the right segment, for
 every supported link type, VLAN tags, IPv4 options, IPv6 extension headers; anything else is None
 and no input raises."""
 
@@ -14,7 +14,7 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6
 from scapy.layers.l2 import CookedLinux, Dot1AD, Dot1Q, Ether, Loopback
 from scapy.packet import Raw
 
-from shadowtap.capture.decode import ACK, PSH, SUPPORTED_LINKTYPES, decode, format_ip
+from shadowtap.wire.frames import ACK, PSH, SUPPORTED_LINKTYPES, decode, format_ip
 
 PAYLOAD = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import socket
 import threading
 
-import tests.support.live_lab as lab
 import pytest
+from shadowtap.capture.libpcap import SNAPLEN, PcapSource, port_filter
 
-from shadowtap.capture.afpacket import SNAPLEN, PcapSource, port_filter
-from shadowtap.capture.decode import decode
+import tests.support.live_lab as lab
+from shadowtap.wire.frames import decode
 
 
 class Sink:

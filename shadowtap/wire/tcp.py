@@ -25,8 +25,8 @@ from collections.abc import Callable, Collection
 from enum import IntEnum
 from typing import Any, NamedTuple
 
-from shadowtap.capture.decode import ACK, FIN, RST, SYN, Segment, format_ip
 from shadowtap.records import format_endpoint
+from shadowtap.wire.frames import ACK, FIN, RST, SYN, Segment, format_ip
 
 MASK = 0xFFFFFFFF
 _RECENT = 4  # delivered segments kept per direction to check retransmissions against
@@ -248,7 +248,7 @@ class Connection:
         self.s2c = HalfStream()
         self.state = _STATE_OPEN
         self.app: Any = None
-        self.id_prefix = ""  # the consumer's cache (capture.pipeline: the exchange ids' key prefix)
+        self.id_prefix = ""  # the consumer's cache (the Extractor: the exchange ids' key prefix)
         self.client_isn: int | None = None
 
     @property
@@ -367,7 +367,7 @@ class Reassembler:
         next in sequence, nothing held either way, no SYN, FIN or RST, and no sweep due. Takes
         its payload (the caller delivers it: one DATA event's worth) and returns (connection,
         from the client); else None with nothing changed, and the caller calls ``feed``. Same
-        state afterwards as ``feed`` would leave (tests/capture/test_reassembly.py checks both
+        state afterwards as ``feed`` would leave (tests/capture/test_tcp.py checks both
         lanes agree). O(1): one dictionary lookup."""
         if ts >= self._next_sweep:
             return None

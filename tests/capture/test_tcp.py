@@ -1,4 +1,4 @@
-"""capture/reassembly.py: segments in, ordered streams with gaps out."""
+"""shadowtap/wire/tcp.py: segments in, ordered streams with gaps out."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shadowtap.capture.decode import decode
-from shadowtap.capture.reassembly import Kind, Reassembler
+from shadowtap.wire.frames import decode
+from shadowtap.wire.tcp import Kind, Reassembler
 
 ACK, PSH, SYN, FIN, RST = 0x10, 0x08, 0x02, 0x01, 0x04
 
@@ -201,8 +201,9 @@ def test_any_split_reorder_duplication_gives_the_same_stream(flow, data):
     st.binary(max_size=40),
 ), max_size=30))
 def test_random_segments_never_raise_through_reassembly_and_parsing(segments):
-    from shadowtap.capture.decode import Segment
-    from shadowtap.capture.pipeline import Extractor
+    from shadowtap.capture.extractor import Extractor
+
+    from shadowtap.wire.frames import Segment
 
     ex = Extractor(keep_secrets=True, max_held_bytes=64)
     c, s = b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02"
@@ -216,7 +217,7 @@ def test_random_segments_never_raise_through_reassembly_and_parsing(segments):
 
 def _lanes_agree(segments):
     """Feed ``(ts, Segment)``s to a reassembler through ``feed`` alone and to another through
-    ``feed_in_order`` first (``feed`` when it declines), as the pipeline does: the same events
+    ``feed_in_order`` first (``feed`` when it declines), as the Extractor does: the same events
     (one DATA event for each segment the in-order lane took) and the same state."""
     a, b = Reassembler(max_held_bytes=64), Reassembler(max_held_bytes=64)
     ev_a, ev_b = [], []
@@ -242,7 +243,7 @@ def _lanes_agree(segments):
     st.floats(min_value=0.0, max_value=0.9),  # time step: sweeps fall between some segments
 ), max_size=40))
 def test_in_order_lane_agrees_with_feed_on_random_segments(segments):
-    from shadowtap.capture.decode import Segment
+    from shadowtap.wire.frames import Segment
 
     c, s = b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02"
     ts = 1.0

@@ -1,7 +1,7 @@
 """Sans-I/O HTTP/1.x parsing and request/response pairing for one TCP connection.
 
 ``Conversation`` takes the two ordered byte streams of a connection (``data``, ``gap``, ``end`` per
-direction, from capture.reassembly) and appends ``(Event, Transaction)`` pairs to ``events``:
+direction, from shadowtap.wire.tcp) and appends ``(Event, Transaction)`` pairs to ``events``:
 ``OPENED`` when a transaction begins (the first byte of a request, or a response with no request to
 answer), ``REQUEST`` when its request is complete on the wire, ``DONE`` when it is finished. It never
 reads a file or a socket.
@@ -28,348 +28,45 @@ segmentation of a conversation alike.
 
 from __future__ import annotations
 
-import re
-import zlib
-from enum import IntEnum
-from typing import Any
-
 from shadowtap.records import Request, Response
+from shadowtap.wire.anomalies import Anomaly
+from shadowtap.wire.content import decoded_length
 from shadowtap.wire.genai import is_stream_type
-
-try:
-    import brotli
-except ImportError:  # pragma: no cover - brotli is a dependency; br bodies get no decoded_len
-    brotli = None
-
-
-class Event(IntEnum):
-    OPENED = 0
-    REQUEST = 1
-    DONE = 2
-
-
-
-# Enum members bound once: attribute access on an Enum class costs ~0.3 us.
-_EVENT_DONE = Event.DONE
-_EVENT_OPENED = Event.OPENED
-_EVENT_REQUEST = Event.REQUEST
-
-
-class State(IntEnum):
-    HEAD = 0
-    BODY_LENGTH = 1
-    CHUNK_SIZE = 2
-    CHUNK_DATA = 3
-    CHUNK_END = 4
-    TRAILERS = 5
-    BODY_CLOSE = 6
-    WAIT = 7  # request side: a CONNECT/Upgrade request waits for the response's verdict
-    TUNNEL = 8
-    SYNC = 9
-    DEAD = 10
-
-
-
-# Enum members bound once: attribute access on an Enum class costs ~0.3 us.
-_STATE_BODY_CLOSE = State.BODY_CLOSE
-_STATE_BODY_LENGTH = State.BODY_LENGTH
-_STATE_CHUNK_DATA = State.CHUNK_DATA
-_STATE_CHUNK_END = State.CHUNK_END
-_STATE_CHUNK_SIZE = State.CHUNK_SIZE
-_STATE_DEAD = State.DEAD
-_STATE_HEAD = State.HEAD
-_STATE_SYNC = State.SYNC
-_STATE_TRAILERS = State.TRAILERS
-_STATE_TUNNEL = State.TUNNEL
-_STATE_WAIT = State.WAIT
-
-
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_REQ_LINE = rb"[A-Za-z][A-Za-z0-9_.!#$%&'*+^`|~-]{0,31}[ \t]+[^\s]+(?:[ \t]+[^\s]+)*?[ \t]+HTTP/\d\.\d[ \t]*\r?\n"
-_RESP_LINE = rb"HTTP/\d\.\d[ \t]+\d\d\d"
-_SYNC_AT = {True: re.compile(_REQ_LINE), False: re.compile(_RESP_LINE)}
-_SYNC_AFTER_NL = {True: re.compile(rb"\n(?=" + _REQ_LINE + rb")"), False: re.compile(rb"\n(?=" + _RESP_LINE + rb")")}
-_SYNC_KEEP = 256  # bytes kept after a failed resync search (a message start may straddle segments)
-_SYNC_GIVE_UP = 1 << 20  # bytes searched without finding any message: the stream is not HTTP
-
-
-class Transaction:
-    """One exchange in the making (mutable; the pipeline turns it into a frozen Exchange).
-    ``serial`` orders transactions across connections; ``index`` is the position on the connection."""
-
-    __slots__ = (
-        "after_gap",
-        "anomalies",
-        "chunks",
-        "conn",
-        "done",
-        "http09",
-        "index",
-        "late",
-        "method",
-        "order",
-        "req_done",
-        "req_end_ts",
-        "request",
-        "resp_done",
-        "response",
-        "secret",
-        "serial",
-        "ts",
-        "upgrade",
-        "void",
-    )
-
-    def __init__(self, ts: float) -> None:
-        self.serial = 0
-        self.ts = ts
-        self.index = -1
-        self.request: Request | None = None
-        self.response: Response | None = None
-        self.req_done = False
-        self.resp_done = False
-        self.anomalies: list[str] = []
-        self.void = False
-        self.done = False
-        self.after_gap = False
-        self.http09 = False
-        self.method = ""
-        self.req_end_ts: float | None = None
-        self.conn: Any = None  # the pipeline's connection
-        self.late = False  # released past by the pipeline (see capture.pipeline)
-        self.order: tuple[float, int, int] = (ts, 0, 0)  # the pipeline's ordering key
-        self.secret = False  # a watched (secret) header name appears in a head: redact
-        self.upgrade = False  # CONNECT or Upgrade: the response may turn the connection into a tunnel
-        self.chunks: tuple[tuple[int, float], ...] = ()  # a streamed response's timed pieces
-
-    def note(self, anomaly: str) -> None:
-        if anomaly not in self.anomalies:
-            self.anomalies.append(anomaly)
-
-
-def _timed(msg: _Msg, ts: float) -> None:
-    """Note that a streamed body reached ``msg.body_len`` bytes at ``ts``; pieces of one packet
-    share an entry. O(1)."""
-    chunks = msg.chunks
-    assert chunks is not None
-    if chunks and chunks[-1][1] == ts:
-        chunks[-1] = (msg.body_len, ts)
-    else:
-        chunks.append((msg.body_len, ts))
-
-
-class _Msg:
-    """A message being parsed."""
-
-    __slots__ = (
-        "anomalies",
-        "body_len",
-        "chunks",
-        "encodings",
-        "end_ts",
-        "headers",
-        "kept",
-        "parts",
-        "secret",
-        "start1",
-        "start2",
-        "truncated",
-        "ts",
-        "version",
-    )
-
-    def __init__(self, ts: float) -> None:
-        self.ts = ts
-        self.end_ts = ts
-        self.version = ""
-        self.headers: tuple[tuple[str, str], ...] = ()
-        self.parts: list[bytes] = []
-        self.kept = 0
-        self.body_len = 0
-        self.truncated = False
-        self.start1 = ""  # method or status
-        self.start2 = ""  # target or reason
-        self.encodings: str | None = None
-        self.anomalies: list[str] = []
-        self.secret = False  # a header the conversation watches for (secrets to redact) is present
-        # A streamed body (text/event-stream, NDJSON): (body length, packet time) per piece, for
-        # time to first token (records.Chunks); None for every other body (no cost).
-        self.chunks: list[tuple[int, float]] | None = None
-
-
-def decoded_length(body: bytes, content_encoding: str | None, limit: int = 64 << 20) -> int | None:
-    """The body's length after undoing ``content_encoding`` (gzip, x-gzip, deflate, br, identity,
-    applied in the listed order), or None when it cannot be decoded. Decoding streams in 1 MiB
-    pieces and stops at ``limit`` decoded bytes (a compression bomb costs no memory)."""
-    if not content_encoding:
-        return len(body)
-    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
-    data = body
-    try:
-        for i, coding in enumerate(reversed(codings)):
-            last = i == len(codings) - 1
-            if coding == "identity":
-                continue
-            if coding in ("gzip", "x-gzip", "deflate"):
-                if coding == "deflate" and not (len(data) >= 2 and (data[0] & 0x0F) == 8 and ((data[0] << 8) | data[1]) % 31 == 0):
-                    d = zlib.decompressobj(-15)  # raw deflate, as some servers send
-                else:
-                    d = zlib.decompressobj(47 if coding != "deflate" else 15)
-                total = 0
-                pieces: list[bytes] = []
-                chunk = d.decompress(data, 1 << 20)
-                while chunk:
-                    total += len(chunk)
-                    if total > limit:
-                        return None
-                    if not last:
-                        pieces.append(chunk)
-                    chunk = d.decompress(d.unconsumed_tail, 1 << 20) if d.unconsumed_tail else b""
-                chunk = d.flush()
-                total += len(chunk)
-                if not last:
-                    pieces.append(chunk)
-                if not d.eof:
-                    return None
-                if last:
-                    return total
-                data = b"".join(pieces)
-            elif coding == "br" and brotli is not None:
-                data = brotli.decompress(data)
-                if len(data) > limit:
-                    return None
-            else:
-                return None
-    except Exception:  # noqa: BLE001 - zlib.error, brotli.error, ValueError: undecodable
-        return None
-    return len(data)
-
-
-def _parse_headers(block: bytes, msg: _Msg) -> tuple[tuple[tuple[str, str], ...], str]:
-    """A header block (the lines after the start line, without the final empty line) -> the
-    (name, value) pairs and the block lower-cased (for cheap presence tests). One decode for the
-    block; per line one partition and one strip. obs-fold continuation lines join the previous value
-    with one space (``obs_fold``); lines without a colon are dropped (``bad_header``)."""
-    if block[-1:] == b"\r":
-        block = block[:-1]
-    return _parse_header_text(block.decode("latin-1"), msg)
-
-
-# Header lines seen recently -> their (name, value): traffic repeats most lines (Host, User-Agent,
-# Accept, Server, Content-Type, ...), and a lookup costs a third of a split and a strip. A memo of a
-# pure function: lines up to _LINE_MEMO_WIDTH characters, at most _LINE_MEMO_SIZE of them (~1 MB),
-# emptied when full.
-_LINE_MEMO: dict[str, tuple[str, str]] = {}
-_LINE_MEMO_SIZE = 4096
-_LINE_MEMO_WIDTH = 160
-
-
-def _header_line(line: str) -> tuple[str, str]:
-    """One plain ``name: value`` line (a colon in it, else IndexError), remembered."""
-    p = line.split(":", 1)
-    field = (p[0], p[1].strip(" \t"))
-    if len(line) <= _LINE_MEMO_WIDTH:
-        if len(_LINE_MEMO) >= _LINE_MEMO_SIZE:
-            _LINE_MEMO.clear()
-        _LINE_MEMO[line] = field
-    return field
-
-
-def _plain_headers(text: str) -> tuple[tuple[str, str], ...] | None:
-    """The header block's fields when every line is a plain CRLF ``name: value`` (no folding, no
-    whitespace before a colon, no bare LF, a colon on every line): the common case, ~0.1 us a
-    line seen before (``_LINE_MEMO``), ~0.3 us else. None otherwise (``_parse_header_text`` then
-    reads it line by line)."""
-    lines = text.split("\r\n")
-    if (
-        text.count("\n") == len(lines) - 1
-        and "\n " not in text and "\n\t" not in text and " :" not in text and "\t:" not in text
-        and "\n:" not in text and text[:1] not in (" ", "\t", ":")
-    ):
-        get = _LINE_MEMO.get
-        try:  # a line without a colon raises IndexError
-            return tuple([get(line) or _header_line(line) for line in lines])
-        except IndexError:
-            return None
-    return None
-
-
-def _parse_header_text(text: str, msg: _Msg) -> tuple[tuple[tuple[str, str], ...], str]:
-    """``_parse_headers`` on the latin-1 decoded block."""
-    plain = _plain_headers(text)
-    if plain is not None:
-        return plain, text.lower()
-    out: list[tuple[str, str]] = []
-    append = out.append
-    for line in text.split("\n"):
-        if line[-1:] == "\r":
-            line = line[:-1]
-        name, sep, value = line.partition(":")
-        if sep and name and name[0] not in " \t" and name[-1] not in " \t":
-            append((name, value.strip(" \t")))
-        elif line[:1] in (" ", "\t") and out:
-            n, v = out[-1]
-            out[-1] = (n, (v + " " + line.strip(" \t")).strip())
-            if "obs_fold" not in msg.anomalies:
-                msg.anomalies.append("obs_fold")
-        elif sep and name.strip(" \t"):
-            append((name.rstrip(" \t"), value.strip(" \t")))  # whitespace before the colon: kept lenient
-            if "bad_header" not in msg.anomalies:
-                msg.anomalies.append("bad_header")
-        elif line and "bad_header" not in msg.anomalies:
-            msg.anomalies.append("bad_header")
-    return tuple(out), text.lower()
-
-
-def _watched(names: tuple[str, ...], lowered: str) -> bool:
-    """Whether a lower-cased head mentions one of ``names`` (anywhere: a false alarm only costs
-    the redactor a look)."""
-    for name in names:
-        if name in lowered:
-            return True
-    return False
-
-
-def _values(headers: tuple[tuple[str, str], ...], lname: str) -> list[str]:
-    size = len(lname)  # a length test first: most names are not lower-cased at all
-    return [v for n, v in headers if len(n) == size and n.lower() == lname]
-
-
-def _content_length(values: list[str], msg: _Msg) -> int | None:
-    """The Content-Length of a message, or None when absent or unusable (``bad_content_length``).
-    Repeated equal values (also comma-joined) are one value; different ones are
-    ``conflicting_content_length`` and the first is used."""
-    if len(values) == 1 and values[0].isdigit():
-        return int(values[0])
-    nums: list[int] = []
-    for v in values:
-        for part in v.split(","):
-            part = part.strip()
-            if not part.isdigit():
-                msg.anomalies.append("bad_content_length")
-                return None
-            nums.append(int(part))
-    if not nums:
-        return None
-    if any(n != nums[0] for n in nums):
-        msg.anomalies.append("conflicting_content_length")
-    return nums[0]
-
-
-def _framing(headers: tuple[tuple[str, str], ...], lowered: str, msg: _Msg) -> tuple[str | None, list[str]]:
-    """Transfer-Encoding (joined) and Content-Length values of a head; sets ``msg.encodings``.
-    The lower-cased block is searched first, so a head without them costs three ``in`` tests."""
-    te = None
-    cls: list[str] = []
-    if "content-length" in lowered:
-        cls = _values(headers, "content-length")
-    if "transfer-encoding" in lowered:
-        tes = _values(headers, "transfer-encoding")
-        te = ",".join(tes) if tes else None
-    if "content-encoding" in lowered:
-        ces = _values(headers, "content-encoding")
-        msg.encodings = ",".join(ces) if ces else None
-    return te, cls
+from shadowtap.wire.http1._headers import (
+    _content_length,
+    _framing,
+    _parse_header_text,
+    _parse_headers,
+    _plain_headers,
+    _values,
+    _watched,
+)
+from shadowtap.wire.http1._messages import (
+    _EVENT_DONE,
+    _EVENT_OPENED,
+    _EVENT_REQUEST,
+    _STATE_BODY_CLOSE,
+    _STATE_BODY_LENGTH,
+    _STATE_CHUNK_DATA,
+    _STATE_CHUNK_END,
+    _STATE_CHUNK_SIZE,
+    _STATE_DEAD,
+    _STATE_HEAD,
+    _STATE_SYNC,
+    _STATE_TRAILERS,
+    _STATE_TUNNEL,
+    _STATE_WAIT,
+    _SYNC_AFTER_NL,
+    _SYNC_AT,
+    _SYNC_GIVE_UP,
+    _SYNC_KEEP,
+    _TCHAR,
+    State,
+    Transaction,
+    _Msg,
+    _timed,
+)
+from shadowtap.wire.protocol import Event, ParserSettings, Sniff
 
 
 class _Side:
@@ -404,7 +101,7 @@ class _Side:
         self.head_ts = 0.0
         # Message boundaries lost: "midstream" (joined without the start), "resync" (after a gap),
         # "" (after a parse error); the next message found notes it (except ""); None: in step.
-        self.lost: str | None = "midstream" if state == _STATE_SYNC else None
+        self.lost: str | None = Anomaly.MIDSTREAM if state == _STATE_SYNC else None
         self.boundary = self.lost is not None  # the next byte follows a gap: a message may start right there
         self.scanned = 0
         self.seg_start = 0  # where the last data fed begins in ``buf``
@@ -488,7 +185,7 @@ class _Side:
         le = self.buf.find(b"\n", self.pos)
         if le < 0:
             if len(self.buf) - self.pos > 4096:
-                self.fail(ts, "chunk_framing")
+                self.fail(ts, Anomaly.CHUNK_FRAMING)
                 return True
             return False
         line = self.buf[self.pos : le].split(b";", 1)[0].strip(b" \t\r")
@@ -497,7 +194,7 @@ class _Side:
             if not line or line[:1] in (b"-", b"+") or b"_" in line:
                 raise ValueError
         except ValueError:
-            self.fail(ts, "chunk_framing")
+            self.fail(ts, Anomaly.CHUNK_FRAMING)
             return True
         self.pos = le + 1
         if size == 0:
@@ -532,7 +229,7 @@ class _Side:
             return False
         else:
             assert self.msg is not None
-            self.msg.anomalies.append("chunk_framing")
+            self.msg.anomalies.append(Anomaly.CHUNK_FRAMING)
         self.state = _STATE_CHUNK_SIZE
         return True
 
@@ -546,7 +243,7 @@ class _Side:
         end2 = buf.find(b"\n\n", pos)
         if end < 0 and end2 < 0:
             if len(buf) - pos > self.conv.max_head:
-                self.fail(ts, "head_too_large")
+                self.fail(ts, Anomaly.HEAD_TOO_LARGE)
                 return True
             return False
         if end < 0 or (0 <= end2 < end):
@@ -617,13 +314,13 @@ class _Side:
         msg = self.msg
         if msg is not None:
             msg.truncated = True
-            msg.anomalies.append("truncated")
+            msg.anomalies.append(Anomaly.TRUNCATED)
             self.msg = None
-            conv.parse_failed(self, ts, "truncated", msg)
+            conv.parse_failed(self, ts, Anomaly.TRUNCATED, msg)
         elif conv.completed is not marker and conv.completed is not None:
-            conv.completed.note("truncated")
+            conv.completed.note(Anomaly.TRUNCATED)
         else:
-            conv.parse_failed(self, ts, "truncated", None)
+            conv.parse_failed(self, ts, Anomaly.TRUNCATED, None)
 
     # -- messages ---------------------------------------------------------------------------------
 
@@ -672,8 +369,8 @@ class _Side:
             if st in (_STATE_BODY_LENGTH, _STATE_CHUNK_DATA) and n <= self.remaining:
                 msg.body_len += n
                 msg.truncated = True
-                if "gap" not in msg.anomalies:
-                    msg.anomalies.append("gap")
+                if Anomaly.GAP not in msg.anomalies:
+                    msg.anomalies.append(Anomaly.GAP)
                 self.remaining -= n
                 if self.remaining == 0:
                     if st == _STATE_BODY_LENGTH:
@@ -684,14 +381,14 @@ class _Side:
             if st == _STATE_BODY_CLOSE:
                 msg.body_len += n
                 msg.truncated = True
-                if "gap" not in msg.anomalies:
-                    msg.anomalies.append("gap")
+                if Anomaly.GAP not in msg.anomalies:
+                    msg.anomalies.append(Anomaly.GAP)
                 return
             if st == _STATE_BODY_LENGTH:
                 # The message ended inside the gap; what follows it is unknown.
                 msg.body_len += self.remaining
                 msg.truncated = True
-                msg.anomalies.append("gap")
+                msg.anomalies.append(Anomaly.GAP)
                 self.remaining = 0
                 self.complete(ts)
                 msg = None
@@ -700,16 +397,16 @@ class _Side:
         self.pos = 0
         if msg is not None:
             msg.truncated = True
-            if "gap" not in msg.anomalies:
-                msg.anomalies.append("gap")
-            self.conv.parse_failed(self, ts, "gap", msg)
+            if Anomaly.GAP not in msg.anomalies:
+                msg.anomalies.append(Anomaly.GAP)
+            self.conv.parse_failed(self, ts, Anomaly.GAP, msg)
             self.msg = None
         elif self.state == _STATE_HEAD and unparsed:
-            self.conv.parse_failed(self, ts, "gap", None)
+            self.conv.parse_failed(self, ts, Anomaly.GAP, None)
         if self.state == _STATE_WAIT:
             return
         self.state = _STATE_SYNC
-        self.lost = "resync"
+        self.lost = Anomaly.RESYNC
         self.boundary = True
 
     def end(self, ts: float) -> None:
@@ -720,9 +417,9 @@ class _Side:
             self.complete(ts)
         elif msg is not None:
             msg.truncated = True
-            msg.anomalies.append("truncated")
+            msg.anomalies.append(Anomaly.TRUNCATED)
             self.msg = None
-            self.conv.parse_failed(self, ts, "truncated", msg)
+            self.conv.parse_failed(self, ts, Anomaly.TRUNCATED, msg)
         elif st == _STATE_HEAD and self.pos < len(self.buf):
             self._partial_head(ts)
         self.state = _STATE_DEAD
@@ -820,16 +517,16 @@ class _RequestSide(_Side):
         le = buf.find(b"\n", pos)
         if le < 0:
             if n - pos > conv.max_head:
-                self.fail(ts, "head_too_large")
+                self.fail(ts, Anomaly.HEAD_TOO_LARGE)
                 return True
             if n - pos >= 1 and buf[pos] not in _TCHAR:
-                self.fail(ts, "parse_error")
+                self.fail(ts, Anomaly.PARSE_ERROR)
                 return True
             return False
         line = buf[pos : le - 1] if le > pos and buf[le - 1] == 13 else buf[pos:le]
         tokens = line.split()
         if len(tokens) < 2 or len(tokens[0]) > 32 or not (tokens[0].isalpha() or all(c in _TCHAR for c in tokens[0])):
-            self.fail(ts, "parse_error")
+            self.fail(ts, Anomaly.PARSE_ERROR)
             return True
         msg = _Msg(self.txn.ts)
         if self.txn.index < 0:
@@ -846,7 +543,7 @@ class _RequestSide(_Side):
             # style still get them; Suricata logs them too).
             msg.version = "HTTP/0.9"
             msg.start2 = tokens[1].decode("latin-1")
-            msg.anomalies.append("http09")
+            msg.anomalies.append(Anomaly.HTTP09)
             self.txn.http09 = True
             self.txn.method = msg.start1
             if le + 1 >= n or buf[le + 1] in (13, 10):
@@ -858,7 +555,7 @@ class _RequestSide(_Side):
                 self.state = _STATE_DEAD  # an HTTP/0.9 connection carries one request
                 return False
         else:
-            self.fail(ts, "parse_error")
+            self.fail(ts, Anomaly.PARSE_ERROR)
             return True
         # The head ends at the first empty line.
         e1 = buf.find(b"\r\n\r\n", le - 1)
@@ -866,14 +563,14 @@ class _RequestSide(_Side):
         if e2 >= 0 and (e1 < 0 or e2 < e1 + 2):
             hend, nxt = e2, e2 + 2
             if e2 > 0 and buf[e2 - 1] != 13:
-                msg.anomalies.append("bare_lf")
+                msg.anomalies.append(Anomaly.BARE_LF)
         elif e1 >= 0:
             hend, nxt = e1, e1 + 4
         elif line and le + 1 < n and buf[le + 1] in (13, 10) and buf.startswith(b"\n", le + 1 + (buf[le + 1] == 13)):
             hend, nxt = le, le + 2 + (buf[le + 1] == 13)
         else:
             if n - pos > conv.max_head:
-                self.fail(ts, "head_too_large")
+                self.fail(ts, Anomaly.HEAD_TOO_LARGE)
                 return True
             return False
         if hend <= le:
@@ -903,9 +600,9 @@ class _RequestSide(_Side):
             if te.rsplit(",", 1)[-1].strip().lower() == "chunked":
                 self.chunked = True
             else:
-                msg.anomalies.append("bad_transfer_encoding")
+                msg.anomalies.append(Anomaly.BAD_TRANSFER_ENCODING)
             if cls:
-                msg.anomalies.append("te_and_cl")
+                msg.anomalies.append(Anomaly.TE_AND_CL)
         elif cls:
             length = _content_length(cls, msg) or 0
         if upgrade or msg.start1.upper() == "CONNECT":
@@ -994,7 +691,7 @@ class _ResponseSide(_Side):
         if not buf.startswith(b"HTTP/", pos):
             if n - pos < 5 and b"HTTP/".startswith(buf[pos:]):
                 return False
-            self.fail(ts, "parse_error")
+            self.fail(ts, Anomaly.PARSE_ERROR)
             return True
         e1 = buf.find(b"\r\n\r\n", pos)
         if e1 >= 0 and buf.find(b"\n\n", pos, e1) < 0:
@@ -1026,7 +723,7 @@ class _ResponseSide(_Side):
             hend, nxt = e1, e1 + 4
         else:
             if n - pos > conv.max_head:
-                self.fail(ts, "head_too_large")
+                self.fail(ts, Anomaly.HEAD_TOO_LARGE)
                 return True
             return False
         le = buf.find(b"\n", pos, hend)
@@ -1034,12 +731,12 @@ class _ResponseSide(_Side):
             le = hend
         parts = buf[pos : le - 1 if buf[le - 1] == 13 else le].split(None, 2)
         if len(parts) < 2 or len(parts[1]) != 3 or not parts[1].isdigit():
-            self.fail(ts, "parse_error")
+            self.fail(ts, Anomaly.PARSE_ERROR)
             return True
         status = int(parts[1])
         msg = _Msg(self.head_ts if self.head_ts else ts)
         if bare:
-            msg.anomalies.append("bare_lf")
+            msg.anomalies.append(Anomaly.BARE_LF)
         msg.version = parts[0].decode("latin-1")
         msg.start1 = parts[1].decode("ascii")
         msg.start2 = parts[2].decode("latin-1").strip() if len(parts) > 2 else ""
@@ -1069,7 +766,7 @@ class _ResponseSide(_Side):
         method = txn.method.upper()
         self.chunked = False
         if status == 101 or (method == "CONNECT" and 200 <= status < 300):
-            txn.note("tunnel")
+            txn.note(Anomaly.TUNNEL)
             self.complete(ts)
             conv.tunnel()
             return False
@@ -1081,7 +778,7 @@ class _ResponseSide(_Side):
             if te.rsplit(",", 1)[-1].strip().lower() == "chunked":
                 self.chunked = True
             if cls:
-                msg.anomalies.append("te_and_cl")
+                msg.anomalies.append(Anomaly.TE_AND_CL)
         elif cls:
             length = _content_length(cls, msg)
         self.start_body(ts, length)
@@ -1126,6 +823,9 @@ class Conversation:
         start = _STATE_SYNC if midstream else _STATE_HEAD
         self.client = _RequestSide(self, True, start)
         self.server = _ResponseSide(self, False, start)
+        # The Extractor's per-segment entry points (shadowtap.wire.protocol.Conversation).
+        self.feed_client = self.client.feed
+        self.feed_server = self.server.feed
         # Opened, not yet finished, in request order. A list (a few entries at most, pipelining
         # aside): a deque costs ~600 bytes per connection.
         self.queue: list[Transaction] = []
@@ -1139,6 +839,14 @@ class Conversation:
         self.completed: Transaction | None = None  # the last transaction a message completed
         self.not_http_seen = False
         self.client_failed = False  # request bytes did not parse: a response-only answer notes it
+
+    @property
+    def pending(self) -> bool:
+        """An exchange is open (begun and not finished)."""
+        return bool(self.queue) or self.client.txn is not None
+
+    def current(self) -> Transaction | None:
+        return self.server.txn or self.client.txn or (self.queue[-1] if self.queue else None)
 
     def take_index(self) -> int:
         i = self.next_index
@@ -1219,7 +927,7 @@ class Conversation:
             if cands and cands[-1] is not txn:
                 while self.queue and self.queue[0] is not cands[-1]:
                     old = self.queue.pop(0)
-                    old.note("gap")
+                    old.note(Anomaly.GAP)
                     self._finish(old)
                 txn = cands[-1]
         if txn is not None and (
@@ -1235,7 +943,7 @@ class Conversation:
             self.events.append((_EVENT_OPENED, txn))
             if self.client_failed:
                 self.client_failed = False
-                txn.note("parse_error")
+                txn.note(Anomaly.PARSE_ERROR)
         if lost:
             txn.note(lost)
         txn.response = None
@@ -1292,7 +1000,7 @@ class Conversation:
             for a in msg.anomalies:
                 txn.note(a)
             side.after_message()  # type: ignore[attr-defined]
-            if self.waiting is txn and "tunnel" not in txn.anomalies:
+            if self.waiting is txn and Anomaly.TUNNEL not in txn.anomalies:
                 self.waiting = None
                 self.client.state = _STATE_HEAD
                 self.client.run(msg.end_ts)
@@ -1312,14 +1020,14 @@ class Conversation:
                 self.client_failed = True
             if txn is not None and side.is_request and txn.request is None:
                 self._void_partial(side)
-            if not self.seen_message and not self.midstream and anomaly == "parse_error":
+            if not self.seen_message and not self.midstream and anomaly == Anomaly.PARSE_ERROR:
                 self.not_http(side)
                 return
             self.anomalies.append(anomaly)
             return
         assert txn is not None
         txn.note(anomaly)
-        if anomaly != "truncated" and anomaly != "gap":
+        if anomaly != Anomaly.TRUNCATED and anomaly != Anomaly.GAP:
             msg.truncated = True
         self.message_done(side, msg)
 
@@ -1328,7 +1036,7 @@ class Conversation:
         may still answer garbage with a 400, worth recording)."""
         if not self.not_http_seen:
             self.not_http_seen = True
-            self.anomalies.append("not_http")
+            self.anomalies.append(Anomaly.NOT_HTTP)
         side.state = _STATE_DEAD
         side.buf = b""
         side.pos = 0
@@ -1359,5 +1067,17 @@ class Conversation:
         body = b"".join(msg.parts)
         n = decoded_length(body, msg.encodings)
         if n is None:
-            msg.anomalies.append("undecodable_body")
+            msg.anomalies.append(Anomaly.UNDECODABLE_BODY)
         return n
+
+
+def make(settings: ParserSettings, midstream: bool) -> Conversation:
+    """A Conversation with the Extractor's limits (``shadowtap.wire.protocol.ProtocolSpec.make``)."""
+    return Conversation(max_body=settings.max_body, max_head=settings.max_head, midstream=midstream,
+                        watch=settings.watch)
+
+
+def sniff(data: bytes, from_client: bool) -> Sniff:
+    """HTTP/1.x takes any connection the protocols before it did not claim: it recognises what is
+    not HTTP itself (``not_http``) and resynchronises mid-stream."""
+    return Sniff.YES

@@ -1,0 +1,134 @@
+"""HTTP/1.x header blocks: parsing (wire bytes, wire order and case kept), the line memo, and
+the framing fields (Content-Length, Transfer-Encoding, Content-Encoding)."""
+
+from __future__ import annotations
+
+from shadowtap.wire.anomalies import Anomaly
+from shadowtap.wire.http1._messages import _Msg
+
+
+def _parse_headers(block: bytes, msg: _Msg) -> tuple[tuple[tuple[str, str], ...], str]:
+    """A header block (the lines after the start line, without the final empty line) -> the
+    (name, value) pairs and the block lower-cased (for cheap presence tests). One decode for the
+    block; per line one partition and one strip. obs-fold continuation lines join the previous value
+    with one space (``obs_fold``); lines without a colon are dropped (``bad_header``)."""
+    if block[-1:] == b"\r":
+        block = block[:-1]
+    return _parse_header_text(block.decode("latin-1"), msg)
+
+
+# Header lines seen recently -> their (name, value): traffic repeats most lines (Host, User-Agent,
+# Accept, Server, Content-Type, ...), and a lookup costs a third of a split and a strip. A memo of a
+# pure function: lines up to _LINE_MEMO_WIDTH characters, at most _LINE_MEMO_SIZE of them (~1 MB),
+# emptied when full.
+_LINE_MEMO: dict[str, tuple[str, str]] = {}
+_LINE_MEMO_SIZE = 4096
+_LINE_MEMO_WIDTH = 160
+
+
+def _header_line(line: str) -> tuple[str, str]:
+    """One plain ``name: value`` line (a colon in it, else IndexError), remembered."""
+    p = line.split(":", 1)
+    field = (p[0], p[1].strip(" \t"))
+    if len(line) <= _LINE_MEMO_WIDTH:
+        if len(_LINE_MEMO) >= _LINE_MEMO_SIZE:
+            _LINE_MEMO.clear()
+        _LINE_MEMO[line] = field
+    return field
+
+
+def _plain_headers(text: str) -> tuple[tuple[str, str], ...] | None:
+    """The header block's fields when every line is a plain CRLF ``name: value`` (no folding, no
+    whitespace before a colon, no bare LF, a colon on every line): the common case, ~0.1 us a
+    line seen before (``_LINE_MEMO``), ~0.3 us else. None otherwise (``_parse_header_text`` then
+    reads it line by line)."""
+    lines = text.split("\r\n")
+    if (
+        text.count("\n") == len(lines) - 1
+        and "\n " not in text and "\n\t" not in text and " :" not in text and "\t:" not in text
+        and "\n:" not in text and text[:1] not in (" ", "\t", ":")
+    ):
+        get = _LINE_MEMO.get
+        try:  # a line without a colon raises IndexError
+            return tuple([get(line) or _header_line(line) for line in lines])
+        except IndexError:
+            return None
+    return None
+
+
+def _parse_header_text(text: str, msg: _Msg) -> tuple[tuple[tuple[str, str], ...], str]:
+    """``_parse_headers`` on the latin-1 decoded block."""
+    plain = _plain_headers(text)
+    if plain is not None:
+        return plain, text.lower()
+    out: list[tuple[str, str]] = []
+    append = out.append
+    for line in text.split("\n"):
+        if line[-1:] == "\r":
+            line = line[:-1]
+        name, sep, value = line.partition(":")
+        if sep and name and name[0] not in " \t" and name[-1] not in " \t":
+            append((name, value.strip(" \t")))
+        elif line[:1] in (" ", "\t") and out:
+            n, v = out[-1]
+            out[-1] = (n, (v + " " + line.strip(" \t")).strip())
+            if Anomaly.OBS_FOLD not in msg.anomalies:
+                msg.anomalies.append(Anomaly.OBS_FOLD)
+        elif sep and name.strip(" \t"):
+            append((name.rstrip(" \t"), value.strip(" \t")))  # whitespace before the colon: kept lenient
+            if Anomaly.BAD_HEADER not in msg.anomalies:
+                msg.anomalies.append(Anomaly.BAD_HEADER)
+        elif line and Anomaly.BAD_HEADER not in msg.anomalies:
+            msg.anomalies.append(Anomaly.BAD_HEADER)
+    return tuple(out), text.lower()
+
+
+def _watched(names: tuple[str, ...], lowered: str) -> bool:
+    """Whether a lower-cased head mentions one of ``names`` (anywhere: a false alarm only costs
+    the redactor a look)."""
+    for name in names:
+        if name in lowered:
+            return True
+    return False
+
+
+def _values(headers: tuple[tuple[str, str], ...], lname: str) -> list[str]:
+    size = len(lname)  # a length test first: most names are not lower-cased at all
+    return [v for n, v in headers if len(n) == size and n.lower() == lname]
+
+
+def _content_length(values: list[str], msg: _Msg) -> int | None:
+    """The Content-Length of a message, or None when absent or unusable (``bad_content_length``).
+    Repeated equal values (also comma-joined) are one value; different ones are
+    ``conflicting_content_length`` and the first is used."""
+    if len(values) == 1 and values[0].isdigit():
+        return int(values[0])
+    nums: list[int] = []
+    for v in values:
+        for part in v.split(","):
+            part = part.strip()
+            if not part.isdigit():
+                msg.anomalies.append(Anomaly.BAD_CONTENT_LENGTH)
+                return None
+            nums.append(int(part))
+    if not nums:
+        return None
+    if any(n != nums[0] for n in nums):
+        msg.anomalies.append(Anomaly.CONFLICTING_CONTENT_LENGTH)
+    return nums[0]
+
+
+def _framing(headers: tuple[tuple[str, str], ...], lowered: str, msg: _Msg) -> tuple[str | None, list[str]]:
+    """Transfer-Encoding (joined) and Content-Length values of a head; sets ``msg.encodings``.
+    The lower-cased block is searched first, so a head without them costs three ``in`` tests."""
+    te = None
+    cls: list[str] = []
+    if "content-length" in lowered:
+        cls = _values(headers, "content-length")
+    if "transfer-encoding" in lowered:
+        tes = _values(headers, "transfer-encoding")
+        te = ",".join(tes) if tes else None
+    if "content-encoding" in lowered:
+        ces = _values(headers, "content-encoding")
+        msg.encodings = ",".join(ces) if ces else None
+    return te, cls
