@@ -482,7 +482,7 @@ class Extractor:
             packets=self._packets, bytes=self._bytes, tcp_packets=self._tcp,
             connections=self.reassembler.connections_seen + self._streams_seen, exchanges=self._exchanges,
             unanswered=self._unanswered, responses_without_request=self._orphans,
-            anomalies=dict(sorted(self._anomalies.items())), evicted_connections=self.reassembler.evicted,
+            anomalies={str(k): v for k, v in sorted(self._anomalies.items())}, evicted_connections=self.reassembler.evicted,
             open_connections=len(self.reassembler.conns) + len(self._streams), held_exchanges=len(self._heap),
         )
 
@@ -610,7 +610,9 @@ class Extractor:
         self._exchanges += 1
         anomalies: tuple[str, ...] = ()
         if txn.anomalies:
-            anomalies = tuple(txn.anomalies)
+            # Plain strings in the record (an Anomaly is a str subclass: orjson refuses it as a
+            # dict key downstream, and records hold data, not enum members).
+            anomalies = tuple(map(str, txn.anomalies))
             self._anomalies.update(anomalies)
         # Positional (cheaper than keywords): id, client, server, index, request, response,
         # anomalies, ttfb_ms, total_ms.
