@@ -29,7 +29,6 @@ from importlib import resources
 
 from shadowtap.capture import tc
 from shadowtap.capture.source import Frame, SourceStats
-
 from shadowtap.errors import InputError, PrerequisiteError
 
 PROGRAM_FILE = "tc_capture.c"

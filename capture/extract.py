@@ -22,7 +22,6 @@ from typing import Any
 
 from shadowtap.capture.extractor import Extractor, ExtractStats
 from shadowtap.capture.pcapfile import read_packets
-
 from shadowtap.errors import InputError
 from shadowtap.records import Exchange
 

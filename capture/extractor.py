@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shadowtap.capture.libpcap import BpfFilter
-
 from shadowtap.errors import InputError
 from shadowtap.records import Exchange, Request, exchange_id_at, exchange_id_prefix, format_endpoint
 from shadowtap.redact import Redactor

@@ -20,7 +20,6 @@ import os
 import select
 
 from shadowtap.capture.source import Frame, SourceStats
-
 from shadowtap.errors import InputError, PrerequisiteError
 
 MAX_BATCH = 8192  # frames a read returns at most, so the caller's loop keeps its 1 s rhythm

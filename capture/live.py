@@ -33,7 +33,6 @@ from enum import Enum
 from typing import IO, Any
 
 from shadowtap.capture.source import Frame, Source, SourceStats
-
 from shadowtap.errors import InputError, PrerequisiteError, ShadowtapError
 from shadowtap.jsonl import JsonlWriter, create_private
 from shadowtap.records import Exchange
@@ -814,9 +813,8 @@ def capture(config: CaptureConfig, *, keep_secrets: bool = False, secret_headers
     """`shadowtap capture`: run until Ctrl-C, SIGTERM, --duration or --count; live figures on a
     terminal (stderr), a summary at the end. SIGINT and SIGTERM stop the capture cleanly (hooks
     detached, in-flight exchanges written, files closed); a second Ctrl-C interrupts at once."""
-    from shadowtap.capture.extractor import Extractor
-
     from shadowtap import console
+    from shadowtap.capture.extractor import Extractor
     from shadowtap.redact import Redactor, key_path
 
     try:

@@ -44,10 +44,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httptools
-from shadowtap.replay.policy import Prepared, Target
 
 from shadowtap.errors import TargetError
 from shadowtap.records import Response, Result, ResultError, request_line_problem
+from shadowtap.replay.policy import Prepared, Target
 from shadowtap.wire.content import decoded_length
 from shadowtap.wire.genai import is_stream_type
 

@@ -159,18 +159,29 @@ def _stage(coding: str, pieces: Iterator[bytes], cap: int) -> Iterator[bytes]:
     raise _Bad(f"unknown content-encoding {coding!r}")
 
 
-def decode(body: bytes, content_encoding: str | None, *, keep: bool = False,
-           limits: Limits = DEFAULT_LIMITS) -> Decoded:
+def decode(
+    body: bytes,
+    content_encoding: str | None,
+    *,
+    keep: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Decoded:
     """``body`` with the codings of ``content_encoding`` undone (the last applied first), within
     ``limits``. ``keep``: return the decoded bytes too (else only their number)."""
     if not content_encoding:
         return Decoded(Status.OK, len(body), body if keep else None)
-    codings = [c for c in (c.strip().lower() for c in content_encoding.split(",")) if c and c != "identity"]
+    codings = [
+        c for c in (c.strip().lower() for c in content_encoding.split(",")) if c and c != "identity"
+    ]
     if not codings:
         return Decoded(Status.OK, len(body), body if keep else None)
     if len(codings) > limits.max_codings:
-        return Decoded(Status.LIMIT, None, body if keep else None,
-                       f"{len(codings)} stacked content codings (at most {limits.max_codings} are decoded)")
+        return Decoded(
+            Status.LIMIT,
+            None,
+            body if keep else None,
+            f"{len(codings)} stacked content codings (at most {limits.max_codings} are decoded)",
+        )
     cap = limits.cap(len(body))
     pieces: Iterator[bytes] = iter((body,))
     try:
@@ -186,8 +197,12 @@ def decode(body: bytes, content_encoding: str | None, *, keep: bool = False,
             if keep:
                 kept.append(piece)
     except _Limit:
-        return Decoded(Status.LIMIT, None, b"".join(kept) if keep else None,
-                       f"decoded body over {cap} bytes (the bound for {len(body)} encoded bytes)")
+        return Decoded(
+            Status.LIMIT,
+            None,
+            b"".join(kept) if keep else None,
+            f"decoded body over {cap} bytes (the bound for {len(body)} encoded bytes)",
+        )
     except _Bad as exc:
         return Decoded(Status.UNDECODABLE, None, body if keep else None, str(exc))
     except _Truncated as exc:
@@ -195,7 +210,9 @@ def decode(body: bytes, content_encoding: str | None, *, keep: bool = False,
     return Decoded(Status.OK, total, b"".join(kept) if keep else None)
 
 
-def decoded_length(body: bytes, content_encoding: str | None, limits: Limits = DEFAULT_LIMITS) -> int | None:
+def decoded_length(
+    body: bytes, content_encoding: str | None, limits: Limits = DEFAULT_LIMITS
+) -> int | None:
     """The body's length after undoing ``content_encoding``, or None when it cannot be decoded
     within ``limits`` (memory O(PIECE))."""
     return decode(body, content_encoding, limits=limits).length

@@ -1,7 +1,7 @@
 """What a protocol parser gives the Extractor, and how it is chosen for a connection.
 
-A protocol plugs into the wire layer with three things (HTTP/1.x is the first, ``shadowtap.wire.http1``;
-HTTP/2 + gRPC and SSE come next):
+A protocol plugs into the wire layer with three things (HTTP/1.x is the first,
+``shadowtap.wire.http1``; HTTP/2 + gRPC and SSE come next):
 
 - a ``Conversation``: the sans-I/O parser of one connection. Ordered bytes of each direction go in
   (``feed_client(ts, data)`` / ``feed_server(ts, data)``, ``gap``, ``end``, ``close``) and it

@@ -9,8 +9,8 @@ import random
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from shadowtap.capture.extractor import Extractor, RequestEvent, _conn_key, _raw_conn_key
 
+from shadowtap.capture.extractor import Extractor, RequestEvent, _conn_key, _raw_conn_key
 from shadowtap.records import Exchange, exchange_id
 from shadowtap.redact import Redactor
 from shadowtap.wire.frames import decode

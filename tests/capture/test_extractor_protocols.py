@@ -30,10 +30,10 @@ def test_a_stream_gives_the_records_its_frames_give(flow, extract_frames):
     from_frames, _ = extract_frames(f.frames)
     ex = Extractor(keep_secrets=True)
     client, server = ("10.0.0.1", 40000), ("10.0.0.2", 80)
-    out = ex.feed_stream(f.frames[0][0], client, server, True, b"")  # the connection's first instant
-    # The data frames' timestamps and payloads, in order (frames 3.. carry data; the last 3 are FINs).
-    data = [(ts, i % 2 == 0, p) for i, (ts, p) in enumerate(
-        (ts, p) for ts, p in ((f.frames[k][0], payload) for k, payload in zip(range(3, 7), (REQ, RESP, REQ, RESP))))]
+    # The connection begins at its first instant (the SYN's time), with no data yet.
+    out = ex.feed_stream(f.frames[0][0], client, server, True, b"")
+    # Frames 3..6 carry REQ, RESP, REQ, RESP (after the handshake; the last 3 are FINs and an ACK).
+    data = [(f.frames[k][0], k % 2 == 1, p) for k, p in zip(range(3, 7), (REQ, RESP, REQ, RESP))]
     for ts, from_client, payload in data:
         out += ex.feed_stream(ts, client, server, from_client, payload)
     out += ex.end_stream(f.frames[-1][0], client, server)
@@ -49,7 +49,9 @@ def test_end_stream_one_direction_then_finish(flow):
     assert ex.feed_stream(1.1, c, s, True, REQ[10:]) == []
     assert ex.end_stream(1.2, c, s, from_client=True) == []
     out = ex.feed_stream(1.3, c, s, False, RESP)
-    assert [(e.request.target, e.response.status, e.server) for e in out] == [("/one", 200, "192.0.2.2:443")]
+    assert [(e.request.target, e.response.status, e.server) for e in out] == [
+        ("/one", 200, "192.0.2.2:443")
+    ]
     assert ex.finish() == []
 
 
@@ -82,14 +84,18 @@ class _Ping:
             t = Transaction(ts)
             t.index = self.n
             self.n += 1
-            t.request = Request(ts, ts, "PING/1", (), line, len(line), False, len(line), "PING", "/")
+            t.request = Request(
+                ts, ts, "PING/1", (), line, len(line), False, len(line), "PING", "/"
+            )
             self.open.append(t)
             self.events += [(Event.OPENED, t), (Event.REQUEST, t)]
 
     def _server(self, ts: float, data: bytes) -> None:
         for line in self._lines(False, data):
             t = self.open.pop(0)
-            t.response = Response(ts, ts, "PING/1", (), line, len(line), False, len(line), 200, "OK")
+            t.response = Response(
+                ts, ts, "PING/1", (), line, len(line), False, len(line), 200, "OK"
+            )
             t.done = True
             self.events.append((Event.DONE, t))
 
@@ -119,7 +125,10 @@ def test_protocol_picked_by_first_bytes(flow, extract_frames):
     ping = flow(client=("10.0.0.1", 41000), ts=10.0).handshake().c(b"PING 1\n").s(b"PONG 1\n").fin()
     http = flow(client=("10.0.0.3", 42000), ts=20.0).handshake().c(REQ).s(RESP).fin()
     out, ex = extract_frames(ping.frames + http.frames, protocols=(PING, *DEFAULT_PROTOCOLS))
-    assert [(e.request.version, e.response.body) for e in out] == [("PING/1", b"PONG 1"), ("HTTP/1.1", b"one")]
+    assert [(e.request.version, e.response.body) for e in out] == [
+        ("PING/1", b"PONG 1"),
+        ("HTTP/1.1", b"one"),
+    ]
 
 
 def test_sniff_more_holds_the_first_bytes_and_replays_them(flow, extract_frames):

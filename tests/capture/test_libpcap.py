@@ -8,9 +8,9 @@ import socket
 import threading
 
 import pytest
-from shadowtap.capture.libpcap import SNAPLEN, PcapSource, port_filter
 
 import tests.support.live_lab as lab
+from shadowtap.capture.libpcap import SNAPLEN, PcapSource, port_filter
 from shadowtap.wire.frames import decode
 
 

@@ -118,7 +118,6 @@ def check_run(workdir: Path, agent, tcpdump, port: int, expected: int, marker: s
 
 def payload_bytes(path: Path) -> int:
     from shadowtap.capture.pcapfile import read_packets
-
     from shadowtap.wire.frames import decode
 
     total = 0

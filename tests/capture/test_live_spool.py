@@ -22,11 +22,11 @@ import threading
 from pathlib import Path
 
 import pytest
+
+import tests.support.live_lab as lab
 from shadowtap.capture import spool
 from shadowtap.capture.live import PcapWriter
 from shadowtap.capture.pcapfile import read_packets
-
-import tests.support.live_lab as lab
 
 
 def _frames(n: int, seed: int = 3) -> list[tuple[int, bytes, int]]:

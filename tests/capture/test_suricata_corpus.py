@@ -18,8 +18,8 @@ import re
 from pathlib import Path
 
 import pytest
-from shadowtap.capture.extract import iter_exchanges
 
+from shadowtap.capture.extract import iter_exchanges
 from shadowtap.records import Exchange
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "suricata"

@@ -202,7 +202,6 @@ def test_any_split_reorder_duplication_gives_the_same_stream(flow, data):
 ), max_size=30))
 def test_random_segments_never_raise_through_reassembly_and_parsing(segments):
     from shadowtap.capture.extractor import Extractor
-
     from shadowtap.wire.frames import Segment
 
     ex = Extractor(keep_secrets=True, max_held_bytes=64)
