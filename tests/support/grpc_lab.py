@@ -190,7 +190,8 @@ class Relay:
         import threading
 
         self.upstream = upstream
-        self.log: list[tuple[bool, float, bytes]] = []
+        self.log: list[tuple[bool, float, bytes]] = []  # every connection's, in arrival order
+        self.by_conn: list[list[tuple[bool, float, bytes]]] = []  # each connection's own
         self._lock = threading.Lock()
         self._srv = socket.create_server(("127.0.0.1", 0))
         self.port = self._srv.getsockname()[1]
@@ -210,13 +211,16 @@ class Relay:
                 c, _ = self._srv.accept()
             except (TimeoutError, OSError):
                 continue
+            c.settimeout(None)  # accepted sockets inherit the listener's timeout: not wanted
             u = socket.create_connection(self.upstream)
+            own: list[tuple[bool, float, bytes]] = []
+            self.by_conn.append(own)
             for src, dst, fc in ((c, u, True), (u, c, False)):
-                t = threading.Thread(target=self._pump, args=(src, dst, fc), daemon=True)
+                t = threading.Thread(target=self._pump, args=(src, dst, fc, own), daemon=True)
                 t.start()
                 self._threads.append(t)
 
-    def _pump(self, src, dst, from_client: bool) -> None:
+    def _pump(self, src, dst, from_client: bool, own: list) -> None:
         import socket
         import time
 
@@ -227,6 +231,7 @@ class Relay:
                     break
                 with self._lock:
                     self.log.append((from_client, time.time(), data))
+                    own.append(self.log[-1])
                     dst.sendall(data)
         except OSError:
             pass
