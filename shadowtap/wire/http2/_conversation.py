@@ -74,6 +74,7 @@ class Anomaly(str, Enum):
 
 
 _H2 = "HTTP/2"
+_MAX_CHUNKS = 1024
 
 
 class _Side:
@@ -127,6 +128,7 @@ class Stream:
 
     __slots__ = (
         "anomalies",
+        "chunks",
         "conn",
         "done",
         "error_code",
@@ -162,6 +164,9 @@ class Stream:
         self.h2: H2Stream | None = None
         self.grpc: GrpcCall | None = None
         self.anomalies: list[str] = []
+        # The response's DATA arrival: (body bytes so far, capture time), at most _MAX_CHUNKS
+        # (records.Exchange.chunks: the timing of a streamed answer).
+        self.chunks: list[tuple[int, float]] = []
         self.outcome = Outcome.COMPLETE
         self.error_code: int | None = None
         self.undecoded = 0
@@ -406,6 +411,8 @@ class Conversation:
             chunk = frame.data
             if chunk:
                 side.data_len += len(chunk)
+                if not d.from_client and len(st.chunks) < _MAX_CHUNKS:
+                    st.chunks.append((side.data_len, ts))
                 room = self.max_body - len(side.data)
                 if room > 0:
                     side.data += chunk[:room]
@@ -547,6 +554,7 @@ class Conversation:
         return Request(method=method, target=target or "", **self._message_common(st, side))
 
     def _build(self, st: Stream) -> None:
+        st.chunks = tuple(st.chunks)  # type: ignore[assignment]
         if st.request is None or not st.req.ended:
             st.request = self._request(st)
         resp = st.resp
