@@ -246,3 +246,38 @@ class Relay:
         self._srv.close()
         for t in self._threads:
             t.join(timeout=2)
+
+
+def _main(argv: list[str]) -> None:
+    """For tests that run the peers in a network namespace (``ip netns exec``):
+
+    ``python -m tests.support.grpc_lab serve WORKDIR PORT [VERSION]`` (until SIGTERM) and
+    ``python -m tests.support.grpc_lab traffic WORKDIR HOST:PORT OUT.json`` (client_traffic, what
+    it sent and got written as hex protobuf bytes)."""
+    import json
+    import signal
+    import threading
+
+    mode, work = argv[0], Path(argv[1])
+    pb2, pb2_grpc, _ = compile_protos(work / f"protos-{mode}")
+    if mode == "serve":
+        server, _ = serve(pb2, pb2_grpc, argv[3] if len(argv) > 3 else "v1", port=int(argv[2]))
+        print("serving", flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        stop.wait()
+        server.stop(0)
+        return
+    got = client_traffic(pb2, pb2_grpc, argv[2])
+    out = {
+        "unary": [
+            [q.SerializeToString().hex(), r.SerializeToString().hex()] for q, r in got["unary"]
+        ],
+        "bidi": [m.SerializeToString().hex() for m in got["bidi"]],
+        "error": [got["error"][0].value[0], got["error"][1]],
+    }
+    Path(argv[3]).write_text(json.dumps(out))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
