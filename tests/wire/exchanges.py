@@ -16,6 +16,8 @@ def exchanges(
         conv.data(fc, ts, data)
         done += [st for ev, st in conv.events if ev == Event.DONE and not st.void]
         conv.events.clear()
+    conv.end(True, log[-1][1])
+    conv.end(False, log[-1][1])
     conv.close(log[-1][1])
     done += [st for ev, st in conv.events if ev == Event.DONE and not st.void]
     out = []

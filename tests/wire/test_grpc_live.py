@@ -23,6 +23,8 @@ def parse(log):
         conv.data(fc, ts, data)
         done += [st for ev, st in conv.events if ev == Event.DONE and not st.void]
         conv.events.clear()
+    conv.end(True, 9e9)  # as the Extractor does at FIN or the end of input
+    conv.end(False, 9e9)
     conv.close(9e9)
     done += [st for ev, st in conv.events if ev == Event.DONE and not st.void]
     return conv, done

@@ -199,6 +199,7 @@ class _Direction:
         reader = self.reader
         if (
             reader.preface
+            and reader.pending == 0  # the direction's very first bytes: no preface begun
             and self.conv.streams_seen == 0
             and data[:1] != b"P"
             and looks_like_frames(data)
@@ -377,7 +378,7 @@ class Conversation:
         if sid:
             self._current = self.streams.get(sid, self._current)
         other = self.server if d.from_client else self.client
-        if length > d.reader.max_frame and not isinstance(frame, str):
+        if length > d.reader.max_frame and d.reader.max_frame_known and not isinstance(frame, str):
             st = self.streams.get(sid)
             if st is not None:
                 st.note(Anomaly.FRAME_TOO_LARGE.value)
@@ -444,6 +445,7 @@ class Conversation:
                 other.decoder.set_table_limit(s[SettingsFrame.HEADER_TABLE_SIZE])
             if SettingsFrame.MAX_FRAME_SIZE in s:
                 other.reader.max_frame = s[SettingsFrame.MAX_FRAME_SIZE]
+                other.reader.max_frame_known = True
         elif isinstance(frame, RstStreamFrame):
             st = self.streams.get(sid)
             if st is not None:

@@ -19,6 +19,7 @@ DEFAULT_MAX_FRAME = 16384
 
 _SYNC_CHAIN = 3
 _SYNC_WINDOW = 256 << 10
+_SYNC_MAX_LEN = 1 << 20  # the longest frame believed while the receiver's limit is unknown
 
 # type -> (allowed flag bits, stream id rule: 0 none, 1 required, 2 either, fixed length or -1)
 _RULES = {
@@ -63,9 +64,12 @@ def plausible_header(data: bytes | memoryview, pos: int, max_len: int = DEFAULT_
 def find_sync(data: bytes, max_len: int = DEFAULT_MAX_FRAME, *, final: bool = False) -> int:
     """The first offset where ``_SYNC_CHAIN`` plausible frame headers follow one another, -1 when
     none can be confirmed yet. A chain that runs exactly to the end of ``data`` confirms too when
-    ``final`` (no more bytes will come) or when it has at least two headers.
+    it has at least two headers. A chain whose last frame runs past the end is undecided: later
+    offsets are still tried (a bogus header with a long length must not block a real chain
+    behind it), and with ``final`` (no more bytes will come) the first undecided one is taken.
     O(len(data) * chain)."""
     n = len(data)
+    undecided = -1
     for start in range(max(0, n - 8)):
         pos, found = start, 0
         while found < _SYNC_CHAIN:
@@ -79,12 +83,11 @@ def find_sync(data: bytes, max_len: int = DEFAULT_MAX_FRAME, *, final: bool = Fa
             pos += 9 + length
         if found >= _SYNC_CHAIN:
             return start
-        if found > 0 and pos == n and (final or found >= 2):
+        if found >= 2 and pos == n:
             return start
-        if found > 0 and pos > n:
-            # The chain so far holds; the rest of a frame has not arrived: wait for it.
-            return -1 if not final else start
-    return -1
+        if found > 0 and undecided < 0:
+            undecided = start
+    return undecided if final else -1
 
 
 def looks_like_frames(data: bytes) -> bool:
@@ -97,7 +100,16 @@ class FrameReader:
     length)`` items; an error item (text) names a frame hyperframe refused: its bytes are skipped
     (the length is known), the reader stays in step."""
 
-    __slots__ = ("_buf", "_start_ts", "broken", "dropped", "max_frame", "preface", "synced")
+    __slots__ = (
+        "_buf",
+        "_start_ts",
+        "broken",
+        "dropped",
+        "max_frame",
+        "max_frame_known",
+        "preface",
+        "synced",
+    )
 
     def __init__(self, *, expect_preface: bool, synced: bool) -> None:
         self._buf = bytearray()
@@ -105,6 +117,9 @@ class FrameReader:
         self.preface = expect_preface  # the client's 24-byte preface comes first
         self.synced = synced  # frame boundaries known
         self.max_frame = DEFAULT_MAX_FRAME  # the receiver's SETTINGS_MAX_FRAME_SIZE
+        # Whether that is known: from the connection's start (the default) or a SETTINGS seen.
+        # Joined mid-way, the peers may have raised it before: no frame is "too large" then.
+        self.max_frame_known = synced
         self.broken: str | None = None  # why this direction is no longer parsed
         self.dropped = 0  # bytes skipped while looking for a frame boundary
 
@@ -137,7 +152,9 @@ class FrameReader:
             self.preface = False
         if not self.synced:
             at = find_sync(
-                bytes(buf[:_SYNC_WINDOW]), max(self.max_frame, DEFAULT_MAX_FRAME), final=final
+                bytes(buf[:_SYNC_WINDOW]),
+                self.max_frame if self.max_frame_known else _SYNC_MAX_LEN,
+                final=final,
             )
             if at < 0:
                 if len(buf) > _SYNC_WINDOW:
