@@ -1,0 +1,534 @@
+"""The TLS source: the plaintext of HTTPS traffic read at the TLS library's calls (bcc uprobes on
+OpenSSL 1.1/3 and GnuTLS, capture/bpf/tls_uprobes.c), with no keys, no proxy, no change to the
+application; handed over as synthetic TCP frames (capture/tls_frames.py) so capture/live.py's one
+path (the -w pcap, the spool, the Extractor, the mirror) serves it unchanged.
+
+Attachment: to library files (every process that maps them: the system's libssl and libgnutls by
+default, ``libs`` to name others, e.g. a copy inside a container's root) or to one process
+(``pid``: the libraries it has mapped). The port filter and the side run in the kernel:
+``Side.SERVER`` records the connections whose local port is watched (the service's; with no port,
+the accepted ones), ``Side.CLIENT`` those whose remote port is (outgoing calls), ``Side.BOTH``
+both (a connection between two instrumented processes on one host is then seen twice).
+
+A socket open before the capture started has no ESTABLISHED event: its first call comes up
+PENDING with the fd; user space resolves the fd to the 4-tuple through /proc/PID/fd and
+/proc/PID/net/tcp{,6} (the process's own network namespace), decides, and writes the decision
+into the kernel's table, so its later calls are filtered there. Such a connection starts
+midstream (no synthetic handshake), as a packet capture started late would see it.
+
+Hooks: bcc creates the uprobes with perf_event_open (no tracefs entry): they go with the process,
+kill -9 included. Where bcc falls back to tracefs (``uprobe_events``, old kernels), the entries are
+named after the pid (``..._bcc_<pid>``); ``remove_stale_uprobes`` removes those whose process is
+gone, and ``open`` calls it. ``close`` detaches everything (exit, Ctrl-C, SIGTERM, errors; atexit
+as a safety net).
+
+Costs: see the .c file (two traps per call, one copy). User space: one ctypes callback and one
+frame per piece (16 KiB at most), plus the framing (a few microseconds).
+"""
+
+from __future__ import annotations
+
+import atexit
+import bisect
+import ctypes
+import os
+import re
+import struct
+import time
+from dataclasses import dataclass
+from enum import Enum
+from importlib import resources
+
+from shadowtap.capture import tls_libs
+from shadowtap.capture.source import Frame, SourceStats
+from shadowtap.capture.tls_frames import Chunk, Framer
+from shadowtap.errors import InputError, PrerequisiteError
+
+PROGRAM_FILE = "tls_uprobes.c"
+LINKTYPE_RAW = 101
+MAX_BATCH = 8192
+WAKEUP_EVERY = 256
+BATCH_POLL_MS = 20
+PERF_WAKEUP_EVENTS = 32
+REORDER_US = 50_000
+DEFAULT_MAX_PIECES = 32  # 32 x 16 KiB = 512 KiB a call (the verifier bounds the loop); the rest is counted as truncated
+UPROBE_EVENTS = ("/sys/kernel/tracing/uprobe_events", "/sys/kernel/debug/tracing/uprobe_events")
+
+# struct rec_hdr (the .c file): ts, sk, ssl, rd, wr, tgid, tid, len, piece, total, fd, kind, dir,
+# flags, role, family, lport, rport, pad, laddr, raddr, pad2
+_HDR = struct.Struct("=QQQQQIIIIIiBBBBHHHH16s16sI")
+K_DATA, K_OPEN, K_END_LOCAL, K_END_REMOTE, K_CLOSE = 1, 2, 3, 4, 5
+D_READ, D_WRITE = 0, 1
+F_TUPLE, F_FAULT, F_NOSK = 1, 2, 4
+ROLE_UNKNOWN, ROLE_ACTIVE, ROLE_PASSIVE = 0, 1, 2
+W_PENDING, W_WATCHED, W_IGNORED = 0, 1, 2
+(C_CALLS, C_BYTES, C_RECORDS, C_LOST, C_LOST_BYTES, C_TRUNCATED, C_FAULTS, C_FILTERED,
+ C_NOSK) = range(9)
+COUNTER_NAMES = ("calls", "bytes", "records", "lost_records", "lost_bytes", "truncated_bytes",
+                 "read_faults", "filtered_calls", "calls_without_socket")
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+class Side(str, Enum):
+    SERVER = "server"
+    CLIENT = "client"
+    BOTH = "both"
+
+
+_SIDE_CODE = {Side.SERVER: 0, Side.CLIENT: 1, Side.BOTH: 2}
+
+
+def program_source() -> str:
+    return resources.files("shadowtap.capture").joinpath("bpf", PROGRAM_FILE).read_text()
+
+
+def _addr(family: int, raw: bytes) -> bytes:
+    """Packed address; a v4-mapped IPv6 address (a dual-stack socket's IPv4 peer) as IPv4, as the
+    wire carries it."""
+    if family == 10:
+        return raw[12:16] if raw[:12] == _V4_MAPPED else raw
+    return raw[:4]
+
+
+def decide(lport: int, rport: int, role: int, ports: frozenset[int], side: Side) -> bool:
+    """The kernel's decide() for sockets user space resolves (same rule, same result)."""
+    if not ports:
+        if side is Side.SERVER:
+            return role == ROLE_PASSIVE
+        if side is Side.CLIENT:
+            return role == ROLE_ACTIVE
+        return True
+    if side is Side.SERVER:
+        return lport in ports
+    if side is Side.CLIENT:
+        return rport in ports
+    return lport in ports or rport in ports
+
+
+# -- /proc: the 4-tuple of a socket open before the capture --------------------------------------
+
+def _proc_tcp(pid: int) -> dict[int, tuple[int, bytes, int, bytes, int, int]]:
+    """inode -> (family, laddr, lport, raddr, rport, state) from the process's network namespace."""
+    out: dict[int, tuple[int, bytes, int, bytes, int, int]] = {}
+    for name, family in (("tcp", 2), ("tcp6", 10)):
+        try:
+            with open(f"/proc/{pid}/net/{name}") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            p = line.split()
+            if len(p) < 10:
+                continue
+            (la, lp), (ra, rp) = p[1].split(":"), p[2].split(":")
+            out[int(p[9])] = (family, _proc_addr(la), int(lp, 16), _proc_addr(ra), int(rp, 16), int(p[3], 16))
+    return out
+
+
+def _proc_addr(hexaddr: str) -> bytes:
+    raw = bytes.fromhex(hexaddr)
+    # /proc prints each 32-bit word in host (little-endian) order.
+    return b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+
+
+def resolve_fd(pid: int, fd: int) -> tuple[int, bytes, int, bytes, int] | None:
+    """(family, laddr, lport, raddr, rport) of a process's TCP socket fd, or None."""
+    try:
+        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        return None
+    m = re.fullmatch(r"socket:\[(\d+)\]", target)
+    if not m:
+        return None
+    entry = _proc_tcp(pid).get(int(m.group(1)))
+    if entry is None:
+        return None
+    family, la, lp, ra, rp, _state = entry
+    return family, la, lp, ra, rp
+
+
+def listening_ports(pid: int) -> set[int]:
+    return {e[2] for e in _proc_tcp(pid).values() if e[5] == 0x0A}
+
+
+# -- stale tracefs uprobes ---------------------------------------------------------------------
+
+_BCC_EVENT = re.compile(r"^[pr]:(?:\S+/)?(\S+_bcc_(\d+))\s", re.M)
+
+
+def remove_stale_uprobes() -> list[str]:
+    """Remove tracefs uprobes that bcc made for a process that is gone (bcc names them
+    ``..._bcc_<pid>``; perf_event-based ones, the default, never linger). Returns their names."""
+    for path in UPROBE_EVENTS:
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            continue
+        removed = []
+        for m in _BCC_EVENT.finditer(text):
+            name, pid = m.group(1), int(m.group(2))
+            if pid == os.getpid() or os.path.exists(f"/proc/{pid}"):
+                continue
+            try:
+                with open(path, "a") as f:
+                    f.write(f"-:{name}\n")
+                removed.append(name)
+            except OSError:
+                pass  # busy (still enabled by a perf event): it goes with that event
+        return removed
+    return []
+
+
+def ensure_tracefs() -> None:
+    if os.path.exists("/sys/kernel/tracing/events") or os.path.exists("/sys/kernel/debug/tracing/events"):
+        return
+    rc = os.system("mount -t tracefs tracefs /sys/kernel/tracing >/dev/null 2>&1")
+    if rc != 0:
+        raise PrerequisiteError("tracefs is not mounted (uprobes and tracepoints need it)",
+                                hint="mount -t tracefs tracefs /sys/kernel/tracing")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsStats:
+    """The kernel's counters (COUNTER_NAMES) and user space's."""
+
+    kernel: dict[str, int]
+    unmapped_calls: int  # calls whose socket could not be found (closed before user space looked)
+    connections: int
+
+
+class TlsSource:
+    """The TLS plaintext source (a capture/source.py Source), frames of LINKTYPE_RAW.
+
+    ``ports``: watched TCP ports (every port when empty); ``libs``: library files (default: the
+    system's, or the process's with ``pid``); ``pid``: attach to this process only; ``side``: see
+    the module docstring; ``buffer_mb``: the ring buffer (per CPU for the perf buffer);
+    ``ringbuf``: None probes, False forces the perf buffer; ``immediate``: wake the reader per
+    record (the live mirror)."""
+
+    name = "tls"
+    linktype = LINKTYPE_RAW
+
+    def __init__(self, ports: tuple[int, ...] = (), *, libs: tuple[str, ...] = (), pid: int | None = None,
+                 side: Side = Side.SERVER, buffer_mb: int = 64, ringbuf: bool | None = None,
+                 immediate: bool = False, max_pieces: int = DEFAULT_MAX_PIECES) -> None:
+        for p in ports:
+            if not 0 < p < 65536:
+                raise InputError(f"bad port {p}", where="port")
+        if pid is not None and pid <= 0:
+            raise InputError(f"bad pid {pid}", where="pid")
+        if max_pieces < 1:
+            raise InputError("must be >= 1", where="max_pieces")
+        self.ports = tuple(sorted(set(ports)))
+        self._portset = frozenset(self.ports)
+        self.lib_paths = tuple(libs)
+        self.pid = pid
+        self.side = side
+        self.buffer_mb = buffer_mb
+        self.use_ringbuf = ringbuf
+        self.immediate = immediate
+        self.max_pieces = max_pieces
+        self.libraries: list[tls_libs.TlsLibrary] = []
+        self.removed_stale: list[str] = []
+        self.framer = Framer()
+        self._bpf = None
+        self._batch: list[Frame] = []
+        self._pending: list[tuple[int, bytes]] = []  # perf buffer: (ts, record) awaiting reordering
+        self._offset_ns = 0
+        self._received = 0
+        self._payload = 0
+        self._unmapped = 0
+        self._resolved: dict[int, tuple | None] = {}  # sk -> orientation, for sockets user space resolved
+        self._listening: dict[int, set[int]] = {}
+        self._closed = False
+        self.on_chunk = None  # optional callback(Chunk): the chunk view of the stream (tests, tools)
+        self.detach_errors: list[OSError] = []
+
+    # -- the program -------------------------------------------------------------------------
+    def _pages(self) -> int:
+        pages = max(1, self.buffer_mb * (1 << 20) // os.sysconf("SC_PAGE_SIZE"))
+        return 1 << (pages - 1).bit_length()
+
+    def cflags(self) -> list[str]:
+        return [
+            f"-DUSE_RINGBUF={int(bool(self.use_ringbuf))}",
+            f"-DRINGBUF_PAGES={self._pages()}",
+            f"-DWAKEUP_EVERY={0 if self.immediate else WAKEUP_EVERY}",
+            f"-DMAX_PIECES={self.max_pieces}",
+        ]
+
+    def _probe_ringbuf(self) -> None:
+        if self.use_ringbuf is None:
+            from shadowtap.capture.ebpf import ringbuf_supported
+
+            self.use_ringbuf = ringbuf_supported()
+
+    def program_text(self) -> str:
+        """The program as compiled, with the loader's settings: what ``--print-bpf`` shows."""
+        self._probe_ringbuf()
+        defines = "".join(f"#define {f[2:].replace('=', ' ', 1)}\n" for f in self.cflags())
+        return f"// compiled by bcc with these settings (TLS source):\n{defines}\n{program_source()}"
+
+    def find_libraries(self) -> list[tls_libs.TlsLibrary]:
+        """The libraries to attach to, each checked; raises when none is usable."""
+        if self.lib_paths:
+            paths = list(self.lib_paths)
+            for p in paths:
+                if not os.path.isfile(p):
+                    raise InputError("no such file", where=p)
+        elif self.pid is not None:
+            paths = tls_libs.process_libraries(self.pid)
+            if not paths:
+                raise PrerequisiteError(
+                    f"process {self.pid} maps no libssl or libgnutls: its TLS, if any, is linked in or not "
+                    "OpenSSL/GnuTLS (see `shadowtap doctor`)", hint="name the executable with --tls-lib if it "
+                    "exports SSL_read/SSL_write")
+        else:
+            paths = tls_libs.system_libraries()
+            if not paths:
+                raise PrerequisiteError("no system OpenSSL or GnuTLS library found",
+                                        hint="name one with --tls-lib PATH")
+        libs = [tls_libs.inspect(p) for p in paths]
+        usable = [lib for lib in libs if lib.usable]
+        if not usable:
+            why = "; ".join(f"{lib.path}: {lib.kind.value}, missing {', '.join(lib.missing) or '?'}" for lib in libs)
+            raise PrerequisiteError(f"no usable TLS library: {why}",
+                                    hint="the library must export SSL_read/SSL_write (or gnutls_record_recv/send)")
+        return usable
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def open(self) -> None:
+        from shadowtap.capture.doctor import require_ebpf
+
+        require_ebpf()
+        ensure_tracefs()
+        self.libraries = self.find_libraries()
+        try:
+            from bcc import BPF
+        except ImportError as exc:
+            raise PrerequisiteError("bcc's Python bindings are missing", hint="scripts/setup.sh") from exc
+        self._probe_ringbuf()
+        self.removed_stale = remove_stale_uprobes()
+        atexit.register(self.close)
+        try:
+            self._bpf = BPF(text=program_source().encode(), cflags=self.cflags())
+        except Exception as exc:  # bcc raises bare Exceptions for compile and verifier failures
+            self.close()
+            raise PrerequisiteError(f"the TLS BPF program did not compile or load: {exc}",
+                                    hint="check the kernel headers and tracefs (shadowtap doctor)") from exc
+        b = self._bpf
+        ports = b[b"ports"]
+        for p in self.ports:
+            ports[ports.Key(p)] = ports.Leaf(1)
+        cfg = b[b"config"]
+        cfg[ctypes.c_int(0)] = ctypes.c_uint32(0 if self.ports else 1)
+        cfg[ctypes.c_int(1)] = ctypes.c_uint32(_SIDE_CODE[self.side])
+        try:
+            for lib in self.libraries:
+                for func, (entry, ret) in lib.probes.items():
+                    b.attach_uprobe(name=lib.path.encode(), sym=func.encode(), fn_name=entry.encode(),
+                                    pid=self.pid or -1)
+                    if ret is not None:
+                        b.attach_uretprobe(name=lib.path.encode(), sym=func.encode(), fn_name=ret.encode(),
+                                           pid=self.pid or -1)
+        except Exception as exc:
+            self.close()
+            raise PrerequisiteError(f"cannot attach uprobes: {exc}", hint="shadowtap doctor") from exc
+        if self.use_ringbuf:
+            b[b"events"].open_ring_buffer(self._on_ring)
+        else:
+            b[b"events"].open_perf_buffer(self._on_perf, page_cnt=self._pages(), lost_cb=lambda _n: None,
+                                          wakeup_events=1 if self.immediate else PERF_WAKEUP_EVENTS)
+        self._offset_ns = time.time_ns() - time.monotonic_ns()
+
+    def describe(self) -> str:
+        libs = ", ".join(f"{lib.path} ({lib.version or lib.kind.value})" for lib in self.libraries) or "none"
+        where = f"process {self.pid}" if self.pid else "every process mapping them"
+        buf = "ring buffer" if self.use_ringbuf else "perf buffer (per CPU)"
+        ports = ",".join(map(str, self.ports)) or "all"
+        return f"TLS uprobes on {libs} ({where}), {self.side.value} side, TCP ports {ports}, {buf}"
+
+    def close(self) -> None:
+        """Detach every probe and free the program. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        if self._bpf is not None:
+            try:
+                self._bpf.cleanup()
+            except OSError as exc:
+                self.detach_errors.append(exc)
+            self._bpf = None
+
+    # -- reading ------------------------------------------------------------------------------
+    def _on_ring(self, _ctx: object, data: int, size: int) -> int:
+        self._record(ctypes.string_at(data, size))
+        return -1 if len(self._batch) >= MAX_BATCH else 0
+
+    def _on_perf(self, _cpu: int, data: int, size: int) -> None:
+        raw = ctypes.string_at(data, size)
+        self._pending.append((struct.unpack_from("=Q", raw)[0], raw))
+
+    def _orientation(self, h: tuple) -> tuple | None:
+        """(sk key, client, server, process_is_server) of a record, or None when it cannot be placed."""
+        (_ts, sk, _ssl, _rd, _wr, tgid, _tid, _len, _piece, _total, fd, _kind, _dir, flags, role, family,
+         lport, rport, _pad, laddr, raddr, _pad2) = h
+        if flags & F_TUPLE:
+            local, remote = (_addr(family, laddr), lport), (_addr(family, raddr), rport)
+            server = role == ROLE_PASSIVE if role != ROLE_UNKNOWN else self._is_server(tgid, lport, rport)
+            return (sk, remote, local, True) if server else (sk, local, remote, False)
+        if flags & F_NOSK or not sk:
+            return None
+        if sk in self._resolved:
+            return self._resolved[sk]
+        found = resolve_fd(tgid, fd) if fd >= 0 else None
+        if found is None:
+            return None  # not remembered: the fd may be resolvable at the next call
+        fam, la, lp, ra, rp = found
+        role = ROLE_PASSIVE if self._is_server(tgid, lp, rp) else ROLE_ACTIVE
+        watched = decide(lp, rp, role, self._portset, self.side)
+        local, remote = (_addr(fam, la.ljust(16, b"\0")), lp), (_addr(fam, ra.ljust(16, b"\0")), rp)
+        orient = ((sk, remote, local, True) if role == ROLE_PASSIVE else (sk, local, remote, False)) if watched else None
+        self._resolved[sk] = orient
+        self._tell_kernel(sk, fam, la, lp, ra, rp, role, W_WATCHED if watched else W_IGNORED)
+        return orient
+
+    def _is_server(self, tgid: int, lport: int, rport: int) -> bool:
+        if self._portset:
+            if lport in self._portset:
+                return True
+            if rport in self._portset:
+                return False
+        listening = self._listening.get(tgid)
+        if listening is None:
+            listening = self._listening[tgid] = listening_ports(tgid)
+        return lport in listening
+
+    def _tell_kernel(self, sk: int, family: int, la: bytes, lp: int, ra: bytes, rp: int, role: int, watch: int) -> None:
+        if self._bpf is None:
+            return
+        table = self._bpf[b"conns"]
+        leaf = table.Leaf()
+        leaf.family, leaf.lport, leaf.rport, leaf.role, leaf.watch = family, lp, rp, role, watch
+        ctypes.memmove(leaf.laddr, la.ljust(16, b"\0"), 16)
+        ctypes.memmove(leaf.raddr, ra.ljust(16, b"\0"), 16)
+        try:
+            table[table.Key(sk)] = leaf
+        except Exception:  # noqa: BLE001 - the socket may be gone; its calls then stay visible here
+            pass
+
+    def _record(self, raw: bytes) -> None:
+        h = _HDR.unpack_from(raw)
+        ts_us = (h[0] + self._offset_ns) // 1000
+        kind = h[11]
+        if kind == K_OPEN:
+            (_ts, sk, *_rest) = h
+            family, lport, rport, laddr, raddr, role = h[15], h[16], h[17], h[19], h[20], h[14]
+            local, remote = (_addr(family, laddr), lport), (_addr(family, raddr), rport)
+            if role == ROLE_PASSIVE or (role == ROLE_UNKNOWN and lport in self._portset):
+                self.framer.open(sk, remote, local)
+            else:
+                self.framer.open(sk, local, remote)
+            return
+        orient = self._orientation(h)
+        if kind == K_DATA:
+            if orient is None:
+                self._unmapped += 1
+                return
+            sk, client, server, proc_is_server = orient
+            d, flags, rd, wr, piece = h[12], h[13], h[3], h[4], h[8]
+            data = raw[_HDR.size:_HDR.size + h[7]] if not flags & F_FAULT else b""
+            to_server = (d == D_READ) if proc_is_server else (d == D_WRITE)
+            offset = (rd if d == D_READ else wr) + piece
+            self._payload += len(data)
+            if not data:
+                return  # a fault: the hole stays at its offset
+            chunk = Chunk(ts_us, h[5], client, server, to_server, offset, data)
+            if self.on_chunk is not None:
+                self.on_chunk(chunk)
+            self._batch.extend(self.framer.data(sk, chunk))
+            return
+        if orient is None:
+            return
+        sk, _client, _server, proc_is_server = orient
+        rd, wr = h[3], h[4]
+        c_off, s_off = (rd, wr) if proc_is_server else (wr, rd)
+        if kind == K_END_LOCAL:
+            self._batch.extend(self.framer.end(sk, ts_us, not proc_is_server, wr))
+        elif kind == K_CLOSE:
+            self._batch.extend(self.framer.close(sk, ts_us, c_off, s_off))
+            self._resolved.pop(sk, None)
+        # K_END_REMOTE: the peer's FIN may be processed (softirq) before this process's last read
+        # returns; it is framed at K_CLOSE, after every read of the connection.
+
+    def read(self, timeout: float) -> list[Frame]:
+        if self._bpf is None:
+            return []
+        ms = max(0, int(timeout * 1000))
+        if self.use_ringbuf:
+            if self.immediate:
+                self._bpf.ring_buffer_poll(ms)
+            else:
+                self._bpf.ring_buffer_consume()
+                if not self._batch and ms:
+                    self._bpf.ring_buffer_poll(min(ms, BATCH_POLL_MS))
+                    if len(self._batch) < MAX_BATCH:
+                        self._bpf.ring_buffer_consume()
+        else:
+            self._bpf.perf_buffer_poll(ms if self.immediate else min(ms, BATCH_POLL_MS))
+            if not self.immediate:
+                self._bpf.perf_buffer_consume()
+            self._drain_pending(final=False)
+        batch, self._batch = self._batch, []
+        self._received += len(batch)
+        return batch
+
+    def _drain_pending(self, final: bool) -> None:
+        """Perf buffers are per CPU: records wait REORDER_US (so every CPU's older ones are read),
+        then are handled in time order. A poll that found nothing hands everything over."""
+        pending = self._pending
+        if not pending:
+            return
+        pending.sort(key=_first)
+        if final:
+            cut = len(pending)
+        else:
+            horizon = time.monotonic_ns() - REORDER_US * 1000
+            cut = bisect.bisect_right(pending, horizon, key=_first)
+        for _ts, raw in pending[:cut]:
+            self._record(raw)
+        del pending[:cut]
+
+    def flush(self) -> list[Frame]:
+        if self._bpf is not None:
+            if self.use_ringbuf:
+                self._bpf.ring_buffer_consume()
+            else:
+                self._bpf.perf_buffer_consume()
+        self._drain_pending(final=True)
+        out, self._batch = self._batch, []
+        self._received += len(out)
+        return out
+
+    def counters(self) -> dict[str, int]:
+        if self._bpf is None:
+            return dict.fromkeys(COUNTER_NAMES, 0)
+        table = self._bpf[b"counters"]
+        return {name: int(table.sum(table.Key(i)).value) for i, name in enumerate(COUNTER_NAMES)}
+
+    def tls_stats(self) -> TlsStats:
+        return TlsStats(self.counters(), self._unmapped, len(self.framer))
+
+    def stats(self) -> SourceStats:
+        c = self.counters()
+        return SourceStats(packets=self._received, bytes=c["bytes"], buffer_drops=c["lost_records"],
+                           truncated=c["truncated_bytes"] and 1)
+
+
+def _first(item: tuple[int, bytes]) -> int:
+    return item[0]
+
+
+__all__ = ["TlsSource", "Side", "TlsStats", "remove_stale_uprobes", "resolve_fd", "decide"]
