@@ -46,6 +46,7 @@ class Backend(str, Enum):
     AUTO = "auto"
     EBPF = "ebpf"
     PCAP = "pcap"
+    TLS = "tls"  # plaintext at the TLS library's calls (capture/tls.py): no interface
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,11 @@ class CaptureConfig:
     spool_max: int | None = None  # bytes the spool may hold (default: capture/spool.py's)
     sink: str | None = None  # nats://host:port/SUBJECT: exchanges published to JetStream too
     sink_spool: str | None = None  # the sink's disk buffer (default: lake/nats.py's)
+    # The TLS source (backend TLS, or auto on a port that speaks TLS): library files to attach to
+    # (default: the system's), one process only, which side of the connections to record.
+    tls_libs: tuple[str, ...] = ()
+    tls_pid: int | None = None
+    tls_side: str = "server"
 
     def __post_init__(self) -> None:
         for p in self.ports:
@@ -245,12 +251,20 @@ def open_source(config: CaptureConfig) -> tuple[Source, str]:
         src: Source = PcapSource(config.iface, config.ports, buffer_mb=config.buffer_mb, immediate=config.immediate)
         src.open()
         return src, "pcap backend requested"
+    if config.backend is Backend.TLS:
+        return _open_tls(config), "tls backend requested"
     if config.backend is Backend.EBPF:
         src = EbpfSource(config.iface, config.ports, buffer_mb=config.buffer_mb, ringbuf=config.ringbuf,
                          immediate=config.immediate)
         src.open()
         return src, "ebpf backend requested"
-    # auto: eBPF where bcc, the kernel and privileges allow it, else pcap, saying why.
+    # auto: TLS when a watched port speaks TLS (its plaintext is only visible there); else eBPF
+    # where bcc, the kernel and privileges allow it, else pcap, saying why.
+    from shadowtap.capture.tls import tls_ports
+
+    tls = tls_ports(config.ports)
+    if tls:
+        return _open_tls(config), f"auto: tls, because port {','.join(map(str, tls))} speaks TLS"
     try:
         src = EbpfSource(config.iface, config.ports, buffer_mb=config.buffer_mb, ringbuf=config.ringbuf,
                          immediate=config.immediate)
@@ -266,6 +280,23 @@ def open_source(config: CaptureConfig) -> tuple[Source, str]:
     return src, f"auto: pcap, because eBPF is unavailable: {why}"
 
 
+def _open_tls(config: CaptureConfig) -> Source:
+    from shadowtap.capture.tls import Side, TlsSource
+
+    src = TlsSource(config.ports, libs=config.tls_libs, pid=config.tls_pid,
+                    side=Side(config.tls_side), buffer_mb=config.buffer_mb,
+                    ringbuf=config.ringbuf, immediate=config.immediate)
+    src.open()
+    return src
+
+
+def _uses_iface(config: CaptureConfig) -> bool:
+    """False for the TLS source, which reads at the library: no interface to check."""
+    if config.backend is Backend.TLS:
+        return False
+    return config.backend is not Backend.AUTO or bool(config.iface)
+
+
 def _open_connections(extractor: Any) -> int | None:
     """Connections the Extractor tracks now (ExtractStats has no such figure: read its reassembler)."""
     conns = getattr(getattr(extractor, "reassembler", None), "conns", None)
@@ -275,7 +306,7 @@ def _open_connections(extractor: Any) -> int | None:
 def _preflight(config: CaptureConfig) -> None:
     """The interface, then the outputs: a bad name or an unwritable path fails before any hook is
     attached (the pcap, which needs the source's link type, is checked here too)."""
-    if not os.path.isdir(f"/sys/class/net/{config.iface}"):
+    if _uses_iface(config) and not os.path.isdir(f"/sys/class/net/{config.iface}"):
         raise InputError(f"no such interface: {config.iface}", hint="list them with: ip -brief link")
     for path in (config.pcap_out, config.jsonl_out):
         if path:
@@ -290,7 +321,9 @@ def _read_loop(config: CaptureConfig, src: Source, stop_event: threading.Event, 
     what the kernel already holds (a pcap ring block is handed over only when full or after its
     timeout): packets that passed the hooks before the stop are not lost."""
     last_tick = start
-    deadline = start + config.duration if config.duration is not None else None
+    # The duration counts from the first read, not from ``start``: opening a source may take
+    # seconds (the TLS source compiles its program) that must not eat the capture's time.
+    deadline = time.monotonic() + config.duration if config.duration is not None else None
     while not stop_event.is_set():
         now = time.monotonic()
         if deadline is not None and now >= deadline:
@@ -299,7 +332,7 @@ def _read_loop(config: CaptureConfig, src: Source, stop_event: threading.Event, 
         consume(src.read(wait))
         now = time.monotonic()
         if now - last_tick >= FLUSH_INTERVAL:
-            if not os.path.isdir(f"/sys/class/net/{config.iface}"):
+            if src.name != "tls" and not os.path.isdir(f"/sys/class/net/{config.iface}"):
                 raise InputError(f"interface {config.iface} went away during the capture")
             on_tick(now)
             last_tick = now
@@ -843,7 +876,9 @@ def capture(config: CaptureConfig, *, keep_secrets: bool = False, secret_headers
             console.info(f"capturing: {src.describe()}")
             console.info(f"backend: {reason}")
             for f in getattr(src, "removed_stale", ()):
-                console.warn(f"removed a stale shadowtap hook left by a killed run: {f.name} ({f.direction.name.lower()})")
+                what = (f"{f.name} ({f.direction.name.lower()})"
+                        if hasattr(f, "direction") else str(f))
+                console.warn(f"removed a stale shadowtap hook left by a killed run: {what}")
             if config.pcap_out:
                 console.info(f"pcap: {config.pcap_out} (raw, unredacted)")
             if interactive:  # started here, after the extractor process was forked (no thread in it)
@@ -855,7 +890,7 @@ def capture(config: CaptureConfig, *, keep_secrets: bool = False, secret_headers
 
         def on_figures(fig: Figures) -> None:
             if live is not None:
-                live.update(_figures_table(fig, f"capturing on {config.iface}"))
+                live.update(_figures_table(fig, f"capturing on {config.iface or 'TLS libraries'}"))
 
         def on_draining(fig: Figures) -> None:
             # The hooks are detached; the extractor process finishes the spool.

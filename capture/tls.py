@@ -31,6 +31,7 @@ from __future__ import annotations
 import atexit
 import bisect
 import ctypes
+import ipaddress
 import os
 import re
 import struct
@@ -51,7 +52,8 @@ WAKEUP_EVERY = 256
 BATCH_POLL_MS = 20
 PERF_WAKEUP_EVENTS = 32
 REORDER_US = 50_000
-DEFAULT_MAX_PIECES = 32  # 32 x 16 KiB = 512 KiB a call (the verifier bounds the loop); the rest is counted as truncated
+# 32 x 16 KiB = 512 KiB a call (the verifier bounds the loop); the rest is counted as truncated
+DEFAULT_MAX_PIECES = 32
 UPROBE_EVENTS = ("/sys/kernel/tracing/uprobe_events", "/sys/kernel/debug/tracing/uprobe_events")
 
 # struct rec_hdr (the .c file): ts, sk, ssl, rd, wr, tgid, tid, len, piece, total, fd, kind, dir,
@@ -62,10 +64,20 @@ D_READ, D_WRITE = 0, 1
 F_TUPLE, F_FAULT, F_NOSK = 1, 2, 4
 ROLE_UNKNOWN, ROLE_ACTIVE, ROLE_PASSIVE = 0, 1, 2
 W_PENDING, W_WATCHED, W_IGNORED = 0, 1, 2
-(C_CALLS, C_BYTES, C_RECORDS, C_LOST, C_LOST_BYTES, C_TRUNCATED, C_FAULTS, C_FILTERED,
- C_NOSK) = range(9)
-COUNTER_NAMES = ("calls", "bytes", "records", "lost_records", "lost_bytes", "truncated_bytes",
-                 "read_faults", "filtered_calls", "calls_without_socket")
+(C_CALLS, C_BYTES, C_RECORDS, C_LOST, C_LOST_BYTES, C_TRUNCATED, C_FAULTS, C_FILTERED, C_NOSK) = (
+    range(9)
+)
+COUNTER_NAMES = (
+    "calls",
+    "bytes",
+    "records",
+    "lost_records",
+    "lost_bytes",
+    "truncated_bytes",
+    "read_faults",
+    "filtered_calls",
+    "calls_without_socket",
+)
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 
 
@@ -107,6 +119,7 @@ def decide(lport: int, rport: int, role: int, ports: frozenset[int], side: Side)
 
 # -- /proc: the 4-tuple of a socket open before the capture --------------------------------------
 
+
 def _proc_tcp(pid: int) -> dict[int, tuple[int, bytes, int, bytes, int, int]]:
     """inode -> (family, laddr, lport, raddr, rport, state) from the process's network namespace."""
     out: dict[int, tuple[int, bytes, int, bytes, int, int]] = {}
@@ -121,14 +134,21 @@ def _proc_tcp(pid: int) -> dict[int, tuple[int, bytes, int, bytes, int, int]]:
             if len(p) < 10:
                 continue
             (la, lp), (ra, rp) = p[1].split(":"), p[2].split(":")
-            out[int(p[9])] = (family, _proc_addr(la), int(lp, 16), _proc_addr(ra), int(rp, 16), int(p[3], 16))
+            out[int(p[9])] = (
+                family,
+                _proc_addr(la),
+                int(lp, 16),
+                _proc_addr(ra),
+                int(rp, 16),
+                int(p[3], 16),
+            )
     return out
 
 
 def _proc_addr(hexaddr: str) -> bytes:
     raw = bytes.fromhex(hexaddr)
     # /proc prints each 32-bit word in host (little-endian) order.
-    return b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
 
 
 def resolve_fd(pid: int, fd: int) -> tuple[int, bytes, int, bytes, int] | None:
@@ -181,12 +201,44 @@ def remove_stale_uprobes() -> list[str]:
 
 
 def ensure_tracefs() -> None:
-    if os.path.exists("/sys/kernel/tracing/events") or os.path.exists("/sys/kernel/debug/tracing/events"):
+    if os.path.exists("/sys/kernel/tracing/events") or os.path.exists(
+        "/sys/kernel/debug/tracing/events"
+    ):
         return
     rc = os.system("mount -t tracefs tracefs /sys/kernel/tracing >/dev/null 2>&1")
     if rc != 0:
-        raise PrerequisiteError("tracefs is not mounted (uprobes and tracepoints need it)",
-                                hint="mount -t tracefs tracefs /sys/kernel/tracing")
+        raise PrerequisiteError(
+            "tracefs is not mounted (uprobes and tracepoints need it)",
+            hint="mount -t tracefs tracefs /sys/kernel/tracing",
+        )
+
+
+def tls_ports(ports: tuple[int, ...], timeout: float = 1.0) -> list[int]:
+    """The ports among ``ports`` whose listener on this host (this network namespace) completes a
+    TLS handshake: ``auto``'s test. One probe connection a listening port, certificate not
+    checked (only whether it speaks TLS); a port nobody listens on here is not probed."""
+    import socket
+    import ssl
+
+    listen: dict[int, str] = {}
+    for _inode, (family, la, lp, _ra, _rp, state) in _proc_tcp(os.getpid()).items():
+        if state == 0x0A and lp in ports and lp not in listen:
+            ip = str(ipaddress.ip_address(la if family == 2 else _addr(10, la)))
+            listen[lp] = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(ip, ip)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    found = []
+    for port, host in sorted(listen.items()):
+        try:
+            with (
+                socket.create_connection((host, port), timeout=timeout) as raw,
+                ctx.wrap_socket(raw, server_hostname=None),
+            ):
+                found.append(port)
+        except (OSError, ssl.SSLError):
+            continue
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,16 +262,25 @@ class TlsSource:
     name = "tls"
     linktype = LINKTYPE_RAW
 
-    def __init__(self, ports: tuple[int, ...] = (), *, libs: tuple[str, ...] = (), pid: int | None = None,
-                 side: Side = Side.SERVER, buffer_mb: int = 64, ringbuf: bool | None = None,
-                 immediate: bool = False, max_pieces: int = DEFAULT_MAX_PIECES) -> None:
+    def __init__(
+        self,
+        ports: tuple[int, ...] = (),
+        *,
+        libs: tuple[str, ...] = (),
+        pid: int | None = None,
+        side: Side = Side.SERVER,
+        buffer_mb: int = 64,
+        ringbuf: bool | None = None,
+        immediate: bool = False,
+        max_pieces: int = DEFAULT_MAX_PIECES,
+    ) -> None:
         for p in ports:
             if not 0 < p < 65536:
-                raise InputError(f"bad port {p}", where="port")
+                raise InputError(f"bad port {p}", field="ports")
         if pid is not None and pid <= 0:
-            raise InputError(f"bad pid {pid}", where="pid")
+            raise InputError(f"bad pid {pid}", field="pid")
         if max_pieces < 1:
-            raise InputError("must be >= 1", where="max_pieces")
+            raise InputError("must be >= 1", field="max_pieces")
         self.ports = tuple(sorted(set(ports)))
         self._portset = frozenset(self.ports)
         self.lib_paths = tuple(libs)
@@ -239,10 +300,14 @@ class TlsSource:
         self._received = 0
         self._payload = 0
         self._unmapped = 0
-        self._resolved: dict[int, tuple | None] = {}  # sk -> orientation, for sockets user space resolved
+        self._resolved: dict[
+            int, tuple | None
+        ] = {}  # sk -> orientation, for sockets user space resolved
         self._listening: dict[int, set[int]] = {}
         self._closed = False
-        self.on_chunk = None  # optional callback(Chunk): the chunk view of the stream (tests, tools)
+        self.on_chunk = (
+            None  # optional callback(Chunk): the chunk view of the stream (tests, tools)
+        )
         self.detach_errors: list[OSError] = []
 
     # -- the program -------------------------------------------------------------------------
@@ -268,7 +333,9 @@ class TlsSource:
         """The program as compiled, with the loader's settings: what ``--print-bpf`` shows."""
         self._probe_ringbuf()
         defines = "".join(f"#define {f[2:].replace('=', ' ', 1)}\n" for f in self.cflags())
-        return f"// compiled by bcc with these settings (TLS source):\n{defines}\n{program_source()}"
+        return (
+            f"// compiled by bcc with these settings (TLS source):\n{defines}\n{program_source()}"
+        )
 
     def find_libraries(self) -> list[tls_libs.TlsLibrary]:
         """The libraries to attach to, each checked; raises when none is usable."""
@@ -281,20 +348,27 @@ class TlsSource:
             paths = tls_libs.process_libraries(self.pid)
             if not paths:
                 raise PrerequisiteError(
-                    f"process {self.pid} maps no libssl or libgnutls: its TLS, if any, is linked in or not "
-                    "OpenSSL/GnuTLS (see `shadowtap doctor`)", hint="name the executable with --tls-lib if it "
-                    "exports SSL_read/SSL_write")
+                    f"process {self.pid} maps no libssl nor libgnutls: its TLS is built in "
+                    "or not OpenSSL/GnuTLS (see `shadowtap doctor`)",
+                    hint="name the executable with --tls-lib if it exports SSL_read/SSL_write",
+                )
         else:
             paths = tls_libs.system_libraries()
             if not paths:
-                raise PrerequisiteError("no system OpenSSL or GnuTLS library found",
-                                        hint="name one with --tls-lib PATH")
+                raise PrerequisiteError(
+                    "no system OpenSSL or GnuTLS library found", hint="name one with --tls-lib PATH"
+                )
         libs = [tls_libs.inspect(p) for p in paths]
         usable = [lib for lib in libs if lib.usable]
         if not usable:
-            why = "; ".join(f"{lib.path}: {lib.kind.value}, missing {', '.join(lib.missing) or '?'}" for lib in libs)
-            raise PrerequisiteError(f"no usable TLS library: {why}",
-                                    hint="the library must export SSL_read/SSL_write (or gnutls_record_recv/send)")
+            why = "; ".join(
+                f"{lib.path}: {lib.kind.value}, missing {', '.join(lib.missing) or '?'}"
+                for lib in libs
+            )
+            raise PrerequisiteError(
+                f"no usable TLS library: {why}",
+                hint="the library must export SSL_read/SSL_write (or gnutls_record_recv/send)",
+            )
         return usable
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -307,7 +381,9 @@ class TlsSource:
         try:
             from bcc import BPF
         except ImportError as exc:
-            raise PrerequisiteError("bcc's Python bindings are missing", hint="scripts/setup.sh") from exc
+            raise PrerequisiteError(
+                "bcc's Python bindings are missing", hint="scripts/setup.sh"
+            ) from exc
         self._probe_ringbuf()
         self.removed_stale = remove_stale_uprobes()
         atexit.register(self.close)
@@ -315,8 +391,10 @@ class TlsSource:
             self._bpf = BPF(text=program_source().encode(), cflags=self.cflags())
         except Exception as exc:  # bcc raises bare Exceptions for compile and verifier failures
             self.close()
-            raise PrerequisiteError(f"the TLS BPF program did not compile or load: {exc}",
-                                    hint="check the kernel headers and tracefs (shadowtap doctor)") from exc
+            raise PrerequisiteError(
+                f"the TLS BPF program did not compile or load: {exc}",
+                hint="check the kernel headers and tracefs (shadowtap doctor)",
+            ) from exc
         b = self._bpf
         ports = b[b"ports"]
         for p in self.ports:
@@ -327,23 +405,40 @@ class TlsSource:
         try:
             for lib in self.libraries:
                 for func, (entry, ret) in lib.probes.items():
-                    b.attach_uprobe(name=lib.path.encode(), sym=func.encode(), fn_name=entry.encode(),
-                                    pid=self.pid or -1)
+                    b.attach_uprobe(
+                        name=lib.path.encode(),
+                        sym=func.encode(),
+                        fn_name=entry.encode(),
+                        pid=self.pid or -1,
+                    )
                     if ret is not None:
-                        b.attach_uretprobe(name=lib.path.encode(), sym=func.encode(), fn_name=ret.encode(),
-                                           pid=self.pid or -1)
+                        b.attach_uretprobe(
+                            name=lib.path.encode(),
+                            sym=func.encode(),
+                            fn_name=ret.encode(),
+                            pid=self.pid or -1,
+                        )
         except Exception as exc:
             self.close()
-            raise PrerequisiteError(f"cannot attach uprobes: {exc}", hint="shadowtap doctor") from exc
+            raise PrerequisiteError(
+                f"cannot attach uprobes: {exc}", hint="shadowtap doctor"
+            ) from exc
         if self.use_ringbuf:
             b[b"events"].open_ring_buffer(self._on_ring)
         else:
-            b[b"events"].open_perf_buffer(self._on_perf, page_cnt=self._pages(), lost_cb=lambda _n: None,
-                                          wakeup_events=1 if self.immediate else PERF_WAKEUP_EVENTS)
+            b[b"events"].open_perf_buffer(
+                self._on_perf,
+                page_cnt=self._pages(),
+                lost_cb=lambda _n: None,
+                wakeup_events=1 if self.immediate else PERF_WAKEUP_EVENTS,
+            )
         self._offset_ns = time.time_ns() - time.monotonic_ns()
 
     def describe(self) -> str:
-        libs = ", ".join(f"{lib.path} ({lib.version or lib.kind.value})" for lib in self.libraries) or "none"
+        libs = (
+            ", ".join(f"{lib.path} ({lib.version or lib.kind.value})" for lib in self.libraries)
+            or "none"
+        )
         where = f"process {self.pid}" if self.pid else "every process mapping them"
         buf = "ring buffer" if self.use_ringbuf else "perf buffer (per CPU)"
         ports = ",".join(map(str, self.ports)) or "all"
@@ -372,12 +467,38 @@ class TlsSource:
         self._pending.append((struct.unpack_from("=Q", raw)[0], raw))
 
     def _orientation(self, h: tuple) -> tuple | None:
-        """(sk key, client, server, process_is_server) of a record, or None when it cannot be placed."""
-        (_ts, sk, _ssl, _rd, _wr, tgid, _tid, _len, _piece, _total, fd, _kind, _dir, flags, role, family,
-         lport, rport, _pad, laddr, raddr, _pad2) = h
+        """(sk key, client, server, process_is_server) of a record; None: it cannot be placed."""
+        (
+            _ts,
+            sk,
+            _ssl,
+            _rd,
+            _wr,
+            tgid,
+            _tid,
+            _len,
+            _piece,
+            _total,
+            fd,
+            _kind,
+            _dir,
+            flags,
+            role,
+            family,
+            lport,
+            rport,
+            _pad,
+            laddr,
+            raddr,
+            _pad2,
+        ) = h
         if flags & F_TUPLE:
             local, remote = (_addr(family, laddr), lport), (_addr(family, raddr), rport)
-            server = role == ROLE_PASSIVE if role != ROLE_UNKNOWN else self._is_server(tgid, lport, rport)
+            server = (
+                role == ROLE_PASSIVE
+                if role != ROLE_UNKNOWN
+                else self._is_server(tgid, lport, rport)
+            )
             return (sk, remote, local, True) if server else (sk, local, remote, False)
         if flags & F_NOSK or not sk:
             return None
@@ -390,7 +511,11 @@ class TlsSource:
         role = ROLE_PASSIVE if self._is_server(tgid, lp, rp) else ROLE_ACTIVE
         watched = decide(lp, rp, role, self._portset, self.side)
         local, remote = (_addr(fam, la.ljust(16, b"\0")), lp), (_addr(fam, ra.ljust(16, b"\0")), rp)
-        orient = ((sk, remote, local, True) if role == ROLE_PASSIVE else (sk, local, remote, False)) if watched else None
+        orient = (
+            ((sk, remote, local, True) if role == ROLE_PASSIVE else (sk, local, remote, False))
+            if watched
+            else None
+        )
         self._resolved[sk] = orient
         self._tell_kernel(sk, fam, la, lp, ra, rp, role, W_WATCHED if watched else W_IGNORED)
         return orient
@@ -406,7 +531,9 @@ class TlsSource:
             listening = self._listening[tgid] = listening_ports(tgid)
         return lport in listening
 
-    def _tell_kernel(self, sk: int, family: int, la: bytes, lp: int, ra: bytes, rp: int, role: int, watch: int) -> None:
+    def _tell_kernel(
+        self, sk: int, family: int, la: bytes, lp: int, ra: bytes, rp: int, role: int, watch: int
+    ) -> None:
         if self._bpf is None:
             return
         table = self._bpf[b"conns"]
@@ -439,7 +566,7 @@ class TlsSource:
                 return
             sk, client, server, proc_is_server = orient
             d, flags, rd, wr, piece = h[12], h[13], h[3], h[4], h[8]
-            data = raw[_HDR.size:_HDR.size + h[7]] if not flags & F_FAULT else b""
+            data = raw[_HDR.size : _HDR.size + h[7]] if not flags & F_FAULT else b""
             to_server = (d == D_READ) if proc_is_server else (d == D_WRITE)
             offset = (rd if d == D_READ else wr) + piece
             self._payload += len(data)
@@ -523,8 +650,12 @@ class TlsSource:
 
     def stats(self) -> SourceStats:
         c = self.counters()
-        return SourceStats(packets=self._received, bytes=c["bytes"], buffer_drops=c["lost_records"],
-                           truncated=c["truncated_bytes"] and 1)
+        return SourceStats(
+            packets=self._received,
+            bytes=c["bytes"],
+            buffer_drops=c["lost_records"],
+            truncated=c["truncated_bytes"] and 1,
+        )
 
 
 def _first(item: tuple[int, bytes]) -> int:

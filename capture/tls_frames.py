@@ -62,7 +62,9 @@ def _checksum(header: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def segment(src: Endpoint, dst: Endpoint, seq: int, ack: int, flags: int, payload: bytes = b"") -> bytes:
+def segment(
+    src: Endpoint, dst: Endpoint, seq: int, ack: int, flags: int, payload: bytes = b""
+) -> bytes:
     """One raw-IP TCP segment (LINKTYPE_RAW): IPv4 when both addresses are 4 bytes, else IPv6."""
     tcp = _TCP.pack(src[1], dst[1], seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, 65535, 0, 0)
     if len(src[0]) == 4 and len(dst[0]) == 4:
@@ -124,8 +126,11 @@ class Framer:
         if not c.opened:
             return  # opened before the capture: midstream, as a packet capture would see it
         cl, sv = c.client, c.server
-        for src, dst, seq, ack, flags in ((cl, sv, C_ISN, 0, SYN), (sv, cl, S_ISN, C_ISN + 1, SYN | ACK),
-                                          (cl, sv, C_ISN + 1, S_ISN + 1, ACK)):
+        for src, dst, seq, ack, flags in (
+            (cl, sv, C_ISN, 0, SYN),
+            (sv, cl, S_ISN, C_ISN + 1, SYN | ACK),
+            (cl, sv, C_ISN + 1, S_ISN + 1, ACK),
+        ):
             f = segment(src, dst, seq, ack, flags)
             out.append((ts_us, f, len(f)))
 
@@ -141,7 +146,7 @@ class Framer:
             src, dst, isn, ack = c.server, c.client, S_ISN, C_ISN + 1 + c.c_next
         data, off = chunk.data, chunk.offset
         for i in range(0, len(data), MAX_SEGMENT):
-            part = data[i:i + MAX_SEGMENT]
+            part = data[i : i + MAX_SEGMENT]
             f = segment(src, dst, isn + 1 + off + i, ack, PSH | ACK, part)
             out.append((chunk.ts_us, f, len(f)))
         end = off + len(data)
@@ -153,7 +158,7 @@ class Framer:
         return out
 
     def end(self, key: int, ts_us: int, from_client: bool, offset: int) -> list[Frame]:
-        """One side sent its FIN after ``offset`` bytes (its stream length as the source counted)."""
+        """One side sent its FIN after ``offset`` bytes (its stream length, as counted)."""
         c = self._conns.get(key)
         if c is None or not c.started:
             return []

@@ -44,8 +44,13 @@ GNUTLS_PROBES: dict[str, tuple[str, str | None]] = {
 }
 # Without these the source records nothing from the library; the others (the _ex variants, the
 # handshake, the free) improve it where present (OpenSSL 1.1.0 has no _ex functions).
-REQUIRED = {Kind.OPENSSL: ("SSL_read", "SSL_write"), Kind.GNUTLS: ("gnutls_record_recv", "gnutls_record_send")}
-_SONAMES = re.compile(rb"^\s*(libssl\.so\.(?:3|1\.1)|libgnutls\.so\.30)\s.*x86-64.*=>\s*(\S+)", re.M)
+REQUIRED = {
+    Kind.OPENSSL: ("SSL_read", "SSL_write"),
+    Kind.GNUTLS: ("gnutls_record_recv", "gnutls_record_send"),
+}
+_SONAMES = re.compile(
+    rb"^\s*(libssl\.so\.(?:3|1\.1)|libgnutls\.so\.30)\s.*x86-64.*=>\s*(\S+)", re.M
+)
 _VERSION = re.compile(rb"(OpenSSL \d+\.\d+\.\d+[a-z]?(?:-\w+)? +\d+ \w+ \d{4})|(BoringSSL)")
 
 
@@ -88,7 +93,7 @@ def _dynamic_symbols(path: str) -> tuple[set[str], bool]:
 
 
 def _version(path: str, kind: Kind) -> str:
-    """The version string the library (or its libcrypto beside it) carries; "" when none is found."""
+    """The version string the library (or its libcrypto beside it) carries, or ""."""
     candidates = [path]
     if kind is Kind.OPENSSL:
         candidates.append(re.sub(r"libssl(\.so[.\d]*)$", r"libcrypto\1", path))
@@ -119,13 +124,17 @@ def inspect(path: str) -> TlsLibrary:
     table = GNUTLS_PROBES if kind is Kind.GNUTLS else OPENSSL_PROBES
     present = tuple(f for f in table if f in names)
     missing = tuple(f for f in table if f not in names)
-    return TlsLibrary(os.path.realpath(path), kind, _version(path, kind), present, missing, stripped)
+    return TlsLibrary(
+        os.path.realpath(path), kind, _version(path, kind), present, missing, stripped
+    )
 
 
 def system_libraries() -> list[str]:
     """The system's OpenSSL and GnuTLS shared libraries (from the dynamic linker's cache)."""
     try:
-        out = subprocess.run(["ldconfig", "-p"], capture_output=True, timeout=10, check=False).stdout
+        out = subprocess.run(
+            ["ldconfig", "-p"], capture_output=True, timeout=10, check=False
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         out = b""
     found: dict[str, None] = {}
@@ -147,9 +156,9 @@ def process_libraries(pid: int) -> list[str]:
         with open(f"/proc/{pid}/maps") as f:
             maps = f.read()
     except FileNotFoundError:
-        raise InputError(f"no process {pid}", where="--pid") from None
+        raise InputError(f"no process {pid}", field="pid") from None
     except OSError as exc:
-        raise InputError(f"cannot read its maps: {exc.strerror}", where=f"--pid {pid}") from exc
+        raise InputError(f"cannot read its maps: {exc.strerror}", field="pid") from exc
     found: dict[str, None] = {}
     for line in maps.splitlines():
         parts = line.split(None, 5)
@@ -173,14 +182,26 @@ class BlindSpot:
 
 
 BLIND_SPOTS = (
-    BlindSpot("statically linked TLS (OpenSSL or others built into the executable)",
-              "its functions are not in a shared library: name the executable with --tls-lib if it still "
-              "exports SSL_read/SSL_write; a stripped one hides their addresses"),
-    BlindSpot("BoringSSL (Envoy, Chrome, many Go/Rust builds)",
-              "linked statically and stripped: no exported SSL_read/SSL_write to attach to"),
-    BlindSpot("Go's crypto/tls", "implemented in Go, not in any C library; its functions follow Go's calling "
-              "convention and goroutine stacks (uretprobes are unsafe with them)"),
-    BlindSpot("rustls, Java's JSSE, Node's bundled OpenSSL", "their own TLS code, or a copy of OpenSSL inside the "
-              "executable: not the system library"),
-    BlindSpot("kernel TLS (kTLS, SSL_sendfile)", "the kernel encrypts: the bytes never pass through SSL_write"),
+    BlindSpot(
+        "statically linked TLS (OpenSSL or others built into the executable)",
+        "its functions are not in a shared library: name the executable with --tls-lib if it still "
+        "exports SSL_read/SSL_write; a stripped one hides their addresses",
+    ),
+    BlindSpot(
+        "BoringSSL (Envoy, Chrome, many Go/Rust builds)",
+        "linked statically and stripped: no exported SSL_read/SSL_write to attach to",
+    ),
+    BlindSpot(
+        "Go's crypto/tls",
+        "implemented in Go, not in any C library; its functions follow Go's calling "
+        "convention and goroutine stacks (uretprobes are unsafe with them)",
+    ),
+    BlindSpot(
+        "rustls, Java's JSSE, Node's bundled OpenSSL",
+        "their own TLS code, or a copy of OpenSSL inside the executable: not the system library",
+    ),
+    BlindSpot(
+        "kernel TLS (kTLS, SSL_sendfile)",
+        "the kernel encrypts: the bytes never pass through SSL_write",
+    ),
 )

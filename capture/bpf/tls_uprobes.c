@@ -140,7 +140,8 @@ struct call_t {  // one SSL call in progress on a thread
     u64 lenp;  // the _ex variants' size_t *: 0 otherwise
     u64 sk;
     s32 fd;
-    u32 kind;
+    u16 kind;
+    u16 guess;  // sk is the memory-BIO guess (see last_recv), not from a syscall in a call
 };
 
 struct sslkey_t {
@@ -152,7 +153,7 @@ struct sslkey_t {
 struct sslconn_t {
     u64 sk;
     s32 fd;
-    u32 pad;
+    u32 guess;
 };
 
 BPF_HASH(ports, u16, u8, 1024);      // watched TCP ports, host byte order
@@ -402,6 +403,7 @@ static __always_inline void remember(struct call_t *c, u32 tgid) {
     struct sslconn_t v = {};
     v.sk = c->sk;
     v.fd = c->fd;
+    v.guess = c->guess;
     ssl_conns.update(&k, &v);
 }
 
@@ -417,14 +419,27 @@ static __always_inline int on_fd(u64 fd) {
     return 0;
 }
 
-static __always_inline int on_sock(u64 sk, u16 protocol) {
+// Memory BIOs (asyncio's SSLObject, some event loops): the library never touches the socket; the
+// thread receives on it first and then hands the bytes to the library. For an SSL object whose
+// calls never issued a syscall, the socket the thread last received on is taken (and remembered),
+// which is right for a loop that processes what it just received before its next receive. Cost:
+// one hash update per TCP receive on the host outside SSL calls.
+BPF_TABLE("lru_hash", u64, u64, last_recv, 16384);  // pid_tgid -> sk
+
+static __always_inline int on_sock(u64 sk, u16 protocol, int recv) {
     if (protocol != IPPROTO_TCP)
         return 0;
     u64 id = bpf_get_current_pid_tgid();
     struct call_t *c = active.lookup(&id);
-    if (!c || c->sk == sk)
+    if (!c) {
+        if (recv)
+            last_recv.update(&id, &sk);
+        return 0;
+    }
+    if (c->sk == sk && !c->guess)
         return 0;
     c->sk = sk;
+    c->guess = 0;
     remember(c, id >> 32);
     return 0;
 }
@@ -433,8 +448,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_read) { return on_fd(args->fd); }
 TRACEPOINT_PROBE(syscalls, sys_enter_write) { return on_fd(args->fd); }
 TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return on_fd(args->fd); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return on_fd(args->fd); }
-TRACEPOINT_PROBE(sock, sock_recv_length) { return on_sock((u64)args->sk, args->protocol); }
-TRACEPOINT_PROBE(sock, sock_send_length) { return on_sock((u64)args->sk, args->protocol); }
+TRACEPOINT_PROBE(sock, sock_recv_length) { return on_sock((u64)args->sk, args->protocol, args->ret > 0); }
+TRACEPOINT_PROBE(sock, sock_send_length) { return on_sock((u64)args->sk, args->protocol, 0); }
 
 // -- the library's functions -----------------------------------------------------------------
 
@@ -455,6 +470,7 @@ static __always_inline int enter(struct pt_regs *ctx, u32 kind, int ex) {
     if (known) {
         c.sk = known->sk;
         c.fd = known->fd;
+        c.guess = known->guess;
     }
     active.update(&id, &c);
     return 0;
@@ -472,6 +488,17 @@ static __always_inline int leave(struct pt_regs *ctx) {
     long ret = PT_REGS_RC(ctx);
     if ((int)ret <= 0)
         return 0;  // nothing transferred: the buffer's bytes are stale
+    if (c.kind == CALL_READ && (!c.sk || c.guess)) {
+        // No syscall in this call nor before on this object: a memory BIO (see last_recv). Only
+        // a read that returned data is trusted to follow its socket's receive; the guess is
+        // refreshed at every such read.
+        u64 *lr = last_recv.lookup(&id);
+        if (lr) {
+            c.sk = *lr;
+            c.guess = 1;
+            remember(&c, id >> 32);
+        }
+    }
     u64 n = (u32)ret;
     if (c.lenp) {
         u64 v = 0;  // size_t
