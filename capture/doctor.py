@@ -33,7 +33,7 @@ class Check:
     status: Status
     detail: str
     fix: str = ""
-    needed_by: str = "ebpf"  # "ebpf", "pcap" or "both"
+    needed_by: str = "ebpf"  # "ebpf", "pcap", "both" or "tls"
 
 
 def effective_capabilities() -> int:
@@ -156,6 +156,51 @@ def check_interface(iface: str) -> Check:
                  "" if up else f"ip link set {iface} up", needed_by="both")
 
 
+def check_tls() -> list[Check]:
+    """The TLS source's view: each TLS library found (version, whether the probed functions are
+    exported), the tracepoints it needs, and what no uprobe on a shared library sees, with why."""
+    from shadowtap.capture import tls_libs
+    from shadowtap.errors import InputError
+
+    checks = []
+    for path in tls_libs.system_libraries():
+        try:
+            lib = tls_libs.inspect(path)
+        except InputError as exc:
+            checks.append(Check(f"TLS library {path}", Status.WARN, exc.reason, needed_by="tls"))
+            continue
+        exports = ", ".join(lib.present) or "none of the probed functions"
+        what = f"{lib.version or lib.kind.value}; exports {exports}"
+        if lib.missing:
+            what += f"; lacks {', '.join(lib.missing)}"
+        if lib.usable:
+            checks.append(Check(f"TLS library {lib.path}", Status.OK, what, needed_by="tls"))
+        else:
+            checks.append(Check(f"TLS library {lib.path}", Status.WARN,
+                                what + ": cannot be instrumented",
+                                "a build that exports SSL_read/SSL_write", needed_by="tls"))
+    if not any(c.status is Status.OK for c in checks):
+        checks.append(Check("TLS libraries", Status.MISSING,
+                            "no usable OpenSSL or GnuTLS shared library found",
+                            "name one with --tls-lib PATH", needed_by="tls"))
+    base = "/sys/kernel/tracing/events"
+    if not os.path.isdir(base):
+        base = "/sys/kernel/debug/tracing/events"
+    needed = ("sock/inet_sock_set_state", "sock/sock_recv_length", "sock/sock_send_length",
+              "syscalls/sys_enter_read", "syscalls/sys_enter_write")
+    gone = [t for t in needed if not os.path.isdir(f"{base}/{t}")]
+    if gone:
+        checks.append(Check("TLS tracepoints", Status.MISSING,
+                            f"missing {', '.join(gone)} (Linux 6.3+ has the sock length "
+                            "tracepoints)",
+                            "a newer kernel, with tracefs mounted", needed_by="tls"))
+    else:
+        checks.append(Check("TLS tracepoints", Status.OK, ", ".join(needed), needed_by="tls"))
+    for spot in tls_libs.BLIND_SPOTS:
+        checks.append(Check(f"not seen: {spot.what}", Status.WARN, spot.reason, needed_by="tls"))
+    return checks
+
+
 def run_checks(iface: str | None = None) -> list[Check]:
     checks = [
         _caps_check(EBPF_CAPS, "ebpf"),
@@ -169,7 +214,7 @@ def run_checks(iface: str | None = None) -> list[Check]:
     ]
     if iface:
         checks.append(check_interface(iface))
-    return checks
+    return checks + check_tls()
 
 
 def _raise_first(checks: list[Check]) -> None:
@@ -198,6 +243,7 @@ def doctor(iface: str | None = None) -> int:
     table("shadowtap doctor", ("check", "status", "detail", "fix"),
           [(c.name, marks[c.status], c.detail, c.fix) for c in checks])
     blocked = {b for c in checks if c.status is Status.MISSING for b in (("ebpf", "pcap") if c.needed_by == "both" else (c.needed_by,))}
-    for backend in ("ebpf", "pcap"):
+    for backend in ("ebpf", "pcap", "tls"):
         out.print(f"{backend} backend: {'not available' if backend in blocked else 'ready'}", markup=False)
-    return 4 if blocked else 0
+    # The exit code speaks for the two packet backends; the TLS source's readiness is printed.
+    return 4 if blocked & {"ebpf", "pcap"} else 0

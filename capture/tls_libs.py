@@ -106,8 +106,14 @@ def _version(path: str, kind: Kind) -> str:
         if m:
             return m.group(0).decode()
     if kind is Kind.GNUTLS:
-        m2 = re.search(r"libgnutls\.so\.(\d+)", path)
-        return f"GnuTLS (soname {m2.group(1)})" if m2 else "GnuTLS"
+        try:  # the library says it itself (loading it runs no code of ours)
+            import ctypes
+
+            fn = ctypes.CDLL(path).gnutls_check_version
+            fn.restype = ctypes.c_char_p
+            return f"GnuTLS {fn(None).decode()}"
+        except (OSError, AttributeError):
+            return "GnuTLS"
     return ""
 
 
