@@ -44,9 +44,9 @@ from shadowtap.capture import tls_libs
 from shadowtap.capture.source import Frame, SourceStats
 from shadowtap.capture.tls_frames import Chunk, Framer
 from shadowtap.errors import InputError, PrerequisiteError
+from shadowtap.wire.frames import LINKTYPE_RAW
 
 PROGRAM_FILE = "tls_uprobes.c"
-LINKTYPE_RAW = 101
 MAX_BATCH = 8192
 WAKEUP_EVERY = 256
 BATCH_POLL_MS = 20

@@ -29,16 +29,8 @@ from pathlib import Path
 import pytest
 
 import tests.support.live_lab as lab
-from shadowtap.capture.decode import LINKTYPE_ETHERNET, LINKTYPE_RAW
-from shadowtap.capture.pipeline import Extractor
-
-# live_lab's nginx, with the certificate and a TLS listener beside the plaintext one
-NGINX_TLS = lab.NGINX_CONF.replace(
-    "    server {{\n        listen {addr}:{port};",
-    "    ssl_certificate {dir}/cert.pem;\n    ssl_certificate_key {dir}/key.pem;\n"
-    "    server {{\n        listen {addr}:{tls} ssl;\n        listen {addr}:{port};",
-)
-assert "{tls}" in NGINX_TLS
+from shadowtap.capture.extractor import Extractor
+from shadowtap.wire.frames import LINKTYPE_ETHERNET, LINKTYPE_RAW
 
 AIOHTTP_APP = """
 import asyncio, ssl, sys
@@ -127,15 +119,14 @@ class Servers:
         self.nginx_tls, self.nginx_plain, self.aio_tls, self.aio_plain = (
             free_port() for _ in range(4)
         )
-        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (d / sub).mkdir(exist_ok=True)
-        (d / "big.txt").write_bytes(
-            b"".join(b"%06d the quick brown fox jumps over the lazy dog\n" % i for i in range(6000))
-        )  # 306 KB: many SSL_write calls
-        (d / "nginx.conf").write_text(
-            NGINX_TLS.format(dir=d, addr="127.0.0.1", tls=self.nginx_tls, port=self.nginx_plain)
+        # tests/support/nginx.py's server twice, same locations: over TLS and in plaintext
+        (d / "tls").mkdir()
+        (d / "plain").mkdir()
+        self.nginx = lab.start_nginx(
+            d / "tls", "127.0.0.1", self.nginx_tls, cert=d / "cert.pem", key=d / "key.pem"
         )
-        self.nginx = lab.Proc(["nginx", "-c", str(d / "nginx.conf"), "-p", str(d)], d, "nginx")
+        self.nginx_p = lab.start_nginx(d / "plain", "127.0.0.1", self.nginx_plain)
+        self.big = (d / "tls" / "big.txt").read_bytes()  # 306 KB: many SSL_write calls
         (d / "app.py").write_text(AIOHTTP_APP)
         self.aio = lab.Proc(
             [
@@ -150,18 +141,10 @@ class Servers:
             "aiohttp",
         )
         lab.wait_for(lambda: "ready" in self.aio.out(), 60, "aiohttp", proc=self.aio.p)
-        lab.wait_for(lambda: self._up(self.nginx_plain), 30, "nginx", proc=self.nginx.p)
-
-    @staticmethod
-    def _up(port: int) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            return False
 
     def stop(self) -> None:
         self.nginx.stop()
+        self.nginx_p.stop()
         self.aio.stop()
 
 
@@ -464,7 +447,7 @@ def test_tls_capture_equals_the_plaintext_capture(servers, sources):
         0
     ].server == f"127.0.0.1:{servers.nginx_tls}"
     big = [e for e in tls_ex if e.request and e.request.target == "/big"]
-    assert big[0].response.body == (servers.dir / "big.txt").read_bytes()
+    assert big[0].response.body == servers.big
     cut = [e for e in tls_ex if e.request and e.request.target == "/cut"][0]
     assert len(cut.response.body) == 30000 and cut.anomalies
     counters = sources[0].counters()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import socket
 
-from shadowtap.capture.decode import LINKTYPE_RAW, decode
-from shadowtap.capture.pipeline import Extractor
+from shadowtap.capture.extractor import Extractor
 from shadowtap.capture.tls_frames import C_ISN, MAX_SEGMENT, S_ISN, Chunk, Framer
+from shadowtap.wire.frames import LINKTYPE_RAW, decode
 
 CLIENT = (socket.inet_aton("10.1.0.1"), 40000)
 SERVER = (socket.inet_aton("10.1.0.2"), 443)
@@ -76,4 +76,33 @@ def test_connection_seen_only_midway_has_no_handshake_and_v6_works():
     (ex,) = exchanges(frames)
     assert (
         ex.server == "[fd00::2]:443" and ex.request.target == "/late" and ex.response.status == 204
+    )
+
+
+def test_chunks_through_feed_stream_give_the_same_exchanges_as_the_frames():
+    """The Extractor's in-order stream entry (feed_stream) and the synthetic frames agree."""
+    import socket as _s
+
+    req = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye"
+    chunks = [chunk(True, 0, req[:20]), chunk(True, 20, req[20:]), chunk(False, 0, resp)]
+    fr = Framer()
+    fr.open(9, CLIENT, SERVER)
+    frames = [f for c in chunks for f in fr.data(9, c)] + fr.close(
+        9, 1_700_000_000_500_000, len(req), len(resp)
+    )
+    ex = Extractor(ports=(443,))
+    streamed = []
+    cl, sv = (_s.inet_ntoa(CLIENT[0]), CLIENT[1]), (_s.inet_ntoa(SERVER[0]), SERVER[1])
+    for c in chunks:
+        streamed += ex.feed_stream(c.ts_us / 1e6, cl, sv, c.to_server, c.data)
+    streamed += ex.end_stream(1_700_000_000.5, cl, sv) + ex.finish()
+    (a,) = exchanges(frames)
+    (b,) = streamed
+    assert (a.client, a.server, a.request, a.response.status, a.response.body) == (
+        b.client,
+        b.server,
+        b.request,
+        b.response.status,
+        b.response.body,
     )
