@@ -102,6 +102,9 @@ class MirrorConfig:
     min_coverage: float = 0.9  # share of queued requests that must be compared for a verdict
     nice: int = 10  # added to both processes' nice value: the primary's server comes first
     sched_idle: bool = True  # SCHED_IDLE: run only on CPU time nobody else wants
+    sink: str | None = None  # nats://host:port/SUBJECT: exchanges and results to JetStream
+    sink_spool: str | None = None  # its disk buffer (default: shadowtap/lake/nats.py's)
+    parquet: str | None = None  # a lake directory: the pairs as Parquet (docs/lake.md)
 
 
 @dataclass(slots=True)
@@ -199,6 +202,10 @@ class MirrorRun:
         self._rate = 0.0
         self._writers: dict[str, JsonlWriter] = {}
         self._notes: list[str] = []
+        # Sinks (shadowtap/lake): on_exchange/on_result as records are admitted, on_pair as pairs
+        # are made, close at the end. The Parquet writer blocks the loop for a file write every
+        # 20,000 pairs or 60 s; the NATS sink publishes from its own thread.
+        self._sinks: list[Any] = []
 
     # ---------------------------------------------------------------- loop side
     def _on_result(self, res: Result) -> None:
@@ -216,6 +223,8 @@ class MirrorRun:
             redacted = self.redactor.message(res.response)
             if redacted is not res.response:  # the same object when no secret header is there
                 res = dataclasses.replace(res, response=redacted)
+        for sink in self._sinks:
+            sink.on_result(res)
         pair = self.pairer.add_result(res, time.monotonic())
         if pair is not None:
             self._on_pair(pair)
@@ -232,6 +241,8 @@ class MirrorRun:
             return
         if self.redactor is not None:
             ex = self.redactor.exchange(ex)
+        for sink in self._sinks:
+            sink.on_exchange(ex)
         pair = self.pairer.add_exchange(ex, time.monotonic())
         if pair is not None:
             self._on_pair(pair)
@@ -240,6 +251,8 @@ class MirrorRun:
         if self._writers:
             self._writers["exchanges"].write(pair.exchange.to_json())
             self._writers["results"].write(pair.result.to_json())
+        for sink in self._sinks:
+            sink.on_pair(pair)
         if self.comparison is not None:
             self._compare_add(pair)
 
@@ -468,6 +481,7 @@ class MirrorRun:
         exit_code = EXIT_VERDICT_ERROR
         try:
             self._open_run_dir()
+            self._open_sinks()
             if cfg.metrics:
                 metrics_runner = await self._serve_metrics(self.snapshot)
             show = cfg.dashboard if cfg.dashboard is not None else console.interactive()
@@ -584,6 +598,29 @@ class MirrorRun:
     def _close_writers(self) -> None:
         for w in self._writers.values():
             w.close()
+        sinks, self._sinks = self._sinks, []
+        for sink in sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # noqa: BLE001 - the other outputs still close
+                self._note(f"closing a sink failed: {type(exc).__name__}: {exc}")
+            if hasattr(sink, "acked"):
+                from shadowtap.lake.nats import sink_summary
+
+                console.info(sink_summary(sink))
+
+    def _open_sinks(self) -> None:
+        cfg = self.cfg
+        if cfg.parquet:
+            from shadowtap.lake.writer import LakeWriter
+
+            compare_cfg = self.comparison.config if self.comparison is not None else None
+            self._sinks.append(LakeWriter(cfg.parquet, config=compare_cfg, rows_per_file=20_000,
+                                          flush_interval=60.0))
+        if cfg.sink:
+            from shadowtap.lake.nats import open_sink
+
+            self._sinks.append(open_sink(cfg.sink, cfg.sink_spool))
 
     async def _serve_metrics(self, snap: Callable[[], MirrorSnapshot]) -> Any:
         from aiohttp import web

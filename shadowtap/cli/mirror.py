@@ -36,6 +36,10 @@ def mirror(
     header: opt.HeaderFilter = None,
     metrics: Annotated[str | None, typer.Option(help="Serve Prometheus metrics on ADDR:PORT (/metrics).")] = None,
     run_dir: Annotated[str | None, typer.Option("--run-dir", help="Keep exchanges.jsonl, results.jsonl, the final reports and mirror.json here (0600 files).")] = None,
+    sink: Annotated[str | None, typer.Option("--sink", help=opt.SINK_HELP)] = None,
+    sink_spool: Annotated[str | None, typer.Option("--sink-spool", help=opt.SINK_SPOOL_HELP)] = None,
+    parquet: Annotated[str | None, typer.Option(
+        "--parquet", help="Write the pairs to this Parquet lake directory (docs/lake.md).")] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after S seconds (else Ctrl-C or SIGTERM).")] = None,
     config: Annotated[str | None, typer.Option("--config", help="Comparison rules file (as for compare --config).")] = None,
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help=f"Comparison rule (as for compare --ignore). {opt.MORE}")] = None,
@@ -71,7 +75,7 @@ def mirror(
         iface=iface, ports=tuple(port), policy=policy, backend=backend, percent=percent,
         sample_per_request=per_request, rate_limit=rate_limit, queue=queue, concurrency=concurrency,
         timeout=timeout, connect_timeout=connect_timeout, max_body=max_body, metrics=metrics,
-        run_dir=run_dir, duration=duration, keep_secrets=keep_secrets, force=force,
+        run_dir=run_dir, sink=sink, sink_spool=sink_spool, parquet=parquet, duration=duration, keep_secrets=keep_secrets, force=force,
         compare_config=config, ignore=tuple(ignore or ()), dashboard=dashboard,
         log_interval=log_interval, bpf_filter=bpf_filter, min_coverage=min_coverage, nice=nice, sched_idle=sched_idle,
     )
