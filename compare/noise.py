@@ -86,6 +86,13 @@ class Volatility:
         """Why this field is noise, or None."""
         if self.n < cfg.min_observations or self.echoed * 2 >= self.n:
             return None
+        if self.shapes.get(Volatile.EPOCH, 0) == self.n and len(self.distinct) > 1:
+            # Every differing value, on both sides, is an epoch number within two days of its own
+            # exchange's time, and the primary's values vary: a clock, noise wherever it appears,
+            # even when many exchanges share a second (a generative API's ``created``), which the
+            # distinct-values rule below would miss.
+            return (f"volatile: all {self.n} differing values are epoch timestamps near their "
+                    "exchange's time")
         distinct = min(1.0, len(self.distinct) / min(self.n, _DISTINCT_CAP))
         if distinct < cfg.distinct_share:
             return None

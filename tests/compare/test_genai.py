@@ -364,3 +364,25 @@ def test_cached_word_embeddings_are_wordllamas_own():
         )
     for a, b, r in zip(ours, ours_again, ref):
         assert float(np.dot(a, r)) > 0.999 and np.array_equal(a, b)
+
+
+def test_epoch_seconds_are_noise_even_when_many_exchanges_share_a_second():
+    """A plain JSON API (not generative) whose bodies carry ``created`` in epoch seconds: sixty
+    exchanges in a few seconds share values, yet the field is noise, not a label flip."""
+    cmp = Comparison(CompareConfig(genai=GenAiConfig(enabled=False)))
+    t0 = 1_796_149_490.0
+    for i in range(60):
+        t = t0 + i * 0.05
+        req = Request(t, t, "HTTP/1.1", (), b"", 0, method="GET", target="/v1/thing")
+
+        def resp(ts: float, created: int) -> Response:
+            b = orjson.dumps({"created": created, "name": "x"})
+            return Response(ts, ts, "HTTP/1.1", (("Content-Type", "application/json"),), b, len(b),
+                            status=200)
+
+        ex = Exchange(f"t{i}", "c:1", "s:2", i, req, resp(t, int(t)))
+        cmp.add(ex, Result(f"t{i}", "u", t + 4, t + 4, resp(t + 4, int(t + 4))))
+    rep = cmp.snapshot(fresh=True)
+    [f] = rep.endpoints[0].fields
+    assert f.path == "body.created" and f.noise and "epoch timestamps" in f.noise
+    assert rep.verdict.result == "pass", rep.verdict.reasons
