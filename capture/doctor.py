@@ -7,6 +7,8 @@ prerequisite as a PrerequisiteError (with its fix as the hint), so `capture` fai
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gzip
 import os
 from dataclasses import dataclass
@@ -108,6 +110,44 @@ def _kernel_config() -> dict[str, str]:
     return {}
 
 
+# Probes: pure checks of what this machine has (no source is imported: the sources import them).
+_BPF_MAP_CREATE = 0
+_BPF_MAP_TYPE_RINGBUF = 27
+_SYS_BPF = 321  # x86_64; other architectures go through bcc's probe below
+
+
+def ringbuf_supported() -> bool:
+    """True when the kernel can create a BPF ring buffer map (Linux 5.8+): a direct bpf(2) probe,
+    no compilation. False also when bpf(2) is refused (no privilege): the caller checks that."""
+    if os.uname().machine != "x86_64":
+        return True  # let bcc try; a failure to compile falls back to the perf buffer
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    attr = (ctypes.c_uint32 * 30)()  # union bpf_attr, zeroed; MAP_CREATE reads the first fields
+    attr[0], attr[1], attr[2], attr[3] = _BPF_MAP_TYPE_RINGBUF, 0, 0, 4096
+    fd = libc.syscall(_SYS_BPF, _BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        return False
+    os.close(fd)
+    return True
+
+
+_SONAMES = ("libpcap.so.0.8", "libpcap.so.1", "libpcap.so")
+
+
+def libpcap_name() -> str | None:
+    """The loadable libpcap, or None. find_library runs ldconfig (which fails where /dev/null is
+    not writable, as for an unprivileged user on some hosts), so known sonames are tried too."""
+    for name in (ctypes.util.find_library("pcap"), *_SONAMES):
+        if name:
+            try:
+                ctypes.CDLL(name)
+            except OSError:
+                continue
+            return name
+    return None
+
+
+
 def check_clsact() -> Check:
     config = _kernel_config()
     wanted = ("CONFIG_NET_SCH_INGRESS", "CONFIG_NET_CLS_BPF", "CONFIG_NET_CLS_ACT", "CONFIG_BPF_SYSCALL")
@@ -122,8 +162,6 @@ def check_clsact() -> Check:
 
 
 def check_ringbuf() -> Check:
-    from shadowtap.capture.ebpf import ringbuf_supported
-
     if missing_capabilities((CAP_BPF,)):
         return Check("BPF ring buffer", Status.WARN, "not probed (no CAP_BPF)", "run as root")
     if ringbuf_supported():
@@ -133,8 +171,6 @@ def check_ringbuf() -> Check:
 
 
 def check_libpcap() -> Check:
-    from shadowtap.capture.libpcap import libpcap_name
-
     lib = libpcap_name()
     if lib:
         return Check("libpcap", Status.OK, lib, needed_by="pcap")
@@ -236,7 +272,7 @@ def require_pcap() -> None:
 def doctor(iface: str | None = None) -> int:
     """The stage function behind `shadowtap doctor`: print the checks; the exit code is 0 when
     both backends can run, 4 (missing prerequisite) when either cannot."""
-    from shadowtap.console import out, table
+    from shadowtap.console import out, table  # rich, loaded only to print (the checks need none)
 
     checks = run_checks(iface)
     marks = {Status.OK: "ok", Status.WARN: "warn", Status.MISSING: "MISSING"}

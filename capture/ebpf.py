@@ -28,6 +28,7 @@ import time
 from importlib import resources
 
 from shadowtap.capture import tc
+from shadowtap.capture.doctor import require_ebpf, ringbuf_supported
 from shadowtap.capture.source import Frame, SourceStats
 from shadowtap.errors import InputError, PrerequisiteError
 
@@ -46,28 +47,10 @@ _C_MATCHED, _C_LOST, _C_TRUNCATED, _C_BYTES = 0, 1, 2, 3
 _ARPHRD_ETHER, _ARPHRD_LOOPBACK = 1, 772
 LINKTYPE_ETHERNET, LINKTYPE_RAW = 1, 101
 
-_BPF_MAP_CREATE = 0
-_BPF_MAP_TYPE_RINGBUF = 27
-_SYS_BPF = 321  # x86_64; other architectures go through bcc's probe below
 
 
 def program_source() -> str:
     return resources.files("shadowtap.capture").joinpath("bpf", PROGRAM_FILE).read_text()
-
-
-def ringbuf_supported() -> bool:
-    """True when the kernel can create a BPF ring buffer map (Linux 5.8+): a direct bpf(2) probe,
-    no compilation. False also when bpf(2) is refused (no privilege): the caller checks that."""
-    if os.uname().machine != "x86_64":
-        return True  # let bcc try; a failure to compile falls back to the perf buffer
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    attr = (ctypes.c_uint32 * 30)()  # union bpf_attr, zeroed; MAP_CREATE reads the first fields
-    attr[0], attr[1], attr[2], attr[3] = _BPF_MAP_TYPE_RINGBUF, 0, 0, 4096
-    fd = libc.syscall(_SYS_BPF, _BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
-    if fd < 0:
-        return False
-    os.close(fd)
-    return True
 
 
 def interface_index(iface: str) -> int:
@@ -143,11 +126,9 @@ class EbpfSource:
 
     # -- life cycle ---------------------------------------------------------------------------
     def open(self) -> None:
-        from shadowtap.capture.doctor import require_ebpf
-
         require_ebpf()
         try:
-            from bcc import BPF
+            from bcc import BPF  # optional (the distribution's bcc): loaded only to attach
         except ImportError as exc:  # require_ebpf checked this; keep the message if it races
             raise PrerequisiteError("bcc's Python bindings are missing", hint="scripts/setup.sh") from exc
         if self.use_ringbuf is None:

@@ -19,11 +19,12 @@ import ctypes.util
 import os
 import select
 
+from shadowtap.capture.doctor import libpcap_name, require_pcap
+from shadowtap.capture.pcapfile import SNAPLEN
 from shadowtap.capture.source import Frame, SourceStats
 from shadowtap.errors import InputError, PrerequisiteError
 
 MAX_BATCH = 8192  # frames a read returns at most, so the caller's loop keeps its 1 s rhythm
-SNAPLEN = 262144  # tcpdump's default; the largest a pcap file header allows readers to expect
 _PCAP_ERRBUF_SIZE = 256
 _PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
 
@@ -42,22 +43,6 @@ class _Stat(ctypes.Structure):
 
 class _BpfProgram(ctypes.Structure):
     _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p)]
-
-
-_SONAMES = ("libpcap.so.0.8", "libpcap.so.1", "libpcap.so")
-
-
-def libpcap_name() -> str | None:
-    """The loadable libpcap, or None. find_library runs ldconfig (which fails where /dev/null is
-    not writable, as for an unprivileged user on some hosts), so known sonames are tried too."""
-    for name in (ctypes.util.find_library("pcap"), *_SONAMES):
-        if name:
-            try:
-                ctypes.CDLL(name)
-            except OSError:
-                continue
-            return name
-    return None
 
 
 _LIB: ctypes.CDLL | None = None
@@ -163,8 +148,6 @@ class PcapSource:
         return (self._lib.pcap_geterr(self._p) or b"").decode(errors="replace")
 
     def open(self) -> None:
-        from shadowtap.capture.doctor import require_pcap
-
         require_pcap()
         if not os.path.isdir(f"/sys/class/net/{self.iface}"):
             raise InputError(f"no such interface: {self.iface}", hint="list them with: ip -brief link")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +31,14 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import IO, Any
 
+from shadowtap.capture.pcapfile import (
+    FILE_HEADER,
+    RECORD_HEADER,
+    SNAPLEN,
+    file_header,
+    record_header,
+    seconds,
+)
 from shadowtap.capture.source import Frame, Source, SourceStats
 from shadowtap.errors import InputError, PrerequisiteError, ShadowtapError
 from shadowtap.jsonl import JsonlWriter, create_private
@@ -134,10 +141,7 @@ class PcapWriter:
     """Classic pcap (microsecond timestamps), 0600, rotated by size; what tcpdump, tshark and
     tcpreplay read. The frames are written raw: no redaction is possible in a pcap."""
 
-    _HDR = struct.Struct("=IHHiIII")
-    _REC = struct.Struct("=IIII")
-
-    def __init__(self, path: str, linktype: int, *, snaplen: int = 262144, rotate_size: int | None = None) -> None:
+    def __init__(self, path: str, linktype: int, *, snaplen: int = SNAPLEN, rotate_size: int | None = None) -> None:
         self.path = path
         self.linktype = linktype
         self.snaplen = snaplen
@@ -153,20 +157,19 @@ class PcapWriter:
         name = rotated_name(self.path, len(self.files))
         self._f = create_private(name)
         self.files.append(name)
-        self._f.write(self._HDR.pack(0xA1B2C3D4, 2, 4, 0, 0, self.snaplen, self.linktype))
-        self._size = self._HDR.size
+        self._f.write(file_header(self.linktype, self.snaplen))
+        self._size = FILE_HEADER.size
 
     def write(self, ts_us: int, frame: bytes, wire_len: int) -> None:
         assert self._f is not None
         try:
             if self.rotate_size is not None and self._size >= self.rotate_size:
                 self._open_next()
-            sec, usec = divmod(ts_us, 1_000_000)
-            self._f.write(self._REC.pack(sec, usec, len(frame), max(wire_len, len(frame))))
+            self._f.write(record_header(ts_us, len(frame), wire_len))
             self._f.write(frame)
         except OSError as exc:
             raise InputError(f"cannot write: {exc.strerror or exc}", where=self.files[-1]) from exc
-        self._size += self._REC.size + len(frame)
+        self._size += RECORD_HEADER.size + len(frame)
 
     def flush(self) -> None:
         if self._f is not None:
@@ -403,7 +406,7 @@ def run_capture(
                 if pcap is not None:
                     pcap.write(ts_us, frame, wire_len)
                 # As capture/pcapfile.py computes it from the record: the same float, bit for bit.
-                out = feed(ts_us // 1_000_000 + (ts_us % 1_000_000) * 1e-6, linktype, frame)
+                out = feed(seconds(ts_us), linktype, frame)
                 if out:
                     emit(out)
 

@@ -21,6 +21,32 @@ PCAP_MAGICS = {
     b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9),
 }
 PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+SNAPLEN = 262144  # tcpdump's default; what every pcap this project writes (and libpcap) declares
+
+# What this project writes (the spool's segments, ``capture -w``): classic pcap in native byte
+# order with microsecond timestamps, the magic telling readers which order that is.
+PCAP_MAGIC = 0xA1B2C3D4
+FILE_HEADER = struct.Struct("=IHHiIII")  # magic, version 2.4, thiszone, sigfigs, snaplen, linktype
+RECORD_HEADER = struct.Struct("=IIII")  # seconds, microseconds, captured length, wire length
+
+
+def file_header(linktype: int, snaplen: int = SNAPLEN) -> bytes:
+    """The 24-byte header of a pcap file this project writes."""
+    return FILE_HEADER.pack(PCAP_MAGIC, 2, 4, 0, 0, snaplen, linktype)
+
+
+def record_header(ts_us: int, caplen: int, wire_len: int) -> bytes:
+    """The 16-byte header of one record, ``ts_us`` microseconds since the epoch."""
+    sec, usec = divmod(ts_us, 1_000_000)
+    return RECORD_HEADER.pack(sec, usec, caplen, max(caplen, wire_len))
+
+
+def seconds(ts_us: int) -> float:
+    """Microseconds since the epoch -> the float every reader of a microsecond pcap record gets
+    (``sec + usec * 1e-6``, in that order). "Live == offline byte for byte" rests on this one
+    rule: the live loop, the spool's reader and the pcap readers all compute it this way (the
+    record loops inline the same expression; tests/capture/test_pcapfile.py checks they agree)."""
+    return ts_us // 1_000_000 + (ts_us % 1_000_000) * 1e-6
 MAX_RECORD = 256 << 20  # a record larger than this is a corrupt header, not a packet
 _CHUNK = 1 << 20
 
@@ -123,7 +149,7 @@ def _read_pcap(path: str, inp: _Input) -> Iterator[tuple[float, int, bytes]]:
     linktype &= 0x0FFFFFFF  # the upper bits carry FCS information
     inp.pos += 24
     rec = struct.Struct(order + "IIII").unpack_from
-    limit = max(snaplen, 262144) if snaplen else MAX_RECORD
+    limit = max(snaplen, SNAPLEN) if snaplen else MAX_RECORD
     limit = min(limit, MAX_RECORD)
     frac_limit = 1_000_000 if unit == 1e-6 else 1_000_000_000
     # The buffer and the position live in locals while records come from the same buffer;

@@ -31,21 +31,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import struct
 import tempfile
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
+from shadowtap.capture.pcapfile import FILE_HEADER, RECORD_HEADER, file_header, record_header
 from shadowtap.errors import InputError
 
 SEGMENT_BYTES = 64 << 20  # a segment is sealed past this size (so the spool frees disk as it goes)
 DEFAULT_MAX_BYTES = 2 << 30  # the default bound: 2 GiB, or half of the free space if that is less
 POLL_SECONDS = 0.05  # the child's wait for more data when it has caught up
 READ_CHUNK = 4 << 20
-_HDR = struct.Struct("=IHHiIII")
-_REC = struct.Struct("=IIII")
-_SNAPLEN = 262144
 
 # Shared counters (int64; aligned loads and stores are atomic on the machines we run on).
 WRITTEN, FREED, CONSUMED, EXCHANGES, OPEN_CONNECTIONS, PACKETS = range(6)
@@ -117,7 +114,7 @@ class SpoolWriter:
         self.n += 1
         path = segment_path(self.directory, self.n)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        hdr = _HDR.pack(0xA1B2C3D4, 2, 4, 0, 0, _SNAPLEN, self.linktype)
+        hdr = file_header(self.linktype)
         self._write_all(hdr)
         self._size = len(hdr)
         self._written += len(hdr)
@@ -144,7 +141,6 @@ class SpoolWriter:
         if self._fd < 0 or self._size >= self.segment_bytes:
             self._open_next()
         room = self.max_bytes - held
-        pack = _REC.pack
         parts: list[bytes] = []
         size = 0
         kept = 0
@@ -154,8 +150,7 @@ class SpoolWriter:
             if size > room:
                 size -= 16 + n
                 break
-            sec, usec = divmod(ts_us, 1_000_000)
-            parts.append(pack(sec, usec, n, max(n, wire_len)))
+            parts.append(record_header(ts_us, n, wire_len))
             parts.append(frame)
             kept += 1
         if kept < len(frames):
@@ -262,17 +257,17 @@ class SpoolReader:
         buf = b""  # bytes read and not parsed yet: at most one partial record
         offset = 0  # the file offset of buf[0]
         linktype = -1
-        unpack = _REC.unpack_from
+        unpack = RECORD_HEADER.unpack_from
         while not self.aborted:
             data = f.read(READ_CHUNK)
             if data:
                 buf = buf + data if buf else data
                 pos = 0
                 if linktype < 0:
-                    if len(buf) < _HDR.size:
+                    if len(buf) < FILE_HEADER.size:
                         continue
-                    linktype = _HDR.unpack_from(buf)[6]
-                    pos = _HDR.size
+                    linktype = FILE_HEADER.unpack_from(buf)[6]
+                    pos = FILE_HEADER.size
                 end = len(buf)
                 out = []
                 while end - pos >= 16:
@@ -280,7 +275,7 @@ class SpoolReader:
                     stop = pos + 16 + caplen
                     if stop > end:
                         break
-                    # As capture/pcapfile.py computes it from the record: the same float, bit for bit.
+                    # pcapfile.seconds' rule, inlined (per frame): the same float, bit for bit.
                     out.append((sec + usec * 1e-6, linktype, buf[pos + 16:stop]))
                     pos = stop
                 buf = buf[pos:]

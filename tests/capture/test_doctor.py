@@ -29,9 +29,11 @@ def shadowtap(*args: str, env: dict[str, str] | None = None, as_nobody: bool = F
 
 @pytest.fixture
 def nobody_dir():
-    """A directory the unprivileged user can write (pytest's tmp_path is root's, mode 0700)."""
+    """A directory the unprivileged user owns (pytest's tmp_path is root's, mode 0700); 0700, as
+    output directories must be (others cannot plant links in it)."""
     path = Path(tempfile.mkdtemp(prefix="shadowtap-nobody-"))
-    os.chmod(path, 0o777)
+    os.chown(path, 65534, 65534)
+    os.chmod(path, 0o700)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
