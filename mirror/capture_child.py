@@ -31,13 +31,13 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
 from shadowtap.mirror.sender import Admission, Outcome, Pending, TokenBucket
 from shadowtap.replay.policy import Policy, Prepared, Skip, SkipReason
-from shadowtap.records import Exchange, Request, Response, parse_endpoint
+from shadowtap.records import Exchange, Request, Response
 
 REQ, EXC, STATS, STARTED, ERROR = 1, 2, 3, 4, 5
 _LEN = struct.Struct("<I")
@@ -210,7 +210,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def make_decide(cfg: Any, policy: Policy, shadow_eps: frozenset[tuple[str, int]]) -> Callable[[Any], Any]:
+def make_decide(cfg: Any, policy: Policy, own: Container[str]) -> Callable[[Any], Any]:
     """Admission's decision for one RequestEvent: the shadow's own traffic (when the shadow is
     reached through the captured interface on a captured port) is never mirrored; then the Policy
     (filters, safety, consistent sampling, rewriting); then ``--percent`` per request."""
@@ -218,11 +218,7 @@ def make_decide(cfg: Any, policy: Policy, shadow_eps: frozenset[tuple[str, int]]
     per_request = cfg.sample_per_request and cfg.percent < 100.0
 
     def decide(ev: Any) -> tuple[Prepared | None, tuple[Outcome, str] | None]:
-        try:
-            ip, port = parse_endpoint(ev.server)
-        except ValueError:
-            ip, port = "", 0
-        if (ip, port) in shadow_eps:
+        if ev.client in own:  # a copy we sent (its local port is one of ours: OwnPorts)
             return None, (Outcome.OWN_TRAFFIC, "own_traffic")
         ex = Exchange(id=ev.exchange_id, client=ev.client, server=ev.server, index=ev.index,
                       request=ev.request, response=None)
@@ -240,7 +236,7 @@ def make_decide(cfg: Any, policy: Policy, shadow_eps: frozenset[tuple[str, int]]
     return decide
 
 
-def child_main(fd: int, stop_fd: int, cfg: Any, policy: Policy, shadow_eps: frozenset[tuple[str, int]]) -> None:
+def child_main(fd: int, stop_fd: int, cfg: Any, policy: Policy, own: Container[str]) -> None:
     """The capture process. Ends when ``stop_fd`` becomes readable (the parent wrote to it or
     closed it), on SIGTERM, when the pipe breaks, or when the capture fails (an ERROR frame)."""
     from shadowtap.capture.live import Backend, CaptureConfig, run_capture
@@ -267,7 +263,7 @@ def child_main(fd: int, stop_fd: int, cfg: Any, policy: Policy, shadow_eps: froz
         pass
     outbox = Outbox(fd, max_frames=max(2 * cfg.queue, 20_000))
     bucket = TokenBucket(cfg.rate_limit) if cfg.rate_limit else None
-    admission = Admission(outbox, make_decide(cfg, policy, shadow_eps), rate_limit=bucket,  # type: ignore[arg-type]
+    admission = Admission(outbox, make_decide(cfg, policy, own), rate_limit=bucket,  # type: ignore[arg-type]
                           max_admitted=max(20 * cfg.queue, 100_000))
     drops = 0
 

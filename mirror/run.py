@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import ipaddress
 import os
 import signal
 import sys
@@ -43,7 +44,7 @@ from typing import Any
 import orjson
 
 from shadowtap.mirror import comparison as mirror_compare
-from shadowtap.replay.client import local_addresses
+from shadowtap.replay.captured_server import Endpoint, OwnPorts, ServerCheck, ThisHost
 from shadowtap.mirror.pairing import Pair, Pairer
 from shadowtap.mirror.sender import DropOldestQueue, Outcome, Pending, Pump
 from shadowtap.mirror.capture_child import CaptureFigures
@@ -154,15 +155,23 @@ def _resolve(host: str, port: int) -> frozenset[tuple[str, int]]:
     return frozenset((addr[0], addr[1]) for *_x, addr in infos)
 
 
-def _refuse_primary(cfg: MirrorConfig, shadow_eps: frozenset[tuple[str, int]]) -> None:
-    local = local_addresses()
-    for ip, port in shadow_eps:
-        if port in cfg.ports and (ip in local or ip.startswith("127.") or ip == "::1"):
-            raise ReplayRefused(
-                f"the shadow {cfg.policy.target.url} is {ip}:{port}, an address of this host on a port "
-                "being mirrored: that is the primary itself, and mirroring into it doubles its load "
-                "(and mirrors its own copies)",
-                hint="point --shadow at the shadow, or pass --force if this is really intended")
+def _refuse_primary(cfg: MirrorConfig, shadow_eps: frozenset[tuple[str, int]],
+                    host: ThisHost) -> ServerCheck:
+    """Refuse a shadow that is the primary (this host, on a mirrored port: replay's one check,
+    replay/captured_server.py, with the primary as the captured server); the check returned
+    confirms it on each connection's real peer (``on_connect``)."""
+    def refusal(shadow: Endpoint, primary: Endpoint) -> ReplayRefused:
+        return ReplayRefused(
+            f"the shadow {cfg.policy.target.url} is {shadow}, an address of this host on a port "
+            "being mirrored: that is the primary itself, and mirroring into it doubles its load "
+            "(and mirrors its own copies)",
+            hint="point --shadow at the shadow, or pass --force if this is really intended")
+
+    targets = [e for e in (Endpoint.of(ip, port) for ip, port in shadow_eps) if e is not None]
+    check = ServerCheck(targets, refusal, host=host)
+    for port in cfg.ports:  # the unspecified address is every address of this host
+        check.check_endpoint(Endpoint(ipaddress.ip_address("0.0.0.0"), port))
+    return check
 
 
 def _parse_metrics_addr(text: str) -> tuple[str, int]:
@@ -188,6 +197,8 @@ class MirrorRun:
         self.abort = asyncio.Event()
         self.stop_reason = "end"
         self.capture_error: BaseException | None = None
+        self.primary_check: ServerCheck | None = None  # run(): the shadow is not the primary
+        self.own_ports: OwnPorts | None = None  # run(): our connections' local ports
         self.capture_figures = CaptureFigures()
         self.send_failures = 0
         self.queue: DropOldestQueue[Pending] | None = None
@@ -333,8 +344,10 @@ class MirrorRun:
         if cfg.metrics:
             _parse_metrics_addr(cfg.metrics)  # a bad value fails before anything starts
         shadow_eps = _resolve(cfg.policy.target.host, cfg.policy.target.port)
-        if not cfg.force:
-            _refuse_primary(cfg, shadow_eps)
+        host = ThisHost.discover()
+        self.primary_check = None if cfg.force else _refuse_primary(cfg, shadow_eps, host)
+        # The copies we send, seen by the capture, are known by their local ports (OwnPorts).
+        self.own_ports = OwnPorts(host)
         self._check_run_dir()
         # Imports and a first snapshot before the capture starts: compare pulls in scipy (a second
         # or more of CPU), which must not hold up the reading of the capture's frames.
@@ -349,8 +362,8 @@ class MirrorRun:
         lower_priority(cfg.nice, cfg.sched_idle)  # inherited by the capture process (forked next)
         # The policy's own refusal compares the target with each captured server; in the mirror
         # the shadow's address there is our own traffic (skipped, counted), checked just above.
-        policy = dataclasses.replace(cfg.policy, target_endpoints=frozenset(), force=True)
-        self._start_child(policy, shadow_eps)  # fork before any thread or event loop exists
+        policy = dataclasses.replace(cfg.policy, servers=None, force=True)
+        self._start_child(policy, self.own_ports)  # fork before any thread or event loop exists
         # Other threads of this process (rich's refresh thread under the dashboard, the resolver's)
         # may hold the GIL for a whole switch interval while a result waits: 0.5 ms, not 5, bounds
         # that wait.
@@ -366,7 +379,7 @@ class MirrorRun:
             sys.setswitchinterval(previous)
             self._reap_child()
 
-    def _start_child(self, policy: Policy, shadow_eps: frozenset[tuple[str, int]]) -> None:
+    def _start_child(self, policy: Policy, own: OwnPorts) -> None:
         import multiprocessing
 
         from shadowtap.mirror.capture_child import child_main
@@ -375,7 +388,7 @@ class MirrorRun:
         stop_r, stop_w = os.pipe()
         ctx = multiprocessing.get_context("fork")
         self.child = ctx.Process(target=_child_entry, name="shadowtap-mirror-capture",
-                                 args=(child_main, wfd, stop_r, rfd, stop_w, self.cfg, policy, shadow_eps))
+                                 args=(child_main, wfd, stop_r, rfd, stop_w, self.cfg, policy, own))
         self.child.start()
         os.close(wfd)
         os.close(stop_r)
@@ -411,7 +424,7 @@ class MirrorRun:
 
         http = Sender(cfg.policy.target, concurrency=cfg.concurrency, per_connection=False,
                       timeout=cfg.timeout, connect_timeout=cfg.connect_timeout,
-                      max_body=cfg.max_body)
+                      max_body=cfg.max_body, on_connect=self._on_connect)
         # gRPC calls go to grpcio (replay/grpc_client.py), the rest to the HTTP/1.x sender.
         sender = Router(http, GrpcSender(cfg.policy.target, concurrency=cfg.concurrency,
                                          timeout=cfg.timeout, connect_timeout=cfg.connect_timeout,
@@ -421,6 +434,8 @@ class MirrorRun:
         async def check_shadow() -> None:
             try:
                 await sender.check_reachable()
+            except ReplayRefused:
+                pass  # the run stops (_on_connect)
             except TargetError as exc:
                 # A shadow that is down is a shadow result (errors, counted), not a reason to stop.
                 self._note(f"{exc.message}; going on: its failures count as shadow errors")
@@ -564,6 +579,20 @@ class MirrorRun:
         if exit_code == EXIT_OK:
             exit_code = Verdict(verdict or Verdict.ERROR).exit_code
         return exit_code
+
+    def _on_connect(self, sock: Any) -> None:
+        """Each connection to the shadow, before a byte is sent: its local port is ours (own
+        traffic), and its real peer must not be the primary (then the run stops, refused)."""
+        if self.own_ports is not None:
+            self.own_ports.on_connect(sock)
+        if self.primary_check is not None:
+            try:
+                self.primary_check.on_connect(sock)
+            except ReplayRefused as exc:
+                self.capture_error = self.capture_error or exc
+                self.stop_reason = "refused"
+                self.stop.set()
+                raise
 
     def _signal(self, sig: signal.Signals) -> None:
         if self.stop.is_set():

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import httptools
 
-from shadowtap.errors import TargetError
+from shadowtap.errors import ShadowtapError, TargetError
 from shadowtap.records import Response, Result, ResultError, request_line_problem
 from shadowtap.replay.policy import Prepared, Target
 from shadowtap.wire.content import decoded_length
@@ -83,20 +83,6 @@ class Clock:
 
     def to_epoch(self, mono: float) -> float:
         return self._wall0 + (mono - self._mono0)
-
-
-def local_addresses() -> frozenset[str]:
-    """This network namespace's addresses (``ip -j addr``; empty when ``ip`` is missing), for the
-    refusal to replay into the captured server itself."""
-    import json
-    import subprocess
-
-    try:
-        proc = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=5, check=False)
-        data = json.loads(proc.stdout or "[]")
-    except (OSError, ValueError, subprocess.TimeoutExpired):
-        return frozenset()
-    return frozenset(a.get("local", "") for link in data for a in link.get("addr_info", ())) - {""}
 
 
 class _Job:
@@ -371,7 +357,8 @@ class Sender:
     def __init__(self, target: Target, *, concurrency: int = 64, per_connection: bool = True,
                  timeout: float = 10.0, connect_timeout: float = 5.0, max_body: int = 1 << 20,
                  max_idle: int | None = None, clock: Clock | None = None,
-                 limits: ResponseLimits | None = None) -> None:
+                 limits: ResponseLimits | None = None,
+                 on_connect: Callable[[socket.socket], None] | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.limits = limits or ResponseLimits()
@@ -383,6 +370,11 @@ class Sender:
         self.max_body = max_body
         self.max_idle = max_idle if max_idle is not None else max(4 * concurrency, 256)
         self.clock = clock or Clock()
+        # Called with each new connection's socket, connected, before a byte is sent (TLS
+        # included); raising a ShadowtapError refuses it: the socket is closed, ``refused`` set
+        # and every later connection refused too (replay/captured_server.py's peer check).
+        self.on_connect = on_connect
+        self.refused: ShadowtapError | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.addresses: list[tuple[int, tuple]] = []  # (family, sockaddr) of the target
         self._ssl: ssl_module.SSLContext | None = None
@@ -557,10 +549,19 @@ class Sender:
             await self.start()
         last: BaseException | None = None
         for fam, addr in self.addresses:
+            if self.refused is not None:
+                raise self.refused
             sock = socket.socket(fam, socket.SOCK_STREAM)
             sock.setblocking(False)
             try:
                 await asyncio.wait_for(self.loop.sock_connect(sock, addr), self.connect_timeout)
+                if self.on_connect is not None:
+                    try:
+                        self.on_connect(sock)
+                    except ShadowtapError as exc:
+                        sock.close()
+                        self.refused = exc
+                        raise
                 await self.loop.create_connection(
                     lambda: conn, sock=sock, ssl=self._ssl,
                     server_hostname=self.target.host if self._ssl else None)
@@ -575,9 +576,9 @@ class Sender:
     async def _connect_and_start(self, conn: _Conn, job: _Job) -> None:
         try:
             await self._open(conn)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (OSError, asyncio.TimeoutError, ShadowtapError) as exc:
             conn.closed = True
-            kind, message = _classify(exc)
+            kind, message = ("refused", str(exc)) if isinstance(exc, ShadowtapError) else _classify(exc)
             job.sent_mono = time.monotonic()
             self._finish(job, conn, job.sent_mono, ResultError(kind, message))
             return

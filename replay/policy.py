@@ -1,5 +1,6 @@
 """What is replayed and how: filters, sampling, safety rules and rewriting, applied to one captured
-exchange at a time. Pure: no I/O; the caller resolves the target's addresses and passes them in.
+exchange at a time. Pure: no I/O; the caller resolves the target's addresses and passes them in
+(a ``ServerCheck``, replay/captured_server.py: the one "is this the captured server" check).
 
 ``Policy.decide(exchange)`` returns either a ``Prepared`` request (its wire bytes ready to write
 to the target) or a ``Skip`` with the reason. The batch replay and the live mirror share it.
@@ -27,16 +28,15 @@ from __future__ import annotations
 
 import enum
 import fnmatch
-import functools
 import hashlib
-import ipaddress
 import re
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from shadowtap.errors import InputError, TargetError
-from shadowtap.records import Exchange, Headers, header_value, header_values, parse_endpoint
+from shadowtap.records import Exchange, Headers, header_value, header_values
+from shadowtap.replay.captured_server import Endpoint, ServerCheck, ThisHost
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -168,11 +168,9 @@ class Policy:
     allow_unsafe: bool = False
     idempotency_key: bool = True
     force: bool = False
-    # The target's resolved endpoints (ip, port), for the refusal to replay into the captured server.
-    target_endpoints: frozenset[tuple[str, int]] = field(default_factory=frozenset)
-    # This host's addresses: a captured server at one of them, on the target's port, is the
-    # target when the target is this host too (captured on eth0, replayed to localhost).
-    local_addresses: frozenset[str] = field(default_factory=frozenset)
+    # The refusal to replay into the captured server (its target endpoints: resolved, then the
+    # real peers of the client's connections); None: no check (the mirror checks its own way).
+    servers: ServerCheck | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sample_percent <= 100.0:
@@ -191,8 +189,8 @@ class Policy:
             return Skip(SkipReason.NO_REQUEST)
         if req.send_problem() is not None:
             return Skip(SkipReason.UNSENDABLE)
-        if not self.force:
-            self._check_not_captured_server(exchange.server)
+        if not self.force and self.servers is not None:
+            self.servers.check(exchange.server)
         if req.body_truncated:
             return Skip(SkipReason.BODY_TRUNCATED)
         method = req.method.upper()
@@ -217,13 +215,20 @@ class Policy:
             add_key = False
         return self._prepare(exchange, method, add_key)
 
-    def _check_not_captured_server(self, server: str) -> None:
-        if _is_target(server, self.target_endpoints, self.local_addresses):
-            raise ReplayRefused(
-                f"the target {self.target.url} is {server}, the server this traffic was captured "
-                "from: replaying into it doubles its load",
-                hint="point --target at the shadow, or pass --force if this is really intended",
-            )
+    def with_server_check(self, targets: Iterable[tuple[str, int]],
+                          host: ThisHost | None = None) -> Policy:
+        """This policy refusing the captured server, the target being at ``targets`` (its
+        resolved (ip, port) endpoints); ``host``: this host's addresses (discovered by default)."""
+        eps = [Endpoint.of(ip, port) for ip, port in targets]
+        check = ServerCheck([e for e in eps if e is not None], self._refusal, host=host)
+        return replace(self, servers=check)
+
+    def _refusal(self, target: Endpoint, server: Endpoint) -> ReplayRefused:
+        return ReplayRefused(
+            f"the target {self.target.url} is {server}, the server this traffic was captured "
+            f"from (it reaches {target}): replaying into it doubles its load",
+            hint="point --target at the shadow, or pass --force if this is really intended",
+        )
 
     def _sampled_in(self, exchange: Exchange) -> bool:
         """Consistent sampling: the decision depends only on the key, so one user's requests are
@@ -288,28 +293,6 @@ class Policy:
             lane=f"{exchange.client}>{exchange.server}",
             index=exchange.index,
         )
-
-
-@functools.lru_cache(maxsize=4096)
-def _is_target(server: str, endpoints: frozenset[tuple[str, int]], local: frozenset[str]) -> bool:
-    """True when the captured ``server`` endpoint is one of the target's. Loopback addresses all
-    reach the same host (127.0.0.2:80 is the 127.0.0.1:80 server when it listens on the wildcard
-    address), and so do this host's own addresses when the target is on this host. Cached: a
-    capture has few servers and this runs for every exchange."""
-    try:
-        ip, port = parse_endpoint(server)
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    for tip, tport in endpoints:
-        if tport != port:
-            continue
-        t = ipaddress.ip_address(tip.split("%", 1)[0])
-        if t == addr or (t.is_loopback and addr.is_loopback):
-            return True
-        if (t.is_loopback or str(t) in local) and (addr.is_loopback or str(addr) in local):
-            return True
-    return False
 
 
 def _suffix_host(host: str, suffix: str) -> str:

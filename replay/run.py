@@ -20,9 +20,9 @@ import time
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from shadowtap.replay.client import Sender, local_addresses
+from shadowtap.replay.client import Sender
 from shadowtap.replay.grpc_client import GrpcSender, Router
 from shadowtap.replay.policy import Policy, Prepared, Skip
 from shadowtap.replay.schedule import Timing, schedule
@@ -203,9 +203,13 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
                              connect_timeout=cfg.connect_timeout, max_body=cfg.max_body)
     sender = Router(http, grpc_sender)
     await sender.start()
+    # The refusal to replay into the captured server: the target's resolved endpoints, confirmed
+    # on each connection's real peer (the check connection's, then every other's).
+    policy = cfg.policy.with_server_check(sender.endpoints)
+    if policy.servers is not None and not policy.force:
+        http.on_connect = policy.servers.on_connect  # (grpcio's connections are its own)
     if cfg.check_target:
         await sender.check_reachable()
-    policy = replace(cfg.policy, target_endpoints=sender.endpoints, local_addresses=local_addresses())
     clock = sender.clock
     timing = cfg.timing
     window = 2 * cfg.concurrency if not timing.timed else MAX_QUEUED
@@ -217,6 +221,10 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
     first_error: list[BaseException] = []
 
     def on_result(result: Result) -> None:
+        if http.refused is not None and not first_error:  # a peer is the captured server
+            first_error.append(http.refused)
+            stop.set()
+            waker.wake()
         try:
             summary.add(result)
             if writer is not None:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
+from ipaddress import ip_address
 
 import pytest
 
@@ -17,6 +19,7 @@ from shadowtap.replay.policy import (
     parse_rewrites,
 )
 from shadowtap.errors import InputError
+from shadowtap.replay.captured_server import ThisHost
 from shadowtap.records import header_value
 
 from .conftest import make_exchange
@@ -147,14 +150,15 @@ def test_truncated_body_and_missing_request_are_skipped():
 
 
 def test_refuses_to_replay_into_the_captured_server_unless_forced():
-    policy = Policy(Target.parse("http://127.0.0.1:8080"), target_endpoints=frozenset({("127.0.0.1", 8080)}))
+    policy = Policy(Target.parse("http://127.0.0.1:8080")).with_server_check(
+        {("127.0.0.1", 8080)}, host=ThisHost())
     with pytest.raises(ReplayRefused, match="captured from"):
         policy.decide(make_exchange(server="127.0.0.1:8080"))
     with pytest.raises(ReplayRefused):  # another loopback address, same port: the same server
         policy.decide(make_exchange(server="127.0.0.5:8080"))
     assert isinstance(policy.decide(make_exchange(server="127.0.0.1:8081")), Prepared)
     assert isinstance(policy.decide(make_exchange(server="10.0.0.1:8080")), Prepared)
-    forced = Policy(policy.target, target_endpoints=policy.target_endpoints, force=True)
+    forced = replace(policy, force=True)
     assert isinstance(forced.decide(make_exchange(server="127.0.0.1:8080")), Prepared)
     assert ReplayRefused.exit_code == 5
 
@@ -185,12 +189,36 @@ def test_absolute_form_targets_become_origin_form_and_asterisk_stays():
 
 def test_a_captured_server_at_an_address_of_this_host_is_the_local_target():
     """Captured on eth0 at 192.0.2.10:8080, replayed to localhost:8080 on the same host: the same server."""
-    policy = Policy(Target.parse("http://localhost:8080"), target_endpoints=frozenset({("127.0.0.1", 8080)}),
-                    local_addresses=frozenset({"192.0.2.10"}))
+    policy = Policy(Target.parse("http://localhost:8080")).with_server_check(
+        {("127.0.0.1", 8080)}, host=ThisHost(frozenset({ip_address("192.0.2.10")})))
     with pytest.raises(ReplayRefused):
         policy.decide(make_exchange(server="192.0.2.10:8080"))
     assert isinstance(policy.decide(make_exchange(server="192.0.2.11:8080")), Prepared)  # another host
     assert isinstance(policy.decide(make_exchange(server="192.0.2.10:9090")), Prepared)  # another port
+
+
+@pytest.mark.parametrize("target", ["0.0.0.0", "::", "::ffff:127.0.0.1", "::ffff:7f00:1", "127.0.0.2", "::1"])
+def test_every_spelling_of_this_host_is_the_captured_server(target):
+    """Addresses are normalised (IPv4-mapped as IPv4; unspecified and loopback are this host)."""
+    policy = Policy(Target.parse("http://x:18080")).with_server_check({(target, 18080)}, host=ThisHost())
+    with pytest.raises(ReplayRefused):
+        policy.decide(make_exchange(server="127.0.0.1:18080"))
+    with pytest.raises(ReplayRefused):
+        policy.decide(make_exchange(server="[::ffff:127.0.0.1]:18080"))
+    assert isinstance(policy.decide(make_exchange(server="127.0.0.1:18081")), Prepared)
+
+
+def test_the_real_peer_confirms_the_target():
+    """A target whose resolved address is not this host, whose connection's peer is: refused on
+    the peer (the connect hook), for servers seen before and after it."""
+    policy = Policy(Target.parse("http://shadow:80")).with_server_check({("192.0.2.50", 80)}, host=ThisHost())
+    assert isinstance(policy.decide(make_exchange(server="127.0.0.1:80")), Prepared)
+    with pytest.raises(ReplayRefused):
+        policy.servers.add_peer(("::ffff:127.0.0.1", 80, 0, 0))
+    fresh = Policy(Target.parse("http://shadow:80")).with_server_check({("192.0.2.50", 80)}, host=ThisHost())
+    fresh.servers.add_peer(("127.0.0.1", 80))
+    with pytest.raises(ReplayRefused):
+        fresh.decide(make_exchange(server="127.0.0.1:80"))
 
 
 def test_headers_named_by_connection_are_dropped_and_a_set_host_wins():
