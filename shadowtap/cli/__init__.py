@@ -65,9 +65,30 @@ def user_error(exc: ShadowtapError) -> ShadowtapError:
     return exc
 
 
+def reflow(text: str) -> str:
+    """A docstring as help paragraphs: the lines of a paragraph joined into one (rich wraps it
+    at the terminal's width; a hard break kept from the source would show mid-sentence), the
+    paragraphs and the items of a list ("- ...") each on their own."""
+    import inspect
+
+    paragraphs = []
+    for block in inspect.cleandoc(text).split("\n\n"):
+        items: list[str] = []
+        for line in block.splitlines():
+            line = line.strip()
+            if items and not line.startswith(("- ", "* ")):
+                items[-1] += " " + line
+            else:
+                items.append(line)
+        paragraphs.append("\n".join(items))
+    return "\n\n".join(p for p in paragraphs if p)
+
+
 def _register() -> None:
-    # Each module adds its command(s) to ``app`` on import.
+    # Each module adds its command(s) to ``app`` on import; their docstrings become help
+    # paragraphs here, once (reflow).
     import importlib
+    import inspect
 
     for name in ("extract", "capture", "replay", "compare", "export", "mirror", "lab"):
         try:
@@ -75,6 +96,10 @@ def _register() -> None:
         except ModuleNotFoundError as exc:
             if exc.name != f"shadowtap.cli.{name}":
                 raise
+    for info in app.registered_commands:
+        doc = info.help or (inspect.getdoc(info.callback) if info.callback else None)
+        if doc:
+            info.help = reflow(doc)
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ import typer
 
 from shadowtap.cli import app
 
-
 _EXCHANGES = ("Exchanges JSONL (the primary's requests and responses; .gz ok, - = stdin), or a "
               "run directory, or a Parquet lake (docs/lake.md).")
 _RESULTS = ("Results JSONL from `shadowtap replay` (the shadow's responses). Omitted: EXCHANGES "
@@ -26,11 +25,19 @@ _MASTER = "Spark master URL for --engine spark (local[*], spark://host:7077, yar
 def compare(
     exchanges: Annotated[str, typer.Argument(help=_EXCHANGES)],
     results: Annotated[str | None, typer.Argument(help=_RESULTS)] = None,
-    baseline: Annotated[str | None, typer.Option("--baseline", help="Results of a second instance of the primary's version: differences it shows too are noise (Diffy's method).")] = None,
-    ignore: Annotated[list[str] | None, typer.Option("--ignore", help="A field to treat as noise: PATH_GLOB or 'ENDPOINT_GLOB::PATH_GLOB' (e.g. 'body.meta.*', 'GET /users/*::body.etag'). Repeatable.")] = None,
-    config: Annotated[str | None, typer.Option("--config", help="Config file (TOML or JSON): thresholds, noise rules, tolerances, endpoint rules. See docs/compare.md.")] = None,
-    html: Annotated[str | None, typer.Option("--html", help="Write a self-contained HTML report here.")] = None,
-    json_out: Annotated[str | None, typer.Option("--json", help="Write the JSON report here (- = stdout).")] = None,
+    baseline: Annotated[str | None, typer.Option("--baseline",
+            help="Results of a second instance of the primary's version: differences it shows too "
+                 "are noise (Diffy's method).")] = None,
+    ignore: Annotated[list[str] | None, typer.Option("--ignore",
+            help="A field to treat as noise: PATH_GLOB or 'ENDPOINT_GLOB::PATH_GLOB' (e.g. "
+                 "'body.meta.*', 'GET /users/*::body.etag'). Repeatable.")] = None,
+    config: Annotated[str | None, typer.Option("--config",
+            help="Config file (TOML or JSON): thresholds, noise rules, tolerances, endpoint "
+                 "rules. See docs/compare.md.")] = None,
+    html: Annotated[str | None, typer.Option("--html",
+            help="Write a self-contained HTML report here.")] = None,
+    json_out: Annotated[str | None, typer.Option("--json",
+            help="Write the JSON report here (- = stdout).")] = None,
     parquet: Annotated[str | None, typer.Option("--parquet", help=_PARQUET)] = None,
     proto_descriptor: Annotated[str | None, typer.Option(
         "--proto-descriptor",
@@ -39,7 +46,8 @@ def compare(
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=0, help=_JOBS)] = 1,
     engine: Annotated[str, typer.Option("--engine", help=_ENGINE)] = "local",
     spark_master: Annotated[str, typer.Option("--spark-master", help=_MASTER)] = "local[*]",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No terminal report; the exit status still carries the verdict.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q",
+            help="No terminal report; the exit status still carries the verdict.")] = False,
 ) -> None:
     """Compare the shadow's responses with the primary's: content, status, errors, latency.
 

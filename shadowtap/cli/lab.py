@@ -1,5 +1,6 @@
-"""``shadowtap lab``: the one-host lab (shadowtap.lab, from scripts/lab/; also behind scripts/lab.sh):
-network namespaces client, primary (demo service v1) and shadow (demo service v2)."""
+"""``shadowtap lab``: the one-host lab (shadowtap.lab, from scripts/lab/; also behind
+scripts/lab.sh): network namespaces client, primary (demo service v1) and shadow (demo service
+v2)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from shadowtap.cli import app
 @app.command(no_args_is_help=True)
 def lab(
     action: Annotated[str, typer.Argument(help="up, down, status or env.")],
-    prefix: Annotated[str, typer.Option(help="Namespace name prefix (or $LAB_PREFIX).")] = os.environ.get("LAB_PREFIX", "stlab"),
+    prefix: Annotated[str, typer.Option(help="Namespace name prefix (or $LAB_PREFIX).")] = (
+        os.environ.get("LAB_PREFIX", "stlab")),
     port: Annotated[int, typer.Option(help="The demo services' port.")] = 8080,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -24,7 +26,8 @@ def lab(
     from shadowtap.lab import lab as module
 
     if action not in module.ACTIONS:
-        raise InputError(f"unknown action {action!r} (up, down, status, env)", where="shadowtap lab")
+        raise InputError(f"unknown action {action!r} (up, down, status, env)",
+                         where="shadowtap lab")
     code = module.run(action, module.Lab(prefix=prefix, port=port), as_json=json_out)
     if code:
         raise typer.Exit(code)
