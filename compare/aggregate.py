@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from shadowtap.compare import verdict as verdict_mod
@@ -95,6 +96,7 @@ def _outcome_shadow(r: Result) -> str:
 def _leaves(v: Any, path: str, paths: list[str], values: list[Any]) -> None:
     """Scalar leaves of a JSON value with their folded paths (numbers, bools, short strings), at
     most _LEAVES_MAX. O(size of the value); scalars are handled without a call each."""
+    items: Iterable[tuple[Any, Any]]
     if isinstance(v, dict):
         fold = fold_keys(v)
         items = v.items()
@@ -253,7 +255,8 @@ class Comparison:
 
     def _endpoint(self, ex: Exchange) -> EndpointAgg:
         req = ex.request
-        name = self._templater.endpoint(req.method, req.target) if req is not None else "? (no request)"
+        name = (self._templater.endpoint(req.method, req.target) if req is not None
+                else "? (no request)")
         agg = self._endpoints.get(name)
         if agg is None:
             if len(self._endpoints) >= self.config.limits.max_endpoints:
@@ -323,7 +326,8 @@ class Comparison:
                 pair = PairDiff(found)
             else:
                 pair = diff_responses(p, s, self._ignored_headers, self._tolerance,
-                                      max_walk=self._max_walk, max_differences=self._max_differences)
+                                      max_walk=self._max_walk,
+                                      max_differences=self._max_differences)
         diffs = pair.differences
         if not diffs and (gp is None or gp.cls == "identical"):  # an equivalent answer differs
             agg.identical += 1
@@ -594,7 +598,8 @@ class Comparison:
     def _pool_volatility(self) -> None:
         """Pool, per path, the observations of fields seen too few times on one endpoint."""
         need = self.config.noise.min_observations
-        small = {p for a in self._endpoints.values() for p, f in a.fields.items() if 0 < f.volatility.n < need}
+        small = {p for a in self._endpoints.values() for p, f in a.fields.items()
+                 if 0 < f.volatility.n < need}
         self._pooled = {}
         for a in self._endpoints.values():
             for path in small.intersection(a.fields):

@@ -83,7 +83,8 @@ class NoiseConfig:
     distinct_share: float = 0.8
     # Baseline (Diffy's method): a field is a regression only where
     #   rate(primary, shadow) - rate(primary, baseline) > absolute_threshold  and
-    #   (rate(primary, shadow) - rate(primary, baseline)) / rate(primary, baseline) > relative_threshold
+    #   (rate(primary, shadow) - rate(primary, baseline)) / rate(primary, baseline)
+    #     > relative_threshold
     relative_threshold: float = 0.20
     absolute_threshold: float = 0.0003
 
@@ -319,7 +320,8 @@ def _build(cls: type, data: dict[str, Any], where: str, section: str) -> Any:
             if not isinstance(value, dict):
                 raise InputError("verdict.weights must be a table of group = weight", where=where)
             kwargs[key] = tuple(
-                (str(k), _number(_as_number(v, f"verdict.weights.{k}", where), f"verdict.weights.{k}", where))
+                (str(k), _number(_as_number(v, f"verdict.weights.{k}", where),
+                                 f"verdict.weights.{k}", where))
                 for k, v in value.items())
         elif dataclasses.is_dataclass(default):
             kwargs[key] = _build(type(default), value, where, key)

@@ -159,7 +159,8 @@ def _add(out: list[Difference], d: Difference, budget: Budget) -> bool:
     return True
 
 
-def _diff_json(p: Any, s: Any, path: str, out: list[Difference], tolerance: Tolerance, budget: Budget) -> None:
+def _diff_json(p: Any, s: Any, path: str, out: list[Difference], tolerance: Tolerance,
+               budget: Budget) -> None:
     if budget.cut or not budget.spend():
         return
     tp, ts = _jtype(p), _jtype(s)
@@ -232,7 +233,8 @@ def _body_type(content_type: str | None, raw: bytes) -> BodyType:
         if head[:1] in (b"{", b"["):
             return BodyType.JSON
         if head[:1] == b"<":
-            return BodyType.HTML if head[:14].lower().startswith((b"<!doctype html", b"<html")) else BodyType.XML
+            html = head[:14].lower().startswith((b"<!doctype html", b"<html"))
+            return BodyType.HTML if html else BodyType.XML
         try:
             raw[:1024].decode("utf-8")
             return BodyType.TEXT

@@ -79,7 +79,7 @@ class Joiner:
 
     def end_of_baseline(self) -> list[Triple]:
         self.baseline_done = True
-        out = [(ex, r, None) for ex, r in self._waiting.values()]
+        out: list[Triple] = [(ex, r, None) for ex, r in self._waiting.values()]
         self._waiting.clear()
         return out
 
@@ -96,7 +96,8 @@ def join(
     joiner: Joiner, chunk: int = 256,
 ) -> Iterator[Triple]:
     """Read the streams round-robin, ``chunk`` records at a time, yielding complete triples."""
-    streams: list[tuple[Iterator, object]] = [(exchanges, joiner.exchange), (results, joiner.result)]
+    streams: list[tuple[Iterator, object]] = [(exchanges, joiner.exchange),
+                                              (results, joiner.result)]
     if baseline is not None:
         streams.append((baseline, joiner.base))
     while streams:

@@ -121,7 +121,8 @@ class BaselineJudgement:
     reason: str
 
 
-def judge_against_baseline(raw_rate: float, noise_rate: float, cfg: NoiseConfig) -> BaselineJudgement:
+def judge_against_baseline(raw_rate: float, noise_rate: float,
+                           cfg: NoiseConfig) -> BaselineJudgement:
     """Diffy's rule: regression iff raw - noise > absolute and (raw - noise) / noise > relative."""
     excess = raw_rate - noise_rate
     relative = excess / noise_rate if noise_rate > 0 else (float("inf") if excess > 0 else 0.0)
@@ -150,7 +151,8 @@ def noise_reason(
     every one of its values there is volatile and the pooled observations are judged volatile."""
     for rule in cfg.rules:
         if rule.matches(endpoint, path):
-            return f"rule: {rule.reason} ({rule.endpoint + '::' if rule.endpoint else ''}{rule.path})"
+            where = rule.endpoint + "::" if rule.endpoint else ""
+            return f"rule: {rule.reason} ({where}{rule.path})"
     if cfg.order_is_noise and kinds and set(kinds) == {Kind.ORDER}:
         return "order: same elements in another order (order_is_noise)"
     if baseline is not None:

@@ -83,7 +83,8 @@ class Record:
         names = _names(type(self))
         if not self._OPTIONAL:
             return {n: getattr(self, n) for n in names}
-        return {n: v for n in names if (v := getattr(self, n)) is not None or n not in self._OPTIONAL}
+        return {n: v for n in names
+                if (v := getattr(self, n)) is not None or n not in self._OPTIONAL}
 
 
 _NAMES: dict[type, tuple[str, ...]] = {}
@@ -337,11 +338,13 @@ class Report(Record):
         return self.verdict.result if self.summary.pairs else None
 
     def interrupted(self) -> Report:
-        return dataclasses.replace(self, summary=dataclasses.replace(self.summary, interrupted=True))
+        summary = dataclasses.replace(self.summary, interrupted=True)
+        return dataclasses.replace(self, summary=summary)
 
     def finished(self) -> Report:
         """The report of a run that read its input to the end (``summary.interrupted`` false)."""
-        return dataclasses.replace(self, summary=dataclasses.replace(self.summary, interrupted=False))
+        summary = dataclasses.replace(self.summary, interrupted=False)
+        return dataclasses.replace(self, summary=summary)
 
     def overruled(self, result: Verdict, why: str) -> Report:
         return dataclasses.replace(self, verdict=self.verdict.overruled(result, why))

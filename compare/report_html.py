@@ -19,7 +19,8 @@ _PRIMARY, _SHADOW = "#0969da", "#e16f24"
 _ENDPOINT_CARDS = 60  # endpoints shown in detail (ranked by divergence); the table lists all
 
 _CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1f2328;background:#f6f8fa}
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;\
+color:#1f2328;background:#f6f8fa}
 main{max-width:1200px;margin:0 auto;padding:16px 24px}
 h1{font-size:20px;margin:8px 0} h2{font-size:17px;margin:24px 0 8px;border-bottom:1px solid #d0d7de}
 h3{font-size:15px;margin:16px 0 6px}
@@ -33,7 +34,8 @@ th{background:#eaeef2} td.num{text-align:right;font-variant-numeric:tabular-nums
 .noise .bar span{background:#8c959f}
 .card{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:10px 14px;margin:10px 0}
 .side{display:grid;grid-template-columns:1fr 1fr;gap:8px}
-pre{background:#f6f8fa;border:1px solid #d0d7de;padding:6px;max-height:320px;overflow:auto;white-space:pre-wrap;word-break:break-all;margin:2px 0;font-size:12px}
+pre{background:#f6f8fa;border:1px solid #d0d7de;padding:6px;max-height:320px;overflow:auto;\
+white-space:pre-wrap;word-break:break-all;margin:2px 0;font-size:12px}
 .Pass{color:#1a7f37}.High,.Low{color:#cf222e;font-weight:600}.Nodata{color:#8c959f}
 .muted{color:#656d76} ul{margin:4px 0}
 """
@@ -55,7 +57,8 @@ def latency_svg(primary: list[float], shadow: list[float], title: str) -> str:
     w, h, ml, mr, mt, mb = 640, 220, 48, 16, 24, 34
     pts = [x for x in primary + shadow if x is not None and math.isfinite(x)]
     if not pts:
-        return f'<svg width="{w}" height="40" role="img"><text x="4" y="24">{escape(title)}: no latencies</text></svg>'
+        return (f'<svg width="{w}" height="40" role="img"><text x="4" y="24">{escape(title)}: '
+                'no latencies</text></svg>')
     lo, hi = max(min(pts), 1e-3), max(max(pts), 1e-3)
     log = hi / lo > 20
     if hi == lo:
@@ -72,24 +75,33 @@ def latency_svg(primary: list[float], shadow: list[float], title: str) -> str:
     parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" '
              f'aria-label="{escape(title)}" class="latency">'),
              f'<text x="{ml}" y="14" font-size="12" font-weight="600">{escape(title)}</text>',
-             f'<rect x="{ml}" y="{mt}" width="{w - ml - mr}" height="{h - mt - mb}" fill="#fff" stroke="#d0d7de"/>']
+             f'<rect x="{ml}" y="{mt}" width="{w - ml - mr}" height="{h - mt - mb}" fill="#fff" '
+             'stroke="#d0d7de"/>']
     for q in (0, 50, 90, 100):
         y = sy(q)
         parts.append(f'<line x1="{ml}" x2="{w - mr}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eaeef2"/>'
-                     f'<text x="{ml - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end">p{q}</text>')
-    ticks = [lo * (hi / lo) ** (i / 4) for i in range(5)] if log else [lo + (hi - lo) * i / 4 for i in range(5)]
+                     f'<text x="{ml - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end">'
+                     f'p{q}</text>')
+    ticks = ([lo * (hi / lo) ** (i / 4) for i in range(5)] if log
+             else [lo + (hi - lo) * i / 4 for i in range(5)])
     for t in ticks:
         x = sx(t)
-        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{h - mb}" y2="{h - mb + 4}" stroke="#656d76"/>'
-                     f'<text x="{x:.1f}" y="{h - mb + 15}" font-size="10" text-anchor="middle">{t:.3g}</text>')
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{h - mb}" y2="{h - mb + 4}" '
+                     'stroke="#656d76"/>'
+                     f'<text x="{x:.1f}" y="{h - mb + 15}" font-size="10" text-anchor="middle">'
+                     f'{t:.3g}</text>')
     parts.append(f'<text x="{(w + ml) / 2:.0f}" y="{h - 4}" font-size="10" text-anchor="middle">'
                  f'latency ms{" (log scale)" if log else ""}</text>')
     qs = list(range(0, 101, 2))
-    for vals, colour, name, dy in ((primary, _PRIMARY, "primary", 0), (shadow, _SHADOW, "shadow", 14)):
+    for vals, colour, name, dy in ((primary, _PRIMARY, "primary", 0),
+                                   (shadow, _SHADOW, "shadow", 14)):
         if vals:
-            path = " ".join(f"{sx(v):.1f},{sy(q):.1f}" for v, q in zip(vals, qs) if math.isfinite(v))
-            parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
-        parts.append(f'<rect x="{w - mr - 80}" y="{mt + 8 + dy}" width="10" height="10" fill="{colour}"/>'
+            path = " ".join(f"{sx(v):.1f},{sy(q):.1f}" for v, q in zip(vals, qs)
+                            if math.isfinite(v))
+            parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" '
+                         f'points="{path}"/>')
+        parts.append(f'<rect x="{w - mr - 80}" y="{mt + 8 + dy}" width="10" height="10" '
+                     f'fill="{colour}"/>'
                      f'<text x="{w - mr - 66}" y="{mt + 17 + dy}" font-size="11">{name}</text>')
     parts.append("</svg>")
     return "".join(parts)
@@ -151,9 +163,9 @@ def _endpoint_html(e: EndpointReport) -> str:
                        f'<td>{escape(f.type)}</td><td>{treated}</td></tr>')
         out.append("</table>")
     if e.numeric:
-        out.append('<table class="numeric"><tr><th>numeric field</th><th>n</th><th>mean primary</th>'
-                   "<th>mean shadow</th><th>shift (std)</th><th>KS D</th><th>KS p</th><th>PSI</th>"
-                   "</tr>")
+        out.append('<table class="numeric"><tr><th>numeric field</th><th>n</th>'
+                   "<th>mean primary</th><th>mean shadow</th><th>shift (std)</th><th>KS D</th>"
+                   "<th>KS p</th><th>PSI</th></tr>")
         for m in e.numeric:
             out.append(f'<tr><td><code>{escape(m.path)}</code></td><td class="num">{m.n}</td>'
                        f'<td class="num">{_f(m.mean_primary, ".4g")}</td>'
@@ -171,7 +183,8 @@ def _endpoint_html(e: EndpointReport) -> str:
         for smp in f.samples:
             out.append(f'<p><code>{escape(smp.request)}</code> <span class="muted">exchange '
                        f'{escape(smp.exchange_id)}, {escape(smp.kind)}</span>: '
-                       f'<code>{_val(smp.primary)}</code> &rarr; <code>{_val(smp.shadow)}</code></p>'
+                       f'<code>{_val(smp.primary)}</code> &rarr; '
+                       f'<code>{_val(smp.shadow)}</code></p>'
                        f'<div class="side"><div><b>primary</b><pre>{escape(smp.primary_body)}</pre>'
                        f'</div><div><b>shadow</b><pre>{escape(smp.shadow_body)}</pre></div></div>')
         out.append("</details>")
@@ -217,8 +230,10 @@ def render_html(report: Report) -> str:
                     f'<td class="num">{_pct(e.divergence)}</td>'
                     f'<td class="num">{_pct(e.errors.primary_rate)} / '
                     f'{_pct(e.errors.shadow_rate)}</td>'
-                    f'<td class="num">{_f(lat.primary.p50, ".1f")} / {_f(lat.shadow.p50, ".1f")}</td>'
-                    f'<td class="num">{_f(lat.primary.p99, ".1f")} / {_f(lat.shadow.p99, ".1f")}</td>'
+                    f'<td class="num">{_f(lat.primary.p50, ".1f")} / '
+                    f'{_f(lat.shadow.p50, ".1f")}</td>'
+                    f'<td class="num">{_f(lat.primary.p99, ".1f")} / '
+                    f'{_f(lat.shadow.p99, ".1f")}</td>'
                     '</tr>')
     body.append("</table>")
     body.extend(_endpoint_html(e) for e in report.endpoints[:_ENDPOINT_CARDS])

@@ -17,12 +17,14 @@ from shadowtap.redact import DEFAULT_SECRET_HEADERS
 
 REDACTED = "[redacted]"
 _SECRET_NAME = re.compile(
-    r"pass(word|wd|phrase)?|secret|token|api[-_]?key|authori[sz]ation|cookie|session|credential|private[-_]?key"
+    r"pass(word|wd|phrase)?|secret|token|api[-_]?key|authori[sz]ation|cookie|session|credential"
+    r"|private[-_]?key"
     r"|ssn|card[-_]?number|cvv",
     re.IGNORECASE,
 )
 _TEXT_SECRET = re.compile(
-    r"""(?P<k>["']?[\w-]*(?:pass(?:word|wd)?|secret|token|api[-_]?key|authori[sz]ation|session\w*)["']?\s*[:=]\s*)"""
+    r"""(?P<k>["']?[\w-]*(?:pass(?:word|wd)?|secret|token|api[-_]?key|authori[sz]ation"""
+    r"""|session\w*)["']?\s*[:=]\s*)"""
     r"""(?P<v>"[^"]*"|'[^']*'|[^&\s,;"'}<]+)""",
     re.IGNORECASE,
 )
@@ -35,7 +37,8 @@ def is_secret_name(name: str) -> bool:
 
 def redact_json(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: (REDACTED if is_secret_name(str(k)) else redact_json(v)) for k, v in value.items()}
+        return {k: (REDACTED if is_secret_name(str(k)) else redact_json(v))
+                for k, v in value.items()}
     if isinstance(value, list):
         return [redact_json(v) for v in value]
     return value
@@ -84,4 +87,6 @@ def body_excerpt(raw: bytes, parsed: Any, is_json: bool, limit: int) -> str:
         except UnicodeDecodeError:
             return f"({len(raw)} bytes of binary data)"
         text = redact_text(text)
-    return text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} more characters)"
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n... ({len(text) - limit} more characters)"

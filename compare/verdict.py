@@ -36,7 +36,8 @@ from shadowtap.compare.report import (
 )
 from shadowtap.compare.stats import error_rate_increase
 
-PASS, HIGH, LOW, NODATA = MetricResult.PASS, MetricResult.HIGH, MetricResult.LOW, MetricResult.NODATA
+PASS, HIGH, LOW = MetricResult.PASS, MetricResult.HIGH, MetricResult.LOW
+NODATA = MetricResult.NODATA
 OVERALL = "(overall)"
 
 
@@ -138,20 +139,20 @@ def _fields(ep: EndpointReport, cfg: CompareConfig) -> list[Metric]:
                               NODATA, False, False, "no pair with both responses"))
     for m in ep.numeric:
         shift = m.mean_shift
-        why = []
+        breaches: list[str] = []
         if m.psi > mc.psi_max:
-            why.append(f"PSI {m.psi:.3f} > {mc.psi_max:g}")
+            breaches.append(f"PSI {m.psi:.3f} > {mc.psi_max:g}")
         if m.ks_d > mc.ks_max_d and m.ks_p < mc.ks_alpha:
-            why.append(f"KS D {m.ks_d:.3f} > {mc.ks_max_d:g} (p={m.ks_p:.2g})")
+            breaches.append(f"KS D {m.ks_d:.3f} > {mc.ks_max_d:g} (p={m.ks_p:.2g})")
         if shift is None or abs(shift) > mc.mean_shift_max:
-            why.append("mean shift " + ("from a constant" if shift is None else
+            breaches.append("mean shift " + ("from a constant" if shift is None else
                                         f"{shift:+.2f} std beyond {mc.mean_shift_max:g}"))
-        failed = bool(why)
+        failed = bool(breaches)
         up = shift is None or shift > 0
         detail = (f"mean {m.mean_primary:.4g} -> {m.mean_shadow:.4g}"
                   f"{'' if shift is None else f' ({shift:+.2f} std)'}, KS D={m.ks_d:.3f} "
                   f"p={m.ks_p:.2g}, PSI={m.psi:.3f} over {m.n} sampled values"
-                  + (f"; {'; '.join(why)}" if why else ""))
+                  + (f"; {'; '.join(breaches)}" if breaches else ""))
         out.append(_metric("drift", Group.MODEL, name, m.psi, mc.psi_max,
                            (HIGH if up else LOW) if failed else PASS, failed,
                            Group.MODEL in cfg.verdict.critical, detail, m.path))

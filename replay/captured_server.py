@@ -137,8 +137,9 @@ class ServerCheck:
     server seen so far is it). Mutable (it learns peers and servers); one per run, used from one
     thread (the event loop's), shared by the Policy and the client."""
 
-    def __init__(self, targets: Iterable[Endpoint], refusal: Callable[[Endpoint, Endpoint], ShadowtapError],
-                 *, host: ThisHost | None = None, servers: Iterable[Endpoint] = ()) -> None:
+    def __init__(self, targets: Iterable[Endpoint],
+                 refusal: Callable[[Endpoint, Endpoint], ShadowtapError], *,
+                 host: ThisHost | None = None, servers: Iterable[Endpoint] = ()) -> None:
         self.host = host if host is not None else ThisHost.discover()
         self.targets: set[Endpoint] = set(targets)
         self._refusal = refusal

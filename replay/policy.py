@@ -93,7 +93,8 @@ class Target:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError as exc:
             raise InputError(f"target {url!r}: {exc}", field="target") from exc
-        return cls(url=url, scheme=parts.scheme, host=parts.hostname, port=port, prefix=parts.path.rstrip("/"))
+        return cls(url=url, scheme=parts.scheme, host=parts.hostname, port=port,
+                   prefix=parts.path.rstrip("/"))
 
     @property
     def authority(self) -> str:
@@ -238,7 +239,8 @@ class Policy:
             key = header_value(exchange.request.headers, self.sample_key[7:])
         if key is None:  # "client", or the header is missing: the client's address
             key = exchange.client.rsplit(":", 1)[0].strip("[]")
-        h = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "big")
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+        h = int.from_bytes(digest, "big")
         return (h % 1_000_000) < self.sample_percent * 10_000
 
     def _prepare(self, exchange: Exchange, method: str, add_key: bool) -> Prepared:
@@ -263,12 +265,14 @@ class Policy:
         had_length = False
         has_key = False
         # Headers the captured Connection header names are hop-by-hop too (RFC 9110 7.6.1).
-        conn_named = {t.strip().lower() for v in header_values(req.headers, "connection") for t in v.split(",")}
+        conn_named = {t.strip().lower() for v in header_values(req.headers, "connection")
+                      for t in v.split(",")}
         for name, value in req.headers:
             lname = name.lower()
             if lname in ("content-length", "transfer-encoding"):
                 had_length = True
-            if lname in _HOP_BY_HOP or lname in self.drop_headers or lname in set_names or lname in conn_named:
+            if (lname in _HOP_BY_HOP or lname in self.drop_headers or lname in set_names
+                    or lname in conn_named):
                 continue
             if lname[:1] == ":":  # an HTTP/2 pseudo-header: the request line and Host carry them
                 continue
@@ -281,7 +285,8 @@ class Policy:
         body = req.body
         if body or had_length or method in _METHODS_WITH_BODY:
             headers.append(("Content-Length", str(len(body))))
-        head = f"{method} {target} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
+        head = (f"{method} {target} HTTP/1.1\r\n"
+                + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n")
         return Prepared(
             exchange_id=exchange.id,
             method=method,
