@@ -38,14 +38,14 @@ import heapq
 import struct
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shadowtap.capture.libpcap import BpfFilter
 from shadowtap.errors import InputError
 from shadowtap.records import Exchange, Request, exchange_id_at, exchange_id_prefix, format_endpoint
 from shadowtap.redact import Redactor
-from shadowtap.wire import http1
+from shadowtap.wire import http1, http2
 from shadowtap.wire.anomalies import Anomaly
 from shadowtap.wire.frames import Segment, decode
 from shadowtap.wire.protocol import (
@@ -60,7 +60,9 @@ from shadowtap.wire.protocol import (
 from shadowtap.wire.tcp import Connection, Kind, Reassembler, State
 
 # The protocols tried on each connection, in order (the last one takes what the others do not).
-DEFAULT_PROTOCOLS: tuple[ProtocolSpec, ...] = (http1.PROTOCOL,)
+DEFAULT_PROTOCOLS: tuple[ProtocolSpec, ...] = (http2.PROTOCOL, http1.PROTOCOL)
+
+_H2_STREAM = http2.Stream
 
 # Enum members bound once: attribute access on an Enum class costs ~0.3 us.
 _EVENT_OPENED, _EVENT_REQUEST = Event.OPENED, Event.REQUEST
@@ -617,6 +619,8 @@ class Extractor:
         # anomalies, ttfb_ms, total_ms.
         ex = Exchange(_id(conn, txn.index), conn.client, conn.server, txn.index, req, resp, anomalies, ttfb,
                       total, chunks=txn.chunks)
+        if txn.__class__ is _H2_STREAM:  # an HTTP/2 stream: its outcome and its gRPC call
+            ex = replace(ex, h2=txn.h2, grpc=txn.grpc)
         if self.redactor is not None and txn.secret:
             ex = self.redactor.exchange(ex)
         return ex

@@ -421,12 +421,19 @@ def test_not_h2_client_bytes():
 
 
 def test_sniff():
-    assert sniff(PREFACE + b"\x00") and sniff(PREFACE[:5]) and not sniff(b"GET / HTTP/1.1\r\n")
+    from shadowtap.wire.protocol import Sniff
+
+    assert sniff(PREFACE + b"\x00", True) is Sniff.YES and sniff(PREFACE[:5], True) is Sniff.MORE
+    for text in (
+        b"GET / HTTP/1.1\r\n",
+        b"HTTP/1.1 200 OK\r\n",
+        b"\x16\x03\x01\x02\x00" + b"\x00" * 100,
+    ):
+        assert sniff(text, True) is Sniff.NO and sniff(text, False) is Sniff.NO
     p = _long_lived()
     server_bytes = b"".join(d for fc, _, d in p.log[4:] if not fc)
-    assert sniff(server_bytes, midstream=True) and not sniff(
-        b"\x16\x03\x01" + b"\x00" * 100, midstream=True
-    )
+    assert sniff(server_bytes, False) is Sniff.YES
+    assert sniff(server_bytes[:20], False) is Sniff.MORE  # one header so far
 
 
 def test_upgrade_h2c_request_is_stream_one():

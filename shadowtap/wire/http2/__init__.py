@@ -14,17 +14,13 @@ the stream is marked ``h2_headers_undecodable``, never guessed. A stream whose `
 is kept when its DATA reads as gRPC messages (``h2_path_unknown``), else counted and dropped.
 """
 
-from shadowtap.wire.http2 import _conversation, _frames
+from shadowtap.wire.http2 import _conversation
 from shadowtap.wire.http2._conversation import *  # noqa: F403
 from shadowtap.wire.http2._frames import PREFACE, looks_like_frames
+from shadowtap.wire.protocol import ProtocolSpec
 
-__all__ = ["PREFACE", "looks_like_frames", "sniff"]
+__all__ = ["PROTOCOL", "PREFACE", "looks_like_frames"]
 __all__ += _conversation.__all__
 
-
-def sniff(data: bytes, *, midstream: bool = False) -> bool:
-    """Whether a connection's first client bytes are HTTP/2: the preface (or a prefix of it, when
-    fewer bytes came), or, joined mid-way, frames."""
-    if data[: len(PREFACE)] == PREFACE[: len(data)] and data:
-        return True
-    return midstream and _frames.looks_like_frames(data)
+# The spec the Extractor picks HTTP/2 by (before HTTP/1.x, which takes what no other claims).
+PROTOCOL = ProtocolSpec("h2", sniff, make)  # noqa: F405 - from _conversation

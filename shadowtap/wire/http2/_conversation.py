@@ -15,8 +15,7 @@ time per direction (``_frames``).
 
 from __future__ import annotations
 
-from enum import Enum, IntEnum
-from typing import Any
+from enum import Enum
 
 from hyperframe.frame import (
     ContinuationFrame,
@@ -31,18 +30,14 @@ from hyperframe.frame import (
 
 from shadowtap.records import GrpcCall, H2Stream, Request, Response
 from shadowtap.wire import grpc as _grpc
-from shadowtap.wire.http2._frames import PREFACE, FrameReader, find_sync, looks_like_frames
+from shadowtap.wire.http2._frames import PREFACE, FrameReader, looks_like_frames, plausible_header
 from shadowtap.wire.http2._hpack import HeaderDecoder
 
-__all__ = ["Anomaly", "Conversation", "Event", "Outcome", "Stream"]
+# Events (shadowtap.wire.protocol): OPENED at a stream's first frame (the Extractor orders it
+# from there), REQUEST when the client ended the stream, DONE when the stream is over.
+from shadowtap.wire.protocol import Event, ParserSettings, Sniff
 
-
-class Event(IntEnum):
-    """What happened to a stream (the HTTP/1.x parser's events, same values)."""
-
-    OPENED = 0  # first frame of the stream seen: the pipeline orders it from here
-    REQUEST = 1  # the request is complete (END_STREAM from the client)
-    DONE = 2  # the stream is over: request and response are final
+__all__ = ["Anomaly", "Conversation", "Event", "Outcome", "Stream", "make", "sniff"]
 
 
 class Outcome(str, Enum):
@@ -644,22 +639,34 @@ def _decoded_len(body: bytes, coding: str | None) -> int | None:
     return len(got[0])
 
 
-def make(settings: Any, midstream: bool) -> Conversation:
+def make(settings: ParserSettings, midstream: bool) -> Conversation:
     """A Conversation with the Extractor's limits (``wire.protocol.ProtocolSpec.make``)."""
     return Conversation(
         max_body=settings.max_body, midstream=midstream, watch=tuple(settings.watch)
     )
 
 
-def sniff_bytes(data: bytes, from_client: bool) -> int:
-    """2 (yes), 1 (more bytes needed) or 0 (no), for ``shadowtap.wire.protocol.Sniff``: the
-    client's preface (or a prefix of it), else, on either side, a run of plausible frames (a
-    capture that joined the connection mid-way)."""
-    if from_client and data:
+def sniff(data: bytes, from_client: bool) -> Sniff:
+    """HTTP/2 from a connection's first bytes (``shadowtap.wire.protocol.ProtocolSpec.sniff``):
+    the client's preface (MORE while the bytes are a prefix of it), or two plausible frame
+    headers in a row from the first byte (a capture that joined the connection mid-way, or the
+    server's SETTINGS seen before the client's preface). O(1): only offset 0 is tried, so a
+    mid-way join whose first captured byte is inside a frame goes to HTTP/1.x (``not_http``).
+    HTTP/1.x never passes: an ASCII first byte reads as a frame length above 4 MiB."""
+    if not data:
+        return Sniff.MORE
+    if from_client:
         n = min(len(data), len(PREFACE))
         if data[:n] == PREFACE[:n]:
-            return 2 if n == len(PREFACE) else 1
-    at = find_sync(data[: 1 << 16])
-    if at >= 0:
-        return 2
-    return 0
+            return Sniff.YES if n == len(PREFACE) else Sniff.MORE
+    pos = found = 0
+    while found < 2 and pos + 9 <= len(data):
+        length = plausible_header(data, pos, _SNIFF_MAX_LEN)
+        if length < 0:
+            return Sniff.NO
+        found += 1
+        pos += 9 + length
+    return Sniff.YES if found >= 2 else Sniff.MORE
+
+
+_SNIFF_MAX_LEN = 1 << 20
