@@ -233,3 +233,42 @@ def test_records_schema_2_chunks_round_trip_and_v1_migrates():
         Result.from_json({**r.to_json(), "schema": 99})
     with pytest.raises(ValueError, match="chunks"):
         Result.from_json({**r.to_json(), "chunks": [5]})
+
+
+def test_the_extractor_times_each_piece_of_a_streamed_response():
+    """A chunked text/event-stream answer fed in pieces at known times (the Extractor's in-order
+    stream input, what packets give after reassembly): the exchange's chunks say when each piece
+    arrived, and the generation's TTFT and gaps come from them."""
+    from shadowtap.capture.extractor import Extractor
+
+    events = (
+        [chunk(0, {"role": "assistant", "content": ""})]
+        + [chunk(i, {"content": w}) for i, w in enumerate(["Hel", "lo", "!"], 1)]
+        + [chunk(9, {}, "stop"), b"data: [DONE]\n\n"]
+    )
+
+    def chunked(b: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(b), b)
+
+    req = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\n\r\n{}"
+    )
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    ext = Extractor()
+    c, s = ("10.0.0.1", 5000), ("10.0.0.2", 8000)
+    out = ext.feed_stream(10.0, c, s, True, req)
+    out += ext.feed_stream(10.01, c, s, False, head + chunked(events[0]))
+    for k, ev in enumerate(events[1:], 1):  # one event a read, 20 ms apart, the first at +100 ms
+        piece = chunked(ev) + (b"0\r\n\r\n" if k == len(events) - 1 else b"")
+        out += ext.feed_stream(10.08 + 0.02 * k, c, s, False, piece)
+    out += ext.end_stream(11.0, c, s)
+    [ex] = out
+    assert [round(t, 2) for _, t in ex.chunks] == [10.01, 10.1, 10.12, 10.14, 10.16, 10.18]
+    assert ex.chunks[-1][0] == len(ex.response.body)
+    g = parse_generation(ex.response.body, SSE, "/v1/chat/completions", chunks=ex.chunks)
+    t = timing(g, ex.request.end_ts, ex.response.end_ts)
+    assert g.text == "Hello!" and t.ttft == pytest.approx(100.0)
+    assert t.itl == (pytest.approx(20.0), pytest.approx(20.0))
