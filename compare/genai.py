@@ -179,12 +179,28 @@ class TextMetrics:
         return self.semantic if self.semantic is not None else self.rouge_l
 
 
-def text_metrics(p: str, s: str, embedder: Embedder | None, chrf: bool) -> TextMetrics:
-    from rapidfuzz import fuzz
-    from rapidfuzz.distance import LCSseq, Levenshtein
+def _similarities(p: str, s: str, pt: list[str], st: list[str]) -> tuple[float, float, int]:
+    """(character edit similarity, token edit similarity, LCS length of the tokens): rapidfuzz
+    (the ``llm`` extra) when installed, else difflib's matching blocks (slower, an approximation
+    of the same ratios: a plain install still compares generative answers)."""
+    try:
+        from rapidfuzz import fuzz
+        from rapidfuzz.distance import LCSseq, Levenshtein
+    except ImportError:
+        from difflib import SequenceMatcher
 
-    pt, st = _WORD.findall(p.lower()), _WORD.findall(s.lower())
+        lcs = sum(
+            b.size for b in SequenceMatcher(None, pt, st, autojunk=False).get_matching_blocks()
+        )
+        tokens = 2 * lcs / (len(pt) + len(st)) if pt or st else 1.0
+        return SequenceMatcher(None, p, s, autojunk=False).ratio(), tokens, lcs
     lcs = LCSseq.similarity(pt, st) if pt and st else 0
+    return fuzz.ratio(p, s) / 100.0, Levenshtein.normalized_similarity(pt, st), lcs
+
+
+def text_metrics(p: str, s: str, embedder: Embedder | None, chrf: bool) -> TextMetrics:
+    pt, st = _WORD.findall(p.lower()), _WORD.findall(s.lower())
+    edit, token_edit, lcs = _similarities(p, s, pt, st)
     rouge = 0.0 if not lcs else 2 * lcs / (len(pt) + len(st))  # F1 of P=lcs/|s| and R=lcs/|p|
     semantic = None
     if embedder is not None:
@@ -196,8 +212,8 @@ def text_metrics(p: str, s: str, embedder: Embedder | None, chrf: bool) -> TextM
 
         score = sacrebleu.sentence_chrf(s, [p]).score / 100.0
     return TextMetrics(
-        fuzz.ratio(p, s) / 100.0,
-        Levenshtein.normalized_similarity(pt, st),
+        edit,
+        token_edit,
         rouge,
         len(s) / len(p) if p else (1.0 if not s else math.inf),
         semantic,

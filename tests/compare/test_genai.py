@@ -377,8 +377,9 @@ def test_epoch_seconds_are_noise_even_when_many_exchanges_share_a_second():
 
         def resp(ts: float, created: int) -> Response:
             b = orjson.dumps({"created": created, "name": "x"})
-            return Response(ts, ts, "HTTP/1.1", (("Content-Type", "application/json"),), b, len(b),
-                            status=200)
+            return Response(
+                ts, ts, "HTTP/1.1", (("Content-Type", "application/json"),), b, len(b), status=200
+            )
 
         ex = Exchange(f"t{i}", "c:1", "s:2", i, req, resp(t, int(t)))
         cmp.add(ex, Result(f"t{i}", "u", t + 4, t + 4, resp(t + 4, int(t + 4))))
@@ -386,3 +387,21 @@ def test_epoch_seconds_are_noise_even_when_many_exchanges_share_a_second():
     [f] = rep.endpoints[0].fields
     assert f.path == "body.created" and f.noise and "epoch timestamps" in f.noise
     assert rep.verdict.result == "pass", rep.verdict.reasons
+
+
+def test_text_metrics_without_rapidfuzz(monkeypatch):
+    """The llm extra is optional: without rapidfuzz, difflib gives the same kind of ratios."""
+    import builtins
+
+    real = builtins.__import__
+
+    def no_rapidfuzz(name, *a, **k):
+        if name.startswith("rapidfuzz"):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    with_rf = text_metrics("the cat sat on the mat", "the cat lay on the mat", None, chrf=False)
+    monkeypatch.setattr(builtins, "__import__", no_rapidfuzz)
+    without = text_metrics("the cat sat on the mat", "the cat lay on the mat", None, chrf=False)
+    assert without.rouge_l == pytest.approx(with_rf.rouge_l)
+    assert abs(without.edit - with_rf.edit) < 0.05 and 0.5 < without.token_edit < 1
