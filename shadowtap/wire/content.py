@@ -133,15 +133,14 @@ def _brotli_stage(pieces: Iterator[bytes], cap: int) -> Iterator[bytes]:
     total = 0
     try:
         for data in pieces:
+            # ``output_buffer_limit`` bounds each call's output (loosely: a call may return up to
+            # ~2x); what is left comes from further calls with no input, until one returns nothing.
             out = d.process(data, output_buffer_limit=PIECE)
-            while True:
-                if out:
-                    total += len(out)
-                    if total > cap:
-                        raise _Limit
-                    yield out
-                if d.can_accept_more_data():
-                    break
+            while out:
+                total += len(out)
+                if total > cap:
+                    raise _Limit
+                yield out
                 out = d.process(b"", output_buffer_limit=PIECE)
             if d.is_finished():
                 break

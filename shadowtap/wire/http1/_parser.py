@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from shadowtap.records import Request, Response
 from shadowtap.wire.anomalies import Anomaly
-from shadowtap.wire.content import decoded_length
+from shadowtap.wire.content import decode
 from shadowtap.wire.genai import is_stream_type
 from shadowtap.wire.http1._headers import (
     _content_length,
@@ -150,7 +150,16 @@ class _Side:
         room = self.conv.max_body - msg.kept
         if room > 0:
             piece = data if n <= room else data[:room]
-            msg.parts.append(piece)
+            # One buffer a body: the first piece as it came (no copy for a one-piece body), then
+            # a bytearray that grows amortised O(1) (tiny chunks cost their bytes, not an
+            # object each: issue 12 item 7).
+            parts = msg.parts
+            if not parts:
+                parts.append(piece)
+            elif type(parts[0]) is bytearray:
+                parts[0] += piece
+            else:
+                parts[0] = bytearray(parts[0]) + piece
             msg.kept += len(piece)
         if n > room:
             msg.truncated = True
@@ -968,7 +977,7 @@ class Conversation:
             # body_truncated, decoded_len, method, target.
             txn.request = Request(
                 msg.ts, max(msg.ts, msg.end_ts), msg.version, msg.headers,
-                (parts[0] if len(parts) == 1 else b"".join(parts)) if parts else b"", msg.body_len,
+                _body(parts), msg.body_len,
                 msg.truncated, msg.body_len if msg.encodings is None and not msg.truncated else self._decoded(msg),
                 msg.start1, msg.start2,
             )
@@ -988,7 +997,7 @@ class Conversation:
             parts = msg.parts
             txn.response = Response(
                 msg.ts, max(msg.ts, msg.end_ts), msg.version, msg.headers,
-                (parts[0] if len(parts) == 1 else b"".join(parts)) if parts else b"", msg.body_len,
+                _body(parts), msg.body_len,
                 msg.truncated, msg.body_len if msg.encodings is None and not msg.truncated else self._decoded(msg),
                 int(msg.start1), msg.start2,
             )
@@ -1064,11 +1073,11 @@ class Conversation:
             return None
         if msg.encodings is None:
             return msg.body_len
-        body = b"".join(msg.parts)
-        n = decoded_length(body, msg.encodings)
-        if n is None:
-            msg.anomalies.append(Anomaly.UNDECODABLE_BODY)
-        return n
+        parts = msg.parts
+        out = decode(parts[0] if parts else b"", msg.encodings)  # bounded: see wire.content
+        if out.length is None:
+            msg.anomalies.append(out.anomaly)  # undecodable_body, or decode_limit past a bound
+        return out.length
 
 
 def make(settings: ParserSettings, midstream: bool) -> Conversation:
@@ -1081,3 +1090,11 @@ def sniff(data: bytes, from_client: bool) -> Sniff:
     """HTTP/1.x takes any connection the protocols before it did not claim: it recognises what is
     not HTTP itself (``not_http``) and resynchronises mid-stream."""
     return Sniff.YES
+
+
+def _body(parts: list) -> bytes:
+    """A message's kept body: its one buffer (``_Side._take_body``) as bytes."""
+    if not parts:
+        return b""
+    body = parts[0]
+    return bytes(body) if type(body) is bytearray else body
