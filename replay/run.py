@@ -127,6 +127,10 @@ def open_source(cfg: ReplayConfig, summary: ReplaySummary) -> Callable[[], Itera
     that cannot be sent as one request, warned about with their line number and counted)."""
     from shadowtap.capture.pcapfile import sniff_path
 
+    if cfg.input.startswith("nats://"):  # a run's stream, shared by a group (docs/lake.md)
+        from shadowtap.lake.nats import consumer_pass
+
+        return consumer_pass(cfg.input)
     if sniff_path(cfg.input) is None:
         def on_error(err: InputError) -> None:
             summary.malformed += 1

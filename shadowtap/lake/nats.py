@@ -29,7 +29,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -274,16 +274,211 @@ class NatsSink:
 # ---------------------------------------------------------------------------------- consuming
 
 
-async def consume(url: str, durable: str, *, kind: str = "x", batch: int = 256,
-                  idle_timeout: float = 2.0, partitions: int = PARTITIONS
-                  ) -> AsyncIterator[tuple[dict, str, object]]:
-    """Records of ``kind`` from the stream, as a member of the durable consumer group
-    ``durable``: yields (record JSON, host, message); the caller acks the message when done.
+def owner(part: int, members: list[str]) -> str:
+    """Rendezvous hashing: the member a partition belongs to (moves only when members change)."""
+    return max(members, key=lambda m: zlib.crc32(f"{part}|{m}".encode()))
 
-    Ordering rule: a connection's records are in one partition subject; each partition has its
-    own durable consumer (``durable``-p``N``) with ``max_ack_pending`` 1 per puller... see
-    docs/lake.md. Ends after ``idle_timeout`` seconds without a message."""
-    raise NotImplementedError
+
+class GroupConsumer:
+    """Exchanges from the run's stream for one member of a group of replay processes.
+
+    Ordering rule: a captured connection's exchanges are in one partition subject, and a partition
+    is served by one member at a time, in stream order: partitions are dealt to the live members
+    by rendezvous hashing, each served through its own durable consumer (``GROUP-pN``, so the
+    position survives a change of member) under a lease (a key created atomically in the
+    group's KV bucket, renewed with the member's heartbeat, expiring ``ttl`` seconds after a
+    member dies). A member takes a partition's next batch only once the previous one is acked, and
+    gives a partition up only between batches, so two members never hold one partition's records
+    at once; while the membership is stable each connection stays in one process.
+
+    Iterating yields (Exchange, host); a batch is acknowledged when the iteration asks for the
+    record after it (at-least-once: a member that dies mid-batch has it redelivered). Ends after
+    ``idle_timeout`` seconds without a record. ``expect_members``: wait (up to ``ttl`` x 3 s) for
+    that many members before the first fetch, so a group started together shares from the start.
+    """
+
+    def __init__(self, url: str, group: str, *, member: str | None = None, batch: int = 64,
+                 idle_timeout: float = 5.0, partitions: int = PARTITIONS, ttl: float = 6.0,
+                 expect_members: int = 1) -> None:
+        import queue
+        import uuid
+
+        self.url = parse_sink(url)
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+", group):
+            raise InputError(f"group {group!r}: letters, digits, - and _", field="group")
+        self.group = group
+        self.member = member or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.batch = batch
+        self.idle_timeout = idle_timeout
+        self.partitions = partitions
+        self.ttl = ttl
+        self.expect_members = expect_members
+        self.received = 0
+        self.error: BaseException | None = None
+        self._out: queue.Queue = queue.Queue(maxsize=2)
+        self._stop = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="nats-consumer", daemon=True)
+        self._thread.start()
+
+    def __iter__(self) -> Iterator[tuple[Exchange, str]]:
+        while True:
+            item = self._out.get()
+            if item is None:
+                if self.error is not None:
+                    raise self.error
+                return
+            records, done = item
+            for rec in records:
+                self.received += 1
+                yield rec
+            self._loop.call_soon_threadsafe(done.set)  # acked by the consumer's loop
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(Exception):
+            while True:
+                item = self._out.get_nowait()
+                if item is not None:
+                    self._loop.call_soon_threadsafe(item[1].set)
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        except BaseException as exc:  # noqa: BLE001 - handed to the iterating thread
+            self.error = exc
+        finally:
+            self._out.put(None)
+
+    async def _main(self) -> None:
+        import nats
+        from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig
+        from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
+
+        try:
+            nc = await nats.connect(self.url.server, name=f"shadowtap-replay-{self.member}",
+                                    connect_timeout=5, max_reconnect_attempts=-1)
+        except Exception as exc:  # noqa: BLE001 - said as the user's problem
+            raise InputError(f"cannot reach the broker: {exc}", field="input") from exc
+        js = nc.jetstream()
+        await js.stream_info(self.url.stream)  # fails clearly when the run has no stream
+        bucket = f"{self.url.stream}_{self.group}"
+        try:
+            kv = await js.key_value(bucket)
+        except Exception:  # noqa: BLE001 - not made yet: make it (another member may race us)
+            with contextlib.suppress(Exception):
+                await js.create_key_value(KeyValueConfig(bucket=bucket, ttl=self.ttl))
+            kv = await js.key_value(bucket)
+        me = f"m.{self.member}"
+        leases: dict[int, int] = {}  # partition -> lease revision
+        subs: dict[int, object] = {}
+        last_beat = 0.0
+        last_record = time.monotonic()
+
+        async def members() -> list[str]:
+            try:
+                return sorted(k[2:] for k in await kv.keys() if k.startswith("m."))
+            except NoKeysError:
+                return []
+
+        async def release(p: int) -> None:
+            sub = subs.pop(p, None)
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()  # type: ignore[attr-defined]
+            rev = leases.pop(p, None)
+            if rev is not None:
+                with contextlib.suppress(Exception):
+                    await kv.delete(f"o.{p}", last=rev)
+
+        await kv.put(me, b"1")
+        waited = time.monotonic() + self.ttl * 3
+        while len(await members()) < self.expect_members and time.monotonic() < waited:
+            await asyncio.sleep(0.1)
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now - last_beat >= self.ttl / 3:
+                    last_beat = now
+                    await kv.put(me, b"1")
+                    for p, rev in list(leases.items()):
+                        try:
+                            leases[p] = await kv.update(f"o.{p}", self.member.encode(), last=rev)
+                        except Exception:  # noqa: BLE001 - lost (expired): give it up
+                            leases.pop(p, None)
+                            await release(p)
+                    live = await members()
+                    mine = {p for p in range(self.partitions)
+                            if live and owner(p, live) == self.member}
+                    for p in set(leases) - mine:
+                        await release(p)
+                    for p in sorted(mine - set(leases)):
+                        try:
+                            leases[p] = await kv.create(f"o.{p}", self.member.encode())
+                        except KeyWrongLastSequenceError:
+                            continue  # its last holder has not let go yet: next heartbeat
+                        subs[p] = await js.pull_subscribe(
+                            f"{self.url.subject}.x.{p}", durable=f"{self.group}-p{p}",
+                            stream=self.url.stream,
+                            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60,
+                                                  max_ack_pending=self.batch * 4))
+                got = False
+                for p, sub in list(subs.items()):
+                    try:
+                        msgs = await sub.fetch(self.batch, timeout=0.2)  # type: ignore[attr-defined]
+                    except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                        continue
+                    records = []
+                    for m in msgs:
+                        host = (m.headers or {}).get("Shadowtap-Host", "")
+                        records.append((Exchange.from_json(orjson.loads(m.data)), host))
+                    done = asyncio.Event()
+                    await asyncio.to_thread(self._out.put, (records, done))
+                    await done.wait()
+                    for m in msgs:
+                        await m.ack()
+                    got = True
+                    last_record = time.monotonic()
+                if not got:
+                    if time.monotonic() - last_record > self.idle_timeout:
+                        break
+                    if not subs:
+                        await asyncio.sleep(0.2)
+        finally:
+            for p in list(leases):
+                await release(p)
+            with contextlib.suppress(Exception):
+                await kv.delete(me)
+            await nc.close()
+
+
+def consumer_pass(url: str) -> Callable[[], Iterator[Exchange]]:
+    """replay's source for ``nats://host:4222/SUBJECT?group=NAME&members=N&idle=S``: a factory
+    of passes over the stream as a member of the group (default ``replay``; ``members``: wait for
+    that many before starting; ``idle``: seconds without a record that end the pass, 5)."""
+    from urllib.parse import parse_qs
+
+    parts = urlsplit(url)
+    q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    base = url.split("?", 1)[0]
+    try:
+        members, idle = int(q.get("members", "1")), float(q.get("idle", "5"))
+    except ValueError as exc:
+        raise InputError(f"bad members= or idle= in {url!r}", field="input") from exc
+    parse_sink(base)  # a bad URL fails before the replay starts
+
+    def one_pass() -> Iterator[Exchange]:
+        consumer = GroupConsumer(base, q.get("group", "replay"), expect_members=members,
+                                 idle_timeout=idle)
+        try:
+            for ex, _host in consumer:
+                yield ex
+        finally:
+            consumer.close()
+
+    return one_pass
 
 
 def default_spool_dir(url: str) -> str:
