@@ -44,6 +44,7 @@ from typing import Any
 import orjson
 
 from shadowtap.mirror import comparison as mirror_compare
+from shadowtap.replay.client import TlsOptions
 from shadowtap.replay.captured_server import Endpoint, OwnPorts, ServerCheck, ThisHost
 from shadowtap.mirror.pairing import Pair, Pairer
 from shadowtap.mirror.sender import DropOldestQueue, Outcome, Pending, Pump
@@ -80,7 +81,7 @@ class MirrorConfig:
     iface: str
     ports: tuple[int, ...]
     policy: Policy  # target = the shadow; sample_percent 100 when sampling is per request
-    backend: str = "auto"  # ebpf | pcap | auto
+    backend: str = "auto"  # ebpf | pcap | tls | auto
     percent: float = 100.0  # per-request sampling (Istio's mirrorPercentage) when sample_per_request
     sample_per_request: bool = True  # else the Policy samples consistently by its key
     rate_limit: float | None = None  # requests/s to the shadow; the excess is dropped and counted
@@ -88,6 +89,7 @@ class MirrorConfig:
     concurrency: int = 64
     timeout: float = 10.0
     connect_timeout: float = 5.0
+    tls: TlsOptions | None = None  # https shadow: CA file, or verification off
     max_body: int = 1 << 20
     metrics: str | None = None  # ADDR:PORT
     run_dir: str | None = None
@@ -424,7 +426,7 @@ class MirrorRun:
 
         http = Sender(cfg.policy.target, concurrency=cfg.concurrency, per_connection=False,
                       timeout=cfg.timeout, connect_timeout=cfg.connect_timeout,
-                      max_body=cfg.max_body, on_connect=self._on_connect)
+                      max_body=cfg.max_body, on_connect=self._on_connect, tls=cfg.tls)
         # gRPC calls go to grpcio (replay/grpc_client.py), the rest to the HTTP/1.x sender.
         sender = Router(http, GrpcSender(cfg.policy.target, concurrency=cfg.concurrency,
                                          timeout=cfg.timeout, connect_timeout=cfg.connect_timeout,

@@ -36,6 +36,7 @@ are comparable to the microsecond and immune to wall-clock steps during a run.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import ssl as ssl_module
 import time
@@ -50,6 +51,50 @@ from shadowtap.records import Response, Result, ResultError, request_line_proble
 from shadowtap.replay.policy import Prepared, Target
 from shadowtap.wire.content import decoded_length
 from shadowtap.wire.genai import is_stream_type
+
+
+@dataclass(frozen=True, slots=True)
+class TlsOptions:
+    """How an https:// target is trusted: the system's CAs (default), ``ca_file`` instead, or no
+    verification at all (``insecure``: the CLI says so loudly). SNI is the target's host name
+    (none for an IP address, as TLS wants); the Host header is the request's own."""
+
+    ca_file: str | None = None
+    insecure: bool = False
+
+
+class _ResumingContext(ssl_module.SSLContext):
+    """An SSLContext that resumes the last TLS session it saw for a server name on every new
+    connection (asyncio's create_connection takes no ``session``; wrap_bio is where it goes). A
+    reconnect then costs an abbreviated handshake instead of a full one."""
+
+    sessions: dict[str | None, ssl_module.SSLSession]
+
+    def wrap_bio(self, incoming, outgoing, server_side=False,  # type: ignore[override]
+                 server_hostname=None, session=None):
+        session = session or self.sessions.get(server_hostname)
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+
+def tls_context(opts: TlsOptions | None) -> ssl_module.SSLContext:
+    """The client context of an https target (verification on unless ``opts.insecure``)."""
+    opts = opts or TlsOptions()
+    ctx = _ResumingContext(ssl_module.PROTOCOL_TLS_CLIENT)
+    ctx.sessions = {}
+    if opts.insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl_module.CERT_NONE
+    elif opts.ca_file:
+        try:
+            ctx.load_verify_locations(cafile=opts.ca_file)
+        except (OSError, ssl_module.SSLError) as exc:
+            from shadowtap.errors import InputError
+
+            raise InputError(f"cannot load the CA file: {exc}", field="ca") from exc
+    else:
+        ctx.load_default_certs()
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +214,7 @@ class _Conn(asyncio.Protocol):
         self.done = 0  # requests answered on this connection
         self.closed = False
         self.parser = httptools.HttpResponseParser(self)
+        self.tls_ms: float | None = None  # its TLS handshake, reported with its first request
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -358,10 +404,12 @@ class Sender:
                  timeout: float = 10.0, connect_timeout: float = 5.0, max_body: int = 1 << 20,
                  max_idle: int | None = None, clock: Clock | None = None,
                  limits: ResponseLimits | None = None,
-                 on_connect: Callable[[socket.socket], None] | None = None) -> None:
+                 on_connect: Callable[[socket.socket], None] | None = None,
+                 tls: TlsOptions | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.limits = limits or ResponseLimits()
+        self.tls = tls
         self.target = target
         self.concurrency = concurrency
         self.per_connection = per_connection
@@ -404,8 +452,8 @@ class Sender:
         self._all_done.set()
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
-        if self.target.scheme == "https":
-            self._ssl = ssl_module.create_default_context()
+        if self.target.scheme == "https" and self._ssl is None:
+            self._ssl = tls_context(self.tls)
         try:
             infos = await self.loop.getaddrinfo(self.target.host, self.target.port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
@@ -562,9 +610,19 @@ class Sender:
                         sock.close()
                         self.refused = exc
                         raise
-                await self.loop.create_connection(
-                    lambda: conn, sock=sock, ssl=self._ssl,
-                    server_hostname=self.target.host if self._ssl else None)
+                tcp_done = time.monotonic()
+                sni = _sni(self.target.host) if self._ssl else None
+                transport, _ = await asyncio.wait_for(self.loop.create_connection(
+                    lambda: conn, sock=sock, ssl=self._ssl, server_hostname=sni,
+                    ssl_handshake_timeout=self.connect_timeout if self._ssl else None),
+                    self.connect_timeout)
+                if self._ssl is not None:
+                    # The handshake's own time, apart from the request's latency (which starts
+                    # when the request is written, after it).
+                    conn.tls_ms = (time.monotonic() - tcp_done) * 1000.0
+                    tls_obj = transport.get_extra_info("ssl_object")
+                    if tls_obj is not None and tls_obj.session is not None:
+                        self._ssl.sessions[sni] = tls_obj.session  # type: ignore[attr-defined]
                 self._opened += 1
                 return
             except (OSError, asyncio.TimeoutError) as exc:
@@ -614,6 +672,9 @@ class Sender:
                   if response is not None and job.chunks else ())
         result = Result(job.prepared.exchange_id, job.prepared.url, job.scheduled, sent, response, ttfb,
                         total, error, job.copy, chunks=chunks)
+        if conn.tls_ms is not None:  # the first request on a new TLS connection
+            result = dataclasses.replace(result, tls_handshake_ms=round(conn.tls_ms, 3))
+            conn.tls_ms = None
         # Hand the connection on before the callback, so the next request goes out first.
         lane = job.lane
         if lane is not None:
@@ -641,6 +702,12 @@ class Sender:
                 del self._lanes[old.key]
         while self._waiting_lanes and self._in_flight < self.concurrency:
             self._start_lane(self._waiting_lanes.popleft())
+
+
+def _sni(host: str) -> str:
+    """The server name of the handshake: the target's host (Python announces no SNI for an IP
+    address and checks the certificate's IP SAN against it instead)."""
+    return host.strip("[]")
 
 
 def _classify(exc: BaseException) -> tuple[str, str]:

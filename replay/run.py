@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from shadowtap.replay.client import Sender
+from shadowtap.replay.client import Sender, TlsOptions
 from shadowtap.replay.grpc_client import GrpcSender, Router
 from shadowtap.replay.policy import Policy, Prepared, Skip
 from shadowtap.replay.schedule import Timing, schedule
@@ -49,6 +49,7 @@ class ReplayConfig:
     per_connection: bool = True
     timeout: float = 10.0
     connect_timeout: float = 5.0
+    tls: TlsOptions | None = None  # https targets: CA file, or verification off
     max_body: int = 1 << 20
     check_target: bool = True  # connect once before starting: unreachable -> TargetError
     # Decode and decide the whole input before the clock starts: the send rate of a load test is
@@ -201,7 +202,8 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
                   writer: JsonlWriter | None, summary: ReplaySummary) -> None:
     loop = asyncio.get_running_loop()
     http = Sender(cfg.policy.target, concurrency=cfg.concurrency, per_connection=cfg.per_connection,
-                  timeout=cfg.timeout, connect_timeout=cfg.connect_timeout, max_body=cfg.max_body)
+                  timeout=cfg.timeout, connect_timeout=cfg.connect_timeout, max_body=cfg.max_body,
+                  tls=cfg.tls)
     # gRPC calls go to grpcio (replay/grpc_client.py), the rest to the HTTP/1.x sender.
     grpc_sender = GrpcSender(cfg.policy.target, concurrency=cfg.concurrency, timeout=cfg.timeout,
                              connect_timeout=cfg.connect_timeout, max_body=cfg.max_body)

@@ -500,6 +500,9 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
     grpc: GrpcCall | None = None  # the shadow's side of a replayed gRPC call (its messages, status)
     chunks: Chunks = ()  # when each piece of a streamed answer arrived (see ``Chunks``)
+    # https targets: the TLS handshake of the connection this request opened (None when it reused
+    # one); not part of ttfb_ms/total_ms, which start when the request is written.
+    tls_handshake_ms: float | None = None
 
     @property
     def lag_ms(self) -> float:
@@ -524,6 +527,8 @@ class Result:
             d["grpc"] = self.grpc.to_json()
         if self.chunks:
             d["chunks"] = _chunks_json(self.chunks)
+        if self.tls_handshake_ms is not None:
+            d["tls_handshake_ms"] = self.tls_handshake_ms
         return d
 
     @classmethod
@@ -543,4 +548,5 @@ class Result:
             extra=dict(d.get("extra", {})),
             grpc=GrpcCall.from_json(grpc) if grpc is not None else None,
             chunks=_chunks_from(d),
+            tls_handshake_ms=_optional_finite(d, "tls_handshake_ms", ""),
         )

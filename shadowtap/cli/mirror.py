@@ -12,13 +12,18 @@ from shadowtap.cli import options as opt
 
 @app.command(no_args_is_help=True)
 def mirror(
-    iface: Annotated[str, typer.Option("--iface", "-i",
-            help="The primary's network interface to capture on.")],
     port: Annotated[list[int], typer.Option("--port", "-p",
             help=f"The primary's HTTP port. {opt.MORE}")],
     shadow: Annotated[str, typer.Option("--shadow", "-s",
             help="The shadow: http://host:port, optionally with a path prefix (https too).")],
-    backend: Annotated[str, typer.Option(help="Capture backend: ebpf, pcap or auto.")] = "auto",
+    iface: Annotated[str, typer.Option("--iface", "-i",
+            help="The primary's network interface to capture on (not with --tls).")] = "",
+    backend: Annotated[str, typer.Option(help="Capture backend: ebpf, pcap, tls or auto.")] = "auto",
+    tls: Annotated[bool, typer.Option(
+        "--tls", help="Mirror the plaintext of the primary's HTTPS (capture --tls: uprobes on its "
+        "TLS library; no --iface).")] = False,
+    ca: opt.Ca = None,
+    insecure: opt.Insecure = False,
     percent: Annotated[float, typer.Option(help="Percent of requests mirrored (Istio's "
                                                 "mirrorPercentage).", min=0, max=100)] = 100.0,
     sample_key: Annotated[str, typer.Option(help="How --percent chooses: 'request' (each request "
@@ -90,8 +95,18 @@ def mirror(
     from shadowtap.mirror.run import MirrorConfig, MirrorRun
     from shadowtap.replay.policy import Target, policy_from_options
 
-    if backend not in ("ebpf", "pcap", "auto"):
-        raise InputError(f"backend must be ebpf, pcap or auto, not {backend!r}", where="--backend")
+    from shadowtap.replay.client import TlsOptions
+
+    backend = "tls" if tls else backend
+    if backend not in ("ebpf", "pcap", "tls", "auto"):
+        raise InputError(f"backend must be ebpf, pcap, tls or auto, not {backend!r}",
+                         where="--backend")
+    if not iface and backend != "tls":
+        raise InputError("an interface is needed (or --tls)", where="--iface")
+    if insecure:
+        from shadowtap.console import warn
+
+        warn("--insecure: the shadow's TLS certificate is NOT verified (any server is accepted)")
     if rate_limit is not None and rate_limit <= 0:
         raise InputError("rate limit must be > 0", where="--rate-limit")
     per_request = sample_key == "request"
@@ -107,6 +122,7 @@ def mirror(
         iface=iface, ports=tuple(port), policy=policy, backend=backend, percent=percent,
         sample_per_request=per_request, rate_limit=rate_limit, queue=queue, concurrency=concurrency,
         timeout=timeout, connect_timeout=connect_timeout, max_body=max_body, metrics=metrics,
+        tls=TlsOptions(ca, insecure),
         run_dir=run_dir, sink=sink, sink_spool=sink_spool, parquet=parquet, duration=duration,
         keep_secrets=keep_secrets, force=force,
         compare_config=config, ignore=tuple(ignore or ()), dashboard=dashboard,

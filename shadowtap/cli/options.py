@@ -19,6 +19,11 @@ Concurrency = Annotated[int, typer.Option("--concurrency", "-c",
 Timeout = Annotated[float, typer.Option(help="Seconds to wait for the target's complete answer.")]
 ConnectTimeout = Annotated[float, typer.Option(
         help="Seconds to wait for a connection to the target.")]
+Ca = Annotated[str | None, typer.Option(
+        "--ca", help="https targets: trust this CA file (PEM) instead of the system's CAs.")]
+Insecure = Annotated[bool, typer.Option(
+        "--insecure", help="https targets: do NOT verify the certificate (any server is accepted; "
+        "said loudly at start).")]
 KeepHost = Annotated[bool, typer.Option("--keep-host",
         help="Send the captured Host header instead of the target's.")]
 HostSuffix = Annotated[str | None, typer.Option(

@@ -36,6 +36,8 @@ def replay(
                  "is not bounded by input decoding; about 1 KB of memory an exchange).")] = False,
     timeout: opt.Timeout = 10.0,
     connect_timeout: opt.ConnectTimeout = 5.0,
+    ca: opt.Ca = None,
+    insecure: opt.Insecure = False,
     max_body: Annotated[int, typer.Option(help="Bytes of each response body kept in the results."
     )] = 1 << 20,
     keep_host: opt.KeepHost = False,
@@ -94,7 +96,14 @@ def replay(
         header=header or (), sample_percent=sample, sample_key=sample_key,
         allow=allow or (), allow_unsafe=allow_unsafe, idempotency_key=idempotency_key, force=force,
     )
+    from shadowtap.replay.client import TlsOptions
+
+    if insecure:
+        from shadowtap.console import warn
+
+        warn("--insecure: the target's TLS certificate is NOT verified (any server is accepted)")
     cfg = ReplayConfig(
+        tls=TlsOptions(ca, insecure),
         input=input, policy=policy, timing=timing, output=output, concurrency=concurrency,
         per_connection=not pool, timeout=timeout, connect_timeout=connect_timeout,
         max_body=max_body, check_target=check, preload=preload, ports=tuple(port or ()),
