@@ -18,7 +18,8 @@ def mirror(
             help="The shadow: http://host:port, optionally with a path prefix (https too).")],
     iface: Annotated[str, typer.Option("--iface", "-i",
             help="The primary's network interface to capture on (not with --tls).")] = "",
-    backend: Annotated[str, typer.Option(help="Capture backend: ebpf, pcap, tls or auto.")] = "auto",
+    backend: Annotated[str, typer.Option(
+        help="Capture backend: ebpf, pcap, tls or auto.")] = "auto",
     tls: Annotated[bool, typer.Option(
         "--tls", help="Mirror the plaintext of the primary's HTTPS (capture --tls: uprobes on its "
         "TLS library; no --iface).")] = False,
