@@ -317,13 +317,20 @@ class Comparison:
                 if agg.genai is None:
                     agg.genai = GenAgg(self.config.limits.latency_sample, self._seed + 3)
                 agg.genai.add(ex, gp, self.config.limits.max_sample_body)
-                found: list[Difference] = []
-                if p.status != s.status:
-                    found.append(Difference("status", Kind.VALUE, p.status, s.status))
-                if p.headers != s.headers:
-                    diff_headers(p.headers, s.headers, self._ignored_headers, found)
-                found.extend(gp.differences)
-                pair = PairDiff(found)
+                if gp.text_path is not None:  # a named text field: the rest diffed as usual
+                    pair = diff_responses(p, s, self._ignored_headers, self._tolerance,
+                                          max_walk=self._max_walk,
+                                          max_differences=self._max_differences)
+                    pair = PairDiff([d for d in pair.differences if d.path != gp.text_path],
+                                    pair.primary_body, pair.shadow_body)
+                else:
+                    found: list[Difference] = []
+                    if p.status != s.status:
+                        found.append(Difference("status", Kind.VALUE, p.status, s.status))
+                    if p.headers != s.headers:
+                        diff_headers(p.headers, s.headers, self._ignored_headers, found)
+                    found.extend(gp.differences)
+                    pair = PairDiff(found)
             else:
                 pair = diff_responses(p, s, self._ignored_headers, self._tolerance,
                                       max_walk=self._max_walk,
@@ -348,7 +355,8 @@ class Comparison:
                     seen.add(d.path)
                     self._field(agg, d.path).baseline_pairs += 1
         slot = agg.values.wants()
-        if slot >= 0 and gp is not None:  # no leaf statistics of generative answers' raw bodies
+        if slot >= 0 and gp is not None and gp.text_path is None:
+            # no leaf statistics of generative answers' raw bodies
             agg.values.put(slot, ((), (), (), ()))
         elif slot >= 0:
             pb = pair.primary_body or prepare_body(p)

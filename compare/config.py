@@ -190,6 +190,10 @@ class GenAiConfig:
     enabled: bool = True
     # regular expressions over request targets; empty = generative answers recognised by content
     paths: tuple[str, ...] = ()
+    # JSON field paths (as the report names them: "body.answer", "body.result.text") holding the
+    # answer text of APIs not recognised by content: that field is compared by similarity (and
+    # refusals), the other fields as usual
+    text_fields: tuple[str, ...] = ()
     embedder: str = "wordllama"  # "wordllama", "none", or "module:factory" (a user's embedder)
     equivalent: float = 0.85  # similarity at or above which a changed answer is "equivalent"
     similarity_floor: float = 0.7  # the endpoint's median similarity below this fails

@@ -52,7 +52,7 @@ from shadowtap.compare.diff import Difference, Kind, diff_json
 from shadowtap.compare.samples import redact_text
 from shadowtap.compare.stats import Reservoir, latency_shift, percentiles
 from shadowtap.records import Exchange, Result
-from shadowtap.wire.genai import Api, Generation, parse_generation, timing
+from shadowtap.wire.genai import Api, Choice, Generation, parse_generation, timing
 
 CLASSES = (
     "identical",
@@ -310,6 +310,41 @@ class GenAiComparer:
             flags.add("invalid_json")
         return Side(gen, frozenset(flags))
 
+    def _text_field_pair(self, ex: Exchange, res: Result) -> GenPair | None:
+        """A JSON answer with a text at one of ``genai.text_fields`` on both sides: that text
+        judged like a generative answer's (the caller diffs the other fields as usual)."""
+        assert ex.request is not None and ex.response is not None and res.response is not None
+        found = []
+        for resp in (ex.response, res.response):
+            body = decode_body(resp.body, resp.header("content-encoding")).body
+            if body[:1] not in (b"{", b"["):
+                return None
+            try:
+                obj = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                return None
+            found.append(obj)
+        for path in self.cfg.text_fields:
+            pt, st = _at(found[0], path), _at(found[1], path)
+            if isinstance(pt, str) and isinstance(st, str):
+                break
+        else:
+            return None
+        pg = Generation(Api.TEXT_FIELD, False, (Choice(0, pt),))
+        sg = Generation(Api.TEXT_FIELD, False, (Choice(0, st),))
+        ps, ss = self.side(pg, False), self.side(sg, False)
+        a, b = _norm(pt), _norm(st)
+        metrics = text_metrics(a, b, self.embedder, chrf=False) if a != b and a and b else None
+        new = ss.flags - ps.flags
+        cls = next((f for f in ("refusal", "empty") if f in new), None) or (
+            "identical"
+            if a == b
+            else "equivalent"
+            if metrics is not None and metrics.similarity >= self.cfg.equivalent
+            else "changed"
+        )
+        return GenPair(ps, ss, cls, metrics, [], None, None, text_path=path)
+
     def pair(self, ex: Exchange, res: Result) -> GenPair | None:
         """The pair judged as generative answers, or None when neither side is one."""
         req, p, s = ex.request, ex.response, res.response
@@ -321,7 +356,7 @@ class GenAiComparer:
             return None
         pg = self.generation(p, target, ex.chunks)
         if pg is None:
-            return None
+            return self._text_field_pair(ex, res) if cfg.text_fields else None
         sg = self.generation(s, target, res.chunks)
         if sg is None:  # the shadow's answer is not one: compared as usual (a type change)
             return None
@@ -434,6 +469,25 @@ class GenPair:
     shadow_timing: Any
     embedding_cosines: tuple[float, ...] = ()
     dims: tuple[int, int] | None = None
+    text_path: str | None = None  # genai.text_fields: the other fields are diffed as usual
+
+
+def _at(value: Any, path: str) -> Any:
+    """The value at a report-style path (``body.a.b``, ``body.items[].text``: the first element),
+    or None."""
+    for part in path.removeprefix("body").strip(".").split("."):
+        if not part:
+            continue
+        name, arrays = part.rstrip("[]"), (len(part) - len(part.rstrip("[]"))) // 2
+        if name:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(name)
+        for _ in range(arrays):
+            if not isinstance(value, list) or not value:
+                return None
+            value = value[0]
+    return value
 
 
 # ------------------------------------------------------------------------------ aggregate
@@ -737,12 +791,7 @@ def genai_metrics(ep: Any, cfg: Any) -> list[Any]:
         )
     sim = g["similarity"]
     texts = n - g["classes"]["identical"]
-    if sim["n"] and (
-        g["apis"].get("openai.chat")
-        or g["apis"].get("openai.completion")
-        or g["apis"].get("ollama.chat")
-        or g["apis"].get("ollama.generate")
-    ):
+    if sim["n"] and any(api not in ("openai.embedding", "sse") for api in g["apis"]):
         med = sim["p50"]
         failed = med < gc.similarity_floor
         counts = ", ".join(f"{c} {g['classes'][c]}" for c in CLASSES if g["classes"][c])

@@ -56,6 +56,7 @@ class Api(str, Enum):
     OLLAMA_CHAT = "ollama.chat"
     OLLAMA_GENERATE = "ollama.generate"
     SSE = "sse"  # a generic event stream: events only
+    TEXT_FIELD = "text_field"  # any JSON API whose answer text is at a path the user names
 
 
 class Anomaly(str, Enum):

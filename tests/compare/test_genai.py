@@ -405,3 +405,40 @@ def test_text_metrics_without_rapidfuzz(monkeypatch):
     without = text_metrics("the cat sat on the mat", "the cat lay on the mat", None, chrf=False)
     assert without.rouge_l == pytest.approx(with_rf.rouge_l)
     assert abs(without.edit - with_rf.edit) < 0.05 and 0.5 < without.token_edit < 1
+
+
+def test_a_named_text_field_of_any_json_api():
+    """``genai.text_fields``: an API not recognised by content (``{"answer": ..., "score": ...}``)
+    has its answer compared by similarity and refusal, its other fields diffed as usual."""
+    cfg = CompareConfig(genai=GenAiConfig(embedder="none", text_fields=("body.result.answer",)))
+    cmp = Comparison(cfg)
+    ps = prompts(40)
+    for i, pr in enumerate(ps):
+        req = Request(1.0 + i, 1.0 + i, "HTTP/1.1", (), b"", 0, method="GET", target=f"/ask?q={i}")
+
+        def resp(version: int) -> Response:
+            b = orjson.dumps(
+                {
+                    "result": {"answer": answer(pr, version), "lang": "en"},
+                    "score": 1 if version == 1 else 2,
+                }
+            )
+            return Response(
+                1.0 + i,
+                1.1 + i,
+                "HTTP/1.1",
+                (("Content-Type", "application/json"),),
+                b,
+                len(b),
+                status=200,
+            )
+
+        cmp.add(
+            Exchange(f"q{i}", "c:1", "s:2", i, req, resp(1)),
+            Result(f"q{i}", "u", 1.0, 1.0, resp(2)),
+        )
+    ep = cmp.snapshot(fresh=True).endpoints[0]
+    g = ep.genai
+    assert g["classes"]["refusal"] == sum(behaviour(p, 2) == "refuse" for p in ps) > 0
+    assert g["apis"] == {"text_field": 40}
+    assert [f.path for f in ep.fields] == ["body.score"]  # the answer is not a field difference
