@@ -16,7 +16,12 @@
 #                                       # 0 = as fast as hey goes; BENCH_RATES=" " skips the ladder.
 #                                       # ebpf-nice0: the agent with --nice 0 (its reader not niced);
 #                                       # ebpf-idle: the agent with --sched-idle.
+#                                       # tls: the TLS source (capture --tls) on nginx's HTTPS server
+#                                       # (port 8443, same location, hey over TLS with keep-alive);
+#                                       # none-tls: hey over TLS without a recorder (its latency peer).
+#                                       # e.g. BENCH_RECORDERS="tcpdump ebpf tls" BENCH_LATENCY_KINDS="none-tls tls"
 # Goal (issue 3): eBPF loss-free at >= 80% of tcpdump's drop-free rate; primary p99 up by <= 5%.
+# Goal (issue 14): TLS source loss-free at >= 10,000 exchanges/s; p99 at 1k/s up by <= 10%.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "bench_capture: run as root" >&2; exit 4; }
@@ -38,6 +43,7 @@ RATES = [int(r) for r in os.environ["BENCH_RATES"].split()]
 LAT_RATE = int(os.environ["BENCH_LATENCY_RATE"])
 WORKERS = 8
 PORT = 8080  # inside the bench's own namespaces: no collision possible
+TLS_PORT = 8443  # the same server over TLS (the TLS source's case)
 PY = sys.executable
 RECORDERS = os.environ.get("BENCH_RECORDERS", "tcpdump ebpf pcap ebpf-raw pcap-raw").split()
 work = Path(tempfile.mkdtemp(prefix="shadowtap-bench-"))
@@ -48,7 +54,9 @@ error_log {work}/nginx.err warn; events {{ worker_connections 4096; }}
 http {{ access_log off; default_type text/plain; keepalive_requests 1000000;
   client_body_temp_path {work}/b; proxy_temp_path {work}/p; fastcgi_temp_path {work}/f;
   uwsgi_temp_path {work}/u; scgi_temp_path {work}/s;
-  server {{ listen 10.250.9.2:{PORT}; location / {{ return 200 "hello $request_uri\\n"; }} }} }}
+  server {{ listen 10.250.9.2:{PORT}; location / {{ return 200 "hello $request_uri\\n"; }} }}
+  server {{ listen 10.250.9.2:{TLS_PORT} ssl; ssl_certificate {work}/cert.pem; ssl_certificate_key {work}/key.pem;
+    location / {{ return 200 "hello $request_uri\\n"; }} }} }}
 """
 
 
@@ -88,7 +96,12 @@ def start_recorder(server, iface: str, kind: str, tag: str) -> tuple[subprocess.
         kind, extra = kind[:-6], ["--nice", "0"]
     elif kind.endswith("-idle"):  # the agent under SCHED_IDLE (--sched-idle)
         kind, extra = kind[:-5], ["--sched-idle"]
-    if kind == "tcpdump":
+    if kind == "tls":  # the TLS source: uprobes on the host's libssl, nginx's HTTPS port
+        out = work / f"{tag}.jsonl"
+        argv = [PY, "-m", "shadowtap", "capture", "--tls", "-p", str(TLS_PORT), "-o", str(out),
+                "--spool-dir", str(work), *extra]
+        ready = "capturing:"
+    elif kind == "tcpdump":
         out = work / f"{tag}.pcap"
         argv = ["tcpdump", "-i", iface, "-n", "-s", "0", "-B", "65536", "-w", str(out), f"tcp port {PORT}"]
         ready = "listening on"
@@ -105,6 +118,13 @@ def start_recorder(server, iface: str, kind: str, tag: str) -> tuple[subprocess.
         proc = server.popen(argv, stdout=subprocess.DEVNULL, stderr=e)
     wait_text(err, ready, proc)
     return proc, out, err
+
+
+def url_for(kind: str) -> str:
+    """The TLS kinds load nginx's HTTPS server (hey over TLS, keep-alive); the others its HTTP one."""
+    if kind in ("tls", "none-tls"):
+        return f"https://10.250.9.2:{TLS_PORT}/bench"
+    return f"http://10.250.9.2:{PORT}/bench"
 
 
 def stop(proc: subprocess.Popen) -> tuple[float, float]:
@@ -152,6 +172,8 @@ try:
     _, iface = topo.link(client, server, "10.250.9.1", "10.250.9.2")
     for d in "bpfus":
         (work / d).mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(work / "key.pem"),
+                    "-out", str(work / "cert.pem"), "-days", "2", "-subj", "/CN=bench"], check=True, capture_output=True)
     (work / "nginx.conf").write_text(NGINX)
     nginx = server.popen(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)])
     for _ in range(100):
@@ -169,7 +191,7 @@ try:
     for rate in RATES:
         for kind in RECORDERS:
             proc, out, err = start_recorder(server, iface, kind, f"{kind}-{rate}")
-            load = hey(client, f"http://10.250.9.2:{PORT}/bench", rate, SECONDS, WORKERS)
+            load = hey(client, url_for(kind), rate, SECONDS, WORKERS)
             lag, cpu = stop(proc)
             got = recorded(kind, out)
             ratio = got / load["sent"] if load["sent"] else 0.0
@@ -209,7 +231,7 @@ try:
             if not kind.startswith("none"):
                 proc, _out, _err = start_recorder(server, iface, kind, f"lat-{kind}-{_round}")
             time.sleep(1)  # every kind alike: a recorder's start (compiling, attaching) is not its steady state
-            lat[kind].append(hey_latencies(client, f"http://10.250.9.2:{PORT}/bench", LAT_RATE, SECONDS, WORKERS))
+            lat[kind].append(hey_latencies(client, url_for(kind), LAT_RATE, SECONDS, WORKERS))
             if proc:
                 stop(proc)
     q = lambda xs, p: sorted(xs)[min(len(xs) - 1, int(p * len(xs)))]  # noqa: E731
@@ -225,14 +247,16 @@ try:
     tails = {k: [tail(r) for r in runs] for k, runs in lat.items()}
 
     def paired(values: dict[str, list[float]], kind: str) -> str:
-        ratios = [a / b for a, b in zip(values[kind], values["none"])]
+        base = "none-tls" if kind == "tls" and "none-tls" in values else "none"  # TLS vs TLS
+        ratios = [a / b for a, b in zip(values[kind], values[base])]
         return f"{med(ratios) - 1:+.1%} ({min(ratios) - 1:+.0%}..{max(ratios) - 1:+.0%})"
 
     print(f"  {'kind':6} {'p50':>5} {'p99: median':>11} {'(min-max)':>13} {'pooled':>6} {'tail 1%':>7}   "
           f"{'p99 vs none, paired':>22}   {'tail 1% vs none, paired':>22}")
     for kind, runs in lat.items():
         pooled = [x for r in runs for x in r]
-        rel = ("", "") if kind == "none" else (paired(p99s, kind), paired(tails, kind))
+        rel = ("", "") if kind in ("none", "none-tls") or ("none" not in lat and kind != "tls") else (
+            paired(p99s, kind), paired(tails, kind))
         print(f"  {kind:6} {q(pooled, 0.5):5.2f} {med(p99s[kind]):11.2f} {min(p99s[kind]):6.2f}-{max(p99s[kind]):<6.2f} "
               f"{q(pooled, 0.99):6.2f} {tail(pooled):7.2f}   {rel[0]:>22}   {rel[1]:>22}")
     print("  (p99 median: over the rounds of each round's p99; pooled: p99 of all rounds' requests; tail 1%: the\n"
