@@ -116,7 +116,9 @@ def start_recorder(server, iface: str, kind: str, tag: str) -> tuple[subprocess.
         ready = "capturing:"
     with open(err, "wb") as e:
         proc = server.popen(argv, stdout=subprocess.DEVNULL, stderr=e)
-    wait_text(err, ready, proc)
+    # The agents compile their BPF program at start at low priority: on a loaded machine that
+    # takes a while (the TLS program is the larger).
+    wait_text(err, ready, proc, timeout=240)
     return proc, out, err
 
 
