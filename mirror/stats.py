@@ -134,7 +134,7 @@ def log_line(s: MirrorSnapshot) -> str:
 
 def dashboard(s: MirrorSnapshot):  # -> rich renderable
     """The rich Live dashboard."""
-    from rich.console import Group
+    from rich.console import Group, RenderableType
     from rich.table import Table
     from rich.text import Text
 
@@ -174,7 +174,7 @@ def dashboard(s: MirrorSnapshot):  # -> rich renderable
     eps.add_column("divergence", justify="right")
     for e in s.endpoints[:8]:
         eps.add_row(e.endpoint, str(e.count), _pct(e.divergence))
-    parts = [head, traffic, lat, eps]
+    parts: list[RenderableType] = [head, traffic, lat, eps]
     parts.extend(Text(n, style="yellow") for n in s.notes)
     return Group(*parts)
 

@@ -104,7 +104,7 @@ class JsonlWriter:
         self._raw: IO[bytes] | None
         if path == "-":
             self._raw = None
-            self._out: IO[bytes] = sys.stdout.buffer
+            self._out: IO[bytes] | gzip.GzipFile = sys.stdout.buffer
         else:
             self._raw = create_private(path)
             if path.endswith(".gz"):

@@ -222,7 +222,7 @@ class DemoService:
     @web.middleware
     async def _compress(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
         response = await handler(request)
-        if (isinstance(response, web.Response) and response.body is not None
+        if (isinstance(response, web.Response) and isinstance(response.body, (bytes, bytearray))
                 and len(response.body) >= 1024 and "gzip" in request.headers.get("Accept-Encoding", "")):
             response.enable_compression(web.ContentCoding.gzip)
         response.headers["Server"] = "demo-catalogue"

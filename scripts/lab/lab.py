@@ -390,13 +390,16 @@ def status(lab: Lab, *, probe: bool = True) -> dict[str, object]:
 def _print_status(st: dict[str, object]) -> None:
     from shadowtap.console import table
 
+    namespaces = st["namespaces"]
+    services = st["services"]
+    assert isinstance(namespaces, dict) and isinstance(services, dict)
     rows = []
-    for role, info in st["namespaces"].items():  # type: ignore[union-attr]
+    for role, info in namespaces.items():
         if info is None:
             rows.append((role, "-", "absent", ""))
             continue
         ifs = ", ".join(f"{i} {'/'.join(a)}" for i, a in info["interfaces"].items())
-        svc = st["services"].get(role)  # type: ignore[union-attr]
+        svc = services.get(role)
         what = ""
         if svc:
             what = (f"demo v{svc['version']} pid {svc['pid']} {svc['url']} health={svc['health']}"

@@ -51,13 +51,14 @@ def _curl(lab: labmod.Lab, *args: str) -> None:
     _client(lab, ["curl", "-sS", "--max-time", "10", *args])
 
 
-def record(lab: labmod.Lab, where: str, path: Path, action: Callable[[], None]) -> None:
+def record(lab: labmod.Lab, where: str, path: Path, action: Callable[[], object]) -> None:
     """Run ``action`` while tcpdump records the server's side of the client link into ``path``."""
     dump = subprocess.Popen(["ip", "netns", "exec", lab.ns(where), "tcpdump", "-i", "to-client", "-U", "-n",
                              "--immediate-mode", "-s", "0", "-Z", "root", "-w", str(path),
                              f"tcp port {labmod.DEFAULT_PORT}"],
                             stderr=subprocess.PIPE, text=True)
     try:
+        assert dump.stderr is not None
         line = dump.stderr.readline()
         if "listening" not in line:
             raise RuntimeError(f"tcpdump did not start: {line}")
@@ -75,7 +76,7 @@ def record(lab: labmod.Lab, where: str, path: Path, action: Callable[[], None]) 
     path.chmod(0o644)
 
 
-def scenarios(lab: labmod.Lab, tmp: Path) -> dict[str, tuple[str, Callable[[], None]]]:
+def scenarios(lab: labmod.Lab, tmp: Path) -> dict[str, tuple[str, Callable[[], object]]]:
     p, s = f"http://{PRIMARY}", f"http://{SHADOW}"
     predict = '{"features":{"amount":120.5,"account_age_days":30,"items":2,"country":"US","device":"mobile","hour":3}}'
     body = tmp / "predict.json"
