@@ -38,7 +38,7 @@ import heapq
 import struct
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from shadowtap.capture.libpcap import BpfFilter
@@ -617,10 +617,13 @@ class Extractor:
             self._anomalies.update(anomalies)
         # Positional (cheaper than keywords): id, client, server, index, request, response,
         # anomalies, ttfb_ms, total_ms.
-        ex = Exchange(_id(conn, txn.index), conn.client, conn.server, txn.index, req, resp, anomalies, ttfb,
-                      total, chunks=txn.chunks)
+        eid = _id(conn, txn.index)
         if txn.__class__ is _H2_STREAM:  # an HTTP/2 stream: its outcome and its gRPC call
-            ex = replace(ex, h2=txn.h2, grpc=txn.grpc)
+            ex = Exchange(eid, conn.client, conn.server, txn.index, req, resp, anomalies, ttfb,
+                          total, chunks=txn.chunks, h2=txn.h2, grpc=txn.grpc)
+        else:
+            ex = Exchange(eid, conn.client, conn.server, txn.index, req, resp, anomalies, ttfb,
+                          total, chunks=txn.chunks)
         if self.redactor is not None and txn.secret:
             ex = self.redactor.exchange(ex)
         return ex

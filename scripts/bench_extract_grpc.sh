@@ -10,6 +10,7 @@
 #        BENCH_CPU=1 BENCH_ROUNDS=3, BENCH_KEEP=copy.pcap)
 # Needs root (tcpdump on lo). Goal (issue 15): >= tshark -Y grpc; >= 2x tshark decoding protobuf.
 set -euo pipefail
+[ -n "${BENCH_TRACE:-}" ] && set -x
 cd "$(dirname "$0")/.."
 calls=${BENCH_CALLS:-20000}
 conns=${BENCH_CONNS:-4}
@@ -55,7 +56,7 @@ for r in $(seq "$rounds"); do
     tshark -r "$capture" -d "tcp.port==$port,http2" -Y grpc -T fields -e grpc.message_length \
     >"$work/ts.out" 2>/dev/null
   /usr/bin/time -f "%e %U %S %M" -o "$work/tp.$r.time" taskset -c "$cpu" \
-    tshark -r "$capture" -d "tcp.port==$port,http2" -o "$proto_uat" -o protobuf.pbf_as_hf:TRUE \
+    tshark -r "$capture" -d "tcp.port==$port,http2" -o "$proto_uat" -o protobuf.preload_protos:TRUE -o protobuf.pbf_as_hf:TRUE \
     -Y grpc -T fields -e pbf.lab.model.InferResponse.id >"$work/tp.out" 2>/dev/null
 done
 st_n=$(wc -l < "$work/st.jsonl")

@@ -468,7 +468,7 @@ class Conversation:
             else:
                 self.anomalies.append(Anomaly.PUSH_IGNORED.value)
             return
-        fields = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in decoded.fields]
+        fields = list(decoded.fields)
         secret = bool(self.watch) and any(n.lower() in self.watch for n, _ in fields)
         # A client's header block on a new stream id opens it; a server's never does.
         st = self._stream(sid, start_ts, d.from_client)
