@@ -9,6 +9,7 @@
 #        BENCH_CPU=1 BENCH_ROUNDS=3 BENCH_JOBS=$(nproc), BENCH_SHADOWTAP=command to measure (another build,
 #        for a before/after in the same session; default .venv/bin/shadowtap))
 # Needs root (tcpdump on lo). Goal (issue 2): ratio >= 2, peak RSS < 200 MB.
+# Then the h2c/gRPC case (scripts/bench_extract_grpc.sh) unless BENCH_GRPC=0 or a CAPTURE is given.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=${BENCH_REQUESTS:-100000}
@@ -104,3 +105,10 @@ print(f"unpinned: shadowtap --jobs {jobs}: best wall {jw:.2f} s = {st_n/jw:,.0f}
       f"tshark: best wall {uw:.2f} s = {ts_n/uw:,.0f}/s; ratio wall {(st_n/jw)/(ts_n/uw):.2f}x  (load average {load})")
 print(f"default --jobs 0 would use {auto} worker process(es) for this capture at the end of the run")
 PY
+
+# The h2c/gRPC case (issue 15), same run: a grpcio capture against tshark -Y grpc and tshark
+# decoding the protobuf messages (BENCH_GRPC=0 to skip; BENCH_GRPC_CALLS=20000).
+if [ "${BENCH_GRPC:-1}" = 1 ] && [ $# -lt 1 ]; then
+  echo "--- gRPC (h2c) ---"
+  BENCH_CALLS=${BENCH_GRPC_CALLS:-20000} scripts/bench_extract_grpc.sh
+fi

@@ -467,3 +467,16 @@ def test_upgrade_h2c_request_is_stream_one():
 def test_rst_on_unknown_stream_is_harmless():
     conv, done = run([(True, 1.0, PREFACE + RstStreamFrame(9, error_code=1).serialize())])
     assert done == [] and conv.anomalies == []
+
+
+def test_watched_header_marks_the_stream_secret():
+    p = H2Pair()
+    s = p.request(GET + [("authorization", "Bearer x")])
+    p.respond(s, [(":status", "200")], b"ok")
+    s2 = p.request(GET)
+    p.respond(s2, [(":status", "200")], b"ok")
+    conv = Conversation(watch=("authorization", "cookie"))
+    for fc, ts, data in p.log:
+        conv.data(fc, ts, data)
+    done = {st.id: st for ev, st in conv.events if ev == Event.DONE}
+    assert done[s].secret and not done[s2].secret

@@ -112,8 +112,9 @@ class _Side:
         return None
 
     def header(self, name: str) -> str | None:
+        """A field by its lower-case name (HTTP/2 field names are lower case on the wire)."""
         for n, v in self.fields:
-            if n.lower() == name:
+            if n == name:
                 return v
         return None
 
@@ -186,7 +187,7 @@ class _Direction:
         self.conv = conv
         self.from_client = from_client
         self.reader = FrameReader(expect_preface=preface, synced=known_start)
-        self.decoder = HeaderDecoder(known_start=known_start)
+        self.decoder = HeaderDecoder(known_start=known_start, watch=conv.watch)
         # An open header block: [stream id, fragments, end_stream, first ts, is push promise]
         self._block: list | None = None
 
@@ -235,12 +236,12 @@ class Conversation:
         self.events: list[tuple[Event, Stream]] = []
         self.anomalies: list[str] = []
         self.streams: dict[int, Stream] = {}
+        self.watch = frozenset(watch)
         self.client = _Direction(self, True, not midstream, not midstream)
         self.server = _Direction(self, False, not midstream, False)
         # The Extractor's entry points (shadowtap.wire.protocol.Conversation): bound once.
         self.feed_client = self.client.feed
         self.feed_server = self.server.feed
-        self.watch = watch
         self._current: Stream | None = None
         self.not_h2 = False
         self._index = 0
@@ -469,7 +470,7 @@ class Conversation:
                 self.anomalies.append(Anomaly.PUSH_IGNORED.value)
             return
         fields = list(decoded.fields)
-        secret = bool(self.watch) and any(n.lower() in self.watch for n, _ in fields)
+        secret = decoded.secret
         # A client's header block on a new stream id opens it; a server's never does.
         st = self._stream(sid, start_ts, d.from_client)
         if st is None:

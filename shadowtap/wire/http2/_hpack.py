@@ -47,6 +47,7 @@ class Decoded:
     fields: tuple[tuple[str, str], ...]  # latin-1 decoded
     unknown: int = 0
     error: str | None = None
+    secret: bool = False  # a watched (secret) field name is among the fields
 
 
 def _text(fields: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
@@ -57,9 +58,21 @@ def _text(fields: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
 class HeaderDecoder:
     """HPACK state of one direction (see the module docstring)."""
 
-    __slots__ = ("_cache", "_entries", "_lib", "_limit", "_max", "_tail_unknown", "passive")
+    __slots__ = (
+        "_cache",
+        "_entries",
+        "_lib",
+        "_limit",
+        "_max",
+        "_tail_unknown",
+        "_watch",
+        "passive",
+    )
 
-    def __init__(self, *, known_start: bool, table_limit: int = 4096) -> None:
+    def __init__(
+        self, *, known_start: bool, table_limit: int = 4096, watch: frozenset[str] = frozenset()
+    ) -> None:
+        self._watch = watch
         self._limit = table_limit  # the decoding side's SETTINGS_HEADER_TABLE_SIZE, as last seen
         self._lib: hpack.Decoder | None = None
         self._cache: dict[bytes, Decoded] = {}
@@ -99,6 +112,15 @@ class HeaderDecoder:
         self._max = None
 
     def decode(self, block: bytes) -> Decoded:
+        """The fields of one complete header block (``secret`` marked: a watched field name)."""
+        return self._decode(block)
+
+    def _secret(self, d: Decoded) -> Decoded:
+        if self._watch and any(n.lower() in self._watch for n, _ in d.fields):
+            return Decoded(d.fields, d.unknown, d.error, True)
+        return d
+
+    def _decode(self, block: bytes) -> Decoded:
         lib = self._lib
         if lib is not None:
             # A block that left the table as it was decodes the same way while the table stays
@@ -118,7 +140,7 @@ class HeaderDecoder:
             except hpack.HPACKError as exc:
                 self.lose_state()
                 return Decoded((), error=f"hpack: {exc}")
-            out = Decoded(tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in fields))
+            out = self._secret(Decoded(_text(fields)))
             if (entries[0] if entries else None) is front and table.maxsize == size:
                 if len(cache) >= _CACHE_MAX:
                     cache.clear()
@@ -208,7 +230,7 @@ class HeaderDecoder:
                         # Emptied: the direction is fully known again; the library takes over for
                         # the rest of this block's fields too.
                         self._known()
-                        rest = self.decode(block[pos:]) if pos < n else Decoded(())
+                        rest = self._decode(block[pos:]) if pos < n else Decoded(())
                         return Decoded(
                             _text(fields) + rest.fields, unknown + rest.unknown, rest.error
                         )
@@ -236,5 +258,5 @@ class HeaderDecoder:
                     self._insert((name, value))
         except (ValueError, IndexError, hpack.HPACKError) as exc:
             self.lose_state()
-            return Decoded(_text(fields), unknown, error=f"hpack: {exc}")
-        return Decoded(_text(fields), unknown)
+            return self._secret(Decoded(_text(fields), unknown, error=f"hpack: {exc}"))
+        return self._secret(Decoded(_text(fields), unknown))
