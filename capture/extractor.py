@@ -111,6 +111,13 @@ def _id(conn: Connection | _Stream, index: int) -> str:
     return exchange_id_at(prefix, index)
 
 
+def _held_size(txn: Transaction) -> int:
+    """What a finished exchange holds while it waits for order: its kept bodies (the rest is small
+    and counted by number)."""
+    req, resp = txn.request, txn.response
+    return (len(req.body) if req is not None else 0) + (len(resp.body) if resp is not None else 0)
+
+
 @dataclass(frozen=True, slots=True)
 class RequestEvent:
     """A request complete on the wire, before its response."""
@@ -251,6 +258,9 @@ class Extractor:
         idle_timeout: float = 120.0,
         max_connections: int = 50_000,
         max_held_exchanges: int = 100_000,
+        max_hold_bytes: int = 64 << 20,
+        max_hold_seconds: float = 30.0,
+        max_open: int = 100,
         shard: tuple[int, int] | None = None,
         keyed: bool = False,
         protocols: Sequence[ProtocolSpec] = DEFAULT_PROTOCOLS,
@@ -277,7 +287,16 @@ class Extractor:
         if not protocols:
             raise ValueError("protocols: at least one")
         self.protocols = tuple(protocols)
-        self.settings = ParserSettings(max_body=max_body, max_head=max_head, watch=self._watch)
+        self.settings = ParserSettings(max_body=max_body, max_head=max_head, watch=self._watch,
+                                       max_open=max_open)
+        # Holding for request-time order is bounded three ways: finished exchanges waiting
+        # (max_held_exchanges), their body bytes (max_hold_bytes), and the capture-time age of the
+        # oldest unfinished one (max_hold_seconds): past any, the exchanges after a stalled one go
+        # out and the stalled one is written ``late`` when it finishes (issue 12 item 5).
+        self.max_hold_bytes = max_hold_bytes
+        self.max_hold_seconds = max_hold_seconds
+        self._held_bytes = 0  # body bytes of finished exchanges still in the heap
+        self._now = 0.0  # the latest capture time fed
         self._streams: dict[tuple[str, str], _Stream] = {}  # feed_stream's connections
         self._streams_seen = 0
         self.idle_timeout = idle_timeout
@@ -313,6 +332,7 @@ class Extractor:
         """One captured frame. Returns the exchanges now ready, in request-time order."""
         self._packets += 1
         self._bytes += len(frame)
+        self._now = ts
         shard = self.shard
         if shard is not None:
             x = _raw_conn_key(linktype, frame)
@@ -406,6 +426,7 @@ class Extractor:
             if self._streams_seen % 1024 == 0:
                 self._sweep_streams(ts)
         st.last_ts = ts
+        self._now = ts
         if not data:
             return []
         conv = st.app
@@ -568,10 +589,12 @@ class Extractor:
                     self.on_request(RequestEvent(_id(conn, txn.index), conn.client, conn.server, txn.index, req))
             else:  # DONE
                 self._ready = True
-                if self._overtaken:
-                    entry = self._overtaken.pop(txn, None)
-                    if entry is not None and not txn.void:
+                entry = self._overtaken.pop(txn, None) if self._overtaken else None
+                if entry is not None:
+                    if not txn.void:
                         self._late.append(entry)
+                elif not txn.void:
+                    self._held_bytes += _held_size(txn)
         conv.events.clear()
 
     def _release(self) -> list[Exchange]:
@@ -581,11 +604,15 @@ class Extractor:
         if self._late:
             out.extend(self._exchange(e) for e in self._late)
             self._late.clear()
-        while heap and (heap[0][3].done or len(heap) > self.max_held_exchanges):
+        oldest = self._now - self.max_hold_seconds
+        while heap and (heap[0][3].done or len(heap) > self.max_held_exchanges
+                        or self._held_bytes > self.max_hold_bytes or heap[0][0] < oldest):
             entry = heapq.heappop(heap)
             txn = entry[3]
             if txn.void:
                 continue
+            if txn.done:
+                self._held_bytes -= _held_size(txn)
             if not txn.done:
                 # Held too long behind an unfinished exchange: let the rest go; it comes out late.
                 self._overtaken[txn] = entry

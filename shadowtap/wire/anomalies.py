@@ -33,6 +33,8 @@ class Anomaly(StrEnum):
     BAD_TRANSFER_ENCODING = "bad_transfer_encoding"
     CHUNK_FRAMING = "chunk_framing"
     HEAD_TOO_LARGE = "head_too_large"
+    TOO_MANY_HEADERS = "too_many_headers"
+    OPEN_LIMIT = "open_limit"
     # Content decoding
     UNDECODABLE_BODY = "undecodable_body"
     DECODE_LIMIT = "decode_limit"

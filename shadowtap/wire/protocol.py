@@ -102,11 +102,13 @@ class ParserSettings:
 
     ``max_body``: body bytes kept per message (the rest counted); ``max_head``: bytes of an
     unfinished message head; ``watch``: lower-case header names whose presence marks a
-    transaction ``secret``."""
+    transaction ``secret``; ``max_open``: exchanges open at once on one connection (past it the
+    oldest unanswered one is finished as it stands, ``open_limit``)."""
 
     max_body: int = 1 << 20
     max_head: int = 64 << 10
     watch: tuple[str, ...] = ()
+    max_open: int = 100  # exchanges open at once on one connection (pipelined, unanswered)
 
 
 class Conversation(Protocol):

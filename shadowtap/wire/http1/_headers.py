@@ -37,12 +37,20 @@ def _header_line(line: str) -> tuple[str, str]:
     return field
 
 
+# Header fields kept per head: past them the rest of the head is dropped (``too_many_headers``). A
+# head is at most ``max_head`` bytes anyway; this bounds the objects one head makes (a 64 KiB head
+# of "a:" lines would be ~16,000 fields, ~2.5 MB of tuples and strings, per pipelined request).
+MAX_HEADERS = 256
+
+
 def _plain_headers(text: str) -> tuple[tuple[str, str], ...] | None:
     """The header block's fields when every line is a plain CRLF ``name: value`` (no folding, no
     whitespace before a colon, no bare LF, a colon on every line): the common case, ~0.1 us a
     line seen before (``_LINE_MEMO``), ~0.3 us else. None otherwise (``_parse_header_text`` then
     reads it line by line)."""
     lines = text.split("\r\n")
+    if len(lines) > MAX_HEADERS:
+        return None  # read line by line, where the cap applies
     if (
         text.count("\n") == len(lines) - 1
         and "\n " not in text and "\n\t" not in text and " :" not in text and "\t:" not in text
@@ -64,6 +72,9 @@ def _parse_header_text(text: str, msg: _Msg) -> tuple[tuple[tuple[str, str], ...
     out: list[tuple[str, str]] = []
     append = out.append
     for line in text.split("\n"):
+        if len(out) >= MAX_HEADERS:
+            msg.anomalies.append(Anomaly.TOO_MANY_HEADERS)
+            break
         if line[-1:] == "\r":
             line = line[:-1]
         name, sep, value = line.partition(":")

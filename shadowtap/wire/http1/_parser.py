@@ -486,6 +486,8 @@ class _RequestSide(_Side):
         conv.queue.append(txn)
         conv.events.append((_EVENT_OPENED, txn))
         conv.events.append((_EVENT_REQUEST, txn))
+        if len(conv.queue) > conv.max_open:
+            conv._shed()
         return True
 
     def st_head(self, ts: float) -> bool:
@@ -825,7 +827,9 @@ class Conversation:
     handlers_resp = _HANDLERS_RESP
 
     def __init__(self, *, max_body: int = 1 << 20, max_head: int = 64 << 10, midstream: bool = False,
-                 watch: tuple[str, ...] = ()) -> None:
+                 watch: tuple[str, ...] = (), max_open: int = 100) -> None:
+        self.max_open = max_open
+        self.skipped = 0  # unanswered requests finished past max_open: the next responses are theirs
         self.max_body = max_body
         self.watch = watch  # lower-case names looked for in each lower-cased head: Transaction.secret
         self.max_head = max_head
@@ -907,7 +911,23 @@ class Conversation:
             side.lost = None
         self.queue.append(txn)
         self.events.append((_EVENT_OPENED, txn))
+        if len(self.queue) > self.max_open:
+            self._shed()
         return txn
+
+    def _shed(self) -> None:
+        """Too many exchanges open on this connection (pipelined requests nobody answers): the
+        oldest unanswered request whose response has not begun is finished as it stands
+        (``open_limit``); the response that comes for it later is recorded alone (responses come
+        in request order, so the next ``skipped`` responses answer shed requests)."""
+        busy = (self.client.txn, self.server.txn)
+        for i, old in enumerate(self.queue):
+            if old.request is not None and old.response is None and not old.resp_done and old not in busy:
+                del self.queue[i]
+                old.note(Anomaly.OPEN_LIMIT)
+                self.skipped += 1
+                self._finish(old)
+                return
 
     def _void_partial(self, side: _Side) -> None:
         """A request that never got past its first bytes is no transaction."""
@@ -930,6 +950,11 @@ class Conversation:
     def response_started(self, side: _Side, txn: Transaction | None, msg: _Msg) -> Transaction:
         lost = side.lost
         side.lost = None
+        shed = False
+        if self.skipped and lost is None:
+            self.skipped -= 1  # this response answers a request shed past max_open
+            txn = None
+            shed = True
         if lost is not None and txn is not None:
             # Responses were lost in a gap: answer the last request that began before this response.
             cands = [t for t in self.queue if not t.resp_done and t.ts <= msg.ts]
@@ -953,6 +978,8 @@ class Conversation:
             if self.client_failed:
                 self.client_failed = False
                 txn.note(Anomaly.PARSE_ERROR)
+            if shed:
+                txn.note(Anomaly.OPEN_LIMIT)
         if lost:
             txn.note(lost)
         txn.response = None
@@ -1083,7 +1110,7 @@ class Conversation:
 def make(settings: ParserSettings, midstream: bool) -> Conversation:
     """A Conversation with the Extractor's limits (``shadowtap.wire.protocol.ProtocolSpec.make``)."""
     return Conversation(max_body=settings.max_body, max_head=settings.max_head, midstream=midstream,
-                        watch=settings.watch)
+                        watch=settings.watch, max_open=settings.max_open)
 
 
 def sniff(data: bytes, from_client: bool) -> Sniff:
