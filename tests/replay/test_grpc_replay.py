@@ -35,27 +35,13 @@ def captured(protos, tmp_path_factory):
     return path, exs, got
 
 
-def test_replay_to_v2_records_status_messages_and_metadata(protos, captured, tmp_path):
-    pb2, pb2_grpc, _ = protos
-    path, exs, _got = captured
+def replay_to_v2(pb2, pb2_grpc, path, out) -> subprocess.CompletedProcess[str]:
+    """``shadowtap replay`` of the captured calls to a v2 server started for it (stopped after)."""
     shadow, port = serve(pb2, pb2_grpc, "v2")
-    out = tmp_path / "results.jsonl"
     try:
+        argv = ["replay", str(path), "-t", f"http://127.0.0.1:{port}", "-o", str(out)]
         p = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "shadowtap",
-                "replay",
-                str(path),
-                "-t",
-                f"http://127.0.0.1:{port}",
-                "-o",
-                str(out),
-                "--allow-unsafe",
-                "--speed",
-                "max",
-            ],
+            [sys.executable, "-m", "shadowtap", *argv, "--allow-unsafe", "--speed", "max"],
             capture_output=True,
             text=True,
             timeout=120,
@@ -64,6 +50,14 @@ def test_replay_to_v2_records_status_messages_and_metadata(protos, captured, tmp
     finally:
         shadow.stop(0)
     assert p.returncode == 0, p.stderr
+    return p
+
+
+def test_replay_to_v2_records_status_messages_and_metadata(protos, captured, tmp_path):
+    pb2, pb2_grpc, _ = protos
+    path, exs, _got = captured
+    out = tmp_path / "results.jsonl"
+    replay_to_v2(pb2, pb2_grpc, path, out)
     results = {
         r.exchange_id: r
         for r in (Result.from_json(orjson.loads(x)) for x in out.read_bytes().splitlines())
@@ -145,32 +139,8 @@ def test_compare_reports_the_deliberate_difference_by_field_name(protos, capture
 
     pb2, pb2_grpc, desc = protos
     path, _exs, _ = captured
-    shadow, port = serve(pb2, pb2_grpc, "v2")
     out = tmp_path / "results.jsonl"
-    try:
-        p = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "shadowtap",
-                "replay",
-                str(path),
-                "-t",
-                f"http://127.0.0.1:{port}",
-                "-o",
-                str(out),
-                "--allow-unsafe",
-                "--speed",
-                "max",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    finally:
-        shadow.stop(0)
-    assert p.returncode == 0, p.stderr
+    replay_to_v2(pb2, pb2_grpc, path, out)
     report = tmp_path / "report.json"
     c = subprocess.run(
         [
