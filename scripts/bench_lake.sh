@@ -29,7 +29,7 @@ du -sh "$WORK"/exchanges.jsonl "$WORK"/results.jsonl
 timed() {  # label, command...: wall seconds and peak RSS (KB) of the largest process
   local label=$1; shift
   /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" >/dev/null 2>"$WORK/$label.err" || true
-  read -r secs kb < "$WORK/time"
+  read -r secs kb < <(tail -n 1 "$WORK/time")  # after "Command exited with non-zero status"
   echo "$label $secs $kb"
 }
 
