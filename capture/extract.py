@@ -9,10 +9,12 @@ offset propagates (non-zero exit).
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import gc
 import heapq
 import os
+import signal
 import struct
 import time
 from collections import Counter
@@ -22,7 +24,9 @@ from typing import Any
 
 from shadowtap.capture.extractor import Extractor, ExtractStats
 from shadowtap.capture.pcapfile import read_packets
+from shadowtap.codec import ErrorRecord, error_record
 from shadowtap.errors import InputError
+from shadowtap.procs import Child, Signals, batch_gc, codec_for, spawn
 from shadowtap.records import Exchange
 
 _PROGRESS_EVERY = 8192  # packets between progress updates
@@ -139,14 +143,6 @@ def run_extract(
         jobs = _auto_jobs(total_bytes)
     if jobs > 1:
         return _run_sharded(paths, output, jobs, options, total_bytes)
-    # The extraction makes millions of short-lived acyclic objects; the default collector
-    # thresholds would walk every live object thousands of times. Objects alive now (modules,
-    # the CLI) are frozen out of collection; the few cycles (a connection's parser state) are
-    # collected in larger batches.
-    gc.collect()
-    gc.freeze()
-    old_threshold = gc.get_threshold()
-    gc.set_threshold(50_000, 20, 100)
     started = time.monotonic()
     progress = None
     if console.interactive():
@@ -161,11 +157,8 @@ def run_extract(
         progress = Progress(TextColumn("extracting"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
                             TextColumn("{task.fields[exchanges]} exchanges"), console=console.err, transient=True,
                             refresh_per_second=2)
-    try:
+    with batch_gc():
         written, failure = _extract_to(output, paths, ex, progress, total_bytes)
-    finally:
-        gc.set_threshold(*old_threshold)
-        gc.unfreeze()
     elapsed = time.monotonic() - started
     summary = ExtractSummary(ex.stats, elapsed, written, output)
     print_summary(summary, paths)
@@ -243,13 +236,13 @@ def print_summary(summary: ExtractSummary, paths: Sequence[str]) -> None:
 # Worker k of n reads every packet and keeps the connections whose 4-tuple falls in share k
 # (capture.extractor's ``shard``: for the common Ethernet/IPv4 frame the share is read off the raw
 # bytes, so the other shares' packets cost a read and one unpack, no decoding). It writes to a pipe
-# one line per exchange, ``<order key: 48 hex digits><json>``, in its request-time order, then
-# ``#<stats json>`` and, on damage, ``!<error json>``. The key's bytes sort as the order key does
-# (``_order_key``) and no two exchanges share one, so the parent merges whole lines as bytes (no
-# parsing: ~1.5 us a line) into the order one process would have written, and writes the JSON as
-# it came. Connections are independent and ids depend only on their own connection, so the lines
-# are the ones a single process writes. ``#`` and ``!`` sort before any hex digit and come last
-# from a worker, so the merge hands them over as soon as they head their stream.
+# one line per exchange, ``<order key: 48 hex digits><json>``, in its request-time order. The key's
+# bytes sort as the order key does (``_order_key``) and no two exchanges share one, so the parent
+# merges whole lines as bytes (no parsing: ~1.5 us a line) into the order one process would have
+# written, and writes the JSON as it came. Connections are independent and ids depend only on
+# their own connection, so the lines are the ones a single process writes. The workers are
+# shadowtap/procs.py children: each one's figures, and the damage it met, come back as a
+# ``ShardDone`` record on its channel; a crash or a kill as the same class of error.
 
 _KEY_DIGITS = 48
 _pack_key = struct.Struct(">dQQ").pack
@@ -268,7 +261,15 @@ def _order_key(key: tuple[float, int, int]) -> bytes:
     return raw.hex().encode()
 
 
-def _shard_worker(paths: Sequence[str], k: int, n: int, options: dict[str, Any], fd: int) -> None:
+@dataclass(frozen=True, slots=True)
+class ShardDone:
+    """A worker's result: its share's figures and the damage it met (the lines before it are out)."""
+
+    stats: ExtractStats
+    error: ErrorRecord | None = None
+
+
+def _shard_worker(ctx: Any, paths: Sequence[str], k: int, n: int, options: dict[str, Any], fd: int) -> ShardDone:
     import orjson
 
     # Writes of 128 KiB into a 1 MiB pipe: the parent merges the workers' lines in order, so a
@@ -276,9 +277,6 @@ def _shard_worker(paths: Sequence[str], k: int, n: int, options: dict[str, Any],
     # with 16 KiB writes the parent woke up ten times as often and preempted the workers ~10x more.
     out = os.fdopen(fd, "wb", buffering=1 << 17)
     try:
-        # The parent froze its objects before forking (see _run_sharded): no collection here walks
-        # them (a walk writes to every object's header: copy-on-write faults for all their pages).
-        gc.set_threshold(50_000, 20, 100)
         ex = Extractor(**options, shard=(k, n), keyed=True)
         keys = ex.released_keys
         error = None
@@ -297,44 +295,29 @@ def _shard_worker(paths: Sequence[str], k: int, n: int, options: dict[str, Any],
                 if done:
                     emit(done)
         except InputError as exc:
-            error = exc
+            error = error_record(exc)
         emit(ex.finish())
-        st = ex.stats
-        out.write(b"#" + orjson.dumps({
-            "packets": st.packets, "bytes": st.bytes, "tcp_packets": st.tcp_packets, "connections": st.connections,
-            "exchanges": st.exchanges, "unanswered": st.unanswered,
-            "responses_without_request": st.responses_without_request, "anomalies": st.anomalies,
-            "evicted_connections": st.evicted_connections,
-        }) + b"\n")
-        if error is not None:
-            out.write(b"!" + orjson.dumps([error.message, error.where, error.hint]) + b"\n")
         out.close()
-    except KeyboardInterrupt:
-        os._exit(130)
+        return ShardDone(ex.stats, error)
     except BrokenPipeError:
-        os._exit(1)
+        os._exit(1)  # the parent is gone
 
 
 def _run_sharded(paths: Sequence[str], output: str, jobs: int, options: dict[str, Any], total_bytes: int
                  ) -> ExtractSummary:
-    import multiprocessing
-
     import orjson
 
     from shadowtap import console
-    from shadowtap.errors import ShadowtapError
     from shadowtap.jsonl import JsonlWriter
 
-    ctx = multiprocessing.get_context("fork")
     # The objects alive now (modules, the CLI) are frozen out of collection before forking, so the
     # workers inherit them frozen (as run_extract does for one process); thawed at the end.
     gc.collect()
     gc.freeze()
-    procs = []
+    children: list[Child] = []
     readers = []
     started = time.monotonic()
-    stats: list[dict[str, Any]] = []
-    errors: list[list[Any]] = []
+    codec = codec_for([ShardDone])
     try:
         for k in range(jobs):
             r, w = os.pipe()
@@ -342,10 +325,11 @@ def _run_sharded(paths: Sequence[str], output: str, jobs: int, options: dict[str
                 fcntl.fcntl(w, _F_SETPIPE_SZ, 1 << 20)
             except OSError:
                 pass  # the default pipe size works, with more waiting
-            proc = ctx.Process(target=_shard_worker, args=(paths, k, jobs, options, w), daemon=True)
-            proc.start()
+            # Ctrl-C reaches the whole group: a worker ends at once (exit 130), the parent reports.
+            children.append(spawn(_shard_worker, paths, k, jobs, options, w, name="extract worker", codec=codec,
+                                  signals={signal.SIGINT: Signals.DEFAULT, signal.SIGTERM: Signals.DEFAULT},
+                                  gc_batch=True, close_in_child=[*readers, r]))
             os.close(w)
-            procs.append(proc)
             readers.append(os.fdopen(r, "rb", buffering=1 << 20))
 
         progress = None
@@ -362,36 +346,28 @@ def _run_sharded(paths: Sequence[str], output: str, jobs: int, options: dict[str
         try:
             with JsonlWriter(output) as writer:
                 write = writer.write
-                n = 0
-                for line in heapq.merge(*readers):
-                    c = line[0]
-                    if c == 0x23:  # '#'
-                        stats.append(orjson.loads(line[1:]))
-                    elif c == 0x21:  # '!'
-                        errors.append(orjson.loads(line[1:]))
-                    else:
-                        write(as_is(line[_KEY_DIGITS:-1]))
-                        n += 1
-                        if progress is not None and n % _PROGRESS_EVERY == 0:
-                            progress.update(task, exchanges=n)
+                for n, line in enumerate(heapq.merge(*readers), 1):
+                    write(as_is(line[_KEY_DIGITS:-1]))
+                    if progress is not None and n % _PROGRESS_EVERY == 0:
+                        progress.update(task, exchanges=n)
                 written = writer.count
         finally:
             if progress is not None:
                 progress.stop()
-        for proc in procs:
-            proc.join()
+        results: list[ShardDone] = [c.result() for c in children]  # a worker's crash is raised here
     except BaseException:
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
+        for c in children:
+            if c.is_alive():
+                c.proc.terminate()
         raise
     finally:
         gc.unfreeze()
         for f in readers:
             f.close()
-    if len(stats) != jobs:
-        failed = [p.exitcode for p in procs]
-        raise ShadowtapError(f"an extraction worker process failed (exit statuses {failed})")
+        for c in children:
+            c.reap(5)
+    stats = [dataclasses.asdict(r.stats) for r in results]
+    errors = [r.error for r in results if r.error is not None]
     total = dict(stats[0])
     anomalies: Counter[str] = Counter()
     for st in stats:
@@ -400,11 +376,9 @@ def _run_sharded(paths: Sequence[str], output: str, jobs: int, options: dict[str
         total[key] = sum(st[key] for st in stats)
     total["tcp_packets"] = sum(st["tcp_packets"] for st in stats)  # each counts its own share's
     total["anomalies"] = dict(sorted(anomalies.items()))
+    total["open_connections"] = total["held_exchanges"] = 0  # figures of a running extraction
     summary = ExtractSummary(ExtractStats(**total), time.monotonic() - started, written, output)
     print_summary(summary, paths)
     if errors:
-        message, where, hint = errors[0]
-        err = InputError(message, hint=hint)
-        err.where = where
-        raise err
+        raise errors[0].rebuild()
     return summary

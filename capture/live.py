@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import IO, Any
 
+from shadowtap.capture.extractor import ExtractStats
 from shadowtap.capture.pcapfile import (
     FILE_HEADER,
     RECORD_HEADER,
@@ -42,6 +43,7 @@ from shadowtap.capture.pcapfile import (
 from shadowtap.capture.source import Frame, Source, SourceStats
 from shadowtap.errors import InputError, PrerequisiteError, ShadowtapError
 from shadowtap.jsonl import JsonlWriter, create_private
+from shadowtap.procs import Child, ChildContext, ChildDied, codec_for, spawn
 from shadowtap.records import Exchange
 
 FLUSH_INTERVAL = 1.0  # seconds: files are flushed at least this often (a crash loses at most this)
@@ -477,33 +479,34 @@ class ExtractorDied(ShadowtapError):
     """The extractor process ended without finishing (killed, or a bug)."""
 
 
-def _extraction_child(extractor: Any, directory: str, control: Any, results: Any, shared: Any,
-                      jsonl_out: str | None, rotate_size: int | None, parent_ends: tuple[Any, ...],
-                      sink_url: str | None = None, sink_spool: str | None = None) -> None:
-    """The extractor process: the spool's frames -> ``extractor`` -> the JSONL. Reports
-    ("ready",), then ("done", exchanges, stats, files) or ("error", kind, message, hint, code)."""
-    import gc
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Extractor process -> reader: the JSONL is open; hooks may be attached."""
 
+
+@dataclass(frozen=True, slots=True)
+class ExtractionDone:
+    """The extractor process's result: what it wrote."""
+
+    exchanges: int
+    stats: ExtractStats | None
+    files: tuple[str, ...]
+
+
+def _codec() -> Any:
     from shadowtap.capture import spool
 
-    for end in parent_ends:  # the reader's ends of the pipes: its death must read as EOF here
-        end.close()
+    return codec_for([Ready, ExtractionDone, spool.Seal, spool.End, spool.Abort])
 
-    # The reader decides when to stop (Ctrl-C and SIGTERM reach it; the whole process group may
-    # get them): this process ends when the spool ends, is aborted, or the reader dies.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    # SCHED_IDLE: it runs only on CPU time nothing else wants, and any waking task of the service
-    # (or the reader) preempts it at once (a nice 19 task keeps the CPU to the end of its slice,
-    # a few ms in the service's tail latency). Nice 19 where SCHED_IDLE is refused.
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (OSError, AttributeError):
-        with contextlib.suppress(OSError):
-            os.nice(19)
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)  # as `extract` does: millions of short-lived acyclic objects
+
+def _extraction_child(ctx: ChildContext, extractor: Any, directory: str, shared: Any,
+                      jsonl_out: str | None, rotate_size: int | None, sink_url: str | None = None,
+                      sink_spool: str | None = None) -> ExtractionDone:
+    """The extractor process: the spool's frames -> ``extractor`` -> the JSONL (and the JetStream
+    sink at ``sink_url``). Sends Ready once the outputs are open; returns what it wrote (procs
+    reports an error the same way)."""
+    from shadowtap.capture import spool
+
     jsonl: RotatingJsonl | None = None
     exchanges = 0
     finished = False
@@ -527,8 +530,8 @@ def _extraction_child(extractor: Any, directory: str, control: Any, results: Any
             from shadowtap.lake.nats import open_sink
 
             sink = open_sink(sink_url, sink_spool)
-        results.send(("ready",))
-        reader = spool.SpoolReader(directory, control, shared)
+        ctx.channel.send(Ready())
+        reader = spool.SpoolReader(directory, ctx.channel, shared)
         feed = extractor.feed
         last_tick = time.monotonic()
         packets = 0
@@ -553,25 +556,15 @@ def _extraction_child(extractor: Any, directory: str, control: Any, results: Any
         _close_sink(sink)
         if reader.orphaned:
             spool.remove_dir(directory)  # the reader died and cannot remove it
-        results.send(("done", exchanges, getattr(extractor, "stats", None), tuple(jsonl.files) if jsonl else ()))
-    except BaseException as exc:  # noqa: BLE001 - reported to the reader, which raises it
+        return ExtractionDone(exchanges, getattr(extractor, "stats", None), tuple(jsonl.files) if jsonl else ())
+    except BaseException:
         if not finished:
             with contextlib.suppress(BaseException):
                 emit(extractor.finish())
         if jsonl is not None:
             jsonl.close()
         _close_sink(sink)
-        if isinstance(exc, ShadowtapError):
-            msg = ("error", type(exc).__name__, exc.message, exc.hint, exc.exit_code)
-        else:
-            import traceback
-
-            where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-            at = f" at {where.filename}:{where.lineno}" if where else ""
-            msg = ("error", "ShadowtapError", f"the extractor process failed: {type(exc).__name__}: {exc}{at}",
-                   None, 1)
-        with contextlib.suppress(Exception):
-            results.send(msg)
+        raise
 
 
 def _close_sink(sink: Any) -> None:
@@ -586,79 +579,51 @@ def _close_sink(sink: Any) -> None:
         console.info(sink_summary(sink))
 
 
-def _child_error(msg: tuple[Any, ...]) -> ShadowtapError:
-    _, kind, message, hint, code = msg
-    cls = {"InputError": InputError, "PrerequisiteError": PrerequisiteError}.get(kind, ShadowtapError)
-    err = cls(message, hint=hint)
-    err.exit_code = code
-    return err
-
-
-class _Child:
+class _Extraction:
     """The reader's handle on the extractor process: its messages, its death."""
 
-    def __init__(self, proc: Any, results: Any, shared: Any) -> None:
-        self.proc = proc
-        self.results = results
+    def __init__(self, child: Child, shared: Any) -> None:
+        self.child = child
         self.shared = shared
-        self.done: tuple[Any, ...] | None = None
-
-    def _take(self, timeout: float) -> tuple[Any, ...] | None:
-        try:
-            if not self.results.poll(timeout):
-                return None
-            msg = self.results.recv()
-        except (EOFError, OSError):
-            return None
-        if msg[0] == "error":
-            raise _child_error(msg)
-        return msg
 
     def died(self) -> ExtractorDied:
         from shadowtap.capture import spool
 
-        self.proc.join(1)
-        code = self.proc.exitcode
-        how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
-               else f"exit status {code}")
         return ExtractorDied(
-            f"the extractor process died ({how}) after {self.shared[spool.EXCHANGES]:,} exchanges: the exchanges "
+            f"{self.child.died().message} after {self.shared[spool.EXCHANGES]:,} exchanges: the exchanges "
             "after those were not written",
             hint="the -w pcap, if any, holds every frame: `shadowtap extract` it")
 
+    def _result(self, **kw: Any) -> ExtractionDone:
+        try:
+            return self.child.result(**kw)  # type: ignore[no-any-return]
+        except ChildDied:
+            raise self.died() from None
+
     def wait_ready(self) -> None:
         while True:
-            msg = self._take(0.2)
-            if msg is not None and msg[0] == "ready":
+            msg = self.child.take(0.2)
+            if isinstance(msg, Ready):
                 return
-            if not self.proc.is_alive():
-                self._take(0)
+            if self.child.exited is not None or not self.child.is_alive():
+                self._result(timeout=1)  # raises its error (or its death)
                 raise self.died()
 
     def check(self) -> None:
         """Raise the child's error, or its death, if either happened."""
-        if self.results.poll(0):
-            msg = self._take(0)
-            if msg is not None and msg[0] == "done":
-                self.done = msg
-        if self.done is None and not self.proc.is_alive():
-            self._take(0)
-            raise self.died()
+        c = self.child
+        if c.exited is None:
+            c.take(0)  # its Exited, if it came
+        if c.exited is not None and c.exited.error is not None:
+            self._result(timeout=0)
+        if c.exited is None and not c.is_alive():
+            self._result(timeout=1)
 
-    def finish(self, on_wait: Callable[[], None] | None = None) -> tuple[Any, ...]:
-        """Wait for the child's last message ("done"), calling ``on_wait`` meanwhile."""
-        while self.done is None:
-            msg = self._take(DRAIN_REPORT_INTERVAL)
-            if msg is not None and msg[0] == "done":
-                self.done = msg
-                break
-            if msg is None and not self.proc.is_alive():
-                self._take(0)
-                raise self.died()
-            if on_wait is not None:
-                on_wait()
-        self.proc.join(30)
-        return self.done
+    def finish(self, on_wait: Callable[[], None] | None = None) -> ExtractionDone:
+        """Wait for the child's result, calling ``on_wait`` meanwhile (every DRAIN_REPORT_INTERVAL)."""
+        done = self._result(on_wait=on_wait, interval=DRAIN_REPORT_INTERVAL)
+        self.child.proc.join(30)
+        return done
 
 
 def run_spooled_capture(
@@ -688,14 +653,8 @@ def run_spooled_capture(
     _preflight(config)
     max_bytes = config.spool_max or spool.default_max_bytes(config.spool_dir or tempfile.gettempdir())
     directory = spool.make_dir(config.spool_dir)
-    ctx = multiprocessing.get_context("fork")
-    shared = spool.new_shared(ctx)
-    ctl_r, ctl_w = ctx.Pipe(duplex=False)
-    res_r, res_w = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_extraction_child, name="shadowtap-extract", daemon=True,
-                       args=(extractor, directory, ctl_r, res_w, shared, config.jsonl_out, config.rotate_size,
-                             (ctl_w, res_r), config.sink, config.sink_spool))
-    child = _Child(proc, res_r, shared)
+    shared = spool.new_shared(multiprocessing.get_context("fork"))
+    child: Child | None = None
     src: Source | None = None
     pcap: PcapWriter | None = None
     writer: spool.SpoolWriter | None = None
@@ -708,14 +667,21 @@ def run_spooled_capture(
                         writer.backlog if writer else 0, writer.dropped if writer else 0)
 
     try:
-        proc.start()
-        ctl_r.close()  # the child's ends: each side sees EOF when the other dies
-        res_w.close()
-        child.wait_ready()  # an unwritable JSONL fails here, before any hook
+        # Forked before any hook is attached (it inherits no bcc state). The reader decides when
+        # to stop (Ctrl-C and SIGTERM reach it; the whole process group may get them): the child
+        # ignores them and ends when the spool ends, is aborted, or the reader dies (EOF).
+        # SCHED_IDLE: it runs only on CPU time nothing else wants, and any waking task of the
+        # service (or the reader) preempts it at once (a nice 19 task keeps the CPU to the end of
+        # its slice, a few ms in the service's tail latency). Nice 19 where SCHED_IDLE is refused.
+        child = spawn(_extraction_child, extractor, directory, shared, config.jsonl_out,
+                      config.rotate_size, config.sink, config.sink_spool, name="extractor",
+                      codec=_codec(), sched_idle=True, fallback_nice=19, gc_batch=True)
+        extraction = _Extraction(child, shared)
+        extraction.wait_ready()  # an unwritable JSONL fails here, before any hook
         src, reason = open_source(config)
         if config.pcap_out:
             pcap = PcapWriter(config.pcap_out, src.linktype, rotate_size=config.rotate_size)
-        writer = spool.SpoolWriter(directory, src.linktype, ctl_w, shared, max_bytes=max_bytes)
+        writer = spool.SpoolWriter(directory, src.linktype, child.channel, shared, max_bytes=max_bytes)
         if on_started is not None:
             on_started(src, reason)
         spool_write = writer.write
@@ -737,7 +703,7 @@ def run_spooled_capture(
                 on_figures(figures(now, src))
 
         def done() -> bool:
-            child.check()
+            extraction.check()
             return config.count is not None and shared[spool.EXCHANGES] >= config.count
 
         _read_loop(config, src, stop_event, start, consume, on_tick, done)
@@ -757,7 +723,8 @@ def run_spooled_capture(
                                     rate, last.kernel_drops, last.buffer_drops, last.open_connections,
                                     writer.backlog, writer.dropped))
 
-        _, exchanges, stats, jsonl_files = child.finish(draining)
+        result = extraction.finish(draining)
+        exchanges = result.exchanges
         elapsed = time.monotonic() - start
         return CaptureSummary(
             backend=backend,
@@ -768,9 +735,9 @@ def run_spooled_capture(
             exchanges=exchanges,
             figures=Figures(elapsed, last.packets, last.bytes, exchanges, rate, last.kernel_drops, last.buffer_drops,
                             None, 0, writer.dropped),
-            extract_stats=stats,
+            extract_stats=result.stats,
             pcap_files=tuple(pcap.files) if pcap else (),
-            jsonl_files=jsonl_files,
+            jsonl_files=result.files,
             removed_stale_hooks=removed,
             spool_drops=writer.dropped,
             spool_error=writer.disk_error,
@@ -780,32 +747,29 @@ def run_spooled_capture(
         # at once), then the error goes on.
         if src is not None:
             src.close()
-        if proc.is_alive():
+        if child is not None and child.is_alive():
             with contextlib.suppress(Exception):
                 if isinstance(exc, KeyboardInterrupt):
                     if writer is not None:
                         writer.abort()
-                    ctl_w.close()
-                    proc.join(10)
+                    else:
+                        child.send(spool.Abort())
+                    child.proc.join(10)
                 else:
                     if writer is not None:
                         writer.end()
                     else:
-                        ctl_w.close()  # nothing spooled: EOF ends the child
-                    child.finish()
+                        child.send(spool.End(-1, 0))  # nothing spooled
+                    _Extraction(child, shared).finish()
         raise
     finally:
         if src is not None:
             src.close()
         if pcap is not None:
             pcap.close()
-        ctl_w.close()
-        if proc.is_alive():
-            proc.join(5)  # it ignores SIGTERM (the reader decides): an abort not obeyed ends here
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
-        res_r.close()
+        if child is not None:
+            # It ignores SIGTERM (the reader decides): an abort not obeyed ends here (SIGKILL).
+            child.reap(5, terminate=False)
         spool.remove_dir(directory)
 
 

@@ -12,10 +12,10 @@ Layout and protocol:
   created 0600, each a classic pcap (native byte order, microseconds) with its own file header;
 - the reader writes each batch with one ``os.write`` (no user-space buffer: visible to the child at
   once) and starts a new segment past ``segment_bytes``;
-- over the control pipe (parent -> child) it says ``("seal", n, size)`` when segment n is complete,
-  ``("end", n, size)`` at the end of the capture (n = -1: no segment was ever written), or
-  ``("abort",)`` to stop at once. EOF on the pipe (the reader died) means: read what is there, then
-  stop;
+- over the control channel (parent -> child, shadowtap/procs.py's Channel: records) it sends
+  ``Seal(n, size)`` when segment n is complete, ``End(n, size)`` at the end of the capture (n = -1:
+  no segment was ever written), or ``Abort()`` to stop at once. EOF on the channel (the reader
+  died) means: read what is there, then stop;
 - shared counters (``Shared``, one page of shared memory) carry the figures both ways.
 
 Invariant: the child sees exactly the frames the reader appended, in order, complete records only:
@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from multiprocessing.connection import Connection
+from dataclasses import dataclass
 from typing import Any
 
 from shadowtap.capture.pcapfile import FILE_HEADER, RECORD_HEADER, file_header, record_header
@@ -43,6 +43,27 @@ SEGMENT_BYTES = 64 << 20  # a segment is sealed past this size (so the spool fre
 DEFAULT_MAX_BYTES = 2 << 30  # the default bound: 2 GiB, or half of the free space if that is less
 POLL_SECONDS = 0.05  # the child's wait for more data when it has caught up
 READ_CHUNK = 4 << 20
+
+@dataclass(frozen=True, slots=True)
+class Seal:
+    """Segment ``n`` is complete: ``size`` bytes."""
+
+    n: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """The capture ended; ``n`` is the last segment (-1: none was written), ``size`` its bytes."""
+
+    n: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """Stop at once: the backlog is abandoned (a second Ctrl-C)."""
+
 
 # Shared counters (int64; aligned loads and stores are atomic on the machines we run on).
 WRITTEN, FREED, CONSUMED, EXCHANGES, OPEN_CONNECTIONS, PACKETS = range(6)
@@ -89,7 +110,7 @@ class SpoolWriter:
     ``max_bytes`` bounds the bytes written and not yet freed by the child (the disk the spool
     holds); ``segment_bytes`` is at most an eighth of it, so the child frees space as it goes."""
 
-    def __init__(self, directory: str, linktype: int, control: Connection, shared: Any, *,
+    def __init__(self, directory: str, linktype: int, control: Any, shared: Any, *,
                  max_bytes: int, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.directory = directory
         self.linktype = linktype
@@ -110,7 +131,7 @@ class SpoolWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-            self.control.send(("seal", self.n, self._size))
+            self.control.send(Seal(self.n, self._size))
         self.n += 1
         path = segment_path(self.directory, self.n)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -181,14 +202,14 @@ class SpoolWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        self.control.send(("end", self.n, self._size))
+        self.control.send(End(self.n, self._size))
 
     def abort(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
         with contextlib.suppress(OSError):
-            self.control.send(("abort",))
+            self.control.send(Abort())
 
     @property
     def backlog(self) -> int:
@@ -201,7 +222,7 @@ class SpoolReader:
     (epoch seconds, link type, frame), deleting each segment once read whole; an empty list after
     each wait for more (every POLL_SECONDS while caught up), so the consumer can flush."""
 
-    def __init__(self, directory: str, control: Connection, shared: Any) -> None:
+    def __init__(self, directory: str, control: Any, shared: Any) -> None:
         self.directory = directory
         self.control = control
         self.shared = shared
@@ -220,13 +241,13 @@ class SpoolReader:
             ready = self.control.poll(timeout)
             while ready:
                 msg = self.control.recv()
-                if msg[0] == "seal":
-                    self.sizes[msg[1]] = msg[2]
-                elif msg[0] == "end":
-                    self.end = msg[1]
-                    if msg[1] >= 0:
-                        self.sizes[msg[1]] = msg[2]
-                elif msg[0] == "abort":
+                if isinstance(msg, Seal):
+                    self.sizes[msg.n] = msg.size
+                elif isinstance(msg, End):
+                    self.end = msg.n
+                    if msg.n >= 0:
+                        self.sizes[msg.n] = msg.size
+                elif isinstance(msg, Abort):
                     self.aborted = True
                 ready = self.control.poll(0)
         except (EOFError, OSError):

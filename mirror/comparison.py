@@ -40,8 +40,9 @@ def view(report: Report) -> tuple[str | None, float | None, list[tuple[str, int,
     endpoints = report.endpoints
     pairs = sum(e.pairs for e in endpoints)
     divergence = sum(e.divergence * e.pairs for e in endpoints) / pairs if pairs else None
-    eps = sorted(((e.endpoint, e.pairs, e.divergence) for e in endpoints),
-                 key=lambda e: (-e[2], -e[1]))
+    eps = sorted(
+        ((e.endpoint, e.pairs, e.divergence) for e in endpoints), key=lambda e: (-e[2], -e[1])
+    )
     return verdict, divergence, eps
 
 

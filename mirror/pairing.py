@@ -30,12 +30,15 @@ def _size(rec: Exchange | Result) -> int:
     """Bytes of bodies a record holds (the rest is small and bounded by the headers' limits)."""
     if isinstance(rec, Exchange):
         return (len(rec.request.body) if rec.request is not None else 0) + (
-            len(rec.response.body) if rec.response is not None else 0)
+            len(rec.response.body) if rec.response is not None else 0
+        )
     return len(rec.response.body) if rec.response is not None else 0
 
 
 class Pairer:
-    def __init__(self, *, capacity: int = 100_000, ttl: float = 60.0, max_bytes: int = 256 << 20) -> None:
+    def __init__(
+        self, *, capacity: int = 100_000, ttl: float = 60.0, max_bytes: int = 256 << 20
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self.capacity = capacity
@@ -75,7 +78,9 @@ class Pairer:
     def _hold(self, key: str, rec: Exchange | Result, now: float) -> None:
         self._waiting[key] = (now, rec)
         self.bytes += _size(rec)
-        while len(self._waiting) > 1 and (len(self._waiting) > self.capacity or self.bytes > self.max_bytes):
+        while len(self._waiting) > 1 and (
+            len(self._waiting) > self.capacity or self.bytes > self.max_bytes
+        ):
             self._evict_oldest()
 
     def _evict_oldest(self) -> Exchange | Result:

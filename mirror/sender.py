@@ -36,10 +36,12 @@ T = TypeVar("T")
 
 class DropOldestQueue(Generic[T]):
     """A bounded FIFO: ``put`` never blocks; at capacity (``maxlen`` items, or ``max_bytes`` by
-    ``size(item)`` when given) it drops the oldest items, counts them and returns them. O(1) amortised per operation. Single-threaded (the mirror's event loop)."""
+    ``size(item)`` when given) it drops the oldest items, counts them and returns them. O(1)
+    amortised per operation. Single-threaded (the mirror's event loop)."""
 
-    def __init__(self, maxlen: int, *, max_bytes: int | None = None,
-                 size: Callable[[T], int] | None = None) -> None:
+    def __init__(
+        self, maxlen: int, *, max_bytes: int | None = None, size: Callable[[T], int] | None = None
+    ) -> None:
         if maxlen < 1:
             raise ValueError("queue length must be >= 1")
         self.maxlen = maxlen
@@ -61,8 +63,10 @@ class DropOldestQueue(Generic[T]):
         self.put_count += 1
         if self._size is not None:
             self.bytes += self._size(item)
-        while len(self._items) > 1 and (len(self._items) > self.maxlen or
-                                        (self.max_bytes is not None and self.bytes > self.max_bytes)):
+        while len(self._items) > 1 and (
+            len(self._items) > self.maxlen
+            or (self.max_bytes is not None and self.bytes > self.max_bytes)
+        ):
             old = self._items.popleft()
             dropped.append(old)
             self.dropped += 1
@@ -201,8 +205,14 @@ class Pump:
     """Takes Pending items off the queue and submits them, at most ``concurrency`` in flight.
     Each result goes to ``on_result``. Loop thread only; O(1) per request."""
 
-    def __init__(self, queue: DropOldestQueue[Pending], submit: Submit, on_result: Callable[[Any], None],
-                 *, concurrency: int) -> None:
+    def __init__(
+        self,
+        queue: DropOldestQueue[Pending],
+        submit: Submit,
+        on_result: Callable[[Any], None],
+        *,
+        concurrency: int,
+    ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.queue = queue
@@ -211,7 +221,9 @@ class Pump:
         self.concurrency = concurrency
         self.in_flight = 0
         self.sent = 0
-        self.failures = 0  # submit or on_result raised (a bug, not a target error): counted, goes on
+        self.failures = (
+            0  # submit or on_result raised (a bug, not a target error): counted, goes on
+        )
         self.last_failure: str | None = None
         self.abandoned = 0  # queued or in flight when the pump was stopped
         self.closed = False
@@ -274,3 +286,108 @@ class Pump:
         self.in_flight = 0
         self.closed = True
         return n
+
+
+MAX_QUEUE_BYTES = 256 << 20  # requests waiting for the shadow, at most, whatever --queue says
+
+
+class ShadowFeed:
+    """The mirror process's sending half: the bounded drop-oldest queue (``queue`` requests,
+    MAX_QUEUE_BYTES), the Pump and replay's Sender (a pool of keep-alive connections to the
+    shadow). Each Result goes to ``on_result``. It also remembers (at most 100,000) the ids it
+    dropped, so an exchange whose request was dropped here is not held for a result that will
+    never come (``still_admitted``)."""
+
+    def __init__(
+        self,
+        target: Any,
+        on_result: Callable[[Any], None],
+        *,
+        queue: int,
+        concurrency: int,
+        timeout: float,
+        connect_timeout: float,
+        max_body: int,
+        on_connect: Callable[[Any], None] | None = None,
+        tls: Any = None,
+    ) -> None:
+        from shadowtap.replay.client import Sender
+        from shadowtap.replay.grpc_client import GrpcSender, Router
+
+        http = Sender(
+            target,
+            concurrency=concurrency,
+            per_connection=False,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            max_body=max_body,
+            on_connect=on_connect,  # each connection, before a byte is sent (mirror/run.py)
+            tls=tls,  # an https shadow: replay/client.py's TlsOptions
+        )
+        # gRPC calls go to grpcio (replay/grpc_client.py), the rest to the HTTP/1.x sender.
+        self.sender = Router(
+            http,
+            GrpcSender(
+                target,
+                concurrency=concurrency,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                max_body=max_body,
+            ),
+        )
+        # Bounded in count (--queue) and in bytes: a request's body may be up to --max-body.
+        self.queue: DropOldestQueue[Pending] = DropOldestQueue(
+            queue, max_bytes=MAX_QUEUE_BYTES, size=lambda p: len(p.outgoing.wire)
+        )
+        submit_one = self.sender.submit
+
+        def submit(item: Pending, on_done: Callable[[Any], None]) -> None:
+            submit_one(item.outgoing, scheduled=item.wire_ts, copy=0, on_result=on_done)
+
+        self.pump = Pump(self.queue, submit, on_result, concurrency=concurrency)
+        self._dropped: OrderedDict[str, None] = OrderedDict()
+
+    async def start(self) -> None:
+        await self.sender.start()
+
+    async def check(self, note: Callable[[str], None]) -> None:
+        """Whether the shadow answers; a shadow that is down is a shadow result (errors, counted),
+        not a reason to stop: noted. A shadow refused as the primary stops the run elsewhere
+        (the ``on_connect`` check)."""
+        from shadowtap.errors import TargetError
+        from shadowtap.replay.policy import ReplayRefused
+
+        try:
+            await self.sender.check_reachable()
+        except ReplayRefused:
+            pass
+        except TargetError as exc:
+            note(f"{exc.message}; going on: its failures count as shadow errors")
+
+    def offer(self, item: Pending) -> None:
+        dropped = self._dropped
+        for old in self.pump.offer(item):
+            dropped[old.exchange_id] = None
+            if len(dropped) > 100_000:
+                dropped.popitem(last=False)
+
+    def still_admitted(self, exchange_id: str, admitted: bool) -> bool:
+        """``admitted`` (the capture's word), unless this process dropped the request since."""
+        if admitted and self._dropped:
+            return self._dropped.pop(exchange_id, 0) is not None
+        return admitted
+
+    async def drain(self, timeout: float, abort: asyncio.Event) -> None:
+        """What is queued and in flight gets ``timeout`` seconds, or until ``abort`` is set."""
+        draining = asyncio.ensure_future(self.pump.drain(timeout))
+        aborting = asyncio.ensure_future(abort.wait())
+        await asyncio.wait([draining, aborting], return_when=asyncio.FIRST_COMPLETED)
+        aborting.cancel()
+        if not draining.done():
+            self.pump.stop()
+            await draining
+
+    async def close(self) -> None:
+        self.sender.close()
+        await self.sender.aclose()
+        self.pump.stop()

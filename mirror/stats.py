@@ -140,11 +140,15 @@ def dashboard(s: MirrorSnapshot):  # -> rich renderable
 
     verdict_style = Verdict(s.verdict).style if s.verdict in tuple(Verdict) else "bold"
     head = Text.assemble(
-        ("shadowtap mirror ", "bold"), (f"{s.elapsed:.0f}s  ", ""),
-        ("verdict so far: ", ""), (s.verdict or "-", verdict_style),
+        ("shadowtap mirror ", "bold"),
+        (f"{s.elapsed:.0f}s  ", ""),
+        ("verdict so far: ", ""),
+        (s.verdict or "-", verdict_style),
         (f"   divergence: {_pct(s.divergence)}", ""),
     )
-    traffic = Table(title="traffic", title_justify="left", show_header=False, box=None, pad_edge=False)
+    traffic = Table(
+        title="traffic", title_justify="left", show_header=False, box=None, pad_edge=False
+    )
     traffic.add_column(style="dim")
     traffic.add_column(justify="right")
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(s.skipped.items()) if v) or "0"
@@ -156,7 +160,10 @@ def dashboard(s: MirrorSnapshot):  # -> rich renderable
         ("skipped", skipped),
         ("queue depth", f"{s.queue_depth}/{s.queue_max}  in flight {s.in_flight}"),
         ("mirror lag p50/p99", f"{_ms(s.lag.quantile(0.5))} / {_ms(s.lag.quantile(0.99))}"),
-        ("shadow errors", ", ".join(f"{k} {v}" for k, v in sorted(s.shadow_errors.items()) if v) or "0"),
+        (
+            "shadow errors",
+            ", ".join(f"{k} {v}" for k, v in sorted(s.shadow_errors.items()) if v) or "0",
+        ),
         ("5xx primary/shadow", f"{s.primary_5xx} / {s.shadow_5xx}"),
         ("pairs compared", f"{s.pairs}  unpaired {s.unpaired}"),
         ("capture drops", str(s.capture_drops)),
@@ -201,33 +208,85 @@ def prometheus_text(s: MirrorSnapshot) -> str:
             lines.append(f"{p}{name}{labels} {val}")
 
     metric("requests_seen_total", "counter", "Requests seen complete on the wire.", [("", s.seen)])
-    metric("requests_queued_total", "counter", "Requests admitted to the mirror queue.", [("", s.queued)])
-    metric("requests_mirrored_total", "counter", "Requests sent to the shadow that came back "
-           "(response or error).", [("", s.mirrored)])
-    metric("requests_dropped_total", "counter", "Requests not mirrored for lack of capacity.",
-           [('{reason="queue_full"}', s.dropped), ('{reason="rate_limit"}', s.rate_limited)])
-    metric("requests_skipped_total", "counter", "Requests not mirrored by rule.",
-           [(f'{{reason="{_esc(k)}"}}', v) for k, v in sorted(s.skipped.items())] or [('{reason="none"}', 0)])
-    metric("shadow_errors_total", "counter", "Shadow requests that failed, by kind.",
-           [(f'{{kind="{_esc(k)}"}}', v) for k, v in sorted(s.shadow_errors.items())] or [('{kind="none"}', 0)])
-    metric("responses_5xx_total", "counter", "5xx responses by side.",
-           [('{side="primary"}', s.primary_5xx), ('{side="shadow"}', s.shadow_5xx)])
+    metric(
+        "requests_queued_total",
+        "counter",
+        "Requests admitted to the mirror queue.",
+        [("", s.queued)],
+    )
+    metric(
+        "requests_mirrored_total",
+        "counter",
+        "Requests sent to the shadow that came back (response or error).",
+        [("", s.mirrored)],
+    )
+    metric(
+        "requests_dropped_total",
+        "counter",
+        "Requests not mirrored for lack of capacity.",
+        [('{reason="queue_full"}', s.dropped), ('{reason="rate_limit"}', s.rate_limited)],
+    )
+    metric(
+        "requests_skipped_total",
+        "counter",
+        "Requests not mirrored by rule.",
+        [(f'{{reason="{_esc(k)}"}}', v) for k, v in sorted(s.skipped.items())]
+        or [('{reason="none"}', 0)],
+    )
+    metric(
+        "shadow_errors_total",
+        "counter",
+        "Shadow requests that failed, by kind.",
+        [(f'{{kind="{_esc(k)}"}}', v) for k, v in sorted(s.shadow_errors.items())]
+        or [('{kind="none"}', 0)],
+    )
+    metric(
+        "responses_5xx_total",
+        "counter",
+        "5xx responses by side.",
+        [('{side="primary"}', s.primary_5xx), ('{side="shadow"}', s.shadow_5xx)],
+    )
     metric("exchanges_total", "counter", "Exchanges rebuilt from the wire.", [("", s.exchanges)])
-    metric("pairs_total", "counter", "Shadow results paired with the primary's exchange.", [("", s.pairs)])
-    metric("unpaired_total", "counter", "Results or exchanges evicted unpaired.", [("", s.unpaired)])
-    metric("capture_drops_total", "counter", "Packets lost by the capture.", [("", s.capture_drops)])
-    metric("queue_depth", "gauge", "Requests waiting to be sent to the shadow.", [("", s.queue_depth)])
+    metric(
+        "pairs_total",
+        "counter",
+        "Shadow results paired with the primary's exchange.",
+        [("", s.pairs)],
+    )
+    metric(
+        "unpaired_total", "counter", "Results or exchanges evicted unpaired.", [("", s.unpaired)]
+    )
+    metric(
+        "capture_drops_total", "counter", "Packets lost by the capture.", [("", s.capture_drops)]
+    )
+    metric(
+        "queue_depth", "gauge", "Requests waiting to be sent to the shadow.", [("", s.queue_depth)]
+    )
     metric("queue_capacity", "gauge", "The queue's bound.", [("", s.queue_max)])
     metric("in_flight", "gauge", "Requests in flight to the shadow.", [("", s.in_flight)])
-    metric("divergence_ratio", "gauge", "Compare's endpoint divergences (error-rate increase or "
-           "share of pairs with a field differing beyond noise), weighted by pairs.",
-           [("", float("nan") if s.divergence is None else float(s.divergence))])
-    metric("verdict", "gauge", "The comparison's verdict so far (1 on the current one).",
-           [(f'{{verdict="{v}"}}', 1 if (s.verdict or "").lower() == v else 0) for v in _VERDICTS])
-    lines += s.lag.prometheus(p + "lag_seconds", "From the request's last byte on the wire to its "
-                              "send to the shadow.")
-    lines += s.primary_latency.prometheus(p + "primary_latency_seconds", "The primary's response "
-                                          "time as seen on the wire (first request byte to last "
-                                          "response byte).")
-    lines += s.shadow_latency.prometheus(p + "shadow_latency_seconds", "The shadow's response time.")
+    metric(
+        "divergence_ratio",
+        "gauge",
+        "Compare's endpoint divergences (error-rate increase or "
+        "share of pairs with a field differing beyond noise), weighted by pairs.",
+        [("", float("nan") if s.divergence is None else float(s.divergence))],
+    )
+    metric(
+        "verdict",
+        "gauge",
+        "The comparison's verdict so far (1 on the current one).",
+        [(f'{{verdict="{v}"}}', 1 if (s.verdict or "").lower() == v else 0) for v in _VERDICTS],
+    )
+    lines += s.lag.prometheus(
+        p + "lag_seconds", "From the request's last byte on the wire to its send to the shadow."
+    )
+    lines += s.primary_latency.prometheus(
+        p + "primary_latency_seconds",
+        "The primary's response "
+        "time as seen on the wire (first request byte to last "
+        "response byte).",
+    )
+    lines += s.shadow_latency.prometheus(
+        p + "shadow_latency_seconds", "The shadow's response time."
+    )
     return "\n".join(lines) + "\n"

@@ -12,13 +12,15 @@ from __future__ import annotations
 import os
 
 
-def lower_priority(nice: int, sched_idle: bool) -> None:
+def lower_priority(nice: int, sched_idle: bool) -> bool:
     """Add ``nice`` to this process's nice value and, with ``sched_idle``, move it to SCHED_IDLE
-    (silently left as it is where the kernel refuses)."""
+    (left as it is where the kernel refuses). True when the process runs under SCHED_IDLE."""
     if nice:
         os.nice(nice)
     if sched_idle and hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
         try:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return True
         except OSError:
             pass
+    return False

@@ -6,24 +6,48 @@ import os
 import time
 from dataclasses import replace
 
+from shadowtap.codec import FrameReader, frame
+from shadowtap.mirror.capture_child import CODEC, Captured, CaptureFigures, Outbox, Started, decode
 from shadowtap.mirror.sender import Pending
-from shadowtap.mirror.capture_child import EXC, REQ, Decoder, Outbox, decode, encode_exchange, encode_request
+from shadowtap.records import Exchange, H2Stream, Request, Response
 from shadowtap.replay.policy import Policy, Target
-from shadowtap.records import Exchange, Request, Response
 
 
 def _exchange(i: int = 1) -> Exchange:
-    req = Request(ts=1.5, end_ts=1.6, version="HTTP/1.1", headers=(("Host", "a"), ("Authorization", "x")),
-                  body=b"\x00\xffbin", body_len=5, method="POST", target=f"/v1/predict?i={i}")
-    resp = Response(ts=1.7, end_ts=1.8, version="HTTP/1.1", headers=(("Content-Type", "application/json"),),
-                    body=b'{"a": 1}', body_len=8, decoded_len=8, status=201, reason="Created")
-    return Exchange(id=f"{i:016x}", client="10.0.0.1:4000", server="[::1]:8080", index=i, request=req,
-                    response=resp, anomalies=("gap",), ttfb_ms=0.1, total_ms=0.3,
-                    chunks=((4, 1.75), (8, 1.8)))  # a streamed body's timed pieces travel too
-
-
-def _frame(payload: bytes) -> bytes:
-    return len(payload).to_bytes(4, "little") + payload
+    req = Request(
+        ts=1.5,
+        end_ts=1.6,
+        version="HTTP/1.1",
+        headers=(("Host", "a"), ("Authorization", "x")),
+        body=b"\x00\xffbin",
+        body_len=5,
+        method="POST",
+        target=f"/v1/predict?i={i}",
+    )
+    resp = Response(
+        ts=1.7,
+        end_ts=1.8,
+        version="HTTP/1.1",
+        headers=(("Content-Type", "application/json"),),
+        body=b'{"a": 1}',
+        body_len=8,
+        decoded_len=8,
+        status=201,
+        reason="Created",
+    )
+    return Exchange(
+        id=f"{i:016x}",
+        client="10.0.0.1:4000",
+        server="[::1]:8080",
+        index=i,
+        request=req,
+        response=resp,
+        anomalies=("gap",),
+        ttfb_ms=0.1,
+        total_ms=0.3,
+        h2=H2Stream(stream_id=3),
+        chunks=((4, 1.75), (8, 1.8)),  # a streamed body's timed pieces travel too
+    )
 
 
 def test_records_survive_the_frames_whatever_the_splits():
@@ -31,17 +55,21 @@ def test_records_survive_the_frames_whatever_the_splits():
     half = Exchange(id="h", client="c:1", server="s:2", index=0, request=ex.request, response=None)
     prepared = Policy(target=Target.parse("http://10.9.9.9:81"), allow_unsafe=True).decide(ex)
     item = Pending(ex.id, prepared, 1.6, 123.0)
-    stream = b"".join(_frame(p) for p in (encode_exchange(ex, True), encode_request(item), encode_exchange(half, False)))
+    sent = [
+        Captured(ex, True),
+        item,
+        Captured(half, False),
+        Started("eBPF on x", "auto"),
+        CaptureFigures(seen=3, counts=(("queued", 2),), final=True),
+    ]
+    stream = b"".join(frame(CODEC.dumps(r)) for r in sent)
     for step in (1, 3, 7, len(stream)):
-        dec = Decoder()
+        reader = FrameReader()
         out = []
         for i in range(0, len(stream), step):
-            out += [decode(t) for t in dec.feed(stream[i:i + step])]
-        assert [k for k, _ in out] == [EXC, REQ, EXC]
-        assert out[0][1] == (ex, True)
-        assert out[2][1] == (half, False)
-        got = out[1][1]
-        assert got == item and got.outgoing.wire == prepared.wire
+            out += [decode(p) for p in reader.feed(stream[i : i + step])]
+        assert out == sent
+        assert out[1].outgoing.wire == prepared.wire and out[0].exchange.h2 == ex.h2
 
 
 def test_outbox_never_blocks_and_drops_the_oldest_when_nobody_reads():
@@ -49,17 +77,35 @@ def test_outbox_never_blocks_and_drops_the_oldest_when_nobody_reads():
     fcntl.fcntl(w, fcntl.F_SETFL, fcntl.fcntl(w, fcntl.F_GETFL) | os.O_NONBLOCK)
     box = Outbox(w, max_frames=100)
     prepared = Policy(target=Target.parse("http://10.9.9.9:81")).decide(
-        Exchange(id="x", client="c:1", server="s:2", index=0,
-                 request=Request(ts=1, end_ts=1, version="HTTP/1.1", headers=(), body=b"b" * 4000, body_len=4000,
-                                 method="GET", target="/"), response=None))
+        Exchange(
+            id="x",
+            client="c:1",
+            server="s:2",
+            index=0,
+            request=Request(
+                ts=1,
+                end_ts=1,
+                version="HTTP/1.1",
+                headers=(),
+                body=b"b" * 4000,
+                body_len=4000,
+                method="GET",
+                target="/",
+            ),
+            response=None,
+        )
+    )
     t0 = time.monotonic()
-    dropped = [box.put(Pending(str(i), replace(prepared, exchange_id=str(i)), 1.0, 1.0)) for i in range(2000)]  # ~8 MB: more than a pipe holds
+    dropped = [
+        box.put(Pending(str(i), replace(prepared, exchange_id=str(i)), 1.0, 1.0))
+        for i in range(2000)
+    ]  # ~8 MB: more than a pipe holds
     assert time.monotonic() - t0 < 5
     lost = [d.exchange_id for ds in dropped for d in ds]
     assert box.dropped_requests == len(lost) > 0
     assert lost == sorted(lost, key=int)  # oldest first
     # what was not dropped arrives, in order, once the reader reads
-    dec = Decoder()
+    reader = FrameReader()
     got: list[str] = []
     fcntl.fcntl(r, fcntl.F_SETFL, fcntl.fcntl(r, fcntl.F_GETFL) | os.O_NONBLOCK)
     while True:
@@ -70,7 +116,7 @@ def test_outbox_never_blocks_and_drops_the_oldest_when_nobody_reads():
             if not box._frames and not box._partial:
                 break
             continue
-        got += [decode(t)[1].exchange_id for t in dec.feed(data)]
+        got += [decode(p).exchange_id for p in reader.feed(data)]
     assert len(got) + len(lost) == 2000 and got == sorted(got, key=int)
     os.close(r)
     box.put(Pending("late", prepared, 1.0, 1.0))  # the reader is gone: broken, not an exception

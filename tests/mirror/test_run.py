@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from tests.support.prereq import require, require_root, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]

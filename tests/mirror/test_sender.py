@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from shadowtap.replay.client import Sender
 from shadowtap.mirror.sender import Admission, DropOldestQueue, Outcome, Pending, Pump, TokenBucket
-from shadowtap.replay.policy import Policy, Target
 from shadowtap.records import Exchange, Request
+from shadowtap.replay.client import Sender
+from shadowtap.replay.policy import Policy, Target
 
 
 def test_drop_oldest_keeps_the_newest_and_counts():

@@ -1,7 +1,13 @@
 import random
 import re
 
-from shadowtap.mirror.stats import EndpointLine, Histogram, MirrorSnapshot, log_line, prometheus_text
+from shadowtap.mirror.stats import (
+    EndpointLine,
+    Histogram,
+    MirrorSnapshot,
+    log_line,
+    prometheus_text,
+)
 
 
 def test_histogram_quantiles_within_bucket_error():
