@@ -38,6 +38,7 @@ import struct
 import time
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 from importlib import resources
 
 from shadowtap.capture import tls_libs
@@ -293,7 +294,7 @@ class TlsSource:
         self.libraries: list[tls_libs.TlsLibrary] = []
         self.removed_stale: list[str] = []
         self.framer = Framer()
-        self._bpf = None
+        self._bpf: Any = None  # bcc.BPF once open
         self._batch: list[Frame] = []
         self._pending: list[tuple[int, bytes]] = []  # perf buffer: (ts, record) awaiting reordering
         self._offset_ns = 0
@@ -379,7 +380,7 @@ class TlsSource:
         ensure_tracefs()
         self.libraries = self.find_libraries()
         try:
-            from bcc import BPF
+            from bcc import BPF  # optional (the distribution's bcc): loaded only to attach
         except ImportError as exc:
             raise PrerequisiteError(
                 "bcc's Python bindings are missing", hint="scripts/setup.sh"

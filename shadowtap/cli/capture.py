@@ -137,7 +137,7 @@ def capture(
         from shadowtap.capture.ebpf import EbpfSource
         from shadowtap.console import out
 
-        src = EbpfSource(iface, tuple(port or ()), buffer_mb=buffer_mb,
+        src = EbpfSource(iface or "", tuple(port or ()), buffer_mb=buffer_mb,
                          ringbuf=False if perf_buffer else None)
         out.print(src.program_text(), markup=False, highlight=False)
         return
