@@ -38,8 +38,8 @@ import struct
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 from importlib import resources
+from typing import Any
 
 from shadowtap.capture import tls_libs
 from shadowtap.capture.source import Frame, SourceStats
