@@ -124,6 +124,7 @@ def run_extract(
     max_held_bytes: int = 4 << 20,
     max_connections: int = 50_000,
     jobs: int = 0,
+    secret_headers: Sequence[str] = (),
 ) -> ExtractSummary:
     """The stage behind ``shadowtap extract``: write one JSON line per exchange to ``output``
     (``-`` stdout, ``.gz`` compressed, created 0600); on a terminal a progress bar on stderr, then a
@@ -138,6 +139,10 @@ def run_extract(
     total_bytes = _file_sizes(paths)
     options = {"ports": ports, "bpf_filter": bpf_filter, "max_body": max_body, "keep_secrets": keep_secrets,
                    "idle_timeout": idle_timeout, "max_held_bytes": max_held_bytes, "max_connections": max_connections}
+    if secret_headers and not keep_secrets:  # more headers than shadowtap.redact's rules name
+        from shadowtap.redact import Redactor
+
+        options["redactor"] = Redactor.default(secret_headers)
     ex = Extractor(**options)  # a bad filter fails here, before any worker starts
     if jobs <= 0:
         jobs = _auto_jobs(total_bytes)

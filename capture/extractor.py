@@ -282,7 +282,7 @@ class Extractor:
         # only those pay for it.
         # The names to look for in heads: one that contains another ("set-cookie", "cookie") is
         # found through it, so the default set is two substring searches a head.
-        names = sorted(self.redactor.names) if self.redactor is not None else []
+        names = sorted(self.redactor.watch_names) if self.redactor is not None else []
         self._watch = tuple(n for n in names if not any(m != n and m in n for m in names))
         if not protocols:
             raise ValueError("protocols: at least one")
@@ -583,8 +583,9 @@ class Extractor:
             elif ev == _EVENT_REQUEST:
                 if self.on_request is not None and txn.request is not None:
                     req = txn.request
-                    if self.redactor is not None and txn.secret:
-                        req = self.redactor.message(req)  # type: ignore[assignment]
+                    if self.redactor is not None:  # heads only when flagged; bodies, queries
+                        req = (self.redactor.message(req) if txn.secret  # type: ignore[assignment]
+                               else self.redactor.bodies(req))
                     assert req is not None
                     self.on_request(RequestEvent(_id(conn, txn.index), conn.client, conn.server, txn.index, req))
             else:  # DONE
@@ -651,6 +652,6 @@ class Extractor:
         else:
             ex = Exchange(eid, conn.client, conn.server, txn.index, req, resp, anomalies, ttfb,
                           total, chunks=txn.chunks)
-        if self.redactor is not None and txn.secret:
-            ex = self.redactor.exchange(ex)
+        if self.redactor is not None:  # heads only when flagged; JSON and form bodies always
+            ex = self.redactor.exchange(ex, head=txn.secret)
         return ex

@@ -1,61 +1,45 @@
 """Side-by-side samples of differing responses for the reports, with secrets redacted.
 
-Secret headers (Authorization, Cookie, Set-Cookie, ...) and JSON fields or query/form parameters
-whose names say they hold a secret (password, token, api_key, session, ...) are replaced by
-``[redacted]``. Bodies are cut at ``max_body`` characters. Cost: O(kept bytes), paid only for the
-first few differences of each field.
+What is a secret is shadowtap.redact's decision (one set of rules for every command, by names
+and value shapes: ``usage.completion_tokens`` is a count, ``access_token`` a secret); here secret
+values are shown as ``[redacted]``. Bodies are cut at ``max_body`` characters. Cost: O(kept
+bytes), paid only for the first few differences of each field; a body excerpt walks at most a
+bounded number of JSON values (an excerpt shows only the beginning).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
 
-from shadowtap.redact import DEFAULT_SECRET_HEADERS
+from shadowtap.redact import REPORT_REDACTED, report_json, report_text, rules
 
-REDACTED = "[redacted]"
-_SECRET_NAME = re.compile(
-    r"pass(word|wd|phrase)?|secret|token|api[-_]?key|authori[sz]ation|cookie|session|credential"
-    r"|private[-_]?key"
-    r"|ssn|card[-_]?number|cvv",
-    re.IGNORECASE,
-)
-_TEXT_SECRET = re.compile(
-    r"""(?P<k>["']?[\w-]*(?:pass(?:word|wd)?|secret|token|api[-_]?key|authori[sz]ation"""
-    r"""|session\w*)["']?\s*[:=]\s*)"""
-    r"""(?P<v>"[^"]*"|'[^']*'|[^&\s,;"'}<]+)""",
-    re.IGNORECASE,
-)
+REDACTED = REPORT_REDACTED
 _VALUE_MAX = 300
 
 
 def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name))
+    return rules().is_secret_name(name)
 
 
 def redact_json(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: (REDACTED if is_secret_name(str(k)) else redact_json(v))
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact_json(v) for v in value]
-    return value
+    return report_json(value)
 
 
 def redact_text(text: str) -> str:
-    return _TEXT_SECRET.sub(lambda m: m.group("k") + REDACTED, text)
+    return report_text(text)
 
 
 def redact_field(path: str, value: Any) -> Any:
     """A difference's value for display: redacted when its path names a secret, cut when long."""
     last = path.rsplit(".", 1)[-1]
+    r = rules()
     if path.startswith("header."):
-        if last in DEFAULT_SECRET_HEADERS or is_secret_name(last):
+        if r.is_secret_header(last) or (isinstance(value, str) and r.is_secret_value(value)):
             return None if value is None else REDACTED
         return value
-    if value is not None and is_secret_name(last.replace("[]", "")):
+    if isinstance(value, str) and is_secret_name(last.replace("[]", "")):
         return REDACTED
     try:
         value = redact_json(value)
@@ -78,9 +62,16 @@ def body_excerpt(raw: bytes, parsed: Any, is_json: bool, limit: int) -> str:
     text = None
     if is_json:
         try:
-            text = orjson.dumps(redact_json(parsed), option=orjson.OPT_INDENT_2).decode()
+            # At most ~limit values walked: the excerpt is cut at limit characters anyway.
+            shown = report_json(parsed, [max(limit, 64)])
+            text = orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode()
         except (TypeError, RecursionError):  # nested too deep to pretty-print: as text below
             text = None
+        else:
+            total = len(raw)
+            if len(text) > limit:
+                return text[:limit] + f"\n... (a {total}-byte body)"
+            return text
     if text is None:
         try:
             text = raw[: limit * 2].decode("utf-8")

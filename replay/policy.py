@@ -41,9 +41,11 @@ from shadowtap.replay.captured_server import Endpoint, ServerCheck, ThisHost
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 # Headers the client owns: framing and connection management are re-done for the target.
+# Proxy-Authorization is the client's credential for a proxy on its way, never for the shadow
+# (issue 12 item 10: the mirror forwarded it).
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "upgrade", "transfer-encoding",
-     "content-length", "expect", "host"}
+     "content-length", "expect", "host", "proxy-authorization"}
 )
 _METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
@@ -59,6 +61,10 @@ class SkipReason(enum.Enum):
     # A method or header name that is no token, CR/LF/NUL in the target or a value: sent, it
     # would be another request on the wire (CRLF injection). records.request_line_problem.
     UNSENDABLE = "unsendable"
+    # Read back from a redacted capture: a header, query parameter or body field holds a
+    # ``redacted:<hash>`` placeholder that no --substitute/--set-header/--drop-header replaces
+    # (sent, it draws 401s that look like regressions). replay --redacted send sends them.
+    REDACTED = "redacted_secret"
 
 
 @dataclass(frozen=True, slots=True)

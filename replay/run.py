@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 
 from shadowtap.replay.client import Sender, TlsOptions
 from shadowtap.replay.grpc_client import GrpcSender, Router
-from shadowtap.replay.policy import Policy, Prepared, Skip
+from shadowtap.replay.policy import Policy, Prepared, Skip, SkipReason
 from shadowtap.replay.schedule import Timing, schedule
 
 from shadowtap import console
 from shadowtap.errors import InputError, TargetError
 from shadowtap.jsonl import JsonlWriter, read_jsonl
 from shadowtap.records import Exchange, Result
+from shadowtap.redact import Redactor, placeholders, substitute
 
 # Under recorded timing, a target that falls behind makes requests queue in the Sender; past this
 # many the scheduler waits (its lag shows it) instead of growing memory without bound.
@@ -58,7 +59,12 @@ class ReplayConfig:
     # pcap input only:
     ports: tuple[int, ...] = ()
     bpf_filter: str | None = None
-    keep_secrets: bool = False
+    keep_secrets: bool = False  # pcap input not redacted, and results not redacted either
+    # Requests holding redacted placeholders: "skip" them (counted, warned about) or "send" them
+    # as they are; ``substitute`` (lower-case name -> value) replaces a placeholder of that header,
+    # query parameter, form or JSON field first.
+    redacted: str = "skip"
+    substitute: tuple[tuple[str, str], ...] = ()
     progress: bool | None = None  # None: on a terminal
     json_summary: bool = False  # the summary as one JSON object on stdout too
 
@@ -87,6 +93,11 @@ class ReplaySummary:
     elapsed: float = 0.0
     cpu: float = 0.0  # CPU seconds this process spent while sending (near elapsed: the client is the limit)
     interrupted: bool = False
+    redacted: int = 0  # requests read holding redacted placeholders (skipped unless --redacted send)
+    substituted: int = 0  # requests whose placeholders --substitute replaced
+    # Set by the input pass for the exchange it has just yielded (the passes are chained
+    # generators: the planner reads it before pulling the next), so memory stays O(1).
+    skip_redacted: bool = False
 
     def add(self, result: Result) -> None:
         self.sent += 1
@@ -152,6 +163,47 @@ def open_source(cfg: ReplayConfig, summary: ReplaySummary) -> Callable[[], Itera
     return pcap_pass
 
 
+def _unredacting(source: Callable[[], Iterable[Exchange]], cfg: ReplayConfig,
+                 summary: ReplaySummary) -> Callable[[], Iterator[Exchange]]:
+    """Passes over the input with redacted placeholders dealt with by rule: substituted where
+    ``cfg.substitute`` names them, then (``redacted="skip"``) requests that still hold one are
+    marked for skipping (``summary.redacted``, a warning on the first). A placeholder in a header
+    the policy drops or sets does not count: it is never sent."""
+    values = {n.lower(): v for n, v in cfg.substitute}
+    from shadowtap.capture.pcapfile import sniff_path
+
+    capture = sniff_path(cfg.input) is not None
+    from shadowtap.replay.policy import _HOP_BY_HOP  # headers the Policy never forwards
+
+    replaced = cfg.policy.drop_headers | {n.lower() for n, _ in cfg.policy.set_headers} | _HOP_BY_HOP
+
+    def unredacted() -> Iterator[Exchange]:
+        for ex in source():
+            req = ex.request
+            summary.skip_redacted = False
+            # memmem-speed tests first: the placeholder's prefix anywhere in the request
+            if req is not None and (b"redacted:" in req.body or "redacted:" in req.target
+                                    or any("redacted:" in v for _, v in req.headers)):
+                new = substitute(req, values)
+                if new is not req:
+                    ex = replace(ex, request=new)
+                    summary.substituted += 1
+                where = [w for w in placeholders(new) if not (w.startswith("header ")
+                                                              and w[7:].lower() in replaced)]
+                if where and cfg.redacted == "skip":
+                    summary.redacted += 1
+                    summary.skip_redacted = True
+                    if summary.redacted == 1:
+                        console.warn(
+                            f"requests carry redacted secrets ({', '.join(where)}; exchange {ex.id}): "
+                            "skipped, the shadow would answer the placeholders with 401s; give it "
+                            "credentials with --substitute NAME=VALUE or --set-header, or send them "
+                            "as they are with --redacted send"
+                            + ("; from a capture, --keep-secrets sends the captured ones" if capture else ""))
+            yield ex
+    return unredacted
+
+
 def _counting(source: Callable[[], Iterable[Exchange]], summary: ReplaySummary) -> Callable[[], Iterator[Exchange]]:
     def counted() -> Iterator[Exchange]:
         for ex in source():
@@ -166,8 +218,10 @@ def run_replay(cfg: ReplayConfig) -> ReplaySummary:
     if cfg.json_summary and cfg.output == "-":
         raise InputError("the results go to stdout (-o -): the JSON summary cannot too",
                          field="json_summary")
+    if cfg.redacted not in ("skip", "send"):
+        raise InputError(f"must be 'skip' or 'send', not {cfg.redacted!r}", field="redacted")
     summary = ReplaySummary()
-    source = _counting(open_source(cfg, summary), summary)
+    source = _counting(_unredacting(open_source(cfg, summary), cfg, summary), summary)
     writer = JsonlWriter(cfg.output) if cfg.output else None
     try:
         _run_loop(_replay(cfg, source, writer, summary))
@@ -226,6 +280,8 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
     stop = asyncio.Event()
     first_error: list[BaseException] = []
 
+    redactor = None if cfg.keep_secrets else Redactor.default()  # the shadow's Set-Cookie, tokens
+
     def on_result(result: Result) -> None:
         if http.refused is not None and not first_error:  # a peer is the captured server
             first_error.append(http.refused)
@@ -234,7 +290,7 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
         try:
             summary.add(result)
             if writer is not None:
-                writer.write(result.to_json())
+                writer.write((redactor.result(result) if redactor is not None else result).to_json())
         except BaseException as exc:  # noqa: BLE001 - a failing writer must stop the run, not vanish
             if not first_error:
                 first_error.append(exc)
@@ -329,6 +385,10 @@ def _plan(source: Callable[[], Iterable[Exchange]], policy: Policy,
         decide = policy.decide
         skipped = summary.skipped
         for ex in source():
+            if summary.skip_redacted:
+                skipped[SkipReason.REDACTED.value] += 1
+                yield Planned(ex.ts, Skip(SkipReason.REDACTED))
+                continue
             decision = decide(ex)
             if isinstance(decision, Skip):
                 skipped[decision.reason.value] += 1

@@ -49,6 +49,8 @@ def _encode_body(body: bytes) -> tuple[str, str]:
 
 
 def _decode_body(text: str, encoding: str) -> bytes:
+    if not isinstance(text, str):
+        raise TypeError(f"body: not a string: {type(text).__name__}")
     if encoding == "utf8":
         return text.encode("utf-8")
     if encoding == "base64":

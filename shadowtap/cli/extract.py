@@ -23,7 +23,10 @@ def extract(
     max_body: Annotated[int, typer.Option("--max-body",
             help="Body bytes kept per message; body_len still counts them all.", min=0)] = 1 << 20,
     keep_secrets: Annotated[bool, typer.Option("--keep-secrets",
-            help="Keep Authorization/Cookie/Set-Cookie values instead of keyed hashes.")] = False,
+            help="Keep secrets (Authorization, Cookie, API keys, tokens in queries and JSON/form "
+                 "bodies: docs/security.md) instead of keyed hashes.")] = False,
+    secret_header: Annotated[list[str] | None, typer.Option("--secret-header",
+            help="Another header to redact (repeatable).")] = None,
     idle_timeout: Annotated[float, typer.Option("--idle-timeout",
             help="Seconds of capture time before an idle connection is evicted.",
             min=0.001)] = 120.0,
@@ -45,5 +48,5 @@ def extract(
     run_extract(
         captures, output, ports=port or (), bpf_filter=bpf_filter, max_body=max_body,
         keep_secrets=keep_secrets, idle_timeout=idle_timeout, max_held_bytes=max_buffer,
-        max_connections=max_connections, jobs=jobs,
+        max_connections=max_connections, jobs=jobs, secret_headers=tuple(secret_header or ()),
     )

@@ -63,7 +63,14 @@ def replay(
     bpf_filter: Annotated[str | None, typer.Option("--filter", help="pcap input: BPF filter."
     )] = None,
     keep_secrets: Annotated[bool, typer.Option("--keep-secrets",
-            help="pcap input: do not redact secret headers.")] = False,
+            help="Do not redact secrets: in a pcap input, and in the results (the shadow's "
+                 "Set-Cookie, tokens).")] = False,
+    redacted: Annotated[str, typer.Option("--redacted",
+            help="Requests holding redacted placeholders (read back from a redacted capture): "
+                 "'skip' (counted, warned) or 'send' as they are.")] = "skip",
+    substitute: Annotated[list[str] | None, typer.Option("--substitute",
+            help="NAME=VALUE: a placeholder of this header, query parameter or form/JSON field is "
+                 "replaced by VALUE (e.g. a test credential). Repeatable.")] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
             help="Progress line (default: on a terminal).")] = None,
     json_summary: Annotated[bool, typer.Option("--json",
@@ -108,8 +115,21 @@ def replay(
         per_connection=not pool, timeout=timeout, connect_timeout=connect_timeout,
         max_body=max_body, check_target=check, preload=preload, ports=tuple(port or ()),
         bpf_filter=bpf_filter, keep_secrets=keep_secrets,
-        progress=progress, json_summary=json_summary,
+        progress=progress, json_summary=json_summary, redacted=redacted,
+        substitute=_pairs(substitute or ()),
     )
     summary = run_replay(cfg)
     if summary.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _pairs(values: list[str] | tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    from shadowtap.errors import InputError
+
+    out = []
+    for v in values:
+        name, sep, value = v.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"{v!r} is not NAME=VALUE", where="--substitute")
+        out.append((name.strip(), value))
+    return tuple(out)

@@ -15,12 +15,19 @@ from shadowtap.jsonl import JsonlWriter, check_directory, create_private
 from tests.support.prereq import require_root
 
 NOBODY = 65534
-PCAP = os.path.join(os.path.dirname(__file__), "..", "data", "suricata", "http-chunked", "input.pcap")
+PCAP = os.path.join(
+    os.path.dirname(__file__), "..", "data", "suricata", "http-chunked", "input.pcap"
+)
 
 
 def shadowtap(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shadowtap", *args], check=False, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "shadowtap", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture
@@ -115,8 +122,20 @@ def test_the_mirror_refuses_a_run_directory_others_can_write(tmp_path):
     shared.mkdir()
     shared.chmod(0o777)
     os.chown(shared, NOBODY, NOBODY)
-    p = shadowtap("mirror", "-i", "lo", "-p", "9", "-s", "http://127.0.0.1:9", "--run-dir", str(shared),
-                  "--duration", "1", "--force")
+    p = shadowtap(
+        "mirror",
+        "-i",
+        "lo",
+        "-p",
+        "9",
+        "-s",
+        "http://127.0.0.1:9",
+        "--run-dir",
+        str(shared),
+        "--duration",
+        "1",
+        "--force",
+    )
     assert p.returncode == 3, p.stderr
     assert "refusing a directory other users can write" in p.stderr
     assert list(shared.iterdir()) == []

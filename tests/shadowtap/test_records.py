@@ -14,24 +14,31 @@ from shadowtap.records import Exchange, Request, Response, Result, exchange_id
 def exchange_json() -> dict:
     req = Request(1.0, 1.0, "HTTP/1.1", (("Host", "a"),), method="GET", target="/")
     resp = Response(1.1, 1.2, "HTTP/1.1", (), b"ok", 2, decoded_len=2, status=200, reason="OK")
-    return Exchange(exchange_id("c", "s", 1.0, 0), "10.0.0.1:1", "10.0.0.2:80", 0, req, resp).to_json()
+    return Exchange(
+        exchange_id("c", "s", 1.0, 0), "10.0.0.1:1", "10.0.0.2:80", 0, req, resp
+    ).to_json()
 
 
-@pytest.mark.parametrize(("where", "key", "value", "message"), [
-    ("request", "ts", "NaN", "request.ts: not a number: 'NaN'"),
-    ("request", "ts", float("nan"), "request.ts: not a finite number"),
-    ("request", "end_ts", float("inf"), "request.end_ts: not a finite number"),
-    ("response", "ts", True, "response.ts: not a number: True"),
-    ("request", "body_len", -1, "request.body_len: not a count"),
-    ("response", "decoded_len", -3, "response.decoded_len: not a count"),
-    ("response", "status", "200", "response.status: not a status code"),
-    ("response", "status", 1000, "response.status: not a status code"),
-    ("", "ttfb_ms", float("nan"), "ttfb_ms: not a finite number"),
-])
+@pytest.mark.parametrize(
+    ("where", "key", "value", "message"),
+    [
+        ("request", "ts", "NaN", "request.ts: not a number: 'NaN'"),
+        ("request", "ts", float("nan"), "request.ts: not a finite number"),
+        ("request", "end_ts", float("inf"), "request.end_ts: not a finite number"),
+        ("response", "ts", True, "response.ts: not a number: True"),
+        ("request", "body_len", -1, "request.body_len: not a count"),
+        ("response", "decoded_len", -3, "response.decoded_len: not a count"),
+        ("response", "status", "200", "response.status: not a status code"),
+        ("response", "status", 1000, "response.status: not a status code"),
+        ("", "ttfb_ms", float("nan"), "ttfb_ms: not a finite number"),
+    ],
+)
 def test_exchange_values_are_checked(tmp_path, where, key, value, message):
     d = exchange_json()
     (d[where] if where else d)[key] = value
-    with pytest.raises((ValueError, TypeError)) as e:  # the decoder (NaN and Infinity reach it from Python)
+    with pytest.raises(
+        (ValueError, TypeError)
+    ) as e:  # the decoder (NaN and Infinity reach it from Python)
         Exchange.from_json(d)
     assert message in str(e.value)
     if isinstance(value, float):
@@ -44,8 +51,15 @@ def test_exchange_values_are_checked(tmp_path, where, key, value, message):
 
 
 def test_result_times_are_checked():
-    d = {"schema": 1, "exchange_id": "x", "target": "http://a/", "scheduled": "NaN", "sent": 1.0,
-         "response": None, "error": None}
+    d = {
+        "schema": 1,
+        "exchange_id": "x",
+        "target": "http://a/",
+        "scheduled": "NaN",
+        "sent": 1.0,
+        "response": None,
+        "error": None,
+    }
     with pytest.raises(TypeError, match="scheduled: not a number: 'NaN'"):
         Result.from_json(d)
     d["scheduled"] = float("nan")

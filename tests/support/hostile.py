@@ -6,6 +6,7 @@ socket server (in a thread with its own loop) whose answer depends on the reques
 - ``/reason-forever``: a status line whose reason phrase never ends;
 - ``/interim-forever``: ``100 Continue`` answers, forever;
 - ``/many-headers``: 5,000 small headers, then a normal end (a finite head over the count cap);
+- ``/secret``: a login answer with a Set-Cookie and an access token (hostile_pcaps.SECRET_RESPONSE);
 - anything else: ``200 OK`` with a small body (the run goes on after the hostile ones).
 
 Every forever-sender stops when the peer closes (a write fails) or after ``MAX_SECONDS``.
@@ -71,6 +72,12 @@ class HostileServer:
             writer.write(
                 b"HTTP/1.1 200 OK\r\n" + b"X-H: 1\r\n" * 5000 + b"Content-Length: 2\r\n\r\nok"
             )
+            await writer.drain()
+            return True
+        if path.startswith("/secret"):
+            from tests.support.hostile_pcaps import SECRET_RESPONSE
+
+            writer.write(SECRET_RESPONSE)
             await writer.drain()
             return True
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")
