@@ -236,7 +236,8 @@ class _Conn(asyncio.Protocol):
             # max_head plus one read of the head.
             job.head_bytes += len(data)
             if job.head_bytes - len(data) > self.sender.limits.max_head:
-                self._fail("protocol", f"response head longer than {self.sender.limits.max_head} bytes")
+                limit = self.sender.limits.max_head
+                self._fail("protocol", f"response head longer than {limit} bytes")
                 return
         try:
             self.parser.feed_data(data)
@@ -311,7 +312,8 @@ class _Conn(asyncio.Protocol):
             # an interim answer (100 Continue, 103 Early Hints): the final one follows
             job.interim += 1
             if job.interim > self.sender.limits.max_interim:
-                self._fail("protocol", f"more than {self.sender.limits.max_interim} interim (1xx) answers")
+                limit = self.sender.limits.max_interim
+                self._fail("protocol", f"more than {limit} interim (1xx) answers")
             return
         job.in_final = True
         if job.prepared.is_head:

@@ -93,7 +93,7 @@ class ReplaySummary:
     elapsed: float = 0.0
     cpu: float = 0.0  # CPU seconds this process spent while sending (near elapsed: the client is the limit)
     interrupted: bool = False
-    redacted: int = 0  # requests read holding redacted placeholders (skipped unless --redacted send)
+    redacted: int = 0  # requests read holding redacted placeholders (skipped unless "send")
     substituted: int = 0  # requests whose placeholders --substitute replaced
     # Set by the input pass for the exchange it has just yielded (the passes are chained
     # generators: the planner reads it before pulling the next), so memory stays O(1).
@@ -175,7 +175,8 @@ def _unredacting(source: Callable[[], Iterable[Exchange]], cfg: ReplayConfig,
     capture = sniff_path(cfg.input) is not None
     from shadowtap.replay.policy import _HOP_BY_HOP  # headers the Policy never forwards
 
-    replaced = cfg.policy.drop_headers | {n.lower() for n, _ in cfg.policy.set_headers} | _HOP_BY_HOP
+    replaced = (cfg.policy.drop_headers | {n.lower() for n, _ in cfg.policy.set_headers}
+                | _HOP_BY_HOP)
 
     def unredacted() -> Iterator[Exchange]:
         for ex in source():
@@ -194,12 +195,13 @@ def _unredacting(source: Callable[[], Iterable[Exchange]], cfg: ReplayConfig,
                     summary.redacted += 1
                     summary.skip_redacted = True
                     if summary.redacted == 1:
+                        hint = "; from a capture, --keep-secrets sends the captured ones"
                         console.warn(
-                            f"requests carry redacted secrets ({', '.join(where)}; exchange {ex.id}): "
-                            "skipped, the shadow would answer the placeholders with 401s; give it "
-                            "credentials with --substitute NAME=VALUE or --set-header, or send them "
-                            "as they are with --redacted send"
-                            + ("; from a capture, --keep-secrets sends the captured ones" if capture else ""))
+                            f"requests carry redacted secrets ({', '.join(where)}; exchange "
+                            f"{ex.id}): skipped, the shadow would answer the placeholders with "
+                            "401s; give it credentials with --substitute NAME=VALUE or "
+                            "--set-header, or send them as they are with --redacted send"
+                            + (hint if capture else ""))
             yield ex
     return unredacted
 
@@ -290,7 +292,8 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
         try:
             summary.add(result)
             if writer is not None:
-                writer.write((redactor.result(result) if redactor is not None else result).to_json())
+                shown = redactor.result(result) if redactor is not None else result
+                writer.write(shown.to_json())
         except BaseException as exc:  # noqa: BLE001 - a failing writer must stop the run, not vanish
             if not first_error:
                 first_error.append(exc)

@@ -40,8 +40,9 @@ def check_directory(path: str) -> None:
         raise InputError("not a directory", where=path)
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and st.st_uid != os.geteuid():
         raise InputError(
-            f"refusing a directory other users can write (mode {stat.S_IMODE(st.st_mode):o}, owner uid "
-            f"{st.st_uid}): they could plant a link or a file where the output goes", where=path,
+            f"refusing a directory other users can write (mode {stat.S_IMODE(st.st_mode):o}, "
+            f"owner uid {st.st_uid}): they could plant a link or a file where the output goes",
+            where=path,
             hint="write into a directory you own that others cannot write (e.g. a 0700 folder)")
 
 
@@ -86,7 +87,8 @@ def create_private(path: str, *, binary: bool = True) -> IO[Any]:
             problem = f"the file belongs to uid {st.st_uid} in a directory others can write"
         if problem is not None:
             os.close(fd)
-            raise InputError(f"refusing to write: {problem}", where=path, hint="remove it, or write elsewhere")
+            raise InputError(f"refusing to write: {problem}", where=path,
+                             hint="remove it, or write elsewhere")
         os.ftruncate(fd, 0)
         os.fchmod(fd, 0o600)
     # 64 KiB buffers: a write syscall per ~100 exchanges, not per ~10 (writers flush every second).

@@ -86,7 +86,7 @@ def request_line_problem(method: str, target: str, headers: Headers) -> str | No
         if not is_token(name):
             return f"header name {name[:40]!r} is not a token (RFC 9110)"
         if _VALUE_BAD.search(value) is not None:
-            return f"header {name!r}: value {value[:60]!r} holds a control character (CR, LF, NUL...)"
+            return f"header {name!r}: value {value[:60]!r} holds a control character (CR, LF, NUL)"
     return None
 
 
@@ -202,7 +202,8 @@ class Request(Message):
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Request:
-        return cls(method=str(d["method"]), target=str(d["target"]), **cls._common_kwargs(d, "request."))
+        return cls(method=str(d["method"]), target=str(d["target"]),
+                   **cls._common_kwargs(d, "request."))
 
     def send_problem(self) -> str | None:
         """Why this request cannot be sent as one request (``request_line_problem``), or None.

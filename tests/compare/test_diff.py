@@ -257,9 +257,11 @@ def test_wide_diffs_are_cut_at_the_pair_budget():
 
     def resp(v):
         body = orjson.dumps(v)
-        return Response(0.0, 0.0, "HTTP/1.1", (("Content-Type", "application/json"),), body, len(body), status=200)
+        return Response(0.0, 0.0, "HTTP/1.1", (("Content-Type", "application/json"),), body,
+                        len(body), status=200)
 
-    pair = diff_responses(resp({"a": p}), resp({"a": s}), IGN, exact, max_walk=5000, max_differences=100)
+    pair = diff_responses(resp({"a": p}), resp({"a": s}), IGN, exact, max_walk=5000,
+                          max_differences=100)
     assert pair.cut
     assert [d.path for d in pair.differences].count("body.a[]") == 100
     assert pair.differences[-1].path == CUT_PATH and pair.differences[-1].kind is Kind.SIZE

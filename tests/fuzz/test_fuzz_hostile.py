@@ -20,20 +20,29 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shadowtap.compare.config import _build, CompareConfig
-from shadowtap.compare.diff import Budget, diff_json
 from shadowtap.capture.pcapfile import sniff_format
+from shadowtap.compare.config import CompareConfig, _build
+from shadowtap.compare.diff import Budget, diff_json
 from shadowtap.errors import InputError
 from shadowtap.records import Exchange, Request, Result, request_line_problem
 from shadowtap.redact import Redactor, SecretRules
 
-BUDGET = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")), deadline=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+BUDGET = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
-                         st.text(max_size=20))
-json_values = st.recursive(json_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=8), inner, max_size=5)), max_leaves=30)
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=8), inner, max_size=5)
+    ),
+    max_leaves=30,
+)
 
 
 def _exchange_dict() -> dict:
@@ -41,8 +50,18 @@ def _exchange_dict() -> dict:
     return Exchange("x", "10.0.0.1:1", "10.0.0.2:80", 0, req, None).to_json()
 
 
-KEYS = ("ts", "end_ts", "version", "headers", "body", "body_encoding", "body_len", "decoded_len",
-        "method", "target")
+KEYS = (
+    "ts",
+    "end_ts",
+    "version",
+    "headers",
+    "body",
+    "body_encoding",
+    "body_len",
+    "decoded_len",
+    "method",
+    "target",
+)
 
 
 @BUDGET
@@ -60,11 +79,24 @@ def test_record_decoding_raises_only_what_the_reader_reports(changes):
 
 
 @BUDGET
-@given(st.dictionaries(st.sampled_from(("scheduled", "sent", "ttfb_ms", "total_ms", "copy")),
-                       json_values, max_size=3))
+@given(
+    st.dictionaries(
+        st.sampled_from(("scheduled", "sent", "ttfb_ms", "total_ms", "copy")),
+        json_values,
+        max_size=3,
+    )
+)
 def test_result_decoding(changes):
-    d = {"schema": 1, "exchange_id": "x", "target": "http://a/", "scheduled": 1.0, "sent": 1.0,
-         "response": None, "error": None, **changes}
+    d = {
+        "schema": 1,
+        "exchange_id": "x",
+        "target": "http://a/",
+        "scheduled": 1.0,
+        "sent": 1.0,
+        "response": None,
+        "error": None,
+        **changes,
+    }
     try:
         Result.from_json(d)
     except (ValueError, TypeError, KeyError):
@@ -75,8 +107,13 @@ token_chars = st.characters(min_codepoint=0, max_codepoint=0x2FF)
 
 
 @BUDGET
-@given(st.text(token_chars, max_size=12), st.text(token_chars, max_size=30),
-       st.lists(st.tuples(st.text(token_chars, max_size=10), st.text(token_chars, max_size=20)), max_size=4))
+@given(
+    st.text(token_chars, max_size=12),
+    st.text(token_chars, max_size=30),
+    st.lists(
+        st.tuples(st.text(token_chars, max_size=10), st.text(token_chars, max_size=20)), max_size=4
+    ),
+)
 def test_a_sendable_request_is_one_request_on_the_wire(method, target, headers):
     if request_line_problem(method, target, tuple(headers)) is not None:
         return
@@ -103,8 +140,10 @@ def _run_client(chunks: list[bytes]):
 
     async def go():
         target = Target.parse("http://127.0.0.1:9")
-        sender = Sender(target, limits=ResponseLimits(max_head=4096, max_headers=20, max_reason=64,
-                                                      max_interim=3))
+        sender = Sender(
+            target,
+            limits=ResponseLimits(max_head=4096, max_headers=20, max_reason=64, max_interim=3),
+        )
         sender.loop = asyncio.get_running_loop()
         ex = _exchange_dict()
         prepared = Policy(target).decide(Exchange.from_json(ex))
@@ -128,11 +167,25 @@ def _run_client(chunks: list[bytes]):
     return asyncio.run(go())
 
 
-answer_pieces = st.lists(st.one_of(
-    st.sampled_from([b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 100 Continue\r\n\r\n", b"X-A: b\r\n",
-                     b"Content-Length: 2\r\n", b"\r\n", b"ok", b"Transfer-Encoding: chunked\r\n",
-                     b"2\r\nab\r\n0\r\n\r\n", b"HTTP/1.1 200 " + b"R" * 100 + b"\r\n"]),
-    st.binary(max_size=300)), max_size=40)
+answer_pieces = st.lists(
+    st.one_of(
+        st.sampled_from(
+            [
+                b"HTTP/1.1 200 OK\r\n",
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                b"X-A: b\r\n",
+                b"Content-Length: 2\r\n",
+                b"\r\n",
+                b"ok",
+                b"Transfer-Encoding: chunked\r\n",
+                b"2\r\nab\r\n0\r\n\r\n",
+                b"HTTP/1.1 200 " + b"R" * 100 + b"\r\n",
+            ]
+        ),
+        st.binary(max_size=300),
+    ),
+    max_size=40,
+)
 
 
 @BUDGET
@@ -146,21 +199,48 @@ def test_the_client_ends_every_answer_with_a_result_within_its_caps(pieces):
         assert len(r.response.headers) <= 20 and len(r.response.reason) <= 64
 
 
-secretish = st.sampled_from(["password", "api_key", "token", "completion_tokens", "user", "apiKey",
-                             "x", "session_id", "max_tokens"])
+secretish = st.sampled_from(
+    [
+        "password",
+        "api_key",
+        "token",
+        "completion_tokens",
+        "user",
+        "apiKey",
+        "x",
+        "session_id",
+        "max_tokens",
+    ]
+)
 
 
 @BUDGET
-@given(st.dictionaries(secretish, st.one_of(st.text(max_size=12), st.integers(-(2**53), 2**53)), max_size=5),
-       st.lists(st.tuples(secretish, st.text(st.characters(min_codepoint=48, max_codepoint=122), max_size=10)),
-                max_size=4))
+@given(
+    st.dictionaries(
+        secretish, st.one_of(st.text(max_size=12), st.integers(-(2**53), 2**53)), max_size=5
+    ),
+    st.lists(
+        st.tuples(
+            secretish, st.text(st.characters(min_codepoint=48, max_codepoint=122), max_size=10)
+        ),
+        max_size=4,
+    ),
+)
 def test_redaction_is_idempotent_and_leaves_no_secret(body, query):
     red = Redactor(b"k" * 32)
     rules = SecretRules()
     raw = orjson.dumps(body)
     target = "/p?" + "&".join(f"{n}={v}" for n, v in query)
-    req = Request(0.0, 0.0, "HTTP/1.1", (("Content-Type", "application/json"), ("X-Api-Key", "k")),
-                  raw, len(raw), method="POST", target=target)
+    req = Request(
+        0.0,
+        0.0,
+        "HTTP/1.1",
+        (("Content-Type", "application/json"), ("X-Api-Key", "k")),
+        raw,
+        len(raw),
+        method="POST",
+        target=target,
+    )
     once = red.message(req)
     assert red.message(once) == once  # idempotent
     parsed = orjson.loads(once.body)
@@ -176,12 +256,29 @@ def test_redaction_is_idempotent_and_leaves_no_secret(body, query):
 
 
 config_sections = st.sampled_from(["verdict", "limits", "noise", "latency", "content", "model"])
-config_keys = st.sampled_from(["pass_score", "marginal_score", "max_fields", "max_walk", "volatile_share",
-                               "min_ms", "max_rate", "ks_alpha", "latency_sample", "weights", "x"])
+config_keys = st.sampled_from(
+    [
+        "pass_score",
+        "marginal_score",
+        "max_fields",
+        "max_walk",
+        "volatile_share",
+        "min_ms",
+        "max_rate",
+        "ks_alpha",
+        "latency_sample",
+        "weights",
+        "x",
+    ]
+)
 
 
 @BUDGET
-@given(st.dictionaries(config_sections, st.dictionaries(config_keys, json_values, max_size=3), max_size=3))
+@given(
+    st.dictionaries(
+        config_sections, st.dictionaries(config_keys, json_values, max_size=3), max_size=3
+    )
+)
 def test_config_values_are_either_valid_or_an_input_error(data):
     try:
         cfg = _build(CompareConfig, data, "fuzz.toml", "")
