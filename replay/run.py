@@ -20,7 +20,7 @@ import time
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from shadowtap.replay.client import Sender, TlsOptions
 from shadowtap.replay.grpc_client import GrpcSender, Router
