@@ -399,7 +399,7 @@ def _plan(source: Callable[[], Iterable[Exchange]], policy: Policy,
     return planned
 
 
-async def _drain_or_stop(sender: Sender, stop: asyncio.Event, interrupted: bool) -> None:
+async def _drain_or_stop(sender: Sender | Router, stop: asyncio.Event, interrupted: bool) -> None:
     """Wait for the requests in flight; a second Ctrl-C (after the first stopped the schedule)
     gives up on them."""
     if not interrupted:
@@ -502,7 +502,7 @@ class _Progress:
     errors. The bar fills by requests when their number is known (a preloaded input), by time
     under ``--duration``; else it is a spinner."""
 
-    def __init__(self, summary: ReplaySummary, sender: Sender, total: float | None,
+    def __init__(self, summary: ReplaySummary, sender: Sender | Router, total: float | None,
                  duration: float | None) -> None:
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 

@@ -15,6 +15,7 @@ time per direction (``_frames``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 
 from hyperframe.frame import (
@@ -35,7 +36,7 @@ from shadowtap.wire.http2._hpack import HeaderDecoder
 
 # Events (shadowtap.wire.protocol): OPENED at a stream's first frame (the Extractor orders it
 # from there), REQUEST when the client ended the stream, DONE when the stream is over.
-from shadowtap.wire.protocol import Event, ParserSettings, Sniff
+from shadowtap.wire.protocol import Event, ParserSettings, Sniff, Transaction
 
 __all__ = ["Anomaly", "Conversation", "Event", "Outcome", "Stream", "make", "sniff"]
 
@@ -119,61 +120,26 @@ class _Side:
         return None
 
 
-class Stream:
-    """One stream in the making (mutable; the pipeline turns it into a frozen Exchange)."""
+class Stream(Transaction):
+    """One stream in the making (mutable; the Extractor turns it into a frozen Exchange): a
+    ``wire.protocol.Transaction`` with the stream's parser state, its ``h2`` outcome and its
+    ``grpc`` call (set when the stream is done)."""
 
-    __slots__ = (
-        "anomalies",
-        "chunks",
-        "conn",
-        "done",
-        "error_code",
-        "grpc",
-        "h2",
-        "id",
-        "index",
-        "late",
-        "order",
-        "outcome",
-        "req",
-        "request",
-        "resp",
-        "response",
-        "secret",
-        "serial",
-        "ts",
-        "undecoded",
-        "void",
-    )
+    __slots__ = ("error_code", "grpc", "h2", "id", "outcome", "pieces", "req", "resp", "undecoded")
 
     def __init__(self, sid: int, ts: float, budget: int) -> None:
+        super().__init__(ts)
         self.id = sid
-        self.ts = ts
-        self.serial = 0
-        self.index = -1
-        self.conn = None
-        self.order: tuple[float, int, int] | None = None
         self.req = _Side(budget)
         self.resp = _Side(budget)
-        self.request: Request | None = None
-        self.response: Response | None = None
         self.h2: H2Stream | None = None
         self.grpc: GrpcCall | None = None
-        self.anomalies: list[str] = []
-        # The response's DATA arrival: (body bytes so far, capture time), at most _MAX_CHUNKS
-        # (records.Exchange.chunks: the timing of a streamed answer).
-        self.chunks: list[tuple[int, float]] = []
+        # The response's DATA arrival: (body bytes so far, capture time), at most _MAX_CHUNKS;
+        # ``chunks`` when the stream is done (records.Exchange.chunks: a streamed answer's timing).
+        self.pieces: list[tuple[int, float]] = []
         self.outcome = Outcome.COMPLETE
         self.error_code: int | None = None
         self.undecoded = 0
-        self.done = False
-        self.void = False
-        self.late = False
-        self.secret = False  # a watched (secret) header name appears in a head: redact
-
-    def note(self, anomaly: str) -> None:
-        if anomaly not in self.anomalies:
-            self.anomalies.append(anomaly)
 
 
 class _Direction:
@@ -233,15 +199,15 @@ class Conversation:
         self.max_body = max_body
         self.max_streams = max_streams
         self.midstream = midstream
-        self.events: list[tuple[Event, Stream]] = []
+        self.events: list[tuple[Event, Transaction]] = []
         self.anomalies: list[str] = []
         self.streams: dict[int, Stream] = {}
         self.watch = frozenset(watch)
         self.client = _Direction(self, True, not midstream, not midstream)
         self.server = _Direction(self, False, not midstream, False)
         # The Extractor's entry points (shadowtap.wire.protocol.Conversation): bound once.
-        self.feed_client = self.client.feed
-        self.feed_server = self.server.feed
+        self.feed_client: Callable[[float, bytes], None] = self.client.feed
+        self.feed_server: Callable[[float, bytes], None] = self.server.feed
         self._current: Stream | None = None
         self.not_h2 = False
         self._index = 0
@@ -408,8 +374,8 @@ class Conversation:
             chunk = frame.data
             if chunk:
                 side.data_len += len(chunk)
-                if not d.from_client and len(st.chunks) < _MAX_CHUNKS:
-                    st.chunks.append((side.data_len, ts))
+                if not d.from_client and len(st.pieces) < _MAX_CHUNKS:
+                    st.pieces.append((side.data_len, ts))
                 room = self.max_body - len(side.data)
                 if room > 0:
                     side.data += chunk[:room]
@@ -552,7 +518,7 @@ class Conversation:
         return Request(method=method, target=target or "", **self._message_common(st, side))
 
     def _build(self, st: Stream) -> None:
-        st.chunks = tuple(st.chunks)  # type: ignore[assignment]
+        st.chunks = tuple(st.pieces)
         if st.request is None or not st.req.ended:
             st.request = self._request(st)
         resp = st.resp
@@ -579,7 +545,7 @@ class Conversation:
             st.req.splitter.finish()
             resp.splitter.finish()
             names = _grpc.parse_path(path) or ("", "")
-            status, message = _grpc.status_of(resp.fields + resp.trailers)
+            grpc_status, message = _grpc.status_of(resp.fields + resp.trailers)
             st.grpc = GrpcCall(
                 names[0],
                 names[1],
@@ -587,7 +553,7 @@ class Conversation:
                 resp.splitter.records(resp.header("grpc-encoding"), self.max_body),
                 st.req.splitter.count,
                 resp.splitter.count,
-                status,
+                grpc_status,
                 message,
             )
             for a in st.req.splitter.anomalies + resp.splitter.anomalies:

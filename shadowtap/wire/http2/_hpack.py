@@ -23,6 +23,7 @@ Decoding is O(block size); the passive table keeps at most ``_PASSIVE_MAX_ENTRIE
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import hpack
@@ -50,7 +51,7 @@ class Decoded:
     secret: bool = False  # a watched (secret) field name is among the fields
 
 
-def _text(fields: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+def _text(fields: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
     """Fields as the records keep them: latin-1 text (every byte maps to one character)."""
     return tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in fields)
 
