@@ -19,6 +19,7 @@ import os
 import struct
 from collections import deque
 from dataclasses import dataclass
+from typing import IO
 
 _HEAD = struct.Struct(">IHB")
 
@@ -50,8 +51,8 @@ class DiskSpool:
                     self._segments.append(Segment(path, records, os.path.getsize(path)))
                 else:
                     os.remove(path)
-        self._out = None  # the file being appended to (the newest segment)
-        self._in = None  # the file being read (the oldest segment)
+        self._out: IO[bytes] | None = None  # the file being appended to (the newest segment)
+        self._in: IO[bytes] | None = None  # the file being read (the oldest segment)
         self._read_pos = 0  # bytes of the oldest segment acknowledged
         self._read_done = 0  # records of the oldest segment acknowledged
 
@@ -74,7 +75,8 @@ class DiskSpool:
         return sum(s.records for s in self._segments) - self._read_done
 
     @property
-    def bytes(self) -> int:
+    def size(self) -> int:
+        """Bytes on disk."""
         return sum(s.size for s in self._segments)
 
     def __bool__(self) -> bool:
@@ -92,7 +94,7 @@ class DiskSpool:
         seg.records += 1
         seg.size += len(record)
         self.spooled += 1
-        while self.bytes > self.max_bytes and len(self._segments) > 1:
+        while self.size > self.max_bytes and len(self._segments) > 1:
             self._drop_oldest()
 
     def _roll(self) -> None:

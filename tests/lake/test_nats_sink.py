@@ -123,7 +123,7 @@ def test_spool_drops_oldest_past_its_bound_and_counts(tmp_path) -> None:
     for i in range(1000):
         spool.append(0, f"id{i}", b"x" * 100)
     assert spool.dropped > 0 and spool.records + spool.dropped == 1000
-    assert spool.bytes <= 50_000 + 10_000
+    assert spool.size <= 50_000 + 10_000
     first = spool.peek(1)[0]
     assert first[1] == f"id{spool.dropped}"  # the oldest kept is the one after the last dropped
     spool.close()
