@@ -80,6 +80,7 @@ COUNTER_NAMES = (
     "calls_without_socket",
 )
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+_IGNORED = ()  # an orientation: resolved from /proc, on a connection the filter does not watch
 
 
 class Side(str, Enum):
@@ -515,7 +516,7 @@ class TlsSource:
         orient = (
             ((sk, remote, local, True) if role == ROLE_PASSIVE else (sk, local, remote, False))
             if watched
-            else None
+            else _IGNORED
         )
         self._resolved[sk] = orient
         self._tell_kernel(sk, fam, la, lp, ra, rp, role, W_WATCHED if watched else W_IGNORED)
@@ -561,6 +562,8 @@ class TlsSource:
                 self.framer.open(sk, local, remote)
             return
         orient = self._orientation(h)
+        if orient is _IGNORED:
+            return  # resolved from /proc, not watched: the kernel filters its next calls
         if kind == K_DATA:
             if orient is None:
                 self._unmapped += 1

@@ -169,6 +169,11 @@ def sources(servers):
 
     tls = TlsSource((servers.nginx_tls, servers.aio_tls))
     plain = EbpfSource("lo", (servers.nginx_plain, servers.aio_plain))
+    # A keep-alive connection made before the probes exist: no ESTABLISHED event will name it
+    # (test_a_connection_older_than_the_capture_is_resolved_from_proc).
+    servers.early = connect(servers.nginx_tls, True, servers.ca)
+    servers.early.request("GET", "/before")
+    servers.early.getresponse().read()
     tls.open()
     try:
         plain.open()
@@ -176,6 +181,7 @@ def sources(servers):
         tls.close()
         raise
     yield tls, plain
+    servers.early.close()
     tls.close()
     plain.close()
 
@@ -464,3 +470,22 @@ def test_a_client_side_process_is_not_recorded_twice(servers, sources):
     exchanges = extract(drain(tls), LINKTYPE_RAW, (servers.nginx_tls,))
     assert [e.request.target for e in exchanges] == ["/once"]
     assert tls.counters()["filtered_calls"] > before
+
+
+@pytest.mark.root
+def test_a_connection_older_than_the_capture_is_resolved_from_proc(servers, sources):
+    """Its socket has no ESTABLISHED event: the first call comes up without a 4-tuple, user space
+    resolves nginx's fd through /proc and tells the kernel; the exchanges carry the real ends and
+    start midstream (no handshake was seen)."""
+    tls, _ = sources
+    drain(tls, 0.2)
+    unmapped = tls.tls_stats().unmapped_calls  # other processes' calls on this host may add some
+    conn = servers.early
+    for path in ("/after1", "/after2"):
+        conn.request("GET", path)
+        assert conn.getresponse().read() == f"hello {path}\n".encode()
+    mine = "%s:%d" % conn.sock.getsockname()[:2]
+    exchanges = extract(drain(tls), LINKTYPE_RAW, (servers.nginx_tls,))
+    assert [e.request.target for e in exchanges] == ["/after1", "/after2"]
+    assert {(e.client, e.server) for e in exchanges} == {(mine, f"127.0.0.1:{servers.nginx_tls}")}
+    assert tls.tls_stats().unmapped_calls == unmapped
