@@ -193,8 +193,13 @@ def remove_stale_uprobes() -> list[str]:
             if pid == os.getpid() or os.path.exists(f"/proc/{pid}"):
                 continue
             try:
-                with open(path, "a") as f:
-                    f.write(f"-:{name}\n")
+                # O_APPEND without the seek Python's "a" mode adds (tracefs refuses it): an
+                # append of "-:name" removes the probe and leaves the others.
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+                try:
+                    os.write(fd, f"-:{name}\n".encode())
+                finally:
+                    os.close(fd)
                 removed.append(name)
             except OSError:
                 pass  # busy (still enabled by a perf event): it goes with that event
