@@ -14,6 +14,8 @@ Light on purpose (no numpy, no scipy): the mirror's dashboard imports the verdic
 from __future__ import annotations
 
 import dataclasses
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -79,22 +81,25 @@ class Record:
 
     def to_json(self) -> dict[str, Any]:
         """This record's JSON object (nested records stay records: ``report_json`` or
-        :func:`as_json` turn them into objects)."""
-        names = _names(type(self))
+        :func:`as_json` turn them into objects). Cost: one C-level attrgetter call and a dict."""
+        names, values = _access(type(self))
         if not self._OPTIONAL:
-            return {n: getattr(self, n) for n in names}
-        return {n: v for n in names
-                if (v := getattr(self, n)) is not None or n not in self._OPTIONAL}
+            return dict(zip(names, values(self)))
+        omit = self._OPTIONAL
+        return {n: v for n, v in zip(names, values(self)) if v is not None or n not in omit}
 
 
-_NAMES: dict[type, tuple[str, ...]] = {}
+_ACCESS: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
 
 
-def _names(cls: type) -> tuple[str, ...]:
-    names = _NAMES.get(cls)
-    if names is None:
-        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
-    return names
+def _access(cls: type) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]:
+    """A record class's field names, in order, and a getter of all their values at once."""
+    access = _ACCESS.get(cls)
+    if access is None:
+        names = tuple(f.name for f in dataclasses.fields(cls))
+        get = operator.attrgetter(*names)
+        access = _ACCESS[cls] = (names, get if len(names) > 1 else lambda o: (get(o),))
+    return access
 
 
 def as_json(value: Any) -> Any:
