@@ -24,6 +24,7 @@ class Anomaly(StrEnum):
     NOT_HTTP = "not_http"
     TUNNEL = "tunnel"
     HTTP09 = "http09"
+    ODD_REQUEST_LINE = "odd_request_line"
     OBS_FOLD = "obs_fold"
     BAD_HEADER = "bad_header"
     BARE_LF = "bare_lf"

@@ -6,7 +6,8 @@ dpkt's generic packet classes build an object per layer and decode every field; 
 Ethernet/IPv4/TCP path this decoder does a handful of slices, several times faster.
 
 Supported link types (pcap LINKTYPE_* numbers): Ethernet (1) with any number of 802.1Q/802.1ad tags,
-Linux cooked SLL (113) and SLL2 (276), raw IP (101, and the DLT_RAW aliases 12 and 14), BSD null
+Linux cooked SLL (113) and SLL2 (276), raw IP (101, the DLT_RAW aliases 12 and 14, and the
+per-version LINKTYPE_IPV4 228 and LINKTYPE_IPV6 229), BSD null
 (0, host byte order) and loopback (108, network byte order); IPv4 (options skipped, Ethernet padding
 cut by the total length, fragments other than the first dropped) and IPv6 (extension headers
 skipped). Everything else (ARP, UDP, ICMP, unknown link types) is None: not an error, not TCP.
@@ -25,14 +26,18 @@ LINKTYPE_LOOP = 108
 LINKTYPE_LINUX_SLL = 113
 LINKTYPE_LINUX_SLL2 = 276
 _DLT_RAW_ALIASES = (12, 14)
+LINKTYPE_IPV4 = 228  # raw IPv4 (what some analyzers and tunnels write)
+LINKTYPE_IPV6 = 229  # raw IPv6
 SUPPORTED_LINKTYPES = frozenset(
-    (LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2)
+    (LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2,
+     LINKTYPE_IPV4, LINKTYPE_IPV6)
     + _DLT_RAW_ALIASES
 )
 
 ETH_IPV4 = 0x0800
 ETH_IPV6 = 0x86DD
 _ETH_VLAN = (0x8100, 0x88A8, 0x9100)
+_RAW_V4_V6 = (LINKTYPE_IPV4, LINKTYPE_IPV6)  # the version nibble says which, as for raw IP
 
 FIN = 0x01
 SYN = 0x02
@@ -110,7 +115,7 @@ def decode(linktype: int, frame: bytes) -> Segment | None:
             return None
         etype = (frame[0] << 8) | frame[1]
         off = 20
-    elif linktype == LINKTYPE_RAW or linktype in _DLT_RAW_ALIASES:
+    elif linktype == LINKTYPE_RAW or linktype in _DLT_RAW_ALIASES or linktype in _RAW_V4_V6:
         if n < 1:
             return None
         v = frame[0] >> 4

@@ -125,3 +125,12 @@ def test_fast_path_agrees_with_the_general_path(tail, total, doff):
         # The tagged frame is 4 bytes longer: an IP total length that did not fit may now fit.
         if 20 <= total <= len(plain) - 14:
             assert a == b
+
+
+def test_linktypes_ipv4_228_and_ipv6_229():
+    f4 = bytes(IP(src="1.2.3.4", dst="5.6.7.8") / TCP(sport=1, dport=80) / Raw(b"x"))
+    f6 = bytes(IPv6(src="::1", dst="::2") / TCP(sport=2, dport=80) / Raw(b"y"))
+    s4, s6 = decode(228, f4), decode(229, f6)
+    assert (format_ip(s4.src), s4.sport, s4.payload) == ("1.2.3.4", 1, b"x")
+    assert (format_ip(s6.dst), s6.sport, s6.payload) == ("::2", 2, b"y")
+    assert {228, 229} <= SUPPORTED_LINKTYPES

@@ -451,7 +451,8 @@ class _RequestSide(_Side):
         text = data[:e].decode("latin-1")
         line, _, block = text.partition("\r\n")
         parts = line.split(" ")
-        if (len(parts) != 3 or not parts[0].isalpha() or not parts[0].isascii() or len(parts[0]) > 32
+        if (len(parts) != 3 or not parts[0].isalpha() or not parts[0].isupper() or not parts[0].isascii()
+                or len(parts[0]) > 32
                 or not parts[1] or parts[2][:5] != "HTTP/" or "\n" in line or parts[0] == "CONNECT"):
             return False
         if block:
@@ -506,7 +507,8 @@ class _RequestSide(_Side):
             text = buf[pos:e1].decode("latin-1")
             line, _, block = text.partition("\r\n")
             parts = line.split(" ")
-            if (len(parts) == 3 and parts[0].isalpha() and parts[0].isascii() and len(parts[0]) <= 32 and parts[1]
+            if (len(parts) == 3 and parts[0].isalpha() and parts[0].isupper() and parts[0].isascii()
+                    and len(parts[0]) <= 32 and parts[1]
                     and parts[2][:5] == "HTTP/" and "\n" not in line):
                 txn = self.txn
                 msg = _Msg(txn.ts)
@@ -548,6 +550,16 @@ class _RequestSide(_Side):
             msg.version = last.decode("latin-1")
             sp1 = line.find(tokens[1], len(tokens[0]))
             msg.start2 = line[sp1 : line.rfind(last)].rstrip(b" \t").decode("latin-1")
+            if not tokens[0].isupper() or len(tokens) > 3 or line.count(b" ") != 2:
+                # Seen in the wild and recorded as read (other analyzers do): a lower-case method,
+                # extra spaces or tabs, spaces inside the target.
+                msg.anomalies.append(Anomaly.ODD_REQUEST_LINE)
+        elif len(tokens) == 2 and last.startswith(b"HTTP/"):
+            # No target (``OPTIONS HTTP/1.1``, ``GET  HTTP/1.1``): recorded with an empty one, so
+            # the response that follows (often a 400) still pairs with it.
+            msg.version = last.decode("latin-1")
+            msg.start2 = ""
+            msg.anomalies.append(Anomaly.ODD_REQUEST_LINE)
         elif len(tokens) == 2 and not last.startswith(b"HTTP/"):
             # A request line without a protocol: HTTP/0.9 (``GET /path``), and the response will be
             # the raw body. Header lines that arrived with it are kept (servers that answer 0.9
