@@ -14,7 +14,10 @@
 #   scripts/bench_mirror.sh            # as root; BENCH_SECONDS (10), BENCH_RATES ("1000 2000 3000 5000 7000"),
 #                                      # BENCH_LATENCY_RATE (1000), BENCH_LATENCY_ROUNDS (5), BENCH_BACKEND (ebpf),
 #                                      # BENCH_NO_RATES=1 (part 2 only), BENCH_NO_LATENCY=1 (part 1 only) override
+#  Each step of part 1 also prints the CPU time of both mirror processes over the load window
+#  (/proc, the start excluded) per request at the shadow, and the primary nginx's per request served.
 # Goal (issue 6): >= 5k requests/s mirrored without loss, lag p99 <= 20 ms, primary p99 up <= 5%.
+# Goal (issue 17): <= 60 us of mirror CPU a mirrored request; lossless to >= 15k/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "bench_mirror: run as root" >&2; exit 4; }
@@ -81,6 +84,28 @@ def start_capture(primary, iface: str, tag: str) -> subprocess.Popen:
                              stdout=subprocess.DEVNULL, stderr=e)
     wait_text(err, "capturing:", proc)
     return proc
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """User + system CPU seconds of ``pid`` and (with ``children``) its live child processes, from
+    /proc (clock ticks: 10 ms resolution, so a window needs a few seconds of load)."""
+    pids = [pid]
+    if children:
+        try:
+            pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            pass
+    total = 0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICK
 
 
 def stop(proc: subprocess.Popen) -> float:
@@ -155,16 +180,23 @@ try:
           f"hey -c {WORKERS}+ (1 per 800/s), {SECONDS:g} s a step; nginx primary and shadow; "
           f"load average before: {os.getloadavg()[0]:.1f}")
     print(f"{'target/s':>8} {'served/s':>9} {'sent':>7} {'at shadow':>9} {'ratio':>8} {'dropped':>8} "
-          f"{'lag p50':>8} {'lag p99':>8} {'catch-up':>8}  sleeper late p99/max")
+          f"{'lag p50':>8} {'lag p99':>8} {'catch-up':>8} {'mirror cpu/req':>14} {'nginx cpu/req':>13}  "
+          f"sleeper late p99/max")
     best = 0.0
     best_lag: tuple[float, float] | None = None
+    cpu_rows: list[tuple[float, float]] = []
     for rate in RATES if not os.environ.get("BENCH_NO_RATES") else ():
         before = shadow_count(access)
         # The mirror's capacity: at normal priority (its default SCHED_IDLE would measure the
         # machine's other load instead).
         proc, run, err = start_mirror(primary, iface, f"rate-{rate}", "--no-sched-idle", "--nice", "0")
         sleeper = start_sleeper(SECONDS)
+        # CPU over the load only (not the start: imports, the BPF compile): both processes of the
+        # mirror, and the primary's nginx as the peer (what serving a request costs).
+        cpu0, nginx0 = cpu_seconds(proc.pid), cpu_seconds(servers[0].pid, children=False)
         load = hey(client, f"http://{PRIMARY}:{PORT}/bench", rate, SECONDS, WORKERS)
+        time.sleep(1)  # the last requests' results
+        cpu1, nginx1 = cpu_seconds(proc.pid), cpu_seconds(servers[0].pid, children=False)
         late = sleeper.communicate(timeout=60)[0].split()
         catch_up = stop(proc)
         got = shadow_count(access) - before
@@ -173,14 +205,21 @@ try:
         summary = json.loads((run / "mirror.json").read_text()) if (run / "mirror.json").exists() else {}
         if ratio >= 0.999 and load["rps"] > best:
             best, best_lag = load["rps"], (p50, p99)
+        per_req = (cpu1 - cpu0) / max(1, got) * 1e6
+        nginx_req = (nginx1 - nginx0) / max(1, load["sent"]) * 1e6
+        cpu_rows.append((per_req, nginx_req))
         print(f"{rate or 'max':>8} {load['rps']:9.0f} {load['sent']:7d} {got:9d} {ratio:8.4f} "
-              f"{summary.get('dropped', '?'):>8} {p50:7.1f}ms {p99:7.1f}ms {catch_up:7.1f}s  "
-              f"{late[0]}/{late[1]} ms", flush=True)
+              f"{summary.get('dropped', '?'):>8} {p50:7.1f}ms {p99:7.1f}ms {catch_up:7.1f}s "
+              f"{per_req:11.0f} us {nginx_req:10.0f} us  {late[0]}/{late[1]} ms", flush=True)
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(run, ignore_errors=True)
     print()
     lag = f", lag p50 {best_lag[0]:.1f} ms / p99 {best_lag[1]:.1f} ms there" if best_lag else ""
     print(f"highest primary rate with >= 99.9% of requests at the shadow: {best:.0f}/s{lag}")
+    if cpu_rows:
+        m, n = statistics.median(r[0] for r in cpu_rows), statistics.median(r[1] for r in cpu_rows)
+        print(f"mirror CPU a mirrored request (both processes, median of the steps): {m:.0f} us; "
+              f"the primary nginx's a request: {n:.0f} us; ratio {m / n:.1f}x")
     if os.environ.get("BENCH_NO_LATENCY"):
         raise SystemExit(0)
     print()
