@@ -4,8 +4,8 @@
 # Then compare's wide JSON diff (item 8): 10 pairs of 300k-element arrays differing everywhere.
 #
 # Usage: scripts/bench_hostile.sh [OUTDIR]   (captures are built there, default a private tmp dir)
-# Each command runs under a 4 GiB address-space limit (prlimit) and a 120 s timeout, so a blow-up
-# shows as "killed" instead of taking the shared machine down.
+# Each command runs under a 4 GiB address-space limit (prlimit) and a 90 s timeout, so a blow-up
+# shows as "killed" (or "timeout") instead of taking the shared machine down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -24,13 +24,15 @@ measure() {
     local log
     log=$(mktemp)
     set +e
-    /usr/bin/time -f "%e %M" -o "$log" prlimit --as=$LIMIT timeout 120 "$@" >/dev/null 2>&1
+    /usr/bin/time -f "%e %M" -o "$log" prlimit --as=$LIMIT timeout 90 "$@" >/dev/null 2>&1
     local rc=$?
     set -e
-    read -r secs kib <"$log"
+    # /usr/bin/time puts "Command exited with non-zero status N" (or "terminated by signal") first
+    read -r secs kib < <(tail -1 "$log")
     rm -f "$log"
     local status=ok
-    if [ "$rc" -eq 124 ]; then status=timeout; elif [ "$rc" -ne 0 ]; then status="exit-$rc"; fi
+    if [ "$rc" -eq 124 ]; then status=timeout; elif [ "$rc" -ge 128 ]; then status=killed
+    elif [ "$rc" -ne 0 ]; then status="exit-$rc"; fi
     printf '%s %d %s' "$secs" $((kib / 1024)) "$status"
 }
 
