@@ -26,6 +26,7 @@ import socket
 import struct
 import time
 from importlib import resources
+from typing import Any
 
 from shadowtap.capture import tc
 from shadowtap.capture.doctor import require_ebpf, ringbuf_supported
@@ -92,7 +93,7 @@ class EbpfSource:
         self.ifindex = interface_index(iface)
         self.l2_len, self.linktype, self.loopback = link_layer(iface)
         self.removed_stale: list[tc.Filter] = []
-        self._bpf = None
+        self._bpf: Any = None  # bcc's BPF object once open
         self._filters: list[tc.Filter] = []
         self._added_clsact = False
         self._batch: list[Frame] = []

@@ -317,7 +317,7 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
     total: float | None = None  # of the progress bar: requests (preloaded input) or seconds
     if cfg.preload:
         preloaded = list(plans())
-        plans = lambda: preloaded
+        plans = lambda: iter(preloaded)  # noqa: E731 - the same callable's shape as _plan's
         if timing.loop:
             total = sum(not isinstance(p.decision, Skip) for p in preloaded) * timing.amplify * timing.loop
     show = cfg.progress if cfg.progress is not None else console.interactive()

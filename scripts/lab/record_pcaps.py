@@ -47,8 +47,10 @@ def _client(lab: labmod.Lab, argv: list[str]) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def _curl(lab: labmod.Lab, *args: str) -> None:
+def _curl(lab: labmod.Lab, *args: str) -> bool:
+    """One curl run in the client's namespace (True, so that scenarios can chain runs with `and`)."""
     _client(lab, ["curl", "-sS", "--max-time", "10", *args])
+    return True
 
 
 def record(lab: labmod.Lab, where: str, path: Path, action: Callable[[], object]) -> None:
@@ -88,19 +90,19 @@ def scenarios(lab: labmod.Lab, tmp: Path) -> dict[str, tuple[str, Callable[[], o
         "lab-pipelined.pcap": ("primary", lambda: _client(
             lab, [sys.executable, "-c", PIPELINE, labmod.PRIMARY_ADDR, str(labmod.DEFAULT_PORT)])),
         "lab-chunked.pcap": ("primary", lambda: (
-            _curl(lab, f"{p}/v1/export?limit=200"),
-            _curl(lab, "-H", "Content-Type: application/json", "-H", "Transfer-Encoding: chunked",
+            _curl(lab, f"{p}/v1/export?limit=200")
+            and _curl(lab, "-H", "Content-Type: application/json", "-H", "Transfer-Encoding: chunked",
                   "--data-binary", f"@{body}", f"{p}/v1/predict"))),
         "lab-gzip.pcap": ("primary", lambda: _curl(
             lab, "--compressed", f"{p}/v1/products?page=3&per_page=50", f"{p}/v1/search?q=pro&limit=50")),
         "lab-post.pcap": ("primary", lambda: (
-            _curl(lab, "-H", "Content-Type: application/json", "-d", predict, f"{p}/v1/predict"),
-            _curl(lab, "-H", "Content-Type: application/json",
+            _curl(lab, "-H", "Content-Type: application/json", "-d", predict, f"{p}/v1/predict")
+            and _curl(lab, "-H", "Content-Type: application/json",
                   "-d", '{"items":[{"product_id":5,"quantity":2},{"product_id":17,"quantity":1}]}',
                   f"{p}/v1/orders"))),
         "lab-errors.pcap": ("shadow", lambda: (
-            _curl(lab, f"{s}/v1/products?page=7", f"{s}/v1/products/9999", f"{s}/v1/products?page=x"),
-            _curl(lab, "-H", "Content-Type: application/json", "-d", '{"features":{"amount":1}}',
+            _curl(lab, f"{s}/v1/products?page=7", f"{s}/v1/products/9999", f"{s}/v1/products?page=x")
+            and _curl(lab, "-H", "Content-Type: application/json", "-d", '{"features":{"amount":1}}',
                   f"{s}/v1/predict"))),
         "lab-slow.pcap": ("primary", lambda: _curl(lab, f"{p}/v1/search?q=pro&limit=500")),
         "lab-mix.pcap": ("primary", lambda: _client(
