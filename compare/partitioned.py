@@ -26,7 +26,7 @@ from shadowtap.compare.aggregate import Comparison
 from shadowtap.compare.config import CompareConfig
 from shadowtap.compare.join import Joiner, join
 from shadowtap.errors import InputError
-from shadowtap.jsonl import read_jsonl
+from shadowtap.jsonl import malformed, read_jsonl
 from shadowtap.records import Exchange, Result
 
 _KEYS = {
@@ -112,7 +112,7 @@ def compare_tagged(lines: Iterable[tuple[str, bytes]], cfg: CompareConfig,
                 raise TypeError("not a JSON object")
             rec = decode(obj)
         except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
-            _note_error(c, InputError(f"malformed record: {exc}", where=where[tag]))
+            _note_error(c, InputError(malformed(exc), where=where[tag]))
             continue
         for t in push(rec):  # type: ignore[operator]
             c.add(*t)

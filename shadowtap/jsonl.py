@@ -155,6 +155,14 @@ def _open_input(path: str) -> IO[bytes]:
     return raw
 
 
+def malformed(exc: Exception) -> str:
+    """Why a JSONL line is not a record, for the user: a KeyError's text is only the key's repr
+    (``'exchange_id'``), so it is named as the missing field it is."""
+    if isinstance(exc, KeyError):
+        return f"malformed record: missing field {exc} (is this the right kind of file?)"
+    return f"malformed record: {exc}"
+
+
 def read_jsonl(
     path: str,
     decode: Callable[[dict[str, Any]], T],
@@ -190,7 +198,7 @@ def read_jsonl(
                     raise TypeError("not a JSON object")
                 yield decode(obj)
             except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
-                err = InputError(f"malformed record: {exc}", where=f"{path} line {lineno}")
+                err = InputError(malformed(exc), where=f"{path} line {lineno}")
                 if on_error is None:
                     raise err from exc
                 on_error(err)

@@ -67,3 +67,12 @@ def test_result_times_are_checked():
         Result.from_json(d)
     d["scheduled"] = 1.0
     assert Result.from_json(d).scheduled == 1.0
+
+
+def test_an_exchanges_file_given_as_results_names_the_missing_field(tmp_path):
+    """A KeyError used to print as the bare key ("malformed record: 'exchange_id'")."""
+    path = tmp_path / "swapped.jsonl"
+    path.write_bytes(orjson.dumps(exchange_json()) + b"\n")
+    with pytest.raises(InputError) as e:
+        list(read_jsonl(str(path), Result.from_json))
+    assert "swapped.jsonl line 1: malformed record: missing field 'exchange_id'" in str(e.value)
