@@ -206,11 +206,19 @@ def _unredacting(source: Callable[[], Iterable[Exchange]], cfg: ReplayConfig,
     return unredacted
 
 
-def _counting(source: Callable[[], Iterable[Exchange]], summary: ReplaySummary) -> Callable[[], Iterator[Exchange]]:
+def _counting(source: Callable[[], Iterable[Exchange]], summary: ReplaySummary,
+              damaged: list[InputError]) -> Callable[[], Iterator[Exchange]]:
+    """Counts the exchanges read. A damaged input (a truncated capture) ends the pass where the
+    damage is, kept in ``damaged``: the exchanges read before it are still sent (the scheduler
+    reads ahead, so an error raised through it lost them), and the error is raised after the run."""
     def counted() -> Iterator[Exchange]:
-        for ex in source():
-            summary.exchanges += 1
-            yield ex
+        try:
+            for ex in source():
+                summary.exchanges += 1
+                yield ex
+        except InputError as exc:
+            if not damaged:
+                damaged.append(exc)
     return counted
 
 
@@ -223,7 +231,8 @@ def run_replay(cfg: ReplayConfig) -> ReplaySummary:
     if cfg.redacted not in ("skip", "send"):
         raise InputError(f"must be 'skip' or 'send', not {cfg.redacted!r}", field="redacted")
     summary = ReplaySummary()
-    source = _counting(_unredacting(open_source(cfg, summary), cfg, summary), summary)
+    damaged: list[InputError] = []
+    source = _counting(_unredacting(open_source(cfg, summary), cfg, summary), summary, damaged)
     writer = JsonlWriter(cfg.output) if cfg.output else None
     try:
         _run_loop(_replay(cfg, source, writer, summary))
@@ -237,6 +246,8 @@ def run_replay(cfg: ReplayConfig) -> ReplaySummary:
             print_summary(cfg, summary)
     if summary.interrupted:
         return summary
+    if damaged:
+        raise damaged[0]  # after the summary of what was sent from before the damage
     if summary.exchanges == 0:
         what = f" ({summary.malformed} malformed lines)" if summary.malformed else ""
         raise InputError(f"no HTTP exchange to replay{what}", where=cfg.input)

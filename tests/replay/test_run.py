@@ -380,3 +380,26 @@ def test_preload_and_json_summary(tmp_path, aio_target):
         (f"j{i}", c) for i in range(5) for c in range(2))
     p = replay(inp, "-t", aio_target.url, "--json", "-o", "-")
     assert p.returncode == 3 and "--json" in p.stderr
+
+
+def test_truncated_capture_sends_what_came_before_the_damage(tmp_path, aio_target):
+    """A capture cut mid-packet: the requests rebuilt before the damage are sent and recorded,
+    then the error names the file and the byte offset (exit 3). They used to be lost: the
+    scheduler reads ahead, and the error raised through it ended the run before any was sent."""
+    from shadowtap.capture.extract import iter_exchanges
+    from shadowtap.errors import InputError
+
+    cut = tmp_path / "cut.pcap"
+    with open(os.path.join(PCAPS, "lab-mix.pcap"), "rb") as f:
+        cut.write_bytes(f.read(20_000))
+    before = []
+    with pytest.raises(InputError):
+        for ex in iter_exchanges([str(cut)]):
+            before.append(ex)
+    gets = [ex for ex in before if ex.request is not None and ex.request.method == "GET"]
+    assert gets
+    out = tmp_path / "res.jsonl"
+    p = replay(str(cut), "-t", aio_target.url, "-o", str(out), "--speed", "max")
+    assert p.returncode == 3, p.stderr
+    assert "cut.pcap at byte" in p.stderr and "truncated packet" in p.stderr
+    assert {r["exchange_id"] for r in read_results(out)} == {ex.id for ex in gets}
