@@ -40,14 +40,15 @@ def view(report: Report) -> tuple[str | None, float | None, list[tuple[str, int,
     endpoints = report.endpoints
     pairs = sum(e.pairs for e in endpoints)
     divergence = sum(e.divergence * e.pairs for e in endpoints) / pairs if pairs else None
-    eps = sorted(
-        ((e.endpoint, e.pairs, e.divergence) for e in endpoints), key=lambda e: (-e[2], -e[1])
-    )
+    eps = sorted(((e.endpoint, e.pairs, e.divergence) for e in endpoints),
+                 key=lambda e: (-e[2], -e[1]))
     return verdict, divergence, eps
 
 
-def snapshot(comparison: Comparison) -> Report:
-    return comparison.snapshot()
+def snapshot(comparison: Comparison, *, final: bool = False) -> Report:
+    """The report so far; ``final``: every endpoint recomputed (a live snapshot recomputes within
+    a time budget and keeps the others' previous reports: stale counts in a final report)."""
+    return comparison.snapshot(fresh=final)
 
 
 def set_unmatched(comparison: Comparison, exchanges: int, results: int) -> None:
@@ -91,3 +92,69 @@ def write_reports(report: Report, run_dir: str | None) -> list[str]:
         else:
             write_html(report, os.path.join(run_dir, "report.html"))
     return missing
+
+
+class Worker:
+    """The comparison on its own thread, so the mirror's event loop never waits on it.
+
+    Why: the loop stamps the shadow's answers (ttfb, total) as it reads them; a comparison run on
+    the loop (a chat answer's semantic similarity: ~50 ms, 3 s for the first as the embedding
+    model loads; a snapshot: ~0.4 ms per pair so far) delayed every read behind it, and the demo's
+    shadow measured ~60x slower than it is on every endpoint. On a thread the loop waits at most
+    the interpreter's switch interval for the GIL (0.5 ms in the mirror, SWITCH_INTERVAL).
+    Invariants: pairs are compared in the order given; ``view()`` never blocks (the last view the
+    thread made, refreshed at most once a second when asked for); ``close()`` compares every pair
+    given before it returns, after which the comparison is the loop's again.
+    """
+
+    def __init__(self, comparison: Comparison) -> None:
+        import queue
+        import threading
+
+        self.comparison = comparison
+        self._pairs: queue.SimpleQueue[tuple[Exchange, Result] | None] = queue.SimpleQueue()
+        self._view: tuple[str | None, float | None, list[tuple[str, int, float]]] = (None, None, [])
+        self._want_view = threading.Event()
+        self.errors: list[str] = []  # the thread appends, the loop pops (atomic list ops)
+        self._thread = threading.Thread(target=self._run, name="mirror-compare", daemon=True)
+        self._thread.start()
+
+    def add(self, exchange: Exchange, result: Result) -> None:
+        self._pairs.put((exchange, result))
+
+    def view(self) -> tuple[str | None, float | None, list[tuple[str, int, float]]]:
+        self._want_view.set()
+        return self._view
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._pairs.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        import queue
+        import time
+
+        view_at = -1e9
+        while True:
+            try:
+                item = self._pairs.get(timeout=0.2)
+            except queue.Empty:
+                item = ()  # type: ignore[assignment]
+            if item is None:
+                return
+            if item:
+                exchange, result = item
+                try:
+                    add(self.comparison, exchange, result)
+                except Exception as exc:  # noqa: BLE001 - a comparison bug must not stop the mirror
+                    self.errors.append(f"comparison failed on {getattr(exchange, 'id', '?')}: "
+                                       f"{type(exc).__name__}: {exc}")
+            now = time.monotonic()
+            if self._want_view.is_set() and now - view_at >= 1.0:
+                self._want_view.clear()
+                view_at = now
+                try:
+                    self._view = view(snapshot(self.comparison))
+                except Exception as exc:  # noqa: BLE001
+                    self.errors.append(f"comparison snapshot failed: {type(exc).__name__}: {exc}")

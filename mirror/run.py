@@ -485,11 +485,12 @@ class MirrorRun:
         """The final reports (printed, and in the run directory) and the mirror's own summary
         (mirror.json). Returns the verdict."""
         assert self.comparison is not None
+        self.comparison.close()  # every pair compared (idempotent: the hub closed it already)
         comparison = self.comparison.comparison
         mirror_compare.set_unmatched(
             comparison, self.pairer.evicted_exchanges, self.pairer.evicted_results
         )
-        report = mirror_compare.snapshot(comparison)
+        report = mirror_compare.snapshot(comparison, final=True)  # every endpoint recomputed
         _, divergence, _ = mirror_compare.view(report)
         verdict, why = coverage_verdict(
             report.verdict.result, s.queued, s.pairs, self.cfg.min_coverage
