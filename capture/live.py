@@ -360,11 +360,13 @@ def run_capture(
     *,
     on_figures: Callable[[Figures], None] | None = None,
     on_started: Callable[[Source, str], None] | None = None,
+    on_batch: Callable[[], None] | None = None,
 ) -> CaptureSummary:
     """Capture until ``stop_event`` is set, ``config.duration`` has passed or ``config.count``
     exchanges were recorded; feed every frame to ``extractor`` (capture/extractor.py's Extractor)
     in this process, as it arrives; write the outputs of ``config``; call ``on_exchange`` for each
-    exchange, in the order written. The live mirror's path (its Extractor's on_request fires in
+    exchange, in the order written; ``on_batch`` after each batch of frames read (the mirror
+    sends what a batch made in one write). The live mirror's path (its Extractor's on_request fires in
     real time); `shadowtap capture` takes ``run_spooled_capture``.
 
     The source's hooks are detached, the Extractor finished (exchanges in flight are written) and
@@ -411,6 +413,8 @@ def run_capture(
                 out = feed(seconds(ts_us), linktype, frame)
                 if out:
                     emit(out)
+            if on_batch is not None and frames:
+                on_batch()
 
         def on_tick(now: float) -> None:
             nonlocal last_tick, last_exchanges, rate

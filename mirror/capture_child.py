@@ -41,6 +41,7 @@ from shadowtap.records import Exchange
 from shadowtap.replay.policy import Policy, Prepared, Skip, SkipReason
 
 PIPE_SIZE = 4 << 20  # bytes asked for the pipe (F_SETPIPE_SZ); the kernel may give less
+WRITE_BYTES = 256 << 10  # frames joined into one write, at most
 MAX_OUTBOX_BYTES = 256 << 20  # frames waiting for the pipe, at most (bodies can be 1 MiB each)
 _F_SETPIPE_SZ = 1031
 
@@ -114,6 +115,9 @@ class Outbox:
         self._push(CODEC.dumps(obj), None)
 
     def _push(self, payload: bytes, item: Pending | None) -> list[Pending]:
+        """Queue a frame; it goes out at the next ``flush``: the capture loop flushes once per
+        batch of packets read (``on_batch``), so a batch's frames cost one write and one wake-up
+        of the mirror's loop, not one each."""
         dropped: list[Pending] = []
         data = frame(payload)
         self._frames.append((data, item))
@@ -128,15 +132,22 @@ class Outbox:
             else:
                 self.dropped_requests += 1
                 dropped.append(old)
-        self.flush()
         return dropped
 
     def flush(self, *, block: bool = False) -> None:
-        """Write what the pipe takes now (all of it with ``block``, as at the end)."""
-        while (self._partial or self._frames) and not self.broken:
+        """Write what the pipe takes now (all of it with ``block``, as at the end): the queued
+        frames joined into writes of up to WRITE_BYTES (frames not yet joined stay droppable)."""
+        frames = self._frames
+        while (self._partial or frames) and not self.broken:
             if not self._partial:
-                self._partial = self._frames.popleft()[0]
-                self.bytes -= len(self._partial)
+                parts = []
+                size = 0
+                while frames and size < WRITE_BYTES:
+                    data = frames.popleft()[0]
+                    parts.append(data)
+                    size += len(data)
+                self.bytes -= size
+                self._partial = parts[0] if len(parts) == 1 else b"".join(parts)
             try:
                 n = os.write(self.fd, self._partial)
             except BlockingIOError:
@@ -220,6 +231,9 @@ def child_main(ctx: ChildContext, fd: int, cfg: Any, policy: Policy, own: Contai
 
     def on_exchange(ex: Exchange) -> None:
         outbox.put_exchange(ex, admission.take_admitted(ex.id))
+
+    def on_batch() -> None:
+        outbox.flush()
         if outbox.broken:
             stop.set()
 
@@ -227,11 +241,13 @@ def child_main(ctx: ChildContext, fd: int, cfg: Any, policy: Policy, own: Contai
         gc.collect()
         gc.freeze()  # bcc, the compiled program, the imports: not the cyclic GC's business
         outbox.put_record(Started(src.describe(), reason))
+        outbox.flush()
 
     def on_figures(fig: Any) -> None:
         nonlocal drops
         drops = int(fig.kernel_drops) + int(fig.buffer_drops)
         outbox.put_record(figures())
+        outbox.flush()
         if outbox.broken:
             stop.set()
 
@@ -248,7 +264,13 @@ def child_main(ctx: ChildContext, fd: int, cfg: Any, policy: Policy, own: Contai
             iface=cfg.iface, ports=cfg.ports, backend=Backend(cfg.backend), immediate=True
         )
         summary = run_capture(
-            ccfg, extractor, stop, on_exchange, on_figures=on_figures, on_started=on_started
+            ccfg,
+            extractor,
+            stop,
+            on_exchange,
+            on_figures=on_figures,
+            on_started=on_started,
+            on_batch=on_batch,
         )
         drops = summary.source.drops
         outbox.put_record(figures(final=True))

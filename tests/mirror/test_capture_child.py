@@ -119,6 +119,7 @@ def test_outbox_never_blocks_and_drops_the_oldest_when_nobody_reads():
         got += [decode(p).exchange_id for p in reader.feed(data)]
     assert len(got) + len(lost) == 2000 and got == sorted(got, key=int)
     os.close(r)
-    box.put(Pending("late", prepared, 1.0, 1.0))  # the reader is gone: broken, not an exception
+    box.put(Pending("late", prepared, 1.0, 1.0))
+    box.flush()  # the reader is gone: broken, not an exception
     assert box.broken
     os.close(w)
