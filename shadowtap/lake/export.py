@@ -78,4 +78,9 @@ def run_export(inputs: list[str], out: str, *, host: str | None = None, config: 
         f"exported {writer.written} pairs to {out} ({writer.files} files); unmatched: "
         f"{stats.unmatched_exchanges} exchanges, {stats.unmatched_results} results; "
         f"{stats.input_errors} bad lines")
+    if writer.written == 0:  # garbage, empty files, the wrong files: say so, not "exported 0"
+        why = (f"{stats.input_errors} malformed lines" if stats.input_errors else
+               f"{stats.unmatched_exchanges} exchanges and {stats.unmatched_results} results, "
+               "none with its counterpart")
+        raise InputError(f"no pair to export ({why})", where=f"{exchanges}, {results}")
     return 0

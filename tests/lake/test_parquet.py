@@ -130,3 +130,16 @@ def test_bad_inputs_say_where(tmp_path) -> None:
     bad.write_bytes(b"not parquet")
     with pytest.raises(Exception, match="bad.parquet"):
         list(read_lake(str(bad)))
+
+
+def test_nothing_to_export_is_an_error(tmp_path) -> None:
+    """Garbage or empty files used to end "exported 0 pairs", exit 0."""
+    garbage, empty = tmp_path / "garbage.jsonl", tmp_path / "empty.jsonl"
+    garbage.write_bytes(b'{"schema":2\nnot json\n')
+    empty.write_bytes(b"")
+    for ex, res, why in ((garbage, garbage, "4 malformed lines"),
+                         (empty, empty, "0 exchanges and 0 results")):
+        out = subprocess.run([*SHADOWTAP, "export", str(ex), str(res), "-o", str(tmp_path / "l")],
+                             check=False, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 3, out.stderr
+        assert f"{ex}, {res}: no pair to export ({why}" in out.stderr, out.stderr
