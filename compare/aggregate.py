@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 import threading
 import time
@@ -58,6 +59,14 @@ from shadowtap.compare.report import (
 )
 from shadowtap.compare.samples import body_excerpt, redact_field, redact_text
 from shadowtap.compare.stats import Reservoir, drift, latency_shift, percentiles
+from shadowtap.compare.tensors import (
+    TensorAgg,
+    compare_tensors,
+    data_prefixes,
+    differs,
+    lenient_json,
+    parse_tensors,
+)
 from shadowtap.records import Exchange, Response, Result
 
 OTHER_FIELDS = "(other fields)"
@@ -186,6 +195,7 @@ class EndpointAgg:
         self.fields: dict[str, FieldAgg] = {}
         self.sample_bodies = 0  # samples of this endpoint that kept their bodies
         self.genai: GenAgg | None = None  # generative answers (compare/genai.py), when any
+        self.tensors: TensorAgg | None = None  # output tensors (compare/tensors.py), when any
 
     def merge(self, o: EndpointAgg, max_samples: int) -> None:
         self.pairs += o.pairs
@@ -206,6 +216,11 @@ class EndpointAgg:
                 self.genai = o.genai
             else:
                 self.genai.merge(o.genai)
+        if o.tensors is not None:
+            if self.tensors is None:
+                self.tensors = o.tensors
+            else:
+                self.tensors.merge(o.tensors)
         for path, f in o.fields.items():
             mine = self.fields.get(path)
             if mine is None:
@@ -335,8 +350,14 @@ class Comparison:
                 pair = diff_responses(p, s, self._ignored_headers, self._tolerance,
                                       max_walk=self._max_walk,
                                       max_differences=self._max_differences)
+        tensor_paths, tensors_differ = self._tensors(ex, agg, gp, pair, p, s)
+        if tensor_paths:
+            # The tensors' values are compared numerically (compare/tensors.py), not field by field.
+            pair = PairDiff([d for d in pair.differences if not d.path.startswith(tensor_paths)],
+                            pair.primary_body, pair.shadow_body, pair.cut)
         diffs = pair.differences
-        if not diffs and (gp is None or gp.cls == "identical"):  # an equivalent answer differs
+        # an equivalent generative answer differs, and so do tensors within tolerance
+        if not diffs and (gp is None or gp.cls == "identical") and not tensors_differ:
             agg.identical += 1
             self._overall.identical += 1
         else:
@@ -372,6 +393,9 @@ class Comparison:
                         _leaves(sb.value, "body", sp, sv)
                 except RecursionError:  # absurdly deep: no leaf statistics for this pair
                     pp, pv, sp, sv = [], [], [], []
+                if tensor_paths:  # tensor elements are no fields with distributions of their own
+                    pp, pv = _without(pp, pv, tensor_paths)
+                    sp, sv = (pp, pv) if sb is pb else _without(sp, sv, tensor_paths)
                 # Responses of one endpoint share a few shapes: one tuple of paths per shape, so a
                 # slot costs its values only; equal bodies share one walk and one tuple.
                 ppaths, pvals = self._shape(pp), tuple(pv)
@@ -381,6 +405,38 @@ class Comparison:
                     agg.values.put(slot, (ppaths, pvals, self._shape(sp), tuple(sv)))
             else:
                 agg.values.put(slot, ((), (), (), ()))
+
+    def _tensors(self, ex: Exchange, agg: EndpointAgg, gp: Any, pair: PairDiff, p: Any,
+                 s: Any) -> tuple[tuple[str, ...], bool]:
+        """Compares the pair's output tensors when both answers carry them (compare/tensors.py)
+        and returns the paths of the tensors' values (empty: not a tensor answer) and whether
+        the tensors differ at all."""
+        tc = self.config.tensors
+        if not tc.enabled or gp is not None:
+            return (), False
+        target = ex.request.target if ex.request is not None else ""
+        if tc.paths and not any(re.search(x, target) for x in tc.paths):
+            return (), False
+        if ex.grpc is not None:
+            pv = pair.primary_body.value if pair.primary_body is not None else None
+            sv = pair.shadow_body.value if pair.shadow_body is not None else None
+        else:
+            pb = pair.primary_body or prepare_body(p)
+            sb = pair.shadow_body or (pb if p.body == s.body else prepare_body(s))
+            # NaN/Infinity make a body no strict JSON: read leniently, they become anomalies
+            pv = pb.value if pb.type is BodyType.JSON else lenient_json(pb.raw)
+            sv = sb.value if sb.type is BodyType.JSON else lenient_json(sb.raw)
+        pt = parse_tensors(pv, target)
+        if pt is None or not pt.tensors:
+            return (), False
+        st = parse_tensors(sv, target)
+        if st is None:  # the shadow answers something else: its fields carry the differences
+            return (), False
+        if agg.tensors is None:
+            agg.tensors = TensorAgg(self.config.limits.latency_sample, self._seed + 5)
+        tp = compare_tensors(pt, st, tc)
+        agg.tensors.add(tp)
+        return data_prefixes(pt.api), differs(tp)
 
     def _shape(self, paths: list[str]) -> tuple[str, ...]:
         key = tuple(paths)
@@ -710,6 +766,7 @@ class Comparison:
             fields=fields,
             numeric=model,
             genai=a.genai.report(cfg.genai) if a.genai is not None else None,
+            tensors=a.tensors.report(cfg.tensors) if a.tensors is not None else None,
         )
 
     def _value_stats(self, a: EndpointAgg) -> dict[str, _ValueStats]:
@@ -773,3 +830,9 @@ class _ValueStats:
     type: str  # numeric, categorical, other
     presence: float  # share of sampled pairs whose primary body has the path
     drift: Drift | None  # numeric paths whose values differ between the sides
+
+
+def _without(paths: list[str], values: list[Any], prefixes: tuple[str, ...]
+             ) -> tuple[list[str], list[Any]]:
+    keep = [i for i, x in enumerate(paths) if not x.startswith(prefixes)]
+    return [paths[i] for i in keep], [values[i] for i in keep]

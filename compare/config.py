@@ -208,11 +208,52 @@ class GenAiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TensorTolerance:
+    """Tolerances of a model's output tensors (``[tensors]`` defaults, or one
+    ``[[tensors.models]]`` rule: ``model`` and ``output`` are regular expressions over the model's
+    name and the output's name, empty = any; the first matching rule wins; keys a rule leaves
+    out take the built-in defaults, not the ``[tensors]`` section's)."""
+
+    model: str = ""
+    output: str = ""
+    atol: float = 1e-4  # an element is within tolerance when |s - p| <= atol + rtol * |p|
+    rtol: float = 1e-3
+    max_breach_rate: float = 0.01  # share of pairs with an element beyond tolerance that fails
+    min_cosine: float = 0.999  # the output's median cosine similarity below this fails
+    min_top1_agreement: float = 0.99  # classification outputs: share of rows with the same argmax
+    critical_top1_agreement: float = 0.95  # top-1 agreement below this fails the run
+    top_k: int = 5
+    min_topk_overlap: float = 0.9  # mean |top-k(p) & top-k(s)| / k below this fails
+
+
+@dataclass(frozen=True, slots=True)
+class TensorConfig:
+    """Tensor outputs of model servers (docs/compare.md, "Tensor outputs")."""
+
+    enabled: bool = True
+    # regular expressions over request targets; empty = tensor answers recognised by content
+    paths: tuple[str, ...] = ()
+    defaults: TensorTolerance = field(default_factory=TensorTolerance)
+    models: tuple[TensorTolerance, ...] = ()
+    # conditions whose failure fails the run: "shape" (shape/datatype changes, missing outputs),
+    # "anomaly" (NaN/undecodable on the shadow only), "tolerance", "top1", "topk", "cosine"
+    critical: tuple[str, ...] = ("shape",)
+
+    def tolerance(self, model: str, output: str) -> TensorTolerance:
+        for t in self.models:
+            if (not t.model or re.search(t.model, model)) and (
+                    not t.output or re.search(t.output, output)):
+                return t
+        return self.defaults
+
+
+@dataclass(frozen=True, slots=True)
 class VerdictConfig:
     pass_score: float = 95.0
     marginal_score: float = 75.0
     weights: tuple[tuple[str, float], ...] = (
         ("errors", 30.0), ("latency", 20.0), ("content", 35.0), ("model", 15.0), ("genai", 20.0),
+        ("tensors", 20.0),
     )
     critical: tuple[str, ...] = ("errors", "latency")  # groups whose High fails the run
 
@@ -249,6 +290,7 @@ class CompareConfig:
     content: ContentConfig = field(default_factory=ContentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     genai: GenAiConfig = field(default_factory=GenAiConfig)
+    tensors: TensorConfig = field(default_factory=TensorConfig)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 
@@ -270,7 +312,8 @@ class CompareConfig:
 # everything, so ``pass_score = nan`` would silently never pass).
 _UNIT_FIELDS = frozenset({
     "volatile_share", "distinct_share", "alpha", "min_increase", "max_rate", "critical_rate",
-    "ks_alpha", "min_agreement", "critical_agreement",
+    "ks_alpha", "min_agreement", "critical_agreement", "max_breach_rate", "min_cosine",
+    "min_top1_agreement", "min_topk_overlap", "critical_top1_agreement",
 })
 _SCORE_FIELDS = frozenset({"pass_score", "marginal_score"})
 
@@ -294,6 +337,7 @@ _LIST_ITEM = {
     ("noise", "rules"): NoiseRule,
     ("numeric", "paths"): NumericTolerance,
     ("endpoints", "rules"): EndpointRule,
+    ("tensors", "models"): TensorTolerance,
 }
 
 

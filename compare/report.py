@@ -71,6 +71,7 @@ class Group(StrEnum):
     CONTENT = "content"
     MODEL = "model"
     GENAI = "genai"  # generative answers: refusal/truncation rates, similarity (compare/genai.py)
+    TENSORS = "tensors"  # model servers' output tensors: shape, error, top-1 (compare/tensors.py)
 
 
 class Record:
@@ -292,7 +293,9 @@ class EndpointReport(Record):
     # compare/genai.py's section (a JSON object, docs/compare.md), only for endpoints that answered
     # generatively: other reports keep their bytes.
     genai: dict[str, Any] | None = None
-    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"genai"})
+    # compare/tensors.py's section, only for endpoints whose answers carried output tensors
+    tensors: dict[str, Any] | None = None
+    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"genai", "tensors"})
 
 
 @dataclass(frozen=True, slots=True)

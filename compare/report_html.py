@@ -192,6 +192,10 @@ def _endpoint_html(e: EndpointReport) -> str:
         from shadowtap.compare.genai import genai_html
 
         out.append(genai_html(e.genai))
+    if e.tensors is not None:
+        from shadowtap.compare.tensors import tensors_html
+
+        out.append(tensors_html(e.tensors))
     out.append("</div>")
     return "".join(out)
 

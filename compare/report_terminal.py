@@ -99,6 +99,11 @@ def render(report: Report, *, verbose: bool = False) -> None:
 
             _table(f"generative answers of {e.endpoint}", ["", "primary", "shadow", "detail"],
                    terminal_rows(e.genai))
+        if e.tensors is not None:
+            from shadowtap.compare.tensors import terminal_rows as tensor_rows
+
+            _table(f"output tensors of {e.endpoint}", ["", "value", "detail"],
+                   tensor_rows(e.tensors))
     if report.noise:
         _table("treated as noise", ["endpoint", "field", "rate", "why"],
                [[n.endpoint, n.path, _pct(n.rate), n.reason] for n in report.noise])

@@ -175,6 +175,10 @@ def judge(endpoints: list[EndpointReport], overall: Side, cfg: CompareConfig,
             from shadowtap.compare.genai import genai_metrics
 
             metrics.extend(genai_metrics(ep, cfg))
+        if ep.tensors is not None:
+            from shadowtap.compare.tensors import tensor_metrics
+
+            metrics.extend(tensor_metrics(ep, cfg))
     counts: dict[str, list[int]] = {}  # group -> [metrics, passed], in the order first seen
     for m in metrics:
         if m.result is NODATA:
