@@ -304,3 +304,19 @@ def test_replay_of_garbage_is_an_error_exit(tmp_path, aio_target):
     )
     assert p.returncode == 3, p.stderr
     assert "no HTTP exchange to replay" in p.stderr
+
+
+def test_a_bare_cr_seen_on_the_wire_is_not_forwarded(tmp_path, aio_target):
+    """A capture whose request carries 'X-A: 1<CR>DELETE /victim HTTP/1.1': replayed from the
+    pcap, that request is skipped as unsendable; the next one on the connection goes."""
+    from tests.support.hostile_pcaps import crlf
+
+    cap = crlf(str(tmp_path / "crlf.pcap"))
+    p = subprocess.run(
+        [sys.executable, "-m", "shadowtap", "replay", cap, "-t", aio_target.url, "--force",
+         "--speed", "max"],
+        check=False, capture_output=True, text=True, timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "skipped: unsendable\t1" in p.stderr
+    assert [(s.method, s.path) for s in aio_target.seen] == [("GET", "/b")]
