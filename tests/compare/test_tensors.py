@@ -221,3 +221,28 @@ def test_raw_output_contents_decoded_by_datatype_and_shape():
         assert t.shape == (2, 3) and t.datatype == dt
         assert np.array_equal(t.values, vals.astype(npdt).astype(np.float64))
         assert compare_tensors(parsed, parsed, cfg).outputs[0].max_abs == 0.0
+
+
+def test_merged_comparisons_and_html_keep_the_tensors(craft):
+    """Two Comparisons (as the process/Spark engines make them) merged after a pickle round trip
+    count every pair's tensors; the HTML card shows the section."""
+    import pickle
+
+    from shadowtap.compare.aggregate import Comparison
+    from shadowtap.compare.report_html import render_html
+
+    def feed(c, lo, hi):
+        for i in range(lo, hi):
+            c.add(craft.exchange(i, craft.response(kserve(scores(i))), method="POST",
+                                 target=KSERVE),
+                  craft.result(i, craft.response(kserve(flip(scores(i)) if i % 2 else scores(i)))))
+
+    a, b = Comparison(), Comparison()
+    feed(a, 0, 20)
+    feed(b, 20, 40)
+    a.merge(pickle.loads(pickle.dumps(b)))
+    rep = a.snapshot(fresh=True)
+    (out,) = rep.endpoints[0].tensors["outputs"]
+    assert out["pairs"] == 40 and out["classification"]["top1_flips"] == 20
+    assert rep.endpoints[0].identical == 20
+    assert "Output tensors" in render_html(rep) and "output probs" in render_html(rep)
