@@ -434,11 +434,7 @@ class Extractor:
             conv = self._conversation(st, from_client, data)
         (conv.feed_client if from_client else conv.feed_server)(ts, data)
         conv = st.app
-        if conv.events:
-            self._collect(st, conv)
-        if conv.anomalies:
-            self._anomalies.update(conv.anomalies)
-            conv.anomalies.clear()
+        self._take(st, conv)
         if self._ready or len(self._heap) > self.max_held_exchanges:
             return self._release()
         return []
@@ -464,11 +460,7 @@ class Extractor:
         if conv is not None:
             conv.end(from_client, ts)
             conv = st.app
-            if conv.events:
-                self._collect(st, conv)
-            if conv.anomalies:
-                self._anomalies.update(conv.anomalies)
-                conv.anomalies.clear()
+            self._take(st, conv)
         return self._release() if self._ready else []
 
     def _close_stream(self, key: tuple[str, str], ts: float) -> list[Exchange]:
@@ -482,13 +474,18 @@ class Extractor:
                     conv = st.app
             if conv.pending:
                 conv.close(ts)
-            if conv.events:
-                self._collect(st, conv)
-            if conv.anomalies:
-                self._anomalies.update(conv.anomalies)
-                conv.anomalies.clear()
+            self._take(st, conv)
             st.app = None
         return self._release() if self._ready else []
+
+    def _take(self, conn: Connection | _Stream, conv: Conversation) -> None:
+        """What a parser call produced: its events (ordering, ids) and its connection anomalies.
+        (``feed`` and ``_dispatch`` inline the same on the per-segment path.)"""
+        if conv.events:
+            self._collect(conn, conv)
+        if conv.anomalies:
+            self._anomalies.update(conv.anomalies)
+            conv.anomalies.clear()
 
     def _sweep_streams(self, now: float) -> None:
         """Streams idle for ``idle_timeout`` seconds of capture time are closed (their exchanges go
