@@ -62,7 +62,6 @@ from shadowtap.compare.stats import Reservoir, drift, latency_shift, percentiles
 from shadowtap.compare.tensors import (
     TensorAgg,
     compare_tensors,
-    data_prefixes,
     differs,
     lenient_json,
     parse_tensors,
@@ -436,7 +435,7 @@ class Comparison:
             agg.tensors = TensorAgg(self.config.limits.latency_sample, self._seed + 5)
         tp = compare_tensors(pt, st, tc)
         agg.tensors.add(tp)
-        return data_prefixes(pt.api), differs(tp)
+        return pt.prefixes, differs(tp)
 
     def _shape(self, paths: list[str]) -> tuple[str, ...]:
         key = tuple(paths)

@@ -49,7 +49,6 @@ __all__ = [
     "compare_tensors",
     "differs",
     "lenient_json",
-    "data_prefixes",
     "parse_tensors",
     "tensor_metrics",
     "tensors_html",
@@ -63,6 +62,11 @@ DTYPES: dict[str, str] = {
     "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
 }
 _CDF = (0, 5, 10, 25, 50, 75, 90, 95, 99, 100)
+_KSERVE_PATHS = (
+    "body.outputs[].data", "body.outputs[].contents", "body.outputs[].fp", "body.outputs[].int",
+    "body.outputs[].uint", "body.outputs[].bool", "body.outputs[].bytes_contents",
+    "body.raw_output_contents",
+)
 _MODEL_IN_TARGET = re.compile(r"/v[12]/models/([^/:?]+)")
 
 
@@ -87,6 +91,10 @@ class Parsed:
     model: str
     tensors: dict[str, Tensor]
     anomalies: tuple[Anomaly, ...]
+    # where the tensors' values are in the body, as compare/diff.py names paths: their field
+    # differences are carried by the tensor comparison instead (values that are no tensor, a
+    # TF Serving row's label string, stay fields)
+    prefixes: tuple[str, ...] = ()
 
 
 def _shape(v: Any) -> tuple[int, ...] | None:
@@ -198,7 +206,7 @@ def _kserve(body: dict[str, Any], target: str) -> Parsed:
             _finite(t, anomalies)
             tensors[name] = t
     model = str(body.get("model_name") or _target_model(target))
-    return Parsed("kserve.v2", model, tensors, tuple(anomalies))
+    return Parsed("kserve.v2", model, tensors, tuple(anomalies), _KSERVE_PATHS)
 
 
 def _tfserving(body: dict[str, Any], target: str) -> Parsed:
@@ -209,18 +217,25 @@ def _tfserving(body: dict[str, Any], target: str) -> Parsed:
     columns: dict[str, Any]
     if isinstance(value, dict):
         columns = value
+        where = f"body.{key}."
     elif (key == "predictions" and isinstance(value, list) and value
           and all(isinstance(r, dict) for r in value)):
         names = list(value[0])
         columns = {n: [r.get(n) for r in value] for n in names}
+        where = "body.predictions[]."
     else:
         columns = {key: value}
+        where = ""
     for name, raw in columns.items():
-        t = _numbers(str(name), "", raw, None, anomalies)
+        found: list[Anomaly] = []
+        t = _numbers(str(name), "", raw, None, found)
+        # a named column of strings (a label next to the scores) is no tensor, nor an anomaly
+        anomalies.extend(x for x in found if x.kind != "non_numeric" or len(columns) == 1)
         if t is not None:
             _finite(t, anomalies)
             tensors[str(name)] = t
-    return Parsed("tfserving", _target_model(target), tensors, tuple(anomalies))
+    prefixes = tuple(f"body.{n}" if not where else f"{where}{n}" for n in tensors)
+    return Parsed("tfserving", _target_model(target), tensors, tuple(anomalies), prefixes)
 
 
 def _target_model(target: str) -> str:
@@ -251,16 +266,6 @@ def lenient_json(raw: bytes) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError):
         return None
-
-
-def data_prefixes(api: str) -> tuple[str, ...]:
-    """Paths (as compare/diff.py names them) of the tensors' values: their field differences are
-    carried by the tensor comparison instead."""
-    if api == "kserve.v2":
-        return ("body.outputs[].data", "body.outputs[].contents", "body.outputs[].fp",
-                "body.outputs[].int", "body.outputs[].uint", "body.outputs[].bool",
-                "body.outputs[].bytes_contents", "body.raw_output_contents")
-    return ("body.predictions", "body.outputs")
 
 
 # ----------------------------------------------------------------------------- per pair

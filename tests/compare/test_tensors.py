@@ -246,3 +246,20 @@ def test_merged_comparisons_and_html_keep_the_tensors(craft):
     assert out["pairs"] == 40 and out["classification"]["top1_flips"] == 20
     assert rep.endpoints[0].identical == 20
     assert "Output tensors" in render_html(rep) and "output probs" in render_html(rep)
+
+
+def test_tf_rows_keep_their_non_tensor_fields(craft):
+    """TF Serving rows of objects: the number columns are tensors, a label string stays a field
+    whose flips the content comparison reports."""
+    def row(i, label):
+        return {"predictions": [{"score": scores(i)[:3], "label": label}]}
+
+    rep = craft.run(40, lambda i: (
+        craft.exchange(i, craft.response(row(i, "cat")), method="POST",
+                       target="/v1/models/pets:predict"),
+        craft.result(i, craft.response(row(i, "dog" if i % 2 else "cat")))))
+    t = rep.endpoints[0].tensors
+    assert [o["name"] for o in t["outputs"]] == ["score"] and t["models"] == ["pets"]
+    assert t["anomalies"] == []
+    paths = {f.path for f in rep.endpoints[0].fields}
+    assert "body.predictions[].label" in paths and "body.predictions[].score[]" not in paths
