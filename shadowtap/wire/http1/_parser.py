@@ -1115,7 +1115,7 @@ class Conversation:
         parts = msg.parts
         out = decode(parts[0] if parts else b"", msg.encodings)  # bounded: see wire.content
         if out.length is None:
-            msg.anomalies.append(out.anomaly)  # undecodable_body, or decode_limit past a bound
+            msg.anomalies.append(out.anomaly or Anomaly.UNDECODABLE_BODY)  # or decode_limit past a bound
         return out.length
 
 
