@@ -650,7 +650,12 @@ class GenAgg:
         self.similarity.merge(o.similarity)
         for k, r in self.res.items():
             r.merge(o.res[k])
-        for item in o._worst:
+        # The other's ordinals follow ours (as if its pairs came after): (bad, n) stays unique, so
+        # the heap never compares two samples (dicts: a TypeError with --jobs/Spark on a tie).
+        offset = self._n
+        self._n += o._n
+        for bad, n, sample in o._worst:
+            item = (bad, n + offset, sample)
             if len(self._worst) < _WORST:
                 heapq.heappush(self._worst, item)
             elif item[0] > self._worst[0][0]:

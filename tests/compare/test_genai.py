@@ -442,3 +442,24 @@ def test_a_named_text_field_of_any_json_api():
     assert g["classes"]["refusal"] == sum(behaviour(p, 2) == "refuse" for p in ps) > 0
     assert g["apis"] == {"text_field": 40}
     assert [f.path for f in ep.fields] == ["body.score"]  # the answer is not a field difference
+
+
+
+def test_merged_parts_with_equal_worst_answers_do_not_compare_samples():
+    """compare --jobs (and Spark) merge partial comparisons: two parts whose worst answers tie on
+    (dissimilarity, ordinal) made the heap compare the samples (dicts): a TypeError (seen on the
+    demo's run directory with --jobs 2)."""
+    t0 = 1_796_149_490.0
+    ps = prompts(60)
+    parts = []
+    for _ in range(2):
+        c = Comparison(CompareConfig())
+        for i, pr in enumerate(ps):
+            c.add(*pair(i, pr, stream=i % 2 == 0, t0=t0 + i))
+        parts.append(c)
+    aggs = [next(iter(c._endpoints.values())).genai for c in parts]
+    for k, agg in enumerate(aggs):  # a tie the heap must not break by comparing the samples
+        agg._worst = [(10.0, 1, {"exchange_id": f"part{k}"})]
+    parts[0].merge(parts[1])
+    [merged] = parts[0].snapshot(fresh=True).endpoints
+    assert [w["exchange_id"] for w in merged.genai["worst"]] == ["part0", "part1"]
