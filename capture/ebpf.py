@@ -50,6 +50,19 @@ LINKTYPE_ETHERNET, LINKTYPE_RAW = 1, 101
 
 
 
+def ring_pages(buffer_mb: int) -> int:
+    """Pages of a BPF ring of ``buffer_mb`` MiB, rounded up to the power of two the kernel wants."""
+    pages = max(1, buffer_mb * (1 << 20) // os.sysconf("SC_PAGE_SIZE"))
+    return 1 << (pages - 1).bit_length()
+
+
+def with_settings(program: str, cflags: list[str], where: str) -> str:
+    """A BPF program as bcc compiles it, its -D settings written out as #defines above it: what
+    ``--print-bpf`` shows."""
+    defines = "".join(f"#define {f[2:].replace('=', ' ', 1)}\n" for f in cflags)
+    return f"// compiled by bcc with these settings {where}:\n{defines}\n{program}"
+
+
 def program_source() -> str:
     return resources.files("shadowtap.capture").joinpath("bpf", PROGRAM_FILE).read_text()
 
@@ -106,8 +119,7 @@ class EbpfSource:
 
     # -- the program -------------------------------------------------------------------------
     def _pages(self) -> int:
-        pages = max(1, self.buffer_mb * (1 << 20) // os.sysconf("SC_PAGE_SIZE"))
-        return 1 << (pages - 1).bit_length()
+        return ring_pages(self.buffer_mb)
 
     def cflags(self) -> list[str]:
         return [
@@ -122,8 +134,7 @@ class EbpfSource:
         """The program as compiled, with the loader's settings: what ``--print-bpf`` shows."""
         if self.use_ringbuf is None:
             self.use_ringbuf = ringbuf_supported()
-        defines = "".join(f"#define {f[2:].replace('=', ' ', 1)}\n" for f in self.cflags())
-        return f"// compiled by bcc with these settings for {self.iface}:\n{defines}\n{program_source()}"
+        return with_settings(program_source(), self.cflags(), f"for {self.iface}")
 
     # -- life cycle ---------------------------------------------------------------------------
     def open(self) -> None:

@@ -42,6 +42,8 @@ from importlib import resources
 from typing import Any
 
 from shadowtap.capture import tls_libs
+from shadowtap.capture.doctor import ringbuf_supported
+from shadowtap.capture.ebpf import ring_pages, with_settings
 from shadowtap.capture.source import Frame, SourceStats
 from shadowtap.capture.tls_frames import Chunk, Framer
 from shadowtap.errors import InputError, PrerequisiteError
@@ -319,8 +321,7 @@ class TlsSource:
 
     # -- the program -------------------------------------------------------------------------
     def _pages(self) -> int:
-        pages = max(1, self.buffer_mb * (1 << 20) // os.sysconf("SC_PAGE_SIZE"))
-        return 1 << (pages - 1).bit_length()
+        return ring_pages(self.buffer_mb)
 
     def cflags(self) -> list[str]:
         return [
@@ -332,17 +333,12 @@ class TlsSource:
 
     def _probe_ringbuf(self) -> None:
         if self.use_ringbuf is None:
-            from shadowtap.capture.ebpf import ringbuf_supported
-
             self.use_ringbuf = ringbuf_supported()
 
     def program_text(self) -> str:
         """The program as compiled, with the loader's settings: what ``--print-bpf`` shows."""
         self._probe_ringbuf()
-        defines = "".join(f"#define {f[2:].replace('=', ' ', 1)}\n" for f in self.cflags())
-        return (
-            f"// compiled by bcc with these settings (TLS source):\n{defines}\n{program_source()}"
-        )
+        return with_settings(program_source(), self.cflags(), "(TLS source)")
 
     def find_libraries(self) -> list[tls_libs.TlsLibrary]:
         """The libraries to attach to, each checked; raises when none is usable."""
