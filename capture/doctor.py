@@ -17,7 +17,12 @@ from enum import Enum
 from shadowtap.errors import PrerequisiteError
 
 CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 12, 13, 21, 38, 39
-_CAP_NAMES = {CAP_NET_ADMIN: "CAP_NET_ADMIN", CAP_NET_RAW: "CAP_NET_RAW", CAP_PERFMON: "CAP_PERFMON", CAP_BPF: "CAP_BPF"}
+_CAP_NAMES = {
+    CAP_NET_ADMIN: "CAP_NET_ADMIN",
+    CAP_NET_RAW: "CAP_NET_RAW",
+    CAP_PERFMON: "CAP_PERFMON",
+    CAP_BPF: "CAP_BPF",
+}
 EBPF_CAPS = (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)
 PCAP_CAPS = (CAP_NET_RAW,)
 SETUP_FIX = "scripts/setup.sh (as root, from the shadowtap checkout)"
@@ -51,7 +56,8 @@ def missing_capabilities(caps: tuple[int, ...]) -> list[str]:
     # Before Linux 5.8 CAP_SYS_ADMIN stood for CAP_BPF and CAP_PERFMON.
     sys_admin = bool(have >> CAP_SYS_ADMIN & 1)
     return [
-        _CAP_NAMES[c] for c in caps
+        _CAP_NAMES[c]
+        for c in caps
         if not have >> c & 1 and not (sys_admin and c in (CAP_BPF, CAP_PERFMON))
     ]
 
@@ -60,11 +66,16 @@ def _caps_check(caps: tuple[int, ...], backend: str) -> Check:
     missing = missing_capabilities(caps)
     who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
     if not missing:
-        return Check(f"privileges ({backend})", Status.OK, f"{who}, capabilities present", needed_by=backend)
+        return Check(
+            f"privileges ({backend})", Status.OK, f"{who}, capabilities present", needed_by=backend
+        )
     return Check(
-        f"privileges ({backend})", Status.MISSING, f"{who}, missing {', '.join(missing)}",
+        f"privileges ({backend})",
+        Status.MISSING,
+        f"{who}, missing {', '.join(missing)}",
         f"run as root (sudo shadowtap ...), or grant {', '.join(missing)} to the process "
-        f"(systemd: AmbientCapabilities={' '.join(missing)})", needed_by=backend,
+        f"(systemd: AmbientCapabilities={' '.join(missing)})",
+        needed_by=backend,
     )
 
 
@@ -72,11 +83,19 @@ def check_bcc() -> Check:
     try:
         import bcc
     except ImportError as exc:
-        return Check("bcc (Python bindings)", Status.MISSING, str(exc),
-                     f"apt-get install python3-bpfcc bpfcc-tools, then {SETUP_FIX}")
+        return Check(
+            "bcc (Python bindings)",
+            Status.MISSING,
+            str(exc),
+            f"apt-get install python3-bpfcc bpfcc-tools, then {SETUP_FIX}",
+        )
     except (OSError, AttributeError) as exc:  # libbcc present but broken
-        return Check("bcc (Python bindings)", Status.MISSING, f"import failed: {exc}",
-                     "apt-get install --reinstall libbpfcc python3-bpfcc")
+        return Check(
+            "bcc (Python bindings)",
+            Status.MISSING,
+            f"import failed: {exc}",
+            "apt-get install --reinstall libbpfcc python3-bpfcc",
+        )
     return Check("bcc (Python bindings)", Status.OK, os.path.dirname(bcc.__file__))
 
 
@@ -88,15 +107,26 @@ def check_headers() -> Check:
         path = f"/lib/modules/{release}/build"
     if os.path.isdir(os.path.join(path, "include")):
         return Check("kernel headers", Status.OK, os.path.realpath(path))
-    return Check("kernel headers", Status.MISSING, f"{path}/include not found (bcc compiles against them)",
-                 f"apt-get install linux-headers-{release}  (or {SETUP_FIX}, which links the distribution's)")
+    return Check(
+        "kernel headers",
+        Status.MISSING,
+        f"{path}/include not found (bcc compiles against them)",
+        f"apt-get install linux-headers-{release}  (or {SETUP_FIX}, which links the "
+        "distribution's)",
+    )
 
 
 def check_tracefs() -> Check:
-    if os.path.ismount("/sys/kernel/tracing") or os.path.exists("/sys/kernel/debug/tracing/trace_pipe"):
+    if os.path.ismount("/sys/kernel/tracing") or os.path.exists(
+        "/sys/kernel/debug/tracing/trace_pipe"
+    ):
         return Check("tracefs", Status.OK, "/sys/kernel/tracing")
-    return Check("tracefs", Status.WARN, "not mounted (TC capture does not need it; bcc's tracing tools do)",
-                 "mount -t tracefs tracefs /sys/kernel/tracing")
+    return Check(
+        "tracefs",
+        Status.WARN,
+        "not mounted (TC capture does not need it; bcc's tracing tools do)",
+        "mount -t tracefs tracefs /sys/kernel/tracing",
+    )
 
 
 def _kernel_config() -> dict[str, str]:
@@ -147,17 +177,29 @@ def libpcap_name() -> str | None:
     return None
 
 
-
 def check_clsact() -> Check:
     config = _kernel_config()
-    wanted = ("CONFIG_NET_SCH_INGRESS", "CONFIG_NET_CLS_BPF", "CONFIG_NET_CLS_ACT", "CONFIG_BPF_SYSCALL")
+    wanted = (
+        "CONFIG_NET_SCH_INGRESS",
+        "CONFIG_NET_CLS_BPF",
+        "CONFIG_NET_CLS_ACT",
+        "CONFIG_BPF_SYSCALL",
+    )
     if not config:
-        return Check("clsact + cls_bpf", Status.WARN, "kernel configuration not readable; assumed present",
-                     "modprobe sch_ingress cls_bpf")
+        return Check(
+            "clsact + cls_bpf",
+            Status.WARN,
+            "kernel configuration not readable; assumed present",
+            "modprobe sch_ingress cls_bpf",
+        )
     missing = [w for w in wanted if config.get(w) not in ("y", "m")]
     if missing:
-        return Check("clsact + cls_bpf", Status.MISSING, f"kernel built without {', '.join(missing)}",
-                     "use --backend pcap (this kernel cannot run TC BPF classifiers)")
+        return Check(
+            "clsact + cls_bpf",
+            Status.MISSING,
+            f"kernel built without {', '.join(missing)}",
+            "use --backend pcap (this kernel cannot run TC BPF classifiers)",
+        )
     return Check("clsact + cls_bpf", Status.OK, ", ".join(f"{w[7:]}={config[w]}" for w in wanted))
 
 
@@ -166,30 +208,45 @@ def check_ringbuf() -> Check:
         return Check("BPF ring buffer", Status.WARN, "not probed (no CAP_BPF)", "run as root")
     if ringbuf_supported():
         return Check("BPF ring buffer", Status.OK, "available (Linux 5.8+)")
-    return Check("BPF ring buffer", Status.WARN, "unavailable: the perf buffer is used instead (per CPU)",
-                 "a Linux 5.8+ kernel")
+    return Check(
+        "BPF ring buffer",
+        Status.WARN,
+        "unavailable: the perf buffer is used instead (per CPU)",
+        "a Linux 5.8+ kernel",
+    )
 
 
 def check_libpcap() -> Check:
     lib = libpcap_name()
     if lib:
         return Check("libpcap", Status.OK, lib, needed_by="pcap")
-    return Check("libpcap", Status.MISSING, "not found", "apt-get install libpcap0.8", needed_by="pcap")
+    return Check(
+        "libpcap", Status.MISSING, "not found", "apt-get install libpcap0.8", needed_by="pcap"
+    )
 
 
 def check_interface(iface: str) -> Check:
     base = f"/sys/class/net/{iface}"
     if not os.path.isdir(base):
-        return Check(f"interface {iface}", Status.MISSING, "no such interface in this network namespace",
-                     "pick one from: ip -brief link  (or run inside its namespace: ip netns exec NS ...)",
-                     needed_by="both")
+        return Check(
+            f"interface {iface}",
+            Status.MISSING,
+            "no such interface in this network namespace",
+            "pick one from: ip -brief link  (or run inside its namespace: ip netns exec NS ...)",
+            needed_by="both",
+        )
     with open(f"{base}/operstate") as f:
         state = f.read().strip()
     with open(f"{base}/mtu") as f:
         mtu = f.read().strip()
     up = state in ("up", "unknown")  # loopback and some virtual links report "unknown"
-    return Check(f"interface {iface}", Status.OK if up else Status.WARN, f"state {state}, mtu {mtu}",
-                 "" if up else f"ip link set {iface} up", needed_by="both")
+    return Check(
+        f"interface {iface}",
+        Status.OK if up else Status.WARN,
+        f"state {state}, mtu {mtu}",
+        "" if up else f"ip link set {iface} up",
+        needed_by="both",
+    )
 
 
 def check_tls() -> list[Check]:
@@ -212,24 +269,46 @@ def check_tls() -> list[Check]:
         if lib.usable:
             checks.append(Check(f"TLS library {lib.path}", Status.OK, what, needed_by="tls"))
         else:
-            checks.append(Check(f"TLS library {lib.path}", Status.WARN,
-                                what + ": cannot be instrumented",
-                                "a build that exports SSL_read/SSL_write", needed_by="tls"))
+            checks.append(
+                Check(
+                    f"TLS library {lib.path}",
+                    Status.WARN,
+                    what + ": cannot be instrumented",
+                    "a build that exports SSL_read/SSL_write",
+                    needed_by="tls",
+                )
+            )
     if not any(c.status is Status.OK for c in checks):
-        checks.append(Check("TLS libraries", Status.MISSING,
-                            "no usable OpenSSL or GnuTLS shared library found",
-                            "name one with --tls-lib PATH", needed_by="tls"))
+        checks.append(
+            Check(
+                "TLS libraries",
+                Status.MISSING,
+                "no usable OpenSSL or GnuTLS shared library found",
+                "name one with --tls-lib PATH",
+                needed_by="tls",
+            )
+        )
     base = "/sys/kernel/tracing/events"
     if not os.path.isdir(base):
         base = "/sys/kernel/debug/tracing/events"
-    needed = ("sock/inet_sock_set_state", "sock/sock_recv_length", "sock/sock_send_length",
-              "syscalls/sys_enter_read", "syscalls/sys_enter_write")
+    needed = (
+        "sock/inet_sock_set_state",
+        "sock/sock_recv_length",
+        "sock/sock_send_length",
+        "syscalls/sys_enter_read",
+        "syscalls/sys_enter_write",
+    )
     gone = [t for t in needed if not os.path.isdir(f"{base}/{t}")]
     if gone:
-        checks.append(Check("TLS tracepoints", Status.MISSING,
-                            f"missing {', '.join(gone)} (Linux 6.3+ has the sock length "
-                            "tracepoints)",
-                            "a newer kernel, with tracefs mounted", needed_by="tls"))
+        checks.append(
+            Check(
+                "TLS tracepoints",
+                Status.MISSING,
+                f"missing {', '.join(gone)} (Linux 6.3+ has the sock length tracepoints)",
+                "a newer kernel, with tracefs mounted",
+                needed_by="tls",
+            )
+        )
     else:
         checks.append(Check("TLS tracepoints", Status.OK, ", ".join(needed), needed_by="tls"))
     for spot in tls_libs.BLIND_SPOTS:
@@ -276,10 +355,20 @@ def doctor(iface: str | None = None) -> int:
 
     checks = run_checks(iface)
     marks = {Status.OK: "ok", Status.WARN: "warn", Status.MISSING: "MISSING"}
-    table("shadowtap doctor", ("check", "status", "detail", "fix"),
-          [(c.name, marks[c.status], c.detail, c.fix) for c in checks])
-    blocked = {b for c in checks if c.status is Status.MISSING for b in (("ebpf", "pcap") if c.needed_by == "both" else (c.needed_by,))}
+    table(
+        "shadowtap doctor",
+        ("check", "status", "detail", "fix"),
+        [(c.name, marks[c.status], c.detail, c.fix) for c in checks],
+    )
+    blocked = {
+        b
+        for c in checks
+        if c.status is Status.MISSING
+        for b in (("ebpf", "pcap") if c.needed_by == "both" else (c.needed_by,))
+    }
     for backend in ("ebpf", "pcap", "tls"):
-        out.print(f"{backend} backend: {'not available' if backend in blocked else 'ready'}", markup=False)
+        out.print(
+            f"{backend} backend: {'not available' if backend in blocked else 'ready'}", markup=False
+        )
     # The exit code speaks for the two packet backends; the TLS source's readiness is printed.
     return 4 if blocked & {"ebpf", "pcap"} else 0

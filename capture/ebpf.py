@@ -49,7 +49,6 @@ _ARPHRD_ETHER, _ARPHRD_LOOPBACK = 1, 772
 LINKTYPE_ETHERNET, LINKTYPE_RAW = 1, 101
 
 
-
 def ring_pages(buffer_mb: int) -> int:
     """Pages of a BPF ring of ``buffer_mb`` MiB, rounded up to the power of two the kernel wants."""
     pages = max(1, buffer_mb * (1 << 20) // os.sysconf("SC_PAGE_SIZE"))
@@ -71,7 +70,9 @@ def interface_index(iface: str) -> int:
     try:
         return socket.if_nametoindex(iface)
     except OSError:
-        raise InputError(f"no such interface: {iface}", hint="list them with: ip -brief link") from None
+        raise InputError(
+            f"no such interface: {iface}", hint="list them with: ip -brief link"
+        ) from None
 
 
 def link_layer(iface: str) -> tuple[int, int, bool]:
@@ -80,7 +81,9 @@ def link_layer(iface: str) -> tuple[int, int, bool]:
         with open(f"/sys/class/net/{iface}/type") as f:
             arphrd = int(f.read())
     except OSError:
-        raise InputError(f"no such interface: {iface}", hint="list them with: ip -brief link") from None
+        raise InputError(
+            f"no such interface: {iface}", hint="list them with: ip -brief link"
+        ) from None
     if arphrd in (_ARPHRD_ETHER, _ARPHRD_LOOPBACK):
         return 14, LINKTYPE_ETHERNET, arphrd == _ARPHRD_LOOPBACK
     return 0, LINKTYPE_RAW, False  # tun, wireguard, ipip...: frames start at the IP header
@@ -96,8 +99,15 @@ class EbpfSource:
 
     name = "ebpf"
 
-    def __init__(self, iface: str, ports: tuple[int, ...] = (), *, buffer_mb: int = 64,
-                 ringbuf: bool | None = None, immediate: bool = False) -> None:
+    def __init__(
+        self,
+        iface: str,
+        ports: tuple[int, ...] = (),
+        *,
+        buffer_mb: int = 64,
+        ringbuf: bool | None = None,
+        immediate: bool = False,
+    ) -> None:
         self.iface = iface
         self.immediate = immediate
         self.ports = tuple(sorted(set(ports)))
@@ -142,7 +152,9 @@ class EbpfSource:
         try:
             from bcc import BPF  # optional (the distribution's bcc): loaded only to attach
         except ImportError as exc:  # require_ebpf checked this; keep the message if it races
-            raise PrerequisiteError("bcc's Python bindings are missing", hint="scripts/setup.sh") from exc
+            raise PrerequisiteError(
+                "bcc's Python bindings are missing", hint="scripts/setup.sh"
+            ) from exc
         if self.use_ringbuf is None:
             self.use_ringbuf = ringbuf_supported()
         try:
@@ -162,9 +174,12 @@ class EbpfSource:
         if self.use_ringbuf:
             self._bpf[b"events"].open_ring_buffer(self._on_ring)
         else:
-            self._bpf[b"events"].open_perf_buffer(self._on_perf, page_cnt=self._pages(),
-                                                 lost_cb=self._on_perf_lost,
-                                                 wakeup_events=1 if self.immediate else PERF_WAKEUP_EVENTS)
+            self._bpf[b"events"].open_perf_buffer(
+                self._on_perf,
+                page_cnt=self._pages(),
+                lost_cb=self._on_perf_lost,
+                wakeup_events=1 if self.immediate else PERF_WAKEUP_EVENTS,
+            )
         self._offset_ns = time.time_ns() - time.monotonic_ns()
         atexit.register(self.close)
         try:
@@ -172,28 +187,39 @@ class EbpfSource:
             # A clsact left empty by removing a killed run's filters was most likely made by that
             # run: treat it as ours, so it goes when this run ends (if nobody else uses it).
             self._added_clsact = tc.ensure_clsact(self.ifindex) or (
-                bool(self.removed_stale) and not any(tc.list_filters(self.ifindex, d) for d in tc.Direction))
+                bool(self.removed_stale)
+                and not any(tc.list_filters(self.ifindex, d) for d in tc.Direction)
+            )
             name = tc.owner_name()
             for direction, fn in ((tc.Direction.INGRESS, ing), (tc.Direction.EGRESS, egr)):
                 handle = _next_handle()
-                self._filters.append(tc.add_filter(self.ifindex, direction, fn.fd, handle=handle, name=name))
+                self._filters.append(
+                    tc.add_filter(self.ifindex, direction, fn.fd, handle=handle, name=name)
+                )
         except OSError as exc:
             self.close()
             if exc.errno == errno.EPERM:
-                raise PrerequisiteError("attaching TC filters needs CAP_NET_ADMIN", hint="run as root (sudo)") from exc
-            raise PrerequisiteError(f"cannot attach TC filters to {self.iface}: {exc.strerror or exc}",
-                                    hint="shadowtap doctor") from exc
+                raise PrerequisiteError(
+                    "attaching TC filters needs CAP_NET_ADMIN", hint="run as root (sudo)"
+                ) from exc
+            raise PrerequisiteError(
+                f"cannot attach TC filters to {self.iface}: {exc.strerror or exc}",
+                hint="shadowtap doctor",
+            ) from exc
 
     def describe(self) -> str:
         buf = "ring buffer" if self.use_ringbuf else "perf buffer (no ring buffer in this kernel)"
-        size = f"{self._pages() * os.sysconf('SC_PAGE_SIZE') >> 20} MiB" + ("" if self.use_ringbuf else " per CPU")
+        size = f"{self._pages() * os.sysconf('SC_PAGE_SIZE') >> 20} MiB" + (
+            "" if self.use_ringbuf else " per CPU"
+        )
         ports = ",".join(map(str, self.ports)) or "all"
         where = "egress only counted (loopback)" if self.loopback else "ingress+egress"
         wake = "woken per packet" if self.immediate else f"woken every {BATCH_POLL_MS} ms"
         return f"eBPF TC clsact on {self.iface} ({where}), TCP ports {ports}, {buf} {size}, {wake}"
 
     def close(self) -> None:
-        """Detach the hooks and free the program. Idempotent; never raises on a hook already gone."""
+        """Detach the hooks and free the program. Idempotent; never raises on a hook already
+        gone."""
         if self._closed:
             return
         self._closed = True
@@ -223,7 +249,7 @@ class EbpfSource:
             # slices (a ctypes call costs about a microsecond, a 2 KiB copy much less).
             raw = ctypes.string_at(data, size)
             ts_ns, wire_len, caplen = _REC_HDR.unpack_from(raw)
-            frame = raw[_REC_HDR.size:_REC_HDR.size + caplen]
+            frame = raw[_REC_HDR.size : _REC_HDR.size + caplen]
         else:
             ts_ns, wire_len, caplen = _REC_HDR.unpack(ctypes.string_at(data, _REC_HDR.size))
             frame = ctypes.string_at(data + _REC_HDR.size, min(caplen, size - _REC_HDR.size))
@@ -303,7 +329,9 @@ class EbpfSource:
 
     def stats(self) -> SourceStats:
         _matched, lost, truncated, nbytes = self.counters()
-        return SourceStats(packets=self._received, bytes=nbytes, buffer_drops=lost, truncated=truncated)
+        return SourceStats(
+            packets=self._received, bytes=nbytes, buffer_drops=lost, truncated=truncated
+        )
 
 
 _HANDLES = itertools.count(1)

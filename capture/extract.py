@@ -1,4 +1,5 @@
-"""``shadowtap extract``: capture files -> JSON Lines of exchanges, and ``iter_exchanges`` for stages
+"""``shadowtap extract``: capture files -> JSON Lines of exchanges, and ``iter_exchanges`` for
+stages
 that read a pcap on the fly (replay).
 
 Several files are merged by packet timestamp (a capture rotated into pieces, or two interfaces'
@@ -20,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from shadowtap.capture.extractor import Extractor, ExtractStats
 from shadowtap.capture.pcapfile import read_packets
@@ -51,7 +52,9 @@ def iter_exchanges(
     """The exchanges of the captures at ``paths``, in request-time order, streaming (memory does not
     grow with the files). Raises InputError (file and byte offset) after yielding every exchange
     before the damage when a file is damaged."""
-    ex = extractor or Extractor(ports=ports, bpf_filter=bpf_filter, max_body=max_body, keep_secrets=keep_secrets)
+    ex = extractor or Extractor(
+        ports=ports, bpf_filter=bpf_filter, max_body=max_body, keep_secrets=keep_secrets
+    )
     feed = ex.feed
     try:
         for ts, linktype, frame in _packets(paths):
@@ -79,7 +82,9 @@ def _busy_cpus() -> float:
     busy = os.getloadavg()[0]
     try:
         with open("/proc/loadavg") as f:
-            running = int(f.read().split()[3].split("/")[0])  # "runnable/total", this process included
+            running = int(
+                f.read().split()[3].split("/")[0]
+            )  # "runnable/total", this process included
         busy = min(busy, running - 1)
     except (OSError, ValueError, IndexError):
         pass  # not Linux: the average alone
@@ -137,8 +142,15 @@ def run_extract(
     from shadowtap import console
 
     total_bytes = _file_sizes(paths)
-    options = {"ports": ports, "bpf_filter": bpf_filter, "max_body": max_body, "keep_secrets": keep_secrets,
-                   "idle_timeout": idle_timeout, "max_held_bytes": max_held_bytes, "max_connections": max_connections}
+    options: dict[str, Any] = {
+        "ports": ports,
+        "bpf_filter": bpf_filter,
+        "max_body": max_body,
+        "keep_secrets": keep_secrets,
+        "idle_timeout": idle_timeout,
+        "max_held_bytes": max_held_bytes,
+        "max_connections": max_connections,
+    }
     if secret_headers and not keep_secrets:  # more headers than shadowtap.redact's rules name
         from shadowtap.redact import Redactor
 
@@ -159,9 +171,16 @@ def run_extract(
             TimeRemainingColumn,
         )
 
-        progress = Progress(TextColumn("extracting"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                            TextColumn("{task.fields[exchanges]} exchanges"), console=console.err, transient=True,
-                            refresh_per_second=2)
+        progress = Progress(
+            TextColumn("extracting"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[exchanges]} exchanges"),
+            console=console.err,
+            transient=True,
+            refresh_per_second=2,
+        )
     with batch_gc():
         written, failure = _extract_to(output, paths, ex, progress, total_bytes)
     elapsed = time.monotonic() - started
@@ -172,8 +191,9 @@ def run_extract(
     return summary
 
 
-def _extract_to(output: str, paths: Sequence[str], ex: Extractor, progress: Any, total_bytes: int
-                ) -> tuple[int, InputError | None]:
+def _extract_to(
+    output: str, paths: Sequence[str], ex: Extractor, progress: Any, total_bytes: int
+) -> tuple[int, InputError | None]:
     """Write every exchange of ``paths`` to ``output``: (the number written, the damage met or
     None). On damage, the exchanges before it are written and the file closed first."""
     from shadowtap.jsonl import JsonlWriter
@@ -228,11 +248,13 @@ def print_summary(summary: ExtractSummary, paths: Sequence[str]) -> None:
     rows.extend((f"anomaly: {k}", v) for k, v in s.anomalies.items())
     if s.evicted_connections:
         rows.append(("evicted idle connections", s.evicted_connections))
-    rows.extend([
-        ("elapsed", f"{summary.elapsed:.2f} s"),
-        ("exchanges/s", f"{rate:,.0f}"),
-        ("written to", "stdout" if summary.output == "-" else summary.output),
-    ])
+    rows.extend(
+        [
+            ("elapsed", f"{summary.elapsed:.2f} s"),
+            ("exchanges/s", f"{rate:,.0f}"),
+            ("written to", "stdout" if summary.output == "-" else summary.output),
+        ]
+    )
     console.table("extract summary", ("what", "value"), rows, to_stderr=True)
 
 
@@ -268,13 +290,16 @@ def _order_key(key: tuple[float, int, int]) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class ShardDone:
-    """A worker's result: its share's figures and the damage it met (the lines before it are out)."""
+    """A worker's result: its share's figures and the damage it met (the lines before it are
+    out)."""
 
     stats: ExtractStats
     error: ErrorRecord | None = None
 
 
-def _shard_worker(ctx: Any, paths: Sequence[str], k: int, n: int, options: dict[str, Any], fd: int) -> ShardDone:
+def _shard_worker(
+    ctx: Any, paths: Sequence[str], k: int, n: int, options: dict[str, Any], fd: int
+) -> ShardDone:
     import orjson
 
     # Writes of 128 KiB into a 1 MiB pipe: the parent merges the workers' lines in order, so a
@@ -308,8 +333,9 @@ def _shard_worker(ctx: Any, paths: Sequence[str], k: int, n: int, options: dict[
         os._exit(1)  # the parent is gone
 
 
-def _run_sharded(paths: Sequence[str], output: str, jobs: int, options: dict[str, Any], total_bytes: int
-                 ) -> ExtractSummary:
+def _run_sharded(
+    paths: Sequence[str], output: str, jobs: int, options: dict[str, Any], total_bytes: int
+) -> ExtractSummary:
     import orjson
 
     from shadowtap import console
@@ -320,7 +346,7 @@ def _run_sharded(paths: Sequence[str], output: str, jobs: int, options: dict[str
     gc.collect()
     gc.freeze()
     children: list[Child] = []
-    readers = []
+    readers: list[BinaryIO] = []
     started = time.monotonic()
     codec = codec_for([ShardDone])
     try:
@@ -331,9 +357,21 @@ def _run_sharded(paths: Sequence[str], output: str, jobs: int, options: dict[str
             except OSError:
                 pass  # the default pipe size works, with more waiting
             # Ctrl-C reaches the whole group: a worker ends at once (exit 130), the parent reports.
-            children.append(spawn(_shard_worker, paths, k, jobs, options, w, name="extract worker", codec=codec,
-                                  signals={signal.SIGINT: Signals.DEFAULT, signal.SIGTERM: Signals.DEFAULT},
-                                  gc_batch=True, close_in_child=[*readers, r]))
+            children.append(
+                spawn(
+                    _shard_worker,
+                    paths,
+                    k,
+                    jobs,
+                    options,
+                    w,
+                    name="extract worker",
+                    codec=codec,
+                    signals={signal.SIGINT: Signals.DEFAULT, signal.SIGTERM: Signals.DEFAULT},
+                    gc_batch=True,
+                    close_in_child=[*readers, r],
+                )
+            )
             os.close(w)
             readers.append(os.fdopen(r, "rb", buffering=1 << 20))
 
@@ -341,9 +379,14 @@ def _run_sharded(paths: Sequence[str], output: str, jobs: int, options: dict[str
         if console.interactive():
             from rich.progress import Progress, SpinnerColumn, TextColumn
 
-            progress = Progress(SpinnerColumn(), TextColumn(f"extracting ({jobs} processes)"),
-                                TextColumn("{task.fields[exchanges]} exchanges"), console=console.err,
-                                transient=True, refresh_per_second=2)
+            progress = Progress(
+                SpinnerColumn(),
+                TextColumn(f"extracting ({jobs} processes)"),
+                TextColumn("{task.fields[exchanges]} exchanges"),
+                console=console.err,
+                transient=True,
+                refresh_per_second=2,
+            )
             progress.start()
             task = progress.add_task("extract", total=None, exchanges=0)
         # The workers' JSON goes out as it came (orjson.Fragment: no parse, no re-encoding).
@@ -377,7 +420,13 @@ def _run_sharded(paths: Sequence[str], output: str, jobs: int, options: dict[str
     anomalies: Counter[str] = Counter()
     for st in stats:
         anomalies.update(st["anomalies"])
-    for key in ("connections", "exchanges", "unanswered", "responses_without_request", "evicted_connections"):
+    for key in (
+        "connections",
+        "exchanges",
+        "unanswered",
+        "responses_without_request",
+        "evicted_connections",
+    ):
         total[key] = sum(st[key] for st in stats)
     total["tcp_packets"] = sum(st["tcp_packets"] for st in stats)  # each counts its own share's
     total["anomalies"] = dict(sorted(anomalies.items()))

@@ -3,7 +3,8 @@ offline ``extract``, live capture and the mirror. It is where protocols plug in.
 
 ``Extractor.feed(ts, linktype, frame)`` decodes a frame (shadowtap.wire.frames), reassembles its TCP
 stream (shadowtap.wire.tcp), hands each connection's ordered bytes to its protocol's parser and
-returns the exchanges that are ready, in request-time order; ``finish()`` flushes the rest at the end
+returns the exchanges that are ready, in request-time order; ``finish()`` flushes the rest at the
+end
 of input. ``feed_stream``/``end_stream`` take in-order plaintext of a connection that needs no
 reassembly (a TLS source's decrypted chunks) and give the same Exchange records.
 
@@ -23,7 +24,8 @@ back later exchanges until its connection closes or is evicted as idle (``idle_t
 capture time); ``max_held_exchanges`` bounds that wait: beyond it the oldest finished exchanges go
 out anyway, and the late one is marked ``late`` when it comes.
 
-``on_request`` is called with a ``RequestEvent`` the moment a request is complete on the wire (before
+``on_request`` is called with a ``RequestEvent`` the moment a request is complete on the wire
+(before
 its response): the live mirror sends it to the shadow at once. The exchange written later for it
 carries the same id.
 
@@ -91,7 +93,14 @@ def _raw_conn_key(linktype: int, frame: bytes) -> int:
     returns a segment and this is not -1, it equals ``_conn_key`` of that segment (decode reads the
     same bytes at the same offsets on its fast and its general path; tests/capture/test_extractor.py
     checks it on random frames)."""
-    if linktype == 1 and len(frame) >= 38 and frame[12] == 8 and frame[13] == 0 and frame[14] == 0x45 and frame[23] == 6:
+    if (
+        linktype == 1
+        and len(frame) >= 38
+        and frame[12] == 8
+        and frame[13] == 0
+        and frame[14] == 0x45
+        and frame[23] == 6
+    ):
         a, b, c, d = _eth_ip4_share_fields(frame, 26)
         return a ^ b ^ c ^ d
     return -1
@@ -99,7 +108,9 @@ def _raw_conn_key(linktype: int, frame: bytes) -> int:
 
 def _conn_key(seg: Segment) -> int:
     """A segment's connection ``x`` (see above): the same for both directions."""
-    return seg.sport ^ seg.dport ^ seg.src[-1] ^ seg.dst[-1] ^ (seg.src[-2] << 8) ^ (seg.dst[-2] << 8)
+    return (
+        seg.sport ^ seg.dport ^ seg.src[-1] ^ seg.dst[-1] ^ (seg.src[-2] << 8) ^ (seg.dst[-2] << 8)
+    )
 
 
 def _id(conn: Connection | _Stream, index: int) -> str:
@@ -140,7 +151,9 @@ class ExtractStats:
     exchanges: int = 0
     unanswered: int = 0  # requests without a response
     responses_without_request: int = 0
-    anomalies: dict[str, int] = field(default_factory=dict)  # by kind, over exchanges and connections
+    anomalies: dict[str, int] = field(
+        default_factory=dict
+    )  # by kind, over exchanges and connections
     evicted_connections: int = 0
     open_connections: int = 0  # tracked now (closed ones linger a few seconds for stragglers)
     held_exchanges: int = 0  # finished or in progress, waiting for request-time order
@@ -158,8 +171,18 @@ class _Stream:
     """A connection fed as in-order plaintext (``Extractor.feed_stream``): what the Extractor keeps
     of a reassembled ``Connection`` (endpoints, first timestamp, the id prefix, the parser)."""
 
-    __slots__ = ("app", "client", "client_ended", "id_prefix", "last_ts", "midstream", "server",
-                 "server_ended", "start_ts", "state")
+    __slots__ = (
+        "app",
+        "client",
+        "client_ended",
+        "id_prefix",
+        "last_ts",
+        "midstream",
+        "server",
+        "server_ended",
+        "start_ts",
+        "state",
+    )
 
     def __init__(self, client: str, server: str, ts: float, midstream: bool) -> None:
         self.client = client
@@ -287,8 +310,9 @@ class Extractor:
         if not protocols:
             raise ValueError("protocols: at least one")
         self.protocols = tuple(protocols)
-        self.settings = ParserSettings(max_body=max_body, max_head=max_head, watch=self._watch,
-                                       max_open=max_open)
+        self.settings = ParserSettings(
+            max_body=max_body, max_head=max_head, watch=self._watch, max_open=max_open
+        )
         # Holding for request-time order is bounded three ways: finished exchanges waiting
         # (max_held_exchanges), their body bytes (max_hold_bytes), and the capture-time age of the
         # oldest unfinished one (max_hold_seconds): past any, the exchanges after a stalled one go
@@ -305,15 +329,20 @@ class Extractor:
         self._shares: dict[int, int] = {}  # connection key -> share (see "Sharding" above)
         self._next_share = 0
         self.reassembler = Reassembler(
-            server_ports=self.ports, max_held_bytes=max_held_bytes, idle_timeout=idle_timeout,
+            server_ports=self.ports,
+            max_held_bytes=max_held_bytes,
+            idle_timeout=idle_timeout,
             max_connections=max_connections,
         )
-        # (first-byte time, packet number, serial, transaction, connection): request-time order, ties
+        # (first-byte time, packet number, serial, transaction, connection): request-time order,
+        # ties
         # broken by the packet that began the exchange, then the order within that packet. The
         # packet number makes the order the same when connections are split over worker processes.
         self._heap: list[tuple[float, int, int, Transaction, Any]] = []
         self.keyed = keyed
-        self.released_keys: list[tuple[float, int, int]] = []  # with keyed=True: the key of each exchange returned
+        self.released_keys: list[
+            tuple[float, int, int]
+        ] = []  # with keyed=True: the key of each exchange returned
         self._serial = 0
         self._packets = 0
         self._bytes = 0
@@ -322,8 +351,12 @@ class Extractor:
         self._unanswered = 0
         self._orphans = 0
         self._anomalies: Counter[str] = Counter()
-        self._late: list[tuple[float, int, int, Transaction, Any]] = []  # done, released past: out next
-        self._overtaken: dict[Transaction, tuple[float, int, int, Transaction, Any]] = {}  # released past, not done
+        self._late: list[
+            tuple[float, int, int, Transaction, Any]
+        ] = []  # done, released past: out next
+        self._overtaken: dict[
+            Transaction, tuple[float, int, int, Transaction, Any]
+        ] = {}  # released past, not done
         self._ready = False  # a transaction finished since the last release
 
     # -- input ----------------------------------------------------------------------------------
@@ -381,8 +414,9 @@ class Extractor:
                 return self._release()
             return []
         events = r.feed(ts, seg)
-        conn = r.last_conn  # set by the general path only: the in-order fast path meets no conflict
-        if conn is not None:
+        last = r.last_conn  # set by the general path only: the in-order fast path meets no conflict
+        if last is not None:
+            conn = last
             r.last_conn = None
             if (conn.c2s.conflicts or conn.s2c.conflicts) and conn.app is not None:
                 self._note_conflict(conn, conn.app)
@@ -410,14 +444,23 @@ class Extractor:
 
     # -- in-order plaintext streams (no reassembly) ----------------------------------------------
 
-    def feed_stream(self, ts: float, client: tuple[str, int], server: tuple[str, int], from_client: bool,
-                    data: bytes, *, midstream: bool = False) -> list[Exchange]:
+    def feed_stream(
+        self,
+        ts: float,
+        client: tuple[str, int],
+        server: tuple[str, int],
+        from_client: bool,
+        data: bytes,
+        *,
+        midstream: bool = False,
+    ) -> list[Exchange]:
         """In-order plaintext bytes of one direction of a connection (``client``/``server`` as (ip,
         port)), e.g. a TLS source's decrypted chunks: parsed as reassembled TCP data is, without
         reassembly, sharding or port filtering. A connection is new the first time its endpoints
         are seen (``midstream``: the source joined it after it began) and lasts until
         ``end_stream`` ended both directions, or ``idle_timeout`` seconds of capture time without
-        data. Returns the exchanges now ready, in request-time order (frames and streams share it)."""
+        data. Returns the exchanges now ready, in request-time order (frames and streams share
+        it)."""
         key = (format_endpoint(*client), format_endpoint(*server))
         st = self._streams.get(key)
         if st is None:
@@ -439,8 +482,13 @@ class Extractor:
             return self._release()
         return []
 
-    def end_stream(self, ts: float, client: tuple[str, int], server: tuple[str, int],
-                   from_client: bool | None = None) -> list[Exchange]:
+    def end_stream(
+        self,
+        ts: float,
+        client: tuple[str, int],
+        server: tuple[str, int],
+        from_client: bool | None = None,
+    ) -> list[Exchange]:
         """One direction (``from_client`` True/False) or both (None) of a ``feed_stream``
         connection carries nothing more; when both have ended the connection is closed (what is
         still open finishes as it stands) and forgotten."""
@@ -498,11 +546,17 @@ class Extractor:
     @property
     def stats(self) -> ExtractStats:
         return ExtractStats(
-            packets=self._packets, bytes=self._bytes, tcp_packets=self._tcp,
-            connections=self.reassembler.connections_seen + self._streams_seen, exchanges=self._exchanges,
-            unanswered=self._unanswered, responses_without_request=self._orphans,
-            anomalies={str(k): v for k, v in sorted(self._anomalies.items())}, evicted_connections=self.reassembler.evicted,
-            open_connections=len(self.reassembler.conns) + len(self._streams), held_exchanges=len(self._heap),
+            packets=self._packets,
+            bytes=self._bytes,
+            tcp_packets=self._tcp,
+            connections=self.reassembler.connections_seen + self._streams_seen,
+            exchanges=self._exchanges,
+            unanswered=self._unanswered,
+            responses_without_request=self._orphans,
+            anomalies={str(k): v for k, v in sorted(self._anomalies.items())},
+            evicted_connections=self.reassembler.evicted,
+            open_connections=len(self.reassembler.conns) + len(self._streams),
+            held_exchanges=len(self._heap),
         )
 
     # -- internals ------------------------------------------------------------------------------
@@ -518,15 +572,21 @@ class Extractor:
                 return None
         return self.protocols[-1]
 
-    def _conversation(self, conn: Connection | _Stream, from_client: bool, data: bytes) -> Conversation:
-        """The parser of a connection whose first payload ``data`` just arrived (it is not fed here)."""
+    def _conversation(
+        self, conn: Connection | _Stream, from_client: bool, data: bytes
+    ) -> Conversation:
+        """The parser of a connection whose first payload ``data`` just arrived (it is not fed
+        here)."""
+        conv: Conversation | _Sniffer
         if len(self.protocols) == 1:
             conv = self.protocols[0].make(self.settings, conn.midstream)
         else:
             spec = self._pick(data, from_client, len(data) >= SNIFF_MAX)
-            conv = _Sniffer(self, conn) if spec is None else spec.make(self.settings, conn.midstream)
+            conv = (
+                _Sniffer(self, conn) if spec is None else spec.make(self.settings, conn.midstream)
+            )
         conn.app = conv
-        return conv
+        return conv  # type: ignore[return-value]  # a _Sniffer stands in until it knows
 
     def _parser(self, conn: Connection) -> Conversation:
         """The parser of a connection met by a gap or an end before any data (no bytes to sniff:
@@ -550,7 +610,9 @@ class Extractor:
                     conv.end(from_client, ts)
                     conv = conn.app
                     if conn.state == _STATE_CLOSED and conv.pending:
-                        conv.close(ts)  # both directions ended: what is still open finishes as it stands
+                        conv.close(
+                            ts
+                        )  # both directions ended: what is still open finishes as it stands
             conv = conn.app  # a _Sniffer may have handed the connection over
             if conv.events:
                 self._collect(conn, conv)
@@ -558,7 +620,9 @@ class Extractor:
                 self._anomalies.update(conv.anomalies)
                 conv.anomalies.clear()
             if kind == _KIND_END and conn.state == _STATE_CLOSED and not conv.pending:
-                conn.app = None  # the parser state goes now, not when the closed connection is forgotten
+                conn.app = (
+                    None  # the parser state goes now, not when the closed connection is forgotten
+                )
         if self._ready or len(self._heap) > self.max_held_exchanges:
             return self._release()
         return []
@@ -581,10 +645,15 @@ class Extractor:
                 if self.on_request is not None and txn.request is not None:
                     req = txn.request
                     if self.redactor is not None:  # heads only when flagged; bodies, queries
-                        req = (self.redactor.message(req) if txn.secret  # type: ignore[assignment]
-                               else self.redactor.bodies(req))
+                        req = (
+                            self.redactor.message(req)
+                            if txn.secret  # type: ignore[assignment]
+                            else self.redactor.bodies(req)
+                        )
                     assert req is not None
-                    self.on_request(RequestEvent(_id(conn, txn.index), conn.client, conn.server, txn.index, req))
+                    self.on_request(
+                        RequestEvent(_id(conn, txn.index), conn.client, conn.server, txn.index, req)
+                    )
             else:  # DONE
                 self._ready = True
                 entry = self._overtaken.pop(txn, None) if self._overtaken else None
@@ -603,8 +672,12 @@ class Extractor:
             out.extend(self._exchange(e) for e in self._late)
             self._late.clear()
         oldest = self._now - self.max_hold_seconds
-        while heap and (heap[0][3].done or len(heap) > self.max_held_exchanges
-                        or self._held_bytes > self.max_hold_bytes or heap[0][0] < oldest):
+        while heap and (
+            heap[0][3].done
+            or len(heap) > self.max_held_exchanges
+            or self._held_bytes > self.max_hold_bytes
+            or heap[0][0] < oldest
+        ):
             entry = heapq.heappop(heap)
             txn = entry[3]
             if txn.void:
@@ -644,11 +717,33 @@ class Extractor:
         # anomalies, ttfb_ms, total_ms.
         eid = _id(conn, txn.index)
         if txn.__class__ is _H2_STREAM:  # an HTTP/2 stream: its outcome and its gRPC call
-            ex = Exchange(eid, conn.client, conn.server, txn.index, req, resp, anomalies, ttfb,
-                          total, chunks=txn.chunks, h2=txn.h2, grpc=txn.grpc)
+            ex = Exchange(
+                eid,
+                conn.client,
+                conn.server,
+                txn.index,
+                req,
+                resp,
+                anomalies,
+                ttfb,
+                total,
+                chunks=txn.chunks,
+                h2=txn.h2,
+                grpc=txn.grpc,
+            )
         else:
-            ex = Exchange(eid, conn.client, conn.server, txn.index, req, resp, anomalies, ttfb,
-                          total, chunks=txn.chunks)
+            ex = Exchange(
+                eid,
+                conn.client,
+                conn.server,
+                txn.index,
+                req,
+                resp,
+                anomalies,
+                ttfb,
+                total,
+                chunks=txn.chunks,
+            )
         if self.redactor is not None:  # heads only when flagged; JSON and form bodies always
             ex = self.redactor.exchange(ex, head=txn.secret)
         return ex

@@ -38,7 +38,11 @@ class _PktHdr(ctypes.Structure):
 
 
 class _Stat(ctypes.Structure):
-    _fields_ = [("ps_recv", ctypes.c_uint), ("ps_drop", ctypes.c_uint), ("ps_ifdrop", ctypes.c_uint)]
+    _fields_ = [
+        ("ps_recv", ctypes.c_uint),
+        ("ps_drop", ctypes.c_uint),
+        ("ps_ifdrop", ctypes.c_uint),
+    ]
 
 
 class _BpfProgram(ctypes.Structure):
@@ -60,20 +64,35 @@ def _libpcap() -> ctypes.CDLL:
     lib = ctypes.CDLL(name)
     lib.pcap_create.restype = ctypes.c_void_p
     lib.pcap_create.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
-    for fn in ("pcap_set_snaplen", "pcap_set_buffer_size", "pcap_set_timeout", "pcap_set_promisc",
-               "pcap_set_immediate_mode"):
+    for fn in (
+        "pcap_set_snaplen",
+        "pcap_set_buffer_size",
+        "pcap_set_timeout",
+        "pcap_set_promisc",
+        "pcap_set_immediate_mode",
+    ):
         getattr(lib, fn).argtypes = [ctypes.c_void_p, ctypes.c_int]
     lib.pcap_setnonblock.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p]
     lib.pcap_activate.argtypes = [ctypes.c_void_p]
     lib.pcap_geterr.restype = ctypes.c_char_p
     lib.pcap_geterr.argtypes = [ctypes.c_void_p]
     lib.pcap_statustostr.restype = ctypes.c_char_p
-    lib.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.POINTER(_BpfProgram), ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32]
+    lib.pcap_compile.argtypes = [
+        ctypes.c_void_p,
+        ctypes.POINTER(_BpfProgram),
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_uint32,
+    ]
     lib.pcap_setfilter.argtypes = [ctypes.c_void_p, ctypes.POINTER(_BpfProgram)]
     lib.pcap_freecode.argtypes = [ctypes.POINTER(_BpfProgram)]
     lib.pcap_datalink.argtypes = [ctypes.c_void_p]
     lib.pcap_get_selectable_fd.argtypes = [ctypes.c_void_p]
-    lib.pcap_next_ex.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.POINTER(_PktHdr)), ctypes.POINTER(ctypes.c_void_p)]
+    lib.pcap_next_ex.argtypes = [
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.POINTER(_PktHdr)),
+        ctypes.POINTER(ctypes.c_void_p),
+    ]
     lib.pcap_stats.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Stat)]
     lib.pcap_close.argtypes = [ctypes.c_void_p]
     lib.pcap_open_dead.restype = ctypes.c_void_p
@@ -103,7 +122,12 @@ class BpfFilter:
         if prog is None:
             handle = self._lib.pcap_open_dead(linktype, SNAPLEN)
             prog = _BpfProgram()
-            if self._lib.pcap_compile(handle, ctypes.byref(prog), self.expr.encode(), 1, _PCAP_NETMASK_UNKNOWN) != 0:
+            if (
+                self._lib.pcap_compile(
+                    handle, ctypes.byref(prog), self.expr.encode(), 1, _PCAP_NETMASK_UNKNOWN
+                )
+                != 0
+            ):
                 msg = self._lib.pcap_geterr(handle).decode(errors="replace")
                 raise InputError(f"bad filter expression {self.expr!r}: {msg}", field="bpf_filter")
             self._programs[linktype] = prog
@@ -112,7 +136,11 @@ class BpfFilter:
     def match(self, linktype: int, frame: bytes) -> bool:
         hdr = self._hdr
         hdr.caplen = hdr.len = len(frame)
-        return bool(self._lib.pcap_offline_filter(ctypes.byref(self.program(linktype)), ctypes.byref(hdr), frame))
+        return bool(
+            self._lib.pcap_offline_filter(
+                ctypes.byref(self.program(linktype)), ctypes.byref(hdr), frame
+            )
+        )
 
 
 def port_filter(ports: tuple[int, ...]) -> str:
@@ -127,8 +155,14 @@ class PcapSource:
 
     name = "pcap"
 
-    def __init__(self, iface: str, ports: tuple[int, ...] = (), *, buffer_mb: int = 64,
-                 immediate: bool = False) -> None:
+    def __init__(
+        self,
+        iface: str,
+        ports: tuple[int, ...] = (),
+        *,
+        buffer_mb: int = 64,
+        immediate: bool = False,
+    ) -> None:
         self.iface = iface
         self.immediate = immediate
         self.ports = tuple(sorted(set(ports)))
@@ -150,7 +184,9 @@ class PcapSource:
     def open(self) -> None:
         require_pcap()
         if not os.path.isdir(f"/sys/class/net/{self.iface}"):
-            raise InputError(f"no such interface: {self.iface}", hint="list them with: ip -brief link")
+            raise InputError(
+                f"no such interface: {self.iface}", hint="list them with: ip -brief link"
+            )
         lib = self._lib = _libpcap()
         errbuf = ctypes.create_string_buffer(_PCAP_ERRBUF_SIZE)
         self._p = lib.pcap_create(self.iface.encode(), errbuf)
@@ -163,19 +199,32 @@ class PcapSource:
             # Each packet handed over as it arrives (the live mirror: lag before throughput).
             lib.pcap_set_immediate_mode(self._p, 1)
         else:
-            lib.pcap_set_timeout(self._p, 100)  # a partly filled ring block is handed over after 100 ms
+            lib.pcap_set_timeout(
+                self._p, 100
+            )  # a partly filled ring block is handed over after 100 ms
         rc = lib.pcap_activate(self._p)
         if rc < 0:
             msg = self._err() or lib.pcap_statustostr(rc).decode()
             self.close()
             if "ermission" in msg or "not permitted" in msg:
-                raise PrerequisiteError(f"opening {self.iface} for capture: {msg}",
-                                        hint="run as root, or grant CAP_NET_RAW (shadowtap doctor)")
+                raise PrerequisiteError(
+                    f"opening {self.iface} for capture: {msg}",
+                    hint="run as root, or grant CAP_NET_RAW (shadowtap doctor)",
+                )
             if "No such device" in msg or "doesn't exist" in msg:
-                raise InputError(f"no such interface: {self.iface}", hint="list them with: ip -brief link")
-            raise PrerequisiteError(f"opening {self.iface} for capture: {msg}", hint="shadowtap doctor")
+                raise InputError(
+                    f"no such interface: {self.iface}", hint="list them with: ip -brief link"
+                )
+            raise PrerequisiteError(
+                f"opening {self.iface} for capture: {msg}", hint="shadowtap doctor"
+            )
         prog = _BpfProgram()
-        if lib.pcap_compile(self._p, ctypes.byref(prog), self.filter.encode(), 1, _PCAP_NETMASK_UNKNOWN) < 0:
+        if (
+            lib.pcap_compile(
+                self._p, ctypes.byref(prog), self.filter.encode(), 1, _PCAP_NETMASK_UNKNOWN
+            )
+            < 0
+        ):
             msg = self._err()
             self.close()
             raise InputError(f"bad capture filter {self.filter!r}: {msg}")
@@ -192,8 +241,10 @@ class PcapSource:
         self._fd = lib.pcap_get_selectable_fd(self._p)
 
     def describe(self) -> str:
-        return (f"libpcap (AF_PACKET TPACKET_V3 ring, {self.buffer_mb} MiB) on {self.iface}, "
-                f"kernel filter '{self.filter}', snaplen {SNAPLEN}")
+        return (
+            f"libpcap (AF_PACKET TPACKET_V3 ring, {self.buffer_mb} MiB) on {self.iface}, "
+            f"kernel filter '{self.filter}', snaplen {SNAPLEN}"
+        )
 
     def read(self, timeout: float) -> list[Frame]:
         """What is in the ring now (MAX_BATCH frames at most); when it is empty, waits for the
@@ -209,7 +260,13 @@ class PcapSource:
             rc = lib.pcap_next_ex(p, ctypes.byref(hdr), ctypes.byref(data))
             if rc == 1:
                 h = hdr.contents
-                frames.append((h.ts.tv_sec * 1_000_000 + h.ts.tv_usec, ctypes.string_at(data, h.caplen), h.len))
+                frames.append(
+                    (
+                        h.ts.tv_sec * 1_000_000 + h.ts.tv_usec,
+                        ctypes.string_at(data, h.caplen),
+                        h.len,
+                    )
+                )
                 self._bytes += h.len
                 if h.caplen < h.len:
                     self._truncated += 1
@@ -234,8 +291,12 @@ class PcapSource:
             st = _Stat()
             if self._lib.pcap_stats(self._p, ctypes.byref(st)) == 0:
                 self._last_stats = SourceStats(kernel_drops=st.ps_drop + st.ps_ifdrop)
-        return SourceStats(packets=self._received, bytes=self._bytes, kernel_drops=self._last_stats.kernel_drops,
-                           truncated=self._truncated)
+        return SourceStats(
+            packets=self._received,
+            bytes=self._bytes,
+            kernel_drops=self._last_stats.kernel_drops,
+            truncated=self._truncated,
+        )
 
     def close(self) -> None:
         if self._p is not None and self._lib is not None:

@@ -77,7 +77,9 @@ class CaptureConfig:
     # Hand each packet over as it arrives (the live mirror). Else the reader wakes in batches:
     # pcap's 100 ms ring blocks, eBPF's every-N-records wake-up with a short poll timeout.
     immediate: bool = False
-    spool_dir: str | None = None  # where `capture` makes its private spool directory (default: $TMPDIR)
+    spool_dir: str | None = (
+        None  # where `capture` makes its private spool directory (default: $TMPDIR)
+    )
     spool_max: int | None = None  # bytes the spool may hold (default: capture/spool.py's)
     sink: str | None = None  # nats://host:port/SUBJECT: exchanges published to JetStream too
     sink_spool: str | None = None  # the sink's disk buffer (default: lake/nats.py's)
@@ -143,7 +145,9 @@ class PcapWriter:
     """Classic pcap (microsecond timestamps), 0600, rotated by size; what tcpdump, tshark and
     tcpreplay read. The frames are written raw: no redaction is possible in a pcap."""
 
-    def __init__(self, path: str, linktype: int, *, snaplen: int = SNAPLEN, rotate_size: int | None = None) -> None:
+    def __init__(
+        self, path: str, linktype: int, *, snaplen: int = SNAPLEN, rotate_size: int | None = None
+    ) -> None:
         self.path = path
         self.linktype = linktype
         self.snaplen = snaplen
@@ -178,7 +182,9 @@ class PcapWriter:
             try:
                 self._f.flush()
             except OSError as exc:
-                raise InputError(f"cannot write: {exc.strerror or exc}", where=self.files[-1]) from exc
+                raise InputError(
+                    f"cannot write: {exc.strerror or exc}", where=self.files[-1]
+                ) from exc
 
     def close(self) -> None:
         if self._f is not None:
@@ -253,14 +259,21 @@ def open_source(config: CaptureConfig) -> tuple[Source, str]:
     from shadowtap.capture.libpcap import PcapSource
 
     if config.backend is Backend.PCAP:
-        src: Source = PcapSource(config.iface, config.ports, buffer_mb=config.buffer_mb, immediate=config.immediate)
+        src: Source = PcapSource(
+            config.iface, config.ports, buffer_mb=config.buffer_mb, immediate=config.immediate
+        )
         src.open()
         return src, "pcap backend requested"
     if config.backend is Backend.TLS:
         return _open_tls(config), "tls backend requested"
     if config.backend is Backend.EBPF:
-        src = EbpfSource(config.iface, config.ports, buffer_mb=config.buffer_mb, ringbuf=config.ringbuf,
-                         immediate=config.immediate)
+        src = EbpfSource(
+            config.iface,
+            config.ports,
+            buffer_mb=config.buffer_mb,
+            ringbuf=config.ringbuf,
+            immediate=config.immediate,
+        )
         src.open()
         return src, "ebpf backend requested"
     # auto: TLS when a watched port speaks TLS (its plaintext is only visible there); else eBPF
@@ -271,26 +284,41 @@ def open_source(config: CaptureConfig) -> tuple[Source, str]:
     if tls:
         return _open_tls(config), f"auto: tls, because port {','.join(map(str, tls))} speaks TLS"
     try:
-        src = EbpfSource(config.iface, config.ports, buffer_mb=config.buffer_mb, ringbuf=config.ringbuf,
-                         immediate=config.immediate)
+        src = EbpfSource(
+            config.iface,
+            config.ports,
+            buffer_mb=config.buffer_mb,
+            ringbuf=config.ringbuf,
+            immediate=config.immediate,
+        )
         src.open()
         return src, "auto: eBPF (bcc, kernel headers, clsact and privileges present)"
     except PrerequisiteError as exc:
         why = exc.message
-    src = PcapSource(config.iface, config.ports, buffer_mb=config.buffer_mb, immediate=config.immediate)
+    src = PcapSource(
+        config.iface, config.ports, buffer_mb=config.buffer_mb, immediate=config.immediate
+    )
     try:
         src.open()
     except PrerequisiteError as exc:
-        raise PrerequisiteError(f"no backend can run: eBPF: {why}; pcap: {exc.message}", hint=exc.hint) from exc
+        raise PrerequisiteError(
+            f"no backend can run: eBPF: {why}; pcap: {exc.message}", hint=exc.hint
+        ) from exc
     return src, f"auto: pcap, because eBPF is unavailable: {why}"
 
 
 def _open_tls(config: CaptureConfig) -> Source:
     from shadowtap.capture.tls import Side, TlsSource
 
-    src = TlsSource(config.ports, libs=config.tls_libs, pid=config.tls_pid,
-                    side=Side(config.tls_side), buffer_mb=config.buffer_mb,
-                    ringbuf=config.ringbuf, immediate=config.immediate)
+    src = TlsSource(
+        config.ports,
+        libs=config.tls_libs,
+        pid=config.tls_pid,
+        side=Side(config.tls_side),
+        buffer_mb=config.buffer_mb,
+        ringbuf=config.ringbuf,
+        immediate=config.immediate,
+    )
     src.open()
     return src
 
@@ -303,7 +331,8 @@ def _uses_iface(config: CaptureConfig) -> bool:
 
 
 def _open_connections(extractor: Any) -> int | None:
-    """Connections the Extractor tracks now (ExtractStats has no such figure: read its reassembler)."""
+    """Connections the Extractor tracks now (ExtractStats has no such figure: read its
+    reassembler)."""
     conns = getattr(getattr(extractor, "reassembler", None), "conns", None)
     return len(conns) if conns is not None else None
 
@@ -312,15 +341,23 @@ def _preflight(config: CaptureConfig) -> None:
     """The interface, then the outputs: a bad name or an unwritable path fails before any hook is
     attached (the pcap, which needs the source's link type, is checked here too)."""
     if _uses_iface(config) and not os.path.isdir(f"/sys/class/net/{config.iface}"):
-        raise InputError(f"no such interface: {config.iface}", hint="list them with: ip -brief link")
+        raise InputError(
+            f"no such interface: {config.iface}", hint="list them with: ip -brief link"
+        )
     for path in (config.pcap_out, config.jsonl_out):
         if path:
             _check_output(path)
 
 
-def _read_loop(config: CaptureConfig, src: Source, stop_event: threading.Event, start: float,
-               consume: Callable[[list[Frame]], None], on_tick: Callable[[float], None],
-               done: Callable[[], bool]) -> None:
+def _read_loop(
+    config: CaptureConfig,
+    src: Source,
+    stop_event: threading.Event,
+    start: float,
+    consume: Callable[[list[Frame]], None],
+    on_tick: Callable[[float], None],
+    done: Callable[[], bool],
+) -> None:
     """Read ``src`` into ``consume`` until ``stop_event``, ``config.duration`` or ``done()``;
     ``on_tick`` once a second (the caller flushes its files and shows its figures); then drain
     what the kernel already holds (a pcap ring block is handed over only when full or after its
@@ -366,7 +403,8 @@ def run_capture(
     exchanges were recorded; feed every frame to ``extractor`` (capture/extractor.py's Extractor)
     in this process, as it arrives; write the outputs of ``config``; call ``on_exchange`` for each
     exchange, in the order written; ``on_batch`` after each batch of frames read (the mirror
-    sends what a batch made in one write). The live mirror's path (its Extractor's on_request fires in
+    sends what a batch made in one write). The live mirror's path (its Extractor's on_request fires
+    in
     real time); `shadowtap capture` takes ``run_spooled_capture``.
 
     The source's hooks are detached, the Extractor finished (exchanges in flight are written) and
@@ -425,10 +463,19 @@ def run_capture(
             rate = (exchanges - last_exchanges) / (now - last_tick)
             last_tick, last_exchanges = now, exchanges
             if on_figures is not None:
-                on_figures(_figures(src, now - start, exchanges, rate, _open_connections(extractor)))
+                on_figures(
+                    _figures(src, now - start, exchanges, rate, _open_connections(extractor))
+                )
 
-        _read_loop(config, src, stop_event, start, consume, on_tick,
-                   lambda: config.count is not None and exchanges >= config.count)
+        _read_loop(
+            config,
+            src,
+            stop_event,
+            start,
+            consume,
+            on_tick,
+            lambda: config.count is not None and exchanges >= config.count,
+        )
         finished = True
         emit(extractor.finish())
         elapsed = time.monotonic() - start
@@ -461,11 +508,28 @@ def run_capture(
             jsonl.close()
 
 
-def _figures(src: Source, elapsed: float, exchanges: int, rate: float, open_connections: int | None,
-             backlog: int = 0, spool_drops: int = 0) -> Figures:
+def _figures(
+    src: Source,
+    elapsed: float,
+    exchanges: int,
+    rate: float,
+    open_connections: int | None,
+    backlog: int = 0,
+    spool_drops: int = 0,
+) -> Figures:
     st = src.stats()
-    return Figures(elapsed, st.packets, st.bytes, exchanges, rate, st.kernel_drops, st.buffer_drops,
-                   open_connections, backlog, spool_drops)
+    return Figures(
+        elapsed,
+        st.packets,
+        st.bytes,
+        exchanges,
+        rate,
+        st.kernel_drops,
+        st.buffer_drops,
+        open_connections,
+        backlog,
+        spool_drops,
+    )
 
 
 # -- the decoupled capture: a reader and an extractor process -----------------------------------
@@ -503,9 +567,16 @@ def _codec() -> Any:
     return codec_for([Ready, ExtractionDone, spool.Seal, spool.End, spool.Abort])
 
 
-def _extraction_child(ctx: ChildContext, extractor: Any, directory: str, shared: Any,
-                      jsonl_out: str | None, rotate_size: int | None, sink_url: str | None = None,
-                      sink_spool: str | None = None) -> ExtractionDone:
+def _extraction_child(
+    ctx: ChildContext,
+    extractor: Any,
+    directory: str,
+    shared: Any,
+    jsonl_out: str | None,
+    rotate_size: int | None,
+    sink_url: str | None = None,
+    sink_spool: str | None = None,
+) -> ExtractionDone:
     """The extractor process: the spool's frames -> ``extractor`` -> the JSONL (and the JetStream
     sink at ``sink_url``). Sends Ready once the outputs are open; returns what it wrote (procs
     reports an error the same way)."""
@@ -560,7 +631,9 @@ def _extraction_child(ctx: ChildContext, extractor: Any, directory: str, shared:
         _close_sink(sink)
         if reader.orphaned:
             spool.remove_dir(directory)  # the reader died and cannot remove it
-        return ExtractionDone(exchanges, getattr(extractor, "stats", None), tuple(jsonl.files) if jsonl else ())
+        return ExtractionDone(
+            exchanges, getattr(extractor, "stats", None), tuple(jsonl.files) if jsonl else ()
+        )
     except BaseException:
         if not finished:
             with contextlib.suppress(BaseException):
@@ -594,9 +667,11 @@ class _Extraction:
         from shadowtap.capture import spool
 
         return ExtractorDied(
-            f"{self.child.died().message} after {self.shared[spool.EXCHANGES]:,} exchanges: the exchanges "
+            f"{self.child.died().message} after {self.shared[spool.EXCHANGES]:,} exchanges: the "
+            "exchanges "
             "after those were not written",
-            hint="the -w pcap, if any, holds every frame: `shadowtap extract` it")
+            hint="the -w pcap, if any, holds every frame: `shadowtap extract` it",
+        )
 
     def _result(self, **kw: Any) -> ExtractionDone:
         try:
@@ -624,7 +699,8 @@ class _Extraction:
             self._result(timeout=1)
 
     def finish(self, on_wait: Callable[[], None] | None = None) -> ExtractionDone:
-        """Wait for the child's result, calling ``on_wait`` meanwhile (every DRAIN_REPORT_INTERVAL)."""
+        """Wait for the child's result, calling ``on_wait`` meanwhile (every
+        DRAIN_REPORT_INTERVAL)."""
         done = self._result(on_wait=on_wait, interval=DRAIN_REPORT_INTERVAL)
         self.child.proc.join(30)
         return done
@@ -655,7 +731,9 @@ def run_spooled_capture(
 
     stop_event = stop_event or threading.Event()
     _preflight(config)
-    max_bytes = config.spool_max or spool.default_max_bytes(config.spool_dir or tempfile.gettempdir())
+    max_bytes = config.spool_max or spool.default_max_bytes(
+        config.spool_dir or tempfile.gettempdir()
+    )
     directory = spool.make_dir(config.spool_dir)
     shared = spool.new_shared(multiprocessing.get_context("fork"))
     child: Child | None = None
@@ -667,8 +745,15 @@ def run_spooled_capture(
 
     def figures(now: float, source: Source) -> Figures:
         conns = shared[spool.OPEN_CONNECTIONS]
-        return _figures(source, now - start, shared[spool.EXCHANGES], rate, None if conns < 0 else conns,
-                        writer.backlog if writer else 0, writer.dropped if writer else 0)
+        return _figures(
+            source,
+            now - start,
+            shared[spool.EXCHANGES],
+            rate,
+            None if conns < 0 else conns,
+            writer.backlog if writer else 0,
+            writer.dropped if writer else 0,
+        )
 
     try:
         # Forked before any hook is attached (it inherits no bcc state). The reader decides when
@@ -677,15 +762,29 @@ def run_spooled_capture(
         # SCHED_IDLE: it runs only on CPU time nothing else wants, and any waking task of the
         # service (or the reader) preempts it at once (a nice 19 task keeps the CPU to the end of
         # its slice, a few ms in the service's tail latency). Nice 19 where SCHED_IDLE is refused.
-        child = spawn(_extraction_child, extractor, directory, shared, config.jsonl_out,
-                      config.rotate_size, config.sink, config.sink_spool, name="extractor",
-                      codec=_codec(), sched_idle=True, fallback_nice=19, gc_batch=True)
+        child = spawn(
+            _extraction_child,
+            extractor,
+            directory,
+            shared,
+            config.jsonl_out,
+            config.rotate_size,
+            config.sink,
+            config.sink_spool,
+            name="extractor",
+            codec=_codec(),
+            sched_idle=True,
+            fallback_nice=19,
+            gc_batch=True,
+        )
         extraction = _Extraction(child, shared)
         extraction.wait_ready()  # an unwritable JSONL fails here, before any hook
         src, reason = open_source(config)
         if config.pcap_out:
             pcap = PcapWriter(config.pcap_out, src.linktype, rotate_size=config.rotate_size)
-        writer = spool.SpoolWriter(directory, src.linktype, child.channel, shared, max_bytes=max_bytes)
+        writer = spool.SpoolWriter(
+            directory, src.linktype, child.channel, shared, max_bytes=max_bytes
+        )
         if on_started is not None:
             on_started(src, reason)
         spool_write = writer.write
@@ -723,9 +822,20 @@ def run_spooled_capture(
 
         def draining() -> None:
             if on_draining is not None:
-                on_draining(Figures(time.monotonic() - start, last.packets, last.bytes, shared[spool.EXCHANGES],
-                                    rate, last.kernel_drops, last.buffer_drops, last.open_connections,
-                                    writer.backlog, writer.dropped))
+                on_draining(
+                    Figures(
+                        time.monotonic() - start,
+                        last.packets,
+                        last.bytes,
+                        shared[spool.EXCHANGES],
+                        rate,
+                        last.kernel_drops,
+                        last.buffer_drops,
+                        last.open_connections,
+                        writer.backlog,
+                        writer.dropped,
+                    )
+                )
 
         result = extraction.finish(draining)
         exchanges = result.exchanges
@@ -737,8 +847,18 @@ def run_spooled_capture(
             elapsed=elapsed,
             source=final_source,
             exchanges=exchanges,
-            figures=Figures(elapsed, last.packets, last.bytes, exchanges, rate, last.kernel_drops, last.buffer_drops,
-                            None, 0, writer.dropped),
+            figures=Figures(
+                elapsed,
+                last.packets,
+                last.bytes,
+                exchanges,
+                rate,
+                last.kernel_drops,
+                last.buffer_drops,
+                None,
+                0,
+                writer.dropped,
+            ),
             extract_stats=result.stats,
             pcap_files=tuple(pcap.files) if pcap else (),
             jsonl_files=result.files,
@@ -812,8 +932,13 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def capture(config: CaptureConfig, *, keep_secrets: bool = False, secret_headers: tuple[str, ...] = (),
-            max_body: int = 1 << 20) -> CaptureSummary:
+def capture(
+    config: CaptureConfig,
+    *,
+    keep_secrets: bool = False,
+    secret_headers: tuple[str, ...] = (),
+    max_body: int = 1 << 20,
+) -> CaptureSummary:
     """`shadowtap capture`: run until Ctrl-C, SIGTERM, --duration or --count; live figures on a
     terminal (stderr), a summary at the end. SIGINT and SIGTERM stop the capture cleanly (hooks
     detached, in-flight exchanges written, files closed); a second Ctrl-C interrupts at once."""
@@ -824,9 +949,14 @@ def capture(config: CaptureConfig, *, keep_secrets: bool = False, secret_headers
     try:
         redactor = None if keep_secrets else Redactor.default(secret_headers)
     except OSError as exc:
-        raise InputError(f"cannot read or create the redaction key: {exc.strerror}", where=key_path(),
-                         hint="set SHADOWTAP_KEY_FILE to a file this user can write") from exc
-    extractor = Extractor(ports=config.ports, max_body=max_body, keep_secrets=keep_secrets, redactor=redactor)
+        raise InputError(
+            f"cannot read or create the redaction key: {exc.strerror}",
+            where=key_path(),
+            hint="set SHADOWTAP_KEY_FILE to a file this user can write",
+        ) from exc
+    extractor = Extractor(
+        ports=config.ports, max_body=max_body, keep_secrets=keep_secrets, redactor=redactor
+    )
     stop = threading.Event()
     previous: dict[int, Any] = {}
 
@@ -842,21 +972,29 @@ def capture(config: CaptureConfig, *, keep_secrets: bool = False, secret_headers
     interactive = console.interactive()
     last_note: float | None = None
     try:
+
         def started(src: Source, reason: str) -> None:
             nonlocal live
             console.info(f"capturing: {src.describe()}")
             console.info(f"backend: {reason}")
             for f in getattr(src, "removed_stale", ()):
-                what = (f"{f.name} ({f.direction.name.lower()})"
-                        if hasattr(f, "direction") else str(f))
+                what = (
+                    f"{f.name} ({f.direction.name.lower()})" if hasattr(f, "direction") else str(f)
+                )
                 console.warn(f"removed a stale shadowtap hook left by a killed run: {what}")
             if config.pcap_out:
                 console.info(f"pcap: {config.pcap_out} (raw, unredacted)")
-            if interactive:  # started here, after the extractor process was forked (no thread in it)
+            if (
+                interactive
+            ):  # started here, after the extractor process was forked (no thread in it)
                 from rich.live import Live
 
-                live = Live(_figures_table(Figures(0, 0, 0, 0, 0, 0, 0, None), "capturing"),
-                            console=console.err, refresh_per_second=2, transient=True)
+                live = Live(
+                    _figures_table(Figures(0, 0, 0, 0, 0, 0, 0, None), "capturing"),
+                    console=console.err,
+                    refresh_per_second=2,
+                    transient=True,
+                )
                 live.start()
 
         def on_figures(fig: Figures) -> None:
@@ -867,19 +1005,34 @@ def capture(config: CaptureConfig, *, keep_secrets: bool = False, secret_headers
             # The hooks are detached; the extractor process finishes the spool.
             nonlocal last_note
             if live is not None:
-                live.update(_figures_table(fig, f"stopped; extracting the spooled backlog ({_human_bytes(fig.backlog_bytes)})"))
+                live.update(
+                    _figures_table(
+                        fig,
+                        "stopped; extracting the spooled backlog "
+                        f"({_human_bytes(fig.backlog_bytes)})",
+                    )
+                )
             elif fig.backlog_bytes and (last_note is None or fig.elapsed - last_note >= 5):
                 last_note = fig.elapsed
-                console.info(f"stopped; extracting the spooled backlog: {_human_bytes(fig.backlog_bytes)} left, "
-                             f"{fig.exchanges:,} exchanges so far")
+                console.info(
+                    f"stopped; extracting the spooled backlog: {_human_bytes(fig.backlog_bytes)} "
+                    "left, "
+                    f"{fig.exchanges:,} exchanges so far"
+                )
 
-        summary = run_spooled_capture(config, extractor, stop, on_figures=on_figures, on_started=started,
-                                      on_draining=on_draining)
+        summary = run_spooled_capture(
+            config,
+            extractor,
+            stop,
+            on_figures=on_figures,
+            on_started=started,
+            on_draining=on_draining,
+        )
     finally:
         if live is not None:
             live.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     _print_summary(summary)
     return summary
 
@@ -908,10 +1061,14 @@ def _print_summary(s: CaptureSummary) -> None:
             rows.append((label, ", ".join(files)))
     console.table("capture summary", ("figure", "value"), rows, to_stderr=True)
     if s.source.drops:
-        console.warn(f"{s.source.drops:,} packets were dropped before shadowtap saw them: exchanges may be "
-                     "missing (a bigger --buffer-mb, or fewer ports)")
+        console.warn(
+            f"{s.source.drops:,} packets were dropped before shadowtap saw them: exchanges may be "
+            "missing (a bigger --buffer-mb, or fewer ports)"
+        )
     if s.spool_drops:
         why = f" ({s.spool_error})" if s.spool_error else " (the spool reached --spool-max)"
-        console.warn(f"{s.spool_drops:,} packets were captured but not spooled for extraction{why}: exchanges may "
-                     "be missing from the exchanges file (the -w pcap has them)")
-
+        console.warn(
+            f"{s.spool_drops:,} packets were captured but not spooled for extraction{why}: "
+            "exchanges may "
+            "be missing from the exchanges file (the -w pcap has them)"
+        )

@@ -17,8 +17,10 @@ from typing import BinaryIO
 from shadowtap.errors import InputError
 
 PCAP_MAGICS = {
-    b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
-    b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9),
+    b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
+    b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+    b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
+    b"\xa1\xb2\x3c\x4d": (">", 1e-9),
 }
 PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 SNAPLEN = 262144  # tcpdump's default; what every pcap this project writes (and libpcap) declares
@@ -47,6 +49,8 @@ def seconds(ts_us: int) -> float:
     rule: the live loop, the spool's reader and the pcap readers all compute it this way (the
     record loops inline the same expression; tests/capture/test_pcapfile.py checks they agree)."""
     return ts_us // 1_000_000 + (ts_us % 1_000_000) * 1e-6
+
+
 MAX_RECORD = 256 << 20  # a record larger than this is a corrupt header, not a packet
 _CHUNK = 1 << 20
 
@@ -130,7 +134,8 @@ def read_packets(path: str) -> Iterator[tuple[float, int, bytes]]:
             yield from _read_pcapng(path, inp)
         else:
             raise InputError(
-                f"not a pcap or pcapng file (starts with {inp.buf[:4].hex()})", where=f"{path} at byte 0",
+                f"not a pcap or pcapng file (starts with {inp.buf[:4].hex()})",
+                where=f"{path} at byte 0",
                 hint="give a capture made by tcpdump, tshark/dumpcap or shadowtap capture",
             )
     finally:
@@ -161,22 +166,32 @@ def _read_pcap(path: str, inp: _Input) -> Iterator[tuple[float, int, bytes]]:
             inp.pos = pos
             if not inp.ensure(16):
                 if inp.remaining():
-                    raise _damage(path, inp.offset, f"truncated packet record header ({inp.remaining()} of 16 bytes)")
+                    raise _damage(
+                        path,
+                        inp.offset,
+                        f"truncated packet record header ({inp.remaining()} of 16 bytes)",
+                    )
                 return
             buf, pos = inp.buf, inp.pos
             n = len(buf)
         sec, frac, caplen, _origlen = rec(buf, pos)
         if caplen > limit or frac >= frac_limit:
             inp.pos = pos
-            raise _damage(path, inp.offset, f"corrupt packet record header (captured length {caplen}, fraction {frac})")
+            raise _damage(
+                path,
+                inp.offset,
+                f"corrupt packet record header (captured length {caplen}, fraction {frac})",
+            )
         end = pos + 16 + caplen
         if end > n:
             inp.pos = pos
             start = inp.offset
             if not inp.ensure(16 + caplen):
                 raise _damage(
-                    path, start,
-                    f"truncated packet: the record says {caplen} bytes, the file ends after {inp.remaining() - 16}",
+                    path,
+                    start,
+                    f"truncated packet: the record says {caplen} bytes, the file ends after "
+                    f"{inp.remaining() - 16}",
                 )
             buf, pos = inp.buf, inp.pos
             n = len(buf)
@@ -220,9 +235,16 @@ def _read_pcapng(path: str, inp: _Input) -> Iterator[tuple[float, int, bytes]]:
             interfaces = []
         btype_n, blen = hdr.unpack_from(inp.buf, inp.pos)
         if blen < 12 or blen % 4 or blen > MAX_RECORD:
-            raise _damage(path, start, f"corrupt block header (block type {btype_n:#x}, length {blen})")
+            raise _damage(
+                path, start, f"corrupt block header (block type {btype_n:#x}, length {blen})"
+            )
         if not inp.ensure(blen):
-            raise _damage(path, start, f"truncated block: the header says {blen} bytes, the file ends after {inp.remaining()}")
+            raise _damage(
+                path,
+                start,
+                f"truncated block: the header says {blen} bytes, the file ends after "
+                f"{inp.remaining()}",
+            )
         b = inp.buf
         p = inp.pos
         body = p + 8
@@ -263,7 +285,7 @@ def _read_pcapng(path: str, inp: _Input) -> Iterator[tuple[float, int, bytes]]:
                 val = b[o + 4 : o + 4 + olen]
                 if code == 9 and olen >= 1:  # if_tsresol
                     r = val[0]
-                    tick = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0 ** -r
+                    tick = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0**-r
                 elif code == 14 and olen == 8:  # if_tsoffset
                     tsoff = struct.unpack(order + "q", val)[0]
                 o += 4 + ((olen + 3) & ~3)

@@ -44,6 +44,7 @@ DEFAULT_MAX_BYTES = 2 << 30  # the default bound: 2 GiB, or half of the free spa
 POLL_SECONDS = 0.05  # the child's wait for more data when it has caught up
 READ_CHUNK = 4 << 20
 
+
 @dataclass(frozen=True, slots=True)
 class Seal:
     """Segment ``n`` is complete: ``size`` bytes."""
@@ -92,8 +93,11 @@ def make_dir(parent: str | None) -> str:
     try:
         return tempfile.mkdtemp(prefix="shadowtap-spool-", dir=where)
     except OSError as exc:
-        raise InputError(f"cannot make the spool directory: {exc.strerror or exc}", where=where,
-                         hint="give a writable --spool-dir") from exc
+        raise InputError(
+            f"cannot make the spool directory: {exc.strerror or exc}",
+            where=where,
+            hint="give a writable --spool-dir",
+        ) from exc
 
 
 def segment_path(directory: str, n: int) -> str:
@@ -110,8 +114,16 @@ class SpoolWriter:
     ``max_bytes`` bounds the bytes written and not yet freed by the child (the disk the spool
     holds); ``segment_bytes`` is at most an eighth of it, so the child frees space as it goes."""
 
-    def __init__(self, directory: str, linktype: int, control: Any, shared: Any, *,
-                 max_bytes: int, segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(
+        self,
+        directory: str,
+        linktype: int,
+        control: Any,
+        shared: Any,
+        *,
+        max_bytes: int,
+        segment_bytes: int = SEGMENT_BYTES,
+    ) -> None:
         self.directory = directory
         self.linktype = linktype
         self.control = control
@@ -297,7 +309,7 @@ class SpoolReader:
                     if stop > end:
                         break
                     # pcapfile.seconds' rule, inlined (per frame): the same float, bit for bit.
-                    out.append((sec + usec * 1e-6, linktype, buf[pos + 16:stop]))
+                    out.append((sec + usec * 1e-6, linktype, buf[pos + 16 : stop]))
                     pos = stop
                 buf = buf[pos:]
                 offset += pos

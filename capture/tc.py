@@ -58,11 +58,12 @@ class Filter:
 
     @property
     def owner(self) -> tuple[int, int] | None:
-        """(pid, start time) of the shadowtap run that made it, or None for someone else's filter."""
+        """(pid, start time) of the shadowtap run that made it, or None for someone else's
+        filter."""
         if self.priority != PRIORITY or not self.name.startswith(NAME_PREFIX):
             return None
         try:
-            pid, start = self.name[len(NAME_PREFIX):].split("-")
+            pid, start = self.name[len(NAME_PREFIX) :].split("-")
             return int(pid), int(start)
         except ValueError:
             return None
@@ -76,7 +77,7 @@ def process_start(pid: int) -> int | None:
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
-    return int(stat[stat.rindex(b")") + 2:].split()[19])
+    return int(stat[stat.rindex(b")") + 2 :].split()[19])
 
 
 def owner_name(pid: int | None = None) -> str:
@@ -101,7 +102,7 @@ def _parse_attrs(data: bytes) -> dict[int, bytes]:
         length, kind = _RTA.unpack_from(data, off)
         if length < _RTA.size:
             break
-        attrs[kind & 0x7FFF] = data[off + _RTA.size: off + length]
+        attrs[kind & 0x7FFF] = data[off + _RTA.size : off + length]
         off += (length + 3) & ~3
     return attrs
 
@@ -129,7 +130,7 @@ class _Rtnl:
             off = 0
             while off + _NLMSG.size <= len(data):
                 length, mtype, _flags, seq, _pid = _NLMSG.unpack_from(data, off)
-                payload = data[off + _NLMSG.size: off + length]
+                payload = data[off + _NLMSG.size : off + length]
                 off += (length + 3) & ~3
                 if seq != self.seq:
                     continue
@@ -153,7 +154,9 @@ class _Rtnl:
 
 def ensure_clsact(ifindex: int) -> bool:
     """Add the clsact qdisc when the interface lacks it; True when this call added it."""
-    body = _TCMSG.pack(socket.AF_UNSPEC, ifindex, _CLSACT_HANDLE, _TC_H_CLSACT, 0) + _attr(_TCA_KIND, b"clsact\0")
+    body = _TCMSG.pack(socket.AF_UNSPEC, ifindex, _CLSACT_HANDLE, _TC_H_CLSACT, 0) + _attr(
+        _TCA_KIND, b"clsact\0"
+    )
     with _Rtnl() as nl:
         try:
             nl.request(_RTM_NEWQDISC, _NLM_F_ACK | _NLM_F_CREATE | _NLM_F_EXCL, body)
@@ -165,7 +168,9 @@ def ensure_clsact(ifindex: int) -> bool:
 
 
 def remove_clsact(ifindex: int) -> None:
-    body = _TCMSG.pack(socket.AF_UNSPEC, ifindex, _CLSACT_HANDLE, _TC_H_CLSACT, 0) + _attr(_TCA_KIND, b"clsact\0")
+    body = _TCMSG.pack(socket.AF_UNSPEC, ifindex, _CLSACT_HANDLE, _TC_H_CLSACT, 0) + _attr(
+        _TCA_KIND, b"clsact\0"
+    )
     with _Rtnl() as nl:
         try:
             nl.request(_RTM_DELQDISC, _NLM_F_ACK, body)
@@ -189,7 +194,7 @@ def list_filters(ifindex: int, direction: Direction) -> list[Filter]:
         if mtype != _RTM_NEWTFILTER:
             continue
         _fam, idx, handle, _parent, info = _TCMSG.unpack_from(payload)
-        attrs = _parse_attrs(payload[_TCMSG.size:])
+        attrs = _parse_attrs(payload[_TCMSG.size :])
         if handle == 0 or attrs.get(_TCA_KIND, b"").rstrip(b"\0") != b"bpf":
             continue
         opts = _parse_attrs(attrs.get(_TCA_OPTIONS, b""))
@@ -199,7 +204,9 @@ def list_filters(ifindex: int, direction: Direction) -> list[Filter]:
     return found
 
 
-def add_filter(ifindex: int, direction: Direction, prog_fd: int, *, handle: int, name: str) -> Filter:
+def add_filter(
+    ifindex: int, direction: Direction, prog_fd: int, *, handle: int, name: str
+) -> Filter:
     """Attach the program ``prog_fd`` (BPF_PROG_TYPE_SCHED_CLS) as a direct-action filter."""
     info = (PRIORITY << 16) | _ETH_P_ALL_BE
     opts = (
@@ -217,7 +224,9 @@ def add_filter(ifindex: int, direction: Direction, prog_fd: int, *, handle: int,
 def delete_filter(f: Filter) -> None:
     """Remove one filter; a filter already gone is not an error."""
     info = (f.priority << 16) | _ETH_P_ALL_BE
-    body = _TCMSG.pack(socket.AF_UNSPEC, f.ifindex, f.handle, f.direction.value, info) + _attr(_TCA_KIND, b"bpf\0")
+    body = _TCMSG.pack(socket.AF_UNSPEC, f.ifindex, f.handle, f.direction.value, info) + _attr(
+        _TCA_KIND, b"bpf\0"
+    )
     with _Rtnl() as nl:
         try:
             nl.request(_RTM_DELTFILTER, _NLM_F_ACK, body)

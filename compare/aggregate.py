@@ -147,9 +147,12 @@ def _renames(fields: list[FieldReport]) -> list[FieldReport]:
                 break
     if not renamed:
         return fields
-    return [f if f.path not in renamed else
-            dataclasses.replace(f, renamed_to=renamed[f.path][0], renamed_from=renamed[f.path][1])
-            for f in fields]
+    return [
+        f
+        if f.path not in renamed
+        else dataclasses.replace(f, renamed_to=renamed[f.path][0], renamed_from=renamed[f.path][1])
+        for f in fields
+    ]
 
 
 class FieldAgg:
@@ -231,8 +234,13 @@ class EndpointAgg:
 class Comparison:
     """The streaming aggregator behind ``shadowtap compare`` and the live mirror."""
 
-    def __init__(self, config: CompareConfig | None = None, *, baseline: bool = False,
-                 proto_schema: Schema | None = None) -> None:
+    def __init__(
+        self,
+        config: CompareConfig | None = None,
+        *,
+        baseline: bool = False,
+        proto_schema: Schema | None = None,
+    ) -> None:
         self.config = config or CompareConfig()
         self.proto_schema = proto_schema  # gRPC messages with field names (compare/protobuf.py)
         self.has_baseline = baseline
@@ -269,8 +277,11 @@ class Comparison:
 
     def _endpoint(self, ex: Exchange) -> EndpointAgg:
         req = ex.request
-        name = (self._templater.endpoint(req.method, req.target) if req is not None
-                else "? (no request)")
+        name = (
+            self._templater.endpoint(req.method, req.target)
+            if req is not None
+            else "? (no request)"
+        )
         agg = self._endpoints.get(name)
         if agg is None:
             if len(self._endpoints) >= self.config.limits.max_endpoints:
@@ -317,8 +328,14 @@ class Comparison:
         gp = None
         if ex.grpc is not None and res.grpc is not None:
             # gRPC: messages field by field, grpc-status as the status (compare/protobuf.py).
-            pair = diff_grpc(ex.grpc, res.grpc, self._tolerance, self.proto_schema,
-                             max_walk=self._max_walk, max_differences=self._max_differences)
+            pair = diff_grpc(
+                ex.grpc,
+                res.grpc,
+                self._tolerance,
+                self.proto_schema,
+                max_walk=self._max_walk,
+                max_differences=self._max_differences,
+            )
         elif s.status >= 500 and p.status < 500:
             # The shadow failed: its error page says nothing about the primary's fields; the
             # status difference (and the error rate) carry it.
@@ -332,11 +349,19 @@ class Comparison:
                     agg.genai = GenAgg(self.config.limits.latency_sample, self._seed + 3)
                 agg.genai.add(ex, gp, self.config.limits.max_sample_body)
                 if gp.text_path is not None:  # a named text field: the rest diffed as usual
-                    pair = diff_responses(p, s, self._ignored_headers, self._tolerance,
-                                          max_walk=self._max_walk,
-                                          max_differences=self._max_differences)
-                    pair = PairDiff([d for d in pair.differences if d.path != gp.text_path],
-                                    pair.primary_body, pair.shadow_body)
+                    pair = diff_responses(
+                        p,
+                        s,
+                        self._ignored_headers,
+                        self._tolerance,
+                        max_walk=self._max_walk,
+                        max_differences=self._max_differences,
+                    )
+                    pair = PairDiff(
+                        [d for d in pair.differences if d.path != gp.text_path],
+                        pair.primary_body,
+                        pair.shadow_body,
+                    )
                 else:
                     found: list[Difference] = []
                     if p.status != s.status:
@@ -346,14 +371,23 @@ class Comparison:
                     found.extend(gp.differences)
                     pair = PairDiff(found)
             else:
-                pair = diff_responses(p, s, self._ignored_headers, self._tolerance,
-                                      max_walk=self._max_walk,
-                                      max_differences=self._max_differences)
+                pair = diff_responses(
+                    p,
+                    s,
+                    self._ignored_headers,
+                    self._tolerance,
+                    max_walk=self._max_walk,
+                    max_differences=self._max_differences,
+                )
         tensor_paths, tensors_differ = self._tensors(ex, agg, gp, pair, p, s)
         if tensor_paths:
             # The tensors' values are compared numerically (compare/tensors.py), not field by field.
-            pair = PairDiff([d for d in pair.differences if not d.path.startswith(tensor_paths)],
-                            pair.primary_body, pair.shadow_body, pair.cut)
+            pair = PairDiff(
+                [d for d in pair.differences if not d.path.startswith(tensor_paths)],
+                pair.primary_body,
+                pair.shadow_body,
+                pair.cut,
+            )
         diffs = pair.differences
         # an equivalent generative answer differs, and so do tensors within tolerance
         if not diffs and (gp is None or gp.cls == "identical") and not tensors_differ:
@@ -364,12 +398,25 @@ class Comparison:
         if base is not None and base.response is not None:
             agg.baseline_compared += 1
             seen: set[str] = set()
-            bdiff = (diff_grpc(ex.grpc, base.grpc, self._tolerance, self.proto_schema,
-                               max_walk=self._max_walk, max_differences=self._max_differences)
-                     if ex.grpc is not None and base.grpc is not None
-                     else diff_responses(p, base.response, self._ignored_headers, self._tolerance,
-                                         max_walk=self._max_walk,
-                                         max_differences=self._max_differences))
+            bdiff = (
+                diff_grpc(
+                    ex.grpc,
+                    base.grpc,
+                    self._tolerance,
+                    self.proto_schema,
+                    max_walk=self._max_walk,
+                    max_differences=self._max_differences,
+                )
+                if ex.grpc is not None and base.grpc is not None
+                else diff_responses(
+                    p,
+                    base.response,
+                    self._ignored_headers,
+                    self._tolerance,
+                    max_walk=self._max_walk,
+                    max_differences=self._max_differences,
+                )
+            )
             for d in bdiff.differences:
                 if d.path not in seen:
                     seen.add(d.path)
@@ -405,8 +452,9 @@ class Comparison:
             else:
                 agg.values.put(slot, ((), (), (), ()))
 
-    def _tensors(self, ex: Exchange, agg: EndpointAgg, gp: Any, pair: PairDiff, p: Any,
-                 s: Any) -> tuple[tuple[str, ...], bool]:
+    def _tensors(
+        self, ex: Exchange, agg: EndpointAgg, gp: Any, pair: PairDiff, p: Any, s: Any
+    ) -> tuple[tuple[str, ...], bool]:
         """Compares the pair's output tensors when both answers carry them (compare/tensors.py)
         and returns the paths of the tensors' values (empty: not a tensor answer) and whether
         the tensors differ at all."""
@@ -457,7 +505,12 @@ class Comparison:
         return f
 
     def _record(
-        self, ex: Exchange, res: Result, agg: EndpointAgg, diffs: list[Difference], pb: Body | None,
+        self,
+        ex: Exchange,
+        res: Result,
+        agg: EndpointAgg,
+        diffs: list[Difference],
+        pb: Body | None,
         sb: Body | None,
     ) -> None:
         now = ex.ts
@@ -483,8 +536,16 @@ class Comparison:
                 ):
                     f.flips[(d.primary, d.shadow)] += 1
 
-    def _sample(self, ex: Exchange, res: Result, agg: EndpointAgg, d: Difference, pb: Body | None,
-                sb: Body | None, bodies: list[tuple[str, str]]) -> Sample:
+    def _sample(
+        self,
+        ex: Exchange,
+        res: Result,
+        agg: EndpointAgg,
+        d: Difference,
+        pb: Body | None,
+        sb: Body | None,
+        bodies: list[tuple[str, str]],
+    ) -> Sample:
         """A side-by-side sample. The body excerpts are made once per pair (``bodies`` caches them
         for the pair's other fields) and kept for at most ``limits.sample_bodies`` samples per
         endpoint, which bounds their memory whatever the number of fields."""
@@ -623,11 +684,14 @@ class Comparison:
         cfg = self.config
         verdict = verdict_mod.judge(endpoints, overall, cfg, compared=self._overall.compared)
         failing = {m.endpoint for m in verdict.metrics if m.failed}
-        endpoints.sort(key=lambda e: (e.endpoint not in failing, -e.divergence, -e.pairs,
-                                      e.endpoint))
+        endpoints.sort(
+            key=lambda e: (e.endpoint not in failing, -e.divergence, -e.pairs, e.endpoint)
+        )
         noise = [
             NoiseEntry(endpoint=e.endpoint, path=f.path, reason=f.noise, rate=f.rate)
-            for e in endpoints for f in e.fields if f.noise
+            for e in endpoints
+            for f in e.fields
+            if f.noise
         ]
         o = self._overall
         return Report(
@@ -661,8 +725,12 @@ class Comparison:
     def _pool_volatility(self) -> None:
         """Pool, per path, the observations of fields seen too few times on one endpoint."""
         need = self.config.noise.min_observations
-        small = {p for a in self._endpoints.values() for p, f in a.fields.items()
-                 if 0 < f.volatility.n < need}
+        small = {
+            p
+            for a in self._endpoints.values()
+            for p, f in a.fields.items()
+            if 0 < f.volatility.n < need
+        }
         self._pooled = {}
         for a in self._endpoints.values():
             for path in small.intersection(a.fields):
@@ -676,16 +744,28 @@ class Comparison:
         for res in (a.lat_primary, a.lat_shadow):
             vals = res.items
             p50, p90, p99 = percentiles(vals)
-            sides.append(LatencySide(n=res.count, p50=p50, p90=p90, p99=p99,
-                                     cdf=percentiles(vals, _CDF_POINTS) if vals else []))
+            sides.append(
+                LatencySide(
+                    n=res.count,
+                    p50=p50,
+                    p90=p90,
+                    p99=p99,
+                    cdf=percentiles(vals, _CDF_POINTS) if vals else [],
+                )
+            )
         test = None
         if statistics and len(a.lat_primary.items) >= 2 and len(a.lat_shadow.items) >= 2:
             t = latency_shift(a.lat_primary.items, a.lat_shadow.items)
-            test = LatencyTest(p_value=t.p_value, median_ratio=t.effect,
-                               primary_median=t.primary_median, shadow_median=t.shadow_median)
+            test = LatencyTest(
+                p_value=t.p_value,
+                median_ratio=t.effect,
+                primary_median=t.primary_median,
+                shadow_median=t.shadow_median,
+            )
         return Side(
             errors=Errors(
-                primary=p_err, shadow=s_err,
+                primary=p_err,
+                shadow=s_err,
                 primary_rate=p_err / a.pairs if a.pairs else 0.0,
                 shadow_rate=s_err / a.pairs if a.pairs else 0.0,
                 primary_outcomes=dict(a.primary_outcomes),
@@ -696,8 +776,9 @@ class Comparison:
             latency=Latency(primary=sides[0], shadow=sides[1], test=test),
         )
 
-    def _endpoint_report(self, name: str, a: EndpointAgg, statistics: bool = True
-                         ) -> EndpointReport:
+    def _endpoint_report(
+        self, name: str, a: EndpointAgg, statistics: bool = True
+    ) -> EndpointReport:
         cfg = self.config
         value_stats = self._value_stats(a) if statistics else {}
         fields: list[FieldReport] = []
@@ -710,31 +791,39 @@ class Comparison:
             if self.has_baseline and a.baseline_compared:
                 baseline_rate = f.baseline_pairs / a.baseline_compared
                 judgement = judge_against_baseline(rate, baseline_rate, cfg.noise)
-            reason = noise_reason(name, path, f.kinds, f.volatility, cfg.noise, judgement,
-                                  self._pooled.get(path))
+            reason = noise_reason(
+                name, path, f.kinds, f.volatility, cfg.noise, judgement, self._pooled.get(path)
+            )
             vs = value_stats.get(path)
             agreement = None
             if vs is not None and vs.type == "categorical":
                 observed = max(1.0, a.compared * vs.presence)
                 agreement = max(0.0, 1.0 - f.diff_pairs / observed)
-            fields.append(FieldReport(
-                path=path,
-                kinds={k.value: n for k, n in f.kinds.most_common()},
-                diff_pairs=f.diff_pairs,
-                rate=rate,
-                baseline_rate=baseline_rate,
-                noise=reason,
-                type="other" if vs is None else vs.type,
-                only_extra=set(f.kinds) == {Kind.EXTRA},
-                flips=[Flip(primary=redact_field(path, pv), shadow=redact_field(path, sv), count=n)
-                       for (pv, sv), n in f.flips.most_common(10)],
-                samples=list(f.samples),  # a copy: add() appends to the live list
-                agreement=agreement,
-            ))
+            fields.append(
+                FieldReport(
+                    path=path,
+                    kinds={k.value: n for k, n in f.kinds.most_common()},
+                    diff_pairs=f.diff_pairs,
+                    rate=rate,
+                    baseline_rate=baseline_rate,
+                    noise=reason,
+                    type="other" if vs is None else vs.type,
+                    only_extra=set(f.kinds) == {Kind.EXTRA},
+                    flips=[
+                        Flip(primary=redact_field(path, pv), shadow=redact_field(path, sv), count=n)
+                        for (pv, sv), n in f.flips.most_common(10)
+                    ],
+                    samples=list(f.samples),  # a copy: add() appends to the live list
+                    agreement=agreement,
+                )
+            )
         # Numeric paths drift even when every pair is within tolerance: report them too.
         noisy = {e.path for e in fields if e.noise}
-        model = [vs.drift for path, vs in value_stats.items()
-                 if vs.type == "numeric" and vs.drift is not None and path not in noisy]
+        model = [
+            vs.drift
+            for path, vs in value_stats.items()
+            if vs.type == "numeric" and vs.drift is not None and path not in noisy
+        ]
         fields = _renames(fields)
         fields.sort(key=lambda e: (e.noise is not None, -e.rate))
         side = self._side_report(a, statistics)
@@ -756,8 +845,10 @@ class Comparison:
             baseline_compared=a.baseline_compared,
             divergence=divergence,
             status=Status(
-                pairs=[StatusPair(primary=ps, shadow=ss, count=n)
-                       for (ps, ss), n in a.status_pairs.most_common(20)],
+                pairs=[
+                    StatusPair(primary=ps, shadow=ss, count=n)
+                    for (ps, ss), n in a.status_pairs.most_common(20)
+                ],
                 mismatch_rate=mismatched / a.compared if a.compared else 0.0,
             ),
             errors=side.errors,
@@ -805,14 +896,22 @@ class Comparison:
             elif len(nums) == len(pv) and (is_float or distinct > mcfg.categorical_max_values):
                 kind = "numeric"
                 snums = [x for x in sv if isinstance(x, (int, float)) and not isinstance(x, bool)]
-                if (path in differs and len(nums) >= mcfg.min_samples
-                        and len(snums) >= mcfg.min_samples):
+                if (
+                    path in differs
+                    and len(nums) >= mcfg.min_samples
+                    and len(snums) >= mcfg.min_samples
+                ):
                     d = drift(nums, snums)
                     found = Drift(
-                        path=path, n=d.n_primary, mean_primary=d.mean_primary,
-                        mean_shadow=d.mean_shadow, std_primary=d.std_primary,
+                        path=path,
+                        n=d.n_primary,
+                        mean_primary=d.mean_primary,
+                        mean_shadow=d.mean_shadow,
+                        std_primary=d.std_primary,
                         mean_shift=d.mean_shift if math.isfinite(d.mean_shift) else None,
-                        ks_d=d.ks_d, ks_p=d.ks_p, psi=d.psi,
+                        ks_d=d.ks_d,
+                        ks_p=d.ks_p,
+                        psi=d.psi,
                     )
             elif distinct <= mcfg.categorical_max_values:
                 kind = "categorical"
@@ -831,7 +930,8 @@ class _ValueStats:
     drift: Drift | None  # numeric paths whose values differ between the sides
 
 
-def _without(paths: list[str], values: list[Any], prefixes: tuple[str, ...]
-             ) -> tuple[list[str], list[Any]]:
+def _without(
+    paths: list[str], values: list[Any], prefixes: tuple[str, ...]
+) -> tuple[list[str], list[Any]]:
     keep = [i for i, x in enumerate(paths) if not x.startswith(prefixes)]
     return [paths[i] for i in keep], [values[i] for i in keep]

@@ -26,13 +26,44 @@ except ModuleNotFoundError:  # pragma: no cover
 # Shown in every report; ``[headers] noisy`` replaces the list, ``extra_noisy`` extends it,
 # ``compare`` takes names out of it. Names are lower case.
 DEFAULT_NOISY_HEADERS: tuple[str, ...] = (
-    "date", "age", "expires", "etag", "last-modified", "server-timing", "x-request-id",
-    "x-correlation-id", "request-id", "x-trace-id", "x-b3-traceid", "x-b3-spanid",
-    "x-b3-parentspanid", "x-b3-sampled", "b3", "traceparent", "tracestate", "x-amzn-trace-id",
-    "x-cloud-trace-context", "uber-trace-id", "x-span-id", "x-runtime", "x-response-time",
-    "server", "via", "set-cookie", "keep-alive", "connection", "transfer-encoding",
-    "content-length", "x-served-by", "x-cache", "x-cache-hits", "x-timer", "cf-ray",
-    "report-to", "nel", "alt-svc",
+    "date",
+    "age",
+    "expires",
+    "etag",
+    "last-modified",
+    "server-timing",
+    "x-request-id",
+    "x-correlation-id",
+    "request-id",
+    "x-trace-id",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "b3",
+    "traceparent",
+    "tracestate",
+    "x-amzn-trace-id",
+    "x-cloud-trace-context",
+    "uber-trace-id",
+    "x-span-id",
+    "x-runtime",
+    "x-response-time",
+    "server",
+    "via",
+    "set-cookie",
+    "keep-alive",
+    "connection",
+    "transfer-encoding",
+    "content-length",
+    "x-served-by",
+    "x-cache",
+    "x-cache-hits",
+    "x-timer",
+    "cf-ray",
+    "report-to",
+    "nel",
+    "alt-svc",
 )
 
 
@@ -175,11 +206,26 @@ class ModelConfig:
 # characters of an answer; curly apostrophes count as straight ones). Replace with
 # ``[genai] refusal_phrases = [...]``.
 DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
-    "i'm sorry, but i can't", "i am sorry, but i cannot", "i'm sorry, i can't", "sorry, i can't",
-    "i cannot help with", "i can't help with", "i cannot assist", "i can't assist",
-    "i'm unable to help", "i am unable to help", "i'm not able to help", "i cannot provide",
-    "i can't provide", "i won't be able to", "i must decline", "i cannot comply", "i can't comply",
-    "as an ai language model, i cannot", "i'm not able to provide", "i cannot fulfill",
+    "i'm sorry, but i can't",
+    "i am sorry, but i cannot",
+    "i'm sorry, i can't",
+    "sorry, i can't",
+    "i cannot help with",
+    "i can't help with",
+    "i cannot assist",
+    "i can't assist",
+    "i'm unable to help",
+    "i am unable to help",
+    "i'm not able to help",
+    "i cannot provide",
+    "i can't provide",
+    "i won't be able to",
+    "i must decline",
+    "i cannot comply",
+    "i can't comply",
+    "as an ai language model, i cannot",
+    "i'm not able to provide",
+    "i cannot fulfill",
 )
 
 
@@ -242,7 +288,8 @@ class TensorConfig:
     def tolerance(self, model: str, output: str) -> TensorTolerance:
         for t in self.models:
             if (not t.model or re.search(t.model, model)) and (
-                    not t.output or re.search(t.output, output)):
+                not t.output or re.search(t.output, output)
+            ):
                 return t
         return self.defaults
 
@@ -252,7 +299,11 @@ class VerdictConfig:
     pass_score: float = 95.0
     marginal_score: float = 75.0
     weights: tuple[tuple[str, float], ...] = (
-        ("errors", 30.0), ("latency", 20.0), ("content", 35.0), ("model", 15.0), ("genai", 20.0),
+        ("errors", 30.0),
+        ("latency", 20.0),
+        ("content", 35.0),
+        ("model", 15.0),
+        ("genai", 20.0),
         ("tensors", 20.0),
     )
     critical: tuple[str, ...] = ("errors", "latency")  # groups whose High fails the run
@@ -310,11 +361,24 @@ class CompareConfig:
 # Fields whose values are shares or probabilities (0..1) and scores (0..100); every other number
 # must be finite and >= 0 (a negative limit or threshold has no meaning; NaN compares false with
 # everything, so ``pass_score = nan`` would silently never pass).
-_UNIT_FIELDS = frozenset({
-    "volatile_share", "distinct_share", "alpha", "min_increase", "max_rate", "critical_rate",
-    "ks_alpha", "min_agreement", "critical_agreement", "max_breach_rate", "min_cosine",
-    "min_top1_agreement", "min_topk_overlap", "critical_top1_agreement",
-})
+_UNIT_FIELDS = frozenset(
+    {
+        "volatile_share",
+        "distinct_share",
+        "alpha",
+        "min_increase",
+        "max_rate",
+        "critical_rate",
+        "ks_alpha",
+        "min_agreement",
+        "critical_agreement",
+        "max_breach_rate",
+        "min_cosine",
+        "min_top1_agreement",
+        "min_topk_overlap",
+        "critical_top1_agreement",
+    }
+)
 _SCORE_FIELDS = frozenset({"pass_score", "marginal_score"})
 
 
@@ -368,9 +432,14 @@ def _build(cls: type, data: dict[str, Any], where: str, section: str) -> Any:
             if not isinstance(value, dict):
                 raise InputError("verdict.weights must be a table of group = weight", where=where)
             kwargs[key] = tuple(
-                (str(k), _number(_as_number(v, f"verdict.weights.{k}", where),
-                                 f"verdict.weights.{k}", where))
-                for k, v in value.items())
+                (
+                    str(k),
+                    _number(
+                        _as_number(v, f"verdict.weights.{k}", where), f"verdict.weights.{k}", where
+                    ),
+                )
+                for k, v in value.items()
+            )
         elif dataclasses.is_dataclass(default):
             kwargs[key] = _build(type(default), value, where, key)
         elif isinstance(default, tuple):
@@ -390,7 +459,8 @@ def _build(cls: type, data: dict[str, Any], where: str, section: str) -> Any:
         else:
             kwargs[key] = str(value)
     if cls is VerdictConfig and kwargs.get("marginal_score", _VERDICT.marginal_score) > kwargs.get(
-            "pass_score", _VERDICT.pass_score):
+        "pass_score", _VERDICT.pass_score
+    ):
         raise InputError("verdict.marginal_score must not be above verdict.pass_score", where=where)
     try:
         return cls(**kwargs)
@@ -421,6 +491,7 @@ def load_config(path: str | None) -> CompareConfig:
     try:
         data = tomllib.loads(raw.decode()) if path.endswith(".toml") else json.loads(raw)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"not valid {'TOML' if path.endswith('.toml') else 'JSON'}: {exc}",
-                         where=path) from exc
+        raise InputError(
+            f"not valid {'TOML' if path.endswith('.toml') else 'JSON'}: {exc}", where=path
+        ) from exc
     return _build(CompareConfig, data, path, "")

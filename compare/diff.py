@@ -144,8 +144,14 @@ class Budget:
         return True
 
 
-def diff_json(p: Any, s: Any, path: str, out: list[Difference], tolerance: Tolerance,
-              budget: Budget | None = None) -> None:
+def diff_json(
+    p: Any,
+    s: Any,
+    path: str,
+    out: list[Difference],
+    tolerance: Tolerance,
+    budget: Budget | None = None,
+) -> None:
     """Append the differences between JSON values ``p`` and ``s`` under ``path`` to ``out``, at
     most ``budget``'s (a fresh default Budget when None). O(min(size, budget.walk))."""
     _diff_json(p, s, path, out, tolerance, budget or Budget())
@@ -159,8 +165,9 @@ def _add(out: list[Difference], d: Difference, budget: Budget) -> bool:
     return True
 
 
-def _diff_json(p: Any, s: Any, path: str, out: list[Difference], tolerance: Tolerance,
-               budget: Budget) -> None:
+def _diff_json(
+    p: Any, s: Any, path: str, out: list[Difference], tolerance: Tolerance, budget: Budget
+) -> None:
     if budget.cut or not budget.spend():
         return
     tp, ts = _jtype(p), _jtype(s)
@@ -178,8 +185,11 @@ def _diff_json(p: Any, s: Any, path: str, out: list[Difference], tolerance: Tole
             if budget.cut:
                 return
         for k, sv in s.items():
-            if k not in p and not _add(out, Difference(f"{path}.{{id}}" if fold else f"{path}.{k}",
-                                                       Kind.EXTRA, None, sv), budget):
+            if k not in p and not _add(
+                out,
+                Difference(f"{path}.{{id}}" if fold else f"{path}.{k}", Kind.EXTRA, None, sv),
+                budget,
+            ):
                 return
         return
     if tp == "array":
@@ -187,8 +197,12 @@ def _diff_json(p: Any, s: Any, path: str, out: list[Difference], tolerance: Tole
         if len(p) != len(s):
             if not _add(out, Difference(path, Kind.SIZE, len(p), len(s)), budget):
                 return
-        elif p != s and budget.walk >= 2 * len(p) and budget.spend(2 * len(p)) and \
-                sorted(map(_canon, p)) == sorted(map(_canon, s)):
+        elif (
+            p != s
+            and budget.walk >= 2 * len(p)
+            and budget.spend(2 * len(p))
+            and sorted(map(_canon, p)) == sorted(map(_canon, s))
+        ):
             # The order check canonicalises every element: paid from the budget, and skipped
             # (the elementwise walk below goes as far as the budget lets it) when unaffordable.
             _add(out, Difference(path, Kind.ORDER, p, s), budget)
@@ -300,8 +314,9 @@ def _digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def diff_prepared(pb: Body, sb: Body, out: list[Difference], tolerance: Tolerance,
-                  budget: Budget | None = None) -> None:
+def diff_prepared(
+    pb: Body, sb: Body, out: list[Difference], tolerance: Tolerance, budget: Budget | None = None
+) -> None:
     """Differences between two prepared bodies; a JSON walk cut short by ``budget`` adds the
     ``body~cut`` difference."""
     if pb.type is not sb.type:
@@ -318,8 +333,14 @@ def diff_prepared(pb: Body, sb: Body, out: list[Difference], tolerance: Toleranc
             _diff_json(pb.value, sb.value, "body", found, tolerance, budget)
             out.extend(found)
             if budget.cut:
-                out.append(Difference(CUT_PATH, Kind.SIZE, f"walked {budget.walked} values",
-                                      f"kept the first {len(found)} differences"))
+                out.append(
+                    Difference(
+                        CUT_PATH,
+                        Kind.SIZE,
+                        f"walked {budget.walked} values",
+                        f"kept the first {len(found)} differences",
+                    )
+                )
         except (RecursionError, TypeError):  # nesting too deep (Python stack, orjson: 255 levels)
             out.append(Difference("body", Kind.VALUE, _digest(pb.raw), _digest(sb.raw)))
     elif pb.type is BodyType.BINARY:
@@ -404,8 +425,15 @@ class PairDiff:
     cut: bool = False  # the body walk stopped at the pair's budget (a body~cut difference says so)
 
 
-def diff_responses(p: Response, s: Response, ignored: frozenset[str], tolerance: Tolerance, *,
-                   max_walk: int = MAX_WALK, max_differences: int = MAX_DIFFERENCES) -> PairDiff:
+def diff_responses(
+    p: Response,
+    s: Response,
+    ignored: frozenset[str],
+    tolerance: Tolerance,
+    *,
+    max_walk: int = MAX_WALK,
+    max_differences: int = MAX_DIFFERENCES,
+) -> PairDiff:
     out: list[Difference] = []
     if p.status != s.status:
         out.append(Difference("status", Kind.VALUE, p.status, s.status))

@@ -92,12 +92,17 @@ class Joiner:
 
 
 def join(
-    exchanges: Iterator[Exchange], results: Iterator[Result], baseline: Iterator[Result] | None,
-    joiner: Joiner, chunk: int = 256,
+    exchanges: Iterator[Exchange],
+    results: Iterator[Result],
+    baseline: Iterator[Result] | None,
+    joiner: Joiner,
+    chunk: int = 256,
 ) -> Iterator[Triple]:
     """Read the streams round-robin, ``chunk`` records at a time, yielding complete triples."""
-    streams: list[tuple[Iterator, object]] = [(exchanges, joiner.exchange),
-                                              (results, joiner.result)]
+    streams: list[tuple[Iterator, object]] = [
+        (exchanges, joiner.exchange),
+        (results, joiner.result),
+    ]
     if baseline is not None:
         streams.append((baseline, joiner.base))
     while streams:

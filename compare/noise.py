@@ -42,8 +42,14 @@ class Volatility:
         self._last: int | None = None
         self._last_s: int | None = None
 
-    def observe(self, primary: object, shadow: object, primary_ts: float | None,
-                shadow_ts: float | None, target: str = "") -> None:
+    def observe(
+        self,
+        primary: object,
+        shadow: object,
+        primary_ts: float | None,
+        shadow_ts: float | None,
+        target: str = "",
+    ) -> None:
         """``primary_ts``/``shadow_ts``: when each side answered (a replay can run days after the
         capture, and an epoch timestamp is judged against its own side's time). ``target``: the
         request target; a value echoed from the request is never noise (an id the shadow gets
@@ -62,12 +68,18 @@ class Volatility:
             except TypeError:  # a list or an object: its repr stands for it
                 self.distinct.add(hash(repr(primary)))
         if (
-            isinstance(primary, int) and not isinstance(primary, bool)
-            and isinstance(shadow, int) and not isinstance(shadow, bool)
+            isinstance(primary, int)
+            and not isinstance(primary, bool)
+            and isinstance(shadow, int)
+            and not isinstance(shadow, bool)
         ):
             self.ints += 1
-            if (self._last is not None and self._last_s is not None and primary > self._last
-                    and shadow > self._last_s):
+            if (
+                self._last is not None
+                and self._last_s is not None
+                and primary > self._last
+                and shadow > self._last_s
+            ):
                 self.increasing += 1
             self._last, self._last_s = primary, shadow
 
@@ -91,8 +103,10 @@ class Volatility:
             # exchange's time, and the primary's values vary: a clock, noise wherever it appears,
             # even when many exchanges share a second (a generative API's ``created``), which the
             # distinct-values rule below would miss.
-            return (f"volatile: all {self.n} differing values are epoch timestamps near their "
-                    "exchange's time")
+            return (
+                f"volatile: all {self.n} differing values are epoch timestamps near their "
+                "exchange's time"
+            )
         distinct = min(1.0, len(self.distinct) / min(self.n, _DISTINCT_CAP))
         if distinct < cfg.distinct_share:
             return None
@@ -121,8 +135,9 @@ class BaselineJudgement:
     reason: str
 
 
-def judge_against_baseline(raw_rate: float, noise_rate: float,
-                           cfg: NoiseConfig) -> BaselineJudgement:
+def judge_against_baseline(
+    raw_rate: float, noise_rate: float, cfg: NoiseConfig
+) -> BaselineJudgement:
     """Diffy's rule: regression iff raw - noise > absolute and (raw - noise) / noise > relative."""
     excess = raw_rate - noise_rate
     relative = excess / noise_rate if noise_rate > 0 else (float("inf") if excess > 0 else 0.0)
@@ -159,8 +174,11 @@ def noise_reason(
         return None if baseline.regression else baseline.reason
     reason = volatility.verdict(cfg)
     if (
-        reason is None and pooled is not None and volatility.n < cfg.min_observations
-        and volatility.echoed == 0 and sum(volatility.shapes.values()) == volatility.n
+        reason is None
+        and pooled is not None
+        and volatility.n < cfg.min_observations
+        and volatility.echoed == 0
+        and sum(volatility.shapes.values()) == volatility.n
     ):
         pooled_reason = pooled.verdict(cfg)
         if pooled_reason:

@@ -81,8 +81,11 @@ def compare_files(inputs: Inputs, cfg: CompareConfig, part: int = 0, parts: int 
     triples = join(
         read_jsonl(inputs.exchanges, Exchange.from_json, on_error, keep("x")),
         read_jsonl(inputs.results, Result.from_json, on_error, keep("r")),
-        (read_jsonl(inputs.baseline, Result.from_json, on_error, keep("b"))
-         if inputs.baseline else None),
+        (
+            read_jsonl(inputs.baseline, Result.from_json, on_error, keep("b"))
+            if inputs.baseline
+            else None
+        ),
         joiner,
     )
     for ex, res, base in triples:
@@ -92,15 +95,19 @@ def compare_files(inputs: Inputs, cfg: CompareConfig, part: int = 0, parts: int 
     return c
 
 
-def compare_tagged(lines: Iterable[tuple[str, bytes]], cfg: CompareConfig,
-                   baseline: bool) -> Comparison:
+def compare_tagged(
+    lines: Iterable[tuple[str, bytes]], cfg: CompareConfig, baseline: bool
+) -> Comparison:
     """A partition given as raw lines tagged ``x`` (exchange), ``r`` (result), ``b`` (baseline),
     in any order (Spark's shuffle): records wait in the joiner for their partners, so memory is
     O(the partition's unmatched records)."""
     c = Comparison(cfg, baseline=baseline)
     j = Joiner(baseline=baseline)
-    feed = {"x": (Exchange.from_json, j.exchange), "r": (Result.from_json, j.result),
-            "b": (Result.from_json, j.base)}
+    feed = {
+        "x": (Exchange.from_json, j.exchange),
+        "r": (Result.from_json, j.result),
+        "b": (Result.from_json, j.base),
+    }
     where = {"x": "exchanges", "r": "results", "b": "baseline"}
     for tag, line in lines:
         if not line.strip():
@@ -140,8 +147,9 @@ def lake_files(root: str) -> list[str]:
         return [root]
     if not os.path.isdir(root):
         raise InputError("no such lake directory", where=root)
-    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
-                   if f.endswith(".parquet"))
+    files = sorted(
+        os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".parquet")
+    )
     if not files:
         raise InputError("no Parquet files in this lake directory", where=root)
     return files
@@ -187,8 +195,9 @@ def resolve(exchanges: str, results: str | None, baseline: str | None) -> Inputs
         os.path.exists(os.path.join(exchanges, f"exchanges{s}")) for s in (".jsonl", ".jsonl.gz")
     ):
         if baseline:
-            raise InputError("a lake holds no baseline results: compare JSONL files with it",
-                             field="baseline")
+            raise InputError(
+                "a lake holds no baseline results: compare JSONL files with it", field="baseline"
+            )
         lake_files(exchanges)  # fails early when there is nothing to read
         return Inputs(lake=exchanges)
     if os.path.isfile(exchanges) and exchanges.endswith(".parquet"):
@@ -199,15 +208,25 @@ def resolve(exchanges: str, results: str | None, baseline: str | None) -> Inputs
     return Inputs(ex, res, baseline)
 
 
-def compare_inputs(exchanges: str, results: str | None, baseline: str | None, cfg: CompareConfig,
-                   *, jobs: int = 1, engine: str = "local", spark_master: str = "local[*]",
-                   parquet: str | None = None) -> Comparison:
+def compare_inputs(
+    exchanges: str,
+    results: str | None,
+    baseline: str | None,
+    cfg: CompareConfig,
+    *,
+    jobs: int = 1,
+    engine: str = "local",
+    spark_master: str = "local[*]",
+    parquet: str | None = None,
+) -> Comparison:
     """The Comparison of the inputs, by the engine asked for (the CLI's door)."""
     inputs = resolve(exchanges, results, baseline)
     if parquet:
-        raise InputError("written by the one-process comparison of JSONL files only",
-                         field="parquet",
-                         hint="shadowtap export RUN_DIR -o LAKE (or drop --jobs/--engine)")
+        raise InputError(
+            "written by the one-process comparison of JSONL files only",
+            field="parquet",
+            hint="shadowtap export RUN_DIR -o LAKE (or drop --jobs/--engine)",
+        )
     if engine == "spark":
         from shadowtap.compare.spark import compare_spark
 

@@ -48,10 +48,18 @@ class Verdict(StrEnum):
 
 
 # The verdict -> exit status map (docs/cli.md lists it) and the verdict colours: here only.
-_EXIT_CODES = {Verdict.PASS: EXIT_OK, Verdict.MARGINAL: EXIT_VERDICT_MARGINAL,
-               Verdict.FAIL: EXIT_VERDICT_FAIL, Verdict.ERROR: EXIT_VERDICT_ERROR}
-_COLOURS = {Verdict.PASS: ("bold green", "#1a7f37"), Verdict.MARGINAL: ("bold yellow", "#b08800"),
-            Verdict.FAIL: ("bold red", "#cf222e"), Verdict.ERROR: ("bold magenta", "#8250df")}
+_EXIT_CODES = {
+    Verdict.PASS: EXIT_OK,
+    Verdict.MARGINAL: EXIT_VERDICT_MARGINAL,
+    Verdict.FAIL: EXIT_VERDICT_FAIL,
+    Verdict.ERROR: EXIT_VERDICT_ERROR,
+}
+_COLOURS = {
+    Verdict.PASS: ("bold green", "#1a7f37"),
+    Verdict.MARGINAL: ("bold yellow", "#b08800"),
+    Verdict.FAIL: ("bold red", "#cf222e"),
+    Verdict.ERROR: ("bold magenta", "#8250df"),
+}
 
 
 class MetricResult(StrEnum):
@@ -156,8 +164,9 @@ class VerdictReport(Record):
     def overruled(self, result: Verdict, why: str) -> VerdictReport:
         """The same verdict turned into ``result`` for a reason the comparison cannot see (the
         mirror's coverage rule), the reason first."""
-        return dataclasses.replace(self, result=result, exit_code=result.exit_code,
-                                   reasons=(why, *self.reasons))
+        return dataclasses.replace(
+            self, result=result, exit_code=result.exit_code, reasons=(why, *self.reasons)
+        )
 
 
 # ------------------------------------------------------------------------- errors and latency

@@ -48,10 +48,21 @@ def run_compare(
         from shadowtap.compare.partitioned import compare_inputs
 
         if schema is not None:
-            raise InputError("read by the one-process comparison only", field="proto_descriptor",
-                             hint="drop --jobs/--engine, or compare without the descriptor")
-        comparison = compare_inputs(exchanges, results, baseline, cfg, jobs=jobs, engine=engine,
-                                    spark_master=spark_master, parquet=parquet)
+            raise InputError(
+                "read by the one-process comparison only",
+                field="proto_descriptor",
+                hint="drop --jobs/--engine, or compare without the descriptor",
+            )
+        comparison = compare_inputs(
+            exchanges,
+            results,
+            baseline,
+            cfg,
+            jobs=jobs,
+            engine=engine,
+            spark_master=spark_master,
+            parquet=parquet,
+        )
         return _report(comparison, False, quiet=quiet, json_out=json_out, html=html)
     comparison = Comparison(cfg, baseline=baseline is not None, proto_schema=schema)
 
@@ -94,8 +105,14 @@ def run_compare(
     return _report(comparison, interrupted, quiet=quiet, json_out=json_out, html=html)
 
 
-def _report(comparison: Comparison, interrupted: bool, *, quiet: bool, json_out: str | None,
-            html: str | None) -> int:
+def _report(
+    comparison: Comparison,
+    interrupted: bool,
+    *,
+    quiet: bool,
+    json_out: str | None,
+    html: str | None,
+) -> int:
     report = comparison.snapshot(fresh=True)
     report = report.interrupted() if interrupted else report.finished()
     if not quiet:

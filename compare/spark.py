@@ -30,27 +30,33 @@ def _session(master: str) -> tuple[Any, bool]:
     try:
         from pyspark.sql import SparkSession
     except ImportError as exc:
-        raise PrerequisiteError("pyspark is not installed",
-                                hint="pip install 'shadowtap[spark]' (and a Java runtime)") from exc
+        raise PrerequisiteError(
+            "pyspark is not installed", hint="pip install 'shadowtap[spark]' (and a Java runtime)"
+        ) from exc
     # local[*]: the Python workers are this interpreter (shadowtap and its dependencies importable)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     ours = SparkSession.getActiveSession() is None
     try:
-        spark = (SparkSession.builder.master(master).appName("shadowtap compare")
-                 .config("spark.ui.enabled", "false")
-                 .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-                 .getOrCreate())
+        spark = (
+            SparkSession.builder.master(master)
+            .appName("shadowtap compare")
+            .config("spark.ui.enabled", "false")
+            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            .getOrCreate()
+        )
     except Exception as exc:
         raise PrerequisiteError(
             f"cannot start Spark ({master}): {exc}",
-            hint="a Java runtime (default-jre-headless) and a reachable master") from exc
+            hint="a Java runtime (default-jre-headless) and a reachable master",
+        ) from exc
     spark.sparkContext.setLogLevel("ERROR")
     return spark, ours
 
 
-def compare_spark(inputs: Inputs, cfg: CompareConfig, master: str,
-                  partitions: int | None = None) -> Comparison:
+def compare_spark(
+    inputs: Inputs, cfg: CompareConfig, master: str, partitions: int | None = None
+) -> Comparison:
     spark, ours = _session(master)
     sc = spark.sparkContext
     n = partitions or max(2, sc.defaultParallelism)
@@ -98,7 +104,8 @@ def _jsonl(sc: Any, inputs: Inputs, cfg: CompareConfig, n: int, baseline: bool) 
     def tagged(path: str, tag: str) -> Any:
         # use_unicode=False: raw bytes, as the local engine reads them (.gz is read by Hadoop)
         return sc.textFile(os.path.abspath(path), use_unicode=False).map(
-            lambda line: (partition_of(line, tag, n), (tag, line)))
+            lambda line: (partition_of(line, tag, n), (tag, line))
+        )
 
     rdd = tagged(inputs.exchanges, "x").union(tagged(inputs.results, "r"))
     if inputs.baseline:

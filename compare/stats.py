@@ -64,10 +64,12 @@ class Reservoir:
         else:
             n_self = min(len(self.items), round(self.k * self.count / total))
             n_other = min(len(other.items), self.k - n_self)
-            merged = (self._rng.sample(list(self.items), n_self)
-                      + self._rng.sample(list(other.items), n_other))
-            self.items = (array(self.items.typecode, merged) if isinstance(self.items, array)
-                          else merged)
+            merged = self._rng.sample(list(self.items), n_self) + self._rng.sample(
+                list(other.items), n_other
+            )
+            self.items = (
+                array(self.items.typecode, merged) if isinstance(self.items, array) else merged
+            )
         self.count = total
 
 
@@ -103,8 +105,9 @@ def error_rate_increase(p_err: int, p_n: int, s_err: int, s_n: int) -> float:
         return 1.0  # not higher: no test needed (its p-value would be >= 0.5)
     if p_n + s_n <= 100_000:
         return float(
-            st.fisher_exact([[s_err, s_n - s_err], [p_err, p_n - p_err]],
-                            alternative="greater").pvalue
+            st.fisher_exact(
+                [[s_err, s_n - s_err], [p_err, p_n - p_err]], alternative="greater"
+            ).pvalue
         )
     p1, p2 = s_err / s_n, p_err / p_n
     pooled = (s_err + p_err) / (s_n + p_n)
@@ -114,8 +117,9 @@ def error_rate_increase(p_err: int, p_n: int, s_err: int, s_n: int) -> float:
     return float(st.norm.sf((p1 - p2) / se))
 
 
-def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray,
-        bins: int = 10) -> float:
+def psi(
+    expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray, bins: int = 10
+) -> float:
     """Population stability index of ``actual`` against ``expected``, on the expected's quantiles
     (or its distinct values when it has fewer than ``bins``). 0 = same distribution; > 0.1 a
     moderate shift; > 0.2 a significant one (the industry's rule of thumb). Bins hold about 20

@@ -57,14 +57,28 @@ __all__ = [
 
 # KServe v2 datatypes -> little-endian numpy dtypes (BYTES is compared by equality only).
 DTYPES: dict[str, str] = {
-    "BOOL": "?", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
-    "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
-    "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
+    "BOOL": "?",
+    "UINT8": "u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "INT8": "i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
 }
 _CDF = (0, 5, 10, 25, 50, 75, 90, 95, 99, 100)
 _KSERVE_PATHS = (
-    "body.outputs[].data", "body.outputs[].contents", "body.outputs[].fp", "body.outputs[].int",
-    "body.outputs[].uint", "body.outputs[].bool", "body.outputs[].bytes_contents",
+    "body.outputs[].data",
+    "body.outputs[].contents",
+    "body.outputs[].fp",
+    "body.outputs[].int",
+    "body.outputs[].uint",
+    "body.outputs[].bool",
+    "body.outputs[].bytes_contents",
     "body.raw_output_contents",
 )
 _MODEL_IN_TARGET = re.compile(r"/v[12]/models/([^/:?]+)")
@@ -107,36 +121,46 @@ def _shape(v: Any) -> tuple[int, ...] | None:
     return out if all(x >= 0 for x in out) else None
 
 
-def _numbers(name: str, dt: str, raw: Any, shape: tuple[int, ...] | None,
-             anomalies: list[Anomaly]) -> Tensor | None:
+def _numbers(
+    name: str, dt: str, raw: Any, shape: tuple[int, ...] | None, anomalies: list[Anomaly]
+) -> Tensor | None:
     """A tensor from JSON values (flat or nested) of a declared (or inferred) shape."""
     if dt == "BYTES":
         flat = raw if isinstance(raw, list) else [raw]
-        return Tensor(name, dt, shape if shape is not None else (len(flat),),
-                      [str(x) for x in flat])
+        return Tensor(
+            name, dt, shape if shape is not None else (len(flat),), [str(x) for x in flat]
+        )
     try:
         arr = np.asarray(raw)
     except ValueError as exc:  # ragged nested lists
         anomalies.append(Anomaly(name, "ragged", f"not a rectangular array: {exc}"[:200]))
         return None
     if arr.dtype == object or arr.dtype.kind not in "biuf":
-        anomalies.append(Anomaly(name, "non_numeric",
-                                 f"values of {dt or 'an inferred type'} are not all numbers"))
+        anomalies.append(
+            Anomaly(
+                name, "non_numeric", f"values of {dt or 'an inferred type'} are not all numbers"
+            )
+        )
         return None
     if shape is None:
         shape = tuple(arr.shape)
     elif arr.size != math.prod(shape):
-        anomalies.append(Anomaly(name, "length_mismatch",
-                                 f"{arr.size} values for shape {list(shape)} "
-                                 f"({math.prod(shape)} expected)"))
+        anomalies.append(
+            Anomaly(
+                name,
+                "length_mismatch",
+                f"{arr.size} values for shape {list(shape)} ({math.prod(shape)} expected)",
+            )
+        )
         return None
     if not dt:
         dt = "BOOL" if arr.dtype.kind == "b" else ("FP64" if arr.dtype.kind == "f" else "INT64")
     return Tensor(name, dt, shape, arr.astype(np.float64).reshape(shape))
 
 
-def _raw(name: str, dt: str, b64: Any, shape: tuple[int, ...],
-         anomalies: list[Anomaly]) -> Tensor | None:
+def _raw(
+    name: str, dt: str, b64: Any, shape: tuple[int, ...], anomalies: list[Anomaly]
+) -> Tensor | None:
     """A tensor from a little-endian buffer (``raw_output_contents``, base64 in the JSON tree)."""
     if dt == "BYTES":  # 4-byte little-endian length before each element
         return Tensor(name, dt, shape, [str(b64)])
@@ -148,9 +172,13 @@ def _raw(name: str, dt: str, b64: Any, shape: tuple[int, ...],
     dtype = np.dtype(DTYPES[dt])
     n = math.prod(shape)
     if len(buf) != n * dtype.itemsize:
-        anomalies.append(Anomaly(name, "length_mismatch",
-                                 f"{len(buf)} bytes for shape {list(shape)} of {dt} "
-                                 f"({n * dtype.itemsize} expected)"))
+        anomalies.append(
+            Anomaly(
+                name,
+                "length_mismatch",
+                f"{len(buf)} bytes for shape {list(shape)} of {dt} ({n * dtype.itemsize} expected)",
+            )
+        )
         return None
     arr = np.frombuffer(buf, dtype=dtype).astype(np.float64).reshape(shape)
     return Tensor(name, dt, shape, arr)
@@ -179,8 +207,11 @@ def _kserve(body: dict[str, Any], target: str) -> Parsed:
             anomalies.append(Anomaly(name, "unknown_datatype", f"datatype {dt or '(none)'!r}"))
             continue
         if shape is None:
-            anomalies.append(Anomaly(name, "length_mismatch",
-                                     f"shape {out.get('shape')!r} is not a list of sizes"))
+            anomalies.append(
+                Anomaly(
+                    name, "length_mismatch", f"shape {out.get('shape')!r} is not a list of sizes"
+                )
+            )
             continue
         t: Tensor | None
         if "data" in out:
@@ -188,8 +219,9 @@ def _kserve(body: dict[str, Any], target: str) -> Parsed:
         elif isinstance(out.get("contents"), dict) and out["contents"]:
             values = next(iter(out["contents"].values()))
             if dt in ("INT64", "UINT64") and isinstance(values, list):  # JSON mapping: strings
-                values = [int(v) if isinstance(v, str) and v.lstrip("-").isdigit() else v
-                          for v in values]
+                values = [
+                    int(v) if isinstance(v, str) and v.lstrip("-").isdigit() else v for v in values
+                ]
             t = _numbers(name, dt, values, shape, anomalies)
         elif any(k.endswith("_contents") for k in out):  # contents inlined in the output
             key = next(k for k in out if k.endswith("_contents"))
@@ -199,8 +231,7 @@ def _kserve(body: dict[str, Any], target: str) -> Parsed:
         elif math.prod(shape) == 0:
             t = Tensor(name, dt, shape, np.zeros(shape))
         else:
-            anomalies.append(Anomaly(name, "length_mismatch",
-                                     f"no data for shape {list(shape)}"))
+            anomalies.append(Anomaly(name, "length_mismatch", f"no data for shape {list(shape)}"))
             continue
         if t is not None:
             _finite(t, anomalies)
@@ -218,8 +249,12 @@ def _tfserving(body: dict[str, Any], target: str) -> Parsed:
     if isinstance(value, dict):
         columns = value
         where = f"body.{key}."
-    elif (key == "predictions" and isinstance(value, list) and value
-          and all(isinstance(r, dict) for r in value)):
+    elif (
+        key == "predictions"
+        and isinstance(value, list)
+        and value
+        and all(isinstance(r, dict) for r in value)
+    ):
         names = list(value[0])
         columns = {n: [r.get(n) for r in value] for n in names}
         where = "body.predictions[]."
@@ -248,8 +283,12 @@ def parse_tensors(body: Any, target: str = "") -> Parsed | None:
     if not isinstance(body, dict):
         return None
     outs = body.get("outputs")
-    if (isinstance(outs, list) and outs and all(isinstance(o, dict) for o in outs)
-            and all("datatype" in o or "shape" in o for o in outs)):
+    if (
+        isinstance(outs, list)
+        and outs
+        and all(isinstance(o, dict) for o in outs)
+        and all("datatype" in o or "shape" in o for o in outs)
+    ):
         return _kserve(body, target)
     if "predictions" in body or (outs is not None and not isinstance(outs, str)):
         return _tfserving(body, target)
@@ -306,8 +345,16 @@ def _compare(name: str, p: Tensor, s: Tensor, tol: TensorTolerance) -> OutputPai
         return OutputPair(name, "datatype", f"datatype {p.datatype} -> {s.datatype}")
     if not isinstance(p.values, np.ndarray) or not isinstance(s.values, np.ndarray):
         same = p.values == s.values
-        return OutputPair(name, None, "", 0.0 if same else 1.0, 0.0 if same else 1.0,
-                          0.0 if same else 1.0, 1.0 if same else 0.0, not same)
+        return OutputPair(
+            name,
+            None,
+            "",
+            0.0 if same else 1.0,
+            0.0 if same else 1.0,
+            0.0 if same else 1.0,
+            1.0 if same else 0.0,
+            not same,
+        )
     a = p.values.ravel()
     b = s.values.ravel()
     if a.size == 0:
@@ -327,8 +374,9 @@ def _compare(name: str, p: Tensor, s: Tensor, tol: TensorTolerance) -> OutputPai
         max_rel = float(rel.max())
         breach = odd or bool(np.any(err > tol.atol + tol.rtol * denom))
         nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
-        cosine = (float(np.dot(x, y) / (nx * ny)) if nx > 0 and ny > 0
-                  else (1.0 if nx == ny else 0.0))
+        cosine = (
+            float(np.dot(x, y) / (nx * ny)) if nx > 0 and ny > 0 else (1.0 if nx == ny else 0.0)
+        )
     else:
         max_abs = max_rel = mae = 0.0
         cosine = 1.0
@@ -343,8 +391,7 @@ def _compare(name: str, p: Tensor, s: Tensor, tol: TensorTolerance) -> OutputPai
         agree = int(np.sum(np.argmax(pm, axis=-1) == np.argmax(sm, axis=-1)))
         k = min(tol.top_k, classes)
         tp, ts = _topk(pm, k), _topk(sm, k)
-        overlap = float(sum(len(set(r1.tolist()) & set(r2.tolist())) / k
-                            for r1, r2 in zip(tp, ts)))
+        overlap = float(sum(len(set(r1.tolist()) & set(r2.tolist())) / k for r1, r2 in zip(tp, ts)))
     return OutputPair(name, None, "", max_abs, max_rel, mae, cosine, breach, rows, agree, overlap)
 
 
@@ -371,15 +418,28 @@ def differs(tp: TensorPair) -> bool:
     """Whether the pair's tensors differ at all (a change, or any element not equal)."""
     return any(o.change is not None or (o.max_abs or 0.0) > 0 or o.breach for o in tp.outputs) or (
         {(a.output, a.kind) for a in tp.primary_anomalies}
-        != {(a.output, a.kind) for a in tp.shadow_anomalies})
+        != {(a.output, a.kind) for a in tp.shadow_anomalies}
+    )
 
 
 # ----------------------------------------------------------------------------- per endpoint
 
 
 class _OutAgg:
-    __slots__ = ("agree", "breaches", "changes", "compared", "max_abs", "max_rel", "mae",
-                 "cosine", "overlap", "pairs", "rows", "worst_abs")
+    __slots__ = (
+        "agree",
+        "breaches",
+        "changes",
+        "compared",
+        "max_abs",
+        "max_rel",
+        "mae",
+        "cosine",
+        "overlap",
+        "pairs",
+        "rows",
+        "worst_abs",
+    )
 
     def __init__(self, k: int, seed: int) -> None:
         self.pairs = 0  # pairs where both or either side had this output
@@ -404,8 +464,12 @@ class _OutAgg:
         self.agree += o.agree
         self.overlap += o.overlap
         self.worst_abs = max(self.worst_abs, o.worst_abs)
-        for mine, theirs in ((self.max_abs, o.max_abs), (self.max_rel, o.max_rel),
-                             (self.mae, o.mae), (self.cosine, o.cosine)):
+        for mine, theirs in (
+            (self.max_abs, o.max_abs),
+            (self.max_rel, o.max_rel),
+            (self.mae, o.mae),
+            (self.cosine, o.cosine),
+        ):
             mine.merge(theirs)
 
 
@@ -442,8 +506,10 @@ class TensorAgg:
         self.pairs += 1
         self.apis[tp.api] += 1
         self.models[tp.model] += 1
-        for side, found in ((self.anomalies_primary, tp.primary_anomalies),
-                            (self.anomalies_shadow, tp.shadow_anomalies)):
+        for side, found in (
+            (self.anomalies_primary, tp.primary_anomalies),
+            (self.anomalies_shadow, tp.shadow_anomalies),
+        ):
             for a in {(a.output, a.kind): a for a in found}.values():
                 side[(a.output, a.kind)] += 1
                 self.anomaly_detail.setdefault((a.output, a.kind), a.detail)
@@ -486,53 +552,69 @@ class TensorAgg:
         def dist(r: Reservoir) -> dict[str, Any]:
             vals = [v for v in r.items if math.isfinite(v)]
             cdf = percentiles(vals, _CDF) if vals else []
-            return {"n": r.count, "percentiles": list(_CDF),
-                    "cdf": [round(v, 9) for v in cdf],
-                    "p50": cdf[4] if cdf else None, "max": max(r.items) if len(r.items) else None}
+            return {
+                "n": r.count,
+                "percentiles": list(_CDF),
+                "cdf": [round(v, 9) for v in cdf],
+                "p50": cdf[4] if cdf else None,
+                "max": max(r.items) if len(r.items) else None,
+            }
 
         outputs = []
         for name, o in self.outputs.items():
             model = self.output_model.get(name, "")
             tol = cfg.tolerance(model, name)
-            outputs.append({
-                "name": name,
-                "model": model,
-                "pairs": o.pairs,
-                "compared": o.compared,
-                "changes": [{"change": c, "pairs": n} for c, n in o.changes.most_common(5)],
-                "changed_pairs": sum(o.changes.values()),
-                "breaches": o.breaches,
-                "breach_rate": o.breaches / o.compared if o.compared else 0.0,
-                "worst_max_abs": o.worst_abs,
-                "max_abs": dist(o.max_abs),
-                "max_rel": dist(o.max_rel),
-                "mae": dist(o.mae),
-                "cosine": dist(o.cosine),
-                "classification": {
-                    "rows": o.rows,
-                    "top1_agreement": o.agree / o.rows if o.rows else None,
-                    "top1_flips": o.rows - o.agree,
-                    "top_k": tol.top_k,
-                    "topk_overlap": o.overlap / o.rows if o.rows else None,
-                } if o.rows else None,
-                "tolerance": {
-                    "atol": tol.atol, "rtol": tol.rtol, "max_breach_rate": tol.max_breach_rate,
-                    "min_cosine": tol.min_cosine, "min_top1_agreement": tol.min_top1_agreement,
-                    "critical_top1_agreement": tol.critical_top1_agreement,
-                    "min_topk_overlap": tol.min_topk_overlap,
-                },
-            })
+            outputs.append(
+                {
+                    "name": name,
+                    "model": model,
+                    "pairs": o.pairs,
+                    "compared": o.compared,
+                    "changes": [{"change": c, "pairs": n} for c, n in o.changes.most_common(5)],
+                    "changed_pairs": sum(o.changes.values()),
+                    "breaches": o.breaches,
+                    "breach_rate": o.breaches / o.compared if o.compared else 0.0,
+                    "worst_max_abs": o.worst_abs,
+                    "max_abs": dist(o.max_abs),
+                    "max_rel": dist(o.max_rel),
+                    "mae": dist(o.mae),
+                    "cosine": dist(o.cosine),
+                    "classification": {
+                        "rows": o.rows,
+                        "top1_agreement": o.agree / o.rows if o.rows else None,
+                        "top1_flips": o.rows - o.agree,
+                        "top_k": tol.top_k,
+                        "topk_overlap": o.overlap / o.rows if o.rows else None,
+                    }
+                    if o.rows
+                    else None,
+                    "tolerance": {
+                        "atol": tol.atol,
+                        "rtol": tol.rtol,
+                        "max_breach_rate": tol.max_breach_rate,
+                        "min_cosine": tol.min_cosine,
+                        "min_top1_agreement": tol.min_top1_agreement,
+                        "critical_top1_agreement": tol.critical_top1_agreement,
+                        "min_topk_overlap": tol.min_topk_overlap,
+                    },
+                }
+            )
         keys = sorted(set(self.anomalies_primary) | set(self.anomalies_shadow))
         return {
             "pairs": self.pairs,
             "apis": sorted(self.apis),
             "models": [m for m, _ in self.models.most_common(5)],
             "outputs": outputs,
-            "anomalies": [{"output": out, "kind": kind,
-                           "primary": self.anomalies_primary[(out, kind)],
-                           "shadow": self.anomalies_shadow[(out, kind)],
-                           "detail": self.anomaly_detail.get((out, kind), "")}
-                          for out, kind in keys],
+            "anomalies": [
+                {
+                    "output": out,
+                    "kind": kind,
+                    "primary": self.anomalies_primary[(out, kind)],
+                    "shadow": self.anomalies_shadow[(out, kind)],
+                    "detail": self.anomaly_detail.get((out, kind), ""),
+                }
+                for out, kind in keys
+            ],
         }
 
 
@@ -550,15 +632,38 @@ def tensor_metrics(ep: Any, cfg: Any) -> list[Any]:
     t = ep.tensors
     tc: TensorConfig = cfg.tensors
     name = ep.endpoint
-    crit = set(tc.critical) | ({"shape", "anomaly", "tolerance", "top1", "topk", "cosine"}
-                               if Group.TENSORS in cfg.verdict.critical else set())
+    crit = set(tc.critical) | (
+        {"shape", "anomaly", "tolerance", "top1", "topk", "cosine"}
+        if Group.TENSORS in cfg.verdict.critical
+        else set()
+    )
     out: list[Any] = []
 
-    def add(metric: str, path: str, value: float | None, threshold: float | None, failed: bool,
-            low: bool, cond: str, detail: str, critical: bool = False) -> None:
-        out.append(_metric(metric, Group.TENSORS, name, value, threshold,
-                           (LOW if low else HIGH) if failed else PASS, failed,
-                           critical or cond in crit, detail, path))
+    def add(
+        metric: str,
+        path: str,
+        value: float | None,
+        threshold: float | None,
+        failed: bool,
+        low: bool,
+        cond: str,
+        detail: str,
+        critical: bool = False,
+    ) -> None:
+        out.append(
+            _metric(
+                metric,
+                Group.TENSORS,
+                name,
+                value,
+                threshold,
+                (LOW if low else HIGH) if failed else PASS,
+                failed,
+                critical or cond in crit,
+                detail,
+                path,
+            )
+        )
 
     for o in t["outputs"]:
         path = f"tensors.{o['name']}"
@@ -566,40 +671,85 @@ def tensor_metrics(ep: Any, cfg: Any) -> list[Any]:
         n = o["pairs"]
         ch = o["changed_pairs"]
         changes = ", ".join(f"{c['change']} x{c['pairs']}" for c in o["changes"])
-        add("tensor shape", path, ch / n if n else 0.0, 0.0, ch > 0, False, "shape",
-            f"shape/datatype changed in {ch} of {n} pairs" + (f": {changes}" if changes else ""))
+        add(
+            "tensor shape",
+            path,
+            ch / n if n else 0.0,
+            0.0,
+            ch > 0,
+            False,
+            "shape",
+            f"shape/datatype changed in {ch} of {n} pairs" + (f": {changes}" if changes else ""),
+        )
         if not o["compared"]:
             continue
         m = o["compared"]
         rate = o["breach_rate"]
-        add("tensor tolerance", path, rate, tol["max_breach_rate"],
-            rate > tol["max_breach_rate"], False, "tolerance",
+        add(
+            "tensor tolerance",
+            path,
+            rate,
+            tol["max_breach_rate"],
+            rate > tol["max_breach_rate"],
+            False,
+            "tolerance",
             f"{o['breaches']} of {m} pairs beyond atol {tol['atol']:g} + rtol {tol['rtol']:g}"
             f" x |primary|; max abs error p50 {o['max_abs']['p50']:.3g}, worst "
             f"{o['worst_max_abs']:.3g}; max rel p50 {o['max_rel']['p50']:.3g}; "
-            f"MAE p50 {o['mae']['p50']:.3g}")
+            f"MAE p50 {o['mae']['p50']:.3g}",
+        )
         cos = o["cosine"]["p50"]
-        add("tensor cosine", path, cos, tol["min_cosine"], cos < tol["min_cosine"], True,
-            "cosine", f"median cosine similarity {cos:.6f} over {m} pairs "
-                      f"(lowest sampled {min(o['cosine']['cdf'] or [cos]):.6f})")
+        add(
+            "tensor cosine",
+            path,
+            cos,
+            tol["min_cosine"],
+            cos < tol["min_cosine"],
+            True,
+            "cosine",
+            f"median cosine similarity {cos:.6f} over {m} pairs "
+            f"(lowest sampled {min(o['cosine']['cdf'] or [cos]):.6f})",
+        )
         c = o["classification"]
         if c is not None:
             agr = c["top1_agreement"]
-            add("top-1 agreement", path, agr, tol["min_top1_agreement"],
-                agr < tol["min_top1_agreement"], True, "top1",
+            add(
+                "top-1 agreement",
+                path,
+                agr,
+                tol["min_top1_agreement"],
+                agr < tol["min_top1_agreement"],
+                True,
+                "top1",
                 f"argmax of the last axis agrees in {agr:.2%} of {c['rows']} rows "
                 f"({c['top1_flips']} flipped; below {tol['critical_top1_agreement']:g} fails the "
-                f"run)", agr < tol["critical_top1_agreement"])
+                f"run)",
+                agr < tol["critical_top1_agreement"],
+            )
             ov = c["topk_overlap"]
-            add(f"top-{c['top_k']} overlap", path, ov, tol["min_topk_overlap"],
-                ov < tol["min_topk_overlap"], True, "topk",
-                f"mean top-{c['top_k']} overlap {ov:.3f} over {c['rows']} rows")
+            add(
+                f"top-{c['top_k']} overlap",
+                path,
+                ov,
+                tol["min_topk_overlap"],
+                ov < tol["min_topk_overlap"],
+                True,
+                "topk",
+                f"mean top-{c['top_k']} overlap {ov:.3f} over {c['rows']} rows",
+            )
     for a in t["anomalies"]:
         extra = a["shadow"] - a["primary"]
-        add("tensor anomaly", f"tensors.{a['output']}", float(a["shadow"]), float(a["primary"]),
-            extra > 0, False, "anomaly",
+        add(
+            "tensor anomaly",
+            f"tensors.{a['output']}",
+            float(a["shadow"]),
+            float(a["primary"]),
+            extra > 0,
+            False,
+            "anomaly",
             f"{a['kind']}: shadow {a['shadow']} vs primary {a['primary']} of {t['pairs']} pairs"
-            f" ({a['detail']})")
+            f" ({a['detail']})",
+        )
     return out
 
 
@@ -612,24 +762,34 @@ def _g(v: Any, fmt: str = ".3g") -> str:
 
 def terminal_rows(t: dict[str, Any]) -> list[list[Any]]:
     """Rows of (what, value, note) for the terminal report: one per output, then anomalies."""
-    rows: list[list[Any]] = [["tensor answers", str(t["pairs"]),
-                              ", ".join(t["apis"] + [m for m in t["models"] if m])]]
+    rows: list[list[Any]] = [
+        ["tensor answers", str(t["pairs"]), ", ".join(t["apis"] + [m for m in t["models"] if m])]
+    ]
     for o in t["outputs"]:
         c = o["classification"]
-        parts = [f"{o['compared']}/{o['pairs']} compared",
-                 f"beyond tolerance {o['breaches']}",
-                 f"max abs p50 {_g(o['max_abs']['p50'])} worst {_g(o['worst_max_abs'])}",
-                 f"max rel p50 {_g(o['max_rel']['p50'])}",
-                 f"MAE p50 {_g(o['mae']['p50'])}",
-                 f"cosine p50 {_g(o['cosine']['p50'], '.6f')}"]
+        parts = [
+            f"{o['compared']}/{o['pairs']} compared",
+            f"beyond tolerance {o['breaches']}",
+            f"max abs p50 {_g(o['max_abs']['p50'])} worst {_g(o['worst_max_abs'])}",
+            f"max rel p50 {_g(o['max_rel']['p50'])}",
+            f"MAE p50 {_g(o['mae']['p50'])}",
+            f"cosine p50 {_g(o['cosine']['p50'], '.6f')}",
+        ]
         if c is not None:
-            parts.append(f"top-1 {c['top1_agreement']:.2%} ({c['top1_flips']} flips of "
-                         f"{c['rows']} rows), top-{c['top_k']} overlap {c['topk_overlap']:.3f}")
+            parts.append(
+                f"top-1 {c['top1_agreement']:.2%} ({c['top1_flips']} flips of "
+                f"{c['rows']} rows), top-{c['top_k']} overlap {c['topk_overlap']:.3f}"
+            )
         changes = ", ".join(f"{x['change']} x{x['pairs']}" for x in o["changes"])
         rows.append([f"output {o['name']}", "; ".join(parts), changes])
     for a in t["anomalies"]:
-        rows.append([f"anomaly {a['output']}: {a['kind']}",
-                     f"primary {a['primary']}, shadow {a['shadow']}", a["detail"]])
+        rows.append(
+            [
+                f"anomaly {a['output']}: {a['kind']}",
+                f"primary {a['primary']}, shadow {a['shadow']}",
+                a["detail"],
+            ]
+        )
     return rows
 
 

@@ -42,34 +42,72 @@ OVERALL = "(overall)"
 
 
 def _metric(
-    name: str, group: Group, endpoint: str, value: float | None, threshold: float | None,
-    result: MetricResult, failed: bool, critical: bool, detail: str, path: str | None = None,
+    name: str,
+    group: Group,
+    endpoint: str,
+    value: float | None,
+    threshold: float | None,
+    result: MetricResult,
+    failed: bool,
+    critical: bool,
+    detail: str,
+    path: str | None = None,
 ) -> Metric:
-    return Metric(name=name, group=group, endpoint=endpoint, path=path, value=value,
-                  threshold=threshold, result=result, failed=failed, critical=critical and failed,
-                  detail=detail)
+    return Metric(
+        name=name,
+        group=group,
+        endpoint=endpoint,
+        path=path,
+        value=value,
+        threshold=threshold,
+        result=result,
+        failed=failed,
+        critical=critical and failed,
+        detail=detail,
+    )
 
 
 def _errors(endpoint: str, side: Side | EndpointReport, pairs: int, cfg: CompareConfig) -> Metric:
     e = side.errors
     critical = Group.ERRORS in cfg.verdict.critical
     if pairs == 0:
-        return _metric("error rate", Group.ERRORS, endpoint, None, None, NODATA, False, False,
-                       "no pairs")
+        return _metric(
+            "error rate", Group.ERRORS, endpoint, None, None, NODATA, False, False, "no pairs"
+        )
     p_val = error_rate_increase(e.primary, pairs, e.shadow, pairs)
     increase = e.shadow_rate - e.primary_rate
-    detail = (f"shadow {e.shadow_rate:.2%} vs primary {e.primary_rate:.2%} errors "
-              f"(Fisher p={p_val:.3g})")
+    detail = (
+        f"shadow {e.shadow_rate:.2%} vs primary {e.primary_rate:.2%} errors (Fisher p={p_val:.3g})"
+    )
     if e.new_failures:
         detail += "; new failure modes: " + ", ".join(
-            f"{k} x{n}" for k, n in e.new_failures.items())
+            f"{k} x{n}" for k, n in e.new_failures.items()
+        )
     if p_val < cfg.errors.alpha and increase >= cfg.errors.min_increase:
-        return _metric("error rate", Group.ERRORS, endpoint, e.shadow_rate, e.primary_rate, HIGH,
-                       True, critical, detail)
+        return _metric(
+            "error rate",
+            Group.ERRORS,
+            endpoint,
+            e.shadow_rate,
+            e.primary_rate,
+            HIGH,
+            True,
+            critical,
+            detail,
+        )
     reverse = error_rate_increase(e.shadow, pairs, e.primary, pairs)
     result = LOW if reverse < cfg.errors.alpha and -increase >= cfg.errors.min_increase else PASS
-    return _metric("error rate", Group.ERRORS, endpoint, e.shadow_rate, e.primary_rate, result,
-                   False, critical, detail)
+    return _metric(
+        "error rate",
+        Group.ERRORS,
+        endpoint,
+        e.shadow_rate,
+        e.primary_rate,
+        result,
+        False,
+        critical,
+        detail,
+    )
 
 
 def _latency(endpoint: str, side: Side | EndpointReport, cfg: CompareConfig) -> Metric:
@@ -78,18 +116,39 @@ def _latency(endpoint: str, side: Side | EndpointReport, cfg: CompareConfig) -> 
     t = lat.test
     n = min(lat.primary.n, lat.shadow.n)
     if t is None or n < lc.min_samples:
-        return _metric("latency", Group.LATENCY, endpoint, None, lc.effect, NODATA, False, False,
-                       f"fewer than {lc.min_samples} latencies on a side")
+        return _metric(
+            "latency",
+            Group.LATENCY,
+            endpoint,
+            None,
+            lc.effect,
+            NODATA,
+            False,
+            False,
+            f"fewer than {lc.min_samples} latencies on a side",
+        )
     ratio = t.median_ratio
     delta = t.shadow_median - t.primary_median
-    detail = (f"median {t.shadow_median:.2f} ms vs {t.primary_median:.2f} ms "
-              f"(x{ratio:.2f}, Mann-Whitney p={t.p_value:.3g})")
+    detail = (
+        f"median {t.shadow_median:.2f} ms vs {t.primary_median:.2f} ms "
+        f"(x{ratio:.2f}, Mann-Whitney p={t.p_value:.3g})"
+    )
     if t.p_value < lc.alpha and ratio > lc.effect and delta > lc.min_ms:
-        return _metric("latency", Group.LATENCY, endpoint, ratio, lc.effect, HIGH, True,
-                       Group.LATENCY in cfg.verdict.critical, detail)
+        return _metric(
+            "latency",
+            Group.LATENCY,
+            endpoint,
+            ratio,
+            lc.effect,
+            HIGH,
+            True,
+            Group.LATENCY in cfg.verdict.critical,
+            detail,
+        )
     result = LOW if ratio * lc.effect < 1 and -delta > lc.min_ms else PASS
-    return _metric("latency", Group.LATENCY, endpoint, ratio, lc.effect, result, False, False,
-                   detail)
+    return _metric(
+        "latency", Group.LATENCY, endpoint, ratio, lc.effect, result, False, False, detail
+    )
 
 
 def _fields(ep: EndpointReport, cfg: CompareConfig) -> list[Metric]:
@@ -102,20 +161,44 @@ def _fields(ep: EndpointReport, cfg: CompareConfig) -> list[Metric]:
             continue
         rate = f.rate
         if f.only_extra and not cc.extra_fields_fail:
-            why = (f"the new name of {f.renamed_from}, which carries the regression"
-                   if f.renamed_from is not None
-                   else "not failing (content.extra_fields_fail = false)")
-            out.append(_metric("new field", Group.CONTENT, name, rate, None, PASS, False, False,
-                               f"only the shadow has it ({rate:.2%} of pairs); {why}", f.path))
+            why = (
+                f"the new name of {f.renamed_from}, which carries the regression"
+                if f.renamed_from is not None
+                else "not failing (content.extra_fields_fail = false)"
+            )
+            out.append(
+                _metric(
+                    "new field",
+                    Group.CONTENT,
+                    name,
+                    rate,
+                    None,
+                    PASS,
+                    False,
+                    False,
+                    f"only the shadow has it ({rate:.2%} of pairs); {why}",
+                    f.path,
+                )
+            )
             continue
         if f.type == "categorical" and f.agreement is not None:
             agr = f.agreement
             flips = ", ".join(f"{x.primary!r}->{x.shadow!r} x{x.count}" for x in f.flips[:3])
             failed = agr < mc.min_agreement
-            out.append(_metric("agreement", Group.MODEL, name, agr, mc.min_agreement,
-                               LOW if failed else PASS, failed,
-                               agr < mc.critical_agreement or Group.MODEL in cfg.verdict.critical,
-                               f"{agr:.2%} of pairs agree; top flips: {flips or '-'}", f.path))
+            out.append(
+                _metric(
+                    "agreement",
+                    Group.MODEL,
+                    name,
+                    agr,
+                    mc.min_agreement,
+                    LOW if failed else PASS,
+                    failed,
+                    agr < mc.critical_agreement or Group.MODEL in cfg.verdict.critical,
+                    f"{agr:.2%} of pairs agree; top flips: {flips or '-'}",
+                    f.path,
+                )
+            )
             continue
         worst = max(worst, rate)
         failed = rate > cc.max_rate
@@ -126,17 +209,51 @@ def _fields(ep: EndpointReport, cfg: CompareConfig) -> list[Metric]:
         elif f.renamed_from is not None:
             kinds += f" (renamed from {f.renamed_from}?)"
         base = "" if f.baseline_rate is None else f" (baseline noise {f.baseline_rate:.2%})"
-        out.append(_metric("field diff rate", Group.CONTENT, name, rate, cc.max_rate,
-                           HIGH if failed else PASS, failed, critical,
-                           f"differs in {rate:.2%} of pairs{base}: {kinds}", f.path))
+        out.append(
+            _metric(
+                "field diff rate",
+                Group.CONTENT,
+                name,
+                rate,
+                cc.max_rate,
+                HIGH if failed else PASS,
+                failed,
+                critical,
+                f"differs in {rate:.2%} of pairs{base}: {kinds}",
+                f.path,
+            )
+        )
     failed = worst > cc.max_rate
     if ep.compared:
-        out.insert(0, _metric("content diff rate", Group.CONTENT, name, worst, cc.max_rate,
-                              HIGH if failed else PASS, failed, False,
-                              f"worst field beyond noise differs in {worst:.2%} of pairs"))
+        out.insert(
+            0,
+            _metric(
+                "content diff rate",
+                Group.CONTENT,
+                name,
+                worst,
+                cc.max_rate,
+                HIGH if failed else PASS,
+                failed,
+                False,
+                f"worst field beyond noise differs in {worst:.2%} of pairs",
+            ),
+        )
     else:
-        out.insert(0, _metric("content diff rate", Group.CONTENT, name, worst, cc.max_rate,
-                              NODATA, False, False, "no pair with both responses"))
+        out.insert(
+            0,
+            _metric(
+                "content diff rate",
+                Group.CONTENT,
+                name,
+                worst,
+                cc.max_rate,
+                NODATA,
+                False,
+                False,
+                "no pair with both responses",
+            ),
+        )
     for m in ep.numeric:
         shift = m.mean_shift
         breaches: list[str] = []
@@ -145,22 +262,42 @@ def _fields(ep: EndpointReport, cfg: CompareConfig) -> list[Metric]:
         if m.ks_d > mc.ks_max_d and m.ks_p < mc.ks_alpha:
             breaches.append(f"KS D {m.ks_d:.3f} > {mc.ks_max_d:g} (p={m.ks_p:.2g})")
         if shift is None or abs(shift) > mc.mean_shift_max:
-            breaches.append("mean shift " + ("from a constant" if shift is None else
-                                        f"{shift:+.2f} std beyond {mc.mean_shift_max:g}"))
+            breaches.append(
+                "mean shift "
+                + (
+                    "from a constant"
+                    if shift is None
+                    else f"{shift:+.2f} std beyond {mc.mean_shift_max:g}"
+                )
+            )
         failed = bool(breaches)
         up = shift is None or shift > 0
-        detail = (f"mean {m.mean_primary:.4g} -> {m.mean_shadow:.4g}"
-                  f"{'' if shift is None else f' ({shift:+.2f} std)'}, KS D={m.ks_d:.3f} "
-                  f"p={m.ks_p:.2g}, PSI={m.psi:.3f} over {m.n} sampled values"
-                  + (f"; {'; '.join(breaches)}" if breaches else ""))
-        out.append(_metric("drift", Group.MODEL, name, m.psi, mc.psi_max,
-                           (HIGH if up else LOW) if failed else PASS, failed,
-                           Group.MODEL in cfg.verdict.critical, detail, m.path))
+        detail = (
+            f"mean {m.mean_primary:.4g} -> {m.mean_shadow:.4g}"
+            f"{'' if shift is None else f' ({shift:+.2f} std)'}, KS D={m.ks_d:.3f} "
+            f"p={m.ks_p:.2g}, PSI={m.psi:.3f} over {m.n} sampled values"
+            + (f"; {'; '.join(breaches)}" if breaches else "")
+        )
+        out.append(
+            _metric(
+                "drift",
+                Group.MODEL,
+                name,
+                m.psi,
+                mc.psi_max,
+                (HIGH if up else LOW) if failed else PASS,
+                failed,
+                Group.MODEL in cfg.verdict.critical,
+                detail,
+                m.path,
+            )
+        )
     return out
 
 
-def judge(endpoints: list[EndpointReport], overall: Side, cfg: CompareConfig,
-          *, compared: int) -> VerdictReport:
+def judge(
+    endpoints: list[EndpointReport], overall: Side, cfg: CompareConfig, *, compared: int
+) -> VerdictReport:
     """The verdict over per-endpoint reports and the overall errors/latency."""
     pairs = sum(e.pairs for e in endpoints)
     metrics: list[Metric] = []

@@ -211,7 +211,7 @@ def child_main(ctx: ChildContext, fd: int, cfg: Any, policy: Policy, own: Contai
     outbox = Outbox(fd, max_frames=max(2 * cfg.queue, 20_000))
     bucket = TokenBucket(cfg.rate_limit) if cfg.rate_limit else None
     admission = Admission(
-        outbox,
+        outbox,  # type: ignore[arg-type]  # an Outbox is the queue's put side
         make_decide(cfg, policy, own),
         rate_limit=bucket,  # type: ignore[arg-type]
         max_admitted=max(20 * cfg.queue, 100_000),
@@ -257,7 +257,7 @@ def child_main(ctx: ChildContext, fd: int, cfg: Any, policy: Policy, own: Contai
             bpf_filter=cfg.bpf_filter,
             max_body=cfg.max_body,
             redactor=None,
-            on_request=admission.offer,
+            on_request=admission.offer,  # type: ignore[arg-type]  # its Outcome is ignored
             max_held_exchanges=256,
         )
         ccfg = CaptureConfig(

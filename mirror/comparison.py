@@ -40,8 +40,9 @@ def view(report: Report) -> tuple[str | None, float | None, list[tuple[str, int,
     endpoints = report.endpoints
     pairs = sum(e.pairs for e in endpoints)
     divergence = sum(e.divergence * e.pairs for e in endpoints) / pairs if pairs else None
-    eps = sorted(((e.endpoint, e.pairs, e.divergence) for e in endpoints),
-                 key=lambda e: (-e[2], -e[1]))
+    eps = sorted(
+        ((e.endpoint, e.pairs, e.divergence) for e in endpoints), key=lambda e: (-e[2], -e[1])
+    )
     return verdict, divergence, eps
 
 
@@ -148,8 +149,10 @@ class Worker:
                 try:
                     add(self.comparison, exchange, result)
                 except Exception as exc:  # noqa: BLE001 - a comparison bug must not stop the mirror
-                    self.errors.append(f"comparison failed on {getattr(exchange, 'id', '?')}: "
-                                       f"{type(exc).__name__}: {exc}")
+                    self.errors.append(
+                        f"comparison failed on {getattr(exchange, 'id', '?')}: "
+                        f"{type(exc).__name__}: {exc}"
+                    )
             now = time.monotonic()
             if self._want_view.is_set() and now - view_at >= 1.0:
                 self._want_view.clear()

@@ -117,7 +117,7 @@ def _resolve(host: str, port: int) -> frozenset[tuple[str, int]]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise TargetError(f"cannot resolve the shadow host {host!r}: {exc.strerror}") from exc
-    return frozenset((addr[0], addr[1]) for *_x, addr in infos)
+    return frozenset((str(addr[0]), int(addr[1])) for *_x, addr in infos)
 
 
 def _refuse_primary(

@@ -97,8 +97,9 @@ class ThisHost:
         resolves to."""
         found: set[IPAddress] = set()
         try:
-            proc = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True,
-                                  timeout=5, check=False)
+            proc = subprocess.run(
+                ["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=5, check=False
+            )
             links = json.loads(proc.stdout or "[]")
         except (OSError, ValueError, subprocess.TimeoutExpired):
             links = []
@@ -137,9 +138,14 @@ class ServerCheck:
     server seen so far is it). Mutable (it learns peers and servers); one per run, used from one
     thread (the event loop's), shared by the Policy and the client."""
 
-    def __init__(self, targets: Iterable[Endpoint],
-                 refusal: Callable[[Endpoint, Endpoint], ShadowtapError], *,
-                 host: ThisHost | None = None, servers: Iterable[Endpoint] = ()) -> None:
+    def __init__(
+        self,
+        targets: Iterable[Endpoint],
+        refusal: Callable[[Endpoint, Endpoint], ShadowtapError],
+        *,
+        host: ThisHost | None = None,
+        servers: Iterable[Endpoint] = (),
+    ) -> None:
         self.host = host if host is not None else ThisHost.discover()
         self.targets: set[Endpoint] = set(targets)
         self._refusal = refusal
@@ -202,7 +208,9 @@ class OwnPorts:
     def on_connect(self, sock: socket.socket) -> None:
         self._ports[int(sock.getsockname()[1])] = 1
 
-    def __contains__(self, client: str) -> bool:
+    def __contains__(self, client: object) -> bool:
         """Whether the captured ``client`` endpoint is one of our own connections."""
+        if not isinstance(client, str):
+            return False
         ep = Endpoint.parse(client)
         return ep is not None and self._ports[ep.port] == 1 and self.host.has(ep.ip)

@@ -70,8 +70,14 @@ class _ResumingContext(ssl_module.SSLContext):
 
     sessions: dict[str | None, ssl_module.SSLSession]
 
-    def wrap_bio(self, incoming, outgoing, server_side=False,  # type: ignore[override]
-                 server_hostname=None, session=None):
+    def wrap_bio(
+        self,
+        incoming,
+        outgoing,
+        server_side=False,  # type: ignore[override]
+        server_hostname=None,
+        session=None,
+    ):
         session = session or self.sessions.get(server_hostname)
         return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
 
@@ -159,8 +165,14 @@ class _Job:
         "violation",
     )
 
-    def __init__(self, prepared: Prepared, scheduled: float, copy: int,
-                 on_result: Callable[[Result], None], lane: _Lane | None) -> None:
+    def __init__(
+        self,
+        prepared: Prepared,
+        scheduled: float,
+        copy: int,
+        on_result: Callable[[Result], None],
+        lane: _Lane | None,
+    ) -> None:
         self.prepared = prepared
         self.scheduled = scheduled
         self.copy = copy
@@ -295,8 +307,11 @@ class _Conn(asyncio.Protocol):
             job.headers.append((name, value))
             if len(name) == 16 and name.lower() == b"content-encoding":
                 job.coding = value
-            elif len(name) == 12 and name.lower() == b"content-type" and is_stream_type(
-                    value.decode("latin-1")):
+            elif (
+                len(name) == 12
+                and name.lower() == b"content-type"
+                and is_stream_type(value.decode("latin-1"))
+            ):
                 job.chunks = []
 
     def on_headers_complete(self) -> None:
@@ -402,12 +417,21 @@ class Sender:
     Use from a running event loop: ``await start()`` (resolves the target), then ``submit`` /
     ``send``, then ``await drain()`` and ``close()``. Not thread-safe."""
 
-    def __init__(self, target: Target, *, concurrency: int = 64, per_connection: bool = True,
-                 timeout: float = 10.0, connect_timeout: float = 5.0, max_body: int = 1 << 20,
-                 max_idle: int | None = None, clock: Clock | None = None,
-                 limits: ResponseLimits | None = None,
-                 on_connect: Callable[[socket.socket], None] | None = None,
-                 tls: TlsOptions | None = None) -> None:
+    def __init__(
+        self,
+        target: Target,
+        *,
+        concurrency: int = 64,
+        per_connection: bool = True,
+        timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        max_body: int = 1 << 20,
+        max_idle: int | None = None,
+        clock: Clock | None = None,
+        limits: ResponseLimits | None = None,
+        on_connect: Callable[[socket.socket], None] | None = None,
+        tls: TlsOptions | None = None,
+    ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.limits = limits or ResponseLimits()
@@ -457,9 +481,13 @@ class Sender:
         if self.target.scheme == "https" and self._ssl is None:
             self._ssl = tls_context(self.tls)
         try:
-            infos = await self.loop.getaddrinfo(self.target.host, self.target.port, type=socket.SOCK_STREAM)
+            infos = await self.loop.getaddrinfo(
+                self.target.host, self.target.port, type=socket.SOCK_STREAM
+            )
         except socket.gaierror as exc:
-            raise TargetError(f"cannot resolve the target host {self.target.host!r}: {exc.strerror}") from exc
+            raise TargetError(
+                f"cannot resolve the target host {self.target.host!r}: {exc.strerror}"
+            ) from exc
         self.addresses = [(fam, addr) for fam, _t, _p, _c, addr in infos]
 
     async def check_reachable(self) -> None:
@@ -469,8 +497,10 @@ class Sender:
             await self._open(conn)
         except (OSError, asyncio.TimeoutError) as exc:
             _kind, message = _classify(exc)
-            raise TargetError(f"cannot connect to the target {self.target.url}: {message}",
-                              hint="is the shadow running and listening there?") from exc
+            raise TargetError(
+                f"cannot connect to the target {self.target.url}: {message}",
+                hint="is the shadow running and listening there?",
+            ) from exc
         conn.close()
 
     @property
@@ -511,16 +541,33 @@ class Sender:
         self._idle.clear()
 
     # -- submitting
-    def submit(self, prepared: Prepared, *, scheduled: float, copy: int,
-               on_result: Callable[[Result], None]) -> None:
+    def submit(
+        self,
+        prepared: Prepared,
+        *,
+        scheduled: float,
+        copy: int,
+        on_result: Callable[[Result], None],
+    ) -> None:
         """Queue ``prepared`` for sending; ``on_result`` gets its Result. Never blocks. A request
         whose head would not be one request on the wire is not sent: its Result (an ``other``
         error) comes at once. Cost of the check: O(bytes of the head)."""
         problem = request_line_problem(prepared.method, prepared.target, prepared.headers)
         if problem is not None:
             now = self.clock.now()
-            on_result(Result(prepared.exchange_id, prepared.url, scheduled, now, None, None, None,
-                             ResultError("other", f"not sent: {problem}"), copy))
+            on_result(
+                Result(
+                    prepared.exchange_id,
+                    prepared.url,
+                    scheduled,
+                    now,
+                    None,
+                    None,
+                    None,
+                    ResultError("other", f"not sent: {problem}"),
+                    copy,
+                )
+            )
             return
         self._queued += 1
         if self.per_connection:
@@ -545,7 +592,9 @@ class Sender:
             self._pending.append(_Job(prepared, scheduled, copy, on_result, None))
             self._pump_pool()
 
-    async def send(self, prepared: Prepared, *, scheduled: float | None = None, copy: int = 0) -> Result:
+    async def send(
+        self, prepared: Prepared, *, scheduled: float | None = None, copy: int = 0
+    ) -> Result:
         """Send one request and wait for its Result (errors are in the Result, not raised)."""
         fut: asyncio.Future[Result] = self.loop.create_future()
 
@@ -553,8 +602,12 @@ class Sender:
             if not fut.done():  # the caller may have been cancelled meanwhile
                 fut.set_result(result)
 
-        self.submit(prepared, scheduled=self.clock.now() if scheduled is None else scheduled,
-                    copy=copy, on_result=deliver)
+        self.submit(
+            prepared,
+            scheduled=self.clock.now() if scheduled is None else scheduled,
+            copy=copy,
+            on_result=deliver,
+        )
         return await fut
 
     # -- internals
@@ -614,10 +667,16 @@ class Sender:
                         raise
                 tcp_done = time.monotonic()
                 sni = _sni(self.target.host) if self._ssl else None
-                transport, _ = await asyncio.wait_for(self.loop.create_connection(
-                    lambda: conn, sock=sock, ssl=self._ssl, server_hostname=sni,
-                    ssl_handshake_timeout=self.connect_timeout if self._ssl else None),
-                    self.connect_timeout)
+                transport, _ = await asyncio.wait_for(
+                    self.loop.create_connection(
+                        lambda: conn,
+                        sock=sock,
+                        ssl=self._ssl,
+                        server_hostname=sni,
+                        ssl_handshake_timeout=self.connect_timeout if self._ssl else None,
+                    ),
+                    self.connect_timeout,
+                )
                 if self._ssl is not None:
                     # The handshake's own time, apart from the request's latency (which starts
                     # when the request is written, after it).
@@ -638,7 +697,9 @@ class Sender:
             await self._open(conn)
         except (OSError, asyncio.TimeoutError, ShadowtapError) as exc:
             conn.closed = True
-            kind, message = ("refused", str(exc)) if isinstance(exc, ShadowtapError) else _classify(exc)
+            kind, message = (
+                ("refused", str(exc)) if isinstance(exc, ShadowtapError) else _classify(exc)
+            )
             job.sent_mono = time.monotonic()
             self._finish(job, conn, job.sent_mono, ResultError(kind, message))
             return
@@ -662,18 +723,40 @@ class Sender:
             # Positional (a third cheaper than keywords on this path); the field order is
             # checked by tests/replay/test_client.py::test_record_field_order.
             response: Response | None = Response(
-                clock.to_epoch(job.first_mono), clock.to_epoch(end_mono), job.version, headers, body,
-                job.body_len, truncated, decoded, job.status, job.reason.decode("latin-1"))
+                clock.to_epoch(job.first_mono),
+                clock.to_epoch(end_mono),
+                job.version,
+                headers,
+                body,
+                job.body_len,
+                truncated,
+                decoded,
+                job.status,
+                job.reason.decode("latin-1"),
+            )
             ttfb: float | None = (job.first_mono - job.sent_mono) * 1000.0
             total: float | None = (end_mono - job.sent_mono) * 1000.0
         else:
             response = None
             ttfb = (job.first_mono - job.sent_mono) * 1000.0 if job.received else None
             total = None
-        chunks = (tuple([(n, clock.to_epoch(m)) for n, m in job.chunks])
-                  if response is not None and job.chunks else ())
-        result = Result(job.prepared.exchange_id, job.prepared.url, job.scheduled, sent, response, ttfb,
-                        total, error, job.copy, chunks=chunks)
+        chunks = (
+            tuple([(n, clock.to_epoch(m)) for n, m in job.chunks])
+            if response is not None and job.chunks
+            else ()
+        )
+        result = Result(
+            job.prepared.exchange_id,
+            job.prepared.url,
+            job.scheduled,
+            sent,
+            response,
+            ttfb,
+            total,
+            error,
+            job.copy,
+            chunks=chunks,
+        )
         if conn.tls_ms is not None:  # the first request on a new TLS connection
             result = dataclasses.replace(result, tls_handshake_ms=round(conn.tls_ms, 3))
             conn.tls_ms = None

@@ -44,8 +44,18 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Proxy-Authorization is the client's credential for a proxy on its way, never for the shadow
 # (issue 12 item 10: the mirror forwarded it).
 _HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "te", "upgrade", "transfer-encoding",
-     "content-length", "expect", "host", "proxy-authorization"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+        "transfer-encoding",
+        "content-length",
+        "expect",
+        "host",
+        "proxy-authorization",
+    }
 )
 _METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
@@ -91,16 +101,22 @@ class Target:
     def parse(cls, url: str) -> Target:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https"):
-            raise InputError(f"target must be an http:// or https:// URL, not {url!r}",
-                             field="target")
+            raise InputError(
+                f"target must be an http:// or https:// URL, not {url!r}", field="target"
+            )
         if not parts.hostname:
             raise InputError(f"target {url!r} has no host", field="target")
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError as exc:
             raise InputError(f"target {url!r}: {exc}", field="target") from exc
-        return cls(url=url, scheme=parts.scheme, host=parts.hostname, port=port,
-                   prefix=parts.path.rstrip("/"))
+        return cls(
+            url=url,
+            scheme=parts.scheme,
+            host=parts.hostname,
+            port=port,
+            prefix=parts.path.rstrip("/"),
+        )
 
     @property
     def authority(self) -> str:
@@ -181,12 +197,15 @@ class Policy:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sample_percent <= 100.0:
-            raise InputError(f"sample percent must be in 0..100, not {self.sample_percent}",
-                             field="sample_percent")
+            raise InputError(
+                f"sample percent must be in 0..100, not {self.sample_percent}",
+                field="sample_percent",
+            )
         if self.sample_key != "client" and not self.sample_key.startswith("header:"):
             raise InputError(
                 f"sample key must be 'client' or 'header:NAME', not {self.sample_key!r}",
-                field="sample_key")
+                field="sample_key",
+            )
 
     def decide(self, exchange: Exchange) -> Prepared | Skip:
         """The request to send for ``exchange``, or why not. Raises ReplayRefused when the target is
@@ -222,8 +241,9 @@ class Policy:
             add_key = False
         return self._prepare(exchange, method, add_key)
 
-    def with_server_check(self, targets: Iterable[tuple[str, int]],
-                          host: ThisHost | None = None) -> Policy:
+    def with_server_check(
+        self, targets: Iterable[tuple[str, int]], host: ThisHost | None = None
+    ) -> Policy:
         """This policy refusing the captured server, the target being at ``targets`` (its
         resolved (ip, port) endpoints); ``host``: this host's addresses (discovered by default)."""
         eps = [Endpoint.of(ip, port) for ip, port in targets]
@@ -271,14 +291,21 @@ class Policy:
         had_length = False
         has_key = False
         # Headers the captured Connection header names are hop-by-hop too (RFC 9110 7.6.1).
-        conn_named = {t.strip().lower() for v in header_values(req.headers, "connection")
-                      for t in v.split(",")}
+        conn_named = {
+            t.strip().lower()
+            for v in header_values(req.headers, "connection")
+            for t in v.split(",")
+        }
         for name, value in req.headers:
             lname = name.lower()
             if lname in ("content-length", "transfer-encoding"):
                 had_length = True
-            if (lname in _HOP_BY_HOP or lname in self.drop_headers or lname in set_names
-                    or lname in conn_named):
+            if (
+                lname in _HOP_BY_HOP
+                or lname in self.drop_headers
+                or lname in set_names
+                or lname in conn_named
+            ):
                 continue
             if lname[:1] == ":":  # an HTTP/2 pseudo-header: the request line and Host carry them
                 continue
@@ -291,8 +318,11 @@ class Policy:
         body = req.body
         if body or had_length or method in _METHODS_WITH_BODY:
             headers.append(("Content-Length", str(len(body))))
-        head = (f"{method} {target} HTTP/1.1\r\n"
-                + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n")
+        head = (
+            f"{method} {target} HTTP/1.1\r\n"
+            + "".join(f"{n}: {v}\r\n" for n, v in headers)
+            + "\r\n"
+        )
         return Prepared(
             exchange_id=exchange.id,
             method=method,

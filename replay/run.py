@@ -22,16 +22,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
-from shadowtap.replay.client import Sender, TlsOptions
-from shadowtap.replay.grpc_client import GrpcSender, Router
-from shadowtap.replay.policy import Policy, Prepared, Skip, SkipReason
-from shadowtap.replay.schedule import Timing, schedule
-
 from shadowtap import console
 from shadowtap.errors import InputError, TargetError
 from shadowtap.jsonl import JsonlWriter, read_jsonl
 from shadowtap.records import Exchange, Result
 from shadowtap.redact import Redactor, placeholders, substitute
+from shadowtap.replay.client import Sender, TlsOptions
+from shadowtap.replay.grpc_client import GrpcSender, Router
+from shadowtap.replay.policy import Policy, Prepared, Skip, SkipReason
+from shadowtap.replay.schedule import Timing, schedule
 
 # Under recorded timing, a target that falls behind makes requests queue in the Sender; past this
 # many the scheduler waits (its lag shows it) instead of growing memory without bound.
@@ -91,7 +90,9 @@ class ReplaySummary:
     lags_ms: array = field(default_factory=lambda: array("d"))
     started: float = 0.0
     elapsed: float = 0.0
-    cpu: float = 0.0  # CPU seconds this process spent while sending (near elapsed: the client is the limit)
+    cpu: float = (
+        0.0  # CPU seconds this process spent while sending (near elapsed: the client is the limit)
+    )
     interrupted: bool = False
     redacted: int = 0  # requests read holding redacted placeholders (skipped unless "send")
     substituted: int = 0  # requests whose placeholders --substitute replaced
@@ -125,9 +126,16 @@ class ReplaySummary:
     def to_json(self) -> dict[str, object]:
         lag = self.lag_percentiles()
         return {
-            "exchanges": self.exchanges, "malformed": self.malformed, "skipped": dict(self.skipped),
-            "sent": self.sent, "answered": self.ok, "statuses": dict(self.statuses),
-            "errors": dict(self.errors), "elapsed_s": self.elapsed, "rate": self.rate, "cpu_s": self.cpu,
+            "exchanges": self.exchanges,
+            "malformed": self.malformed,
+            "skipped": dict(self.skipped),
+            "sent": self.sent,
+            "answered": self.ok,
+            "statuses": dict(self.statuses),
+            "errors": dict(self.errors),
+            "elapsed_s": self.elapsed,
+            "rate": self.rate,
+            "cpu_s": self.cpu,
             "lag_ms": {"p50": lag[0], "p99": lag[1], "max": lag[2]} if lag else None,
             "interrupted": self.interrupted,
         }
@@ -144,6 +152,7 @@ def open_source(cfg: ReplayConfig, summary: ReplaySummary) -> Callable[[], Itera
 
         return consumer_pass(cfg.input)
     if sniff_path(cfg.input) is None:
+
         def on_error(err: InputError) -> None:
             summary.malformed += 1
             if summary.malformed <= MAX_WARNINGS:
@@ -157,14 +166,20 @@ def open_source(cfg: ReplayConfig, summary: ReplaySummary) -> Callable[[], Itera
     def pcap_pass() -> Iterable[Exchange]:
         from shadowtap.capture.extract import iter_exchanges
 
-        return iter_exchanges([cfg.input], ports=cfg.ports, bpf_filter=cfg.bpf_filter,
-                              max_body=max(cfg.max_body, 1 << 20), keep_secrets=cfg.keep_secrets)
+        return iter_exchanges(
+            [cfg.input],
+            ports=cfg.ports,
+            bpf_filter=cfg.bpf_filter,
+            max_body=max(cfg.max_body, 1 << 20),
+            keep_secrets=cfg.keep_secrets,
+        )
 
     return pcap_pass
 
 
-def _unredacting(source: Callable[[], Iterable[Exchange]], cfg: ReplayConfig,
-                 summary: ReplaySummary) -> Callable[[], Iterator[Exchange]]:
+def _unredacting(
+    source: Callable[[], Iterable[Exchange]], cfg: ReplayConfig, summary: ReplaySummary
+) -> Callable[[], Iterator[Exchange]]:
     """Passes over the input with redacted placeholders dealt with by rule: substituted where
     ``cfg.substitute`` names them, then (``redacted="skip"``) requests that still hold one are
     marked for skipping (``summary.redacted``, a warning on the first). A placeholder in a header
@@ -175,22 +190,29 @@ def _unredacting(source: Callable[[], Iterable[Exchange]], cfg: ReplayConfig,
     capture = sniff_path(cfg.input) is not None
     from shadowtap.replay.policy import _HOP_BY_HOP  # headers the Policy never forwards
 
-    replaced = (cfg.policy.drop_headers | {n.lower() for n, _ in cfg.policy.set_headers}
-                | _HOP_BY_HOP)
+    replaced = (
+        cfg.policy.drop_headers | {n.lower() for n, _ in cfg.policy.set_headers} | _HOP_BY_HOP
+    )
 
     def unredacted() -> Iterator[Exchange]:
         for ex in source():
             req = ex.request
             summary.skip_redacted = False
             # memmem-speed tests first: the placeholder's prefix anywhere in the request
-            if req is not None and (b"redacted:" in req.body or "redacted:" in req.target
-                                    or any("redacted:" in v for _, v in req.headers)):
+            if req is not None and (
+                b"redacted:" in req.body
+                or "redacted:" in req.target
+                or any("redacted:" in v for _, v in req.headers)
+            ):
                 new = substitute(req, values)
                 if new is not req:
                     ex = replace(ex, request=new)
                     summary.substituted += 1
-                where = [w for w in placeholders(new) if not (w.startswith("header ")
-                                                              and w[7:].lower() in replaced)]
+                where = [
+                    w
+                    for w in placeholders(new)
+                    if not (w.startswith("header ") and w[7:].lower() in replaced)
+                ]
                 if where and cfg.redacted == "skip":
                     summary.redacted += 1
                     summary.skip_redacted = True
@@ -201,16 +223,20 @@ def _unredacting(source: Callable[[], Iterable[Exchange]], cfg: ReplayConfig,
                             f"{ex.id}): skipped, the shadow would answer the placeholders with "
                             "401s; give it credentials with --substitute NAME=VALUE or "
                             "--set-header, or send them as they are with --redacted send"
-                            + (hint if capture else ""))
+                            + (hint if capture else "")
+                        )
             yield ex
+
     return unredacted
 
 
-def _counting(source: Callable[[], Iterable[Exchange]], summary: ReplaySummary,
-              damaged: list[InputError]) -> Callable[[], Iterator[Exchange]]:
+def _counting(
+    source: Callable[[], Iterable[Exchange]], summary: ReplaySummary, damaged: list[InputError]
+) -> Callable[[], Iterator[Exchange]]:
     """Counts the exchanges read. A damaged input (a truncated capture) ends the pass where the
     damage is, kept in ``damaged``: the exchanges read before it are still sent (the scheduler
     reads ahead, so an error raised through it lost them), and the error is raised after the run."""
+
     def counted() -> Iterator[Exchange]:
         try:
             for ex in source():
@@ -219,6 +245,7 @@ def _counting(source: Callable[[], Iterable[Exchange]], summary: ReplaySummary,
         except InputError as exc:
             if not damaged:
                 damaged.append(exc)
+
     return counted
 
 
@@ -226,8 +253,9 @@ def run_replay(cfg: ReplayConfig) -> ReplaySummary:
     """Run the replay; print the summary; return it. Raises InputError for an input with no HTTP
     exchange, TargetError for an unreachable target, ReplayRefused for the captured server."""
     if cfg.json_summary and cfg.output == "-":
-        raise InputError("the results go to stdout (-o -): the JSON summary cannot too",
-                         field="json_summary")
+        raise InputError(
+            "the results go to stdout (-o -): the JSON summary cannot too", field="json_summary"
+        )
     if cfg.redacted not in ("skip", "send"):
         raise InputError(f"must be 'skip' or 'send', not {cfg.redacted!r}", field="redacted")
     summary = ReplaySummary()
@@ -252,7 +280,9 @@ def run_replay(cfg: ReplayConfig) -> ReplaySummary:
         what = f" ({summary.malformed} malformed lines)" if summary.malformed else ""
         raise InputError(f"no HTTP exchange to replay{what}", where=cfg.input)
     if summary.sent and summary.ok == 0 and summary.errors.keys() <= {"refused", "timeout"}:
-        raise TargetError(f"the target {cfg.policy.target.url} answered none of {summary.sent} requests")
+        raise TargetError(
+            f"the target {cfg.policy.target.url} answered none of {summary.sent} requests"
+        )
     return summary
 
 
@@ -265,15 +295,30 @@ def _run_loop(coro: object) -> None:
     uvloop.run(coro)  # type: ignore[arg-type]
 
 
-async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
-                  writer: JsonlWriter | None, summary: ReplaySummary) -> None:
+async def _replay(
+    cfg: ReplayConfig,
+    source: Callable[[], Iterable[Exchange]],
+    writer: JsonlWriter | None,
+    summary: ReplaySummary,
+) -> None:
     loop = asyncio.get_running_loop()
-    http = Sender(cfg.policy.target, concurrency=cfg.concurrency, per_connection=cfg.per_connection,
-                  timeout=cfg.timeout, connect_timeout=cfg.connect_timeout, max_body=cfg.max_body,
-                  tls=cfg.tls)
+    http = Sender(
+        cfg.policy.target,
+        concurrency=cfg.concurrency,
+        per_connection=cfg.per_connection,
+        timeout=cfg.timeout,
+        connect_timeout=cfg.connect_timeout,
+        max_body=cfg.max_body,
+        tls=cfg.tls,
+    )
     # gRPC calls go to grpcio (replay/grpc_client.py), the rest to the HTTP/1.x sender.
-    grpc_sender = GrpcSender(cfg.policy.target, concurrency=cfg.concurrency, timeout=cfg.timeout,
-                             connect_timeout=cfg.connect_timeout, max_body=cfg.max_body)
+    grpc_sender = GrpcSender(
+        cfg.policy.target,
+        concurrency=cfg.concurrency,
+        timeout=cfg.timeout,
+        connect_timeout=cfg.connect_timeout,
+        max_body=cfg.max_body,
+    )
     sender = Router(http, grpc_sender)
     await sender.start()
     # The refusal to replay into the captured server: the target's resolved endpoints, confirmed
@@ -330,9 +375,17 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
         preloaded = list(plans())
         plans = lambda: iter(preloaded)  # noqa: E731 - the same callable's shape as _plan's
         if timing.loop:
-            total = sum(not isinstance(p.decision, Skip) for p in preloaded) * timing.amplify * timing.loop
+            total = (
+                sum(not isinstance(p.decision, Skip) for p in preloaded)
+                * timing.amplify
+                * timing.loop
+            )
     show = cfg.progress if cfg.progress is not None else console.interactive()
-    progress = _Progress(summary, sender, total, timing.duration if total is None else None) if show else None
+    progress = (
+        _Progress(summary, sender, total, timing.duration if total is None else None)
+        if show
+        else None
+    )
     began = time.monotonic()
     start = began + (0.01 if timing.timed else 0.0)  # a head start: slot 0 is not late by set-up
     summary.started = began
@@ -374,7 +427,10 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
         if stop.is_set():
             summary.interrupted = not first_error
         try:
-            await asyncio.wait_for(_drain_or_stop(sender, stop, summary.interrupted), cfg.timeout + cfg.connect_timeout + 1)
+            await asyncio.wait_for(
+                _drain_or_stop(sender, stop, summary.interrupted),
+                cfg.timeout + cfg.connect_timeout + 1,
+            )
         except asyncio.TimeoutError:
             pass
     finally:
@@ -391,10 +447,12 @@ async def _replay(cfg: ReplayConfig, source: Callable[[], Iterable[Exchange]],
         raise first_error[0]
 
 
-def _plan(source: Callable[[], Iterable[Exchange]], policy: Policy,
-          summary: ReplaySummary) -> Callable[[], Iterator[Planned]]:
+def _plan(
+    source: Callable[[], Iterable[Exchange]], policy: Policy, summary: ReplaySummary
+) -> Callable[[], Iterator[Planned]]:
     """Passes of planned requests: each exchange decided once a pass (copies share it), skips
     counted by reason."""
+
     def planned() -> Iterator[Planned]:
         decide = policy.decide
         skipped = summary.skipped
@@ -407,6 +465,7 @@ def _plan(source: Callable[[], Iterable[Exchange]], policy: Policy,
             if isinstance(decision, Skip):
                 skipped[decision.reason.value] += 1
             yield Planned(ex.ts, decision)
+
     return planned
 
 
@@ -513,16 +572,27 @@ class _Progress:
     errors. The bar fills by requests when their number is known (a preloaded input), by time
     under ``--duration``; else it is a spinner."""
 
-    def __init__(self, summary: ReplaySummary, sender: Sender | Router, total: float | None,
-                 duration: float | None) -> None:
+    def __init__(
+        self,
+        summary: ReplaySummary,
+        sender: Sender | Router,
+        total: float | None,
+        duration: float | None,
+    ) -> None:
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.summary = summary
         self.sender = sender
         self.total = total
         self.duration = duration
-        self.progress = Progress(SpinnerColumn(), BarColumn(), TextColumn("{task.description}"),
-                                 TimeElapsedColumn(), console=console.err, transient=False)
+        self.progress = Progress(
+            SpinnerColumn(),
+            BarColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console.err,
+            transient=False,
+        )
         self.task_id = self.progress.add_task("replay", total=total or duration)
         self.progress.start()
         self._last_sent = 0
@@ -532,14 +602,19 @@ class _Progress:
     def _tick(self) -> None:
         s = self.summary
         now = time.monotonic()
-        recent = s.lags_ms[self._last_sent:]
+        recent = s.lags_ms[self._last_sent :]
         rate = (s.sent - self._last_sent) / max(now - self._last_time, 1e-6)
         lag = sorted(recent)[int(len(recent) * 0.99)] if recent else 0.0
         errors = sum(s.errors.values())
         completed = s.sent if self.total else (now - s.started if self.duration else None)
-        self.progress.update(self.task_id, completed=completed, description=(
-            f"sent {s.sent:,}  {rate:,.0f} req/s  lag p99 {lag:.1f} ms  errors {errors}  "
-            f"in flight {self.sender.outstanding}  skipped {sum(s.skipped.values())}"))
+        self.progress.update(
+            self.task_id,
+            completed=completed,
+            description=(
+                f"sent {s.sent:,}  {rate:,.0f} req/s  lag p99 {lag:.1f} ms  errors {errors}  "
+                f"in flight {self.sender.outstanding}  skipped {sum(s.skipped.values())}"
+            ),
+        )
         self._last_sent, self._last_time = s.sent, now
         self._handle = asyncio.get_running_loop().call_later(0.5, self._tick)
 
@@ -582,5 +657,7 @@ def print_summary(cfg: ReplayConfig, s: ReplaySummary) -> None:
     if cfg.json_summary:
         import orjson
 
-        sys.stdout.buffer.write(orjson.dumps({"target": cfg.policy.target.url, **s.to_json()}) + b"\n")
+        sys.stdout.buffer.write(
+            orjson.dumps({"target": cfg.policy.target.url, **s.to_json()}) + b"\n"
+        )
         sys.stdout.flush()

@@ -10,11 +10,14 @@ from pathlib import Path
 
 
 def wait_text(path: Path, needle: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    """Wait until ``needle`` appears in ``path`` (a process's log): polls, bounded by ``timeout``."""
+    """Wait until ``needle`` appears in ``path`` (a process's log): polls, bounded by
+    ``timeout``."""
     end = time.monotonic() + timeout
     while needle not in (path.read_text(errors="replace") if path.exists() else ""):
         if proc.poll() is not None or time.monotonic() > end:
-            raise SystemExit(f"bench: {proc.args} did not start: {path.read_text(errors='replace')[-500:]}")
+            raise SystemExit(
+                f"bench: {proc.args} did not start: {path.read_text(errors='replace')[-500:]}"
+            )
         time.sleep(0.05)
 
 
@@ -29,10 +32,18 @@ def hey(client, url: str, rate: int, seconds: float, workers: int = 8) -> dict:
     ok = sum(int(n) for n in re.findall(r"\[\d+\]\s+(\d+) responses", out))
     errors = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s+Get", out, re.MULTILINE))
     lat = {p: float(v) * 1000 for p, v in re.findall(r"(\d+)% in ([\d.]+) secs", out)}
-    return {"sent": ok + errors, "ok": ok, "rps": ok / seconds, "p50": lat.get("50"), "p99": lat.get("99")}
+    return {
+        "sent": ok + errors,
+        "ok": ok,
+        "rps": ok / seconds,
+        "p50": lat.get("50"),
+        "p99": lat.get("99"),
+    }
 
 
-def wrk_paced(client, url: str, rate: int, seconds: float, conns: int = 8, workdir: Path | None = None) -> dict:
+def wrk_paced(
+    client, url: str, rate: int, seconds: float, conns: int = 8, workdir: Path | None = None
+) -> dict:
     """wrk from ``client`` at about ``rate`` requests/s: ``conns`` connections, each waiting
     ``conns/rate`` s after a response before its next request (wrk's ``delay()`` hook). Its latency
     percentiles have microsecond resolution (hey's have 0.1 ms, a tenth of a 1 ms p99): rps and
@@ -45,9 +56,14 @@ def wrk_paced(client, url: str, rate: int, seconds: float, conns: int = 8, workd
 def wrk(client, url: str, seconds: float, conns: int = 8, *extra: str) -> dict:
     """wrk -t 1 from ``client`` for ``seconds`` (as fast as it goes unless ``extra`` paces it):
     rps and latency p50/p90/p99 in ms (wrk's --latency percentiles, microsecond resolution)."""
-    out = client.run(["wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds:g}s", "--latency", *extra, url],
-                     timeout=seconds + 60).stdout
+    out = client.run(
+        ["wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds:g}s", "--latency", *extra, url],
+        timeout=seconds + 60,
+    ).stdout
     unit = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-    lat = {p: float(v) * unit[u] for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)}
+    lat = {
+        p: float(v) * unit[u]
+        for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+    }
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return {"rps": rps, "p50": lat.get("50"), "p90": lat.get("90"), "p99": lat.get("99")}

@@ -76,8 +76,9 @@ def error_record(exc: BaseException, process: str = "a child process") -> ErrorR
     if isinstance(exc, ShadowtapError):
         cls = type(exc)
         attrs = {k: v for k, v in vars(exc).items() if isinstance(v, _PLAIN)}
-        return ErrorRecord(f"{cls.__module__}:{cls.__qualname__}", exc.message, attrs,
-                           int(exc.exit_code or 1))
+        return ErrorRecord(
+            f"{cls.__module__}:{cls.__qualname__}", exc.message, attrs, int(exc.exit_code or 1)
+        )
     import traceback
 
     tb = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None

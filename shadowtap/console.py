@@ -23,7 +23,9 @@ def interactive() -> bool:
     return err.is_terminal
 
 
-def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, to_stderr: bool = False) -> None:
+def table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, to_stderr: bool = False
+) -> None:
     console = err if to_stderr else out
     if console.is_terminal:
         t = Table(title=title, title_justify="left")
@@ -41,7 +43,10 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, 
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {message}" if err.is_terminal else f"warning: {message}", markup=err.is_terminal)
+    err.print(
+        f"[yellow]warning:[/yellow] {message}" if err.is_terminal else f"warning: {message}",
+        markup=err.is_terminal,
+    )
 
 
 def info(message: str) -> None:

@@ -29,8 +29,14 @@ class InputError(ShadowtapError):
 
     exit_code = 3
 
-    def __init__(self, message: str, *, where: str | None = None, field: str | None = None,
-                 hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        where: str | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ) -> None:
         place = where if where is not None else field
         super().__init__(f"{place}: {message}" if place else message, hint=hint)
         self.reason = message  # the message without its place

@@ -43,7 +43,8 @@ def check_directory(path: str) -> None:
             f"refusing a directory other users can write (mode {stat.S_IMODE(st.st_mode):o}, "
             f"owner uid {st.st_uid}): they could plant a link or a file where the output goes",
             where=path,
-            hint="write into a directory you own that others cannot write (e.g. a 0700 folder)")
+            hint="write into a directory you own that others cannot write (e.g. a 0700 folder)",
+        )
 
 
 def _shared(st: os.stat_result) -> bool:
@@ -72,8 +73,11 @@ def create_private(path: str, *, binary: bool = True) -> IO[Any]:
             raise InputError(f"cannot write: {exc.strerror}", where=path) from exc
         link = os.lstat(path)
         if link.st_uid not in (me, 0):
-            raise InputError(f"refusing to follow a symbolic link owned by uid {link.st_uid}",
-                             where=path, hint="remove the link, or write elsewhere") from exc
+            raise InputError(
+                f"refusing to follow a symbolic link owned by uid {link.st_uid}",
+                where=path,
+                hint="remove the link, or write elsewhere",
+            ) from exc
         try:
             fd = os.open(path, flags, 0o600)
         except OSError as exc2:
@@ -87,8 +91,9 @@ def create_private(path: str, *, binary: bool = True) -> IO[Any]:
             problem = f"the file belongs to uid {st.st_uid} in a directory others can write"
         if problem is not None:
             os.close(fd)
-            raise InputError(f"refusing to write: {problem}", where=path,
-                             hint="remove it, or write elsewhere")
+            raise InputError(
+                f"refusing to write: {problem}", where=path, hint="remove it, or write elsewhere"
+            )
         os.ftruncate(fd, 0)
         os.fchmod(fd, 0o600)
     # 64 KiB buffers: a write syscall per ~100 exchanges, not per ~10 (writers flush every second).

@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
-        raise ShadowtapError(f"ip {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        raise ShadowtapError(
+            f"ip {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}"
+        )
     return proc
 
 
@@ -34,7 +36,9 @@ def check_prerequisites() -> None:
     if os.geteuid() != 0:
         raise PrerequisiteError("network namespaces need root", hint="run as root (sudo)")
     if shutil.which("ip") is None:
-        raise PrerequisiteError("the ip command (iproute2) is missing", hint="apt-get install iproute2")
+        raise PrerequisiteError(
+            "the ip command (iproute2) is missing", hint="apt-get install iproute2"
+        )
 
 
 def list_namespaces() -> list[str]:
@@ -67,10 +71,16 @@ class Host:
         """``argv`` wrapped to run inside this namespace."""
         return ["ip", "netns", "exec", self.ns, *argv]
 
-    def run(self, argv: Sequence[str], *, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(self.cmd(argv), capture_output=True, text=True, timeout=timeout, check=False)
+    def run(
+        self, argv: Sequence[str], *, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            self.cmd(argv), capture_output=True, text=True, timeout=timeout, check=False
+        )
         if check and proc.returncode != 0:
-            raise ShadowtapError(f"in {self.ns}: {' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+            raise ShadowtapError(
+                f"in {self.ns}: {' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}"
+            )
         return proc
 
     def popen(self, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
@@ -100,8 +110,16 @@ class Topology:
         host.run(["ip", "link", "set", "lo", "up"])
         return host
 
-    def link(self, a: Host, b: Host, addr_a: str, addr_b: str, *, prefixlen: int = 24,
-             mtu: int | None = None) -> tuple[str, str]:
+    def link(
+        self,
+        a: Host,
+        b: Host,
+        addr_a: str,
+        addr_b: str,
+        *,
+        prefixlen: int = 24,
+        mtu: int | None = None,
+    ) -> tuple[str, str]:
         """A veth pair between ``a`` and ``b`` with the given addresses; returns the interface
         names (in ``a``, in ``b``). Interface names are short (15 characters at most)."""
         self._links += 1

@@ -202,8 +202,9 @@ class Request(Message):
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Request:
-        return cls(method=str(d["method"]), target=str(d["target"]),
-                   **cls._common_kwargs(d, "request."))
+        return cls(
+            method=str(d["method"]), target=str(d["target"]), **cls._common_kwargs(d, "request.")
+        )
 
     def send_problem(self) -> str | None:
         """Why this request cannot be sent as one request (``request_line_problem``), or None.
@@ -251,7 +252,8 @@ def exchange_id(client: str, server: str, conn_start_ts: float, index: int) -> s
 
 
 def exchange_id_prefix(client: str, server: str, conn_start_ts: float) -> str:
-    """The connection's part of ``exchange_id``'s key (the Extractor formats it once a connection)."""
+    """The connection's part of ``exchange_id``'s key (the Extractor formats it once a
+    connection)."""
     return f"{client}|{server}|{round(conn_start_ts * 1_000_000)}|"
 
 
@@ -286,22 +288,33 @@ class H2Stream:
             raise ValueError("stream_id must be > 0")
 
     def to_json(self) -> dict[str, Any]:
-        return {"stream_id": self.stream_id, "outcome": self.outcome, "error_code": self.error_code,
-                "request_trailers": self.request_trailers, "response_trailers": self.response_trailers,
-                "undecoded_fields": self.undecoded_fields}
+        return {
+            "stream_id": self.stream_id,
+            "outcome": self.outcome,
+            "error_code": self.error_code,
+            "request_trailers": self.request_trailers,
+            "response_trailers": self.response_trailers,
+            "undecoded_fields": self.undecoded_fields,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> H2Stream:
         code = d.get("error_code")
-        return cls(int(d["stream_id"]), str(d.get("outcome", "complete")), None if code is None else int(code),
-                   int(d.get("request_trailers", 0)), int(d.get("response_trailers", 0)),
-                   int(d.get("undecoded_fields", 0)))
+        return cls(
+            int(d["stream_id"]),
+            str(d.get("outcome", "complete")),
+            None if code is None else int(code),
+            int(d.get("request_trailers", 0)),
+            int(d.get("response_trailers", 0)),
+            int(d.get("undecoded_fields", 0)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class GrpcMessage:
     """One gRPC message: ``data`` the message bytes (decompressed when it was sent compressed),
-    cut at the capture's budget (``truncated``); ``length`` its length on the wire (the prefix's)."""
+    cut at the capture's budget (``truncated``); ``length`` its length on the wire (the
+    prefix's)."""
 
     data: bytes
     length: int
@@ -310,13 +323,22 @@ class GrpcMessage:
 
     def to_json(self) -> dict[str, Any]:
         text, enc = _encode_body(self.data)
-        return {"data": text, "encoding": enc, "len": self.length, "compressed": self.compressed,
-                "truncated": self.truncated}
+        return {
+            "data": text,
+            "encoding": enc,
+            "len": self.length,
+            "compressed": self.compressed,
+            "truncated": self.truncated,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> GrpcMessage:
-        return cls(_decode_body(d.get("data", ""), d.get("encoding", "utf8")), int(d["len"]),
-                   bool(d.get("compressed", False)), bool(d.get("truncated", False)))
+        return cls(
+            _decode_body(d.get("data", ""), d.get("encoding", "utf8")),
+            int(d["len"]),
+            bool(d.get("compressed", False)),
+            bool(d.get("truncated", False)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,23 +362,28 @@ class GrpcCall:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "service": self.service, "method": self.method,
+            "service": self.service,
+            "method": self.method,
             "request_messages": [m.to_json() for m in self.request_messages],
             "request_count": self.request_count,
             "response_messages": [m.to_json() for m in self.response_messages],
             "response_count": self.response_count,
-            "status": self.status, "message": self.message,
+            "status": self.status,
+            "message": self.message,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> GrpcCall:
         status = d.get("status")
         return cls(
-            str(d["service"]), str(d["method"]),
+            str(d["service"]),
+            str(d["method"]),
             tuple(GrpcMessage.from_json(m) for m in d.get("request_messages", ())),
             tuple(GrpcMessage.from_json(m) for m in d.get("response_messages", ())),
-            int(d.get("request_count", 0)), int(d.get("response_count", 0)),
-            None if status is None else int(status), d.get("message"),
+            int(d.get("request_count", 0)),
+            int(d.get("response_count", 0)),
+            None if status is None else int(status),
+            d.get("message"),
         )
 
 
@@ -522,7 +549,9 @@ class Result:
             "response": self.response.to_json() if self.response is not None else None,
             "ttfb_ms": self.ttfb_ms,
             "total_ms": self.total_ms,
-            "error": {"kind": self.error.kind, "message": self.error.message} if self.error else None,
+            "error": {"kind": self.error.kind, "message": self.error.message}
+            if self.error
+            else None,
         }
         if self.extra:
             d["extra"] = self.extra

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+
 from tests.support.prereq import require_root, require_tool
 
 

@@ -45,14 +45,70 @@ from shadowtap.lab.llm_service import add_routes
 # --- the catalogue: pure and deterministic (the same 2000 products in every process) -------------
 
 N_PRODUCTS = 2000
-CATEGORIES = ("audio", "books", "cameras", "garden", "kitchen", "laptops", "phones", "sports",
-              "toys", "tools")
-_ADJECTIVES = ("compact", "classic", "smart", "rugged", "silent", "wireless", "deluxe", "eco",
-               "portable", "pro", "ultra", "mini", "vintage", "modular", "solar", "carbon")
-_NOUNS = ("speaker", "lamp", "kettle", "drill", "camera", "phone", "backpack", "blender", "router",
-          "watch", "tent", "keyboard", "headset", "grill", "scooter", "monitor", "bottle", "charger")
-_TAGS = ("new", "sale", "bestseller", "eco", "gift", "refurbished", "limited", "bundle", "premium",
-         "clearance", "exclusive", "warranty-3y")
+CATEGORIES = (
+    "audio",
+    "books",
+    "cameras",
+    "garden",
+    "kitchen",
+    "laptops",
+    "phones",
+    "sports",
+    "toys",
+    "tools",
+)
+_ADJECTIVES = (
+    "compact",
+    "classic",
+    "smart",
+    "rugged",
+    "silent",
+    "wireless",
+    "deluxe",
+    "eco",
+    "portable",
+    "pro",
+    "ultra",
+    "mini",
+    "vintage",
+    "modular",
+    "solar",
+    "carbon",
+)
+_NOUNS = (
+    "speaker",
+    "lamp",
+    "kettle",
+    "drill",
+    "camera",
+    "phone",
+    "backpack",
+    "blender",
+    "router",
+    "watch",
+    "tent",
+    "keyboard",
+    "headset",
+    "grill",
+    "scooter",
+    "monitor",
+    "bottle",
+    "charger",
+)
+_TAGS = (
+    "new",
+    "sale",
+    "bestseller",
+    "eco",
+    "gift",
+    "refurbished",
+    "limited",
+    "bundle",
+    "premium",
+    "clearance",
+    "exclusive",
+    "warranty-3y",
+)
 SEARCH_TERMS = _ADJECTIVES + _NOUNS
 
 
@@ -103,10 +159,16 @@ def validate_features(features: object) -> dict[str, float | int | str]:
     for name in FEATURES:
         if name not in features:
             raise FeatureError(f"missing feature {name!r}")
-    amount, age, items, hour = (features[k] for k in ("amount", "account_age_days", "items", "hour"))
+    amount, age, items, hour = (
+        features[k] for k in ("amount", "account_age_days", "items", "hour")
+    )
     if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not 0 <= amount <= 1e7:
         raise FeatureError("amount must be a number between 0 and 10000000")
-    for key, value, top in (("account_age_days", age, 100000), ("items", items, 1000), ("hour", hour, 23)):
+    for key, value, top in (
+        ("account_age_days", age, 100000),
+        ("items", items, 1000),
+        ("hour", hour, 23),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
             raise FeatureError(f"{key} must be an integer between 0 and {top}")
     if features["country"] not in _COUNTRY_RISK:
@@ -118,18 +180,21 @@ def validate_features(features: object) -> dict[str, float | int | str]:
 
 def _logit(f: dict[str, float | int | str]) -> float:
     night = 1.0 if f["hour"] < 6 else 0.0  # type: ignore[operator]
-    return (-2.0
-            + 0.55 * math.log1p(float(f["amount"]))
-            - 0.6 * math.log1p(float(f["account_age_days"]) / 30.0)
-            + 0.08 * float(f["items"])
-            + _COUNTRY_RISK[str(f["country"])]
-            + _DEVICE_RISK[str(f["device"])]
-            + 0.35 * night)
+    return (
+        -2.0
+        + 0.55 * math.log1p(float(f["amount"]))
+        - 0.6 * math.log1p(float(f["account_age_days"]) / 30.0)
+        + 0.08 * float(f["items"])
+        + _COUNTRY_RISK[str(f["country"])]
+        + _DEVICE_RISK[str(f["device"])]
+        + 0.35 * night
+    )
 
 
 def predict(features: dict[str, float | int | str], version: int) -> tuple[float, str]:
     """(score, label) for validated features. Version 2 is the "retrained" model: its logit is the
-    first one's scaled and shifted a little, so scores move up by about 0.026 and labels flip for the
+    first one's scaled and shifted a little, so scores move up by about 0.026 and labels flip for
+    the
     inputs near the threshold (about 5% of the traffic generator's mix)."""
     z = _logit(features)
     if version == 2:
@@ -175,13 +240,24 @@ def _product_json(p: Product, version: int, rng: random.Random) -> dict[str, obj
     tags = list(p.tags)
     rng.shuffle(tags)  # noise: a set serialised in hash order
     price_key = "unit_price" if version == 2 else "price"
-    return {"id": p.id, "name": p.name, "category": p.category, price_key: p.price,
-            "currency": "EUR", "stock": p.stock, "tags": tags}
+    return {
+        "id": p.id,
+        "name": p.name,
+        "category": p.category,
+        price_key: p.price,
+        "currency": "EUR",
+        "stock": p.stock,
+        "tags": tags,
+    }
 
 
 def _json(data: object, *, status: int = 200, request_id: str) -> web.Response:
-    return web.json_response(data, status=status, headers={"X-Request-Id": request_id},
-                             dumps=lambda o: json.dumps(o, separators=(",", ":")))
+    return web.json_response(
+        data,
+        status=status,
+        headers={"X-Request-Id": request_id},
+        dumps=lambda o: json.dumps(o, separators=(",", ":")),
+    )
 
 
 def _int_arg(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -191,11 +267,15 @@ def _int_arg(request: web.Request, name: str, default: int, low: int, high: int)
     try:
         value = int(raw)
     except ValueError:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"{name} must be an integer"}),
-                                 content_type="application/json") from None
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"{name} must be an integer"}),
+            content_type="application/json",
+        ) from None
     if not low <= value <= high:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"{name} must be in {low}..{high}"}),
-                                 content_type="application/json")
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"{name} must be in {low}..{high}"}),
+            content_type="application/json",
+        )
     return value
 
 
@@ -222,8 +302,12 @@ class DemoService:
     @web.middleware
     async def _compress(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
         response = await handler(request)
-        if (isinstance(response, web.Response) and isinstance(response.body, (bytes, bytearray))
-                and len(response.body) >= 1024 and "gzip" in request.headers.get("Accept-Encoding", "")):
+        if (
+            isinstance(response, web.Response)
+            and isinstance(response.body, (bytes, bytearray))
+            and len(response.body) >= 1024
+            and "gzip" in request.headers.get("Accept-Encoding", "")
+        ):
             response.enable_compression(web.ContentCoding.gzip)
         response.headers["Server"] = "demo-catalogue"
         return response
@@ -239,19 +323,34 @@ class DemoService:
         page = _int_arg(request, "page", 1, 1, 10000)
         per_page = _int_arg(request, "per_page", 20, 1, 100)
         if products_page_fails(page, self.version):
-            return _json({"error": "internal server error", "request_id": rid}, status=500, request_id=rid)
+            return _json(
+                {"error": "internal server error", "request_id": rid}, status=500, request_id=rid
+            )
         first = (page - 1) * per_page + 1
-        items = [{"id": p.id, "name": p.name, "price": p.price, "category": p.category}
-                 for p in (CATALOGUE[i] for i in range(first, min(first + per_page, N_PRODUCTS + 1)))]
-        return _json({"items": items, "page": page, "per_page": per_page, "total": N_PRODUCTS,
-                      "request_id": rid, "generated_at": _now()}, request_id=rid)
+        items = [
+            {"id": p.id, "name": p.name, "price": p.price, "category": p.category}
+            for p in (CATALOGUE[i] for i in range(first, min(first + per_page, N_PRODUCTS + 1)))
+        ]
+        return _json(
+            {
+                "items": items,
+                "page": page,
+                "per_page": per_page,
+                "total": N_PRODUCTS,
+                "request_id": rid,
+                "generated_at": _now(),
+            },
+            request_id=rid,
+        )
 
     async def get_product(self, request: web.Request) -> web.Response:
         rid = self._rid()
         try:
             p = CATALOGUE[int(request.match_info["id"])]
         except (ValueError, KeyError):
-            return _json({"error": "product not found", "request_id": rid}, status=404, request_id=rid)
+            return _json(
+                {"error": "product not found", "request_id": rid}, status=404, request_id=rid
+            )
         return _json(_product_json(p, self.version, self.rng), request_id=rid)
 
     async def search(self, request: web.Request) -> web.Response:
@@ -261,17 +360,26 @@ class DemoService:
         await asyncio.sleep(search_delay(limit, self.version))
         hits = search(request.query.get("q", ""), limit)
         results = [{"id": p.id, "name": p.name, "price": p.price} for p in hits]
-        return _json({"query": request.query.get("q", ""), "results": results, "count": len(results),
-                      "took_ms": round((time.monotonic() - start) * 1000, 1), "request_id": rid},
-                     request_id=rid)
+        return _json(
+            {
+                "query": request.query.get("q", ""),
+                "results": results,
+                "count": len(results),
+                "took_ms": round((time.monotonic() - start) * 1000, 1),
+                "request_id": rid,
+            },
+            request_id=rid,
+        )
 
     async def categories(self, request: web.Request) -> web.Response:
         rid = self._rid()
         counts: dict[str, int] = {}
         for p in CATALOGUE.values():
             counts[p.category] = counts.get(p.category, 0) + 1
-        body: dict[str, object] = {"categories": [{"name": c, "products": counts[c]} for c in CATEGORIES],
-                                   "request_id": rid}
+        body: dict[str, object] = {
+            "categories": [{"name": c, "products": counts[c]} for c in CATEGORIES],
+            "request_id": rid,
+        }
         if self.version == 2:
             body["cache_ttl_s"] = 300  # the harmless new field
         return _json(body, request_id=rid)
@@ -279,8 +387,13 @@ class DemoService:
     async def export(self, request: web.Request) -> web.StreamResponse:
         """All products (or ``?limit=N``) as NDJSON, streamed in chunks of 50 lines."""
         limit = _int_arg(request, "limit", N_PRODUCTS, 1, N_PRODUCTS)
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
-                                               "X-Request-Id": self._rid(), "Server": "demo-catalogue"})
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/x-ndjson",
+                "X-Request-Id": self._rid(),
+                "Server": "demo-catalogue",
+            }
+        )
         response.enable_chunked_encoding()
         await response.prepare(request)
         lines: list[str] = []
@@ -299,24 +412,38 @@ class DemoService:
         except (ValueError, UnicodeDecodeError):
             raise web.HTTPBadRequest(
                 text=json.dumps({"error": "body must be JSON", "request_id": rid}),
-                content_type="application/json", headers={"X-Request-Id": rid}) from None
+                content_type="application/json",
+                headers={"X-Request-Id": rid},
+            ) from None
 
     async def create_order(self, request: web.Request) -> web.Response:
         rid = self._rid()
         body = await self._json_body(request, rid)
         items = body.get("items") if isinstance(body, dict) else None
         if not isinstance(items, list) or not items:
-            return _json({"error": "items must be a non-empty list", "request_id": rid}, status=400, request_id=rid)
+            return _json(
+                {"error": "items must be a non-empty list", "request_id": rid},
+                status=400,
+                request_id=rid,
+            )
         total = 0.0
         for item in items:
             pid = item.get("product_id") if isinstance(item, dict) else None
             qty = item.get("quantity", 1) if isinstance(item, dict) else None
             if pid not in CATALOGUE or not isinstance(qty, int) or qty < 1:
-                return _json({"error": f"bad item {item!r}", "request_id": rid}, status=400, request_id=rid)
+                return _json(
+                    {"error": f"bad item {item!r}", "request_id": rid}, status=400, request_id=rid
+                )
             total += CATALOGUE[pid].price * qty
         order_id = str(uuid.uuid4())
-        order = {"order_id": order_id, "status": "created", "items": items, "total": round(total, 2),
-                 "currency": "EUR", "created_at": _now()}
+        order = {
+            "order_id": order_id,
+            "status": "created",
+            "items": items,
+            "total": round(total, 2),
+            "currency": "EUR",
+            "created_at": _now(),
+        }
         self.orders[order_id] = order  # the side effect that must never be mirrored
         return _json(order, status=201, request_id=rid)
 
@@ -328,8 +455,9 @@ class DemoService:
         except FeatureError as exc:
             return _json({"error": str(exc), "request_id": rid}, status=400, request_id=rid)
         score, label = predict(features, self.version)
-        return _json({"score": score, "label": label, "request_id": rid, "scored_at": _now()},
-                     request_id=rid)
+        return _json(
+            {"score": score, "label": label, "request_id": rid, "scored_at": _now()}, request_id=rid
+        )
 
 
 def _write_ready(path: str, data: dict[str, object]) -> None:
@@ -347,7 +475,9 @@ async def serve(version: int, host: str, port: int, name: str, ready_file: str |
     await site.start()
     bound = runner.addresses[0][1]
     if ready_file:
-        _write_ready(ready_file, {"pid": os.getpid(), "port": bound, "version": version, "name": name})
+        _write_ready(
+            ready_file, {"pid": os.getpid(), "port": bound, "version": version, "name": name}
+        )
     print(f"demo service {name} v{version} listening on {host}:{bound}", flush=True)
     try:
         await asyncio.Event().wait()

@@ -35,11 +35,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
+from typing import Any
 
 from shadowtap import netns
 from shadowtap.errors import PrerequisiteError, ShadowtapError
+
+HERE = Path(__file__).resolve().parent
 
 DEFAULT_PREFIX = "stlab"
 DEFAULT_PORT = 8080
@@ -56,10 +57,10 @@ LINKS = (
 HOSTS = ("client", "primary", "shadow")
 SERVICES = {"primary": 1, "shadow": 2}  # namespace role -> demo service version
 # Fixed addresses (the lab's namespaces are private, so several labs can use the same ones):
-PRIMARY_ADDR = "10.250.70.2"         # the primary as the client sees it
+PRIMARY_ADDR = "10.250.70.2"  # the primary as the client sees it
 SHADOW_ADDR_FROM_PRIMARY = "10.250.71.2"
 SHADOW_ADDR_FROM_CLIENT = "10.250.72.2"
-PRIMARY_CAPTURE_IF = "to-client"     # the primary's interface facing the client
+PRIMARY_CAPTURE_IF = "to-client"  # the primary's interface facing the client
 READY_TIMEOUT = 30.0
 ACTIONS = ("up", "down", "status", "env")
 
@@ -96,7 +97,7 @@ class Lab:
 
 @dataclass
 class DownReport:
-    stopped: list[str] = field(default_factory=list)     # "pid (what)"
+    stopped: list[str] = field(default_factory=list)  # "pid (what)"
     left_running: list[str] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
@@ -216,8 +217,12 @@ def down(lab: Lab) -> DownReport:
         for n in range(1, len(LINKS) + 1):
             for side in ("sta", "stb"):
                 name = f"{side}{creator % 100000}x{n}"
-                probe = subprocess.run(["ip", "-o", "link", "show", "dev", name], capture_output=True,
-                                       text=True, check=False)
+                probe = subprocess.run(
+                    ["ip", "-o", "link", "show", "dev", name],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
                 if probe.returncode == 0 and "veth" in _link_kind(name):
                     subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
                     report.links.append(name)
@@ -231,8 +236,9 @@ def down(lab: Lab) -> DownReport:
 
 
 def _link_kind(name: str) -> str:
-    proc = subprocess.run(["ip", "-d", "-o", "link", "show", "dev", name], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        ["ip", "-d", "-o", "link", "show", "dev", name], capture_output=True, text=True, check=False
+    )
     return proc.stdout
 
 
@@ -254,12 +260,14 @@ def _write_state(lab: Lab, state: dict[str, object]) -> None:
 
 def _health_from(host: netns.Host, python: str, url: str, timeout: float = 3.0) -> tuple[bool, str]:
     """GET ``url`` from inside ``host``'s namespace: (answered 200, detail)."""
-    code = ("import sys, urllib.request\n"
-            "try:\n"
-            f"    r = urllib.request.urlopen(sys.argv[1], timeout={timeout})\n"
-            "    print(r.status)\n"
-            "except Exception as e:\n"
-            "    print(type(e).__name__, e)\n")
+    code = (
+        "import sys, urllib.request\n"
+        "try:\n"
+        f"    r = urllib.request.urlopen(sys.argv[1], timeout={timeout})\n"
+        "    print(r.status)\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__, e)\n"
+    )
     try:
         proc = host.run([python, "-c", code, url], check=False, timeout=timeout + 10)
     except subprocess.TimeoutExpired:
@@ -272,12 +280,19 @@ def up(lab: Lab) -> dict[str, object]:
     """Build the lab (after removing any leftover of the same prefix); returns its state."""
     netns.check_prerequisites()
     if not SERVICE_SCRIPT.is_file():
-        raise PrerequisiteError(f"{SERVICE_SCRIPT} is missing", hint="run from a shadowtap checkout")
+        raise PrerequisiteError(
+            f"{SERVICE_SCRIPT} is missing", hint="run from a shadowtap checkout"
+        )
     down(lab)
     lab.dir.mkdir(parents=True, exist_ok=True)
     os.chmod(lab.dir, 0o700)
-    state: dict[str, object] = {"prefix": lab.prefix, "port": lab.port, "creator_pid": os.getpid(),
-                                "phase": "starting", "started_at": time.time()}
+    state: dict[str, object] = {
+        "prefix": lab.prefix,
+        "port": lab.port,
+        "creator_pid": os.getpid(),
+        "phase": "starting",
+        "started_at": time.time(),
+    }
     _write_state(lab, state)
     try:
         topo = netns.Topology(lab.prefix)
@@ -289,7 +304,9 @@ def up(lab: Lab) -> dict[str, object]:
                 host.run(["ip", "link", "set", old, "name", new])
                 host.run(["ip", "link", "set", new, "up"])
                 host.addrs[new] = host.addrs.pop(old)
-        state["hosts"] = {role: {"ns": h.ns, "interfaces": dict(h.addrs)} for role, h in hosts.items()}
+        state["hosts"] = {
+            role: {"ns": h.ns, "interfaces": dict(h.addrs)} for role, h in hosts.items()
+        }
         services: dict[str, dict[str, object]] = {}
         for role, version in SERVICES.items():
             services[role] = _start_service(lab, hosts[role], role, version)
@@ -309,14 +326,35 @@ def _start_service(lab: Lab, host: netns.Host, role: str, version: int) -> dict[
     log = open(lab.dir / f"{role}.log", "ab")  # noqa: SIM115 (handed to the child)
     try:
         proc = host.popen(
-            [lab.python, str(SERVICE_SCRIPT), "--version", str(version), "--host", "0.0.0.0",
-             "--port", str(lab.port), "--name", host.ns, "--ready-file", str(lab.dir / f"{role}.ready")],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                lab.python,
+                str(SERVICE_SCRIPT),
+                "--version",
+                str(version),
+                "--host",
+                "0.0.0.0",
+                "--port",
+                str(lab.port),
+                "--name",
+                host.ns,
+                "--ready-file",
+                str(lab.dir / f"{role}.ready"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     finally:
         log.close()
     # ``ip netns exec`` execs the command: this PID is the service's own
     (lab.dir / f"{role}.pid").write_text(f"{proc.pid}\n")
-    return {"pid": proc.pid, "version": version, "port": lab.port, "log": str(lab.dir / f"{role}.log")}
+    return {
+        "pid": proc.pid,
+        "version": version,
+        "port": lab.port,
+        "log": str(lab.dir / f"{role}.log"),
+    }
 
 
 def _wait_ready(lab: Lab, hosts: dict[str, netns.Host]) -> None:
@@ -329,14 +367,21 @@ def _wait_ready(lab: Lab, hosts: dict[str, netns.Host]) -> None:
                 log = (lab.dir / f"{role}.log").read_text(errors="replace")[-2000:]
                 raise ShadowtapError(f"the {role} demo service exited while starting:\n{log}")
             if time.monotonic() > deadline:
-                raise ShadowtapError(f"the {role} demo service did not start within {READY_TIMEOUT:.0f} s "
-                                     f"(log: {lab.dir / f'{role}.log'})")
+                raise ShadowtapError(
+                    f"the {role} demo service did not start within {READY_TIMEOUT:.0f} s "
+                    f"(log: {lab.dir / f'{role}.log'})"
+                )
             time.sleep(0.05)
     env = lab.env()
-    for role, url in (("primary", env["LAB_PRIMARY_URL"]), ("shadow", env["LAB_SHADOW_URL_FROM_CLIENT"])):
+    for role, url in (
+        ("primary", env["LAB_PRIMARY_URL"]),
+        ("shadow", env["LAB_SHADOW_URL_FROM_CLIENT"]),
+    ):
         ok, detail = _health_from(hosts["client"], lab.python, url + "/health")
         if not ok:
-            raise ShadowtapError(f"the {role} service does not answer {url}/health from the client: {detail}")
+            raise ShadowtapError(
+                f"the {role} service does not answer {url}/health from the client: {detail}"
+            )
 
 
 # --- status ---------------------------------------------------------------------------------------
@@ -353,14 +398,18 @@ def status(lab: Lab, *, probe: bool = True) -> dict[str, object]:
         if ns not in existing:
             namespaces[role] = None
             continue
-        proc = subprocess.run(["ip", "-n", ns, "-j", "addr", "show"], capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            ["ip", "-n", ns, "-j", "addr", "show"], capture_output=True, text=True, check=False
+        )
         addrs = {}
         for link in json.loads(proc.stdout or "[]"):
             if link.get("ifname") == "lo":
                 continue
-            addrs[link["ifname"]] = [a["local"] for a in link.get("addr_info", []) if a.get("family") == "inet"]
+            addrs[link["ifname"]] = [
+                a["local"] for a in link.get("addr_info", []) if a.get("family") == "inet"
+            ]
         namespaces[role] = {"ns": ns, "interfaces": addrs}
-    services: dict[str, object] = {}
+    services: dict[str, dict[str, Any]] = {}
     client = netns.Host(lab.ns("client"))
     env = lab.env()
     urls = {"primary": env["LAB_PRIMARY_URL"], "shadow": env["LAB_SHADOW_URL_FROM_CLIENT"]}
@@ -374,14 +423,27 @@ def status(lab: Lab, *, probe: bool = True) -> dict[str, object]:
         health = None
         if probe and running and namespaces.get("client"):
             health = _health_from(client, lab.python, urls[role] + "/health")[1]
-        services[role] = {"pid": pid if running else None, "version": version, "url": urls[role],
-                          "health": health}
+        services[role] = {
+            "pid": pid if running else None,
+            "version": version,
+            "url": urls[role],
+            "health": health,
+        }
     complete = all(namespaces.values()) and all(
-        s["pid"] and (not probe or s["health"] == "200") for s in services.values())  # type: ignore[index]
-    anything = any(namespaces.values()) or any(s["pid"] for s in services.values()) or lab.dir.exists()  # type: ignore[index]
-    return {"prefix": lab.prefix, "state": "up" if complete else ("partial" if anything else "down"),
-            "phase": state.get("phase"), "namespaces": namespaces, "services": services,
-            "run_dir": str(lab.dir), "env": env}
+        s["pid"] and (not probe or s["health"] == "200") for s in services.values()
+    )
+    anything = (
+        any(namespaces.values()) or any(s["pid"] for s in services.values()) or lab.dir.exists()
+    )
+    return {
+        "prefix": lab.prefix,
+        "state": "up" if complete else ("partial" if anything else "down"),
+        "phase": state.get("phase"),
+        "namespaces": namespaces,
+        "services": services,
+        "run_dir": str(lab.dir),
+        "env": env,
+    }
 
 
 # --- command line ---------------------------------------------------------------------------------
@@ -402,10 +464,15 @@ def _print_status(st: dict[str, object]) -> None:
         svc = services.get(role)
         what = ""
         if svc:
-            what = (f"demo v{svc['version']} pid {svc['pid']} {svc['url']} health={svc['health']}"
-                    if svc["pid"] else f"demo v{svc['version']} NOT RUNNING")
+            what = (
+                f"demo v{svc['version']} pid {svc['pid']} {svc['url']} health={svc['health']}"
+                if svc["pid"]
+                else f"demo v{svc['version']} NOT RUNNING"
+            )
         rows.append((role, info["ns"], ifs, what))
-    table(f"lab {st['prefix']}: {st['state']}", ("host", "namespace", "interfaces", "service"), rows)
+    table(
+        f"lab {st['prefix']}: {st['state']}", ("host", "namespace", "interfaces", "service"), rows
+    )
 
 
 def run(action: str, lab: Lab, *, as_json: bool = False) -> int:
@@ -421,8 +488,11 @@ def run(action: str, lab: Lab, *, as_json: bool = False) -> int:
             print(json.dumps(report.__dict__))
             return 0
         print(f"lab {lab.prefix}: down" + ("" if not report.empty() else " (nothing was there)"))
-        for what, items in (("stopped", report.stopped), ("removed namespaces", report.namespaces),
-                            ("removed links", report.links)):
+        for what, items in (
+            ("stopped", report.stopped),
+            ("removed namespaces", report.namespaces),
+            ("removed links", report.links),
+        ):
             if items:
                 print(f"  {what}: {', '.join(items)}")
         for item in report.left_running:
@@ -443,14 +513,21 @@ def run(action: str, lab: Lab, *, as_json: bool = False) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="The one-host shadowtap lab (network namespaces).")
     ap.add_argument("action", choices=ACTIONS)
-    ap.add_argument("--prefix", default=os.environ.get("LAB_PREFIX", DEFAULT_PREFIX),
-                    help=f"namespace name prefix (default {DEFAULT_PREFIX}, or $LAB_PREFIX)")
+    ap.add_argument(
+        "--prefix",
+        default=os.environ.get("LAB_PREFIX", DEFAULT_PREFIX),
+        help=f"namespace name prefix (default {DEFAULT_PREFIX}, or $LAB_PREFIX)",
+    )
     ap.add_argument("--port", type=int, default=int(os.environ.get("LAB_PORT", DEFAULT_PORT)))
     ap.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
     ap.add_argument("--json", action="store_true", help="machine-readable output")
     args = ap.parse_args(argv)
     try:
-        return run(args.action, Lab(prefix=args.prefix, port=args.port, run_dir=args.run_dir), as_json=args.json)
+        return run(
+            args.action,
+            Lab(prefix=args.prefix, port=args.port, run_dir=args.run_dir),
+            as_json=args.json,
+        )
     except ShadowtapError as exc:
         print(f"lab: error: {exc.message}", file=sys.stderr)
         if exc.hint:

@@ -20,9 +20,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
 from shadowtap.lab import lab as labmod
+
+HERE = Path(__file__).resolve().parent
 
 PRIMARY = f"{labmod.PRIMARY_ADDR}:{labmod.DEFAULT_PORT}"
 SHADOW = f"{labmod.SHADOW_ADDR_FROM_CLIENT}:{labmod.DEFAULT_PORT}"
@@ -43,22 +43,46 @@ assert data.count(b"HTTP/1.1 200") == 3, data[:300]
 
 
 def _client(lab: labmod.Lab, argv: list[str]) -> None:
-    subprocess.run(["ip", "netns", "exec", lab.ns("client"), *argv], check=True, timeout=120,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["ip", "netns", "exec", lab.ns("client"), *argv],
+        check=True,
+        timeout=120,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def _curl(lab: labmod.Lab, *args: str) -> bool:
-    """One curl run in the client's namespace (True, so that scenarios can chain runs with `and`)."""
+    """One curl run in the client's namespace (True, so that scenarios can chain runs with
+    `and`)."""
     _client(lab, ["curl", "-sS", "--max-time", "10", *args])
     return True
 
 
 def record(lab: labmod.Lab, where: str, path: Path, action: Callable[[], object]) -> None:
     """Run ``action`` while tcpdump records the server's side of the client link into ``path``."""
-    dump = subprocess.Popen(["ip", "netns", "exec", lab.ns(where), "tcpdump", "-i", "to-client", "-U", "-n",
-                             "--immediate-mode", "-s", "0", "-Z", "root", "-w", str(path),
-                             f"tcp port {labmod.DEFAULT_PORT}"],
-                            stderr=subprocess.PIPE, text=True)
+    dump = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.ns(where),
+            "tcpdump",
+            "-i",
+            "to-client",
+            "-U",
+            "-n",
+            "--immediate-mode",
+            "-s",
+            "0",
+            "-Z",
+            "root",
+            "-w",
+            str(path),
+            f"tcp port {labmod.DEFAULT_PORT}",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert dump.stderr is not None
         line = dump.stderr.readline()
@@ -80,34 +104,107 @@ def record(lab: labmod.Lab, where: str, path: Path, action: Callable[[], object]
 
 def scenarios(lab: labmod.Lab, tmp: Path) -> dict[str, tuple[str, Callable[[], object]]]:
     p, s = f"http://{PRIMARY}", f"http://{SHADOW}"
-    predict = '{"features":{"amount":120.5,"account_age_days":30,"items":2,"country":"US","device":"mobile","hour":3}}'
+    predict = (
+        '{"features":{"amount":120.5,"account_age_days":30,"items":2,"country":"US",'
+        '"device":"mobile","hour":3}}'
+    )
     body = tmp / "predict.json"
     body.write_text(predict)
     return {
-        "lab-keepalive.pcap": ("primary", lambda: _curl(
-            lab, f"{p}/health", f"{p}/v1/products?page=1", f"{p}/v1/products/5", f"{p}/v1/categories",
-            f"{p}/v1/search?q=lamp")),
-        "lab-pipelined.pcap": ("primary", lambda: _client(
-            lab, [sys.executable, "-c", PIPELINE, labmod.PRIMARY_ADDR, str(labmod.DEFAULT_PORT)])),
-        "lab-chunked.pcap": ("primary", lambda: (
-            _curl(lab, f"{p}/v1/export?limit=200")
-            and _curl(lab, "-H", "Content-Type: application/json", "-H", "Transfer-Encoding: chunked",
-                  "--data-binary", f"@{body}", f"{p}/v1/predict"))),
-        "lab-gzip.pcap": ("primary", lambda: _curl(
-            lab, "--compressed", f"{p}/v1/products?page=3&per_page=50", f"{p}/v1/search?q=pro&limit=50")),
-        "lab-post.pcap": ("primary", lambda: (
-            _curl(lab, "-H", "Content-Type: application/json", "-d", predict, f"{p}/v1/predict")
-            and _curl(lab, "-H", "Content-Type: application/json",
-                  "-d", '{"items":[{"product_id":5,"quantity":2},{"product_id":17,"quantity":1}]}',
-                  f"{p}/v1/orders"))),
-        "lab-errors.pcap": ("shadow", lambda: (
-            _curl(lab, f"{s}/v1/products?page=7", f"{s}/v1/products/9999", f"{s}/v1/products?page=x")
-            and _curl(lab, "-H", "Content-Type: application/json", "-d", '{"features":{"amount":1}}',
-                  f"{s}/v1/predict"))),
+        "lab-keepalive.pcap": (
+            "primary",
+            lambda: _curl(
+                lab,
+                f"{p}/health",
+                f"{p}/v1/products?page=1",
+                f"{p}/v1/products/5",
+                f"{p}/v1/categories",
+                f"{p}/v1/search?q=lamp",
+            ),
+        ),
+        "lab-pipelined.pcap": (
+            "primary",
+            lambda: _client(
+                lab, [sys.executable, "-c", PIPELINE, labmod.PRIMARY_ADDR, str(labmod.DEFAULT_PORT)]
+            ),
+        ),
+        "lab-chunked.pcap": (
+            "primary",
+            lambda: (
+                _curl(lab, f"{p}/v1/export?limit=200")
+                and _curl(
+                    lab,
+                    "-H",
+                    "Content-Type: application/json",
+                    "-H",
+                    "Transfer-Encoding: chunked",
+                    "--data-binary",
+                    f"@{body}",
+                    f"{p}/v1/predict",
+                )
+            ),
+        ),
+        "lab-gzip.pcap": (
+            "primary",
+            lambda: _curl(
+                lab,
+                "--compressed",
+                f"{p}/v1/products?page=3&per_page=50",
+                f"{p}/v1/search?q=pro&limit=50",
+            ),
+        ),
+        "lab-post.pcap": (
+            "primary",
+            lambda: (
+                _curl(lab, "-H", "Content-Type: application/json", "-d", predict, f"{p}/v1/predict")
+                and _curl(
+                    lab,
+                    "-H",
+                    "Content-Type: application/json",
+                    "-d",
+                    '{"items":[{"product_id":5,"quantity":2},{"product_id":17,"quantity":1}]}',
+                    f"{p}/v1/orders",
+                )
+            ),
+        ),
+        "lab-errors.pcap": (
+            "shadow",
+            lambda: (
+                _curl(
+                    lab,
+                    f"{s}/v1/products?page=7",
+                    f"{s}/v1/products/9999",
+                    f"{s}/v1/products?page=x",
+                )
+                and _curl(
+                    lab,
+                    "-H",
+                    "Content-Type: application/json",
+                    "-d",
+                    '{"features":{"amount":1}}',
+                    f"{s}/v1/predict",
+                )
+            ),
+        ),
         "lab-slow.pcap": ("primary", lambda: _curl(lab, f"{p}/v1/search?q=pro&limit=500")),
-        "lab-mix.pcap": ("primary", lambda: _client(
-            lab, [sys.executable, str(HERE / "traffic.py"), "--target", p, "--count", "200", "--rate", "50",
-                  "--seed", "7"])),
+        "lab-mix.pcap": (
+            "primary",
+            lambda: _client(
+                lab,
+                [
+                    sys.executable,
+                    str(HERE / "traffic.py"),
+                    "--target",
+                    p,
+                    "--count",
+                    "200",
+                    "--rate",
+                    "50",
+                    "--seed",
+                    "7",
+                ],
+            ),
+        ),
     }
 
 
@@ -116,7 +213,9 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for tool in ("tcpdump", "curl"):
         if shutil.which(tool) is None:
-            print(f"record_pcaps: {tool} is missing (scripts/setup.sh installs it)", file=sys.stderr)
+            print(
+                f"record_pcaps: {tool} is missing (scripts/setup.sh installs it)", file=sys.stderr
+            )
             return 4
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)

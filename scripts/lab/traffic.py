@@ -37,17 +37,33 @@ MAX_DURATION = 3600.0
 
 # endpoint name -> weight in the mix
 MIX = {
-    "list": 28,      # GET /v1/products?page=&per_page=
-    "product": 25,   # GET /v1/products/{id}
-    "predict": 20,   # POST /v1/predict
-    "search": 15,    # GET /v1/search?q=&limit=
+    "list": 28,  # GET /v1/products?page=&per_page=
+    "product": 25,  # GET /v1/products/{id}
+    "predict": 20,  # POST /v1/predict
+    "search": 15,  # GET /v1/search?q=&limit=
     "categories": 5,  # GET /v1/categories
-    "order": 4,      # POST /v1/orders (a side effect: the demo never mirrors it)
-    "health": 3,     # GET /health
-    "chat": 6,       # POST /v1/chat/completions (half streamed as SSE; scripts/lab/llm_service.py)
+    "order": 4,  # POST /v1/orders (a side effect: the demo never mirrors it)
+    "health": 3,  # GET /health
+    "chat": 6,  # POST /v1/chat/completions (half streamed as SSE; scripts/lab/llm_service.py)
 }
-_SEARCH_WORDS = ("compact", "smart", "wireless", "pro", "mini", "portable", "speaker", "lamp",
-                 "kettle", "camera", "phone", "watch", "keyboard", "headset", "charger", "monitor")
+_SEARCH_WORDS = (
+    "compact",
+    "smart",
+    "wireless",
+    "pro",
+    "mini",
+    "portable",
+    "speaker",
+    "lamp",
+    "kettle",
+    "camera",
+    "phone",
+    "watch",
+    "keyboard",
+    "headset",
+    "charger",
+    "monitor",
+)
 _COUNTRIES = (("DE", 30), ("US", 25), ("GB", 15), ("FR", 12), ("IN", 8), ("BR", 6), ("NG", 4))
 _DEVICES = (("mobile", 55), ("desktop", 35), ("tablet", 10))
 _PROMPTS = prompts(60)
@@ -74,7 +90,9 @@ def random_features(rng: random.Random) -> dict[str, object]:
     }
 
 
-def plan_request(rng: random.Random, new_connection_share: float, *, orders: bool = True) -> Planned:
+def plan_request(
+    rng: random.Random, new_connection_share: float, *, orders: bool = True
+) -> Planned:
     """The next request of the mix (pure: the same rng state gives the same request)."""
     names = [n for n in MIX if orders or n != "order"]
     endpoint = rng.choices(names, [MIX[n] for n in names])[0]
@@ -99,20 +117,28 @@ def plan_request(rng: random.Random, new_connection_share: float, *, orders: boo
         method, path, body = "POST", "/v1/predict", {"features": random_features(rng)}
     elif endpoint == "chat":
         stream = rng.random() < 0.5
-        body = {"model": "demo", "stream": stream,
-                "messages": [{"role": "user", "content": _PROMPTS[rng.randrange(len(_PROMPTS))]}]}
+        body = {
+            "model": "demo",
+            "stream": stream,
+            "messages": [{"role": "user", "content": _PROMPTS[rng.randrange(len(_PROMPTS))]}],
+        }
         if stream:
             body["stream_options"] = {"include_usage": True}
         method, path = "POST", "/v1/chat/completions"
     else:
-        items = [{"product_id": rng.randint(1, 2000), "quantity": rng.randint(1, 3)}
-                 for _ in range(rng.randint(1, 3))]
+        items = [
+            {"product_id": rng.randint(1, 2000), "quantity": rng.randint(1, 3)}
+            for _ in range(rng.randint(1, 3))
+        ]
         method, path, body = "POST", "/v1/orders", {"items": items}
     return Planned(endpoint, method, path, body, new_conn)
 
 
-def check_target(url: str, allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()) -> str:
-    """The target's base URL if it is one of the lab's addresses (or in ``allowed``); ValueError else."""
+def check_target(
+    url: str, allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+) -> str:
+    """The target's base URL if it is one of the lab's addresses (or in ``allowed``); ValueError
+    else."""
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"target {url!r}: expected http://ADDRESS:PORT")
@@ -120,9 +146,13 @@ def check_target(url: str, allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
-        raise ValueError(f"target {url!r}: give an IP address of the lab (10.250.0.0/16) or loopback") from None
+        raise ValueError(
+            f"target {url!r}: give an IP address of the lab (10.250.0.0/16) or loopback"
+        ) from None
     if not (addr.is_loopback or addr in LAB_NETWORK or any(addr in net for net in allowed)):
-        raise ValueError(f"target {url!r}: only the lab's addresses (10.250.0.0/16) and loopback are allowed")
+        raise ValueError(
+            f"target {url!r}: only the lab's addresses (10.250.0.0/16) and loopback are allowed"
+        )
     return f"http://{parts.netloc}"
 
 
@@ -131,9 +161,13 @@ def _private_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network
     try:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise ValueError(f"--allow-network {text!r}: not a network (e.g. 192.168.56.0/24)") from None
+        raise ValueError(
+            f"--allow-network {text!r}: not a network (e.g. 192.168.56.0/24)"
+        ) from None
     if not net.is_private or net.prefixlen < (16 if net.version == 4 else 48):
-        raise ValueError(f"--allow-network {text!r}: only a private network of at most /16 (IPv4) is allowed")
+        raise ValueError(
+            f"--allow-network {text!r}: only a private network of at most /16 (IPv4) is allowed"
+        )
     return net
 
 
@@ -151,17 +185,33 @@ class Summary:
         self.errors: Counter[str] = Counter()
 
     def to_json(self) -> dict[str, object]:
-        return {"planned": self.planned, "sent": self.sent, "late": self.late,
-                "new_connections": self.new_connections, "failures": self.failures,
-                "elapsed_s": round(self.elapsed, 3),
-                "rate": round(self.sent / self.elapsed, 2) if self.elapsed else 0.0,
-                "statuses": dict(sorted(self.statuses.items())), "errors": dict(self.errors)}
+        return {
+            "planned": self.planned,
+            "sent": self.sent,
+            "late": self.late,
+            "new_connections": self.new_connections,
+            "failures": self.failures,
+            "elapsed_s": round(self.elapsed, 3),
+            "rate": round(self.sent / self.elapsed, 2) if self.elapsed else 0.0,
+            "statuses": dict(sorted(self.statuses.items())),
+            "errors": dict(self.errors),
+        }
 
 
-async def run(target: str, *, rate: float, count: int | None, duration: float | None, seed: int,
-              arrivals: str = "poisson",
-              concurrency: int = 16, new_connection_share: float = 0.2, orders: bool = True,
-              timeout: float = 10.0, allowed: tuple[str, ...] = ()) -> Summary:
+async def run(
+    target: str,
+    *,
+    rate: float,
+    count: int | None,
+    duration: float | None,
+    seed: int,
+    arrivals: str = "poisson",
+    concurrency: int = 16,
+    new_connection_share: float = 0.2,
+    orders: bool = True,
+    timeout: float = 10.0,
+    allowed: tuple[str, ...] = (),
+) -> Summary:
     base = check_target(target, tuple(_private_network(n) for n in allowed))
     if rate <= 0:
         raise ValueError("rate must be positive")
@@ -176,10 +226,12 @@ async def run(target: str, *, rate: float, count: int | None, duration: float | 
     summary = Summary()
     slots = asyncio.Semaphore(concurrency)
     client_timeout = aiohttp.ClientTimeout(total=timeout)
-    keepalive = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
-                                      timeout=client_timeout)
-    fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=concurrency),
-                                  timeout=client_timeout)
+    keepalive = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency), timeout=client_timeout
+    )
+    fresh = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True, limit=concurrency), timeout=client_timeout
+    )
 
     async def one(p: Planned) -> None:
         try:
@@ -229,27 +281,52 @@ async def run(target: str, *, rate: float, count: int | None, duration: float | 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Send the lab's traffic mix to the demo service.")
-    ap.add_argument("--target", required=True, help="http://ADDRESS:PORT of the service (lab addresses only)")
+    ap.add_argument(
+        "--target", required=True, help="http://ADDRESS:PORT of the service (lab addresses only)"
+    )
     ap.add_argument("--rate", type=float, default=20.0, help="requests per second (default 20)")
     ap.add_argument("--count", type=int, help="stop after this many requests")
     ap.add_argument("--duration", type=float, help="stop after this many seconds")
-    ap.add_argument("--arrivals", choices=("poisson", "uniform"), default="poisson",
-                    help="request intervals: exponential of mean 1/rate (default) or fixed")
+    ap.add_argument(
+        "--arrivals",
+        choices=("poisson", "uniform"),
+        default="poisson",
+        help="request intervals: exponential of mean 1/rate (default) or fixed",
+    )
     ap.add_argument("--seed", type=int, default=None, help="the same seed sends the same requests")
     ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--new-connection-share", type=float, default=0.2,
-                    help="share of requests sent on a new TCP connection (default 0.2)")
+    ap.add_argument(
+        "--new-connection-share",
+        type=float,
+        default=0.2,
+        help="share of requests sent on a new TCP connection (default 0.2)",
+    )
     ap.add_argument("--no-orders", action="store_true", help="leave POST /v1/orders out of the mix")
-    ap.add_argument("--allow-network", action="append", default=[], metavar="CIDR",
-                    help="also allow targets in this private network (the Vagrant lab's); repeatable")
+    ap.add_argument(
+        "--allow-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="also allow targets in this private network (the Vagrant lab's); repeatable",
+    )
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     try:
-        summary = asyncio.run(run(args.target, rate=args.rate, count=args.count, duration=args.duration,
-                                  seed=seed, arrivals=args.arrivals, concurrency=args.concurrency,
-                                  new_connection_share=args.new_connection_share, orders=not args.no_orders,
-                                  allowed=tuple(args.allow_network)))
+        summary = asyncio.run(
+            run(
+                args.target,
+                rate=args.rate,
+                count=args.count,
+                duration=args.duration,
+                seed=seed,
+                arrivals=args.arrivals,
+                concurrency=args.concurrency,
+                new_connection_share=args.new_connection_share,
+                orders=not args.no_orders,
+                allowed=tuple(args.allow_network),
+            )
+        )
     except ValueError as exc:
         print(f"traffic: error: {exc}", file=sys.stderr)
         return 2
@@ -259,9 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(data))
     else:
-        print(f"traffic: {summary.sent} requests in {data['elapsed_s']} s ({data['rate']}/s), "
-              f"{summary.new_connections} on new connections, {summary.late} late, "
-              f"{summary.failures} failed (seed {seed})")
+        print(
+            f"traffic: {summary.sent} requests in {data['elapsed_s']} s ({data['rate']}/s), "
+            f"{summary.new_connections} on new connections, {summary.late} late, "
+            f"{summary.failures} failed (seed {seed})"
+        )
         for key, n in sorted(summary.statuses.items()):
             print(f"  {key}: {n}")
     return 0 if summary.failures == 0 else 1

@@ -15,85 +15,192 @@ _MORE = "Repeatable."
 
 @app.command(no_args_is_help=True)
 def capture(
-    iface: Annotated[str | None, typer.Option(
-        "--iface", "-i", help="Interface to capture on (lo, eth0, a veth...); not with --tls.",
-    )] = None,
-    port: Annotated[list[int] | None, typer.Option("--port", "-p",
+    iface: Annotated[
+        str | None,
+        typer.Option(
+            "--iface",
+            "-i",
+            help="Interface to capture on (lo, eth0, a veth...); not with --tls.",
+        ),
+    ] = None,
+    port: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--port",
+            "-p",
             help=f"TCP port of the HTTP service, filtered in the kernel. {_MORE} Default: every "
-                 "TCP port.")] = None,
-    backend: Annotated[str, typer.Option("--backend", "-b",
+            "TCP port.",
+        ),
+    ] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            "-b",
             help="ebpf (TC clsact hooks, ring buffer), pcap (libpcap/AF_PACKET) or auto (ebpf "
-                 "where possible, else pcap, saying why).")] = "auto",
-    write: Annotated[str | None, typer.Option("--write", "-w",
+            "where possible, else pcap, saying why).",
+        ),
+    ] = "auto",
+    write: Annotated[
+        str | None,
+        typer.Option(
+            "--write",
+            "-w",
             help="Also write the raw packets to this pcap (tcpdump/tshark/tcpreplay read it). RAW "
-                 "AND UNREDACTED: it holds every secret on the wire; created 0600.")] = None,
-    output: Annotated[str | None, typer.Option("--output", "-o",
+            "AND UNREDACTED: it holds every secret on the wire; created 0600.",
+        ),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
             help="Exchanges JSONL (the format of `extract`; '-' stdout, .gz compressed; 0600). "
-                 "Secret headers redacted unless --keep-secrets.")] = None,
-    duration: Annotated[float | None, typer.Option("--duration", help="Stop after S seconds.",
-    min=0)] = None,
-    count: Annotated[int | None, typer.Option("--count", "-c",
+            "Secret headers redacted unless --keep-secrets.",
+        ),
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option("--duration", help="Stop after S seconds.", min=0)
+    ] = None,
+    count: Annotated[
+        int | None,
+        typer.Option(
+            "--count",
+            "-c",
             help="Stop after N exchanges (those in flight are then completed and written too).",
-            min=1)] = None,
-    rotate_size: Annotated[float | None, typer.Option("--rotate-size",
+            min=1,
+        ),
+    ] = None,
+    rotate_size: Annotated[
+        float | None,
+        typer.Option(
+            "--rotate-size",
             help="Start a new file (out.1.pcap, out.2.pcap...) when one reaches this many MB "
-                 "(pcap and JSONL).", min=0.001)] = None,
-    keep_secrets: Annotated[bool, typer.Option("--keep-secrets",
+            "(pcap and JSONL).",
+            min=0.001,
+        ),
+    ] = None,
+    keep_secrets: Annotated[
+        bool,
+        typer.Option(
+            "--keep-secrets",
             help="Store Authorization/Cookie/Set-Cookie/Proxy-Authorization values as captured "
-                 "instead of keyed hashes.")] = False,
-    secret_header: Annotated[list[str] | None, typer.Option("--secret-header",
-            help=f"Another header to redact. {_MORE}")] = None,
-    max_body: Annotated[int, typer.Option("--max-body",
-            help="Body bytes kept per message; body_len still counts them all.", min=0)] = 1 << 20,
-    buffer_mb: Annotated[int, typer.Option("--buffer-mb",
+            "instead of keyed hashes.",
+        ),
+    ] = False,
+    secret_header: Annotated[
+        list[str] | None, typer.Option("--secret-header", help=f"Another header to redact. {_MORE}")
+    ] = None,
+    max_body: Annotated[
+        int,
+        typer.Option(
+            "--max-body", help="Body bytes kept per message; body_len still counts them all.", min=0
+        ),
+    ] = 1 << 20,
+    buffer_mb: Annotated[
+        int,
+        typer.Option(
+            "--buffer-mb",
             help="Kernel buffer: the eBPF ring buffer (per CPU for a perf buffer) or the "
-                 "AF_PACKET ring.", min=1)] = 64,
-    perf_buffer: Annotated[bool, typer.Option("--perf-buffer",
-            help="eBPF: use the perf buffer even where the kernel has a ring buffer.")] = False,
-    print_bpf: Annotated[bool, typer.Option(
-        "--print-bpf", help="Print the BPF program as it would be compiled for --iface (or --tls), "
-        "and exit.")] = False,
-    tls: Annotated[bool, typer.Option(
-        "--tls", help="Capture the plaintext of HTTPS: uprobes on the TLS library's "
-        "SSL_read/SSL_write (OpenSSL 1.1/3, GnuTLS), no keys, no interface. `-b auto` picks it "
-        "for a "
-        "--port that speaks TLS.",
-    )] = False,
-    tls_lib: Annotated[list[str] | None, typer.Option(
-        "--tls-lib", help="TLS library (or executable exporting SSL_read/SSL_write) to attach to, "
-        "e.g. a "
-        f"copy in a container's root. Default: the system's libssl and libgnutls. {_MORE}",
-    )] = None,
-    pid: Annotated[int | None, typer.Option(
-        "--pid", help="TLS: attach to this process only (the libraries it maps).", min=1)] = None,
-    tls_side: Annotated[str, typer.Option(
-        "--tls-side", help="TLS: record the connections to --port on this host (server, the "
-        "default), "
-        "from this host to --port (client), or both.")] = "server",
-    spool_dir: Annotated[str | None, typer.Option("--spool-dir",
+            "AF_PACKET ring.",
+            min=1,
+        ),
+    ] = 64,
+    perf_buffer: Annotated[
+        bool,
+        typer.Option(
+            "--perf-buffer",
+            help="eBPF: use the perf buffer even where the kernel has a ring buffer.",
+        ),
+    ] = False,
+    print_bpf: Annotated[
+        bool,
+        typer.Option(
+            "--print-bpf",
+            help="Print the BPF program as it would be compiled for --iface (or --tls), and exit.",
+        ),
+    ] = False,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="Capture the plaintext of HTTPS: uprobes on the TLS library's "
+            "SSL_read/SSL_write (OpenSSL 1.1/3, GnuTLS), no keys, no interface. `-b auto` picks it "
+            "for a "
+            "--port that speaks TLS.",
+        ),
+    ] = False,
+    tls_lib: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tls-lib",
+            help="TLS library (or executable exporting SSL_read/SSL_write) to attach to, "
+            "e.g. a "
+            f"copy in a container's root. Default: the system's libssl and libgnutls. {_MORE}",
+        ),
+    ] = None,
+    pid: Annotated[
+        int | None,
+        typer.Option(
+            "--pid", help="TLS: attach to this process only (the libraries it maps).", min=1
+        ),
+    ] = None,
+    tls_side: Annotated[
+        str,
+        typer.Option(
+            "--tls-side",
+            help="TLS: record the connections to --port on this host (server, the "
+            "default), "
+            "from this host to --port (client), or both.",
+        ),
+    ] = "server",
+    spool_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--spool-dir",
             help="Where the private (0700) spool directory is made: the reader appends the raw "
-                 "frames there and a separate extractor process (SCHED_IDLE: it only takes CPU "
-                 "time nothing else wants) turns them into exchanges, catching up after bursts; "
-                 "removed at the end. Default: $TMPDIR or /tmp. RAW AND UNREDACTED while it "
-                 "exists, like -w.")] = None,
-    spool_max: Annotated[float | None, typer.Option("--spool-max",
+            "frames there and a separate extractor process (SCHED_IDLE: it only takes CPU "
+            "time nothing else wants) turns them into exchanges, catching up after bursts; "
+            "removed at the end. Default: $TMPDIR or /tmp. RAW AND UNREDACTED while it "
+            "exists, like -w.",
+        ),
+    ] = None,
+    spool_max: Annotated[
+        float | None,
+        typer.Option(
+            "--spool-max",
             help="MB the spool may hold not yet extracted; beyond it packets are dropped from the "
-                 "extraction and counted (the -w pcap still has them). Default: 2048, or half the "
-                 "free space of --spool-dir if less.", min=1)] = None,
-    sched_idle: Annotated[bool, typer.Option("--sched-idle/--no-sched-idle",
+            "extraction and counted (the -w pcap still has them). Default: 2048, or half the "
+            "free space of --spool-dir if less.",
+            min=1,
+        ),
+    ] = None,
+    sched_idle: Annotated[
+        bool,
+        typer.Option(
+            "--sched-idle/--no-sched-idle",
             help="Run the reader under SCHED_IDLE (the default): only on CPU time nothing else "
-                 "wants, so the service's tail latency does not see it (primary p99 at 1,000/s "
-                 "within 5% in docs/benchmarks.md); the kernel buffer (--buffer-mb) absorbs what "
-                 "it cannot read at once, and if the service saturates the CPUs for long enough "
-                 "to fill it, packets are dropped (counted). --no-sched-idle: a normal (--nice) "
-                 "share. The extractor runs SCHED_IDLE either way.")] = True,
+            "wants, so the service's tail latency does not see it (primary p99 at 1,000/s "
+            "within 5% in docs/benchmarks.md); the kernel buffer (--buffer-mb) absorbs what "
+            "it cannot read at once, and if the service saturates the CPUs for long enough "
+            "to fill it, packets are dropped (counted). --no-sched-idle: a normal (--nice) "
+            "share. The extractor runs SCHED_IDLE either way.",
+        ),
+    ] = True,
     sink: Annotated[str | None, typer.Option("--sink", help=SINK_HELP)] = None,
     sink_spool: Annotated[str | None, typer.Option("--sink-spool", help=SINK_SPOOL_HELP)] = None,
-    nice: Annotated[int, typer.Option("--nice",
+    nice: Annotated[
+        int,
+        typer.Option(
+            "--nice",
             help="Lower the reader's CPU priority by this much (0-19) so the service it watches "
-                 "comes first; the kernel buffer (--buffer-mb) absorbs what it cannot read at "
-                 "once. --nice 0 gives it an equal share when the service saturates the CPUs "
-                 "(fewer kernel drops, a slower service).", min=0, max=19)] = 19,
+            "comes first; the kernel buffer (--buffer-mb) absorbs what it cannot read at "
+            "once. --nice 0 gives it an equal share when the service saturates the CPUs "
+            "(fewer kernel drops, a slower service).",
+            min=0,
+            max=19,
+        ),
+    ] = 19,
 ) -> None:
     """Capture HTTP exchanges live off IFACE, without touching the application.
 
@@ -118,8 +225,9 @@ def capture(
     try:
         chosen = Backend(backend)
     except ValueError:
-        raise InputError(f"unknown backend {backend!r} (ebpf, pcap or auto)",
-                         where="--backend") from None
+        raise InputError(
+            f"unknown backend {backend!r} (ebpf, pcap or auto)", where="--backend"
+        ) from None
     if tls:
         chosen = Backend.TLS
     if tls_side not in ("server", "client", "both"):
@@ -137,8 +245,12 @@ def capture(
         from shadowtap.capture.ebpf import EbpfSource
         from shadowtap.console import out
 
-        src = EbpfSource(iface or "", tuple(port or ()), buffer_mb=buffer_mb,
-                         ringbuf=False if perf_buffer else None)
+        src = EbpfSource(
+            iface or "",
+            tuple(port or ()),
+            buffer_mb=buffer_mb,
+            ringbuf=False if perf_buffer else None,
+        )
         out.print(src.program_text(), markup=False, highlight=False)
         return
     if not write and not output and not sink:
@@ -146,27 +258,41 @@ def capture(
 
         warn("neither -w nor -o given: exchanges are counted, not kept")
     config = CaptureConfig(
-        iface=iface or "", ports=tuple(port or ()), backend=chosen, pcap_out=write,
+        iface=iface or "",
+        ports=tuple(port or ()),
+        backend=chosen,
+        pcap_out=write,
         jsonl_out=output,
-        tls_libs=tuple(tls_lib or ()), tls_pid=pid, tls_side=tls_side,
-        duration=duration, count=count,
+        tls_libs=tuple(tls_lib or ()),
+        tls_pid=pid,
+        tls_side=tls_side,
+        duration=duration,
+        count=count,
         rotate_size=int(rotate_size * 1_000_000) if rotate_size else None,
-        buffer_mb=buffer_mb, ringbuf=False if perf_buffer else None,
-        spool_dir=spool_dir, spool_max=int(spool_max * 1_000_000) if spool_max else None,
-        sink=sink, sink_spool=sink_spool,
+        buffer_mb=buffer_mb,
+        ringbuf=False if perf_buffer else None,
+        spool_dir=spool_dir,
+        spool_max=int(spool_max * 1_000_000) if spool_max else None,
+        sink=sink,
+        sink_spool=sink_spool,
     )
     from shadowtap.capture.live import capture as run
     from shadowtap.priority import lower_priority
 
     lower_priority(nice, sched_idle)
-    run(config, keep_secrets=keep_secrets, secret_headers=tuple(secret_header or ()),
-        max_body=max_body)
+    run(
+        config,
+        keep_secrets=keep_secrets,
+        secret_headers=tuple(secret_header or ()),
+        max_body=max_body,
+    )
 
 
 @app.command()
 def doctor(
-    iface: Annotated[str | None, typer.Option("--iface", "-i", help="Also check this interface."
-    )] = None,
+    iface: Annotated[
+        str | None, typer.Option("--iface", "-i", help="Also check this interface.")
+    ] = None,
 ) -> None:
     """Check every prerequisite of live capture (privileges and capabilities, bcc, kernel headers,
     clsact, ring buffer, tracefs, libpcap, the interface) and print what is missing with the

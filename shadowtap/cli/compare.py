@@ -9,15 +9,23 @@ import typer
 
 from shadowtap.cli import app
 
-_EXCHANGES = ("Exchanges JSONL (the primary's requests and responses; .gz ok, - = stdin), or a "
-              "run directory, or a Parquet lake (docs/lake.md).")
-_RESULTS = ("Results JSONL from `shadowtap replay` (the shadow's responses). Omitted: EXCHANGES "
-            "is a run directory or a Parquet lake.")
+_EXCHANGES = (
+    "Exchanges JSONL (the primary's requests and responses; .gz ok, - = stdin), or a "
+    "run directory, or a Parquet lake (docs/lake.md)."
+)
+_RESULTS = (
+    "Results JSONL from `shadowtap replay` (the shadow's responses). Omitted: EXCHANGES "
+    "is a run directory or a Parquet lake."
+)
 _PARQUET = "Also write the joined pairs to this Parquet lake directory (docs/lake.md)."
-_JOBS = ("Compare in N local processes (partitions by exchange id, merged; 0 = one per CPU). "
-         "The report is the one-process report.")
-_ENGINE = ("local (processes on this host) or spark (the same per-partition comparison on "
-           "Apache Spark, merged on the driver).")
+_JOBS = (
+    "Compare in N local processes (partitions by exchange id, merged; 0 = one per CPU). "
+    "The report is the one-process report."
+)
+_ENGINE = (
+    "local (processes on this host) or spark (the same per-partition comparison on "
+    "Apache Spark, merged on the driver)."
+)
 _MASTER = "Spark master URL for --engine spark (local[*], spark://host:7077, yarn, k8s://...)."
 
 
@@ -25,37 +33,73 @@ _MASTER = "Spark master URL for --engine spark (local[*], spark://host:7077, yar
 def compare(
     exchanges: Annotated[str, typer.Argument(help=_EXCHANGES)],
     results: Annotated[str | None, typer.Argument(help=_RESULTS)] = None,
-    baseline: Annotated[str | None, typer.Option("--baseline",
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline",
             help="Results of a second instance of the primary's version: differences it shows too "
-                 "are noise (Diffy's method).")] = None,
-    ignore: Annotated[list[str] | None, typer.Option("--ignore",
+            "are noise (Diffy's method).",
+        ),
+    ] = None,
+    ignore: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ignore",
             help="A field to treat as noise: PATH_GLOB or 'ENDPOINT_GLOB::PATH_GLOB' (e.g. "
-                 "'body.meta.*', 'GET /users/*::body.etag'). Repeatable.")] = None,
-    config: Annotated[str | None, typer.Option("--config",
+            "'body.meta.*', 'GET /users/*::body.etag'). Repeatable.",
+        ),
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
             help="Config file (TOML or JSON): thresholds, noise rules, tolerances, endpoint "
-                 "rules. See docs/compare.md.")] = None,
-    html: Annotated[str | None, typer.Option("--html",
-            help="Write a self-contained HTML report here.")] = None,
-    json_out: Annotated[str | None, typer.Option("--json",
-            help="Write the JSON report here (- = stdout).")] = None,
+            "rules. See docs/compare.md.",
+        ),
+    ] = None,
+    html: Annotated[
+        str | None, typer.Option("--html", help="Write a self-contained HTML report here.")
+    ] = None,
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="Write the JSON report here (- = stdout).")
+    ] = None,
     parquet: Annotated[str | None, typer.Option("--parquet", help=_PARQUET)] = None,
-    proto_descriptor: Annotated[str | None, typer.Option(
-        "--proto-descriptor",
-        help="A FileDescriptorSet (protoc --descriptor_set_out, grpcio-tools) for gRPC messages: "
-             "fields compared by name (outputs[].fp32_contents), not by number.")] = None,
+    proto_descriptor: Annotated[
+        str | None,
+        typer.Option(
+            "--proto-descriptor",
+            help="A FileDescriptorSet (protoc --descriptor_set_out, grpcio-tools) for gRPC "
+            "messages: fields compared by name (outputs[].fp32_contents), not by number.",
+        ),
+    ] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=0, help=_JOBS)] = 1,
     engine: Annotated[str, typer.Option("--engine", help=_ENGINE)] = "local",
     spark_master: Annotated[str, typer.Option("--spark-master", help=_MASTER)] = "local[*]",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q",
-            help="No terminal report; the exit status still carries the verdict.")] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="No terminal report; the exit status still carries the verdict."
+        ),
+    ] = False,
 ) -> None:
     """Compare the shadow's responses with the primary's: content, status, errors, latency.
 
     Exit status: 0 pass, 10 marginal, 11 fail, 12 error (nothing to compare); 3 unreadable input."""
     from shadowtap.compare.run import run_compare
 
-    code = run_compare(exchanges, results, baseline=baseline, ignore=ignore or (), config=config,
-                       html=html, json_out=json_out, quiet=quiet or json_out == "-",
-                       parquet=parquet, proto_descriptor=proto_descriptor, jobs=jobs,
-                       engine=engine, spark_master=spark_master)
+    code = run_compare(
+        exchanges,
+        results,
+        baseline=baseline,
+        ignore=ignore or (),
+        config=config,
+        html=html,
+        json_out=json_out,
+        quiet=quiet or json_out == "-",
+        parquet=parquet,
+        proto_descriptor=proto_descriptor,
+        jobs=jobs,
+        engine=engine,
+        spark_master=spark_master,
+    )
     raise typer.Exit(code)

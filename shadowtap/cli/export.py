@@ -9,12 +9,15 @@ import typer
 
 from shadowtap.cli import app
 
-_INPUTS = ("A run directory (exchanges.jsonl + results.jsonl, as the mirror writes), or an "
-           "exchanges file and a results file (.gz ok).")
-_OUT = ("The lake directory (created 0700; files 0600). Existing files are kept: runs add to a "
-        "lake.")
-_CONFIG = ("compare's config (endpoint rules, ignored headers, tolerances) for the endpoint names "
-           "and the per-pair diff.")
+_INPUTS = (
+    "A run directory (exchanges.jsonl + results.jsonl, as the mirror writes), or an "
+    "exchanges file and a results file (.gz ok)."
+)
+_OUT = "The lake directory (created 0700; files 0600). Existing files are kept: runs add to a lake."
+_CONFIG = (
+    "compare's config (endpoint rules, ignored headers, tolerances) for the endpoint names "
+    "and the per-pair diff."
+)
 _MAX_BODY = "Bytes of each body kept (longer ones are cut and marked body_truncated)."
 
 
@@ -22,15 +25,21 @@ _MAX_BODY = "Bytes of each body kept (longer ones are cut and marked body_trunca
 def export(
     inputs: Annotated[list[str], typer.Argument(help=_INPUTS)],
     out: Annotated[str, typer.Option("--out", "-o", help=_OUT)],
-    host: Annotated[str | None, typer.Option(
-        "--host", help="Host name recorded in each row (default: this machine's).")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option("--host", help="Host name recorded in each row (default: this machine's)."),
+    ] = None,
     config: Annotated[str | None, typer.Option("--config", help=_CONFIG)] = None,
     max_body: Annotated[int, typer.Option("--max-body", min=0, help=_MAX_BODY)] = 65536,
-    rows_per_file: Annotated[int, typer.Option(
-        "--rows-per-file", min=1, help="Rows buffered before files are written.")] = 100_000,
+    rows_per_file: Annotated[
+        int, typer.Option("--rows-per-file", min=1, help="Rows buffered before files are written.")
+    ] = 100_000,
 ) -> None:
     """Export pairs to a Parquet lake that DuckDB, Spark or pandas read directly."""
     from shadowtap.lake.export import run_export
 
-    raise typer.Exit(run_export(inputs, out, host=host, config=config, max_body=max_body,
-                                rows_per_file=rows_per_file))
+    raise typer.Exit(
+        run_export(
+            inputs, out, host=host, config=config, max_body=max_body, rows_per_file=rows_per_file
+        )
+    )

@@ -16,7 +16,8 @@ from shadowtap.cli import app
 def lab(
     action: Annotated[str, typer.Argument(help="up, down, status or env.")],
     prefix: Annotated[str, typer.Option(help="Namespace name prefix (or $LAB_PREFIX).")] = (
-        os.environ.get("LAB_PREFIX", "stlab")),
+        os.environ.get("LAB_PREFIX", "stlab")
+    ),
     port: Annotated[int, typer.Option(help="The demo services' port.")] = 8080,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -26,8 +27,9 @@ def lab(
     from shadowtap.lab import lab as module
 
     if action not in module.ACTIONS:
-        raise InputError(f"unknown action {action!r} (up, down, status, env)",
-                         where="shadowtap lab")
+        raise InputError(
+            f"unknown action {action!r} (up, down, status, env)", where="shadowtap lab"
+        )
     code = module.run(action, module.Lab(prefix=prefix, port=port), as_json=json_out)
     if code:
         raise typer.Exit(code)

@@ -9,44 +9,88 @@ from typing import Annotated
 import typer
 
 MORE = "Repeatable."
-SINK_HELP = ("Publish to NATS JetStream too: nats://host:4222/SUBJECT (a stream per SUBJECT, made "
-             "if missing; each record acknowledged, with this host's name; docs/lake.md).")
-SINK_SPOOL_HELP = ("The sink's disk buffer while the broker is away (resent in order; the oldest "
-                   "dropped past 1 GiB, counted). Default: $TMPDIR/shadowtap-sink-UID-STREAM.")
+SINK_HELP = (
+    "Publish to NATS JetStream too: nats://host:4222/SUBJECT (a stream per SUBJECT, made "
+    "if missing; each record acknowledged, with this host's name; docs/lake.md)."
+)
+SINK_SPOOL_HELP = (
+    "The sink's disk buffer while the broker is away (resent in order; the oldest "
+    "dropped past 1 GiB, counted). Default: $TMPDIR/shadowtap-sink-UID-STREAM."
+)
 
-Concurrency = Annotated[int, typer.Option("--concurrency", "-c",
-        help="Requests in flight to the target at most.", min=1)]
+Concurrency = Annotated[
+    int,
+    typer.Option("--concurrency", "-c", help="Requests in flight to the target at most.", min=1),
+]
 Timeout = Annotated[float, typer.Option(help="Seconds to wait for the target's complete answer.")]
-ConnectTimeout = Annotated[float, typer.Option(
-        help="Seconds to wait for a connection to the target.")]
-Ca = Annotated[str | None, typer.Option(
-        "--ca", help="https targets: trust this CA file (PEM) instead of the system's CAs.")]
-Insecure = Annotated[bool, typer.Option(
-        "--insecure", help="https targets: do NOT verify the certificate (any server is accepted; "
-        "said loudly at start).")]
-KeepHost = Annotated[bool, typer.Option("--keep-host",
-        help="Send the captured Host header instead of the target's.")]
-HostSuffix = Annotated[str | None, typer.Option(
-        help="Captured Host with this suffix added to its name (Istio: -shadow).")]
-SetHeader = Annotated[list[str] | None, typer.Option("--set-header",
-        help=f"'Name: value' to set (replaces). {MORE}")]
-DropHeader = Annotated[list[str] | None, typer.Option("--drop-header",
-        help=f"Header name to remove. {MORE}")]
-Rewrite = Annotated[list[str] | None, typer.Option("--rewrite",
-        help=f"'REGEX=>REPLACEMENT' applied to the request target. {MORE}")]
-Method = Annotated[list[str] | None, typer.Option("--method",
-        help=f"Send only these methods (GET,HEAD). {MORE}")]
-PathFilter = Annotated[str | None, typer.Option("--path",
-        help="Send only requests whose target matches this regex.")]
-HeaderFilter = Annotated[list[str] | None, typer.Option("--header",
-        help=f"Send only requests with header NAME, or NAME=REGEX matching. {MORE}")]
-Allow = Annotated[list[str] | None, typer.Option("--allow",
+ConnectTimeout = Annotated[
+    float, typer.Option(help="Seconds to wait for a connection to the target.")
+]
+Ca = Annotated[
+    str | None,
+    typer.Option(
+        "--ca", help="https targets: trust this CA file (PEM) instead of the system's CAs."
+    ),
+]
+Insecure = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="https targets: do NOT verify the certificate (any server is accepted; "
+        "said loudly at start).",
+    ),
+]
+KeepHost = Annotated[
+    bool, typer.Option("--keep-host", help="Send the captured Host header instead of the target's.")
+]
+HostSuffix = Annotated[
+    str | None,
+    typer.Option(help="Captured Host with this suffix added to its name (Istio: -shadow)."),
+]
+SetHeader = Annotated[
+    list[str] | None, typer.Option("--set-header", help=f"'Name: value' to set (replaces). {MORE}")
+]
+DropHeader = Annotated[
+    list[str] | None, typer.Option("--drop-header", help=f"Header name to remove. {MORE}")
+]
+Rewrite = Annotated[
+    list[str] | None,
+    typer.Option("--rewrite", help=f"'REGEX=>REPLACEMENT' applied to the request target. {MORE}"),
+]
+Method = Annotated[
+    list[str] | None, typer.Option("--method", help=f"Send only these methods (GET,HEAD). {MORE}")
+]
+PathFilter = Annotated[
+    str | None, typer.Option("--path", help="Send only requests whose target matches this regex.")
+]
+HeaderFilter = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--header", help=f"Send only requests with header NAME, or NAME=REGEX matching. {MORE}"
+    ),
+]
+Allow = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow",
         help="'METHOD /path' route sent though unsafe (e.g. 'POST /v1/predict'; * wildcards). "
-             f"{MORE}")]
-AllowUnsafe = Annotated[bool, typer.Option("--allow-unsafe",
-        help="Send every method, not only GET/HEAD/OPTIONS and --allow routes.")]
-IdempotencyKey = Annotated[bool, typer.Option("--idempotency-key/--no-idempotency-key",
+        f"{MORE}",
+    ),
+]
+AllowUnsafe = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unsafe", help="Send every method, not only GET/HEAD/OPTIONS and --allow routes."
+    ),
+]
+IdempotencyKey = Annotated[
+    bool,
+    typer.Option(
+        "--idempotency-key/--no-idempotency-key",
         help="Add Idempotency-Key (stable per captured exchange) to unsafe requests sent by "
-             "--allow-unsafe.")]
-BpfFilter = Annotated[str | None, typer.Option("--filter",
-        help="BPF filter on the captured packets.")]
+        "--allow-unsafe.",
+    ),
+]
+BpfFilter = Annotated[
+    str | None, typer.Option("--filter", help="BPF filter on the captured packets.")
+]

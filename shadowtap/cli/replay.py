@@ -12,34 +12,68 @@ from shadowtap.cli import options as opt
 
 @app.command(no_args_is_help=True)
 def replay(
-    input: Annotated[str, typer.Argument(help="Exchanges JSONL (.gz ok, '-' stdin) or a "
-                                              "pcap/pcapng, extracted on the fly.")],
-    target: Annotated[str, typer.Option("--target", "-t",
-            help="Where to send: http://host:port, optionally with a path prefix (https too).")],
-    output: Annotated[str | None, typer.Option("--output", "-o",
-            help="Results JSONL (docs/results-format.md); '-' stdout, .gz compressed.")] = None,
-    speed: Annotated[str, typer.Option(help="Recorded timing scaled by this factor (2 = twice as "
-                                            "fast), or 'max'.")] = "1",
-    rate: Annotated[float | None, typer.Option(
-            help="Send at this fixed rate (requests/s) whatever the recorded timing.")] = None,
+    input: Annotated[
+        str,
+        typer.Argument(
+            help="Exchanges JSONL (.gz ok, '-' stdin) or a pcap/pcapng, extracted on the fly."
+        ),
+    ],
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target",
+            "-t",
+            help="Where to send: http://host:port, optionally with a path prefix (https too).",
+        ),
+    ],
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Results JSONL (docs/results-format.md); '-' stdout, .gz compressed.",
+        ),
+    ] = None,
+    speed: Annotated[
+        str,
+        typer.Option(help="Recorded timing scaled by this factor (2 = twice as fast), or 'max'."),
+    ] = "1",
+    rate: Annotated[
+        float | None,
+        typer.Option(help="Send at this fixed rate (requests/s) whatever the recorded timing."),
+    ] = None,
     amplify: Annotated[int, typer.Option(help="Send each request N times.", min=1)] = 1,
-    loop: Annotated[int, typer.Option(help="Replay the input N times (0: until --duration).",
-    min=0)] = 1,
-    duration: Annotated[float | None, typer.Option(
-            help="Stop after S seconds of schedule (of run time at --speed max).")] = None,
+    loop: Annotated[
+        int, typer.Option(help="Replay the input N times (0: until --duration).", min=0)
+    ] = 1,
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Stop after S seconds of schedule (of run time at --speed max)."),
+    ] = None,
     concurrency: opt.Concurrency = 64,
-    pool: Annotated[bool, typer.Option("--pool",
+    pool: Annotated[
+        bool,
+        typer.Option(
+            "--pool",
             help="Independent requests over a pool of connections, instead of one target "
-                 "connection per captured connection, in order.")] = False,
-    preload: Annotated[bool, typer.Option("--preload",
+            "connection per captured connection, in order.",
+        ),
+    ] = False,
+    preload: Annotated[
+        bool,
+        typer.Option(
+            "--preload",
             help="Decode and decide the whole input before the clock starts (load tests: the rate "
-                 "is not bounded by input decoding; about 1 KB of memory an exchange).")] = False,
+            "is not bounded by input decoding; about 1 KB of memory an exchange).",
+        ),
+    ] = False,
     timeout: opt.Timeout = 10.0,
     connect_timeout: opt.ConnectTimeout = 5.0,
     ca: opt.Ca = None,
     insecure: opt.Insecure = False,
-    max_body: Annotated[int, typer.Option(help="Bytes of each response body kept in the results."
-    )] = 1 << 20,
+    max_body: Annotated[
+        int, typer.Option(help="Bytes of each response body kept in the results.")
+    ] = 1 << 20,
     keep_host: opt.KeepHost = False,
     host_suffix: opt.HostSuffix = None,
     set_header: opt.SetHeader = None,
@@ -48,35 +82,65 @@ def replay(
     method: opt.Method = None,
     path: opt.PathFilter = None,
     header: opt.HeaderFilter = None,
-    sample: Annotated[float, typer.Option(help="Percent of requests to replay, chosen "
-                                               "consistently by --sample-key.",
-                                               min=0, max=100)] = 100.0,
-    sample_key: Annotated[str, typer.Option(help="'client' (address) or 'header:NAME' (e.g. "
-                                                 "header:X-User-Id).")] = "client",
+    sample: Annotated[
+        float,
+        typer.Option(
+            help="Percent of requests to replay, chosen consistently by --sample-key.",
+            min=0,
+            max=100,
+        ),
+    ] = 100.0,
+    sample_key: Annotated[
+        str, typer.Option(help="'client' (address) or 'header:NAME' (e.g. header:X-User-Id).")
+    ] = "client",
     allow: opt.Allow = None,
     allow_unsafe: opt.AllowUnsafe = False,
     idempotency_key: opt.IdempotencyKey = True,
-    force: Annotated[bool, typer.Option("--force",
-            help="Replay even into the server the traffic was captured from.")] = False,
-    port: Annotated[list[int] | None, typer.Option("--port", "-p",
-            help=f"pcap input: HTTP server port. {opt.MORE}")] = None,
-    bpf_filter: Annotated[str | None, typer.Option("--filter", help="pcap input: BPF filter."
-    )] = None,
-    keep_secrets: Annotated[bool, typer.Option("--keep-secrets",
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replay even into the server the traffic was captured from."),
+    ] = False,
+    port: Annotated[
+        list[int] | None,
+        typer.Option("--port", "-p", help=f"pcap input: HTTP server port. {opt.MORE}"),
+    ] = None,
+    bpf_filter: Annotated[
+        str | None, typer.Option("--filter", help="pcap input: BPF filter.")
+    ] = None,
+    keep_secrets: Annotated[
+        bool,
+        typer.Option(
+            "--keep-secrets",
             help="Do not redact secrets: in a pcap input, and in the results (the shadow's "
-                 "Set-Cookie, tokens).")] = False,
-    redacted: Annotated[str, typer.Option("--redacted",
+            "Set-Cookie, tokens).",
+        ),
+    ] = False,
+    redacted: Annotated[
+        str,
+        typer.Option(
+            "--redacted",
             help="Requests holding redacted placeholders (read back from a redacted capture): "
-                 "'skip' (counted, warned) or 'send' as they are.")] = "skip",
-    substitute: Annotated[list[str] | None, typer.Option("--substitute",
+            "'skip' (counted, warned) or 'send' as they are.",
+        ),
+    ] = "skip",
+    substitute: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--substitute",
             help="NAME=VALUE: a placeholder of this header, query parameter or form/JSON field is "
-                 "replaced by VALUE (e.g. a test credential). Repeatable.")] = None,
-    progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
-            help="Progress line (default: on a terminal).")] = None,
-    json_summary: Annotated[bool, typer.Option("--json",
-            help="Also print the summary as one JSON object on stdout.")] = False,
-    check: Annotated[bool, typer.Option("--check/--no-check",
-            help="Connect to the target once before starting.")] = True,
+            "replaced by VALUE (e.g. a test credential). Repeatable.",
+        ),
+    ] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="Progress line (default: on a terminal)."),
+    ] = None,
+    json_summary: Annotated[
+        bool, typer.Option("--json", help="Also print the summary as one JSON object on stdout.")
+    ] = False,
+    check: Annotated[
+        bool, typer.Option("--check/--no-check", help="Connect to the target once before starting.")
+    ] = True,
 ) -> None:
     """Replay captured HTTP requests to a shadow target and record its answers."""
     from shadowtap.errors import EXIT_INTERRUPTED, InputError
@@ -90,18 +154,29 @@ def replay(
         try:
             speed_value = float(speed)
         except ValueError:
-            raise InputError(f"speed must be a number or 'max', not {speed!r}",
-                             where="--speed") from None
+            raise InputError(
+                f"speed must be a number or 'max', not {speed!r}", where="--speed"
+            ) from None
     try:
         timing = Timing(speed=speed_value, rate=rate, amplify=amplify, loop=loop, duration=duration)
     except ValueError as exc:
         raise InputError(str(exc), where="timing options") from exc
     policy = policy_from_options(
-        Target.parse(target), keep_host=keep_host, host_suffix=host_suffix,
+        Target.parse(target),
+        keep_host=keep_host,
+        host_suffix=host_suffix,
         set_header=set_header or (),
-        drop_header=drop_header or (), rewrite=rewrite or (), method=method or (), path=path,
-        header=header or (), sample_percent=sample, sample_key=sample_key,
-        allow=allow or (), allow_unsafe=allow_unsafe, idempotency_key=idempotency_key, force=force,
+        drop_header=drop_header or (),
+        rewrite=rewrite or (),
+        method=method or (),
+        path=path,
+        header=header or (),
+        sample_percent=sample,
+        sample_key=sample_key,
+        allow=allow or (),
+        allow_unsafe=allow_unsafe,
+        idempotency_key=idempotency_key,
+        force=force,
     )
     from shadowtap.replay.client import TlsOptions
 
@@ -111,11 +186,23 @@ def replay(
         warn("--insecure: the target's TLS certificate is NOT verified (any server is accepted)")
     cfg = ReplayConfig(
         tls=TlsOptions(ca, insecure),
-        input=input, policy=policy, timing=timing, output=output, concurrency=concurrency,
-        per_connection=not pool, timeout=timeout, connect_timeout=connect_timeout,
-        max_body=max_body, check_target=check, preload=preload, ports=tuple(port or ()),
-        bpf_filter=bpf_filter, keep_secrets=keep_secrets,
-        progress=progress, json_summary=json_summary, redacted=redacted,
+        input=input,
+        policy=policy,
+        timing=timing,
+        output=output,
+        concurrency=concurrency,
+        per_connection=not pool,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        max_body=max_body,
+        check_target=check,
+        preload=preload,
+        ports=tuple(port or ()),
+        bpf_filter=bpf_filter,
+        keep_secrets=keep_secrets,
+        progress=progress,
+        json_summary=json_summary,
+        redacted=redacted,
         substitute=_pairs(substitute or ()),
     )
     summary = run_replay(cfg)

@@ -31,8 +31,10 @@ def run_files(inputs: list[str]) -> tuple[str, str]:
             else:
                 raise InputError(f"no {stem}.jsonl(.gz) in this run directory", where=d)
         return found[0], found[1]
-    raise InputError("give a run directory, or an exchanges file and a results file",
-                     where=" ".join(inputs) or "(no input)")
+    raise InputError(
+        "give a run directory, or an exchanges file and a results file",
+        where=" ".join(inputs) or "(no input)",
+    )
 
 
 @dataclass
@@ -54,21 +56,33 @@ def file_pairs(exchanges: str, results: str, stats: JoinStats) -> Iterator[tuple
     """The joined pairs of two JSONL files, streaming; unmatched records and bad lines are counted
     in ``stats``."""
     joiner = Joiner(baseline=False)
-    for ex, res, _ in join(read_jsonl(exchanges, Exchange.from_json, stats.error),
-                           read_jsonl(results, Result.from_json, stats.error), None, joiner):
+    for ex, res, _ in join(
+        read_jsonl(exchanges, Exchange.from_json, stats.error),
+        read_jsonl(results, Result.from_json, stats.error),
+        None,
+        joiner,
+    ):
         yield ex, res
     stats.unmatched_exchanges = joiner.unmatched_exchanges
     stats.unmatched_results = joiner.unmatched_results
 
 
-def run_export(inputs: list[str], out: str, *, host: str | None = None, config: str | None = None,
-               max_body: int = 65536, rows_per_file: int = 100_000) -> int:
+def run_export(
+    inputs: list[str],
+    out: str,
+    *,
+    host: str | None = None,
+    config: str | None = None,
+    max_body: int = 65536,
+    rows_per_file: int = 100_000,
+) -> int:
     from shadowtap.lake.writer import LakeWriter
 
     exchanges, results = run_files(inputs)
     stats = JoinStats()
-    writer = LakeWriter(out, host=host, config=load_config(config), max_body=max_body,
-                        rows_per_file=rows_per_file)
+    writer = LakeWriter(
+        out, host=host, config=load_config(config), max_body=max_body, rows_per_file=rows_per_file
+    )
     try:
         for ex, res in file_pairs(exchanges, results, stats):
             writer.add(ex, res)
@@ -77,10 +91,14 @@ def run_export(inputs: list[str], out: str, *, host: str | None = None, config: 
     console.info(
         f"exported {writer.written} pairs to {out} ({writer.files} files); unmatched: "
         f"{stats.unmatched_exchanges} exchanges, {stats.unmatched_results} results; "
-        f"{stats.input_errors} bad lines")
+        f"{stats.input_errors} bad lines"
+    )
     if writer.written == 0:  # garbage, empty files, the wrong files: say so, not "exported 0"
-        why = (f"{stats.input_errors} malformed lines" if stats.input_errors else
-               f"{stats.unmatched_exchanges} exchanges and {stats.unmatched_results} results, "
-               "none with its counterpart")
+        why = (
+            f"{stats.input_errors} malformed lines"
+            if stats.input_errors
+            else f"{stats.unmatched_exchanges} exchanges and {stats.unmatched_results} results, "
+            "none with its counterpart"
+        )
         raise InputError(f"no pair to export ({why})", where=f"{exchanges}, {results}")
     return 0

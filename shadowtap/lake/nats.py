@@ -63,8 +63,9 @@ def parse_sink(url: str) -> SinkUrl:
     if parts.scheme not in ("nats", "tls") or not parts.hostname or not subject:
         raise InputError(f"not a NATS sink URL {url!r} (nats://host:4222/SUBJECT)", field="sink")
     if not re.fullmatch(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*", subject):
-        raise InputError(f"subject {subject!r}: letters, digits, - and _ between dots",
-                         field="sink")
+        raise InputError(
+            f"subject {subject!r}: letters, digits, - and _ between dots", field="sink"
+        )
     return SinkUrl(f"{parts.scheme}://{parts.netloc}", subject)
 
 
@@ -83,8 +84,12 @@ async def ensure_stream(js: object, url: SinkUrl) -> None:
     try:
         await js.stream_info(url.stream)  # type: ignore[attr-defined]
     except NotFoundError:
-        cfg = StreamConfig(name=url.stream, subjects=[f"{url.subject}.>"],
-                           storage=StorageType.FILE, duplicate_window=600.0)
+        cfg = StreamConfig(
+            name=url.stream,
+            subjects=[f"{url.subject}.>"],
+            storage=StorageType.FILE,
+            duplicate_window=600.0,
+        )
         with contextlib.suppress(Exception):  # another agent made it meanwhile
             await js.add_stream(cfg)  # type: ignore[attr-defined]
         await js.stream_info(url.stream)  # type: ignore[attr-defined]
@@ -93,14 +98,23 @@ async def ensure_stream(js: object, url: SinkUrl) -> None:
 class NatsSink:
     """A sink (``on_exchange``/``on_result``/``on_pair``/``close``) publishing to JetStream."""
 
-    def __init__(self, url: str, spool_dir: str, *, host: str | None = None,
-                 memory_records: int = 50_000, spool_bytes: int = 1 << 30,
-                 drain_timeout: float = 30.0, partitions: int = PARTITIONS) -> None:
+    def __init__(
+        self,
+        url: str,
+        spool_dir: str,
+        *,
+        host: str | None = None,
+        memory_records: int = 50_000,
+        spool_bytes: int = 1 << 30,
+        drain_timeout: float = 30.0,
+        partitions: int = PARTITIONS,
+    ) -> None:
         try:
             import nats  # noqa: F401
         except ImportError as exc:
-            raise PrerequisiteError("nats-py is not installed",
-                                    hint="pip install 'shadowtap[nats]'") from exc
+            raise PrerequisiteError(
+                "nats-py is not installed", hint="pip install 'shadowtap[nats]'"
+            ) from exc
         self.url = parse_sink(url)
         self.host = host or socket.gethostname()
         self.partitions = partitions
@@ -186,10 +200,15 @@ class NatsSink:
             if nc is None:
                 try:
                     nc = await nats.connect(
-                        self.url.server, name=f"shadowtap-agent-{self.host}",
-                        max_reconnect_attempts=-1, reconnect_time_wait=0.25,
-                        connect_timeout=2, reconnected_cb=up, disconnected_cb=down,
-                        allow_reconnect=True)
+                        self.url.server,
+                        name=f"shadowtap-agent-{self.host}",
+                        max_reconnect_attempts=-1,
+                        reconnect_time_wait=0.25,
+                        connect_timeout=2,
+                        reconnected_cb=up,
+                        disconnected_cb=down,
+                        allow_reconnect=True,
+                    )
                     js = nc.jetstream(publish_async_max_pending=_WINDOW * 2)
                     await ensure_stream(js, self.url)
                     self.connected = True
@@ -250,16 +269,26 @@ class NatsSink:
         try:
             for kind, ident, payload in batch:
                 part, _, msg_id = ident.partition(":")
-                futures.append(await js.publish_async(  # type: ignore[attr-defined]
-                    f"{self.url.subject}.{_KIND[kind]}.{part}", payload,
-                    headers={"Nats-Msg-Id": msg_id, "Shadowtap-Host": self.host,
-                             "Shadowtap-Kind": _KIND[kind]}))
+                futures.append(
+                    await js.publish_async(  # type: ignore[attr-defined]
+                        f"{self.url.subject}.{_KIND[kind]}.{part}",
+                        payload,
+                        headers={
+                            "Nats-Msg-Id": msg_id,
+                            "Shadowtap-Host": self.host,
+                            "Shadowtap-Kind": _KIND[kind],
+                        },
+                    )
+                )
                 self.published += 1
             done = await asyncio.wait_for(
-                asyncio.gather(*futures, return_exceptions=True), _ACK_TIMEOUT)
+                asyncio.gather(*futures, return_exceptions=True), _ACK_TIMEOUT
+            )
         except Exception:  # noqa: BLE001 - timeouts, a closed connection: count what was acked
-            done = [f.result() if f.done() and not f.cancelled() and f.exception() is None
-                    else None for f in futures]
+            done = [
+                f.result() if f.done() and not f.cancelled() and f.exception() is None else None
+                for f in futures
+            ]
             for f in futures:
                 f.cancel()
         ok = 0
@@ -297,9 +326,18 @@ class GroupConsumer:
     that many members before the first fetch, so a group started together shares from the start.
     """
 
-    def __init__(self, url: str, group: str, *, member: str | None = None, batch: int = 64,
-                 idle_timeout: float = 5.0, partitions: int = PARTITIONS, ttl: float = 6.0,
-                 expect_members: int = 1) -> None:
+    def __init__(
+        self,
+        url: str,
+        group: str,
+        *,
+        member: str | None = None,
+        batch: int = 64,
+        idle_timeout: float = 5.0,
+        partitions: int = PARTITIONS,
+        ttl: float = 6.0,
+        expect_members: int = 1,
+    ) -> None:
         import queue
         import uuid
 
@@ -358,8 +396,12 @@ class GroupConsumer:
         from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
 
         try:
-            nc = await nats.connect(self.url.server, name=f"shadowtap-replay-{self.member}",
-                                    connect_timeout=5, max_reconnect_attempts=-1)
+            nc = await nats.connect(
+                self.url.server,
+                name=f"shadowtap-replay-{self.member}",
+                connect_timeout=5,
+                max_reconnect_attempts=-1,
+            )
         except Exception as exc:  # noqa: BLE001 - said as the user's problem
             raise InputError(f"cannot reach the broker: {exc}", field="input") from exc
         js = nc.jetstream()
@@ -410,8 +452,9 @@ class GroupConsumer:
                             leases.pop(p, None)
                             await release(p)
                     live = await members()
-                    mine = {p for p in range(self.partitions)
-                            if live and owner(p, live) == self.member}
+                    mine = {
+                        p for p in range(self.partitions) if live and owner(p, live) == self.member
+                    }
                     for p in set(leases) - mine:
                         await release(p)
                     for p in sorted(mine - set(leases)):
@@ -420,10 +463,15 @@ class GroupConsumer:
                         except KeyWrongLastSequenceError:
                             continue  # its last holder has not let go yet: next heartbeat
                         subs[p] = await js.pull_subscribe(
-                            f"{self.url.subject}.x.{p}", durable=f"{self.group}-p{p}",
+                            f"{self.url.subject}.x.{p}",
+                            durable=f"{self.group}-p{p}",
                             stream=self.url.stream,
-                            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60,
-                                                  max_ack_pending=self.batch * 4))
+                            config=ConsumerConfig(
+                                ack_policy=AckPolicy.EXPLICIT,
+                                ack_wait=60,
+                                max_ack_pending=self.batch * 4,
+                            ),
+                        )
                 got = False
                 for p, sub in list(subs.items()):
                     try:
@@ -470,8 +518,9 @@ def consumer_pass(url: str) -> Callable[[], Iterator[Exchange]]:
     parse_sink(base)  # a bad URL fails before the replay starts
 
     def one_pass() -> Iterator[Exchange]:
-        consumer = GroupConsumer(base, q.get("group", "replay"), expect_members=members,
-                                 idle_timeout=idle)
+        consumer = GroupConsumer(
+            base, q.get("group", "replay"), expect_members=members, idle_timeout=idle
+        )
         try:
             for ex, _host in consumer:
                 yield ex
@@ -487,8 +536,9 @@ def default_spool_dir(url: str) -> str:
     import os
     import tempfile
 
-    return os.path.join(tempfile.gettempdir(),
-                        f"shadowtap-sink-{os.getuid()}-{parse_sink(url).stream.lower()}")
+    return os.path.join(
+        tempfile.gettempdir(), f"shadowtap-sink-{os.getuid()}-{parse_sink(url).stream.lower()}"
+    )
 
 
 def open_sink(url: str, spool_dir: str | None = None, **kw: object) -> NatsSink:
@@ -496,6 +546,8 @@ def open_sink(url: str, spool_dir: str | None = None, **kw: object) -> NatsSink:
 
 
 def sink_summary(sink: NatsSink) -> str:
-    return (f"sink {sink.url.server}/{sink.url.subject}: {sink.acked} acknowledged, "
-            f"{sink.dropped} dropped, {sink.waiting} spooled for the next run "
-            f"({sink.spool.directory})")
+    return (
+        f"sink {sink.url.server}/{sink.url.subject}: {sink.acked} acknowledged, "
+        f"{sink.dropped} dropped, {sink.waiting} spooled for the next run "
+        f"({sink.spool.directory})"
+    )

@@ -32,9 +32,14 @@ META_KEY = b"shadowtap.lake.schema"
 
 _HEADERS = pa.list_(pa.struct([("name", pa.string()), ("value", pa.string())]))
 _COMMON = [
-    ("ts", pa.float64()), ("end_ts", pa.float64()), ("version", pa.string()),
-    ("headers", _HEADERS), ("body", pa.binary()), ("body_len", pa.int64()),
-    ("body_truncated", pa.bool_()), ("decoded_len", pa.int64()),
+    ("ts", pa.float64()),
+    ("end_ts", pa.float64()),
+    ("version", pa.string()),
+    ("headers", _HEADERS),
+    ("body", pa.binary()),
+    ("body_len", pa.int64()),
+    ("body_truncated", pa.bool_()),
+    ("decoded_len", pa.int64()),
 ]
 REQUEST = pa.struct([("method", pa.string()), ("target", pa.string()), *_COMMON])
 RESPONSE = pa.struct([("status", pa.int32()), ("reason", pa.string()), *_COMMON])
@@ -100,15 +105,19 @@ class DiffSummary:
 NOT_COMPARED = DiffSummary(False)
 
 
-def _message(m: Message | None, max_body: int, first: tuple[str, Any], second: tuple[str, Any]
-             ) -> dict[str, Any] | None:
+def _message(
+    m: Message | None, max_body: int, first: tuple[str, Any], second: tuple[str, Any]
+) -> dict[str, Any] | None:
     if m is None:
         return None
     body = m.body
     cut = len(body) > max_body
     return {
-        first[0]: first[1], second[0]: second[1],
-        "ts": m.ts, "end_ts": m.end_ts, "version": m.version,
+        first[0]: first[1],
+        second[0]: second[1],
+        "ts": m.ts,
+        "end_ts": m.end_ts,
+        "version": m.version,
         "headers": [{"name": n, "value": v} for n, v in m.headers],
         "body": body[:max_body] if cut else body,
         "body_len": m.body_len,
@@ -129,8 +138,9 @@ class Rows:
     def __len__(self) -> int:
         return len(self._cols["exchange_id"])
 
-    def add(self, ex: Exchange, res: Result, endpoint: str, diff: DiffSummary,
-            host: str | None = None) -> None:
+    def add(
+        self, ex: Exchange, res: Result, endpoint: str, diff: DiffSummary, host: str | None = None
+    ) -> None:
         c = self._cols
         mb = self.max_body
         req, p, s = ex.request, ex.response, res.response
@@ -163,10 +173,12 @@ class Rows:
         c["diff_paths"].append(list(diff.paths))
         c["diff_kinds"].append(list(diff.kinds))
         c["request"].append(
-            _message(req, mb, ("method", req.method), ("target", req.target)) if req else None)
+            _message(req, mb, ("method", req.method), ("target", req.target)) if req else None
+        )
         for col, m in (("primary_response", p), ("shadow_response", s)):
             c[col].append(
-                _message(m, mb, ("status", m.status), ("reason", m.reason)) if m else None)
+                _message(m, mb, ("status", m.status), ("reason", m.reason)) if m else None
+            )
         c["date"].append(time.strftime("%Y-%m-%d", time.gmtime(ts)))
         c["endpoint_key"].append(endpoint_key(endpoint))
 
@@ -198,9 +210,14 @@ def _headers(items: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
 
 def _common(d: dict[str, Any]) -> dict[str, Any]:
     return {
-        "ts": d["ts"], "end_ts": d["end_ts"], "version": d["version"],
-        "headers": _headers(d["headers"]), "body": d["body"], "body_len": d["body_len"],
-        "body_truncated": d["body_truncated"], "decoded_len": d["decoded_len"],
+        "ts": d["ts"],
+        "end_ts": d["end_ts"],
+        "version": d["version"],
+        "headers": _headers(d["headers"]),
+        "body": d["body"],
+        "body_len": d["body_len"],
+        "body_truncated": d["body_truncated"],
+        "decoded_len": d["decoded_len"],
     }
 
 
@@ -213,10 +230,29 @@ def _response(d: dict[str, Any] | None) -> Response | None:
 def pairs_from_batch(batch: pa.RecordBatch | pa.Table) -> Iterator[tuple[Exchange, Result, str]]:
     """The records of a batch of lake rows, with each row's host. Rows of another schema version
     raise ValueError (the caller says where)."""
-    need = ("schema_version", "host", "exchange_id", "copy", "client", "server", "conn_index",
-            "anomalies", "primary_ttfb_ms", "primary_ms", "shadow_ttfb_ms", "shadow_ms",
-            "shadow_error_kind", "shadow_error", "shadow_target", "scheduled", "sent",
-            "result_extra", "request", "primary_response", "shadow_response")
+    need = (
+        "schema_version",
+        "host",
+        "exchange_id",
+        "copy",
+        "client",
+        "server",
+        "conn_index",
+        "anomalies",
+        "primary_ttfb_ms",
+        "primary_ms",
+        "shadow_ttfb_ms",
+        "shadow_ms",
+        "shadow_error_kind",
+        "shadow_error",
+        "shadow_target",
+        "scheduled",
+        "sent",
+        "result_extra",
+        "request",
+        "primary_response",
+        "shadow_response",
+    )
     missing = [n for n in need if n not in batch.schema.names]
     if missing:
         raise ValueError(f"not a shadowtap lake (columns missing: {', '.join(missing)})")
@@ -228,19 +264,28 @@ def pairs_from_batch(batch: pa.RecordBatch | pa.Table) -> Iterator[tuple[Exchang
         rq = cols["request"][i]
         req = Request(method=rq["method"], target=rq["target"], **_common(rq)) if rq else None
         ex = Exchange(
-            id=cols["exchange_id"][i], client=cols["client"][i], server=cols["server"][i],
-            index=cols["conn_index"][i], request=req,
+            id=cols["exchange_id"][i],
+            client=cols["client"][i],
+            server=cols["server"][i],
+            index=cols["conn_index"][i],
+            request=req,
             response=_response(cols["primary_response"][i]),
-            anomalies=tuple(cols["anomalies"][i] or ()), ttfb_ms=cols["primary_ttfb_ms"][i],
+            anomalies=tuple(cols["anomalies"][i] or ()),
+            ttfb_ms=cols["primary_ttfb_ms"][i],
             total_ms=cols["primary_ms"][i],
         )
         kind = cols["shadow_error_kind"][i]
         extra = cols["result_extra"][i]
         res = Result(
-            exchange_id=ex.id, target=cols["shadow_target"][i], scheduled=cols["scheduled"][i],
-            sent=cols["sent"][i], response=_response(cols["shadow_response"][i]),
-            ttfb_ms=cols["shadow_ttfb_ms"][i], total_ms=cols["shadow_ms"][i],
+            exchange_id=ex.id,
+            target=cols["shadow_target"][i],
+            scheduled=cols["scheduled"][i],
+            sent=cols["sent"][i],
+            response=_response(cols["shadow_response"][i]),
+            ttfb_ms=cols["shadow_ttfb_ms"][i],
+            total_ms=cols["shadow_ms"][i],
             error=ResultError(kind, cols["shadow_error"][i] or "") if kind else None,
-            copy=cols["copy"][i], extra=orjson.loads(extra) if extra else {},
+            copy=cols["copy"][i],
+            extra=orjson.loads(extra) if extra else {},
         )
         yield ex, res, cols["host"][i]

@@ -32,8 +32,9 @@ class Segment:
 
 
 class DiskSpool:
-    def __init__(self, directory: str, *, max_bytes: int = 1 << 30,
-                 segment_bytes: int = 8 << 20) -> None:
+    def __init__(
+        self, directory: str, *, max_bytes: int = 1 << 30, segment_bytes: int = 8 << 20
+    ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes

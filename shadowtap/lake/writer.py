@@ -45,9 +45,16 @@ _PARTITIONING = ds.partitioning(pa.schema([SCHEMA.field(n) for n in PARTITIONS])
 
 
 class LakeWriter:
-    def __init__(self, root: str, *, host: str | None = None, config: CompareConfig | None = None,
-                 max_body: int = 65536, rows_per_file: int = 100_000,
-                 flush_interval: float | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        *,
+        host: str | None = None,
+        config: CompareConfig | None = None,
+        max_body: int = 65536,
+        rows_per_file: int = 100_000,
+        flush_interval: float | None = None,
+    ) -> None:
         self.root = root
         self.config = config or CompareConfig()
         self.rows = Rows(host or socket.gethostname(), max_body)
@@ -63,8 +70,9 @@ class LakeWriter:
         try:
             os.makedirs(root, mode=0o700, exist_ok=True)
         except OSError as exc:
-            raise InputError(f"cannot create the lake directory: {exc.strerror}",
-                             where=root) from exc
+            raise InputError(
+                f"cannot create the lake directory: {exc.strerror}", where=root
+            ) from exc
         if not os.access(root, os.W_OK):
             raise InputError("cannot write the lake: directory not writable", where=root)
 
@@ -104,8 +112,11 @@ class LakeWriter:
 
     def add(self, ex: Exchange, res: Result, host: str | None = None) -> None:
         req = ex.request
-        name = (self._templater.endpoint(req.method, req.target) if req is not None
-                else "? (no request)")
+        name = (
+            self._templater.endpoint(req.method, req.target)
+            if req is not None
+            else "? (no request)"
+        )
         self.rows.add(ex, res, name, self.summary(ex, res), host)
         if len(self.rows) >= self.rows_per_file or (
             self.flush_interval is not None
@@ -127,10 +138,13 @@ class LakeWriter:
             self.files += 1
 
         ds.write_dataset(
-            pa.Table.from_batches([batch]), self.root, format="parquet",
+            pa.Table.from_batches([batch]),
+            self.root,
+            format="parquet",
             partitioning=_PARTITIONING,
             basename_template=f"{self._run}-{self._seq:05d}-{{i}}.parquet",
-            existing_data_behavior="overwrite_or_ignore", file_visitor=visit,
+            existing_data_behavior="overwrite_or_ignore",
+            file_visitor=visit,
             max_rows_per_group=64 * 1024,
         )
         self.written += batch.num_rows
@@ -141,12 +155,15 @@ def read_lake(root: str, batch_size: int = 8192) -> Iterator[tuple[Exchange, Res
     if not os.path.exists(root):
         raise InputError("no such lake directory or file", where=root)
     try:
-        dataset = ds.dataset(root, format="parquet", partitioning="hive", schema=SCHEMA
-                             if os.path.isdir(root) else None)
+        dataset = ds.dataset(
+            root,
+            format="parquet",
+            partitioning="hive",
+            schema=SCHEMA if os.path.isdir(root) else None,
+        )
         for batch in dataset.to_batches(batch_size=batch_size):
             yield from pairs_from_batch(batch)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"not a readable Parquet lake: {exc}", where=root) from exc
     except ValueError as exc:
         raise InputError(str(exc), where=root) from exc
-

@@ -29,8 +29,16 @@ _DLT_RAW_ALIASES = (12, 14)
 LINKTYPE_IPV4 = 228  # raw IPv4 (what some analyzers and tunnels write)
 LINKTYPE_IPV6 = 229  # raw IPv6
 SUPPORTED_LINKTYPES = frozenset(
-    (LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2,
-     LINKTYPE_IPV4, LINKTYPE_IPV6)
+    (
+        LINKTYPE_NULL,
+        LINKTYPE_ETHERNET,
+        LINKTYPE_RAW,
+        LINKTYPE_LOOP,
+        LINKTYPE_LINUX_SLL,
+        LINKTYPE_LINUX_SLL2,
+        LINKTYPE_IPV4,
+        LINKTYPE_IPV6,
+    )
     + _DLT_RAW_ALIASES
 )
 
@@ -94,7 +102,10 @@ def decode(linktype: int, frame: bytes) -> Segment | None:
             if end < 54:
                 return None
             start = 34 + (doff >> 4) * 4
-            return _new_tuple(Segment, (src, sport, dst, dport, seq, ack, flags, frame[start:end] if start < end else b""))
+            return _new_tuple(
+                Segment,
+                (src, sport, dst, dport, seq, ack, flags, frame[start:end] if start < end else b""),
+            )
     if linktype == LINKTYPE_ETHERNET:
         if n < 14:
             return None

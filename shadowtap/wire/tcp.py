@@ -10,9 +10,11 @@ Invariants and costs:
   absolute stream offset (an unbounded int), so wrap-around at 2^32 is invisible downstream.
 - An in-order segment with nothing held costs O(1) and no copy. Out-of-order segments are held
   (``max_held_bytes`` per direction, ``max_held_segments``); beyond either cap, or when the peer
-  acknowledges bytes this capture never saw, the missing range becomes a ``GAP`` and delivery goes on.
+  acknowledges bytes this capture never saw, the missing range becomes a ``GAP`` and delivery goes
+  on.
 - Retransmitted bytes are dropped (first copy wins, as a receiving Linux stack keeps it); when they
-  differ from the copy already delivered (checked against the last few delivered segments and held ones)
+  differ from the copy already delivered (checked against the last few delivered segments and held
+  ones)
   the connection notes ``retransmission_conflict``.
 - Memory is bounded: at most ``max_connections`` connections (the least recently active is evicted
   first) and connections idle for ``idle_timeout`` seconds of capture time are evicted.
@@ -37,7 +39,6 @@ class Kind(IntEnum):
     DATA = 0  # value: bytes
     GAP = 1  # value: number of bytes lost (> 0)
     END = 2  # value: None; this direction carries nothing more
-
 
 
 # Enum members bound once: attribute access on an Enum class costs ~0.3 us.
@@ -206,7 +207,6 @@ class State(IntEnum):
     CLOSED = 1  # both directions ended (FIN/FIN, RST, eviction); kept a moment for stragglers
 
 
-
 # Enum members bound once: attribute access on an Enum class costs ~0.3 us.
 _STATE_CLOSED = State.CLOSED
 _STATE_OPEN = State.OPEN
@@ -233,8 +233,14 @@ class Connection:
         "state",
     )
 
-    def __init__(self, key: tuple, client: tuple[bytes, int], server: tuple[bytes, int], ts: float,
-                 midstream: bool) -> None:
+    def __init__(
+        self,
+        key: tuple,
+        client: tuple[bytes, int],
+        server: tuple[bytes, int],
+        ts: float,
+        midstream: bool,
+    ) -> None:
         self.key = key
         self.client_addr = client
         self.server_addr = server
@@ -356,9 +362,15 @@ class Reassembler:
         conn.last_ts = ts
 
     @staticmethod
-    def _emit(conn: Connection, from_client: bool, chunks: list[tuple[float, Any]], out: list[StreamEvent]) -> None:
+    def _emit(
+        conn: Connection, from_client: bool, chunks: list[tuple[float, Any]], out: list[StreamEvent]
+    ) -> None:
         for ts, v in chunks:
-            out.append(StreamEvent(conn, from_client, _KIND_GAP if isinstance(v, int) else _KIND_DATA, ts, v))
+            out.append(
+                StreamEvent(
+                    conn, from_client, _KIND_GAP if isinstance(v, int) else _KIND_DATA, ts, v
+                )
+            )
 
     # -- the entry points --------------------------------------------------------------------
 
@@ -380,7 +392,13 @@ class Reassembler:
             hs, peer = conn.c2s, conn.s2c
         else:
             hs, peer = conn.s2c, conn.c2s
-        if seqno != hs.next_seq or hs.held or peer.held or hs.fin_off is not None or conn.state == _STATE_CLOSED:
+        if (
+            seqno != hs.next_seq
+            or hs.held
+            or peer.held
+            or hs.fin_off is not None
+            or conn.state == _STATE_CLOSED
+        ):
             return None
         if ts > self.now:  # noqa: PLR1730 - max() is a call per packet
             self.now = ts
@@ -410,14 +428,21 @@ class Reassembler:
         found = self.dirs.get((src, sport, dst, dport))
         if found is not None:
             conn, from_client = found
-            if ts - conn.lru_ts > 0.5:  # LRU order kept to half a second: one move per 0.5 s, not per packet
+            if (
+                ts - conn.lru_ts > 0.5
+            ):  # LRU order kept to half a second: one move per 0.5 s, not per packet
                 conn.lru_ts = ts
                 conns.move_to_end(conn.key)
             if flags & SYN and not flags & ACK:
                 # A SYN on a known 4-tuple: a duplicate, or port reuse by a new connection.
                 if conn.client_isn == seqno and from_client:
                     return out
-                if conn.state == _STATE_CLOSED or conn.client_isn is not None or conn.c2s.next_off or conn.s2c.next_off:
+                if (
+                    conn.state == _STATE_CLOSED
+                    or conn.client_isn is not None
+                    or conn.c2s.next_off
+                    or conn.s2c.next_off
+                ):
                     self._end(conn, ts, out)
                     self._forget(conn)
                     found = None
@@ -440,7 +465,13 @@ class Reassembler:
             hs, peer = conn.c2s, conn.s2c
         else:
             hs, peer = conn.s2c, conn.c2s
-        if not flags & 0x07 and seqno == hs.next_seq and not hs.held and not peer.held and hs.fin_off is None:
+        if (
+            not flags & 0x07
+            and seqno == hs.next_seq
+            and not hs.held
+            and not peer.held
+            and hs.fin_off is None
+        ):
             # The common case: in order, nothing held either way, no SYN/FIN/RST. O(1), no copy.
             if payload:
                 n = len(payload)
@@ -481,7 +512,9 @@ class Reassembler:
                     pchunks: list[tuple[float, Any]] = []
                     peer.skip_to_held(ts, pchunks)
                     self._emit(conn, not from_client, pchunks, out)
-        if hs.held and (hs.held_bytes > self.max_held_bytes or len(hs.held) > self.max_held_segments):
+        if hs.held and (
+            hs.held_bytes > self.max_held_bytes or len(hs.held) > self.max_held_segments
+        ):
             hs.skip_to_held(ts, chunks)
         self._emit(conn, from_client, chunks, out)
         if flags & RST:

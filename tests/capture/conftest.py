@@ -17,12 +17,29 @@ import pytest
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
 
-def tcp_frame(src: str, sport: int, dst: str, dport: int, seq: int, ack: int, flags: int, payload: bytes = b"") -> bytes:
-    """An Ethernet frame with IPv4 or IPv6 and TCP (checksums left zero: nothing here checks them)."""
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, 65535, 0, 0)
+def tcp_frame(
+    src: str, sport: int, dst: str, dport: int, seq: int, ack: int, flags: int, payload: bytes = b""
+) -> bytes:
+    """An Ethernet frame with IPv4 or IPv6 and TCP (checksums left zero: nothing here checks
+    them)."""
+    tcp = struct.pack(
+        "!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, 65535, 0, 0
+    )
     a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     if a.version == 4:
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(payload), 1, 0x4000, 64, 6, 0, a.packed, b.packed)
+        ip = struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45,
+            0,
+            20 + len(tcp) + len(payload),
+            1,
+            0x4000,
+            64,
+            6,
+            0,
+            a.packed,
+            b.packed,
+        )
         etype = 0x0800
     else:
         ip = struct.pack("!IHBB16s16s", 6 << 28, len(tcp) + len(payload), 6, 64, a.packed, b.packed)
@@ -54,13 +71,26 @@ class Flow:
 
     def _add(self, from_client: bool, seq: int, ack: int, flags: int, payload: bytes = b"") -> None:
         src, dst = (self.client, self.server) if from_client else (self.server, self.client)
-        self.frames.append((self._tick(), 1, tcp_frame(src[0], src[1], dst[0], dst[1], seq, ack, flags, payload)))
+        self.frames.append(
+            (self._tick(), 1, tcp_frame(src[0], src[1], dst[0], dst[1], seq, ack, flags, payload))
+        )
 
-    def frame(self, from_client: bool, seq: int, payload: bytes = b"", flags: int = ACK | PSH, ack: int = 0,
-              ts: float | None = None) -> tuple[float, int, bytes]:
+    def frame(
+        self,
+        from_client: bool,
+        seq: int,
+        payload: bytes = b"",
+        flags: int = ACK | PSH,
+        ack: int = 0,
+        ts: float | None = None,
+    ) -> tuple[float, int, bytes]:
         """A frame of this flow at any sequence number (not appended): for crafted anomalies."""
         src, dst = (self.client, self.server) if from_client else (self.server, self.client)
-        return (self._tick() if ts is None else ts, 1, tcp_frame(src[0], src[1], dst[0], dst[1], seq, ack, flags, payload))
+        return (
+            self._tick() if ts is None else ts,
+            1,
+            tcp_frame(src[0], src[1], dst[0], dst[1], seq, ack, flags, payload),
+        )
 
     def handshake(self) -> Flow:
         self._add(True, self.c_next, 0, SYN)

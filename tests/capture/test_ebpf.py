@@ -35,15 +35,26 @@ def veth(topology, tmp_path):
     port = random.randrange(20000, 60000)
     nginx = lab.start_nginx(tmp_path, "10.250.4.2", port, server.ns)
     url = f"http://10.250.4.2:{port}"
-    lab.wait_for(lambda: client.run(["curl", "-s", "-o", "/dev/null", f"{url}/ready"], check=False).returncode == 0,
-                 30, "nginx", proc=nginx.p)
+    lab.wait_for(
+        lambda: (
+            client.run(["curl", "-s", "-o", "/dev/null", f"{url}/ready"], check=False).returncode
+            == 0
+        ),
+        30,
+        "nginx",
+        proc=nginx.p,
+    )
     yield client, server, server_if, port, url
     nginx.stop()
 
 
 def qdiscs(iface: str, ns: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", iface],
-                          capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", iface],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 @pytest.mark.root
@@ -55,7 +66,12 @@ def test_kill9_then_next_run_replaces_the_stale_hook(veth, tmp_path):
     assert shown.count(f"shadowtap-{first.pid}-") == 2  # ingress and egress
     # flushed while running (at least every second): what was captured survives the kill
     client.run(["curl", "-sS", "-o", "/dev/null", f"{url}/before-kill"])
-    lab.wait_for(lambda: "/before-kill" in lab.text_of(tmp_path / "first.jsonl"), 30, "the flush", proc=first.p)
+    lab.wait_for(
+        lambda: "/before-kill" in lab.text_of(tmp_path / "first.jsonl"),
+        30,
+        "the flush",
+        proc=first.p,
+    )
     first.p.send_signal(signal.SIGKILL)
     first.p.wait(30)
     # kill -9 ran no cleanup: the hooks are still there, and still harmless (traffic flows)
@@ -68,11 +84,18 @@ def test_kill9_then_next_run_replaces_the_stale_hook(veth, tmp_path):
     assert f"shadowtap-{first.pid}-" not in shown
     assert shown.count(f"shadowtap-{second.pid}-") == 2
     client.run(["curl", "-sS", "-o", "/dev/null", f"{url}/after"])
-    lab.wait_for(lambda: "/after" in lab.text_of(tmp_path / "second.jsonl"), 30, "the exchange", proc=second.p)
+    lab.wait_for(
+        lambda: "/after" in lab.text_of(tmp_path / "second.jsonl"),
+        30,
+        "the exchange",
+        proc=second.p,
+    )
     assert second.stop(signal.SIGTERM) == 0, second.err()
     assert "shadowtap" not in lab.tc_filters(iface, server.ns)
     assert lab.tc_filters(iface, server.ns).strip() == ""
-    assert "clsact" not in qdiscs(iface, server.ns)  # the killed run's qdisc went with the last hook
+    assert "clsact" not in qdiscs(
+        iface, server.ns
+    )  # the killed run's qdisc went with the last hook
 
 
 @pytest.mark.root
@@ -81,7 +104,9 @@ def test_signals_detach_and_keep_everything(veth, tmp_path, sig):
     client, server, iface, port, url = veth
     agent = lab.start_agent(iface, port, "ebpf", tmp_path, ns=server.ns)
     client.run(["curl", "-sS", "-o", "/dev/null", f"{url}/one", f"{url}/two"])
-    lab.wait_for(lambda: "/two" in lab.text_of(tmp_path / "agent.jsonl"), 30, "the exchanges", proc=agent.p)
+    lab.wait_for(
+        lambda: "/two" in lab.text_of(tmp_path / "agent.jsonl"), 30, "the exchanges", proc=agent.p
+    )
     assert agent.stop(sig) == 0, agent.err()
     assert "capture summary" in agent.err()
     assert lab.tc_filters(iface, server.ns).strip() == ""
@@ -97,9 +122,24 @@ def test_error_after_attach_detaches(veth, tmp_path):
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], check=True)
     try:
-        agent = lab.Proc(["sh", "-c", " ".join([
-            *lab.agent_argv(iface, port, "ebpf", tmp_path)[:-4],
-            "-w", str(small / "x.pcap"), "-o", str(tmp_path / "agent.jsonl")])], tmp_path, "agent", ns=server.ns)
+        agent = lab.Proc(
+            [
+                "sh",
+                "-c",
+                " ".join(
+                    [
+                        *lab.agent_argv(iface, port, "ebpf", tmp_path)[:-4],
+                        "-w",
+                        str(small / "x.pcap"),
+                        "-o",
+                        str(tmp_path / "agent.jsonl"),
+                    ]
+                ),
+            ],
+            tmp_path,
+            "agent",
+            ns=server.ns,
+        )
         agent.wait_stderr("capturing:")
         for i in range(4):
             client.run(["curl", "-sS", "-o", "/dev/null", f"{url}/big?{i}"])
@@ -117,8 +157,24 @@ def test_error_after_attach_detaches(veth, tmp_path):
 def test_unwritable_output_fails_before_attaching(veth, tmp_path):
     _client, server, iface, port, _url = veth
     bad = tmp_path / "no-such-dir" / "x.pcap"
-    proc = server.run([sys.executable, "-m", "shadowtap", "capture", "-i", iface, "-p", str(port), "-b", "ebpf",
-                       "-w", str(bad)], check=False, timeout=120)
+    proc = server.run(
+        [
+            sys.executable,
+            "-m",
+            "shadowtap",
+            "capture",
+            "-i",
+            iface,
+            "-p",
+            str(port),
+            "-b",
+            "ebpf",
+            "-w",
+            str(bad),
+        ],
+        check=False,
+        timeout=120,
+    )
     assert proc.returncode == 3, proc.stderr
     assert f"{bad}: cannot write: no such directory" in proc.stderr
     assert lab.tc_filters(iface, server.ns).strip() == ""
@@ -130,11 +186,17 @@ def test_interface_going_away_is_a_clear_error(veth, tmp_path, backend):
     client, server, iface, port, url = veth
     agent = lab.start_agent(iface, port, backend, tmp_path, ns=server.ns)
     client.run(["curl", "-sS", "-o", "/dev/null", f"{url}/kept"])
-    lab.wait_for(lambda: "/kept" in lab.text_of(tmp_path / "agent.jsonl"), 30, "the exchange", proc=agent.p)
+    lab.wait_for(
+        lambda: "/kept" in lab.text_of(tmp_path / "agent.jsonl"), 30, "the exchange", proc=agent.p
+    )
     server.run(["ip", "link", "del", iface])
     lab.wait_for(lambda: agent.p.poll() is not None, 30, "the agent to stop")
     assert agent.p.returncode == 3, agent.err()
-    assert "shadowtap: error:" in agent.err() and iface in agent.err() and "Traceback" not in agent.err()
+    assert (
+        "shadowtap: error:" in agent.err()
+        and iface in agent.err()
+        and "Traceback" not in agent.err()
+    )
     assert len(lab.jsonl_lines(tmp_path / "agent.jsonl")) == 1
 
 
@@ -200,8 +262,24 @@ def test_hooks_on_loopback_record_egress_only():
 
 
 def test_print_bpf_shows_the_program_with_its_settings():
-    proc = subprocess.run([sys.executable, "-m", "shadowtap", "capture", "-i", "lo", "-p", "80", "--print-bpf",
-                           "--perf-buffer"], capture_output=True, text=True, check=False, cwd=lab.REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shadowtap",
+            "capture",
+            "-i",
+            "lo",
+            "-p",
+            "80",
+            "--print-bpf",
+            "--perf-buffer",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=lab.REPO,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "#define USE_RINGBUF 0" in proc.stdout
     assert "#define SKIP_INGRESS 1" in proc.stdout and "#define L2_LEN 14" in proc.stdout
@@ -210,7 +288,12 @@ def test_print_bpf_shows_the_program_with_its_settings():
 
 
 def test_no_such_interface():
-    proc = subprocess.run([sys.executable, "-m", "shadowtap", "capture", "-i", "nosuchif0", "-p", "80", "-b", "ebpf"],
-                          capture_output=True, text=True, check=False, cwd=lab.REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "shadowtap", "capture", "-i", "nosuchif0", "-p", "80", "-b", "ebpf"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=lab.REPO,
+    )
     assert proc.returncode == 3, proc.stderr
     assert "no such interface: nosuchif0" in proc.stderr

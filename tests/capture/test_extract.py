@@ -34,8 +34,13 @@ PCAPS = sorted(p for p in (ROOT / "pcaps").iterdir() if p.suffix in (".pcap", ".
 
 
 def shadowtap(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "shadowtap", *args], capture_output=True, text=True, timeout=300,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "shadowtap", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
     return proc
@@ -51,8 +56,18 @@ def tshark_view(path: Path) -> tuple[Counter, Counter]:
     tshark = require_tool("tshark")
 
     def fields(display: str, *names: str) -> list[tuple[str, ...]]:
-        cmd = [tshark, "-r", str(path), "-Y", display, "-T", "fields", "-E", "aggregator=\x1f",
-               *(a for n in names for a in ("-e", n))]
+        cmd = [
+            tshark,
+            "-r",
+            str(path),
+            "-Y",
+            display,
+            "-T",
+            "fields",
+            "-E",
+            "aggregator=\x1f",
+            *(a for n in names for a in ("-e", n)),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
         rows = []
         for line in out.splitlines():
@@ -62,7 +77,11 @@ def tshark_view(path: Path) -> tuple[Counter, Counter]:
 
     requests = Counter(fields("http.request", "http.request.method", "http.request.uri"))
     # Interim responses (100 Continue) are not the answer to a request: shadowtap skips them.
-    codes = Counter(c for (c,) in fields("http.response", "http.response.code") if not c.startswith("1") or c == "101")
+    codes = Counter(
+        c
+        for (c,) in fields("http.response", "http.response.code")
+        if not c.startswith("1") or c == "101"
+    )
     return requests, codes
 
 
@@ -70,7 +89,9 @@ def tshark_view(path: Path) -> tuple[Counter, Counter]:
 def test_pcaps_agree_with_tshark(pcap):
     exchanges = list(iter_exchanges([str(pcap)], keep_secrets=True))
     requests, codes = tshark_view(pcap)
-    ours_req = Counter((e.request.method, e.request.target) for e in exchanges if e.request is not None)
+    ours_req = Counter(
+        (e.request.method, e.request.target) for e in exchanges if e.request is not None
+    )
     ours_codes = Counter(str(e.response.status) for e in exchanges if e.response is not None)
     assert ours_req == requests
     assert ours_codes == codes
@@ -87,7 +108,10 @@ def test_curl_mix_details():
     plain = next(e for e in big if e.request.header("Accept-Encoding") is None)
     gz = next(e for e in big if e.request.header("Accept-Encoding") is not None)
     assert plain.response.body_len == plain.response.decoded_len == 193890
-    assert gz.response.header("Content-Encoding") == "gzip" and gz.response.header("Transfer-Encoding") == "chunked"
+    assert (
+        gz.response.header("Content-Encoding") == "gzip"
+        and gz.response.header("Transfer-Encoding") == "chunked"
+    )
     assert gz.response.body_len < 20000 and gz.response.decoded_len == 193890  # gzip stays gzip
     assert ex[("HEAD", "/index.html", "HTTP/1.1")].response.body_len == 0
     assert ex[("GET", "/index.html", "HTTP/1.0")].response.status == 200
@@ -122,17 +146,26 @@ def test_cli_gzip_stdout_ports_filter_max_body_and_secrets(tmp_path, monkeypatch
     post = next(e for e in full if e.request.header("Authorization"))
     assert post.request.header("Authorization").startswith("redacted:")
     assert post.request.header("Cookie").startswith("redacted:")
-    kept = [orjson.loads(x) for x in shadowtap("extract", mix, "--keep-secrets").stdout.splitlines()]
-    assert ["Authorization", "Bearer secret-token"] in next(k for k in kept if k["request"]["method"] == "POST")["request"]["headers"]
+    kept = [
+        orjson.loads(x) for x in shadowtap("extract", mix, "--keep-secrets").stdout.splitlines()
+    ]
+    assert ["Authorization", "Bearer secret-token"] in next(
+        k for k in kept if k["request"]["method"] == "POST"
+    )["request"]["headers"]
     # --max-body
-    cut = [Exchange.from_json(orjson.loads(x)) for x in shadowtap("extract", mix, "--max-body", "10").stdout.splitlines()]
+    cut = [
+        Exchange.from_json(orjson.loads(x))
+        for x in shadowtap("extract", mix, "--max-body", "10").stdout.splitlines()
+    ]
     assert max(len(c.response.body) for c in cut) == 10
     assert any(c.response.body_truncated and c.response.body_len == 193890 for c in cut)
     # --port and --filter: the server's port selects everything, another port nothing.
     port = int(full[0].server.rsplit(":", 1)[1])
     assert len(shadowtap("extract", mix, "--port", str(port)).stdout.splitlines()) == len(full)
     assert shadowtap("extract", mix, "--port", "1").stdout == ""
-    assert len(shadowtap("extract", mix, "--filter", f"tcp port {port}").stdout.splitlines()) == len(full)
+    assert len(
+        shadowtap("extract", mix, "--filter", f"tcp port {port}").stdout.splitlines()
+    ) == len(full)
     assert shadowtap("extract", mix, "--filter", "udp").stdout == ""
     bad = shadowtap("extract", mix, "--filter", "tcp port (", check=False)
     assert bad.returncode == 3 and "--filter" in bad.stderr
@@ -185,7 +218,9 @@ def test_corrupt_record_header_and_not_a_capture(tmp_path):
     bad = tmp_path / "corrupt.pcap"
     bad.write_bytes(bytes(data))
     proc = shadowtap("extract", str(bad), "-o", str(tmp_path / "o.jsonl"), check=False)
-    assert proc.returncode == 3 and f"at byte {offs[10]}" in proc.stderr and "corrupt" in proc.stderr
+    assert (
+        proc.returncode == 3 and f"at byte {offs[10]}" in proc.stderr and "corrupt" in proc.stderr
+    )
     text = tmp_path / "notes.txt"
     text.write_text("hello\n")
     proc = shadowtap("extract", str(text), check=False)
@@ -217,7 +252,9 @@ def _write_big_capture(path: Path, exchanges: int, body: int) -> None:
         def pkt(src, sport, dst, dport, seq, flags, payload):
             nonlocal ts
             ts += 1
-            tcp = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, 0, 0x50, flags, 65535, 0, 0)
+            tcp = struct.pack(
+                "!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, 0, 0x50, flags, 65535, 0, 0
+            )
             ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 0, 0, 64, 6, 0, src, dst)
             frame_len = len(ip) + len(tcp) + len(payload)
             f.write(struct.pack("<IIII", ts // 1000, (ts % 1000) * 1000, frame_len, frame_len))
@@ -253,9 +290,12 @@ def _peak_rss_kb(capture: Path, out: Path, jobs: str) -> int:
             main()
         except SystemExit as e:
             assert not e.code, e.code
-        print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
+        status = open("/proc/self/status").read().splitlines()
+        print(next(line.split()[1] for line in status if line.startswith("VmHWM")))
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True
+    )
     return int(proc.stdout.split()[-1])
 
 
@@ -269,7 +309,9 @@ def test_peak_memory_does_not_grow_with_the_capture(tmp_path):
         rss_small = _peak_rss_kb(small, tmp_path / "s.jsonl", jobs)
         rss_big = _peak_rss_kb(big, tmp_path / "b.jsonl", jobs)
         got = read_out(tmp_path / "b.jsonl")
-        assert len(got) == 170 and all(e.response.body_len == 6_000_000 and e.response.body_truncated for e in got)
+        assert len(got) == 170 and all(
+            e.response.body_len == 6_000_000 and e.response.body_truncated for e in got
+        )
         print(f"--jobs {jobs}: peak RSS {rss_small} KB on 48 MB, {rss_big} KB on 1 GB")
         assert rss_big < rss_small + 30_000, (rss_small, rss_big)  # KB: flat, within noise
         assert rss_big < 200_000
@@ -295,19 +337,32 @@ def test_live_recording_agrees_with_curl(tmp_path):
     (www / "a.txt").write_bytes(b"alpha\n" * 1000)
     (www / "b.bin").write_bytes(os.urandom(50_000))
     server = start_nginx(
-        tmp_path, "127.0.0.1", port, http_extra="gzip on; gzip_types text/plain; gzip_min_length 10;",
-        locations=f'root {www}; location = /teapot {{ return 418 "short and stout"; }}')
+        tmp_path,
+        "127.0.0.1",
+        port,
+        http_extra="gzip on; gzip_types text/plain; gzip_min_length 10;",
+        locations=f'root {www}; location = /teapot {{ return 418 "short and stout"; }}',
+    )
     pcap = tmp_path / "live.pcap"
     dump = None
     try:
-        dump = subprocess.Popen([tcpdump, "-i", "lo", "-U", "-s", "0", "-w", str(pcap), f"tcp port {port}"],
-                                stderr=subprocess.PIPE)
+        dump = subprocess.Popen(
+            [tcpdump, "-i", "lo", "-U", "-s", "0", "-w", str(pcap), f"tcp port {port}"],
+            stderr=subprocess.PIPE,
+        )
         time.sleep(1.0)
         urls = [f"http://127.0.0.1:{port}/{p}" for p in ("a.txt", "b.bin", "missing", "teapot")]
         fmt = "%{http_code} %{size_download}\\n"
         outs = [a for u in urls for a in ("-o", "/dev/null", u)]
-        plain = subprocess.run([curl, "-s", "-w", fmt, *outs], capture_output=True, text=True, check=False).stdout
-        comp = subprocess.run([curl, "-s", "--compressed", "-o", "/dev/null", "-w", fmt, urls[0]], capture_output=True, text=True, check=False).stdout
+        plain = subprocess.run(
+            [curl, "-s", "-w", fmt, *outs], capture_output=True, text=True, check=False
+        ).stdout
+        comp = subprocess.run(
+            [curl, "-s", "--compressed", "-o", "/dev/null", "-w", fmt, urls[0]],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
         time.sleep(1.0)
     finally:
         if dump is not None:
@@ -320,16 +375,25 @@ def test_live_recording_agrees_with_curl(tmp_path):
     assert ours == curl_view  # curl's size_download is the body as received: gzip stays gzip
     assert got[-1].response.decoded_len == 6000 and got[-1].response.body_len < 6000
     assert [e.request.target for e in got] == ["/a.txt", "/b.bin", "/missing", "/teapot", "/a.txt"]
-    assert shutil.which("tshark") is None or Counter(str(s) for s, _ in ours) == tshark_view(pcap)[1]
+    assert (
+        shutil.which("tshark") is None or Counter(str(s) for s, _ in ours) == tshark_view(pcap)[1]
+    )
 
 
 # -- several worker processes ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("pcap", [ROOT / "pcaps/curl-mix.pcap", ROOT / "pcaps/lab-mix.pcap", ROOT / "pcaps/hey-keepalive.pcap",
-                                  ROOT / "tests/data/suricata/http-range-multiflows/input.pcap",
-                                  ROOT / "tests/data/suricata/http-gap-double/input.pcap"],
-                         ids=lambda p: p.parent.name if p.name == "input.pcap" else p.name)
+@pytest.mark.parametrize(
+    "pcap",
+    [
+        ROOT / "pcaps/curl-mix.pcap",
+        ROOT / "pcaps/lab-mix.pcap",
+        ROOT / "pcaps/hey-keepalive.pcap",
+        ROOT / "tests/data/suricata/http-range-multiflows/input.pcap",
+        ROOT / "tests/data/suricata/http-gap-double/input.pcap",
+    ],
+    ids=lambda p: p.parent.name if p.name == "input.pcap" else p.name,
+)
 def test_jobs_give_the_same_bytes(tmp_path, pcap):
     one, several = tmp_path / "one.jsonl", tmp_path / "several.jsonl"
     a = shadowtap("extract", str(pcap), "-j", "1", "-o", str(one))
@@ -338,22 +402,34 @@ def test_jobs_give_the_same_bytes(tmp_path, pcap):
     assert stat.S_IMODE(several.stat().st_mode) == 0o600
 
     def figures(err: str) -> dict[str, str]:
-        return dict(line.split("\t", 1) for line in err.splitlines() if "\t" in line and not line.startswith(("elapsed", "exchanges/s", "written")))
+        return dict(
+            line.split("\t", 1)
+            for line in err.splitlines()
+            if "\t" in line and not line.startswith(("elapsed", "exchanges/s", "written"))
+        )
 
     assert figures(a.stderr) == figures(b.stderr)  # connections, exchanges, anomalies: summed right
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.floats(min_value=-1e12, max_value=4e9, allow_nan=False),
-                          st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**64 - 1)),
-                min_size=2, max_size=20))
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=-1e12, max_value=4e9, allow_nan=False),
+            st.integers(min_value=0, max_value=2**64 - 1),
+            st.integers(min_value=0, max_value=2**64 - 1),
+        ),
+        min_size=2,
+        max_size=20,
+    )
+)
 def test_order_keys_sort_as_the_keys_they_encode(keys):
     """The parent merges the workers' lines as bytes: the encoded keys must sort as the keys do
     (times of either sign, -0.0 equal to 0.0), be fixed-width hex and never contain a newline."""
     enc = [_order_key(k) for k in keys]
     assert all(len(e) == _KEY_DIGITS and e.isalnum() and e == e.lower() for e in enc)
-    for (a, ea) in zip(keys, enc):
-        for (b, eb) in zip(keys, enc):
+    for a, ea in zip(keys, enc):
+        for b, eb in zip(keys, enc):
             assert (a < b) == (ea < eb) and (a == b) == (ea == eb)
     assert _order_key((-0.0, 1, 2)) == _order_key((0.0, 1, 2))
 

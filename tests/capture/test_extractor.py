@@ -31,7 +31,9 @@ def test_exchanges_fields_and_timing(flow, extract_frames):
     f = conversation(flow)
     out, ex = extract_frames(f.frames)
     assert [(e.request.method, e.request.target, e.response.status) for e in out] == [
-        ("GET", "/one", 200), ("POST", "/two", 201)]
+        ("GET", "/one", 200),
+        ("POST", "/two", 201),
+    ]
     e0, e1 = out
     assert (e0.client, e0.server, e0.index, e1.index) == ("10.0.0.1:40000", "10.0.0.2:80", 0, 1)
     assert e1.request.body == b"body" and e1.response.body == b"two" and e1.response.body_len == 3
@@ -105,7 +107,9 @@ def test_secrets_redacted_by_default_kept_on_request(flow, extract_frames, tmp_p
 def test_ports_and_bpf_filter(flow, extract_frames):
     web = conversation(flow)
     other = flow(client=("10.0.0.5", 45000), server=("10.0.0.6", 8080), ts=web.ts + 1)
-    other.handshake().c(b"GET /alt HTTP/1.1\r\n\r\n").s(b"HTTP/1.1 404 NF\r\nContent-Length: 0\r\n\r\n").fin()
+    other.handshake().c(b"GET /alt HTTP/1.1\r\n\r\n").s(
+        b"HTTP/1.1 404 NF\r\nContent-Length: 0\r\n\r\n"
+    ).fin()
     frames = web.frames + other.frames
     everything, _ = extract_frames(frames)
     assert [e.request.target for e in everything] == ["/one", "/two", "/alt"]
@@ -125,7 +129,13 @@ def test_bad_filter_is_an_input_error():
 
 
 def test_ipv6_endpoints(flow, extract_frames):
-    f = flow(client=("2001:db8::1", 40000), server=("2001:db8::2", 80)).handshake().c(REQ2).s(RESP2).fin()
+    f = (
+        flow(client=("2001:db8::1", 40000), server=("2001:db8::2", 80))
+        .handshake()
+        .c(REQ2)
+        .s(RESP2)
+        .fin()
+    )
     out, _ = extract_frames(f.frames)
     assert out[0].client == "[2001:db8::1]:40000" and out[0].server == "[2001:db8::2]:80"
 
@@ -168,11 +178,20 @@ def _exchanges_json(frames):
     for ts, lt, fr in frames:
         out.extend(ex.feed(ts, lt, fr))
     out.extend(ex.finish())
-    return [(e.index, e.request and e.request.to_json() | {"ts": 0, "end_ts": 0},
-             e.response and e.response.to_json() | {"ts": 0, "end_ts": 0}, e.anomalies) for e in out]
+    return [
+        (
+            e.index,
+            e.request and e.request.to_json() | {"ts": 0, "end_ts": 0},
+            e.response and e.response.to_json() | {"ts": 0, "end_ts": 0},
+            e.anomalies,
+        )
+        for e in out
+    ]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.data())
 def test_any_split_reorder_duplication_gives_the_same_exchanges(flow, data):
     mss = data.draw(st.integers(min_value=1, max_value=40), label="mss")
@@ -194,9 +213,15 @@ def test_any_split_reorder_duplication_gives_the_same_exchanges(flow, data):
             turns.append([fr])
     body = []
     for turn in turns:
-        shuffled = [x for _, x in sorted(((i + rnd.uniform(0, window), fr) for i, fr in enumerate(turn)), key=lambda p: p[0])]
+        shuffled = [
+            x
+            for _, x in sorted(
+                ((i + rnd.uniform(0, window), fr) for i, fr in enumerate(turn)), key=lambda p: p[0]
+            )
+        ]
         body += shuffled + [rnd.choice(turn) for _ in range(rnd.randint(0, 2))]
-    # Timestamps follow capture order, as in a pcap: reordering changes ts, not the exchanges' content.
+    # Timestamps follow capture order, as in a pcap: reordering changes ts, not the exchanges'
+    # content.
     frames = [(1.0 + i * 0.001, lt, fr) for i, (_, lt, fr) in enumerate(hs + body + tail)]
     assert _exchanges_json(frames) == _exchanges_json(reference)
 
@@ -270,7 +295,9 @@ def test_shards_split_connections_evenly_and_merge_to_one_process_output(flow):
         server = ("10.0.0.100", 80) if i % 3 else ("fd00::100", 80)
         f = flow(client=client, server=server, ts=100.0 + i * 0.0003).handshake()
         for j in range(3):
-            f.c(b"GET /%d/%d HTTP/1.1\r\nHost: h\r\n\r\n" % (i, j)).s(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            f.c(b"GET /%d/%d HTTP/1.1\r\nHost: h\r\n\r\n" % (i, j)).s(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            )
         frames += f.fin().frames
     frames.sort(key=lambda r: r[0])
     shards = _sharded(frames, 2)

@@ -1,4 +1,5 @@
-"""shadowtap/wire/frames.py: frames built by scapy (an independent encoder) decode to the right segment, for
+"""shadowtap/wire/frames.py: frames built by scapy (an independent encoder) decode to the right
+segment, for
 every supported link type, VLAN tags, IPv4 options, IPv6 extension headers; anything else is None
 and no input raises."""
 
@@ -52,7 +53,11 @@ IP6 = IPv6(src="2001:db8::1", dst="2001:db8::2")
         (1, Ether() / Dot1Q(vlan=9) / IP6 / _tcp(), _check6),
         (1, Ether() / IP6 / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / _tcp(), _check6),
         (1, Ether() / IP6 / IPv6ExtHdrFragment(offset=0, m=0) / _tcp(), _check6),
-        (1, Ether() / IP(src="192.0.2.1", dst="192.0.2.2", options=b"\x01\x01\x01\x00") / _tcp(), _check4),
+        (
+            1,
+            Ether() / IP(src="192.0.2.1", dst="192.0.2.2", options=b"\x01\x01\x01\x00") / _tcp(),
+            _check4,
+        ),
         (113, CookedLinux(proto=0x0800) / IP4 / _tcp(), _check4),
         (113, CookedLinux(proto=0x86DD) / IP6 / _tcp(), _check6),
         (101, IP4 / _tcp(), _check4),
@@ -67,7 +72,8 @@ def test_link_types(linktype, frame, check):
 
 
 def test_sll2():
-    # SLL2 (LINKTYPE 276): protocol(2) reserved(2) ifindex(4) hatype(2) pkttype(1) addrlen(1) addr(8)
+    # SLL2 (LINKTYPE 276): protocol(2) reserved(2) ifindex(4) hatype(2) pkttype(1) addrlen(1)
+    # addr(8)
     hdr = struct.pack("!HHIHBB8s", 0x0800, 0, 1, 1, 0, 6, b"\x02" * 6 + b"\0\0")
     _check4(decode(276, hdr + bytes(IP4 / _tcp())))
 
@@ -79,14 +85,24 @@ def test_loop_network_order_and_null_other_order():
 
 
 def test_ethernet_padding_is_cut():
-    frame = bytes(Ether() / IP4 / TCP(sport=1, dport=2, flags="A")) + b"\0" * 6  # padded to 60 bytes
+    frame = (
+        bytes(Ether() / IP4 / TCP(sport=1, dport=2, flags="A")) + b"\0" * 6
+    )  # padded to 60 bytes
     seg = decode(1, frame)
     assert seg is not None and seg.payload == b""
 
 
 def test_not_tcp_or_not_first_fragment_is_none():
     assert decode(1, bytes(Ether() / IP4 / UDP(sport=1, dport=53) / Raw(b"x"))) is None
-    assert decode(1, bytes(Ether() / IP(src="192.0.2.1", dst="192.0.2.2", frag=100, proto=6) / Raw(b"x" * 40))) is None
+    assert (
+        decode(
+            1,
+            bytes(
+                Ether() / IP(src="192.0.2.1", dst="192.0.2.2", frag=100, proto=6) / Raw(b"x" * 40)
+            ),
+        )
+        is None
+    )
     assert decode(1, bytes(Ether(type=0x0806) / Raw(b"\0" * 28))) is None  # ARP
     assert decode(147, bytes(IP4 / _tcp())) is None  # an unsupported link type
     assert decode(1, bytes(Ether() / IP6 / IPv6ExtHdrFragment(offset=5) / _tcp())) is None
@@ -107,7 +123,11 @@ def test_random_bytes_never_raise(linktype, data):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(min_size=54, max_size=90), st.integers(min_value=0, max_value=0xFFFF), st.integers(min_value=0, max_value=255))
+@given(
+    st.binary(min_size=54, max_size=90),
+    st.integers(min_value=0, max_value=0xFFFF),
+    st.integers(min_value=0, max_value=255),
+)
 def test_fast_path_agrees_with_the_general_path(tail, total, doff):
     """Untagged Ethernet + IPv4 takes a one-unpack fast path; a VLAN tag forces the general path.
     Both must read any such frame alike."""

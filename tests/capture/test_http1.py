@@ -1,4 +1,5 @@
-"""shadowtap/wire/http1/: HTTP/1.x parsing and pairing on crafted byte streams (the reassembler's output)."""
+"""shadowtap/wire/http1/: HTTP/1.x parsing and pairing on crafted byte streams (the reassembler's
+output)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,16 @@ def summary(txns):
 
 
 def req(target="/", method="GET", extra=b"", version=b"HTTP/1.1"):
-    return method.encode() + b" " + target.encode() + b" " + version + b"\r\nHost: h\r\n" + extra + b"\r\n"
+    return (
+        method.encode()
+        + b" "
+        + target.encode()
+        + b" "
+        + version
+        + b"\r\nHost: h\r\n"
+        + extra
+        + b"\r\n"
+    )
 
 
 def resp(body=b"ok", status=200, extra=b""):
@@ -84,12 +94,18 @@ def test_any_segmentation_gives_the_same_result():
 
 
 def test_pipelining():
-    done, _ = play(("c", req("/1") + req("/2") + req("/3")), ("s", resp(b"a") + resp(b"b") + resp(b"c")))
-    assert summary(done) == [("GET", "/1", 200, b"a"), ("GET", "/2", 200, b"b"), ("GET", "/3", 200, b"c")]
+    done, _ = play(
+        ("c", req("/1") + req("/2") + req("/3")), ("s", resp(b"a") + resp(b"b") + resp(b"c"))
+    )
+    assert summary(done) == [
+        ("GET", "/1", 200, b"a"),
+        ("GET", "/2", 200, b"b"),
+        ("GET", "/3", 200, b"c"),
+    ]
 
 
 def test_chunked_with_extensions_and_trailers():
-    body = b"4;ext=1\r\nWiki\r\n5 ; name=\"v\"\r\npedia\r\n0\r\nX-Trailer: t\r\n\r\n"
+    body = b'4;ext=1\r\nWiki\r\n5 ; name="v"\r\npedia\r\n0\r\nX-Trailer: t\r\n\r\n'
     done, _ = play(
         ("c", req("/")),
         ("s", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body),
@@ -103,12 +119,20 @@ def test_chunked_with_extensions_and_trailers():
 
 
 def test_chunked_request_body():
-    done, _ = play(("c", req("/up", "POST", b"Transfer-Encoding: chunked\r\n") + b"3\r\nabc\r\n0\r\n\r\n"), ("s", resp()))
+    done, _ = play(
+        ("c", req("/up", "POST", b"Transfer-Encoding: chunked\r\n") + b"3\r\nabc\r\n0\r\n\r\n"),
+        ("s", resp()),
+    )
     assert done[0].request.body == b"abc" and done[0].request.body_len == 3
 
 
 def test_close_delimited_response():
-    done, _ = play(("c", req("/", version=b"HTTP/1.0")), ("s", b"HTTP/1.0 200 OK\r\n\r\nuntil "), ("s", b"close"), "send")
+    done, _ = play(
+        ("c", req("/", version=b"HTTP/1.0")),
+        ("s", b"HTTP/1.0 200 OK\r\n\r\nuntil "),
+        ("s", b"close"),
+        "send",
+    )
     assert done[0].response.body == b"until close"
     assert done[0].anomalies == []
 
@@ -125,7 +149,10 @@ def test_responses_without_body():
         ("s", resp(b"last")),
     )
     assert summary(done) == [
-        ("HEAD", "/", 200, b""), ("GET", "/nc", 204, b""), ("GET", "/nm", 304, b""), ("GET", "/after", 200, b"last"),
+        ("HEAD", "/", 200, b""),
+        ("GET", "/nc", 204, b""),
+        ("GET", "/nm", 304, b""),
+        ("GET", "/after", 200, b"last"),
     ]
 
 
@@ -196,7 +223,14 @@ def test_gap_inside_a_body_is_counted_and_parsing_goes_on():
     body = b"0123456789"
     r = resp(body)
     head = r[: -len(body)]
-    done, _ = play(("c", req("/1")), ("s", head + body[:3]), ("sgap", 4), ("s", body[7:]), ("c", req("/2")), ("s", resp(b"z")))
+    done, _ = play(
+        ("c", req("/1")),
+        ("s", head + body[:3]),
+        ("sgap", 4),
+        ("s", body[7:]),
+        ("c", req("/2")),
+        ("s", resp(b"z")),
+    )
     p = done[0].response
     assert p.body_len == 10 and p.body == b"012789" and p.body_truncated
     assert "gap" in done[0].anomalies
@@ -208,7 +242,10 @@ def test_gap_in_a_head_resynchronises_without_gluing():
         ("c", req("/1")),
         ("s", b"HTTP/1.1 200 OK\r\nContent-Le"),
         ("sgap", 30),
-        ("s", b"ngth: 3\r\n\r\nabc"),  # the rest of the lost message: must not be taken as a message
+        (
+            "s",
+            b"ngth: 3\r\n\r\nabc",
+        ),  # the rest of the lost message: must not be taken as a message
         ("c", req("/2")),
         ("s", resp(b"two")),
     )
@@ -226,7 +263,11 @@ def test_request_lost_in_a_gap_is_not_paired_with_the_wrong_response():
         ("c", req("/3")),
         ("s", resp(b"three")),
     )
-    assert summary(done) == [("GET", "/1", 200, b"one"), (None, None, 200, b"two"), ("GET", "/3", 200, b"three")]
+    assert summary(done) == [
+        ("GET", "/1", 200, b"one"),
+        (None, None, 200, b"two"),
+        ("GET", "/3", 200, b"three"),
+    ]
 
 
 def test_midstream_join_syncs_at_the_next_request():
@@ -247,7 +288,9 @@ def test_max_body_cuts_but_counts():
 
 
 def test_truncated_response_at_close():
-    done, _ = play(("c", req("/")), ("s", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"), "send")
+    done, _ = play(
+        ("c", req("/")), ("s", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"), "send"
+    )
     assert done[0].response.body == b"abc" and "truncated" in done[0].anomalies
 
 
@@ -259,7 +302,9 @@ def test_unanswered_request_and_response_without_request():
 
 
 def test_not_http_is_an_anomaly_not_a_crash():
-    done, conv = play(("c", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"), ("s", b"\x16\x03\x03\x00\x5a\x02"))
+    done, conv = play(
+        ("c", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"), ("s", b"\x16\x03\x03\x00\x5a\x02")
+    )
     assert done == []
     assert conv.anomalies.count("not_http") == 1
 
@@ -284,22 +329,45 @@ def test_decoded_len_on_the_wire():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["c", "s", "cgap", "sgap"]), st.binary(max_size=60)), max_size=12),
-       st.booleans())
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["c", "s", "cgap", "sgap"]), st.binary(max_size=60)), max_size=12
+    ),
+    st.booleans(),
+)
 def test_random_input_never_raises(steps, midstream):
     converted = [(k, len(b) + 1) if k.endswith("gap") else (k, b) for k, b in steps]
     play(*converted, midstream=midstream)
 
 
-HTTPISH = st.sampled_from([
-    b"GET / HTTP/1.1\r\n", b"HTTP/1.1 200 OK\r\n", b"Content-Length: 5\r\n", b"Transfer-Encoding: chunked\r\n",
-    b"\r\n", b"5\r\nhello\r\n", b"0\r\n\r\n", b"HEAD /x HTTP/1.0\r\n", b"HTTP/1.1 100 Continue\r\n\r\n",
-    b"Upgrade: x\r\n", b"CONNECT a:1 HTTP/1.1\r\n", b"HTTP/1.1 101 S\r\n", b" fold\r\n", b"\n", b"GET /0.9\r\n",
-])
+HTTPISH = st.sampled_from(
+    [
+        b"GET / HTTP/1.1\r\n",
+        b"HTTP/1.1 200 OK\r\n",
+        b"Content-Length: 5\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"\r\n",
+        b"5\r\nhello\r\n",
+        b"0\r\n\r\n",
+        b"HEAD /x HTTP/1.0\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"Upgrade: x\r\n",
+        b"CONNECT a:1 HTTP/1.1\r\n",
+        b"HTTP/1.1 101 S\r\n",
+        b" fold\r\n",
+        b"\n",
+        b"GET /0.9\r\n",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["c", "s"]), st.lists(HTTPISH, max_size=8).map(b"".join)), max_size=10))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["c", "s"]), st.lists(HTTPISH, max_size=8).map(b"".join)),
+        max_size=10,
+    )
+)
 def test_random_http_fragments_never_raise(steps):
     play(*steps)
 
@@ -321,10 +389,18 @@ def test_header_line_memo_is_bounded_and_gives_what_parsing_gives():
     conv = Conversation()
     long_value = "v" * (http1._LINE_MEMO_WIDTH + 10)
     for i in range(http1._LINE_MEMO_SIZE + 50):
-        conv.data(True, float(i), b"GET /%d HTTP/1.1\r\nHost: h\r\nX-N:  %d \r\nX-Long: %s\r\n\r\n" % (i, i, long_value.encode()))
+        conv.data(
+            True,
+            float(i),
+            b"GET /%d HTTP/1.1\r\nHost: h\r\nX-N:  %d \r\nX-Long: %s\r\n\r\n"
+            % (i, i, long_value.encode()),
+        )
         conv.data(False, float(i), b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     assert len(http1._LINE_MEMO) <= http1._LINE_MEMO_SIZE
     assert not any(len(line) > http1._LINE_MEMO_WIDTH for line in http1._LINE_MEMO)
     reqs = [t.request for ev, t in conv.events if ev == Event.REQUEST]
     assert len(reqs) == http1._LINE_MEMO_SIZE + 50
-    assert all(r.headers == (("Host", "h"), ("X-N", str(i)), ("X-Long", long_value)) for i, r in enumerate(reqs))
+    assert all(
+        r.headers == (("Host", "h"), ("X-N", str(i)), ("X-Long", long_value))
+        for i, r in enumerate(reqs)
+    )

@@ -19,12 +19,13 @@ import pytest
 
 import tests.support.live_lab as lab
 
-PY_CLIENT = r'''
+PY_CLIENT = r"""
 import http.client, sys
 addr, port = sys.argv[1], int(sys.argv[2])
 c = http.client.HTTPConnection(addr, port, timeout=10)
 for i in range(8):
-    c.request("GET", f"/py/{i}?q={i}", headers={"Authorization": f"Bearer token-{i}", "X-Seq": str(i)})
+    auth = {"Authorization": f"Bearer token-{i}", "X-Seq": str(i)}
+    c.request("GET", f"/py/{i}?q={i}", headers=auth)
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
 def chunks():
@@ -35,7 +36,7 @@ r = c.getresponse(); r.read(); assert r.status == 201, r.status
 c.request("GET", "/big")
 r = c.getresponse(); body = r.read(); assert len(body) > 300000, len(body)
 c.close()
-'''
+"""
 PY_REQUESTS = 10
 HEY_REQUESTS = 160  # a multiple of -c 4: hey sends n/c per worker
 
@@ -51,9 +52,25 @@ def drive(run, addr: str, port: int, workdir: Path) -> tuple[int, str]:
     base = f"http://{addr}:{port}"
     n = 0
     # curl: keep-alive over three URLs, secrets in headers, a 200 KB upload, a 330 KB download.
-    run(["curl", "-sS", "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null",
-         "-H", "Authorization: Bearer abc", "-H", "Cookie: sid=42",
-         f"{base}/a", f"{base}/b?x=1", f"{base}/c"])
+    run(
+        [
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Authorization: Bearer abc",
+            "-H",
+            "Cookie: sid=42",
+            f"{base}/a",
+            f"{base}/b?x=1",
+            f"{base}/c",
+        ]
+    )
     n += 3
     upload = workdir / "upload.bin"
     upload.write_bytes(bytes(random.Random(7).randrange(256) for _ in range(200_000)))
@@ -72,20 +89,44 @@ def drive(run, addr: str, port: int, workdir: Path) -> tuple[int, str]:
     return n + 1, marker
 
 
-def check_run(workdir: Path, agent, tcpdump, port: int, expected: int, marker: str, iface: str, ns: str):
+def check_run(
+    workdir: Path, agent, tcpdump, port: int, expected: int, marker: str, iface: str, ns: str
+):
     jsonl = workdir / "agent.jsonl"
     # Wait (bounded) until both recorders hold the last exchange: the agent flushes every second.
-    lab.wait_for(lambda: marker in lab.text_of(jsonl), 30, "the marker exchange in the agent's JSONL", proc=agent.p)
-    lab.wait_for(lambda: marker.encode() in (workdir / "tcpdump.pcap").read_bytes(), 30,
-                 "the marker request in tcpdump's pcap", proc=tcpdump.p)
+    lab.wait_for(
+        lambda: marker in lab.text_of(jsonl),
+        30,
+        "the marker exchange in the agent's JSONL",
+        proc=agent.p,
+    )
+    lab.wait_for(
+        lambda: marker.encode() in (workdir / "tcpdump.pcap").read_bytes(),
+        30,
+        "the marker request in tcpdump's pcap",
+        proc=tcpdump.p,
+    )
     assert agent.stop() == 0, agent.err()
     assert tcpdump.stop() == 0, tcpdump.err()
 
     live = lab.jsonl_lines(jsonl)
     # 1. byte for byte what `extract` gives of the pcap this run wrote
     again = workdir / "extract.jsonl"
-    lab.Proc([sys.executable, "-m", "shadowtap", "extract", str(workdir / "agent.pcap"), "-p", str(port),
-              "-o", str(again)], workdir, "extract").p.wait(120)
+    lab.Proc(
+        [
+            sys.executable,
+            "-m",
+            "shadowtap",
+            "extract",
+            str(workdir / "agent.pcap"),
+            "-p",
+            str(port),
+            "-o",
+            str(again),
+        ],
+        workdir,
+        "extract",
+    ).p.wait(120)
     assert again.read_bytes() == jsonl.read_bytes()
     # 2. what tcpdump saw at the same time gives the same exchanges, all but timestamps
     theirs = lab.extract_pcap([workdir / "tcpdump.pcap"], port)
@@ -103,8 +144,21 @@ def check_run(workdir: Path, agent, tcpdump, port: int, expected: int, marker: s
     for name in ("agent.jsonl", "agent.pcap"):
         assert stat.S_IMODE((workdir / name).stat().st_mode) == 0o600
     tshark = lab.require_tool("tshark")
-    out = lab.Proc([tshark, "-r", str(workdir / "agent.pcap"), "-Y", "http.request", "-T", "fields",
-                    "-e", "http.request.uri"], workdir, "tshark")
+    out = lab.Proc(
+        [
+            tshark,
+            "-r",
+            str(workdir / "agent.pcap"),
+            "-Y",
+            "http.request",
+            "-T",
+            "fields",
+            "-e",
+            "http.request.uri",
+        ],
+        workdir,
+        "tshark",
+    )
     assert out.p.wait(120) == 0, out.err()
     assert marker in out.out()
     tcpcapinfo = lab.require_tool("tcpcapinfo")  # tcpreplay's own pcap reader
@@ -146,8 +200,18 @@ def test_veth_capture_matches_tcpdump_and_own_pcap(topology, tmp_path, key_file,
     port = random.randrange(20000, 60000)
     nginx = lab.start_nginx(tmp_path, "10.250.3.2", port, server.ns)
     try:
-        lab.wait_for(lambda: client.run(["curl", "-s", "-o", "/dev/null", f"http://10.250.3.2:{port}/ready"],
-                                        check=False).returncode == 0, 30, "nginx", proc=nginx.p)
+        lab.wait_for(
+            lambda: (
+                client.run(
+                    ["curl", "-s", "-o", "/dev/null", f"http://10.250.3.2:{port}/ready"],
+                    check=False,
+                ).returncode
+                == 0
+            ),
+            30,
+            "nginx",
+            proc=nginx.p,
+        )
         agent = lab.start_agent(server_if, port, backend[0], tmp_path, *backend[1:], ns=server.ns)
         tcpdump = lab.start_tcpdump(server_if, port, tmp_path, server.ns)
         try:
@@ -171,16 +235,28 @@ def test_loopback_capture_records_each_packet_once(topology, tmp_path, key_file,
     port = random.randrange(20000, 60000)
     nginx = lab.start_nginx(tmp_path, "127.0.0.1", port, host.ns)
     try:
-        lab.wait_for(lambda: host.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/ready"],
-                                      check=False).returncode == 0, 30, "nginx", proc=nginx.p)
+        lab.wait_for(
+            lambda: (
+                host.run(
+                    ["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/ready"], check=False
+                ).returncode
+                == 0
+            ),
+            30,
+            "nginx",
+            proc=nginx.p,
+        )
         agent = lab.start_agent("lo", port, backend, tmp_path, ns=host.ns)
         tcpdump = lab.start_tcpdump("lo", port, tmp_path, host.ns)
         try:
             expected, marker = drive(host.run, "127.0.0.1", port, tmp_path)
             check_run(tmp_path, agent, tcpdump, port, expected, marker, "lo", host.ns)
-            # once: as many TCP payload bytes as tcpdump recorded, not twice as many. (Packets do not
-            # compare one to one: TC egress sees GSO super-packets that the tap sees segmented.)
-            assert payload_bytes(tmp_path / "agent.pcap") == payload_bytes(tmp_path / "tcpdump.pcap")
+            # once: as many TCP payload bytes as tcpdump recorded, not twice as many.
+            # (Packets do not compare one to one: TC egress sees GSO super-packets that the tap
+            # sees segmented.)
+            assert payload_bytes(tmp_path / "agent.pcap") == payload_bytes(
+                tmp_path / "tcpdump.pcap"
+            )
         finally:
             agent.stop()
             tcpdump.stop()
@@ -198,9 +274,20 @@ def test_rotation_count_and_outputs(topology, tmp_path, key_file):
     port = random.randrange(20000, 60000)
     nginx = lab.start_nginx(tmp_path, "127.0.0.1", port, host.ns)
     try:
-        lab.wait_for(lambda: host.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/ready"],
-                                      check=False).returncode == 0, 30, "nginx", proc=nginx.p)
-        agent = lab.start_agent("lo", port, "pcap", tmp_path, "--rotate-size", "0.2", "--count", "60", ns=host.ns)
+        lab.wait_for(
+            lambda: (
+                host.run(
+                    ["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/ready"], check=False
+                ).returncode
+                == 0
+            ),
+            30,
+            "nginx",
+            proc=nginx.p,
+        )
+        agent = lab.start_agent(
+            "lo", port, "pcap", tmp_path, "--rotate-size", "0.2", "--count", "60", ns=host.ns
+        )
         for i in range(20):
             host.run(["curl", "-sS", "-o", "/dev/null", f"http://127.0.0.1:{port}/big?i={i}"])
         host.run([lab.require_tool("hey"), "-n", "60", "-c", "2", f"http://127.0.0.1:{port}/r"])
@@ -214,7 +301,9 @@ def test_rotation_count_and_outputs(topology, tmp_path, key_file):
         assert stat.S_IMODE(f.stat().st_mode) == 0o600
     assert (tmp_path / "agent.1.pcap").exists() and (tmp_path / "agent.1.jsonl").exists()
     lines = []
-    for f in [tmp_path / "agent.jsonl"] + [tmp_path / f"agent.{i}.jsonl" for i in range(1, len(jsonls))]:
+    for f in [tmp_path / "agent.jsonl"] + [
+        tmp_path / f"agent.{i}.jsonl" for i in range(1, len(jsonls))
+    ]:
         lines += lab.jsonl_lines(f)
     assert len(lines) >= 60
     whole = lab.extract_pcap(pcaps, port)
@@ -229,10 +318,31 @@ def test_keep_secrets_stores_them_as_captured(topology, tmp_path, key_file):
     port = random.randrange(20000, 60000)
     nginx = lab.start_nginx(tmp_path, "127.0.0.1", port, host.ns)
     try:
-        lab.wait_for(lambda: host.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/ready"],
-                                      check=False).returncode == 0, 30, "nginx", proc=nginx.p)
-        agent = lab.start_agent("lo", port, "auto", tmp_path, "--keep-secrets", "--count", "1", ns=host.ns)
-        host.run(["curl", "-sS", "-o", "/dev/null", "-H", "Authorization: Bearer abc", f"http://127.0.0.1:{port}/k"])
+        lab.wait_for(
+            lambda: (
+                host.run(
+                    ["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/ready"], check=False
+                ).returncode
+                == 0
+            ),
+            30,
+            "nginx",
+            proc=nginx.p,
+        )
+        agent = lab.start_agent(
+            "lo", port, "auto", tmp_path, "--keep-secrets", "--count", "1", ns=host.ns
+        )
+        host.run(
+            [
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-H",
+                "Authorization: Bearer abc",
+                f"http://127.0.0.1:{port}/k",
+            ]
+        )
         assert agent.p.wait(60) == 0, agent.err()
     finally:
         nginx.stop()

@@ -58,7 +58,7 @@ def test_spool_gives_the_records_a_pcap_reader_gives(tmp_path):
     tail.start()  # reading while the segments are written
     modes = set()
     for i in range(0, len(frames), 37):
-        writer.write(frames[i:i + 37])
+        writer.write(frames[i : i + 37])
         seg = spool.segment_path(d, writer.n)
         if os.path.exists(seg):
             modes.add(os.stat(seg).st_mode & 0o777)
@@ -81,7 +81,7 @@ def test_spool_bound_drops_and_counts(tmp_path):
     frames = _frames(2000)
     _d, writer, reader, shared = _pair(tmp_path, 256 << 10, segment_bytes=32 << 10)
     for i in range(0, len(frames), 50):
-        writer.write(frames[i:i + 50])  # nobody reads: the bound is reached
+        writer.write(frames[i : i + 50])  # nobody reads: the bound is reached
     assert writer.dropped > 0
     assert shared[spool.WRITTEN] <= 256 << 10
     kept = len(frames) - writer.dropped
@@ -124,8 +124,15 @@ def veth(topology, tmp_path, monkeypatch):
     port = random.randrange(20000, 60000)
     nginx = lab.start_nginx(tmp_path, "10.250.6.2", port, server.ns)
     url = f"http://10.250.6.2:{port}"
-    lab.wait_for(lambda: client.run(["curl", "-s", "-o", "/dev/null", f"{url}/ready"], check=False).returncode == 0,
-                 30, "nginx", proc=nginx.p)
+    lab.wait_for(
+        lambda: (
+            client.run(["curl", "-s", "-o", "/dev/null", f"{url}/ready"], check=False).returncode
+            == 0
+        ),
+        30,
+        "nginx",
+        proc=nginx.p,
+    )
     yield client, server, server_if, port, url
     nginx.stop()
 
@@ -136,10 +143,14 @@ def extractor_pid(agent: lab.Proc) -> int:
     return int(kids[0])
 
 
-def start(tmp_path: Path, iface: str, port: int, backend: str, ns: str, *extra: str) -> tuple[lab.Proc, Path]:
+def start(
+    tmp_path: Path, iface: str, port: int, backend: str, ns: str, *extra: str
+) -> tuple[lab.Proc, Path]:
     spool_parent = tmp_path / "spool"
     spool_parent.mkdir(exist_ok=True)
-    agent = lab.start_agent(iface, port, backend, tmp_path, "--spool-dir", str(spool_parent), *extra, ns=ns)
+    agent = lab.start_agent(
+        iface, port, backend, tmp_path, "--spool-dir", str(spool_parent), *extra, ns=ns
+    )
     return agent, spool_parent
 
 
@@ -165,11 +176,20 @@ def test_burst_the_extractor_cannot_follow_loses_nothing(veth, tmp_path, backend
             client.run(["curl", "-sS", "-o", "/dev/null", f"{url}/big?{i}"])
         n += 5
         # The reader kept going: the frames wait in the spool, none in the JSONL yet.
-        lab.wait_for(lambda: spooled_bytes(spool_parent) > 1_000_000, 30, "the spool to hold the burst", proc=agent.p)
+        lab.wait_for(
+            lambda: spooled_bytes(spool_parent) > 1_000_000,
+            30,
+            "the spool to hold the burst",
+            proc=agent.p,
+        )
         assert lab.jsonl_lines(tmp_path / "agent.jsonl") == []
         agent.p.send_signal(signal.SIGTERM)
         if backend == "ebpf":  # stopped: the hooks are gone while the backlog still waits
-            lab.wait_for(lambda: lab.tc_filters(iface, server.ns).strip() == "", 30, "the hooks to be detached")
+            lab.wait_for(
+                lambda: lab.tc_filters(iface, server.ns).strip() == "",
+                30,
+                "the hooks to be detached",
+            )
         agent.wait_stderr("extracting the spooled backlog", 30)
         assert agent.p.poll() is None
     finally:
@@ -178,8 +198,22 @@ def test_burst_the_extractor_cannot_follow_loses_nothing(veth, tmp_path, backend
     lines = lab.jsonl_lines(tmp_path / "agent.jsonl")
     assert len(lines) == n, agent.err()
     again = tmp_path / "extract.jsonl"
-    subprocess.run([sys.executable, "-m", "shadowtap", "extract", str(tmp_path / "agent.pcap"), "-p", str(port),
-                    "-o", str(again)], check=True, capture_output=True, cwd=lab.REPO)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shadowtap",
+            "extract",
+            str(tmp_path / "agent.pcap"),
+            "-p",
+            str(port),
+            "-o",
+            str(again),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=lab.REPO,
+    )
     assert again.read_bytes() == (tmp_path / "agent.jsonl").read_bytes()
     assert "spool drops\t0" in agent.err() and "ring buffer drops\t0" in agent.err(), agent.err()
     assert list(spool_parent.iterdir()) == []
@@ -192,12 +226,16 @@ def test_extractor_death_is_a_clear_error(veth, tmp_path):
     client, server, iface, port, url = veth
     agent, spool_parent = start(tmp_path, iface, port, "ebpf", server.ns)
     client.run(["curl", "-sS", "-o", "/dev/null", f"{url}/before"])
-    lab.wait_for(lambda: "/before" in lab.text_of(tmp_path / "agent.jsonl"), 30, "the exchange", proc=agent.p)
+    lab.wait_for(
+        lambda: "/before" in lab.text_of(tmp_path / "agent.jsonl"), 30, "the exchange", proc=agent.p
+    )
     os.kill(extractor_pid(agent), signal.SIGKILL)
     lab.wait_for(lambda: agent.p.poll() is not None, 30, "the agent to stop")
     err = agent.err()
     assert agent.p.returncode == 1, err
-    assert "shadowtap: error: the extractor process died (killed by SIGKILL) after 1 exchanges" in err, err
+    assert (
+        "shadowtap: error: the extractor process died (killed by SIGKILL) after 1 exchanges" in err
+    ), err
     assert "Traceback" not in err
     assert lab.tc_filters(iface, server.ns).strip() == ""
     assert list(spool_parent.iterdir()) == []
@@ -213,15 +251,30 @@ def test_reader_killed_the_extractor_finishes_and_removes_the_spool(veth, tmp_pa
     try:
         client.run(["curl", "-sS", "-o", "/dev/null", f"{url}/one", f"{url}/two"])
         lab.wait_for(lambda: spooled_bytes(spool_parent) > 0, 30, "the spool", proc=agent.p)
-        lab.wait_for(lambda: b"/two" in b"".join(f.read_bytes() for d in spool_parent.iterdir() for f in d.iterdir()),
-                     30, "the second request spooled", proc=agent.p)
+        lab.wait_for(
+            lambda: (
+                b"/two"
+                in b"".join(f.read_bytes() for d in spool_parent.iterdir() for f in d.iterdir())
+            ),
+            30,
+            "the second request spooled",
+            proc=agent.p,
+        )
         agent.p.send_signal(signal.SIGKILL)
         agent.p.wait(30)
     finally:
         os.kill(child, signal.SIGCONT)
-    lab.wait_for(lambda: not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2],
-                 30, "the extractor to end")
-    assert [o["request"]["target"] for o in lab.loads(lab.jsonl_lines(tmp_path / "agent.jsonl"))] == ["/one", "/two"]
+    lab.wait_for(
+        lambda: (
+            not Path(f"/proc/{child}").exists()
+            or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+        ),
+        30,
+        "the extractor to end",
+    )
+    assert [
+        o["request"]["target"] for o in lab.loads(lab.jsonl_lines(tmp_path / "agent.jsonl"))
+    ] == ["/one", "/two"]
     assert list(spool_parent.iterdir()) == []
 
 
@@ -234,8 +287,15 @@ def test_spool_bound_drops_are_counted(veth, tmp_path):
     try:
         for i in range(12):  # ~4 MB of responses against a 1 MB spool nobody reads
             client.run(["curl", "-sS", "-o", "/dev/null", f"{url}/big?{i}"])
-        lab.wait_for(lambda: b"/big?11" in (tmp_path / "agent.pcap").read_bytes(), 30, "the pcap", proc=agent.p)
-        assert spooled_bytes(spool_parent) <= 1_000_000 + 24 * 10  # the bound, and segments' file headers
+        lab.wait_for(
+            lambda: b"/big?11" in (tmp_path / "agent.pcap").read_bytes(),
+            30,
+            "the pcap",
+            proc=agent.p,
+        )
+        assert (
+            spooled_bytes(spool_parent) <= 1_000_000 + 24 * 10
+        )  # the bound, and segments' file headers
         agent.p.send_signal(signal.SIGTERM)
     finally:
         os.kill(child, signal.SIGCONT)
@@ -261,7 +321,12 @@ def test_second_ctrl_c_abandons_the_backlog(veth, tmp_path):
     try:
         # A backlog the extractor needs ~1 s for: the abort surely reaches it before it is through.
         client.run([lab.require_tool("hey"), "-n", "20000", "-c", "8", f"{url}/burst"], timeout=120)
-        lab.wait_for(lambda: spooled_bytes(spool_parent) > 500_000, 30, "the spool to hold the burst", proc=agent.p)
+        lab.wait_for(
+            lambda: spooled_bytes(spool_parent) > 500_000,
+            30,
+            "the spool to hold the burst",
+            proc=agent.p,
+        )
         agent.p.send_signal(signal.SIGINT)
         agent.wait_stderr("extracting the spooled backlog", 30)
         agent.p.send_signal(signal.SIGINT)

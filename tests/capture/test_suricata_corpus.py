@@ -104,7 +104,9 @@ def file_matches(ex: Exchange, key: str, want: object) -> bool:
         return gap == want if key == "fileinfo.gaps" else gap == (want == "TRUNCATED")
     if key == "fileinfo.filename":
         disposition = (ex.response.header("Content-Disposition") or "") if ex.response else ""
-        return ex.request is not None and (ex.request.target.split("?")[0].endswith(str(want)) or str(want) in disposition)
+        return ex.request is not None and (
+            ex.request.target.split("?")[0].endswith(str(want)) or str(want) in disposition
+        )
     raise KeyError(key)
 
 
@@ -112,20 +114,46 @@ def file_matches(ex: Exchange, key: str, want: object) -> bool:
 # case's http/fileinfo checks): the reason, and the count shadowtap's reading gives.
 DISAGREE: dict[tuple[str, int], tuple[str, int]] = {
     ("http-gap-simple", 3): (
-        ("/1 and /3 declare Content-Length: 12 and are followed by 14 bytes (the body and a stray "
-        "CRLF). RFC 9112 6.3: the body is the 12 declared bytes; Suricata's file counts the CRLF. "
-        "shadowtap: two bodies of 12, none of 14."), 0),
-    ("http-gap-double", 3): ("as http-gap-simple: Content-Length 12 + a stray CRLF; the body is 12 bytes", 0),
-    ("http-gap-whole-body", 3): ("as http-gap-simple: Content-Length 12 + a stray CRLF; the body is 12 bytes", 0),
+        (
+            "/1 and /3 declare Content-Length: 12 and are followed by 14 bytes (the body and a "
+            "stray "
+            "CRLF). RFC 9112 6.3: the body is the 12 declared bytes; Suricata's file counts the "
+            "CRLF. "
+            "shadowtap: two bodies of 12, none of 14."
+        ),
+        0,
+    ),
+    ("http-gap-double", 3): (
+        "as http-gap-simple: Content-Length 12 + a stray CRLF; the body is 12 bytes",
+        0,
+    ),
+    ("http-gap-whole-body", 3): (
+        "as http-gap-simple: Content-Length 12 + a stray CRLF; the body is 12 bytes",
+        0,
+    ),
     ("http-multiple100", 0): (
-        ("the 34293 bytes are the file inside the request's multipart/form-data body; shadowtap records "
-        "HTTP bodies (34498 bytes) and does not take MIME parts apart"), 0),
+        (
+            "the 34293 bytes are the file inside the request's multipart/form-data body; shadowtap "
+            "records "
+            "HTTP bodies (34498 bytes) and does not take MIME parts apart"
+        ),
+        0,
+    ),
     ("http-range-file", 0): (
-        ("Suricata joins the 15 Range responses into one 146515-byte file; shadowtap records each 206 "
-        "response (their body lengths add up to 146515: checked below)"), 0),
+        (
+            "Suricata joins the 15 Range responses into one 146515-byte file; shadowtap records "
+            "each 206 "
+            "response (their body lengths add up to 146515: checked below)"
+        ),
+        0,
+    ),
     ("http-range-multiflows", 0): (
-        ("Suricata joins Range responses across flows into one file; shadowtap records each 206 "
-        "response (checked below)"), 0),
+        (
+            "Suricata joins Range responses across flows into one file; shadowtap records each 206 "
+            "response (checked below)"
+        ),
+        0,
+    ),
 }
 
 UNSUPPORTED_KEYS = {
@@ -138,8 +166,11 @@ UNSUPPORTED_KEYS = {
 def test_corpus_case(case):
     pcap = next(p for p in (CORPUS / case).iterdir() if p.suffix in (".pcap", ".pcapng"))
     exchanges = list(iter_exchanges([str(pcap)], keep_secrets=True))
-    checks = [c for c in parse_checks((CORPUS / case / "test.yaml").read_text())
-              if c["match"].get("event_type") in ("http", "fileinfo")]
+    checks = [
+        c
+        for c in parse_checks((CORPUS / case / "test.yaml").read_text())
+        if c["match"].get("event_type") in ("http", "fileinfo")
+    ]
     for i, check in enumerate(checks):
         keys = {k: v for k, v in check["match"].items() if k != "event_type"}
         if set(keys) & UNSUPPORTED_KEYS:
@@ -147,7 +178,9 @@ def test_corpus_case(case):
         if check["match"]["event_type"] == "http":
             got = sum(all(http_matches(e, k, v) for k, v in keys.items()) for e in exchanges)
         else:
-            got = sum(all(file_matches(e, k, v) for k, v in keys.items()) for e in exchanges if keys)
+            got = sum(
+                all(file_matches(e, k, v) for k, v in keys.items()) for e in exchanges if keys
+            )
             if not keys:  # a count of files: bodies shadowtap saw (responses with a body)
                 continue
         want = check["count"] if check["count"] is not None else 1
@@ -161,10 +194,16 @@ def test_corpus_case(case):
 def test_corpus_range_responses_add_up_to_the_file():
     for case, size in (("http-range-file", 146515), ("http-range-multiflows", 37323)):
         pcap = CORPUS / case / "input.pcap"
-        parts = [e.response for e in iter_exchanges([str(pcap)]) if e.response and e.response.status == 206]
+        parts = [
+            e.response
+            for e in iter_exchanges([str(pcap)])
+            if e.response and e.response.status == 206
+        ]
         covered: set[int] = set()
         for p in parts:  # Content-Range: bytes START-END/TOTAL; ranges overlap and repeat
-            start, end = map(int, re.match(r"bytes (\d+)-(\d+)/", p.header("Content-Range")).groups())
+            start, end = map(
+                int, re.match(r"bytes (\d+)-(\d+)/", p.header("Content-Range")).groups()
+            )
             assert end - start + 1 == p.body_len
             covered.update(range(start, end + 1))
         assert covered == set(range(size)), case
@@ -188,7 +227,8 @@ def test_corpus_gap_beyond_body_third_response():
 def test_corpus_not_http_request_still_records_the_answer():
     """http-not09-file: the client sends binary (TLS-like) bytes to port 80 and nginx answers
     400 with a 166-byte page. Suricata logs that page as a file; shadowtap records a response-only
-    exchange marked ``parse_error`` (the request did not parse), and counts the stream ``not_http``."""
+    exchange marked ``parse_error`` (the request did not parse), and counts the stream
+    ``not_http``."""
     pcap = CORPUS / "http-not09-file" / "input.pcap"
     got = list(iter_exchanges([str(pcap)]))
     assert [(e.request, e.response.status, e.response.body_len) for e in got] == [(None, 400, 166)]

@@ -131,7 +131,12 @@ def test_rst_ends_both_directions(flow):
 
 def test_port_reuse_by_a_new_connection(flow):
     f1 = flow().handshake().c(REQ).s(RESP).fin()
-    f2 = flow(c_isn=777777, s_isn=999999, ts=f1.ts + 0.5).handshake().c(b"GET /b HTTP/1.1\r\n\r\n").fin()
+    f2 = (
+        flow(c_isn=777777, s_isn=999999, ts=f1.ts + 0.5)
+        .handshake()
+        .c(b"GET /b HTTP/1.1\r\n\r\n")
+        .fin()
+    )
     conns, r = streams(f1.frames + f2.frames)
     assert r.connections_seen == 2
     assert conns[0]["c"] == [REQ, "end"]
@@ -178,7 +183,9 @@ def test_idle_eviction_and_connection_cap(flow):
     assert r.evicted == 1 and conns[0]["c"] == [REQ, "end"]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.data())
 def test_any_split_reorder_duplication_gives_the_same_stream(flow, data):
     payload = data.draw(st.binary(min_size=1, max_size=300))
@@ -193,13 +200,18 @@ def test_any_split_reorder_duplication_gives_the_same_stream(flow, data):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(
-    st.booleans(),  # from the client
-    st.integers(min_value=0, max_value=2**32 - 1),  # seq
-    st.integers(min_value=0, max_value=2**32 - 1),  # ack
-    st.integers(min_value=0, max_value=0x3F),  # flags
-    st.binary(max_size=40),
-), max_size=30))
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),  # from the client
+            st.integers(min_value=0, max_value=2**32 - 1),  # seq
+            st.integers(min_value=0, max_value=2**32 - 1),  # ack
+            st.integers(min_value=0, max_value=0x3F),  # flags
+            st.binary(max_size=40),
+        ),
+        max_size=30,
+    )
+)
 def test_random_segments_never_raise_through_reassembly_and_parsing(segments):
     from shadowtap.capture.extractor import Extractor
     from shadowtap.wire.frames import Segment
@@ -207,7 +219,11 @@ def test_random_segments_never_raise_through_reassembly_and_parsing(segments):
     ex = Extractor(keep_secrets=True, max_held_bytes=64)
     c, s = b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02"
     for i, (from_client, seq, ack, flags, payload) in enumerate(segments):
-        seg = Segment(c, 40000, s, 80, seq, ack, flags, payload) if from_client else Segment(s, 80, c, 40000, seq, ack, flags, payload)
+        seg = (
+            Segment(c, 40000, s, 80, seq, ack, flags, payload)
+            if from_client
+            else Segment(s, 80, c, 40000, seq, ack, flags, payload)
+        )
         events = ex.reassembler.feed(1.0 + i * 0.01, seg)
         ex._dispatch(events)
     out = ex.finish()
@@ -234,13 +250,22 @@ def _lanes_agree(segments):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(
-    st.booleans(),  # from the client
-    st.sampled_from([0, 1, 2, 5, 1000, 2**32 - 3]),  # seq (few values: in-order hits are likely)
-    st.sampled_from([0x10, 0x18, 0x18, 0x18, 0x02, 0x12, 0x11, 0x04]),  # ACK, PSH|ACK, SYN, SYN|ACK, FIN|ACK, RST
-    st.binary(max_size=6),
-    st.floats(min_value=0.0, max_value=0.9),  # time step: sweeps fall between some segments
-), max_size=40))
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),  # from the client
+            st.sampled_from(
+                [0, 1, 2, 5, 1000, 2**32 - 3]
+            ),  # seq (few values: in-order hits are likely)
+            st.sampled_from(
+                [0x10, 0x18, 0x18, 0x18, 0x02, 0x12, 0x11, 0x04]
+            ),  # ACK, PSH|ACK, SYN, SYN|ACK, FIN|ACK, RST
+            st.binary(max_size=6),
+            st.floats(min_value=0.0, max_value=0.9),  # time step: sweeps fall between some segments
+        ),
+        max_size=40,
+    )
+)
 def test_in_order_lane_agrees_with_feed_on_random_segments(segments):
     from shadowtap.wire.frames import Segment
 
@@ -249,12 +274,20 @@ def test_in_order_lane_agrees_with_feed_on_random_segments(segments):
     feed = []
     for from_client, seq, flags, payload, step in segments:
         ts += step
-        feed.append((ts, Segment(c, 40000, s, 80, seq, 0, flags, payload) if from_client
-                     else Segment(s, 80, c, 40000, seq, 0, flags, payload)))
+        feed.append(
+            (
+                ts,
+                Segment(c, 40000, s, 80, seq, 0, flags, payload)
+                if from_client
+                else Segment(s, 80, c, 40000, seq, 0, flags, payload),
+            )
+        )
     _lanes_agree(feed)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.data())
 def test_in_order_lane_agrees_with_feed_on_conversations(flow, data):
     mss = data.draw(st.integers(min_value=1, max_value=64))

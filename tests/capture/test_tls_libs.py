@@ -59,6 +59,7 @@ def test_a_stale_tracefs_uprobe_of_a_dead_run_is_removed():
     with open(lib[0], "rb") as f:
         dynsym = ELFFile(f).get_section_by_name(".dynsym")
         offset = next(s["st_value"] for s in dynsym.iter_symbols() if s.name == "SSL_read")
+
     def append(line: str) -> None:  # O_APPEND without a seek (tracefs refuses Python's "a" mode)
         fd = os.open(events, os.O_WRONLY | os.O_APPEND)
         try:

@@ -10,11 +10,15 @@ def test_snapshot_any_time_and_incremental(craft):
     c = Comparison()
     assert c.snapshot().verdict.result == "error"
     for i in range(50):
-        c.add(craft.exchange(i, craft.response({"a": 1})), craft.result(i, craft.response({"a": 1})))
+        c.add(
+            craft.exchange(i, craft.response({"a": 1})), craft.result(i, craft.response({"a": 1}))
+        )
     first = c.snapshot()
     assert first.summary.pairs == 50 and first.verdict.result == "pass"
     for i in range(50, 100):
-        c.add(craft.exchange(i, craft.response({"a": 1})), craft.result(i, craft.response({"a": 2})))
+        c.add(
+            craft.exchange(i, craft.response({"a": 1})), craft.result(i, craft.response({"a": 2}))
+        )
     second = c.snapshot()
     assert second.summary.pairs == 100
     assert craft.field(second, "body.a").rate == 0.5
@@ -22,13 +26,16 @@ def test_snapshot_any_time_and_incremental(craft):
 
 
 def test_memory_is_bounded_by_the_limits(craft):
-    lim = LimitsConfig(latency_sample=100, value_sample=50, samples_per_field=2, max_fields=20,
-                       max_endpoints=10)
+    lim = LimitsConfig(
+        latency_sample=100, value_sample=50, samples_per_field=2, max_fields=20, max_endpoints=10
+    )
     c = Comparison(CompareConfig(limits=lim))
     for i in range(3000):
         body_p = {f"f{i % 40}": i, "x": 1}
         body_s = {f"f{i % 40}": i + 1, "x": 2}
-        ex = craft.exchange(i, craft.response(body_p), target=f"/e{i % 15}/list", latency_ms=float(i % 50))
+        ex = craft.exchange(
+            i, craft.response(body_p), target=f"/e{i % 15}/list", latency_ms=float(i % 50)
+        )
         c.add(ex, craft.result(i, craft.response(body_s), latency_ms=float(i % 50)))
     assert len(c._endpoints) <= 10 + 1
     assert OTHER_ENDPOINTS in c._endpoints
@@ -55,7 +62,10 @@ def test_add_and_snapshot_from_two_threads(craft):
     t.start()
     try:
         for i in range(2000):
-            c.add(craft.exchange(i, craft.response({"a": i})), craft.result(i, craft.response({"a": i})))
+            c.add(
+                craft.exchange(i, craft.response({"a": i})),
+                craft.result(i, craft.response({"a": i})),
+            )
     finally:
         stop.set()
         t.join()
@@ -77,10 +87,12 @@ def test_missing_sides_are_counted_not_compared(craft):
 def test_samples_are_redacted(craft):
     c = Comparison()
     for i in range(5):
-        p = craft.response({"user": "u", "password": "hunter2", "n": 1},
-                           headers=(("Authorization", "Bearer abc"),))
-        s = craft.response({"user": "u", "password": "hunter3", "n": 2},
-                           headers=(("Authorization", "Bearer xyz"),))
+        p = craft.response(
+            {"user": "u", "password": "hunter2", "n": 1}, headers=(("Authorization", "Bearer abc"),)
+        )
+        s = craft.response(
+            {"user": "u", "password": "hunter3", "n": 2}, headers=(("Authorization", "Bearer xyz"),)
+        )
         ex = craft.exchange(i, p, target="/login?api_key=SECRETKEY&x=1")
         c.add(ex, craft.result(i, s))
     rep = c.snapshot()
@@ -98,12 +110,19 @@ def test_live_snapshots_stay_within_a_budget_and_fresh_is_complete(craft):
     from shadowtap.compare.config import EndpointConfig
 
     rng = random.Random(1)
-    cfg = CompareConfig(limits=LimitsConfig(snapshot_budget_ms=0.0), endpoints=EndpointConfig(max_distinct=100))
+    cfg = CompareConfig(
+        limits=LimitsConfig(snapshot_budget_ms=0.0), endpoints=EndpointConfig(max_distinct=100)
+    )
     c = Comparison(cfg)
     for i in range(1200):
         p = {"s": rng.random(), "t": rng.random()}
         ex = craft.exchange(i, craft.response(p), target=f"/ep{i % 12}/x", latency_ms=rng.random())
-        c.add(ex, craft.result(i, craft.response({"s": p["s"] + 0.5, "t": p["t"]}), latency_ms=rng.random()))
+        c.add(
+            ex,
+            craft.result(
+                i, craft.response({"s": p["s"] + 0.5, "t": p["t"]}), latency_ms=rng.random()
+            ),
+        )
     live = c.snapshot()  # a zero budget: the first endpoint computed, the rest counts only
     assert live.summary.pairs == 1200 and len(live.endpoints) == 12
     with_stats = [e for e in live.endpoints if e.numeric]
@@ -118,7 +137,11 @@ def test_live_snapshots_stay_within_a_budget_and_fresh_is_complete(craft):
 def test_an_error_page_is_not_compared_field_by_field(craft):
     c = Comparison()
     for i in range(20):
-        s = craft.response({"error": "boom"}, status=502) if i == 3 else craft.response({"a": 1, "b": 2})
+        s = (
+            craft.response({"error": "boom"}, status=502)
+            if i == 3
+            else craft.response({"a": 1, "b": 2})
+        )
         c.add(craft.exchange(i, craft.response({"a": 1, "b": 2})), craft.result(i, s))
     rep = c.snapshot()
     assert [f.path for f in rep.endpoints[0].fields] == ["status"]
@@ -127,8 +150,13 @@ def test_an_error_page_is_not_compared_field_by_field(craft):
 
 def test_absurd_bodies_do_not_stop_the_comparison(craft):
     c = Comparison()
-    bodies = [b"[" * 900 + b"1" + b"]" * 900, b'{"a": ' * 300 + b"1" + b"}" * 300, b"\xff\xfe" * 10,
-              b'{"n": 123456789012345678901234567890}', b'{"x": NaN}']
+    bodies = [
+        b"[" * 900 + b"1" + b"]" * 900,
+        b'{"a": ' * 300 + b"1" + b"}" * 300,
+        b"\xff\xfe" * 10,
+        b'{"n": 123456789012345678901234567890}',
+        b'{"x": NaN}',
+    ]
     for i, raw in enumerate(bodies):
         p = craft.response(raw=raw)
         s = craft.response(raw=raw.replace(b"1", b"2"))
@@ -142,7 +170,11 @@ def test_absurd_bodies_do_not_stop_the_comparison(craft):
 def test_the_shadow_fixing_errors_is_a_recovery_not_a_regression(craft):
     c = Comparison()
     for i in range(100):
-        p = craft.response({"error": "boom"}, status=500) if i % 4 == 0 else craft.response({"a": 1})
+        p = (
+            craft.response({"error": "boom"}, status=500)
+            if i % 4 == 0
+            else craft.response({"a": 1})
+        )
         c.add(craft.exchange(i, p), craft.result(i, craft.response({"a": 1})))
     rep = c.snapshot()
     ep = rep.endpoints[0]

@@ -27,19 +27,33 @@ def write_run(craft, tmp_path, n=150, shadow=None, name="run", suffix=".jsonl"):
     ex_path, res_path = tmp_path / f"{name}-ex{suffix}", tmp_path / f"{name}-res{suffix}"
     with JsonlWriter(str(ex_path)) as we, JsonlWriter(str(res_path)) as wr:
         for i in range(n):
-            body = {"id": i, "label": ["a", "b", "c"][i % 3], "at": craft.iso(craft.T0 + i),
-                    "rid": str(uuid.uuid4())}
+            body = {
+                "id": i,
+                "label": ["a", "b", "c"][i % 3],
+                "at": craft.iso(craft.T0 + i),
+                "rid": str(uuid.uuid4()),
+            }
             sbody, status = dict(body, at=craft.iso(craft.T0 + i + 0.2), rid=str(uuid.uuid4())), 200
             if shadow:
                 sbody, status = shadow(i, sbody)
             lat = rng.gauss(20, 2)
-            we.write(craft.exchange(i, craft.response(body), target=f"/v1/things/{i}", latency_ms=lat).to_json())
-            wr.write(craft.result(i, craft.response(sbody, status=status), latency_ms=rng.gauss(20, 2)).to_json())
+            we.write(
+                craft.exchange(
+                    i, craft.response(body), target=f"/v1/things/{i}", latency_ms=lat
+                ).to_json()
+            )
+            wr.write(
+                craft.result(
+                    i, craft.response(sbody, status=status), latency_ms=rng.gauss(20, 2)
+                ).to_json()
+            )
     return str(ex_path), str(res_path)
 
 
 def run(*args):
-    return subprocess.run([SHADOWTAP, "compare", *args], check=False, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [SHADOWTAP, "compare", *args], check=False, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_pass_writes_private_json_report(craft, tmp_path):
@@ -56,7 +70,9 @@ def test_pass_writes_private_json_report(craft, tmp_path):
 
 
 def test_fail_and_marginal_exit_codes(craft, tmp_path):
-    ex, res = write_run(craft, tmp_path, shadow=lambda i, b: (b, 500 if i % 10 == 0 else 200), name="f")
+    ex, res = write_run(
+        craft, tmp_path, shadow=lambda i, b: (b, 500 if i % 10 == 0 else 200), name="f"
+    )
     p = run(ex, res)
     assert p.returncode == EXIT_VERDICT_FAIL and p.stdout.startswith("verdict: FAIL")
     assert "error rate High" in p.stdout
@@ -147,8 +163,12 @@ def test_ctrl_c_reports_the_pairs_read_so_far(craft, tmp_path):
     fifo = tmp_path / "results.fifo"
     os.mkfifo(fifo)
     report = tmp_path / "r.json"
-    proc = subprocess.Popen([SHADOWTAP, "compare", ex, str(fifo), "--json", str(report)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [SHADOWTAP, "compare", ex, str(fifo), "--json", str(report)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:  # the reader opens the FIFO once it has read every exchange
@@ -156,7 +176,9 @@ def test_ctrl_c_reports_the_pairs_read_so_far(craft, tmp_path):
                 fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
                 break
             except OSError as exc:
-                assert exc.errno == errno.ENXIO and proc.poll() is None and time.monotonic() < deadline
+                assert (
+                    exc.errno == errno.ENXIO and proc.poll() is None and time.monotonic() < deadline
+                )
                 time.sleep(0.02)
         lines = Path(res).read_text().splitlines()[:40]
         os.set_blocking(fd, True)

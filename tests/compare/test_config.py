@@ -1,8 +1,8 @@
 import json
 
 import pytest
-from shadowtap.compare.config import DEFAULT_NOISY_HEADERS, CompareConfig, load_config
 
+from shadowtap.compare.config import DEFAULT_NOISY_HEADERS, CompareConfig, load_config
 from shadowtap.errors import InputError
 
 TOML = """
@@ -66,13 +66,16 @@ def test_json_config_and_defaults(tmp_path):
     assert load_config(None) == CompareConfig()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[latency]\neffekt = 2\n", "unknown key latency.effekt"),
-    ("[latency]\neffect = 'fast'\n", "latency.effect must be a number"),
-    ("[noise]\norder_is_noise = 1\n", "must be true or false"),
-    ("[[noise.rules]]\nendpoint = 'x'\npath = 'a'\nwhy = 'b'\n", "unknown key noise.rules.why"),
-    ("[latency\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[latency]\neffekt = 2\n", "unknown key latency.effekt"),
+        ("[latency]\neffect = 'fast'\n", "latency.effect must be a number"),
+        ("[noise]\norder_is_noise = 1\n", "must be true or false"),
+        ("[[noise.rules]]\nendpoint = 'x'\npath = 'a'\nwhy = 'b'\n", "unknown key noise.rules.why"),
+        ("[latency\n", "not valid TOML"),
+    ],
+)
 def test_bad_config_names_file_and_key(tmp_path, text, message):
     p = tmp_path / "bad.toml"
     p.write_text(text)
@@ -95,19 +98,24 @@ def test_effective_config_round_trips_through_a_file(tmp_path):
     assert load_config(str(again)) == cfg
 
 
-@pytest.mark.parametrize(("text", "field"), [
-    ("[verdict]\npass_score = nan\n", "verdict.pass_score must be a finite number"),
-    ("[verdict]\npass_score = inf\n", "verdict.pass_score must be a finite number"),
-    ("[verdict]\npass_score = 120\n", "verdict.pass_score must be within 0..100"),
-    ("[verdict]\nmarginal_score = 99\n",
-     "verdict.marginal_score must not be above verdict.pass_score"),
-    ("[verdict.weights]\nerrors = -1\n", "verdict.weights.errors must be >= 0"),
-    ("[limits]\nmax_fields = -5\n", "limits.max_fields must be >= 0"),
-    ("[limits]\nlatency_sample = 2.5\n", "limits.latency_sample must be a whole number"),
-    ("[limits]\nsnapshot_budget_ms = -1.0\n", "limits.snapshot_budget_ms must be >= 0"),
-    ("[noise]\nvolatile_share = 1.5\n", "noise.volatile_share must be within 0..1"),
-    ("[latency]\nmin_ms = -inf\n", "latency.min_ms must be a finite number"),
-])
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("[verdict]\npass_score = nan\n", "verdict.pass_score must be a finite number"),
+        ("[verdict]\npass_score = inf\n", "verdict.pass_score must be a finite number"),
+        ("[verdict]\npass_score = 120\n", "verdict.pass_score must be within 0..100"),
+        (
+            "[verdict]\nmarginal_score = 99\n",
+            "verdict.marginal_score must not be above verdict.pass_score",
+        ),
+        ("[verdict.weights]\nerrors = -1\n", "verdict.weights.errors must be >= 0"),
+        ("[limits]\nmax_fields = -5\n", "limits.max_fields must be >= 0"),
+        ("[limits]\nlatency_sample = 2.5\n", "limits.latency_sample must be a whole number"),
+        ("[limits]\nsnapshot_budget_ms = -1.0\n", "limits.snapshot_budget_ms must be >= 0"),
+        ("[noise]\nvolatile_share = 1.5\n", "noise.volatile_share must be within 0..1"),
+        ("[latency]\nmin_ms = -inf\n", "latency.min_ms must be a finite number"),
+    ],
+)
 def test_bad_values_are_rejected_with_the_field_named(tmp_path, text, field):
     path = tmp_path / "c.toml"
     path.write_text(text)

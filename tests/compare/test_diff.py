@@ -31,13 +31,18 @@ def test_value_type_missing_extra():
 
 
 def test_renamed_field_is_missing_plus_extra():
-    assert jdiff({"user_id": 7}, {"userId": 7}) == [("body.user_id", Kind.MISSING), ("body.userId", Kind.EXTRA)]
+    assert jdiff({"user_id": 7}, {"userId": 7}) == [
+        ("body.user_id", Kind.MISSING),
+        ("body.userId", Kind.EXTRA),
+    ]
 
 
 def test_size_and_order():
     assert jdiff({"l": [1, 2]}, {"l": [1, 2, 3]}) == [("body.l", Kind.SIZE)]
     assert jdiff({"l": [1, 2, 3]}, {"l": [3, 1, 2]}) == [("body.l", Kind.ORDER)]
-    assert jdiff({"l": [{"a": 1}, {"b": 2}]}, {"l": [{"b": 2}, {"a": 1}]}) == [("body.l", Kind.ORDER)]
+    assert jdiff({"l": [{"a": 1}, {"b": 2}]}, {"l": [{"b": 2}, {"a": 1}]}) == [
+        ("body.l", Kind.ORDER)
+    ]
     # same length, other elements: elementwise, not order
     assert jdiff({"l": [1, 2]}, {"l": [1, 5]}) == [("body.l[]", Kind.VALUE)]
 
@@ -45,7 +50,10 @@ def test_size_and_order():
 def test_array_indices_fold():
     p = {"items": [{"price": 1, "sku": "a"}, {"price": 2, "sku": "b"}, {"price": 3, "sku": "c"}]}
     s = {"items": [{"price": 1, "sku": "a"}, {"price": 9, "sku": "b"}, {"price": 8, "sku": "x"}]}
-    assert sorted(set(jdiff(p, s))) == [("body.items[].price", Kind.VALUE), ("body.items[].sku", Kind.VALUE)]
+    assert sorted(set(jdiff(p, s))) == [
+        ("body.items[].price", Kind.VALUE),
+        ("body.items[].sku", Kind.VALUE),
+    ]
 
 
 def test_id_keyed_objects_fold():
@@ -85,15 +93,39 @@ def test_fast_path_equal_values_other_spelling(craft):
 
 
 def test_status_and_headers(craft):
-    p = R(craft, {}, headers=(("X-Feature", "a"), ("Vary", "Accept"), ("Vary", "Origin"),
-                              ("Date", "Mon, 01 Jan 2024 00:00:00 GMT"), ("X-Request-Id", "1"), ("X-Gone", "1")))
-    s = R(craft, {}, status=404, headers=(("x-feature", "b"), ("VARY", "Origin"), ("vary", "Accept"),
-                                          ("Date", "Tue, 02 Jan 2024 00:00:00 GMT"), ("X-Request-Id", "2"),
-                                          ("X-New", "1")))
+    p = R(
+        craft,
+        {},
+        headers=(
+            ("X-Feature", "a"),
+            ("Vary", "Accept"),
+            ("Vary", "Origin"),
+            ("Date", "Mon, 01 Jan 2024 00:00:00 GMT"),
+            ("X-Request-Id", "1"),
+            ("X-Gone", "1"),
+        ),
+    )
+    s = R(
+        craft,
+        {},
+        status=404,
+        headers=(
+            ("x-feature", "b"),
+            ("VARY", "Origin"),
+            ("vary", "Accept"),
+            ("Date", "Tue, 02 Jan 2024 00:00:00 GMT"),
+            ("X-Request-Id", "2"),
+            ("X-New", "1"),
+        ),
+    )
     got = {(d.path, d.kind) for d in diff_responses(p, s, IGN, exact).differences}
     # header names are case-insensitive, repeated values a set, Date/X-Request-Id ignored
-    assert got == {("status", Kind.VALUE), ("header.x-feature", Kind.VALUE), ("header.x-gone", Kind.MISSING),
-                   ("header.x-new", Kind.EXTRA)}
+    assert got == {
+        ("status", Kind.VALUE),
+        ("header.x-feature", Kind.VALUE),
+        ("header.x-gone", Kind.MISSING),
+        ("header.x-new", Kind.EXTRA),
+    }
 
 
 def test_noisy_header_list_is_overridable(craft):
@@ -114,12 +146,22 @@ def test_content_decoding_before_comparison(craft):
 
 
 def test_html_normalised(craft):
-    p = R(craft, raw=b"<html>\n  <body>\n    <p>Hello   world</p><!-- build 1 -->\n  </body>\n</html>",
-          content_type="text/html; charset=utf-8")
-    s = R(craft, raw=b"<html><body><p>Hello world</p><!-- build 2 --></body></html>",
-          content_type="text/html; charset=utf-8")
+    p = R(
+        craft,
+        raw=b"<html>\n  <body>\n    <p>Hello   world</p><!-- build 1 -->\n  </body>\n</html>",
+        content_type="text/html; charset=utf-8",
+    )
+    s = R(
+        craft,
+        raw=b"<html><body><p>Hello world</p><!-- build 2 --></body></html>",
+        content_type="text/html; charset=utf-8",
+    )
     assert diff_responses(p, s, IGN, exact).differences == []
-    s2 = R(craft, raw=b"<html><body><p>Hello there</p></body></html>", content_type="text/html; charset=utf-8")
+    s2 = R(
+        craft,
+        raw=b"<html><body><p>Hello there</p></body></html>",
+        content_type="text/html; charset=utf-8",
+    )
     d = diff_responses(p, s2, IGN, exact).differences
     assert [(x.path, x.kind) for x in d] == [("body", Kind.VALUE)]
     assert "world" in d[0].primary and "there" in d[0].shadow
@@ -132,7 +174,9 @@ def test_xml_and_text(craft):
     assert normalise_text("a \r\n b\n", False) == "a b"
     t1 = R(craft, raw=b"line one\r\nline two\r\n", content_type="text/plain")
     t2 = R(craft, raw=b"line one\nline 2\n", content_type="text/plain")
-    assert [(d.path, d.kind) for d in diff_responses(t1, t2, IGN, exact).differences] == [("body", Kind.VALUE)]
+    assert [(d.path, d.kind) for d in diff_responses(t1, t2, IGN, exact).differences] == [
+        ("body", Kind.VALUE)
+    ]
 
 
 def test_binary_by_length_and_hash(craft):
@@ -157,28 +201,50 @@ def test_body_type_change(craft):
 def test_json_sniffed_without_content_type(craft):
     p = R(craft, raw=b'{"a": 1}', content_type=None)
     s = R(craft, raw=b'{"a": 2}', content_type=None)
-    assert [(d.path, d.kind) for d in diff_responses(p, s, IGN, exact).differences] == [("body.a", Kind.VALUE)]
+    assert [(d.path, d.kind) for d in diff_responses(p, s, IGN, exact).differences] == [
+        ("body.a", Kind.VALUE)
+    ]
 
 
 def test_text_differing_only_in_volatile_tokens(craft):
     html = "<html><body><p>Generated {} for request {}</p><p>{}</p></body></html>"
-    p = R(craft, raw=html.format("2025-11-26T10:00:00Z", "550e8400-e29b-41d4-a716-446655440000", "hi").encode(),
-          content_type="text/html")
-    s = R(craft, raw=html.format("2025-11-26T10:00:05Z", "550e8400-e29b-41d4-a716-446655440001", "hi").encode(),
-          content_type="text/html")
+    p = R(
+        craft,
+        raw=html.format(
+            "2025-11-26T10:00:00Z", "550e8400-e29b-41d4-a716-446655440000", "hi"
+        ).encode(),
+        content_type="text/html",
+    )
+    s = R(
+        craft,
+        raw=html.format(
+            "2025-11-26T10:00:05Z", "550e8400-e29b-41d4-a716-446655440001", "hi"
+        ).encode(),
+        content_type="text/html",
+    )
     d = diff_responses(p, s, IGN, exact).differences
     assert [(x.path, x.kind, x.primary, x.shadow) for x in d] == [
-        ("body~token", Kind.VALUE, "2025-11-26T10:00:00Z", "2025-11-26T10:00:05Z")]
-    s2 = R(craft, raw=html.format("2025-11-26T10:00:05Z", "550e8400-e29b-41d4-a716-446655440001", "ho").encode(),
-           content_type="text/html")
+        ("body~token", Kind.VALUE, "2025-11-26T10:00:00Z", "2025-11-26T10:00:05Z")
+    ]
+    s2 = R(
+        craft,
+        raw=html.format(
+            "2025-11-26T10:00:05Z", "550e8400-e29b-41d4-a716-446655440001", "ho"
+        ).encode(),
+        content_type="text/html",
+    )
     assert [x.path for x in diff_responses(p, s2, IGN, exact).differences] == ["body"]
 
 
 def test_html_pages_with_timestamps_are_noise(craft):
     def make(i):
         page = "<html><body><h1>Catalogue</h1><footer>rendered {}</footer></body></html>"
-        p = craft.response(raw=page.format(craft.iso(craft.T0 + i)).encode(), content_type="text/html")
-        s = craft.response(raw=page.format(craft.iso(craft.T0 + i + 0.3)).encode(), content_type="text/html")
+        p = craft.response(
+            raw=page.format(craft.iso(craft.T0 + i)).encode(), content_type="text/html"
+        )
+        s = craft.response(
+            raw=page.format(craft.iso(craft.T0 + i + 0.3)).encode(), content_type="text/html"
+        )
         return craft.exchange(i, p), craft.result(i, s)
 
     rep = craft.run(50, make)
@@ -187,9 +253,14 @@ def test_html_pages_with_timestamps_are_noise(craft):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -221,15 +292,30 @@ def test_large_maps_fold():
     assert jdiff(p, s) == [("body.m.{id}", Kind.VALUE)]
 
 
-CTS = [None, "application/json", "text/html; charset=latin-1", "text/plain; charset=nope", "application/xml",
-       "application/octet-stream", "image/png"]
+CTS = [
+    None,
+    "application/json",
+    "text/html; charset=latin-1",
+    "text/plain; charset=nope",
+    "application/xml",
+    "application/octet-stream",
+    "image/png",
+]
 CES = [None, "gzip", "deflate", "br", "gzip, br", "identity", "compress"]
 
 
 # craft is a stateless class: sharing it across examples is safe
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.binary(max_size=200), st.binary(max_size=200), st.sampled_from(CTS), st.sampled_from(CTS),
-       st.sampled_from(CES), st.sampled_from(CES))
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.binary(max_size=200),
+    st.binary(max_size=200),
+    st.sampled_from(CTS),
+    st.sampled_from(CTS),
+    st.sampled_from(CES),
+    st.sampled_from(CES),
+)
 def test_any_bytes_any_headers_never_raise(craft, pb, sb, pct, sct, pce, sce):
     ph = (("Content-Encoding", pce),) if pce else ()
     sh = (("Content-Encoding", sce),) if sce else ()
@@ -257,11 +343,19 @@ def test_wide_diffs_are_cut_at_the_pair_budget():
 
     def resp(v):
         body = orjson.dumps(v)
-        return Response(0.0, 0.0, "HTTP/1.1", (("Content-Type", "application/json"),), body,
-                        len(body), status=200)
+        return Response(
+            0.0,
+            0.0,
+            "HTTP/1.1",
+            (("Content-Type", "application/json"),),
+            body,
+            len(body),
+            status=200,
+        )
 
-    pair = diff_responses(resp({"a": p}), resp({"a": s}), IGN, exact, max_walk=5000,
-                          max_differences=100)
+    pair = diff_responses(
+        resp({"a": p}), resp({"a": s}), IGN, exact, max_walk=5000, max_differences=100
+    )
     assert pair.cut
     assert [d.path for d in pair.differences].count("body.a[]") == 100
     assert pair.differences[-1].path == CUT_PATH and pair.differences[-1].kind is Kind.SIZE

@@ -21,8 +21,13 @@ DEMO_RULES = ROOT / "scripts" / "lab" / "demo-compare.toml"
 
 
 def shadowtap(*args, timeout=300):
-    return subprocess.run([str(BIN / "shadowtap"), *args], capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    return subprocess.run(
+        [str(BIN / "shadowtap"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +38,29 @@ def services(tmp_path_factory):
     try:
         for version in (1, 2):
             ready = d / f"v{version}.ready"
-            procs.append(subprocess.Popen(
-                [sys.executable, str(ROOT / "scripts" / "lab" / "demo_service.py"), "--version", str(version),
-                 "--host", "127.0.0.1", "--port", "0", "--ready-file", str(ready)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(ROOT / "scripts" / "lab" / "demo_service.py"),
+                        "--version",
+                        str(version),
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        "0",
+                        "--ready-file",
+                        str(ready),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             deadline = time.monotonic() + 30
             while not (ready.exists() and ready.read_text().strip()):
-                assert time.monotonic() < deadline and procs[-1].poll() is None, "demo service did not start"
+                assert time.monotonic() < deadline and procs[-1].poll() is None, (
+                    "demo service did not start"
+                )
                 time.sleep(0.05)
             ports[version] = json.loads(ready.read_text())["port"]
         yield ports
@@ -63,8 +84,20 @@ def runs(services, tmp_path_factory):
     out = {"exchanges": str(exchanges), "dir": d}
     for name, version in (("v1", 1), ("baseline", 1), ("v2", 2)):
         res = d / f"{name}.jsonl"
-        p = shadowtap("replay", str(exchanges), "--target", f"http://127.0.0.1:{services[version]}", "-o", str(res),
-                      "--speed", "max", "--concurrency", "4", "--allow", "POST /v1/predict")
+        p = shadowtap(
+            "replay",
+            str(exchanges),
+            "--target",
+            f"http://127.0.0.1:{services[version]}",
+            "-o",
+            str(res),
+            "--speed",
+            "max",
+            "--concurrency",
+            "4",
+            "--allow",
+            "POST /v1/predict",
+        )
         assert p.returncode == 0, p.stderr
         out[name] = str(res)
     return out

@@ -6,7 +6,10 @@ from shadowtap.compare.endpoints import Templater, split_path
 def test_ids_become_parameters():
     t = Templater()
     assert t.endpoint("GET", "/users/123") == "GET /users/{id}"
-    assert t.endpoint("GET", "/users/123/orders/9f86d081884c7d65?page=2") == "GET /users/{id}/orders/{id}"
+    assert (
+        t.endpoint("GET", "/users/123/orders/9f86d081884c7d65?page=2")
+        == "GET /users/{id}/orders/{id}"
+    )
     assert t.endpoint("DELETE", "/a/550e8400-e29b-41d4-a716-446655440000") == "DELETE /a/{id}"
     assert t.endpoint("GET", "/files/aGVsbG8gd29ybGQxMjM0NTY3") == "GET /files/{id}"
     assert t.endpoint("GET", "/api/v2/items") == "GET /api/v2/items"
@@ -22,8 +25,23 @@ def test_split_path():
 
 def test_high_cardinality_segments_fold():
     t = Templater(EndpointConfig(max_distinct=10))
-    names = [t.endpoint("GET", f"/users/{n}/profile") for n in
-             ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "oscar")]
+    names = [
+        t.endpoint("GET", f"/users/{n}/profile")
+        for n in (
+            "alice",
+            "bob",
+            "carol",
+            "dave",
+            "erin",
+            "frank",
+            "grace",
+            "heidi",
+            "ivan",
+            "judy",
+            "mallory",
+            "oscar",
+        )
+    ]
     assert names[-1] == "GET /users/{id}/profile"
     assert t.retemplate(names[0]) == "GET /users/{id}/profile"
     # a small fixed set of literal segments stays literal
@@ -31,8 +49,15 @@ def test_high_cardinality_segments_fold():
 
 
 def test_rules_override():
-    t = Templater(EndpointConfig(rules=(EndpointRule("/users/me"), EndpointRule("/search/{term}", "GET"),
-                                        EndpointRule("/static/*"))))
+    t = Templater(
+        EndpointConfig(
+            rules=(
+                EndpointRule("/users/me"),
+                EndpointRule("/search/{term}", "GET"),
+                EndpointRule("/static/*"),
+            )
+        )
+    )
     assert t.endpoint("GET", "/users/me") == "GET /users/me"
     assert t.endpoint("GET", "/search/shoes") == "GET /search/{term}"
     assert t.endpoint("POST", "/search/shoes") == "POST /search/shoes"

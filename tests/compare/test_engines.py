@@ -24,19 +24,30 @@ def run(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("run")
     ex, res = write_run(str(d), N)
     lake = str(d / "lake")
-    subprocess.run([*SHADOWTAP, "export", str(d), "-o", lake], check=True, capture_output=True,
-                   timeout=300)
+    subprocess.run(
+        [*SHADOWTAP, "export", str(d), "-o", lake], check=True, capture_output=True, timeout=300
+    )
     one = d / "one.json"
-    out = subprocess.run([*SHADOWTAP, "compare", ex, res, "--json", str(one), "-q"],
-                         check=False, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [*SHADOWTAP, "compare", ex, res, "--json", str(one), "-q"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 11, out.stderr  # the tier regression fails the verdict
     return {"dir": d, "ex": ex, "res": res, "lake": lake, "one": json.loads(one.read_text())}
 
 
 def _cli(run: dict, *args: str) -> dict:
     path = run["dir"] / f"r{abs(hash(args))}.json"
-    out = subprocess.run([*SHADOWTAP, "compare", *args, "--json", str(path), "-q"], check=False,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [*SHADOWTAP, "compare", *args, "--json", str(path), "-q"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == run["one"]["verdict"]["exit_code"], out.stderr[-2000:]
     return json.loads(path.read_text())
 
@@ -51,7 +62,8 @@ def test_partition_keeps_an_exchange_with_its_results(run) -> None:
         for line in f:
             r = Result.from_json(json.loads(line))
             assert partition_of(line, "r", 3) == partition_of(
-                f'{{"schema":1,"id":"{r.exchange_id}"'.encode(), "x", 3)
+                f'{{"schema":1,"id":"{r.exchange_id}"'.encode(), "x", 3
+            )
 
 
 def test_jobs_two_gives_the_one_process_report(run) -> None:

@@ -444,7 +444,6 @@ def test_a_named_text_field_of_any_json_api():
     assert [f.path for f in ep.fields] == ["body.score"]  # the answer is not a field difference
 
 
-
 def test_merged_parts_with_equal_worst_answers_do_not_compare_samples():
     """compare --jobs (and Spark) merge partial comparisons: two parts whose worst answers tie on
     (dissimilarity, ordinal) made the heap compare the samples (dicts): a TypeError (seen on the

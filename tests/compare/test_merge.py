@@ -48,7 +48,7 @@ def test_merge_of_parts_counts_as_the_whole(n: int, cuts: list[int]) -> None:
 def test_merge_is_associative_and_commutative_on_counts(n: int, cut: int, order: list[int]) -> None:
     pairs = _PAIRS[:n]
     k = min(cut, n)
-    parts = [pairs[:k // 2], pairs[k // 2:k], pairs[k:]]
+    parts = [pairs[: k // 2], pairs[k // 2 : k], pairs[k:]]
     left = _compare(parts[0])
     left.merge(_compare(parts[1]))
     left.merge(_compare(parts[2]))  # (A+B)+C

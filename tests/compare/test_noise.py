@@ -24,15 +24,36 @@ def test_volatile_values_are_noise_with_reasons(craft):
     def make(i):
         ts = craft.T0 + i
         common = {"name": "x", "items": [1, 2, 3]}
-        p = dict(common, at=craft.iso(ts), rid=str(uuid.uuid4()), token="t_" + secrets.token_hex(10),
-                 seq=1000 + i, epoch=int(ts), items=rng.sample([1, 2, 3], 3))
-        s = dict(common, at=craft.iso(ts + 0.5), rid=str(uuid.uuid4()), token="t_" + secrets.token_hex(10),
-                 seq=5 + i, epoch=int(ts) + 5, items=rng.sample([1, 2, 3], 3))
+        p = dict(
+            common,
+            at=craft.iso(ts),
+            rid=str(uuid.uuid4()),
+            token="t_" + secrets.token_hex(10),
+            seq=1000 + i,
+            epoch=int(ts),
+            items=rng.sample([1, 2, 3], 3),
+        )
+        s = dict(
+            common,
+            at=craft.iso(ts + 0.5),
+            rid=str(uuid.uuid4()),
+            token="t_" + secrets.token_hex(10),
+            seq=5 + i,
+            epoch=int(ts) + 5,
+            items=rng.sample([1, 2, 3], 3),
+        )
         return pair(craft, i, p, s)
 
     rep = craft.run(N, make)
     reasons = {n.path: n.reason for n in rep.noise}
-    assert set(reasons) == {"body.at", "body.rid", "body.token", "body.seq", "body.epoch", "body.items"}
+    assert set(reasons) == {
+        "body.at",
+        "body.rid",
+        "body.token",
+        "body.seq",
+        "body.epoch",
+        "body.items",
+    }
     assert "timestamp" in reasons["body.at"]
     assert "uuid" in reasons["body.rid"]
     assert "random id/token" in reasons["body.token"]
@@ -57,8 +78,12 @@ def test_epoch_of_a_replay_days_later_is_still_noise(craft):
 
 def test_constant_change_is_not_noise(craft):
     # a version string changes the same way on every exchange: it does not vary across exchanges
-    rep = craft.run(N, lambda i: pair(craft, i, {"version": "2024-01-01T00:00:00Z"},
-                                      {"version": "2024-02-01T00:00:00Z"}))
+    rep = craft.run(
+        N,
+        lambda i: pair(
+            craft, i, {"version": "2024-01-01T00:00:00Z"}, {"version": "2024-02-01T00:00:00Z"}
+        ),
+    )
     f = craft.field(rep, "body.version")
     assert f.noise is None and f.rate == 1.0
     assert rep.verdict.result == "fail"
@@ -78,16 +103,27 @@ def test_order_can_matter(craft):
 
 
 def test_user_rules(craft):
-    cfg = CompareConfig().with_ignore((NoiseRule.parse("body.build"),
-                                       NoiseRule.parse("GET /items/*::body.region")))
-    rep = craft.run(N, lambda i: pair(craft, i, {"build": "a", "region": "eu", "other": 1},
-                                      {"build": "b", "region": "us", "other": 2}), cfg)
+    cfg = CompareConfig().with_ignore(
+        (NoiseRule.parse("body.build"), NoiseRule.parse("GET /items/*::body.region"))
+    )
+    rep = craft.run(
+        N,
+        lambda i: pair(
+            craft,
+            i,
+            {"build": "a", "region": "eu", "other": 1},
+            {"build": "b", "region": "us", "other": 2},
+        ),
+        cfg,
+    )
     reasons = {n.path: n.reason for n in rep.noise}
     assert reasons["body.build"].startswith("rule: --ignore body.build")
     assert "GET /items/*::body.region" in reasons["body.region"]
     assert craft.field(rep, "body.other").noise is None
     rule = NoiseRule.parse("POST /x/*::header.x-*")
-    assert rule.matches("POST /x/{id}", "header.x-foo") and not rule.matches("GET /x/{id}", "header.x-foo")
+    assert rule.matches("POST /x/{id}", "header.x-foo") and not rule.matches(
+        "GET /x/{id}", "header.x-foo"
+    )
 
 
 def test_baseline_separates_noise_from_regression(craft):
@@ -133,7 +169,9 @@ def test_values_echoed_from_the_request_are_never_noise(craft):
     # the shadow returns the wrong order id: UUID-shaped and varying, but taken from the request
     def make(i):
         oid = str(uuid.uuid4())
-        ex = craft.exchange(i, craft.response({"order": oid, "n": i}), target=f"/orders/{oid}/n/{i}")
+        ex = craft.exchange(
+            i, craft.response({"order": oid, "n": i}), target=f"/orders/{oid}/n/{i}"
+        )
         return ex, craft.result(i, craft.response({"order": str(uuid.uuid4()), "n": i + 1}))
 
     rep = craft.run(N, make)

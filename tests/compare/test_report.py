@@ -44,16 +44,25 @@ def _reference(value: Any) -> Any:
 
 def _rich_report(craft) -> Report:
     """A report with every kind of part: fields (categorical, renamed), drift, noise, errors."""
+
     def make(i):
-        p = {"id": i, "name": f"n{i}", "label": ["a", "b"][i % 2], "score": i / 7,
-             "at": craft.iso(craft.T0 + i)}
+        p = {
+            "id": i,
+            "name": f"n{i}",
+            "label": ["a", "b"][i % 2],
+            "score": i / 7,
+            "at": craft.iso(craft.T0 + i),
+        }
         s = dict(p, score=i / 7 + 0.5, at=craft.iso(craft.T0 + i + 2))
         s["title"] = s.pop("name")
         if i % 5 == 0:
             s["label"] = "c"
         status = 503 if i % 17 == 0 else 200
-        return (craft.exchange(i, craft.response(p), target=f"/items/{i % 3}"),
-                craft.result(i, craft.response(s, status=status), latency_ms=12.0 + i % 5))
+        return (
+            craft.exchange(i, craft.response(p), target=f"/items/{i % 3}"),
+            craft.result(i, craft.response(s, status=status), latency_ms=12.0 + i % 5),
+        )
+
     return craft.run(120, make)
 
 
@@ -69,22 +78,49 @@ def test_the_json_is_the_records_fields_in_order(craft):
 
 
 def test_optional_keys_are_left_out_only_when_none():
-    f = FieldReport(path="body.x", kinds={"value": 1}, diff_pairs=1, rate=0.5, baseline_rate=None,
-                    noise=None, type="other", only_extra=False, flips=[], samples=[])
-    assert list(f.to_json()) == ["path", "kinds", "diff_pairs", "rate", "baseline_rate", "noise",
-                                 "type", "only_extra", "flips", "samples"]
+    f = FieldReport(
+        path="body.x",
+        kinds={"value": 1},
+        diff_pairs=1,
+        rate=0.5,
+        baseline_rate=None,
+        noise=None,
+        type="other",
+        only_extra=False,
+        flips=[],
+        samples=[],
+    )
+    assert list(f.to_json()) == [
+        "path",
+        "kinds",
+        "diff_pairs",
+        "rate",
+        "baseline_rate",
+        "noise",
+        "type",
+        "only_extra",
+        "flips",
+        "samples",
+    ]
     g = dataclasses.replace(f, agreement=0.0, renamed_to="body.y")
     assert g.to_json()["agreement"] == 0.0 and g.to_json()["renamed_to"] == "body.y"
     assert "renamed_from" not in g.to_json()
-    assert GroupScore(1, 1, 30.0, 100.0).to_json() == {"metrics": 1, "passed": 1, "weight": 30.0,
-                                                      "score": 100.0}
+    assert GroupScore(1, 1, 30.0, 100.0).to_json() == {
+        "metrics": 1,
+        "passed": 1,
+        "weight": 30.0,
+        "score": 100.0,
+    }
     assert "interrupted" in Summary._OPTIONAL
 
 
 def test_verdicts_exit_codes_and_colours_in_one_table():
     assert [(v.value, v.exit_code) for v in Verdict] == [
-        ("pass", EXIT_OK), ("marginal", EXIT_VERDICT_MARGINAL), ("fail", EXIT_VERDICT_FAIL),
-        ("error", EXIT_VERDICT_ERROR)]
+        ("pass", EXIT_OK),
+        ("marginal", EXIT_VERDICT_MARGINAL),
+        ("fail", EXIT_VERDICT_FAIL),
+        ("error", EXIT_VERDICT_ERROR),
+    ]
     assert all(v.style.startswith("bold ") and v.html_colour.startswith("#") for v in Verdict)
 
 

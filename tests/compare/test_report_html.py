@@ -9,10 +9,9 @@ import subprocess
 import tempfile
 import uuid
 
-from tests.support.prereq import require
-
 from shadowtap.compare.aggregate import Comparison
 from shadowtap.compare.report_html import write_html
+from tests.support.prereq import require
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -22,11 +21,25 @@ def chromium(args, url):
     profile = tempfile.mkdtemp(prefix="stt-chromium-")
     try:
         p = subprocess.run(
-            [CHROMIUM if os.path.exists(CHROMIUM) else "chromium", "--headless", "--no-sandbox",
-             "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--no-first-run", f"--user-data-dir={profile}", "--enable-logging=stderr",
-             "--v=0", *args, url],
-            check=False, capture_output=True, text=True, timeout=120,
+            [
+                CHROMIUM if os.path.exists(CHROMIUM) else "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--enable-logging=stderr",
+                "--v=0",
+                *args,
+                url,
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     finally:
         shutil.rmtree(profile, ignore_errors=True)
@@ -37,16 +50,26 @@ def report(craft, fail: bool):
     rng = random.Random(5)
     c = Comparison()
     for i in range(300):
-        body = {"user": f"u{i % 4}", "password": "hunter2", "score": rng.random(), "at": craft.iso(craft.T0 + i),
-                "label": ["x", "y"][i % 2]}
+        body = {
+            "user": f"u{i % 4}",
+            "password": "hunter2",
+            "score": rng.random(),
+            "at": craft.iso(craft.T0 + i),
+            "label": ["x", "y"][i % 2],
+        }
         sbody = dict(body, at=craft.iso(craft.T0 + i + 1))
         if fail and i % 4 == 0:
             sbody["label"] = "<script>alert(1)</script>"
         p = craft.response(body, headers=(("Set-Cookie", "session=topsecret"),))
         s = craft.response(sbody, status=500 if fail and i % 9 == 0 else 200)
         lat = rng.lognormvariate(3, 0.4)
-        ex = craft.exchange(i, p, target=f"/api/users/{uuid.uuid4()}?token=SECRETTOKEN", latency_ms=lat,
-                            req_headers=(("Authorization", "Bearer SECRETBEARER"),))
+        ex = craft.exchange(
+            i,
+            p,
+            target=f"/api/users/{uuid.uuid4()}?token=SECRETTOKEN",
+            latency_ms=lat,
+            req_headers=(("Authorization", "Bearer SECRETBEARER"),),
+        )
         c.add(ex, craft.result(i, s, latency_ms=lat * (2 if fail else 1) + rng.random()))
     return c.snapshot()
 
@@ -65,7 +88,7 @@ def test_failing_report_renders_in_chromium(craft, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     dom = p.stdout
     assert 'id="verdict"' in dom and "Verdict: FAIL" in dom
-    assert dom.count("<polyline") >= 2 and "class=\"latency\"" in dom
+    assert dom.count("<polyline") >= 2 and 'class="latency"' in dom
     assert "samples of <code>body.label</code>" in dom
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
     assert ":CONSOLE" not in p.stderr and "Uncaught" not in p.stderr  # any console message

@@ -4,23 +4,27 @@ import io
 
 from rich.console import Console
 
+from shadowtap import console
 from shadowtap.compare.aggregate import Comparison
 from shadowtap.compare.report_terminal import render
-from shadowtap import console
 
 
 def report(craft):
     c = Comparison()
     for i in range(40):
         p = craft.response({"items": [{"price": 1}], "note": "[/prefix] [bold]x"})
-        s = craft.response({"items": [{"price": 2}], "note": "[/prefix] [bold]y"}, status=500 if i == 0 else 200)
+        s = craft.response(
+            {"items": [{"price": 2}], "note": "[/prefix] [bold]y"}, status=500 if i == 0 else 200
+        )
         c.add(craft.exchange(i, p), craft.result(i, s))
     return c.snapshot()
 
 
 def test_terminal_rendering_keeps_brackets(craft, monkeypatch):
     buf = io.StringIO()
-    monkeypatch.setattr(console, "out", Console(file=buf, force_terminal=True, width=200, color_system=None))
+    monkeypatch.setattr(
+        console, "out", Console(file=buf, force_terminal=True, width=200, color_system=None)
+    )
     render(report(craft))
     text = buf.getvalue()
     assert text.startswith("verdict: FAIL")

@@ -2,7 +2,14 @@ import random
 
 import pytest
 
-from shadowtap.compare.stats import Reservoir, drift, error_rate_increase, latency_shift, percentiles, psi
+from shadowtap.compare.stats import (
+    Reservoir,
+    drift,
+    error_rate_increase,
+    latency_shift,
+    percentiles,
+    psi,
+)
 
 
 def test_reservoir_is_bounded_and_uniform():

@@ -28,9 +28,14 @@ def scores(i: int) -> list[float]:
 
 
 def kserve(vals: list[float], shape: list[int] | None = None, datatype: str = "FP32") -> dict:
-    return {"model_name": "resnet", "model_version": "1", "id": "x",
-            "outputs": [{"name": "probs", "shape": shape or [1, CLASSES], "datatype": datatype,
-                         "data": vals}]}
+    return {
+        "model_name": "resnet",
+        "model_version": "1",
+        "id": "x",
+        "outputs": [
+            {"name": "probs", "shape": shape or [1, CLASSES], "datatype": datatype, "data": vals}
+        ],
+    }
 
 
 def flip(vals: list[float]) -> list[float]:
@@ -45,8 +50,11 @@ def write(craft, tmp_path: Path, primary, shadow, target: str, name: str) -> tup
     ex, res = tmp_path / f"{name}-ex.jsonl", tmp_path / f"{name}-res.jsonl"
     with JsonlWriter(str(ex)) as we, JsonlWriter(str(res)) as wr:
         for i in range(N):
-            we.write(craft.exchange(i, craft.response(primary(i)), method="POST",
-                                    target=target).to_json())
+            we.write(
+                craft.exchange(
+                    i, craft.response(primary(i)), method="POST", target=target
+                ).to_json()
+            )
             wr.write(craft.result(i, craft.response(shadow(i))).to_json())
     return str(ex), str(res)
 
@@ -86,8 +94,9 @@ min_top1_agreement = 0.95
 
 
 def test_identical_kserve_model_passes(craft, tmp_path):
-    ex, res = write(craft, tmp_path, lambda i: kserve(scores(i)), lambda i: kserve(scores(i)),
-                    KSERVE, "same")
+    ex, res = write(
+        craft, tmp_path, lambda i: kserve(scores(i)), lambda i: kserve(scores(i)), KSERVE, "same"
+    )
     p, rep = compare(tmp_path, ex, res)
     assert p.returncode == EXIT_OK, p.stdout + p.stderr
     (out,) = tensors_of(rep)["outputs"]
@@ -97,8 +106,14 @@ def test_identical_kserve_model_passes(craft, tmp_path):
 
 
 def test_shifted_scores_within_tolerance_pass(craft, tmp_path):
-    ex, res = write(craft, tmp_path, lambda i: kserve(scores(i)),
-                    lambda i: kserve([round(v + 0.004, 4) for v in scores(i)]), KSERVE, "shift")
+    ex, res = write(
+        craft,
+        tmp_path,
+        lambda i: kserve(scores(i)),
+        lambda i: kserve([round(v + 0.004, 4) for v in scores(i)]),
+        KSERVE,
+        "shift",
+    )
     p, rep = compare(tmp_path, ex, res, TOML)
     assert p.returncode == EXIT_OK, p.stdout + p.stderr
     (out,) = tensors_of(rep)["outputs"]
@@ -110,9 +125,14 @@ def test_shifted_scores_within_tolerance_pass(craft, tmp_path):
 
 
 def test_flipped_top1_beyond_threshold_fails_naming_tensor_and_metric(craft, tmp_path):
-    ex, res = write(craft, tmp_path, lambda i: kserve(scores(i)),
-                    lambda i: kserve(flip(scores(i)) if i % 5 == 0 else scores(i)), KSERVE,
-                    "flip")
+    ex, res = write(
+        craft,
+        tmp_path,
+        lambda i: kserve(scores(i)),
+        lambda i: kserve(flip(scores(i)) if i % 5 == 0 else scores(i)),
+        KSERVE,
+        "flip",
+    )
     p, rep = compare(tmp_path, ex, res, TOML)
     assert p.returncode == EXIT_VERDICT_FAIL, p.stdout + p.stderr
     names = {(m["name"], m["path"]) for m in failed(rep)}
@@ -123,8 +143,14 @@ def test_flipped_top1_beyond_threshold_fails_naming_tensor_and_metric(craft, tmp
 
 
 def test_shape_change_fails(craft, tmp_path):
-    ex, res = write(craft, tmp_path, lambda i: kserve(scores(i)),
-                    lambda i: kserve(scores(i) + [0.0], shape=[1, CLASSES + 1]), KSERVE, "shape")
+    ex, res = write(
+        craft,
+        tmp_path,
+        lambda i: kserve(scores(i)),
+        lambda i: kserve(scores(i) + [0.0], shape=[1, CLASSES + 1]),
+        KSERVE,
+        "shape",
+    )
     p, rep = compare(tmp_path, ex, res)
     assert p.returncode == EXIT_VERDICT_FAIL, p.stdout + p.stderr
     (crit,) = [m for m in failed(rep) if m["critical"] and m["group"] == "tensors"]
@@ -152,14 +178,20 @@ def test_tf_serving_predictions(craft, tmp_path):
     ex, res = write(craft, tmp_path, prim, flipped, tgt, "tfflip")
     p, rep = compare(tmp_path, ex, res)
     assert p.returncode == EXIT_VERDICT_FAIL, p.stdout + p.stderr
-    assert ("top-1 agreement", "tensors.predictions") in {(m["name"], m["path"])
-                                                          for m in failed(rep)}
+    assert ("top-1 agreement", "tensors.predictions") in {
+        (m["name"], m["path"]) for m in failed(rep)
+    }
 
 
 def test_tf_serving_columnar_outputs_shape_change(craft, tmp_path):
-    ex, res = write(craft, tmp_path, lambda i: {"outputs": {"score": [[0.5, 0.5]]}},
-                    lambda i: {"outputs": {"score": [[0.5, 0.5, 0.0]]}},
-                    "/v1/models/m:predict", "tfcol")
+    ex, res = write(
+        craft,
+        tmp_path,
+        lambda i: {"outputs": {"score": [[0.5, 0.5]]}},
+        lambda i: {"outputs": {"score": [[0.5, 0.5, 0.0]]}},
+        "/v1/models/m:predict",
+        "tfcol",
+    )
     p, rep = compare(tmp_path, ex, res)
     assert p.returncode == EXIT_VERDICT_FAIL
     assert ("tensor shape", "tensors.score") in {(m["name"], m["path"]) for m in failed(rep)}
@@ -170,8 +202,14 @@ def test_nan_on_the_shadow_is_a_named_anomaly(craft, tmp_path):
     ex, res = tmp_path / "nan-ex.jsonl", tmp_path / "nan-res.jsonl"
     with JsonlWriter(str(ex)) as we, JsonlWriter(str(res)) as wr:
         for i in range(N):
-            we.write(craft.exchange(i, craft.response(kserve([0.5, 0.5], shape=[1, 2])),
-                                    method="POST", target=KSERVE).to_json())
+            we.write(
+                craft.exchange(
+                    i,
+                    craft.response(kserve([0.5, 0.5], shape=[1, 2])),
+                    method="POST",
+                    target=KSERVE,
+                ).to_json()
+            )
             wr.write(craft.result(i, craft.response(raw=bad)).to_json())
     p, rep = compare(tmp_path, str(ex), str(res))
     assert "Traceback" not in p.stderr and p.returncode == EXIT_VERDICT_FAIL, p.stderr
@@ -193,8 +231,10 @@ def test_bad_input_named_anomalies_never_exceptions():
     assert ragged is not None and ragged.anomalies[0].kind == "ragged"
     words = parse_tensors({"predictions": ["cat", "dog"]})
     assert words is not None and words.anomalies[0].kind == "non_numeric"
-    raw = {"outputs": [{"name": "probs", "datatype": "FP32", "shape": ["1", "3"]}],
-           "raw_output_contents": [base64.b64encode(b"\x00" * 8).decode()]}
+    raw = {
+        "outputs": [{"name": "probs", "datatype": "FP32", "shape": ["1", "3"]}],
+        "raw_output_contents": [base64.b64encode(b"\x00" * 8).decode()],
+    }
     bad_raw = parse_tensors(raw)
     assert bad_raw is not None and bad_raw.anomalies[0].kind == "length_mismatch"
     good = parse_tensors(kserve([1.0, 2.0], shape=[1, 2]))
@@ -210,11 +250,21 @@ def test_bad_input_named_anomalies_never_exceptions():
 def test_raw_output_contents_decoded_by_datatype_and_shape():
     cfg = TensorConfig()
     vals = np.arange(6, dtype="<f4").reshape(2, 3)
-    for dt, npdt in (("FP32", "<f4"), ("FP16", "<f2"), ("FP64", "<f8"), ("INT8", "i1"),
-                     ("INT64", "<i8"), ("UINT16", "<u2"), ("BOOL", "?")):
+    for dt, npdt in (
+        ("FP32", "<f4"),
+        ("FP16", "<f2"),
+        ("FP64", "<f8"),
+        ("INT8", "i1"),
+        ("INT64", "<i8"),
+        ("UINT16", "<u2"),
+        ("BOOL", "?"),
+    ):
         buf = vals.astype(npdt).tobytes()
-        tree = {"model_name": "m", "outputs": [{"name": "y", "datatype": dt, "shape": ["2", "3"]}],
-                "raw_output_contents": [base64.b64encode(buf).decode()]}
+        tree = {
+            "model_name": "m",
+            "outputs": [{"name": "y", "datatype": dt, "shape": ["2", "3"]}],
+            "raw_output_contents": [base64.b64encode(buf).decode()],
+        }
         parsed = parse_tensors(tree)
         assert parsed is not None and not parsed.anomalies, dt
         t = parsed.tensors["y"]
@@ -233,9 +283,10 @@ def test_merged_comparisons_and_html_keep_the_tensors(craft):
 
     def feed(c, lo, hi):
         for i in range(lo, hi):
-            c.add(craft.exchange(i, craft.response(kserve(scores(i))), method="POST",
-                                 target=KSERVE),
-                  craft.result(i, craft.response(kserve(flip(scores(i)) if i % 2 else scores(i)))))
+            c.add(
+                craft.exchange(i, craft.response(kserve(scores(i))), method="POST", target=KSERVE),
+                craft.result(i, craft.response(kserve(flip(scores(i)) if i % 2 else scores(i)))),
+            )
 
     a, b = Comparison(), Comparison()
     feed(a, 0, 20)
@@ -251,13 +302,19 @@ def test_merged_comparisons_and_html_keep_the_tensors(craft):
 def test_tf_rows_keep_their_non_tensor_fields(craft):
     """TF Serving rows of objects: the number columns are tensors, a label string stays a field
     whose flips the content comparison reports."""
+
     def row(i, label):
         return {"predictions": [{"score": scores(i)[:3], "label": label}]}
 
-    rep = craft.run(40, lambda i: (
-        craft.exchange(i, craft.response(row(i, "cat")), method="POST",
-                       target="/v1/models/pets:predict"),
-        craft.result(i, craft.response(row(i, "dog" if i % 2 else "cat")))))
+    rep = craft.run(
+        40,
+        lambda i: (
+            craft.exchange(
+                i, craft.response(row(i, "cat")), method="POST", target="/v1/models/pets:predict"
+            ),
+            craft.result(i, craft.response(row(i, "dog" if i % 2 else "cat"))),
+        ),
+    )
     t = rep.endpoints[0].tensors
     assert [o["name"] for o in t["outputs"]] == ["score"] and t["models"] == ["pets"]
     assert t["anomalies"] == []

@@ -70,16 +70,25 @@ CLASSES = 10
 
 @pytest.fixture(scope="module")
 def kserve(tmp_path_factory):
-    require(importlib.util.find_spec("grpc_tools") is not None,
-            "grpcio-tools compiles the test's proto")
+    require(
+        importlib.util.find_spec("grpc_tools") is not None, "grpcio-tools compiles the test's proto"
+    )
     from grpc_tools import protoc
 
     out = tmp_path_factory.mktemp("kserve")
     (out / "kservev2.proto").write_text(PROTO)
     desc = out / "kservev2.desc"
-    rc = protoc.main(["protoc", f"-I{out}", f"--python_out={out}", f"--grpc_python_out={out}",
-                      f"--descriptor_set_out={desc}", "--include_imports",
-                      str(out / "kservev2.proto")])
+    rc = protoc.main(
+        [
+            "protoc",
+            f"-I{out}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            f"--descriptor_set_out={desc}",
+            "--include_imports",
+            str(out / "kservev2.proto"),
+        ]
+    )
     assert rc == 0
     sys.path.insert(0, str(out))
     try:
@@ -155,16 +164,42 @@ def replay_and_compare(kserve, captured: Path, version: str, tmp_path: Path, con
     server, port = serve(pb2, pb2_grpc, version)
     out = tmp_path / f"results-{version}.jsonl"
     try:
-        r = subprocess.run([sys.executable, "-m", "shadowtap", "replay", str(captured), "-t",
-                            f"http://127.0.0.1:{port}", "-o", str(out), "--allow-unsafe",
-                            "--speed", "max"], capture_output=True, text=True, timeout=120,
-                           check=False)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "shadowtap",
+                "replay",
+                str(captured),
+                "-t",
+                f"http://127.0.0.1:{port}",
+                "-o",
+                str(out),
+                "--allow-unsafe",
+                "--speed",
+                "max",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     finally:
         server.stop(0)
     assert r.returncode == 0, r.stderr
     report = tmp_path / f"report-{version}.json"
-    args = [sys.executable, "-m", "shadowtap", "compare", str(captured), str(out), "--json",
-            str(report), "--proto-descriptor", str(desc)]
+    args = [
+        sys.executable,
+        "-m",
+        "shadowtap",
+        "compare",
+        str(captured),
+        str(out),
+        "--json",
+        str(report),
+        "--proto-descriptor",
+        str(desc),
+    ]
     # the replayed calls' latency (a fresh channel's) is not what these tests judge
     cfg = tmp_path / "compare.toml"
     cfg.write_text("[latency]\nmin_samples = 1000000\n" + config)
@@ -203,8 +238,9 @@ def test_shifted_scores_within_tolerance_pass(kserve, captured, tmp_path):
     probs_out = next(o for o in t["outputs"] if o["name"] == "probs")
     assert probs_out["breaches"] == 0 and 0.003 < probs_out["max_abs"]["p50"] < 0.005
     # the raw buffers are no field differences: the tensor comparison carries them
-    assert not any(f["path"].startswith("body.raw_output_contents")
-                   for f in rep["endpoints"][0]["fields"])
+    assert not any(
+        f["path"].startswith("body.raw_output_contents") for f in rep["endpoints"][0]["fields"]
+    )
 
 
 def test_flipped_top1_fails_naming_the_tensor(kserve, captured, tmp_path):

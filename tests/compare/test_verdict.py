@@ -10,20 +10,39 @@ N = 200
 
 
 def item(i, rng):
-    return {"id": i, "name": f"item {i}", "price": round(10 + i % 7 * 1.5, 2), "tags": ["a", "b"],
-            "stock": {"warehouse": "w1", "count": i % 5}}
+    return {
+        "id": i,
+        "name": f"item {i}",
+        "price": round(10 + i % 7 * 1.5, 2),
+        "tags": ["a", "b"],
+        "stock": {"warehouse": "w1", "count": i % 5},
+    }
 
 
-def healthy(craft, i, rng, shadow_body=None, shadow_status=200, shadow_latency=None, error=None,
-            primary_body=None):
+def healthy(
+    craft,
+    i,
+    rng,
+    shadow_body=None,
+    shadow_status=200,
+    shadow_latency=None,
+    error=None,
+    primary_body=None,
+):
     body = primary_body if primary_body is not None else item(i, rng)
     p = craft.response(body, headers=(("X-Request-Id", uuid.uuid4().hex),))
     sbody = shadow_body if shadow_body is not None else body
     s = craft.response(sbody, status=shadow_status, headers=(("X-Request-Id", uuid.uuid4().hex),))
     lat = rng.gauss(20, 3)
-    return (craft.exchange(i, p, latency_ms=lat),
-            craft.result(i, None if error else s, latency_ms=shadow_latency(lat) if shadow_latency else rng.gauss(20, 3),
-                         error=error))
+    return (
+        craft.exchange(i, p, latency_ms=lat),
+        craft.result(
+            i,
+            None if error else s,
+            latency_ms=shadow_latency(lat) if shadow_latency else rng.gauss(20, 3),
+            error=error,
+        ),
+    )
 
 
 def metrics_failed(rep):
@@ -36,9 +55,18 @@ def test_must_pass_only_timestamps_and_request_ids_differ(craft):
     def make(i):
         ts = craft.T0 + i
         base = item(i, rng)
-        p = dict(base, generated_at=craft.iso(ts + 0.003), request_id=str(uuid.uuid4()), served_ms=ts * 1000)
-        s = dict(base, generated_at=craft.iso(ts + 0.011), request_id=str(uuid.uuid4()),
-                 served_ms=ts * 1000 + 3000)
+        p = dict(
+            base,
+            generated_at=craft.iso(ts + 0.003),
+            request_id=str(uuid.uuid4()),
+            served_ms=ts * 1000,
+        )
+        s = dict(
+            base,
+            generated_at=craft.iso(ts + 0.011),
+            request_id=str(uuid.uuid4()),
+            served_ms=ts * 1000 + 3000,
+        )
         return healthy(craft, i, rng, shadow_body=s, primary_body=p)
 
     rep = craft.run(N, make)
@@ -119,7 +147,9 @@ def test_must_fail_renamed_field(craft):
 
 def test_harmless_new_field_is_reported_but_passes(craft):
     rng = random.Random(7)
-    rep = craft.run(N, lambda i: healthy(craft, i, rng, shadow_body=dict(item(i, rng), currency="EUR")))
+    rep = craft.run(
+        N, lambda i: healthy(craft, i, rng, shadow_body=dict(item(i, rng), currency="EUR"))
+    )
     assert rep.verdict.result == "pass", rep.verdict.reasons
     f = craft.field(rep, "body.currency")
     assert f.only_extra and f.rate == 1.0 and f.kinds == {"extra": N}
@@ -128,9 +158,12 @@ def test_harmless_new_field_is_reported_but_passes(craft):
     import dataclasses
 
     from shadowtap.compare.config import ContentConfig
+
     cfg = dataclasses.replace(CompareConfig(), content=ContentConfig(extra_fields_fail=True))
     rng = random.Random(7)
-    rep = craft.run(N, lambda i: healthy(craft, i, rng, shadow_body=dict(item(i, rng), currency="EUR")), cfg)
+    rep = craft.run(
+        N, lambda i: healthy(craft, i, rng, shadow_body=dict(item(i, rng), currency="EUR")), cfg
+    )
     assert rep.verdict.result == "fail"
 
 
@@ -167,12 +200,19 @@ def model_run(craft, n, shift, flip_every, tolerance=None, seed=9):
         label = labels[i % 3]
         p = {"prediction": {"label": label, "score": round(score, 6)}, "model": "v1"}
         slabel = labels[(i + 1) % 3] if flip_every and i % flip_every == 0 else label
-        s = {"prediction": {"label": slabel, "score": round(score + shift + rng.gauss(0, 0.002), 6)},
-             "model": "v1"}
+        s = {
+            "prediction": {"label": slabel, "score": round(score + shift + rng.gauss(0, 0.002), 6)},
+            "model": "v1",
+        }
         return healthy(craft, i, rng, shadow_body=s, primary_body=p)
 
-    cfg = CompareConfig(numeric=NumericConfig(paths=(NumericTolerance("body.prediction.score", abs=tolerance),))
-                        ) if tolerance is not None else None
+    cfg = (
+        CompareConfig(
+            numeric=NumericConfig(paths=(NumericTolerance("body.prediction.score", abs=tolerance),))
+        )
+        if tolerance is not None
+        else None
+    )
     return craft.run(n, make, cfg)
 
 

@@ -20,9 +20,10 @@ import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from shadowtap.lab import demo_service as demo
-import tests.support.prereq as _ct
 import pytest
+
+import tests.support.prereq as _ct
+from shadowtap.lab import demo_service as demo
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "scripts" / "lab"
@@ -48,13 +49,30 @@ def run(tmp_path_factory):
         _ct.require_tool(tool)
     out = tmp_path_factory.mktemp("demo") / "out"
     prefix = f"std{uuid.uuid4().hex[:6]}"
-    env = dict(os.environ, DEMO_DURATION="12", DEMO_RATE="60", DEMO_SEED="1", DEMO_OUT=str(out),
-               DEMO_PREFIX=prefix, DEMO_DASHBOARD="off")
-    proc = subprocess.run([str(ROOT / "scripts" / "demo.sh")], env=env, capture_output=True, text=True,
-                          timeout=900, check=False, stdin=subprocess.DEVNULL)
+    env = dict(
+        os.environ,
+        DEMO_DURATION="12",
+        DEMO_RATE="60",
+        DEMO_SEED="1",
+        DEMO_OUT=str(out),
+        DEMO_PREFIX=prefix,
+        DEMO_DASHBOARD="off",
+    )
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "demo.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
     yield {"proc": proc, "out": out, "prefix": prefix}
-    subprocess.run([sys.executable, str(LAB / "lab.py"), "down", "--prefix", prefix], capture_output=True,
-                   check=False)
+    subprocess.run(
+        [sys.executable, str(LAB / "lab.py"), "down", "--prefix", prefix],
+        capture_output=True,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +83,14 @@ def report(run):
 
 
 def _failed(report, endpoint, path=None, name=None):
-    return [m for m in report["verdict"]["metrics"]
-            if m["failed"] and m["endpoint"] == endpoint and (path is None or m["path"] == path)
-            and (name is None or m["name"] == name)]
+    return [
+        m
+        for m in report["verdict"]["metrics"]
+        if m["failed"]
+        and m["endpoint"] == endpoint
+        and (path is None or m["path"] == path)
+        and (name is None or m["name"] == name)
+    ]
 
 
 def _field(report, endpoint, path):
@@ -93,7 +116,9 @@ def test_demo_completes_and_says_where_the_files_are(run, report):
 
 
 def test_lab_is_down_afterwards(run, report):
-    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    names = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=True
+    ).stdout
     assert run["prefix"] not in names
     assert not (Path("/run/shadowtap-lab") / run["prefix"]).exists()
 
@@ -107,15 +132,22 @@ def test_verdict_fails_for_the_deliberate_regressions(run, report):
     # the slow endpoint
     assert _failed(report, "GET /v1/search", name="latency")
     # the renamed field: price missing on every product found, unit_price only in the shadow
-    found = [e for e in paired if e["request"]["target"].startswith("/v1/products/") and e["response"]["status"] == 200]
+    found = [
+        e
+        for e in paired
+        if e["request"]["target"].startswith("/v1/products/") and e["response"]["status"] == 200
+    ]
     assert _failed(report, "GET /v1/products/{id}", "body.price")
     assert _field(report, "GET /v1/products/{id}", "body.price")["kinds"] == {"missing": len(found)}
     unit_price = _field(report, "GET /v1/products/{id}", "body.unit_price")
     assert unit_price["kinds"] == {"extra": len(found)}
     assert unit_price.get("renamed_from") == "body.price"  # the comparison saw the rename
     # the 500s: exactly the pages version 2 fails on
-    pages = [int(parse_qs(urlsplit(e["request"]["target"]).query)["page"][0]) for e in paired
-             if urlsplit(e["request"]["target"]).path == "/v1/products"]
+    pages = [
+        int(parse_qs(urlsplit(e["request"]["target"]).query)["page"][0])
+        for e in paired
+        if urlsplit(e["request"]["target"]).path == "/v1/products"
+    ]
     expected_500 = sum(demo.products_page_fails(p, 2) for p in pages)
     assert expected_500 > 0
     assert report["summary"]["errors"]["new_failures"] == {"5xx": expected_500}
@@ -140,8 +172,11 @@ def test_score_shift_measured_not_failing(report):
 
 
 def test_harmless_field_reported_not_failing(report):
-    new = [m for m in report["verdict"]["metrics"]
-           if m["endpoint"] == "GET /v1/categories" and m["path"] == "body.cache_ttl_s"]
+    new = [
+        m
+        for m in report["verdict"]["metrics"]
+        if m["endpoint"] == "GET /v1/categories" and m["path"] == "body.cache_ttl_s"
+    ]
     assert new and not any(m["failed"] for m in new)
     # Nothing about its content fails. Its latency is not this test's subject: the primary is
     # timed on the wire, the shadow from the mirror's client, and on a loaded host (load 15 on 2
@@ -166,7 +201,9 @@ def test_noise_told_apart(report):
 def test_orders_never_mirrored(run, report):
     results = _jsonl(run["out"] / "mirror" / "results.jsonl")
     assert not [r for r in results if urlsplit(r["target"]).path == "/v1/orders"]
-    assert [r for r in results if urlsplit(r["target"]).path == "/v1/predict"]  # allowed: side-effect free
+    assert [
+        r for r in results if urlsplit(r["target"]).path == "/v1/predict"
+    ]  # allowed: side-effect free
     # every order the client created was seen on the wire and skipped as unsafe
     orders = json.loads((run["out"] / "traffic.json").read_text())["statuses"]["order 201"]
     mirror = json.loads((run["out"] / "mirror" / "mirror.json").read_text())
@@ -179,21 +216,40 @@ def test_ctrl_c_takes_the_lab_down(tmp_path):
     _ct.require_tool("ip")
     out = tmp_path / "out"
     prefix = f"std{uuid.uuid4().hex[:6]}"
-    env = dict(os.environ, DEMO_DURATION="300", DEMO_OUT=str(out), DEMO_PREFIX=prefix,
-               DEMO_DASHBOARD="off", DEMO_SETUP="0")
-    proc = subprocess.Popen([str(ROOT / "scripts" / "demo.sh")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, stdin=subprocess.DEVNULL)
+    env = dict(
+        os.environ,
+        DEMO_DURATION="300",
+        DEMO_OUT=str(out),
+        DEMO_PREFIX=prefix,
+        DEMO_DASHBOARD="off",
+        DEMO_SETUP="0",
+    )
+    proc = subprocess.Popen(
+        [str(ROOT / "scripts" / "demo.sh")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
     lab_pids: list[int] = []
     try:
         deadline = time.monotonic() + 300
         results = out / "mirror" / "results.jsonl"
-        while not (results.exists() and results.stat().st_size > 0):  # lab, mirror and traffic at work
+        while not (
+            results.exists() and results.stat().st_size > 0
+        ):  # lab, mirror and traffic at work
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline
             time.sleep(0.1)
         for role in ("client", "primary", "shadow"):
-            pids = subprocess.run(["ip", "netns", "pids", f"{prefix}-{role}"], capture_output=True, text=True,
-                                  check=False).stdout.split()
+            pids = subprocess.run(
+                ["ip", "netns", "pids", f"{prefix}-{role}"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.split()
             lab_pids += [int(p) for p in pids]
         assert len(lab_pids) >= 4  # two services, the mirror, the traffic generator
         os.killpg(proc.pid, signal.SIGINT)
@@ -202,12 +258,19 @@ def test_ctrl_c_takes_the_lab_down(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        subprocess.run([sys.executable, str(LAB / "lab.py"), "down", "--prefix", prefix], capture_output=True,
-                       check=False)
+        subprocess.run(
+            [sys.executable, str(LAB / "lab.py"), "down", "--prefix", prefix],
+            capture_output=True,
+            check=False,
+        )
     assert proc.returncode == 130, stderr[-3000:]
     assert "lab down" in stderr
-    assert prefix not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
-                                        check=True).stdout
+    assert (
+        prefix
+        not in subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert not [p for p in lab_pids if _running(p)]
     # the mirror stopped cleanly: its report of what it saw is there
     assert json.loads((out / "mirror" / "report.json").read_text())["summary"]["pairs"] > 0

@@ -13,9 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from shadowtap.lab import demo_service as demo
 import pytest
+
+from shadowtap.lab import demo_service as demo
 from shadowtap.lab import traffic
+
 LAB = Path(__file__).resolve().parents[2] / "scripts" / "lab"
 
 
@@ -26,8 +28,14 @@ class Client:
         self.port = port
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
 
-    def request(self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None):
-        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    def request(
+        self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
+    ):
+        data = (
+            None
+            if body is None
+            else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        )
         hdrs = dict(headers or {})
         if data is not None:
             hdrs.setdefault("Content-Type", "application/json")
@@ -46,9 +54,20 @@ class Client:
 
 def _start(version: int, tmp: Path):
     ready = tmp / f"v{version}.ready"
-    proc = subprocess.Popen([sys.executable, str(LAB / "demo_service.py"), "--version", str(version),
-                             "--port", "0", "--ready-file", str(ready)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(LAB / "demo_service.py"),
+            "--version",
+            str(version),
+            "--port",
+            "0",
+            "--ready-file",
+            str(ready),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 20
     while not ready.exists():
         assert proc.poll() is None, proc.stdout.read().decode()
@@ -103,7 +122,9 @@ def test_endpoints_answer(v1):
 
     status, body = v1.json("GET", "/v1/products/42")
     p = demo.CATALOGUE[42]
-    assert status == 200 and body["id"] == 42 and body["name"] == p.name and body["price"] == p.price
+    assert (
+        status == 200 and body["id"] == 42 and body["name"] == p.name and body["price"] == p.price
+    )
     status, body = v1.json("GET", "/v1/products/99999")
     assert status == 404 and body["error"] == "product not found"
 
@@ -134,7 +155,9 @@ def test_export_is_chunked_and_lists_gzip_when_asked(v1):
     lines = raw.decode().splitlines()
     assert [json.loads(x)["id"] for x in lines] == list(range(1, 121))
 
-    resp, raw = v1.request("GET", "/v1/products?page=1&per_page=50", headers={"Accept-Encoding": "gzip"})
+    resp, raw = v1.request(
+        "GET", "/v1/products?page=1&per_page=50", headers={"Accept-Encoding": "gzip"}
+    )
     assert resp.getheader("Content-Encoding") == "gzip"
     assert len(json.loads(gzip.decompress(raw))["items"]) == 50
     resp, raw = v1.request("GET", "/v1/products?page=1&per_page=50")
@@ -163,8 +186,9 @@ def test_v2_renames_price_on_product_detail_only(v1, v2):
         _, b = v2.json("GET", f"/v1/products/{pid}")
         assert "price" in a and "unit_price" not in a
         assert "unit_price" in b and "price" not in b and b["unit_price"] == a["price"]
-        assert {k: v for k, v in a.items() if k not in ("price", "tags")} == \
-               {k: v for k, v in b.items() if k not in ("unit_price", "tags")}
+        assert {k: v for k, v in a.items() if k not in ("price", "tags")} == {
+            k: v for k, v in b.items() if k not in ("unit_price", "tags")
+        }
     # the list keeps "price" in both versions
     _, a = v1.json("GET", "/v1/products?page=1")
     _, b = v2.json("GET", "/v1/products?page=1")
@@ -202,8 +226,12 @@ def test_v2_fails_two_percent_of_list_pages(v1, v2):
     assert v2.json("GET", "/v1/products?page=7")[0] == 500
     # in the traffic generator's mix, about 2% of the list requests
     rng = random.Random(11)
-    lists = [p for p in (traffic.plan_request(rng, 0.2) for _ in range(5000)) if p.endpoint == "list"]
-    share = sum(demo.products_page_fails(int(p.path.split("page=")[1].split("&")[0]), 2) for p in lists) / len(lists)
+    lists = [
+        p for p in (traffic.plan_request(rng, 0.2) for _ in range(5000)) if p.endpoint == "list"
+    ]
+    share = sum(
+        demo.products_page_fails(int(p.path.split("page=")[1].split("&")[0]), 2) for p in lists
+    ) / len(lists)
     assert 0.01 <= share <= 0.03
 
 

@@ -12,8 +12,9 @@ import time
 import uuid
 from pathlib import Path
 
-from shadowtap.lab import lab as labmod
 import pytest
+
+from shadowtap.lab import lab as labmod
 from tests.support.prereq import require_root, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,15 +45,23 @@ def lab(tmp_path):
 
 
 def _curl(ns: str, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", ns, "curl", "-sS", "--max-time", "5", *args, url],
-                          capture_output=True, text=True, check=False, timeout=30)
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "curl", "-sS", "--max-time", "5", *args, url],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
 
 
 def test_up_status_down(lab):
     state = labmod.up(lab)
     names = {lab.ns(r) for r in ("client", "primary", "shadow")}
     assert names <= _namespaces()
-    assert state["hosts"]["primary"]["interfaces"] == {"to-client": "10.250.70.2", "to-shadow": "10.250.71.1"}
+    assert state["hosts"]["primary"]["interfaces"] == {
+        "to-client": "10.250.70.2",
+        "to-shadow": "10.250.71.1",
+    }
     env = lab.env()
 
     # the services answer from the client: v1 in the primary, v2 in the shadow
@@ -65,12 +74,16 @@ def test_up_status_down(lab):
     r = _curl(lab.ns("primary"), env["LAB_SHADOW_URL"] + "/health")
     assert json.loads(r.stdout)["status"] == "ok"
     # the lab's addresses exist only inside its namespaces
-    root_addrs = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=True).stdout
+    root_addrs = subprocess.run(
+        ["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=True
+    ).stdout
     assert "10.250.70.2" not in root_addrs and "10.250.71.2" not in root_addrs
 
     st = labmod.status(lab)
     assert st["state"] == "up"
-    assert st["services"]["primary"]["health"] == "200" and st["services"]["shadow"]["health"] == "200"
+    assert (
+        st["services"]["primary"]["health"] == "200" and st["services"]["shadow"]["health"] == "200"
+    )
     pids = [st["services"][r]["pid"] for r in ("primary", "shadow")]
     assert all(_alive(p) for p in pids)
     for role in ("primary", "shadow"):
@@ -90,25 +103,65 @@ def test_traffic_from_the_client_uses_keepalive_and_new_connections(lab, tmp_pat
     labmod.up(lab)
     env = lab.env()
     pcap = tmp_path / "syn.pcap"
-    dump = subprocess.Popen(["ip", "netns", "exec", lab.ns("primary"), "tcpdump", "-i", "to-client", "-U", "-n",
-                             "--immediate-mode",
-                             "-w", str(pcap), "tcp[tcpflags] & tcp-syn != 0 and tcp[tcpflags] & tcp-ack == 0"],
-                            stderr=subprocess.PIPE, text=True)
+    dump = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.ns("primary"),
+            "tcpdump",
+            "-i",
+            "to-client",
+            "-U",
+            "-n",
+            "--immediate-mode",
+            "-w",
+            str(pcap),
+            "tcp[tcpflags] & tcp-syn != 0 and tcp[tcpflags] & tcp-ack == 0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert "listening" in dump.stderr.readline()
-        proc = subprocess.run(["ip", "netns", "exec", lab.ns("client"), sys.executable, str(LAB / "traffic.py"),
-                               "--target", env["LAB_PRIMARY_URL"], "--count", "100", "--rate", "200",
-                               "--seed", "1", "--concurrency", "4", "--json"],
-                              capture_output=True, text=True, timeout=120, check=False)
+        proc = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                lab.ns("client"),
+                sys.executable,
+                str(LAB / "traffic.py"),
+                "--target",
+                env["LAB_PRIMARY_URL"],
+                "--count",
+                "100",
+                "--rate",
+                "200",
+                "--seed",
+                "1",
+                "--concurrency",
+                "4",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
         summary = json.loads(proc.stdout)
         assert summary["sent"] == 100 and summary["failures"] == 0
 
         def syns() -> list[str]:
-            read = subprocess.run(["tcpdump", "-n", "-r", str(pcap)], capture_output=True, text=True, check=False)
+            read = subprocess.run(
+                ["tcpdump", "-n", "-r", str(pcap)], capture_output=True, text=True, check=False
+            )
             return [line for line in read.stdout.splitlines() if "Flags [S]" in line]
 
-        deadline = time.monotonic() + 10  # tcpdump writes each packet as it comes (-U, immediate mode)
+        deadline = (
+            time.monotonic() + 10
+        )  # tcpdump writes each packet as it comes (-U, immediate mode)
         while len(syns()) < summary["new_connections"] and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
@@ -116,7 +169,10 @@ def test_traffic_from_the_client_uses_keepalive_and_new_connections(lab, tmp_pat
         dump.wait(10)
     syns = syns()
     # every new-connection request opens one; the keep-alive ones share at most 4 (the concurrency)
-    assert summary["new_connections"] <= len(syns) <= summary["new_connections"] + 4, (len(syns), summary)
+    assert summary["new_connections"] <= len(syns) <= summary["new_connections"] + 4, (
+        len(syns),
+        summary,
+    )
     assert len(syns) < summary["sent"]
 
 
@@ -137,19 +193,41 @@ def test_down_cleans_a_crashed_half_finished_up(lab):
     dead.wait()
     tag = f"{dead.pid % 100000}x2"
     lab.dir.mkdir(parents=True)
-    (lab.dir / "state.json").write_text(json.dumps({"prefix": lab.prefix, "creator_pid": dead.pid,
-                                                    "phase": "starting"}))
+    (lab.dir / "state.json").write_text(
+        json.dumps({"prefix": lab.prefix, "creator_pid": dead.pid, "phase": "starting"})
+    )
     ns = lab.ns("primary")
     subprocess.run(["ip", "netns", "add", ns], check=True)
-    subprocess.run(["ip", "link", "add", f"sta{tag}", "type", "veth", "peer", "name", f"stb{tag}"], check=True)
+    subprocess.run(
+        ["ip", "link", "add", f"sta{tag}", "type", "veth", "peer", "name", f"stb{tag}"], check=True
+    )
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        svc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(LAB / "demo_service.py"),
-                                "--port", "0", "--host", "127.0.0.1", "--name", ns],
-                               stdout=subprocess.DEVNULL, start_new_session=True)
+        svc = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                sys.executable,
+                str(LAB / "demo_service.py"),
+                "--port",
+                "0",
+                "--host",
+                "127.0.0.1",
+                "--name",
+                ns,
+            ],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 20
-        while svc.pid not in [int(x) for x in subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                                                               text=True, check=False).stdout.split()]:
+        while svc.pid not in [
+            int(x)
+            for x in subprocess.run(
+                ["ip", "netns", "pids", ns], capture_output=True, text=True, check=False
+            ).stdout.split()
+        ]:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert labmod.status(lab, probe=False)["state"] == "partial"
@@ -160,7 +238,9 @@ def test_down_cleans_a_crashed_half_finished_up(lab):
         assert ns in report.namespaces and ns not in _namespaces()
         assert report.links == [f"sta{tag}"]  # its peer goes with it
         for name in (f"sta{tag}", f"stb{tag}"):
-            shown = subprocess.run(["ip", "link", "show", "dev", name], capture_output=True, check=False)
+            shown = subprocess.run(
+                ["ip", "link", "show", "dev", name], capture_output=True, check=False
+            )
             assert shown.returncode != 0
         assert not lab.dir.exists()
     finally:
@@ -172,9 +252,15 @@ def test_down_leaves_processes_that_are_not_ours(lab):
     other = subprocess.Popen(["ip", "netns", "exec", lab.ns("client"), "sleep", "60"])
     try:
         time.sleep(0.2)  # let ip netns exec enter the namespace (checked just below)
-        assert other.pid in [int(x) for x in subprocess.run(["ip", "netns", "pids", lab.ns("client")],
-                                                             capture_output=True, text=True,
-                                                             check=False).stdout.split()]
+        assert other.pid in [
+            int(x)
+            for x in subprocess.run(
+                ["ip", "netns", "pids", lab.ns("client")],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.split()
+        ]
         report = labmod.down(lab)
         assert any(str(other.pid) in s for s in report.left_running)
         assert other.poll() is None  # still running: down stops only the lab's own processes
@@ -189,19 +275,43 @@ def test_lab_sh_wrapper(tmp_path):
     prefix = f"stl{uuid.uuid4().hex[:6]}"
     env = dict(os.environ, LAB_PREFIX=prefix)
     try:
-        up = subprocess.run([str(ROOT / "scripts" / "lab.sh"), "up", "--run-dir", str(tmp_path)], env=env,
-                            capture_output=True, text=True, timeout=120, check=False)
+        up = subprocess.run(
+            [str(ROOT / "scripts" / "lab.sh"), "up", "--run-dir", str(tmp_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert up.returncode == 0, up.stderr
-        st = subprocess.run([str(ROOT / "scripts" / "lab.sh"), "status", "--json", "--run-dir", str(tmp_path)],
-                            env=env, capture_output=True, text=True, timeout=60, check=False)
+        st = subprocess.run(
+            [str(ROOT / "scripts" / "lab.sh"), "status", "--json", "--run-dir", str(tmp_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert st.returncode == 0 and json.loads(st.stdout)["state"] == "up"
     finally:
-        down = subprocess.run([str(ROOT / "scripts" / "lab.sh"), "down", "--run-dir", str(tmp_path)], env=env,
-                              capture_output=True, text=True, timeout=60, check=False)
+        down = subprocess.run(
+            [str(ROOT / "scripts" / "lab.sh"), "down", "--run-dir", str(tmp_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     assert down.returncode == 0, down.stderr
     assert not {f"{prefix}-client", f"{prefix}-primary", f"{prefix}-shadow"} & _namespaces()
-    st = subprocess.run([str(ROOT / "scripts" / "lab.sh"), "status", "--run-dir", str(tmp_path)], env=env,
-                        capture_output=True, text=True, timeout=60, check=False)
+    st = subprocess.run(
+        [str(ROOT / "scripts" / "lab.sh"), "status", "--run-dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert st.returncode == 1 and "down" in st.stdout
 
 
@@ -211,8 +321,14 @@ def test_shadowtap_lab_command():
     prefix = f"stl{uuid.uuid4().hex[:6]}"
 
     def st(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "shadowtap", "lab", *args, "--prefix", prefix],
-                              capture_output=True, text=True, timeout=120, check=False, cwd=ROOT)
+        return subprocess.run(
+            [sys.executable, "-m", "shadowtap", "lab", *args, "--prefix", prefix],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=ROOT,
+        )
 
     try:
         assert st("up").returncode == 0

@@ -12,8 +12,16 @@ import pytest
 from shadowtap.capture.extract import iter_exchanges
 
 PCAPS = Path(__file__).resolve().parents[2] / "pcaps"
-LAB_PCAPS = ("lab-keepalive", "lab-pipelined", "lab-chunked", "lab-gzip", "lab-post", "lab-errors",
-             "lab-slow", "lab-mix")
+LAB_PCAPS = (
+    "lab-keepalive",
+    "lab-pipelined",
+    "lab-chunked",
+    "lab-gzip",
+    "lab-post",
+    "lab-errors",
+    "lab-slow",
+    "lab-mix",
+)
 
 
 def _exchanges(name: str):
@@ -26,7 +34,9 @@ def test_small_and_complete(name):
     assert path.stat().st_size < 1 << 20
     exchanges = _exchanges(name)
     assert exchanges
-    assert all(e.request is not None and e.response is not None and not e.anomalies for e in exchanges)
+    assert all(
+        e.request is not None and e.response is not None and not e.anomalies for e in exchanges
+    )
     assert f"{name}.pcap" in (PCAPS / "README.md").read_text()
 
 
@@ -38,7 +48,11 @@ def test_keepalive_one_connection_many_requests():
 
 def test_pipelined_requests_answered_in_order():
     ex = _exchanges("lab-pipelined")
-    assert [e.request.target for e in ex] == ["/v1/products/1", "/v1/products?page=2&per_page=5", "/health"]
+    assert [e.request.target for e in ex] == [
+        "/v1/products/1",
+        "/v1/products?page=2&per_page=5",
+        "/health",
+    ]
     assert len({e.client for e in ex}) == 1
     # all three requests were on the wire before the first response
     assert max(e.request.end_ts for e in ex) <= min(e.response.ts for e in ex)
@@ -63,7 +77,9 @@ def test_gzip_bodies():
 def test_posts_with_bodies():
     ex = _exchanges("lab-post")
     assert [(e.request.method, e.request.target, e.response.status) for e in ex] == [
-        ("POST", "/v1/predict", 200), ("POST", "/v1/orders", 201)]
+        ("POST", "/v1/predict", 200),
+        ("POST", "/v1/orders", 201),
+    ]
     assert all(e.request.body_len > 0 for e in ex)
 
 

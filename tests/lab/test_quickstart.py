@@ -30,16 +30,32 @@ def test_readme_quickstart_replays_a_lab_pcap_and_compares(tmp_path):
     prefix = f"stq{uuid.uuid4().hex[:6]}"
     out = tmp_path / "out"
     script = quickstart_script()
-    assert "scripts/lab.sh up" in script and "shadowtap replay" in script and "shadowtap compare" in script
-    script = (script.replace("stlab-", f"{prefix}-").replace("mkdir -p out", f"mkdir -p {out}")
-              .replace(" out/", f" {out}/"))
+    assert (
+        "scripts/lab.sh up" in script
+        and "shadowtap replay" in script
+        and "shadowtap compare" in script
+    )
+    script = (
+        script.replace("stlab-", f"{prefix}-")
+        .replace("mkdir -p out", f"mkdir -p {out}")
+        .replace(" out/", f" {out}/")
+    )
     script = script.replace("--html", f"--json {out}/report.json --html")
     env = dict(os.environ, LAB_PREFIX=prefix)
     try:
-        proc = subprocess.run(["bash", "-c", "set -x\n" + script], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=600, check=False)
+        proc = subprocess.run(
+            ["bash", "-c", "set -x\n" + script],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
     finally:
-        subprocess.run([str(ROOT / "scripts" / "lab.sh"), "down"], env=env, capture_output=True, check=False)
+        subprocess.run(
+            [str(ROOT / "scripts" / "lab.sh"), "down"], env=env, capture_output=True, check=False
+        )
     # compare's exit status is the verdict (11: fail) and the script ends with lab.sh down (0)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "shadowtap compare" in proc.stderr  # it ran (set -x)
@@ -49,5 +65,9 @@ def test_readme_quickstart_replays_a_lab_pcap_and_compares(tmp_path):
     assert ("GET /v1/products/{id}", "body.price") in failed
     assert ("POST /v1/predict", "body.label") in failed
     assert (out / "lab-mix.html").stat().st_size > 10_000
-    assert prefix not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
-                                        check=False).stdout
+    assert (
+        prefix
+        not in subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, check=False
+        ).stdout
+    )

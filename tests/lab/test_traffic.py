@@ -13,22 +13,39 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from shadowtap.lab import traffic
+
 LAB = Path(__file__).resolve().parents[2] / "scripts" / "lab"
 
 
-@pytest.mark.parametrize("url", ["http://8.8.8.8:80", "http://example.com:8080", "https://127.0.0.1:1",
-                                 "http://10.251.0.1:8080", "http://[2001:db8::1]:80", "ftp://127.0.0.1/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://8.8.8.8:80",
+        "http://example.com:8080",
+        "https://127.0.0.1:1",
+        "http://10.251.0.1:8080",
+        "http://[2001:db8::1]:80",
+        "ftp://127.0.0.1/",
+    ],
+)
 def test_refuses_targets_outside_the_lab(url):
     with pytest.raises(ValueError):
         traffic.check_target(url)
-    proc = subprocess.run([sys.executable, str(LAB / "traffic.py"), "--target", url, "--count", "1"],
-                          check=False, capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, str(LAB / "traffic.py"), "--target", url, "--count", "1"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2 and "traffic: error" in proc.stderr
 
 
-@pytest.mark.parametrize("url", ["http://10.250.70.2:8080", "http://127.0.0.1:9", "http://localhost:9",
-                                 "http://[::1]:9"])
+@pytest.mark.parametrize(
+    "url", ["http://10.250.70.2:8080", "http://127.0.0.1:9", "http://localhost:9", "http://[::1]:9"]
+)
 def test_accepts_lab_and_loopback(url):
     assert traffic.check_target(url).startswith("http://")
 
@@ -54,7 +71,10 @@ def test_mix_is_reproducible_and_realistic():
         assert abs(counts[name] / 3000 - weight / total) < 0.03, (name, counts)
     assert 0.15 < sum(p.new_connection for p in seq1) / 3000 < 0.25
     rng = random.Random(1)
-    assert all(p.endpoint != "order" for p in (traffic.plan_request(rng, 0.2, orders=False) for _ in range(500)))
+    assert all(
+        p.endpoint != "order"
+        for p in (traffic.plan_request(rng, 0.2, orders=False) for _ in range(500))
+    )
 
 
 def expected_poisson_count(seed: int, rate: float, duration: float) -> int:
@@ -70,21 +90,24 @@ def test_poisson_arrivals_are_bursty_with_the_right_mean():
     gaps = [rng.expovariate(50) for _ in range(5000)]
     assert abs(sum(gaps) / len(gaps) - 1 / 50) < 0.002
     assert expected_poisson_count(1, 60, 12) != 720  # not the fixed pace...
-    assert abs(expected_poisson_count(1, 60, 12) - 720) < 4 * 720 ** 0.5  # ...but about the rate
+    assert abs(expected_poisson_count(1, 60, 12) - 720) < 4 * 720**0.5  # ...but about the rate
 
 
 def test_bounded_run_against_the_service(tmp_path):
     ready = tmp_path / "ready"
-    svc = subprocess.Popen([sys.executable, str(LAB / "demo_service.py"), "--port", "0",
-                            "--ready-file", str(ready)], stdout=subprocess.DEVNULL)
+    svc = subprocess.Popen(
+        [sys.executable, str(LAB / "demo_service.py"), "--port", "0", "--ready-file", str(ready)],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while not ready.exists():
             assert svc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         port = json.loads(ready.read_text())["port"]
-        summary = asyncio.run(traffic.run(f"http://127.0.0.1:{port}", rate=200, count=120, duration=20,
-                                          seed=4))
+        summary = asyncio.run(
+            traffic.run(f"http://127.0.0.1:{port}", rate=200, count=120, duration=20, seed=4)
+        )
         assert summary.sent == 120 and summary.failures == 0
         assert sum(summary.statuses.values()) == 120
         assert summary.new_connections > 0
@@ -92,20 +115,50 @@ def test_bounded_run_against_the_service(tmp_path):
         assert statuses <= {"200", "201", "404"}
         # duration bound: a huge count still stops after about the duration
         t0 = time.monotonic()
-        summary = asyncio.run(traffic.run(f"http://127.0.0.1:{port}", rate=50, count=10**6, duration=1.0,
-                                          seed=4, arrivals="uniform"))
+        summary = asyncio.run(
+            traffic.run(
+                f"http://127.0.0.1:{port}",
+                rate=50,
+                count=10**6,
+                duration=1.0,
+                seed=4,
+                arrivals="uniform",
+            )
+        )
         assert time.monotonic() - t0 < 15 and summary.sent == 50
         # poisson arrivals (the default): as many as the seeded exponential intervals fit
-        summary = asyncio.run(traffic.run(f"http://127.0.0.1:{port}", rate=100, count=10**6, duration=1.0,
-                                          seed=4))
+        summary = asyncio.run(
+            traffic.run(f"http://127.0.0.1:{port}", rate=100, count=10**6, duration=1.0, seed=4)
+        )
         assert summary.sent == expected_poisson_count(4, 100, 1.0) and summary.failures == 0
         # the command line prints a JSON summary
-        proc = subprocess.run([sys.executable, str(LAB / "traffic.py"), "--target", f"http://127.0.0.1:{port}",
-                               "--count", "30", "--rate", "300", "--seed", "2", "--json", "--no-orders"],
-                              check=False, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(LAB / "traffic.py"),
+                "--target",
+                f"http://127.0.0.1:{port}",
+                "--count",
+                "30",
+                "--rate",
+                "300",
+                "--seed",
+                "2",
+                "--json",
+                "--no-orders",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
         data = json.loads(proc.stdout)
-        assert data["sent"] == 30 and data["seed"] == 2 and not any(k.startswith("order") for k in data["statuses"])
+        assert (
+            data["sent"] == 30
+            and data["seed"] == 2
+            and not any(k.startswith("order") for k in data["statuses"])
+        )
     finally:
         svc.terminate()
         svc.wait(10)

@@ -20,13 +20,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _validate(directory: Path, home: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_HOME=str(home),
-               VAGRANT_NO_COLOR="1", VAGRANT_DOTFILE_PATH=str(home / "dotfile"))
+    env = dict(
+        os.environ,
+        VAGRANT_CHECKPOINT_DISABLE="1",
+        VAGRANT_HOME=str(home),
+        VAGRANT_NO_COLOR="1",
+        VAGRANT_DOTFILE_PATH=str(home / "dotfile"),
+    )
     argv = ["vagrant", "validate", "--ignore-provider"]
     if os.geteuid() == 0 and shutil.which("unshare"):
         argv = ["unshare", "--net", *argv]  # no route anywhere: validate must work offline
-    return subprocess.run(argv, cwd=directory, env=env, capture_output=True, text=True, timeout=120,
-                          check=False)
+    return subprocess.run(
+        argv, cwd=directory, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def test_vagrantfile_validates(tmp_path):
@@ -40,7 +46,8 @@ def test_vagrantfile_validates(tmp_path):
 
 
 def test_validate_catches_a_broken_vagrantfile(tmp_path):
-    """The check above can fail: the same file with the provisioning script missing does not pass."""
+    """The check above can fail: the same file with the provisioning script missing does not
+    pass."""
     _ct.require_tool("vagrant")
     _ct.require_root()
     work = tmp_path / "copy"
@@ -55,9 +62,17 @@ def test_vm_scripts_are_valid_bash():
     for name in ("vagrant_provision.sh", "vm_demo.sh"):
         path = ROOT / "scripts" / "lab" / name
         assert os.access(path, os.X_OK)
-        proc = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            ["bash", "-n", str(path)], capture_output=True, text=True, check=False
+        )
         assert proc.returncode == 0, proc.stderr
     script = ROOT / "scripts" / "lab" / "vagrant_provision.sh"
-    bad = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False,
-                         timeout=30, env={"PATH": os.environ["PATH"]})
+    bad = subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+        env={"PATH": os.environ["PATH"]},
+    )
     assert bad.returncode != 0  # no role given: refuses before touching anything

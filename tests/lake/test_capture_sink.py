@@ -26,15 +26,37 @@ def test_capture_publishes_what_it_writes(tmp_path, monkeypatch) -> None:
     url = f"http://127.0.0.1:{port}"
     with NatsServer(str(tmp_path / "js")) as srv:
         try:
-            lab.wait_for(lambda: subprocess.run(["curl", "-s", "-o", "/dev/null", f"{url}/ready"],
-                                                check=False).returncode == 0, 30, "nginx")
-            agent = lab.start_agent("lo", port, "pcap", tmp_path, "--sink", f"{srv.url}/run1",
-                                    "--sink-spool", str(tmp_path / "sink"), ns=None)
+            lab.wait_for(
+                lambda: (
+                    subprocess.run(
+                        ["curl", "-s", "-o", "/dev/null", f"{url}/ready"], check=False
+                    ).returncode
+                    == 0
+                ),
+                30,
+                "nginx",
+            )
+            agent = lab.start_agent(
+                "lo",
+                port,
+                "pcap",
+                tmp_path,
+                "--sink",
+                f"{srv.url}/run1",
+                "--sink-spool",
+                str(tmp_path / "sink"),
+                ns=None,
+            )
             for i in range(40):
-                subprocess.run(["curl", "-sS", "-o", "/dev/null", f"{url}/item/{i}"], check=True,
-                               timeout=10)
-            lab.wait_for(lambda: lab.text_of(tmp_path / "agent.jsonl").count("\n") >= 40, 60,
-                         "the exchanges", proc=agent.p)
+                subprocess.run(
+                    ["curl", "-sS", "-o", "/dev/null", f"{url}/item/{i}"], check=True, timeout=10
+                )
+            lab.wait_for(
+                lambda: lab.text_of(tmp_path / "agent.jsonl").count("\n") >= 40,
+                60,
+                "the exchanges",
+                proc=agent.p,
+            )
             agent.p.send_signal(signal.SIGTERM)
             assert agent.p.wait(120) == 0, agent.err()
         finally:

@@ -12,7 +12,7 @@ from shadowtap.lake.nats import NatsSink
 from shadowtap.records import Exchange, Request, Response
 from tests.support.natsd import NatsServer
 
-MEMBER = r'''
+MEMBER = r"""
 import json, sys, time
 from shadowtap.lake.nats import GroupConsumer
 url, out, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -23,16 +23,28 @@ with open(out, "w") as f:
         if delay:
             time.sleep(delay)  # a slow consumer
 c.close()
-'''
+"""
 
 
 def _exchange(conn: int, i: int) -> Exchange:
     ts = 1764160000.0 + conn + i / 1000
-    req = Request(ts=ts, end_ts=ts, version="1.1", headers=(("Host", "svc"),), method="GET",
-                  target=f"/c/{conn}/{i}")
+    req = Request(
+        ts=ts,
+        end_ts=ts,
+        version="1.1",
+        headers=(("Host", "svc"),),
+        method="GET",
+        target=f"/c/{conn}/{i}",
+    )
     resp = Response(ts=ts, end_ts=ts + 0.001, version="1.1", headers=(), status=200)
-    return Exchange(id=f"c{conn:03d}-{i:04d}", client=f"10.0.0.{conn}:40000", server="10.0.1.1:80",
-                    index=i, request=req, response=resp)
+    return Exchange(
+        id=f"c{conn:03d}-{i:04d}",
+        client=f"10.0.0.{conn}:40000",
+        server="10.0.1.1:80",
+        index=i,
+        request=req,
+        response=resp,
+    )
 
 
 def test_two_replay_members_share_the_stream_per_connection_in_order(tmp_path) -> None:
@@ -46,8 +58,10 @@ def test_two_replay_members_share_the_stream_per_connection_in_order(tmp_path) -
         sink.close()
         assert sink.acked == conns * per_conn
         outs = [tmp_path / "m1.jsonl", tmp_path / "m2.jsonl"]
-        procs = [subprocess.Popen([sys.executable, "-c", MEMBER, url, str(out), delay])
-                 for out, delay in zip(outs, ("0", "0.002"))]  # the second one slow
+        procs = [
+            subprocess.Popen([sys.executable, "-c", MEMBER, url, str(out), delay])
+            for out, delay in zip(outs, ("0", "0.002"))
+        ]  # the second one slow
         for p in procs:
             assert p.wait(180) == 0
     got = [[json.loads(line) for line in out.read_text().splitlines()] for out in outs]
@@ -74,8 +88,12 @@ def test_replay_reads_the_stream(tmp_path) -> None:
     from tests.support.natsd import free_port
 
     port = free_port()
-    web = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-                           cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    web = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         with NatsServer(str(tmp_path / "js")) as srv:
             sink = NatsSink(f"{srv.url}/r1", str(tmp_path / "spool"), host="a")
@@ -83,14 +101,30 @@ def test_replay_reads_the_stream(tmp_path) -> None:
                 sink.on_exchange(_exchange(i % 3, i))
             sink.close()
             out = subprocess.run(
-                [sys.executable, "-m", "shadowtap", "replay", f"{srv.url}/r1?idle=2", "-t",
-                 f"http://127.0.0.1:{port}", "-o", str(tmp_path / "res.jsonl"), "--speed", "max"],
-                check=False, capture_output=True, text=True, timeout=180)
+                [
+                    sys.executable,
+                    "-m",
+                    "shadowtap",
+                    "replay",
+                    f"{srv.url}/r1?idle=2",
+                    "-t",
+                    f"http://127.0.0.1:{port}",
+                    "-o",
+                    str(tmp_path / "res.jsonl"),
+                    "--speed",
+                    "max",
+                ],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
     finally:
         web.kill()
         web.wait()
     assert out.returncode == 0, out.stderr
     results = [json.loads(line) for line in (tmp_path / "res.jsonl").read_text().splitlines()]
     assert sorted(r["exchange_id"] for r in results) == sorted(
-        _exchange(i % 3, i).id for i in range(30))
+        _exchange(i % 3, i).id for i in range(30)
+    )
     assert all(r["response"]["status"] == 404 for r in results)  # http.server answered each

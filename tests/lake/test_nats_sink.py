@@ -55,8 +55,11 @@ def _in_order_per_subject(records: list[tuple[str, dict, dict]]) -> bool:
 
 def test_parse_sink() -> None:
     u = parse_sink("nats://10.0.0.1:4222/shadow.run-7")
-    assert (u.server, u.subject, u.stream) == ("nats://10.0.0.1:4222", "shadow.run-7",
-                                               "SHADOWTAP_SHADOW_RUN_7")
+    assert (u.server, u.subject, u.stream) == (
+        "nats://10.0.0.1:4222",
+        "shadow.run-7",
+        "SHADOWTAP_SHADOW_RUN_7",
+    )
     with pytest.raises(Exception, match="sink"):
         parse_sink("http://x/y")
 
@@ -108,8 +111,9 @@ def test_broker_killed_and_restarted_mid_run(tmp_path) -> None:
 
 def test_broker_away_from_the_start(tmp_path) -> None:
     port = free_port()
-    sink = NatsSink(f"nats://127.0.0.1:{port}/{SUBJECT}", str(tmp_path / "spool"), host="a1",
-                    drain_timeout=30)
+    sink = NatsSink(
+        f"nats://127.0.0.1:{port}/{SUBJECT}", str(tmp_path / "spool"), host="a1", drain_timeout=30
+    )
     for ex in _exchanges(1000):
         sink.on_exchange(ex)
     with NatsServer(str(tmp_path / "js"), port):

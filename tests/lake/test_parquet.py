@@ -44,9 +44,13 @@ WHERE shadow_ms IS NOT NULL ORDER BY shadow_ms DESC LIMIT 5
 def _export(tmp_path, n: int, *args: str) -> str:
     write_run(str(tmp_path), n)
     lake = str(tmp_path / "lake")
-    out = subprocess.run([*SHADOWTAP, "export", str(tmp_path), "-o", lake, "--host", "agent-1",
-                          *args],
-                         check=False, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [*SHADOWTAP, "export", str(tmp_path), "-o", lake, "--host", "agent-1", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert f"exported {n} pairs" in out.stderr + out.stdout
     return lake
@@ -108,23 +112,34 @@ def test_duckdb_reads_the_readme_queries(tmp_path) -> None:
     n_users, with_rid = con.sql(
         f"SELECT count(*), sum(CASE WHEN list_contains(diff_paths, 'body.request_id') THEN 1 END) "
         f"FROM read_parquet('{lake}/**/*.parquet', hive_partitioning = true) "
-        f"WHERE compared AND endpoint = 'GET /users/{{id}}'").fetchall()[0]
+        f"WHERE compared AND endpoint = 'GET /users/{{id}}'"
+    ).fetchall()[0]
     assert n_users == with_rid > 1400  # every compared pair
 
 
 def test_compare_parquet_writes_the_same_pairs_as_export(tmp_path) -> None:
     ex, res = write_run(str(tmp_path), 500)
     lake = str(tmp_path / "cmp-lake")
-    out = subprocess.run([*SHADOWTAP, "compare", ex, res, "--quiet", "--parquet", lake],
-                         check=False, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [*SHADOWTAP, "compare", ex, res, "--quiet", "--parquet", lake],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode in (0, 10, 11), out.stderr
     ids = sorted((e.id, r.copy) for e, r, _ in read_lake(lake))
     assert ids == sorted((e.id, r.copy) for e, r in pairs(500))
 
 
 def test_bad_inputs_say_where(tmp_path) -> None:
-    out = subprocess.run([*SHADOWTAP, "export", str(tmp_path), "-o", str(tmp_path / "l")],
-                         check=False, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*SHADOWTAP, "export", str(tmp_path), "-o", str(tmp_path / "l")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 3 and "no exchanges.jsonl" in out.stderr
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"not parquet")
@@ -137,9 +152,16 @@ def test_nothing_to_export_is_an_error(tmp_path) -> None:
     garbage, empty = tmp_path / "garbage.jsonl", tmp_path / "empty.jsonl"
     garbage.write_bytes(b'{"schema":2\nnot json\n')
     empty.write_bytes(b"")
-    for ex, res, why in ((garbage, garbage, "4 malformed lines"),
-                         (empty, empty, "0 exchanges and 0 results")):
-        out = subprocess.run([*SHADOWTAP, "export", str(ex), str(res), "-o", str(tmp_path / "l")],
-                             check=False, capture_output=True, text=True, timeout=60)
+    for ex, res, why in (
+        (garbage, garbage, "4 malformed lines"),
+        (empty, empty, "0 exchanges and 0 results"),
+    ):
+        out = subprocess.run(
+            [*SHADOWTAP, "export", str(ex), str(res), "-o", str(tmp_path / "l")],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 3, out.stderr
         assert f"{ex}, {res}: no pair to export ({why}" in out.stderr, out.stderr

@@ -21,15 +21,42 @@ T0 = 1764160000.0
 def pair(i: int, path: str) -> tuple[Exchange, Result]:
     ts = T0 + i
     body = orjson.dumps({"id": i})
-    resp = Response(ts=ts, end_ts=ts + 0.01, version="1.1",
-                    headers=(("Content-Type", "application/json"),), body=body,
-                    body_len=len(body), status=200)
-    req = Request(ts=ts, end_ts=ts, version="1.1", headers=(("Host", "svc"),), method="GET",
-                  target=f"{path}?i={i}")
-    ex = Exchange(id=f"ex{i:06d}", client="10.0.0.1:40000", server="10.0.0.2:80", index=i,
-                  request=req, response=resp, total_ms=10.0, ttfb_ms=10.0)
-    res = Result(exchange_id=ex.id, target="http://127.0.0.1:1/", scheduled=ts, sent=ts,
-                 response=resp, total_ms=10.0, ttfb_ms=10.0)
+    resp = Response(
+        ts=ts,
+        end_ts=ts + 0.01,
+        version="1.1",
+        headers=(("Content-Type", "application/json"),),
+        body=body,
+        body_len=len(body),
+        status=200,
+    )
+    req = Request(
+        ts=ts,
+        end_ts=ts,
+        version="1.1",
+        headers=(("Host", "svc"),),
+        method="GET",
+        target=f"{path}?i={i}",
+    )
+    ex = Exchange(
+        id=f"ex{i:06d}",
+        client="10.0.0.1:40000",
+        server="10.0.0.2:80",
+        index=i,
+        request=req,
+        response=resp,
+        total_ms=10.0,
+        ttfb_ms=10.0,
+    )
+    res = Result(
+        exchange_id=ex.id,
+        target="http://127.0.0.1:1/",
+        scheduled=ts,
+        sent=ts,
+        response=resp,
+        total_ms=10.0,
+        ttfb_ms=10.0,
+    )
     return ex, res
 
 

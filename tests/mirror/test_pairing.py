@@ -3,9 +3,13 @@ from shadowtap.records import Exchange, Request, Response, Result
 
 
 def _ex(i: str) -> Exchange:
-    req = Request(ts=1.0, end_ts=1.0, version="HTTP/1.1", headers=(("Host", "a"),), method="GET", target="/")
+    req = Request(
+        ts=1.0, end_ts=1.0, version="HTTP/1.1", headers=(("Host", "a"),), method="GET", target="/"
+    )
     resp = Response(ts=1.1, end_ts=1.2, version="HTTP/1.1", headers=(), status=200, reason="OK")
-    return Exchange(id=i, client="10.0.0.1:1000", server="10.0.0.2:80", index=0, request=req, response=resp)
+    return Exchange(
+        id=i, client="10.0.0.1:1000", server="10.0.0.2:80", index=0, request=req, response=resp
+    )
 
 
 def _res(i: str) -> Result:
@@ -46,8 +50,16 @@ def test_expire_by_age_then_flush():
 
 
 def test_bytes_bound_evicts_oldest():
-    big = Response(ts=1.1, end_ts=1.2, version="HTTP/1.1", headers=(), body=b"x" * 600, body_len=600,
-                   status=200, reason="OK")
+    big = Response(
+        ts=1.1,
+        end_ts=1.2,
+        version="HTTP/1.1",
+        headers=(),
+        body=b"x" * 600,
+        body_len=600,
+        status=200,
+        reason="OK",
+    )
     p = Pairer(max_bytes=1000)
     p.add_result(Result(exchange_id="a", target="t", scheduled=1, sent=1, response=big), 0.0)
     p.add_result(Result(exchange_id="b", target="t", scheduled=1, sent=1, response=big), 0.0)

@@ -31,7 +31,7 @@ PORT = 8080
 PRIMARY, SHADOW = "10.250.61.2", "10.250.62.2"
 
 # One app, several behaviours. Every request handled is appended to the log (one JSON line).
-APP = r'''
+APP = r"""
 import asyncio, json, socket, struct, sys
 from aiohttp import web
 
@@ -104,10 +104,10 @@ async def main():
     await asyncio.Event().wait()
 
 asyncio.run(main())
-'''
+"""
 
 # The client: a fixed mix of requests, keep-alive with a new connection every 10 requests.
-CLIENT = r'''
+CLIENT = r"""
 import http.client, json, sys, time
 host, port, n, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rows = []
@@ -137,7 +137,7 @@ for i in range(n):
                  "ms": (time.perf_counter() - t0) * 1000})
 conn.close()
 json.dump(rows, open(out, "w"))
-'''
+"""
 
 
 class Lab:
@@ -145,7 +145,11 @@ class Lab:
 
     def __init__(self, topo, tmp: Path) -> None:
         self.tmp = tmp
-        self.client, self.primary, self.shadow = topo.host("client"), topo.host("primary"), topo.host("shadow")
+        self.client, self.primary, self.shadow = (
+            topo.host("client"),
+            topo.host("primary"),
+            topo.host("shadow"),
+        )
         self.cap_if, _ = topo.link(self.primary, self.client, PRIMARY, "10.250.61.1")
         topo.link(self.primary, self.shadow, "10.250.62.1", SHADOW)
         (tmp / "app.py").write_text(APP)
@@ -155,7 +159,9 @@ class Lab:
     def serve(self, host, variant: str, name: str) -> Path:
         log, ready = self.tmp / f"{name}.log", self.tmp / f"{name}.ready"
         log.write_text("")
-        self.procs.append(host.popen([PY, str(self.tmp / "app.py"), variant, str(PORT), str(log), str(ready)]))
+        self.procs.append(
+            host.popen([PY, str(self.tmp / "app.py"), variant, str(PORT), str(log), str(ready)])
+        )
         deadline = time.monotonic() + 20
         while not ready.exists():
             assert time.monotonic() < deadline, f"{name} server did not start"
@@ -165,13 +171,32 @@ class Lab:
 
     def drive(self, n: int, name: str) -> list[dict]:
         out = self.tmp / f"{name}.json"
-        self.client.run([PY, str(self.tmp / "client.py"), PRIMARY, str(PORT), str(n), str(out)], timeout=120)
+        self.client.run(
+            [PY, str(self.tmp / "client.py"), PRIMARY, str(PORT), str(n), str(out)], timeout=120
+        )
         return json.loads(out.read_text())
 
     def mirror(self, backend: str, run_dir: Path, *extra: str) -> subprocess.Popen:
-        argv = [SHADOWTAP, "mirror", "--iface", self.cap_if, "--port", str(PORT),
-                "--shadow", f"http://{SHADOW}:{PORT}", "--backend", backend, "--run-dir", str(run_dir),
-                "--no-dashboard", "--log-interval", "1", "--metrics", "127.0.0.1:9464", *extra]
+        argv = [
+            SHADOWTAP,
+            "mirror",
+            "--iface",
+            self.cap_if,
+            "--port",
+            str(PORT),
+            "--shadow",
+            f"http://{SHADOW}:{PORT}",
+            "--backend",
+            backend,
+            "--run-dir",
+            str(run_dir),
+            "--no-dashboard",
+            "--log-interval",
+            "1",
+            "--metrics",
+            "127.0.0.1:9464",
+            *extra,
+        ]
         err = self.tmp / f"mirror-{run_dir.name}.err"
         with open(err, "wb") as f:
             proc = self.primary.popen(argv, stdout=subprocess.PIPE, stderr=f)
@@ -198,7 +223,9 @@ class Lab:
         """Bounded wait for a counter of the real metrics endpoint (not a timing assertion)."""
         deadline = time.monotonic() + timeout
         while self.metric(name) < at_least:
-            assert time.monotonic() < deadline, f"{name} stayed below {at_least}: {self.metric(name)}"
+            assert time.monotonic() < deadline, (
+                f"{name} stayed below {at_least}: {self.metric(name)}"
+            )
             time.sleep(0.2)
 
     def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM) -> tuple[int, str]:
@@ -210,7 +237,9 @@ class Lab:
         """shadowtap's TC filters left on the captured interface (empty when none)."""
         out = ""
         for direction in ("ingress", "egress"):
-            out += self.primary.run(["tc", "filter", "show", "dev", self.cap_if, direction], check=False).stdout
+            out += self.primary.run(
+                ["tc", "filter", "show", "dev", self.cap_if, direction], check=False
+            ).stdout
         return "\n".join(line for line in out.splitlines() if "shadowtap-" in line)
 
     def close(self) -> None:
@@ -264,7 +293,9 @@ def test_shadow_that_differs_yields_exactly_the_expected_regressions(lab, backen
     assert all(r["status"] in (200, 201) for r in rows)
     # The shadow got exactly the safe requests and the allowed route; no order was ever created.
     seen = _lines(shadow_log)
-    assert sorted((s["method"], s["path"]) for s in seen) == sorted((r["method"], r["path"]) for r in expected)
+    assert sorted((s["method"], s["path"]) for s in seen) == sorted(
+        (r["method"], r["path"]) for r in expected
+    )
     assert not any(s["path"] == "/orders" for s in seen)
     assert {s["host"] for s in seen} == {f"{SHADOW}:{PORT}"}  # Host rewritten to the shadow
     assert {s["auth"] for s in seen} == {"Bearer secret-token"}  # the shadow gets what was sent
@@ -283,7 +314,9 @@ def test_shadow_that_differs_yields_exactly_the_expected_regressions(lab, backen
     exchanges, results = _lines(run / "exchanges.jsonl"), _lines(run / "results.jsonl")
     assert len(exchanges) == len(results) == len(expected)
     assert [e["id"] for e in exchanges] == [r["exchange_id"] for r in results]
-    auth = {v for e in exchanges for n, v in e["request"]["headers"] if n.lower() == "authorization"}
+    auth = {
+        v for e in exchanges for n, v in e["request"]["headers"] if n.lower() == "authorization"
+    }
     assert len(auth) == 1 and next(iter(auth)).startswith("redacted:")
     report = json.loads((run / "report.json").read_text())
     assert (run / "report.txt").read_text().startswith("verdict: FAIL")
@@ -291,8 +324,19 @@ def test_shadow_that_differs_yields_exactly_the_expected_regressions(lab, backen
     assert _regressions(report) == EXPECTED_REGRESSIONS
     # compare re-analyses the run directory alone and finds the same.
     again = tmp_path / "again.json"
-    proc = subprocess.run([SHADOWTAP, "compare", str(run / "exchanges.jsonl"), str(run / "results.jsonl"),
-                           "--json", str(again)], check=False, capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [
+            SHADOWTAP,
+            "compare",
+            str(run / "exchanges.jsonl"),
+            str(run / "results.jsonl"),
+            "--json",
+            str(again),
+        ],
+        check=False,
+        capture_output=True,
+        timeout=120,
+    )
     assert proc.returncode == 11, proc.stderr
     assert _regressions(json.loads(again.read_text())) == EXPECTED_REGRESSIONS
     # The endpoints the shadow serves alike fail nothing but (maybe) latency.
@@ -315,8 +359,11 @@ EXPECTED_REGRESSIONS = {
 
 
 def _regressions(report: dict) -> set[tuple[str, str, str | None]]:
-    return {(m["group"], m["endpoint"], m["path"]) for m in report["verdict"]["metrics"]
-            if m["failed"] and m["group"] in ("errors", "content")}
+    return {
+        (m["group"], m["endpoint"], m["path"])
+        for m in report["verdict"]["metrics"]
+        if m["failed"] and m["group"] in ("errors", "content")
+    }
 
 
 def _latencies(rows: list[dict]) -> list[float]:
@@ -337,8 +384,18 @@ def test_a_failing_shadow_never_touches_the_primary(lab, backend, fault, tmp_pat
     n = 150
     base = lab.drive(n, "baseline")
     run = tmp_path / "run"
-    proc = lab.mirror(backend, run, "--queue", "8", "--concurrency", "2", "--timeout", "3",
-                      "--allow", "POST /v1/predict")
+    proc = lab.mirror(
+        backend,
+        run,
+        "--queue",
+        "8",
+        "--concurrency",
+        "2",
+        "--timeout",
+        "3",
+        "--allow",
+        "POST /v1/predict",
+    )
     with_mirror = lab.drive(n, "mirrored")
     lab.wait_metric("shadowtap_mirror_requests_seen_total", n)
     rc, _ = lab.stop(proc)
@@ -374,8 +431,19 @@ def test_duration_percent_and_unsafe_methods_with_idempotency_keys(lab, tmp_path
     # Latency is for the benchmark: this machine's load must not decide the test's verdict.
     config = tmp_path / "compare.json"
     config.write_text(json.dumps({"latency": {"min_ms": 10_000}}))
-    proc = lab.mirror("pcap", run, "--duration", "8", "--percent", "50", "--allow-unsafe",
-                      "--host-suffix", "-shadow", "--config", str(config))
+    proc = lab.mirror(
+        "pcap",
+        run,
+        "--duration",
+        "8",
+        "--percent",
+        "50",
+        "--allow-unsafe",
+        "--host-suffix",
+        "-shadow",
+        "--config",
+        str(config),
+    )
     rows = lab.drive(100, "client")
     proc.communicate(timeout=60)
     s = json.loads((run / "mirror.json").read_text())
@@ -391,9 +459,11 @@ def test_duration_percent_and_unsafe_methods_with_idempotency_keys(lab, tmp_path
     posts = [x for x in seen if x["method"] == "POST"]
     assert any(x["path"] == "/orders" for x in posts)
     assert all(x["idem"].startswith("shadowtap-") for x in posts)
-    assert {x["idem"][len("shadowtap-"):] for x in posts} <= set(exchanges)  # keyed by exchange id
+    assert {x["idem"][len("shadowtap-") :] for x in posts} <= set(exchanges)  # keyed by exchange id
     assert all(x["idem"] is None for x in seen if x["method"] == "GET")
-    sent_bodies = {json.dumps({"sku": i}) for i in range(100)} | {json.dumps({"x": i}) for i in range(10)}
+    sent_bodies = {json.dumps({"sku": i}) for i in range(100)} | {
+        json.dumps({"x": i}) for i in range(10)
+    }
     assert {x["body"] for x in posts} <= sent_bodies  # bodies as sent
 
 
@@ -408,7 +478,9 @@ def test_rate_limit_drops_the_excess_and_kill_9_leaves_no_hook(lab, tmp_path):
     lab.drive(100, "client")
     lab.wait_metric("shadowtap_mirror_requests_seen_total", 100)
     text = lab.primary.run(["curl", "-s", "http://127.0.0.1:9464/metrics"]).stdout
-    limited = re.search(r'shadowtap_mirror_requests_dropped_total\{reason="rate_limit"\} (\d+)', text)
+    limited = re.search(
+        r'shadowtap_mirror_requests_dropped_total\{reason="rate_limit"\} (\d+)', text
+    )
     queued = re.search(r"shadowtap_mirror_requests_queued_total (\d+)", text)
     assert limited and queued and int(limited.group(1)) > 0
     assert int(limited.group(1)) + int(queued.group(1)) == 60  # the 60 GETs
@@ -420,11 +492,16 @@ def test_rate_limit_drops_the_excess_and_kill_9_leaves_no_hook(lab, tmp_path):
     deadline = time.monotonic() + 30
     while Path(f"/proc/{children[0]}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not Path(f"/proc/{children[0]}/status").exists() or "zombie" in Path(f"/proc/{children[0]}/status").read_text()
+    assert (
+        not Path(f"/proc/{children[0]}/status").exists()
+        or "zombie" in Path(f"/proc/{children[0]}/status").read_text()
+    )
     assert lab.hooks() == ""
 
 
-def test_capture_process_dying_ends_the_run_with_an_error_and_keeps_what_was_compared(lab, tmp_path):
+def test_capture_process_dying_ends_the_run_with_an_error_and_keeps_what_was_compared(
+    lab, tmp_path
+):
     lab.serve(lab.primary, "v1", "primary")
     lab.serve(lab.shadow, "v1", "shadow")
     run = tmp_path / "run"

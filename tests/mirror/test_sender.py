@@ -63,16 +63,27 @@ def test_admission_counts_every_outcome_and_tracks_admitted_ids():
         assert adm.offer(_event(1, "POST")) is Outcome.SKIPPED
         for i in range(2, 6):
             assert adm.offer(_event(i)) is Outcome.QUEUED
-        assert adm.seen == 5 and adm.counts[Outcome.QUEUED] == 4 and adm.skip_reasons == {"unsafe_method": 1}
+        assert (
+            adm.seen == 5
+            and adm.counts[Outcome.QUEUED] == 4
+            and adm.skip_reasons == {"unsafe_method": 1}
+        )
         assert q.dropped == 2
         # ids 2 and 3 were dropped before their exchange came: no result will come for them
-        assert [adm.take_admitted(f"id{i}") for i in range(1, 6)] == [False, False, False, True, True]
+        assert [adm.take_admitted(f"id{i}") for i in range(1, 6)] == [
+            False,
+            False,
+            False,
+            True,
+            True,
+        ]
         assert adm.take_admitted("id5") is False  # once only
         item = q.pop()
         assert item.outgoing == "/4" and item.wire_ts == 1.5 and item.admitted == 100.0
 
-        limited = Admission(DropOldestQueue(100), decide,
-                            rate_limit=TokenBucket(10, burst=3), clock=lambda: 5.0)
+        limited = Admission(
+            DropOldestQueue(100), decide, rate_limit=TokenBucket(10, burst=3), clock=lambda: 5.0
+        )
         outcomes = [limited.offer(_event(i)) for i in range(10)]
         assert outcomes.count(Outcome.QUEUED) == 3 and outcomes.count(Outcome.RATE_LIMITED) == 7
 
@@ -82,6 +93,7 @@ def test_admission_counts_every_outcome_and_tracks_admitted_ids():
 def test_pump_keeps_the_concurrency_limit_against_a_real_server_and_drains():
     """The pump feeds replay's Sender (callback-driven) from the queue: never more than
     ``concurrency`` requests at the server at once, every result delivered, nothing left."""
+
     async def main():
         state = {"now": 0, "max": 0}
 
@@ -110,15 +122,24 @@ def test_pump_keeps_the_concurrency_limit_against_a_real_server_and_drains():
 
         pump = Pump(DropOldestQueue(1000), submit, results.append, concurrency=3)
         for i in range(30):
-            ex = Exchange(id=f"id{i}", client="10.0.0.1:1", server="10.0.0.2:2", index=i,
-                          request=Request(ts=1, end_ts=1, version="HTTP/1.1", headers=(), method="GET",
-                                          target=f"/p{i}"), response=None)
+            ex = Exchange(
+                id=f"id{i}",
+                client="10.0.0.1:1",
+                server="10.0.0.2:2",
+                index=i,
+                request=Request(
+                    ts=1, end_ts=1, version="HTTP/1.1", headers=(), method="GET", target=f"/p{i}"
+                ),
+                response=None,
+            )
             pump.offer(Pending(ex.id, policy.decide(ex), 1.0, 1.0))
             assert pump.in_flight <= 3
         assert await pump.drain(timeout=10)
         sender.close()
         await runner.cleanup()
-        assert sorted(r.response.body.decode() for r in results) == sorted(f"/p{i}" for i in range(30))
+        assert sorted(r.response.body.decode() for r in results) == sorted(
+            f"/p{i}" for i in range(30)
+        )
         assert state["max"] == 3 and pump.sent == 30 and pump.abandoned == 0
 
     asyncio.run(main())

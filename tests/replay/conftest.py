@@ -58,9 +58,16 @@ class AioTarget:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        self.seen.append(Seen(time.monotonic(), request.method, request.path_qs,
-                              tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers),
-                              body, peer[1] if peer else -1))
+        self.seen.append(
+            Seen(
+                time.monotonic(),
+                request.method,
+                request.path_qs,
+                tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers),
+                body,
+                peer[1] if peer else -1,
+            )
+        )
         if request.path.startswith("/stall"):
             await asyncio.sleep(3600)
         if request.path.startswith("/reset"):
@@ -69,8 +76,10 @@ class AioTarget:
             await asyncio.sleep(0.05)
             raise ConnectionResetError("aborted on purpose")
         if request.path.startswith("/gzip"):
-            return web.Response(body=gzip.compress(b"a" * 1000), headers={"Content-Encoding": "gzip",
-                                                                          "Content-Type": "text/plain"})
+            return web.Response(
+                body=gzip.compress(b"a" * 1000),
+                headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"},
+            )
         if request.path.startswith("/chunked"):
             resp = web.StreamResponse()
             resp.enable_chunked_encoding()
@@ -79,7 +88,9 @@ class AioTarget:
                 await resp.write(part)
             await resp.write_eof()
             return resp
-        return web.json_response({"method": request.method, "path": request.path_qs, "len": len(body)})
+        return web.json_response(
+            {"method": request.method, "path": request.path_qs, "len": len(body)}
+        )
 
     def close(self) -> None:
         fut = asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop)
@@ -123,21 +134,56 @@ def nginx(tmp_path):
 T0 = 1_700_000_000.0
 
 
-def make_exchange(*, t: float = 0.0, method: str = "GET", target: str = "/", client: str = "10.1.0.1:40000",
-                  server: str = "10.2.0.1:80", index: int = 0, headers: tuple[tuple[str, str], ...] = (),
-                  body: bytes = b"", body_truncated: bool = False, host: str = "shop.example") -> Exchange:
+def make_exchange(
+    *,
+    t: float = 0.0,
+    method: str = "GET",
+    target: str = "/",
+    client: str = "10.1.0.1:40000",
+    server: str = "10.2.0.1:80",
+    index: int = 0,
+    headers: tuple[tuple[str, str], ...] = (),
+    body: bytes = b"",
+    body_truncated: bool = False,
+    host: str = "shop.example",
+) -> Exchange:
     """An exchange as extraction writes it: ``t`` seconds after T0, with a 200 response."""
     hdrs = (("Host", host), *headers)
     if body:
         hdrs = (*hdrs, ("Content-Length", str(len(body))))
     ts = T0 + t
-    req = Request(ts=ts, end_ts=ts, version="HTTP/1.1", headers=hdrs, body=body,
-                  body_len=len(body) + (100 if body_truncated else 0), body_truncated=body_truncated,
-                  method=method, target=target)
-    resp = Response(ts=ts + 0.001, end_ts=ts + 0.002, version="HTTP/1.1", headers=(("Content-Length", "2"),),
-                    body=b"ok", body_len=2, decoded_len=2, status=200, reason="OK")
-    return Exchange(id=exchange_id(client, server, T0, index), client=client, server=server, index=index,
-                    request=req, response=resp, ttfb_ms=1.0, total_ms=2.0)
+    req = Request(
+        ts=ts,
+        end_ts=ts,
+        version="HTTP/1.1",
+        headers=hdrs,
+        body=body,
+        body_len=len(body) + (100 if body_truncated else 0),
+        body_truncated=body_truncated,
+        method=method,
+        target=target,
+    )
+    resp = Response(
+        ts=ts + 0.001,
+        end_ts=ts + 0.002,
+        version="HTTP/1.1",
+        headers=(("Content-Length", "2"),),
+        body=b"ok",
+        body_len=2,
+        decoded_len=2,
+        status=200,
+        reason="OK",
+    )
+    return Exchange(
+        id=exchange_id(client, server, T0, index),
+        client=client,
+        server=server,
+        index=index,
+        request=req,
+        response=resp,
+        ttfb_ms=1.0,
+        total_ms=2.0,
+    )
 
 
 def write_jsonl(path, exchanges, extra_lines: dict[int, bytes] | None = None) -> str:

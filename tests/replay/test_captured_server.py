@@ -27,20 +27,31 @@ from shadowtap.replay.policy import ReplayRefused, Target
 
 from .conftest import make_exchange, write_jsonl
 
-SPELLINGS = ["http://0.0.0.0:{port}", "http://[::ffff:127.0.0.1]:{port}", "http://0:{port}",
-             "http://[::ffff:7f00:1]:{port}"]
+SPELLINGS = [
+    "http://0.0.0.0:{port}",
+    "http://[::ffff:127.0.0.1]:{port}",
+    "http://0:{port}",
+    "http://[::ffff:7f00:1]:{port}",
+]
 
 
 def _shadowtap(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shadowtap", *args], capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "shadowtap", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize("spelling", SPELLINGS)
 def test_replay_refuses_every_spelling_of_the_captured_server(spelling, aio_target, tmp_path):
     port = aio_target.port
-    inp = write_jsonl(tmp_path / "in.jsonl",
-                      [make_exchange(server=f"127.0.0.1:{port}", target=f"/r{i}") for i in range(3)])
+    inp = write_jsonl(
+        tmp_path / "in.jsonl",
+        [make_exchange(server=f"127.0.0.1:{port}", target=f"/r{i}") for i in range(3)],
+    )
     for extra in ((), ("--no-check",)):
         proc = _shadowtap("replay", inp, "--target", spelling.format(port=port), *extra)
         assert proc.returncode == 5, proc.stderr
@@ -51,8 +62,17 @@ def test_replay_refuses_every_spelling_of_the_captured_server(spelling, aio_targ
 @pytest.mark.parametrize("spelling", SPELLINGS)
 def test_mirror_refuses_every_spelling_of_the_primary(spelling, aio_target):
     port = aio_target.port
-    proc = _shadowtap("mirror", "--iface", "lo", "--port", str(port), "--shadow",
-                      spelling.format(port=port), "--duration", "1")
+    proc = _shadowtap(
+        "mirror",
+        "--iface",
+        "lo",
+        "--port",
+        str(port),
+        "--shadow",
+        spelling.format(port=port),
+        "--duration",
+        "1",
+    )
     assert proc.returncode == 5, proc.stderr
     assert "the primary itself" in proc.stderr, proc.stderr
     assert aio_target.seen == []
@@ -70,8 +90,10 @@ def test_the_real_peer_is_checked_before_a_byte_is_sent(aio_target):
     check = ServerCheck((), refusal, host=ThisHost(), servers=[captured])
 
     async def run() -> None:
-        sender = Sender(Target.parse(f"http://[::ffff:127.0.0.1]:{aio_target.port}"),
-                        on_connect=check.on_connect)
+        sender = Sender(
+            Target.parse(f"http://[::ffff:127.0.0.1]:{aio_target.port}"),
+            on_connect=check.on_connect,
+        )
         await sender.start()
         with pytest.raises(ReplayRefused):
             await sender.check_reachable()

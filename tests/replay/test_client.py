@@ -9,18 +9,25 @@ import threading
 
 import pytest
 
-from shadowtap.replay.client import Sender
-from shadowtap.replay.policy import Policy, Prepared, Target
 from shadowtap.errors import TargetError
 from shadowtap.records import Result
+from shadowtap.replay.client import Sender
+from shadowtap.replay.policy import Policy, Prepared, Target
 
 from .conftest import make_exchange
 
 
-def prep(target_url: str, path: str, method: str = "GET", index: int = 0, client: str = "10.1.0.1:40000",
-         **kw) -> Prepared:
+def prep(
+    target_url: str,
+    path: str,
+    method: str = "GET",
+    index: int = 0,
+    client: str = "10.1.0.1:40000",
+    **kw,
+) -> Prepared:
     d = Policy(Target.parse(target_url), allow_unsafe=True).decide(
-        make_exchange(target=path, method=method, index=index, client=client, **kw))
+        make_exchange(target=path, method=method, index=index, client=client, **kw)
+    )
     assert isinstance(d, Prepared)
     return d
 
@@ -32,10 +39,15 @@ def run(coro):
 def test_one_request_at_a_time_gives_captured_shaped_responses(aio_target, nginx):
     async def go() -> list[Result]:
         out = []
-        for url, path, method in ((aio_target.url, "/hello?x=1", "GET"), (aio_target.url, "/gzip", "GET"),
-                                  (aio_target.url, "/chunked", "GET"), (nginx.url, "/", "HEAD"),
-                                  (nginx.url, "/", "GET"), (nginx.url, "/status/x", "GET"),
-                                  (aio_target.url, "/post", "POST")):
+        for url, path, method in (
+            (aio_target.url, "/hello?x=1", "GET"),
+            (aio_target.url, "/gzip", "GET"),
+            (aio_target.url, "/chunked", "GET"),
+            (nginx.url, "/", "HEAD"),
+            (nginx.url, "/", "GET"),
+            (nginx.url, "/status/x", "GET"),
+            (aio_target.url, "/post", "POST"),
+        ):
             sender = Sender(Target.parse(url), concurrency=2)
             await sender.start()
             kw = {"body": b"12345"} if method == "POST" else {}
@@ -53,8 +65,15 @@ def test_one_request_at_a_time_gives_captured_shaped_responses(aio_target, nginx
     assert hello.target == f"{aio_target.url}/hello?x=1"
     assert gz.response.header("content-encoding") == "gzip"
     assert gz.response.body_len == len(gz.response.body) < 1000 and gz.response.decoded_len == 1000
-    assert chunked.response.body == b"one,two,three" and chunked.response.header("transfer-encoding") == "chunked"
-    assert head.response.status == 200 and head.response.body == b"" and head.response.header("content-length") == "17"
+    assert (
+        chunked.response.body == b"one,two,three"
+        and chunked.response.header("transfer-encoding") == "chunked"
+    )
+    assert (
+        head.response.status == 200
+        and head.response.body == b""
+        and head.response.header("content-length") == "17"
+    )
     assert ngx.response.body == b"hello from nginx\n" and ngx.response.reason == "OK"
     assert missing.response.status == 404
     assert b'"len": 5' in post.response.body
@@ -104,10 +123,12 @@ def test_errors_are_classified(aio_target):
 
 def test_garbage_answer_is_a_protocol_error():
     srv, port = _one_shot_server(b"this is not http\r\n\r\n")
+
     async def go() -> Result:
         sender = Sender(Target.parse(f"http://127.0.0.1:{port}"))
         await sender.start()
         return await sender.send(prep(f"http://127.0.0.1:{port}", "/"))
+
     r = run(go())
     srv.join(timeout=5)
     assert r.error.kind == "protocol"
@@ -116,18 +137,27 @@ def test_garbage_answer_is_a_protocol_error():
 def test_body_delimited_by_the_end_of_the_connection():
     # HTTP/1.0-style answer without Content-Length: the body ends with the connection.
     srv, port = _one_shot_server(b"HTTP/1.0 200 OK\r\nX-A: 1\r\n\r\nuntil the end", close=True)
+
     async def go() -> Result:
         sender = Sender(Target.parse(f"http://127.0.0.1:{port}"))
         await sender.start()
         return await sender.send(prep(f"http://127.0.0.1:{port}", "/"))
+
     r = run(go())
     srv.join(timeout=5)
-    assert r.error is None and r.response.body == b"until the end" and r.response.version == "HTTP/1.0"
+    assert (
+        r.error is None and r.response.body == b"until the end" and r.response.version == "HTTP/1.0"
+    )
 
 
 def test_per_connection_lanes_keep_order_and_pool_mode_spreads(aio_target):
-    lanes = {f"10.1.0.{c}:4000{c}": [prep(aio_target.url, f"/c{c}/{i}", index=i, client=f"10.1.0.{c}:4000{c}")
-                                     for i in range(6)] for c in range(3)}
+    lanes = {
+        f"10.1.0.{c}:4000{c}": [
+            prep(aio_target.url, f"/c{c}/{i}", index=i, client=f"10.1.0.{c}:4000{c}")
+            for i in range(6)
+        ]
+        for c in range(3)
+    }
 
     async def go(per_connection: bool) -> list[Result]:
         sender = Sender(Target.parse(aio_target.url), concurrency=8, per_connection=per_connection)
@@ -135,7 +165,9 @@ def test_per_connection_lanes_keep_order_and_pool_mode_spreads(aio_target):
         results: list[Result] = []
         for i in range(6):
             for c in lanes:
-                sender.submit(lanes[c][i], scheduled=sender.clock.now(), copy=0, on_result=results.append)
+                sender.submit(
+                    lanes[c][i], scheduled=sender.clock.now(), copy=0, on_result=results.append
+                )
         await sender.drain()
         sender.close()
         return results
@@ -155,7 +187,9 @@ def test_per_connection_lanes_keep_order_and_pool_mode_spreads(aio_target):
         results: list[Result] = []
         for i in range(6):
             for c in lanes:
-                sender.submit(lanes[c][i], scheduled=sender.clock.now(), copy=0, on_result=results.append)
+                sender.submit(
+                    lanes[c][i], scheduled=sender.clock.now(), copy=0, on_result=results.append
+                )
         await sender.drain()
         sender.close()
         return results
@@ -182,7 +216,8 @@ def _one_shot_server(answer: bytes, close: bool = True):
     def serve() -> None:
         lsock.settimeout(10)
         conn, _ = lsock.accept()
-        # The Sender's reachability probe is not used here: the first connection carries the request.
+        # The Sender's reachability probe is not used here: the first connection carries the
+        # request.
         conn.settimeout(10)
         data = b""
         while b"\r\n\r\n" not in data:
@@ -239,7 +274,10 @@ def test_reused_connection_closed_before_answering_is_retried_once_on_a_new_one(
     async def go() -> tuple[list[Result], int]:
         sender = Sender(Target.parse(url))
         await sender.start()
-        out = [await sender.send(prep(url, "/one", index=0)), await sender.send(prep(url, "/two", index=1))]
+        out = [
+            await sender.send(prep(url, "/one", index=0)),
+            await sender.send(prep(url, "/two", index=1)),
+        ]
         retries = sender.stats().retries
         sender.close()
         return out, retries
@@ -252,7 +290,9 @@ def test_reused_connection_closed_before_answering_is_retried_once_on_a_new_one(
 
 def test_a_new_captured_connection_on_the_same_endpoints_gets_a_new_target_connection(aio_target):
     client = "10.1.0.9:40009"
-    seq = [prep(aio_target.url, f"/n{k}", index=i, client=client) for k, i in enumerate((0, 1, 0, 1))]
+    seq = [
+        prep(aio_target.url, f"/n{k}", index=i, client=client) for k, i in enumerate((0, 1, 0, 1))
+    ]
 
     async def go() -> None:
         sender = Sender(Target.parse(aio_target.url))
@@ -267,12 +307,32 @@ def test_a_new_captured_connection_on_the_same_endpoints_gets_a_new_target_conne
 
 
 def test_record_field_order():
-    """The client builds Response and Result positionally (hot path): their field order is pinned."""
+    """The client builds Response and Result positionally (hot path): their field order is
+    pinned."""
     import dataclasses
 
     from shadowtap.records import Response
 
     assert [f.name for f in dataclasses.fields(Response)][:10] == [
-        "ts", "end_ts", "version", "headers", "body", "body_len", "body_truncated", "decoded_len", "status", "reason"]
+        "ts",
+        "end_ts",
+        "version",
+        "headers",
+        "body",
+        "body_len",
+        "body_truncated",
+        "decoded_len",
+        "status",
+        "reason",
+    ]
     assert [f.name for f in dataclasses.fields(Result)][:9] == [
-        "exchange_id", "target", "scheduled", "sent", "response", "ttfb_ms", "total_ms", "error", "copy"]
+        "exchange_id",
+        "target",
+        "scheduled",
+        "sent",
+        "response",
+        "ttfb_ms",
+        "total_ms",
+        "error",
+        "copy",
+    ]

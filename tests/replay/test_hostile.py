@@ -313,9 +313,22 @@ def test_a_bare_cr_seen_on_the_wire_is_not_forwarded(tmp_path, aio_target):
 
     cap = crlf(str(tmp_path / "crlf.pcap"))
     p = subprocess.run(
-        [sys.executable, "-m", "shadowtap", "replay", cap, "-t", aio_target.url, "--force",
-         "--speed", "max"],
-        check=False, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "shadowtap",
+            "replay",
+            cap,
+            "-t",
+            aio_target.url,
+            "--force",
+            "--speed",
+            "max",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert p.returncode == 0, p.stderr
     assert "skipped: unsendable\t1" in p.stderr

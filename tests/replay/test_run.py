@@ -11,15 +11,20 @@ import time
 
 import pytest
 
-from shadowtap.replay.policy import Policy, Prepared, Target
 from shadowtap.records import Result
+from shadowtap.replay.policy import Policy, Prepared, Target
 
 from .conftest import make_exchange, read_results, write_jsonl
 
 
 def replay(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shadowtap", "replay", *args], check=False, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "shadowtap", "replay", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def summary_value(stderr: str, name: str) -> str:
@@ -32,7 +37,10 @@ def summary_value(stderr: str, name: str) -> str:
 
 def test_recorded_timing_scaled_is_anchored_and_never_early(tmp_path, aio_target):
     times = [0.0, 0.3, 0.6, 0.9, 1.2]
-    inp = write_jsonl(tmp_path / "in.jsonl", [make_exchange(t=t, target=f"/t{i}", index=i) for i, t in enumerate(times)])
+    inp = write_jsonl(
+        tmp_path / "in.jsonl",
+        [make_exchange(t=t, target=f"/t{i}", index=i) for i, t in enumerate(times)],
+    )
     out = tmp_path / "res.jsonl"
     before = time.monotonic()  # CLOCK_MONOTONIC, shared with the target's thread
     p = replay(inp, "-t", aio_target.url, "-o", str(out), "--speed", "3")
@@ -52,9 +60,14 @@ def test_recorded_timing_scaled_is_anchored_and_never_early(tmp_path, aio_target
 
 
 def test_rate_amplify_loop_and_duration(tmp_path, aio_target):
-    inp = write_jsonl(tmp_path / "in.jsonl", [make_exchange(t=i * 100.0, target=f"/r{i}", index=i) for i in range(3)])
+    inp = write_jsonl(
+        tmp_path / "in.jsonl",
+        [make_exchange(t=i * 100.0, target=f"/r{i}", index=i) for i in range(3)],
+    )
     out = tmp_path / "res.jsonl"
-    p = replay(inp, "-t", aio_target.url, "-o", str(out), "--rate", "200", "--amplify", "2", "--loop", "2")
+    p = replay(
+        inp, "-t", aio_target.url, "-o", str(out), "--rate", "200", "--amplify", "2", "--loop", "2"
+    )
     assert p.returncode == 0, p.stderr
     results = read_results(out)
     assert len(results) == 12 and len(aio_target.seen) == 12
@@ -65,14 +78,31 @@ def test_rate_amplify_loop_and_duration(tmp_path, aio_target):
 
     aio_target.seen.clear()
     out2 = tmp_path / "res2.jsonl"
-    p = replay(inp, "-t", aio_target.url, "-o", str(out2), "--rate", "100", "--loop", "0", "--duration", "0.25")
+    p = replay(
+        inp,
+        "-t",
+        aio_target.url,
+        "-o",
+        str(out2),
+        "--rate",
+        "100",
+        "--loop",
+        "0",
+        "--duration",
+        "0.25",
+    )
     assert p.returncode == 0, p.stderr
     assert len(read_results(out2)) == 25 == len(aio_target.seen)
 
 
 def test_captured_connections_replay_in_order_on_one_connection_each(tmp_path, aio_target):
-    exs = [make_exchange(t=i * 0.001 + c * 0.0003, target=f"/c{c}/{i}", index=i, client=f"10.1.0.{c}:{41000 + c}")
-           for i in range(8) for c in range(4)]
+    exs = [
+        make_exchange(
+            t=i * 0.001 + c * 0.0003, target=f"/c{c}/{i}", index=i, client=f"10.1.0.{c}:{41000 + c}"
+        )
+        for i in range(8)
+        for c in range(4)
+    ]
     inp = write_jsonl(tmp_path / "in.jsonl", exs)
     p = replay(inp, "-t", aio_target.url, "--speed", "max", "-c", "16")
     assert p.returncode == 0, p.stderr
@@ -88,15 +118,30 @@ def test_captured_connections_replay_in_order_on_one_connection_each(tmp_path, a
 
 
 def test_rewriting_reaches_the_target(tmp_path, aio_target):
-    ex = make_exchange(target="/v1/items?id=1", headers=(("Cookie", "redacted:0011"), ("X-Keep", "k")))
+    ex = make_exchange(
+        target="/v1/items?id=1", headers=(("Cookie", "redacted:0011"), ("X-Keep", "k"))
+    )
     inp = write_jsonl(tmp_path / "in.jsonl", [ex])
-    p = replay(inp, "-t", aio_target.url, "--set-header", "X-Shadow: 1", "--drop-header", "cookie",
-               "--rewrite", "^/v1/=>/v2/")
+    p = replay(
+        inp,
+        "-t",
+        aio_target.url,
+        "--set-header",
+        "X-Shadow: 1",
+        "--drop-header",
+        "cookie",
+        "--rewrite",
+        "^/v1/=>/v2/",
+    )
     assert p.returncode == 0, p.stderr
     seen = aio_target.seen[-1]
     assert seen.path == "/v2/items?id=1"
     assert seen.header("host") == f"127.0.0.1:{aio_target.port}"
-    assert seen.header("x-shadow") == "1" and seen.header("x-keep") == "k" and seen.header("cookie") is None
+    assert (
+        seen.header("x-shadow") == "1"
+        and seen.header("x-keep") == "k"
+        and seen.header("cookie") is None
+    )
     p = replay(inp, "-t", aio_target.url, "--host-suffix", "-shadow")
     assert p.returncode == 0 and aio_target.seen[-1].header("host") == "shop.example-shadow"
     p = replay(inp, "-t", aio_target.url, "--keep-host")
@@ -107,11 +152,28 @@ def test_filters_and_consistent_sampling(tmp_path, aio_target):
     exs = []
     for u in range(40):
         for k in range(3):
-            exs.append(make_exchange(t=len(exs) * 0.001, target=f"/api/u{u}/{k}", index=k,
-                                     client=f"10.5.{u}.{k}:5000", headers=(("X-User", f"u{u}"),)))
+            exs.append(
+                make_exchange(
+                    t=len(exs) * 0.001,
+                    target=f"/api/u{u}/{k}",
+                    index=k,
+                    client=f"10.5.{u}.{k}:5000",
+                    headers=(("X-User", f"u{u}"),),
+                )
+            )
     exs.append(make_exchange(t=1, method="HEAD", target="/static/x", client="10.6.0.1:1"))
     inp = write_jsonl(tmp_path / "in.jsonl", exs)
-    p = replay(inp, "-t", aio_target.url, "--speed", "max", "--sample", "50", "--sample-key", "header:X-User")
+    p = replay(
+        inp,
+        "-t",
+        aio_target.url,
+        "--speed",
+        "max",
+        "--sample",
+        "50",
+        "--sample-key",
+        "header:X-User",
+    )
     assert p.returncode == 0, p.stderr
     users: dict[str, int] = {}
     for s in aio_target.seen:
@@ -120,7 +182,9 @@ def test_filters_and_consistent_sampling(tmp_path, aio_target):
     assert set(users.values()) == {3}  # a user's requests are all in (or all out)
     assert 10 <= len(users) <= 30
     policy = Policy(Target.parse(aio_target.url), sample_percent=50, sample_key="header:X-User")
-    assert set(users) == {f"u{u}" for u in range(40) if isinstance(policy.decide(exs[3 * u]), Prepared)}
+    assert set(users) == {
+        f"u{u}" for u in range(40) if isinstance(policy.decide(exs[3 * u]), Prepared)
+    }
     skipped = int(summary_value(p.stderr, "skipped: sampled_out"))
     assert skipped + len(aio_target.seen) == len(exs)
 
@@ -128,15 +192,31 @@ def test_filters_and_consistent_sampling(tmp_path, aio_target):
     p = replay(inp, "-t", aio_target.url, "--speed", "max", "--method", "HEAD")
     assert p.returncode == 0 and [s.path for s in aio_target.seen] == ["/static/x"]
     aio_target.seen.clear()
-    p = replay(inp, "-t", aio_target.url, "--speed", "max", "--path", "^/api/u1/", "--header", "x-user=^u1$")
-    assert p.returncode == 0 and sorted(s.path for s in aio_target.seen) == ["/api/u1/0", "/api/u1/1", "/api/u1/2"]
+    p = replay(
+        inp,
+        "-t",
+        aio_target.url,
+        "--speed",
+        "max",
+        "--path",
+        "^/api/u1/",
+        "--header",
+        "x-user=^u1$",
+    )
+    assert p.returncode == 0 and sorted(s.path for s in aio_target.seen) == [
+        "/api/u1/0",
+        "/api/u1/1",
+        "/api/u1/2",
+    ]
 
 
 def test_safety_only_safe_methods_then_routes_then_unsafe_with_keys(tmp_path, aio_target):
-    exs = [make_exchange(t=0.00, method="GET", target="/a", index=0),
-           make_exchange(t=0.01, method="POST", target="/v1/predict", index=1, body=b'{"q":1}'),
-           make_exchange(t=0.02, method="POST", target="/orders", index=2, body=b"buy"),
-           make_exchange(t=0.03, method="DELETE", target="/orders/1", index=3)]
+    exs = [
+        make_exchange(t=0.00, method="GET", target="/a", index=0),
+        make_exchange(t=0.01, method="POST", target="/v1/predict", index=1, body=b'{"q":1}'),
+        make_exchange(t=0.02, method="POST", target="/orders", index=2, body=b"buy"),
+        make_exchange(t=0.03, method="DELETE", target="/orders/1", index=3),
+    ]
     inp = write_jsonl(tmp_path / "in.jsonl", exs)
     p = replay(inp, "-t", aio_target.url)
     assert p.returncode == 0, p.stderr
@@ -145,17 +225,26 @@ def test_safety_only_safe_methods_then_routes_then_unsafe_with_keys(tmp_path, ai
 
     aio_target.seen.clear()
     p = replay(inp, "-t", aio_target.url, "--allow", "POST /v1/predict")
-    assert [(s.method, s.path, s.body) for s in aio_target.seen] == [("GET", "/a", b""), ("POST", "/v1/predict", b'{"q":1}')]
+    assert [(s.method, s.path, s.body) for s in aio_target.seen] == [
+        ("GET", "/a", b""),
+        ("POST", "/v1/predict", b'{"q":1}'),
+    ]
     assert aio_target.seen[1].header("idempotency-key") is None
 
     aio_target.seen.clear()
     p = replay(inp, "-t", aio_target.url, "--allow-unsafe")
     keys = {s.path: s.header("idempotency-key") for s in aio_target.seen}
-    assert keys == {"/a": None, "/v1/predict": f"shadowtap-{exs[1].id}", "/orders": f"shadowtap-{exs[2].id}",
-                    "/orders/1": f"shadowtap-{exs[3].id}"}
+    assert keys == {
+        "/a": None,
+        "/v1/predict": f"shadowtap-{exs[1].id}",
+        "/orders": f"shadowtap-{exs[2].id}",
+        "/orders/1": f"shadowtap-{exs[3].id}",
+    }
     aio_target.seen.clear()
     p = replay(inp, "-t", aio_target.url, "--allow-unsafe", "--no-idempotency-key")
-    assert len(aio_target.seen) == 4 and all(s.header("idempotency-key") is None for s in aio_target.seen)
+    assert len(aio_target.seen) == 4 and all(
+        s.header("idempotency-key") is None for s in aio_target.seen
+    )
 
 
 def test_refuses_to_replay_into_the_captured_server(tmp_path, aio_target):
@@ -180,16 +269,23 @@ def test_unreachable_target_is_a_clear_error(tmp_path):
 
 
 def test_stalling_and_resetting_target_are_recorded_per_request(tmp_path, aio_target):
-    exs = [make_exchange(t=0.0, target="/stall", index=0, client="10.1.0.1:1"),
-           make_exchange(t=0.0, target="/reset", index=0, client="10.1.0.2:1"),
-           make_exchange(t=0.0, target="/fine", index=0, client="10.1.0.3:1")]
+    exs = [
+        make_exchange(t=0.0, target="/stall", index=0, client="10.1.0.1:1"),
+        make_exchange(t=0.0, target="/reset", index=0, client="10.1.0.2:1"),
+        make_exchange(t=0.0, target="/fine", index=0, client="10.1.0.3:1"),
+    ]
     inp = write_jsonl(tmp_path / "in.jsonl", exs)
     out = tmp_path / "res.jsonl"
     p = replay(inp, "-t", aio_target.url, "--timeout", "0.5", "-o", str(out))
     assert p.returncode == 0, p.stderr
-    errs = {d["target"].rsplit("/", 1)[1]: (d["error"] or {}).get("kind") for d in read_results(out)}
+    errs = {
+        d["target"].rsplit("/", 1)[1]: (d["error"] or {}).get("kind") for d in read_results(out)
+    }
     assert errs == {"stall": "timeout", "reset": "reset", "fine": None}
-    assert summary_value(p.stderr, "error: timeout") == "1" and summary_value(p.stderr, "error: reset") == "1"
+    assert (
+        summary_value(p.stderr, "error: timeout") == "1"
+        and summary_value(p.stderr, "error: reset") == "1"
+    )
 
     # Nothing answered at all: the run fails with the target's exit code, results still written.
     inp2 = write_jsonl(tmp_path / "in2.jsonl", exs[:1])
@@ -200,7 +296,11 @@ def test_stalling_and_resetting_target_are_recorded_per_request(tmp_path, aio_ta
 
 def test_malformed_lines_are_reported_with_line_numbers_and_the_rest_goes_on(tmp_path, aio_target):
     exs = [make_exchange(t=i * 0.01, target=f"/m{i}", index=i) for i in range(4)]
-    inp = write_jsonl(tmp_path / "in.jsonl", exs, extra_lines={2: b'{"schema": 1, "id": "broken"', 3: b'{"schema": 99}'})
+    inp = write_jsonl(
+        tmp_path / "in.jsonl",
+        exs,
+        extra_lines={2: b'{"schema": 1, "id": "broken"', 3: b'{"schema": 99}'},
+    )
     p = replay(inp, "-t", aio_target.url)
     assert p.returncode == 0, p.stderr
     assert "in.jsonl line 3" in p.stderr and "in.jsonl line 5" in p.stderr
@@ -216,7 +316,11 @@ def test_input_without_http_is_an_input_error(tmp_path, aio_target):
     p = replay(str(empty), "-t", aio_target.url)
     assert p.returncode == 3 and "no HTTP exchange" in p.stderr
     pcap = tmp_path / "dns.pcap"
-    wrpcap(str(pcap), [Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=5353, dport=53) / Raw(b"x" * 20)] * 3)
+    wrpcap(
+        str(pcap),
+        [Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=5353, dport=53) / Raw(b"x" * 20)]
+        * 3,
+    )
     p = replay(str(pcap), "-t", aio_target.url)
     assert p.returncode == 3 and "no HTTP exchange" in p.stderr and "dns.pcap" in p.stderr
     assert aio_target.seen == []
@@ -231,7 +335,11 @@ def test_pcap_input_is_extracted_on_the_fly(tmp_path, nginx):
         seq_c, seq_s = 1000, 5000
 
         def add(src, dst, flags, seq, ack, data=b"", t=0.0):
-            p = Ether() / IP(src=src[0], dst=dst[0]) / TCP(sport=src[1], dport=dst[1], flags=flags, seq=seq, ack=ack)
+            p = (
+                Ether()
+                / IP(src=src[0], dst=dst[0])
+                / TCP(sport=src[1], dport=dst[1], flags=flags, seq=seq, ack=ack)
+            )
             if data:
                 p = p / Raw(data)
             p.time = t
@@ -269,9 +377,28 @@ def test_pcap_input_is_extracted_on_the_fly(tmp_path, nginx):
 def test_ctrl_c_keeps_every_result_and_prints_the_summary(tmp_path, aio_target, signum):
     inp = write_jsonl(tmp_path / "in.jsonl", [make_exchange(target="/i", index=0)])
     out = tmp_path / "res.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "shadowtap", "replay", inp, "-t", aio_target.url, "-o", str(out),
-                             "--rate", "50", "--loop", "0", "--duration", "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shadowtap",
+            "replay",
+            inp,
+            "-t",
+            aio_target.url,
+            "-o",
+            str(out),
+            "--rate",
+            "50",
+            "--loop",
+            "0",
+            "--duration",
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 20
         while len(aio_target.seen) < 10 and time.monotonic() < deadline:
@@ -300,16 +427,30 @@ def test_real_capture_replays_every_request_faithfully(tmp_path, aio_target):
     out = tmp_path / "res.jsonl"
     # --keep-secrets: the captured Authorization and Cookie are sent as captured (redacted, the
     # request would be skipped: tests/replay/test_secrets_replay.py)
-    p = replay(pcap, "-t", aio_target.url, "-o", str(out), "--speed", "max", "--allow-unsafe",
-               "--keep-secrets")
+    p = replay(
+        pcap,
+        "-t",
+        aio_target.url,
+        "-o",
+        str(out),
+        "--speed",
+        "max",
+        "--allow-unsafe",
+        "--keep-secrets",
+    )
     assert p.returncode == 0, p.stderr
     from shadowtap.capture.extract import iter_exchanges
 
     captured = [ex for ex in iter_exchanges([pcap]) if ex.request is not None]
     assert sorted((s.method, s.path) for s in aio_target.seen) == sorted(
-        (ex.request.method, ex.request.target) for ex in captured)
+        (ex.request.method, ex.request.target) for ex in captured
+    )
     bodies = sorted(len(s.body) for s in aio_target.seen if s.method == "POST")
-    assert bodies == sorted(len(ex.request.body) for ex in captured if ex.request.method == "POST") == [7, 43, 193890]
+    assert (
+        bodies
+        == sorted(len(ex.request.body) for ex in captured if ex.request.method == "POST")
+        == [7, 43, 193890]
+    )
     for s in aio_target.seen:
         assert s.header("host") == f"127.0.0.1:{aio_target.port}"
         assert s.header("expect") is None and s.header("transfer-encoding") is None
@@ -339,7 +480,11 @@ def test_real_keepalive_and_pipelined_captures_keep_their_connections(tmp_path, 
     aio_target.seen.clear()
     p = replay(os.path.join(PCAPS, "lab-pipelined.pcap"), "-t", aio_target.url)
     assert p.returncode == 0, p.stderr
-    assert [s.path for s in aio_target.seen] == ["/v1/products/1", "/v1/products?page=2&per_page=5", "/health"]
+    assert [s.path for s in aio_target.seen] == [
+        "/v1/products/1",
+        "/v1/products?page=2&per_page=5",
+        "/health",
+    ]
     assert len({s.peer_port for s in aio_target.seen}) == 1
 
 
@@ -357,9 +502,27 @@ def test_real_capture_refused_when_the_target_is_its_server(tmp_path):
 def test_help_lists_the_options():
     p = replay("--help")
     assert p.returncode == 0, p.stderr
-    for option in ("--target", "--speed", "--rate", "--amplify", "--loop", "--duration", "--concurrency", "--pool",
-                   "--keep-host", "--host-suffix", "--set-header", "--drop-header", "--rewrite", "--sample",
-                   "--allow", "--allow-unsafe", "--force", "--preload", "--json"):
+    for option in (
+        "--target",
+        "--speed",
+        "--rate",
+        "--amplify",
+        "--loop",
+        "--duration",
+        "--concurrency",
+        "--pool",
+        "--keep-host",
+        "--host-suffix",
+        "--set-header",
+        "--drop-header",
+        "--rewrite",
+        "--sample",
+        "--allow",
+        "--allow-unsafe",
+        "--force",
+        "--preload",
+        "--json",
+    ):
         assert option in p.stdout
 
 
@@ -370,14 +533,33 @@ def test_preload_and_json_summary(tmp_path, aio_target):
     exs.append(make_exchange(t=0.01, method="POST", target="/no", index=5))
     inp = write_jsonl(tmp_path / "in.jsonl", exs)
     out = tmp_path / "res.jsonl"
-    p = replay(inp, "-t", aio_target.url, "--speed", "max", "--preload", "--loop", "2", "--json", "-o", str(out))
+    p = replay(
+        inp,
+        "-t",
+        aio_target.url,
+        "--speed",
+        "max",
+        "--preload",
+        "--loop",
+        "2",
+        "--json",
+        "-o",
+        str(out),
+    )
     assert p.returncode == 0, p.stderr
     summary = orjson.loads(p.stdout)
-    assert summary["sent"] == summary["answered"] == 10 == len(read_results(out)) == len(aio_target.seen)
+    assert (
+        summary["sent"]
+        == summary["answered"]
+        == 10
+        == len(read_results(out))
+        == len(aio_target.seen)
+    )
     assert summary["skipped"] == {"unsafe_method": 1} and summary["statuses"] == {"2xx": 10}
     assert summary["lag_ms"]["p50"] >= 0 and summary["interrupted"] is False
     assert sorted((d["target"].rsplit("/", 1)[1], d["copy"]) for d in read_results(out)) == sorted(
-        (f"j{i}", c) for i in range(5) for c in range(2))
+        (f"j{i}", c) for i in range(5) for c in range(2)
+    )
     p = replay(inp, "-t", aio_target.url, "--json", "-o", "-")
     assert p.returncode == 3 and "--json" in p.stderr
 

@@ -35,7 +35,13 @@ def test_fixed_rate_ignores_recorded_timing_and_spaces_every_copy():
 def test_amplify_under_recorded_timing_sends_copies_together():
     exs = [make_exchange(t=t, index=i) for i, t in enumerate([0.0, 1.0])]
     assert offsets(exs, Timing(speed=1, amplify=3)) == [
-        (0, 0, 0.0), (0, 1, 0.0), (0, 2, 0.0), (1, 0, 1.0), (1, 1, 1.0), (1, 2, 1.0)]
+        (0, 0, 0.0),
+        (0, 1, 0.0),
+        (0, 2, 0.0),
+        (1, 0, 1.0),
+        (1, 1, 1.0),
+        (1, 2, 1.0),
+    ]
 
 
 def test_loop_shifts_each_pass_by_span_plus_mean_gap_and_numbers_copies():
@@ -58,14 +64,23 @@ def test_empty_input_ends_even_when_looping_forever():
 
 
 def test_bad_timing_values_are_refused():
-    for kwargs in ({"speed": 0}, {"speed": -1}, {"rate": 0}, {"amplify": 0}, {"loop": 0},
-                   {"duration": -1}, {"speed": float("inf")}):
+    for kwargs in (
+        {"speed": 0},
+        {"speed": -1},
+        {"rate": 0},
+        {"amplify": 0},
+        {"loop": 0},
+        {"duration": -1},
+        {"speed": float("inf")},
+    ):
         with pytest.raises(ValueError):
             Timing(**kwargs)
 
 
-@given(st.lists(st.floats(min_value=0, max_value=1e5, allow_nan=False), min_size=1, max_size=50),
-       st.floats(min_value=0.01, max_value=100))
+@given(
+    st.lists(st.floats(min_value=0, max_value=1e5, allow_nan=False), min_size=1, max_size=50),
+    st.floats(min_value=0.01, max_value=100),
+)
 def test_offsets_never_accumulate_error(times, speed):
     """Offset i depends only on t_i and t_0: no sum of rounded gaps, whatever the input order."""
     exs = [make_exchange(t=t, index=i) for i, t in enumerate(times)]

@@ -140,7 +140,7 @@ def test_any_fields_carry_records_and_plain_values() -> None:
     "exc",
     [
         InputError("bad record", where="x.pcap at byte 12", hint="re-capture"),
-    InputError("not a URL", field="target"),
+        InputError("not a URL", field="target"),
         PrerequisiteError("no bcc", hint="apt install python3-bpfcc"),
         ShadowtapError("plain"),
     ],

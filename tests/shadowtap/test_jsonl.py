@@ -10,10 +10,27 @@ from shadowtap.records import Exchange, Request, Response
 
 
 def _exchange(i: int) -> Exchange:
-    req = Request(ts=10.0 + i, end_ts=10.0 + i, version="1.1", headers=(("Host", "h"),), method="GET", target=f"/{i}")
-    resp = Response(ts=10.5 + i, end_ts=10.6 + i, version="1.1", headers=(), body=b"\xff\x00bin",
-                    body_len=5, status=200, reason="OK")
-    return Exchange(id=f"id{i}", client="1.2.3.4:5", server="[::1]:80", index=i, request=req, response=resp)
+    req = Request(
+        ts=10.0 + i,
+        end_ts=10.0 + i,
+        version="1.1",
+        headers=(("Host", "h"),),
+        method="GET",
+        target=f"/{i}",
+    )
+    resp = Response(
+        ts=10.5 + i,
+        end_ts=10.6 + i,
+        version="1.1",
+        headers=(),
+        body=b"\xff\x00bin",
+        body_len=5,
+        status=200,
+        reason="OK",
+    )
+    return Exchange(
+        id=f"id{i}", client="1.2.3.4:5", server="[::1]:80", index=i, request=req, response=resp
+    )
 
 
 @pytest.mark.parametrize("name", ["x.jsonl", "x.jsonl.gz"])
@@ -43,7 +60,7 @@ def test_existing_file_made_private_but_devices_left_alone(tmp_path):
 def test_malformed_lines_are_reported_with_their_number_and_the_rest_goes_on(tmp_path):
     path = tmp_path / "in.jsonl"
     good = __import__("orjson").dumps(_exchange(1).to_json()).decode()
-    path.write_text(f"{good}\nnot json\n\n{{\"schema\": 1}}\n[1]\n{good}\n")
+    path.write_text(f'{good}\nnot json\n\n{{"schema": 1}}\n[1]\n{good}\n')
     errors: list[InputError] = []
     got = list(read_jsonl(str(path), Exchange.from_json, errors.append))
     assert len(got) == 2

@@ -13,4 +13,9 @@ def test_topology_links_hosts_and_removes_everything(topology):
     assert names <= set(list_namespaces())
     topo.close()
     assert not names & set(list_namespaces())
-    assert subprocess.run(["ip", "netns", "exec", a.ns, "true"], capture_output=True, check=False).returncode != 0
+    assert (
+        subprocess.run(
+            ["ip", "netns", "exec", a.ns, "true"], capture_output=True, check=False
+        ).returncode
+        != 0
+    )

@@ -10,7 +10,12 @@ def test_secrets_replaced_by_keyed_hash_equal_for_equal_values(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "k" / "redact.key").st_mode) == 0o600
     assert load_key(str(tmp_path / "k" / "redact.key")) == key  # stable across runs
     r = Redactor(key, frozenset({"authorization", "cookie", "x-api-key"}))
-    hdrs = (("Host", "h"), ("Authorization", "Bearer s3cret"), ("cookie", "a=1"), ("X-Api-Key", "k1"))
+    hdrs = (
+        ("Host", "h"),
+        ("Authorization", "Bearer s3cret"),
+        ("cookie", "a=1"),
+        ("X-Api-Key", "k1"),
+    )
     out = r.headers(hdrs)
     assert out[0] == ("Host", "h")
     assert all(v.startswith("redacted:") and "s3cret" not in v for _, v in out[1:])
@@ -22,11 +27,20 @@ def test_secrets_replaced_by_keyed_hash_equal_for_equal_values(tmp_path):
 
 
 def test_exchange_redaction_keeps_the_rest():
-    req = Request(ts=1.0, end_ts=1.0, version="1.1", headers=(("Cookie", "sid=1"),), method="GET", target="/")
-    ex = Exchange(id="a", client="1.1.1.1:1", server="2.2.2.2:2", index=0, request=req, response=None)
+    req = Request(
+        ts=1.0, end_ts=1.0, version="1.1", headers=(("Cookie", "sid=1"),), method="GET", target="/"
+    )
+    ex = Exchange(
+        id="a", client="1.1.1.1:1", server="2.2.2.2:2", index=0, request=req, response=None
+    )
     red = Redactor(b"k" * 32).exchange(ex)
     assert red.request.headers[0][1].startswith("redacted:") and red.request.target == "/"
-    plain = Exchange(id="b", client="1.1.1.1:1", server="2.2.2.2:2", index=0,
-                     request=Request(ts=1.0, end_ts=1.0, version="1.1", headers=(), method="GET", target="/"),
-                     response=None)
+    plain = Exchange(
+        id="b",
+        client="1.1.1.1:1",
+        server="2.2.2.2:2",
+        index=0,
+        request=Request(ts=1.0, end_ts=1.0, version="1.1", headers=(), method="GET", target="/"),
+        response=None,
+    )
     assert Redactor(b"k" * 32).exchange(plain) is plain

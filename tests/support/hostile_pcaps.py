@@ -75,17 +75,29 @@ _FLAGS = {"S": 0x02, "SA": 0x12, "PA": 0x18, "FA": 0x11, "A": 0x10}
 _ETH = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
 
 
-def tcp_frame(src: str, sport: int, dst: str, dport: int, seq: int, ack: int, flags: str,
-              payload: bytes = b"") -> bytes:
+def tcp_frame(
+    src: str, sport: int, dst: str, dport: int, seq: int, ack: int, flags: str, payload: bytes = b""
+) -> bytes:
     """An Ethernet/IPv4/TCP frame with correct IP and TCP checksums."""
     s, d = socket.inet_aton(src), socket.inet_aton(dst)
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4,
-                      _FLAGS[flags], 65535, 0, 0)
+    tcp = struct.pack(
+        "!HHIIBBHHH",
+        sport,
+        dport,
+        seq & 0xFFFFFFFF,
+        ack & 0xFFFFFFFF,
+        5 << 4,
+        _FLAGS[flags],
+        65535,
+        0,
+        0,
+    )
     pseudo = s + d + struct.pack("!BBH", 0, 6, len(tcp) + len(payload))
     csum = _checksum(pseudo + tcp + payload)
     tcp = tcp[:16] + struct.pack("!H", csum) + tcp[18:]
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(payload), 1, 0x4000, 64, 6, 0,
-                     s, d)
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(payload), 1, 0x4000, 64, 6, 0, s, d
+    )
     ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
     return _ETH + ip + tcp + payload
 

@@ -129,20 +129,34 @@ def counts(c) -> dict:
 
     def agg(a) -> dict:
         return {
-            "pairs": a.pairs, "compared": a.compared, "identical": a.identical,
+            "pairs": a.pairs,
+            "compared": a.compared,
+            "identical": a.identical,
             "baseline_compared": a.baseline_compared,
             "outcomes": (dict(a.primary_outcomes), dict(a.shadow_outcomes)),
             "changes": (dict(a.new_failures), dict(a.recoveries)),
             "status_pairs": dict(a.status_pairs),
             "sampled": (a.lat_primary.count, a.lat_shadow.count, a.values.count),
-            "fields": {p: (f.diff_pairs, f.baseline_pairs, dict(f.kinds), f.volatility.n,
-                           dict(f.volatility.shapes), f.volatility.ints, f.volatility.echoed)
-                       for p, f in a.fields.items()},
+            "fields": {
+                p: (
+                    f.diff_pairs,
+                    f.baseline_pairs,
+                    dict(f.kinds),
+                    f.volatility.n,
+                    dict(f.volatility.shapes),
+                    f.volatility.ints,
+                    f.volatility.echoed,
+                )
+                for p, f in a.fields.items()
+            },
         }
 
     c._fold_endpoints()
-    return {"overall": agg(c._overall), **{n: agg(a) for n, a in c._endpoints.items()},
-            "unmatched": (c.unmatched_exchanges, c.unmatched_results, c.input_error_count)}
+    return {
+        "overall": agg(c._overall),
+        **{n: agg(a) for n, a in c._endpoints.items()},
+        "unmatched": (c.unmatched_exchanges, c.unmatched_results, c.input_error_count),
+    }
 
 
 def essence(report: dict) -> dict:
@@ -152,14 +166,42 @@ def essence(report: dict) -> dict:
     s = report["summary"]
     return {
         "verdict": (report["verdict"]["result"], report["verdict"]["exit_code"]),
-        "summary": {k: s[k] for k in ("pairs", "compared", "identical", "endpoints",
-                                      "unmatched_exchanges", "unmatched_results", "input_errors")},
+        "summary": {
+            k: s[k]
+            for k in (
+                "pairs",
+                "compared",
+                "identical",
+                "endpoints",
+                "unmatched_exchanges",
+                "unmatched_results",
+                "input_errors",
+            )
+        },
         "errors": s["errors"],
         "noise": sorted((n["endpoint"], n["path"]) for n in report["noise"]),
         "endpoints": sorted(
-            (e["endpoint"], e["pairs"], e["compared"], e["identical"],
-             tuple(sorted((f["path"], f["diff_pairs"], round(f["rate"], 12), f["noise"] is None,
-                           tuple(sorted(f["kinds"].items()))) for f in e["fields"])),
-             tuple(sorted((p["primary"], p["shadow"], p["count"]) for p in e["status"]["pairs"])))
-            for e in report["endpoints"]),
+            (
+                e["endpoint"],
+                e["pairs"],
+                e["compared"],
+                e["identical"],
+                tuple(
+                    sorted(
+                        (
+                            f["path"],
+                            f["diff_pairs"],
+                            round(f["rate"], 12),
+                            f["noise"] is None,
+                            tuple(sorted(f["kinds"].items())),
+                        )
+                        for f in e["fields"]
+                    )
+                ),
+                tuple(
+                    sorted((p["primary"], p["shadow"], p["count"]) for p in e["status"]["pairs"])
+                ),
+            )
+            for e in report["endpoints"]
+        ),
     }

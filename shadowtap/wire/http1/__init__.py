@@ -13,4 +13,6 @@ from shadowtap.wire.protocol import Event, ProtocolSpec
 
 __all__ = ["PROTOCOL", "Conversation", "Event", "Transaction"]
 
-PROTOCOL = ProtocolSpec("http1", sniff, make)
+# make's Conversation is the protocol's (its events list holds http1 Transactions: a list is
+# invariant, hence the ignore).
+PROTOCOL = ProtocolSpec("http1", sniff, make)  # type: ignore[arg-type]

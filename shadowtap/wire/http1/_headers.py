@@ -53,8 +53,12 @@ def _plain_headers(text: str) -> tuple[tuple[str, str], ...] | None:
         return None  # read line by line, where the cap applies
     if (
         text.count("\n") == len(lines) - 1
-        and "\n " not in text and "\n\t" not in text and " :" not in text and "\t:" not in text
-        and "\n:" not in text and text[:1] not in (" ", "\t", ":")
+        and "\n " not in text
+        and "\n\t" not in text
+        and " :" not in text
+        and "\t:" not in text
+        and "\n:" not in text
+        and text[:1] not in (" ", "\t", ":")
     ):
         get = _LINE_MEMO.get
         try:  # a line without a colon raises IndexError
@@ -86,7 +90,9 @@ def _parse_header_text(text: str, msg: _Msg) -> tuple[tuple[tuple[str, str], ...
             if Anomaly.OBS_FOLD not in msg.anomalies:
                 msg.anomalies.append(Anomaly.OBS_FOLD)
         elif sep and name.strip(" \t"):
-            append((name.rstrip(" \t"), value.strip(" \t")))  # whitespace before the colon: kept lenient
+            append(
+                (name.rstrip(" \t"), value.strip(" \t"))
+            )  # whitespace before the colon: kept lenient
             if Anomaly.BAD_HEADER not in msg.anomalies:
                 msg.anomalies.append(Anomaly.BAD_HEADER)
         elif line and Anomaly.BAD_HEADER not in msg.anomalies:
@@ -129,7 +135,9 @@ def _content_length(values: list[str], msg: _Msg) -> int | None:
     return nums[0]
 
 
-def _framing(headers: tuple[tuple[str, str], ...], lowered: str, msg: _Msg) -> tuple[str | None, list[str]]:
+def _framing(
+    headers: tuple[tuple[str, str], ...], lowered: str, msg: _Msg
+) -> tuple[str | None, list[str]]:
     """Transfer-Encoding (joined) and Content-Length values of a head; sets ``msg.encodings``.
     The lower-cased block is searched first, so a head without them costs three ``in`` tests."""
     te = None

@@ -29,7 +29,6 @@ class State(IntEnum):
     DEAD = 10
 
 
-
 # Enum members bound once: attribute access on an Enum class costs ~0.3 us.
 _STATE_BODY_CLOSE = State.BODY_CLOSE
 _STATE_BODY_LENGTH = State.BODY_LENGTH
@@ -45,10 +44,16 @@ _STATE_WAIT = State.WAIT
 
 
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_REQ_LINE = rb"[A-Za-z][A-Za-z0-9_.!#$%&'*+^`|~-]{0,31}[ \t]+[^\s]+(?:[ \t]+[^\s]+)*?[ \t]+HTTP/\d\.\d[ \t]*\r?\n"
+_REQ_LINE = (
+    rb"[A-Za-z][A-Za-z0-9_.!#$%&'*+^`|~-]{0,31}[ \t]+[^\s]+(?:[ \t]+[^\s]+)*?"
+    rb"[ \t]+HTTP/\d\.\d[ \t]*\r?\n"
+)
 _RESP_LINE = rb"HTTP/\d\.\d[ \t]+\d\d\d"
 _SYNC_AT = {True: re.compile(_REQ_LINE), False: re.compile(_RESP_LINE)}
-_SYNC_AFTER_NL = {True: re.compile(rb"\n(?=" + _REQ_LINE + rb")"), False: re.compile(rb"\n(?=" + _RESP_LINE + rb")")}
+_SYNC_AFTER_NL = {
+    True: re.compile(rb"\n(?=" + _REQ_LINE + rb")"),
+    False: re.compile(rb"\n(?=" + _RESP_LINE + rb")"),
+}
 _SYNC_KEEP = 256  # bytes kept after a failed resync search (a message start may straddle segments)
 _SYNC_GIVE_UP = 1 << 20  # bytes searched without finding any message: the stream is not HTTP
 
@@ -83,7 +88,9 @@ class Transaction(_BaseTransaction):
         self.method = ""
         self.req_end_ts: float | None = None
         self.secret = False  # a watched (secret) header name appears in a head: redact
-        self.upgrade = False  # CONNECT or Upgrade: the response may turn the connection into a tunnel
+        self.upgrade = (
+            False  # CONNECT or Upgrade: the response may turn the connection into a tunnel
+        )
         self.chunks: tuple[tuple[int, float], ...] = ()  # a streamed response's timed pieces
 
 
@@ -123,7 +130,7 @@ class _Msg:
         self.end_ts = ts
         self.version = ""
         self.headers: tuple[tuple[str, str], ...] = ()
-        self.parts: list[bytes] = []
+        self.parts: list[bytes | bytearray] = []
         self.kept = 0
         self.body_len = 0
         self.truncated = False

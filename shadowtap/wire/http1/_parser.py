@@ -3,12 +3,14 @@
 ``Conversation`` takes the two ordered byte streams of a connection (``data``, ``gap``, ``end`` per
 direction, from shadowtap.wire.tcp) and appends ``(Event, Transaction)`` pairs to ``events``:
 ``OPENED`` when a transaction begins (the first byte of a request, or a response with no request to
-answer), ``REQUEST`` when its request is complete on the wire, ``DONE`` when it is finished. It never
+answer), ``REQUEST`` when its request is complete on the wire, ``DONE`` when it is finished. It
+never
 reads a file or a socket.
 
 Each direction is a state machine whose states map to handler methods through a table
 (``_HANDLERS``). The parser keeps wire fidelity: header names and values are the wire bytes
-(latin-1), in wire order and case; the target is the wire target. Framing follows RFC 9112 section 6:
+(latin-1), in wire order and case; the target is the wire target. Framing follows RFC 9112 section
+6:
 Transfer-Encoding chunked, else Content-Length, else (responses) until close; no body for responses
 to HEAD, 1xx, 204, 304; interim 1xx responses are skipped; 101 and 2xx-to-CONNECT turn the
 connection into a tunnel (the exchange is recorded, the tunnel is not parsed).
@@ -27,6 +29,9 @@ segmentation of a conversation alike.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from shadowtap.records import Request, Response
 from shadowtap.wire.anomalies import Anomaly
@@ -102,7 +107,9 @@ class _Side:
         # Message boundaries lost: "midstream" (joined without the start), "resync" (after a gap),
         # "" (after a parse error); the next message found notes it (except ""); None: in step.
         self.lost: str | None = Anomaly.MIDSTREAM if state == _STATE_SYNC else None
-        self.boundary = self.lost is not None  # the next byte follows a gap: a message may start right there
+        self.boundary = (
+            self.lost is not None
+        )  # the next byte follows a gap: a message may start right there
         self.scanned = 0
         self.seg_start = 0  # where the last data fed begins in ``buf``
         self.txn: Transaction | None = None
@@ -295,7 +302,11 @@ class _Side:
             m = _SYNC_AFTER_NL[self.is_request].search(buf, pos)
             start = m.start() + 1 if m is not None else -1
             seg = self.seg_start
-            if pos <= seg < len(buf) and (start < 0 or seg < start) and at.match(buf, seg) is not None:
+            if (
+                pos <= seg < len(buf)
+                and (start < 0 or seg < start)
+                and at.match(buf, seg) is not None
+            ):
                 start = seg
         self.boundary = False
         if start < 0:
@@ -318,7 +329,9 @@ class _Side:
         conv = self.conv
         marker = conv.completed
         buf = self.buf
-        self.buf = buf + (b"\r\n" if buf.endswith(b"\r\n") else b"\n" if buf.endswith(b"\n") else b"\r\n\r\n")
+        self.buf = buf + (
+            b"\r\n" if buf.endswith(b"\r\n") else b"\n" if buf.endswith(b"\n") else b"\r\n\r\n"
+        )
         self.run(ts)
         msg = self.msg
         if msg is not None:
@@ -451,16 +464,28 @@ class _RequestSide(_Side):
         text = data[:e].decode("latin-1")
         line, _, block = text.partition("\r\n")
         parts = line.split(" ")
-        if (len(parts) != 3 or not parts[0].isalpha() or not parts[0].isupper() or not parts[0].isascii()
-                or len(parts[0]) > 32
-                or not parts[1] or parts[2][:5] != "HTTP/" or "\n" in line or parts[0] == "CONNECT"):
+        if (
+            len(parts) != 3
+            or not parts[0].isalpha()
+            or not parts[0].isupper()
+            or not parts[0].isascii()
+            or len(parts[0]) > 32
+            or not parts[1]
+            or parts[2][:5] != "HTTP/"
+            or "\n" in line
+            or parts[0] == "CONNECT"
+        ):
             return False
         if block:
             headers = _plain_headers(block)
             if headers is None:
                 return False
             lowered = block.lower()
-            if "transfer-encoding" in lowered or "upgrade" in lowered or "content-encoding" in lowered:
+            if (
+                "transfer-encoding" in lowered
+                or "upgrade" in lowered
+                or "content-encoding" in lowered
+            ):
                 return False
         else:
             headers, lowered = (), ""
@@ -476,8 +501,18 @@ class _RequestSide(_Side):
         txn = Transaction(ts)
         txn.index = conv.take_index()
         txn.method = parts[0]
-        txn.request = Request(ts, ts, parts[2], headers, data[e + 4 :] if length else b"", length, False, length,
-                              parts[0], parts[1])
+        txn.request = Request(
+            ts,
+            ts,
+            parts[2],
+            headers,
+            data[e + 4 :] if length else b"",
+            length,
+            False,
+            length,
+            parts[0],
+            parts[1],
+        )
         txn.req_end_ts = ts
         txn.req_done = True
         if conv.watch and _watched(conv.watch, lowered):
@@ -507,9 +542,16 @@ class _RequestSide(_Side):
             text = buf[pos:e1].decode("latin-1")
             line, _, block = text.partition("\r\n")
             parts = line.split(" ")
-            if (len(parts) == 3 and parts[0].isalpha() and parts[0].isupper() and parts[0].isascii()
-                    and len(parts[0]) <= 32 and parts[1]
-                    and parts[2][:5] == "HTTP/" and "\n" not in line):
+            if (
+                len(parts) == 3
+                and parts[0].isalpha()
+                and parts[0].isupper()
+                and parts[0].isascii()
+                and len(parts[0]) <= 32
+                and parts[1]
+                and parts[2][:5] == "HTTP/"
+                and "\n" not in line
+            ):
                 txn = self.txn
                 msg = _Msg(txn.ts)
                 if txn.index < 0:
@@ -536,9 +578,13 @@ class _RequestSide(_Side):
                 self.fail(ts, Anomaly.PARSE_ERROR)
                 return True
             return False
-        line = buf[pos : le - 1] if le > pos and buf[le - 1] == 13 else buf[pos:le]
-        tokens = line.split()
-        if len(tokens) < 2 or len(tokens[0]) > 32 or not (tokens[0].isalpha() or all(c in _TCHAR for c in tokens[0])):
+        rline = buf[pos : le - 1] if le > pos and buf[le - 1] == 13 else buf[pos:le]
+        tokens = rline.split()
+        if (
+            len(tokens) < 2
+            or len(tokens[0]) > 32
+            or not (tokens[0].isalpha() or all(c in _TCHAR for c in tokens[0]))
+        ):
             self.fail(ts, Anomaly.PARSE_ERROR)
             return True
         msg = _Msg(self.txn.ts)
@@ -548,9 +594,9 @@ class _RequestSide(_Side):
         last = tokens[-1]
         if len(tokens) >= 3 and last.startswith(b"HTTP/"):
             msg.version = last.decode("latin-1")
-            sp1 = line.find(tokens[1], len(tokens[0]))
-            msg.start2 = line[sp1 : line.rfind(last)].rstrip(b" \t").decode("latin-1")
-            if not tokens[0].isupper() or len(tokens) > 3 or line.count(b" ") != 2:
+            sp1 = rline.find(tokens[1], len(tokens[0]))
+            msg.start2 = rline[sp1 : rline.rfind(last)].rstrip(b" \t").decode("latin-1")
+            if not tokens[0].isupper() or len(tokens) > 3 or rline.count(b" ") != 2:
                 # Seen in the wild and recorded as read (other analyzers do): a lower-case method,
                 # extra spaces or tabs, spaces inside the target.
                 msg.anomalies.append(Anomaly.ODD_REQUEST_LINE)
@@ -561,7 +607,7 @@ class _RequestSide(_Side):
             msg.start2 = ""
             msg.anomalies.append(Anomaly.ODD_REQUEST_LINE)
         elif len(tokens) == 2 and not last.startswith(b"HTTP/"):
-            # A request line without a protocol: HTTP/0.9 (``GET /path``), and the response will be
+            # A request rline without a protocol: HTTP/0.9 (``GET /path``), and the response will be
             # the raw body. Header lines that arrived with it are kept (servers that answer 0.9
             # style still get them; Suricata logs them too).
             msg.version = "HTTP/0.9"
@@ -580,7 +626,7 @@ class _RequestSide(_Side):
         else:
             self.fail(ts, Anomaly.PARSE_ERROR)
             return True
-        # The head ends at the first empty line.
+        # The head ends at the first empty rline.
         e1 = buf.find(b"\r\n\r\n", le - 1)
         e2 = buf.find(b"\n\n", le, e1 + 2 if e1 >= 0 else n)
         if e2 >= 0 and (e1 < 0 or e2 < e1 + 2):
@@ -589,7 +635,12 @@ class _RequestSide(_Side):
                 msg.anomalies.append(Anomaly.BARE_LF)
         elif e1 >= 0:
             hend, nxt = e1, e1 + 4
-        elif line and le + 1 < n and buf[le + 1] in (13, 10) and buf.startswith(b"\n", le + 1 + (buf[le + 1] == 13)):
+        elif (
+            rline
+            and le + 1 < n
+            and buf[le + 1] in (13, 10)
+            and buf.startswith(b"\n", le + 1 + (buf[le + 1] == 13))
+        ):
             hend, nxt = le, le + 2 + (buf[le + 1] == 13)
         else:
             if n - pos > conv.max_head:
@@ -597,7 +648,7 @@ class _RequestSide(_Side):
                 return True
             return False
         if hend <= le:
-            headers: tuple[tuple[str, str], ...] = ()
+            headers = ()
             lowered = ""
         else:
             headers, lowered = _parse_headers(buf[le + 1 : hend], msg)
@@ -613,7 +664,9 @@ class _RequestSide(_Side):
             return False
         return self._request_framing(ts, msg, headers, lowered)
 
-    def _request_framing(self, ts: float, msg: _Msg, headers: tuple[tuple[str, str], ...], lowered: str) -> bool:
+    def _request_framing(
+        self, ts: float, msg: _Msg, headers: tuple[tuple[str, str], ...], lowered: str
+    ) -> bool:
         # Framing (RFC 9112 6.3): chunked as final coding, else Content-Length, else no body.
         te, cls = _framing(headers, lowered, msg)
         upgrade = "upgrade" in lowered and bool(_values(headers, "upgrade"))
@@ -629,7 +682,7 @@ class _RequestSide(_Side):
         elif cls:
             length = _content_length(cls, msg) or 0
         if upgrade or msg.start1.upper() == "CONNECT":
-            self.txn.upgrade = True
+            self.txn.upgrade = True  # type: ignore[union-attr]  # open since st_head
         self.start_body(ts, length)
         return True
 
@@ -637,7 +690,9 @@ class _RequestSide(_Side):
         txn = self.txn
         self.txn = None
         if txn is not None and txn.upgrade:
-            self.state = _STATE_WAIT  # the next bytes may be the tunnel: hold them until the response
+            self.state = (
+                _STATE_WAIT  # the next bytes may be the tunnel: hold them until the response
+            )
             self.conv.waiting = txn
 
 
@@ -648,7 +703,8 @@ class _ResponseSide(_Side):
         """The common case in one step: ``data`` (nothing buffered) is exactly one final response
         (2xx-5xx but 204/304) with a CRLF head, plain header lines, no Transfer-Encoding or
         Content-Encoding, and all its Content-Length body, answering a complete request that is
-        not HEAD, CONNECT, an Upgrade or HTTP/0.9. Else False, nothing changed (see _RequestSide.fast)."""
+        not HEAD, CONNECT, an Upgrade or HTTP/0.9. Else False, nothing changed (see
+        _RequestSide.fast)."""
         if data[:5] != b"HTTP/":
             return False
         conv = self.conv
@@ -656,8 +712,16 @@ class _ResponseSide(_Side):
         if not q or conv.waiting is not None:
             return False
         txn = q[0]
-        if (txn.request is None or txn.resp_done or txn.response is not None or txn.after_gap or txn.upgrade
-                or txn.http09 or txn.ts > ts or txn.method == "HEAD"):
+        if (
+            txn.request is None
+            or txn.resp_done
+            or txn.response is not None
+            or txn.after_gap
+            or txn.upgrade
+            or txn.http09
+            or txn.ts > ts
+            or txn.method == "HEAD"
+        ):
             return False
         e = data.find(b"\r\n\r\n")
         if e < 0:
@@ -675,7 +739,11 @@ class _ResponseSide(_Side):
         if headers is None:
             return False
         lowered = block.lower()
-        if "transfer-encoding" in lowered or "content-encoding" in lowered or "content-length" not in lowered:
+        if (
+            "transfer-encoding" in lowered
+            or "content-encoding" in lowered
+            or "content-length" not in lowered
+        ):
             return False
         cls = _values(headers, "content-length")
         if len(cls) != 1 or not cls[0].isdigit():
@@ -683,8 +751,18 @@ class _ResponseSide(_Side):
         length = int(cls[0])
         if len(data) - e - 4 != length or length > conv.max_body:
             return False
-        txn.response = Response(ts, ts, parts[0], headers, data[e + 4 :] if length else b"", length, False, length,
-                                status, parts[2].strip() if len(parts) > 2 else "")
+        txn.response = Response(
+            ts,
+            ts,
+            parts[0],
+            headers,
+            data[e + 4 :] if length else b"",
+            length,
+            False,
+            length,
+            status,
+            parts[2].strip() if len(parts) > 2 else "",
+        )
         txn.resp_done = True
         if conv.watch and _watched(conv.watch, lowered):
             txn.secret = True
@@ -752,17 +830,17 @@ class _ResponseSide(_Side):
         le = buf.find(b"\n", pos, hend)
         if le < 0:
             le = hend
-        parts = buf[pos : le - 1 if buf[le - 1] == 13 else le].split(None, 2)
-        if len(parts) < 2 or len(parts[1]) != 3 or not parts[1].isdigit():
+        words = buf[pos : le - 1 if buf[le - 1] == 13 else le].split(None, 2)
+        if len(words) < 2 or len(words[1]) != 3 or not words[1].isdigit():
             self.fail(ts, Anomaly.PARSE_ERROR)
             return True
-        status = int(parts[1])
+        status = int(words[1])
         msg = _Msg(self.head_ts if self.head_ts else ts)
         if bare:
             msg.anomalies.append(Anomaly.BARE_LF)
-        msg.version = parts[0].decode("latin-1")
-        msg.start1 = parts[1].decode("ascii")
-        msg.start2 = parts[2].decode("latin-1").strip() if len(parts) > 2 else ""
+        msg.version = words[0].decode("latin-1")
+        msg.start1 = words[1].decode("ascii")
+        msg.start2 = words[2].decode("latin-1").strip() if len(words) > 2 else ""
         if le < hend:
             headers, lowered = _parse_headers(buf[le + 1 : hend], msg)
             if conv.watch and _watched(conv.watch, lowered):
@@ -773,8 +851,15 @@ class _ResponseSide(_Side):
         self.pos = nxt
         return self._response_framing(ts, txn, msg, status, headers, lowered)
 
-    def _response_framing(self, ts: float, txn: Transaction | None, msg: _Msg, status: int,
-                          headers: tuple[tuple[str, str], ...], lowered: str) -> bool:
+    def _response_framing(
+        self,
+        ts: float,
+        txn: Transaction | None,
+        msg: _Msg,
+        status: int,
+        headers: tuple[tuple[str, str], ...],
+        lowered: str,
+    ) -> bool:
         conv = self.conv
         if 100 <= status < 200 and status != 101:
             conv.interim += 1
@@ -824,8 +909,12 @@ _COMMON = {
     State.DEAD: _Side.st_idle,
 }
 # State -> handler, one table per direction, indexed by the State value.
-_HANDLERS_REQ = [({State.HEAD: _RequestSide.st_head} | _COMMON)[s] for s in State]
-_HANDLERS_RESP = [({State.HEAD: _ResponseSide.st_head} | _COMMON)[s] for s in State]
+_HANDLERS_REQ: list[Callable[[Any, float], bool]] = [
+    ({State.HEAD: _RequestSide.st_head} | _COMMON)[s] for s in State
+]
+_HANDLERS_RESP: list[Callable[[Any, float], bool]] = [
+    ({State.HEAD: _ResponseSide.st_head} | _COMMON)[s] for s in State
+]
 
 
 class Conversation:
@@ -838,12 +927,23 @@ class Conversation:
     handlers_req = _HANDLERS_REQ
     handlers_resp = _HANDLERS_RESP
 
-    def __init__(self, *, max_body: int = 1 << 20, max_head: int = 64 << 10, midstream: bool = False,
-                 watch: tuple[str, ...] = (), max_open: int = 100) -> None:
+    def __init__(
+        self,
+        *,
+        max_body: int = 1 << 20,
+        max_head: int = 64 << 10,
+        midstream: bool = False,
+        watch: tuple[str, ...] = (),
+        max_open: int = 100,
+    ) -> None:
         self.max_open = max_open
-        self.skipped = 0  # unanswered requests finished past max_open: the next responses are theirs
+        self.skipped = (
+            0  # unanswered requests finished past max_open: the next responses are theirs
+        )
         self.max_body = max_body
-        self.watch = watch  # lower-case names looked for in each lower-cased head: Transaction.secret
+        self.watch = (
+            watch  # lower-case names looked for in each lower-cased head: Transaction.secret
+        )
         self.max_head = max_head
         start = _STATE_SYNC if midstream else _STATE_HEAD
         self.client = _RequestSide(self, True, start)
@@ -934,7 +1034,12 @@ class Conversation:
         in request order, so the next ``skipped`` responses answer shed requests)."""
         busy = (self.client.txn, self.server.txn)
         for i, old in enumerate(self.queue):
-            if old.request is not None and old.response is None and not old.resp_done and old not in busy:
+            if (
+                old.request is not None
+                and old.response is None
+                and not old.resp_done
+                and old not in busy
+            ):
                 del self.queue[i]
                 old.note(Anomaly.OPEN_LIMIT)
                 self.skipped += 1
@@ -978,7 +1083,9 @@ class Conversation:
                 txn = cands[-1]
         if txn is not None and (
             txn.ts > msg.ts  # a response never begins before its request
-            or txn.after_gap and txn.req_end_ts is not None and txn.req_end_ts > msg.ts
+            or txn.after_gap
+            and txn.req_end_ts is not None
+            and txn.req_end_ts > msg.ts
         ):
             txn = None  # the request this answers was lost (mid-stream join, gap)
         if txn is None:
@@ -1015,10 +1122,16 @@ class Conversation:
             # Positional (cheaper than keywords): ts, end_ts, version, headers, body, body_len,
             # body_truncated, decoded_len, method, target.
             txn.request = Request(
-                msg.ts, max(msg.ts, msg.end_ts), msg.version, msg.headers,
-                _body(parts), msg.body_len,
-                msg.truncated, msg.body_len if msg.encodings is None and not msg.truncated else self._decoded(msg),
-                msg.start1, msg.start2,
+                msg.ts,
+                max(msg.ts, msg.end_ts),
+                msg.version,
+                msg.headers,
+                _body(parts),
+                msg.body_len,
+                msg.truncated,
+                msg.body_len if msg.encodings is None and not msg.truncated else self._decoded(msg),
+                msg.start1,
+                msg.start2,
             )
             txn.req_end_ts = txn.request.end_ts
             txn.req_done = True
@@ -1035,10 +1148,16 @@ class Conversation:
             assert txn is not None
             parts = msg.parts
             txn.response = Response(
-                msg.ts, max(msg.ts, msg.end_ts), msg.version, msg.headers,
-                _body(parts), msg.body_len,
-                msg.truncated, msg.body_len if msg.encodings is None and not msg.truncated else self._decoded(msg),
-                int(msg.start1), msg.start2,
+                msg.ts,
+                max(msg.ts, msg.end_ts),
+                msg.version,
+                msg.headers,
+                _body(parts),
+                msg.body_len,
+                msg.truncated,
+                msg.body_len if msg.encodings is None and not msg.truncated else self._decoded(msg),
+                int(msg.start1),
+                msg.start2,
             )
             txn.resp_done = True
             if msg.chunks:
@@ -1113,16 +1232,25 @@ class Conversation:
         if msg.encodings is None:
             return msg.body_len
         parts = msg.parts
-        out = decode(parts[0] if parts else b"", msg.encodings)  # bounded: see wire.content
+        body = parts[0] if parts else b""
+        out = decode(body, msg.encodings)  # type: ignore[arg-type]  # any buffer; bounded
         if out.length is None:
-            msg.anomalies.append(out.anomaly or Anomaly.UNDECODABLE_BODY)  # or decode_limit past a bound
+            msg.anomalies.append(
+                out.anomaly or Anomaly.UNDECODABLE_BODY
+            )  # or decode_limit past a bound
         return out.length
 
 
 def make(settings: ParserSettings, midstream: bool) -> Conversation:
-    """A Conversation with the Extractor's limits (``shadowtap.wire.protocol.ProtocolSpec.make``)."""
-    return Conversation(max_body=settings.max_body, max_head=settings.max_head, midstream=midstream,
-                        watch=settings.watch, max_open=settings.max_open)
+    """A Conversation with the Extractor's limits
+    (``shadowtap.wire.protocol.ProtocolSpec.make``)."""
+    return Conversation(
+        max_body=settings.max_body,
+        max_head=settings.max_head,
+        midstream=midstream,
+        watch=settings.watch,
+        max_open=settings.max_open,
+    )
 
 
 def sniff(data: bytes, from_client: bool) -> Sniff:

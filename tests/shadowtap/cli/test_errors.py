@@ -14,35 +14,63 @@ from shadowtap.errors import InputError, TargetError
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shadowtap", *args], capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "shadowtap", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 MIRROR = ("mirror", "--iface", "lo", "--port", "8080")
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("replay", "in.jsonl", "--target", "ftp://127.0.0.1:9"),
-     "--target: target must be an http:// or https:// URL, not 'ftp://127.0.0.1:9'"),
-    (("replay", "in.jsonl", "--target", "http://127.0.0.1:9", "--sample-key", "bogus"),
-     "--sample-key: sample key must be 'client' or 'header:NAME', not 'bogus'"),
-    (("replay", "in.jsonl", "--target", "http://127.0.0.1:9", "--header", "=x"),
-     "--header: '=x' is not 'NAME' or 'NAME=REGEX'"),
-    (("replay", "in.jsonl", "--target", "http://127.0.0.1:9", "--set-header", "NoColon"),
-     "--set-header: 'NoColon' is not 'Name: value'"),
-    (("replay", "in.jsonl", "--target", "http://127.0.0.1:9", "--path", "("),
-     "--path: bad regular expression '('"),
-    (("replay", "in.jsonl", "--target", "http://127.0.0.1:9", "--json", "-o", "-"),
-     "--json: the results go to stdout (-o -): the JSON summary cannot too"),
-    (("compare", "a.jsonl", "b.jsonl", "--ignore", "GET /x::"),
-     "--ignore: empty path in ignore rule 'GET /x::'"),
-    ((*MIRROR, "--shadow", "ftp://127.0.0.1:9"),
-     "--shadow: target must be an http:// or https:// URL, not 'ftp://127.0.0.1:9'"),
-    ((*MIRROR, "--shadow", "http://127.0.0.1:9", "--metrics", "not-an-address"),
-     "--metrics: 'not-an-address' is not ADDR:PORT"),
-    ((*MIRROR, "--shadow", "http://127.0.0.1:9", "--allow", "POST"),
-     "--allow: route 'POST' is not 'METHOD /path'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("replay", "in.jsonl", "--target", "ftp://127.0.0.1:9"),
+            "--target: target must be an http:// or https:// URL, not 'ftp://127.0.0.1:9'",
+        ),
+        (
+            ("replay", "in.jsonl", "--target", "http://127.0.0.1:9", "--sample-key", "bogus"),
+            "--sample-key: sample key must be 'client' or 'header:NAME', not 'bogus'",
+        ),
+        (
+            ("replay", "in.jsonl", "--target", "http://127.0.0.1:9", "--header", "=x"),
+            "--header: '=x' is not 'NAME' or 'NAME=REGEX'",
+        ),
+        (
+            ("replay", "in.jsonl", "--target", "http://127.0.0.1:9", "--set-header", "NoColon"),
+            "--set-header: 'NoColon' is not 'Name: value'",
+        ),
+        (
+            ("replay", "in.jsonl", "--target", "http://127.0.0.1:9", "--path", "("),
+            "--path: bad regular expression '('",
+        ),
+        (
+            ("replay", "in.jsonl", "--target", "http://127.0.0.1:9", "--json", "-o", "-"),
+            "--json: the results go to stdout (-o -): the JSON summary cannot too",
+        ),
+        (
+            ("compare", "a.jsonl", "b.jsonl", "--ignore", "GET /x::"),
+            "--ignore: empty path in ignore rule 'GET /x::'",
+        ),
+        (
+            (*MIRROR, "--shadow", "ftp://127.0.0.1:9"),
+            "--shadow: target must be an http:// or https:// URL, not 'ftp://127.0.0.1:9'",
+        ),
+        (
+            (*MIRROR, "--shadow", "http://127.0.0.1:9", "--metrics", "not-an-address"),
+            "--metrics: 'not-an-address' is not ADDR:PORT",
+        ),
+        (
+            (*MIRROR, "--shadow", "http://127.0.0.1:9", "--allow", "POST"),
+            "--allow: route 'POST' is not 'METHOD /path'",
+        ),
+    ],
+)
 def test_the_cli_names_the_flag_of_the_field(args, message):
     proc = _run(*args)
     assert proc.returncode == 3, proc.stderr

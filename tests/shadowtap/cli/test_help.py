@@ -20,11 +20,19 @@ WIDE = "4000"
 
 def _help(*args: str) -> str:
     env = dict(os.environ, COLUMNS=WIDE, TERMINAL_WIDTH=WIDE)
-    proc = subprocess.run([sys.executable, "-m", "shadowtap", *args, "--help"], capture_output=True,
-                          text=True, timeout=60, check=False, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "shadowtap", *args, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     # one line per rendered line, the panels' borders and padding gone
-    return "\n".join(re.sub(r"\s+", " ", line.strip(" │╭╮╰╯─")) for line in proc.stdout.splitlines())
+    return "\n".join(
+        re.sub(r"\s+", " ", line.strip(" │╭╮╰╯─")) for line in proc.stdout.splitlines()
+    )
 
 
 def _commands() -> dict[str, str]:
@@ -47,8 +55,10 @@ def test_reflow_joins_the_lines_of_a_paragraph_only():
     - an item
       that wraps
     - another item"""
-    assert reflow(doc) == ("First line of a sentence that goes on.\n\n"
-                           "Second paragraph:\n- an item that wraps\n- another item")
+    assert reflow(doc) == (
+        "First line of a sentence that goes on.\n\n"
+        "Second paragraph:\n- an item that wraps\n- another item"
+    )
 
 
 def test_the_command_list_shows_each_summary_on_one_line():

@@ -6,15 +6,33 @@ import sys
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shadowtap", "mirror", *args], capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "shadowtap", "mirror", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_help_renders_every_option():
     proc = _run("--help")
     assert proc.returncode == 0, proc.stderr
-    for option in ("--iface", "--port", "--shadow", "--backend", "--percent", "--rate-limit", "--queue",
-                   "--allow-unsafe", "--metrics", "--run-dir", "--duration", "--allow", "--host-suffix"):
+    for option in (
+        "--iface",
+        "--port",
+        "--shadow",
+        "--backend",
+        "--percent",
+        "--rate-limit",
+        "--queue",
+        "--allow-unsafe",
+        "--metrics",
+        "--run-dir",
+        "--duration",
+        "--allow",
+        "--host-suffix",
+    ):
         assert option in proc.stdout, option
 
 
