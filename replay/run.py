@@ -187,7 +187,7 @@ def _unredacting(
     values = {n.lower(): v for n, v in cfg.substitute}
     from shadowtap.capture.pcapfile import sniff_path
 
-    capture = sniff_path(cfg.input) is not None
+    capture = not cfg.input.startswith("nats://") and sniff_path(cfg.input) is not None
     from shadowtap.replay.policy import _HOP_BY_HOP  # headers the Policy never forwards
 
     replaced = (
