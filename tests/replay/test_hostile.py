@@ -37,18 +37,38 @@ def hostile():
     s.close()
 
 
-def run_measured(args: list[str], timeout: float = 120) -> tuple[int, str, int]:
-    """Run a command; (exit status, stderr, peak RSS in KiB of that process alone, by wait4)."""
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    import threading
+# A forked child starts with its parent's RSS high-water mark, and exec keeps it in ru_maxrss: a
+# command started straight from a large pytest process would report pytest's size. A small
+# launcher (a fresh interpreter) forks the command instead and reports its peak on a pipe.
+_LAUNCHER = (
+    "import os, sys\n"
+    "fd = int(sys.argv[1])\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.close(fd)\n"
+    "    os.execv(sys.argv[2], sys.argv[2:])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "os.write(fd, str(usage.ru_maxrss).encode())\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
 
-    err: list[bytes] = []
-    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()))  # type: ignore[union-attr]
-    reader.start()
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    reader.join(timeout)
-    return proc.returncode, b"".join(err).decode(errors="replace"), usage.ru_maxrss
+
+def run_measured(args: list[str], timeout: float = 120) -> tuple[int, str, int]:
+    """Run a command; (exit status, stderr, peak RSS in KiB of that process alone)."""
+    r, w = os.pipe()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, str(w), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            pass_fds=(w,),
+            timeout=timeout,
+        )
+    finally:
+        os.close(w)
+    with os.fdopen(r, "rb") as f:
+        peak = int(f.read() or b"0")
+    return proc.returncode, proc.stderr.decode(errors="replace"), peak
 
 
 def test_client_bounds_every_hostile_head_and_goes_on(hostile):
