@@ -79,7 +79,7 @@ def test_kill9_then_next_run_replaces_the_stale_hook(veth, tmp_path):
     client.run(["curl", "-sS", "-o", "/dev/null", f"{url}/during-stale"])
 
     second = lab.start_agent(iface, port, "ebpf", tmp_path, ns=server.ns, name="second")
-    assert "removed a stale shadowtap hook" in second.err()
+    second.wait_stderr("removed a stale shadowtap hook")  # printed just after "capturing:"
     shown = lab.tc_filters(iface, server.ns)
     assert f"shadowtap-{first.pid}-" not in shown
     assert shown.count(f"shadowtap-{second.pid}-") == 2
