@@ -15,7 +15,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev gcc            # the virtual environment; httptools/orjson wheels need nothing more
   python3-bpfcc bpfcc-tools libbpfcc              # bcc: eBPF backend (its Python bindings are not on PyPI)
   iproute2 iputils-ping ethtool procps              # network namespaces, veth, tc for the lab and tests
-  tcpdump tshark tcpreplay                        # peers and readers of our pcaps (tests, benchmarks)
+  tcpdump tshark tcpreplay time                   # peers and readers of our pcaps; GNU time (benchmarks)
   libpcap0.8                                      # the pcap capture backend (through ctypes)
   nginx-light wrk hey curl openssl                # real servers and clients for tests and benchmarks (TLS certificates by openssl)
   nats-server                                     # the broker agents publish to (JetStream), in tests and the lab
