@@ -36,6 +36,7 @@ import gc
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,7 @@ from shadowtap.errors import ShadowtapError
 from shadowtap.priority import lower_priority
 
 _PR_SET_PDEATHSIG = 1
+DEAD_PARENT_GRACE = 10.0  # seconds a child with a dead parent has to clean up
 BATCH_GC_THRESHOLD = (50_000, 20, 100)  # gen0 collections every 50,000 allocations, not 700
 
 
@@ -172,12 +174,18 @@ def _child_main(
         gc.set_threshold(*BATCH_GC_THRESHOLD)
     channel = Channel(conn, codec)
     if watch:
+        parent = os.getppid()
 
         def watch_stop() -> None:
             with contextlib.suppress(EOFError, OSError):
                 while not isinstance(channel.recv(), Stop):
                     pass
             stop.set()
+            if os.getppid() != parent:
+                # The parent died (EOF): the child's cleanup (hooks detached) gets a bounded time,
+                # then the process goes, so that it never outlives its parent for long.
+                time.sleep(DEAD_PARENT_GRACE)
+                os._exit(1)
 
         threading.Thread(target=watch_stop, daemon=True, name=f"{name}-stop").start()
     try:
