@@ -31,6 +31,7 @@ import pytest
 import tests.support.live_lab as lab
 from shadowtap.capture.extractor import Extractor
 from shadowtap.wire.frames import LINKTYPE_ETHERNET, LINKTYPE_RAW
+from tests.support.nginx import make_cert
 
 AIOHTTP_APP = """
 import asyncio, ssl, sys
@@ -73,31 +74,6 @@ def require_tls_prereqs() -> None:
         lab.require(False, "bcc (python3-bpfcc)")
     for tool in ("nginx", "curl", "openssl"):
         lab.require_tool(tool)
-
-
-def make_cert(d: Path) -> None:
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(d / "key.pem"),
-            "-out",
-            str(d / "cert.pem"),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
 
 
 def free_port() -> int:

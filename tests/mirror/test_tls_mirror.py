@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.support.nginx import start_nginx
+from tests.support.nginx import make_cert, start_nginx
 from tests.support.prereq import require, require_root, require_tool
 from tests.support.proc import Proc, text_of, wait_for
 
@@ -27,28 +27,7 @@ def https_pair(tmp_path):
         require(False, "bcc (python3-bpfcc)")
     require_tool("openssl")
     require_tool("curl")
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(tmp_path / "key.pem"),
-            "-out",
-            str(tmp_path / "cert.pem"),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    make_cert(tmp_path)
     ports = random.sample(range(20000, 60000), 2)
     procs = []
     for name, port in zip(("primary", "shadow"), ports):

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
 
 import pytest
 
 from shadowtap.records import Result
 from shadowtap.replay.client import Sender, TlsOptions
 from shadowtap.replay.policy import Policy, Prepared, Target
-from tests.support.nginx import start_nginx
+from tests.support.nginx import make_cert, start_nginx
 from tests.support.prereq import require_tool
 
 from .conftest import make_exchange
@@ -24,28 +23,7 @@ from .conftest import make_exchange
 def https_nginx(tmp_path_factory):
     require_tool("openssl")
     d = tmp_path_factory.mktemp("https")
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(d / "key.pem"),
-            "-out",
-            str(d / "cert.pem"),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    make_cert(d)
     port = random.randrange(20000, 60000)
     proc = start_nginx(d, "127.0.0.1", port, cert=d / "cert.pem", key=d / "key.pem")
     yield f"https://localhost:{port}", str(d / "cert.pem")

@@ -7,6 +7,7 @@ sockets, so waiting for that file waits for the socket, in any namespace)."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 from tests.support.prereq import require_tool
@@ -93,3 +94,32 @@ def start_nginx(
     )
     wait_for(pidfile.exists, timeout, f"nginx to listen on {addr}:{port}", proc=proc.p)
     return proc
+
+
+def make_cert(d: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1 in ``d``: (cert.pem, key.pem)."""
+    require_tool("openssl")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
