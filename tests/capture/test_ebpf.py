@@ -35,15 +35,6 @@ def veth(topology, tmp_path):
     port = random.randrange(20000, 60000)
     nginx = lab.start_nginx(tmp_path, "10.250.4.2", port, server.ns)
     url = f"http://10.250.4.2:{port}"
-    lab.wait_for(
-        lambda: (
-            client.run(["curl", "-s", "-o", "/dev/null", f"{url}/ready"], check=False).returncode
-            == 0
-        ),
-        30,
-        "nginx",
-        proc=nginx.p,
-    )
     yield client, server, server_if, port, url
     nginx.stop()
 

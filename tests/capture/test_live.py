@@ -200,18 +200,6 @@ def test_veth_capture_matches_tcpdump_and_own_pcap(topology, tmp_path, key_file,
     port = random.randrange(20000, 60000)
     nginx = lab.start_nginx(tmp_path, "10.250.3.2", port, server.ns)
     try:
-        lab.wait_for(
-            lambda: (
-                client.run(
-                    ["curl", "-s", "-o", "/dev/null", f"http://10.250.3.2:{port}/ready"],
-                    check=False,
-                ).returncode
-                == 0
-            ),
-            30,
-            "nginx",
-            proc=nginx.p,
-        )
         agent = lab.start_agent(server_if, port, backend[0], tmp_path, *backend[1:], ns=server.ns)
         tcpdump = lab.start_tcpdump(server_if, port, tmp_path, server.ns)
         try:
@@ -235,17 +223,6 @@ def test_loopback_capture_records_each_packet_once(topology, tmp_path, key_file,
     port = random.randrange(20000, 60000)
     nginx = lab.start_nginx(tmp_path, "127.0.0.1", port, host.ns)
     try:
-        lab.wait_for(
-            lambda: (
-                host.run(
-                    ["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/ready"], check=False
-                ).returncode
-                == 0
-            ),
-            30,
-            "nginx",
-            proc=nginx.p,
-        )
         agent = lab.start_agent("lo", port, backend, tmp_path, ns=host.ns)
         tcpdump = lab.start_tcpdump("lo", port, tmp_path, host.ns)
         try:
@@ -274,17 +251,6 @@ def test_rotation_count_and_outputs(topology, tmp_path, key_file):
     port = random.randrange(20000, 60000)
     nginx = lab.start_nginx(tmp_path, "127.0.0.1", port, host.ns)
     try:
-        lab.wait_for(
-            lambda: (
-                host.run(
-                    ["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/ready"], check=False
-                ).returncode
-                == 0
-            ),
-            30,
-            "nginx",
-            proc=nginx.p,
-        )
         agent = lab.start_agent(
             "lo", port, "pcap", tmp_path, "--rotate-size", "0.2", "--count", "60", ns=host.ns
         )
@@ -318,17 +284,6 @@ def test_keep_secrets_stores_them_as_captured(topology, tmp_path, key_file):
     port = random.randrange(20000, 60000)
     nginx = lab.start_nginx(tmp_path, "127.0.0.1", port, host.ns)
     try:
-        lab.wait_for(
-            lambda: (
-                host.run(
-                    ["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/ready"], check=False
-                ).returncode
-                == 0
-            ),
-            30,
-            "nginx",
-            proc=nginx.p,
-        )
         agent = lab.start_agent(
             "lo", port, "auto", tmp_path, "--keep-secrets", "--count", "1", ns=host.ns
         )

@@ -26,16 +26,6 @@ def test_capture_publishes_what_it_writes(tmp_path, monkeypatch) -> None:
     url = f"http://127.0.0.1:{port}"
     with NatsServer(str(tmp_path / "js")) as srv:
         try:
-            lab.wait_for(
-                lambda: (
-                    subprocess.run(
-                        ["curl", "-s", "-o", "/dev/null", f"{url}/ready"], check=False
-                    ).returncode
-                    == 0
-                ),
-                30,
-                "nginx",
-            )
             agent = lab.start_agent(
                 "lo",
                 port,
