@@ -11,9 +11,11 @@ reassembly (a TLS source's decrypted chunks) and give the same Exchange records.
 Protocols (``shadowtap.wire.protocol``): per connection the first payload bytes are offered to each
 ``ProtocolSpec`` of ``protocols`` in turn (``sniff``); the first that says YES parses the
 connection (``make``), a MORE holds the bytes until one can tell. HTTP/1.x is the default and the
-last resort (it tells non-HTTP from HTTP itself). A protocol's parser appends ``(Event,
-Transaction)`` to its ``events``; the Extractor keeps the bookkeeping: the connection of each
-transaction, its order key, the late ones, ids and redaction.
+last resort (it tells non-HTTP from HTTP itself). A parser may hand its connection over to another
+protocol mid-way (``Event.SWITCH``: HTTP/1.1 ``Upgrade: h2c`` answered ``101`` continues as
+HTTP/2 at the exact byte after the ``101`` head; ``ProtocolSpec.upgrade``). A protocol's parser
+appends ``(Event, Transaction)`` to its ``events``; the Extractor keeps the bookkeeping: the
+connection of each transaction, its order key, the late ones, ids and redaction.
 
 The same frames with the same timestamps give byte-identical records (ids derive from endpoints,
 the connection's first timestamp in whole microseconds and the position on the connection).
@@ -67,7 +69,7 @@ DEFAULT_PROTOCOLS: tuple[ProtocolSpec, ...] = (http2.PROTOCOL, http1.PROTOCOL)
 _H2_STREAM = http2.Stream
 
 # Enum members bound once: attribute access on an Enum class costs ~0.3 us.
-_EVENT_OPENED, _EVENT_REQUEST = Event.OPENED, Event.REQUEST
+_EVENT_OPENED, _EVENT_REQUEST, _EVENT_SWITCH = Event.OPENED, Event.REQUEST, Event.SWITCH
 _KIND_DATA, _KIND_GAP, _KIND_END = Kind.DATA, Kind.GAP, Kind.END
 _STATE_CLOSED = State.CLOSED
 
@@ -311,7 +313,11 @@ class Extractor:
             raise ValueError("protocols: at least one")
         self.protocols = tuple(protocols)
         self.settings = ParserSettings(
-            max_body=max_body, max_head=max_head, watch=self._watch, max_open=max_open
+            max_body=max_body,
+            max_head=max_head,
+            watch=self._watch,
+            max_open=max_open,
+            upgrades=tuple(s.upgrade_token for s in self.protocols if s.upgrade is not None),
         )
         # Holding for request-time order is bounded three ways: finished exchanges waiting
         # (max_held_exchanges), their body bytes (max_hold_bytes), and the capture-time age of the
@@ -654,6 +660,8 @@ class Extractor:
                     self.on_request(
                         RequestEvent(_id(conn, txn.index), conn.client, conn.server, txn.index, req)
                     )
+            elif ev == _EVENT_SWITCH:
+                self._switch(conn, txn)
             else:  # DONE
                 self._ready = True
                 entry = self._overtaken.pop(txn, None) if self._overtaken else None
@@ -663,6 +671,18 @@ class Extractor:
                 elif not txn.void:
                     self._held_bytes += _held_size(txn)
         conv.events.clear()
+
+    def _switch(self, conn: Connection | _Stream, txn: Transaction) -> None:
+        """The connection changes protocol after ``txn`` (``Event.SWITCH``: an HTTP/1.1 Upgrade
+        answered ``101``): the spec that takes the token parses it from here, the bytes held
+        past the handover point fed to it (``ProtocolSpec.upgrade``)."""
+        sw = txn.switch
+        for spec in self.protocols:
+            if spec.upgrade is not None and spec.upgrade_token == sw.token:
+                conv = conn.app = spec.upgrade(self.settings, sw)
+                self._take(conn, conv)
+                return
+        raise AssertionError(f"no protocol takes the upgrade {sw.token!r}")  # settings.upgrades
 
     def _release(self) -> list[Exchange]:
         self._ready = False

@@ -42,6 +42,7 @@ __all__ = [
     "ParserSettings",
     "ProtocolSpec",
     "Sniff",
+    "Switch",
     "Transaction",
 ]
 
@@ -54,6 +55,7 @@ class Event(IntEnum):
     OPENED = 0
     REQUEST = 1
     DONE = 2
+    SWITCH = 3  # the connection changes protocol after this transaction (``Transaction.switch``)
 
 
 class Sniff(IntEnum):
@@ -62,10 +64,33 @@ class Sniff(IntEnum):
     MORE = 2  # not enough bytes to tell
 
 
+@dataclass(frozen=True, slots=True)
+class Switch:
+    """A connection handed from one protocol's parser to another's at an exact byte (RFC 9110
+    section 7.8, Upgrade; HTTP/2's ``h2c``, RFC 7540 section 3.2). ``request``: the upgraded
+    request (the new protocol's first exchange: HTTP/2's stream 1), whose position on the
+    connection is ``index`` (its exchange id) and that is ``secret`` (a watched header) with
+    ``anomalies``; ``next_index``: the next position free on the connection. ``client`` /
+    ``server``: the bytes of each direction after the handover point (the request, the ``101``
+    head) that the old parser held, first seen at ``client_ts`` / ``server_ts``."""
+
+    token: str  # the protocol token, lower case ("h2c")
+    request: Request
+    index: int
+    next_index: int
+    secret: bool
+    anomalies: tuple[str, ...]
+    client: bytes
+    client_ts: float
+    server: bytes
+    server_ts: float
+
+
 class Transaction:
     """One exchange in the making (mutable; the Extractor turns it into a frozen Exchange).
     ``index`` is the position on the connection. A protocol may subclass it with its own parser
-    state (HTTP/1.x does); the Extractor reads only the fields here."""
+    state (HTTP/1.x does); the Extractor reads only the fields here (``switch`` only for an
+    ``Event.SWITCH``: it is set then, and unset, costing nothing, on every other transaction)."""
 
     __slots__ = (
         "anomalies",
@@ -75,9 +100,12 @@ class Transaction:
         "request",
         "response",
         "secret",
+        "switch",
         "ts",
         "void",
     )
+
+    switch: Switch  # set by a parser before it appends (Event.SWITCH, this transaction)
 
     def __init__(self, ts: float) -> None:
         self.ts = ts  # the first byte's capture time: the request-time order
@@ -103,12 +131,14 @@ class ParserSettings:
     ``max_body``: body bytes kept per message (the rest counted); ``max_head``: bytes of an
     unfinished message head; ``watch``: lower-case header names whose presence marks a
     transaction ``secret``; ``max_open``: exchanges open at once on one connection (past it the
-    oldest unanswered one is finished as it stands, ``open_limit``)."""
+    oldest unanswered one is finished as it stands, ``open_limit``); ``upgrades``: the Upgrade
+    tokens for which a parser hands the connection over (``Event.SWITCH``)."""
 
     max_body: int = 1 << 20
     max_head: int = 64 << 10
     watch: tuple[str, ...] = ()
     max_open: int = 100  # exchanges open at once on one connection (pipelined, unanswered)
+    upgrades: tuple[str, ...] = ()  # Upgrade tokens another protocol takes over ("h2c")
 
 
 class Conversation(Protocol):
@@ -142,3 +172,7 @@ class ProtocolSpec:
     name: str
     sniff: Callable[[bytes, bool], Sniff]
     make: Callable[[ParserSettings, bool], Conversation]  # (settings, midstream)
+    # The Upgrade token this protocol takes a connection over by (``Event.SWITCH``), and the
+    # parser it then makes: the switch's held bytes already fed.
+    upgrade_token: str = ""
+    upgrade: Callable[[ParserSettings, Switch], Conversation] | None = None

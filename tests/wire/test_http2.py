@@ -438,6 +438,7 @@ def test_sniff():
 
 def test_upgrade_h2c_request_is_stream_one():
     from shadowtap.records import Request
+    from shadowtap.wire.protocol import Switch
 
     up = Request(
         ts=1.0,
@@ -447,7 +448,7 @@ def test_upgrade_h2c_request_is_stream_one():
         method="GET",
         target="/up",
     )
-    conv = Conversation(upgrade=up)
+    conv = Conversation(upgrade=Switch("h2c", up, 0, 1, False, (), b"", 1.0, b"", 1.0))
     senc = Encoder()
     server = (
         b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"

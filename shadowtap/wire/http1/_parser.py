@@ -13,7 +13,9 @@ Each direction is a state machine whose states map to handler methods through a 
 6:
 Transfer-Encoding chunked, else Content-Length, else (responses) until close; no body for responses
 to HEAD, 1xx, 204, 304; interim 1xx responses are skipped; 101 and 2xx-to-CONNECT turn the
-connection into a tunnel (the exchange is recorded, the tunnel is not parsed).
+connection into a tunnel (the exchange is recorded, the tunnel is not parsed), except a ``101`` to
+an Upgrade another protocol takes over (``upgrades``, "h2c"): the connection is then handed over
+at the byte after the ``101`` head (``Event.SWITCH``, ``shadowtap.wire.protocol.Switch``).
 
 Gaps: a gap inside a body of known length (Content-Length, a chunk) is counted into the body and the
 message goes on (``gap`` anomaly, ``body_truncated``); a gap anywhere else ends the message at the
@@ -71,7 +73,9 @@ from shadowtap.wire.http1._messages import (
     _Msg,
     _timed,
 )
-from shadowtap.wire.protocol import Event, ParserSettings, Sniff
+from shadowtap.wire.protocol import Event, ParserSettings, Sniff, Switch
+
+_EVENT_SWITCH = Event.SWITCH
 
 
 class _Side:
@@ -873,6 +877,13 @@ class _ResponseSide(_Side):
             msg.chunks = []
         method = txn.method.upper()
         self.chunked = False
+        if status == 101 and conv.upgrades:
+            token = conv.switch_token(txn, headers)
+            if token is not None:
+                conv.waiting = None  # the bytes held after the request go to the next protocol
+                self.complete(ts)
+                conv.switch(txn, token)
+                return False
         if status == 101 or (method == "CONNECT" and 200 <= status < 300):
             txn.note(Anomaly.TUNNEL)
             self.complete(ts)
@@ -935,8 +946,10 @@ class Conversation:
         midstream: bool = False,
         watch: tuple[str, ...] = (),
         max_open: int = 100,
+        upgrades: tuple[str, ...] = (),
     ) -> None:
         self.max_open = max_open
+        self.upgrades = upgrades  # Upgrade tokens handed to another protocol (Event.SWITCH)
         self.skipped = (
             0  # unanswered requests finished past max_open: the next responses are theirs
         )
@@ -1211,6 +1224,44 @@ class Conversation:
             self.client_failed = True
             self._void_partial(side)
 
+    def switch_token(self, txn: Transaction, headers: tuple[tuple[str, str], ...]) -> str | None:
+        """The protocol a ``101`` answer (``headers``) switches ``txn``'s connection to, when
+        another parser takes it over (``upgrades``): the one token of the response's Upgrade,
+        offered by the request's, the request complete and its bytes after it held (the client
+        side waits for this verdict). Else None (a tunnel, as before)."""
+        req = txn.request
+        if req is None or self.waiting is not txn:
+            return None
+        answered = [v.strip().lower() for v in _values(headers, "upgrade")]
+        if len(answered) != 1 or answered[0] not in self.upgrades:
+            return None
+        offered = {t.strip().lower() for v in _values(req.headers, "upgrade") for t in v.split(",")}
+        return answered[0] if answered[0] in offered else None
+
+    def switch(self, txn: Transaction, token: str) -> None:
+        """Hand the connection over after ``txn`` (its ``101`` head just parsed): the bytes each
+        side holds past its handover point (the client's after the request, the server's after
+        the ``101`` head) go with the ``Switch``; ``txn`` itself becomes the new protocol's
+        first exchange (void here, so it is written once); this parser reads nothing more."""
+        client, server = self.client, self.server
+        req = txn.request
+        assert req is not None
+        txn.switch = Switch(
+            token,
+            req,
+            txn.index,
+            self.next_index,
+            txn.secret,
+            tuple(txn.anomalies),
+            bytes(client.buf[client.pos :]),
+            client.head_ts,
+            bytes(server.buf[server.pos :]),
+            server.head_ts,
+        )
+        txn.void = True
+        self.events.append((_EVENT_SWITCH, txn))
+        self.tunnel()
+
     def tunnel(self) -> None:
         self.waiting = None
         for s in (self.client, self.server):
@@ -1250,6 +1301,7 @@ def make(settings: ParserSettings, midstream: bool) -> Conversation:
         midstream=midstream,
         watch=settings.watch,
         max_open=settings.max_open,
+        upgrades=settings.upgrades,
     )
 
 

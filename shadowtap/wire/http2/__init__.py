@@ -12,6 +12,9 @@ Joining mid-connection: frame boundaries are found again (a run of plausible fra
 the HPACK dynamic table's older entries are unknown; fields that reference them are left out and
 the stream is marked ``h2_headers_undecodable``, never guessed. A stream whose ``:path`` is lost
 is kept when its DATA reads as gRPC messages (``h2_path_unknown``), else counted and dropped.
+
+``Upgrade: h2c`` from HTTP/1.1: the Extractor hands the connection over when HTTP/1.x parsed the
+``101`` (``wire.protocol.Switch``); ``upgraded`` makes the parser, the upgraded request stream 1.
 """
 
 from shadowtap.wire.http2 import _conversation
@@ -23,4 +26,5 @@ __all__ = ["PROTOCOL", "PREFACE", "looks_like_frames"]
 __all__ += _conversation.__all__
 
 # The spec the Extractor picks HTTP/2 by (before HTTP/1.x, which takes what no other claims).
-PROTOCOL = ProtocolSpec("h2", sniff, make)  # noqa: F405 - from _conversation
+# ``Upgrade: h2c`` from HTTP/1.1 hands a connection over to it (``upgraded``).
+PROTOCOL = ProtocolSpec("h2", sniff, make, "h2c", upgraded)  # noqa: F405 - from _conversation

@@ -15,9 +15,11 @@ time per direction (``_frames``).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from enum import Enum
 
+from hyperframe.exceptions import HyperframeError
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -36,9 +38,9 @@ from shadowtap.wire.http2._hpack import HeaderDecoder
 
 # Events (shadowtap.wire.protocol): OPENED at a stream's first frame (the Extractor orders it
 # from there), REQUEST when the client ended the stream, DONE when the stream is over.
-from shadowtap.wire.protocol import Event, ParserSettings, Sniff, Transaction
+from shadowtap.wire.protocol import Event, ParserSettings, Sniff, Switch, Transaction
 
-__all__ = ["Anomaly", "Conversation", "Event", "Outcome", "Stream", "make", "sniff"]
+__all__ = ["Anomaly", "Conversation", "Event", "Outcome", "Stream", "make", "sniff", "upgraded"]
 
 
 class Outcome(str, Enum):
@@ -66,6 +68,7 @@ class Anomaly(str, Enum):
     REFUSED = "h2_goaway"  # above a GOAWAY's last stream id
     PUSH_IGNORED = "h2_push_ignored"  # a PUSH_PROMISE (pushed streams are not recorded)
     NOT_H2 = "not_h2"  # (connection) the client did not send the preface
+    BAD_UPGRADE_SETTINGS = "h2_bad_upgrade_settings"  # (connection) HTTP2-Settings unreadable
     SYNC_SKIPPED = "h2_sync_skipped"  # (connection) bytes skipped to find a frame boundary
 
 
@@ -182,9 +185,10 @@ class Conversation:
     """A passive HTTP/2 connection (see the module docstring).
 
     ``midstream``: the capture did not see the connection begin (no preface expected, frame
-    boundaries and the HPACK tables unknown). ``upgrade``: the HTTP/1.1 request of an
-    ``Upgrade: h2c`` that was answered ``101``: it is stream 1's request, and the bytes fed are
-    those after the 101 (the client's begin with the preface, the server's with SETTINGS).
+    boundaries and the HPACK tables unknown). ``upgrade``: the switch of an HTTP/1.1
+    ``Upgrade: h2c`` answered ``101`` (``wire.protocol.Switch``): its request is stream 1's, its
+    held bytes are fed first, and the bytes fed next are those after them (the client's begin
+    with the preface, the server's with SETTINGS).
     ``max_body``: body bytes (and gRPC message bytes) kept per message."""
 
     def __init__(
@@ -192,7 +196,7 @@ class Conversation:
         *,
         max_body: int = 1 << 20,
         midstream: bool = False,
-        upgrade: Request | None = None,
+        upgrade: Switch | None = None,
         max_streams: int = 10_000,
         watch: tuple[str, ...] = (),
     ) -> None:
@@ -220,19 +224,49 @@ class Conversation:
         self.partly_decoded = 0
         self.dropped_no_path = 0
         if upgrade is not None:
-            st = self._open(1, upgrade.ts)
-            st.req.ts, st.req.end_ts, st.req.head, st.req.ended = (
-                upgrade.ts,
-                upgrade.end_ts,
-                True,
-                True,
-            )
-            st.req.fields = [(":method", upgrade.method), (":path", upgrade.target)]
-            st.req.fields += list(upgrade.headers)
-            st.req.data += upgrade.body
-            st.req.data_len = upgrade.body_len
-            self._max_opened = self._first_opened = 1
-            self.events.append((Event.REQUEST, st))
+            self._upgraded(upgrade)
+
+    def _upgraded(self, sw: Switch) -> None:
+        """The connection continues an HTTP/1.1 ``Upgrade: h2c`` (RFC 7540 section 3.2): the
+        upgraded request is stream 1's (half closed by the client, its response comes as HTTP/2),
+        at the request's position on the connection; the request's ``HTTP2-Settings`` are the
+        client's SETTINGS; then the bytes each side sent after the handover point."""
+        req = sw.request
+        self._index = sw.index
+        st = self._open(1, req.ts)
+        self._index = max(self._index, sw.next_index)
+        side = st.req
+        side.ts, side.end_ts, side.head, side.ended = req.ts, req.end_ts, True, True
+        side.fields = [(":method", req.method), (":path", req.target)]
+        side.fields += [(n.lower(), v) for n, v in req.headers]
+        side.data += req.body
+        side.data_len = req.body_len
+        side.splitter.feed(req.body)
+        # The request as it was sent (HTTP/1.1); it was announced (Event.REQUEST) by HTTP/1.x.
+        st.request = req
+        st.secret = sw.secret
+        for a in sw.anomalies:
+            st.note(a)
+        self._max_opened = self._first_opened = 1
+        settings = side.header("http2-settings")
+        if settings is not None:
+            self._client_settings(settings)
+        feeds = [(sw.client_ts, True, sw.client), (sw.server_ts, False, sw.server)]
+        for ts, from_client, data in sorted(feeds, key=lambda f: (f[0], not f[1])):
+            if data:
+                (self.client if from_client else self.server).feed(ts, data)
+
+    def _client_settings(self, value: str) -> None:
+        """The ``HTTP2-Settings`` header (a SETTINGS payload, base64url without padding): what
+        the server may send the client, as a SETTINGS frame of the client would say."""
+        try:
+            raw = base64.urlsafe_b64decode(value.strip() + "=" * (-len(value.strip()) % 4))
+            frame = SettingsFrame(0)
+            frame.parse_body(memoryview(raw))
+        except (ValueError, HyperframeError):
+            self.anomalies.append(Anomaly.BAD_UPGRADE_SETTINGS.value)
+            return
+        self._apply_settings(frame.settings, self.server)
 
     # -- the pipeline's interface ---------------------------------------------------------------
 
@@ -401,13 +435,7 @@ class Conversation:
         elif isinstance(frame, SettingsFrame):
             if "ACK" in frame.flags:
                 return
-            s = frame.settings
-            # The sender's settings bound what the *other* direction may send it.
-            if SettingsFrame.HEADER_TABLE_SIZE in s:
-                other.decoder.set_table_limit(s[SettingsFrame.HEADER_TABLE_SIZE])
-            if SettingsFrame.MAX_FRAME_SIZE in s:
-                other.reader.max_frame = s[SettingsFrame.MAX_FRAME_SIZE]
-                other.reader.max_frame_known = True
+            self._apply_settings(frame.settings, other)
         elif isinstance(frame, RstStreamFrame):
             st = self.streams.get(sid)
             if st is not None:
@@ -423,6 +451,15 @@ class Conversation:
                 st.note(Anomaly.REFUSED.value)
                 self._finish(st)
         # PRIORITY, PING, WINDOW_UPDATE, unknown extension frames: nothing to record.
+
+    @staticmethod
+    def _apply_settings(s: dict[int, int], other: _Direction) -> None:
+        """A peer's SETTINGS bound what the *other* direction may send it."""
+        if SettingsFrame.HEADER_TABLE_SIZE in s:
+            other.decoder.set_table_limit(s[SettingsFrame.HEADER_TABLE_SIZE])
+        if SettingsFrame.MAX_FRAME_SIZE in s:
+            other.reader.max_frame = s[SettingsFrame.MAX_FRAME_SIZE]
+            other.reader.max_frame_known = True
 
     def _header_block(self, d: _Direction, ts: float) -> None:
         sid, fragments, end_stream, start_ts, push = d._block  # type: ignore[misc]
@@ -611,6 +648,13 @@ def make(settings: ParserSettings, midstream: bool) -> Conversation:
     return Conversation(
         max_body=settings.max_body, midstream=midstream, watch=tuple(settings.watch)
     )
+
+
+def upgraded(settings: ParserSettings, switch: Switch) -> Conversation:
+    """The parser of a connection an HTTP/1.1 ``Upgrade: h2c`` handed over
+    (``wire.protocol.ProtocolSpec.upgrade``): stream 1 is the upgraded request, the switch's
+    held bytes already fed."""
+    return Conversation(max_body=settings.max_body, watch=tuple(settings.watch), upgrade=switch)
 
 
 def sniff(data: bytes, from_client: bool) -> Sniff:
