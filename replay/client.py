@@ -43,6 +43,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httptools
 
@@ -82,8 +83,11 @@ class _ResumingContext(ssl_module.SSLContext):
         return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
 
 
-def tls_context(opts: TlsOptions | None) -> ssl_module.SSLContext:
-    """The client context of an https target (verification on unless ``opts.insecure``)."""
+def tls_context(
+    opts: TlsOptions | None, alpn: tuple[str, ...] = ("http/1.1",)
+) -> ssl_module.SSLContext:
+    """The client context of an https target (verification on unless ``opts.insecure``),
+    offering ``alpn`` (replay/h2_client.py offers h2 alone)."""
     opts = opts or TlsOptions()
     ctx = _ResumingContext(ssl_module.PROTOCOL_TLS_CLIENT)
     ctx.sessions = {}
@@ -99,7 +103,7 @@ def tls_context(opts: TlsOptions | None) -> ssl_module.SSLContext:
             raise InputError(f"cannot load the CA file: {exc}", field="ca") from exc
     else:
         ctx.load_default_certs()
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(list(alpn))
     return ctx
 
 
@@ -134,6 +138,28 @@ class Clock:
 
     def to_epoch(self, mono: float) -> float:
         return self._wall0 + (mono - self._mono0)
+
+
+class Submitted:
+    """A request given to a sender: the prepared request, when it was due, its copy number, whom
+    to tell, and its lane (the gRPC and HTTP/2 senders' job; this module's ``_Job`` keeps its own
+    flat slots: one ``__init__`` call a request on the hot path)."""
+
+    __slots__ = ("copy", "lane", "on_result", "prepared", "scheduled")
+
+    def __init__(
+        self,
+        prepared: Prepared,
+        scheduled: float,
+        copy: int,
+        on_result: Callable[[Result], None],
+        lane: Any,
+    ) -> None:
+        self.prepared = prepared
+        self.scheduled = scheduled
+        self.copy = copy
+        self.on_result = on_result
+        self.lane = lane
 
 
 class _Job:
@@ -496,7 +522,7 @@ class Sender:
         try:
             await self._open(conn)
         except (OSError, asyncio.TimeoutError) as exc:
-            _kind, message = _classify(exc)
+            _kind, message = classify(exc)
             raise TargetError(
                 f"cannot connect to the target {self.target.url}: {message}",
                 hint="is the shadow running and listening there?",
@@ -648,6 +674,18 @@ class Sender:
         self.loop.create_task(self._connect_and_start(conn, job))
 
     async def _open(self, conn: _Conn) -> None:
+        _transport, conn.tls_ms = await self.connect(lambda: conn, self._ssl)
+
+    async def connect(
+        self,
+        factory: Callable[[], asyncio.Protocol],
+        ssl: ssl_module.SSLContext | None,
+    ) -> tuple[asyncio.BaseTransport, float | None]:
+        """A new connection to the target (each resolved address in turn) with ``factory``'s
+        protocol, TLS by ``ssl`` (replay/h2_client.py passes its own, offering ALPN h2), the
+        ``on_connect`` check done on the socket before a byte is sent. Returns the transport and
+        the TLS handshake's milliseconds (None without TLS). Raises OSError, asyncio.TimeoutError
+        or the refusal (a ShadowtapError)."""
         if not self.addresses:
             await self.start()
         last: BaseException | None = None
@@ -666,26 +704,28 @@ class Sender:
                         self.refused = exc
                         raise
                 tcp_done = time.monotonic()
-                sni = _sni(self.target.host) if self._ssl else None
+                sni = _sni(self.target.host) if ssl else None
                 transport, _ = await asyncio.wait_for(
                     self.loop.create_connection(
-                        lambda: conn,
+                        factory,
                         sock=sock,
-                        ssl=self._ssl,
+                        ssl=ssl,
                         server_hostname=sni,
-                        ssl_handshake_timeout=self.connect_timeout if self._ssl else None,
+                        ssl_handshake_timeout=self.connect_timeout if ssl else None,
                     ),
                     self.connect_timeout,
                 )
-                if self._ssl is not None:
+                tls_ms = None
+                if ssl is not None:
                     # The handshake's own time, apart from the request's latency (which starts
                     # when the request is written, after it).
-                    conn.tls_ms = (time.monotonic() - tcp_done) * 1000.0
+                    tls_ms = (time.monotonic() - tcp_done) * 1000.0
                     tls_obj = transport.get_extra_info("ssl_object")
-                    if tls_obj is not None and tls_obj.session is not None:
-                        self._ssl.sessions[sni] = tls_obj.session  # type: ignore[attr-defined]
+                    sessions = getattr(ssl, "sessions", None)
+                    if tls_obj is not None and tls_obj.session is not None and sessions is not None:
+                        sessions[sni] = tls_obj.session
                 self._opened += 1
-                return
+                return transport, tls_ms
             except (OSError, asyncio.TimeoutError) as exc:
                 sock.close()
                 last = exc
@@ -698,7 +738,7 @@ class Sender:
         except (OSError, asyncio.TimeoutError, ShadowtapError) as exc:
             conn.closed = True
             kind, message = (
-                ("refused", str(exc)) if isinstance(exc, ShadowtapError) else _classify(exc)
+                ("refused", str(exc)) if isinstance(exc, ShadowtapError) else classify(exc)
             )
             job.sent_mono = time.monotonic()
             self._finish(job, conn, job.sent_mono, ResultError(kind, message))
@@ -795,7 +835,7 @@ def _sni(host: str) -> str:
     return host.strip("[]")
 
 
-def _classify(exc: BaseException) -> tuple[str, str]:
+def classify(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, asyncio.TimeoutError):
         return "timeout", "connect timed out"
     if isinstance(exc, ConnectionRefusedError):

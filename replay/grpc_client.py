@@ -38,6 +38,8 @@ import grpc.aio
 
 from shadowtap.records import GrpcCall, GrpcMessage, Response, Result, ResultError, header_value
 from shadowtap.replay.client import Clock, Sender, SenderStats
+from shadowtap.replay.client import Submitted as _Job
+from shadowtap.replay.h2_client import H2Sender
 from shadowtap.replay.policy import Prepared, Target
 from shadowtap.wire.grpc import MessageSplitter, is_grpc_content_type, parse_path
 
@@ -93,24 +95,6 @@ def _metadata(prepared: Prepared) -> list[tuple[str, str | bytes]]:
 
 def _frame(msg: bytes) -> bytes:
     return struct.pack(">BI", 0, len(msg)) + msg
-
-
-class _Job:
-    __slots__ = ("copy", "lane", "on_result", "prepared", "scheduled")
-
-    def __init__(
-        self,
-        prepared: Prepared,
-        scheduled: float,
-        copy: int,
-        on_result: Callable[[Result], None],
-        lane: str,
-    ) -> None:
-        self.prepared = prepared
-        self.scheduled = scheduled
-        self.copy = copy
-        self.on_result = on_result
-        self.lane = lane
 
 
 class GrpcSender:
@@ -350,19 +334,22 @@ def _text(v: str | bytes) -> str:
 
 
 class Router:
-    """The replay's sender: gRPC calls to a ``GrpcSender``, the rest to the HTTP/1.x ``Sender``
-    (one clock for both, so ``scheduled`` and ``sent`` stay comparable)."""
+    """The replay's sender: gRPC calls to a ``GrpcSender``, other requests captured as HTTP/2 to
+    an ``H2Sender`` (replay/h2_client.py, connecting through ``http``), the rest to the HTTP/1.x
+    ``Sender`` (one clock for all, so ``scheduled`` and ``sent`` stay comparable)."""
 
     def __init__(self, http: Sender, grpc_sender: GrpcSender) -> None:
         self.http = http
         self.grpc = grpc_sender
+        self.h2 = H2Sender(http)
         self.grpc.clock = http.clock
         self.clock = http.clock
         self.target = http.target
+        self._senders = (http, grpc_sender, self.h2)
 
     async def start(self) -> None:
-        await self.http.start()
-        await self.grpc.start()
+        for s in self._senders:
+            await s.start()
 
     async def check_reachable(self) -> None:
         await self.http.check_reachable()
@@ -373,11 +360,11 @@ class Router:
 
     @property
     def outstanding(self) -> int:
-        return self.http.outstanding + self.grpc.outstanding
+        return sum(s.outstanding for s in self._senders)
 
     def stats(self) -> SenderStats:
-        a, b = astuple(self.http.stats()), astuple(self.grpc.stats())
-        return SenderStats(*(x + y for x, y in zip(a, b, strict=True)))
+        rows = [astuple(s.stats()) for s in self._senders]
+        return SenderStats(*(sum(col) for col in zip(*rows, strict=True)))
 
     def submit(
         self,
@@ -387,16 +374,22 @@ class Router:
         copy: int,
         on_result: Callable[[Result], None],
     ) -> None:
-        sender = self.grpc if is_grpc_request(prepared) else self.http
+        sender: Sender | GrpcSender | H2Sender
+        if is_grpc_request(prepared):
+            sender = self.grpc
+        elif prepared.http2:
+            sender = self.h2
+        else:
+            sender = self.http
         sender.submit(prepared, scheduled=scheduled, copy=copy, on_result=on_result)
 
     async def drain(self) -> None:
-        await asyncio.gather(self.http.drain(), self.grpc.drain())
+        await asyncio.gather(*(s.drain() for s in self._senders))
 
     def close(self) -> None:
-        self.http.close()
-        self.grpc.close()
+        for s in self._senders:
+            s.close()
 
     async def aclose(self) -> None:
-        """Close the gRPC channels (after ``close``; the HTTP/1.x sender needs no await)."""
+        """Close the gRPC channels (after ``close``; the other senders need no await)."""
         await self.grpc.aclose()

@@ -155,7 +155,9 @@ class Prepared:
     """One request ready to send: ``wire`` is the whole HTTP/1.1 request (line, headers, body).
 
     ``lane`` names the captured connection (client and server endpoints): requests of one lane are
-    replayed in order on one connection to the target. ``url`` is what results record as target."""
+    replayed in order on one connection to the target. ``url`` is what results record as target.
+    ``http2``: captured as HTTP/2, so replayed over HTTP/2 (replay/h2_client.py; gRPC calls go to
+    grpcio whatever it says); ``headers`` are then sent as the fields of a HEADERS frame."""
 
     exchange_id: str
     method: str
@@ -166,6 +168,7 @@ class Prepared:
     wire: bytes
     lane: str
     index: int
+    http2: bool = False
 
     @property
     def is_head(self) -> bool:
@@ -333,6 +336,7 @@ class Policy:
             wire=head.encode("latin-1", "replace") + body,
             lane=f"{exchange.client}>{exchange.server}",
             index=exchange.index,
+            http2=req.version == "HTTP/2",
         )
 
 

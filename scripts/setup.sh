@@ -18,6 +18,7 @@ APT_PACKAGES=(
   tcpdump tshark tcpreplay time                   # peers and readers of our pcaps; GNU time (benchmarks)
   libpcap0.8                                      # the pcap capture backend (through ctypes)
   nginx-light wrk hey curl openssl                # real servers and clients for tests and benchmarks (TLS certificates by openssl)
+  nghttp2-client                                  # nghttp: an HTTP/2 client multiplexing many requests on one connection (curl 7.88 cannot reuse an h2c one)
   nats-server                                     # the broker agents publish to (JetStream), in tests and the lab
   default-jre-headless                            # Java for Spark in local mode (pyspark)
   chromium                                        # renders the HTML report in a test

@@ -61,10 +61,12 @@ def start_nginx(
     http_extra: str = "",
     cert: Path | None = None,
     key: Path | None = None,
+    http2: bool = False,
     timeout: float = 30,
 ) -> Proc:
     """nginx serving ``locations`` (``{dir}`` in them is ``workdir``) on addr:port; TLS when
-    ``cert`` and ``key`` are given. Returns once it listens; stop it with ``.stop()``."""
+    ``cert`` and ``key`` are given; HTTP/2 when ``http2`` (``listen ... http2``: over TLS by ALPN,
+    else h2c with prior knowledge only). Returns once it listens; stop it with ``.stop()``."""
     require_tool("nginx")
     for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (workdir / d).mkdir(exist_ok=True)
@@ -79,7 +81,7 @@ def start_nginx(
             addr=addr,
             port=port,
             http_extra=http_extra,
-            listen_extra=" ssl" if tls else "",
+            listen_extra=(" ssl" if tls else "") + (" http2" if http2 else ""),
             tls=tls,
             locations=locations.replace("{dir}", str(workdir)),
         )
