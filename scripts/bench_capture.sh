@@ -21,8 +21,14 @@
 #                                       # none-tls: hey over TLS without a recorder (its latency peer;
 #                                       # in the rate ladder, the rate the machine serves over TLS).
 #                                       # e.g. BENCH_RECORDERS="tcpdump ebpf tls" BENCH_LATENCY_KINDS="none-tls tls"
+#                                       # ebpf-sink, pcap-sink: the agent publishing to NATS JetStream
+#                                       # (--sink, a nats-server -js in the server's namespace, a
+#                                       # subject per step) instead of writing a file; recorded =
+#                                       # the exchanges in the stream. Its peer: ebpf / pcap (-o file).
+#                                       # e.g. BENCH_RECORDERS="ebpf ebpf-sink" (issue 16)
 # Goal (issue 3): eBPF loss-free at >= 80% of tcpdump's drop-free rate; primary p99 up by <= 5%.
 # Goal (issue 14): TLS source loss-free at >= 10,000 exchanges/s; p99 at 1k/s up by <= 10%.
+# Goal (issue 16): ebpf-sink loss-free within 10% of ebpf's rate (the same agent writing a file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "bench_capture: run as root" >&2; exit 4; }
@@ -31,7 +37,7 @@ export BENCH_SECONDS=${BENCH_SECONDS:-10}
 export BENCH_RATES=${BENCH_RATES:-"5000 10000 20000 30000 0"}
 export BENCH_LATENCY_RATE=${BENCH_LATENCY_RATE:-1000}
 exec .venv/bin/python - <<'EOF'
-import os, re, resource, shutil, signal, subprocess, sys, tempfile, time, uuid
+import itertools, os, re, resource, shutil, signal, subprocess, sys, tempfile, time, uuid
 from pathlib import Path
 
 from shadowtap.netns import Topology
@@ -46,6 +52,8 @@ WORKERS = 8
 PORT = 8080  # inside the bench's own namespaces: no collision possible
 TLS_PORT = 8443  # the same server over TLS (the TLS source's case)
 PY = sys.executable
+NATS_PORT = 4222  # the sink kinds' nats-server, on the server namespace's loopback
+SINK_STEPS = itertools.count()
 RECORDERS = os.environ.get("BENCH_RECORDERS", "tcpdump ebpf pcap ebpf-raw pcap-raw").split()
 work = Path(tempfile.mkdtemp(prefix="shadowtap-bench-"))
 os.environ["SHADOWTAP_KEY_FILE"] = str(work / "key")
@@ -93,6 +101,18 @@ def hey_latencies(client, url: str, rate: int, seconds: float, workers: int) -> 
 def start_recorder(server, iface: str, kind: str, tag: str) -> tuple[subprocess.Popen, Path, Path]:
     err = work / f"{tag}.err"
     extra = []
+    if kind.endswith("-sink"):  # the agent publishing to JetStream instead of writing a file
+        kind = kind[:-5]
+        subject = f"bench{tag.replace('-', '_')}_{next(SINK_STEPS)}"  # a stream per step
+        out = work / f"{tag}.nats"
+        out.write_text(subject)
+        argv = [PY, "-m", "shadowtap", "capture", "-i", iface, "-p", str(PORT), "-b", kind,
+                "--sink", f"nats://127.0.0.1:{NATS_PORT}/{subject}", "--sink-spool", str(work / f"{tag}.spool"),
+                "--spool-dir", str(work)]
+        with open(err, "wb") as e:
+            proc = server.popen(argv, stdout=subprocess.DEVNULL, stderr=e)
+        wait_text(err, "capturing:", proc, timeout=240)
+        return proc, out, err
     if kind.endswith("-nice0"):  # the agent's reader at normal priority (the default is --nice 19)
         kind, extra = kind[:-6], ["--nice", "0"]
     elif kind.endswith("-idle"):  # the agent under SCHED_IDLE (--sched-idle)
@@ -148,7 +168,29 @@ def stop(proc: subprocess.Popen) -> tuple[float, float]:
     return time.monotonic() - start, cpu
 
 
+# The exchanges of a sink step's stream whose target is /bench (records_of: a message is a batch).
+COUNT_STREAM = """
+import asyncio, sys
+import nats
+from shadowtap.lake.nats import records_of, stream_name
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    js = nc.jetstream()
+    stream = stream_name(sys.argv[2])
+    info = await js.stream_info(stream)
+    n = 0
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        n += sum(1 for r in records_of((await js.get_msg(stream, seq)).data) if b'"/bench"' in r)
+    await nc.close()
+    print(n)
+asyncio.run(main())
+"""
+
+
 def recorded(kind: str, out: Path) -> int:
+    if out.suffix == ".nats":  # a sink step: count in the stream
+        return int(server.run(
+            [PY, "-c", COUNT_STREAM, f"nats://127.0.0.1:{NATS_PORT}", out.read_text()], timeout=600).stdout)
     if out.suffix == ".pcap":  # tcpdump's (or a raw capture's) pcap, through the same extraction
         jl = out.with_suffix(".jsonl")
         subprocess.run([PY, "-m", "shadowtap", "extract", str(out), "-p", str(PORT), "-o", str(jl)],
@@ -169,7 +211,7 @@ def drops(kind: str, err: Path) -> str:
 
 
 topo = Topology(f"stcb{uuid.uuid4().hex[:5]}")
-nginx = None
+nginx = natsd = None
 try:
     client, server = topo.host("client"), topo.host("server")
     _, iface = topo.link(client, server, "10.250.9.1", "10.250.9.2")
@@ -179,6 +221,9 @@ try:
                     "-out", str(work / "cert.pem"), "-days", "2", "-subj", "/CN=bench"], check=True, capture_output=True)
     (work / "nginx.conf").write_text(NGINX)
     nginx = server.popen(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)])
+    if any(k.endswith("-sink") for k in RECORDERS):
+        natsd = server.popen(["nats-server", "-a", "127.0.0.1", "-p", str(NATS_PORT), "-js", "-sd", str(work / "js")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
         if client.run(["curl", "-s", "-o", "/dev/null", f"http://10.250.9.2:{PORT}/"], check=False).returncode == 0:
             break
@@ -212,6 +257,8 @@ try:
     print("highest rate with >= 99.9% of exchanges recorded (served/s):")
     for kind in RECORDERS:
         peer = "none-tls" if kind == "tls" and best.get("none-tls") else "tcpdump"
+        if kind.endswith("-sink") and best.get(kind[:-5]):
+            peer = kind[:-5]  # the same agent writing a file
         rel = f"  {best[kind] / best[peer]:.0%} of {peer}" if best.get(peer) and kind != peer else ""
         print(f"  {kind:8} {best[kind]:8.0f}{rel}")
     print("  (ebpf, pcap: the whole agent, HTTP extraction included; *-raw: the capture path alone,\n"
@@ -274,6 +321,9 @@ finally:
     if nginx is not None:
         nginx.send_signal(signal.SIGTERM)
         nginx.wait(30)
+    if natsd is not None:
+        natsd.send_signal(signal.SIGTERM)
+        natsd.wait(30)
     topo.close()
     shutil.rmtree(work, ignore_errors=True)
 EOF

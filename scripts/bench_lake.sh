@@ -5,8 +5,8 @@
 #      JSONL files to Parquet (no join, no diff): pairs/s, one core each.
 #   2. compare on the same files: one process vs --jobs 2 vs --engine spark local[2] (wall time,
 #      peak RSS of the largest process; the three reports' verdicts must agree).
-#   3. agent -> JetStream: NatsSink publishing exchanges with acknowledgements to a real
-#      nats-server (-js, temp store) vs writing them to a local JSONL file (JsonlWriter).
+#   3. agent -> JetStream: scripts/bench_broker.sh (NatsSink publishing exchanges with
+#      acknowledgements to a real nats-server vs writing them to a local JSONL file).
 # Pairs come from tests/support/pairs.py (several endpoints, JSON bodies, errors, binary bodies).
 # Usage: scripts/bench_lake.sh   (env: BENCH_PAIRS=100000 BENCH_PUBLISH=50000 BENCH_SPARK=1)
 set -euo pipefail
@@ -77,35 +77,4 @@ print("verdicts agree" if len(verdicts) == 1 else f"VERDICTS DIFFER: {verdicts}"
 PY
 
 echo "== 3. agent -> JetStream ($P exchanges, acknowledged) vs a local JSONL file"
-PORT=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
-nats-server -a 127.0.0.1 -p "$PORT" -js -sd "$WORK/js" >/dev/null 2>&1 &
-NATS_PID=$!
-"$PY" - "$WORK" "$PORT" "$P" <<'PY'
-import socket, sys, time
-work, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-deadline = time.monotonic() + 20
-while time.monotonic() < deadline:
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.2).close()
-        break
-    except OSError:
-        time.sleep(0.05)
-from shadowtap.jsonl import JsonlWriter
-from shadowtap.lake.nats import NatsSink
-from tests.support.pairs import pairs
-exchanges = [ex for ex, _ in pairs(n)]
-t = time.perf_counter()
-with JsonlWriter(f"{work}/agent.jsonl") as w:
-    for ex in exchanges:
-        w.write(ex.to_json())
-t_file = time.perf_counter() - t
-sink = NatsSink(f"nats://127.0.0.1:{port}/bench", f"{work}/spool", host="bench")
-t = time.perf_counter()
-for ex in exchanges:
-    sink.on_exchange(ex)
-sink.close()
-t_nats = time.perf_counter() - t
-assert sink.acked == n and sink.dropped == 0, (sink.acked, sink.dropped)
-print(f"JetStream: {n / t_nats:,.0f} exchanges/s acknowledged ({t_nats:.2f} s)   local JSONL: "
-      f"{n / t_file:,.0f} exchanges/s ({t_file:.2f} s)   ratio {t_file / t_nats:.2f}")
-PY
+BENCH_PUBLISH=$P scripts/bench_broker.sh

@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,10 @@ def down(lab: Lab) -> DownReport:
     netns.check_prerequisites()
     report = DownReport()
     state = _read_state(lab)
+    if state and state.get("fleet"):  # a fleet lab (fleet.py): its agents, broker and stores
+        from shadowtap.lab import fleet
+
+        fleet.stop(lab, report)
     # 1. the services, by their PID files
     for pidfile in sorted(lab.dir.glob("*.pid")) if lab.dir.is_dir() else ():
         try:
@@ -295,15 +300,7 @@ def up(lab: Lab) -> dict[str, object]:
     }
     _write_state(lab, state)
     try:
-        topo = netns.Topology(lab.prefix)
-        hosts = {role: topo.host(role) for role in HOSTS}
-        for a, b, if_a, if_b, addr_a, addr_b in LINKS:
-            made = topo.link(hosts[a], hosts[b], addr_a, addr_b)
-            for host, old, new in ((hosts[a], made[0], if_a), (hosts[b], made[1], if_b)):
-                host.run(["ip", "link", "set", old, "down"])
-                host.run(["ip", "link", "set", old, "name", new])
-                host.run(["ip", "link", "set", new, "up"])
-                host.addrs[new] = host.addrs.pop(old)
+        hosts = _topology(lab, HOSTS, LINKS)
         state["hosts"] = {
             role: {"ns": h.ns, "interfaces": dict(h.addrs)} for role, h in hosts.items()
         }
@@ -315,31 +312,61 @@ def up(lab: Lab) -> dict[str, object]:
         _wait_ready(lab, hosts)
         state["phase"] = "up"
         _write_state(lab, state)
-        # the Topology object is dropped without close(): the lab outlives this process
         return state
     except BaseException:
         down(lab)
         raise
 
 
+def _topology(
+    lab: Lab, roles: Sequence[str], links: Sequence[tuple[str, str, str, str, str, str]]
+) -> dict[str, netns.Host]:
+    """The namespaces ``<prefix>-<role>`` and the veth pairs of ``links`` (host a, host b,
+    interface in a, interface in b, address of a, address of b), interfaces renamed as given."""
+    topo = netns.Topology(lab.prefix)
+    hosts = {role: topo.host(role) for role in roles}
+    for a, b, if_a, if_b, addr_a, addr_b in links:
+        made = topo.link(hosts[a], hosts[b], addr_a, addr_b)
+        for host, old, new in ((hosts[a], made[0], if_a), (hosts[b], made[1], if_b)):
+            host.run(["ip", "link", "set", old, "down"])
+            host.run(["ip", "link", "set", old, "name", new])
+            host.run(["ip", "link", "set", new, "up"])
+            host.addrs[new] = host.addrs.pop(old)
+    # the Topology object is dropped without close(): the lab outlives this process
+    return hosts
+
+
 def _start_service(lab: Lab, host: netns.Host, role: str, version: int) -> dict[str, object]:
-    log = open(lab.dir / f"{role}.log", "ab")  # noqa: SIM115 (handed to the child)
+    argv = [
+        lab.python,
+        str(SERVICE_SCRIPT),
+        "--version",
+        str(version),
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(lab.port),
+        "--name",
+        host.ns,
+        "--ready-file",
+        str(lab.dir / f"{role}.ready"),
+    ]
+    pid = _spawn(lab, host, role, argv)
+    return {
+        "pid": pid,
+        "version": version,
+        "port": lab.port,
+        "log": str(lab.dir / f"{role}.log"),
+    }
+
+
+def _spawn(lab: Lab, host: netns.Host, stem: str, argv: list[str]) -> int:
+    """Start ``argv`` in ``host``'s namespace in a session of its own, its output to
+    ``<run dir>/<stem>.log``, its PID to ``<stem>.pid``; returns the PID."""
+    log = open(lab.dir / f"{stem}.log", "ab")  # noqa: SIM115 (handed to the child)
     try:
         proc = host.popen(
-            [
-                lab.python,
-                str(SERVICE_SCRIPT),
-                "--version",
-                str(version),
-                "--host",
-                "0.0.0.0",
-                "--port",
-                str(lab.port),
-                "--name",
-                host.ns,
-                "--ready-file",
-                str(lab.dir / f"{role}.ready"),
-            ],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -347,14 +374,9 @@ def _start_service(lab: Lab, host: netns.Host, role: str, version: int) -> dict[
         )
     finally:
         log.close()
-    # ``ip netns exec`` execs the command: this PID is the service's own
-    (lab.dir / f"{role}.pid").write_text(f"{proc.pid}\n")
-    return {
-        "pid": proc.pid,
-        "version": version,
-        "port": lab.port,
-        "log": str(lab.dir / f"{role}.log"),
-    }
+    # ``ip netns exec`` execs the command: this PID is the program's own
+    (lab.dir / f"{stem}.pid").write_text(f"{proc.pid}\n")
+    return proc.pid
 
 
 def _wait_ready(lab: Lab, hosts: dict[str, netns.Host]) -> None:
@@ -475,9 +497,29 @@ def _print_status(st: dict[str, object]) -> None:
     )
 
 
-def run(action: str, lab: Lab, *, as_json: bool = False) -> int:
+def _fleet_size(lab: Lab) -> int:
+    n = (_read_state(lab) or {}).get("fleet")
+    return n if isinstance(n, int) else 0
+
+
+def run(
+    action: str,
+    lab: Lab,
+    *,
+    as_json: bool = False,
+    fleet: int = 0,
+    fleet_options: dict[str, Any] | None = None,
+) -> int:
     """One command (up, down, status, env) with its output; the exit status (status and up: 0 when
-    the lab is up and answers, else 1). Raises ShadowtapError (``shadowtap lab`` reports it)."""
+    the lab is up and answers, else 1). Raises ShadowtapError (``shadowtap lab`` reports it).
+    ``fleet``: N primaries with capture agents, a broker and a shadow (fleet.py; status, env and
+    down know a fleet from its state)."""
+    if fleet or (action in ("status", "env") and _fleet_size(lab)):  # the fleet lab (fleet.py)
+        from shadowtap.lab import fleet as fleet_lab
+
+        return fleet_lab.run(
+            action, lab, fleet or _fleet_size(lab), as_json=as_json, **(fleet_options or {})
+        )
     if action == "env":
         for k, v in lab.env().items():
             print(f"{k}={v}")
@@ -521,12 +563,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=int(os.environ.get("LAB_PORT", DEFAULT_PORT)))
     ap.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
     ap.add_argument("--json", action="store_true", help="machine-readable output")
+    ap.add_argument(
+        "--fleet",
+        type=int,
+        default=0,
+        metavar="N",
+        help="up: N primary replicas, each with a capture agent publishing to a nats-server "
+        "(JetStream) in the lab, and one shadow (fleet.py)",
+    )
+    ap.add_argument("--backend", default="pcap", help="the fleet agents' capture backend")
+    ap.add_argument("--subject", default="fleet", help="the fleet agents' NATS subject")
     args = ap.parse_args(argv)
     try:
         return run(
             args.action,
             Lab(prefix=args.prefix, port=args.port, run_dir=args.run_dir),
             as_json=args.json,
+            fleet=args.fleet,
+            fleet_options={"backend": args.backend, "subject": args.subject}
+            if args.action == "up"
+            else None,
         )
     except ShadowtapError as exc:
         print(f"lab: error: {exc.message}", file=sys.stderr)

@@ -11,7 +11,8 @@ import typer
 MORE = "Repeatable."
 SINK_HELP = (
     "Publish to NATS JetStream too: nats://host:4222/SUBJECT (a stream per SUBJECT, made "
-    "if missing; each record acknowledged, with this host's name; docs/lake.md)."
+    "if missing; each record acknowledged, with this host's name, or NAME with "
+    "?host=NAME; docs/lake.md)."
 )
 SINK_SPOOL_HELP = (
     "The sink's disk buffer while the broker is away (resent in order; the oldest "

@@ -5,18 +5,29 @@ exchanges and results with acknowledgements; ``consume`` reads them back (replay
 stream per run: give each run its subject), file storage, created by the first agent. Records go
 to ``SUBJECT.x.<P>`` (exchanges) and ``SUBJECT.r.<P>`` (results), ``P`` = the partition of the
 captured connection (crc32 of client and server, mod ``PARTITIONS``): a connection's exchanges
-stay in one subject, in order. Each message carries the record's JSON (the file formats'), and
-headers ``Shadowtap-Host`` (the agent's host name), ``Shadowtap-Kind`` and ``Nats-Msg-Id`` (the
-record's id: JetStream drops a resent duplicate within its window).
+stay in one subject, in order.
 
-Delivery: a record counts as delivered when JetStream acknowledged it (``acked``). Until then it
-is in memory (at most ``memory_records``) or, when the broker is away or behind, in a disk spool
-(shadowtap/lake/spool.py): resent in order before anything newer, the oldest dropped past
-``spool_bytes`` (``dropped``). ``close`` waits up to ``drain_timeout`` for the spool to empty;
-what is left stays on disk for the next run with the same spool directory.
+A message is a batch: one to ``BATCH_RECORDS`` records of one kind and partition, in order, each
+record's JSON (the file formats') on a line of its own (JSON Lines; a one-record message is
+just the record's JSON). ``records_of`` splits a message; every reader goes through it. Headers:
+``Shadowtap-Host`` (the agent's host name), ``Shadowtap-Kind``, ``Shadowtap-Records`` (how many)
+and ``Nats-Msg-Id`` (the first record's id and the count, ``x-<id>+<n>``: JetStream drops a
+resent duplicate within its window). A batch is sealed once (full, or when the publisher is
+ready for more and nothing sealed waits) and never re-formed: a resent batch carries the same
+records and id. Why batches: a message costs the agent a header block, a future and an ack to
+parse, and the broker a store write and an ack, whatever its size; per record that was 30 us of
+the agent's CPU and 8 of nats-server's (docs/benchmarks.md).
+
+Delivery: a record counts as delivered when JetStream acknowledged its batch (``acked``). Until
+then it is in memory (at most ``memory_records``) or, when the broker is away or behind, in a
+disk spool (shadowtap/lake/spool.py, a batch per spool record): resent in order before anything
+newer, the oldest dropped past ``spool_bytes`` (``dropped``, in records). ``close`` waits up to
+``drain_timeout`` for the spool to empty; what is left stays on disk for the next run with the
+same spool directory.
 
 Threads: the sink runs its own event loop in a thread; ``on_exchange``/``on_result`` may be
-called from any thread and cost an encode and an append.
+called from any thread and cost an encode and an append (and a wake-up of the publisher when a
+batch is sealed or the first record arrives while it is idle).
 """
 
 from __future__ import annotations
@@ -42,7 +53,36 @@ from shadowtap.records import Exchange, Result
 PARTITIONS = 16
 EXCHANGE, RESULT = 0, 1
 _KIND = {EXCHANGE: "x", RESULT: "r"}
-_WINDOW = 512  # publishes in flight awaiting their acks
+_WINDOW = 32  # batches in flight awaiting their acks
+BATCH_RECORDS = 256  # records a message holds at most
+BATCH_BYTES = 256 << 10  # and bytes (a larger record goes alone; nats-server's max_payload: 1 MiB)
+Batch = tuple[int, str, bytes]  # kind, "<partition>:<records>:<message id>", payload (JSON lines)
+
+
+def records_of(data: bytes) -> list[bytes]:
+    """The records' JSON of a message (a batch: one record a line)."""
+    return data.split(b"\n")
+
+
+def _ident(part: int, n: int, msg_id: str) -> str:
+    return f"{part}:{n}:{msg_id}"
+
+
+def _unident(ident: str) -> tuple[str, int, str]:
+    """(partition, records, message id) of a batch's spool id; a spool of the one-record version
+    (``<partition>:<message id>``) reads as batches of one."""
+    part, rest = ident.split(":", 1)
+    n, sep, msg_id = rest.partition(":")
+    if not sep or not n.isdigit():
+        return part, 1, rest
+    return part, int(n), msg_id
+
+
+def batch_weight(ident: str) -> int:
+    """Records in a batch (the spool counts drops and waiting records by it)."""
+    return _unident(ident)[1]
+
+
 _ACK_TIMEOUT = 5.0
 
 
@@ -120,12 +160,17 @@ class NatsSink:
         self.partitions = partitions
         self.memory_records = memory_records
         self.drain_timeout = drain_timeout
-        self.spool = DiskSpool(spool_dir, max_bytes=spool_bytes)
-        self.acked = 0
-        self.published = 0  # publish attempts (resends included)
+        self.spool = DiskSpool(spool_dir, max_bytes=spool_bytes, weigh=batch_weight)
+        self.acked = 0  # records
+        self.published = 0  # messages (batches) published, resends included
         self.connected = False
-        self._mem: deque[tuple[int, str, bytes]] = deque()
-        self._lock = threading.Lock()  # _mem and spool between producers and the publisher
+        self._mem: deque[Batch] = deque()  # sealed batches not yet on disk
+        self._mem_records = 0
+        # open batches by (kind, partition): [message id of the first, records, bytes]
+        self._open: dict[tuple[int, int], tuple[str, list[bytes], int]] = {}
+        self._open_records = 0
+        self._idle = True  # the publisher waits for records (the first one wakes it)
+        self._lock = threading.Lock()  # _mem, _open and spool between producers and the publisher
         self._closing = False
         self._wake: asyncio.Event | None = None
         self._loop = asyncio.new_event_loop()
@@ -141,30 +186,58 @@ class NatsSink:
     @property
     def waiting(self) -> int:
         with self._lock:
-            return len(self._mem) + self.spool.records
+            return self._mem_records + self._open_records + self.spool.weight
 
     # ------------------------------------------------------------------ sink interface
     def on_exchange(self, ex: Exchange) -> None:
         p = partition(ex.client, ex.server, self.partitions)
-        self._put(EXCHANGE, f"x-{ex.id}", p, orjson.dumps(ex.to_json()))
+        self._put(EXCHANGE, p, f"x-{ex.id}", orjson.dumps(ex.to_json()))
 
     def on_result(self, res: Result, exchange: Exchange | None = None) -> None:
         p = partition(exchange.client, exchange.server, self.partitions) if exchange else 0
-        self._put(RESULT, f"r-{res.exchange_id}-{res.copy}", p, orjson.dumps(res.to_json()))
+        self._put(RESULT, p, f"r-{res.exchange_id}-{res.copy}", orjson.dumps(res.to_json()))
 
     def on_pair(self, pair: object) -> None:  # a pair's records were published as they came
         pass
 
-    def _put(self, kind: int, msg_id: str, part: int, payload: bytes) -> None:
-        # The partition travels in the id's record: "<kind>-<id>" plus the subject token.
-        rec = (kind, f"{part}:{msg_id}", payload)
+    def _put(self, kind: int, part: int, msg_id: str, payload: bytes) -> None:
+        key = (kind, part)
+        wake = False
         with self._lock:
-            if self.spool or len(self._mem) >= self.memory_records:
-                self.spool.append(*rec)  # order: nothing overtakes what waits on disk
+            first, lines, size = self._open.get(key) or (msg_id, [], 0)
+            if lines and size + len(payload) > BATCH_BYTES:
+                self._seal(key, first, lines)
+                first, lines, size = msg_id, [], 0
+                wake = True
+            lines.append(payload)
+            self._open_records += 1
+            if len(lines) >= BATCH_RECORDS or size + len(payload) >= BATCH_BYTES:
+                self._seal(key, first, lines)
+                wake = True
             else:
-                self._mem.append(rec)
-        if self._wake is not None and not self._wake.is_set():
+                self._open[key] = (first, lines, size + len(payload) + 1)
+            if self._idle:
+                self._idle = False
+                wake = True
+        if wake and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _seal(self, key: tuple[int, int], first: str, lines: list[bytes]) -> None:
+        """Close an open batch: to memory, or to disk when anything waits there or memory is
+        full (order: nothing overtakes what waits on disk). Under the lock."""
+        self._open.pop(key, None)
+        n = len(lines)
+        self._open_records -= n
+        batch = (key[0], _ident(key[1], n, f"{first}+{n}"), b"\n".join(lines))
+        if self.spool or self._mem_records + n > self.memory_records:
+            self.spool.append(*batch)
+        else:
+            self._mem.append(batch)
+            self._mem_records += n
+
+    def _seal_all(self) -> None:
+        for key, (first, lines, _) in list(self._open.items()):
+            self._seal(key, first, lines)
 
     def close(self) -> None:
         """Publish what waits (up to ``drain_timeout``), then stop; the rest stays spooled."""
@@ -173,8 +246,10 @@ class NatsSink:
             self._loop.call_soon_threadsafe(self._wake.set)
         self._thread.join(self.drain_timeout + 10)
         with self._lock:
+            self._seal_all()
             while self._mem:  # never published: to disk, for the next run
                 self.spool.append(*self._mem.popleft())
+            self._mem_records = 0
             self.spool.close()
 
     # ------------------------------------------------------------------ publisher
@@ -237,8 +312,7 @@ class NatsSink:
                     # the failed tail, then everything newer, to disk in order
                     for rec in batch[ok:]:
                         self.spool.append(*rec)
-                    while self._mem:
-                        self.spool.append(*self._mem.popleft())
+                    self._mem_to_disk()
             if ok < len(batch):
                 await self._nap(0.25)
         if nc is not None:
@@ -253,22 +327,37 @@ class NatsSink:
 
     def _to_disk(self) -> None:
         with self._lock:
-            while self._mem:
-                self.spool.append(*self._mem.popleft())
+            self._seal_all()
+            self._mem_to_disk()
 
-    def _take(self) -> tuple[list[tuple[int, str, bytes]], bool]:
+    def _mem_to_disk(self) -> None:
+        while self._mem:
+            self.spool.append(*self._mem.popleft())
+        self._mem_records = 0
+
+    def _take(self) -> tuple[list[Batch], bool]:
+        """Up to ``_WINDOW`` sealed batches, the spool's first; when none is sealed, the open
+        ones are sealed (the publisher is ready: waiting longer would only add latency); when
+        none is open either, the publisher goes idle (the next record wakes it)."""
         with self._lock:
+            if not self.spool and not self._mem:
+                self._seal_all()
             if self.spool:
                 return self.spool.peek(_WINDOW), True
             batch = [self._mem.popleft() for _ in range(min(_WINDOW, len(self._mem)))]
+            self._mem_records -= sum(_unident(ident)[1] for _, ident, _ in batch)
+            if not batch:
+                self._idle = True
             return batch, False
 
-    async def _publish(self, js: object, batch: list[tuple[int, str, bytes]]) -> int:
-        """Publish a window; the number of leading records acknowledged."""
+    async def _publish(self, js: object, batch: list[Batch]) -> int:
+        """Publish a window of batches; the number of leading batches acknowledged."""
         futures = []
+        counts = []
         try:
             for kind, ident, payload in batch:
-                part, _, msg_id = ident.partition(":")
+                part, n, msg_id = _unident(ident)
+                counts.append(n)
                 futures.append(
                     await js.publish_async(  # type: ignore[attr-defined]
                         f"{self.url.subject}.{_KIND[kind]}.{part}",
@@ -277,6 +366,7 @@ class NatsSink:
                             "Nats-Msg-Id": msg_id,
                             "Shadowtap-Host": self.host,
                             "Shadowtap-Kind": _KIND[kind],
+                            "Shadowtap-Records": str(n),
                         },
                     )
                 )
@@ -296,7 +386,7 @@ class NatsSink:
             if r is None or isinstance(r, BaseException):
                 break
             ok += 1
-        self.acked += ok
+        self.acked += sum(counts[:ok])
         return ok
 
 
@@ -478,10 +568,13 @@ class GroupConsumer:
                         msgs = await sub.fetch(self.batch, timeout=0.2)  # type: ignore[attr-defined]
                     except (asyncio.TimeoutError, nats.errors.TimeoutError):
                         continue
-                    records = []
+                    records: list[tuple[Exchange, str]] = []
                     for m in msgs:
                         host = (m.headers or {}).get("Shadowtap-Host", "")
-                        records.append((Exchange.from_json(orjson.loads(m.data)), host))
+                        records.extend(
+                            (Exchange.from_json(orjson.loads(line)), host)
+                            for line in records_of(m.data)
+                        )
                     done = asyncio.Event()
                     await asyncio.to_thread(self._out.put, (records, done))
                     await done.wait()
@@ -530,6 +623,51 @@ def consumer_pass(url: str) -> Callable[[], Iterator[Exchange]]:
     return one_pass
 
 
+def stream_records(url: str) -> Iterator[tuple[str, str, bytes]]:
+    """Every record of a run's stream (``nats://host:4222/SUBJECT``), in stream order: (kind
+    ``x``/``r``, the agent's host, the record's JSON). Reads message by message (no consumer is
+    made, nothing is acknowledged): for looking at a run, the fleet lab's demo and tests; replay
+    shares a stream through ``GroupConsumer``."""
+    import queue
+
+    sink = parse_sink(url)
+    out: queue.Queue = queue.Queue(maxsize=64)
+
+    async def main() -> None:
+        import nats
+
+        nc = await nats.connect(sink.server, connect_timeout=5)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(sink.stream)
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                msg = await js.get_msg(sink.stream, seq)
+                heads = msg.headers or {}
+                host, kind = heads.get("Shadowtap-Host", ""), heads.get("Shadowtap-Kind", "x")
+                await asyncio.to_thread(
+                    out.put, [(kind, host, r) for r in records_of(msg.data or b"")]
+                )
+        finally:
+            await nc.close()
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+            out.put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the iterating thread
+            out.put(exc)
+
+    thread = threading.Thread(target=run, name="nats-reader", daemon=True)
+    thread.start()
+    while True:
+        item = out.get()
+        if item is None:
+            return
+        if isinstance(item, BaseException):
+            raise InputError(f"cannot read the stream: {item}", field="input") from item
+        yield from item
+
+
 def default_spool_dir(url: str) -> str:
     """Where an agent spools for ``url`` unless told: per user and stream, kept across runs (a
     restarted agent resends what it had not published)."""
@@ -542,6 +680,19 @@ def default_spool_dir(url: str) -> str:
 
 
 def open_sink(url: str, spool_dir: str | None = None, **kw: object) -> NatsSink:
+    """The sink of ``--sink nats://host:4222/SUBJECT[?host=NAME]``: ``host`` names the agent in
+    its records (default: the machine's host name; a fleet of agents on one machine, as in the
+    lab's network namespaces, which share the host name, tell themselves apart by it)."""
+    from urllib.parse import parse_qs
+
+    query = parse_qs(urlsplit(url).query)
+    unknown = set(query) - {"host"}
+    if unknown:
+        raise InputError(
+            f"unknown sink URL parameter(s) {sorted(unknown)} in {url!r}", field="sink"
+        )
+    if "host" in query:
+        kw.setdefault("host", query["host"][-1])
     return NatsSink(url, spool_dir or default_spool_dir(url), **kw)  # type: ignore[arg-type]
 
 

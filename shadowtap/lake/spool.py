@@ -6,6 +6,8 @@ Segment files ``seg-NNNNNNNNNN.bin`` (0600, in a 0700 directory) of length-prefi
 one every ``segment_bytes``); reads take from the oldest, and a segment is deleted once every
 record in it was acknowledged. Past ``max_bytes`` the oldest segment is dropped whole and its
 records counted in ``dropped`` (drop-oldest: the newest traffic is the one worth keeping).
+A spool record may stand for several (the broker sink's batches): ``weigh(id)`` says how many,
+and ``dropped`` and ``weight`` count those.
 Segments left by a previous run are read first, so an agent restarted with its spool resends
 what it had not published (the broker drops the duplicates by their ids).
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
@@ -29,16 +32,23 @@ class Segment:
     path: str
     records: int
     size: int
+    weight: int = 0
 
 
 class DiskSpool:
     def __init__(
-        self, directory: str, *, max_bytes: int = 1 << 30, segment_bytes: int = 8 << 20
+        self,
+        directory: str,
+        *,
+        max_bytes: int = 1 << 30,
+        segment_bytes: int = 8 << 20,
+        weigh: Callable[[str], int] | None = None,
     ) -> None:
         self.directory = directory
+        self.weigh = weigh or (lambda _ident: 1)
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
-        self.dropped = 0  # records dropped (oldest first) past max_bytes
+        self.dropped = 0  # records dropped (oldest first) past max_bytes, by weight
         self.spooled = 0  # records ever written here
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._segments: deque[Segment] = deque()
@@ -47,33 +57,41 @@ class DiskSpool:
             if name.startswith("seg-") and name.endswith(".bin"):
                 path = os.path.join(directory, name)
                 self._next = max(self._next, int(name[4:14]) + 1)
-                records = self._count(path)
+                records, weight = self._count(path)
                 if records:
-                    self._segments.append(Segment(path, records, os.path.getsize(path)))
+                    self._segments.append(Segment(path, records, os.path.getsize(path), weight))
                 else:
                     os.remove(path)
         self._out: IO[bytes] | None = None  # the file being appended to (the newest segment)
         self._in: IO[bytes] | None = None  # the file being read (the oldest segment)
         self._read_pos = 0  # bytes of the oldest segment acknowledged
         self._read_done = 0  # records of the oldest segment acknowledged
+        self._read_weight = 0  # and their weight
 
-    @staticmethod
-    def _count(path: str) -> int:
-        n = 0
+    def _count(self, path: str) -> tuple[int, int]:
+        """(records, weight) of a segment file."""
+        n = weight = 0
         with open(path, "rb") as f:
             while True:
                 head = f.read(_HEAD.size)
                 if len(head) < _HEAD.size:
-                    return n  # a torn last record (a crash mid-write) is not counted
-                length, _, _ = _HEAD.unpack(head)
-                if len(f.read(length - _HEAD.size)) < length - _HEAD.size:
-                    return n
+                    return n, weight  # a torn last record (a crash mid-write) is not counted
+                length, id_len, _ = _HEAD.unpack(head)
+                body = f.read(length - _HEAD.size)
+                if len(body) < length - _HEAD.size:
+                    return n, weight
                 n += 1
+                weight += self.weigh(body[:id_len].decode())
 
     @property
     def records(self) -> int:
         """Records waiting (not yet acknowledged)."""
         return sum(s.records for s in self._segments) - self._read_done
+
+    @property
+    def weight(self) -> int:
+        """What the waiting records stand for (``weigh``; = ``records`` by default)."""
+        return sum(s.weight for s in self._segments) - self._read_weight
 
     @property
     def size(self) -> int:
@@ -94,6 +112,7 @@ class DiskSpool:
         seg = self._segments[-1]
         seg.records += 1
         seg.size += len(record)
+        seg.weight += self.weigh(msg_id)
         self.spooled += 1
         while self.size > self.max_bytes and len(self._segments) > 1:
             self._drop_oldest()
@@ -108,7 +127,7 @@ class DiskSpool:
         self._segments.append(Segment(path, 0, 0))
 
     def _drop_oldest(self) -> None:
-        self.dropped += self._segments[0].records - self._read_done
+        self.dropped += self._segments[0].weight - self._read_weight
         self._remove_oldest()
 
     def _remove_oldest(self) -> None:
@@ -125,6 +144,7 @@ class DiskSpool:
         self._in = None
         self._read_pos = 0
         self._read_done = 0
+        self._read_weight = 0
 
     def peek(self, n: int) -> list[tuple[int, str, bytes]]:
         """Up to ``n`` of the oldest waiting records, from one segment, in order (not removed:
@@ -149,6 +169,7 @@ class DiskSpool:
         """The first ``len(records)`` of the last peek are acknowledged: forget them."""
         self._read_pos += sum(_HEAD.size + len(i.encode()) + len(p) for _, i, p in records)
         self._read_done += len(records)
+        self._read_weight += sum(self.weigh(i) for _, i, _ in records)
         if self._read_done >= self._segments[0].records:
             self._remove_oldest()
 
@@ -171,4 +192,7 @@ class DiskSpool:
             with os.fdopen(fd, "wb") as out:
                 out.write(rest)
             os.replace(tmp, seg.path)
-            self._read_pos = self._read_done = 0
+            seg.records -= self._read_done
+            seg.weight -= self._read_weight
+            seg.size = len(rest)
+            self._read_pos = self._read_done = self._read_weight = 0

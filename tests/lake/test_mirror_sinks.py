@@ -17,6 +17,7 @@ from tests.support.prereq import require_tool
 DUMP = r"""
 import asyncio, json, sys, socket, time
 import nats
+from shadowtap.lake.nats import records_of
 port, subject, stream = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 async def main():
     nc = await nats.connect(f"nats://127.0.0.1:{port}")
@@ -25,7 +26,7 @@ async def main():
     out = []
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         m = await js.get_msg(stream, seq)
-        out.append([m.subject, dict(m.headers or {}), json.loads(m.data)])
+        out.extend([m.subject, dict(m.headers or {}), json.loads(r)] for r in records_of(m.data))
     await nc.close()
     print(json.dumps(out))
 asyncio.run(main())

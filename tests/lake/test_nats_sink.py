@@ -11,7 +11,7 @@ import time
 import orjson
 import pytest
 
-from shadowtap.lake.nats import NatsSink, parse_sink, stream_name
+from shadowtap.lake.nats import NatsSink, parse_sink, records_of, stream_name
 from shadowtap.lake.spool import DiskSpool
 from tests.support.natsd import NatsServer, free_port
 from tests.support.pairs import make_pair
@@ -25,7 +25,17 @@ def _exchanges(n: int, start: int = 0):  # noqa: ANN202
 
 
 async def _stream_records(url: str) -> list[tuple[str, dict, dict]]:
-    """Every message of the run's stream, in stream order: (subject, headers, record)."""
+    """Every record of the run's stream, in stream order: (subject, its message's headers,
+    record)."""
+    out = []
+    for subject, heads, data in await _messages(url):
+        lines = records_of(data)
+        assert heads["Shadowtap-Records"] == str(len(lines))
+        out.extend((subject, heads, orjson.loads(line)) for line in lines)
+    return out
+
+
+async def _messages(url: str) -> list[tuple[str, dict, bytes]]:
     import nats
 
     nc = await nats.connect(url)
@@ -34,7 +44,7 @@ async def _stream_records(url: str) -> list[tuple[str, dict, dict]]:
     out = []
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         msg = await js.get_msg(stream_name(SUBJECT), seq)
-        out.append((msg.subject, dict(msg.headers or {}), orjson.loads(msg.data)))
+        out.append((msg.subject, dict(msg.headers or {}), msg.data))
     await nc.close()
     return out
 
@@ -139,3 +149,38 @@ def test_spool_drops_oldest_past_its_bound_and_counts(tmp_path) -> None:
         got += [r[1] for r in batch]
         again.ack(batch)
     assert got == [f"id{i}" for i in range(spool.dropped, 1000)]
+
+
+def test_batches_keep_each_record_and_its_order(tmp_path) -> None:
+    """Many records to one partition travel as a few messages; each record is whole, in order,
+    and a message's id is its first record's and its count (the consumer contract)."""
+    exchanges = _exchanges(1000)
+    with NatsServer(str(tmp_path / "js")) as srv:
+        sink = NatsSink(f"{srv.url}/{SUBJECT}", str(tmp_path / "spool"), host="h", partitions=1)
+        for ex in exchanges:
+            sink.on_exchange(ex)
+        sink.close()
+        assert sink.acked == 1000
+        msgs = asyncio.run(_messages(srv.url))
+    assert 4 <= len(msgs) < 1000  # batched: at most 256 a message
+    got = []
+    for subject, heads, data in msgs:
+        recs = [orjson.loads(line) for line in records_of(data)]
+        assert subject == f"{SUBJECT}.x.0" and heads["Shadowtap-Records"] == str(len(recs))
+        assert heads["Nats-Msg-Id"] == f"x-{recs[0]['id']}+{len(recs)}"
+        got += recs
+    assert got == [ex.to_json() for ex in exchanges]  # every field, in capture order
+
+
+def test_spool_counts_batches_by_their_records(tmp_path) -> None:
+    from shadowtap.lake.nats import batch_weight
+
+    spool = DiskSpool(
+        str(tmp_path / "s"), max_bytes=30_000, segment_bytes=10_000, weigh=batch_weight
+    )
+    for i in range(100):
+        spool.append(0, f"0:10:x-{i}+10", b"y" * 1000)
+    assert spool.dropped % 10 == 0 and spool.dropped > 0
+    assert spool.weight == 10 * spool.records and spool.weight + spool.dropped == 1000
+    spool.append(0, "3:x-old", b"{}")  # a spool of the one-record version: a batch of one
+    assert spool.weight == 10 * (spool.records - 1) + 1
