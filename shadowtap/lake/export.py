@@ -1,19 +1,41 @@
 """The stage behind ``shadowtap export``: join exchanges and results from files (or a run
 directory) and write the pairs to the lake. Also the one place that finds a run directory's files
-and joins files into pairs, for ``compare``'s engines too."""
+and joins files into pairs, for ``compare``'s engines too.
+
+Two ways through, one result (tests/lake/test_parquet.py compares them row by row):
+
+- **columnar** (``columnar_pairs``), for well-formed files: DuckDB (embedded, one pass over each
+  file in C++) reads both files into columns, checks every rule the record decoders check, joins
+  them on the exchange id and builds the lake's nested columns; the writer then runs the Python
+  diff only on pairs whose responses differ (``LakeWriter.add_joined``). Cost: O(bytes) in C++
+  plus the diff of the differing pairs; no Python object per field.
+- **records** (``file_pairs``): each line decoded to an Exchange or a Result and joined by the
+  streaming Joiner. Taken for standard input, and whenever the columnar path declines: a line
+  that is not a valid record (the record path names each one with its line number and skips it,
+  as it always did), or an exchange id seen twice.
+
+Neither redacts: the lake holds the records as they are in the files, which capture and the
+mirror redacted when they wrote them (docs/lake.md); ``shadowtap.redact`` stays the one place.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from shadowtap import console
 from shadowtap.compare.config import load_config
 from shadowtap.compare.join import Joiner, join
 from shadowtap.errors import InputError
 from shadowtap.jsonl import read_jsonl
-from shadowtap.records import Exchange, Result
+from shadowtap.records import ERROR_KINDS, Exchange, Result
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def run_files(inputs: list[str]) -> tuple[str, str]:
@@ -67,6 +89,204 @@ def file_pairs(exchanges: str, results: str, stats: JoinStats) -> Iterator[tuple
     stats.unmatched_results = joiner.unmatched_results
 
 
+# --------------------------------------------------------------------------------- columnar
+
+_MESSAGE = (
+    "STRUCT(method VARCHAR, target VARCHAR, status BIGINT, reason VARCHAR, ts DOUBLE, "
+    "end_ts DOUBLE, version VARCHAR, headers VARCHAR[][], body VARCHAR, body_encoding VARCHAR, "
+    "body_len BIGINT, body_truncated BOOLEAN, decoded_len BIGINT)"
+)
+_EXCHANGE_COLUMNS = {
+    "schema": "BIGINT",
+    "id": "VARCHAR",
+    "conn": "STRUCT(client VARCHAR, server VARCHAR)",
+    "index": "BIGINT",
+    "request": _MESSAGE,
+    "response": _MESSAGE,
+    "ttfb_ms": "DOUBLE",
+    "total_ms": "DOUBLE",
+    "anomalies": "VARCHAR[]",
+}
+_RESULT_COLUMNS = {
+    "schema": "BIGINT",
+    "exchange_id": "VARCHAR",
+    "copy": "BIGINT",
+    "target": "VARCHAR",
+    "scheduled": "DOUBLE",
+    "sent": "DOUBLE",
+    "response": _MESSAGE,
+    "ttfb_ms": "DOUBLE",
+    "total_ms": "DOUBLE",
+    "error": "STRUCT(kind VARCHAR, message VARCHAR)",
+    "extra": "JSON",
+}
+
+
+def _read_json(path: str, columns: dict[str, str]) -> str:
+    cols = ", ".join(f"\"{k}\": '{v}'" for k, v in columns.items())
+    return (
+        f"read_json({_quote(path)}, format = 'newline_delimited', columns = {{{cols}}}, "
+        "maximum_object_size = 1073741824)"
+    )
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _body(m: str) -> str:
+    return (
+        f"CASE WHEN coalesce({m}.body_encoding, 'utf8') = 'base64' THEN from_base64({m}.body) "
+        f"ELSE encode(coalesce({m}.body, '')) END"
+    )
+
+
+def _message_problems(m: str, first: str, second: str) -> list[str]:
+    """What Request/Response.from_json refuse in a message ``m`` (SQL conditions, when present)."""
+    return [
+        f"{m}.{first} IS NULL OR {m}.{second} IS NULL OR {m}.version IS NULL",
+        f"{m}.ts IS NULL OR {m}.end_ts IS NULL OR NOT isfinite({m}.ts) OR NOT isfinite({m}.end_ts)",
+        f"{m}.end_ts < {m}.ts",
+        f"{m}.headers IS NULL OR NOT list_bool_and(list_transform({m}.headers, lambda h: "
+        "len(h) = 2 AND h[1] IS NOT NULL AND h[2] IS NOT NULL))",
+        f"coalesce({m}.body_encoding, 'utf8') NOT IN ('utf8', 'base64')",
+        f"{m}.body_len IS NULL OR {m}.body_len < octet_length({_body(m)})",
+        f"{m}.decoded_len < 0",
+    ]
+
+
+def _problems(side: str) -> str:
+    """One SQL expression: why a row of ``x`` (exchanges) or ``r`` (results) is no valid record
+    (the first rule it breaks), or NULL. The rules are the record decoders' (records.py)."""
+    rules: list[tuple[str, str]] = [("schema", "schema IS NULL OR schema NOT IN (1, 2)")]
+    if side == "x":
+        rules += [
+            ("id", "id IS NULL OR conn.client IS NULL OR conn.server IS NULL"),
+            ("index", '"index" IS NULL OR "index" < 0'),
+            ("no message", "request IS NULL AND response IS NULL"),
+        ]
+        msgs = [("request", "method", "target"), ("response", "status", "reason")]
+    else:
+        rules += [
+            ("exchange_id", "exchange_id IS NULL OR target IS NULL"),
+            (
+                "times",
+                "scheduled IS NULL OR sent IS NULL OR NOT isfinite(scheduled) "
+                "OR NOT isfinite(sent)",
+            ),
+            (
+                "error",
+                "error IS NOT NULL AND (error.kind IS NULL OR error.message IS NULL OR "
+                f"error.kind NOT IN ({', '.join(_quote(k) for k in ERROR_KINDS)}))",
+            ),
+            ("extra", "extra IS NOT NULL AND json_type(extra) <> 'OBJECT'"),
+        ]
+        msgs = [("response", "status", "reason")]
+    rules += [(f"{k}", f"{k} IS NOT NULL AND NOT isfinite({k})") for k in ("ttfb_ms", "total_ms")]
+    for m, first, second in msgs:
+        conds = _message_problems(m, first, second)
+        if first == "status":
+            conds.append(f"{m}.status < 0 OR {m}.status > 999")
+        rules += [(m, f"{m} IS NOT NULL AND ({c})") for c in conds]
+    whens = " ".join(f"WHEN {cond} THEN {_quote(name)}" for name, cond in rules)
+    return f"CASE {whens} END"
+
+
+def _message(m: str, first: str, second: str) -> str:
+    return (
+        f"CASE WHEN {m} IS NULL THEN NULL ELSE {{'{first}': {m}.{first}, "
+        f"'{second}': {m}.{second}, 'ts': {m}.ts, 'end_ts': {m}.end_ts, 'version': {m}.version, "
+        f"'headers': list_transform({m}.headers, lambda h: {{'name': h[1], 'value': h[2]}}), "
+        f"'body': {_body(m)}, 'body_len': {m}.body_len, "
+        f"'body_truncated': coalesce({m}.body_truncated, false), "
+        f"'decoded_len': {m}.decoded_len}} END"
+    )
+
+
+_PAIRS = f"""
+SELECT
+  x.id AS exchange_id, coalesce(r.copy, 0) AS copy, x.conn.client AS client,
+  x.conn.server AS server, x."index" AS conn_index,
+  coalesce(x.anomalies, []::VARCHAR[]) AS anomalies,
+  x.response.status AS primary_status, r.response.status AS shadow_status,
+  x.ttfb_ms AS primary_ttfb_ms, x.total_ms AS primary_ms,
+  r.ttfb_ms AS shadow_ttfb_ms, r.total_ms AS shadow_ms,
+  r.error.kind AS shadow_error_kind, r.error.message AS shadow_error,
+  r.target AS shadow_target, r.scheduled, r.sent,
+  CASE WHEN r.extra IS NULL OR len(json_keys(r.extra)) = 0 THEN NULL
+       ELSE CAST(r.extra AS VARCHAR) END AS result_extra,
+  {_message("x.request", "method", "target")} AS request,
+  {_message("x.response", "status", "reason")} AS primary_response,
+  {_message("r.response", "status", "reason")} AS shadow_response,
+  CAST(trunc(coalesce(x.request.ts, x.response.ts) * 1000000) AS BIGINT) AS ts,
+  x.response.status = r.response.status AND x.response.headers = r.response.headers
+    AND {_body("x.response")} = {_body("r.response")} AS same
+FROM x JOIN r ON x.id = r.exchange_id
+"""
+
+
+class Declined(Exception):
+    """The columnar path cannot take these files (why: the message); the record path will."""
+
+
+def columnar_pairs(
+    exchanges: str, results: str, stats: JoinStats, batch_rows: int = 65536
+) -> Iterator[pa.RecordBatch]:
+    """The joined pairs of two JSONL files as Arrow batches for ``LakeWriter.add_joined``.
+    Raises Declined before yielding anything when a line is not a valid record (or an id is
+    seen twice): the caller then takes the record path, which names each bad line.
+
+    Memory: DuckDB holds both files' columns (spilled to a private temporary directory past its
+    memory limit) and one batch of output."""
+    import duckdb
+
+    if "-" in (exchanges, results):
+        raise Declined("standard input")
+    tmp = tempfile.mkdtemp(prefix="shadowtap-export-")  # 0700: spilled rows hold traffic
+    con = duckdb.connect()
+    try:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        con.execute(f"SET threads = {max(1, threads)}")
+        con.execute(f"SET temp_directory = {_quote(tmp)}")
+        con.execute("SET preserve_insertion_order = false")
+        try:
+            for name, path, cols in (
+                ("x", exchanges, _EXCHANGE_COLUMNS),
+                ("r", results, _RESULT_COLUMNS),
+            ):
+                con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {_read_json(path, cols)}")
+            for name, where in (("x", exchanges), ("r", results)):
+                bad = con.execute(
+                    f"SELECT count(*), any_value(p) FROM (SELECT {_problems(name)} AS p FROM "
+                    f"{name}) WHERE p IS NOT NULL"
+                ).fetchall()[0]
+                if bad[0]:
+                    raise Declined(f"{bad[0]} records of {where} break a rule ({bad[1]})")
+            rows, ids = con.execute("SELECT count(*), count(DISTINCT id) FROM x").fetchall()[0]
+            if rows != ids:
+                raise Declined(f"{rows - ids} exchange ids seen more than once")
+            stats.unmatched_exchanges = _count(
+                con, "SELECT count(*) FROM x ANTI JOIN r ON x.id = r.exchange_id"
+            )
+            stats.unmatched_results = _count(
+                con, "SELECT count(*) FROM r ANTI JOIN x ON x.id = r.exchange_id"
+            )
+            reader = con.sql(_PAIRS).to_arrow_reader(batch_rows)
+        except duckdb.Error as exc:
+            raise Declined(str(exc).splitlines()[0]) from exc
+        try:
+            yield from reader
+        except duckdb.Error as exc:  # after rows went out: no going back to the record path
+            raise InputError(f"export stopped: {exc}", where=f"{exchanges}, {results}") from exc
+    finally:
+        con.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _count(con: Any, sql: str) -> int:
+    return int(con.execute(sql).fetchall()[0][0])
+
+
 def run_export(
     inputs: list[str],
     out: str,
@@ -84,8 +304,14 @@ def run_export(
         out, host=host, config=load_config(config), max_body=max_body, rows_per_file=rows_per_file
     )
     try:
-        for ex, res in file_pairs(exchanges, results, stats):
-            writer.add(ex, res)
+        try:
+            for batch in columnar_pairs(exchanges, results, stats):
+                writer.add_joined(batch)
+        except Declined as declined:
+            console.info(f"reading record by record ({declined})")
+            stats = JoinStats()
+            for ex, res in file_pairs(exchanges, results, stats):
+                writer.add(ex, res)
     finally:
         writer.close()  # Ctrl-C: the pairs read so far are written
     console.info(

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from shadowtap.records import Exchange, Message, Request, Response, Result, ResultError
 
@@ -103,6 +104,22 @@ class DiffSummary:
 
 
 NOT_COMPARED = DiffSummary(False)
+SAME = DiffSummary(True)
+
+# The columns the writer adds to a pair (its naming, its diff, where it goes); a joined batch
+# (``complete_batch``) brings every other column of SCHEMA.
+DERIVED = (
+    "schema_version",
+    "host",
+    "endpoint",
+    "compared",
+    "differs",
+    "diff_count",
+    "diff_paths",
+    "diff_kinds",
+    "date",
+    "endpoint_key",
+)
 
 
 def _message(
@@ -182,23 +199,91 @@ class Rows:
         c["date"].append(time.strftime("%Y-%m-%d", time.gmtime(ts)))
         c["endpoint_key"].append(endpoint_key(endpoint))
 
-    def rename_endpoints(self, rename: Any) -> None:
-        """Apply ``rename(name) -> name`` to the rows held (templates learnt since they came)."""
-        names = self._cols["endpoint"]
-        memo: dict[str, str] = {}
-        for i, n in enumerate(names):
-            new = memo.get(n)
-            if new is None:
-                new = memo[n] = rename(n)
-            if new != n:
-                names[i] = new
-                self._cols["endpoint_key"][i] = endpoint_key(new)
-
     def batch(self) -> pa.RecordBatch:
         cols = self._cols
         arrays = [pa.array(cols[f.name], type=f.type) for f in SCHEMA]
         self._cols = {f.name: [] for f in SCHEMA}
         return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+
+
+# ------------------------------------------------------------------------------------ columns
+
+
+def _by_name(col: pa.Array, make: Any) -> pa.Array:
+    """``make(value)`` for each distinct value of a string column, spread back over the rows:
+    O(rows) in Arrow plus one call per distinct value."""
+    names = pc.unique(col)
+    made = pa.array([make(n) for n in names.to_pylist()], type=pa.string())
+    return pc.take(made, pc.index_in(col, value_set=names))
+
+
+def rename_endpoints(batch: pa.RecordBatch, rename: Any) -> pa.RecordBatch:
+    """``batch`` with ``rename(name) -> name`` applied to its endpoints (templates learnt since
+    its rows came), ``endpoint_key`` following."""
+    col = batch.column("endpoint")
+    names = pc.unique(col).to_pylist()
+    if all(rename(n) == n for n in names):
+        return batch
+    col = _by_name(col, rename)
+    batch = batch.set_column(SCHEMA.get_field_index("endpoint"), SCHEMA.field("endpoint"), col)
+    key = _by_name(col, endpoint_key)
+    return batch.set_column(
+        SCHEMA.get_field_index("endpoint_key"), SCHEMA.field("endpoint_key"), key
+    )
+
+
+def _cut_bodies(col: pa.StructArray, max_body: int) -> pa.StructArray:
+    """A message column with bodies longer than ``max_body`` cut and marked ``body_truncated``
+    (as ``_message`` does a record's)."""
+    body = col.field("body")
+    long = pc.greater(pc.binary_length(body), max_body)
+    if not pc.any(long).as_py():
+        return col
+    fields = {f.name: col.field(f.name) for f in col.type}
+    fields["body"] = pc.if_else(long, pc.binary_slice(body, 0, max_body), body)
+    fields["body_truncated"] = pc.or_(fields["body_truncated"], pc.fill_null(long, False))
+    return pa.StructArray.from_arrays(
+        list(fields.values()), fields=list(col.type), mask=col.is_null()
+    )
+
+
+def complete_batch(
+    joined: pa.RecordBatch,
+    host: str,
+    endpoints: list[str],
+    diffs: list[DiffSummary],
+    max_body: int,
+) -> pa.RecordBatch:
+    """Lake rows from a joined batch (every SCHEMA column but ``DERIVED``, any compatible types,
+    bodies whole) and what the writer found for each row: its endpoint name and its diff summary.
+    The same rows as ``Rows.add`` makes of the records (tests/lake/test_parquet.py checks it)."""
+    n = joined.num_rows
+    endpoint = pa.array(endpoints, type=pa.string())
+    ts = joined.column("ts").cast(pa.int64()).cast(SCHEMA.field("ts").type)
+    compared = [d.compared for d in diffs]
+    derived: dict[str, Any] = {
+        "schema_version": pa.repeat(pa.scalar(LAKE_SCHEMA, pa.int16()), n),
+        "host": pa.repeat(pa.scalar(host, pa.string()), n),
+        "endpoint": endpoint,
+        "ts": ts,
+        "compared": pa.array(compared, pa.bool_()),
+        "differs": pa.array([d.count > 0 if d.compared else None for d in diffs], pa.bool_()),
+        "diff_count": pa.array([d.count if d.compared else None for d in diffs], pa.int32()),
+        "diff_paths": pa.array([d.paths for d in diffs], pa.list_(pa.string())),
+        "diff_kinds": pa.array([d.kinds for d in diffs], pa.list_(pa.string())),
+        "date": pc.strftime(ts, "%Y-%m-%d"),
+        "endpoint_key": _by_name(endpoint, endpoint_key),
+    }
+    arrays = []
+    for f in SCHEMA:
+        col = derived.get(f.name)
+        if col is None:
+            col = joined.column(f.name)
+            if f.name in ("request", "primary_response", "shadow_response"):
+                col = _cut_bodies(col, max_body)
+            col = col.cast(f.type)
+        arrays.append(col)
+    return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -219,6 +304,38 @@ def _common(d: dict[str, Any]) -> dict[str, Any]:
         "body_truncated": d["body_truncated"],
         "decoded_len": d["decoded_len"],
     }
+
+
+def diff_sides(col: pa.StructArray, rows: pa.Array) -> list[Response]:
+    """The responses of a response column at ``rows`` (present ones: the pairs the writer must
+    diff) as the per-pair diff reads them: status, headers and body, the times left at zero.
+    Field by field, headers zipped from two flat lists: a quarter of the cost of full records
+    from ``to_pylist``'s row dicts."""
+    sub = col.take(rows)
+    statuses = pc.struct_field(sub, "status").to_pylist()
+    bodies = pc.struct_field(sub, "body").to_pylist()
+    headers = pc.struct_field(sub, "headers")
+    flat = pc.list_flatten(headers)
+    names = pc.struct_field(flat, "name").to_pylist()
+    values = pc.struct_field(flat, "value").to_pylist()
+    counts = pc.list_value_length(headers).fill_null(0).to_pylist()
+    out = []
+    start = 0
+    for status, body, n in zip(statuses, bodies, counts):
+        end = start + n
+        out.append(
+            Response(
+                ts=0.0,
+                end_ts=0.0,
+                version="",
+                headers=tuple(zip(names[start:end], values[start:end])),
+                body=body,
+                body_len=len(body),
+                status=status,
+            )
+        )
+        start = end
+    return out
 
 
 def _response(d: dict[str, Any] | None) -> Response | None:

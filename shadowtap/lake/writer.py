@@ -1,13 +1,15 @@
 """Writing pairs to the lake, and reading them back.
 
 ``LakeWriter`` is a sink (``on_exchange``/``on_result``/``on_pair``/``close``, the mirror's sink
-interface; ``add`` for callers that join themselves): it names each pair's endpoint (compare's
+interface; ``add`` for callers that join themselves, ``add_joined`` for pairs joined as columns
+by export's columnar path): it names each pair's endpoint (compare's
 Templater), diffs the pair (compare's diff_responses: the per-pair summary) and writes rows in
 files of at most ``rows_per_file`` rows, partitioned Hive style by ``date`` and ``endpoint_key``:
 ``ROOT/date=2025-11-26/endpoint_key=GET_items_id-1a2b3c4d/<run>-<n>-<i>.parquet``.
 
-Files are written whole (a reader never sees a half-written file; a crash loses at most the rows
-not yet flushed); the root directory is made 0700 and every file 0600 (captured traffic).
+Files are written whole (under a hidden name, then renamed: a reader never sees a half-written
+file; a crash loses at most the rows not yet flushed); the directories are made 0700 and every
+file 0600 (captured traffic).
 Memory: at most ``rows_per_file`` rows (bodies cut at ``max_body``).
 """
 
@@ -21,7 +23,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
 
 from shadowtap.compare.config import CompareConfig
 from shadowtap.compare.diff import diff_responses
@@ -31,17 +33,21 @@ from shadowtap.lake.schema import (
     DIFF_PATHS_MAX,
     NOT_COMPARED,
     PARTITIONS,
+    SAME,
     SCHEMA,
     DiffSummary,
     Rows,
+    complete_batch,
+    diff_sides,
     pairs_from_batch,
+    rename_endpoints,
 )
-from shadowtap.records import Exchange, Result
+from shadowtap.records import Exchange, Response, Result
+
+NO_REQUEST = "? (no request)"  # the endpoint of an exchange without a request
 
 if TYPE_CHECKING:
     from typing_extensions import Self
-
-_PARTITIONING = ds.partitioning(pa.schema([SCHEMA.field(n) for n in PARTITIONS]), flavor="hive")
 
 
 class LakeWriter:
@@ -58,6 +64,9 @@ class LakeWriter:
         self.root = root
         self.config = config or CompareConfig()
         self.rows = Rows(host or socket.gethostname(), max_body)
+        self.max_body = max_body
+        self._joined: list[pa.RecordBatch] = []  # complete rows from add_joined, not yet written
+        self._joined_rows = 0
         self.rows_per_file = rows_per_file
         self.flush_interval = flush_interval  # seconds between flushes of a live writer (mirror)
         self.written = 0  # rows in files
@@ -96,14 +105,14 @@ class LakeWriter:
         self.close()
 
     # ------------------------------------------------------------------ rows
-    def summary(self, ex: Exchange, res: Result) -> DiffSummary:
-        p, s = ex.response, res.response
+    def summary(self, p: Response | None, s: Response | None) -> DiffSummary:
+        """The per-pair diff summary of the primary's and the shadow's responses."""
         if p is None or s is None:
             return NOT_COMPARED
         tol = self.config.numeric.tolerance
         diffs = diff_responses(p, s, self._ignored, tol).differences
         if not diffs:
-            return DiffSummary(True)
+            return SAME
         seen: dict[str, str] = {}
         for d in diffs:
             if d.path not in seen and len(seen) < DIFF_PATHS_MAX:
@@ -112,13 +121,47 @@ class LakeWriter:
 
     def add(self, ex: Exchange, res: Result, host: str | None = None) -> None:
         req = ex.request
-        name = (
-            self._templater.endpoint(req.method, req.target)
-            if req is not None
-            else "? (no request)"
-        )
-        self.rows.add(ex, res, name, self.summary(ex, res), host)
-        if len(self.rows) >= self.rows_per_file or (
+        name = self._templater.endpoint(req.method, req.target) if req is not None else NO_REQUEST
+        self.rows.add(ex, res, name, self.summary(ex.response, res.response), host)
+        self._maybe_flush()
+
+    def add_joined(self, joined: pa.RecordBatch) -> None:
+        """Pairs joined as columns (``export``'s columnar path: every SCHEMA column but
+        ``schema.DERIVED``, bodies whole, ``ts`` in microseconds, and ``same``: true where both
+        responses have the same status, headers and body). The rows are those ``add`` makes of
+        the records: endpoints named by the one Templater, diffs by ``summary``, which runs
+        only on the pairs that are not ``same`` (identical responses have no difference)."""
+        n = joined.num_rows
+        if n == 0:
+            return
+        req = joined.column("request")
+        method, target = req.field("method"), req.field("target")
+        key = pc.binary_join_element_wise(method, target, "\0")
+        names = pc.unique(key)
+        named = []
+        for k in names.to_pylist():
+            if k is None:
+                named.append(NO_REQUEST)
+            else:
+                m, _, t = k.partition("\0")
+                named.append(self._templater.endpoint(m, t))
+        endpoints = pc.take(
+            pa.array(named, pa.string()), pc.index_in(key, value_set=names)
+        ).to_pylist()
+        p_col, s_col = joined.column("primary_response"), joined.column("shadow_response")
+        compared = pc.and_(p_col.is_valid(), s_col.is_valid())
+        todo = pc.and_(compared, pc.invert(pc.fill_null(joined.column("same"), False)))
+        diffs = [SAME if c else NOT_COMPARED for c in compared.to_pylist()]
+        rows = pc.indices_nonzero(todo)
+        for i, p, s in zip(rows.to_pylist(), diff_sides(p_col, rows), diff_sides(s_col, rows)):
+            diffs[i] = self.summary(p, s)
+        batch = complete_batch(joined, self.rows.host, endpoints, diffs, self.max_body)
+        self._joined.append(batch)
+        self._joined_rows += n
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        if len(self.rows) + self._joined_rows >= self.rows_per_file or (
             self.flush_interval is not None
             and time.monotonic() - self._last_flush >= self.flush_interval
         ):
@@ -126,32 +169,50 @@ class LakeWriter:
 
     def flush(self) -> None:
         self._last_flush = time.monotonic()
-        if not len(self.rows):
+        batches = self._joined
+        if len(self.rows):
+            batches.append(self.rows.batch())
+        if not batches:
             return
+        self._joined, self._joined_rows = [], 0
         # Templates learnt since the first rows came: name those rows as the later ones.
-        self.rows.rename_endpoints(self._templater.retemplate)
-        batch = self.rows.batch()
-        self._seq += 1
-
-        def visit(f: ds.WrittenFile) -> None:
-            os.chmod(f.path, 0o600)
-            self.files += 1
-
-        ds.write_dataset(
-            pa.Table.from_batches([batch]),
-            self.root,
-            format="parquet",
-            partitioning=_PARTITIONING,
-            basename_template=f"{self._run}-{self._seq:05d}-{{i}}.parquet",
-            existing_data_behavior="overwrite_or_ignore",
-            file_visitor=visit,
-            max_rows_per_group=64 * 1024,
+        table = pa.Table.from_batches(
+            [rename_endpoints(b, self._templater.retemplate) for b in batches], schema=SCHEMA
         )
-        self.written += batch.num_rows
+        self._seq += 1
+        self._write(table)
+        self.written += table.num_rows
+
+    def _write(self, table: pa.Table) -> None:
+        """One file per partition (Hive style: the partition columns are the directories', not
+        the file's), written under a hidden name and renamed: whole or not at all. Sorting by
+        partition makes each partition one slice: O(rows log rows) in Arrow."""
+        import pyarrow.parquet as pq
+
+        table = table.sort_by([(n, "ascending") for n in PARTITIONS]).combine_chunks()
+        parts = [table.column(n).chunk(0) for n in PARTITIONS]
+        key = pc.binary_join_element_wise(*parts, "\0")
+        ends = pc.run_end_encode(key).run_ends.to_pylist()
+        body = table.drop_columns(list(PARTITIONS))
+        start = 0
+        for i, end in enumerate(ends):
+            values = [p[start].as_py() for p in parts]
+            folder = os.path.join(self.root, *(f"{n}={v}" for n, v in zip(PARTITIONS, values)))
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            name = f"{self._run}-{self._seq:05d}-{i}.parquet"
+            hidden = os.path.join(folder, f".{name}.part")
+            fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                pq.write_table(body.slice(start, end - start), f, row_group_size=64 * 1024)
+            os.rename(hidden, os.path.join(folder, name))
+            self.files += 1
+            start = end
 
 
 def read_lake(root: str, batch_size: int = 8192) -> Iterator[tuple[Exchange, Result, str]]:
     """Every pair of a lake directory (or of one Parquet file), with its host."""
+    import pyarrow.dataset as ds  # imports pandas: 0.5 s of CPU that writing does not need
+
     if not os.path.exists(root):
         raise InputError("no such lake directory or file", where=root)
     try:

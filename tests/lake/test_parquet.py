@@ -12,7 +12,8 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from shadowtap.lake.schema import LAKE_SCHEMA, endpoint_key
+from shadowtap.lake.export import JoinStats, columnar_pairs, file_pairs
+from shadowtap.lake.schema import LAKE_SCHEMA, SCHEMA, endpoint_key
 from shadowtap.lake.writer import LakeWriter, read_lake
 from tests.support.pairs import pairs, write_run
 
@@ -165,3 +166,76 @@ def test_nothing_to_export_is_an_error(tmp_path) -> None:
         )
         assert out.returncode == 3, out.stderr
         assert f"{ex}, {res}: no pair to export ({why}" in out.stderr, out.stderr
+
+
+def _rows(lake: str) -> list[dict]:
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(lake, format="parquet", partitioning="hive", schema=SCHEMA).to_table()
+    return sorted(table.to_pylist(), key=lambda r: (r["exchange_id"], r["copy"]))
+
+
+def _drop_lines(path: str, every: int) -> None:
+    with open(path, "rb") as f:
+        lines = f.readlines()
+    with open(path, "wb") as f:
+        f.writelines(line for i, line in enumerate(lines) if i % every)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_columnar_export_writes_the_record_paths_rows(tmp_path, gz: bool) -> None:
+    """export's columnar path (DuckDB join, diff only where responses differ) and the record
+    path (each line a record, the streaming joiner, LakeWriter.add) give the same rows, column
+    by column: bodies cut at max_body, base64 bodies, missing responses, errors, extras,
+    endpoint templates, diff summaries; and the same unmatched counts."""
+    ex, res = write_run(str(tmp_path), 3000, gz=gz)
+    if not gz:  # some results and exchanges without their partner
+        _drop_lines(ex, 101)
+        _drop_lines(res, 89)
+    lakes = {}
+    stats = {}
+    for path in ("records", "columnar"):
+        lake = lakes[path] = str(tmp_path / path)
+        st = stats[path] = JoinStats()
+        with LakeWriter(lake, host="h", max_body=40, rows_per_file=1000) as w:
+            if path == "records":
+                for e, r in file_pairs(ex, res, st):
+                    w.add(e, r)
+            else:
+                for batch in columnar_pairs(ex, res, st, batch_rows=700):
+                    w.add_joined(batch)
+    records, columnar = _rows(lakes["records"]), _rows(lakes["columnar"])
+    assert len(columnar) == len(records) > 2500
+    for a, b in zip(records, columnar):
+        assert a == b
+    assert (stats["records"].unmatched_exchanges, stats["records"].unmatched_results) == (
+        stats["columnar"].unmatched_exchanges,
+        stats["columnar"].unmatched_results,
+    )
+    if not gz:
+        assert stats["columnar"].unmatched_exchanges > 0 and stats["columnar"].unmatched_results > 0
+    assert any(r["primary_response"]["body_truncated"] for r in columnar if r["primary_response"])
+
+
+def test_export_reads_bad_lines_record_by_record(tmp_path) -> None:
+    """A line that is no valid record (bad JSON, a NaN time, an unknown error kind) makes export
+    take the record path, which names the line and exports every good pair."""
+    ex, res = write_run(str(tmp_path), 400)
+    with open(res, "a") as f:
+        f.write(
+            '{"schema":2,"exchange_id":"zz","target":"t","scheduled":1,"sent":1,'
+            '"response":null,"error":{"kind":"gone","message":"?"}}\n'
+        )
+    with open(ex, "a") as f:
+        f.write("not json\n")
+    out = subprocess.run(
+        [*SHADOWTAP, "export", str(tmp_path), "-o", str(tmp_path / "l")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "reading record by record" in out.stderr
+    assert f"{ex} line 401" in out.stderr and f"{res} line 401" in out.stderr
+    assert "exported 400 pairs" in out.stderr and "2 bad lines" in out.stderr
