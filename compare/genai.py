@@ -29,7 +29,8 @@ reasons, model names, embeddings' cosine similarity and dimension changes, and t
 side by side. Memory per endpoint is bounded by reservoirs and a fixed number of worst pairs.
 
 Cost per pair: parsing both answers (O(bytes)); identical texts stop there; differing ones add
-the rapidfuzz metrics (microseconds) and one embedding of each text (about a millisecond per KB).
+the rapidfuzz metrics (~25 us for 1 KB texts) and one embedding call for both texts (~40 us a pair
+once the words are known; scripts/bench_llm.sh measures it).
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from rapidfuzz import fuzz
+from rapidfuzz.distance import LCSseq, Levenshtein
 
 from shadowtap.compare.config import GenAiConfig
 from shadowtap.compare.decode import decode_body
 from shadowtap.compare.diff import Difference, Kind, diff_json
 from shadowtap.compare.samples import redact_text
 from shadowtap.compare.stats import Reservoir, latency_shift, percentiles
+from shadowtap.errors import PrerequisiteError
 from shadowtap.records import Exchange, Result
 from shadowtap.wire.genai import Api, Choice, Generation, parse_generation, timing
 
@@ -70,7 +74,6 @@ FLAGS = ("refusal", "truncated", "empty", "invalid_json", "error")
 _WORST = 5
 _CDF = tuple(range(0, 101, 5))
 _WORD = re.compile(r"\w+", re.UNICODE)
-_WS = re.compile(r"\s+")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'"})
 
 
@@ -82,7 +85,8 @@ _embedder_lock = threading.Lock()
 _embedders: dict[str, Embedder | None] = {}
 
 
-_WORD_CACHE_MAX = 200_000  # words whose token ids are kept (a few MB); cleared when full
+_WORD_ROWS_MAX = 32_768  # words whose summed vector is kept (32 MB of float32 at most)
+_TEXT_CACHE_MAX = 4096  # texts whose vector is kept (repeated answers: the same prompt again)
 
 
 def wordllama_embedder() -> Embedder:
@@ -91,12 +95,14 @@ def wordllama_embedder() -> Embedder:
     ``WordLlama.load`` (whose lookup misses the wheel's tokenizer directory and would fetch it).
 
     The vectors are wordllama's own (the mean of the token embeddings, normalised), computed
-    faster: a text is split on whitespace and each word's token ids come from a cache, so a word
-    is tokenized once per process instead of once per text (the tokenizer was 60% of the
-    comparison's time). The tokenizer splits on spaces before its BPE (SentencePiece's Metaspace),
-    so for whitespace-folded text (what the comparison embeds) the ids, and the vectors, are the
-    same as ``WordLlamaInference.embed``'s (tests/compare/test_genai.py checks cosine > 0.999).
-    Cost: O(words) dict lookups and one gather of the token rows."""
+    faster. wordllama is a bag of tokens and its tokenizer splits on spaces before its BPE
+    (SentencePiece's Metaspace), so for whitespace-folded text (what the comparison embeds) a
+    text's sum of token vectors is the sum over its words of each word's sum: each word is
+    tokenized and summed once per process (a row of a float32 matrix, ``_WORD_ROWS_MAX`` words,
+    cleared when full), and a text costs O(words) dict lookups, its share of one gather of the
+    batch's rows and one BLAS dot. A text seen lately (``_TEXT_CACHE_MAX``) costs a dict lookup.
+    tests/compare/test_genai.py checks the vectors against ``WordLlamaInference.embed`` (cosine
+    > 0.999)."""
     from pathlib import Path
 
     import numpy as np
@@ -110,30 +116,60 @@ def wordllama_embedder() -> Embedder:
     )
     with safe_open(str(root / "weights" / "l2_supercat_256.safetensors"), framework="np") as f:
         weights = f.get_tensor("embedding.weight")
-    cache: dict[str, tuple[int, ...]] = {}
+    dim = weights.shape[1]
+    state: dict[str, Any] = {"m": np.zeros((1024, dim), dtype=np.float32)}
+    rows: dict[str, int] = {}
+    texts: dict[str, Any] = {}
+    ones = np.ones(0, dtype=np.float32)
 
-    def one(text: str) -> Any:
-        ids: list[int] = []
-        for word in text.split():
-            t = cache.get(word)
-            if t is None:
-                if len(cache) >= _WORD_CACHE_MAX:
-                    cache.clear()
-                t = cache[word] = tuple(tokenizer.encode(word, add_special_tokens=False).ids)
-            ids.extend(t)
-        if not ids:
-            return np.zeros(weights.shape[1], dtype=np.float32)
-        v = weights[ids].astype(np.float32).sum(axis=0)  # the norm makes it the mean
-        n = float(np.linalg.norm(v))
-        return v / n if n else v
+    def row(word: str) -> int:
+        r = rows.get(word)
+        if r is None:
+            r = rows[word] = len(rows)
+            m = state["m"]
+            if r >= len(m):  # grow by doubling
+                state["m"] = m = np.concatenate([m, np.zeros_like(m)])
+            ids = tokenizer.encode(word, add_special_tokens=False).ids
+            m[r] = weights[ids].astype(np.float32).sum(axis=0) if ids else 0.0
+        return r
 
-    return lambda texts: [one(t) for t in texts]
+    def embed(batch: Sequence[str]) -> list[Any]:
+        nonlocal ones
+        out: list[Any] = [texts.get(t) for t in batch]
+        todo = [i for i, v in enumerate(out) if v is None]
+        if not todo:
+            return out
+        words = [batch[i].split() for i in todo]
+        if len(rows) + sum(map(len, words)) > _WORD_ROWS_MAX:
+            rows.clear()  # room for every word of this batch: its rows stay valid while it runs
+        get = rows.get
+        idx: list[int] = []
+        bounds = [0]
+        for ws in words:
+            r = [get(w) for w in ws]
+            idx.extend([row(w) for w in ws] if None in r else r)  # type: ignore[arg-type]
+            bounds.append(len(idx))
+        m = state["m"].take(np.array(idx, dtype=np.intp), axis=0)
+        if len(ones) < len(idx):
+            ones = np.ones(max(len(idx), 2 * len(ones)), dtype=np.float32)
+        for k, i in enumerate(todo):
+            a, b = bounds[k], bounds[k + 1]
+            v = ones[: b - a] @ m[a:b]  # the sum of the words' rows (sgemv)
+            n = float(np.sqrt(v @ v))
+            v = v / n if n else v
+            out[i] = v
+            if len(texts) >= _TEXT_CACHE_MAX:
+                del texts[next(iter(texts))]  # the oldest
+            texts[batch[i]] = v
+        return out
+
+    return embed
 
 
 def load_embedder(spec: str) -> Embedder | None:
     """``wordllama`` (default), ``none``, or ``module:callable`` returning an embedder (a function
-    from a list of texts to a 2-D array). Loaded once per process; None when disabled or when
-    wordllama is not installed (the comparison then uses ROUGE-L as its similarity)."""
+    from a list of texts to a 2-D array). Loaded once per process; None when disabled. wordllama
+    comes with the ``llm`` extra (scripts/setup.sh installs it); without it, a clear error."""
     with _embedder_lock:
         if spec in _embedders:
             return _embedders[spec]
@@ -143,8 +179,11 @@ def load_embedder(spec: str) -> Embedder | None:
         elif spec == "wordllama":
             try:
                 emb = wordllama_embedder()
-            except ImportError:
-                emb = None
+            except ImportError as exc:
+                raise PrerequisiteError(
+                    f'genai.embedder = "wordllama" needs the wordllama package ({exc})',
+                    hint='pip install "shadowtap[llm]", or set genai.embedder = "none"',
+                ) from exc
         else:
             module, _, name = spec.partition(":")
             emb = getattr(importlib.import_module(module), name or "embedder")()
@@ -179,28 +218,26 @@ class TextMetrics:
         return self.semantic if self.semantic is not None else self.rouge_l
 
 
-def _similarities(p: str, s: str, pt: list[str], st: list[str]) -> tuple[float, float, int]:
-    """(character edit similarity, token edit similarity, LCS length of the tokens): rapidfuzz
-    (the ``llm`` extra) when installed, else difflib's matching blocks (slower, an approximation
-    of the same ratios: a plain install still compares generative answers)."""
-    try:
-        from rapidfuzz import fuzz
-        from rapidfuzz.distance import LCSseq, Levenshtein
-    except ImportError:
-        from difflib import SequenceMatcher
+# ASCII text: lowercased, every byte outside [a-z0-9_] a space; then bytes.split() gives the
+# tokens of _WORD.findall(text.lower()) (``\w`` on ASCII is [A-Za-z0-9_]) at a fifth of the cost.
+_ASCII_WORDS = bytes(
+    c + 32 if 65 <= c <= 90 else c if (48 <= c <= 57 or 97 <= c <= 122 or c == 95) else 32
+    for c in range(256)
+)
 
-        lcs = sum(
-            b.size for b in SequenceMatcher(None, pt, st, autojunk=False).get_matching_blocks()
-        )
-        tokens = 2 * lcs / (len(pt) + len(st)) if pt or st else 1.0
-        return SequenceMatcher(None, p, s, autojunk=False).ratio(), tokens, lcs
-    lcs = LCSseq.similarity(pt, st) if pt and st else 0
-    return fuzz.ratio(p, s) / 100.0, Levenshtein.normalized_similarity(pt, st), lcs
+
+def _words(text: str) -> list[Any]:
+    """The word tokens of ``text``, lowercased (Unicode words; bytes for ASCII text)."""
+    if text.isascii():
+        return text.encode("ascii").translate(_ASCII_WORDS).split()
+    return _WORD.findall(text.lower())
 
 
 def text_metrics(p: str, s: str, embedder: Embedder | None, chrf: bool) -> TextMetrics:
-    pt, st = _WORD.findall(p.lower()), _WORD.findall(s.lower())
-    edit, token_edit, lcs = _similarities(p, s, pt, st)
+    """The metrics of two differing texts: rapidfuzz (microseconds for 1 KB texts) and the
+    embedding of both texts in one call of the embedder."""
+    pt, st = _words(p), _words(s)
+    lcs = LCSseq.similarity(pt, st) if pt and st else 0
     rouge = 0.0 if not lcs else 2 * lcs / (len(pt) + len(st))  # F1 of P=lcs/|s| and R=lcs/|p|
     semantic = None
     if embedder is not None:
@@ -212,8 +249,8 @@ def text_metrics(p: str, s: str, embedder: Embedder | None, chrf: bool) -> TextM
 
         score = sacrebleu.sentence_chrf(s, [p]).score / 100.0
     return TextMetrics(
-        edit,
-        token_edit,
+        fuzz.ratio(p, s) / 100.0,
+        Levenshtein.normalized_similarity(pt, st),
         rouge,
         len(s) / len(p) if p else (1.0 if not s else math.inf),
         semantic,
@@ -225,7 +262,8 @@ def text_metrics(p: str, s: str, embedder: Embedder | None, chrf: bool) -> TextM
 
 
 def _norm(text: str) -> str:
-    return _WS.sub(" ", text).strip()
+    """Whitespace folded: runs of whitespace (str.isspace, as ``\\s``) become one space."""
+    return " ".join(text.split())
 
 
 def _wants_json(request_body: Any) -> bool:

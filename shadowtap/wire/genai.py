@@ -21,7 +21,8 @@ Anomalies (names in ``Generation.anomalies``): ``stream_cut`` (ended mid-event, 
 JSON), ``stream_error`` (an error event), ``not_event_stream`` (claims ``text/event-stream`` and
 holds no event), ``body_truncated`` (cut at ``max_body``).
 
-Cost: O(body): one SSE pass, one orjson parse per event, string joins at the end.
+Cost: O(body): one SSE pass, one orjson parse and a few dict lookups per event, string joins at
+the end.
 """
 
 from __future__ import annotations
@@ -346,7 +347,8 @@ def _from_sse(body: bytes, chunks: tuple[tuple[int, float], ...], target: str) -
     anomalies: list[str] = []
     if stream.pending:
         anomalies.append(Anomaly.CUT.value)
-    if not stream.events:
+    records = stream.records
+    if not records:
         if Anomaly.CUT.value not in anomalies or not body.lstrip().startswith(
             (b"data", b":", b"event")
         ):
@@ -362,69 +364,78 @@ def _from_sse(body: bytes, chunks: tuple[tuple[int, float], ...], target: str) -
     not_json = 0
     content_times: list[float] = []
     content_events = 0
-    generic: list[dict[str, Any]] = []
-    for ev in stream.events:
-        data = ev.data
+    generic: list[dict[str, Any]] = []  # kept while no event said which API: generic SSE
+    loads, invalid = orjson.loads, orjson.JSONDecodeError
+    # Cost per event: one orjson parse and a few dict lookups (the reassembly).
+    for data, etype, _id, _retry, ts in records:
         if data == "[DONE]":
             done = True
             continue
         try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
+            obj = loads(data)
+        except invalid:
             not_json += 1
-            if len(generic) < 1000:
-                generic.append({"type": ev.type, "data": data[:1000], "ts": ev.ts})
+            if api is None and len(generic) < 1000:
+                generic.append({"type": etype, "data": data[:1000], "ts": ts})
             continue
-        if len(generic) < 1000:
+        if api is None and len(generic) < 1000:
             generic.append(
-                {"type": ev.type, "data": obj if len(data) <= 1000 else data[:1000], "ts": ev.ts}
+                {"type": etype, "data": obj if len(data) <= 1000 else data[:1000], "ts": ts}
             )
-        if not isinstance(obj, dict):
+        if type(obj) is not dict:
             continue
         if api is None:
             api = _api_of(obj, target)
-        if "error" in obj and not obj.get("choices") or ev.type == "error":
+        if "error" in obj and not obj.get("choices") or etype == "error":
             error = obj.get("error", obj)
             continue
-        if obj.get("model") and model is None:
+        if model is None and obj.get("model"):
             model = obj["model"]
-        if isinstance(obj.get("usage"), dict):
+        if "usage" in obj and isinstance(obj["usage"], dict):
             usage = obj["usage"]
         got = False
-        if api in (Api.OLLAMA_CHAT, Api.OLLAMA_GENERATE):
+        if api is Api.OLLAMA_CHAT or api is Api.OLLAMA_GENERATE:
             got = _ollama_piece(obj, ollama)
             done = done or bool(obj.get("done"))
             usage = _usage_ollama(obj) or usage
         else:
-            for pos, ch in enumerate(obj.get("choices") or ()):
-                if not isinstance(ch, dict):
-                    continue
-                idx = ch.get("index", pos)
-                acc = accs.get(idx)
-                if acc is None:
-                    acc = accs[idx] = _ChoiceAcc()
-                delta = ch.get("delta")
-                if isinstance(delta, dict):
-                    got = acc.fold(delta) or got
-                elif isinstance(ch.get("text"), str) and ch["text"]:
-                    acc.content.append(ch["text"])
-                    got = True
-                if ch.get("finish_reason"):
-                    acc.finish = ch["finish_reason"]
+            choices = obj.get("choices")
+            if choices:
+                for pos, ch in enumerate(choices):
+                    if type(ch) is not dict:
+                        continue
+                    idx = ch.get("index", pos)
+                    acc = accs.get(idx)
+                    if acc is None:
+                        acc = accs[idx] = _ChoiceAcc()
+                    delta = ch.get("delta")
+                    if type(delta) is dict:
+                        piece = delta.get("content")
+                        if len(delta) == 1 and type(piece) is str:  # content alone: the common
+                            if piece:
+                                acc.content.append(piece)
+                                got = True
+                        else:
+                            got = acc.fold(delta) or got
+                    elif isinstance(ch.get("text"), str) and ch["text"]:
+                        acc.content.append(ch["text"])
+                        got = True
+                    if ch.get("finish_reason"):
+                        acc.finish = ch["finish_reason"]
         if got:
             content_events += 1
-            if ev.ts is not None:
-                content_times.append(ev.ts)
+            if ts is not None:
+                content_times.append(ts)
     if not_json:
         anomalies.append(Anomaly.NOT_JSON.value)
     if error is not None:
         anomalies.append(Anomaly.ERROR.value)
-    last = stream.events[-1].ts
+    last = records[-1][4]
     if api is None:
         return Generation(
             Api.SSE,
             True,
-            events=len(stream.events),
+            events=len(records),
             anomalies=tuple(anomalies),
             sse_events=tuple(generic),
             last_time=last,
@@ -447,7 +458,7 @@ def _from_sse(body: bytes, chunks: tuple[tuple[int, float], ...], target: str) -
         usage,
         error,
         done,
-        len(stream.events),
+        len(records),
         content_events,
         tuple(content_times),
         last,

@@ -156,3 +156,26 @@ def test_any_chunking_gives_the_reference_events(body, cuts):
         start = end
     assert [(e.type, e.data, e.id, e.retry) for e in got] == whole
     assert all(isinstance(e, Event) for e in got)
+
+
+@settings(max_examples=300, deadline=None)
+@given(streams(), st.lists(st.integers(0, 400), max_size=12))
+def test_whole_body_pass_equals_feeding_the_chunks(body, cuts):
+    """parse_sse reads an LF-only body in one pass (split on blank lines): the same events, times,
+    pending state and counts as the incremental parser fed the same chunks."""
+    body = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    bounds = sorted({min(c, len(body)) for c in cuts} | {len(body)})
+    chunks = tuple((end, float(i)) for i, end in enumerate(bounds))
+    s = parse_sse(body, chunks)
+    p = SseParser()
+    got, start = [], 0
+    for end, ts in chunks:
+        got += p.feed(body[start:end], ts)
+        start = end
+    assert [(e.data, e.type, e.id, e.retry, e.ts) for e in got] == list(s.records)
+    assert (s.comments, s.unknown_fields, s.oversized) == (
+        p.comments,
+        p.unknown_fields,
+        p.oversized,
+    )
+    assert s.pending == p.close()
