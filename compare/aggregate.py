@@ -296,6 +296,14 @@ class Comparison:
     def pairs(self) -> int:
         return self._overall.pairs
 
+    def warm(self) -> None:
+        """Loads now what comparing may need later: the generative comparer's embedder (1-3 s,
+        holding the GIL for up to ~0.3 s at a time). The live mirror calls it before its capture
+        starts: loaded at the first generative pair, on the comparison's thread, it stalled the
+        event loop that stamps the shadow's streamed answers as they arrive."""
+        if self._genai is not None:
+            _ = self._genai.embedder
+
     def add(self, exchange: Exchange, result: Result, baseline: Result | None = None) -> None:
         with self._lock:
             self._add(exchange, result, baseline)

@@ -23,7 +23,9 @@ def open_comparison(config_path: str | None, ignore: tuple[str, ...]) -> Compari
     from shadowtap.compare.config import NoiseRule, load_config
 
     cfg = load_config(config_path).with_ignore(tuple(NoiseRule.parse(r) for r in ignore))
-    return Comparison(cfg)
+    comparison = Comparison(cfg)
+    comparison.warm()  # the embedder now, not on the comparison thread mid-run
+    return comparison
 
 
 def add(comparison: Comparison, exchange: Exchange, result: Result) -> None:

@@ -17,6 +17,7 @@ seconds), ``system_fingerprint``, the model name (``demo-llm-1`` / ``demo-llm-2`
 boundaries of a stream. ``stream_options.include_usage`` adds the usage chunk (``choices: []``).
 
 Usage: llm_service.py --version 1|2 [--host 127.0.0.1] [--port 0] [--ready-file F]
+[--token-gap-ms 1] (a real model streams a token every 10-50 ms; 1 keeps the tests short)
 (or ``add_routes(app, version)`` on another aiohttp application: the demo service does that).
 """
 
@@ -201,8 +202,9 @@ def embedding(text: str, version: int, dim: int = 64) -> list[float]:
 
 
 class LlmService:
-    def __init__(self, version: int) -> None:
+    def __init__(self, version: int, token_gap: float = TOKEN_GAP_S) -> None:
         self.version = version
+        self.token_gap = token_gap
         self.model = f"demo-llm-{version}"
         self.fingerprint = f"fp_{uuid.uuid4().hex[:10]}"  # per process: noise
 
@@ -233,7 +235,7 @@ class LlmService:
         }
         head = self._head()
         if not body.get("stream"):
-            await asyncio.sleep(TTFT_S[self.version] + TOKEN_GAP_S * len(pieces))
+            await asyncio.sleep(TTFT_S[self.version] + self.token_gap * len(pieces))
             return web.json_response(
                 {
                     **head,
@@ -263,7 +265,7 @@ class LlmService:
         await asyncio.sleep(TTFT_S[self.version])
         for i, piece in enumerate(pieces):
             if i:
-                await asyncio.sleep(TOKEN_GAP_S)
+                await asyncio.sleep(self.token_gap)
             await event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
         await event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
         if (body.get("stream_options") or {}).get("include_usage"):
@@ -295,8 +297,8 @@ class LlmService:
         )
 
 
-def add_routes(app: web.Application, version: int) -> None:
-    svc = LlmService(version)
+def add_routes(app: web.Application, version: int, token_gap: float = TOKEN_GAP_S) -> None:
+    svc = LlmService(version, token_gap)
     app.router.add_post("/v1/chat/completions", svc.chat)
     app.router.add_post("/v1/embeddings", svc.embeddings)
 
@@ -308,9 +310,11 @@ def _write_ready(path: str, data: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
-async def serve(version: int, host: str, port: int, ready_file: str | None) -> None:
+async def serve(
+    version: int, host: str, port: int, ready_file: str | None, token_gap: float = TOKEN_GAP_S
+) -> None:
     app = web.Application()
-    add_routes(app, version)
+    add_routes(app, version, token_gap)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -330,9 +334,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--ready-file")
+    ap.add_argument(
+        "--token-gap-ms", type=float, default=TOKEN_GAP_S * 1000, help="between streamed tokens"
+    )
     args = ap.parse_args(argv)
     try:
-        asyncio.run(serve(args.version, args.host, args.port, args.ready_file))
+        asyncio.run(
+            serve(args.version, args.host, args.port, args.ready_file, args.token_gap_ms / 1000)
+        )
     except KeyboardInterrupt:
         pass
 
