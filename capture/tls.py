@@ -22,8 +22,9 @@ named after the pid (``..._bcc_<pid>``); ``remove_stale_uprobes`` removes those 
 gone, and ``open`` calls it. ``close`` detaches everything (exit, Ctrl-C, SIGTERM, errors; atexit
 as a safety net).
 
-Costs: see the .c file (two traps per call, one copy). User space: one ctypes callback and one
-frame per piece (16 KiB at most), plus the framing (a few microseconds).
+Costs: see the .c file (one trap per call, emulated where tls_libs.plan_sites could place it so;
+one copy). User space: one ctypes callback and one frame per piece (16 KiB at most), plus the
+framing (a few microseconds).
 """
 
 from __future__ import annotations
@@ -407,18 +408,20 @@ class TlsSource:
         cfg[ctypes.c_int(1)] = ctypes.c_uint32(_SIDE_CODE[self.side])
         try:
             for lib in self.libraries:
-                for func, (entry, ret) in lib.probes.items():
+                # At the planned sites (tls_libs.plan_sites): a virtual address in the file,
+                # which bcc turns into the file offset as it does a symbol's.
+                for site in lib.sites:
                     b.attach_uprobe(
                         name=lib.path.encode(),
-                        sym=func.encode(),
-                        fn_name=entry.encode(),
+                        addr=site.addr,
+                        fn_name=site.entry.encode(),
                         pid=self.pid or -1,
                     )
-                    if ret is not None:
+                    if site.ret is not None:
                         b.attach_uretprobe(
                             name=lib.path.encode(),
-                            sym=func.encode(),
-                            fn_name=ret.encode(),
+                            addr=site.addr,
+                            fn_name=site.ret.encode(),
                             pid=self.pid or -1,
                         )
         except Exception as exc:

@@ -6,8 +6,20 @@ GnuTLS (libgnutls.so.30), a library named by the user (``--tls-lib``, e.g. a cop
 root), or those a process has mapped (``--pid``). ``inspect`` says what a file is and whether the
 functions are there; ``blind_spots`` what no uprobe on a shared library sees, with the reason.
 
-Reads ELF files with pyelftools (no bcc needed, so `doctor` works where bcc is missing). Cost: one
-pass over a library's dynamic symbols (a few thousand entries) per file.
+Where a probe goes (``Site``, ``plan_sites``): a uprobe is a breakpoint; when the kernel cannot
+emulate the instruction under it, it single-steps a copy of it, a second trap (measured on this
+project's 2-core VM, kernel 6.18: ~17 us a call single-stepped, ~0.5 us emulated; see
+docs/benchmarks.md). x86-64 Linux emulates push reg, call/jmp/jcc with an immediate target and nop
+(arch/x86/kernel/uprobes.c); OpenSSL 3's SSL_read/SSL_write/_ex start with ``sub $n,%rsp``, which
+it steps. They are thin wrappers: SSL_read_ex is ``sub; call ssl_read_internal`` with its
+arguments untouched, and SSL_read calls the same function; that callee starts with ``push``. So the
+read and write probes go on the callee (found by decoding the wrappers with capstone, checked as
+above; else each function's entry, as before): one cheap trap a call instead of two, and one site
+for both variants (the _ex semantics: the 4th argument is the length's pointer).
+
+Reads ELF files with pyelftools and decodes a few instructions with capstone (no bcc needed, so
+`doctor` works where bcc is missing). Cost: one pass over a library's dynamic symbols (a few
+thousand entries) per file, and the decoding of four functions.
 """
 
 from __future__ import annotations
@@ -15,8 +27,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from shadowtap.errors import InputError
 
@@ -48,10 +62,36 @@ REQUIRED = {
     Kind.OPENSSL: ("SSL_read", "SSL_write"),
     Kind.GNUTLS: ("gnutls_record_recv", "gnutls_record_send"),
 }
+# Wrapper pairs whose common callee takes both variants' calls: (plain, _ex, the entry program
+# with the _ex semantics).
+OPENSSL_SHARED = (
+    ("SSL_read", "SSL_read_ex", "enter_read_ex"),
+    ("SSL_write", "SSL_write_ex", "enter_write_ex"),
+)
 _SONAMES = re.compile(
     rb"^\s*(libssl\.so\.(?:3|1\.1)|libgnutls\.so\.30)\s.*x86-64.*=>\s*(\S+)", re.M
 )
 _VERSION = re.compile(rb"(OpenSSL \d+\.\d+\.\d+[a-z]?(?:-\w+)? +\d+ \w+ \d{4})|(BoringSSL)")
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """One attachment: BPF program ``entry`` (and ``ret``, a return probe, so ``addr`` is a
+    function's first instruction) at ``addr``, a virtual address in the library file."""
+
+    addr: int
+    entry: str
+    ret: str | None
+    observes: tuple[str, ...]  # the exported functions whose calls it sees
+    stepped: bool  # the kernel single-steps the instruction there: a second trap a call
+
+    def describe(self) -> str:
+        where = (
+            self.observes[0]
+            if len(self.observes) == 1
+            else f"{'/'.join(self.observes)} (their common callee at {self.addr:#x})"
+        )
+        return where + (" [single-stepped]" if self.stepped else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +102,7 @@ class TlsLibrary:
     present: tuple[str, ...]  # probed functions the file exports
     missing: tuple[str, ...]  # probed functions it does not
     stripped: bool  # no .symtab (exports still work: uprobes need .dynsym only)
+    sites: tuple[Site, ...] = ()  # where the probes go (plan_sites)
 
     @property
     def usable(self) -> bool:
@@ -73,7 +114,13 @@ class TlsLibrary:
         return {f: p for f, p in table.items() if f in self.present}
 
 
-def _dynamic_symbols(path: str) -> tuple[set[str], bool]:
+Symbols = Mapping[str, tuple[int, int]]  # exported function -> (address, size)
+Code = Callable[[int, int], bytes]  # (address, length) -> the file's bytes there (b"" if none)
+
+
+def _elf_view(path: str, wanted: set[str]) -> tuple[dict[str, tuple[int, int]], bool, Code]:
+    """The file's exported functions (name -> (address, size)), whether it lacks .symtab, and a
+    reader of its code by virtual address (through the PT_LOAD segments)."""
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
     from elftools.elf.sections import SymbolTableSection
@@ -82,14 +129,150 @@ def _dynamic_symbols(path: str) -> tuple[set[str], bool]:
         with open(path, "rb") as f:
             elf = ELFFile(f)
             dyn = elf.get_section_by_name(".dynsym")
-            names: set[str] = set()
+            symbols: dict[str, tuple[int, int]] = {}
             if isinstance(dyn, SymbolTableSection):
                 for sym in dyn.iter_symbols():
                     if sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF":
-                        names.add(sym.name.split("@", 1)[0])
-            return names, elf.get_section_by_name(".symtab") is None
+                        symbols[sym.name.split("@", 1)[0]] = (sym["st_value"], sym["st_size"])
+            segments = [
+                (seg["p_vaddr"], seg["p_filesz"], seg["p_offset"])
+                for seg in elf.iter_segments()
+                if seg["p_type"] == "PT_LOAD"
+            ]
+            stripped = elf.get_section_by_name(".symtab") is None
+            # The code of the functions the planner may decode, and of their callees: read now,
+            # while the file is open (a few KiB).
+            chunks: dict[int, bytes] = {}
+
+            def read(addr: int, n: int) -> bytes:
+                for vaddr, size, offset in segments:
+                    if vaddr <= addr < vaddr + size:
+                        f.seek(offset + addr - vaddr)
+                        return f.read(min(n, vaddr + size - addr))
+                return b""
+
+            for name in wanted & symbols.keys():
+                addr, size = symbols[name]
+                chunks[addr] = read(addr, min(size or _DECODE_MAX, _DECODE_MAX))
+            for callee in [_call_after_prologue(c, a) for a, c in chunks.items()]:
+                if callee is not None and callee not in chunks:
+                    chunks[callee] = read(callee, 16)
     except (OSError, ELFError) as exc:
         raise InputError(f"not a readable ELF library: {exc}", where=path) from exc
+
+    def code(addr: int, n: int) -> bytes:
+        return chunks.get(addr, b"")[:n]
+
+    return symbols, stripped, code
+
+
+# -- probe placement (pure: symbols and bytes in, sites out) --------------------------------------
+
+_DECODE_MAX = 4096  # bytes of a wrapper decoded at most (OpenSSL's are ~150)
+
+
+def _decoder() -> Any:
+    import capstone
+
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    md.detail = True
+    return md
+
+
+def emulated(insn: bytes) -> bool:
+    """Whether x86-64 Linux emulates this instruction under a uprobe (no single step): the rule of
+    arch/x86/kernel/uprobes.c, by its bytes: push reg (REX.B 0x41 allowed), call rel32,
+    jmp rel8/rel32, jcc rel8/rel32, nop 0x90 (conservative: a prefixed nop, which it emulates
+    too, is reported as stepped). ``insn`` is one whole instruction."""
+    if not insn:
+        return False
+    b0 = insn[0]
+    if len(insn) == 1:
+        return 0x50 <= b0 <= 0x57 or b0 == 0x90
+    if len(insn) == 2 and b0 == 0x41:
+        return 0x50 <= insn[1] <= 0x57
+    if b0 in (0xE8, 0xE9) and len(insn) == 5:
+        return True
+    if (b0 == 0xEB or 0x70 <= b0 <= 0x7F) and len(insn) == 2:
+        return True
+    return b0 == 0x0F and len(insn) == 6 and 0x80 <= insn[1] <= 0x8F
+
+
+def _first_insn(code: bytes, addr: int) -> bytes:
+    for insn in _decoder().disasm(code[:16], addr):
+        return bytes(insn.bytes)
+    return b""
+
+
+def _call_after_prologue(code: bytes, addr: int) -> int | None:
+    """The target of the ``call rel32`` a function opens with, when only ``endbr64``, ``nop`` or
+    ``sub $n,%rsp`` come before it: the argument registers reach the callee untouched."""
+    from capstone import x86
+
+    for insn in _decoder().disasm(code[:64], addr):
+        if insn.mnemonic in ("endbr64", "nop"):
+            continue
+        ops = insn.operands
+        if (
+            insn.mnemonic == "sub"
+            and len(ops) == 2
+            and ops[0].type == x86.X86_OP_REG
+            and ops[0].reg == x86.X86_REG_RSP
+            and ops[1].type == x86.X86_OP_IMM
+        ):
+            continue
+        if insn.mnemonic == "call" and len(ops) == 1 and ops[0].type == x86.X86_OP_IMM:
+            return int(ops[0].imm)
+        return None
+    return None
+
+
+def _calls(code: bytes, addr: int, target: int) -> bool:
+    from capstone import x86
+
+    for insn in _decoder().disasm(code, addr):
+        ops = insn.operands
+        if insn.mnemonic == "call" and len(ops) == 1 and ops[0].type == x86.X86_OP_IMM:
+            if ops[0].imm == target:
+                return True
+    return False
+
+
+def plan_sites(
+    table: Mapping[str, tuple[str, str | None]],
+    shared: tuple[tuple[str, str, str], ...],
+    symbols: Symbols,
+    code: Code,
+) -> tuple[Site, ...]:
+    """Where each probed function of ``table`` (function -> (entry, return) programs) present in
+    ``symbols`` is observed: a pair of ``shared`` (plain, _ex, _ex entry program) on the callee
+    both call when the _ex one opens with a call to it (arguments untouched), the plain one calls
+    it too, it is not the entry of either, and its first instruction is emulated (else nothing is
+    gained); every other function at its own entry."""
+    sites: list[Site] = []
+    done: set[str] = set()
+    for plain, ex, entry in shared:
+        if plain not in symbols or ex not in symbols or plain not in table or ex not in table:
+            continue
+        ex_addr, ex_size = symbols[ex]
+        target = _call_after_prologue(code(ex_addr, min(ex_size or 64, 64)), ex_addr)
+        if target is None or target in (symbols[plain][0], ex_addr):
+            continue
+        if not emulated(_first_insn(code(target, 16), target)):
+            continue
+        p_addr, p_size = symbols[plain]
+        if not _calls(code(p_addr, min(p_size or _DECODE_MAX, _DECODE_MAX)), p_addr, target):
+            continue
+        sites.append(Site(target, entry, table[ex][1], (plain, ex), False))
+        done |= {plain, ex}
+    for func, (entry_prog, ret) in table.items():
+        if func in done or func not in symbols:
+            continue
+        addr = symbols[func][0]
+        sites.append(
+            Site(addr, entry_prog, ret, (func,), not emulated(_first_insn(code(addr, 16), addr)))
+        )
+    return tuple(sites)
 
 
 def _version(path: str, kind: Kind) -> str:
@@ -119,7 +302,9 @@ def _version(path: str, kind: Kind) -> str:
 
 def inspect(path: str) -> TlsLibrary:
     """What ``path`` is and which of the probed functions it exports."""
-    names, stripped = _dynamic_symbols(path)
+    everything = set(OPENSSL_PROBES) | set(GNUTLS_PROBES)
+    symbols, stripped, code = _elf_view(path, everything)
+    names = symbols.keys()
     base = os.path.basename(path)
     if "gnutls" in base or "gnutls_record_recv" in names:
         kind = Kind.GNUTLS
@@ -130,8 +315,15 @@ def inspect(path: str) -> TlsLibrary:
     table = GNUTLS_PROBES if kind is Kind.GNUTLS else OPENSSL_PROBES
     present = tuple(f for f in table if f in names)
     missing = tuple(f for f in table if f not in names)
+    shared = OPENSSL_SHARED if kind is Kind.OPENSSL else ()
     return TlsLibrary(
-        os.path.realpath(path), kind, _version(path, kind), present, missing, stripped
+        os.path.realpath(path),
+        kind,
+        _version(path, kind),
+        present,
+        missing,
+        stripped,
+        plan_sites(table, shared, symbols, code),
     )
 
 

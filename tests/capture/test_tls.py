@@ -235,18 +235,13 @@ def connect(port: int, tls: bool, ca: str) -> http.client.HTTPConnection:
 
 
 def ssl_read_byte(pid: int) -> int:
-    """The first byte of SSL_read in ``pid``'s mapping of libssl: 0xCC while a uprobe is on it."""
+    """The first byte of the probe site that observes SSL_read (its entry, or the callee it shares
+    with SSL_read_ex: tls_libs.plan_sites) in ``pid``'s mapping of libssl: 0xCC while a uprobe is
+    on it."""
     from shadowtap.capture import tls_libs
 
     lib = [p for p in tls_libs.process_libraries(pid) if "libssl" in p][0]
-    from elftools.elf.elffile import ELFFile
-
-    with open(lib, "rb") as f:
-        elf = ELFFile(f)
-        sym = next(
-            s for s in elf.get_section_by_name(".dynsym").iter_symbols() if s.name == "SSL_read"
-        )
-        value = sym["st_value"]
+    value = next(s.addr for s in tls_libs.inspect(lib).sites if "SSL_read" in s.observes)
     real = os.path.realpath(lib)
     base = None
     with open(f"/proc/{pid}/maps") as maps:
@@ -267,6 +262,7 @@ def test_command_writes_pcap_tshark_reads_and_kill9_leaves_no_uprobe(servers, tm
     tshark = lab.require_tool("tshark")
     port = servers.nginx_tls
     holder = subprocess.Popen([sys.executable, "-c", "import ssl, time; time.sleep(600)"])
+    agent = None
     try:
         lab.wait_for(
             lambda: any("libssl" in p for p in _maps(holder.pid)), 30, "python to map libssl"
@@ -342,6 +338,9 @@ def test_command_writes_pcap_tshark_reads_and_kill9_leaves_no_uprobe(servers, tm
         if events.exists():
             assert f"_bcc_{agent.pid}" not in events.read_text()
     finally:
+        if agent is not None and agent.p.poll() is None:  # a failed assert: no probe left on
+            agent.p.kill()
+            agent.p.wait()
         holder.kill()
         holder.wait()
 

@@ -18,6 +18,61 @@ def test_system_openssl_is_found_with_its_version_and_functions():
     assert lib.version.startswith("OpenSSL ")
     assert {"SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex"} <= set(lib.present)
     assert set(lib.probes) == set(lib.present)
+    # every probed function is observed by exactly one site
+    observed = [f for site in lib.sites for f in site.observes]
+    assert sorted(observed) == sorted(lib.present)
+    # this machine's OpenSSL 3: the read and write probes sit on the wrappers' common callees,
+    # whose first instruction the kernel emulates (no single step: ~0.5 us a call, not ~17)
+    rw = [s for s in lib.sites if {"SSL_read", "SSL_write"} & set(s.observes)]
+    assert [s.observes for s in rw] == [("SSL_read", "SSL_read_ex"), ("SSL_write", "SSL_write_ex")]
+    assert not any(s.stepped for s in rw)
+
+
+def _call(at: int, target: int) -> bytes:
+    return b"\xe8" + (target - (at + 5)).to_bytes(4, "little", signed=True)
+
+
+SUB8, SUB24, PUSH_R13, RET = b"\x48\x83\xec\x08", b"\x48\x83\xec\x18", b"\x41\x55", b"\xc3"
+
+
+def _plan(callee_head: bytes, plain_calls: bool = True, endbr: bool = False):
+    """OpenSSL-shaped wrappers, crafted: SSL_read_ex at 0x1000 = [endbr64] sub; call 0x2000;
+    SSL_read at 0x1100 = sub; call 0x2000 (or elsewhere); the callee starts with ``callee_head``."""
+    head = (b"\xf3\x0f\x1e\xfa" if endbr else b"") + SUB8
+    ex = head + _call(0x1000 + len(head), 0x2000) + RET
+    plain = SUB24 + _call(0x1104, 0x2000 if plain_calls else 0x3000) + RET
+    code = {0x1000: ex, 0x1100: plain, 0x2000: callee_head + RET}
+    symbols = {"SSL_read_ex": (0x1000, len(ex)), "SSL_read": (0x1100, len(plain))}
+    return tls_libs.plan_sites(
+        tls_libs.OPENSSL_PROBES,
+        tls_libs.OPENSSL_SHARED,
+        symbols,
+        lambda addr, n: code.get(addr, b"")[:n],
+    )
+
+
+def test_read_probes_go_on_the_common_callee_when_its_first_instruction_is_emulated():
+    for endbr in (False, True):
+        (site,) = _plan(PUSH_R13, endbr=endbr)
+        assert (site.addr, site.entry, site.ret) == (0x2000, "enter_read_ex", "leave_call")
+        assert site.observes == ("SSL_read", "SSL_read_ex") and not site.stepped
+
+
+def test_read_probes_stay_on_each_entry_otherwise():
+    # the callee would be single-stepped too (nothing gained), or SSL_read does not call it
+    for sites in (_plan(SUB24 + PUSH_R13), _plan(PUSH_R13, plain_calls=False)):
+        assert sorted((s.observes, s.addr, s.entry, s.stepped) for s in sites) == [
+            (("SSL_read",), 0x1100, "enter_read", True),
+            (("SSL_read_ex",), 0x1000, "enter_read_ex", True),
+        ]
+
+
+def test_which_instructions_the_kernel_emulates():
+    yes = [b"\x53", b"\x41\x57", b"\x90", _call(0, 64), b"\xeb\x10", b"\x74\x02",
+           b"\x0f\x84\x07\x03\x00\x00", b"\xe9\x00\x00\x00\x00"]
+    no = [SUB8, b"\x48\x85\xff", b"\xf3\x0f\x1e\xfa", b"\x45\x31\xc0", b""]
+    assert all(tls_libs.emulated(i) for i in yes)
+    assert not any(tls_libs.emulated(i) for i in no)
 
 
 def test_an_executable_without_tls_is_not_usable():
