@@ -99,11 +99,21 @@ PY
 fi
 n_ex=$(wc -l < "$work/ex.jsonl")
 
+# End to end: from the command's start to its end (the results file complete), as a user times a
+# load test; /usr/bin/time gives the CPU of the command and its children (user+sys) and peak RSS.
+timed() {  # timed NAME CMD...: runs CMD, writes NAME.wall (seconds) and NAME.time (GNU time)
+  local name=$1; shift
+  local t0 t1
+  t0=$(date +%s.%N)
+  /usr/bin/time -f "%U %S %M" -o "$work/$name.time" "$@" >"$work/$name.json" 2>"$work/$name.err"
+  t1=$(date +%s.%N)
+  echo "$t0 $t1" > "$work/$name.wall"
+}
 wrk1=$(wrk_rps "$W")
-"${cli_pin[@]}" "$ST" replay "$work/ex.jsonl" -t "http://127.0.0.1:$port" --speed max -c "$C" --preload --no-progress --json \
-  -o "$work/max.jsonl" >"$work/max.json" 2>/dev/null
-"${cli_pin[@]}" "$ST" replay "$work/ex.jsonl" -t "http://127.0.0.1:$port" --speed max -c "$C" --no-progress --json \
-  -o "$work/max_stream.jsonl" >"$work/max_stream.json" 2>/dev/null
+timed max "${cli_pin[@]}" "$ST" replay "$work/ex.jsonl" -t "http://127.0.0.1:$port" --speed max -c "$C" --preload \
+  --no-progress --json -o "$work/max.jsonl"
+timed max_stream "${cli_pin[@]}" "$ST" replay "$work/ex.jsonl" -t "http://127.0.0.1:$port" --speed max -c "$C" \
+  --no-progress --json -o "$work/max_stream.jsonl"
 wrk2=$(wrk_rps "$W")
 
 # 2. Recorded timing at 1k/s and 5k/s (Poisson arrivals over C connections).
@@ -185,6 +195,14 @@ print(f"wrk -t1 -c{c}: {wrk1:,.0f} and {wrk2:,.0f} req/s (mean {wrk:,.0f})")
 print(f"shadowtap replay --speed max --preload: {st:,.0f} req/s ({sent} sent, {ok} 2xx, client CPU "
       f"{100 * pre['cpu_s'] / pre['elapsed_s']:.0f}% of elapsed) = {100 * st / wrk:.1f}% of wrk (goal >= 30%)")
 print(f"shadowtap replay --speed max (streaming input): {st_stream:,.0f} req/s = {100 * st_stream / wrk:.1f}% of wrk")
+for name, what in (("max", "--preload"), ("max_stream", "streaming input")):
+    t0, t1 = map(float, open(f"{work}/{name}.wall").read().split())
+    user, sys_, rss = open(f"{work}/{name}.time").read().split()[-3:]
+    lines = sum(1 for _ in open(f"{work}/{name}.jsonl", "rb"))
+    e2e = lines / (t1 - t0)
+    print(f"  end to end ({what}): {lines} results in {t1 - t0:.2f} s = {e2e:,.0f} req/s = "
+          f"{100 * e2e / wrk:.1f}% of wrk (goal >= 50%); CPU user+sys {float(user) + float(sys_):.2f} s, "
+          f"peak RSS {int(rss) // 1024} MiB")
 for rate, goal in ((1000, 2.0), (5000, 5.0)):
     rs = [orjson.loads(line) for line in open(f"{work}/r{rate}.jsonl", "rb")]
     rs.sort(key=lambda r: r["scheduled"])

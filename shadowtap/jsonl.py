@@ -122,7 +122,11 @@ class JsonlWriter:
                 self._out = self._raw
 
     def write(self, obj: dict[str, Any]) -> None:
-        self._out.write(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
+        self.write_line(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
+
+    def write_line(self, line: bytes) -> None:
+        """One line already encoded (a JSON object and its newline: a merge of other files')."""
+        self._out.write(line)
         self.count += 1
         now = time.monotonic()
         if now - self._last_flush >= self._flush_interval:
@@ -173,9 +177,12 @@ def read_jsonl(
     decode: Callable[[dict[str, Any]], T],
     on_error: Callable[[InputError], None] | None = None,
     keep: Callable[[bytes], bool] | None = None,
+    other: Callable[[bytes], T | None] | None = None,
 ) -> Iterator[T]:
     """Yield ``decode(obj)`` for each line of ``path`` (each line ``keep(line)`` accepts, when
-    given: a cheap test on the raw bytes that spares the parse of lines another reader takes).
+    given: a cheap test on the raw bytes that spares the parse of lines another reader takes;
+    ``other(line)``, when given and not None, is yielded for the lines ``keep`` rejects: a
+    placeholder of another reader's line).
 
     A malformed line (bad JSON, or ``decode`` raising ValueError/KeyError/TypeError) is reported to
     ``on_error`` as an InputError naming the file and line, and skipped; without ``on_error`` it
@@ -195,7 +202,13 @@ def read_jsonl(
             if not line:
                 return
             lineno += 1
-            if not line.strip() or (keep is not None and not keep(line)):
+            if keep is not None and not keep(line):
+                if other is not None:
+                    placeholder = other(line)
+                    if placeholder is not None:
+                        yield placeholder
+                continue
+            if not line.strip():
                 continue
             try:
                 obj = orjson.loads(line)

@@ -67,6 +67,17 @@ def replay(
             "is not bounded by input decoding; about 1 KB of memory an exchange).",
         ),
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            "-w",
+            help="Sender processes, each owning whole captured connections (their order kept), "
+            "one clock, one results file; default: the CPUs available (JSONL file input; 1 for a "
+            "capture or stdin).",
+            min=1,
+        ),
+    ] = None,
     timeout: opt.Timeout = 10.0,
     connect_timeout: opt.ConnectTimeout = 5.0,
     ca: opt.Ca = None,
@@ -197,6 +208,7 @@ def replay(
         max_body=max_body,
         check_target=check,
         preload=preload,
+        workers=workers,
         ports=tuple(port or ()),
         bpf_filter=bpf_filter,
         keep_secrets=keep_secrets,
