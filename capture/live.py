@@ -77,6 +77,12 @@ class CaptureConfig:
     # Hand each packet over as it arrives (the live mirror). Else the reader wakes in batches:
     # pcap's 100 ms ring blocks, eBPF's every-N-records wake-up with a short poll timeout.
     immediate: bool = False
+    # With ``immediate``: at most one read every ``coalesce`` seconds. Packets that come meanwhile
+    # wait in the kernel's buffer and are read as one batch: under load the reader (and whatever
+    # each batch wakes: the mirror's pipe and event loop) wakes at most 1/coalesce times a second
+    # instead of once a packet, for at most ``coalesce`` more latency; a packet after a quiet
+    # moment is still read at once.
+    coalesce: float = 0.0
     spool_dir: str | None = (
         None  # where `capture` makes its private spool directory (default: $TMPDIR)
     )
@@ -366,13 +372,20 @@ def _read_loop(
     # The duration counts from the first read, not from ``start``: opening a source may take
     # seconds (the TLS source compiles its program) that must not eat the capture's time.
     deadline = time.monotonic() + config.duration if config.duration is not None else None
+    coalesce = config.coalesce
+    read_at = 0.0  # when the last read that returned packets ended
     while not stop_event.is_set():
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             break
+        if coalesce and now - read_at < coalesce:
+            time.sleep(coalesce - (now - read_at))
         wait = READ_TIMEOUT if deadline is None else max(0.0, min(READ_TIMEOUT, deadline - now))
-        consume(src.read(wait))
+        frames = src.read(wait)
+        consume(frames)
         now = time.monotonic()
+        if frames:
+            read_at = now
         if now - last_tick >= FLUSH_INTERVAL:
             if src.name != "tls" and not os.path.isdir(f"/sys/class/net/{config.iface}"):
                 raise InputError(f"interface {config.iface} went away during the capture")

@@ -26,7 +26,7 @@ class Pair:
     result: Result
 
 
-def _size(rec: Exchange | Result) -> int:
+def body_size(rec: Exchange | Result) -> int:
     """Bytes of bodies a record holds (the rest is small and bounded by the headers' limits)."""
     if isinstance(rec, Exchange):
         return (len(rec.request.body) if rec.request is not None else 0) + (
@@ -58,7 +58,7 @@ class Pairer:
         """An exchange whose request was sent (or is queued) to the shadow."""
         other = self._waiting.pop(ex.id, None)
         if other is not None:
-            self.bytes -= _size(other[1])
+            self.bytes -= body_size(other[1])
         if other is not None and isinstance(other[1], Result):
             self.paired += 1
             return Pair(ex, other[1])
@@ -68,7 +68,7 @@ class Pairer:
     def add_result(self, res: Result, now: float) -> Pair | None:
         other = self._waiting.pop(res.exchange_id, None)
         if other is not None:
-            self.bytes -= _size(other[1])
+            self.bytes -= body_size(other[1])
         if other is not None and isinstance(other[1], Exchange):
             self.paired += 1
             return Pair(other[1], res)
@@ -77,7 +77,7 @@ class Pairer:
 
     def _hold(self, key: str, rec: Exchange | Result, now: float) -> None:
         self._waiting[key] = (now, rec)
-        self.bytes += _size(rec)
+        self.bytes += body_size(rec)
         while len(self._waiting) > 1 and (
             len(self._waiting) > self.capacity or self.bytes > self.max_bytes
         ):
@@ -85,7 +85,7 @@ class Pairer:
 
     def _evict_oldest(self) -> Exchange | Result:
         _, (_, rec) = self._waiting.popitem(last=False)
-        self.bytes -= _size(rec)
+        self.bytes -= body_size(rec)
         if isinstance(rec, Exchange):
             self.evicted_exchanges += 1
         else:

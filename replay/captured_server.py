@@ -212,5 +212,12 @@ class OwnPorts:
         """Whether the captured ``client`` endpoint is one of our own connections."""
         if not isinstance(client, str):
             return False
+        # The port's byte first (a slice and an int, per captured request): most clients are
+        # not ours, and only a marked port is worth parsing the whole endpoint for.
+        try:
+            if self._ports[int(client[client.rindex(":") + 1 :])] != 1:
+                return False
+        except (ValueError, IndexError):
+            return False
         ep = Endpoint.parse(client)
         return ep is not None and self._ports[ep.port] == 1 and self.host.has(ep.ip)

@@ -15,7 +15,8 @@
 #                                      # BENCH_LATENCY_RATE (1000), BENCH_LATENCY_ROUNDS (5), BENCH_BACKEND (ebpf),
 #                                      # BENCH_NO_RATES=1 (part 2 only), BENCH_NO_LATENCY=1 (part 1 only) override
 #  Each step of part 1 also prints the CPU time of both mirror processes over the load window
-#  (/proc, the start excluded) per request at the shadow, and the primary nginx's per request served.
+#  (/proc, the start excluded) per request at the shadow (and the capture process's share of it),
+#  and the primary nginx's per request served.
 # Goal (issue 6): >= 5k requests/s mirrored without loss, lag p99 <= 20 ms, primary p99 up <= 5%.
 # Goal (issue 17): <= 60 us of mirror CPU a mirrored request; lossless to >= 15k/s.
 set -euo pipefail
@@ -180,7 +181,7 @@ try:
           f"hey -c {WORKERS}+ (1 per 800/s), {SECONDS:g} s a step; nginx primary and shadow; "
           f"load average before: {os.getloadavg()[0]:.1f}")
     print(f"{'target/s':>8} {'served/s':>9} {'sent':>7} {'at shadow':>9} {'ratio':>8} {'dropped':>8} "
-          f"{'lag p50':>8} {'lag p99':>8} {'catch-up':>8} {'mirror cpu/req':>14} {'nginx cpu/req':>13}  "
+          f"{'lag p50':>8} {'lag p99':>8} {'catch-up':>8} {'mirror cpu/req':>14} {'of it capture':>13} {'nginx cpu/req':>13}  "
           f"sleeper late p99/max")
     best = 0.0
     best_lag: tuple[float, float] | None = None
@@ -194,9 +195,11 @@ try:
         # CPU over the load only (not the start: imports, the BPF compile): both processes of the
         # mirror, and the primary's nginx as the peer (what serving a request costs).
         cpu0, nginx0 = cpu_seconds(proc.pid), cpu_seconds(servers[0].pid, children=False)
+        main0 = cpu_seconds(proc.pid, children=False)
         load = hey(client, f"http://{PRIMARY}:{PORT}/bench", rate, SECONDS, WORKERS)
         time.sleep(1)  # the last requests' results
         cpu1, nginx1 = cpu_seconds(proc.pid), cpu_seconds(servers[0].pid, children=False)
+        main1 = cpu_seconds(proc.pid, children=False)
         late = sleeper.communicate(timeout=60)[0].split()
         catch_up = stop(proc)
         got = shadow_count(access) - before
@@ -207,10 +210,12 @@ try:
             best, best_lag = load["rps"], (p50, p99)
         per_req = (cpu1 - cpu0) / max(1, got) * 1e6
         nginx_req = (nginx1 - nginx0) / max(1, load["sent"]) * 1e6
+        capture_req = ((cpu1 - cpu0) - (main1 - main0)) / max(1, got) * 1e6
         cpu_rows.append((per_req, nginx_req))
         print(f"{rate or 'max':>8} {load['rps']:9.0f} {load['sent']:7d} {got:9d} {ratio:8.4f} "
               f"{summary.get('dropped', '?'):>8} {p50:7.1f}ms {p99:7.1f}ms {catch_up:7.1f}s "
-              f"{per_req:11.0f} us {nginx_req:10.0f} us  {late[0]}/{late[1]} ms", flush=True)
+              f"{per_req:11.0f} us {capture_req:10.0f} us {nginx_req:10.0f} us  {late[0]}/{late[1]} ms",
+              flush=True)
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(run, ignore_errors=True)
     print()

@@ -132,6 +132,14 @@ class JsonlWriter:
         if now - self._last_flush >= self._flush_interval:
             self.flush()
 
+    def write_lines(self, lines: list[bytes]) -> None:
+        """Lines already serialised (each ending with a newline), in one write call."""
+        self._out.write(b"".join(lines))
+        self.count += len(lines)
+        now = time.monotonic()
+        if now - self._last_flush >= self._flush_interval:
+            self.flush()
+
     def flush(self) -> None:
         self._out.flush()
         if self._raw is not None and self._out is not self._raw:

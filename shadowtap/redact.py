@@ -305,6 +305,10 @@ def _content_kind(headers: Headers) -> str | None:
     return None
 
 
+HEADS_MEMO = 512  # distinct heads a Redactor remembers (Redactor.headers)
+_UNSEEN = object()
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Redactor:
     """Replaces secret values with keyed hashes in headers, request targets and bodies."""
@@ -312,6 +316,13 @@ class Redactor:
     key: bytes
     names: frozenset[str] = frozenset(DEFAULT_SECRET_HEADERS)  # secret header names, lower case
     rules: SecretRules = dataclasses.field(default_factory=SecretRules)
+    # Heads already redacted -> their redacted form (None: unchanged). A service's heads repeat
+    # (the same fields, a Date that changes once a second), so the per-field name and shape checks
+    # run once per distinct head, not once a message: a dict lookup (the tuple's hash, in C) for
+    # the rest. At most HEADS_MEMO heads (cleared when full); a pure function of the key and rules.
+    _heads: dict[Headers, Headers | None] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def default(cls, extra: Iterable[str] = ()) -> Redactor:
@@ -333,6 +344,16 @@ class Redactor:
 
     # -- pieces
     def headers(self, headers: Headers) -> Headers:
+        memo = self._heads
+        out = memo.get(headers, _UNSEEN)
+        if out is _UNSEEN:
+            new = self._headers(headers)
+            if len(memo) >= HEADS_MEMO:
+                memo.clear()
+            memo[headers] = out = None if new is headers else new
+        return headers if out is None else out  # type: ignore[return-value]
+
+    def _headers(self, headers: Headers) -> Headers:
         rules = self.rules
         names = self.names
         out = None

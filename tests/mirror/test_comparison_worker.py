@@ -100,3 +100,19 @@ def test_final_snapshot_recomputes_endpoints_a_live_one_left_stale():
     live = counts(mirror_compare.snapshot(c))
     assert sum(live.values()) < 40  # the budget let one endpoint be recomputed
     assert counts(mirror_compare.snapshot(c, final=True)) == {f"GET /e{k}": 10 for k in range(4)}
+
+
+def test_batches_are_compared_in_order_like_single_pairs():
+    one, many = Comparison(CompareConfig()), Comparison(CompareConfig())
+    w1, w2 = mirror_compare.Worker(one), mirror_compare.Worker(many)
+    pairs = [pair(i, "/a" if i % 3 else "/b") for i in range(100)]
+    for p in pairs:
+        w1.add(*p)
+    w2.add_batch(pairs[:60])
+    w2.add_batch([])
+    w2.add_batch(pairs[60:])
+    w1.close()
+    w2.close()
+    a, b = mirror_compare.snapshot(one, final=True), mirror_compare.snapshot(many, final=True)
+    assert counts(a) == counts(b) == {"GET /a": 66, "GET /b": 34}
+    assert a.result == b.result

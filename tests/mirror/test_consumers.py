@@ -100,3 +100,23 @@ def test_close_runs_every_hook_and_says_what_failed() -> None:
     failed = asyncio.run(Consumers([Fails(), After()]).close())
     assert order == ["fails", "after"]
     assert failed == ["closing Fails failed: OSError: disk full"]
+
+
+def test_run_directory_writes_pairs_in_batches_and_everything_by_close(tmp_path) -> None:
+    import orjson
+
+    from shadowtap.mirror.consumers import RunDirectory
+    from shadowtap.mirror.pairing import Pair
+
+    run = RunDirectory(str(tmp_path))
+    run.start()
+    for i in range(5):
+        run.on_pair(Pair(_exchange(f"x{i}"), _result(f"x{i}")))
+    run.tick(0.0)  # a tick writes what was gathered (the writer flushes within a second)
+    run.on_pair(Pair(_exchange("x5"), _result("x5")))
+    run.close()
+    exchanges = [orjson.loads(x) for x in (tmp_path / "exchanges.jsonl").read_bytes().splitlines()]
+    results = [orjson.loads(x) for x in (tmp_path / "results.jsonl").read_bytes().splitlines()]
+    assert [e["id"] for e in exchanges] == [f"x{i}" for i in range(6)]
+    assert [r["exchange_id"] for r in results] == [f"x{i}" for i in range(6)]
+    assert exchanges[0] == _exchange("x0").to_json()

@@ -44,3 +44,22 @@ def test_exchange_redaction_keeps_the_rest():
         response=None,
     )
     assert Redactor(b"k" * 32).exchange(plain) is plain
+
+
+def test_heads_seen_before_give_the_same_redaction_and_the_same_object_when_clean():
+    import shadowtap.redact as redact
+
+    r = Redactor(b"k" * 32)
+    secret = (("Host", "h"), ("Authorization", "Bearer s3cret-value-0123456789"))
+    clean = (("Host", "h"), ("Accept", "*/*"))
+    first = r.headers(secret)
+    again = r.headers(tuple(tuple(h) for h in secret))  # an equal head, another object
+    assert again == first and again[1][1].startswith("redacted:")
+    assert Redactor(b"k" * 32).headers(secret) == first  # as a fresh (unmemoised) redactor says
+    assert r.headers(clean) is clean
+    copy = tuple(tuple(h) for h in clean)
+    assert r.headers(copy) is copy  # unchanged heads come back as given, not as the first one
+    for i in range(redact.HEADS_MEMO + 10):  # bounded
+        r.headers((("X-N", str(i)),))
+    assert len(r._heads) <= redact.HEADS_MEMO
+    assert r.headers(secret) == first
