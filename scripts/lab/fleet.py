@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -457,7 +459,7 @@ def run(action: str, lab: single.Lab, n: int, *, as_json: bool = False, **up_kw:
     """``lab.py ACTION --fleet N`` (``down`` is lab.py's, which stops a fleet first)."""
     if action == "env":
         for k, v in env(lab, n or fleet_size(lab)).items():
-            print(f"{k}={v}")
+            print(f"{k}={shlex.quote(v)}")  # for eval: some hold spaces
         return 0
     if action == "up":
         up(lab, n, **up_kw)
@@ -467,3 +469,67 @@ def run(action: str, lab: single.Lab, n: int, *, as_json: bool = False, **up_kw:
     else:
         print_status(st)
     return 0 if st["state"] == "up" else 1
+
+
+# --- the demo's helper ----------------------------------------------------------------------------
+
+
+def split_by_host(url: str, out_dir: str, results: list[str]) -> dict[str, dict[str, int]]:
+    """A fleet run's exchanges from its stream, and the replay's results, into one pair of files
+    per agent host (``exchanges-<host>.jsonl``, ``results-<host>.jsonl``, 0600) for ``shadowtap
+    export --host``; returns {host: {"exchanges": n, "results": n}}. Results of an exchange that
+    is not in the stream go to ``results-unknown.jsonl``."""
+    import orjson
+
+    from shadowtap.jsonl import create_private, read_jsonl
+    from shadowtap.lake.nats import stream_records
+
+    os.makedirs(out_dir, mode=0o700, exist_ok=True)
+    files: dict[str, Any] = {}
+    counts: dict[str, dict[str, int]] = {}
+    host_of: dict[str, str] = {}
+
+    def out(name: str) -> Any:
+        if name not in files:
+            files[name] = create_private(os.path.join(out_dir, name))
+        return files[name]
+
+    try:
+        for kind, host, rec in stream_records(url):
+            if kind != "x":
+                continue
+            host = host or "unknown"
+            host_of[orjson.loads(rec)["id"]] = host
+            out(f"exchanges-{host}.jsonl").write(rec + b"\n")
+            counts.setdefault(host, {"exchanges": 0, "results": 0})["exchanges"] += 1
+        for path in results:
+            for res in read_jsonl(path, lambda d: d):
+                host = host_of.get(res.get("exchange_id", ""), "unknown")
+                out(f"results-{host}.jsonl").write(orjson.dumps(res) + b"\n")
+                counts.setdefault(host, {"exchanges": 0, "results": 0})["results"] += 1
+    finally:
+        for f in files.values():
+            f.close()
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m shadowtap.lab.fleet split URL DIR [RESULTS...]`` (the fleet demo's step)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Split a fleet run by agent host.")
+    ap.add_argument("action", choices=("split",))
+    ap.add_argument("url", help="nats://host:4222/SUBJECT")
+    ap.add_argument("out_dir")
+    ap.add_argument("results", nargs="*", help="replay's results files")
+    args = ap.parse_args(argv)
+    try:
+        print(json.dumps(split_by_host(args.url, args.out_dir, args.results)))
+    except ShadowtapError as exc:
+        print(f"fleet: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -84,6 +84,8 @@ def batch_weight(ident: str) -> int:
 
 
 _ACK_TIMEOUT = 5.0
+_ACK_WAIT = 60.0  # a consumer's messages are redelivered if not acked (or "in progress") by then
+_IN_PROGRESS_EVERY = _ACK_WAIT / 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,12 +465,12 @@ class GroupConsumer:
             self._loop.call_soon_threadsafe(done.set)  # acked by the consumer's loop
 
     def close(self) -> None:
+        """Stop; batches handed over but not taken are not acknowledged (redelivered to the
+        group later: at-least-once)."""
         self._stop.set()
         with contextlib.suppress(Exception):
-            while True:
-                item = self._out.get_nowait()
-                if item is not None:
-                    self._loop.call_soon_threadsafe(item[1].set)
+            while True:  # unblocks a hand-over in progress
+                self._out.get_nowait()
         self._thread.join(30)
 
     def _run(self) -> None:
@@ -558,7 +560,7 @@ class GroupConsumer:
                             stream=self.url.stream,
                             config=ConsumerConfig(
                                 ack_policy=AckPolicy.EXPLICIT,
-                                ack_wait=60,
+                                ack_wait=_ACK_WAIT,
                                 max_ack_pending=self.batch * 4,
                             ),
                         )
@@ -576,8 +578,25 @@ class GroupConsumer:
                             for line in records_of(m.data)
                         )
                     done = asyncio.Event()
-                    await asyncio.to_thread(self._out.put, (records, done))
-                    await done.wait()
+                    handed = asyncio.ensure_future(
+                        asyncio.to_thread(self._out.put, (records, done))
+                    )
+                    beat = time.monotonic()
+                    while not done.is_set() and not self._stop.is_set():
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(done.wait(), 0.5)
+                        if time.monotonic() - beat >= _IN_PROGRESS_EVERY:
+                            # A fetch may hold thousands of records (messages are batches) that
+                            # replay sends at the recorded pace: "still working" keeps them
+                            # ours past ack_wait instead of redelivered to another member.
+                            beat = time.monotonic()
+                            for m in msgs:
+                                with contextlib.suppress(Exception):
+                                    await m.in_progress()
+                    if not done.is_set():  # closed mid-batch: not acked, redelivered later
+                        handed.cancel()
+                        break
+                    await handed
                     for m in msgs:
                         await m.ack()
                     got = True

@@ -6,10 +6,13 @@ process behind. Its own prefix and run directory."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +21,7 @@ from shadowtap.lab import lab as labmod
 from tests.lab.test_lab import _alive, _namespaces
 from tests.support.prereq import require_root, require_tool
 
+ROOT = Path(__file__).resolve().parents[2]
 N = 3
 PER_PRIMARY = 15
 
@@ -90,3 +94,53 @@ def test_fleet_up_traffic_in_the_stream_by_host_down(lab) -> None:
     assert not [pid for pid in pids if _alive(pid)]
     assert not lab.dir.exists()
     assert labmod.down(lab).empty()  # twice: nothing left to do
+
+
+def test_demo_fleet_end_to_end(tmp_path) -> None:
+    """scripts/demo_fleet.sh with a short run: the fleet's pairs reach one lake with each agent's
+    host, two replay consumers shared the stream, the report comes from the lake, and the fleet
+    is gone afterwards."""
+    require_root()
+    require_tool("nats-server")
+    import duckdb
+
+    out, prefix = tmp_path / "out", f"stg{uuid.uuid4().hex[:5]}"
+    env = dict(
+        os.environ,
+        DEMO_DURATION="6",
+        DEMO_RATE="30",
+        DEMO_OUT=str(out),
+        DEMO_PREFIX=prefix,
+        DEMO_SETUP="0",  # the tests run from the set-up checkout
+    )
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "demo_fleet.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        report = json.loads((out / "report.json").read_text())
+        assert report["verdict"]["result"] == "fail"  # version 2's deliberate regressions
+        results = [
+            sum(1 for line in (out / f"results-{m}.jsonl").open() if line.strip()) for m in (1, 2)
+        ]
+        assert all(results), results  # both consumers did a share
+        rows = duckdb.sql(
+            f"SELECT host, count(*) FROM read_parquet('{out}/lake/**/*.parquet', "
+            "hive_partitioning = true) GROUP BY host ORDER BY host"
+        ).fetchall()
+        assert [h for h, _ in rows] == [f"{prefix}-primary{k}" for k in range(1, N + 1)]
+        assert sum(n for _, n in rows) == report["summary"]["pairs"] == sum(results)
+        assert "per host (DuckDB on the lake)" in proc.stderr
+    finally:
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts/lab/lab.py"), "down", "--prefix", prefix],
+            capture_output=True,
+            check=False,
+        )
+    assert not {ns for ns in _namespaces() if ns.startswith(prefix + "-")}
