@@ -228,3 +228,19 @@ def read_lake(root: str, batch_size: int = 8192) -> Iterator[tuple[Exchange, Res
         raise InputError(f"not a readable Parquet lake: {exc}", where=root) from exc
     except ValueError as exc:
         raise InputError(str(exc), where=root) from exc
+
+
+def read_row_groups(share: list[tuple[str, list[int]]]) -> Iterator[tuple[Exchange, Result, str]]:
+    """The pairs of some row groups of lake files (``(file, [row group, ...])``: a worker's share
+    of a lake, compare/partitioned.py), with their hosts. Errors name the file."""
+    import pyarrow.parquet as pq
+
+    for path, groups in share:
+        try:
+            f = pq.ParquetFile(path)
+            for batch in f.iter_batches(batch_size=8192, row_groups=groups):
+                yield from pairs_from_batch(batch)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"not a readable Parquet lake file: {exc}", where=path) from exc
+        except ValueError as exc:
+            raise InputError(str(exc), where=path) from exc

@@ -98,3 +98,30 @@ def test_spark_lake_gives_the_one_process_report(run) -> None:
 
     c = compare_spark(Inputs(lake=run["lake"]), CompareConfig(), "local[2]")
     assert essence(c.snapshot(fresh=True)) == essence(run["one"])
+
+
+def test_lake_shares_balance_rows_not_files(tmp_path) -> None:
+    """--jobs on a lake deals row groups out by rows: the /users endpoint holds half the pairs,
+    so dealing files out gave one worker of two 60% of the rows."""
+    import pyarrow.parquet as pq
+
+    from shadowtap.compare.partitioned import lake_files, lake_shares
+    from shadowtap.lake.writer import LakeWriter
+    from tests.support.pairs import pairs
+
+    lake = str(tmp_path / "lake")
+    with LakeWriter(lake, host="h", rows_per_file=700) as w:
+        for ex, res in pairs(5000):
+            w.add(ex, res)
+    groups = {(f, i) for f in lake_files(lake) for i in range(pq.read_metadata(f).num_row_groups)}
+    for parts in (2, 3):
+        shares = lake_shares(lake, parts)
+        dealt = [(f, i) for s in shares for f, gs in s for i in gs]
+        assert sorted(dealt) == sorted(groups)  # each row group once
+        rows = [
+            sum(pq.read_metadata(f).row_group(i).num_rows for f, gs in s for i in gs)
+            for s in shares
+        ]
+        assert sum(rows) == 5000 and max(rows) - min(rows) <= 350, rows
+    c = compare_local(Inputs(lake=lake), CompareConfig(), 2)
+    assert c._overall.pairs == 5000  # noqa: SLF001
