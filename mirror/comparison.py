@@ -18,12 +18,19 @@ if TYPE_CHECKING:
     from shadowtap.compare.report import Report
 
 
-def open_comparison(config_path: str | None, ignore: tuple[str, ...]) -> Comparison:
+def open_comparison(
+    config_path: str | None, ignore: tuple[str, ...], proto_descriptor: str | None = None
+) -> Comparison:
     from shadowtap.compare.aggregate import Comparison
     from shadowtap.compare.config import NoiseRule, load_config
 
     cfg = load_config(config_path).with_ignore(tuple(NoiseRule.parse(r) for r in ignore))
-    comparison = Comparison(cfg)
+    schema = None
+    if proto_descriptor:  # gRPC messages with their field names (compare/protobuf.py)
+        from shadowtap.compare.protobuf import Schema
+
+        schema = Schema(proto_descriptor)
+    comparison = Comparison(cfg, proto_schema=schema)
     comparison.warm()  # the embedder now, not on the comparison thread mid-run
     return comparison
 

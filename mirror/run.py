@@ -98,6 +98,7 @@ class MirrorConfig:
     force: bool = False  # mirror even when the shadow looks like the primary itself
     compare_config: str | None = None  # compare's --config FILE
     ignore: tuple[str, ...] = ()  # compare's --ignore rules
+    proto_descriptor: str | None = None  # compare's --proto-descriptor (gRPC fields by name)
     dashboard: bool | None = None  # None: on a terminal
     log_interval: float = 5.0
     drain_timeout: float | None = None  # None: min(timeout, 10 s)
@@ -309,7 +310,8 @@ class MirrorRun:
         # Imports and a first snapshot before the capture starts: compare pulls in scipy (a second
         # or more of CPU), which must not hold up the reading of the capture's frames.
         self.comparison = LiveComparison(
-            mirror_compare.open_comparison(cfg.compare_config, cfg.ignore), self._note
+            mirror_compare.open_comparison(cfg.compare_config, cfg.ignore, cfg.proto_descriptor),
+            self._note,
         )
         self.comparison.view()
         # Everything alive now (modules, scipy, the config) lives as long as the run: out of the

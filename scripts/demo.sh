@@ -5,7 +5,8 @@
 #
 # 1. installs what it needs (scripts/setup.sh: apt packages, kernel headers, .venv);
 # 2. brings the one-host lab up (scripts/lab/lab.py): namespaces client, primary (demo service v1)
-#    and shadow (demo service v2, with deliberate regressions);
+#    and shadow (demo service v2, with deliberate regressions), each serving REST and, on the same
+#    port, a gRPC model (KServe v2 ModelInfer, scripts/lab/grpc_model.py);
 # 3. runs `shadowtap mirror` inside the primary on its client-facing interface (eBPF backend,
 #    libpcap when eBPF cannot run), mirroring to the shadow, with the live dashboard;
 # 4. drives the traffic generator from the client for DEMO_DURATION seconds;
@@ -77,11 +78,15 @@ case "$DASHBOARD" in
   on) dash=(--dashboard) ;;
   off) dash=(--no-dashboard) ;;
 esac
-# POST /v1/predict and /v1/chat/completions are side-effect free: mirrored. POST /v1/orders
-# creates orders: never mirrored (only GET/HEAD/OPTIONS and --allow routes are).
+# POST /v1/predict, /v1/chat/completions and the gRPC ModelInfer are side-effect free: mirrored.
+# POST /v1/orders creates orders: never mirrored (only GET/HEAD/OPTIONS and --allow routes are).
+# The gRPC model's FileDescriptorSet names its fields and lets compare read its output tensors.
+"$PY" -m shadowtap.lab.grpc_model descriptor "$OUT/model.desc"
 ip netns exec "$LAB_PRIMARY_NS" "$ST" mirror \
   --iface "$LAB_PRIMARY_IF" --port "$LAB_PORT" --shadow "$LAB_SHADOW_URL" --backend "$BACKEND" \
-  --allow 'POST /v1/predict' --allow 'POST /v1/chat/completions' --config "$ROOT/scripts/lab/demo-compare.toml" \
+  --allow 'POST /v1/predict' --allow 'POST /v1/chat/completions' \
+  --allow 'POST /inference.GRPCInferenceService/ModelInfer' --proto-descriptor "$OUT/model.desc" \
+  --config "$ROOT/scripts/lab/demo-compare.toml" \
   --duration $((DURATION + 300)) --run-dir "$OUT/mirror" --log-interval 5 "${dash[@]}" \
   > "$OUT/report.txt" &
 mirror_pid=$!
@@ -128,5 +133,6 @@ files in $OUT:
   mirror/report.json         the report for machines
   mirror/exchanges.jsonl     what the primary was asked and answered (captured off the wire)
   mirror/results.jsonl       what the shadow answered
+  model.desc                 the gRPC model's FileDescriptorSet (compare --proto-descriptor)
   traffic.json               what the traffic generator sent
 EOF

@@ -17,6 +17,10 @@ Noise present in both versions (not regressions): timestamps (``generated_at``, 
 product, returned in random order, and ``took_ms`` of a search (server timing: a number no
 comparison can tell from a result without being told; scripts/lab/demo-compare.toml tells it).
 
+On the same port, gRPC: KServe v2's ``inference.GRPCInferenceService/ModelInfer``, a risk classifier
+over the ``/v1/predict`` features whose version 2 shifts the scores and flips the top-1 class of
+about 5% of the inputs (scripts/lab/grpc_model.py).
+
 Other endpoints: ``GET /health``, ``POST /v1/orders`` (creates an order: a side effect, never
 mirrored), ``GET /v1/export`` (all products as NDJSON with chunked transfer coding). Responses are
 gzip-compressed when the client accepts it and the body is large enough (aiohttp's compression).
@@ -37,6 +41,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from aiohttp import web
 
@@ -467,21 +472,139 @@ def _write_ready(path: str, data: dict[str, object]) -> None:
     os.replace(tmp, path)  # atomic: a reader sees the whole file or none
 
 
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class _Front(asyncio.Protocol):
+    """The service's port: a connection that opens with the HTTP/2 preface is gRPC (relayed over
+    loopback to the grpcio server, scripts/lab/grpc_model.py), anything else is HTTP/1.x for
+    aiohttp (handed its protocol, no relay). One port for REST and gRPC, as behind a model
+    server's ingress; written here because neither aiohttp nor grpcio can share a listener.
+    Decided on the first 4 bytes (``PRI `` is no HTTP/1.x method)."""
+
+    def __init__(self, http: Any, grpc_port: int) -> None:
+        self.http = http
+        self.grpc_port = grpc_port
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) < 4 and _H2_PREFACE.startswith(self.buf):
+            return
+        assert self.transport is not None
+        proto: asyncio.Protocol
+        if self.buf.startswith(b"PRI "):
+            proto = _Relay(self.grpc_port)
+        else:
+            proto = self.http()
+        self.transport.set_protocol(proto)
+        proto.connection_made(self.transport)
+        proto.data_received(self.buf)
+
+
+class _Relay(asyncio.Protocol):
+    """Bytes both ways between a client connection and the local gRPC server; each side's
+    reading paused while the other cannot keep up (memory bounded by the write buffers)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.client: asyncio.Transport | None = None
+        self.upstream: asyncio.Transport | None = None
+        self.early: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client = transport  # type: ignore[assignment]
+        asyncio.ensure_future(self._connect())
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.create_connection(
+                lambda: _Upstream(self), "127.0.0.1", self.port
+            )
+        except OSError:
+            if self.client is not None:
+                self.client.close()
+            return
+        self.upstream = transport  # type: ignore[assignment]
+        for data in self.early:
+            transport.write(data)  # type: ignore[attr-defined]
+        self.early.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.upstream is None:
+            self.early.append(data)
+        else:
+            self.upstream.write(data)
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+
+
+class _Upstream(asyncio.Protocol):
+    def __init__(self, relay: _Relay) -> None:
+        self.relay = relay
+
+    def data_received(self, data: bytes) -> None:
+        assert self.relay.client is not None
+        self.relay.client.write(data)
+
+    def pause_writing(self) -> None:
+        assert self.relay.client is not None
+        self.relay.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        assert self.relay.client is not None
+        self.relay.client.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        assert self.relay.client is not None
+        self.relay.client.close()
+
+
 async def serve(version: int, host: str, port: int, name: str, ready_file: str | None) -> None:
+    """REST (aiohttp) and gRPC (grpcio, scripts/lab/grpc_model.py) on one port (``_Front``)."""
+    import grpc
+
+    from shadowtap.lab import grpc_model
+
     service = DemoService(version, name)
     runner = web.AppRunner(service.app(), access_log=None, handle_signals=True)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    bound = runner.addresses[0][1]
+    model = grpc.aio.server()
+    grpc_model.add_to_server(model, version)
+    grpc_port = model.add_insecure_port("127.0.0.1:0")
+    await model.start()
+    http = runner.server
+    assert http is not None
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(
+        lambda: _Front(http, grpc_port), host, port, reuse_address=True
+    )
+    bound = listener.sockets[0].getsockname()[1]
     if ready_file:
         _write_ready(
             ready_file, {"pid": os.getpid(), "port": bound, "version": version, "name": name}
         )
-    print(f"demo service {name} v{version} listening on {host}:{bound}", flush=True)
+    print(f"demo service {name} v{version} listening on {host}:{bound} (REST and gRPC)", flush=True)
     try:
         await asyncio.Event().wait()
     finally:
+        listener.close()
+        await model.stop(None)
         await runner.cleanup()
 
 

@@ -7,6 +7,8 @@ Open loop: requests are due at a fixed pace (``start + i / rate``) or, with ``--
 Bounded: stops at ``--count`` requests or after ``--duration`` seconds, whichever comes first
 (one of them is required; hard caps 1,000,000 requests and one hour). A share of the requests
 (``--new-connection-share``) goes on a fresh TCP connection each, the rest on keep-alive ones.
+Besides them, ``--grpc-share`` of the slots also make a gRPC ``ModelInfer`` call
+(scripts/lab/grpc_model.py), all on one HTTP/2 connection to the same port.
 
 Only the lab's addresses are allowed as the target: 10.250.0.0/16 (inside the lab's namespaces),
 loopback, and networks named with ``--allow-network`` (the Vagrant lab's private network).
@@ -28,7 +30,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
+import grpc
 
+from shadowtap.lab import grpc_model
 from shadowtap.lab.llm_service import prompts
 
 LAB_NETWORK = ipaddress.ip_network("10.250.0.0/16")
@@ -46,6 +50,10 @@ MIX = {
     "health": 3,  # GET /health
     "chat": 6,  # POST /v1/chat/completions (half streamed as SSE; scripts/lab/llm_service.py)
 }
+# Besides the mix: a gRPC ModelInfer call (h2c on the same port; scripts/lab/grpc_model.py) joins
+# this share of the slots, drawn from its own random stream, so the HTTP requests of a seed stay
+# the same with or without it.
+GRPC_SHARE = 0.1
 _SEARCH_WORDS = (
     "compact",
     "smart",
@@ -134,6 +142,13 @@ def plan_request(
     return Planned(endpoint, method, path, body, new_conn)
 
 
+def plan_grpc(rng: random.Random) -> Planned:
+    """The next gRPC call (pure: its features and request id from ``rng``); one long-lived
+    channel, as model clients keep, so never a new connection."""
+    body: dict[str, object] = {"features": random_features(rng), "id": f"{rng.getrandbits(32):08x}"}
+    return Planned("infer", "POST", grpc_model.METHOD, body, False)
+
+
 def check_target(
     url: str, allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 ) -> str:
@@ -179,6 +194,7 @@ class Summary:
     new_connections: int = 0
     failures: int = 0
     elapsed: float = 0.0
+    grpc_calls: int = 0  # besides the HTTP requests (``sent``): the gRPC calls made
 
     def __post_init__(self) -> None:
         self.statuses: Counter[str] = Counter()  # "endpoint status" -> count
@@ -188,6 +204,7 @@ class Summary:
         return {
             "planned": self.planned,
             "sent": self.sent,
+            "grpc_calls": self.grpc_calls,
             "late": self.late,
             "new_connections": self.new_connections,
             "failures": self.failures,
@@ -211,6 +228,7 @@ async def run(
     orders: bool = True,
     timeout: float = 10.0,
     allowed: tuple[str, ...] = (),
+    grpc_share: float = GRPC_SHARE,
 ) -> Summary:
     base = check_target(target, tuple(_private_network(n) for n in allowed))
     if rate <= 0:
@@ -223,6 +241,7 @@ async def run(
         raise ValueError(f"arrivals must be poisson or uniform, not {arrivals!r}")
     rng = random.Random(seed)
     gaps = random.Random(seed + 1)  # its own stream: the requests do not depend on the arrivals
+    grpc_rng = random.Random(seed + 2)  # the gRPC calls' own stream too
     summary = Summary()
     slots = asyncio.Semaphore(concurrency)
     client_timeout = aiohttp.ClientTimeout(total=timeout)
@@ -233,7 +252,33 @@ async def run(
         connector=aiohttp.TCPConnector(force_close=True, limit=concurrency), timeout=client_timeout
     )
 
+    # gRPC calls: one HTTP/2 connection (h2c with prior knowledge) to the same port.
+    channel = grpc.aio.insecure_channel(urlsplit(base).netloc)
+    model_infer = channel.unary_unary(
+        grpc_model.METHOD,
+        request_serializer=grpc_model.ModelInferRequest.SerializeToString,
+        response_deserializer=grpc_model.ModelInferResponse.FromString,
+    )
+
+    async def infer(p: Planned) -> None:
+        assert p.body is not None
+        req = grpc_model.infer_request(p.body["features"], str(p.body["id"]))  # type: ignore[arg-type]
+        try:
+            await model_infer(req, timeout=timeout)
+            summary.statuses["infer OK"] += 1
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                summary.failures += 1
+                summary.errors[f"grpc {exc.code().name}"] += 1
+            else:  # an answer, as an HTTP 4xx is
+                summary.statuses[f"infer {exc.code().name}"] += 1
+        finally:
+            slots.release()
+
     async def one(p: Planned) -> None:
+        if p.endpoint == "infer":
+            await infer(p)
+            return
         try:
             session = fresh if p.new_connection else keepalive
             async with session.request(p.method, base + p.path, json=p.body) as resp:
@@ -268,6 +313,12 @@ async def run(
             task = asyncio.create_task(one(p))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+            if grpc_rng.random() < grpc_share:
+                await slots.acquire()
+                summary.grpc_calls += 1
+                task = asyncio.create_task(one(plan_grpc(grpc_rng)))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
         if tasks:
             await asyncio.wait(tasks, timeout=timeout + 1)
     finally:
@@ -275,6 +326,7 @@ async def run(
             task.cancel()
         await keepalive.close()
         await fresh.close()
+        await channel.close()
         summary.elapsed = time.monotonic() - start
     return summary
 
@@ -303,6 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-orders", action="store_true", help="leave POST /v1/orders out of the mix")
     ap.add_argument(
+        "--grpc-share",
+        type=float,
+        default=GRPC_SHARE,
+        help=f"share of the slots that also make a gRPC ModelInfer call (default {GRPC_SHARE})",
+    )
+    ap.add_argument(
         "--allow-network",
         action="append",
         default=[],
@@ -325,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                 new_connection_share=args.new_connection_share,
                 orders=not args.no_orders,
                 allowed=tuple(args.allow_network),
+                grpc_share=args.grpc_share,
             )
         )
     except ValueError as exc:
@@ -338,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"traffic: {summary.sent} requests in {data['elapsed_s']} s ({data['rate']}/s), "
+            f"{summary.grpc_calls} gRPC calls, "
             f"{summary.new_connections} on new connections, {summary.late} late, "
             f"{summary.failures} failed (seed {seed})"
         )

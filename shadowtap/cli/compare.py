@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from shadowtap.cli import app
+from shadowtap.cli import options as opt
 
 _EXCHANGES = (
     "Exchanges JSONL (the primary's requests and responses; .gz ok, - = stdin), or a "
@@ -64,14 +65,7 @@ def compare(
         str | None, typer.Option("--json", help="Write the JSON report here (- = stdout).")
     ] = None,
     parquet: Annotated[str | None, typer.Option("--parquet", help=_PARQUET)] = None,
-    proto_descriptor: Annotated[
-        str | None,
-        typer.Option(
-            "--proto-descriptor",
-            help="A FileDescriptorSet (protoc --descriptor_set_out, grpcio-tools) for gRPC "
-            "messages: fields compared by name (outputs[].fp32_contents), not by number.",
-        ),
-    ] = None,
+    proto_descriptor: opt.ProtoDescriptor = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=0, help=_JOBS)] = 1,
     engine: Annotated[str, typer.Option("--engine", help=_ENGINE)] = "local",
     spark_master: Annotated[str, typer.Option("--spark-master", help=_MASTER)] = "local[*]",

@@ -117,6 +117,7 @@ def mirror(
         list[str] | None,
         typer.Option("--ignore", help=f"Comparison rule (as for compare --ignore). {opt.MORE}"),
     ] = None,
+    proto_descriptor: opt.ProtoDescriptor = None,
     keep_secrets: Annotated[
         bool,
         typer.Option(
@@ -238,6 +239,7 @@ def mirror(
         force=force,
         compare_config=config,
         ignore=tuple(ignore or ()),
+        proto_descriptor=proto_descriptor,
         dashboard=dashboard,
         log_interval=log_interval,
         bpf_filter=bpf_filter,

@@ -1,6 +1,7 @@
 """Option types shared by the commands that send captured requests to a shadow (``replay`` and
-``mirror``): the rewriting, filtering and safety rules of replay's Policy, and the client's bounds.
-One definition each, so the two commands spell and explain them alike."""
+``mirror``): the rewriting, filtering and safety rules of replay's Policy, and the client's bounds;
+and by the commands that compare (``compare`` and ``mirror``). One definition each, so the
+commands spell and explain them alike."""
 
 from __future__ import annotations
 
@@ -94,4 +95,13 @@ IdempotencyKey = Annotated[
 ]
 BpfFilter = Annotated[
     str | None, typer.Option("--filter", help="BPF filter on the captured packets.")
+]
+
+ProtoDescriptor = Annotated[
+    str | None,
+    typer.Option(
+        "--proto-descriptor",
+        help="A FileDescriptorSet (protoc --descriptor_set_out, grpcio-tools) for gRPC "
+        "messages: fields compared by name (outputs[].fp32_contents), not by number.",
+    ),
 ]

@@ -24,6 +24,7 @@ import pytest
 
 import tests.support.prereq as _ct
 from shadowtap.lab import demo_service as demo
+from shadowtap.lab import traffic as traffic_mod
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "scripts" / "lab"
@@ -113,6 +114,14 @@ def test_demo_completes_and_says_where_the_files_are(run, report):
         expected += 1
         offset += gaps.expovariate(60)
     assert traffic["sent"] == expected and traffic["failures"] == 0
+    # and the gRPC calls of the seed's own stream (scripts/lab/traffic.py, GRPC_SHARE)
+    grpc_rng, expected_grpc = random.Random(1 + 2), 0
+    for _ in range(expected):
+        if grpc_rng.random() < traffic_mod.GRPC_SHARE:
+            expected_grpc += 1
+            traffic_mod.plan_grpc(grpc_rng)
+    assert traffic["grpc_calls"] == expected_grpc > 0
+    assert traffic["statuses"]["infer OK"] == expected_grpc
 
 
 def test_lab_is_down_afterwards(run, report):
@@ -284,3 +293,49 @@ def test_llm_answers_compared_as_messages(report):
     assert g["classes"]["refusal"] > 0 and g["classes"]["equivalent"] > 0
     assert g["streamed"]["primary"] > 0
     assert not [f for f in ep["fields"] if not f["noise"]]
+
+
+def test_grpc_model_compared_as_tensors(run, report):
+    """The gRPC ModelInfer (scripts/lab/grpc_model.py, h2c on the REST port), mirrored with grpcio
+    and compared with the model's descriptor: the top-1 flips are exactly the inputs version 2
+    flips (recomputed from the captured request messages), the scores' shift is measured within
+    tolerance, and the flips fail the run."""
+    from shadowtap.lab import grpc_model
+    from shadowtap.records import Exchange
+
+    endpoint = f"POST {grpc_model.METHOD}"
+    exchanges = {e["id"]: e for e in _jsonl(run["out"] / "mirror" / "exchanges.jsonl")}
+    results = {r["exchange_id"]: r for r in _jsonl(run["out"] / "mirror" / "results.jsonl")}
+    calls = [
+        Exchange.from_json(exchanges[i])
+        for i in results
+        if i in exchanges and exchanges[i]["request"]["target"] == grpc_model.METHOD
+    ]
+    assert calls
+    for ex in calls:
+        r = results[ex.id]
+        assert r["error"] is None and r["grpc"]["status"] == 0, r
+        assert ex.request.version == r["response"]["version"] == "HTTP/2"
+    rows = [
+        grpc_model.input_row(
+            grpc_model.ModelInferRequest.FromString(ex.grpc.request_messages[0].data)
+        )
+        for ex in calls
+    ]
+    flips = sum(grpc_model.top1(row, 1) != grpc_model.top1(row, 2) for row in rows)
+    ep = next(e for e in report["endpoints"] if e["endpoint"] == endpoint)
+    (out,) = ep["tensors"]["outputs"]
+    assert out["name"] == "probabilities" and out["model"] == "risk"
+    assert out["classification"]["rows"] == len(rows)
+    assert out["classification"]["top1_flips"] == flips
+    assert 0 < out["max_abs"]["max"] <= 0.06 and out["breaches"] == 0  # shifted, within tolerance
+    top1 = [m for m in report["verdict"]["metrics"] if m["endpoint"] == endpoint and m["failed"]]
+    assert bool(top1) == (flips > 0)
+    assert all(m["group"] == "tensors" for m in top1)
+    assert "model version" in next(
+        n["reason"]
+        for n in report["noise"]
+        if (n["endpoint"], n["path"]) == (endpoint, "body.model_version")
+    )  # demo-compare.toml's rule
+    # the report names the fields (the descriptor), and the tensors are no field differences
+    assert not [f for f in ep["fields"] if not f["noise"] and "outputs" in f["path"]]

@@ -109,10 +109,11 @@ def test_bounded_run_against_the_service(tmp_path):
             traffic.run(f"http://127.0.0.1:{port}", rate=200, count=120, duration=20, seed=4)
         )
         assert summary.sent == 120 and summary.failures == 0
-        assert sum(summary.statuses.values()) == 120
+        assert sum(summary.statuses.values()) == 120 + summary.grpc_calls
         assert summary.new_connections > 0
         statuses = {k.split()[1] for k in summary.statuses}
-        assert statuses <= {"200", "201", "404"}
+        assert statuses <= {"200", "201", "404", "OK"}  # OK: the gRPC calls, on the same port
+        assert summary.statuses["infer OK"] == summary.grpc_calls > 0
         # duration bound: a huge count still stops after about the duration
         t0 = time.monotonic()
         summary = asyncio.run(
