@@ -14,6 +14,7 @@ from the headers of a trailers-only response.
 
 from __future__ import annotations
 
+import struct
 import zlib
 from urllib.parse import unquote
 
@@ -23,6 +24,7 @@ __all__ = ["MessageSplitter", "is_grpc_content_type", "parse_path", "status_of"]
 
 MAX_MESSAGES = 65536  # messages kept per side (all are counted)
 _CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_PREFIX = struct.Struct(">BI").unpack_from  # the compressed flag, the message length
 
 
 def is_grpc_content_type(value: str | None) -> bool:
@@ -118,6 +120,28 @@ class MessageSplitter:
             return
         pos, n = 0, len(data)
         while pos < n:
+            if self._need < 0 and not self._head and n - pos >= 5:
+                # A whole prefix in this piece (the common case: a DATA frame holds whole
+                # messages): read at once, and a message that ends here taken in one slice.
+                flag, length = _PREFIX(data, pos)
+                if flag > 1:
+                    self.anomalies.append("grpc_bad_prefix")
+                    self.lost = True
+                    return
+                self.count += 1
+                end = pos + 5 + length
+                if end <= n:
+                    keep = min(length, self.budget) if self.budget > 0 else 0
+                    self._flag, self._len = flag, length
+                    self._cur = data[pos + 5 : pos + 5 + keep]  # type: ignore[assignment]
+                    self._done()
+                    pos = end
+                    continue
+                self._flag = flag
+                self._need = self._len = length
+                self._cur = bytearray()
+                pos += 5
+                continue
             if self._need < 0:
                 take = min(5 - len(self._head), n - pos)
                 self._head += data[pos : pos + take]

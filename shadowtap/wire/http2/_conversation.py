@@ -21,11 +21,8 @@ from enum import Enum
 
 from hyperframe.exceptions import HyperframeError
 from hyperframe.frame import (
-    ContinuationFrame,
-    DataFrame,
     Frame,
     GoAwayFrame,
-    HeadersFrame,
     PushPromiseFrame,
     RstStreamFrame,
     SettingsFrame,
@@ -33,7 +30,15 @@ from hyperframe.frame import (
 
 from shadowtap.records import GrpcCall, H2Stream, Request, Response
 from shadowtap.wire import grpc as _grpc
-from shadowtap.wire.http2._frames import PREFACE, FrameReader, looks_like_frames, plausible_header
+from shadowtap.wire.http2._frames import (
+    _CONTINUATION,
+    _DATA,
+    _HEADERS,
+    PREFACE,
+    FrameReader,
+    looks_like_frames,
+    plausible_header,
+)
 from shadowtap.wire.http2._hpack import HeaderDecoder
 
 # Events (shadowtap.wire.protocol): OPENED at a stream's first frame (the Extractor orders it
@@ -171,8 +176,9 @@ class _Direction:
         ):
             # No preface but frames: the connection's start was not what the capture saw.
             self.conv.joined_late()
-        for start_ts, frame, sid, length in reader.feed(ts, data):
-            self.conv.on_frame(self, start_ts, ts, frame, sid, length)
+        on_frame = self.conv.on_frame
+        for start_ts, ftype, sid, length, flags, frame in reader.feed(ts, data):
+            on_frame(self, start_ts, ts, ftype, sid, length, flags, frame)
         if reader.broken is not None and not self.conv.not_h2:
             self.conv.not_h2 = True
             self.conv.anomalies.append(Anomaly.NOT_H2.value)
@@ -318,8 +324,8 @@ class Conversation:
         d = self.client if from_client else self.server
         # A chain that ran to the end of input confirms frame boundaries (a short capture).
         if not d.reader.synced and d.reader.pending:
-            for start_ts, frame, sid, length in d.reader.feed(ts, b"", final=True):
-                self.on_frame(d, start_ts, ts, frame, sid, length)
+            for item in d.reader.feed(ts, b"", final=True):
+                self.on_frame(d, item[0], ts, *item[1:])
 
     def close(self, ts: float) -> None:
         """Both directions ended: every open stream finishes as it stands."""
@@ -369,12 +375,23 @@ class Conversation:
         return None
 
     def on_frame(
-        self, d: _Direction, start_ts: float, ts: float, frame: Frame | str, sid: int, length: int
+        self,
+        d: _Direction,
+        start_ts: float,
+        ts: float,
+        ftype: int,
+        sid: int,
+        length: int,
+        flags: int,
+        frame: bytes | Frame | str,
     ) -> None:
+        """One frame (``_frames.Item``): a DATA payload or a HEADERS/CONTINUATION block fragment
+        (``bytes``), another frame (hyperframe's), or the text of a refused one (``str``);
+        ``flags`` the raw flag bits (END_STREAM 0x1, END_HEADERS 0x4, ACK 0x1)."""
         if sid:
             self._current = self.streams.get(sid, self._current)
-        other = self.server if d.from_client else self.client
-        if length > d.reader.max_frame and d.reader.max_frame_known and not isinstance(frame, str):
+        reader = d.reader
+        if length > reader.max_frame and reader.max_frame_known and type(frame) is not str:
             st = self.streams.get(sid)
             if st is not None:
                 st.note(Anomaly.FRAME_TOO_LARGE.value)
@@ -382,7 +399,7 @@ class Conversation:
                 self.anomalies.append(Anomaly.FRAME_TOO_LARGE.value)
         block = d._block
         if block is not None and not (
-            isinstance(frame, ContinuationFrame) and frame.stream_id == block[0]
+            ftype == _CONTINUATION and sid == block[0] and type(frame) is bytes
         ):
             # A header block must be followed by its CONTINUATION frames and nothing else.
             st = self.streams.get(block[0])
@@ -392,20 +409,20 @@ class Conversation:
                 self.anomalies.append(Anomaly.HEADER_BLOCK_INTERRUPTED.value)
             d._block = None
             d.decoder.lose_state()  # the block's table insertions are unknown
-        if isinstance(frame, str):
+        if type(frame) is str:
             st = self.streams.get(sid)
             if st is not None:
                 st.note(Anomaly.FRAME_ERROR.value)
             else:
                 self.anomalies.append(Anomaly.FRAME_ERROR.value)
             return
-        if isinstance(frame, DataFrame):
+        if ftype == _DATA:
             st = self._stream(sid, start_ts, False)
             if st is None:
                 return
             side = st.req if d.from_client else st.resp
             side.touch(start_ts, ts)
-            chunk = frame.data
+            chunk: bytes = frame  # type: ignore[assignment]
             if chunk:
                 side.data_len += len(chunk)
                 if not d.from_client and len(st.pieces) < _MAX_CHUNKS:
@@ -415,27 +432,27 @@ class Conversation:
                     side.data += chunk[:room]
                 if not side.lost:
                     side.splitter.feed(chunk)
-            if "END_STREAM" in frame.flags:
+            if flags & 0x1:  # END_STREAM
                 self._end_side(st, d.from_client)
-        elif isinstance(frame, HeadersFrame):
-            d._block = [sid, [frame.data], "END_STREAM" in frame.flags, start_ts, False]
-            if "END_HEADERS" in frame.flags:
+        elif ftype == _HEADERS:
+            d._block = [sid, [frame], flags & 0x1, start_ts, False]
+            if flags & 0x4:  # END_HEADERS
                 self._header_block(d, ts)
-        elif isinstance(frame, ContinuationFrame):
+        elif ftype == _CONTINUATION:
             if d._block is None:
                 return  # its HEADERS was not seen (joined or lost): nothing to decode it with
-            d._block[1].append(frame.data)
-            if "END_HEADERS" in frame.flags:
+            d._block[1].append(frame)
+            if flags & 0x4:
                 self._header_block(d, ts)
         elif isinstance(frame, PushPromiseFrame):
             # Decoded for its HPACK table insertions, then ignored.
             d._block = [sid, [frame.data], False, start_ts, True]
-            if "END_HEADERS" in frame.flags:
+            if flags & 0x4:
                 self._header_block(d, ts)
         elif isinstance(frame, SettingsFrame):
-            if "ACK" in frame.flags:
+            if flags & 0x1:
                 return
-            self._apply_settings(frame.settings, other)
+            self._apply_settings(frame.settings, self.server if d.from_client else self.client)
         elif isinstance(frame, RstStreamFrame):
             st = self.streams.get(sid)
             if st is not None:
@@ -488,8 +505,8 @@ class Conversation:
         side = st.req if d.from_client else st.resp
         side.touch(start_ts, ts)
         if not side.head:
-            status = _status(fields)
-            if not d.from_client and status is not None and 100 <= status < 200 and status != 101:
+            status = None if d.from_client else _status(fields)
+            if status is not None and 100 <= status < 200 and status != 101:
                 pass  # interim response (100 Continue, 103 Early Hints): not the answer
             else:
                 side.head = True
@@ -523,26 +540,17 @@ class Conversation:
 
     # -- records --------------------------------------------------------------------------------
 
-    def _message_common(self, st: Stream, side: _Side) -> dict:
-        fields = side.fields + side.trailers
+    def _message_common(self, st: Stream, side: _Side) -> tuple:
+        """The fields a Request and a Response share, in their order (``records.Message``)."""
         body = bytes(side.data)
         truncated = side.data_len > len(body) or side.lost or (not side.ended)
-        coding = side.header("content-encoding")
         decoded_len: int | None = None
         if not truncated:
-            decoded_len = _decoded_len(body, coding)
+            decoded_len = _decoded_len(body, side.header("content-encoding"))
         ts = side.ts if side.ts is not None else st.ts
         end = side.end_ts if side.end_ts is not None else ts
-        return {
-            "ts": ts,
-            "end_ts": end,
-            "version": _H2,
-            "headers": tuple(fields),
-            "body": body,
-            "body_len": side.data_len,
-            "body_truncated": truncated,
-            "decoded_len": decoded_len,
-        }
+        headers = tuple(side.fields + side.trailers) if side.trailers else tuple(side.fields)
+        return (ts, end, _H2, headers, body, side.data_len, truncated, decoded_len)
 
     def _request(self, st: Stream) -> Request | None:
         side = st.req
@@ -552,7 +560,7 @@ class Conversation:
         target = side.pseudo(":path")
         if target is None and method == "CONNECT":
             target = side.pseudo(":authority")
-        return Request(method=method, target=target or "", **self._message_common(st, side))
+        return Request(*self._message_common(st, side), method, target or "")
 
     def _build(self, st: Stream) -> None:
         st.chunks = tuple(st.pieces)
@@ -561,7 +569,7 @@ class Conversation:
         resp = st.resp
         if resp.ts is not None:
             status = _status(resp.fields) or 0
-            st.response = Response(status=status, reason="", **self._message_common(st, resp))
+            st.response = Response(*self._message_common(st, resp), status, "")
         path = st.req.pseudo(":path")
         is_grpc = _grpc.is_grpc_content_type(
             st.req.header("content-type")
