@@ -540,7 +540,9 @@ class Conversation:
 
     # -- records --------------------------------------------------------------------------------
 
-    def _message_common(self, st: Stream, side: _Side) -> tuple:
+    def _message_common(
+        self, st: Stream, side: _Side
+    ) -> tuple[float, float, str, tuple[tuple[str, str], ...], bytes, int, bool, int | None]:
         """The fields a Request and a Response share, in their order (``records.Message``)."""
         body = bytes(side.data)
         truncated = side.data_len > len(body) or side.lost or (not side.ended)
