@@ -67,3 +67,44 @@ def wrk(client, url: str, seconds: float, conns: int = 8, *extra: str) -> dict:
     }
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return {"rps": rps, "p50": lat.get("50"), "p90": lat.get("90"), "p99": lat.get("99")}
+
+
+def reaped(timeout: float, argv: list[str]) -> tuple[float, int, float, float]:
+    """Run ``argv`` as a child subreaper: every process it starts (Spark's JVM and its Python
+    workers, which pyspark does not wait for) is reparented here and waited for, so their CPU
+    and memory count. Returns wall seconds, the peak RSS of the largest process (KB), user and
+    sys seconds of them all. Killed (the whole group) past ``timeout`` seconds."""
+    import ctypes
+    import os
+    import resource
+    import signal
+
+    PR_SET_CHILD_SUBREAPER = 36
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    wall = time.monotonic() - start
+    deadline = time.monotonic() + 60  # orphans (a JVM shutting down) get a minute
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            if time.monotonic() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+            time.sleep(0.1)
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, ru.ru_maxrss, ru.ru_utime, ru.ru_stime
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1] == "reaped":  # benchlib.py reaped TIMEOUT CMD...: "wall KB user sys"
+        print(*reaped(float(sys.argv[2]), sys.argv[3:]))

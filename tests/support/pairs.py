@@ -124,6 +124,42 @@ def write_run(directory: str, n: int, seed: int = 7, gz: bool = False) -> tuple[
     return ex_path, res_path
 
 
+def write_lake(root: str, n: int, block: int = 100_000, seed: int = 7) -> int:
+    """A lake of ``n`` pairs made directly as Parquet (scripts/bench_lake_scale.sh): ``block``
+    generated pairs written by LakeWriter, then copies of its files with the exchange ids made
+    unique (``ID-k``), until ``n`` rows. Returns the rows written. Minutes for millions of
+    pairs, where generating each pair would take tens of minutes."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from shadowtap.lake.writer import LakeWriter
+
+    first = min(n, block)
+    with LakeWriter(root, host="bench", rows_per_file=first) as w:
+        for ex, res in pairs(first, seed):
+            w.add(ex, res)
+    base = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+    tables = [(f, pq.read_table(f)) for f in base]
+    written, k = first, 0
+    while written < n:
+        k += 1
+        for f, t in tables:
+            take = min(t.num_rows, n - written)
+            if take <= 0:
+                break
+            t = t.slice(0, take)
+            ids = pc.binary_join_element_wise(t["exchange_id"], pa.scalar(str(k)), "-")
+            t = t.set_column(t.schema.get_field_index("exchange_id"), "exchange_id", ids)
+            out = os.path.join(os.path.dirname(f), f"copy{k:05d}-{os.path.basename(f)}")
+            pq.write_table(t, out, row_group_size=64 * 1024)
+            os.chmod(out, 0o600)
+            written += take
+    return written
+
+
 def counts(c) -> dict:
     """Everything a Comparison counts (what merge keeps exactly), endpoint by endpoint."""
 
