@@ -70,6 +70,20 @@ __all__ = ["H2Sender", "h2_fields"]
 _WINDOW = 1 << 24
 
 
+class _Connection(h2.connection.H2Connection):
+    """h2's client connection, kept open after the server's GOAWAY. h2 moves to CLOSED when one
+    arrives and then refuses the frames of the streams the server still completes (RFC 9113 6.8
+    lets streams up to the last stream id finish; nginx sends its GOAWAY after
+    ``keepalive_requests`` streams and answers them after it): python-hyper/h2#1181, open since
+    2019, met by httpx too (encode/httpcore#46). The GOAWAY is still reported
+    (ConnectionTerminated); no new stream starts on the connection (``_H2Conn.goaway``)."""
+
+    def _receive_goaway_frame(self, frame):  # type: ignore[no-untyped-def]
+        frames, events = super()._receive_goaway_frame(frame)
+        self.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+        return frames, events
+
+
 def h2_fields(prepared: Prepared, scheme: str, authority: str) -> list[tuple[bytes, bytes]]:
     """The HEADERS frame's fields of ``prepared``: the pseudo-headers (``:authority`` from its
     Host header, set by the Policy), then its headers with lower-case names, Host left out."""
@@ -146,14 +160,13 @@ class _H2Conn(asyncio.Protocol):
     def __init__(self, sender: H2Sender) -> None:
         self.sender = sender
         self.transport: asyncio.Transport | None = None
-        self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding=None)
-        )
+        self.h2 = _Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.streams: dict[int, _Job] = {}
         self.waiting: deque[_Job] = deque()
         self.ready = False
         self.closed = False
         self.goaway = False  # no new stream on it
+        self.done = 0  # streams answered on it
         self.tls_ms: float | None = None
 
     # -- asyncio.Protocol
@@ -260,16 +273,20 @@ class _H2Conn(asyncio.Protocol):
             self._start_waiting()
 
     def _goaway(self, ev: h2.events.ConnectionTerminated) -> None:
-        """Streams above the last one the server processed go once more on a new connection."""
+        """Streams above the last one the server processed go again on a new connection (never
+        processed, so safe to send again, RFC 9113 6.8). A server that processed some streams
+        before its GOAWAY (a limit of streams a connection) made progress: no attempt counted;
+        one that processed none gets each stream a second try only."""
         self.goaway = True
         last = ev.last_stream_id if ev.last_stream_id is not None else 0
-        unprocessed = [sid for sid in self.streams if sid > last]
-        for sid in sorted(unprocessed):
+        progress = any(sid <= last for sid in self.streams) or self.done > 0
+        message = f"refused by the target's GOAWAY ({_code_name(ev.error_code)})"
+        for sid in sorted(sid for sid in self.streams if sid > last):
             job = self.streams.pop(sid)
             self.sender._untrack(job)
-            self.sender._retry(job, f"refused by the target's GOAWAY ({_code_name(ev.error_code)})")
+            self.sender._retry(job, message, counted=not progress)
         for job in self.waiting:
-            self.sender._retry(job, "")
+            self.sender._retry(job, message, counted=False)
         self.waiting.clear()
         if not self.streams:
             self.close()
@@ -339,6 +356,7 @@ class _H2Conn(asyncio.Protocol):
             except h2.exceptions.ProtocolError:
                 pass
         error = ResultError(kind, message) if kind is not None else None
+        self.done += kind is None
         self.sender._finish(job, self, time.monotonic(), error)
         self._start_waiting()
         if self.goaway and not self.streams:
@@ -354,8 +372,8 @@ class _H2Conn(asyncio.Protocol):
         waiting = list(self.waiting)
         self.waiting.clear()
         for job in waiting:
-            if self.ready:  # it was up: they go on a new one
-                self.sender._retry(job, message)
+            if self.ready:  # it was up: they go on a new one (never sent: no attempt)
+                self.sender._retry(job, message, counted=False)
             else:  # never connected (or not HTTP/2): none of them can go
                 job.sent_mono = now
                 self.sender._finish(job, self, now, ResultError(kind, message))
@@ -489,15 +507,16 @@ class H2Sender:
             job.timer.cancel()
             job.timer = None
 
-    def _retry(self, job: _Job, message: str) -> None:
-        """``job`` was not processed by its connection: once more on a new one (once only for
-        a job that was sent; the second time it fails with ``message``)."""
-        if job.sent_mono and job.attempts > 0:
-            self._finish_error(job, "reset", message)
-            return
+    def _retry(self, job: _Job, message: str, *, counted: bool = True) -> None:
+        """``job`` was not processed by its connection: again on a new one. ``counted``: an
+        attempt that counts (a job sent fails with ``message`` at its second)."""
         if job.sent_mono:
-            job.attempts += 1
             self._retries += 1
+            if counted:
+                if job.attempts > 0:
+                    self._finish_error(job, "reset", message)
+                    return
+                job.attempts += 1
         job.sent_mono = 0.0
         job.first_mono = 0.0
         conn = job.lane.conn
