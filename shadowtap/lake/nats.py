@@ -84,8 +84,7 @@ def batch_weight(ident: str) -> int:
 
 
 _ACK_TIMEOUT = 5.0
-_ACK_WAIT = 60.0  # a consumer's messages are redelivered if not acked (or "in progress") by then
-_IN_PROGRESS_EVERY = _ACK_WAIT / 3
+ACK_WAIT = 60.0  # a consumer's messages are redelivered if not acked (or "in progress") by then
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +415,9 @@ class GroupConsumer:
     record after it (at-least-once: a member that dies mid-batch has it redelivered). Ends after
     ``idle_timeout`` seconds without a record. ``expect_members``: wait (up to ``ttl`` x 3 s) for
     that many members before the first fetch, so a group started together shares from the start.
+    ``ack_wait``: seconds JetStream waits for a batch's ack before it redelivers it; a
+    member still working through a fetch (thousands of records at the recorded pace) says
+    "in progress" every ``ack_wait / 3``, so only a dead member's batches are redelivered.
     """
 
     def __init__(
@@ -429,6 +431,7 @@ class GroupConsumer:
         partitions: int = PARTITIONS,
         ttl: float = 6.0,
         expect_members: int = 1,
+        ack_wait: float = ACK_WAIT,
     ) -> None:
         import queue
         import uuid
@@ -443,6 +446,7 @@ class GroupConsumer:
         self.partitions = partitions
         self.ttl = ttl
         self.expect_members = expect_members
+        self.ack_wait = ack_wait
         self.received = 0
         self.error: BaseException | None = None
         self._out: queue.Queue = queue.Queue(maxsize=2)
@@ -560,7 +564,7 @@ class GroupConsumer:
                             stream=self.url.stream,
                             config=ConsumerConfig(
                                 ack_policy=AckPolicy.EXPLICIT,
-                                ack_wait=_ACK_WAIT,
+                                ack_wait=self.ack_wait,
                                 max_ack_pending=self.batch * 4,
                             ),
                         )
@@ -569,6 +573,8 @@ class GroupConsumer:
                     try:
                         msgs = await sub.fetch(self.batch, timeout=0.2)  # type: ignore[attr-defined]
                     except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                        continue
+                    if not msgs:  # nats-py may end a fetch empty: no record, the idle clock runs
                         continue
                     records: list[tuple[Exchange, str]] = []
                     for m in msgs:
@@ -585,7 +591,7 @@ class GroupConsumer:
                     while not done.is_set() and not self._stop.is_set():
                         with contextlib.suppress(asyncio.TimeoutError):
                             await asyncio.wait_for(done.wait(), 0.5)
-                        if time.monotonic() - beat >= _IN_PROGRESS_EVERY:
+                        if time.monotonic() - beat >= self.ack_wait / 3:
                             # A fetch may hold thousands of records (messages are batches) that
                             # replay sends at the recorded pace: "still working" keeps them
                             # ours past ack_wait instead of redelivered to another member.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 from shadowtap.lake.nats import NatsSink
 from shadowtap.records import Exchange, Request, Response
@@ -128,3 +129,24 @@ def test_replay_reads_the_stream(tmp_path) -> None:
         _exchange(i % 3, i).id for i in range(30)
     )
     assert all(r["response"]["status"] == 404 for r in results)  # http.server answered each
+
+
+def test_a_member_working_past_ack_wait_keeps_its_batch(tmp_path) -> None:
+    """Messages are batches, so a fetch can take a member longer than ack_wait (here 2 s against
+    ~5 s): each record comes once, in order, and the pass ends (idle_timeout after the last
+    record; an empty fetch no longer restarts that clock)."""
+    from shadowtap.lake.nats import GroupConsumer
+
+    with NatsServer(str(tmp_path / "js")) as srv:
+        url = f"{srv.url}/slow"
+        sink = NatsSink(url, str(tmp_path / "spool"), host="a", partitions=1)
+        for i in range(100):
+            sink.on_exchange(_exchange(1, i))
+        sink.close()
+        consumer = GroupConsumer(url, "g", idle_timeout=4.0, ack_wait=2.0, partitions=1)
+        ids = []
+        for ex, _ in consumer:
+            ids.append(ex.id)
+            time.sleep(0.05)  # 100 records: ~5 s, past ack_wait
+        consumer.close()
+    assert ids == [f"c001-{i:04d}" for i in range(100)]
