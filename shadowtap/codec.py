@@ -136,6 +136,10 @@ def _fields(record: type) -> list[tuple[str, Any]]:
     return [(f.name, hints.get(f.name, Any)) for f in dataclasses.fields(record) if f.init]
 
 
+def _keyword_only(record: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(record) if f.init and f.kw_only}
+
+
 class Codec:
     """Encoders and decoders generated for ``classes`` and every record class their fields hold.
     ``dumps(obj)``/``loads(data)``: one record (any registered class) as bytes and back."""
@@ -169,6 +173,9 @@ class Codec:
 
     def _generate(self, cls: type, tag: int, ns: dict[str, Any]) -> None:
         enc_parts, dec_parts = [], []
+        # The decoder passes the fields positionally, in __init__'s order (half the cost of a
+        # keyword call, the record's own validation still runs); keyword-only fields by name.
+        kw_only = _keyword_only(cls)
         for i, (name, hint) in enumerate(_fields(cls)):
             how, inner = _record_of(hint)
             v, t = f"o.{name}", f"t[{i}]"
@@ -197,6 +204,11 @@ class Codec:
             else:
                 enc_parts.append(v)
                 dec_parts.append(f"{name}={t}")
+        names = [name for name, _hint in _fields(cls)]
+        positional = [
+            p[len(n) + 1 :] for p, n in zip(dec_parts, names, strict=True) if n not in kw_only
+        ]
+        dec_parts = positional + [p for p, n in zip(dec_parts, names, strict=True) if n in kw_only]
         comma = "," if len(enc_parts) == 1 else ""
         src = (
             f"def _e{tag}(o):\n    return ({', '.join(enc_parts)}{comma})\n"

@@ -305,7 +305,8 @@ def _content_kind(headers: Headers) -> str | None:
     return None
 
 
-HEADS_MEMO = 512  # distinct heads a Redactor remembers (Redactor.headers)
+HEADS_MEMO = 512  # distinct heads (and small bodies) a Redactor remembers (Redactor.headers)
+SMALL_BODY = 512  # bytes: JSON bodies up to this size are remembered too (Redactor.json_text)
 _UNSEEN = object()
 
 
@@ -323,6 +324,9 @@ class Redactor:
     _heads: dict[Headers, Headers | None] = dataclasses.field(
         default_factory=dict, compare=False, repr=False
     )
+    # The same for small JSON bodies (at most SMALL_BODY bytes: a service's short answers repeat,
+    # {"ok": true}); a longer body is redacted each time, as its chance to repeat is small.
+    _bodies: dict[bytes, bytes] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def default(cls, extra: Iterable[str] = ()) -> Redactor:
@@ -388,6 +392,18 @@ class Redactor:
     def json_text(self, body: bytes) -> bytes:
         """A JSON body with the string values of secret names (or of secret shapes) hashed, by
         its text: the rest is left byte for byte. O(body)."""
+        if len(body) > SMALL_BODY:
+            return self._json_text(body)
+        memo = self._bodies
+        out = memo.get(body)
+        if out is None:
+            out = self._json_text(body)
+            if len(memo) >= HEADS_MEMO:
+                memo.clear()
+            memo[body] = out
+        return out
+
+    def _json_text(self, body: bytes) -> bytes:
         rules = self.rules
 
         def sub(m: re.Match[bytes]) -> bytes:

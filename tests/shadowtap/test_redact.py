@@ -63,3 +63,16 @@ def test_heads_seen_before_give_the_same_redaction_and_the_same_object_when_clea
         r.headers((("X-N", str(i)),))
     assert len(r._heads) <= redact.HEADS_MEMO
     assert r.headers(secret) == first
+
+
+def test_small_json_bodies_seen_before_give_the_same_redaction():
+    import shadowtap.redact as redact
+
+    r = Redactor(b"k" * 32)
+    body = b'{"user": "a", "password": "hunter2", "n": 1}'
+    first = r.json_text(body)
+    assert b"hunter2" not in first and b'"user": "a"' in first
+    assert r.json_text(bytes(bytearray(body))) == first == Redactor(b"k" * 32).json_text(body)
+    big = b'{"password": "hunter2", "pad": "' + b"x" * redact.SMALL_BODY + b'"}'
+    assert b"hunter2" not in r.json_text(big)  # not remembered, redacted all the same
+    assert big not in r._bodies
