@@ -184,3 +184,9 @@ def test_spool_counts_batches_by_their_records(tmp_path) -> None:
     assert spool.weight == 10 * spool.records and spool.weight + spool.dropped == 1000
     spool.append(0, "3:x-old", b"{}")  # a spool of the one-record version: a batch of one
     assert spool.weight == 10 * (spool.records - 1) + 1
+    batch = spool.peek(2)
+    spool.ack(batch[:1])  # one batch acknowledged
+    waiting = spool.weight
+    spool.close()
+    again = DiskSpool(str(tmp_path / "s"), weigh=batch_weight)  # a restarted agent's count
+    assert again.weight == waiting and again.records == spool.records
