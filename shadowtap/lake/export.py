@@ -126,7 +126,7 @@ def _read_json(path: str, columns: dict[str, str]) -> str:
     cols = ", ".join(f"\"{k}\": '{v}'" for k, v in columns.items())
     return (
         f"read_json({_quote(path)}, format = 'newline_delimited', columns = {{{cols}}}, "
-        "maximum_object_size = 1073741824)"
+        "maximum_object_size = 67108864)"
     )
 
 
@@ -225,6 +225,11 @@ FROM x JOIN r ON x.id = r.exchange_id
 """
 
 
+# DuckDB's memory: past it, its tables spill to the private temporary directory. Lines up to
+# 64 MiB (larger ones: the record path); its JSON reader's buffers take twice that.
+_DUCKDB_MEMORY = "1GB"
+
+
 class Declined(Exception):
     """The columnar path cannot take these files (why: the message); the record path will."""
 
@@ -236,8 +241,8 @@ def columnar_pairs(
     Raises Declined before yielding anything when a line is not a valid record (or an id is
     seen twice): the caller then takes the record path, which names each bad line.
 
-    Memory: DuckDB holds both files' columns (spilled to a private temporary directory past its
-    memory limit) and one batch of output."""
+    Memory: DuckDB's (both files' columns, up to 1 GB, spilled to a private temporary directory
+    past it) and one batch of output."""
     import duckdb
 
     if "-" in (exchanges, results):
@@ -249,6 +254,7 @@ def columnar_pairs(
         con.execute(f"SET threads = {max(1, threads)}")
         con.execute(f"SET temp_directory = {_quote(tmp)}")
         con.execute("SET preserve_insertion_order = false")
+        con.execute(f"SET memory_limit = '{_DUCKDB_MEMORY}'")
         try:
             for name, path, cols in (
                 ("x", exchanges, _EXCHANGE_COLUMNS),
