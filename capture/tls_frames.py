@@ -23,6 +23,7 @@ do not check them by default) and the IPv4 header checksum is computed.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -62,17 +63,36 @@ def _checksum(header: bytes) -> int:
     return ~total & 0xFFFF
 
 
+_IP4_TCP = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")  # one pack a segment: _IP4 then _TCP
+_V4_CONST = 0x4500 + 0x4000 + (64 << 8 | 6)  # version/IHL, flags (DF), TTL/protocol
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip4_sum(src: bytes, dst: bytes) -> int:
+    """The IPv4 header's 16-bit words that do not change along a direction (all but the total
+    length; ident 0): RFC 1071 sums are additive, so a segment's checksum is this plus its
+    length, folded. Cached per address pair (a dict hit instead of a header unpack a segment)."""
+    return _V4_CONST + sum(struct.unpack("!4H", src + dst))
+
+
 def segment(
     src: Endpoint, dst: Endpoint, seq: int, ack: int, flags: int, payload: bytes = b""
 ) -> bytes:
     """One raw-IP TCP segment (LINKTYPE_RAW): IPv4 when both addresses are 4 bytes, else IPv6."""
+    sa, da = src[0], dst[0]
+    if len(sa) == 4 and len(da) == 4:
+        length = 40 + len(payload)
+        total = _ip4_sum(sa, da) + length
+        total = (total >> 16) + (total & 0xFFFF)
+        total += total >> 16
+        hdr = _IP4_TCP.pack(
+            0x45, 0, length, 0, 0x4000, 64, 6, ~total & 0xFFFF, sa, da,
+            src[1], dst[1], seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, 65535, 0, 0,
+        )  # fmt: skip
+        return hdr + payload
     tcp = _TCP.pack(src[1], dst[1], seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, 65535, 0, 0)
-    if len(src[0]) == 4 and len(dst[0]) == 4:
-        hdr = _IP4.pack(0x45, 0, 20 + len(tcp) + len(payload), 0, 0x4000, 64, 6, 0, src[0], dst[0])
-        hdr = hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:]
-        return hdr + tcp + payload
-    s = src[0] if len(src[0]) == 16 else b"\0" * 10 + b"\xff\xff" + src[0]
-    d = dst[0] if len(dst[0]) == 16 else b"\0" * 10 + b"\xff\xff" + dst[0]
+    s = sa if len(sa) == 16 else b"\0" * 10 + b"\xff\xff" + sa
+    d = da if len(da) == 16 else b"\0" * 10 + b"\xff\xff" + da
     return _IP6.pack(6 << 28, len(tcp) + len(payload), 6, 64, s, d) + tcp + payload
 
 

@@ -19,8 +19,11 @@
 #                                       # tls: the TLS source (capture --tls) on nginx's HTTPS server
 #                                       # (port 8443, same location, hey over TLS with keep-alive);
 #                                       # none-tls: hey over TLS without a recorder (its latency peer;
-#                                       # in the rate ladder, the rate the machine serves over TLS).
-#                                       # e.g. BENCH_RECORDERS="tcpdump ebpf tls" BENCH_LATENCY_KINDS="none-tls tls"
+#                                       # in the rate ladder, the rate the machine serves over TLS);
+#                                       # none-tls2: a second one (none-tls2 vs none-tls = the noise
+#                                       # floor of the TLS figures); tls-nice0, tls-idle as above.
+#                                       # e.g. BENCH_RECORDERS="tcpdump ebpf tls"
+#                                       # BENCH_LATENCY_KINDS="none-tls tls none-tls2"
 #                                       # ebpf-sink, pcap-sink: the agent publishing to NATS JetStream
 #                                       # (--sink, a nats-server -js in the server's namespace, a
 #                                       # subject per step) instead of writing a file; recorded =
@@ -143,9 +146,19 @@ def start_recorder(server, iface: str, kind: str, tag: str) -> tuple[subprocess.
     return proc, out, err
 
 
+def is_tls(kind: str) -> bool:
+    """tls, tls-nice0, tls-idle, none-tls, none-tls2: the kinds whose load is HTTPS."""
+    return kind.split("-")[0] == "tls" or kind.startswith("none-tls")
+
+
+def baseline(kind: str) -> str:
+    """The no-recorder kind a kind is compared with: TLS with TLS, plaintext with plaintext."""
+    return "none-tls" if is_tls(kind) else "none"
+
+
 def url_for(kind: str) -> str:
     """The TLS kinds load nginx's HTTPS server (hey over TLS, keep-alive); the others its HTTP one."""
-    if kind in ("tls", "none-tls"):
+    if is_tls(kind):
         return f"https://10.250.9.2:{TLS_PORT}/bench"
     return f"http://10.250.9.2:{PORT}/bench"
 
@@ -256,18 +269,20 @@ try:
     print()
     print("highest rate with >= 99.9% of exchanges recorded (served/s):")
     for kind in RECORDERS:
-        peer = "none-tls" if kind == "tls" and best.get("none-tls") else "tcpdump"
+        peer = "none-tls" if is_tls(kind) and best.get("none-tls") else "tcpdump"
         if kind.endswith("-sink") and best.get(kind[:-5]):
             peer = kind[:-5]  # the same agent writing a file
         rel = f"  {best[kind] / best[peer]:.0%} of {peer}" if best.get(peer) and kind != peer else ""
         print(f"  {kind:8} {best[kind]:8.0f}{rel}")
     print("  (ebpf, pcap: the whole agent, HTTP extraction included; *-raw: the capture path alone,\n"
           "   source -> pcap file, like tcpdump)")
-    if len(at_max.get("tcpdump", [])) > 1:
+    if any(len(xs) > 1 for xs in at_max.values()):
         mid = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
         print("median over the max steps (served/s, 0 when < 99.9% recorded):")
         for kind, xs in at_max.items():
-            rel = f"  {mid(xs) / mid(at_max['tcpdump']):.0%} of tcpdump" if kind != "tcpdump" else ""
+            peer = "none-tls" if is_tls(kind) and "none-tls" in at_max else "tcpdump"
+            rel = (f"  {mid(xs) / mid(at_max[peer]):.0%} of {peer}"
+                   if kind != peer and mid(at_max.get(peer, [0])) else "")
             print(f"  {kind:8} {mid(xs):8.0f}{rel}   ({', '.join(f'{x:.0f}' for x in xs)})")
     print()
     rounds = int(os.environ.get("BENCH_LATENCY_ROUNDS", "8"))
@@ -280,13 +295,25 @@ try:
     print(f"primary latency at {LAT_RATE}/s, {SECONDS:g} s runs, {rounds} interleaved rounds (order rotated); "
           "p99 in ms:")
     lat: dict[str, list[list[float]]] = {k: [] for k in kinds}
+    # nginx's own CPU time per request (user + system, from /proc: it runs as one process): what
+    # the probes cost the server itself (their traps are charged to it), free of the wall-clock
+    # noise of a shared machine.
+    served_cpu: dict[str, list[float]] = {k: [] for k in kinds}
+
+    def nginx_cpu() -> float:
+        with open(f"/proc/{nginx.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     for _round in range(rounds):
         for kind in kinds[_round % len(kinds):] + kinds[:_round % len(kinds)]:  # rotated: no order bias
             proc = None
             if not kind.startswith("none"):
                 proc, _out, _err = start_recorder(server, iface, kind, f"lat-{kind}-{_round}")
             time.sleep(1)  # every kind alike: a recorder's start (compiling, attaching) is not its steady state
+            before_cpu = nginx_cpu()
             lat[kind].append(hey_latencies(client, url_for(kind), LAT_RATE, SECONDS, WORKERS))
+            served_cpu[kind].append((nginx_cpu() - before_cpu) / max(1, len(lat[kind][-1])) * 1e6)
             if proc:
                 stop(proc)
     q = lambda xs, p: sorted(xs)[min(len(xs) - 1, int(p * len(xs)))]  # noqa: E731
@@ -302,21 +329,24 @@ try:
     tails = {k: [tail(r) for r in runs] for k, runs in lat.items()}
 
     def paired(values: dict[str, list[float]], kind: str) -> str:
-        base = "none-tls" if kind == "tls" and "none-tls" in values else "none"  # TLS vs TLS
+        base = baseline(kind)
         ratios = [a / b for a, b in zip(values[kind], values[base])]
         return f"{med(ratios) - 1:+.1%} ({min(ratios) - 1:+.0%}..{max(ratios) - 1:+.0%})"
 
-    print(f"  {'kind':6} {'p50':>5} {'p99: median':>11} {'(min-max)':>13} {'pooled':>6} {'tail 1%':>7}   "
-          f"{'p99 vs none, paired':>22}   {'tail 1% vs none, paired':>22}")
+    print(f"  {'kind':6} {'p50':>5} {'mean':>5} {'p99: median':>11} {'(min-max)':>13} {'pooled':>6} {'tail 1%':>7}   "
+          f"{'p99 vs none, paired':>22}   {'tail 1% vs none, paired':>22}   nginx cpu us/req")
     for kind, runs in lat.items():
         pooled = [x for r in runs for x in r]
-        rel = ("", "") if kind in ("none", "none-tls") or ("none" not in lat and kind != "tls") else (
+        rel = ("", "") if kind == baseline(kind) or baseline(kind) not in lat else (
             paired(p99s, kind), paired(tails, kind))
-        print(f"  {kind:6} {q(pooled, 0.5):5.2f} {med(p99s[kind]):11.2f} {min(p99s[kind]):6.2f}-{max(p99s[kind]):<6.2f} "
-              f"{q(pooled, 0.99):6.2f} {tail(pooled):7.2f}   {rel[0]:>22}   {rel[1]:>22}")
+        mean = sum(pooled) / max(1, len(pooled))
+        print(f"  {kind:6} {q(pooled, 0.5):5.2f} {mean:5.2f} {med(p99s[kind]):11.2f} {min(p99s[kind]):6.2f}-{max(p99s[kind]):<6.2f} "
+              f"{q(pooled, 0.99):6.2f} {tail(pooled):7.2f}   {rel[0]:>22}   {rel[1]:>22}   {med(served_cpu[kind]):6.1f}")
     print("  (p99 median: over the rounds of each round's p99; pooled: p99 of all rounds' requests; tail 1%: the\n"
           "   mean of the slowest 1% of all rounds' requests; paired: each round's figure over the same round's\n"
-          "   no-recorder figure, median (min..max) over the rounds. none2 vs none = the noise floor)")
+          "   no-recorder figure, median (min..max) over the rounds. none2 vs none, none-tls2 vs none-tls =\n"
+          "   the noise floor; mean: of all requests (hey's 0.1 ms steps average out); nginx cpu: the server's\n"
+          "   CPU time per request, median over the rounds)")
 finally:
     if nginx is not None:
         nginx.send_signal(signal.SIGTERM)
