@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from shadowtap.errors import InputError, TargetError
-from shadowtap.records import Exchange, Headers, header_value, header_values
+from shadowtap.records import Exchange, Headers, header_value
 from shadowtap.replay.captured_server import Endpoint, ServerCheck, ThisHost
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -197,8 +197,16 @@ class Policy:
     # The refusal to replay into the captured server (its target endpoints: resolved, then the
     # real peers of the client's connections); None: no check (the mirror checks its own way).
     servers: ServerCheck | None = field(default=None, compare=False)
+    # Derived once (every request needs them): the lower-case names of set_headers, the
+    # target's authority and base URL.
+    _set_names: frozenset[str] = field(init=False, compare=False, repr=False)
+    _authority: str = field(init=False, compare=False, repr=False)
+    _base: str = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_set_names", frozenset(n.lower() for n, _ in self.set_headers))
+        object.__setattr__(self, "_authority", self.target.authority)
+        object.__setattr__(self, "_base", self.target.base)
         if not 0.0 <= self.sample_percent <= 100.0:
             raise InputError(
                 f"sample percent must be in 0..100, not {self.sample_percent}",
@@ -288,19 +296,24 @@ class Policy:
             if self.host_suffix:
                 host = _suffix_host(host, self.host_suffix)
         else:
-            host = self.target.authority
-        set_names = {n.lower() for n, _ in self.set_headers}
+            host = self._authority
+        set_names = self._set_names
         headers: list[tuple[str, str]] = [] if "host" in set_names else [("Host", host)]
         had_length = False
         has_key = False
+        lnames = [n.lower() for n, _ in req.headers]
         # Headers the captured Connection header names are hop-by-hop too (RFC 9110 7.6.1).
-        conn_named = {
-            t.strip().lower()
-            for v in header_values(req.headers, "connection")
-            for t in v.split(",")
-        }
-        for name, value in req.headers:
-            lname = name.lower()
+        conn_named = (
+            {
+                t.strip().lower()
+                for ln, (_, v) in zip(lnames, req.headers, strict=True)
+                if ln == "connection"
+                for t in v.split(",")
+            }
+            if "connection" in lnames
+            else ()
+        )
+        for lname, (name, value) in zip(lnames, req.headers, strict=True):
             if lname in ("content-length", "transfer-encoding"):
                 had_length = True
             if (
@@ -323,14 +336,14 @@ class Policy:
             headers.append(("Content-Length", str(len(body))))
         head = (
             f"{method} {target} HTTP/1.1\r\n"
-            + "".join(f"{n}: {v}\r\n" for n, v in headers)
+            + "".join([f"{n}: {v}\r\n" for n, v in headers])
             + "\r\n"
         )
         return Prepared(
             exchange_id=exchange.id,
             method=method,
             target=target,
-            url=self.target.base + target,
+            url=self._base + target,
             headers=tuple(headers),
             body=body,
             wire=head.encode("latin-1", "replace") + body,

@@ -450,7 +450,8 @@ async def _replay(
     # Once the window is full the scheduler sleeps until it is a quarter empty: one wake-up then
     # submits many requests, instead of a wake-up (a task step, ~5 us) a request.
     low_water = window - max(1, window // 4)
-    room = asyncio.Event()
+    room = asyncio.Event()  # cleared while the scheduler waits for the window to empty
+    room.set()
     stop = asyncio.Event()
     first_error: list[BaseException] = []
 
@@ -471,7 +472,8 @@ async def _replay(
                 first_error.append(exc)
             stop.set()
             waker.wake()
-        if sender.outstanding <= low_water:
+        # (submitted - sent: the requests outstanding, without asking every sender of the Router)
+        if not room.is_set() and summary.submitted - summary.sent <= low_water:
             room.set()
 
     waker = _Waker(loop)
@@ -524,8 +526,8 @@ async def _replay(
             decision = slot.item.decision
             if decision is None or isinstance(decision, Skip):
                 continue
-            if sender.outstanding >= window:
-                while sender.outstanding > low_water and not stop.is_set():
+            if summary.submitted - summary.sent >= window:
+                while summary.submitted - summary.sent > low_water and not stop.is_set():
                     room.clear()
                     await room.wait()
                 unyielded = 0
