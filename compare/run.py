@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from shadowtap import console
 from shadowtap.compare.aggregate import Comparison
@@ -31,8 +32,26 @@ def run_compare(
     engine: str = "local",
     spark_master: str = "local[*]",
 ) -> int:
-    """``results`` None: ``exchanges`` is a run directory or a lake. ``jobs`` > 1 or the spark
-    engine: the partitioned comparison (compare/partitioned.py), merged; the same report."""
+    """``results`` None: ``exchanges`` is a run directory, a lake or a run's stream
+    (``nats://host:4222/SUBJECT``: its exchanges and results; a stream as ``results``: its
+    results). ``jobs`` > 1 or the spark engine: the partitioned comparison
+    (compare/partitioned.py), merged; the same report."""
+    if exchanges.startswith("nats://") or (results or "").startswith("nats://"):
+        return _compare_stream(
+            exchanges,
+            results,
+            baseline=baseline,
+            ignore=ignore,
+            config=config,
+            html=html,
+            json_out=json_out,
+            quiet=quiet,
+            parquet=parquet,
+            proto_descriptor=proto_descriptor,
+            jobs=jobs,
+            engine=engine,
+            spark_master=spark_master,
+        )
     cfg = load_config(config).with_ignore(tuple(NoiseRule.parse(r) for r in ignore))
     for out in (html, json_out):  # fail before the work, not after it
         if out and out != "-":
@@ -103,6 +122,37 @@ def run_compare(
         if lake is not None:
             lake.close()
     return _report(comparison, interrupted, quiet=quiet, json_out=json_out, html=html)
+
+
+def _compare_stream(exchanges: str, results: str | None, **kw: Any) -> int:
+    """``run_compare`` with a run's stream as an input: the stream's records are copied to
+    private JSONL files first (streaming, in stream order), then compared like any files, by any
+    engine. EXCHANGES a stream and no RESULTS: both from the stream (the mirror publishes both);
+    a stream as RESULTS: its results (replay's, or the mirror's), with EXCHANGES from anywhere."""
+    import shutil
+    import tempfile
+
+    from shadowtap.lake.nats import stream_to_files
+
+    work = tempfile.mkdtemp(prefix="shadowtap-stream-")  # 0700
+    try:
+        files: dict[str, tuple[str, str, int, int]] = {}
+        for url in {u for u in (exchanges, results) if u and u.startswith("nats://")}:
+            sub = tempfile.mkdtemp(dir=work)
+            files[url] = stream_to_files(url, sub)
+            _, _, n_x, n_r = files[url]
+            console.info(f"{url}: {n_x} exchanges, {n_r} results")
+        if exchanges in files:
+            ex_path = files[exchanges][0]
+            res_path = files[exchanges][1] if results is None else results
+        else:
+            ex_path = exchanges
+            res_path = results or ""
+        if results in files:
+            res_path = files[results][1]
+        return run_compare(ex_path, res_path, **kw)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _report(

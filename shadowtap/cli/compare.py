@@ -12,11 +12,11 @@ from shadowtap.cli import options as opt
 
 _EXCHANGES = (
     "Exchanges JSONL (the primary's requests and responses; .gz ok, - = stdin), or a "
-    "run directory, or a Parquet lake (docs/lake.md)."
+    "run directory, or a Parquet lake, or a run's stream nats://host:4222/SUBJECT (docs/lake.md)."
 )
 _RESULTS = (
-    "Results JSONL from `shadowtap replay` (the shadow's responses). Omitted: EXCHANGES "
-    "is a run directory or a Parquet lake."
+    "Results JSONL from `shadowtap replay` (the shadow's responses), or a run's stream "
+    "(its results). Omitted: EXCHANGES is a run directory, a Parquet lake or a stream."
 )
 _PARQUET = "Also write the joined pairs to this Parquet lake directory (docs/lake.md)."
 _JOBS = (

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import socket
 import threading
@@ -693,10 +694,26 @@ def stream_records(url: str) -> Iterator[tuple[str, str, bytes]]:
         yield from item
 
 
+def stream_to_files(url: str, directory: str) -> tuple[str, str, int, int]:
+    """A run's stream as ``exchanges.jsonl`` and ``results.jsonl`` (0600) in ``directory``: the
+    record JSON as the agents published it, in stream order (so a connection's exchanges in
+    capture order). Returns (exchanges path, results path, exchanges, results)."""
+    from shadowtap.jsonl import create_private
+
+    paths = (os.path.join(directory, "exchanges.jsonl"), os.path.join(directory, "results.jsonl"))
+    counts = {"x": 0, "r": 0}
+    with create_private(paths[0]) as xf, create_private(paths[1]) as rf:
+        out = {"x": xf, "r": rf}
+        for kind, _host, rec in stream_records(url):
+            if kind in out:
+                out[kind].write(rec + b"\n")
+                counts[kind] += 1
+    return paths[0], paths[1], counts["x"], counts["r"]
+
+
 def default_spool_dir(url: str) -> str:
     """Where an agent spools for ``url`` unless told: per user and stream, kept across runs (a
     restarted agent resends what it had not published)."""
-    import os
     import tempfile
 
     return os.path.join(
