@@ -17,6 +17,16 @@ Two modes, one interface:
   and Huffman strings always decode. A size update to 0 empties the table: from then on the
   direction is fully known again and goes back to ``hpack.Decoder``.
 
+Caches (known start): a block that left the table unchanged is kept whole while the table stays so
+(gRPC heads and trailers repeat byte for byte); a block whose every representation leaves the table
+alone (indexed fields, literals without indexing: RFC 7541 6.1, 6.2.2, 6.2.3) is decoded
+representation by representation, each one by the library once and then kept, so a head that
+differs from the last only in a field sent without indexing (a request id) costs one small decode,
+not the whole block's (a grpcio request head: ~9 us against ~12 us). Finding where representations
+end reads lengths only (``_table_neutral_representations``, hpack's ``decode_integer``); every
+field is still decoded by the library, and tests/wire/test_h2_hpack.py holds the results equal to
+the library's alone on any blocks, damaged or not.
+
 Decoding is O(block size); the passive table keeps at most ``_PASSIVE_MAX_ENTRIES`` insertions
 (older ones become unknown, which only costs decodability, never correctness).
 """
@@ -51,6 +61,36 @@ class Decoded:
     secret: bool = False  # a watched (secret) field name is among the fields
 
 
+def _table_neutral_representations(block: bytes) -> list[int] | None:
+    """Where each field representation of ``block`` ends, when every one leaves the dynamic table
+    as it is (indexed fields, literals without indexing or never indexed: RFC 7541 6.1, 6.2.2,
+    6.2.3); None when one inserts or resizes (6.2.1, 6.3), or the block does not scan (the
+    library then decodes the block whole and names the error). Only lengths are read here: the
+    integers with hpack's own ``decode_integer``, strings skipped by their length. O(fields)."""
+    ends: list[int] = []
+    pos, n = 0, len(block)
+    view = memoryview(block)
+    try:
+        while pos < n:
+            b = block[pos]
+            if b & 0x80:  # indexed field
+                pos += decode_integer(view[pos:], 7)[1]
+            elif (b & 0xE0) == 0:  # literal without indexing (0000), never indexed (0001)
+                index, used = decode_integer(view[pos:], 4)
+                pos += used
+                for _ in range(1 if index else 2):  # the name when not indexed, the value
+                    length, used = decode_integer(view[pos:], 7)
+                    pos += used + length
+                if pos > n:
+                    return None
+            else:
+                return None  # incremental indexing or a table size update: the table changes
+            ends.append(pos)
+    except (hpack.HPACKError, IndexError, ValueError):
+        return None
+    return ends
+
+
 def _text(fields: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
     """Fields as the records keep them: latin-1 text (every byte maps to one character)."""
     return tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in fields)
@@ -62,6 +102,7 @@ class HeaderDecoder:
     __slots__ = (
         "_cache",
         "_entries",
+        "_reps",
         "_lib",
         "_limit",
         "_max",
@@ -77,6 +118,7 @@ class HeaderDecoder:
         self._limit = table_limit  # the decoding side's SETTINGS_HEADER_TABLE_SIZE, as last seen
         self._lib: hpack.Decoder | None = None
         self._cache: dict[bytes, Decoded] = {}
+        self._reps: dict[bytes, tuple[str, str]] = {}  # one representation -> its field
         # Passive table: newest first; None for an entry whose name or value is unknown.
         self._entries: list[tuple[bytes, bytes] | None] = []
         self._tail_unknown = True  # entries older than those in _entries may exist
@@ -91,6 +133,8 @@ class HeaderDecoder:
         lib = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
         lib.max_allowed_table_size = self._limit
         self._lib = lib
+        self._cache.clear()
+        self._reps.clear()
         self.passive = False
         self._entries = []
         self._tail_unknown = False
@@ -107,6 +151,7 @@ class HeaderDecoder:
         """Bytes of this direction were lost: every dynamic entry is unknown from now on."""
         self._lib = None
         self._cache.clear()
+        self._reps.clear()
         self.passive = True
         self._entries = []
         self._tail_unknown = True
@@ -132,6 +177,11 @@ class HeaderDecoder:
             hit = cache.get(block)
             if hit is not None:
                 return hit
+            reps = _table_neutral_representations(block)
+            if reps is not None:
+                got = self._decode_by_representation(lib, block, reps)
+                if got is not None:
+                    return got
             table = lib.header_table
             entries = table.dynamic_entries
             front = entries[0] if entries else None
@@ -146,10 +196,53 @@ class HeaderDecoder:
                 if len(cache) >= _CACHE_MAX:
                     cache.clear()
                 cache[block] = out
-            elif cache:
+            else:
                 cache.clear()
+                self._reps.clear()
             return out
         return self._decode_passive(block)
+
+    def _decode_by_representation(
+        self, lib: hpack.Decoder, block: bytes, reps: list[int]
+    ) -> Decoded | None:
+        """A block none of whose representations changes the table (indexed fields, literals
+        without indexing): each representation decodes alone as it does in the block, so each is
+        decoded once by the library and kept while the table is unchanged. A request head that
+        differs from the last one only in a field sent without indexing (a request id) then
+        costs one small decode instead of the whole block's (``_reps``; emptied with ``_cache``).
+        None when a representation did not decode to one field (the block is then decoded whole:
+        nothing here changed the table)."""
+        reps_cache = self._reps
+        fields: list[tuple[str, str]] = []
+        start = 0
+        size = 0
+        try:
+            for end in reps:
+                rep = block[start:end]
+                field = reps_cache.get(rep)
+                if field is None:
+                    got = list(lib.decode(rep, raw=True))
+                    if len(got) != 1:
+                        return None
+                    field = (got[0][0].decode("latin-1"), got[0][1].decode("latin-1"))
+                    if len(reps_cache) >= _CACHE_MAX:
+                        reps_cache.clear()
+                    reps_cache[rep] = field
+                fields.append(field)
+                size += len(field[0]) + len(field[1]) + 32  # RFC 7541 4.1, as the library counts
+                start = end
+            if size > MAX_HEADER_LIST:
+                raise hpack.OversizedHeaderListError(
+                    f"A header list larger than {MAX_HEADER_LIST} has been received"
+                )
+        except hpack.HPACKError as exc:
+            self.lose_state()
+            return Decoded((), error=f"hpack: {exc}")
+        out = self._secret(Decoded(tuple(fields)))
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[block] = out
+        return out
 
     # -- passive mode ---------------------------------------------------------------------------
 
