@@ -56,6 +56,7 @@ WAKEUP_EVERY = 256
 BATCH_POLL_MS = 20
 PERF_WAKEUP_EVENTS = 32
 REORDER_US = 50_000
+MAX_ORIENTED = 65536  # connections whose orientation _record keeps
 # 32 x 16 KiB = 512 KiB a call (the verifier bounds the loop); the rest is counted as truncated
 DEFAULT_MAX_PIECES = 32
 UPROBE_EVENTS = ("/sys/kernel/tracing/uprobe_events", "/sys/kernel/debug/tracing/uprobe_events")
@@ -310,6 +311,7 @@ class TlsSource:
         self._received = 0
         self._payload = 0
         self._unmapped = 0
+        self._oriented: dict[tuple[int, int, int], tuple] = {}  # see _record
         self._resolved: dict[
             int, tuple | None
         ] = {}  # sk -> orientation, for sockets user space resolved
@@ -556,6 +558,32 @@ class TlsSource:
         h = _HDR.unpack_from(raw)
         ts_us = (h[0] + self._offset_ns) // 1000
         kind = h[11]
+        flags = h[13]
+        if kind == K_DATA and flags & F_TUPLE and not flags & F_FAULT and self.on_chunk is None:
+            # The common record (a watched connection's bytes): its orientation cached by
+            # (sk, lport, rport), forgotten at the socket's K_OPEN/K_CLOSE (same key: those
+            # records carry the tuple too); ~1.5 us a record less than the general path.
+            key = (h[1], h[16], h[17])
+            orient = self._oriented.get(key)
+            if orient is None:
+                orient = self._orientation(h)
+                assert orient is not None  # a record with its tuple is always placed
+                if len(self._oriented) >= MAX_ORIENTED:
+                    self._oriented.clear()  # closes that were never seen (lost records)
+                self._oriented[key] = orient
+            sk, client, server, proc_is_server = orient
+            d = h[12]
+            data = raw[_HDR.size : _HDR.size + h[7]]
+            self._payload += len(data)
+            if data:
+                self.framer.data_into(
+                    self._batch, sk, ts_us, client, server,
+                    (d == D_READ) if proc_is_server else (d == D_WRITE),
+                    (h[3] if d == D_READ else h[4]) + h[8], data,
+                )  # fmt: skip
+            return
+        if kind == K_OPEN or kind == K_CLOSE:
+            self._oriented.pop((h[1], h[16], h[17]), None)
         if kind == K_OPEN:
             (_ts, sk, *_rest) = h
             family, lport, rport, laddr, raddr, role = h[15], h[16], h[17], h[19], h[20], h[14]

@@ -155,27 +155,51 @@ class Framer:
             out.append((ts_us, f, len(f)))
 
     def data(self, key: int, chunk: Chunk) -> list[Frame]:
-        c = self._conn(key, chunk.client, chunk.server, opened=False)
-        self._conns.move_to_end(key)
         out: list[Frame] = []
+        self.data_into(
+            out, key, chunk.ts_us, chunk.client, chunk.server, chunk.to_server, chunk.offset,
+            chunk.data,
+        )  # fmt: skip
+        return out
+
+    def data_into(
+        self,
+        out: list[Frame],
+        key: int,
+        ts_us: int,
+        client: Endpoint,
+        server: Endpoint,
+        to_server: bool,
+        off: int,
+        data: bytes,
+    ) -> None:
+        """``data`` with the chunk's fields, appending to ``out``: the source's path (no Chunk
+        made per record, no list per call)."""
+        c = self._conns.get(key)
+        if c is None or c.client != client or c.server != server:
+            c = self._conn(key, client, server, opened=False)
+        self._conns.move_to_end(key)
+        n = len(out)
         if not c.started:
-            self._start(c, chunk.ts_us, out)
-        if chunk.to_server:
+            self._start(c, ts_us, out)
+        if to_server:
             src, dst, isn, ack = c.client, c.server, C_ISN, S_ISN + 1 + c.s_next
         else:
             src, dst, isn, ack = c.server, c.client, S_ISN, C_ISN + 1 + c.c_next
-        data, off = chunk.data, chunk.offset
-        for i in range(0, len(data), MAX_SEGMENT):
-            part = data[i : i + MAX_SEGMENT]
-            f = segment(src, dst, isn + 1 + off + i, ack, PSH | ACK, part)
-            out.append((chunk.ts_us, f, len(f)))
-        end = off + len(data)
-        if chunk.to_server:
-            c.c_next = max(c.c_next, end)
+        if len(data) <= MAX_SEGMENT:
+            f = segment(src, dst, isn + 1 + off, ack, PSH | ACK, data)
+            out.append((ts_us, f, len(f)))
         else:
-            c.s_next = max(c.s_next, end)
-        self.frames += len(out)
-        return out
+            for i in range(0, len(data), MAX_SEGMENT):
+                f = segment(src, dst, isn + 1 + off + i, ack, PSH | ACK, data[i : i + MAX_SEGMENT])
+                out.append((ts_us, f, len(f)))
+        end = off + len(data)
+        if to_server:
+            if end > c.c_next:
+                c.c_next = end
+        elif end > c.s_next:
+            c.s_next = end
+        self.frames += len(out) - n
 
     def end(self, key: int, ts_us: int, from_client: bool, offset: int) -> list[Frame]:
         """One side sent its FIN after ``offset`` bytes (its stream length, as counted)."""
