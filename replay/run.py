@@ -503,10 +503,17 @@ async def _replay(
             )
     show = cfg.progress if cfg.progress is not None else console.interactive()
     progress = (
-        _Progress(summary, sender, total, timing.duration if total is None else None)
+        _Progress(
+            summary,
+            lambda: sender.outstanding,
+            total,
+            timing.duration if total is None else None,
+        )
         if show
         else None
     )
+    if shard is not None:
+        shard.report(summary, lambda: sender.outstanding)
     if shard is not None:  # every worker starts at the parent's one instant
         start = await shard.ready(stop)
         began = min(start, time.monotonic())
@@ -705,14 +712,19 @@ class _Progress:
     def __init__(
         self,
         summary: ReplaySummary,
-        sender: Sender | Router,
+        outstanding: Callable[[], int],
         total: float | None,
         duration: float | None,
+        *,
+        timer: bool = True,
     ) -> None:
+        """``outstanding``: the requests in flight now; ``timer``: ticks every half second on
+        the running loop (else the caller calls ``tick``: the parent of --workers)."""
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.summary = summary
-        self.sender = sender
+        self.outstanding = outstanding
+        self.timer = timer
         self.total = total
         self.duration = duration
         self.progress = Progress(
@@ -728,9 +740,11 @@ class _Progress:
         self._last_sent = 0
         self._last_counts = summary.lags.snapshot()
         self._last_time = time.monotonic()
-        self._handle = asyncio.get_running_loop().call_later(0.5, self._tick)
+        self._handle: asyncio.TimerHandle | None = (
+            asyncio.get_running_loop().call_later(0.5, self.tick) if timer else None
+        )
 
-    def _tick(self) -> None:
+    def tick(self) -> None:
         s = self.summary
         now = time.monotonic()
         counts = s.lags.snapshot()
@@ -744,16 +758,18 @@ class _Progress:
             completed=completed,
             description=(
                 f"sent {s.sent:,}  {rate:,.0f} req/s  lag p99 {lag:.1f} ms  errors {errors}  "
-                f"in flight {self.sender.outstanding}  skipped {sum(s.skipped.values())}"
+                f"in flight {self.outstanding()}  skipped {sum(s.skipped.values())}"
             ),
         )
         self._last_sent, self._last_time = s.sent, now
-        self._handle = asyncio.get_running_loop().call_later(0.5, self._tick)
+        if self.timer:
+            self._handle = asyncio.get_running_loop().call_later(0.5, self.tick)
 
     def close(self) -> None:
-        self._handle.cancel()
-        self._tick()
-        self._handle.cancel()
+        if self._handle is not None:
+            self._handle.cancel()
+        self.timer = False
+        self.tick()
         self.progress.stop()
 
 

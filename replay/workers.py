@@ -43,6 +43,7 @@ import signal
 import tempfile
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import IO, Any
@@ -66,6 +67,7 @@ from shadowtap.replay.run import (
     ReplayConfig,
     ReplaySummary,
     _counting,
+    _Progress,
     _replay,
     _run_loop,
     _unredacting,
@@ -221,16 +223,32 @@ class WorkerReport:
     damaged: ErrorRecord | None = None  # the input's damage (InputError), after what was sent
 
 
-CODEC = codec_for([Ready, Go, WorkerReport])
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Worker -> parent every half second, when the parent shows a progress bar."""
+
+    worker: int
+    sent: int
+    errors: dict[str, int]
+    skipped: dict[str, int]
+    outstanding: int
+    lag_bins: dict[int, int]  # the lags since the last Tick: histogram bin -> count
+    lag_n: int
+    lag_max: float
+
+
+CODEC = codec_for([Ready, Go, Tick, WorkerReport])
+TICK = 0.5  # s between two Ticks
 
 
 class Shard:
     """What ``_replay`` gets in a worker: the parent's clock, its start instant and its Stops."""
 
-    def __init__(self, ctx: ChildContext, index: int, clock: Clock) -> None:
+    def __init__(self, ctx: ChildContext, index: int, clock: Clock, ticks: bool) -> None:
         self.ctx = ctx
         self.index = index
         self.clock = clock
+        self.ticks = ticks  # send Ticks (the parent shows progress)
         self._go: Any = None  # asyncio.Future[float] while waiting for Go
         self._on_stop: Callable[[], None] = lambda: None
 
@@ -253,6 +271,42 @@ class Shard:
                 self._stop()
 
         loop.add_reader(channel.fileno(), readable)
+
+    def report(self, summary: ReplaySummary, outstanding: Callable[[], int]) -> None:
+        """Send a Tick every TICK seconds from the running loop (when ``ticks``)."""
+        if not self.ticks:
+            return
+        import asyncio
+
+        import numpy as np
+
+        loop = asyncio.get_running_loop()
+        last = summary.lags.snapshot()
+        last_n = 0
+
+        def tick() -> None:
+            nonlocal last, last_n
+            counts = summary.lags.snapshot()
+            delta = counts - last
+            bins = np.nonzero(delta)[0]
+            lags = summary.lags
+            with contextlib.suppress(OSError, ValueError):
+                self.ctx.channel.send(
+                    Tick(
+                        self.index,
+                        summary.sent,
+                        dict(summary.errors),
+                        dict(summary.skipped),
+                        outstanding(),
+                        dict(zip(bins.tolist(), delta[bins].tolist(), strict=True)),
+                        lags.n - last_n,
+                        lags.max,
+                    )
+                )
+            last, last_n = counts, lags.n
+            loop.call_later(TICK, tick)
+
+        loop.call_later(TICK, tick)
 
     def _stop(self) -> None:
         if self._go is not None and not self._go.done():
@@ -288,7 +342,13 @@ class PartWriter:
 
 
 def _worker(
-    ctx: ChildContext, cfg: ReplayConfig, index: int, workers: int, clock: Clock, part: str | None
+    ctx: ChildContext,
+    cfg: ReplayConfig,
+    index: int,
+    workers: int,
+    clock: Clock,
+    part: str | None,
+    ticks: bool,
 ) -> WorkerReport:
     summary = ReplaySummary()
     damaged: list[InputError] = []
@@ -297,7 +357,7 @@ def _worker(
     )
     writer = PartWriter(part, clock) if part is not None else None
     try:
-        _run_loop(_replay(cfg, source, writer, summary, Shard(ctx, index, clock)))
+        _run_loop(_replay(cfg, source, writer, summary, Shard(ctx, index, clock, ticks)))
     finally:
         if writer is not None:
             writer.close()
@@ -368,6 +428,29 @@ class _Run:
         self.done: set[int] = set()
         self.stops = 0  # Ctrl-C / SIGTERM received (the signal handler counts)
         self._forwarded = 0
+        # The progress bar's numbers: the workers' last Ticks, their lags merged as they come.
+        self.live = ReplaySummary()
+        self.ticks: dict[int, Tick] = {}
+        self.progress: Any = None  # run._Progress, ticked from ``pump``
+        self._shown = 0.0
+
+    def on_tick(self, t: Tick) -> None:
+        self.ticks[t.worker] = t
+        live = self.live
+        live.sent = sum(x.sent for x in self.ticks.values())
+        live.errors = Counter()
+        live.skipped = Counter()
+        for x in self.ticks.values():
+            live.errors.update(x.errors)
+            live.skipped.update(x.skipped)
+        lags = live.lags
+        for b, c in t.lag_bins.items():
+            lags.counts[b] += c
+        lags.n += t.lag_n
+        lags.max = max(lags.max, t.lag_max)
+
+    def outstanding(self) -> int:
+        return sum(t.outstanding for t in self.ticks.values())
 
     def fail(self, err: ShadowtapError) -> None:
         self.errors.append(err)
@@ -390,11 +473,16 @@ class _Run:
             waiting = [c.channel.conn for i, c in enumerate(self.children) if i not in self.done]
             with contextlib.suppress(InterruptedError):
                 wait_any(waiting, wait)
+            if self.progress is not None and time.monotonic() - self._shown >= TICK:
+                self._shown = time.monotonic()
+                self.progress.tick()
             for i, child in enumerate(self.children):
                 if i in self.done:
                     continue
                 while (msg := child.take(0)) is not None and child.exited is None:
-                    if isinstance(msg, Ready):
+                    if isinstance(msg, Tick):
+                        self.on_tick(msg)
+                    elif isinstance(msg, Ready):
                         self.ready.add(i)
                 if child.exited is None and not child.is_alive():
                     child.take(0)  # an Exited sent just before the end
@@ -425,6 +513,7 @@ def run_workers(cfg: ReplayConfig) -> tuple[ReplaySummary, InputError | None]:
         folder = tempfile.mkdtemp(prefix=".shadowtap-replay-", dir=out_dir)  # 0700
     parts = _parts(folder, n) if folder else [None] * n
     run = _Run()
+    show = cfg.progress if cfg.progress is not None else console.interactive()
 
     def on_signal(_signum: int, _frame: Any) -> None:
         run.stops += 1
@@ -449,6 +538,7 @@ def run_workers(cfg: ReplayConfig) -> tuple[ReplaySummary, InputError | None]:
                     n,
                     clock,
                     parts[i],
+                    show,
                     name=f"replay worker {i + 1} of {n}",
                     codec=CODEC,
                     die_with_parent=signal.SIGKILL,
@@ -461,8 +551,17 @@ def run_workers(cfg: ReplayConfig) -> tuple[ReplaySummary, InputError | None]:
             for child in run.children:
                 with contextlib.suppress(OSError, ValueError):
                     child.send(Go(start))
+            if show:
+                run.live.started = began
+                run.progress = _Progress(
+                    run.live, run.outstanding, None, cfg.timing.duration, timer=False
+                )
         run.pump(lambda: len(run.done) == n)
     finally:
+        if run.progress is not None:
+            if len(run.reports) == n:  # the final figures, not the last Ticks'
+                run.live.sent = sum(r.sent for r in run.reports.values())
+            run.progress.close()
         run.stop_all()  # (none left on the normal path)
         for child in run.children:
             child.reap(5)

@@ -125,7 +125,9 @@ def test_recorded_timing_is_one_schedule_across_workers(tmp_path, aio_target):
         index[client] = index.get(client, 0) + 1
     inp = write_jsonl(tmp_path / "in.jsonl", exs)
     out = tmp_path / "res.jsonl"
-    p = replay(inp, "-t", aio_target.url, "-o", str(out), "--speed", "2", "-w", "2", "--json")
+    p = replay(
+        inp, "-t", aio_target.url, "-o", str(out), "--speed", "2", "-w", "2", "--json", "--progress"
+    )
     assert p.returncode == 0, p.stderr
     results = {r.target.rsplit("/", 1)[1]: r for r in map(Result.from_json, read_results(out))}
     s0 = results["t0"].scheduled
@@ -133,6 +135,7 @@ def test_recorded_timing_is_one_schedule_across_workers(tmp_path, aio_target):
         r = results[f"t{i}"]
         assert r.scheduled - s0 == pytest.approx(t / 2, abs=1e-6)
         assert r.sent >= r.scheduled and r.response is not None and r.response.status == 200
+    assert "sent 8" in p.stderr  # the progress line, from the workers' Ticks and reports
     summary = orjson.loads(p.stdout)
     assert [w["sent"] for w in summary["workers"]] == [4, 4]
     assert all(w["lag_ms"]["max"] >= 0 for w in summary["workers"]) and summary["lag_ms"]
