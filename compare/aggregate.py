@@ -30,10 +30,10 @@ from shadowtap.compare.diff import (
     Difference,
     Kind,
     PairDiff,
+    Prepared,
     diff_headers,
     diff_responses,
     fold_keys,
-    prepare_body,
 )
 from shadowtap.compare.endpoints import Templater
 from shadowtap.compare.genai import GenAgg, GenAiComparer
@@ -329,6 +329,7 @@ class Comparison:
         agg.compared += 1
         self._overall.compared += 1
         agg.status_pairs[(p.status, s.status)] += 1
+        prepared = Prepared(p, s)  # each body decoded and parsed once, whoever needs it first
         if p.status >= 500 and s.status < 500:
             # The shadow answers where the primary failed: a recovery (errors.recoveries), not a
             # content difference; the primary's error page has no fields to compare.
@@ -349,7 +350,7 @@ class Comparison:
             # status difference (and the error rate) carry it.
             pair = PairDiff([Difference("status", Kind.VALUE, p.status, s.status)])
         else:
-            gp = self._genai.pair(ex, res) if self._genai is not None else None
+            gp = self._genai.pair(ex, res, prepared) if self._genai is not None else None
             if gp is not None:
                 # A generative answer: compared as its reassembled message (compare/genai.py);
                 # ids, creation times, chunk boundaries and usage counts are not field differences.
@@ -364,6 +365,7 @@ class Comparison:
                         self._tolerance,
                         max_walk=self._max_walk,
                         max_differences=self._max_differences,
+                        prepared=prepared,
                     )
                     pair = PairDiff(
                         [d for d in pair.differences if d.path != gp.text_path],
@@ -386,8 +388,9 @@ class Comparison:
                     self._tolerance,
                     max_walk=self._max_walk,
                     max_differences=self._max_differences,
+                    prepared=prepared,
                 )
-        tensor_paths, tensors_differ = self._tensors(ex, agg, gp, pair, p, s)
+        tensor_paths, tensors_differ = self._tensors(ex, agg, gp, pair, prepared)
         if tensor_paths:
             # The tensors' values are compared numerically (compare/tensors.py), not field by field.
             pair = PairDiff(
@@ -434,8 +437,8 @@ class Comparison:
             # no leaf statistics of generative answers' raw bodies
             agg.values.put(slot, ((), (), (), ()))
         elif slot >= 0:
-            pb = pair.primary_body or prepare_body(p)
-            sb = pair.shadow_body or (pb if p.body == s.body else prepare_body(s))
+            pb = pair.primary_body or prepared.primary
+            sb = pair.shadow_body or prepared.shadow
             if pb.type is BodyType.JSON and sb.type is BodyType.JSON:
                 pp: list[str] = []
                 pv: list[Any] = []
@@ -461,7 +464,7 @@ class Comparison:
                 agg.values.put(slot, ((), (), (), ()))
 
     def _tensors(
-        self, ex: Exchange, agg: EndpointAgg, gp: Any, pair: PairDiff, p: Any, s: Any
+        self, ex: Exchange, agg: EndpointAgg, gp: Any, pair: PairDiff, prepared: Prepared
     ) -> tuple[tuple[str, ...], bool]:
         """Compares the pair's output tensors when both answers carry them (compare/tensors.py)
         and returns the paths of the tensors' values (empty: not a tensor answer) and whether
@@ -476,8 +479,8 @@ class Comparison:
             pv = pair.primary_body.value if pair.primary_body is not None else None
             sv = pair.shadow_body.value if pair.shadow_body is not None else None
         else:
-            pb = pair.primary_body or prepare_body(p)
-            sb = pair.shadow_body or (pb if p.body == s.body else prepare_body(s))
+            pb = pair.primary_body or prepared.primary
+            sb = pair.shadow_body or prepared.shadow
             # NaN/Infinity make a body no strict JSON: read leniently, they become anomalies
             pv = pb.value if pb.type is BodyType.JSON else lenient_json(pb.raw)
             sv = sb.value if sb.type is BodyType.JSON else lenient_json(sb.raw)

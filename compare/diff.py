@@ -444,6 +444,39 @@ class PairDiff:
     cut: bool = False  # the body walk stopped at the pair's budget (a body~cut difference says so)
 
 
+class Prepared:
+    """A pair's two answers prepared (``prepare_body``: decoding, classification, JSON parsing)
+    at most once each, on first use: the generative comparison, the diff, the tensors and the
+    leaf statistics of one pair share them (each parsed the answer's JSON on its own: up to three
+    parses of a body per pair). The shadow's is the primary's when the bytes, type and coding are
+    the same."""
+
+    __slots__ = ("_primary", "_shadow", "p", "s")
+
+    def __init__(self, p: Response, s: Response) -> None:
+        self.p, self.s = p, s
+        self._primary: Body | None = None
+        self._shadow: Body | None = None
+
+    @property
+    def primary(self) -> Body:
+        if self._primary is None:
+            self._primary = prepare_body(self.p)
+        return self._primary
+
+    @property
+    def shadow(self) -> Body:
+        if self._shadow is None:
+            p, s = self.p, self.s
+            same = (
+                p.body == s.body
+                and p.header("content-type") == s.header("content-type")
+                and p.header("content-encoding") == s.header("content-encoding")
+            )
+            self._shadow = self.primary if same else prepare_body(s)
+        return self._shadow
+
+
 def diff_responses(
     p: Response,
     s: Response,
@@ -452,6 +485,7 @@ def diff_responses(
     *,
     max_walk: int = MAX_WALK,
     max_differences: int = MAX_DIFFERENCES,
+    prepared: Prepared | None = None,
 ) -> PairDiff:
     out: list[Difference] = []
     if p.status != s.status:
@@ -465,7 +499,9 @@ def diff_responses(
             same_encoding = diff_headers(p.headers, s.headers, ignored, out)
     if p.body == s.body and same_encoding:
         return PairDiff(out)
-    pb, sb = prepare_body(p), prepare_body(s)
+    if prepared is None:
+        prepared = Prepared(p, s)
+    pb, sb = prepared.primary, prepared.shadow
     budget = Budget(max_walk, max_differences)
     if pb.raw != sb.raw:
         diff_prepared(pb, sb, out, tolerance, budget)

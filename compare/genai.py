@@ -43,6 +43,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -51,12 +52,20 @@ from rapidfuzz.distance import LCSseq, Levenshtein
 
 from shadowtap.compare.config import GenAiConfig
 from shadowtap.compare.decode import decode_body
-from shadowtap.compare.diff import Difference, Kind, diff_json
+from shadowtap.compare.diff import Body, BodyType, Difference, Kind, Prepared, diff_json
 from shadowtap.compare.samples import redact_text
 from shadowtap.compare.stats import Reservoir, latency_shift, percentiles
 from shadowtap.errors import PrerequisiteError
 from shadowtap.records import Exchange, Result
-from shadowtap.wire.genai import Api, Choice, Generation, parse_generation, timing
+from shadowtap.wire.genai import (
+    UNPARSED,
+    Api,
+    Choice,
+    Generation,
+    is_stream_type,
+    parse_generation,
+    timing,
+)
 
 CLASSES = (
     "identical",
@@ -139,19 +148,20 @@ def wordllama_embedder() -> Embedder:
         todo = [i for i, v in enumerate(out) if v is None]
         if not todo:
             return out
-        words = [batch[i].split() for i in todo]
-        if len(rows) + sum(map(len, words)) > _WORD_ROWS_MAX:
-            rows.clear()  # room for every word of this batch: its rows stay valid while it runs
-        get = rows.get
-        idx: list[int] = []
         bounds = [0]
-        for ws in words:
-            r = [get(w) for w in ws]
-            idx.extend([row(w) for w in ws] if None in r else r)  # type: ignore[arg-type]
-            bounds.append(len(idx))
+        every: list[str] = []
+        for i in todo:
+            every += batch[i].split()
+            bounds.append(len(every))
+        if len(rows) + len(every) > _WORD_ROWS_MAX:
+            rows.clear()  # room for every word of this batch: its rows stay valid while it runs
+        try:  # one C call for the rows of every word (known words: the common case)
+            idx = itemgetter(*every)(rows) if len(every) > 1 else [rows[w] for w in every]
+        except KeyError:
+            idx = [row(w) for w in every]
         m = state["m"].take(np.array(idx, dtype=np.intp), axis=0)
-        if len(ones) < len(idx):
-            ones = np.ones(max(len(idx), 2 * len(ones)), dtype=np.float32)
+        if len(ones) < len(every):
+            ones = np.ones(max(len(every), 2 * len(ones)), dtype=np.float32)
         for k, i in enumerate(todo):
             a, b = bounds[k], bounds[k + 1]
             v = ones[: b - a] @ m[a:b]  # the sum of the words' rows (sgemv)
@@ -194,10 +204,11 @@ def load_embedder(spec: str) -> Embedder | None:
 def _cosine(a: Any, b: Any) -> float:
     import numpy as np
 
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0 or nb == 0:
-        return 1.0 if na == nb else 0.0
-    return float(np.dot(a, b) / (na * nb))
+    a, b = np.asarray(a), np.asarray(b)
+    aa, bb = float(a @ a), float(b @ b)
+    if aa == 0 or bb == 0:
+        return 1.0 if aa == bb else 0.0
+    return float(a @ b) / math.sqrt(aa * bb)
 
 
 # ------------------------------------------------------------------------------ metrics
@@ -301,6 +312,10 @@ class GenAiComparer:
     def __init__(self, cfg: GenAiConfig) -> None:
         self.cfg = cfg
         self.phrases = tuple(p.lower().translate(_APOSTROPHES) for p in cfg.refusal_phrases)
+        # one scan of an answer's head for every phrase (a substring test a phrase cost 4x more)
+        self._refusal = (
+            re.compile("|".join(re.escape(p) for p in self.phrases)) if self.phrases else None
+        )
         self._embedder: Embedder | None = None
         self._embedder_loaded = False
 
@@ -314,17 +329,35 @@ class GenAiComparer:
     def refuses(self, gen: Generation) -> bool:
         if any(c.refusal for c in gen.choices):
             return True
-        head = gen.text[: self.cfg.refusal_window].lower().translate(_APOSTROPHES)
-        return any(p in head for p in self.phrases)
+        if self._refusal is None:
+            return False
+        head = gen.text[: self.cfg.refusal_window].lower()
+        if "\u2019" in head or "\u2018" in head:
+            head = head.translate(_APOSTROPHES)
+        return self._refusal.search(head) is not None
 
     def generation(
-        self, resp: Any, target: str, chunks: tuple[tuple[int, float], ...]
+        self,
+        resp: Any,
+        target: str,
+        chunks: tuple[tuple[int, float], ...],
+        prepared: Callable[[], Body] | None = None,
     ) -> Generation | None:
+        """``prepared``: the answer's Body (decoded, its JSON parsed) shared with the rest of the
+        pair's comparison; a stream's body is decoded here (never read as one JSON or text)."""
         ct = resp.header("content-type")
-        dec = decode_body(resp.body, resp.header("content-encoding"))
-        if dec.error is not None:
+        if prepared is None or is_stream_type(ct):
+            dec = decode_body(resp.body, resp.header("content-encoding"))
+            body, error, parsed = dec.body, dec.error, UNPARSED
+        else:
+            b = prepared()
+            body, error = b.raw, b.decode_error
+            parsed = b.value if b.type is BodyType.JSON else UNPARSED
+        if error is not None:
             chunks = ()  # offsets are those of the coded body: no timing
-        return parse_generation(dec.body, ct, target, chunks=chunks, truncated=resp.body_truncated)
+        return parse_generation(
+            body, ct, target, chunks=chunks, truncated=resp.body_truncated, parsed=parsed
+        )
 
     def side(self, gen: Generation, wants_json: bool) -> Side:
         flags = set()
@@ -348,20 +381,20 @@ class GenAiComparer:
             flags.add("invalid_json")
         return Side(gen, frozenset(flags))
 
-    def _text_field_pair(self, ex: Exchange, res: Result) -> GenPair | None:
+    def _text_field_pair(self, ex: Exchange, res: Result, prepared: Prepared) -> GenPair | None:
         """A JSON answer with a text at one of ``genai.text_fields`` on both sides: that text
         judged like a generative answer's (the caller diffs the other fields as usual)."""
-        assert ex.request is not None and ex.response is not None and res.response is not None
         found = []
-        for resp in (ex.response, res.response):
-            body = decode_body(resp.body, resp.header("content-encoding")).body
-            if body[:1] not in (b"{", b"["):
+        for body in (prepared.primary, prepared.shadow):
+            if body.type is BodyType.JSON:
+                found.append(body.value)
+                continue
+            if body.raw[:1] not in (b"{", b"["):
                 return None
             try:
-                obj = orjson.loads(body)
+                found.append(orjson.loads(body.raw))
             except orjson.JSONDecodeError:
                 return None
-            found.append(obj)
         for path in self.cfg.text_fields:
             pt, st = _at(found[0], path), _at(found[1], path)
             if isinstance(pt, str) and isinstance(st, str):
@@ -383,8 +416,9 @@ class GenAiComparer:
         )
         return GenPair(ps, ss, cls, metrics, [], None, None, text_path=path)
 
-    def pair(self, ex: Exchange, res: Result) -> GenPair | None:
-        """The pair judged as generative answers, or None when neither side is one."""
+    def pair(self, ex: Exchange, res: Result, prepared: Prepared | None = None) -> GenPair | None:
+        """The pair judged as generative answers, or None when neither side is one.
+        ``prepared``: the pair's bodies, shared with the caller's diff when it is not one."""
         req, p, s = ex.request, ex.response, res.response
         if req is None or p is None or s is None:
             return None
@@ -392,10 +426,12 @@ class GenAiComparer:
         target = req.target
         if cfg.paths and not any(re.search(x, target) for x in cfg.paths):
             return None
-        pg = self.generation(p, target, ex.chunks)
+        if prepared is None:
+            prepared = Prepared(p, s)
+        pg = self.generation(p, target, ex.chunks, lambda: prepared.primary)
         if pg is None:
-            return self._text_field_pair(ex, res) if cfg.text_fields else None
-        sg = self.generation(s, target, res.chunks)
+            return self._text_field_pair(ex, res, prepared) if cfg.text_fields else None
+        sg = self.generation(s, target, res.chunks, lambda: prepared.shadow)
         if sg is None:  # the shadow's answer is not one: compared as usual (a type change)
             return None
         if "not_event_stream" in pg.anomalies or "not_event_stream" in sg.anomalies:
@@ -600,8 +636,7 @@ class GenAgg:
             if t is None:
                 continue
             r["ttft_" + side].add(t.ttft)
-            for gap in t.itl[:: max(1, len(t.itl) // 16)]:  # at most ~16 gaps a pair in the sample
-                r["itl_" + side].add(gap)
+            r["itl_" + side].extend(t.itl[:: max(1, len(t.itl) // 16)])  # ~16 gaps a pair at most
             if t.tpot is not None:
                 r["tpot_" + side].add(t.tpot)
             if t.tokens_per_s is not None:

@@ -54,6 +54,21 @@ class Reservoir:
         if slot >= 0:
             self.put(slot, item)
 
+    def extend(self, items: Sequence[Any]) -> None:
+        """``add`` of each item, in one call (the same sample, the same random draws)."""
+        k, out = self.k, self.items
+        rnd = self._rng.random
+        n = self.count
+        for item in items:
+            n += 1
+            if len(out) < k:
+                out.append(item)
+            else:
+                j = int(rnd() * n)
+                if j < k:
+                    out[j] = item
+        self.count = n
+
     def merge(self, other: Reservoir) -> None:
         """Fold ``other`` in: the result approximates a uniform sample of both streams."""
         total = self.count + other.count

@@ -21,8 +21,8 @@ Anomalies (names in ``Generation.anomalies``): ``stream_cut`` (ended mid-event, 
 JSON), ``stream_error`` (an error event), ``not_event_stream`` (claims ``text/event-stream`` and
 holds no event), ``body_truncated`` (cut at ``max_body``).
 
-Cost: O(body): one SSE pass, one orjson parse and a few dict lookups per event, string joins at
-the end.
+Cost: O(body): one SSE pass, one parse per event (OpenAI chunks by msgspec into structs of the
+fields read, the rest skipped; else orjson), a few lookups per event, string joins at the end.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from enum import Enum
 from itertools import pairwise
 from typing import Any
 
+import msgspec
 import orjson
 
 from shadowtap.wire.sse import parse_sse
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 _INVALID = object()
+UNPARSED: Any = object()  # parse_generation(parsed=...): no JSON parsed by the caller
 
 
 class Api(str, Enum):
@@ -163,6 +165,38 @@ def is_stream_type(content_type: str | None) -> bool:
     return any(t in ct for t in _STREAM_TYPES)
 
 
+# ----------------------------------------------------------------- typed stream chunks
+
+
+# An OpenAI stream chunk as msgspec decodes it: only the fields the reassembly reads; the others
+# (ids, times, fingerprints) skipped in C without making objects. Measured on 50-event streams:
+# decoding ~40% cheaper than orjson's dicts, the Python per event a third. Any other shape (a
+# delta that is no object, choices that are no list of objects) raises, and that event goes the
+# dict way; both ways give the same Generation (tests/shadowtap/test_genai_stream.py).
+class _Delta(msgspec.Struct):
+    content: Any = None
+    refusal: Any = None
+    tool_calls: Any = None
+
+
+class _StreamChoice(msgspec.Struct):
+    index: Any = msgspec.UNSET
+    delta: _Delta | None | msgspec.UnsetType = msgspec.UNSET
+    text: Any = None
+    finish_reason: Any = None
+
+
+class _Chunk(msgspec.Struct):
+    model: Any = None
+    choices: list[_StreamChoice] | None = None
+    usage: Any = None
+    error: Any = msgspec.UNSET
+
+
+_CHUNK = msgspec.json.Decoder(_Chunk)
+_TYPED = True  # OpenAI chunks decoded as _Chunk (the tests turn it off to compare both ways)
+
+
 # ------------------------------------------------------------------------------ accumulators
 
 
@@ -200,16 +234,17 @@ class _ChoiceAcc:
     def fold(self, msg: dict[str, Any]) -> bool:
         """Fold a message or a delta (content, refusal, tool calls) in; True when it carried
         any of them."""
+        return self.fold_parts(msg.get("content"), msg.get("refusal"), msg.get("tool_calls"))
+
+    def fold_parts(self, content: Any, refusal: Any, tool_calls: Any) -> bool:
         got = False
-        piece = msg.get("content")
-        if isinstance(piece, str) and piece:
-            self.content.append(piece)
+        if isinstance(content, str) and content:
+            self.content.append(content)
             got = True
-        piece = msg.get("refusal")
-        if isinstance(piece, str) and piece:
-            self.refusal.append(piece)
+        if isinstance(refusal, str) and refusal:
+            self.refusal.append(refusal)
             got = True
-        for i, tc in enumerate(msg.get("tool_calls") or ()):
+        for i, tc in enumerate(tool_calls or ()):
             if isinstance(tc, dict):
                 self.tool(tc, i)
                 got = True
@@ -342,9 +377,101 @@ def _ollama_piece(obj: dict[str, Any], acc: _ChoiceAcc) -> bool:
 # ------------------------------------------------------------------------------- streams
 
 
+class _Fold:
+    """The reassembly of one stream's events, in order: OpenAI chunks decoded as ``_Chunk``
+    (``chunk``) or any event as a dict (``obj``); both fold the same way."""
+
+    __slots__ = (
+        "accs",
+        "api",
+        "content_events",
+        "content_times",
+        "done",
+        "error",
+        "model",
+        "ollama",
+        "usage",
+    )
+
+    def __init__(self, api: Api | None) -> None:
+        self.api = api
+        self.accs: dict[int, _ChoiceAcc] = {}
+        self.ollama = _ChoiceAcc()
+        self.model: Any = None
+        self.usage: Any = None
+        self.error: Any = None
+        self.done = False
+        self.content_times: list[float] = []
+        self.content_events = 0
+
+    def chunk(self, c: _Chunk, ts: float | None) -> None:
+        if c.error is not msgspec.UNSET and not c.choices:
+            self.error = c.error
+            return
+        if self.model is None and c.model:
+            self.model = c.model
+        if isinstance(c.usage, dict):
+            self.usage = c.usage
+        got = False
+        for pos, sc in enumerate(c.choices or ()):
+            idx = pos if sc.index is msgspec.UNSET else sc.index
+            acc = self.accs.get(idx) or self.accs.setdefault(idx, _ChoiceAcc())
+            d = sc.delta
+            if isinstance(d, _Delta):
+                if type(d.content) is str and d.refusal is None and d.tool_calls is None:
+                    if d.content:  # content alone: the common delta
+                        acc.content.append(d.content)
+                        got = True
+                else:
+                    got = acc.fold_parts(d.content, d.refusal, d.tool_calls) or got
+            elif isinstance(sc.text, str) and sc.text:
+                acc.content.append(sc.text)
+                got = True
+            if sc.finish_reason:
+                acc.finish = sc.finish_reason
+        if got:
+            self.content_events += 1
+            if ts is not None:
+                self.content_times.append(ts)
+
+    def obj(self, obj: dict[str, Any], etype: str, ts: float | None) -> None:
+        if "error" in obj and not obj.get("choices") or etype == "error":
+            self.error = obj.get("error", obj)
+            return
+        if self.model is None and obj.get("model"):
+            self.model = obj["model"]
+        if "usage" in obj and isinstance(obj["usage"], dict):
+            self.usage = obj["usage"]
+        got = False
+        if self.api is Api.OLLAMA_CHAT or self.api is Api.OLLAMA_GENERATE:
+            got = _ollama_piece(obj, self.ollama)
+            self.done = self.done or bool(obj.get("done"))
+            self.usage = _usage_ollama(obj) or self.usage
+        else:
+            for pos, ch in enumerate(obj.get("choices") or ()):
+                if type(ch) is not dict:
+                    continue
+                idx = ch.get("index", pos)
+                acc = self.accs.get(idx) or self.accs.setdefault(idx, _ChoiceAcc())
+                delta = ch.get("delta")
+                if type(delta) is dict:
+                    got = acc.fold(delta) or got
+                elif isinstance(ch.get("text"), str) and ch["text"]:
+                    acc.content.append(ch["text"])
+                    got = True
+                if ch.get("finish_reason"):
+                    acc.finish = ch["finish_reason"]
+        if got:
+            self.content_events += 1
+            if ts is not None:
+                self.content_times.append(ts)
+
+
 def _from_sse(body: bytes, chunks: tuple[tuple[int, float], ...], target: str) -> Generation:
-    stream = parse_sse(body, chunks)
     anomalies: list[str] = []
+    not_json = 0
+    generic: list[dict[str, Any]] = []  # kept while no event said which API: generic SSE
+    stream = parse_sse(body, chunks)
     if stream.pending:
         anomalies.append(Anomaly.CUT.value)
     records = stream.records
@@ -356,96 +483,59 @@ def _from_sse(body: bytes, chunks: tuple[tuple[int, float], ...], target: str) -
             return Generation(Api.SSE, True, anomalies=tuple(anomalies))
         # A stream cut inside its first event: the API the request was for, and no content.
         return Generation(_api_of({}, target) or Api.SSE, True, anomalies=tuple(anomalies))
-    api: Api | None = None
-    accs: dict[int, _ChoiceAcc] = {}
-    ollama = _ChoiceAcc()
-    model = usage = error = None
-    done = False
-    not_json = 0
-    content_times: list[float] = []
-    content_events = 0
-    generic: list[dict[str, Any]] = []  # kept while no event said which API: generic SSE
-    loads, invalid = orjson.loads, orjson.JSONDecodeError
-    # Cost per event: one orjson parse and a few dict lookups (the reassembly).
+    fold = _Fold(None)
+    typed = False  # the API is OpenAI's chat or completion: events decoded as _Chunk
+    # Cost per event: one parse (msgspec's typed one for OpenAI chunks) and the fold.
     for data, etype, _id, _retry, ts in records:
         if data == "[DONE]":
-            done = True
+            fold.done = True
             continue
+        if typed and etype != "error":
+            try:
+                fold.chunk(_CHUNK.decode(data), ts)
+                continue
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                pass  # the dict way: invalid JSON, or a shape the struct does not take
         try:
-            obj = loads(data)
-        except invalid:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
             not_json += 1
-            if api is None and len(generic) < 1000:
+            if fold.api is None and len(generic) < 1000:
                 generic.append({"type": etype, "data": data[:1000], "ts": ts})
             continue
-        if api is None and len(generic) < 1000:
+        if fold.api is None and len(generic) < 1000:
             generic.append(
                 {"type": etype, "data": obj if len(data) <= 1000 else data[:1000], "ts": ts}
             )
         if type(obj) is not dict:
             continue
-        if api is None:
-            api = _api_of(obj, target)
-        if "error" in obj and not obj.get("choices") or etype == "error":
-            error = obj.get("error", obj)
-            continue
-        if model is None and obj.get("model"):
-            model = obj["model"]
-        if "usage" in obj and isinstance(obj["usage"], dict):
-            usage = obj["usage"]
-        got = False
-        if api is Api.OLLAMA_CHAT or api is Api.OLLAMA_GENERATE:
-            got = _ollama_piece(obj, ollama)
-            done = done or bool(obj.get("done"))
-            usage = _usage_ollama(obj) or usage
-        else:
-            choices = obj.get("choices")
-            if choices:
-                for pos, ch in enumerate(choices):
-                    if type(ch) is not dict:
-                        continue
-                    idx = ch.get("index", pos)
-                    acc = accs.get(idx)
-                    if acc is None:
-                        acc = accs[idx] = _ChoiceAcc()
-                    delta = ch.get("delta")
-                    if type(delta) is dict:
-                        piece = delta.get("content")
-                        if len(delta) == 1 and type(piece) is str:  # content alone: the common
-                            if piece:
-                                acc.content.append(piece)
-                                got = True
-                        else:
-                            got = acc.fold(delta) or got
-                    elif isinstance(ch.get("text"), str) and ch["text"]:
-                        acc.content.append(ch["text"])
-                        got = True
-                    if ch.get("finish_reason"):
-                        acc.finish = ch["finish_reason"]
-        if got:
-            content_events += 1
-            if ts is not None:
-                content_times.append(ts)
+        if fold.api is None:
+            fold.api = _api_of(obj, target)
+            typed = _TYPED and fold.api in (Api.OPENAI_CHAT, Api.OPENAI_COMPLETION)
+        fold.obj(obj, etype, ts)
+    count, last = len(records), records[-1][4]
     if not_json:
         anomalies.append(Anomaly.NOT_JSON.value)
-    if error is not None:
+    if fold.error is not None:
         anomalies.append(Anomaly.ERROR.value)
-    last = records[-1][4]
+    api = fold.api
     if api is None:
         return Generation(
             Api.SSE,
             True,
-            events=len(records),
+            events=count,
             anomalies=tuple(anomalies),
             sse_events=tuple(generic),
             last_time=last,
-            done=done,
+            done=fold.done,
         )
     choices = (
-        (ollama.build(0),) if api in (Api.OLLAMA_CHAT, Api.OLLAMA_GENERATE) else _choices(accs)
+        (fold.ollama.build(0),)
+        if api in (Api.OLLAMA_CHAT, Api.OLLAMA_GENERATE)
+        else _choices(fold.accs)
     )
     if (
-        not done
+        not fold.done
         and not any(c.finish_reason for c in choices)
         and Anomaly.CUT.value not in anomalies
     ):
@@ -454,13 +544,13 @@ def _from_sse(body: bytes, chunks: tuple[tuple[int, float], ...], target: str) -
         api,
         True,
         choices,
-        model,
-        usage,
-        error,
-        done,
-        len(records),
-        content_events,
-        tuple(content_times),
+        fold.model,
+        fold.usage,
+        fold.error,
+        fold.done,
+        count,
+        fold.content_events,
+        tuple(fold.content_times),
         last,
         tuple(anomalies),
     )
@@ -547,11 +637,13 @@ def parse_generation(
     *,
     chunks: tuple[tuple[int, float], ...] = (),
     truncated: bool = False,
+    parsed: Any = UNPARSED,
 ) -> Generation | None:
     """The generation a response holds, or None when it is not a generative API's answer.
 
     ``body``: after content decoding; ``target``: the request target (a hint when the body does
-    not say which API it is); ``chunks``: (end offset, arrival time) of the body's pieces."""
+    not say which API it is); ``chunks``: (end offset, arrival time) of the body's pieces;
+    ``parsed``: the body's JSON when the caller parsed it already (compare shares one parse)."""
     ct = (content_type or "").lower()
     gen: Generation | None
     if "text/event-stream" in ct:
@@ -560,7 +652,7 @@ def parse_generation(
         gen = _from_ndjson(body, chunks, target)
     elif "json" in ct or (not ct and body[:1] == b"{"):
         try:
-            obj = orjson.loads(body)
+            obj = orjson.loads(body) if parsed is UNPARSED else parsed
         except orjson.JSONDecodeError:
             nl = body.find(b"\n")
             if 0 < nl < len(body) - 1 and body[:1] == b"{" and "/api/" in target:
@@ -609,7 +701,7 @@ def timing(gen: Generation, request_end: float | None, response_end: float | Non
     ttft = max(0.0, (times[0] - request_end) * 1000.0)
     end = response_end if response_end is not None else times[-1]
     total = max(ttft, (end - request_end) * 1000.0)
-    itl = tuple(max(0.0, (b - a) * 1000.0) for a, b in pairwise(times))
+    itl = tuple([max(0.0, (b - a) * 1000.0) for a, b in pairwise(times)])
     tokens, approx = gen.output_tokens()
     tpot = tps = None
     if tokens is not None and tokens > 1:

@@ -473,3 +473,28 @@ def test_merged_parts_with_equal_worst_answers_do_not_compare_samples():
     parts[0].merge(parts[1])
     [merged] = parts[0].snapshot(fresh=True).endpoints
     assert [w["exchange_id"] for w in merged.genai["worst"]] == ["part0", "part1"]
+
+
+@pytest.mark.parametrize("same", [False, True])
+def test_each_answer_body_is_parsed_once_per_pair(monkeypatch, same):
+    """The generative probe, the diff, the tensors and the leaf statistics share one parse of
+    each answer's JSON (compare/diff.py's Prepared): a plain JSON API pair parses its primary's
+    body once, and the shadow's once more only when its bytes differ."""
+    seen: list[bytes] = []
+    real = orjson.loads
+
+    def counting(data):
+        seen.append(bytes(data) if not isinstance(data, str) else data.encode())
+        return real(data)
+
+    cmp = Comparison(CompareConfig())
+    pb = orjson.dumps({"items": [{"id": 1, "price": 1.5}], "total": 1})
+    sb = pb if same else orjson.dumps({"items": [{"id": 1, "price": 2.5}], "total": 1})
+    req = Request(1.0, 1.0, "HTTP/1.1", (), b"", 0, method="GET", target="/v1/items")
+    ct = (("Content-Type", "application/json"),)
+    p = Response(1.0, 1.1, "HTTP/1.1", ct, pb, len(pb), status=200)
+    s = Response(2.0, 2.1, "HTTP/1.1", ct, sb, len(sb), status=200)
+    monkeypatch.setattr(orjson, "loads", counting)
+    cmp.add(Exchange("e1", "c:1", "s:2", 0, req, p), Result("e1", "u", 2.0, 2.0, s))
+    assert seen.count(pb) == 1 and seen.count(sb) == 1  # the same bytes: one parse in all
+    assert len([x for x in seen if x in (pb, sb)]) == (1 if same else 2)

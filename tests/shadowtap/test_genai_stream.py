@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shadowtap.wire.genai import Api, parse_generation, timing
 
@@ -272,3 +274,86 @@ def test_the_extractor_times_each_piece_of_a_streamed_response():
     t = timing(g, ex.request.end_ts, ex.response.end_ts)
     assert g.text == "Hello!" and t.ttft == pytest.approx(100.0)
     assert t.itl == (pytest.approx(20.0), pytest.approx(20.0))
+
+
+# ------------------------------------------- OpenAI chunks decoded as structs or as dicts
+
+_text = st.text(st.sampled_from([*'ab }{,:"\\\n', "é", "😀"]), max_size=5)
+_odd_choice = st.sampled_from(
+    [
+        {"index": 0, "delta": None, "finish_reason": None},
+        {"index": 0, "delta": "x"},  # a delta that is no object: the dict way
+        {"delta": {"content": "no index"}},
+        {"index": None, "delta": {"content": "null index"}},
+        {"index": 1, "delta": {"content": "second choice"}},
+        {"index": 0, "text": "completion text", "finish_reason": "length"},
+        {"index": 0, "delta": {"refusal": "I can't"}},
+        {
+            "index": 0,
+            "delta": {"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "f"}}]},
+        },
+        {"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}},
+        {"index": 0, "delta": {"content": 5}},
+    ]
+)
+_odd_event = st.one_of(
+    _odd_choice.map(lambda c: {"object": "chat.completion.chunk", "choices": [c]}),
+    st.sampled_from(
+        [
+            {"choices": [], "usage": {"completion_tokens": 3}},
+            {"choices": None, "usage": "none"},
+            {"error": {"message": "overloaded"}},
+            {"error": None, "choices": [{"index": 0, "delta": {"content": "e"}}]},
+            {"choices": "not a list"},
+            {"choices": [1, 2]},
+            {"model": "other", "choices": [{"index": 0, "delta": {"content": "m"}}]},
+            [1, 2],
+        ]
+    ),
+)
+
+
+@st.composite
+def chat_streams(draw):
+    """OpenAI chat streams, some bent: pieces with braces, quotes and newlines, odd chunks (tool
+    calls, refusals, errors, usage, choices of other shapes), raw events, ``event: error``,
+    [DONE] or not, and any chunking."""
+    events = [chunk(0, {"role": "assistant", "content": ""})]
+    for i in range(draw(st.integers(0, 8))):
+        if draw(st.booleans()):
+            events.append(chunk(i, {"content": draw(_text)}))
+        else:
+            events.append(b"data: " + orjson.dumps(draw(_odd_event)) + b"\n\n")
+    events.append(chunk(99, {}, "stop"))
+    if draw(st.booleans()):
+        events.insert(1, draw(st.sampled_from([b"data: not json\n\n", b": ping\n\n"])))
+    if draw(st.booleans()):
+        events.insert(1, b'event: error\ndata: {"message": "typed error"}\n\n')
+    if draw(st.booleans()):
+        events.append(b"data: [DONE]\n\n")
+    body = b"".join(events)
+    cuts = draw(st.lists(st.integers(0, len(body)), max_size=6))
+    return body, tuple((end, float(i)) for i, end in enumerate(sorted({*cuts, len(body)})))
+
+
+@settings(max_examples=300, deadline=None)
+@given(chat_streams())
+def test_typed_chunks_and_dicts_give_the_same_generation(stream):
+    """OpenAI chunks decoded as msgspec structs (the fast way) and as orjson dicts (the general
+    way) give the same Generation, whatever the chunks hold."""
+    import shadowtap.wire.genai as genai
+
+    body, chunks = stream
+    try:
+        typed = genai._from_sse(body, chunks, "/v1/chat/completions")
+    except TypeError:  # the dict way fails alike (e.g. an index of null next to ints)
+        typed = "TypeError"
+    genai._TYPED = False
+    try:
+        try:
+            plain = genai._from_sse(body, chunks, "/v1/chat/completions")
+        except TypeError:
+            plain = "TypeError"
+    finally:
+        genai._TYPED = True
+    assert typed == plain
