@@ -144,3 +144,34 @@ def test_demo_fleet_end_to_end(tmp_path) -> None:
             check=False,
         )
     assert not {ns for ns in _namespaces() if ns.startswith(prefix + "-")}
+
+
+def test_down_after_a_killed_up(lab) -> None:
+    """``up --fleet 2`` SIGKILLed while it starts the processes: ``down`` still stops every one
+    (by PID file, or found in the lab's namespaces) and removes the namespaces."""
+    up = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts/lab/lab.py"), "up", "--fleet", "2", "--prefix",
+         lab.prefix, "--run-dir", str(lab.run_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (lab.dir / "primary1.pid").exists():  # the broker is up, the services starting
+        assert up.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    up.kill()
+    up.wait()
+    started = [
+        int(line)
+        for ns in _namespaces()
+        if ns.startswith(lab.prefix + "-")
+        for line in subprocess.run(
+            ["ip", "netns", "pids", ns], capture_output=True, text=True, check=True
+        ).stdout.split()
+    ]
+    assert started  # the crash left processes behind
+    report = labmod.down(lab)
+    assert report.stopped and not report.left_running
+    assert not [pid for pid in started if _alive(pid)]
+    assert not {ns for ns in _namespaces() if ns.startswith(lab.prefix + "-")}
+    assert not lab.dir.exists()
