@@ -312,7 +312,7 @@ class ShadowFeed:
         tls: Any = None,
     ) -> None:
         from shadowtap.replay.client import Sender
-        from shadowtap.replay.grpc_client import GrpcSender, Router
+        from shadowtap.replay.grpc_client import Router
 
         http = Sender(
             target,
@@ -324,17 +324,9 @@ class ShadowFeed:
             on_connect=on_connect,  # each connection, before a byte is sent (mirror/run.py)
             tls=tls,  # an https shadow: replay/client.py's TlsOptions
         )
-        # gRPC calls go to grpcio (replay/grpc_client.py), the rest to the HTTP/1.x sender.
-        self.sender = Router(
-            http,
-            GrpcSender(
-                target,
-                concurrency=concurrency,
-                timeout=timeout,
-                connect_timeout=connect_timeout,
-                max_body=max_body,
-            ),
-        )
+        # gRPC calls to grpcio, other HTTP/2 requests to h2, the rest to the HTTP/1.x sender
+        # (replay/grpc_client.py's Router: one set of bounds and TLS options for the three).
+        self.sender = Router(http)
         # Bounded in count (--queue) and in bytes: a request's body may be up to --max-body.
         self.queue: DropOldestQueue[Pending] = DropOldestQueue(
             queue, max_bytes=MAX_QUEUE_BYTES, size=lambda p: len(p.outgoing.wire)

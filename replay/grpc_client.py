@@ -31,13 +31,14 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import astuple
+from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc.aio
 
 from shadowtap.records import GrpcCall, GrpcMessage, Response, Result, ResultError, header_value
-from shadowtap.replay.client import Clock, Sender, SenderStats
+from shadowtap.replay.client import Clock, Sender, SenderStats, TlsOptions
 from shadowtap.replay.client import Submitted as _Job
 from shadowtap.replay.h2_client import H2Sender
 from shadowtap.replay.policy import Prepared, Target
@@ -110,8 +111,10 @@ class GrpcSender:
         max_body: int = 1 << 20,
         max_channels: int = 256,
         clock: Clock | None = None,
+        tls: TlsOptions | None = None,
     ) -> None:
         self.target = target
+        self.tls = tls
         self.concurrency = concurrency
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -158,7 +161,11 @@ class GrpcSender:
             ("grpc.max_send_message_length", -1),
         ]
         if self.target.scheme == "https":
-            ch = grpc.aio.secure_channel(addr, grpc.ssl_channel_credentials(), options=options)
+            # --ca trusted instead of the system's CAs; grpcio always verifies (no --insecure).
+            ca = self.tls.ca_file if self.tls is not None else None
+            root = Path(ca).read_bytes() if ca else None
+            creds = grpc.ssl_channel_credentials(root_certificates=root)
+            ch = grpc.aio.secure_channel(addr, creds, options=options)
         else:
             ch = grpc.aio.insecure_channel(addr, options=options)
         self._opened += 1
@@ -338,14 +345,22 @@ class Router:
     an ``H2Sender`` (replay/h2_client.py, connecting through ``http``), the rest to the HTTP/1.x
     ``Sender`` (one clock for all, so ``scheduled`` and ``sent`` stay comparable)."""
 
-    def __init__(self, http: Sender, grpc_sender: GrpcSender) -> None:
+    def __init__(self, http: Sender, grpc_sender: GrpcSender | None = None) -> None:
         self.http = http
-        self.grpc = grpc_sender
+        # By default the gRPC sender gets the HTTP/1.x sender's target, bounds and TLS options.
+        self.grpc = grpc_sender or GrpcSender(
+            http.target,
+            concurrency=http.concurrency,
+            timeout=http.timeout,
+            connect_timeout=http.connect_timeout,
+            max_body=http.max_body,
+            tls=http.tls,
+        )
         self.h2 = H2Sender(http)
         self.grpc.clock = http.clock
         self.clock = http.clock
         self.target = http.target
-        self._senders = (http, grpc_sender, self.h2)
+        self._senders = (http, self.grpc, self.h2)
 
     async def start(self) -> None:
         for s in self._senders:

@@ -30,7 +30,7 @@ from shadowtap.jsonl import JsonlWriter, read_jsonl
 from shadowtap.records import Exchange, Result
 from shadowtap.redact import Redactor, placeholders, substitute
 from shadowtap.replay.client import Sender, TlsOptions
-from shadowtap.replay.grpc_client import GrpcSender, Router
+from shadowtap.replay.grpc_client import Router
 from shadowtap.replay.policy import Policy, Prepared, Skip, SkipReason
 from shadowtap.replay.schedule import Timing, schedule
 
@@ -427,15 +427,9 @@ async def _replay(
         tls=cfg.tls,
         clock=shard.clock if shard is not None else None,
     )
-    # gRPC calls go to grpcio (replay/grpc_client.py), the rest to the HTTP/1.x sender.
-    grpc_sender = GrpcSender(
-        cfg.policy.target,
-        concurrency=cfg.concurrency,
-        timeout=cfg.timeout,
-        connect_timeout=cfg.connect_timeout,
-        max_body=cfg.max_body,
-    )
-    sender = Router(http, grpc_sender)
+    # gRPC calls to grpcio, other HTTP/2 requests to h2, the rest to the HTTP/1.x sender
+    # (replay/grpc_client.py's Router: one set of bounds and TLS options for the three).
+    sender = Router(http)
     await sender.start()
     # The refusal to replay into the captured server: the target's resolved endpoints, confirmed
     # on each connection's real peer (the check connection's, then every other's).

@@ -170,3 +170,40 @@ def test_compare_reports_the_deliberate_difference_by_field_name(protos, capture
     assert [o["name"] for o in infer["tensors"]["outputs"]] == ["scores"]
     assert "/lab.model.Model/Infer" in text
     assert rep["verdict"]["result"] in ("fail", "marginal")
+
+
+def test_replay_to_a_tls_server_trusts_the_ca_given(protos, captured, tmp_path):
+    """An ``https://`` target: grpcio over TLS, the certificate verified against ``--ca``."""
+    from concurrent import futures
+
+    import grpc
+
+    from tests.support.grpc_lab import make_servicer
+    from tests.support.nginx import make_cert
+
+    pb2, pb2_grpc, _ = protos
+    path, exs, _ = captured
+    cert, key = make_cert(tmp_path)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb2_grpc.add_ModelServicer_to_server(make_servicer(pb2, pb2_grpc, "v2"), server)
+    creds = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    out = tmp_path / "results.jsonl"
+    try:
+        argv = ["replay", str(path), "-t", f"https://localhost:{port}", "-o", str(out)]
+        argv += ["--ca", str(cert), "--allow-unsafe", "--speed", "max"]
+        p = subprocess.run(
+            [sys.executable, "-m", "shadowtap", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        server.stop(0)
+    assert p.returncode == 0, p.stderr
+    results = [Result.from_json(orjson.loads(x)) for x in out.read_bytes().splitlines()]
+    assert len(results) == len(exs)
+    assert all(r.error is None and r.grpc is not None for r in results), results
+    assert {r.grpc.status for r in results} == {0, 5}  # answers (one NOT_FOUND among them)
