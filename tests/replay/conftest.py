@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import gzip
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -200,3 +202,16 @@ def write_jsonl(path, exchanges, extra_lines: dict[int, bytes] | None = None) ->
 def read_results(path) -> list[dict]:
     with open(path, "rb") as f:
         return [orjson.loads(line) for line in f if line.strip()]
+
+
+def shadowtap_replay(path, url: str, out, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``shadowtap replay`` of ``path`` to ``url`` (results to ``out``) at --speed max, unsafe
+    methods allowed; ``extra`` options after them."""
+    argv = ["replay", str(path), "-t", url, "-o", str(out), "--allow-unsafe", "--speed", "max"]
+    return subprocess.run(
+        [sys.executable, "-m", "shadowtap", *argv, *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

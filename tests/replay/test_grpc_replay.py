@@ -13,6 +13,8 @@ from shadowtap.records import Result
 from tests.support.grpc_lab import Relay, client_traffic, compile_protos, serve
 from tests.wire.exchanges import exchanges
 
+from .conftest import shadowtap_replay
+
 
 @pytest.fixture(scope="module")
 def protos(tmp_path_factory):
@@ -39,14 +41,7 @@ def replay_to_v2(pb2, pb2_grpc, path, out) -> subprocess.CompletedProcess[str]:
     """``shadowtap replay`` of the captured calls to a v2 server started for it (stopped after)."""
     shadow, port = serve(pb2, pb2_grpc, "v2")
     try:
-        argv = ["replay", str(path), "-t", f"http://127.0.0.1:{port}", "-o", str(out)]
-        p = subprocess.run(
-            [sys.executable, "-m", "shadowtap", *argv, "--allow-unsafe", "--speed", "max"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        p = shadowtap_replay(path, f"http://127.0.0.1:{port}", out)
     finally:
         shadow.stop(0)
     assert p.returncode == 0, p.stderr
@@ -191,15 +186,7 @@ def test_replay_to_a_tls_server_trusts_the_ca_given(protos, captured, tmp_path):
     server.start()
     out = tmp_path / "results.jsonl"
     try:
-        argv = ["replay", str(path), "-t", f"https://localhost:{port}", "-o", str(out)]
-        argv += ["--ca", str(cert), "--allow-unsafe", "--speed", "max"]
-        p = subprocess.run(
-            [sys.executable, "-m", "shadowtap", *argv],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        p = shadowtap_replay(path, f"https://localhost:{port}", out, "--ca", str(cert))
     finally:
         server.stop(0)
     assert p.returncode == 0, p.stderr

@@ -7,7 +7,6 @@ connection and its request number)."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -19,7 +18,7 @@ from tests.support.nginx import make_cert, start_nginx
 from tests.support.prereq import require_tool
 from tests.wire.exchanges import exchanges
 
-from .conftest import free_port
+from .conftest import free_port, shadowtap_replay
 
 LOCATIONS = """
         location /echo { add_header X-Tenant "$http_x_tenant"; return 200 "echo $request_uri\\n"; }
@@ -62,17 +61,6 @@ def captured(tmp_path_factory) -> tuple[Path, list[Exchange]]:
     path = tmp_path_factory.mktemp("cap") / "exchanges.jsonl"
     path.write_bytes(b"".join(orjson.dumps(e.to_json()) + b"\n" for e in exs))
     return path, exs
-
-
-def replay(path: Path, url: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    argv = ["replay", str(path), "-t", url, "-o", str(out), "--allow-unsafe", "--speed", "max"]
-    return subprocess.run(
-        [sys.executable, "-m", "shadowtap", *argv, *extra],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def results(out: Path) -> dict[str, Result]:
@@ -122,7 +110,7 @@ def test_h2c_target_gets_http2_with_prior_knowledge(captured, tmp_path):
         d, "127.0.0.1", port, locations=SHADOW_LOCATIONS, http_extra=LOG, http2=True
     )
     try:
-        p = replay(path, f"http://127.0.0.1:{port}", tmp_path / "r.jsonl")
+        p = shadowtap_replay(path, f"http://127.0.0.1:{port}", tmp_path / "r.jsonl")
     finally:
         shadow.stop()
     assert p.returncode == 0, p.stderr
@@ -148,7 +136,9 @@ def test_https_target_gets_http2_by_alpn(captured, tmp_path):
         http2=True,
     )
     try:
-        p = replay(path, f"https://localhost:{port}", tmp_path / "r.jsonl", "--ca", str(cert))
+        p = shadowtap_replay(
+            path, f"https://localhost:{port}", tmp_path / "r.jsonl", "--ca", str(cert)
+        )
     finally:
         shadow.stop()
     assert p.returncode == 0, p.stderr
@@ -170,7 +160,7 @@ def test_https_target_without_h2_is_a_protocol_error_per_request(captured, tmp_p
     kw = {"locations": SHADOW_LOCATIONS, "http_extra": LOG, "cert": cert, "key": key}
     shadow = start_nginx(d, "127.0.0.1", port, **kw)  # TLS, HTTP/1.1 only
     try:
-        replay(path, f"https://localhost:{port}", tmp_path / "r.jsonl", "--ca", str(cert))
+        shadowtap_replay(path, f"https://localhost:{port}", tmp_path / "r.jsonl", "--ca", str(cert))
     finally:
         shadow.stop()
     got = results(tmp_path / "r.jsonl")
