@@ -16,6 +16,8 @@
 #        BENCH_TIMED_SECONDS=60 BENCH_WRK_SECONDS=10)
 # Short mode (~1.5 min, for a quiet-machine check of the lag goals):
 #        BENCH_TIMED_SECONDS=20 BENCH_WRK_SECONDS=5 scripts/bench_replay.sh
+# BENCH_BEFORE=/path/to/another/shadowtap: that build's streaming replay too, in the same run
+# (before/after a change; one process on the clients' core, the options every build has).
 # Throughput is reported end to end too (command start to end, the results file complete, by
 # date around the command; CPU user+sys and peak RSS by GNU time): one worker pinned like wrk,
 # and the default (--workers = the CPUs available) unpinned. The timed replays use the default.
@@ -116,6 +118,10 @@ timed() {  # timed NAME CMD...: runs CMD, writes NAME.wall (seconds) and NAME.ti
   echo "$t0 $t1" > "$work/$name.wall"
 }
 wrk1=$(wrk_rps "$W")
+if [ -n "${BENCH_BEFORE:-}" ]; then  # another build (before a change), one process like it had
+  timed before "${cli_pin[@]}" "$BENCH_BEFORE" replay "$work/ex.jsonl" -t "http://127.0.0.1:$port" --speed max \
+    -c "$C" --no-progress --json -o "$work/before.jsonl"
+fi
 # One process on the clients' core (the sending phase alone with --preload, then streaming), then
 # the default: --workers = the CPUs available (2 here), not pinned, streaming input.
 timed max "${cli_pin[@]}" "$ST" replay "$work/ex.jsonl" -t "http://127.0.0.1:$port" --speed max -c "$C" --preload \
@@ -206,7 +212,8 @@ print(f"shadowtap replay --speed max --preload: {st:,.0f} req/s ({sent} sent, {o
       f"{100 * pre['cpu_s'] / pre['elapsed_s']:.0f}% of elapsed) = {100 * st / wrk:.1f}% of wrk (goal >= 30%)")
 print(f"shadowtap replay --speed max (streaming input, default workers): {st_stream:,.0f} req/s = "
       f"{100 * st_stream / wrk:.1f}% of wrk (sending phase)")
-for name, what in (("max", "--preload, 1 worker on core 1"), ("max_stream1", "streaming, 1 worker on core 1"),
+runs = [("before", "streaming, the BENCH_BEFORE build, 1 process on core 1")] if os.path.exists(f"{work}/before.wall") else []
+for name, what in (*runs, ("max", "--preload, 1 worker on core 1"), ("max_stream1", "streaming, 1 worker on core 1"),
                    ("max_stream", f"streaming, {len(stream.get('workers', [])) or 1} workers, not pinned")):
     t0, t1 = map(float, open(f"{work}/{name}.wall").read().split())
     user, sys_, rss = open(f"{work}/{name}.time").read().split()[-3:]
