@@ -293,6 +293,8 @@ def _content_kind(headers: Headers) -> str | None:
     """``json`` or ``form`` for a body redaction can read (no Content-Encoding), else None."""
     ctype = ""
     for n, v in headers:
+        if len(n) != 12 and len(n) != 16:  # neither name: no lower-casing (most headers)
+            continue
         ln = n.lower()
         if ln == "content-encoding" and v.strip().lower() not in ("", "identity"):
             return None

@@ -49,6 +49,8 @@ def status_of(fields: list[tuple[str, str]]) -> tuple[int | None, str | None]:
     status: int | None = None
     message: str | None = None
     for name, value in fields:
+        if len(name) != 11 and len(name) != 12:  # neither name (most fields): not lower-cased
+            continue
         lname = name.lower()
         if lname == "grpc-status":
             try:

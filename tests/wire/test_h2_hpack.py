@@ -16,7 +16,7 @@ from shadowtap.wire.http2._hpack import MAX_HEADER_LIST, HeaderDecoder, _text
 
 NAMES = [":path", ":method", "content-type", "x-request-id", "grpc-timeout", "te", "x-a"]
 field = hs.tuples(
-    hs.sampled_from(NAMES), hs.sampled_from(["", "1", "abc", "/pkg.S/M", "x" * 30, "é"])
+    hs.sampled_from(NAMES), hs.sampled_from(["", "1", "abc", "/pkg.S/M", "x" * 30, "é", "y" * 200])
 )
 
 
@@ -56,7 +56,7 @@ def conversation(draw):
     for i in range(draw(hs.integers(1, 12))):
         heads = list(base)
         if draw(hs.booleans()):
-            rid = ("x-request-id", str(i))
+            rid = ("x-request-id", str(i) + draw(hs.sampled_from(["", "z" * 130])))
             heads.append(NeverIndexedHeaderTuple(*rid) if draw(hs.booleans()) else rid)
         if draw(hs.integers(0, 5)) == 0:
             heads += draw(hs.lists(field, max_size=3))
@@ -85,7 +85,11 @@ def test_a_request_id_sent_without_indexing_costs_one_small_decode():
     enc = Encoder()
     base = [(":method", "POST"), (":path", "/pkg.S/M"), ("content-type", "application/grpc")]
     blocks = [
-        enc.encode([*base, NeverIndexedHeaderTuple("x-request-id", str(i))]) for i in range(50)
+        enc.encode(
+            [*base, NeverIndexedHeaderTuple("x-request-id", str(i) + "r" * (150 * (i % 2)))],
+            huffman=False,  # ids of 150 bytes and more: a length of two bytes
+        )
+        for i in range(50)
     ]
     dec = HeaderDecoder(known_start=True)
     calls = []
@@ -96,4 +100,5 @@ def test_a_request_id_sent_without_indexing_costs_one_small_decode():
     assert got == reference(blocks)
     # The first two blocks are decoded whole (the first inserts the base fields); after them
     # each block is its three cached representations and the new request id's.
-    assert len(calls) <= 2 + 3 + 48 and max(calls[4:]) <= len("x-request-id") + 6
+    # (the id's representation: its flag byte, a literal name of 12 bytes, 1 + 151 or 2 + 152)
+    assert len(calls) <= 2 + 3 + 48 and max(calls[4:]) <= 2 + 12 + 2 + 152

@@ -74,12 +74,20 @@ def _table_neutral_representations(block: bytes) -> list[int] | None:
         while pos < n:
             b = block[pos]
             if b & 0x80:  # indexed field
-                pos += decode_integer(view[pos:], 7)[1]
+                # An integer below its prefix's maximum is that one byte (RFC 7541 5.1).
+                pos += 1 if b & 0x7F != 0x7F else decode_integer(view[pos:], 7)[1]
             elif (b & 0xE0) == 0:  # literal without indexing (0000), never indexed (0001)
-                index, used = decode_integer(view[pos:], 4)
+                if b & 0x0F == 0x0F:
+                    index, used = decode_integer(view[pos:], 4)
+                else:
+                    index, used = b & 0x0F, 1
                 pos += used
                 for _ in range(1 if index else 2):  # the name when not indexed, the value
-                    length, used = decode_integer(view[pos:], 7)
+                    h = block[pos]
+                    if h & 0x7F == 0x7F:
+                        length, used = decode_integer(view[pos:], 7)
+                    else:
+                        length, used = h & 0x7F, 1
                     pos += used + length
                 if pos > n:
                     return None
