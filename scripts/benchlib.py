@@ -108,3 +108,18 @@ if __name__ == "__main__":
 
     if sys.argv[1] == "reaped":  # benchlib.py reaped TIMEOUT CMD...: "wall KB user sys"
         print(*reaped(float(sys.argv[2]), sys.argv[3:]))
+
+
+def best_times(work: str, tool: str, rounds: int) -> tuple[float, float, float]:
+    """The best round of ``tool`` from the GNU time files ``WORK/TOOL.R.time`` (``%e %U %S %M``,
+    rounds 1..``rounds``): the least wall time, the least CPU time (user + sys), the largest peak
+    RSS in MB. The least disturbed round of a shared machine is the truest."""
+    runs = [
+        tuple(map(float, Path(f"{work}/{tool}.{r}.time").read_text().split()))
+        for r in range(1, rounds + 1)
+    ]
+    return (
+        min(r[0] for r in runs),
+        min(r[1] + r[2] for r in runs),
+        max(r[3] for r in runs) / 1024,
+    )

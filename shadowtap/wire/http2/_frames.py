@@ -7,7 +7,7 @@ header read with one ``struct`` unpack, the payload or header block fragment sli
 and priority fields removed, with hyperframe's checks in hyperframe's order and its error texts
 (``_payload``). A trade against the design's "maintained libraries": hyperframe builds a frame
 object, a ``Flags`` set, padding and priority objects for each frame (1.5-1.8 us a frame here, 0.3
-us on this path: 0.15 s of the 20,000-call capture of scripts/bench_extract_grpc.sh, 5 frames a
+us on this path: 0.15 s of the 20,000-call capture of scripts/bench_extract.sh --grpc, 5 frames a
 call). The property tests feed any sequence of frames, valid or not, cut anywhere, through both
 paths (``FrameReader(fast=False)`` is hyperframe's) and require the same items. SETTINGS,
 RST_STREAM, GOAWAY, PUSH_PROMISE and unknown types are still parsed by hyperframe; PRIORITY, PING
