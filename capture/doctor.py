@@ -266,6 +266,9 @@ def check_tls() -> list[Check]:
         what = f"{lib.version or lib.kind.value}; exports {exports}"
         if lib.missing:
             what += f"; lacks {', '.join(lib.missing)}"
+        stepped = [f for site in lib.sites if site.stepped for f in site.observes]
+        if stepped:  # a second trap a call (~17 us in a VM, measured: docs/benchmarks.md)
+            what += f"; single-stepped probes: {', '.join(stepped)}"
         if lib.usable:
             checks.append(Check(f"TLS library {lib.path}", Status.OK, what, needed_by="tls"))
         else:

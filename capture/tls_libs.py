@@ -269,10 +269,28 @@ def plan_sites(
         if func in done or func not in symbols:
             continue
         addr = symbols[func][0]
-        sites.append(
-            Site(addr, entry_prog, ret, (func,), not emulated(_first_insn(code(addr, 16), addr)))
-        )
+        stepped = not emulated(_first_insn(code(addr, 16), addr))
+        if stepped and ret is None:  # no return probe: it may sit further in
+            later = _emulated_before_any_write(code(addr, 64), addr)
+            if later is not None:
+                addr, stepped = later, False
+        sites.append(Site(addr, entry_prog, ret, (func,), stepped))
     return tuple(sites)
+
+
+def _emulated_before_any_write(code: bytes, addr: int) -> int | None:
+    """The address of the first emulated instruction of a function when every one before it
+    writes the flags only (``test``/``cmp``: the arguments and the stack are as at the entry, and
+    every call passes there): SSL_free's ``test %rdi,%rdi; je`` probed at the ``je``."""
+    from capstone import x86
+
+    for insn in _decoder().disasm(code, addr):
+        if emulated(bytes(insn.bytes)):
+            return int(insn.address)
+        _read, written = insn.regs_access()
+        if any(r != x86.X86_REG_EFLAGS for r in written) or insn.group(x86.X86_GRP_JUMP):
+            return None
+    return None
 
 
 def _version(path: str, kind: Kind) -> str:

@@ -68,8 +68,16 @@ def test_read_probes_stay_on_each_entry_otherwise():
 
 
 def test_which_instructions_the_kernel_emulates():
-    yes = [b"\x53", b"\x41\x57", b"\x90", _call(0, 64), b"\xeb\x10", b"\x74\x02",
-           b"\x0f\x84\x07\x03\x00\x00", b"\xe9\x00\x00\x00\x00"]
+    yes = [
+        b"\x53",
+        b"\x41\x57",
+        b"\x90",
+        _call(0, 64),
+        b"\xeb\x10",
+        b"\x74\x02",
+        b"\x0f\x84\x07\x03\x00\x00",
+        b"\xe9\x00\x00\x00\x00",
+    ]
     no = [SUB8, b"\x48\x85\xff", b"\xf3\x0f\x1e\xfa", b"\x45\x31\xc0", b""]
     assert all(tls_libs.emulated(i) for i in yes)
     assert not any(tls_libs.emulated(i) for i in no)
@@ -130,3 +138,22 @@ def test_a_stale_tracefs_uprobe_of_a_dead_run_is_removed():
     finally:
         if name in open(events).read():
             append(f"-:uprobes/{name}\n")
+
+
+def test_an_entry_only_probe_moves_to_the_first_emulated_instruction_after_flag_only_ones():
+    """SSL_free has no return probe: ``test %rdi,%rdi; je`` is probed at the je (emulated, the
+    argument untouched); a function whose first instruction writes a register stays at its entry."""
+
+    def plan(body: bytes):
+        symbols = {"SSL_free": (0x4000, len(body))}
+        return tls_libs.plan_sites(
+            {"SSL_free": ("enter_free", None)},
+            (),
+            symbols,
+            lambda a, n: body[:n] if a == 0x4000 else b"",
+        )
+
+    (site,) = plan(b"\x48\x85\xff" + b"\x74\x05" + RET)
+    assert (site.addr, site.stepped) == (0x4003, False)
+    (site,) = plan(b"\x48\x89\xfb" + b"\x74\x05" + RET)  # mov %rdi,%rbx first
+    assert (site.addr, site.stepped) == (0x4000, True)
