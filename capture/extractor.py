@@ -43,9 +43,8 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shadowtap.capture.libpcap import BpfFilter
 from shadowtap.errors import InputError
 from shadowtap.records import Exchange, Request, exchange_id_at, exchange_id_prefix, format_endpoint
 from shadowtap.redact import Redactor
@@ -62,6 +61,9 @@ from shadowtap.wire.protocol import (
     Transaction,
 )
 from shadowtap.wire.tcp import Connection, Kind, Reassembler, State
+
+if TYPE_CHECKING:
+    from shadowtap.capture.libpcap import BpfFilter
 
 # The protocols tried on each connection, in order (the last one takes what the others do not).
 DEFAULT_PROTOCOLS: tuple[ProtocolSpec, ...] = (http2.PROTOCOL, http1.PROTOCOL)
@@ -293,7 +295,13 @@ class Extractor:
         if max_body < 0:
             raise InputError("must be >= 0", field="max_body")
         self.ports = frozenset(ports)
-        self.filter = BpfFilter(bpf_filter) if bpf_filter else None
+        self.filter: BpfFilter | None = None
+        if bpf_filter:
+            # Imported here: libpcap's binding (ctypes, the doctor's checks) is for filters and
+            # live capture only; extract without a filter never loads it (start-up time).
+            from shadowtap.capture.libpcap import BpfFilter
+
+            self.filter = BpfFilter(bpf_filter)
         self.max_body = max_body
         self.max_head = max_head
         if keep_secrets:
