@@ -35,7 +35,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from shadowtap.wire.sse import parse_sse
+from shadowtap.wire.sse import DEFAULT_MAX_EVENT, parse_sse
 
 __all__ = [
     "Api",
@@ -467,10 +467,63 @@ class _Fold:
                 self.content_times.append(ts)
 
 
+def _openai_stream(
+    body: bytes, chunks: tuple[tuple[int, float], ...], target: str
+) -> tuple[_Fold, int, float | None] | None:
+    """The common OpenAI stream folded in one pass over the body, without the SSE parser's
+    records: every event a single ``data: {...}`` line (LF line ends, one space after the
+    colon), maybe ``data: [DONE]``, nothing after the last blank line, each event a chunk of the
+    shape ``_Chunk`` takes. Returns (the fold, the events counted, the last event's time), or
+    None for anything else: the SSE parser and the dict way read it then, with their anomalies,
+    and give the same Generation for what this takes (tests/shadowtap/test_genai_stream.py).
+    Each event: a slice, msgspec's decoding from the bytes, the fold; its time from one walk of
+    the chunk list (as the SSE parser gives: the chunk holding the \\n of its blank line).
+    Measured on 50-event answers: a third cheaper than the SSE parser's records and the fold."""
+    if b"\r" in body or len(body) >= DEFAULT_MAX_EVENT or not body.startswith(b"data: {"):
+        return None
+    blocks = body.split(b"\n\n")
+    if blocks.pop():
+        return None  # a cut stream, or a last event with no blank line
+    try:
+        api = _api_of(orjson.loads(blocks[0][6:]), target)
+    except orjson.JSONDecodeError:
+        return None
+    if api is not Api.OPENAI_CHAT and api is not Api.OPENAI_COMPLETION:
+        return None
+    fold = _Fold(api)
+    decode = _CHUNK.decode
+    n = len(chunks)
+    ci = 0
+    last_ts = chunks[-1][1] if n else None
+    ts: float | None = None
+    pos = 0
+    for block in blocks:
+        blank = pos + len(block) + 1  # the \n of the blank line ending the event
+        pos = blank + 1
+        if n:
+            while ci < n and chunks[ci][0] <= blank:
+                ci += 1
+            ts = chunks[ci][1] if ci < n else last_ts
+        if not block.startswith(b"data: ") or b"\n" in block:
+            return None
+        data = block[6:]
+        if data == b"[DONE]":
+            fold.done = True
+            continue
+        try:
+            fold.chunk(decode(data), ts)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return None
+    return fold, len(blocks), ts
+
+
 def _from_sse(body: bytes, chunks: tuple[tuple[int, float], ...], target: str) -> Generation:
     anomalies: list[str] = []
     not_json = 0
     generic: list[dict[str, Any]] = []  # kept while no event said which API: generic SSE
+    fast = _openai_stream(body, chunks, target) if _TYPED else None
+    if fast is not None:
+        return _generation(*fast, anomalies, not_json, generic)
     stream = parse_sse(body, chunks)
     if stream.pending:
         anomalies.append(Anomaly.CUT.value)
@@ -514,6 +567,19 @@ def _from_sse(body: bytes, chunks: tuple[tuple[int, float], ...], target: str) -
             typed = _TYPED and fold.api in (Api.OPENAI_CHAT, Api.OPENAI_COMPLETION)
         fold.obj(obj, etype, ts)
     count, last = len(records), records[-1][4]
+    return _generation(fold, count, last, anomalies, not_json, generic)
+
+
+def _generation(
+    fold: _Fold,
+    count: int,
+    last: float | None,
+    anomalies: list[str],
+    not_json: int,
+    generic: list[dict[str, Any]],
+) -> Generation:
+    """A stream's Generation from its fold: ``count`` events, the last one's time, the
+    anomalies so far, the events that were no JSON, the generic events (no API known)."""
     if not_json:
         anomalies.append(Anomaly.NOT_JSON.value)
     if fold.error is not None:

@@ -357,3 +357,15 @@ def test_typed_chunks_and_dicts_give_the_same_generation(stream):
     finally:
         genai._TYPED = True
     assert typed == plain
+
+
+def test_the_usual_stream_is_folded_without_the_sse_parser():
+    """The usual OpenAI stream takes the one-pass reading; one with a comment, CR line ends or a
+    cut last event does not (the SSE parser reads those, with their anomalies)."""
+    from shadowtap.wire.genai import _openai_stream
+
+    body = openai_stream(["a", "b"])
+    fast = _openai_stream(body, ((10, 1.0), (len(body), 2.0)), "/v1/chat/completions")
+    assert fast is not None and fast[1] == 6 and fast[2] == 2.0 and fast[0].done
+    for other in (b": ping\n\n" + body, body.replace(b"\n", b"\r\n"), body[:-1]):
+        assert _openai_stream(other, (), "/v1/chat/completions") is None
