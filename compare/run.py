@@ -13,6 +13,7 @@ from shadowtap.compare.config import NoiseRule, load_config
 from shadowtap.compare.join import Joiner, join
 from shadowtap.errors import EXIT_INTERRUPTED, InputError
 from shadowtap.jsonl import read_jsonl
+from shadowtap.procs import batch_gc
 from shadowtap.records import Exchange, Result
 
 
@@ -106,10 +107,13 @@ def run_compare(
     )
     interrupted = False
     try:
-        for ex, res, base in triples:
-            comparison.add(ex, res, base)
-            if lake is not None:
-                lake.add(ex, res)
+        # Millions of short-lived acyclic objects (records, parsed bodies): the collector's
+        # thresholds raised and the imports frozen out of its walks (procs.batch_gc).
+        with batch_gc():
+            for ex, res, base in triples:
+                comparison.add(ex, res, base)
+                if lake is not None:
+                    lake.add(ex, res)
     except KeyboardInterrupt:
         # Ctrl-C loses nothing: the pairs read so far are reported, and the exit status (130)
         # says the verdict covers part of the input only.
