@@ -156,7 +156,7 @@ def _elf_view(path: str, wanted: set[str]) -> tuple[dict[str, tuple[int, int]], 
                 chunks[addr] = read(addr, min(size or _DECODE_MAX, _DECODE_MAX))
             for callee in [_call_after_prologue(c, a) for a, c in chunks.items()]:
                 if callee is not None and callee not in chunks:
-                    chunks[callee] = read(callee, 16)
+                    chunks[callee] = read(callee, 20)
     except (OSError, ELFError) as exc:
         raise InputError(f"not a readable ELF library: {exc}", where=path) from exc
 
@@ -198,10 +198,19 @@ def emulated(insn: bytes) -> bool:
     return b0 == 0x0F and len(insn) == 6 and 0x80 <= insn[1] <= 0x8F
 
 
-def _first_insn(code: bytes, addr: int) -> bytes:
+_ENDBR64 = b"\xf3\x0f\x1e\xfa"
+
+
+def _entry_point(code: bytes, addr: int) -> tuple[int, bool]:
+    """Where a function's entry (and return) probe goes, and whether the kernel emulates the
+    instruction there: its first instruction, or the one after a leading ``endbr64`` (CET builds
+    start every function with it; it changes no register nor the stack, so the return address is
+    still at the top of the stack there, as a return probe needs)."""
+    if code.startswith(_ENDBR64):
+        code, addr = code[len(_ENDBR64) :], addr + len(_ENDBR64)
     for insn in _decoder().disasm(code[:16], addr):
-        return bytes(insn.bytes)
-    return b""
+        return addr, emulated(bytes(insn.bytes))
+    return addr, False
 
 
 def _call_after_prologue(code: bytes, addr: int) -> int | None:
@@ -258,23 +267,23 @@ def plan_sites(
         target = _call_after_prologue(code(ex_addr, min(ex_size or 64, 64)), ex_addr)
         if target is None or target in (symbols[plain][0], ex_addr):
             continue
-        if not emulated(_first_insn(code(target, 16), target)):
+        at, cheap = _entry_point(code(target, 20), target)
+        if not cheap:
             continue
         p_addr, p_size = symbols[plain]
         if not _calls(code(p_addr, min(p_size or _DECODE_MAX, _DECODE_MAX)), p_addr, target):
             continue
-        sites.append(Site(target, entry, table[ex][1], (plain, ex), False))
+        sites.append(Site(at, entry, table[ex][1], (plain, ex), False))
         done |= {plain, ex}
     for func, (entry_prog, ret) in table.items():
         if func in done or func not in symbols:
             continue
-        addr = symbols[func][0]
-        stepped = not emulated(_first_insn(code(addr, 16), addr))
-        if stepped and ret is None:  # no return probe: it may sit further in
-            later = _emulated_before_any_write(code(addr, 64), addr)
+        at, cheap = _entry_point(code(symbols[func][0], 20), symbols[func][0])
+        if not cheap and ret is None:  # no return probe: it may sit further in
+            later = _emulated_before_any_write(code(symbols[func][0], 64), symbols[func][0])
             if later is not None:
-                addr, stepped = later, False
-        sites.append(Site(addr, entry_prog, ret, (func,), stepped))
+                at, cheap = later, True
+        sites.append(Site(at, entry_prog, ret, (func,), not cheap))
     return tuple(sites)
 
 

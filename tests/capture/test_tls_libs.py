@@ -157,3 +157,10 @@ def test_an_entry_only_probe_moves_to_the_first_emulated_instruction_after_flag_
     assert (site.addr, site.stepped) == (0x4003, False)
     (site,) = plan(b"\x48\x89\xfb" + b"\x74\x05" + RET)  # mov %rdi,%rbx first
     assert (site.addr, site.stepped) == (0x4000, True)
+
+
+def test_a_leading_endbr64_is_stepped_over():
+    """CET builds open every function with endbr64 (not emulated, but it changes nothing): the
+    probe goes on the instruction after it, the callee's push here."""
+    (site,) = _plan(b"\xf3\x0f\x1e\xfa" + PUSH_R13, endbr=True)
+    assert (site.addr, site.stepped, site.observes) == (0x2004, False, ("SSL_read", "SSL_read_ex"))
