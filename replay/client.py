@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import socket
 import ssl as ssl_module
 import time
@@ -333,11 +334,7 @@ class _Conn(asyncio.Protocol):
             job.headers.append((name, value))
             if len(name) == 16 and name.lower() == b"content-encoding":
                 job.coding = value
-            elif (
-                len(name) == 12
-                and name.lower() == b"content-type"
-                and is_stream_type(value.decode("latin-1"))
-            ):
+            elif len(name) == 12 and name.lower() == b"content-type" and _stream_type(value):
                 job.chunks = []
 
     def on_headers_complete(self) -> None:
@@ -827,6 +824,12 @@ class Sender:
                 del self._lanes[old.key]
         while self._waiting_lanes and self._in_flight < self.concurrency:
             self._start_lane(self._waiting_lanes.popleft())
+
+
+@functools.lru_cache(maxsize=256)
+def _stream_type(content_type: bytes) -> bool:
+    """``is_stream_type`` of a raw Content-Type (a service sends few distinct ones: cached)."""
+    return is_stream_type(content_type.decode("latin-1"))
 
 
 def _sni(host: str) -> str:

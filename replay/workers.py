@@ -6,8 +6,9 @@ connections it owns: ``owner(line, n)``, the crc32 of the line's ``client>server
 raw bytes; the line parsed only when they are not where extract writes them), modulo N. A
 connection's requests therefore stay on one process, in order, on one target connection. A line
 another worker owns is not decoded: it goes through the schedule as a ``Foreign`` placeholder
-holding its time only (parsed for recorded timing, not at all under ``--speed max``/``--rate``),
-so every worker computes the same schedule (t_0, the ``--rate`` slots, the ``--loop`` shifts).
+holding its time only (parsed for recorded timing, not under ``--rate``), so every worker
+computes the same schedule (t_0, the ``--rate`` slots, the ``--loop`` shifts); under ``--speed
+max`` they play no part and are skipped.
 
 One clock: the parent makes the ``Clock`` (monotonic -> epoch) before forking, every worker
 inherits it; each worker resolves the target, connects once, decodes its share under
@@ -121,7 +122,7 @@ def line_time(line: bytes) -> float | None:
     return float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else None
 
 
-_UNTIMED = Foreign(0.0)  # --speed max / --rate: another worker's line holds a slot, no time
+_UNTIMED = Foreign(0.0)  # --rate: another worker's line holds a slot, no time
 
 
 def shard_source(
@@ -149,7 +150,12 @@ def shard_source(
         return owner(line, workers) == index
 
     def shard_pass() -> Iterable[Item]:
-        return read_jsonl(cfg.input, Exchange.from_json_sendable, on_error, mine, other)
+        # --speed max: other workers' lines play no part in the schedule (no offsets, no slots
+        # to count): they are not even placeholders.
+        untimed = cfg.timing.speed is None and cfg.timing.rate is None
+        return read_jsonl(
+            cfg.input, Exchange.from_json_sendable, on_error, mine, None if untimed else other
+        )
 
     return shard_pass
 
