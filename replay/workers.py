@@ -187,7 +187,14 @@ def worker_count(cfg: ReplayConfig) -> int:
             asked = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):  # pragma: no cover - not Linux
             asked = os.cpu_count() or 1
-    return max(1, asked)
+        return max(1, min(asked, cfg.concurrency))
+    if asked > cfg.concurrency:  # each worker has at least one request in flight
+        console.warn(
+            f"--workers {asked} with --concurrency {cfg.concurrency}: {cfg.concurrency} workers "
+            "(each needs a request in flight of its own)"
+        )
+        return cfg.concurrency
+    return asked
 
 
 # ------------------------------------------------------------------------------- messages

@@ -217,3 +217,48 @@ def test_workers_need_a_jsonl_file(tmp_path, aio_target):
     p = from_stdin()  # the default: one process for stdin
     assert p.returncode == 0, p.stderr
     assert "worker 1" not in p.stderr and len(aio_target.seen) == 1
+
+
+def test_a_killed_worker_is_reported_and_the_others_results_kept(tmp_path, aio_target):
+    owners = _clients_by_owner(2, 1)
+    exs = [make_exchange(target=f"/w{w}", client=owners[w][0]) for w in (0, 1)]
+    inp = write_jsonl(tmp_path / "in.jsonl", exs)
+    out = tmp_path / "res.jsonl"
+    args = [inp, "-t", aio_target.url, "-o", str(out), "-w", "2", "--rate", "100", "--loop", "0"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shadowtap", "replay", *args, "--duration", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while (
+            time.monotonic() < deadline
+            and min(sum(s.path == f"/w{w}" for s in aio_target.seen) for w in (0, 1)) < 5
+        ):
+            time.sleep(0.05)
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            workers = sorted(int(x) for x in f.read().split())
+        assert len(workers) == 2
+        os.kill(workers[1], signal.SIGKILL)  # a worker this test's command started
+        _stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, stderr
+    assert "replay worker" in stderr and "died (killed by SIGKILL)" in stderr
+    results = [Result.from_json(d) for d in read_results(out)]  # every line complete and valid
+    assert results and all(r.response is not None for r in results)
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".shadowtap")] == []
+
+
+def test_no_more_workers_than_requests_in_flight(tmp_path, aio_target):
+    owners = _clients_by_owner(3, 1)
+    exs = [make_exchange(target=f"/w{w}", client=owners[w][0]) for w in range(3)]
+    inp = write_jsonl(tmp_path / "in.jsonl", exs)
+    p = replay(inp, "-t", aio_target.url, "--speed", "max", "-c", "2", "-w", "3")
+    assert p.returncode == 0, p.stderr
+    assert "2 workers" in p.stderr and "worker 3" not in p.stderr
+    assert sorted(s.path for s in aio_target.seen) == ["/w0", "/w1", "/w2"]
