@@ -45,7 +45,7 @@ import tempfile
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import IO, Any
 
@@ -348,7 +348,7 @@ class PartWriter:
     def write(self, obj: dict[str, Any]) -> None:
         resp = obj["response"]
         done = resp["end_ts"] if resp is not None else self._now()
-        self._f.write(b"%.7f\t" % done + orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
+        self._f.write(b"%018.7f\t" % done + orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
 
     def close(self) -> None:
         self._f.close()
@@ -408,25 +408,35 @@ def _parts(folder: str, workers: int) -> list[str]:
     return [os.path.join(folder, f"part{i}.jsonl") for i in range(workers)]
 
 
-def _read_part(path: str) -> Iterator[tuple[float, bytes]]:
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError:  # the worker failed before it wrote anything
-        return
-    with f:
-        for line in f:
-            key, tab, rest = line.partition(b"\t")
-            if tab and rest.endswith(b"\n"):  # a torn last line (a killed worker) is left out
-                yield float(key), rest
+KEY = 18  # bytes of a part line's key: the instant as %018.7f (fixed width until 2286)
+
+
+def _open_parts(paths: Iterable[str]) -> list[IO[bytes]]:
+    out = []
+    for path in paths:
+        try:
+            out.append(open(path, "rb"))  # noqa: SIM115 - closed by merge_parts
+        except FileNotFoundError:  # the worker failed before it wrote anything
+            pass
+    return out
 
 
 def merge_parts(paths: Iterable[str], out: JsonlWriter) -> int:
     """The parts' results into ``out`` in the order of their completion instants (each part is in
-    that order already): streaming, O(parts) memory. Returns the number of lines."""
+    that order already): streaming, O(parts) memory. The keys have a fixed width, so the lines
+    themselves compare in their instants' order (no key function, no float parsing: ~1 µs a
+    line). A torn last line (a killed worker) is left out. Returns the number of lines."""
+    files = _open_parts(paths)
     n = 0
-    for _key, line in heapq.merge(*(_read_part(p) for p in paths), key=lambda kv: kv[0]):
-        out.write_line(line)
-        n += 1
+    write = out.write_line
+    try:
+        for line in heapq.merge(*files):
+            if line[-1:] == b"\n" and line[KEY : KEY + 1] == b"\t":
+                write(line[KEY + 1 :])
+                n += 1
+    finally:
+        for f in files:
+            f.close()
     return n
 
 

@@ -52,8 +52,12 @@ def test_connection_key_from_the_raw_line_and_from_a_parse_agree():
 
 def test_merge_orders_the_parts_by_completion_and_drops_a_torn_line(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    a.write_bytes(b'1.0\t{"n":1}\n3.0\t{"n":3}\n')
-    b.write_bytes(b'2.0\t{"n":2}\n4.0\t{"n":4}\n5.0\t{"n"')  # killed mid-line
+
+    def key(t: float) -> bytes:
+        return b"%018.7f\t" % t
+
+    a.write_bytes(key(9.5) + b'{"n":1}\n' + key(1e9) + b'{"n":3}\n')
+    b.write_bytes(key(10.0) + b'{"n":2}\n' + key(1.7e9) + b'{"n":4}\n' + key(1.8e9) + b'{"n"')
     out = io.BytesIO()
 
     class Sink:
