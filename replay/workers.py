@@ -412,7 +412,7 @@ KEY = 18  # bytes of a part line's key: the instant as %018.7f (fixed width unti
 
 
 def _open_parts(paths: Iterable[str]) -> list[IO[bytes]]:
-    out = []
+    out: list[IO[bytes]] = []
     for path in paths:
         try:
             out.append(open(path, "rb"))  # noqa: SIM115 - closed by merge_parts
