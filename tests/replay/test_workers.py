@@ -167,13 +167,14 @@ def test_a_failing_worker_is_reported_and_the_results_written_are_kept(tmp_path,
     assert [f for f in os.listdir(tmp_path) if f.startswith(".shadowtap")] == []
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_with_workers_leaves_a_valid_partial_results_file(tmp_path, aio_target, signum):
+def _endless_two_workers(tmp_path, aio_target, act) -> tuple[subprocess.Popen[str], str, str]:
+    """A --rate 100 endless replay over two workers (one connection each); once each worker
+    has sent five requests, ``act(proc)``; then the command's end: (proc, stderr, results path)."""
     owners = _clients_by_owner(2, 1)
     exs = [make_exchange(target=f"/w{w}", client=owners[w][0]) for w in (0, 1)]
     inp = write_jsonl(tmp_path / "in.jsonl", exs)
-    out = tmp_path / "res.jsonl"
-    args = [inp, "-t", aio_target.url, "-o", str(out), "-w", "2", "--rate", "100", "--loop", "0"]
+    out = str(tmp_path / "res.jsonl")
+    args = [inp, "-t", aio_target.url, "-o", out, "-w", "2", "--rate", "100", "--loop", "0"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "shadowtap", "replay", *args, "--duration", "60"],
         stdout=subprocess.PIPE,
@@ -187,12 +188,19 @@ def test_ctrl_c_with_workers_leaves_a_valid_partial_results_file(tmp_path, aio_t
             and min(sum(s.path == f"/w{w}" for s in aio_target.seen) for w in (0, 1)) < 5
         ):
             time.sleep(0.05)
-        proc.send_signal(signum)  # to the parent only: it stops its workers
+        act(proc)
         _stdout, stderr = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    return proc, stderr, out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_with_workers_leaves_a_valid_partial_results_file(tmp_path, aio_target, signum):
+    # the signal to the parent only: it stops its workers
+    proc, stderr, out = _endless_two_workers(tmp_path, aio_target, lambda p: p.send_signal(signum))
     assert proc.returncode == 130, stderr
     results = [Result.from_json(d) for d in read_results(out)]  # every line complete and valid
     assert len(results) == int(summary_value(stderr, "requests sent"))
@@ -224,33 +232,13 @@ def test_workers_need_a_jsonl_file(tmp_path, aio_target):
 
 
 def test_a_killed_worker_is_reported_and_the_others_results_kept(tmp_path, aio_target):
-    owners = _clients_by_owner(2, 1)
-    exs = [make_exchange(target=f"/w{w}", client=owners[w][0]) for w in (0, 1)]
-    inp = write_jsonl(tmp_path / "in.jsonl", exs)
-    out = tmp_path / "res.jsonl"
-    args = [inp, "-t", aio_target.url, "-o", str(out), "-w", "2", "--rate", "100", "--loop", "0"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shadowtap", "replay", *args, "--duration", "60"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while (
-            time.monotonic() < deadline
-            and min(sum(s.path == f"/w{w}" for s in aio_target.seen) for w in (0, 1)) < 5
-        ):
-            time.sleep(0.05)
+    def kill_one(proc: subprocess.Popen[str]) -> None:
         with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
             workers = sorted(int(x) for x in f.read().split())
         assert len(workers) == 2
         os.kill(workers[1], signal.SIGKILL)  # a worker this test's command started
-        _stdout, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+    proc, stderr, out = _endless_two_workers(tmp_path, aio_target, kill_one)
     assert proc.returncode == 1, stderr
     assert "replay worker" in stderr and "died (killed by SIGKILL)" in stderr
     results = [Result.from_json(d) for d in read_results(out)]  # every line complete and valid
