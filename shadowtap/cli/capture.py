@@ -8,9 +8,7 @@ from typing import Annotated
 import typer
 
 from shadowtap.cli import app
-from shadowtap.cli.options import SINK_HELP, SINK_SPOOL_HELP
-
-_MORE = "Repeatable."
+from shadowtap.cli import options as opt
 
 
 @app.command(no_args_is_help=True)
@@ -28,7 +26,7 @@ def capture(
         typer.Option(
             "--port",
             "-p",
-            help=f"TCP port of the HTTP service, filtered in the kernel. {_MORE} Default: every "
+            help=f"TCP port of the HTTP service, filtered in the kernel. {opt.MORE} Default: every "
             "TCP port.",
         ),
     ] = None,
@@ -80,23 +78,9 @@ def capture(
             min=0.001,
         ),
     ] = None,
-    keep_secrets: Annotated[
-        bool,
-        typer.Option(
-            "--keep-secrets",
-            help="Store Authorization/Cookie/Set-Cookie/Proxy-Authorization values as captured "
-            "instead of keyed hashes.",
-        ),
-    ] = False,
-    secret_header: Annotated[
-        list[str] | None, typer.Option("--secret-header", help=f"Another header to redact. {_MORE}")
-    ] = None,
-    max_body: Annotated[
-        int,
-        typer.Option(
-            "--max-body", help="Body bytes kept per message; body_len still counts them all.", min=0
-        ),
-    ] = 1 << 20,
+    keep_secrets: opt.ExchangeKeepSecrets = False,
+    secret_header: opt.SecretHeader = None,
+    max_body: opt.ExchangeMaxBody = 1 << 20,
     buffer_mb: Annotated[
         int,
         typer.Option(
@@ -136,7 +120,7 @@ def capture(
             "--tls-lib",
             help="TLS library (or executable exporting SSL_read/SSL_write) to attach to, "
             "e.g. a "
-            f"copy in a container's root. Default: the system's libssl and libgnutls. {_MORE}",
+            f"copy in a container's root. Default: the system's libssl and libgnutls. {opt.MORE}",
         ),
     ] = None,
     pid: Annotated[
@@ -187,8 +171,8 @@ def capture(
             "share. The extractor runs SCHED_IDLE either way.",
         ),
     ] = True,
-    sink: Annotated[str | None, typer.Option("--sink", help=SINK_HELP)] = None,
-    sink_spool: Annotated[str | None, typer.Option("--sink-spool", help=SINK_SPOOL_HELP)] = None,
+    sink: opt.Sink = None,
+    sink_spool: opt.SinkSpool = None,
     nice: Annotated[
         int,
         typer.Option(

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from shadowtap.cli import app
+from shadowtap.cli import options as opt
 
 
 @app.command()
@@ -33,24 +34,9 @@ def extract(
             "--filter", "-f", help="A BPF filter expression (tcpdump syntax) frames must match."
         ),
     ] = None,
-    max_body: Annotated[
-        int,
-        typer.Option(
-            "--max-body", help="Body bytes kept per message; body_len still counts them all.", min=0
-        ),
-    ] = 1 << 20,
-    keep_secrets: Annotated[
-        bool,
-        typer.Option(
-            "--keep-secrets",
-            help="Keep secrets (Authorization, Cookie, API keys, tokens in queries and JSON/form "
-            "bodies: docs/security.md) instead of keyed hashes.",
-        ),
-    ] = False,
-    secret_header: Annotated[
-        list[str] | None,
-        typer.Option("--secret-header", help="Another header to redact (repeatable)."),
-    ] = None,
+    max_body: opt.ExchangeMaxBody = 1 << 20,
+    keep_secrets: opt.ExchangeKeepSecrets = False,
+    secret_header: opt.SecretHeader = None,
     idle_timeout: Annotated[
         float,
         typer.Option(

@@ -96,10 +96,8 @@ def mirror(
             "(0600 files).",
         ),
     ] = None,
-    sink: Annotated[str | None, typer.Option("--sink", help=opt.SINK_HELP)] = None,
-    sink_spool: Annotated[
-        str | None, typer.Option("--sink-spool", help=opt.SINK_SPOOL_HELP)
-    ] = None,
+    sink: opt.Sink = None,
+    sink_spool: opt.SinkSpool = None,
     parquet: Annotated[
         str | None,
         typer.Option(
@@ -180,7 +178,6 @@ def mirror(
     is the exit status (0 pass, 10 marginal, 11 fail, 12 error)."""
     from shadowtap.errors import InputError
     from shadowtap.mirror.run import MirrorConfig, MirrorRun
-    from shadowtap.replay.client import TlsOptions
     from shadowtap.replay.policy import Target, policy_from_options
 
     backend = "tls" if tls else backend
@@ -190,10 +187,7 @@ def mirror(
         )
     if not iface and backend != "tls":
         raise InputError("an interface is needed (or --tls)", where="--iface")
-    if insecure:
-        from shadowtap.console import warn
-
-        warn("--insecure: the shadow's TLS certificate is NOT verified (any server is accepted)")
+    tls_options = opt.tls_options(ca, insecure, "shadow")
     if rate_limit is not None and rate_limit <= 0:
         raise InputError("rate limit must be > 0", where="--rate-limit")
     per_request = sample_key == "request"
@@ -229,7 +223,7 @@ def mirror(
         connect_timeout=connect_timeout,
         max_body=max_body,
         metrics=metrics,
-        tls=TlsOptions(ca, insecure),
+        tls=tls_options,
         run_dir=run_dir,
         sink=sink,
         sink_spool=sink_spool,

@@ -1,24 +1,37 @@
 """Option types shared by the commands that send captured requests to a shadow (``replay`` and
 ``mirror``): the rewriting, filtering and safety rules of replay's Policy, and the client's bounds;
-and by the commands that compare (``compare`` and ``mirror``). One definition each, so the
-commands spell and explain them alike."""
+by the commands that compare (``compare`` and ``mirror``); and by the commands that make exchanges
+(``capture`` and ``extract``). One definition each, so the commands spell and explain them
+alike."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+if TYPE_CHECKING:
+    from shadowtap.replay.client import TlsOptions
+
 MORE = "Repeatable."
-SINK_HELP = (
-    "Publish to NATS JetStream too: nats://host:4222/SUBJECT (a stream per SUBJECT, made "
-    "if missing; each record acknowledged, with this host's name, or NAME with "
-    "?host=NAME; docs/lake.md)."
-)
-SINK_SPOOL_HELP = (
-    "The sink's disk buffer while the broker is away (resent in order; the oldest "
-    "dropped past 1 GiB, counted). Default: $TMPDIR/shadowtap-sink-UID-STREAM."
-)
+# capture and mirror: where the records go besides the files.
+Sink = Annotated[
+    str | None,
+    typer.Option(
+        "--sink",
+        help="Publish to NATS JetStream too: nats://host:4222/SUBJECT (a stream per SUBJECT, made "
+        "if missing; each record acknowledged, with this host's name, or NAME with "
+        "?host=NAME; docs/lake.md).",
+    ),
+]
+SinkSpool = Annotated[
+    str | None,
+    typer.Option(
+        "--sink-spool",
+        help="The sink's disk buffer while the broker is away (resent in order; the oldest "
+        "dropped past 1 GiB, counted). Default: $TMPDIR/shadowtap-sink-UID-STREAM.",
+    ),
+]
 
 Concurrency = Annotated[
     int,
@@ -42,6 +55,20 @@ Insecure = Annotated[
         "said loudly at start).",
     ),
 ]
+
+
+def tls_options(ca: str | None, insecure: bool, whose: str) -> TlsOptions:
+    """The client's TLS options of --ca and --insecure; --insecure said at start (on stderr), as
+    its help promises. ``whose``: what the command calls its target ("target", "shadow")."""
+    from shadowtap.replay.client import TlsOptions
+
+    if insecure:
+        from shadowtap.console import warn
+
+        warn(f"--insecure: the {whose}'s TLS certificate is NOT verified (any server is accepted)")
+    return TlsOptions(ca, insecure)
+
+
 KeepHost = Annotated[
     bool, typer.Option("--keep-host", help="Send the captured Host header instead of the target's.")
 ]
@@ -104,4 +131,23 @@ ProtoDescriptor = Annotated[
         help="A FileDescriptorSet (protoc --descriptor_set_out, grpcio-tools) for gRPC "
         "messages: fields compared by name (outputs[].fp32_contents), not by number.",
     ),
+]
+
+# capture and extract: what an exchange keeps of the captured messages.
+ExchangeMaxBody = Annotated[
+    int,
+    typer.Option(
+        "--max-body", help="Body bytes kept per message; body_len still counts them all.", min=0
+    ),
+]
+ExchangeKeepSecrets = Annotated[
+    bool,
+    typer.Option(
+        "--keep-secrets",
+        help="Keep secrets (Authorization, Cookie, API keys, tokens in queries and JSON/form "
+        "bodies: docs/security.md) instead of keyed hashes.",
+    ),
+]
+SecretHeader = Annotated[
+    list[str] | None, typer.Option("--secret-header", help=f"Another header to redact. {MORE}")
 ]

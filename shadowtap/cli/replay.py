@@ -189,14 +189,8 @@ def replay(
         idempotency_key=idempotency_key,
         force=force,
     )
-    from shadowtap.replay.client import TlsOptions
-
-    if insecure:
-        from shadowtap.console import warn
-
-        warn("--insecure: the target's TLS certificate is NOT verified (any server is accepted)")
     cfg = ReplayConfig(
-        tls=TlsOptions(ca, insecure),
+        tls=opt.tls_options(ca, insecure, "target"),
         input=input,
         policy=policy,
         timing=timing,
