@@ -1,7 +1,8 @@
 """The HPACK decoder of a direction with a known start (``shadowtap/wire/http2/_hpack.py``)
 against python-hyper's ``hpack.Decoder`` alone: blocks from ``hpack.Encoder`` (dynamic table,
 Huffman or not, fields never indexed, table size changes) and blocks damaged anywhere decode to
-the same fields, in the same order, with an error exactly where the library raises one, while
+the same fields, in the same order (and the same judgement of a watched, secret name), with an
+error exactly where the library raises one, while
 the caches (whole blocks, and single representations of blocks that leave the table as it is)
 serve repeats."""
 
@@ -14,7 +15,8 @@ from hypothesis import strategies as hs
 
 from shadowtap.wire.http2._hpack import MAX_HEADER_LIST, HeaderDecoder, _text
 
-NAMES = [":path", ":method", "content-type", "x-request-id", "grpc-timeout", "te", "x-a"]
+NAMES = [":path", ":method", "content-type", "x-request-id", "grpc-timeout", "te", "authorization"]
+WATCH = frozenset({"authorization"})
 field = hs.tuples(
     hs.sampled_from(NAMES), hs.sampled_from(["", "1", "abc", "/pkg.S/M", "x" * 30, "é", "y" * 200])
 )
@@ -27,7 +29,8 @@ def reference(blocks):
     out = []
     for block in blocks:
         try:
-            out.append(_text(lib.decode(block, raw=True)))
+            fields = _text(lib.decode(block, raw=True))
+            out.append((fields, any(n in WATCH for n, _ in fields)))
         except hpack.HPACKError:
             out.append(None)
             break
@@ -35,11 +38,11 @@ def reference(blocks):
 
 
 def ours(blocks):
-    dec = HeaderDecoder(known_start=True)
+    dec = HeaderDecoder(known_start=True, watch=WATCH)
     out = []
     for block in blocks:
         got = dec.decode(block)
-        out.append(None if got.error is not None else got.fields)
+        out.append(None if got.error is not None else (got.fields, got.secret))
         if got.error is not None:
             break
     return out
@@ -97,7 +100,7 @@ def test_a_request_id_sent_without_indexing_costs_one_small_decode():
     real = lib.decode
     lib.decode = lambda b, raw=False: calls.append(len(b)) or real(b, raw=raw)  # type: ignore[method-assign]
     got = [dec.decode(b).fields for b in blocks]
-    assert got == reference(blocks)
+    assert [(f, False) for f in got] == reference(blocks)
     # The first two blocks are decoded whole (the first inserts the base fields); after them
     # each block is its three cached representations and the new request id's.
     # (the id's representation: its flag byte, a literal name of 12 bytes, 1 + 151 or 2 + 152)

@@ -137,9 +137,9 @@ class HeaderDecoder:
         self._limit = table_limit  # the decoding side's SETTINGS_HEADER_TABLE_SIZE, as last seen
         self._lib: hpack.Decoder | None = None
         self._cache: dict[bytes, Decoded] = {}
-        # A piece of a block (a representation, or a run of one-byte indexed ones) -> its fields
-        # and their size (``_decode_by_representation``).
-        self._reps: dict[bytes, tuple[tuple[tuple[str, str], ...], int]] = {}
+        # A piece of a block (a representation, or a run of one-byte indexed ones) -> its fields,
+        # their size and whether a watched name is among them (``_decode_by_representation``).
+        self._reps: dict[bytes, tuple[tuple[tuple[str, str], ...], int, bool]] = {}
         # Passive table: newest first; None for an entry whose name or value is unknown.
         self._entries: list[tuple[bytes, bytes] | None] = []
         self._tail_unknown = True  # entries older than those in _entries may exist
@@ -235,9 +235,11 @@ class HeaderDecoder:
         its number of fields (the block is then decoded whole: nothing here changed the
         table)."""
         reps_cache = self._reps
+        watch = self._watch
         fields: list[tuple[str, str]] = []
         start = 0
         size = 0
+        secret = False
         try:
             for end, count in pieces:
                 piece = block[start:end]
@@ -246,13 +248,19 @@ class HeaderDecoder:
                     got = _text(lib.decode(piece, raw=True))
                     if len(got) != count:
                         return None
-                    # RFC 7541 4.1's size, as the library counts the header list
-                    hit = (got, sum(len(n) + len(v) + 32 for n, v in got))
+                    # RFC 7541 4.1's size, as the library counts the header list; whether a
+                    # watched (secret) name is among them (``_secret``, judged once a piece)
+                    hit = (
+                        got,
+                        sum(len(n) + len(v) + 32 for n, v in got),
+                        bool(watch) and any(n.lower() in watch for n, _ in got),
+                    )
                     if len(reps_cache) >= _CACHE_MAX:
                         reps_cache.clear()
                     reps_cache[piece] = hit
                 fields += hit[0]
                 size += hit[1]
+                secret = secret or hit[2]
                 start = end
             if size > MAX_HEADER_LIST:
                 raise hpack.OversizedHeaderListError(
@@ -261,7 +269,7 @@ class HeaderDecoder:
         except hpack.HPACKError as exc:
             self.lose_state()
             return Decoded((), error=f"hpack: {exc}")
-        out = self._secret(Decoded(tuple(fields)))
+        out = Decoded(tuple(fields), secret=secret)
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
         self._cache[block] = out
