@@ -7,6 +7,8 @@
 # bodies and runs DeepDiff on them, the least a deepdiff-based comparison must do.
 # Usage: scripts/bench_compare.sh   (env: BENCH_PAIRS=50000 BENCH_PEER_PAIRS=3000)
 # Goal (issue 5): >= 20k pairs/s on one core.
+# The generative case (issue 13: ~1 KB LLM answers, half streamed as 50 SSE events, text metrics
+# on) is scripts/bench_llm.sh; BENCH_GENAI=1 runs it after this one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -151,3 +153,6 @@ print(f"streaming {N} pairs over {rep['summary']['endpoints']} endpoints: {rate:
 # The report of 300 endpoints x 40 fields: the final snapshot (statistics, verdict) and its JSON.
 print(f"final snapshot: {snap_ms:,.0f} ms; its JSON ({len(text) / 1e6:.1f} MB): {json_ms:,.0f} ms")
 PY
+if [ "${BENCH_GENAI:-0}" = 1 ]; then
+  scripts/bench_llm.sh
+fi
