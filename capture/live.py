@@ -261,25 +261,14 @@ def _check_output(path: str) -> None:
 
 def open_source(config: CaptureConfig) -> tuple[Source, str]:
     """The opened source for ``config.backend`` and why it was chosen (for ``auto``)."""
-    from shadowtap.capture.ebpf import EbpfSource
-    from shadowtap.capture.libpcap import PcapSource
-
     if config.backend is Backend.PCAP:
-        src: Source = PcapSource(
-            config.iface, config.ports, buffer_mb=config.buffer_mb, immediate=config.immediate
-        )
+        src = _pcap_source(config)
         src.open()
         return src, "pcap backend requested"
     if config.backend is Backend.TLS:
         return _open_tls(config), "tls backend requested"
     if config.backend is Backend.EBPF:
-        src = EbpfSource(
-            config.iface,
-            config.ports,
-            buffer_mb=config.buffer_mb,
-            ringbuf=config.ringbuf,
-            immediate=config.immediate,
-        )
+        src = _ebpf_source(config)
         src.open()
         return src, "ebpf backend requested"
     # auto: TLS when a watched port speaks TLS (its plaintext is only visible there); else eBPF
@@ -290,20 +279,12 @@ def open_source(config: CaptureConfig) -> tuple[Source, str]:
     if tls:
         return _open_tls(config), f"auto: tls, because port {','.join(map(str, tls))} speaks TLS"
     try:
-        src = EbpfSource(
-            config.iface,
-            config.ports,
-            buffer_mb=config.buffer_mb,
-            ringbuf=config.ringbuf,
-            immediate=config.immediate,
-        )
+        src = _ebpf_source(config)
         src.open()
         return src, "auto: eBPF (bcc, kernel headers, clsact and privileges present)"
     except PrerequisiteError as exc:
         why = exc.message
-    src = PcapSource(
-        config.iface, config.ports, buffer_mb=config.buffer_mb, immediate=config.immediate
-    )
+    src = _pcap_source(config)
     try:
         src.open()
     except PrerequisiteError as exc:
@@ -311,6 +292,28 @@ def open_source(config: CaptureConfig) -> tuple[Source, str]:
             f"no backend can run: eBPF: {why}; pcap: {exc.message}", hint=exc.hint
         ) from exc
     return src, f"auto: pcap, because eBPF is unavailable: {why}"
+
+
+def _pcap_source(config: CaptureConfig) -> Source:
+    """The libpcap source of ``config``, not yet opened."""
+    from shadowtap.capture.libpcap import PcapSource
+
+    return PcapSource(
+        config.iface, config.ports, buffer_mb=config.buffer_mb, immediate=config.immediate
+    )
+
+
+def _ebpf_source(config: CaptureConfig) -> Source:
+    """The eBPF (TC hooks) source of ``config``, not yet opened."""
+    from shadowtap.capture.ebpf import EbpfSource
+
+    return EbpfSource(
+        config.iface,
+        config.ports,
+        buffer_mb=config.buffer_mb,
+        ringbuf=config.ringbuf,
+        immediate=config.immediate,
+    )
 
 
 def _open_tls(config: CaptureConfig) -> Source:

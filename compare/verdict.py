@@ -223,37 +223,23 @@ def _fields(ep: EndpointReport, cfg: CompareConfig) -> list[Metric]:
                 f.path,
             )
         )
-    failed = worst > cc.max_rate
-    if ep.compared:
-        out.insert(
-            0,
-            _metric(
-                "content diff rate",
-                Group.CONTENT,
-                name,
-                worst,
-                cc.max_rate,
-                HIGH if failed else PASS,
-                failed,
-                False,
-                f"worst field beyond noise differs in {worst:.2%} of pairs",
-            ),
-        )
-    else:
-        out.insert(
-            0,
-            _metric(
-                "content diff rate",
-                Group.CONTENT,
-                name,
-                worst,
-                cc.max_rate,
-                NODATA,
-                False,
-                False,
-                "no pair with both responses",
-            ),
-        )
+    failed = ep.compared > 0 and worst > cc.max_rate
+    out.insert(
+        0,
+        _metric(
+            "content diff rate",
+            Group.CONTENT,
+            name,
+            worst,
+            cc.max_rate,
+            (HIGH if failed else PASS) if ep.compared else NODATA,
+            failed,
+            False,
+            f"worst field beyond noise differs in {worst:.2%} of pairs"
+            if ep.compared
+            else "no pair with both responses",
+        ),
+    )
     for m in ep.numeric:
         shift = m.mean_shift
         breaches: list[str] = []
