@@ -208,31 +208,18 @@ def test_json_sniffed_without_content_type(craft):
 
 def test_text_differing_only_in_volatile_tokens(craft):
     html = "<html><body><p>Generated {} for request {}</p><p>{}</p></body></html>"
-    p = R(
-        craft,
-        raw=html.format(
-            "2025-11-26T10:00:00Z", "550e8400-e29b-41d4-a716-446655440000", "hi"
-        ).encode(),
-        content_type="text/html",
-    )
-    s = R(
-        craft,
-        raw=html.format(
-            "2025-11-26T10:00:05Z", "550e8400-e29b-41d4-a716-446655440001", "hi"
-        ).encode(),
-        content_type="text/html",
-    )
+
+    def page(stamp: str, uuid_tail: str, word: str):
+        raw = html.format(stamp, f"550e8400-e29b-41d4-a716-44665544000{uuid_tail}", word)
+        return R(craft, raw=raw.encode(), content_type="text/html")
+
+    p = page("2025-11-26T10:00:00Z", "0", "hi")
+    s = page("2025-11-26T10:00:05Z", "1", "hi")
     d = diff_responses(p, s, IGN, exact).differences
     assert [(x.path, x.kind, x.primary, x.shadow) for x in d] == [
         ("body~token", Kind.VALUE, "2025-11-26T10:00:00Z", "2025-11-26T10:00:05Z")
     ]
-    s2 = R(
-        craft,
-        raw=html.format(
-            "2025-11-26T10:00:05Z", "550e8400-e29b-41d4-a716-446655440001", "ho"
-        ).encode(),
-        content_type="text/html",
-    )
+    s2 = page("2025-11-26T10:00:05Z", "1", "ho")
     assert [x.path for x in diff_responses(p, s2, IGN, exact).differences] == ["body"]
 
 

@@ -159,8 +159,10 @@ def test_per_connection_lanes_keep_order_and_pool_mode_spreads(aio_target):
         for c in range(3)
     }
 
-    async def go(per_connection: bool) -> list[Result]:
-        sender = Sender(Target.parse(aio_target.url), concurrency=8, per_connection=per_connection)
+    async def go(per_connection: bool, concurrency: int) -> list[Result]:
+        sender = Sender(
+            Target.parse(aio_target.url), concurrency=concurrency, per_connection=per_connection
+        )
         await sender.start()
         results: list[Result] = []
         for i in range(6):
@@ -173,7 +175,7 @@ def test_per_connection_lanes_keep_order_and_pool_mode_spreads(aio_target):
         return results
 
     aio_target.seen.clear()
-    results = run(go(True))
+    results = run(go(True, 8))
     assert len(results) == 18 and all(r.error is None for r in results)
     by_port: dict[int, list[str]] = {}
     for s in aio_target.seen:
@@ -181,21 +183,8 @@ def test_per_connection_lanes_keep_order_and_pool_mode_spreads(aio_target):
     assert sorted(by_port.values()) == [[f"/c{c}/{i}" for i in range(6)] for c in range(3)]
 
     # Pool mode, one connection: every request on it, in submission order, lanes ignored.
-    async def pool() -> list[Result]:
-        sender = Sender(Target.parse(aio_target.url), concurrency=1, per_connection=False)
-        await sender.start()
-        results: list[Result] = []
-        for i in range(6):
-            for c in lanes:
-                sender.submit(
-                    lanes[c][i], scheduled=sender.clock.now(), copy=0, on_result=results.append
-                )
-        await sender.drain()
-        sender.close()
-        return results
-
     aio_target.seen.clear()
-    assert len(run(pool())) == 18
+    assert len(run(go(False, 1))) == 18
     assert len({s.peer_port for s in aio_target.seen}) == 1
     assert [s.path for s in aio_target.seen] == [f"/c{c}/{i}" for i in range(6) for c in range(3)]
 

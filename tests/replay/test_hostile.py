@@ -53,6 +53,17 @@ _LAUNCHER = (
 )
 
 
+def replay(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``shadowtap replay ARGV`` in a child process, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "shadowtap", "replay", *argv],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def run_measured(args: list[str], timeout: float = 120) -> tuple[int, str, int]:
     """Run a command; (exit status, stderr, peak RSS in KiB of that process alone)."""
     r, w = os.pipe()
@@ -193,26 +204,7 @@ def test_crlf_injection_never_reaches_the_wire(tmp_path, aio_target, mode):
         f.writelines(line + b"\n" for line in smuggling_records())
         f.write(orjson.dumps(good[1].to_json()) + b"\n")
     out = tmp_path / "res.jsonl"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shadowtap",
-            "replay",
-            str(inp),
-            "-t",
-            aio_target.url,
-            "-o",
-            str(out),
-            "--speed",
-            "max",
-            *mode,
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    p = replay(str(inp), "-t", aio_target.url, "-o", str(out), "--speed", "max", *mode, timeout=120)
     assert p.returncode == 0, p.stderr
     methods = {s.method for s in aio_target.seen}
     assert methods == {"GET"}, methods
@@ -286,26 +278,10 @@ def test_replay_reads_a_pcapng_as_a_capture(tmp_path, aio_target):
     subprocess.run([editcap, "-F", "pcapng", src, str(ng)], check=True)
     assert ng.read_bytes()[:1] == b"\n"  # the block type starts with a newline byte
     out = tmp_path / "res.jsonl"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shadowtap",
-            "replay",
-            str(ng),
-            "-t",
-            aio_target.url,
-            "-o",
-            str(out),
-            "--speed",
-            "max",
-            "--force",
-            "--keep-secrets",  # the capture's Cookie: sent as captured, not as a placeholder
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    p = replay(
+        str(ng),
+        *("-t", aio_target.url, "-o", str(out), "--speed", "max", "--force"),
+        "--keep-secrets",  # the capture's Cookie: sent as captured, not as a placeholder
     )
     assert p.returncode == 0, p.stderr
     assert "malformed" not in p.stderr
@@ -315,13 +291,7 @@ def test_replay_reads_a_pcapng_as_a_capture(tmp_path, aio_target):
 def test_replay_of_garbage_is_an_error_exit(tmp_path, aio_target):
     bad = tmp_path / "garbage.bin"
     bad.write_bytes(b"\n\r\r\n" + os.urandom(200))  # pcapng's block type, no byte-order magic
-    p = subprocess.run(
-        [sys.executable, "-m", "shadowtap", "replay", str(bad), "-t", aio_target.url],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    p = replay(str(bad), "-t", aio_target.url)
     assert p.returncode == 3, p.stderr
     assert "no HTTP exchange to replay" in p.stderr
 
@@ -332,24 +302,7 @@ def test_a_bare_cr_seen_on_the_wire_is_not_forwarded(tmp_path, aio_target):
     from tests.support.hostile_pcaps import crlf
 
     cap = crlf(str(tmp_path / "crlf.pcap"))
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shadowtap",
-            "replay",
-            cap,
-            "-t",
-            aio_target.url,
-            "--force",
-            "--speed",
-            "max",
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    p = replay(cap, "-t", aio_target.url, "--force", "--speed", "max")
     assert p.returncode == 0, p.stderr
     assert "skipped: unsendable\t1" in p.stderr
     assert [(s.method, s.path) for s in aio_target.seen] == [("GET", "/b")]
