@@ -20,6 +20,7 @@ from tests.support.prereq import require_tool
 
 from .conftest import make_exchange, read_results, write_jsonl
 from .test_client import prep
+from .test_run import replay
 
 HOSTILE_PATHS = (
     "/headers-forever",
@@ -51,17 +52,6 @@ _LAUNCHER = (
     "os.write(fd, str(usage.ru_maxrss).encode())\n"
     "sys.exit(os.waitstatus_to_exitcode(status))\n"
 )
-
-
-def replay(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``shadowtap replay ARGV`` in a child process, its output captured as text."""
-    return subprocess.run(
-        [sys.executable, "-m", "shadowtap", "replay", *argv],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def run_measured(args: list[str], timeout: float = 120) -> tuple[int, str, int]:
