@@ -122,29 +122,13 @@ def test_errors_are_classified(aio_target):
 
 
 def test_garbage_answer_is_a_protocol_error():
-    srv, port = _one_shot_server(b"this is not http\r\n\r\n")
-
-    async def go() -> Result:
-        sender = Sender(Target.parse(f"http://127.0.0.1:{port}"))
-        await sender.start()
-        return await sender.send(prep(f"http://127.0.0.1:{port}", "/"))
-
-    r = run(go())
-    srv.join(timeout=5)
+    r = _send_to_one_shot_server(b"this is not http\r\n\r\n")
     assert r.error.kind == "protocol"
 
 
 def test_body_delimited_by_the_end_of_the_connection():
     # HTTP/1.0-style answer without Content-Length: the body ends with the connection.
-    srv, port = _one_shot_server(b"HTTP/1.0 200 OK\r\nX-A: 1\r\n\r\nuntil the end", close=True)
-
-    async def go() -> Result:
-        sender = Sender(Target.parse(f"http://127.0.0.1:{port}"))
-        await sender.start()
-        return await sender.send(prep(f"http://127.0.0.1:{port}", "/"))
-
-    r = run(go())
-    srv.join(timeout=5)
+    r = _send_to_one_shot_server(b"HTTP/1.0 200 OK\r\nX-A: 1\r\n\r\nuntil the end")
     assert (
         r.error is None and r.response.body == b"until the end" and r.response.version == "HTTP/1.0"
     )
@@ -193,6 +177,20 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _send_to_one_shot_server(answer: bytes) -> Result:
+    """The result of one GET / to a _one_shot_server answering ``answer``."""
+    srv, port = _one_shot_server(answer)
+
+    async def go() -> Result:
+        sender = Sender(Target.parse(f"http://127.0.0.1:{port}"))
+        await sender.start()
+        return await sender.send(prep(f"http://127.0.0.1:{port}", "/"))
+
+    r = run(go())
+    srv.join(timeout=5)
+    return r
 
 
 def _one_shot_server(answer: bytes, close: bool = True):
