@@ -347,3 +347,27 @@ def test_upgrade_not_taken_stays_http1():
     writes = _h2c_upgrade()
     out, _ = _feed_streams(writes, protocols=(http1.PROTOCOL,))
     assert [(e.response.status, e.anomalies) for e in out] == [(101, ("tunnel",))]
+
+
+def test_h2c_upgrade_bad_settings_header_is_counted():
+    writes = _h2c_upgrade()
+    req = writes[0][1]
+    start = req.index(b"HTTP2-Settings: ") + len(b"HTTP2-Settings: ")
+    end = req.index(b"\r\n", start)
+    writes[0] = (True, req[:start] + b"!!not base64!!" + req[end:])
+    out, ex = _feed_streams(writes)
+    assert [(e.request.target, e.response.status) for e in out] == [("/up?x=1", 200), ("/two", 404)]
+    assert ex.stats.anomalies == {"h2_bad_upgrade_settings": 1}
+
+
+@settings(max_examples=80, deadline=None)
+@given(hs.binary(max_size=200), hs.binary(max_size=200), hs.lists(hs.integers(1, 300), max_size=4))
+def test_h2c_upgrade_followed_by_garbage_loses_nothing_else(server_junk, client_junk, cuts):
+    """Whatever follows the 101 (not HTTP/2 at all), no exception escapes and the upgraded
+    request is still written, with what could be read of its answer."""
+    up = _h2c_upgrade()[0][1]
+    sw = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    writes = [(True, up), (False, sw + server_junk), (True, client_junk)]
+    out, _ = _feed_streams(writes, {1: cuts, 2: cuts})
+    assert [e.request.target for e in out if e.request is not None][:1] == ["/up?x=1"]
+    assert out[0].h2 is not None and out[0].h2.stream_id == 1
