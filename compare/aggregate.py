@@ -231,6 +231,22 @@ class EndpointAgg:
                 mine.merge(f, max_samples)
 
 
+def _no_tensor_keys(resp: Any) -> bool:
+    """True when ``resp``'s body cannot be a tensor answer (compare/tensors.py's
+    ``parse_tensors`` wants a top-level ``outputs`` or ``predictions``): an uncoded body whose
+    bytes hold neither name, no JSON escape (``\\u`` could spell one) and no NUL (UTF-16/32 JSON,
+    which the lenient reader accepts). A few ``in`` scans (C) where parsing both bodies costs
+    microseconds a pair; any doubt parses, as before."""
+    body = resp.body
+    return (
+        b"outputs" not in body
+        and b"predictions" not in body
+        and b"\\u" not in body
+        and b"\x00" not in body
+        and resp.header("content-encoding") is None
+    )
+
+
 class Comparison:
     """The streaming aggregator behind ``shadowtap compare`` and the live mirror."""
 
@@ -475,6 +491,8 @@ class Comparison:
         target = ex.request.target if ex.request is not None else ""
         if tc.paths and not any(re.search(x, target) for x in tc.paths):
             return (), False
+        if ex.grpc is None and _no_tensor_keys(p):
+            return (), False  # not a tensor answer, known without parsing the bodies
         if ex.grpc is not None:
             pv = pair.primary_body.value if pair.primary_body is not None else None
             sv = pair.shadow_body.value if pair.shadow_body is not None else None

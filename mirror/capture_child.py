@@ -178,14 +178,8 @@ def make_decide(cfg: Any, policy: Policy, own: Container[str]) -> Callable[[Any]
     def decide(ev: Any) -> tuple[Prepared | None, tuple[Outcome, str] | None]:
         if ev.client in own:  # a copy we sent (its local port is one of ours: OwnPorts)
             return None, (Outcome.OWN_TRAFFIC, "own_traffic")
-        ex = Exchange(
-            id=ev.exchange_id,
-            client=ev.client,
-            server=ev.server,
-            index=ev.index,
-            request=ev.request,
-            response=None,
-        )
+        # positional (id, client, server, index, request, response): cheaper than keywords
+        ex = Exchange(ev.exchange_id, ev.client, ev.server, ev.index, ev.request, None)
         d = policy.decide(ex)
         if isinstance(d, Skip):
             if d.reason is SkipReason.SAMPLED_OUT:

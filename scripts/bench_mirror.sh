@@ -11,7 +11,7 @@
 #     BENCH_LATENCY_ROUNDS (5) interleaved rounds, the order rotating; medians and [min-max].
 # The shadow's nginx runs under SCHED_IDLE: it stands in for another machine.
 #
-#   scripts/bench_mirror.sh            # as root; BENCH_SECONDS (10), BENCH_RATES ("1000 2000 3000 5000 7000"),
+#   scripts/bench_mirror.sh            # as root; BENCH_SECONDS (10), BENCH_RATES ("1000 3000 5000 10000 15000"),
 #                                      # BENCH_LATENCY_RATE (1000), BENCH_LATENCY_ROUNDS (5), BENCH_BACKEND (ebpf),
 #                                      # BENCH_NO_RATES=1 (part 2 only), BENCH_NO_LATENCY=1 (part 1 only) override
 #  Each step of part 1 also prints the CPU time of both mirror processes over the load window
@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "bench_mirror: run as root" >&2; exit 4; }
 [ -x .venv/bin/python ] || scripts/setup.sh
 export BENCH_SECONDS=${BENCH_SECONDS:-10}
-export BENCH_RATES=${BENCH_RATES:-"1000 2000 3000 5000 7000"}
+export BENCH_RATES=${BENCH_RATES:-"1000 3000 5000 10000 15000"}
 export BENCH_LATENCY_RATE=${BENCH_LATENCY_RATE:-1000}
 export BENCH_BACKEND=${BENCH_BACKEND:-ebpf}
 exec .venv/bin/python - <<'EOF'

@@ -320,3 +320,40 @@ def test_tf_rows_keep_their_non_tensor_fields(craft):
     assert t["anomalies"] == []
     paths = {f.path for f in rep.endpoints[0].fields}
     assert "body.predictions[].label" in paths and "body.predictions[].score[]" not in paths
+
+
+def test_the_quick_no_to_tensors_only_where_parsing_would_say_no_too():
+    """compare/aggregate.py skips parsing a body for tensors when its bytes cannot hold a tensor
+    answer; every doubt (a JSON escape, a NUL of UTF-16 JSON, a Content-Encoding) parses."""
+    import json
+
+    from shadowtap.compare.aggregate import _no_tensor_keys
+    from shadowtap.compare.tensors import lenient_json, parse_tensors
+    from shadowtap.records import Response
+
+    def resp(body: bytes, *headers: tuple[str, str]) -> Response:
+        return Response(
+            ts=1.0,
+            end_ts=1.0,
+            version="HTTP/1.1",
+            headers=headers,
+            body=body,
+            body_len=len(body),
+            status=200,
+        )
+
+    kserve = {"outputs": [{"name": "y", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
+    escaped = json.dumps(kserve).replace('"outputs"', '"\\u006futputs"').encode()
+    assert parse_tensors(lenient_json(escaped)) is not None
+    utf16 = json.dumps({"predictions": [[1.0]]}).encode("utf-16")
+    assert parse_tensors(lenient_json(utf16)) is not None
+    for body, quick_no in (
+        (b'{"path": "/bench", "ok": true}', True),
+        (b"", True),
+        (json.dumps(kserve).encode(), False),
+        (b'{"predictions": [[0.5]]}', False),
+        (escaped, False),
+        (utf16, False),
+    ):
+        assert _no_tensor_keys(resp(body)) is quick_no, body
+    assert not _no_tensor_keys(resp(b"\x1f\x8b...", ("Content-Encoding", "gzip")))
