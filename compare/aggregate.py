@@ -491,7 +491,7 @@ class Comparison:
         target = ex.request.target if ex.request is not None else ""
         if tc.paths and not any(re.search(x, target) for x in tc.paths):
             return (), False
-        if ex.grpc is None and _no_tensor_keys(p):
+        if ex.grpc is None and _no_tensor_keys(prepared.p):
             return (), False  # not a tensor answer, known without parsing the bodies
         if ex.grpc is not None:
             pv = pair.primary_body.value if pair.primary_body is not None else None
