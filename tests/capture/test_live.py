@@ -9,15 +9,18 @@ the hooks are gone afterwards. Loopback too (every packet passes both TC hooks t
 
 from __future__ import annotations
 
+import contextlib
 import random
 import stat
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import tests.support.live_lab as lab
+from tests.support.proc import Proc
 
 PY_CLIENT = r"""
 import http.client, sys
@@ -170,6 +173,27 @@ def check_run(
     assert "shadowtap" not in lab.tc_filters(iface, ns)
 
 
+@contextlib.contextmanager
+def agent_and_tcpdump(
+    workdir: Path, addr: str, port: int, ns: str | None, iface: str, backend: str, *agent_args: str
+) -> Iterator[tuple[Proc, Proc]]:
+    """nginx on ``addr:port`` in ``ns``, and the capture agent (``backend``, ``agent_args``) and
+    tcpdump on ``iface``; all three stopped on the way out."""
+    lab.require_tool("nginx")
+    lab.require_tool("tcpdump")
+    nginx = lab.start_nginx(workdir, addr, port, ns)
+    try:
+        agent = lab.start_agent(iface, port, backend, workdir, *agent_args, ns=ns)
+        tcpdump = lab.start_tcpdump(iface, port, workdir, ns)
+        try:
+            yield agent, tcpdump
+        finally:
+            agent.stop()
+            tcpdump.stop()
+    finally:
+        nginx.stop()
+
+
 def payload_bytes(path: Path) -> int:
     from shadowtap.capture.pcapfile import read_packets
     from shadowtap.wire.frames import decode
@@ -191,54 +215,32 @@ BACKENDS = [
 @pytest.mark.root
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_veth_capture_matches_tcpdump_and_own_pcap(topology, tmp_path, key_file, backend):
-    lab.require_tool("nginx")
-    lab.require_tool("tcpdump")
     lab.require_tool("curl")
     topo = topology()
     client, server = topo.host("client"), topo.host("server")
     _, server_if = topo.link(client, server, "10.250.3.1", "10.250.3.2")
     port = random.randrange(20000, 60000)
-    nginx = lab.start_nginx(tmp_path, "10.250.3.2", port, server.ns)
-    try:
-        agent = lab.start_agent(server_if, port, backend[0], tmp_path, *backend[1:], ns=server.ns)
-        tcpdump = lab.start_tcpdump(server_if, port, tmp_path, server.ns)
-        try:
-            expected, marker = drive(client.run, "10.250.3.2", port, tmp_path)
-            check_run(tmp_path, agent, tcpdump, port, expected, marker, server_if, server.ns)
-            assert f"backend: {backend[0]} backend requested" in agent.err()
-        finally:
-            agent.stop()
-            tcpdump.stop()
-    finally:
-        nginx.stop()
+    with agent_and_tcpdump(tmp_path, "10.250.3.2", port, server.ns, server_if, *backend) as procs:
+        agent, tcpdump = procs
+        expected, marker = drive(client.run, "10.250.3.2", port, tmp_path)
+        check_run(tmp_path, agent, tcpdump, port, expected, marker, server_if, server.ns)
+        assert f"backend: {backend[0]} backend requested" in agent.err()
 
 
 @pytest.mark.root
 @pytest.mark.parametrize("backend", ["ebpf", "pcap"])
 def test_loopback_capture_records_each_packet_once(topology, tmp_path, key_file, backend):
-    lab.require_tool("nginx")
-    lab.require_tool("tcpdump")
     topo = topology()
     host = topo.host("lo")
     port = random.randrange(20000, 60000)
-    nginx = lab.start_nginx(tmp_path, "127.0.0.1", port, host.ns)
-    try:
-        agent = lab.start_agent("lo", port, backend, tmp_path, ns=host.ns)
-        tcpdump = lab.start_tcpdump("lo", port, tmp_path, host.ns)
-        try:
-            expected, marker = drive(host.run, "127.0.0.1", port, tmp_path)
-            check_run(tmp_path, agent, tcpdump, port, expected, marker, "lo", host.ns)
-            # once: as many TCP payload bytes as tcpdump recorded, not twice as many.
-            # (Packets do not compare one to one: TC egress sees GSO super-packets that the tap
-            # sees segmented.)
-            assert payload_bytes(tmp_path / "agent.pcap") == payload_bytes(
-                tmp_path / "tcpdump.pcap"
-            )
-        finally:
-            agent.stop()
-            tcpdump.stop()
-    finally:
-        nginx.stop()
+    with agent_and_tcpdump(tmp_path, "127.0.0.1", port, host.ns, "lo", backend) as procs:
+        agent, tcpdump = procs
+        expected, marker = drive(host.run, "127.0.0.1", port, tmp_path)
+        check_run(tmp_path, agent, tcpdump, port, expected, marker, "lo", host.ns)
+        # once: as many TCP payload bytes as tcpdump recorded, not twice as many.
+        # (Packets do not compare one to one: TC egress sees GSO super-packets that the tap
+        # sees segmented.)
+        assert payload_bytes(tmp_path / "agent.pcap") == payload_bytes(tmp_path / "tcpdump.pcap")
 
 
 @pytest.mark.root
