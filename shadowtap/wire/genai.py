@@ -414,7 +414,7 @@ class _Fold:
             self.usage = c.usage
         got = False
         for pos, sc in enumerate(c.choices or ()):
-            idx = pos if sc.index is msgspec.UNSET else sc.index
+            idx = sc.index if type(sc.index) is int else pos  # as a JSON body's choices
             acc = self.accs.get(idx) or self.accs.setdefault(idx, _ChoiceAcc())
             d = sc.delta
             if isinstance(d, _Delta):
@@ -452,6 +452,7 @@ class _Fold:
                 if type(ch) is not dict:
                     continue
                 idx = ch.get("index", pos)
+                idx = idx if type(idx) is int else pos  # as a JSON body's choices
                 acc = self.accs.get(idx) or self.accs.setdefault(idx, _ChoiceAcc())
                 delta = ch.get("delta")
                 if type(delta) is dict:

@@ -344,19 +344,28 @@ def test_typed_chunks_and_dicts_give_the_same_generation(stream):
     import shadowtap.wire.genai as genai
 
     body, chunks = stream
-    try:
-        typed = genai._from_sse(body, chunks, "/v1/chat/completions")
-    except TypeError:  # the dict way fails alike (e.g. an index of null next to ints)
-        typed = "TypeError"
+    typed = genai._from_sse(body, chunks, "/v1/chat/completions")
     genai._TYPED = False
     try:
-        try:
-            plain = genai._from_sse(body, chunks, "/v1/chat/completions")
-        except TypeError:
-            plain = "TypeError"
+        plain = genai._from_sse(body, chunks, "/v1/chat/completions")
     finally:
         genai._TYPED = True
     assert typed == plain
+
+
+def test_a_choice_index_that_is_no_integer_is_its_position():
+    """``"index": null`` (or a string) next to integer indexes: the choice's position, as for a
+    JSON body's choices (sorting the choices raised TypeError)."""
+    body = (
+        chunk(0, {"content": "a"})
+        + b'data: {"object": "chat.completion.chunk", "choices": '
+        b'[{"index": null, "delta": {"content": "b"}}]}\n\n'
+        + b'data: {"object": "chat.completion.chunk", "choices": '
+        b'[{"index": "1", "delta": {"content": "c"}}]}\n\n'
+        + chunk(1, {}, "stop")
+    )
+    g = parse_generation(body, SSE, "/v1/chat/completions")
+    assert g is not None and g.text == "abc" and g.finish_reason == "stop"
 
 
 def test_the_usual_stream_is_folded_without_the_sse_parser():
