@@ -171,9 +171,14 @@ def remove_clsact(ifindex: int) -> None:
     body = _TCMSG.pack(socket.AF_UNSPEC, ifindex, _CLSACT_HANDLE, _TC_H_CLSACT, 0) + _attr(
         _TCA_KIND, b"clsact\0"
     )
+    _delete(_RTM_DELQDISC, body)
+
+
+def _delete(mtype: int, body: bytes) -> None:
+    """One delete request; what is already gone (ENOENT, EINVAL, ENODEV) is not an error."""
     with _Rtnl() as nl:
         try:
-            nl.request(_RTM_DELQDISC, _NLM_F_ACK, body)
+            nl.request(mtype, _NLM_F_ACK, body)
         except NetlinkError as exc:
             if exc.errno not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
                 raise
@@ -227,12 +232,7 @@ def delete_filter(f: Filter) -> None:
     body = _TCMSG.pack(socket.AF_UNSPEC, f.ifindex, f.handle, f.direction.value, info) + _attr(
         _TCA_KIND, b"bpf\0"
     )
-    with _Rtnl() as nl:
-        try:
-            nl.request(_RTM_DELTFILTER, _NLM_F_ACK, body)
-        except NetlinkError as exc:
-            if exc.errno not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
-                raise
+    _delete(_RTM_DELTFILTER, body)
 
 
 def remove_stale(ifindex: int) -> list[Filter]:
