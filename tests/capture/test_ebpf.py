@@ -16,18 +16,10 @@ import pytest
 import tests.support.live_lab as lab
 
 
-def require_bcc() -> None:
-    lab.require_root()
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        lab.require(False, "bcc (python3-bpfcc)")
-
-
 @pytest.fixture
 def veth(topology, tmp_path):
     """(client host, server host, server interface, port, nginx) with nginx up on the server."""
-    require_bcc()
+    lab.require_bcc()
     lab.require_tool("nginx")
     topo = topology()
     client, server = topo.host("c"), topo.host("s")
@@ -206,7 +198,7 @@ def _blast(port: int, nbytes: int) -> None:
 def test_losses_are_counted(ringbuf):
     """A 1 MiB buffer not read while 64 MiB cross loopback overflows: every packet the kernel
     matched is either received or counted lost, none silently missing."""
-    require_bcc()
+    lab.require_bcc()
     from shadowtap.capture.ebpf import EbpfSource
 
     sink = socket.socket()
@@ -244,7 +236,7 @@ def test_losses_are_counted(ringbuf):
 
 @pytest.mark.root
 def test_hooks_on_loopback_record_egress_only():
-    require_bcc()
+    lab.require_bcc()
     from shadowtap.capture.ebpf import EbpfSource
 
     src = EbpfSource("lo", (9,))

@@ -104,14 +104,6 @@ def test_reader_death_ends_the_tail(tmp_path):
 # -- against the real kernel ---------------------------------------------------------------------
 
 
-def require_bcc() -> None:
-    lab.require_root()
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        lab.require(False, "bcc (python3-bpfcc)")
-
-
 @pytest.fixture
 def veth(topology, tmp_path, monkeypatch):
     """(client, server, server interface, port, url), nginx up on the server; one redaction key."""
@@ -155,7 +147,7 @@ def test_burst_the_extractor_cannot_follow_loses_nothing(veth, tmp_path, backend
     """The extractor is held still (SIGSTOP) through a burst and the stop: the hooks go at the
     stop, the backlog is extracted after, and the JSONL is byte for byte `extract` of the pcap."""
     if backend == "ebpf":
-        require_bcc()
+        lab.require_bcc()
     client, server, iface, port, url = veth
     agent, spool_parent = start(tmp_path, iface, port, backend, server.ns)
     child = extractor_pid(agent)
@@ -213,7 +205,7 @@ def test_burst_the_extractor_cannot_follow_loses_nothing(veth, tmp_path, backend
 
 @pytest.mark.root
 def test_extractor_death_is_a_clear_error(veth, tmp_path):
-    require_bcc()
+    lab.require_bcc()
     client, server, iface, port, url = veth
     agent, spool_parent = start(tmp_path, iface, port, "ebpf", server.ns)
     client.run(["curl", "-sS", "-o", "/dev/null", f"{url}/before"])

@@ -17,7 +17,12 @@ from typing import Any
 import orjson
 
 from tests.support.nginx import start_nginx  # noqa: F401 - the tests use these as lab.*
-from tests.support.prereq import require, require_root, require_tool  # noqa: F401
+from tests.support.prereq import (  # noqa: F401
+    require,
+    require_bcc,
+    require_root,
+    require_tool,
+)
 from tests.support.proc import REPO, Proc, text_of, wait_for  # noqa: F401
 
 

@@ -28,3 +28,12 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     require(path is not None, f"the {name} command")
     return path or name
+
+
+def require_bcc() -> None:
+    """Root and bcc's Python module (the eBPF backend's prerequisites)."""
+    require_root()
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        require(False, "bcc (python3-bpfcc)")
