@@ -314,12 +314,12 @@ class H2Stream:
     def from_json(cls, d: dict[str, Any]) -> H2Stream:
         code = d.get("error_code")
         return cls(
-            int(d["stream_id"]),
+            _count(d, "stream_id", ""),
             str(d.get("outcome", "complete")),
             None if code is None else int(code),
-            int(d.get("request_trailers", 0)),
-            int(d.get("response_trailers", 0)),
-            int(d.get("undecoded_fields", 0)),
+            _count(d, "request_trailers", "", optional=True) or 0,
+            _count(d, "response_trailers", "", optional=True) or 0,
+            _count(d, "undecoded_fields", "", optional=True) or 0,
         )
 
 
@@ -348,7 +348,7 @@ class GrpcMessage:
     def from_json(cls, d: dict[str, Any]) -> GrpcMessage:
         return cls(
             _decode_body(d.get("data", ""), d.get("encoding", "utf8")),
-            int(d["len"]),
+            _count(d, "len", ""),
             bool(d.get("compressed", False)),
             bool(d.get("truncated", False)),
         )
@@ -393,8 +393,8 @@ class GrpcCall:
             str(d["method"]),
             tuple(GrpcMessage.from_json(m) for m in d.get("request_messages", ())),
             tuple(GrpcMessage.from_json(m) for m in d.get("response_messages", ())),
-            int(d.get("request_count", 0)),
-            int(d.get("response_count", 0)),
+            _count(d, "request_count", "", optional=True) or 0,
+            _count(d, "response_count", "", optional=True) or 0,
             None if status is None else int(status),
             d.get("message"),
         )
@@ -517,7 +517,7 @@ class Exchange:
             id=str(d["id"]),
             client=str(d["conn"]["client"]),
             server=str(d["conn"]["server"]),
-            index=int(d["index"]),
+            index=_count(d, "index", ""),
             request=Request.from_json(req) if req is not None else None,
             response=Response.from_json(resp) if resp is not None else None,
             anomalies=tuple(d.get("anomalies", ())),
@@ -600,7 +600,7 @@ class Result:
         resp, err, grpc = d.get("response"), d.get("error"), d.get("grpc")
         return cls(
             exchange_id=str(d["exchange_id"]),
-            copy=int(d.get("copy", 0)),
+            copy=_count(d, "copy", "", optional=True) or 0,
             target=str(d["target"]),
             scheduled=finite(d, "scheduled", ""),
             sent=finite(d, "sent", ""),

@@ -329,7 +329,9 @@ def test_grpc_model_compared_as_tensors(run, report):
     assert out["classification"]["rows"] == len(rows)
     assert out["classification"]["top1_flips"] == flips
     assert 0 < out["max_abs"]["max"] <= 0.06 and out["breaches"] == 0  # shifted, within tolerance
-    top1 = [m for m in report["verdict"]["metrics"] if m["endpoint"] == endpoint and m["failed"]]
+    # What fails is the flips; the latency (wire-timed primary vs client-timed shadow) depends on
+    # the host's load and is not this test's subject (as for GET /v1/categories).
+    top1 = [m for m in _failed(report, endpoint) if m["group"] != "latency"]
     assert bool(top1) == (flips > 0)
     assert all(m["group"] == "tensors" for m in top1)
     assert "model version" in next(
