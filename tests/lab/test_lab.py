@@ -276,44 +276,27 @@ def test_lab_sh_wrapper(tmp_path):
     require_tool("ip")
     prefix = f"stl{uuid.uuid4().hex[:6]}"
     env = dict(os.environ, LAB_PREFIX=prefix)
+
+    def lab_sh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(ROOT / "scripts" / "lab.sh"), *args, "--run-dir", str(tmp_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     try:
-        up = subprocess.run(
-            [str(ROOT / "scripts" / "lab.sh"), "up", "--run-dir", str(tmp_path)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        up = lab_sh("up", timeout=120)
         assert up.returncode == 0, up.stderr
-        st = subprocess.run(
-            [str(ROOT / "scripts" / "lab.sh"), "status", "--json", "--run-dir", str(tmp_path)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        st = lab_sh("status", "--json")
         assert st.returncode == 0 and json.loads(st.stdout)["state"] == "up"
     finally:
-        down = subprocess.run(
-            [str(ROOT / "scripts" / "lab.sh"), "down", "--run-dir", str(tmp_path)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        down = lab_sh("down")
     assert down.returncode == 0, down.stderr
     assert not {f"{prefix}-client", f"{prefix}-primary", f"{prefix}-shadow"} & _namespaces()
-    st = subprocess.run(
-        [str(ROOT / "scripts" / "lab.sh"), "status", "--run-dir", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    st = lab_sh("status")
     assert st.returncode == 1 and "down" in st.stdout
 
 
