@@ -3,6 +3,7 @@ from the repository's root with ``sys.path.insert(0, "scripts")``."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -69,18 +70,67 @@ def wrk(client, url: str, seconds: float, conns: int = 8, *extra: str) -> dict:
     return {"rps": rps, "p50": lat.get("50"), "p90": lat.get("90"), "p99": lat.get("99")}
 
 
-def reaped(timeout: float, argv: list[str]) -> tuple[float, int, float, float]:
-    """Run ``argv`` as a child subreaper: every process it starts (Spark's JVM and its Python
-    workers, which pyspark does not wait for) is reparented here and waited for, so their CPU
-    and memory count. Returns wall seconds, the peak RSS of the largest process (KB), user and
-    sys seconds of them all. Killed (the whole group) past ``timeout`` seconds."""
+def _tree(root: int) -> dict[int, tuple[float, int]]:
+    """CPU seconds (user + sys) and RSS (KB) of ``root``'s descendants, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    page = os.sysconf("SC_PAGE_SIZE") // 1024
+    stats: dict[int, tuple[int, float, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # after "pid (comm)": state ppid ... utime(12) stime(13) ... rss(22), 0-based from state
+        stats[int(entry)] = (
+            int(fields[1]),
+            (int(fields[11]) + int(fields[12])) / tick,
+            int(fields[21]) * page,
+        )
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    out: dict[int, tuple[float, int]] = {}
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        out[pid] = stats[pid][1:]
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def reaped(timeout: float, argv: list[str]) -> tuple[float, int, int, float]:
+    """Run ``argv`` as a child subreaper (every process it starts, Spark's JVM and its Python
+    workers included, stays below this one) and watch the tree from /proc every 0.2 s. Returns
+    wall seconds, the peak RSS of the largest process and the peak of the processes' summed RSS
+    (KB), and their CPU seconds (user + sys): the larger of the kernel's account of the reaped
+    processes and the sum of what /proc last showed of each process. Killed (the whole group)
+    past ``timeout`` seconds."""
     import ctypes
-    import os
     import resource
     import signal
+    import threading
 
     PR_SET_CHILD_SUBREAPER = 36
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    seen: dict[int, float] = {}
+    peak = [0, 0]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            tree = _tree(os.getpid())
+            for pid, (cpu, _) in tree.items():
+                seen[pid] = max(seen.get(pid, 0.0), cpu)
+            if tree:
+                peak[0] = max(peak[0], max(rss for _, rss in tree.values()))
+                peak[1] = max(peak[1], sum(rss for _, rss in tree.values()))
+            done.wait(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -99,14 +149,17 @@ def reaped(timeout: float, argv: list[str]) -> tuple[float, int, float, float]:
             if time.monotonic() > deadline:
                 os.killpg(proc.pid, signal.SIGKILL)
             time.sleep(0.1)
+    done.set()
+    watcher.join()
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, ru.ru_maxrss, ru.ru_utime, ru.ru_stime
+    cpu = max(ru.ru_utime + ru.ru_stime, sum(seen.values()))
+    return wall, max(ru.ru_maxrss, peak[0]), peak[1], cpu
 
 
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1] == "reaped":  # benchlib.py reaped TIMEOUT CMD...: "wall KB user sys"
+    if sys.argv[1] == "reaped":  # benchlib.py reaped TIMEOUT CMD...: "wall KB KB-sum cpu"
         print(*reaped(float(sys.argv[2]), sys.argv[3:]))
 
 
