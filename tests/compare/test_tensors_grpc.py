@@ -73,30 +73,9 @@ def kserve(tmp_path_factory):
     require(
         importlib.util.find_spec("grpc_tools") is not None, "grpcio-tools compiles the test's proto"
     )
-    from grpc_tools import protoc
+    from tests.support.grpc_lab import compile_protos
 
-    out = tmp_path_factory.mktemp("kserve")
-    (out / "kservev2.proto").write_text(PROTO)
-    desc = out / "kservev2.desc"
-    rc = protoc.main(
-        [
-            "protoc",
-            f"-I{out}",
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            f"--descriptor_set_out={desc}",
-            "--include_imports",
-            str(out / "kservev2.proto"),
-        ]
-    )
-    assert rc == 0
-    sys.path.insert(0, str(out))
-    try:
-        pb2 = importlib.import_module("kservev2_pb2")
-        pb2_grpc = importlib.import_module("kservev2_pb2_grpc")
-    finally:
-        sys.path.remove(str(out))
-    return pb2, pb2_grpc, desc
+    return compile_protos(tmp_path_factory.mktemp("kserve"), PROTO, "kservev2")
 
 
 def probs(x: float, version: str) -> np.ndarray:

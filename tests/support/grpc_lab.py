@@ -46,14 +46,14 @@ service Model {
 """
 
 
-def compile_protos(out: Path):
-    """Compile PROTO into ``out`` (grpcio-tools' protoc); import and return (pb2, pb2_grpc,
-    descriptor set path)."""
+def compile_protos(out: Path, proto: str = PROTO, name: str = "labmodel"):
+    """Compile ``proto`` (default: PROTO) into ``out`` as ``name``.proto (grpcio-tools' protoc);
+    import and return (pb2, pb2_grpc, descriptor set path)."""
     from grpc_tools import protoc
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "labmodel.proto").write_text(PROTO)
-    desc = out / "labmodel.desc"
+    (out / f"{name}.proto").write_text(proto)
+    desc = out / f"{name}.desc"
     rc = protoc.main(
         [
             "protoc",
@@ -62,17 +62,17 @@ def compile_protos(out: Path):
             f"--grpc_python_out={out}",
             f"--descriptor_set_out={desc}",
             "--include_imports",
-            str(out / "labmodel.proto"),
+            str(out / f"{name}.proto"),
         ]
     )
     if rc != 0:
         raise RuntimeError(f"protoc failed: {rc}")
     sys.path.insert(0, str(out))
     try:
-        for name in ("labmodel_pb2", "labmodel_pb2_grpc"):
-            sys.modules.pop(name, None)
-        pb2 = importlib.import_module("labmodel_pb2")
-        pb2_grpc = importlib.import_module("labmodel_pb2_grpc")
+        for module in (f"{name}_pb2", f"{name}_pb2_grpc"):
+            sys.modules.pop(module, None)
+        pb2 = importlib.import_module(f"{name}_pb2")
+        pb2_grpc = importlib.import_module(f"{name}_pb2_grpc")
     finally:
         sys.path.remove(str(out))
     return pb2, pb2_grpc, desc
