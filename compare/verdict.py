@@ -83,20 +83,14 @@ def _errors(endpoint: str, side: Side | EndpointReport, pairs: int, cfg: Compare
         detail += "; new failure modes: " + ", ".join(
             f"{k} x{n}" for k, n in e.new_failures.items()
         )
-    if p_val < cfg.errors.alpha and increase >= cfg.errors.min_increase:
-        return _metric(
-            "error rate",
-            Group.ERRORS,
-            endpoint,
-            e.shadow_rate,
-            e.primary_rate,
-            HIGH,
-            True,
-            critical,
-            detail,
+    failed = p_val < cfg.errors.alpha and increase >= cfg.errors.min_increase
+    if failed:
+        result = HIGH
+    else:  # fewer errors on the shadow, significantly: LOW (the reverse test, only then)
+        reverse = error_rate_increase(e.shadow, pairs, e.primary, pairs)
+        result = (
+            LOW if reverse < cfg.errors.alpha and -increase >= cfg.errors.min_increase else PASS
         )
-    reverse = error_rate_increase(e.shadow, pairs, e.primary, pairs)
-    result = LOW if reverse < cfg.errors.alpha and -increase >= cfg.errors.min_increase else PASS
     return _metric(
         "error rate",
         Group.ERRORS,
@@ -104,7 +98,7 @@ def _errors(endpoint: str, side: Side | EndpointReport, pairs: int, cfg: Compare
         e.shadow_rate,
         e.primary_rate,
         result,
-        False,
+        failed,
         critical,
         detail,
     )
