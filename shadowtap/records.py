@@ -12,7 +12,7 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 # Schema 2 added the optional ``h2`` and ``grpc`` objects (HTTP/2 streams and gRPC calls) and
 # ``chunks`` (the arrival times of a streamed body's pieces). A
@@ -118,6 +118,10 @@ def _optional_finite(d: dict[str, Any], key: str, where: str) -> float | None:
     return None if d.get(key) is None else finite(d, key, where)
 
 
+@overload
+def _count(d: dict[str, Any], key: str, where: str) -> int: ...
+@overload
+def _count(d: dict[str, Any], key: str, where: str, *, optional: bool) -> int | None: ...
 def _count(d: dict[str, Any], key: str, where: str, *, optional: bool = False) -> int | None:
     v = d.get(key) if optional else d[key]
     if type(v) is int and v >= 0:  # the common case first

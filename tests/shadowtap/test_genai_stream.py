@@ -357,12 +357,10 @@ def test_a_choice_index_that_is_no_integer_is_its_position():
     """``"index": null`` (or a string) next to integer indexes: the choice's position, as for a
     JSON body's choices (sorting the choices raised TypeError)."""
     body = (
-        chunk(0, {"content": "a"})
-        + b'data: {"object": "chat.completion.chunk", "choices": '
+        chunk(0, {"content": "a"}) + b'data: {"object": "chat.completion.chunk", "choices": '
         b'[{"index": null, "delta": {"content": "b"}}]}\n\n'
         + b'data: {"object": "chat.completion.chunk", "choices": '
-        b'[{"index": "1", "delta": {"content": "c"}}]}\n\n'
-        + chunk(1, {}, "stop")
+        b'[{"index": "1", "delta": {"content": "c"}}]}\n\n' + chunk(1, {}, "stop")
     )
     g = parse_generation(body, SSE, "/v1/chat/completions")
     assert g is not None and g.text == "abc" and g.finish_reason == "stop"
