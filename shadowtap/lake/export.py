@@ -169,6 +169,7 @@ def _problems(side: str) -> str:
     else:
         rules += [
             ("exchange_id", "exchange_id IS NULL OR target IS NULL"),
+            ("copy", "copy < 0"),
             (
                 "times",
                 "scheduled IS NULL OR sent IS NULL OR NOT isfinite(scheduled) "
