@@ -218,13 +218,17 @@ def test_columnar_export_writes_the_record_paths_rows(tmp_path, gz: bool) -> Non
 
 
 def test_export_reads_bad_lines_record_by_record(tmp_path) -> None:
-    """A line that is no valid record (bad JSON, a NaN time, an unknown error kind) makes export
+    """A line that is no valid record (bad JSON, an unknown error kind, a negative copy) makes export
     take the record path, which names the line and exports every good pair."""
     ex, res = write_run(str(tmp_path), 400)
     with open(res, "a") as f:
         f.write(
             '{"schema":2,"exchange_id":"zz","target":"t","scheduled":1,"sent":1,'
             '"response":null,"error":{"kind":"gone","message":"?"}}\n'
+        )
+        f.write(
+            '{"schema":2,"exchange_id":"zy","copy":-1,"target":"t","scheduled":1,"sent":1,'
+            '"response":null,"error":null}\n'
         )
     with open(ex, "a") as f:
         f.write("not json\n")
@@ -238,4 +242,67 @@ def test_export_reads_bad_lines_record_by_record(tmp_path) -> None:
     assert out.returncode == 0, out.stderr
     assert "reading record by record" in out.stderr
     assert f"{ex} line 401" in out.stderr and f"{res} line 401" in out.stderr
-    assert "exported 400 pairs" in out.stderr and "2 bad lines" in out.stderr
+    assert f"{res} line 402" in out.stderr  # copy -1
+    assert "exported 400 pairs" in out.stderr and "3 bad lines" in out.stderr
+
+
+_RESULT = {
+    "schema": 2,
+    "exchange_id": "ex00000001",
+    "target": "t",
+    "scheduled": 1.0,
+    "sent": 1.0,
+    "response": None,
+    "error": None,
+}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"error": {"kind": "gone", "message": "?"}},
+        {"copy": -1},
+        {"scheduled": "NaN"},
+        {"schema": 3},
+        {"extra": [1]},
+        {
+            "response": {
+                "status": 1000,
+                "reason": "",
+                "ts": 1.0,
+                "end_ts": 1.0,
+                "version": "1.1",
+                "headers": [],
+                "body_len": 0,
+            }
+        },
+        {
+            "response": {
+                "status": 200,
+                "reason": "",
+                "ts": 2.0,
+                "end_ts": 1.0,
+                "version": "1.1",
+                "headers": [["a", "b", "c"]],
+                "body": "abc",
+                "body_len": 1,
+            }
+        },
+    ],
+)
+def test_columnar_path_declines_what_the_record_decoder_refuses(tmp_path, bad: dict) -> None:
+    """Every rule of the record decoders holds on the columnar path: a record that breaks one
+    sends the export record by record (where the line is named), never into the lake."""
+    import orjson
+
+    from shadowtap.lake.export import Declined
+    from shadowtap.records import Result
+
+    ex, res = write_run(str(tmp_path), 20)
+    line = {**_RESULT, **bad}
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        Result.from_json(line)  # the record path refuses it
+    with open(res, "ab") as f:
+        f.write(orjson.dumps(line) + b"\n")
+    with pytest.raises(Declined):
+        list(columnar_pairs(ex, res, JoinStats()))
