@@ -218,8 +218,8 @@ def test_columnar_export_writes_the_record_paths_rows(tmp_path, gz: bool) -> Non
 
 
 def test_export_reads_bad_lines_record_by_record(tmp_path) -> None:
-    """A line that is no valid record (bad JSON, an unknown error kind, a negative copy) makes export
-    take the record path, which names the line and exports every good pair."""
+    """A line that is no valid record (bad JSON, an unknown error kind, a negative copy) makes
+    export take the record path, which names the line and exports every good pair."""
     ex, res = write_run(str(tmp_path), 400)
     with open(res, "a") as f:
         f.write(
