@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import socket
-import subprocess
-import sys
 
 import pytest
 
@@ -24,6 +22,7 @@ from shadowtap.replay.captured_server import (
 )
 from shadowtap.replay.client import Sender
 from shadowtap.replay.policy import ReplayRefused, Target
+from tests.support.proc import shadowtap
 
 from .conftest import make_exchange, write_jsonl
 
@@ -35,16 +34,6 @@ SPELLINGS = [
 ]
 
 
-def _shadowtap(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shadowtap", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize("spelling", SPELLINGS)
 def test_replay_refuses_every_spelling_of_the_captured_server(spelling, aio_target, tmp_path):
     port = aio_target.port
@@ -53,7 +42,7 @@ def test_replay_refuses_every_spelling_of_the_captured_server(spelling, aio_targ
         [make_exchange(server=f"127.0.0.1:{port}", target=f"/r{i}") for i in range(3)],
     )
     for extra in ((), ("--no-check",)):
-        proc = _shadowtap("replay", inp, "--target", spelling.format(port=port), *extra)
+        proc = shadowtap("replay", inp, "--target", spelling.format(port=port), *extra)
         assert proc.returncode == 5, proc.stderr
         assert "the server this traffic was captured from" in proc.stderr, proc.stderr
     assert aio_target.seen == []  # not one request reached it
@@ -62,7 +51,7 @@ def test_replay_refuses_every_spelling_of_the_captured_server(spelling, aio_targ
 @pytest.mark.parametrize("spelling", SPELLINGS)
 def test_mirror_refuses_every_spelling_of_the_primary(spelling, aio_target):
     port = aio_target.port
-    proc = _shadowtap(
+    proc = shadowtap(
         "mirror",
         "--iface",
         "lo",

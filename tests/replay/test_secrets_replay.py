@@ -9,21 +9,9 @@ import pytest
 
 from shadowtap.redact import Redactor
 from tests.support.hostile import HostileServer
+from tests.support.proc import shadowtap
 
 from .conftest import make_exchange, write_jsonl
-
-
-def shadowtap(*args: str):
-    import subprocess
-    import sys
-
-    return subprocess.run(
-        [sys.executable, "-m", "shadowtap", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture

@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 
 import pytest
 
 from shadowtap.errors import InputError
 from shadowtap.jsonl import JsonlWriter, check_directory, create_private
 from tests.support.prereq import require_root
+from tests.support.proc import shadowtap
 
 NOBODY = 65534
 PCAP = os.path.join(
     os.path.dirname(__file__), "..", "data", "suricata", "http-chunked", "input.pcap"
 )
-
-
-def shadowtap(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shadowtap", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture

@@ -3,27 +3,13 @@ against real servers, compare's report; one set of rules (shadowtap.redact) ever
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import orjson
 import pytest
 
 from shadowtap.compare.samples import body_excerpt, redact_field
 from shadowtap.redact import SecretRules, report_json, report_text
 from tests.support.hostile_pcaps import secrets as secrets_pcap
-
-
-def shadowtap(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shadowtap", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
+from tests.support.proc import shadowtap
 
 
 @pytest.fixture

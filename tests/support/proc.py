@@ -3,8 +3,10 @@ condition (never a fixed sleep), stopped by their own pid only."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -81,3 +83,18 @@ class Proc:
             raise AssertionError(
                 f"{self.name} did not stop on signal {sig}; stderr: {self.err()[-2000:]}"
             ) from None
+
+
+def shadowtap(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``shadowtap ARGS`` in a child process (this interpreter), ``env`` added to the environment;
+    its output captured as text, its exit status left to the caller."""
+    return subprocess.run(
+        [sys.executable, "-m", "shadowtap", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )

@@ -4,24 +4,11 @@ stages raise ``InputError(field="target")``; ``shadowtap replay`` says ``--targe
 before the stages stopped naming flags (no root, no network: every case fails before anything is
 read, attached or sent)."""
 
-import subprocess
-import sys
-
 import pytest
 
 from shadowtap.cli import flag_for, user_error
 from shadowtap.errors import InputError, TargetError
-
-
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shadowtap", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
+from tests.support.proc import shadowtap
 
 MIRROR = ("mirror", "--iface", "lo", "--port", "8080")
 
@@ -72,7 +59,7 @@ MIRROR = ("mirror", "--iface", "lo", "--port", "8080")
     ],
 )
 def test_the_cli_names_the_flag_of_the_field(args, message):
-    proc = _run(*args)
+    proc = shadowtap(*args)
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr.startswith(f"shadowtap: error: {message}"), proc.stderr
     assert "Traceback" not in proc.stderr
