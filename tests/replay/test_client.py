@@ -206,12 +206,7 @@ def _one_shot_server(answer: bytes, close: bool = True):
         # The Sender's reachability probe is not used here: the first connection carries the
         # request.
         conn.settimeout(10)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        _read_head(conn)
         conn.sendall(answer)
         if close:
             conn.close()
@@ -220,6 +215,17 @@ def _one_shot_server(answer: bytes, close: bool = True):
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     return t, port
+
+
+def _read_head(conn: socket.socket) -> bytes:
+    """What ``conn`` sends up to the end of a request head (or until it closes)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def test_reused_connection_closed_before_answering_is_retried_once_on_a_new_one():
@@ -233,23 +239,14 @@ def test_reused_connection_closed_before_answering_is_retried_once_on_a_new_one(
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
     seen: list[tuple[int, bytes]] = []
 
-    def read_request(conn: socket.socket) -> bytes:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        return data
-
     def serve() -> None:
         c1, _ = lsock.accept()
-        seen.append((1, read_request(c1).split(b"\r\n")[0]))
+        seen.append((1, _read_head(c1).split(b"\r\n")[0]))
         c1.sendall(ok)
-        seen.append((1, read_request(c1).split(b"\r\n")[0]))
+        seen.append((1, _read_head(c1).split(b"\r\n")[0]))
         c1.close()  # closes instead of answering the second request
         c2, _ = lsock.accept()
-        seen.append((2, read_request(c2).split(b"\r\n")[0]))
+        seen.append((2, _read_head(c2).split(b"\r\n")[0]))
         c2.sendall(ok)
         c2.close()
         lsock.close()
