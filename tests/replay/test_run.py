@@ -13,18 +13,13 @@ import pytest
 
 from shadowtap.records import Result
 from shadowtap.replay.policy import Policy, Prepared, Target
+from tests.support.proc import shadowtap
 
 from .conftest import make_exchange, read_results, write_jsonl
 
 
 def replay(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shadowtap", "replay", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return shadowtap("replay", *args, timeout=timeout)
 
 
 def summary_value(stderr: str, name: str) -> str:
