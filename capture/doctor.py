@@ -150,7 +150,7 @@ def ringbuf_supported() -> bool:
     """True when the kernel can create a BPF ring buffer map (Linux 5.8+): a direct bpf(2) probe,
     no compilation. False also when bpf(2) is refused (no privilege): the caller checks that."""
     if os.uname().machine != "x86_64":
-        return True  # let bcc try; a failure to compile falls back to the perf buffer
+        return False  # capture/ringbuf.py's reader relies on x86-64's memory ordering
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     attr = (ctypes.c_uint32 * 30)()  # union bpf_attr, zeroed; MAP_CREATE reads the first fields
     attr[0], attr[1], attr[2], attr[3] = _BPF_MAP_TYPE_RINGBUF, 0, 0, 4096

@@ -9,8 +9,9 @@ Hooks are removed by ``close`` (called on exit, Ctrl-C, SIGTERM and errors by ca
 by an atexit safety net); a kill -9 leaves them, and the next run on the interface removes them
 (filters are named after their process: capture/tc.py).
 
-Costs: the kernel side is described in the .c file. User space pays one ctypes callback and one
-copy of the frame's bytes a packet; ``read`` drains everything available in one poll.
+Costs: the kernel side is described in the .c file. User space reads the ring buffer directly
+(capture/ringbuf.py: one copy of a batch of records, then one slice a frame, no callback a
+packet); the perf buffer (old kernels) costs one ctypes callback and one copy a packet.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 from shadowtap.capture import tc
 from shadowtap.capture.doctor import require_ebpf, ringbuf_supported
+from shadowtap.capture.ringbuf import RingReader, Span
 from shadowtap.capture.source import Frame, SourceStats
 from shadowtap.errors import InputError, PrerequisiteError
 
@@ -117,6 +119,7 @@ class EbpfSource:
         self.l2_len, self.linktype, self.loopback = link_layer(iface)
         self.removed_stale: list[tc.Filter] = []
         self._bpf: Any = None  # bcc's BPF object once open
+        self._ring: RingReader | None = None  # the ring buffer's reader (else the perf buffer)
         self._filters: list[tc.Filter] = []
         self._added_clsact = False
         self._batch: list[Frame] = []
@@ -172,7 +175,7 @@ class EbpfSource:
             ports[ports.Key(p)] = ports.Leaf(1)
         self._bpf[b"config"][ctypes.c_int(0)] = ctypes.c_uint32(0 if self.ports else 1)
         if self.use_ringbuf:
-            self._bpf[b"events"].open_ring_buffer(self._on_ring)
+            self._ring = RingReader(self._bpf[b"events"].map_fd)
         else:
             self._bpf[b"events"].open_perf_buffer(
                 self._on_perf,
@@ -237,6 +240,9 @@ class EbpfSource:
                     tc.remove_clsact(self.ifindex)
             except OSError:
                 pass  # the interface went away with its qdisc
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -255,11 +261,16 @@ class EbpfSource:
             frame = ctypes.string_at(data + _REC_HDR.size, min(caplen, size - _REC_HDR.size))
         self._batch.append(((ts_ns + self._offset_ns) // 1000, frame, wire_len))
 
-    def _on_ring(self, _ctx: object, data: int, size: int) -> int:
-        self._frame(data, size)
-        # libbpf keeps consuming while the producer keeps producing: under a sustained load the
-        # poll would not return. A negative return ends it (this record is consumed and kept).
-        return -1 if len(self._batch) >= MAX_BATCH else 0
+    def _ring_frames(self, blob: bytes, spans: list[Span]) -> None:
+        """The ring buffer's records (capture/ringbuf.py), one loop: a slice of the batch's copy a
+        frame."""
+        offset_ns, unpack, hdr = self._offset_ns, _REC_HDR.unpack_from, _REC_HDR.size
+        append = self._batch.append
+        for off, size in spans:
+            ts_ns, wire_len, caplen = unpack(blob, off)
+            start = off + hdr
+            frame = blob[start : start + min(caplen, size - hdr)]
+            append(((ts_ns + offset_ns) // 1000, frame, wire_len))
 
     def _on_perf(self, _cpu: int, data: int, size: int) -> None:
         self._frame(data, size)
@@ -273,17 +284,12 @@ class EbpfSource:
         if self._bpf is None:
             return []
         ms = max(0, int(timeout * 1000))
-        if self.use_ringbuf:
-            if self.immediate:
-                self._bpf.ring_buffer_poll(ms)
-            else:
-                # Records come without wake-ups: take what is there; else sleep a short poll
-                # (a forced wake-up ends it early) and take what came meanwhile.
-                self._bpf.ring_buffer_consume()
-                if not self._batch and ms:
-                    self._bpf.ring_buffer_poll(min(ms, BATCH_POLL_MS))
-                    if len(self._batch) < MAX_BATCH:
-                        self._bpf.ring_buffer_consume()
+        if self._ring is not None:
+            self._ring_frames(
+                *self._ring.take(
+                    ms, immediate=self.immediate, batch_poll_ms=BATCH_POLL_MS, limit=MAX_BATCH
+                )
+            )
             batch, self._batch = self._batch, []
             if len(batch) > 1:
                 # One ring, in reservation order; a time stamp taken just before may be a few

@@ -23,8 +23,9 @@ gone, and ``open`` calls it. ``close`` detaches everything (exit, Ctrl-C, SIGTER
 as a safety net).
 
 Costs: see the .c file (one trap per call, emulated where tls_libs.plan_sites could place it so;
-one copy). User space: one ctypes callback and one frame per piece (16 KiB at most), plus the
-framing (a few microseconds).
+one copy). User space: the ring buffer read directly (capture/ringbuf.py: one copy of a batch of
+records, no callback a record; the perf buffer: one ctypes callback a record), one frame per
+piece (16 KiB at most), plus the framing (a few microseconds).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from typing import Any
 from shadowtap.capture import tls_libs
 from shadowtap.capture.doctor import ringbuf_supported
 from shadowtap.capture.ebpf import ring_pages, with_settings
+from shadowtap.capture.ringbuf import RingReader, Span
 from shadowtap.capture.source import Frame, SourceStats
 from shadowtap.capture.tls_frames import Chunk, Framer
 from shadowtap.errors import InputError, PrerequisiteError
@@ -305,6 +307,7 @@ class TlsSource:
         self.removed_stale: list[str] = []
         self.framer = Framer()
         self._bpf: Any = None  # bcc.BPF once open
+        self._ring: RingReader | None = None  # the ring buffer's reader (else the perf buffer)
         self._batch: list[Frame] = []
         self._pending: list[tuple[int, bytes]] = []  # perf buffer: (ts, record) awaiting reordering
         self._offset_ns = 0
@@ -432,7 +435,7 @@ class TlsSource:
                 f"cannot attach uprobes: {exc}", hint="shadowtap doctor"
             ) from exc
         if self.use_ringbuf:
-            b[b"events"].open_ring_buffer(self._on_ring)
+            self._ring = RingReader(b[b"events"].map_fd)
         else:
             b[b"events"].open_perf_buffer(
                 self._on_perf,
@@ -458,6 +461,9 @@ class TlsSource:
             return
         self._closed = True
         atexit.unregister(self.close)
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
         if self._bpf is not None:
             try:
                 self._bpf.cleanup()
@@ -466,9 +472,11 @@ class TlsSource:
             self._bpf = None
 
     # -- reading ------------------------------------------------------------------------------
-    def _on_ring(self, _ctx: object, data: int, size: int) -> int:
-        self._record(ctypes.string_at(data, size))
-        return -1 if len(self._batch) >= MAX_BATCH else 0
+    def _records(self, blob: bytes, spans: list[Span]) -> None:
+        """The ring buffer's records (capture/ringbuf.py), in one loop over the batch's copy."""
+        record = self._record
+        for off, _size in spans:
+            record(blob, off)
 
     def _on_perf(self, _cpu: int, data: int, size: int) -> None:
         raw = ctypes.string_at(data, size)
@@ -554,8 +562,10 @@ class TlsSource:
         except Exception:  # noqa: BLE001 - the socket may be gone; its calls then stay visible here
             pass
 
-    def _record(self, raw: bytes) -> None:
-        h = _HDR.unpack_from(raw)
+    def _record(self, raw: bytes, at: int = 0) -> None:
+        """One record, at ``at`` in ``raw``."""
+        h = _HDR.unpack_from(raw, at)
+        body = at + _HDR.size
         ts_us = (h[0] + self._offset_ns) // 1000
         kind = h[11]
         flags = h[13]
@@ -573,7 +583,7 @@ class TlsSource:
                 self._oriented[key] = orient
             sk, client, server, proc_is_server = orient
             d = h[12]
-            data = raw[_HDR.size : _HDR.size + h[7]]
+            data = raw[body : body + h[7]]
             self._payload += len(data)
             if data:
                 self.framer.data_into(
@@ -602,7 +612,7 @@ class TlsSource:
                 return
             sk, client, server, proc_is_server = orient
             d, flags, rd, wr, piece = h[12], h[13], h[3], h[4], h[8]
-            data = raw[_HDR.size : _HDR.size + h[7]] if not flags & F_FAULT else b""
+            data = raw[body : body + h[7]] if not flags & F_FAULT else b""
             to_server = (d == D_READ) if proc_is_server else (d == D_WRITE)
             offset = (rd if d == D_READ else wr) + piece
             self._payload += len(data)
@@ -630,15 +640,12 @@ class TlsSource:
         if self._bpf is None:
             return []
         ms = max(0, int(timeout * 1000))
-        if self.use_ringbuf:
-            if self.immediate:
-                self._bpf.ring_buffer_poll(ms)
-            else:
-                self._bpf.ring_buffer_consume()
-                if not self._batch and ms:
-                    self._bpf.ring_buffer_poll(min(ms, BATCH_POLL_MS))
-                    if len(self._batch) < MAX_BATCH:
-                        self._bpf.ring_buffer_consume()
+        if self._ring is not None:
+            self._records(
+                *self._ring.take(
+                    ms, immediate=self.immediate, batch_poll_ms=BATCH_POLL_MS, limit=MAX_BATCH
+                )
+            )
         else:
             self._bpf.perf_buffer_poll(ms if self.immediate else min(ms, BATCH_POLL_MS))
             if not self.immediate:
@@ -665,11 +672,10 @@ class TlsSource:
         del pending[:cut]
 
     def flush(self) -> list[Frame]:
-        if self._bpf is not None:
-            if self.use_ringbuf:
-                self._bpf.ring_buffer_consume()
-            else:
-                self._bpf.perf_buffer_consume()
+        if self._ring is not None:
+            self._records(*self._ring.consume(MAX_BATCH))
+        elif self._bpf is not None:
+            self._bpf.perf_buffer_consume()
         self._drain_pending(final=True)
         out, self._batch = self._batch, []
         self._received += len(out)
