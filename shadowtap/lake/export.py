@@ -32,7 +32,7 @@ from shadowtap.compare.config import load_config
 from shadowtap.compare.join import Joiner, join
 from shadowtap.errors import InputError
 from shadowtap.jsonl import read_jsonl
-from shadowtap.records import ERROR_KINDS, Exchange, Result
+from shadowtap.records import ERROR_KINDS, H2_OUTCOMES, Exchange, Result
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -96,6 +96,18 @@ _MESSAGE = (
     "end_ts DOUBLE, version VARCHAR, headers VARCHAR[][], body VARCHAR, body_encoding VARCHAR, "
     "body_len BIGINT, body_truncated BOOLEAN, decoded_len BIGINT)"
 )
+_H2 = (
+    "STRUCT(stream_id BIGINT, outcome VARCHAR, error_code BIGINT, request_trailers BIGINT, "
+    "response_trailers BIGINT, undecoded_fields BIGINT)"
+)
+_GRPC_MESSAGES = (
+    "STRUCT(data VARCHAR, encoding VARCHAR, len BIGINT, compressed BOOLEAN, truncated BOOLEAN)[]"
+)
+_GRPC = (
+    f"STRUCT(service VARCHAR, method VARCHAR, request_messages {_GRPC_MESSAGES}, "
+    f"request_count BIGINT, response_messages {_GRPC_MESSAGES}, response_count BIGINT, "
+    "status BIGINT, message VARCHAR)"
+)
 _EXCHANGE_COLUMNS = {
     "schema": "BIGINT",
     "id": "VARCHAR",
@@ -106,6 +118,9 @@ _EXCHANGE_COLUMNS = {
     "ttfb_ms": "DOUBLE",
     "total_ms": "DOUBLE",
     "anomalies": "VARCHAR[]",
+    "h2": _H2,
+    "grpc": _GRPC,
+    "chunks": "DOUBLE[][]",
 }
 _RESULT_COLUMNS = {
     "schema": "BIGINT",
@@ -119,6 +134,9 @@ _RESULT_COLUMNS = {
     "total_ms": "DOUBLE",
     "error": "STRUCT(kind VARCHAR, message VARCHAR)",
     "extra": "JSON",
+    "grpc": _GRPC,
+    "chunks": "DOUBLE[][]",
+    "tls_handshake_ms": "DOUBLE",
 }
 
 
@@ -134,10 +152,11 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _body(m: str) -> str:
+def _body(m: str, text: str = "body", encoding: str = "body_encoding") -> str:
+    """The bytes of a body (or a gRPC message's data): base64 decoded, or UTF-8 encoded."""
     return (
-        f"CASE WHEN coalesce({m}.body_encoding, 'utf8') = 'base64' THEN from_base64({m}.body) "
-        f"ELSE encode(coalesce({m}.body, '')) END"
+        f"CASE WHEN coalesce({m}.{encoding}, 'utf8') = 'base64' THEN from_base64({m}.{text}) "
+        f"ELSE encode(coalesce({m}.{text}, '')) END"
     )
 
 
@@ -153,6 +172,47 @@ def _message_problems(m: str, first: str, second: str) -> list[str]:
         f"{m}.body_len IS NULL OR {m}.body_len < octet_length({_body(m)})",
         f"{m}.decoded_len < 0",
     ]
+
+
+def _grpc_problems(g: str) -> list[str]:
+    """What GrpcCall.from_json refuses in a call ``g`` (SQL conditions, when present; a null
+    list of messages is refused here though a missing one is not: the record path decides)."""
+    each = (
+        "lambda m: m.data IS NOT NULL AND m.len IS NOT NULL AND m.len >= 0 "
+        "AND coalesce(m.encoding, 'utf8') IN ('utf8', 'base64')"
+    )
+    return [
+        f"{g}.service IS NULL OR {g}.method IS NULL",
+        f"{g}.request_count < 0 OR {g}.response_count < 0",
+        f"{g}.request_messages IS NULL OR {g}.response_messages IS NULL",
+        f"NOT list_bool_and(list_transform({g}.request_messages, {each}))",
+        f"NOT list_bool_and(list_transform({g}.response_messages, {each}))",
+    ]
+
+
+def _stream_problems(side: str) -> list[tuple[str, str]]:
+    """The rules of the optional h2 (exchanges), grpc and chunks objects."""
+    rules = []
+    if side == "x":
+        outcomes = ", ".join(_quote(o) for o in H2_OUTCOMES)
+        rules.append(
+            (
+                "h2",
+                "h2 IS NOT NULL AND (h2.stream_id IS NULL OR h2.stream_id <= 0 OR "
+                f"coalesce(h2.outcome, 'complete') NOT IN ({outcomes}) OR "
+                "h2.request_trailers < 0 OR h2.response_trailers < 0 OR h2.undecoded_fields < 0)",
+            )
+        )
+    rules += [("grpc", f"grpc IS NOT NULL AND ({c})") for c in _grpc_problems("grpc")]
+    rules.append(
+        (
+            "chunks",
+            "chunks IS NOT NULL AND NOT list_bool_and(list_transform(chunks, lambda c: "
+            "len(c) = 2 AND c[1] IS NOT NULL AND c[2] IS NOT NULL AND isfinite(c[1]) "
+            "AND c[1] = trunc(c[1])))",
+        )
+    )
+    return rules
 
 
 def _problems(side: str) -> str:
@@ -183,7 +243,9 @@ def _problems(side: str) -> str:
             ("extra", "extra IS NOT NULL AND json_type(extra) <> 'OBJECT'"),
         ]
         msgs = [("response", "status", "reason")]
-    rules += [(f"{k}", f"{k} IS NOT NULL AND NOT isfinite({k})") for k in ("ttfb_ms", "total_ms")]
+    rules += _stream_problems(side)
+    times = ("ttfb_ms", "total_ms") if side == "x" else ("ttfb_ms", "total_ms", "tls_handshake_ms")
+    rules += [(f"{k}", f"{k} IS NOT NULL AND NOT isfinite({k})") for k in times]
     for m, first, second in msgs:
         conds = _message_problems(m, first, second)
         if first == "status":
@@ -204,6 +266,43 @@ def _message(m: str, first: str, second: str) -> str:
     )
 
 
+def _h2(h: str) -> str:
+    return (
+        f"CASE WHEN {h} IS NULL THEN NULL ELSE {{'stream_id': {h}.stream_id, "
+        f"'outcome': coalesce({h}.outcome, 'complete'), 'error_code': {h}.error_code, "
+        f"'request_trailers': coalesce({h}.request_trailers, 0), "
+        f"'response_trailers': coalesce({h}.response_trailers, 0), "
+        f"'undecoded_fields': coalesce({h}.undecoded_fields, 0)}} END"
+    )
+
+
+def _grpc(g: str) -> str:
+    def messages(side: str) -> str:
+        data = _body("m", "data", "encoding")
+        return (
+            f"list_transform({g}.{side}_messages, lambda m: {{'data': {data}, "
+            "'len': m.len, 'compressed': coalesce(m.compressed, false), "
+            "'truncated': coalesce(m.truncated, false)})"
+        )
+
+    return (
+        f"CASE WHEN {g} IS NULL THEN NULL ELSE {{'service': {g}.service, 'method': {g}.method, "
+        f"'request_messages': {messages('request')}, "
+        f"'request_count': coalesce({g}.request_count, 0), "
+        f"'response_messages': {messages('response')}, "
+        f"'response_count': coalesce({g}.response_count, 0), "
+        f"'status': {g}.status, 'message': {g}.message}} END"
+    )
+
+
+def _chunks(c: str) -> str:
+    """Null for no chunks, as the record path writes ``()``."""
+    return (
+        f"CASE WHEN len({c}) = 0 THEN NULL ELSE list_transform({c}, lambda c: "
+        "{'offset': CAST(c[1] AS BIGINT), 'ts': c[2]}) END"
+    )
+
+
 _PAIRS = f"""
 SELECT
   x.id AS exchange_id, coalesce(r.copy, 0) AS copy, x.conn.client AS client,
@@ -219,6 +318,9 @@ SELECT
   {_message("x.request", "method", "target")} AS request,
   {_message("x.response", "status", "reason")} AS primary_response,
   {_message("r.response", "status", "reason")} AS shadow_response,
+  {_h2("x.h2")} AS h2, {_grpc("x.grpc")} AS primary_grpc, {_chunks("x.chunks")} AS primary_chunks,
+  {_grpc("r.grpc")} AS shadow_grpc, {_chunks("r.chunks")} AS shadow_chunks,
+  r.tls_handshake_ms AS shadow_tls_handshake_ms,
   CAST(trunc(coalesce(x.request.ts, x.response.ts) * 1000000) AS BIGINT) AS ts,
   x.response.status = r.response.status AND x.response.headers = r.response.headers
     AND {_body("x.response")} = {_body("r.response")} AS same

@@ -24,7 +24,18 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shadowtap.records import Exchange, Message, Request, Response, Result, ResultError
+from shadowtap.records import (
+    Chunks,
+    Exchange,
+    GrpcCall,
+    GrpcMessage,
+    H2Stream,
+    Message,
+    Request,
+    Response,
+    Result,
+    ResultError,
+)
 
 LAKE_SCHEMA = 1
 PARTITIONS = ("date", "endpoint_key")
@@ -44,6 +55,49 @@ _COMMON = [
 ]
 REQUEST = pa.struct([("method", pa.string()), ("target", pa.string()), *_COMMON])
 RESPONSE = pa.struct([("status", pa.int32()), ("reason", pa.string()), *_COMMON])
+# The records' h2, grpc and chunks objects (their to_json shapes; bytes as binary, not text).
+H2 = pa.struct(
+    [
+        ("stream_id", pa.int64()),
+        ("outcome", pa.string()),
+        ("error_code", pa.int64()),
+        ("request_trailers", pa.int64()),
+        ("response_trailers", pa.int64()),
+        ("undecoded_fields", pa.int64()),
+    ]
+)
+_GRPC_MESSAGES = pa.list_(
+    pa.struct(
+        [
+            ("data", pa.binary()),
+            ("len", pa.int64()),
+            ("compressed", pa.bool_()),
+            ("truncated", pa.bool_()),
+        ]
+    )
+)
+GRPC = pa.struct(
+    [
+        ("service", pa.string()),
+        ("method", pa.string()),
+        ("request_messages", _GRPC_MESSAGES),
+        ("request_count", pa.int64()),
+        ("response_messages", _GRPC_MESSAGES),
+        ("response_count", pa.int64()),
+        ("status", pa.int64()),
+        ("message", pa.string()),
+    ]
+)
+CHUNKS = pa.list_(pa.struct([("offset", pa.int64()), ("ts", pa.float64())]))
+# Columns added to version 1 after its first files (older files lack them: read as null).
+OPTIONAL = (
+    "h2",
+    "primary_grpc",
+    "primary_chunks",
+    "shadow_grpc",
+    "shadow_chunks",
+    "shadow_tls_handshake_ms",
+)
 
 SCHEMA = pa.schema(
     [
@@ -77,6 +131,12 @@ SCHEMA = pa.schema(
         ("request", REQUEST),
         ("primary_response", RESPONSE),
         ("shadow_response", RESPONSE),
+        ("h2", H2),  # the exchange's HTTP/2 stream, null for HTTP/1.x
+        ("primary_grpc", GRPC),  # the exchange's gRPC call
+        ("primary_chunks", CHUNKS),  # arrival of the primary's streamed body's pieces
+        ("shadow_grpc", GRPC),  # the result's gRPC call
+        ("shadow_chunks", CHUNKS),
+        ("shadow_tls_handshake_ms", pa.float64()),
         ("date", pa.string()),  # partition: the exchange's UTC day, YYYY-MM-DD
         ("endpoint_key", pa.string()),  # partition: a path-safe name of the endpoint
     ],
@@ -143,6 +203,29 @@ def _message(
     }
 
 
+def _grpc(g: GrpcCall | None) -> dict[str, Any] | None:
+    if g is None:
+        return None
+    return {
+        "service": g.service,
+        "method": g.method,
+        "request_messages": [_grpc_message(m) for m in g.request_messages],
+        "request_count": g.request_count,
+        "response_messages": [_grpc_message(m) for m in g.response_messages],
+        "response_count": g.response_count,
+        "status": g.status,
+        "message": g.message,
+    }
+
+
+def _grpc_message(m: GrpcMessage) -> dict[str, Any]:
+    return {"data": m.data, "len": m.length, "compressed": m.compressed, "truncated": m.truncated}
+
+
+def _chunks(chunks: Chunks) -> list[dict[str, Any]] | None:
+    return [{"offset": off, "ts": ts} for off, ts in chunks] if chunks else None
+
+
 class Rows:
     """Columns being filled, one pair at a time; ``batch()`` hands them over as a RecordBatch.
     Memory: the rows added since the last batch (bodies cut at ``max_body``)."""
@@ -196,6 +279,12 @@ class Rows:
             c[col].append(
                 _message(m, mb, ("status", m.status), ("reason", m.reason)) if m else None
             )
+        c["h2"].append(ex.h2.to_json() if ex.h2 is not None else None)
+        c["primary_grpc"].append(_grpc(ex.grpc))
+        c["primary_chunks"].append(_chunks(ex.chunks))
+        c["shadow_grpc"].append(_grpc(res.grpc))
+        c["shadow_chunks"].append(_chunks(res.chunks))
+        c["shadow_tls_handshake_ms"].append(res.tls_handshake_ms)
         c["date"].append(time.strftime("%Y-%m-%d", time.gmtime(ts)))
         c["endpoint_key"].append(endpoint_key(endpoint))
 
@@ -344,6 +433,30 @@ def _response(d: dict[str, Any] | None) -> Response | None:
     return Response(status=d["status"], reason=d["reason"], **_common(d))
 
 
+def _grpc_call(d: dict[str, Any] | None) -> GrpcCall | None:
+    if d is None:
+        return None
+    return GrpcCall(
+        d["service"],
+        d["method"],
+        tuple(_grpc_messages(d["request_messages"])),
+        tuple(_grpc_messages(d["response_messages"])),
+        d["request_count"],
+        d["response_count"],
+        d["status"],
+        d["message"],
+    )
+
+
+def _grpc_messages(items: list[dict[str, Any]] | None) -> Iterator[GrpcMessage]:
+    for m in items or ():
+        yield GrpcMessage(m["data"], m["len"], m["compressed"], m["truncated"])
+
+
+def _chunks_of(items: list[dict[str, Any]] | None) -> Chunks:
+    return tuple((c["offset"], c["ts"]) for c in items) if items else ()
+
+
 def pairs_from_batch(batch: pa.RecordBatch | pa.Table) -> Iterator[tuple[Exchange, Result, str]]:
     """The records of a batch of lake rows, with each row's host. Rows of another schema version
     raise ValueError (the caller says where)."""
@@ -374,6 +487,10 @@ def pairs_from_batch(batch: pa.RecordBatch | pa.Table) -> Iterator[tuple[Exchang
     if missing:
         raise ValueError(f"not a shadowtap lake (columns missing: {', '.join(missing)})")
     cols = {n: batch.column(n).to_pylist() for n in need}
+    names = batch.schema.names
+    nulls = [None] * batch.num_rows
+    for n in OPTIONAL:  # files written before these columns: null
+        cols[n] = batch.column(n).to_pylist() if n in names else nulls
     for i in range(batch.num_rows):
         version = cols["schema_version"][i]
         if version != LAKE_SCHEMA:
@@ -390,6 +507,9 @@ def pairs_from_batch(batch: pa.RecordBatch | pa.Table) -> Iterator[tuple[Exchang
             anomalies=tuple(cols["anomalies"][i] or ()),
             ttfb_ms=cols["primary_ttfb_ms"][i],
             total_ms=cols["primary_ms"][i],
+            h2=H2Stream(**h2) if (h2 := cols["h2"][i]) is not None else None,
+            grpc=_grpc_call(cols["primary_grpc"][i]),
+            chunks=_chunks_of(cols["primary_chunks"][i]),
         )
         kind = cols["shadow_error_kind"][i]
         extra = cols["result_extra"][i]
@@ -404,5 +524,8 @@ def pairs_from_batch(batch: pa.RecordBatch | pa.Table) -> Iterator[tuple[Exchang
             error=ResultError(kind, cols["shadow_error"][i] or "") if kind else None,
             copy=cols["copy"][i],
             extra=orjson.loads(extra) if extra else {},
+            grpc=_grpc_call(cols["shadow_grpc"][i]),
+            chunks=_chunks_of(cols["shadow_chunks"][i]),
+            tls_handshake_ms=cols["shadow_tls_handshake_ms"][i],
         )
         yield ex, res, cols["host"][i]

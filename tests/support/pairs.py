@@ -1,10 +1,12 @@
 """Generated pairs (exchange + the shadow's result) for the lake's tests and benchmarks: several
 endpoints, JSON bodies with a volatile field, a field the shadow gets wrong on one endpoint,
 shadow errors and 5xx, a missing primary response, binary and non-UTF-8 bodies, anomalies,
-repeated headers, result extras and copies. Deterministic for a seed."""
+repeated headers, result extras and copies; with ``rich``, HTTP/2 streams, gRPC calls (binary
+messages), streamed bodies' chunk times and TLS handshakes too. Deterministic for a seed."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterator
 
@@ -12,7 +14,16 @@ import orjson
 
 from shadowtap.compare.report import as_json
 from shadowtap.jsonl import JsonlWriter
-from shadowtap.records import Exchange, Request, Response, Result, ResultError
+from shadowtap.records import (
+    Exchange,
+    GrpcCall,
+    GrpcMessage,
+    H2Stream,
+    Request,
+    Response,
+    Result,
+    ResultError,
+)
 
 T0 = 1764160000.0  # 2025-11-26T12:26:40Z
 DAY = 86400.0
@@ -101,20 +112,56 @@ def make_pair(i: int, rng: random.Random, days: int = 2) -> tuple[Exchange, Resu
     return ex, res
 
 
-def pairs(n: int, seed: int = 7, start: int = 0) -> Iterator[tuple[Exchange, Result]]:
+def enrich(i: int, ex: Exchange, res: Result) -> tuple[Exchange, Result]:
+    """The pair with the optional stream fields set, in turn: an HTTP/2 stream (reset, trailers),
+    a gRPC call on it (binary and text messages, a status, both sides), chunk times of a
+    streamed body (both sides), a TLS handshake; every fourth pair left plain."""
+    kind = i % 4
+    if kind == 3:
+        return ex, res
+    h2 = H2Stream(2 * i + 1, "reset" if i % 3 == 0 else "complete", 8 if i % 3 == 0 else None, 0, 1)
+    if kind == 0:
+        call = GrpcCall(
+            "pkg.Svc",
+            f"M{i % 5}",
+            (GrpcMessage(b"\x00\xffreq" + bytes([i % 256]), 6, compressed=i % 2 == 0),),
+            (GrpcMessage(b"ok", 2), GrpcMessage(b"\xfe" * 3, 40, truncated=True)),
+            1,
+            2,
+            0 if i % 8 else 14,
+            None if i % 8 else "unavailable",
+        )
+        shadow = dataclasses.replace(call, status=0, message=None, response_messages=())
+        ex = dataclasses.replace(ex, h2=h2, grpc=call)
+        res = dataclasses.replace(res, grpc=shadow, tls_handshake_ms=1.25 + i % 7)
+    elif kind == 1:
+        t = ex.ts
+        ex = dataclasses.replace(ex, h2=h2, chunks=((5, t + 0.001), (12, t + 0.25)))
+        res = dataclasses.replace(res, chunks=((3, t + 1.5), (9, t + 1.75), (12, t + 2.0)))
+    else:
+        res = dataclasses.replace(res, tls_handshake_ms=0.5)
+    return ex, res
+
+
+def pairs(
+    n: int, seed: int = 7, start: int = 0, rich: bool = False
+) -> Iterator[tuple[Exchange, Result]]:
     rng = random.Random(seed)
     for i in range(start, start + n):
-        yield make_pair(i, rng)
+        ex, res = make_pair(i, rng)
+        yield enrich(i, ex, res) if rich else (ex, res)
 
 
-def write_run(directory: str, n: int, seed: int = 7, gz: bool = False) -> tuple[str, str]:
+def write_run(
+    directory: str, n: int, seed: int = 7, gz: bool = False, rich: bool = False
+) -> tuple[str, str]:
     """exchanges.jsonl and results.jsonl of ``n`` pairs in ``directory`` (results lag a little,
     as a replay's completion order does)."""
     suffix = ".jsonl.gz" if gz else ".jsonl"
     ex_path, res_path = f"{directory}/exchanges{suffix}", f"{directory}/results{suffix}"
     held: list[Result] = []
     with JsonlWriter(ex_path) as xw, JsonlWriter(res_path) as rw:
-        for ex, res in pairs(n, seed):
+        for ex, res in pairs(n, seed, rich=rich):
             xw.write(ex.to_json())
             held.append(res)
             if len(held) >= 3:
