@@ -261,15 +261,15 @@ class EbpfSource:
             frame = ctypes.string_at(data + _REC_HDR.size, min(caplen, size - _REC_HDR.size))
         self._batch.append(((ts_ns + self._offset_ns) // 1000, frame, wire_len))
 
-    def _ring_frames(self, blob: bytes, spans: list[Span]) -> None:
-        """The ring buffer's records (capture/ringbuf.py), one loop: a slice of the batch's copy a
-        frame."""
+    def _ring_frames(self, area: memoryview, spans: list[Span]) -> None:
+        """A batch of the ring buffer's records (capture/ringbuf.py), one loop: a frame's bytes
+        copied out of the ring."""
         offset_ns, unpack, hdr = self._offset_ns, _REC_HDR.unpack_from, _REC_HDR.size
         append = self._batch.append
         for off, size in spans:
-            ts_ns, wire_len, caplen = unpack(blob, off)
+            ts_ns, wire_len, caplen = unpack(area, off)
             start = off + hdr
-            frame = blob[start : start + min(caplen, size - hdr)]
+            frame = area[start : start + min(caplen, size - hdr)].tobytes()
             append(((ts_ns + offset_ns) // 1000, frame, wire_len))
 
     def _on_perf(self, _cpu: int, data: int, size: int) -> None:
@@ -285,10 +285,12 @@ class EbpfSource:
             return []
         ms = max(0, int(timeout * 1000))
         if self._ring is not None:
-            self._ring_frames(
-                *self._ring.take(
-                    ms, immediate=self.immediate, batch_poll_ms=BATCH_POLL_MS, limit=MAX_BATCH
-                )
+            self._ring.take(
+                ms,
+                self._ring_frames,
+                immediate=self.immediate,
+                batch_poll_ms=BATCH_POLL_MS,
+                limit=MAX_BATCH,
             )
             batch, self._batch = self._batch, []
             if len(batch) > 1:

@@ -472,11 +472,11 @@ class TlsSource:
             self._bpf = None
 
     # -- reading ------------------------------------------------------------------------------
-    def _records(self, blob: bytes, spans: list[Span]) -> None:
-        """The ring buffer's records (capture/ringbuf.py), in one loop over the batch's copy."""
+    def _records(self, area: memoryview, spans: list[Span]) -> None:
+        """A batch of the ring buffer's records (capture/ringbuf.py), in one loop."""
         record = self._record
         for off, _size in spans:
-            record(blob, off)
+            record(area, off)
 
     def _on_perf(self, _cpu: int, data: int, size: int) -> None:
         raw = ctypes.string_at(data, size)
@@ -562,8 +562,8 @@ class TlsSource:
         except Exception:  # noqa: BLE001 - the socket may be gone; its calls then stay visible here
             pass
 
-    def _record(self, raw: bytes, at: int = 0) -> None:
-        """One record, at ``at`` in ``raw``."""
+    def _record(self, raw: bytes | memoryview, at: int = 0) -> None:
+        """One record, at ``at`` in ``raw`` (a memoryview: the ring, valid during the call)."""
         h = _HDR.unpack_from(raw, at)
         body = at + _HDR.size
         ts_us = (h[0] + self._offset_ns) // 1000
@@ -583,7 +583,7 @@ class TlsSource:
                 self._oriented[key] = orient
             sk, client, server, proc_is_server = orient
             d = h[12]
-            data = raw[body : body + h[7]]
+            data = bytes(raw[body : body + h[7]])
             self._payload += len(data)
             if data:
                 self.framer.data_into(
@@ -612,7 +612,7 @@ class TlsSource:
                 return
             sk, client, server, proc_is_server = orient
             d, flags, rd, wr, piece = h[12], h[13], h[3], h[4], h[8]
-            data = raw[body : body + h[7]] if not flags & F_FAULT else b""
+            data = bytes(raw[body : body + h[7]]) if not flags & F_FAULT else b""
             to_server = (d == D_READ) if proc_is_server else (d == D_WRITE)
             offset = (rd if d == D_READ else wr) + piece
             self._payload += len(data)
@@ -641,10 +641,12 @@ class TlsSource:
             return []
         ms = max(0, int(timeout * 1000))
         if self._ring is not None:
-            self._records(
-                *self._ring.take(
-                    ms, immediate=self.immediate, batch_poll_ms=BATCH_POLL_MS, limit=MAX_BATCH
-                )
+            self._ring.take(
+                ms,
+                self._records,
+                immediate=self.immediate,
+                batch_poll_ms=BATCH_POLL_MS,
+                limit=MAX_BATCH,
             )
         else:
             self._bpf.perf_buffer_poll(ms if self.immediate else min(ms, BATCH_POLL_MS))
@@ -673,7 +675,7 @@ class TlsSource:
 
     def flush(self) -> list[Frame]:
         if self._ring is not None:
-            self._records(*self._ring.consume(MAX_BATCH))
+            self._ring.consume(MAX_BATCH, self._records)
         elif self._bpf is not None:
             self._bpf.perf_buffer_consume()
         self._drain_pending(final=True)

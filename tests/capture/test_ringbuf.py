@@ -28,8 +28,8 @@ def put(buf: bytearray, pos: int, payload: bytes, flags: int = 0) -> int:
 
 def records(buf: bytearray, cons: int, prod: int, limit: int = 100) -> tuple[int, list[bytes]]:
     new, spans = walk(memoryview(buf).cast("I"), SIZE - 1, cons, prod, limit)
-    blob = bytes(buf[cons % SIZE : cons % SIZE + new - cons])
-    return new, [blob[off : off + n] for off, n in spans]
+    assert all(off % 8 == HDR_SIZE % 8 and off < SIZE + HDR_SIZE for off, _ in spans)
+    return new, [bytes(buf[off : off + n]) for off, n in spans]
 
 
 def test_committed_records_in_order_aligned() -> None:
