@@ -10,8 +10,8 @@ by an atexit safety net); a kill -9 leaves them, and the next run on the interfa
 (filters are named after their process: capture/tc.py).
 
 Costs: the kernel side is described in the .c file. User space reads the ring buffer directly
-(capture/ringbuf.py: one copy of a batch of records, then one slice a frame, no callback a
-packet); the perf buffer (old kernels) costs one ctypes callback and one copy a packet.
+(capture/ringbuf.py: a batch of records walked in Python, each frame copied out of the ring, no
+callback a packet); the perf buffer (old kernels) costs one ctypes callback and copy a packet.
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ gone, and ``open`` calls it. ``close`` detaches everything (exit, Ctrl-C, SIGTER
 as a safety net).
 
 Costs: see the .c file (one trap per call, emulated where tls_libs.plan_sites could place it so;
-one copy). User space: the ring buffer read directly (capture/ringbuf.py: one copy of a batch of
-records, no callback a record; the perf buffer: one ctypes callback a record), one frame per
-piece (16 KiB at most), plus the framing (a few microseconds).
+one copy). User space: the ring buffer read directly (capture/ringbuf.py: a batch of records
+walked in Python, each piece copied out of the ring, no callback a record; the perf buffer: one
+ctypes callback a record), one frame per piece (16 KiB at most), plus the framing (a few us).
 """
 
 from __future__ import annotations
