@@ -208,6 +208,13 @@ def check_ringbuf() -> Check:
         return Check("BPF ring buffer", Status.WARN, "not probed (no CAP_BPF)", "run as root")
     if ringbuf_supported():
         return Check("BPF ring buffer", Status.OK, "available (Linux 5.8+)")
+    if os.uname().machine != "x86_64":
+        return Check(
+            "BPF ring buffer",
+            Status.WARN,
+            "not used on this CPU: the perf buffer is (per CPU); shadowtap's ring buffer reader "
+            "relies on x86-64's memory ordering (capture/ringbuf.py)",
+        )
     return Check(
         "BPF ring buffer",
         Status.WARN,
