@@ -93,7 +93,8 @@ def _lake(spark: Any, root: str, cfg: CompareConfig) -> list[bytes]:
         schema = pa.schema([("state", pa.binary())])
         yield pa.RecordBatch.from_pydict({"state": [state]}, schema=schema)
 
-    df = spark.read.option("basePath", root).parquet(root)
+    # mergeSchema: files written before the columns added to schema 1 lack them (docs/lake.md)
+    df = spark.read.option("basePath", root).option("mergeSchema", "true").parquet(root)
     rows = df.mapInArrow(compare_batches, "state binary").collect()
     return [bytes(r.state) for r in rows]
 
