@@ -352,3 +352,37 @@ def test_columnar_path_declines_what_the_record_decoder_refuses(tmp_path, bad: d
         f.write(orjson.dumps(line) + b"\n")
     with pytest.raises(Declined):
         list(columnar_pairs(ex, res, JoinStats()))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"h2": {"stream_id": 0}},
+        {"h2": {"stream_id": 1, "outcome": "lost"}},
+        {"h2": {"stream_id": 1, "request_trailers": -1}},
+        {
+            "grpc": {
+                "service": "s",
+                "method": "m",
+                "request_messages": [],
+                "response_messages": [{"data": "x", "len": 1, "encoding": "rot13"}],
+            }
+        },
+        {"chunks": [[1, None]]},
+    ],
+)
+def test_columnar_path_declines_bad_stream_objects(tmp_path, bad: dict) -> None:
+    """The exchange's h2, grpc and chunks objects: what the record decoder refuses, the columnar
+    path declines."""
+    import orjson
+
+    from shadowtap.lake.export import Declined
+
+    ex, res = write_run(str(tmp_path), 20)
+    line = {**next(pairs(1, start=5))[0].to_json(), "id": "zz", **bad}
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        Exchange.from_json(line)  # the record path refuses it
+    with open(ex, "ab") as f:
+        f.write(orjson.dumps(line) + b"\n")
+    with pytest.raises(Declined):
+        list(columnar_pairs(ex, res, JoinStats()))
