@@ -74,8 +74,9 @@ def extract(
         ),
     ] = 0,
 ) -> None:
-    """Rebuild the HTTP/1.x exchanges of CAPTURE files into JSON Lines, one exchange a line, in
-    request-time order (format: docs/exchange-format.md)."""
+    """Rebuild the HTTP exchanges (HTTP/1.x, HTTP/2 and gRPC, Server-Sent Events) of CAPTURE
+    files into JSON Lines, one exchange a line, in request-time order (format:
+    docs/exchange-format.md)."""
     from shadowtap.capture.extract import run_extract
 
     run_extract(
