@@ -31,23 +31,9 @@ PREFIX=${DEMO_PREFIX:-stdemo}
 OUT=${DEMO_OUT:-out/demo-$(date -u +%Y%m%d-%H%M%S)}
 DASHBOARD=${DEMO_DASHBOARD:-auto}
 
-say() { printf '\n== %s\n' "$*" >&2; }
-
-if [ "$(id -u)" -ne 0 ]; then
-  echo "demo: run as root (network namespaces, eBPF): sudo scripts/demo.sh" >&2
-  exit 4
-fi
-if [ "${DEMO_SETUP:-1}" != 0 ]; then
-  say "setup (scripts/setup.sh)"
-  scripts/setup.sh
-fi
-
-PY=$ROOT/.venv/bin/python
-ST=$ROOT/.venv/bin/shadowtap
-LAB=("$PY" "$ROOT/scripts/lab/lab.py" --prefix "$PREFIX")
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-chmod 700 "$OUT"
+DEMO_NAME=demo
+# shellcheck source=scripts/lab/demo_start.sh
+. scripts/lab/demo_start.sh
 
 mirror_pid= traffic_pid=
 cleanup() {

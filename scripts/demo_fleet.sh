@@ -35,24 +35,10 @@ BACKEND=${DEMO_BACKEND:-pcap}
 PREFIX=${DEMO_PREFIX:-stfleet}
 OUT=${DEMO_OUT:-out/fleet-$(date -u +%Y%m%d-%H%M%S)}
 
-say() { printf '\n== %s\n' "$*" >&2; }
-
-if [ "$(id -u)" -ne 0 ]; then
-  echo "demo_fleet: run as root (network namespaces, packet capture): sudo $0" >&2
-  exit 4
-fi
-if [ "${DEMO_SETUP:-1}" != 0 ]; then
-  say "setup (scripts/setup.sh)"
-  scripts/setup.sh
-fi
-
-PY=$ROOT/.venv/bin/python
-ST=$ROOT/.venv/bin/shadowtap
-LAB=("$PY" "$ROOT/scripts/lab/lab.py" --prefix "$PREFIX")
+DEMO_NAME=demo_fleet
+# shellcheck source=scripts/lab/demo_start.sh
+. scripts/lab/demo_start.sh
 CONFIG=$ROOT/scripts/lab/demo-compare.toml
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-chmod 700 "$OUT"
 
 pids=()
 cleanup() {
