@@ -10,17 +10,13 @@ frames, divided by the frames. Prints both and the ratio.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
 
-_REC_HDR = struct.Struct("=QII")
-_SMALL_RECORD = 2048 + 16 + 8
 PORT = 7999
 
 
@@ -60,18 +56,10 @@ def drain_bcc(src) -> int:  # noqa: ANN001
     """The reader as it was: bcc's consume, a ctypes callback and copy a record."""
     src._ring.close()  # noqa: SLF001 - replaced by bcc's own consumer for this measurement
     src._ring = None  # noqa: SLF001
-    batch: list = []
-    offset_ns = src._offset_ns  # noqa: SLF001
+    batch = src._batch  # noqa: SLF001 - _frame (the perf buffer's callback too) fills it
 
     def on_ring(_ctx: object, data: int, size: int) -> int:
-        if size <= _SMALL_RECORD:
-            raw = ctypes.string_at(data, size)
-            ts_ns, wire_len, caplen = _REC_HDR.unpack_from(raw)
-            frame = raw[_REC_HDR.size : _REC_HDR.size + caplen]
-        else:
-            ts_ns, wire_len, caplen = _REC_HDR.unpack(ctypes.string_at(data, _REC_HDR.size))
-            frame = ctypes.string_at(data + _REC_HDR.size, min(caplen, size - _REC_HDR.size))
-        batch.append(((ts_ns + offset_ns) // 1000, frame, wire_len))
+        src._frame(data, size)  # noqa: SLF001
         return -1 if len(batch) >= 8192 else 0
 
     bpf = src._bpf  # noqa: SLF001
