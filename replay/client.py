@@ -520,9 +520,12 @@ class Sender:
             await self._open(conn)
         except (OSError, asyncio.TimeoutError) as exc:
             _kind, message = classify(exc)
+            hint = "is the shadow running and listening there?"
+            if isinstance(exc, ssl_module.SSLCertVerificationError):
+                hint = "pass the CA that signed its certificate with --ca (--insecure: any)"
             raise TargetError(
                 f"cannot connect to the target {self.target.url}: {message}",
-                hint="is the shadow running and listening there?",
+                hint=hint,
             ) from exc
         conn.close()
 

@@ -20,12 +20,20 @@ and trailing metadata as headers, ``grpc-status``/``grpc-message`` last, the bod
 length-prefixed messages), ``grpc`` holds the messages (at most ``max_body`` bytes kept) and the
 status. A status other than OK is an answer, not an error; ``error`` is set only when no answer
 came: ``refused`` (cannot connect), ``timeout`` (our deadline), ``reset`` (the connection broke).
+
+TLS: grpcio always verifies the server's certificate and has no switch to skip it. ``--ca`` is
+its root; ``--insecure`` is done by trusting, for the whole run, the certificate the target
+presents to a first plain TLS connection (fetched once, the name checked against it overridden
+with one of its own names): any server is accepted, as the flag says, at the cost of one extra
+handshake. A leaf that does not anchor itself (a chain whose CA grpcio cannot see) still fails
+verification; the error says to pass its CA with ``--ca``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import ssl
 import struct
 import time
 from collections import OrderedDict, deque
@@ -130,6 +138,9 @@ class GrpcSender:
         self._tasks: set[asyncio.Task] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._trust: (
+            asyncio.Future[tuple[grpc.ChannelCredentials, list[tuple[str, Any]]]] | None
+        ) = None
 
     async def start(self) -> None:
         self._idle = asyncio.Event()
@@ -146,7 +157,7 @@ class GrpcSender:
     def stats(self) -> SenderStats:
         return SenderStats(self._sent, self._in_flight, len(self._pending), self._opened, 0)
 
-    def _channel(self, lane: str) -> grpc.aio.Channel:
+    async def _channel(self, lane: str) -> grpc.aio.Channel:
         ch = self._channels.get(lane)
         if ch is not None:
             self._channels.move_to_end(lane)
@@ -154,18 +165,24 @@ class GrpcSender:
         host = f"[{self.target.host}]" if ":" in self.target.host else self.target.host
         addr = f"{host}:{self.target.port}"
         # A local subchannel pool: this lane gets its own HTTP/2 connection, as in the capture.
-        options = [
+        options: list[tuple[str, Any]] = [
             ("grpc.use_local_subchannel_pool", 1),
             ("grpc.enable_retries", 0),
             ("grpc.max_receive_message_length", -1),
             ("grpc.max_send_message_length", -1),
         ]
         if self.target.scheme == "https":
-            # --ca trusted instead of the system's CAs; grpcio always verifies (no --insecure).
-            ca = self.tls.ca_file if self.tls is not None else None
-            root = Path(ca).read_bytes() if ca else None
-            creds = grpc.ssl_channel_credentials(root_certificates=root)
-            ch = grpc.aio.secure_channel(addr, creds, options=options)
+            if self._trust is None:
+                self._trust = asyncio.ensure_future(self._credentials())
+            try:
+                creds, extra = await asyncio.shield(self._trust)
+            except BaseException:
+                self._trust = None  # the next call tries again
+                raise
+            ch = self._channels.get(lane)  # another call of this lane may have made it meanwhile
+            if ch is not None:
+                return ch
+            ch = grpc.aio.secure_channel(addr, creds, options=options + extra)
         else:
             ch = grpc.aio.insecure_channel(addr, options=options)
         self._opened += 1
@@ -174,6 +191,24 @@ class GrpcSender:
             _, old = self._channels.popitem(last=False)
             self._spawn(old.close(grace=self.timeout))
         return ch
+
+    async def _credentials(self) -> tuple[grpc.ChannelCredentials, list[tuple[str, Any]]]:
+        """The channel credentials of an https target: ``--ca`` (or the system's CAs), or with
+        ``--insecure`` the certificate the target presents (see the module docstring)."""
+        if self.tls is None or not self.tls.insecure:
+            ca = self.tls.ca_file if self.tls is not None else None
+            return grpc.ssl_channel_credentials(
+                root_certificates=Path(ca).read_bytes() if ca else None
+            ), []
+        pem = await asyncio.to_thread(
+            ssl.get_server_certificate,
+            (self.target.host, self.target.port),
+            timeout=self.connect_timeout,
+        )
+        root = pem.encode("ascii")
+        return grpc.ssl_channel_credentials(root_certificates=root), [
+            ("grpc.ssl_target_name_override", certificate_name(root))
+        ]
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -232,7 +267,14 @@ class GrpcSender:
         msgs, _ = split_request(p)
         names = parse_path(p.target) or ("", "")
         encoding = (header_value(p.headers, "grpc-encoding") or "identity").lower()
-        channel = self._channel(job.lane)
+        try:
+            channel = await self._channel(job.lane)
+        except ConnectionRefusedError as exc:
+            return self._failed(job, self.clock.now(), "refused", str(exc))
+        except (OSError, ssl.SSLError) as exc:
+            return self._failed(
+                job, self.clock.now(), "other", f"TLS: cannot read the target's certificate: {exc}"
+            )
         sent_mono = time.monotonic()
         sent = self.clock.to_epoch(sent_mono)
         call = channel.stream_stream(p.target)(
@@ -271,6 +313,13 @@ class GrpcSender:
         code = await call.code()
         details = await call.details()
         end = time.monotonic()
+        if (
+            code == grpc.StatusCode.UNAVAILABLE
+            and first is None
+            and "handshake" in (details or "").lower()
+        ):
+            hint = " (pass the target's CA with --ca)" if self.target.scheme == "https" else ""
+            return self._failed(job, sent, "other", f"TLS: {details}{hint}")
         if code == grpc.StatusCode.UNAVAILABLE and first is None and _no_connection(details):
             return self._failed(job, sent, "refused", details or "unavailable")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and first is None:
@@ -334,6 +383,29 @@ class GrpcSender:
 def _no_connection(details: str | None) -> bool:
     d = (details or "").lower()
     return "connect" in d or "refused" in d or "unreachable" in d
+
+
+def certificate_name(pem: bytes) -> str:
+    """A name the certificate ``pem`` is valid for (its first DNS or IP subject alternative name,
+    else its common name; a wildcard's ``*`` made a label), for grpcio's name check."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    cert = x509.load_pem_x509_certificate(pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [
+            *san.get_values_for_type(x509.DNSName),
+            *map(str, san.get_values_for_type(x509.IPAddress)),
+        ]
+    except x509.ExtensionNotFound:
+        names = []
+    names += [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if not names:
+        raise ssl.SSLError(
+            "the target's certificate names no host (no subject alternative name, no CN)"
+        )
+    return names[0].replace("*", "shadowtap", 1)
 
 
 def _text(v: str | bytes) -> str:

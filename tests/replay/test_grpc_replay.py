@@ -167,8 +167,9 @@ def test_compare_reports_the_deliberate_difference_by_field_name(protos, capture
     assert rep["verdict"]["result"] in ("fail", "marginal")
 
 
-def test_replay_to_a_tls_server_trusts_the_ca_given(protos, captured, tmp_path):
-    """An ``https://`` target: grpcio over TLS, the certificate verified against ``--ca``."""
+@pytest.fixture
+def tls_v2(protos, tmp_path):
+    """A v2 gRPC server over TLS with a self-signed certificate made by openssl: (port, cert)."""
     from concurrent import futures
 
     import grpc
@@ -177,20 +178,58 @@ def test_replay_to_a_tls_server_trusts_the_ca_given(protos, captured, tmp_path):
     from tests.support.nginx import make_cert
 
     pb2, pb2_grpc, _ = protos
-    path, exs, _ = captured
     cert, key = make_cert(tmp_path)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     pb2_grpc.add_ModelServicer_to_server(make_servicer(pb2, pb2_grpc, "v2"), server)
     creds = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
     port = server.add_secure_port("127.0.0.1:0", creds)
     server.start()
+    yield port, cert
+    server.stop(0)
+
+
+@pytest.mark.parametrize("trust", ["ca", "insecure"])
+def test_replay_to_a_tls_server_trusts_the_ca_given_or_any_with_insecure(
+    captured, tls_v2, tmp_path, trust
+):
+    """An ``https://`` target: grpcio over TLS, the certificate verified against ``--ca``; with
+    ``--insecure`` the unknown self-signed certificate is accepted (grpcio cannot skip
+    verification: the target's own certificate is trusted, its name checked against itself)."""
+    path, exs, _ = captured
+    port, cert = tls_v2
     out = tmp_path / "results.jsonl"
-    try:
-        p = shadowtap_replay(path, f"https://localhost:{port}", out, "--ca", str(cert))
-    finally:
-        server.stop(0)
+    args = ("--ca", str(cert)) if trust == "ca" else ("--insecure",)
+    p = shadowtap_replay(path, f"https://localhost:{port}", out, *args)
     assert p.returncode == 0, p.stderr
     results = [Result.from_json(orjson.loads(x)) for x in out.read_bytes().splitlines()]
     assert len(results) == len(exs)
     assert all(r.error is None and r.grpc is not None for r in results), results
     assert {r.grpc.status for r in results} == {0, 5}  # answers (one NOT_FOUND among them)
+
+
+def test_replay_to_an_unknown_ca_stops_at_start_or_fails_each_call_saying_why(
+    captured, tls_v2, tmp_path
+):
+    """Verification is on by default: the start check stops the run naming --ca; with
+    --no-check every call fails as a TLS error that names --ca."""
+    path, exs, _ = captured
+    port, _cert = tls_v2
+    out = tmp_path / "results.jsonl"
+    p = shadowtap_replay(path, f"https://localhost:{port}", out)
+    assert p.returncode != 0 and "certificate verify failed" in p.stderr and "--ca" in p.stderr, (
+        p.stderr
+    )
+    shadowtap_replay(path, f"https://localhost:{port}", out, "--no-check")
+    results = [Result.from_json(orjson.loads(x)) for x in out.read_bytes().splitlines()]
+    assert len(results) == len(exs)
+    assert all(r.response is None and r.error is not None for r in results)
+    assert all(
+        r.error.message.startswith("TLS: ") and "--ca" in r.error.message for r in results
+    ), results[0]
+
+
+def test_certificate_name_prefers_the_alternative_names(tls_v2):
+    from shadowtap.replay.grpc_client import certificate_name
+
+    _port, cert = tls_v2
+    assert certificate_name(cert.read_bytes()) == "localhost"
