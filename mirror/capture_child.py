@@ -309,6 +309,7 @@ class CaptureProcess:
             codec=CODEC,
             signals={signal.SIGTERM: Signals.STOP},
             die_with_parent=signal.SIGTERM,
+            gc_batch=True,
             watch=True,
             close_in_child=(rfd,),
         )

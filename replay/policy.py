@@ -58,6 +58,7 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+HEADS_MEMO = 512  # distinct captured heads whose outgoing block a Policy remembers
 
 
 class SkipReason(enum.Enum):
@@ -202,8 +203,14 @@ class Policy:
     _set_names: frozenset[str] = field(init=False, compare=False, repr=False)
     _authority: str = field(init=False, compare=False, repr=False)
     _base: str = field(init=False, compare=False, repr=False)
+    # Captured heads -> their outgoing block (``_head_block``), at most HEADS_MEMO (cleared when
+    # full): the per-field work runs once per distinct head, a dict lookup for the rest.
+    _heads: dict[Headers, tuple[Headers, str, bool, bool]] = field(
+        init=False, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_heads", {})
         object.__setattr__(self, "_set_names", frozenset(n.lower() for n, _ in self.set_headers))
         object.__setattr__(self, "_authority", self.target.authority)
         object.__setattr__(self, "_base", self.target.base)
@@ -291,8 +298,47 @@ class Policy:
             target = pattern.sub(repl, target)
         if self.target.prefix and target.startswith("/"):
             target = self.target.prefix + target
+        memo = self._heads
+        block = memo.get(req.headers)
+        if block is None:
+            block = self._head_block(req.headers)
+            if len(memo) >= HEADS_MEMO:
+                memo.clear()
+            memo[req.headers] = block
+        kept, text, had_length, has_key = block
+        extra: list[tuple[str, str]] = []
+        if add_key and not has_key and "idempotency-key" not in self._set_names:
+            extra.append(("Idempotency-Key", f"shadowtap-{exchange.id}"))
+        body = req.body
+        if body or had_length or method in _METHODS_WITH_BODY:
+            extra.append(("Content-Length", str(len(body))))
+        if extra:
+            headers = kept + tuple(extra)
+            text += "".join([f"{n}: {v}\r\n" for n, v in extra])
+        else:
+            headers = kept
+        head = f"{method} {target} HTTP/1.1\r\n{text}\r\n"
+        return Prepared(
+            exchange_id=exchange.id,
+            method=method,
+            target=target,
+            url=self._base + target,
+            headers=headers,
+            body=body,
+            wire=head.encode("latin-1", "replace") + body,
+            lane=f"{exchange.client}>{exchange.server}",
+            index=exchange.index,
+            http2=req.version == "HTTP/2",
+        )
+
+    def _head_block(self, captured: Headers) -> tuple[Headers, str, bool, bool]:
+        """What a captured head becomes on the way out, for every request with that head: the
+        fields kept (Host first, hop-by-hop and dropped ones out, ``set_headers`` added), their
+        wire text, whether the head framed a body, whether it carries an Idempotency-Key. A
+        pure function of the head and the policy (``_prepare`` memoizes it: a service's heads
+        repeat)."""
         if self.keep_host or self.host_suffix:
-            host = req.header("host") or self.target.authority
+            host = header_value(captured, "host") or self.target.authority
             if self.host_suffix:
                 host = _suffix_host(host, self.host_suffix)
         else:
@@ -301,19 +347,19 @@ class Policy:
         headers: list[tuple[str, str]] = [] if "host" in set_names else [("Host", host)]
         had_length = False
         has_key = False
-        lnames = [n.lower() for n, _ in req.headers]
+        lnames = [n.lower() for n, _ in captured]
         # Headers the captured Connection header names are hop-by-hop too (RFC 9110 7.6.1).
         conn_named = (
             {
                 t.strip().lower()
-                for ln, (_, v) in zip(lnames, req.headers, strict=True)
+                for ln, (_, v) in zip(lnames, captured, strict=True)
                 if ln == "connection"
                 for t in v.split(",")
             }
             if "connection" in lnames
             else ()
         )
-        for lname, (name, value) in zip(lnames, req.headers, strict=True):
+        for lname, (name, value) in zip(lnames, captured, strict=True):
             if lname in ("content-length", "transfer-encoding"):
                 had_length = True
             if (
@@ -329,28 +375,8 @@ class Policy:
                 has_key = True
             headers.append((name, value))
         headers.extend(self.set_headers)
-        if add_key and not has_key and "idempotency-key" not in set_names:
-            headers.append(("Idempotency-Key", f"shadowtap-{exchange.id}"))
-        body = req.body
-        if body or had_length or method in _METHODS_WITH_BODY:
-            headers.append(("Content-Length", str(len(body))))
-        head = (
-            f"{method} {target} HTTP/1.1\r\n"
-            + "".join([f"{n}: {v}\r\n" for n, v in headers])
-            + "\r\n"
-        )
-        return Prepared(
-            exchange_id=exchange.id,
-            method=method,
-            target=target,
-            url=self._base + target,
-            headers=tuple(headers),
-            body=body,
-            wire=head.encode("latin-1", "replace") + body,
-            lane=f"{exchange.client}>{exchange.server}",
-            index=exchange.index,
-            http2=req.version == "HTTP/2",
-        )
+        text = "".join([f"{n}: {v}\r\n" for n, v in headers])
+        return tuple(headers), text, had_length, has_key
 
 
 def _suffix_host(host: str, suffix: str) -> str:

@@ -323,7 +323,8 @@ class Redactor:
     # (the same fields, a Date that changes once a second), so the per-field name and shape checks
     # run once per distinct head, not once a message: a dict lookup (the tuple's hash, in C) for
     # the rest. At most HEADS_MEMO heads (cleared when full); a pure function of the key and rules.
-    _heads: dict[Headers, Headers | None] = dataclasses.field(
+    # With each head its body's kind (``_content_kind``): the same lookup serves both.
+    _heads: dict[Headers, tuple[Headers | None, str | None]] = dataclasses.field(
         default_factory=dict, compare=False, repr=False
     )
     # The same for small JSON bodies (at most SMALL_BODY bytes: a service's short answers repeat,
@@ -350,14 +351,19 @@ class Redactor:
 
     # -- pieces
     def headers(self, headers: Headers) -> Headers:
+        out = self._head(headers)[0]
+        return headers if out is None else out
+
+    def _head(self, headers: Headers) -> tuple[Headers | None, str | None]:
+        """(the redacted head, None when unchanged; its body's kind), remembered."""
         memo = self._heads
-        out = memo.get(headers, _UNSEEN)
-        if out is _UNSEEN:
+        known = memo.get(headers)
+        if known is None:
             new = self._headers(headers)
             if len(memo) >= HEADS_MEMO:
                 memo.clear()
-            memo[headers] = out = None if new is headers else new
-        return headers if out is None else out  # type: ignore[return-value]
+            memo[headers] = known = (None if new is headers else new, _content_kind(headers))
+        return known
 
     def _headers(self, headers: Headers) -> Headers:
         rules = self.rules
@@ -421,8 +427,12 @@ class Redactor:
 
         return _JSON_PAIR.sub(sub, body)
 
-    def body(self, msg: Message) -> bytes:
-        kind = _content_kind(msg.headers) if msg.body else None
+    def body(self, msg: Message, kind: str | None | object = _UNSEEN) -> bytes:
+        """``msg``'s body with its secrets hashed (``kind``: its ``_content_kind`` when known)."""
+        if not msg.body:
+            return msg.body
+        if kind is _UNSEEN:
+            kind = self._head(msg.headers)[1]
         if kind == "json":
             return self.json_text(msg.body)
         if kind == "form":
@@ -438,15 +448,15 @@ class Redactor:
         if msg is None:
             return None
         changes: dict[str, Any] = {}
-        headers = self.headers(msg.headers)
-        if headers is not msg.headers:
+        headers, kind = self._head(msg.headers)
+        if headers is not None:
             changes["headers"] = headers
         if isinstance(msg, Request):
             target = self.target(msg.target)
             if target is not msg.target and target != msg.target:
                 changes["target"] = target
-        body = self.body(msg)
-        if body != msg.body:
+        body = self.body(msg, kind)
+        if body is not msg.body and body != msg.body:
             if msg.body_truncated:
                 body = body[: msg.body_len]  # kept bytes never exceed the counted ones
             else:
