@@ -27,10 +27,12 @@ fields read, the rest skipped; else orjson), a few lookups per event, string joi
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from itertools import pairwise
-from typing import Any
+from itertools import accumulate, compress, pairwise, repeat
+from operator import add, attrgetter, itemgetter
+from typing import Annotated, Any, Literal
 
 import msgspec
 import orjson
@@ -195,6 +197,49 @@ class _Chunk(msgspec.Struct):
 
 _CHUNK = msgspec.json.Decoder(_Chunk)
 _TYPED = True  # OpenAI chunks decoded as _Chunk (the tests turn it off to compare both ways)
+
+
+# The usual chat chunk, and nothing else: one choice, index 0 (or none), a delta of content only
+# (a string or null; no refusal, no tool calls), a finish reason that is a string or null, a
+# model that is a string or null, no usage (the last event may carry it, and no choice: the
+# usage chunk). A stream of these alone is read by ``_usual_stream`` with no Python per event;
+# any other value fails the decoding, and the stream goes the event-by-event way. What these
+# types take, ``_Chunk`` takes with the same values.
+class _PlainDelta(msgspec.Struct):
+    content: str | None = None
+    refusal: None = None
+    tool_calls: None = None
+
+
+class _PlainChoice(msgspec.Struct):
+    delta: _PlainDelta
+    index: Literal[0] = 0
+    finish_reason: str | None = None
+
+
+class _PlainChunk(msgspec.Struct):
+    choices: tuple[_PlainChoice]  # exactly one
+    model: str | None = None
+    usage: None = None
+
+
+class _PlainLast(msgspec.Struct):
+    choices: Annotated[list[_PlainChoice], msgspec.Meta(max_length=1)]
+    model: str | None = None
+    usage: dict[str, Any] | None = None
+    error: Any = msgspec.UNSET
+
+
+_PLAIN = msgspec.json.Decoder(_PlainChunk)
+_PLAIN_LAST = msgspec.json.Decoder(_PlainLast)
+_VECTOR = True  # the usual stream read by _usual_stream (the tests turn it off to compare)
+_SEP = b"\n\ndata: {"  # between two events of the usual stream
+_DONE = b"\n\ndata: [DONE]\n\n"
+_first = itemgetter(0)
+_choices_of = attrgetter("choices")
+_content_of = attrgetter("delta.content")
+_finish_of = attrgetter("finish_reason")
+_model_of = attrgetter("model")
 
 
 # ------------------------------------------------------------------------------ accumulators
@@ -518,7 +563,85 @@ def _openai_stream(
     return fold, len(blocks), ts
 
 
+def _usual_stream(
+    body: bytes, chunks: tuple[tuple[int, float], ...], target: str
+) -> Generation | None:
+    """The usual OpenAI chat stream read with C calls over the whole body, no Python per event:
+    every event a single ``data: {...}`` line (LF line ends, one space after the colon), maybe
+    ``data: [DONE]`` last, nothing after the last blank line, every chunk of the shape
+    ``_PlainChunk`` takes. The events are split in one call, decoded in one (msgspec's
+    ``decode_lines``, after checks that each line holds exactly one event: no other line end
+    anywhere, each line starting with ``{``, as many values as lines); their fields gathered
+    by ``map``; each event's time by bisection of the chunk ends at the \\n of its blank line
+    (what the SSE parser gives). Returns None for anything else: ``_openai_stream`` and then
+    the SSE parser read it, and they give the same Generation for what this takes
+    (tests/shadowtap/test_genai_stream.py crafts streams that fail each check)."""
+    if b"\r" in body or len(body) >= DEFAULT_MAX_EVENT or not body.startswith(b"data: {"):
+        return None
+    done = body.endswith(_DONE)
+    if not done and not body.endswith(b"\n\n"):
+        return None
+    parts = body[7 : len(body) - (len(_DONE) if done else 2)].split(_SEP)
+    if b"\n" in b"".join(parts):  # a line that is no event's single data line
+        return None
+    *head, tail = parts
+    try:
+        api = _api_of(orjson.loads(b"{" + parts[0]), target)
+        events = _PLAIN.decode_lines(b"{" + b"\n{".join(head)) if head else []
+        end = _PLAIN_LAST.decode(b"{" + tail)
+    except (orjson.JSONDecodeError, msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    if len(events) != len(head):
+        return None  # a line of several values (never one of none: each starts with {)
+    if api is not Api.OPENAI_CHAT and api is not Api.OPENAI_COMPLETION:
+        return None
+    choices = list(map(_first, map(_choices_of, events)))
+    if end.choices:
+        choices.append(end.choices[0])
+    elif end.error is not msgspec.UNSET:
+        return None  # an error event: the event-by-event way says what it is
+    contents = list(map(_content_of, choices))
+    finish = next(filter(None, reversed(list(map(_finish_of, choices)))), None)
+    count = len(parts) + done
+    times: tuple[float, ...] = ()
+    last: float | None = None
+    if chunks:
+        ends = [e for e, _ in chunks]
+        if ends != sorted(ends):
+            return None  # the walk of _openai_stream reads unsorted ends its own way
+        at = [t for _, t in chunks]
+        at.append(at[-1])  # past the last chunk: its time
+        # The \n of event k's blank line: 8 + the lengths of parts 0..k + 9 (a separator) * k.
+        blanks = list(map(add, accumulate(map(len, parts)), range(8, 9 * len(parts) + 8, 9)))
+        if done:
+            blanks.append(len(body) - 1)
+        ts = list(map(at.__getitem__, map(bisect_right, repeat(ends), blanks)))
+        times = tuple(compress(ts, contents))
+        last = ts[-1]
+        content_events = len(times)
+    else:
+        content_events = sum(map(bool, contents))
+    return Generation(
+        api,
+        True,
+        (Choice(0, "".join(filter(None, contents)), finish),),
+        next(filter(None, map(_model_of, events)), None) or end.model or None,
+        end.usage,
+        None,
+        done,
+        count,
+        content_events,
+        times,
+        last,
+        () if done or finish else (Anomaly.CUT.value,),
+    )
+
+
 def _from_sse(body: bytes, chunks: tuple[tuple[int, float], ...], target: str) -> Generation:
+    if _VECTOR and _TYPED:
+        usual = _usual_stream(body, chunks, target)
+        if usual is not None:
+            return usual
     anomalies: list[str] = []
     not_json = 0
     generic: list[dict[str, Any]] = []  # kept while no event said which API: generic SSE

@@ -376,3 +376,138 @@ def test_the_usual_stream_is_folded_without_the_sse_parser():
     assert fast is not None and fast[1] == 6 and fast[2] == 2.0 and fast[0].done
     for other in (b": ping\n\n" + body, body.replace(b"\n", b"\r\n"), body[:-1]):
         assert _openai_stream(other, (), "/v1/chat/completions") is None
+
+
+# The usual stream read with no Python per event (_usual_stream) against the event-by-event way:
+# streams of the usual shape, then bent so as to fail each of its checks in turn.
+_piece = st.one_of(
+    st.text(st.sampled_from([*'ab }{,:"\\/\n\t', "é", "😀", "\x00"]), max_size=6),
+    st.none(),
+)
+_bends = {
+    "cr": lambda b, i: b.replace(b"\n\n", b"\r\n\r\n", 1),
+    "cr inside": lambda b, i: _at_event(b, i, lambda e: e.replace(b'"choices":', b'"choices":\r')),
+    "lf inside": lambda b, i: _at_event(b, i, lambda e: e.replace(b'"choices":', b'"choices":\n')),
+    "comment first": lambda b, i: b": ping\n\n" + b,
+    "no space": lambda b, i: b.replace(b"data: ", b"data:", 1),
+    "two spaces": lambda b, i: _at_event(b, i, lambda e: e.replace(b"data: ", b"data:  ", 1)),
+    "cut": lambda b, i: b[: max(1, len(b) - 1 - i % 7)],
+    "second line": lambda b, i: _at_event(
+        b,
+        i,
+        lambda e: (
+            [b"id: 7\n", b": c\n", b"event: error\n", b"retry: 5\n", b"data: {}\n"][i % 5] + e
+        ),
+    ),
+    "line after": lambda b, i: _at_event(
+        b, i, lambda e: e[:-1] + [b"id: 7\n", b"data: {}\n", b"x\n"][i % 3]
+    ),
+    "two values": lambda b, i: _at_event(b, i, lambda e: e[:-2] + b" " + e[6:]),
+    "empty data": lambda b, i: _at_event(b, i, lambda e: b"data: \n\n" + e),
+    "done inside": lambda b, i: _at_event(b, i, lambda e: b"data: [DONE]\n\n" + e),
+    "not json": lambda b, i: _at_event(b, i, lambda e: b"data: {not json\n\n" + e),
+    "blank line": lambda b, i: _at_event(b, i, lambda e: b"\n" + e),
+    "trailing space": lambda b, i: _at_event(b, i, lambda e: e[:-2] + b" \n\n"),
+    "first without object": lambda b, i: b'data: {"x":1,"choices":[{"delta":{}}]}\n\n' + b,
+    "first ollama": lambda b, i: (
+        b'data: {"done":false,"model":"m","choices":[{"delta":{"content":"x"}}]}\n\n' + b
+    ),
+    "usage tail error": lambda b, i: b.replace(
+        b'"usage":{', b'"error":{"message":"late"},"usage":{', 1
+    ),
+}
+
+
+def _at_event(body: bytes, i: int, bend) -> bytes:
+    events = [e + b"\n\n" for e in body.split(b"\n\n")[:-1]]
+    if not events:
+        return body
+    k = i % len(events)
+    events[k] = bend(events[k])
+    return b"".join(events) + body[len(b"".join(body.split(b"\n\n")[:-1])) + 2 * len(events) :]
+
+
+@st.composite
+def usual_streams(draw):
+    """A usual OpenAI chat stream (role chunk, content chunks, finish chunk, maybe the usage
+    chunk and [DONE]), with odd pieces (escapes, newlines, NUL, null content, models that vary),
+    any chunking; bent by zero or more of ``_bends`` (and odd chunks of other shapes)."""
+    events = [chunk(0, {"role": "assistant", "content": ""})]
+    for i in range(draw(st.integers(0, 6))):
+        ev = orjson.loads(chunk(i + 1, {"content": draw(_piece)})[6:])
+        ev["model"] = draw(st.sampled_from(["m", "m", "", None, "other"]))
+        events.append(b"data: " + orjson.dumps(ev) + b"\n\n")
+    events.append(chunk(99, {}, draw(st.sampled_from(["stop", "length", "", None]))))
+    if draw(st.booleans()):
+        events.append(
+            b'data: {"object":"chat.completion.chunk","choices":[],"usage":'
+            b'{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8}}\n\n'
+        )
+    if draw(st.booleans()):
+        events.append(b"data: [DONE]\n\n")
+    body = b"".join(events)
+    bends = draw(st.lists(st.sampled_from(sorted(_bends)), max_size=2))
+    for name in bends:
+        body = _bends[name](body, draw(st.integers(0, 50)))
+    if draw(st.integers(0, 5)) == 0:
+        at = draw(st.integers(0, len(events) - 1))
+        odd = b"data: " + orjson.dumps(draw(_odd_event)) + b"\n\n"
+        body = _at_event(body, at, lambda e: odd + e)
+        bends.append("odd chunk")
+    cuts = sorted({*draw(st.lists(st.integers(0, len(body) + 5), max_size=8)), len(body)})
+    chunks = [(end, float(i)) for i, end in enumerate(cuts)]
+    if draw(st.integers(0, 9)) == 0:
+        chunks.reverse()  # ends out of order (a hand-made record)
+        bends.append("unsorted chunks")
+    if draw(st.booleans()):
+        chunks = []
+    return body, tuple(chunks), bends
+
+
+@settings(max_examples=1500, deadline=None)
+@given(usual_streams())
+def test_the_usual_stream_read_at_once_is_the_stream_read_event_by_event(stream):
+    """Whatever the stream, _usual_stream (when it takes it) and the event-by-event fold give the
+    same Generation; the usual shape unbent is always taken."""
+    import shadowtap.wire.genai as genai
+
+    body, chunks, bends = stream
+    for target in ("/v1/chat/completions", "/x"):
+        usual = genai._usual_stream(body, chunks, target)
+        if not bends and target != "/x":
+            assert usual is not None
+        genai._VECTOR = False
+        try:
+            slow = genai._from_sse(body, chunks, target)
+        finally:
+            genai._VECTOR = True
+        assert genai._from_sse(body, chunks, target) == slow
+        if usual is not None:
+            assert usual == slow
+
+
+@pytest.mark.parametrize("name", sorted(_bends))
+def test_each_bend_leaves_the_usual_way_or_gives_the_same(name):
+    """Each bend of a usual stream, alone: _usual_stream declines it, or (where the bend changes
+    no meaning: a space after the JSON, no ``object``) gives what the event-by-event way does."""
+    import shadowtap.wire.genai as genai
+
+    body = openai_stream(["Hel", 'lo "', "\\ wörld"])
+    taken = 0
+    for i in range(12):
+        bent = _bends[name](body, i)
+        if bent == body:
+            continue  # nothing to bend there (the [DONE] event)
+        chunks = tuple((end, float(end)) for end in range(0, len(bent) + 40, 37))
+        usual = genai._usual_stream(bent, chunks, "/v1/chat/completions")
+        genai._VECTOR = False
+        try:
+            slow = genai._from_sse(bent, chunks, "/v1/chat/completions")
+        finally:
+            genai._VECTOR = True
+        if name in ("trailing space", "first without object"):  # the same meaning
+            assert usual is None or usual == slow
+            taken += usual is not None
+        else:
+            assert usual is None, (name, i)
+    assert taken or name not in ("trailing space", "first without object")
