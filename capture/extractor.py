@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shadowtap.errors import InputError
+from shadowtap.frozen import fast_init
 from shadowtap.records import Exchange, Request, exchange_id_at, exchange_id_prefix, format_endpoint
 from shadowtap.redact import Redactor
 from shadowtap.wire import http1, http2
@@ -133,6 +134,7 @@ def _held_size(txn: Transaction) -> int:
     return (len(req.body) if req is not None else 0) + (len(resp.body) if resp is not None else 0)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RequestEvent:
     """A request complete on the wire, before its response."""

@@ -35,6 +35,7 @@ from typing import Any
 
 from shadowtap.codec import FrameReader, frame
 from shadowtap.errors import ShadowtapError
+from shadowtap.frozen import fast_init
 from shadowtap.mirror.sender import Admission, Outcome, Pending, TokenBucket
 from shadowtap.procs import Child, ChildContext, ChildDied, Signals, codec_for, spawn
 from shadowtap.records import Exchange
@@ -52,6 +53,7 @@ COALESCE = 0.001
 
 
 # ---------------------------------------------------------------------------------- the frames
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Captured:
     """An exchange rebuilt from the wire; ``admitted``: its request went to the shadow."""

@@ -17,9 +17,11 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from shadowtap.frozen import fast_init
 from shadowtap.records import Exchange, Result
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Pair:
     exchange: Exchange

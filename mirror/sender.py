@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from shadowtap.frozen import fast_init
+
 T = TypeVar("T")
 
 
@@ -123,6 +125,7 @@ class Outcome(enum.Enum):
     OWN_TRAFFIC = "own_traffic"  # a request to the shadow itself, seen on the captured interface
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Pending:
     """One request waiting for a worker. ``outgoing`` is whatever the policy prepared (opaque here:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from shadowtap.errors import InputError, TargetError
+from shadowtap.frozen import fast_init
 from shadowtap.records import Exchange, Headers, header_value
 from shadowtap.replay.captured_server import Endpoint, ServerCheck, ThisHost
 
@@ -151,6 +152,7 @@ class Route:
         return method == self.method and fnmatch.fnmatchcase(path, self.path)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """One request ready to send: ``wire`` is the whole HTTP/1.1 request (line, headers, body).

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, overload
 
+from shadowtap.frozen import fast_init
+
 # Schema 2 added the optional ``h2`` and ``grpc`` objects (HTTP/2 streams and gRPC calls) and
 # ``chunks`` (the arrival times of a streamed body's pieces). A
 # schema 1 line is upgraded on reading (``_migrate``); a reader of schema 1 refuses a schema 2
@@ -148,6 +150,7 @@ def header_value(headers: Headers, name: str) -> str | None:
     return None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Message:
     """Fields common to requests and responses.
@@ -211,6 +214,7 @@ class Message:
         )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Request(Message):
     method: str = "GET"
@@ -233,6 +237,7 @@ class Request(Message):
         return request_line_problem(self.method, self.target, headers)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Response(Message):
     status: int = 0
@@ -282,6 +287,7 @@ def exchange_id_at(prefix: str, index: int) -> str:
 H2_OUTCOMES = ("complete", "reset", "refused", "truncated")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class H2Stream:
     """How an HTTP/2 stream went. ``outcome``: ``complete`` (both sides ended the stream),
@@ -327,6 +333,7 @@ class H2Stream:
         )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class GrpcMessage:
     """One gRPC message: ``data`` the message bytes (decompressed when it was sent compressed),
@@ -358,6 +365,7 @@ class GrpcMessage:
         )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class GrpcCall:
     """A gRPC call: ``/service/method``, the messages of each side (kept up to ``--max-body``
@@ -427,6 +435,7 @@ def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
 _MIGRATIONS = {1: _v1_to_v2}
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Exchange:
     """One request and the primary's response to it, as seen on the wire.
@@ -536,6 +545,7 @@ class Exchange:
 ERROR_KINDS = ("timeout", "refused", "reset", "protocol", "other")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ResultError:
     kind: str  # one of ERROR_KINDS
@@ -546,6 +556,7 @@ class ResultError:
             raise ValueError(f"error kind {self.kind!r} not in {ERROR_KINDS}")
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Result:
     """What the shadow did with one replayed request.
