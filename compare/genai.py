@@ -487,22 +487,27 @@ class GenAiComparer:
             if "error" in ss.flags - ps.flags:
                 cls = "error"
         else:
-            pm, sm = pg.message(), sg.message()
-            for pc, sc in zip(pm["choices"], sm["choices"]):
-                diff_json(
-                    pc["tool_calls"], sc["tool_calls"], "body.choices[].tool_calls", diffs, _exact
-                )
-            if len(pm["choices"]) != len(sm["choices"]):
+            if any(c.tool_calls for c in pg.choices) or any(c.tool_calls for c in sg.choices):
+                pm, sm = pg.message(), sg.message()
+                for pc, sc in zip(pm["choices"], sm["choices"]):
+                    diff_json(
+                        pc["tool_calls"],
+                        sc["tool_calls"],
+                        "body.choices[].tool_calls",
+                        diffs,
+                        _exact,
+                    )
+            if len(pg.choices) != len(sg.choices):
                 diffs.append(
-                    Difference("body.choices", Kind.SIZE, len(pm["choices"]), len(sm["choices"]))
+                    Difference("body.choices", Kind.SIZE, len(pg.choices), len(sg.choices))
                 )
-            if (pm["error"] is None) != (sm["error"] is None):
+            if (pg.error is None) != (sg.error is None):
                 diffs.append(
                     Difference(
                         "body.error",
-                        Kind.EXTRA if pm["error"] is None else Kind.MISSING,
-                        pm["error"],
-                        sm["error"],
+                        Kind.EXTRA if pg.error is None else Kind.MISSING,
+                        pg.error,
+                        sg.error,
                     )
                 )
             pt, st = _norm(pg.text), _norm(sg.text)
@@ -611,7 +616,7 @@ class GenAgg:
         }
         self.tokens_approx = 0
         self.dim_changes: Counter[tuple[int, int]] = Counter()
-        self._worst: list[tuple[float, int, dict[str, Any]]] = []  # a max-heap by -similarity
+        self._worst: list[tuple[float, int, tuple[Any, ...]]] = []  # a max-heap by -similarity
         self._n = 0
 
     def add(self, ex: Exchange, gp: GenPair, limit: int) -> None:
@@ -619,35 +624,36 @@ class GenAgg:
         self.classes[gp.cls] += 1
         pg, sg = gp.primary.gen, gp.shadow.gen
         self.apis[pg.api.value] += 1
-        self.flags_primary.update(gp.primary.flags)
-        self.flags_shadow.update(gp.shadow.flags)
-        self.anomalies_primary.update(pg.anomalies)
-        self.anomalies_shadow.update(sg.anomalies)
+        if gp.primary.flags:  # (an empty update costs a Counter.update call all the same)
+            self.flags_primary.update(gp.primary.flags)
+        if gp.shadow.flags:
+            self.flags_shadow.update(gp.shadow.flags)
+        if pg.anomalies:
+            self.anomalies_primary.update(pg.anomalies)
+        if sg.anomalies:
+            self.anomalies_shadow.update(sg.anomalies)
         if pg.streamed:
             self.streamed["primary"] += 1
         if sg.streamed:
             self.streamed["shadow"] += 1
-        if len(self.finish) < 64 or (pg.finish_reason, sg.finish_reason) in self.finish:
-            self.finish[(pg.finish_reason, sg.finish_reason)] += 1
+        pf, sf = pg.finish_reason, sg.finish_reason
+        if len(self.finish) < 64 or (pf, sf) in self.finish:
+            self.finish[(pf, sf)] += 1
         if len(self.models) < 64 or (pg.model, sg.model) in self.models:
             self.models[(pg.model, sg.model)] += 1
         r = self.res
-        for side, t in (("p", gp.primary_timing), ("s", gp.shadow_timing)):
-            if t is None:
-                continue
-            r["ttft_" + side].add(t.ttft)
-            r["itl_" + side].extend(t.itl[:: max(1, len(t.itl) // 16)])  # ~16 gaps a pair at most
-            if t.tpot is not None:
-                r["tpot_" + side].add(t.tpot)
-            if t.tokens_per_s is not None:
-                r["tps_" + side].add(t.tokens_per_s)
-            self.tokens_approx += t.tokens_approx
-        for side, g in (("p", pg), ("s", sg)):
-            n, _approx = g.output_tokens()
-            if n is not None:
-                r["tokens_" + side].add(float(n))
-        for c in gp.embedding_cosines:
-            r["cos"].add(c)
+        if gp.primary_timing is not None:
+            self._timing(gp.primary_timing, r["ttft_p"], r["itl_p"], r["tpot_p"], r["tps_p"])
+        if gp.shadow_timing is not None:
+            self._timing(gp.shadow_timing, r["ttft_s"], r["itl_s"], r["tpot_s"], r["tps_s"])
+        n, _approx = pg.output_tokens()
+        if n is not None:
+            r["tokens_p"].add(float(n))
+        n, _approx = sg.output_tokens()
+        if n is not None:
+            r["tokens_s"].add(float(n))
+        if gp.embedding_cosines:
+            r["cos"].extend(gp.embedding_cosines)
         if gp.dims:
             self.dim_changes[gp.dims] += 1
         m = gp.metrics
@@ -656,13 +662,14 @@ class GenAgg:
         elif m is not None:
             sim = m.similarity
             self.metric_n += 1
-            self.metric_sums["edit"] += m.edit  # type: ignore[assignment]
-            self.metric_sums["token_edit"] += m.token_edit  # type: ignore[assignment]
-            self.metric_sums["rouge_l"] += m.rouge_l  # type: ignore[assignment]
+            sums = self.metric_sums
+            sums["edit"] += m.edit  # type: ignore[assignment]
+            sums["token_edit"] += m.token_edit  # type: ignore[assignment]
+            sums["rouge_l"] += m.rouge_l  # type: ignore[assignment]
             if math.isfinite(m.length_ratio):
-                self.metric_sums["length_ratio"] += m.length_ratio  # type: ignore[assignment]
+                sums["length_ratio"] += m.length_ratio  # type: ignore[assignment]
             if m.semantic is not None:
-                self.metric_sums["semantic"] += m.semantic  # type: ignore[assignment]
+                sums["semantic"] += m.semantic  # type: ignore[assignment]
         elif gp.embedding_cosines:
             sim = min(gp.embedding_cosines)
         else:
@@ -677,16 +684,30 @@ class GenAgg:
             elif bad > self._worst[0][0]:
                 heapq.heapreplace(self._worst, (bad, self._n, self._sample(ex, gp, sim, limit)))
 
+    def _timing(
+        self, t: Any, ttft: Reservoir, itl: Reservoir, tpot: Reservoir, tps: Reservoir
+    ) -> None:
+        ttft.add(t.ttft)
+        itl.extend(t.itl[:: max(1, len(t.itl) // 16)])  # ~16 gaps a pair at most
+        if t.tpot is not None:
+            tpot.add(t.tpot)
+        if t.tokens_per_s is not None:
+            tps.add(t.tokens_per_s)
+        self.tokens_approx += t.tokens_approx
+
     @staticmethod
-    def _sample(ex: Exchange, gp: GenPair, sim: float, limit: int) -> dict[str, Any]:
+    def _sample(ex: Exchange, gp: GenPair, sim: float, limit: int) -> tuple[Any, ...]:
+        """What a worst pair shows, as taken: redacted and cut when a report shows it
+        (``_shown``), for the few pairs still among the worst then (a redaction of a 1 KB
+        answer costs ~0.3 ms, and a pair can enter the worst and leave again)."""
         req = ex.request
         m = gp.metrics
-        return {
-            "exchange_id": ex.id,
-            "request": redact_text(f"{req.method} {req.target}") if req is not None else "?",
-            "class": gp.cls,
-            "similarity": sim,
-            "metrics": None
+        return (
+            ex.id,
+            f"{req.method} {req.target}" if req is not None else None,
+            gp.cls,
+            sim,
+            None
             if m is None
             else {
                 "edit": m.edit,
@@ -695,11 +716,28 @@ class GenAgg:
                 "semantic": m.semantic,
                 "length_ratio": m.length_ratio if math.isfinite(m.length_ratio) else None,
             },
-            "primary": _excerpt(gp.primary.gen.text, limit),
-            "shadow": _excerpt(gp.shadow.gen.text, limit),
-            "primary_finish": gp.primary.gen.finish_reason,
-            "shadow_finish": gp.shadow.gen.finish_reason,
-            "shadow_flags": sorted(gp.shadow.flags),
+            gp.primary.gen.text,
+            gp.shadow.gen.text,
+            gp.primary.gen.finish_reason,
+            gp.shadow.gen.finish_reason,
+            sorted(gp.shadow.flags),
+            limit,
+        )
+
+    @staticmethod
+    def _shown(sample: tuple[Any, ...]) -> dict[str, Any]:
+        eid, request, cls, sim, metrics, primary, shadow, pf, sf, flags, limit = sample
+        return {
+            "exchange_id": eid,
+            "request": redact_text(request) if request is not None else "?",
+            "class": cls,
+            "similarity": sim,
+            "metrics": metrics,
+            "primary": _excerpt(primary, limit),
+            "shadow": _excerpt(shadow, limit),
+            "primary_finish": pf,
+            "shadow_finish": sf,
+            "shadow_flags": flags,
         }
 
     def merge(self, o: GenAgg) -> None:
@@ -811,7 +849,9 @@ class GenAgg:
                     for (a, b), c in self.dim_changes.most_common(5)
                 ],
             },
-            "worst": [s for _k, _n, s in sorted(self._worst, key=lambda x: (-x[0], x[1]))],
+            "worst": [
+                self._shown(s) for _k, _n, s in sorted(self._worst, key=lambda x: (-x[0], x[1]))
+            ],
         }
 
 

@@ -50,9 +50,15 @@ class Reservoir:
             self.items[slot] = item
 
     def add(self, item: Any) -> None:
-        slot = self.wants()
-        if slot >= 0:
-            self.put(slot, item)
+        """``wants`` then ``put``, in one call (the same draws: a few calls a pair add up)."""
+        self.count += 1
+        items = self.items
+        if len(items) < self.k:
+            items.append(item)
+            return
+        j = int(self._rng.random() * self.count)
+        if j < self.k:
+            items[j] = item
 
     def extend(self, items: Sequence[Any]) -> None:
         """``add`` of each item, in one call (the same sample, the same random draws)."""

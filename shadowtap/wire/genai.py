@@ -30,8 +30,8 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from itertools import accumulate, compress, pairwise, repeat
-from operator import add, attrgetter, itemgetter
+from itertools import accumulate, compress, repeat
+from operator import add, attrgetter, itemgetter, mul, sub
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -891,7 +891,8 @@ def timing(gen: Generation, request_end: float | None, response_end: float | Non
     ttft = max(0.0, (times[0] - request_end) * 1000.0)
     end = response_end if response_end is not None else times[-1]
     total = max(ttft, (end - request_end) * 1000.0)
-    itl = tuple([max(0.0, (b - a) * 1000.0) for a, b in pairwise(times)])
+    # max(0.0, (b - a) * 1000.0) for successive a, b: C calls only (50 gaps a stream)
+    itl = tuple(map(max, repeat(0.0), map(mul, map(sub, times[1:], times), repeat(1000.0))))
     tokens, approx = gen.output_tokens()
     tpot = tps = None
     if tokens is not None and tokens > 1:

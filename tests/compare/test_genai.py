@@ -469,10 +469,24 @@ def test_merged_parts_with_equal_worst_answers_do_not_compare_samples():
         parts.append(c)
     aggs = [next(iter(c._endpoints.values())).genai for c in parts]
     for k, agg in enumerate(aggs):  # a tie the heap must not break by comparing the samples
-        agg._worst = [(10.0, 1, {"exchange_id": f"part{k}"})]
+        # (as GenAgg._sample takes them: equal up to the metrics, a dict)
+        sample = (
+            "x",
+            "POST /v1",
+            "refusal",
+            0.0,
+            {"edit": 0.5},
+            f"part{k}",
+            "",
+            None,
+            None,
+            [],
+            99,
+        )
+        agg._worst = [(10.0, 1, sample)]
     parts[0].merge(parts[1])
     [merged] = parts[0].snapshot(fresh=True).endpoints
-    assert [w["exchange_id"] for w in merged.genai["worst"]] == ["part0", "part1"]
+    assert [w["primary"] for w in merged.genai["worst"]] == ["part0", "part1"]
 
 
 @pytest.mark.parametrize("same", [False, True])
