@@ -32,6 +32,7 @@ from shadowtap.compare.config import load_config
 from shadowtap.compare.join import Joiner, join
 from shadowtap.errors import InputError
 from shadowtap.jsonl import read_jsonl
+from shadowtap.procs import batch_gc
 from shadowtap.records import ERROR_KINDS, H2_OUTCOMES, Exchange, Result
 
 if TYPE_CHECKING:
@@ -323,7 +324,12 @@ SELECT
   r.tls_handshake_ms AS shadow_tls_handshake_ms,
   CAST(trunc(coalesce(x.request.ts, x.response.ts) * 1000000) AS BIGINT) AS ts,
   x.response.status = r.response.status AND x.response.headers = r.response.headers
-    AND {_body("x.response")} = {_body("r.response")} AS same
+    AS same_head,
+  same_head AND CASE
+    WHEN coalesce(x.response.body_encoding, 'utf8') = 'utf8'
+     AND coalesce(r.response.body_encoding, 'utf8') = 'utf8'
+    THEN coalesce(x.response.body, '') = coalesce(r.response.body, '')
+    ELSE {_body("x.response")} = {_body("r.response")} END AS same
 FROM x JOIN r ON x.id = r.exchange_id
 """
 
@@ -405,24 +411,31 @@ def run_export(
     max_body: int = 65536,
     rows_per_file: int = 100_000,
 ) -> int:
+    import pyarrow as pa
+
     from shadowtap.lake.writer import LakeWriter
 
+    # Arrow's default pool (mimalloc) hands freed pages back and faults them in again for the
+    # next batch: malloc's pool costs ~0.4 s less system time a 200,000-pair export.
+    pa.set_memory_pool(pa.system_memory_pool())
     exchanges, results = run_files(inputs)
     stats = JoinStats()
     writer = LakeWriter(
         out, host=host, config=load_config(config), max_body=max_body, rows_per_file=rows_per_file
     )
-    try:
+    # Millions of short-lived acyclic objects (parsed bodies, records): rare collections.
+    with batch_gc():
         try:
-            for batch in columnar_pairs(exchanges, results, stats):
-                writer.add_joined(batch)
-        except Declined as declined:
-            console.info(f"reading record by record ({declined})")
-            stats = JoinStats()
-            for ex, res in file_pairs(exchanges, results, stats):
-                writer.add(ex, res)
-    finally:
-        writer.close()  # Ctrl-C: the pairs read so far are written
+            try:
+                for batch in columnar_pairs(exchanges, results, stats):
+                    writer.add_joined(batch)
+            except Declined as declined:
+                console.info(f"reading record by record ({declined})")
+                stats = JoinStats()
+                for ex, res in file_pairs(exchanges, results, stats):
+                    writer.add(ex, res)
+        finally:
+            writer.close()  # Ctrl-C: the pairs read so far are written
     console.info(
         f"exported {writer.written} pairs to {out} ({writer.files} files); unmatched: "
         f"{stats.unmatched_exchanges} exchanges, {stats.unmatched_results} results; "

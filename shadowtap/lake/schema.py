@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -339,27 +340,33 @@ def _cut_bodies(col: pa.StructArray, max_body: int) -> pa.StructArray:
 def complete_batch(
     joined: pa.RecordBatch,
     host: str,
-    endpoints: list[str],
-    diffs: list[DiffSummary],
+    endpoints: pa.Array,
+    summaries: list[DiffSummary],
+    pick: Any,
     max_body: int,
 ) -> pa.RecordBatch:
     """Lake rows from a joined batch (every SCHEMA column but ``DERIVED``, any compatible types,
-    bodies whole) and what the writer found for each row: its endpoint name and its diff summary.
+    bodies whole) and what the writer found for each row: its endpoint name and its diff summary
+    (``summaries[pick[i]]`` for row ``i``: few distinct summaries, spread by ``take``).
     The same rows as ``Rows.add`` makes of the records (tests/lake/test_parquet.py checks it)."""
     n = joined.num_rows
-    endpoint = pa.array(endpoints, type=pa.string())
+    endpoint = endpoints.cast(pa.string())
     ts = joined.column("ts").cast(pa.int64()).cast(SCHEMA.field("ts").type)
-    compared = [d.compared for d in diffs]
+    index = pa.array(pick, pa.int64())
+
+    def spread(values: list[Any], typ: pa.DataType) -> pa.Array:
+        return pa.array(values, typ).take(index)
+
     derived: dict[str, Any] = {
         "schema_version": pa.repeat(pa.scalar(LAKE_SCHEMA, pa.int16()), n),
         "host": pa.repeat(pa.scalar(host, pa.string()), n),
         "endpoint": endpoint,
         "ts": ts,
-        "compared": pa.array(compared, pa.bool_()),
-        "differs": pa.array([d.count > 0 if d.compared else None for d in diffs], pa.bool_()),
-        "diff_count": pa.array([d.count if d.compared else None for d in diffs], pa.int32()),
-        "diff_paths": pa.array([d.paths for d in diffs], pa.list_(pa.string())),
-        "diff_kinds": pa.array([d.kinds for d in diffs], pa.list_(pa.string())),
+        "compared": spread([d.compared for d in summaries], pa.bool_()),
+        "differs": spread([d.count > 0 if d.compared else None for d in summaries], pa.bool_()),
+        "diff_count": spread([d.count if d.compared else None for d in summaries], pa.int32()),
+        "diff_paths": spread([d.paths for d in summaries], pa.list_(pa.string())),
+        "diff_kinds": spread([d.kinds for d in summaries], pa.list_(pa.string())),
         "date": pc.strftime(ts, "%Y-%m-%d"),
         "endpoint_key": _by_name(endpoint, endpoint_key),
     }
@@ -398,32 +405,48 @@ def _common(d: dict[str, Any]) -> dict[str, Any]:
 def diff_sides(col: pa.StructArray, rows: pa.Array) -> list[Response]:
     """The responses of a response column at ``rows`` (present ones: the pairs the writer must
     diff) as the per-pair diff reads them: status, headers and body, the times left at zero.
-    Field by field, headers zipped from two flat lists: a quarter of the cost of full records
-    from ``to_pylist``'s row dicts."""
-    sub = col.take(rows)
-    statuses = pc.struct_field(sub, "status").to_pylist()
-    bodies = pc.struct_field(sub, "body").to_pylist()
-    headers = pc.struct_field(sub, "headers")
+    Only those three fields are taken from the column, headers zipped from two flat lists, the
+    records made positionally: the Arrow work is O(rows taken), the Python a record each."""
+    statuses = pc.take(pc.struct_field(col, "status"), rows).to_pylist()
+    bodies = pc.take(pc.struct_field(col, "body"), rows).to_pylist()
+    headers = pc.take(pc.struct_field(col, "headers"), rows)
     flat = pc.list_flatten(headers)
     names = pc.struct_field(flat, "name").to_pylist()
     values = pc.struct_field(flat, "value").to_pylist()
-    counts = pc.list_value_length(headers).fill_null(0).to_pylist()
+    ends = pc.cumulative_sum(pc.list_value_length(headers).fill_null(0)).to_pylist()
+    pairs = list(zip(names, values))
     out = []
     start = 0
-    for status, body, n in zip(statuses, bodies, counts):
-        end = start + n
+    for status, body, end in zip(statuses, bodies, ends):
+        # Message's fields in order (ts, end_ts, version, headers, body, body_len,
+        # body_truncated, decoded_len), then Response's status.
         out.append(
-            Response(
-                ts=0.0,
-                end_ts=0.0,
-                version="",
-                headers=tuple(zip(names[start:end], values[start:end])),
-                body=body,
-                body_len=len(body),
-                status=status,
-            )
+            Response(0.0, 0.0, "", tuple(pairs[start:end]), body, len(body), False, None, status)
         )
         start = end
+    return out
+
+
+def bodies_at(col: pa.StructArray, rows: pa.Array) -> list[bytes]:
+    """The bodies of a message column at ``rows``."""
+    return pc.take(pc.struct_field(col, "body"), rows).to_pylist()  # type: ignore[no-any-return]
+
+
+def header_at(col: pa.StructArray, rows: pa.Array, name: str) -> list[str | None]:
+    """The first value of header ``name`` (lower case; names compared case-insensitively, as
+    ``records.header_value`` does) of a message column at ``rows``, or None: O(headers at those
+    rows) in Arrow and numpy, Python only for the rows that have it."""
+    headers = pc.take(pc.struct_field(col, "headers"), rows)
+    flat = pc.list_flatten(headers)
+    hits = pc.indices_nonzero(pc.equal(pc.utf8_lower(pc.struct_field(flat, "name")), name))
+    out: list[str | None] = [None] * len(rows)
+    if len(hits) == 0:
+        return out
+    owner = pc.take(pc.list_parent_indices(headers), hits).to_numpy()
+    first = np.flatnonzero(np.diff(owner, prepend=-1))  # a row's first hit: hits are in order
+    values = pc.take(pc.struct_field(flat, "value"), hits.take(pa.array(first))).to_pylist()
+    for i, v in zip(owner[first].tolist(), values):
+        out[i] = v
     return out
 
 

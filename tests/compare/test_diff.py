@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shadowtap.compare.config import DEFAULT_NOISY_HEADERS
-from shadowtap.compare.diff import Kind, diff_json, diff_responses, normalise_text
+from shadowtap.compare.diff import Kind, diff_bodies, diff_json, diff_responses, normalise_text
 
 IGN = frozenset(DEFAULT_NOISY_HEADERS)
 
@@ -365,3 +365,38 @@ def test_text_difference_snippets_find_the_first_difference():
     assert pa.endswith("Atail") and pb.endswith("Btail") and len(pa) == 80 + 5
     assert _snippets("abc", "abc") == ("abc", "abc")
     assert _snippets("", "x") == ("", "x")
+
+
+def test_diff_bodies_is_diff_responses_for_the_same_head(craft):
+    """diff_bodies (the lake's export: no records) finds what diff_responses finds when both
+    responses have the same status and headers: JSON, tolerance, text, markup, binary, a change
+    of body type, gzip, and equal bytes."""
+    gz = (("Content-Encoding", "gzip"),)
+    cases = [
+        (R(craft, {"a": 1, "b": [1, 2]}), R(craft, {"a": 2, "b": [2, 1], "c": None})),
+        (R(craft, {"s": 0.5}), R(craft, {"s": 0.5000001})),
+        (
+            R(craft, raw=b"hello  world", content_type="text/plain"),
+            R(craft, raw=b"hello there", content_type="text/plain"),
+        ),
+        (
+            R(craft, raw=b"<p>a</p>", content_type="text/html"),
+            R(craft, raw=b"<p> b </p>", content_type="text/html"),
+        ),
+        (
+            R(craft, raw=b"\x00\xff", content_type=None),
+            R(craft, raw=b"\x00\xfe\x01", content_type=None),
+        ),
+        (R(craft, {"a": 1}), R(craft, raw=b"not json")),
+        (
+            R(craft, raw=gzip.compress(b'{"a": 1}'), headers=gz),
+            R(craft, raw=gzip.compress(b'{"a": 2}'), headers=gz),
+        ),
+        (R(craft, {"a": 1}), R(craft, {"a": 1})),
+    ]
+    for p, s in cases:
+        assert p.status == s.status and p.headers == s.headers
+        ct, ce = p.header("content-type"), p.header("content-encoding")
+        for tol in (exact, lambda path: (0.0, 1e-3)):
+            want = diff_responses(p, s, IGN, tol).differences
+            assert diff_bodies(p.body, s.body, ct, ce, tol) == want, (p.body, s.body)

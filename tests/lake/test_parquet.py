@@ -386,3 +386,30 @@ def test_columnar_path_declines_bad_stream_objects(tmp_path, bad: dict) -> None:
         f.write(orjson.dumps(line) + b"\n")
     with pytest.raises(Declined):
         list(columnar_pairs(ex, res, JoinStats()))
+
+
+def test_header_at_reads_headers_as_records_do() -> None:
+    """schema.header_at (the columnar export's Content-Type and Content-Encoding of the pairs it
+    diffs) gives records.header_value's answer: any case, the first of repeated values, none."""
+    import pyarrow as pa
+
+    from shadowtap.lake.schema import RESPONSE, header_at
+    from shadowtap.records import header_value
+
+    heads = [
+        [("Content-Type", "a/json"), ("content-TYPE", "b/json")],
+        [],
+        [("X", "1"), ("CONTENT-ENCODING", "gzip"), ("Content-Type", "text/plain")],
+        [("X", "1")],
+        [("cOnTeNt-TyPe", "")],
+    ]
+    rows = [
+        {"status": 200, "headers": [{"name": n, "value": v} for n, v in h], "body": b""}
+        for h in heads
+    ]
+    col = pa.array(rows, RESPONSE)
+    at = pa.array([4, 0, 2, 1, 3, 2])
+    for name in ("content-type", "content-encoding"):
+        want = [header_value(tuple(heads[i]), name) for i in at.to_pylist()]
+        assert header_at(col, at, name) == want
+    assert header_at(col, pa.array([1, 3], pa.int64()), "content-type") == [None, None]
