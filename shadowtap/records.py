@@ -8,6 +8,7 @@ Records are frozen: a captured record is never mutated after it is made.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import math
 import re
@@ -279,8 +280,11 @@ def exchange_id_prefix(client: str, server: str, conn_start_ts: float) -> str:
     return f"{client}|{server}|{round(conn_start_ts * 1_000_000)}|"
 
 
+@functools.lru_cache(maxsize=4096)
 def exchange_id_at(prefix: str, index: int) -> str:
-    """``exchange_id`` of the ``index``-th exchange of the connection of ``prefix``."""
+    """``exchange_id`` of the ``index``-th exchange of the connection of ``prefix``. Remembered
+    (the last 4,096): the live Extractor asks twice an exchange, when its request is complete
+    and when the exchange is, and a hash costs ten times a lookup."""
     return hashlib.blake2b((prefix + str(index)).encode(), digest_size=8).hexdigest()
 
 
