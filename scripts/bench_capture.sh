@@ -21,7 +21,13 @@
 #                                       # none-tls: hey over TLS without a recorder (its latency peer;
 #                                       # in the rate ladder, the rate the machine serves over TLS);
 #                                       # none-tls2: a second one (none-tls2 vs none-tls = the noise
-#                                       # floor of the TLS figures); tls-nice0, tls-idle as above.
+#                                       # floor of the TLS figures); tls-nice0, tls-idle as above;
+#                                       # tls-probes: the TLS probes attached and nothing read,
+#                                       # tls-raw: the TLS source read into a pcap (no spool, no
+#                                       # extraction): with tls, where an added latency comes from.
+#                                       # The latency table also gives nginx's CPU and run-queue
+#                                       # wait per request and the recorder's wake-ups, preemptions
+#                                       # and CPU per second.
 #                                       # e.g. BENCH_RECORDERS="tcpdump ebpf tls"
 #                                       # BENCH_LATENCY_KINDS="none-tls tls none-tls2"
 #                                       # ebpf-sink, pcap-sink: the agent publishing to NATS JetStream
@@ -46,7 +52,7 @@ from pathlib import Path
 from shadowtap.netns import Topology
 
 sys.path.insert(0, "scripts")
-from benchlib import hey, wait_text  # noqa: E402
+from benchlib import hey, switches, wait_text  # noqa: E402
 
 SECONDS = float(os.environ["BENCH_SECONDS"])
 RATES = [int(r) for r in os.environ["BENCH_RATES"].split()]
@@ -87,6 +93,20 @@ s = run_capture(CaptureConfig(sys.argv[1], (int(sys.argv[2]),), Backend(sys.argv
 print(f"kernel drops {s.source.kernel_drops}\\nring buffer drops {s.source.buffer_drops}", file=sys.stderr)
 """
 
+# The TLS probes alone (tls-probes): attached, their records left in the ring (64 MiB: ~20 s at
+# 1,000 requests/s), nothing read: what the uprobes cost the server without any reader.
+PROBES = """
+import signal, sys
+from shadowtap.capture.tls import TlsSource
+src = TlsSource((int(sys.argv[1]),))
+src.open()
+signal.signal(signal.SIGTERM, lambda *a: None)
+print("capturing:", src.describe(), file=sys.stderr, flush=True)
+signal.pause()
+print(src.counters(), file=sys.stderr)
+src.close()
+"""
+
 
 def hey_latencies(client, url: str, rate: int, seconds: float, workers: int) -> list[float]:
     """Every request's latency (ms) of a hey run at ``rate``/s (hey -o csv)."""
@@ -120,7 +140,15 @@ def start_recorder(server, iface: str, kind: str, tag: str) -> tuple[subprocess.
         kind, extra = kind[:-6], ["--nice", "0"]
     elif kind.endswith("-idle"):  # the agent under SCHED_IDLE (--sched-idle)
         kind, extra = kind[:-5], ["--sched-idle"]
-    if kind == "tls":  # the TLS source: uprobes on the host's libssl, nginx's HTTPS port
+    if kind == "tls-probes":
+        out = work / f"{tag}.none"
+        argv = [PY, "-c", PROBES, str(TLS_PORT)]
+        ready = "capturing:"
+    elif kind == "tls-raw":  # the TLS source read into a pcap, no spool, no extraction
+        out = work / f"{tag}.pcap"
+        argv = [PY, "-c", RAW, iface, str(TLS_PORT), "tls", str(out)]
+        ready = "capturing:"
+    elif kind == "tls":  # the TLS source: uprobes on the host's libssl, nginx's HTTPS port
         out = work / f"{tag}.jsonl"
         argv = [PY, "-m", "shadowtap", "capture", "--tls", "-p", str(TLS_PORT), "-o", str(out),
                 "--spool-dir", str(work), *extra]
@@ -204,9 +232,12 @@ def recorded(kind: str, out: Path) -> int:
     if out.suffix == ".nats":  # a sink step: count in the stream
         return int(server.run(
             [PY, "-c", COUNT_STREAM, f"nats://127.0.0.1:{NATS_PORT}", out.read_text()], timeout=600).stdout)
+    if out.suffix == ".none":  # tls-probes: nothing read
+        return 0
     if out.suffix == ".pcap":  # tcpdump's (or a raw capture's) pcap, through the same extraction
         jl = out.with_suffix(".jsonl")
-        subprocess.run([PY, "-m", "shadowtap", "extract", str(out), "-p", str(PORT), "-o", str(jl)],
+        port = TLS_PORT if is_tls(kind) else PORT
+        subprocess.run([PY, "-m", "shadowtap", "extract", str(out), "-p", str(port), "-o", str(jl)],
                        check=True, capture_output=True)
         out = jl
     with open(out, "rb") as f:
@@ -299,11 +330,23 @@ try:
     # the probes cost the server itself (their traps are charged to it), free of the wall-clock
     # noise of a shared machine.
     served_cpu: dict[str, list[float]] = {k: [] for k in kinds}
+    # The recorder's wake-ups (voluntary context switches, all its processes and threads), its
+    # preemptions (involuntary ones) and its CPU, per second of load: what it asks of the CPUs
+    # nginx and hey share with it.
+    rec_load: dict[str, list[tuple[float, float, float]]] = {k: [] for k in kinds}
 
     def nginx_cpu() -> float:
         with open(f"/proc/{nginx.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    # nginx's time runnable but waiting for a CPU (schedstat's run-queue delay, ns): what every
+    # task that held a CPU nginx wanted cost it, whoever it was (the recorder, hey, others).
+    served_wait: dict[str, list[float]] = {k: [] for k in kinds}
+
+    def nginx_waited() -> float:
+        with open(f"/proc/{nginx.pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
 
     for _round in range(rounds):
         for kind in kinds[_round % len(kinds):] + kinds[:_round % len(kinds)]:  # rotated: no order bias
@@ -311,9 +354,13 @@ try:
             if not kind.startswith("none"):
                 proc, _out, _err = start_recorder(server, iface, kind, f"lat-{kind}-{_round}")
             time.sleep(1)  # every kind alike: a recorder's start (compiling, attaching) is not its steady state
-            before_cpu = nginx_cpu()
+            before_cpu, before_wait = nginx_cpu(), nginx_waited()
+            before_sw = switches(proc.pid) if proc else (0, 0, 0.0)
             lat[kind].append(hey_latencies(client, url_for(kind), LAT_RATE, SECONDS, WORKERS))
             served_cpu[kind].append((nginx_cpu() - before_cpu) / max(1, len(lat[kind][-1])) * 1e6)
+            served_wait[kind].append((nginx_waited() - before_wait) / max(1, len(lat[kind][-1])) * 1e6)
+            after_sw = switches(proc.pid) if proc else (0, 0, 0.0)
+            rec_load[kind].append(tuple((a - b) / SECONDS for a, b in zip(after_sw, before_sw)))
             if proc:
                 stop(proc)
     q = lambda xs, p: sorted(xs)[min(len(xs) - 1, int(p * len(xs)))]  # noqa: E731
@@ -334,19 +381,26 @@ try:
         return f"{med(ratios) - 1:+.1%} ({min(ratios) - 1:+.0%}..{max(ratios) - 1:+.0%})"
 
     print(f"  {'kind':6} {'p50':>5} {'mean':>5} {'p99: median':>11} {'(min-max)':>13} {'pooled':>6} {'tail 1%':>7}   "
-          f"{'p99 vs none, paired':>22}   {'tail 1% vs none, paired':>22}   nginx cpu us/req")
+          f"{'p99 vs none, paired':>22}   {'tail 1% vs none, paired':>22}   nginx cpu, runq wait us/req   "
+          "recorder wake-ups/s, preempted/s, cpu ms/s")
     for kind, runs in lat.items():
         pooled = [x for r in runs for x in r]
         rel = ("", "") if kind == baseline(kind) or baseline(kind) not in lat else (
             paired(p99s, kind), paired(tails, kind))
         mean = sum(pooled) / max(1, len(pooled))
         print(f"  {kind:6} {q(pooled, 0.5):5.2f} {mean:5.2f} {med(p99s[kind]):11.2f} {min(p99s[kind]):6.2f}-{max(p99s[kind]):<6.2f} "
-              f"{q(pooled, 0.99):6.2f} {tail(pooled):7.2f}   {rel[0]:>22}   {rel[1]:>22}   {med(served_cpu[kind]):6.1f}")
+              f"{q(pooled, 0.99):6.2f} {tail(pooled):7.2f}   {rel[0]:>22}   {rel[1]:>22}   {med(served_cpu[kind]):6.1f} {med(served_wait[kind]):6.1f}"
+              f"               {med([r[0] for r in rec_load[kind]]):7.0f} {med([r[1] for r in rec_load[kind]]):7.0f}"
+              f" {med([r[2] for r in rec_load[kind]]) * 1000:7.1f}")
     print("  (p99 median: over the rounds of each round's p99; pooled: p99 of all rounds' requests; tail 1%: the\n"
           "   mean of the slowest 1% of all rounds' requests; paired: each round's figure over the same round's\n"
           "   no-recorder figure, median (min..max) over the rounds. none2 vs none, none-tls2 vs none-tls =\n"
           "   the noise floor; mean: of all requests (hey's 0.1 ms steps average out); nginx cpu: the server's\n"
-          "   CPU time per request, median over the rounds)")
+          "   CPU time per request and its time runnable waiting for a CPU (whoever held it), medians over the\n"
+          "   rounds; recorder: its processes' and threads' voluntary\n"
+          "   context switches (wake-ups), involuntary ones and CPU, per second of load, median over the rounds;\n"
+          "   tls-probes: the probes attached, nothing read; tls-raw: the source read into a pcap, no spool, no\n"
+          "   extraction; tls: the whole agent)")
 finally:
     if nginx is not None:
         nginx.send_signal(signal.SIGTERM)

@@ -101,6 +101,35 @@ def _tree(root: int) -> dict[int, tuple[float, int]]:
     return out
 
 
+def switches(root: int) -> tuple[int, int, float]:
+    """Context switches of ``root`` and its descendants, every thread (voluntary: it slept, i.e.
+    one wake-up each; involuntary: it was preempted) and their CPU seconds (user + sys), from
+    /proc: taken before and after a run, the difference is what a recorder did meanwhile."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [root, *_tree(root)]
+    vol = invol = 0
+    cpu = 0.0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches"):
+                            vol += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches"):
+                            invol += int(line.split()[1])
+            except OSError:
+                continue
+    return vol, invol, cpu
+
+
 def reaped(timeout: float, argv: list[str]) -> tuple[float, int, int, float]:
     """Run ``argv`` as a child subreaper (every process it starts, Spark's JVM and its Python
     workers included, stays below this one) and watch the tree from /proc every 0.2 s. Returns

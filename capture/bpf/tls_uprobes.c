@@ -41,7 +41,8 @@
 //   USE_RINGBUF    1: BPF ring buffer; 0: perf buffer
 //   RINGBUF_PAGES  ring buffer size in pages (a power of two)
 //   WAKEUP_EVERY   0: wake the reader per record (the live mirror); N: submit without a wake-up
-//                  and force one every N records a CPU (the reader polls on a short timer)
+//                  and force one every N records a CPU (the reader polls on a timer,
+//                  capture/tls.py BATCH_POLL_MS)
 //   MAX_PIECES     pieces a call may take (see above)
 //
 // Costs: the four syscall tracepoints fire for every read/write/recvfrom/sendto on the host and
@@ -178,6 +179,11 @@ static __always_inline void count(u32 idx, u64 n) {
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
 #if WAKEUP_EVERY
+// A wake-up costs the probed process an irq_work (a self-IPI) and the reader a trip through the
+// scheduler: at 1,000 requests/s, one a record would wake it 2,000 times a second. Records wait for
+// the reader's timed poll instead, and every WAKEUP_EVERY records a CPU force one: the loader
+// sizes it so that a burst of the largest records wakes the reader before a quarter of the ring
+// is used (bcc 0.26 has no ringbuf_query to test the unread bytes themselves).
 BPF_PERCPU_ARRAY(unwoken, u32, 1);
 
 static __always_inline u64 wake_flags(void) {
