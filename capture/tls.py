@@ -311,6 +311,9 @@ class TlsSource:
         self.use_ringbuf = ringbuf
         self.immediate = immediate
         self.max_pieces = max_pieces
+        # The per-thread state in task-local storage (Linux 5.11+); open() falls back to a hash
+        # where the kernel or bcc refuses it.
+        self.task_storage = True
         self.libraries: list[tls_libs.TlsLibrary] = []
         self.removed_stale: list[str] = []
         self.framer = Framer()
@@ -349,6 +352,7 @@ class TlsSource:
             f"-DRINGBUF_PAGES={self._pages()}",
             f"-DWAKEUP_EVERY={0 if self.immediate else self.wakeup_every()}",
             f"-DMAX_PIECES={self.max_pieces}",
+            f"-DUSE_TASK_STORAGE={int(self.task_storage)}",
         ]
 
     def _probe_ringbuf(self) -> None:
@@ -411,7 +415,11 @@ class TlsSource:
         self.removed_stale = remove_stale_uprobes()
         atexit.register(self.close)
         try:
-            self._bpf = BPF(text=program_source().encode(), cflags=self.cflags())
+            try:
+                self._bpf = BPF(text=program_source().encode(), cflags=self.cflags())
+            except Exception:  # noqa: BLE001 - bcc's bare Exception: retried without task storage
+                self.task_storage = False
+                self._bpf = BPF(text=program_source().encode(), cflags=self.cflags())
         except Exception as exc:  # bcc raises bare Exceptions for compile and verifier failures
             self.close()
             raise PrerequisiteError(

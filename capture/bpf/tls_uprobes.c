@@ -4,7 +4,7 @@
 // SSL_read_ex, SSL_write_ex) hand the plaintext of each call to user space; tracepoints (this
 // kernel has no kprobes) tie the SSL object to its TCP socket and the socket to its 4-tuple:
 //
-//   uprobe SSL_*(ssl, buf, num[, &len])   remembers the call per thread (`active`)
+//   uprobe SSL_*(ssl, buf, num[, &len])   remembers the call per thread (`tasks`)
 //   syscalls:sys_enter_read/write/recvfrom/sendto
 //                                         inside such a call: the fd the thread uses (nested-syscall
 //                                         method), remembered per SSL object (`ssl_conns`), because a
@@ -44,10 +44,10 @@
 //                  and force one every N records a CPU (the reader polls on a timer,
 //                  capture/tls.py BATCH_POLL_MS)
 //   MAX_PIECES     pieces a call may take (see above)
+//   USE_TASK_STORAGE 1: the per-thread state in task-local storage; 0: in a pid_tgid hash
 //
 // Costs: the four syscall tracepoints fire for every read/write/recvfrom/sendto on the host and
-// cost one hash lookup (`active`) when the thread is not inside an SSL call (~40 ns a syscall,
-// measured). A TLS call costs one breakpoint trap at the probe site, the return through the
+// cost one look at the thread's state (`tasks`) when the thread is not inside an SSL call. A TLS call costs one breakpoint trap at the probe site, the return through the
 // uretprobe trampoline (a syscall on x86-64 since Linux 6.11) and one copy of its bytes into the
 // ring (two on the perf path: into a per-CPU scratch, then the sample). The trap is cheap (~0.5 us
 // on the project's VM) where the kernel emulates the instruction under it, and ~17 us there where
@@ -149,6 +149,13 @@ struct call_t {  // one SSL call in progress on a thread
     u16 guess;  // sk is the memory-BIO guess (see last_recv), not from a syscall in a call
 };
 
+struct task_t {  // one thread's state
+    struct call_t call;  // its SSL call in progress, while in_call
+    u64 last_recv;       // the socket it last received on outside SSL calls (see on_sock), or 0
+    u32 in_call;
+    u32 pad;
+};
+
 struct sslkey_t {
     u64 ssl;
     u32 tgid;
@@ -164,10 +171,34 @@ struct sslconn_t {
 BPF_HASH(ports, u16, u8, 1024);      // watched TCP ports, host byte order
 BPF_ARRAY(config, u32, 2);           // [0]: 1 = every port; [1]: SIDE_*
 BPF_PERCPU_ARRAY(counters, u64, C_COUNT);
-BPF_TABLE("lru_hash", u64, struct call_t, active, 16384);           // pid_tgid -> call
 BPF_TABLE("lru_hash", struct sslkey_t, struct sslconn_t, ssl_conns, 65536);
 BPF_TABLE("lru_hash", u64, struct conn_t, conns, 65536);            // sk -> 4-tuple, watch
 BPF_TABLE("lru_hash", u64, struct offs_t, offs, 65536);             // sk -> stream offsets
+
+// The per-thread state every syscall tracepoint on the host asks for (is this thread inside an SSL
+// call?): task-local storage where the kernel has it (USE_TASK_STORAGE, Linux 5.11+), a pointer
+// off the task with no hashing, so the common answer (no) costs a few ns; else a hash keyed by
+// pid_tgid (an LRU lookup a syscall and an LRU update a call: ~3x the programs' cost, measured).
+#if USE_TASK_STORAGE
+BPF_TASK_STORAGE(tasks, struct task_t);
+
+static __always_inline struct task_t *task_state(int create) {
+    return tasks.task_storage_get(bpf_get_current_task_btf(), 0,
+                                  create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
+#else
+BPF_TABLE("lru_hash", u64, struct task_t, tasks, 16384);  // pid_tgid -> state
+
+static __always_inline struct task_t *task_state(int create) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct task_t *t = tasks.lookup(&id);
+    if (t || !create)
+        return t;
+    struct task_t zero = {};
+    tasks.update(&id, &zero);
+    return tasks.lookup(&id);
+}
+#endif
 
 static __always_inline void count(u32 idx, u64 n) {
     u64 *v = counters.lookup(&idx);
@@ -418,10 +449,10 @@ static __always_inline void remember(struct call_t *c, u32 tgid) {
 }
 
 static __always_inline int on_fd(u64 fd) {
-    u64 id = bpf_get_current_pid_tgid();
-    struct call_t *c = active.lookup(&id);
-    if (!c)
+    struct task_t *t = task_state(0);
+    if (!t || !t->in_call)
         return 0;
+    struct call_t *c = &t->call;
     if (c->fd != (s32)fd) {
         c->fd = fd;
         c->sk = 0;  // a new fd: its socket comes with the sock tracepoint that follows
@@ -433,19 +464,21 @@ static __always_inline int on_fd(u64 fd) {
 // thread receives on it first and then hands the bytes to the library. For an SSL object whose
 // calls never issued a syscall, the socket the thread last received on is taken (and remembered),
 // which is right for a loop that processes what it just received before its next receive. Cost:
-// one hash update per TCP receive on the host outside SSL calls.
-BPF_TABLE("lru_hash", u64, u64, last_recv, 16384);  // pid_tgid -> sk
-
+// one store in the thread's state per TCP receive on the host outside SSL calls (the state made
+// at a thread's first).
 static __always_inline int on_sock(u64 sk, u16 protocol, int recv) {
     if (protocol != IPPROTO_TCP)
         return 0;
     u64 id = bpf_get_current_pid_tgid();
-    struct call_t *c = active.lookup(&id);
-    if (!c) {
+    struct task_t *t = task_state(recv);
+    if (!t)
+        return 0;
+    if (!t->in_call) {
         if (recv)
-            last_recv.update(&id, &sk);
+            t->last_recv = sk;
         return 0;
     }
+    struct call_t *c = &t->call;
     if (c->sk == sk && !c->guess)
         return 0;
     c->sk = sk;
@@ -482,17 +515,22 @@ static __always_inline int enter(struct pt_regs *ctx, u32 kind, int ex) {
         c.fd = known->fd;
         c.guess = known->guess;
     }
-    active.update(&id, &c);
+    struct task_t *t = task_state(1);
+    if (!t)
+        return 0;
+    t->call = c;
+    t->in_call = 1;
     return 0;
 }
 
 static __always_inline int leave(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
-    struct call_t *p = active.lookup(&id);
-    if (!p)
+    struct task_t *t = task_state(0);
+    if (!t || !t->in_call)
         return 0;
-    struct call_t c = *p;
-    active.delete(&id);
+    struct call_t c = t->call;
+    u64 last_recv = t->last_recv;
+    t->in_call = 0;
     if (c.kind == CALL_HANDSHAKE)
         return 0;
     long ret = PT_REGS_RC(ctx);
@@ -502,9 +540,8 @@ static __always_inline int leave(struct pt_regs *ctx) {
         // No syscall in this call nor before on this object: a memory BIO (see last_recv). Only
         // a read that returned data is trusted to follow its socket's receive; the guess is
         // refreshed at every such read.
-        u64 *lr = last_recv.lookup(&id);
-        if (lr) {
-            c.sk = *lr;
+        if (last_recv) {
+            c.sk = last_recv;
             c.guess = 1;
             remember(&c, id >> 32);
         }
