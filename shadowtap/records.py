@@ -8,6 +8,7 @@ Records are frozen: a captured record is never mutated after it is made.
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import hashlib
 import math
@@ -48,7 +49,7 @@ def _encode_body(body: bytes) -> tuple[str, str]:
     try:
         return body.decode("utf-8"), "utf8"
     except UnicodeDecodeError:
-        return base64.b64encode(body).decode("ascii"), "base64"
+        return binascii.b2a_base64(body, newline=False).decode("ascii"), "base64"
 
 
 def _decode_body(text: str, encoding: str) -> bytes:
@@ -190,7 +191,7 @@ class Message:
             "ts": self.ts,
             "end_ts": self.end_ts,
             "version": self.version,
-            "headers": [[n, v] for n, v in self.headers],
+            "headers": list(map(list, self.headers)),  # [[name, value], ...]
             "body": text,
             "body_encoding": enc,
             "body_len": self.body_len,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterable
 from urllib.parse import unquote
 
 from shadowtap.records import GrpcMessage
@@ -43,7 +44,7 @@ def parse_path(path: str | None) -> tuple[str, str] | None:
     return service, method
 
 
-def status_of(fields: list[tuple[str, str]]) -> tuple[int | None, str | None]:
+def status_of(fields: Iterable[tuple[str, str]]) -> tuple[int | None, str | None]:
     """(grpc-status, grpc-message) from response trailers or a trailers-only head; the last
     occurrence wins (trailers follow the head)."""
     status: int | None = None

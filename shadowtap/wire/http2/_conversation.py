@@ -101,7 +101,7 @@ class _Side:
         self.ts: float | None = None
         self.end_ts: float | None = None
         self.head = False  # the head (non-interim HEADERS) was decoded or at least seen
-        self.fields: list[tuple[str, str]] = []
+        self.fields: tuple[tuple[str, str], ...] = ()  # the head's (the decoder's tuple, shared)
         self.trailers: list[tuple[str, str]] = []
         self.data = bytearray()
         self.data_len = 0
@@ -243,8 +243,9 @@ class Conversation:
         self._index = max(self._index, sw.next_index)
         side = st.req
         side.ts, side.end_ts, side.head, side.ended = req.ts, req.end_ts, True, True
-        side.fields = [(":method", req.method), (":path", req.target)]
-        side.fields += [(n.lower(), v) for n, v in req.headers]
+        side.fields = ((":method", req.method), (":path", req.target)) + tuple(
+            [(n.lower(), v) for n, v in req.headers]
+        )
         side.data += req.body
         side.data_len = req.body_len
         side.splitter.feed(req.body)
@@ -388,11 +389,11 @@ class Conversation:
         """One frame (``_frames.Item``): a DATA payload or a HEADERS/CONTINUATION block fragment
         (``bytes``), another frame (hyperframe's), or the text of a refused one (``str``);
         ``flags`` the raw flag bits (END_STREAM 0x1, END_HEADERS 0x4, ACK 0x1)."""
-        if sid:
-            self._current = self.streams.get(sid, self._current)
+        st = self.streams.get(sid) if sid else None
+        if st is not None:
+            self._current = st
         reader = d.reader
         if length > reader.max_frame and reader.max_frame_known and type(frame) is not str:
-            st = self.streams.get(sid)
             if st is not None:
                 st.note(Anomaly.FRAME_TOO_LARGE.value)
             else:
@@ -410,18 +411,21 @@ class Conversation:
             d._block = None
             d.decoder.lose_state()  # the block's table insertions are unknown
         if type(frame) is str:
-            st = self.streams.get(sid)
             if st is not None:
                 st.note(Anomaly.FRAME_ERROR.value)
             else:
                 self.anomalies.append(Anomaly.FRAME_ERROR.value)
             return
         if ftype == _DATA:
-            st = self._stream(sid, start_ts, False)
             if st is None:
-                return
+                st = self._stream(sid, start_ts, False)
+                if st is None:
+                    return
             side = st.req if d.from_client else st.resp
-            side.touch(start_ts, ts)
+            if side.ts is None:  # side.touch(start_ts, ts), inline: a DATA frame is the most common
+                side.ts = start_ts
+            if side.end_ts is None or ts > side.end_ts:
+                side.end_ts = ts
             chunk: bytes = frame  # type: ignore[assignment]
             if chunk:
                 side.data_len += len(chunk)
@@ -454,7 +458,6 @@ class Conversation:
                 return
             self._apply_settings(frame.settings, self.server if d.from_client else self.client)
         elif isinstance(frame, RstStreamFrame):
-            st = self.streams.get(sid)
             if st is not None:
                 st.outcome = Outcome.RESET
                 st.error_code = frame.error_code
@@ -489,7 +492,7 @@ class Conversation:
             else:
                 self.anomalies.append(Anomaly.PUSH_IGNORED.value)
             return
-        fields = list(decoded.fields)
+        fields = decoded.fields
         secret = decoded.secret
         # A client's header block on a new stream id opens it; a server's never does.
         st = self._stream(sid, start_ts, d.from_client)
@@ -551,7 +554,7 @@ class Conversation:
             decoded_len = _decoded_len(body, side.header("content-encoding"))
         ts = side.ts if side.ts is not None else st.ts
         end = side.end_ts if side.end_ts is not None else ts
-        headers = tuple(side.fields + side.trailers) if side.trailers else tuple(side.fields)
+        headers = side.fields + tuple(side.trailers) if side.trailers else side.fields
         return (ts, end, _H2, headers, body, side.data_len, truncated, decoded_len)
 
     def _request(self, st: Stream) -> Request | None:
@@ -573,15 +576,14 @@ class Conversation:
             status = _status(resp.fields) or 0
             st.response = Response(*self._message_common(st, resp), status, "")
         path = st.req.pseudo(":path")
-        is_grpc = _grpc.is_grpc_content_type(
-            st.req.header("content-type")
-        ) or _grpc.is_grpc_content_type(resp.header("content-type"))
+        req_type, resp_type = st.req.header("content-type"), resp.header("content-type")
+        is_grpc = _grpc.is_grpc_content_type(req_type) or _grpc.is_grpc_content_type(resp_type)
         if path is None:
             st.note(Anomaly.PATH_UNKNOWN.value)
         if (
             not is_grpc
             and (path is None or st.undecoded)
-            and (st.req.header("content-type") is None and resp.header("content-type") is None)
+            and (req_type is None and resp_type is None)
         ):
             # The content type was not decodable (or not seen): gRPC messages carry no HPACK
             # state, so the call is recognised by its bytes reading as whole gRPC messages.
@@ -592,7 +594,9 @@ class Conversation:
             st.req.splitter.finish()
             resp.splitter.finish()
             names = _grpc.parse_path(path) or ("", "")
-            grpc_status, message = _grpc.status_of(resp.fields + resp.trailers)
+            grpc_status, message = _grpc.status_of(
+                resp.fields + tuple(resp.trailers) if resp.trailers else resp.fields
+            )
             st.grpc = GrpcCall(
                 names[0],
                 names[1],
@@ -621,7 +625,7 @@ class Conversation:
         )
 
 
-def _status(fields: list[tuple[str, str]]) -> int | None:
+def _status(fields: tuple[tuple[str, str], ...]) -> int | None:
     for n, v in fields:
         if n == ":status":
             try:
