@@ -122,7 +122,10 @@ def fold_keys(keys: Any) -> bool:
     id-like. ``keys``: a dict or its keys view."""
     if len(keys) > FOLD_KEYS:
         return True
-    return len(keys) > 0 and all(is_id_like(k) for k in keys)
+    for k in keys:  # a loop, not all() over a generator: most objects stop at their first key
+        if not is_id_like(k):
+            return False
+    return len(keys) > 0
 
 
 # ---------------------------------------------------------------------------------------- JSON
@@ -196,10 +199,25 @@ def _diff_json(
     if tp == "object":
         fold = fold_keys(p.keys()) and fold_keys(s.keys())
         for k, pv in p.items():
-            child = f"{path}.{{id}}" if fold else f"{path}.{k}"
             if k in s:
-                _diff_json(pv, s[k], child, out, tolerance, budget)
-            elif not _add(out, Difference(child, Kind.MISSING, pv, None), budget):
+                sv = s[k]
+                t = type(pv)
+                if t is type(sv) and t is not dict and t is not list and pv == sv:
+                    # _diff_json's first lines for an equal scalar, without the call and the
+                    # child's path (most fields of a pair are equal)
+                    if budget.walk < 1:
+                        budget.cut = True
+                        return
+                    budget.walk -= 1
+                    budget.walked += 1
+                    continue
+                child = f"{path}.{{id}}" if fold else f"{path}.{k}"
+                _diff_json(pv, sv, child, out, tolerance, budget)
+            elif not _add(
+                out,
+                Difference(f"{path}.{{id}}" if fold else f"{path}.{k}", Kind.MISSING, pv, None),
+                budget,
+            ):
                 return
             if budget.cut:
                 return
