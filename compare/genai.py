@@ -130,6 +130,7 @@ def wordllama_embedder() -> Embedder:
     rows: dict[str, int] = {}
     texts: dict[str, Any] = {}
     ones = np.ones(0, dtype=np.float32)
+    dot = np.dot  # (the same BLAS calls and bits as @ for these shapes, without its dispatch)
 
     def row(word: str) -> int:
         r = rows.get(word)
@@ -164,8 +165,8 @@ def wordllama_embedder() -> Embedder:
             ones = np.ones(max(len(every), 2 * len(ones)), dtype=np.float32)
         for k, i in enumerate(todo):
             a, b = bounds[k], bounds[k + 1]
-            v = ones[: b - a] @ m[a:b]  # the sum of the words' rows (sgemv)
-            n = float(np.sqrt(v @ v))
+            v = dot(ones[: b - a], m[a:b])  # the sum of the words' rows (sgemv)
+            n = float(np.sqrt(dot(v, v)))
             v = v / n if n else v
             out[i] = v
             if len(texts) >= _TEXT_CACHE_MAX:
@@ -205,10 +206,11 @@ def _cosine(a: Any, b: Any) -> float:
     import numpy as np
 
     a, b = np.asarray(a), np.asarray(b)
-    aa, bb = float(a @ a), float(b @ b)
+    # np.dot, not @: the same BLAS call and bits for vectors, without matmul's dispatch
+    aa, bb = float(np.dot(a, a)), float(np.dot(b, b))
     if aa == 0 or bb == 0:
         return 1.0 if aa == bb else 0.0
-    return float(a @ b) / math.sqrt(aa * bb)
+    return float(np.dot(a, b)) / math.sqrt(aa * bb)
 
 
 # ------------------------------------------------------------------------------ metrics
