@@ -433,12 +433,14 @@ def bodies_at(col: pa.StructArray, rows: pa.Array) -> list[bytes]:
 
 
 def header_at(col: pa.StructArray, rows: pa.Array, name: str) -> list[str | None]:
-    """The first value of header ``name`` (lower case; names compared case-insensitively, as
-    ``records.header_value`` does) of a message column at ``rows``, or None: O(headers at those
-    rows) in Arrow and numpy, Python only for the rows that have it."""
+    """The first value of header ``name`` (lower-case ASCII; names compared case-insensitively,
+    as ``records.header_value`` does: only ASCII letters lower to ASCII there, but for the
+    Kelvin sign, so ASCII lowering is the same match for a name without a ``k``) of a message
+    column at ``rows``, or None: O(headers at those rows) in Arrow and numpy, Python only for
+    the rows that have it."""
     headers = pc.take(pc.struct_field(col, "headers"), rows)
     flat = pc.list_flatten(headers)
-    hits = pc.indices_nonzero(pc.equal(pc.utf8_lower(pc.struct_field(flat, "name")), name))
+    hits = pc.indices_nonzero(pc.equal(pc.ascii_lower(pc.struct_field(flat, "name")), name))
     out: list[str | None] = [None] * len(rows)
     if len(hits) == 0:
         return out

@@ -402,13 +402,14 @@ def test_header_at_reads_headers_as_records_do() -> None:
         [("X", "1"), ("CONTENT-ENCODING", "gzip"), ("Content-Type", "text/plain")],
         [("X", "1")],
         [("cOnTeNt-TyPe", "")],
+        [("CONTENT-ENCOD\u0130NG", "br"), ("Content-Encoding", "gzip")],  # not an ASCII I
     ]
     rows = [
         {"status": 200, "headers": [{"name": n, "value": v} for n, v in h], "body": b""}
         for h in heads
     ]
     col = pa.array(rows, RESPONSE)
-    at = pa.array([4, 0, 2, 1, 3, 2])
+    at = pa.array([4, 0, 2, 1, 3, 2, 5])
     for name in ("content-type", "content-encoding"):
         want = [header_value(tuple(heads[i]), name) for i in at.to_pylist()]
         assert header_at(col, at, name) == want
