@@ -21,8 +21,10 @@ Anomalies (names in ``Generation.anomalies``): ``stream_cut`` (ended mid-event, 
 JSON), ``stream_error`` (an error event), ``not_event_stream`` (claims ``text/event-stream`` and
 holds no event), ``body_truncated`` (cut at ``max_body``).
 
-Cost: O(body): one SSE pass, one parse per event (OpenAI chunks by msgspec into structs of the
-fields read, the rest skipped; else orjson), a few lookups per event, string joins at the end.
+Cost: O(body). The usual OpenAI chat stream (``_usual_stream``): a handful of C calls over the
+whole body, no Python per event; any other stream: one SSE pass, one parse per event (OpenAI
+chunks by msgspec into structs of the fields read, the rest skipped; else orjson), a few lookups
+per event, string joins at the end.
 """
 
 from __future__ import annotations
