@@ -339,19 +339,9 @@ _RESULT = {
 def test_columnar_path_declines_what_the_record_decoder_refuses(tmp_path, bad: dict) -> None:
     """Every rule of the record decoders holds on the columnar path: a record that breaks one
     sends the export record by record (where the line is named), never into the lake."""
-    import orjson
-
-    from shadowtap.lake.export import Declined
     from shadowtap.records import Result
 
-    ex, res = write_run(str(tmp_path), 20)
-    line = {**_RESULT, **bad}
-    with pytest.raises((ValueError, KeyError, TypeError)):
-        Result.from_json(line)  # the record path refuses it
-    with open(res, "ab") as f:
-        f.write(orjson.dumps(line) + b"\n")
-    with pytest.raises(Declined):
-        list(columnar_pairs(ex, res, JoinStats()))
+    _assert_declined(tmp_path, {**_RESULT, **bad}, Result)
 
 
 @pytest.mark.parametrize(
@@ -374,15 +364,22 @@ def test_columnar_path_declines_what_the_record_decoder_refuses(tmp_path, bad: d
 def test_columnar_path_declines_bad_stream_objects(tmp_path, bad: dict) -> None:
     """The exchange's h2, grpc and chunks objects: what the record decoder refuses, the columnar
     path declines."""
+    _assert_declined(
+        tmp_path, {**next(pairs(1, start=5))[0].to_json(), "id": "zz", **bad}, Exchange
+    )
+
+
+def _assert_declined(tmp_path, line: dict, record: type) -> None:
+    """``line`` is refused by ``record``'s decoder (the record path), and appended to a run's
+    exchanges (an Exchange line) or results (a Result line), it makes the columnar path decline."""
     import orjson
 
     from shadowtap.lake.export import Declined
 
     ex, res = write_run(str(tmp_path), 20)
-    line = {**next(pairs(1, start=5))[0].to_json(), "id": "zz", **bad}
     with pytest.raises((ValueError, KeyError, TypeError)):
-        Exchange.from_json(line)  # the record path refuses it
-    with open(ex, "ab") as f:
+        record.from_json(line)  # type: ignore[attr-defined]
+    with open(ex if record is Exchange else res, "ab") as f:
         f.write(orjson.dumps(line) + b"\n")
     with pytest.raises(Declined):
         list(columnar_pairs(ex, res, JoinStats()))

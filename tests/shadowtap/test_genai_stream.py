@@ -10,6 +10,18 @@ from hypothesis import strategies as st
 
 from shadowtap.wire.genai import Api, parse_generation, timing
 
+
+def _from_sse_without(flag: str, body: bytes, chunks, target: str):
+    """``genai._from_sse`` with one of its fast ways (``_TYPED``, ``_VECTOR``) turned off."""
+    import shadowtap.wire.genai as genai
+
+    setattr(genai, flag, False)
+    try:
+        return genai._from_sse(body, chunks, target)
+    finally:
+        setattr(genai, flag, True)
+
+
 SSE = "text/event-stream"
 
 
@@ -345,11 +357,7 @@ def test_typed_chunks_and_dicts_give_the_same_generation(stream):
 
     body, chunks = stream
     typed = genai._from_sse(body, chunks, "/v1/chat/completions")
-    genai._TYPED = False
-    try:
-        plain = genai._from_sse(body, chunks, "/v1/chat/completions")
-    finally:
-        genai._TYPED = True
+    plain = _from_sse_without("_TYPED", body, chunks, "/v1/chat/completions")
     assert typed == plain
 
 
@@ -476,11 +484,7 @@ def test_the_usual_stream_read_at_once_is_the_stream_read_event_by_event(stream)
         usual = genai._usual_stream(body, chunks, target)
         if not bends and target != "/x":
             assert usual is not None
-        genai._VECTOR = False
-        try:
-            slow = genai._from_sse(body, chunks, target)
-        finally:
-            genai._VECTOR = True
+        slow = _from_sse_without("_VECTOR", body, chunks, target)
         assert genai._from_sse(body, chunks, target) == slow
         if usual is not None:
             assert usual == slow
@@ -500,11 +504,7 @@ def test_each_bend_leaves_the_usual_way_or_gives_the_same(name):
             continue  # nothing to bend there (the [DONE] event)
         chunks = tuple((end, float(end)) for end in range(0, len(bent) + 40, 37))
         usual = genai._usual_stream(bent, chunks, "/v1/chat/completions")
-        genai._VECTOR = False
-        try:
-            slow = genai._from_sse(bent, chunks, "/v1/chat/completions")
-        finally:
-            genai._VECTOR = True
+        slow = _from_sse_without("_VECTOR", bent, chunks, "/v1/chat/completions")
         if name in ("trailing space", "first without object"):  # the same meaning
             assert usual is None or usual == slow
             taken += usual is not None
