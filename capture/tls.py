@@ -72,7 +72,7 @@ UPROBE_EVENTS = ("/sys/kernel/tracing/uprobe_events", "/sys/kernel/debug/tracing
 # struct rec_hdr (the .c file): ts, sk, ssl, rd, wr, tgid, tid, len, piece, total, fd, kind, dir,
 # flags, role, family, lport, rport, pad, laddr, raddr, pad2
 _HDR = struct.Struct("=QQQQQIIIIIiBBBBHHHH16s16sI")
-PIECE = 16384  # the .c file's: the bytes of a call a record carries at most
+PIECE = 16384  # the bytes of a call a record carries at most (the .c file's macro PIECE)
 _LARGEST_RECORD = _HDR.size + PIECE + 8  # struct rec_l and the ring's 8-byte record header
 K_DATA, K_OPEN, K_END_LOCAL, K_END_REMOTE, K_CLOSE = 1, 2, 3, 4, 5
 D_READ, D_WRITE = 0, 1
@@ -352,6 +352,7 @@ class TlsSource:
             f"-DRINGBUF_PAGES={self._pages()}",
             f"-DWAKEUP_EVERY={0 if self.immediate else self.wakeup_every()}",
             f"-DMAX_PIECES={self.max_pieces}",
+            f"-DPIECE={PIECE}",
             f"-DUSE_TASK_STORAGE={int(self.task_storage)}",
         ]
 

@@ -44,6 +44,7 @@
 //                  and force one every N records a CPU (the reader polls on a timer,
 //                  capture/tls.py BATCH_POLL_MS)
 //   MAX_PIECES     pieces a call may take (see above)
+//   PIECE          the bytes of a call a record carries at most (capture/tls.py PIECE: 16384)
 //   USE_TASK_STORAGE 1: the per-thread state in task-local storage; 0: in a pid_tgid hash
 //
 // Costs: the four syscall tracepoints fire for every read/write/recvfrom/sendto on the host and
@@ -56,8 +57,6 @@
 
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/in.h>
-
-#define PIECE 16384
 
 #define K_DATA 1        // plaintext bytes of one SSL call (one piece)
 #define K_OPEN 2        // a watched socket became ESTABLISHED
