@@ -4,7 +4,8 @@
 # backend, shadowtap's pcap backend (the whole agent), and each backend's capture path alone
 # (ebpf-raw, pcap-raw: source -> pcap file, tcpdump's job). For each, the highest rate at which it recorded at least 99.9%
 # of the exchanges (tcpdump's pcap counted by `shadowtap extract`); then the latency the agent adds
-# to the primary: hey's p50/p99 at a fixed rate without a recorder and with each backend.
+# to the primary: the p50/p99 at a fixed rate without a recorder and with each backend, measured to the
+# microsecond by a paced Go client (scripts/pacedload.go, built here: hey's times stop at 0.1 ms).
 # Steps are long enough (10 s) that the 64 MiB kernel buffers cannot hide a recorder slower than the
 # load; "catch-up" is how long a recorder took to finish after the load stopped (its backlog: the
 # agent extracts its spool after the stop, with the hooks already detached); "cpu s" the CPU time
@@ -42,6 +43,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "bench_capture: run as root" >&2; exit 4; }
 [ -x .venv/bin/python ] || scripts/setup.sh
+command -v go >/dev/null || apt-get install -y -qq --no-install-recommends golang-go >/dev/null  # pacedload.go
 export BENCH_SECONDS=${BENCH_SECONDS:-10}
 export BENCH_RATES=${BENCH_RATES:-"5000 10000 20000 30000 0"}
 export BENCH_LATENCY_RATE=${BENCH_LATENCY_RATE:-1000}
@@ -65,6 +67,9 @@ NATS_PORT = 4222  # the sink kinds' nats-server, on the server namespace's loopb
 SINK_STEPS = itertools.count()
 RECORDERS = os.environ.get("BENCH_RECORDERS", "tcpdump ebpf pcap ebpf-raw pcap-raw").split()
 work = Path(tempfile.mkdtemp(prefix="shadowtap-bench-"))
+PACEDLOAD = work / "pacedload"  # the latency rounds' client, built from scripts/pacedload.go
+subprocess.run(["go", "build", "-o", str(PACEDLOAD), "scripts/pacedload.go"], check=True,
+               env={**os.environ, "GOCACHE": str(work / "gocache"), "GO111MODULE": "off"})
 os.environ["SHADOWTAP_KEY_FILE"] = str(work / "key")
 
 NGINX = f"""daemon off; master_process off; user root; worker_processes 1; pid {work}/nginx.pid;
@@ -108,17 +113,12 @@ src.close()
 """
 
 
-def hey_latencies(client, url: str, rate: int, seconds: float, workers: int) -> list[float]:
-    """Every request's latency (ms) of a hey run at ``rate``/s (hey -o csv)."""
-    workers = max(workers, -(-rate // 800))
-    out = client.run(["hey", "-z", f"{seconds}s", "-c", str(workers), "-q", str(max(1, rate // workers)),
-                      "-o", "csv", url], timeout=seconds + 60).stdout
-    lat = []
-    for line in out.splitlines()[1:]:
-        f = line.split(",")
-        if len(f) >= 7 and f[6] == "200":
-            lat.append(float(f[0]) * 1000)
-    return lat
+def paced_latencies(client, url: str, rate: int, seconds: float, workers: int) -> list[float]:
+    """Every request's latency (ms, to the microsecond) of a run at ``rate``/s over ``workers``
+    keep-alive connections (scripts/pacedload.go: hey's paced run, Go's TLS too, finer times)."""
+    out = client.run([str(PACEDLOAD), "-z", f"{seconds}s", "-c", str(workers), "-q", str(rate / workers), url],
+                     timeout=seconds + 60).stdout
+    return [float(line) for line in out.split()]
 
 
 def start_recorder(server, iface: str, kind: str, tag: str) -> tuple[subprocess.Popen, Path, Path]:
@@ -273,7 +273,7 @@ try:
             break
         time.sleep(0.1)
     print(f"# shadowtap capture benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-          f"{os.cpu_count()} CPUs, kernel {os.uname().release}; hey -c {WORKERS}+ (1 per 800/s), {SECONDS:g} s a step")
+          f"{os.cpu_count()} CPUs, kernel {os.uname().release}; hey -c {WORKERS}+ (1 per 250/s), {SECONDS:g} s a step")
     print(f"{'recorder':8} {'target/s':>8} {'served/s':>9} {'sent':>7} {'recorded':>8} {'ratio':>8} {'catch-up':>8} "
           f"{'cpu s':>6}  drops")
     best: dict[str, float] = {kind: 0.0 for kind in RECORDERS}
@@ -356,7 +356,7 @@ try:
             time.sleep(1)  # every kind alike: a recorder's start (compiling, attaching) is not its steady state
             before_cpu, before_wait = nginx_cpu(), nginx_waited()
             before_sw = switches(proc.pid) if proc else (0, 0, 0.0)
-            lat[kind].append(hey_latencies(client, url_for(kind), LAT_RATE, SECONDS, WORKERS))
+            lat[kind].append(paced_latencies(client, url_for(kind), LAT_RATE, SECONDS, WORKERS))
             served_cpu[kind].append((nginx_cpu() - before_cpu) / max(1, len(lat[kind][-1])) * 1e6)
             served_wait[kind].append((nginx_waited() - before_wait) / max(1, len(lat[kind][-1])) * 1e6)
             after_sw = switches(proc.pid) if proc else (0, 0, 0.0)
@@ -367,8 +367,7 @@ try:
     med = lambda xs: q(xs, 0.5)  # noqa: E731
 
     def tail(xs: list[float]) -> float:
-        """The mean of the slowest 1%: hey reports latencies to 0.1 ms only (5% of a 2 ms p99);
-        an average over a hundred of them resolves finer."""
+        """The mean of the slowest 1%: steadier than one percentile."""
         top = sorted(xs)[-max(1, len(xs) // 100):]
         return sum(top) / len(top)
 
@@ -395,7 +394,7 @@ try:
     print("  (p99 median: over the rounds of each round's p99; pooled: p99 of all rounds' requests; tail 1%: the\n"
           "   mean of the slowest 1% of all rounds' requests; paired: each round's figure over the same round's\n"
           "   no-recorder figure, median (min..max) over the rounds. none2 vs none, none-tls2 vs none-tls =\n"
-          "   the noise floor; mean: of all requests (hey's 0.1 ms steps average out); nginx cpu: the server's\n"
+          "   the noise floor; mean: of all requests; nginx cpu: the server's\n"
           "   CPU time per request and its time runnable waiting for a CPU (whoever held it), medians over the\n"
           "   rounds; recorder: its processes' and threads' voluntary\n"
           "   context switches (wake-ups), involuntary ones and CPU, per second of load, median over the rounds;\n"
