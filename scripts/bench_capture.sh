@@ -317,12 +317,12 @@ try:
             print(f"  {kind:8} {mid(xs):8.0f}{rel}   ({', '.join(f'{x:.0f}' for x in xs)})")
     print()
     rounds = int(os.environ.get("BENCH_LATENCY_ROUNDS", "8"))
-    if rounds <= 0:
-        raise SystemExit(0)
     # Interleaved rounds at one rate: in each round every kind runs once (the order rotated), so a
     # slow spell of the machine hits all kinds alike. "none2" is a second run without a recorder:
     # none2 vs none is the noise floor, the smallest difference this machine can resolve.
     kinds = os.environ.get("BENCH_LATENCY_KINDS", "none none2 ebpf pcap").split()
+    if rounds <= 0 or not kinds:  # BENCH_LATENCY_ROUNDS=0 or BENCH_LATENCY_KINDS=" ": the ladder only
+        raise SystemExit(0)
     print(f"primary latency at {LAT_RATE}/s, {SECONDS:g} s runs, {rounds} interleaved rounds (order rotated); "
           "p99 in ms:")
     lat: dict[str, list[list[float]]] = {k: [] for k in kinds}
