@@ -48,6 +48,9 @@ from shadowtap.records import Exchange
 
 FLUSH_INTERVAL = 1.0  # seconds: files are flushed at least this often (a crash loses at most this)
 READ_TIMEOUT = 0.2  # seconds a read waits for packets, i.e. the loop's reaction time to a stop
+# Seconds a read waits for packets while ``on_batch`` says it holds a backlog (the mirror's frames
+# the pipe did not take): the backlog is offered again this often, whether packets come or not.
+BACKLOG_POLL = 0.001
 DRAIN_SECONDS = 30.0  # after a stop, the backlog in the kernel buffer is read for this long at most
 
 
@@ -363,29 +366,34 @@ def _read_loop(
     src: Source,
     stop_event: threading.Event,
     start: float,
-    consume: Callable[[list[Frame]], None],
+    consume: Callable[[list[Frame]], bool],
     on_tick: Callable[[float], None],
     done: Callable[[], bool],
 ) -> None:
     """Read ``src`` into ``consume`` until ``stop_event``, ``config.duration`` or ``done()``;
     ``on_tick`` once a second (the caller flushes its files and shows its figures); then drain
     what the kernel already holds (a pcap ring block is handed over only when full or after its
-    timeout): packets that passed the hooks before the stop are not lost."""
+    timeout): packets that passed the hooks before the stop are not lost. While ``consume``
+    returns True (a backlog it could not hand on), reads wait BACKLOG_POLL at most, so the
+    backlog moves on when the packets stop."""
     last_tick = start
     # The duration counts from the first read, not from ``start``: opening a source may take
     # seconds (the TLS source compiles its program) that must not eat the capture's time.
     deadline = time.monotonic() + config.duration if config.duration is not None else None
     coalesce = config.coalesce
     read_at = 0.0  # when the last read that returned packets ended
+    backlog = False
     while not stop_event.is_set():
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             break
         if coalesce and now - read_at < coalesce:
             time.sleep(coalesce - (now - read_at))
-        wait = READ_TIMEOUT if deadline is None else max(0.0, min(READ_TIMEOUT, deadline - now))
+        wait = BACKLOG_POLL if backlog else READ_TIMEOUT
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline - now))
         frames = src.read(wait)
-        consume(frames)
+        backlog = consume(frames)
         now = time.monotonic()
         if frames:
             read_at = now
@@ -413,14 +421,14 @@ def run_capture(
     *,
     on_figures: Callable[[Figures], None] | None = None,
     on_started: Callable[[Source, str], None] | None = None,
-    on_batch: Callable[[], None] | None = None,
+    on_batch: Callable[[], bool] | None = None,
 ) -> CaptureSummary:
     """Capture until ``stop_event`` is set, ``config.duration`` has passed or ``config.count``
     exchanges were recorded; feed every frame to ``extractor`` (capture/extractor.py's Extractor)
     in this process, as it arrives; write the outputs of ``config``; call ``on_exchange`` for each
     exchange, in the order written; ``on_batch`` after each batch of frames read (the mirror
-    sends what a batch made in one write). The live mirror's path (its Extractor's on_request fires
-    in
+    sends what a batch made in one write), and after every read while it returns True (it holds
+    a backlog: its pipe was full). The live mirror's path (its Extractor's on_request fires in
     real time); `shadowtap capture` takes ``run_spooled_capture``.
 
     The source's hooks are detached, the Extractor finished (exchanges in flight are written) and
@@ -459,7 +467,10 @@ def run_capture(
 
         feed = extractor.feed
 
-        def consume(frames: list[Frame]) -> None:
+        backlog = False
+
+        def consume(frames: list[Frame]) -> bool:
+            nonlocal backlog
             for ts_us, frame, wire_len in frames:
                 if pcap is not None:
                     pcap.write(ts_us, frame, wire_len)
@@ -467,8 +478,9 @@ def run_capture(
                 out = feed(seconds(ts_us), linktype, frame)
                 if out:
                     emit(out)
-            if on_batch is not None and frames:
-                on_batch()
+            if on_batch is not None and (frames or backlog):
+                backlog = on_batch()
+            return backlog
 
         def on_tick(now: float) -> None:
             nonlocal last_tick, last_exchanges, rate
@@ -805,11 +817,12 @@ def run_spooled_capture(
             on_started(src, reason)
         spool_write = writer.write
 
-        def consume(frames: list[Frame]) -> None:
+        def consume(frames: list[Frame]) -> bool:
             if pcap is not None:
                 for ts_us, frame, wire_len in frames:
                     pcap.write(ts_us, frame, wire_len)
             spool_write(frames)
+            return False  # the spool takes everything or drops it (counted): no backlog here
 
         def on_tick(now: float) -> None:
             nonlocal last_tick, last_exchanges, rate

@@ -41,10 +41,13 @@ from shadowtap.procs import Child, ChildContext, ChildDied, Signals, codec_for, 
 from shadowtap.records import Exchange
 from shadowtap.replay.policy import Policy, Prepared, Skip, SkipReason
 
-PIPE_SIZE = 4 << 20  # bytes asked for the pipe (F_SETPIPE_SZ); the kernel may give less
+# Bytes asked for the pipe (F_SETPIPE_SZ). Without CAP_SYS_RESOURCE the kernel refuses more than
+# /proc/sys/fs/pipe-max-size (1 MiB by default): then that is asked (``enlarge_pipe``), never the
+# default 64 KiB, which holds ~70 requests' frames (a backlog behind it drained ~70 a second).
+PIPE_SIZE = 4 << 20
 WRITE_BYTES = 256 << 10  # frames joined into one write, at most
 MAX_OUTBOX_BYTES = 256 << 20  # frames waiting for the pipe, at most (bodies can be 1 MiB each)
-_F_SETPIPE_SZ = 1031
+_F_SETPIPE_SZ, _F_GETPIPE_SZ = 1031, 1032
 # Seconds between two reads of the capture under load (capture/live.py's CaptureConfig.coalesce):
 # a batch of packets, one write to the pipe and one wake-up of the mirror's loop every COALESCE,
 # not one of each a packet (at 3k requests/s, ~9k packets/s: the wake-ups and their system calls
@@ -141,6 +144,11 @@ class Outbox:
                 dropped.append(old)
         return dropped
 
+    @property
+    def pending(self) -> bool:
+        """Frames the pipe has not taken yet (and the pipe is not broken)."""
+        return bool(self._partial or self._frames) and not self.broken
+
     def flush(self, *, block: bool = False) -> None:
         """Write what the pipe takes now (all of it with ``block``, as at the end): the queued
         frames joined into writes of up to WRITE_BYTES (frames not yet joined stay droppable)."""
@@ -168,6 +176,21 @@ class Outbox:
                     return
                 raise
             self._partial = self._partial[n:]
+
+
+def enlarge_pipe(fd: int, size: int = PIPE_SIZE) -> int:
+    """Ask for a pipe of ``size`` bytes, else of the largest size an unprivileged process may
+    ask (/proc/sys/fs/pipe-max-size); returns the size the pipe has."""
+    try:
+        return fcntl.fcntl(fd, _F_SETPIPE_SZ, size)
+    except OSError:
+        pass
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            allowed = int(f.read())
+        return fcntl.fcntl(fd, _F_SETPIPE_SZ, min(size, allowed))
+    except (OSError, ValueError):
+        return fcntl.fcntl(fd, _F_GETPIPE_SZ)
 
 
 def make_decide(cfg: Any, policy: Policy, own: Container[str]) -> Callable[[Any], Any]:
@@ -205,10 +228,7 @@ def child_main(ctx: ChildContext, fd: int, cfg: Any, policy: Policy, own: Contai
     stop = ctx.stop
     fl = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
-    try:
-        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
-        pass
+    enlarge_pipe(fd)
     outbox = Outbox(fd, max_frames=max(2 * cfg.queue, 20_000))
     bucket = TokenBucket(cfg.rate_limit) if cfg.rate_limit else None
     admission = Admission(
@@ -233,10 +253,11 @@ def child_main(ctx: ChildContext, fd: int, cfg: Any, policy: Policy, own: Contai
     def on_exchange(ex: Exchange) -> None:
         outbox.put_exchange(ex, admission.take_admitted(ex.id))
 
-    def on_batch() -> None:
+    def on_batch() -> bool:
         outbox.flush()
         if outbox.broken:
             stop.set()
+        return outbox.pending  # the capture loop offers it again soon, packets or not
 
     def on_started(src: Any, reason: str) -> None:
         gc.collect()

@@ -3,11 +3,23 @@ real pipe."""
 
 import fcntl
 import os
+import threading
 import time
 from dataclasses import replace
 
+from shadowtap.capture import live
+from shadowtap.capture.source import SourceStats
 from shadowtap.codec import FrameReader, frame
-from shadowtap.mirror.capture_child import CODEC, Captured, CaptureFigures, Outbox, Started, decode
+from shadowtap.mirror.capture_child import (
+    CODEC,
+    PIPE_SIZE,
+    Captured,
+    CaptureFigures,
+    Outbox,
+    Started,
+    decode,
+    enlarge_pipe,
+)
 from shadowtap.mirror.sender import Pending
 from shadowtap.records import Exchange, H2Stream, Request, Response
 from shadowtap.replay.policy import Policy, Target
@@ -123,3 +135,65 @@ def test_outbox_never_blocks_and_drops_the_oldest_when_nobody_reads():
     box.flush()  # the reader is gone: broken, not an exception
     assert box.broken
     os.close(w)
+
+
+def test_the_pipe_is_enlarged_to_what_the_kernel_allows():
+    # Without CAP_SYS_RESOURCE 4 MiB is refused; the pipe then gets pipe-max-size, not 64 KiB.
+    r, w = os.pipe()
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            allowed = int(f.read())
+        size = enlarge_pipe(w)
+        assert size == fcntl.fcntl(w, 1032) >= min(PIPE_SIZE, allowed)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_backlog_moves_on_when_the_packets_stop(monkeypatch):
+    """The capture process's frames that the pipe did not take are offered again every
+    BACKLOG_POLL, packets or not (they waited for the next packet, or the next second)."""
+    stop = threading.Event()
+    waits: list[float] = []
+    backlog = [True, True, True, False]  # on_batch's answers: the pipe takes it at the 4th
+    batches: list[bool] = []
+
+    class Src:
+        name, linktype = "tls", 1  # no interface to check
+
+        def read(self, wait: float) -> list:
+            waits.append(wait)
+            if len(waits) == 6:
+                stop.set()
+            return [(1_000_000, b"x", 1)] if len(waits) == 1 else []
+
+        def flush(self) -> list:
+            return []
+
+        def stats(self) -> SourceStats:
+            return SourceStats()
+
+        def describe(self) -> str:
+            return "fake"
+
+        def close(self) -> None:
+            pass
+
+    class Extractor:
+        def feed(self, *_a: object) -> list:
+            return []
+
+        def finish(self) -> list:
+            return []
+
+    def on_batch() -> bool:
+        batches.append(True)
+        return backlog.pop(0)
+
+    monkeypatch.setattr(live, "open_source", lambda _cfg: (Src(), "test"))
+    monkeypatch.setattr(live, "_preflight", lambda _cfg: None)
+    live.run_capture(
+        live.CaptureConfig(iface="x", ports=(1,)), Extractor(), stop, on_batch=on_batch
+    )
+    assert len(batches) == 4  # the packet's batch, then three empty reads while it was behind
+    assert waits[:6] == [live.READ_TIMEOUT] + [live.BACKLOG_POLL] * 3 + [live.READ_TIMEOUT] * 2
