@@ -166,8 +166,9 @@ class LakeWriter:
         head = pc.fill_null(joined.column("same_head"), False)
         bodies = pc.indices_nonzero(pc.and_(todo, head))
         tol = self.config.numeric.tolerance
-        found = [
-            _summarise(diff_bodies(pb, sb, ct, ce, tol))
+        summaries = _Summaries()
+        codes = [
+            summaries.code(diff_bodies(pb, sb, ct, ce, tol))
             for pb, sb, ct, ce in zip(
                 bodies_at(p_col, bodies),
                 bodies_at(s_col, bodies),
@@ -176,16 +177,18 @@ class LakeWriter:
             )
         ]
         rows = pc.indices_nonzero(pc.and_(todo, pc.invert(head)))
-        found += [
-            self.summary(p, s) for p, s in zip(diff_sides(p_col, rows), diff_sides(s_col, rows))
+        codes += [
+            summaries.code(diff_responses(p, s, self._ignored, tol).differences)
+            for p, s in zip(diff_sides(p_col, rows), diff_sides(s_col, rows))
         ]
-        # Each row's summary by index into [NOT_COMPARED, SAME, *found]: O(rows) in numpy.
+        # Each row's summary by index into summaries.found (NOT_COMPARED, SAME, then each
+        # distinct summary): O(rows) in numpy.
         pick = compared.to_numpy(zero_copy_only=False).astype(np.int64)
-        pick[np.concatenate([bodies.to_numpy(), rows.to_numpy()])] = np.arange(2, 2 + len(found))
+        pick[np.concatenate([bodies.to_numpy(), rows.to_numpy()])] = codes
         batch = complete_batch(
-            joined, self.rows.host, endpoints, [NOT_COMPARED, SAME, *found], pick, self.max_body
+            joined, self.rows.host, endpoints, summaries.found, pick, self.max_body
         )
-        self._joined.append(batch)
+        self._joined.append(_grouped(batch))
         self._joined_rows += n
         self._maybe_flush()
 
@@ -200,32 +203,35 @@ class LakeWriter:
         self._last_flush = time.monotonic()
         batches = self._joined
         if len(self.rows):
-            batches.append(self.rows.batch())
+            batches.append(_grouped(self.rows.batch()))
         if not batches:
             return
         self._joined, self._joined_rows = [], 0
-        # Templates learnt since the first rows came: name those rows as the later ones.
-        table = pa.Table.from_batches(
-            [rename_endpoints(b, self._templater.retemplate) for b in batches], schema=SCHEMA
-        )
+        # Templates learnt since the first rows came: name those rows as the later ones (which
+        # may join partitions: grouped again).
+        renamed = [rename_endpoints(b, self._templater.retemplate) for b in batches]
         self._seq += 1
-        self._write(table)
-        self.written += table.num_rows
+        self._write([b if r is b else _grouped(r) for b, r in zip(batches, renamed)])
+        self.written += sum(b.num_rows for b in batches)
 
-    def _write(self, table: pa.Table) -> None:
+    def _write(self, batches: list[pa.RecordBatch]) -> None:
         """One file per partition (Hive style: the partition columns are the directories', not
-        the file's), written under a hidden name and renamed: whole or not at all. Sorting by
-        partition makes each partition one slice: O(rows log rows) in Arrow."""
+        the file's), written under a hidden name and renamed: whole or not at all. Each batch's
+        rows are grouped by partition (``_grouped``), so a partition is one slice of each batch:
+        the file is those slices, in batch order, without a copy."""
         import pyarrow.parquet as pq
 
-        table = table.sort_by([(n, "ascending") for n in PARTITIONS]).combine_chunks()
-        parts = [table.column(n).chunk(0) for n in PARTITIONS]
-        key = pc.binary_join_element_wise(*parts, "\0")
-        ends = pc.run_end_encode(key).run_ends.to_pylist()
-        body = table.drop_columns(list(PARTITIONS))
-        start = 0
-        for i, end in enumerate(ends):
-            values = [p[start].as_py() for p in parts]
+        parts: dict[tuple[str, ...], list[pa.RecordBatch]] = {}
+        for batch in batches:
+            cols = [batch.column(n) for n in PARTITIONS]
+            key = pc.binary_join_element_wise(*cols, "\0")
+            body = batch.drop_columns(list(PARTITIONS))
+            start = 0
+            for end in pc.run_end_encode(key).run_ends.to_pylist():
+                values = tuple(c[start].as_py() for c in cols)
+                parts.setdefault(values, []).append(body.slice(start, end - start))
+                start = end
+        for i, values in enumerate(sorted(parts)):  # the partitions' order, as _grouped's
             folder = os.path.join(self.root, *(f"{n}={v}" for n, v in zip(PARTITIONS, values)))
             os.makedirs(folder, mode=0o700, exist_ok=True)
             name = f"{self._run}-{self._seq:05d}-{i}.parquet"
@@ -233,14 +239,20 @@ class LakeWriter:
             fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as f:
                 pq.write_table(
-                    body.slice(start, end - start),
+                    pa.Table.from_batches(parts[values]),
                     f,
                     row_group_size=64 * 1024,
                     use_dictionary=_DICTIONARY,
                 )
             os.rename(hidden, os.path.join(folder, name))
             self.files += 1
-            start = end
+
+
+def _grouped(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` with its rows grouped by partition, the partitions in order and each one's rows
+    in their order (a stable sort): O(rows log rows) in Arrow and one copy of the rows, made as
+    the rows come (the source's buffers are then freed), not at the flush."""
+    return batch.sort_by([(n, "ascending") for n in PARTITIONS])
 
 
 def _summarise(diffs: list[Difference]) -> DiffSummary:
@@ -251,6 +263,27 @@ def _summarise(diffs: list[Difference]) -> DiffSummary:
         if d.path not in seen and len(seen) < DIFF_PATHS_MAX:
             seen[d.path] = d.kind.value
     return DiffSummary(True, len(diffs), tuple(seen), tuple(seen.values()))
+
+
+class _Summaries:
+    """The distinct diff summaries of a batch's pairs, each made once: pairs differ in the same
+    few ways (a volatile field), so a pair costs a key of its differences' paths and kinds and a
+    dict lookup instead of a DiffSummary (``_summarise``: ~2 us a pair)."""
+
+    def __init__(self) -> None:
+        self.found: list[DiffSummary] = [NOT_COMPARED, SAME]
+        self._codes: dict[tuple[tuple[str, str], ...], int] = {}
+
+    def code(self, diffs: list[Difference]) -> int:
+        """The index in ``found`` of the summary of ``diffs``."""
+        if not diffs:
+            return 1
+        key = tuple([(d.path, d.kind) for d in diffs])  # all a summary depends on
+        code = self._codes.get(key)
+        if code is None:
+            code = self._codes[key] = len(self.found)
+            self.found.append(_summarise(diffs))
+        return code
 
 
 def read_lake(root: str, batch_size: int = 8192) -> Iterator[tuple[Exchange, Result, str]]:
