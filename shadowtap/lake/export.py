@@ -141,11 +141,11 @@ _RESULT_COLUMNS = {
 }
 
 
-def _read_json(path: str, columns: dict[str, str]) -> str:
+def _read_json(path: str, columns: dict[str, str], line_bytes: int) -> str:
     cols = ", ".join(f"\"{k}\": '{v}'" for k, v in columns.items())
     return (
         f"read_json({_quote(path)}, format = 'newline_delimited', columns = {{{cols}}}, "
-        "maximum_object_size = 67108864)"
+        f"maximum_object_size = {line_bytes})"
     )
 
 
@@ -334,9 +334,12 @@ FROM x JOIN r ON x.id = r.exchange_id
 """
 
 
-# DuckDB's memory: past it, its tables spill to the private temporary directory. Lines up to
-# 64 MiB (larger ones: the record path); its JSON reader's buffers take twice that.
+# DuckDB's memory: past it, its tables spill to the private temporary directory.
 _DUCKDB_MEMORY = "1GB"
+# Lines up to 64 MiB (larger ones: the record path). DuckDB's JSON reader holds buffers of twice
+# its largest line: a file is read with 16 MiB first, again with 64 MiB only if a line is longer
+# (100 MB less memory, and its page faults, for the usual files).
+_LINE_BYTES = (16 << 20, 64 << 20)
 
 
 class Declined(Exception):
@@ -369,7 +372,7 @@ def columnar_pairs(
                 ("x", exchanges, _EXCHANGE_COLUMNS),
                 ("r", results, _RESULT_COLUMNS),
             ):
-                con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {_read_json(path, cols)}")
+                _create(con, name, path, cols)
             for name, where in (("x", exchanges), ("r", results)):
                 bad = con.execute(
                     f"SELECT count(*), any_value(p) FROM (SELECT {_problems(name)} AS p FROM "
@@ -396,6 +399,23 @@ def columnar_pairs(
     finally:
         con.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _create(con: Any, name: str, path: str, columns: dict[str, str]) -> None:
+    """Table ``name`` of the JSON lines of ``path`` (``columns``), with the smallest buffers
+    that hold its longest line."""
+    import duckdb
+
+    for line_bytes in _LINE_BYTES:
+        try:
+            con.execute(
+                f"CREATE TEMP TABLE {name} AS SELECT * FROM "
+                f"{_read_json(path, columns, line_bytes)}"
+            )
+            return
+        except duckdb.InvalidInputException as exc:
+            if "maximum_object_size" not in str(exc) or line_bytes == _LINE_BYTES[-1]:
+                raise
 
 
 def _count(con: Any, sql: str) -> int:
