@@ -259,6 +259,49 @@ def test_columnar_export_writes_the_record_paths_rows(tmp_path, gz: bool) -> Non
         assert any(r[name] is not None for r in columnar), name
 
 
+def test_columnar_path_reads_lines_longer_than_its_first_buffer(tmp_path) -> None:
+    """DuckDB reads with buffers for 16 MiB lines first (export._LINE_BYTES); a file with a
+    longer line is read again with larger ones, on the columnar path, the line whole."""
+    import orjson
+
+    ex, res = write_run(str(tmp_path), 20)
+    big = 40 << 20
+    e, r = next(pairs(1, start=1))
+    line = {**e.to_json(), "id": "zbig"}
+    line["response"] = {**line["response"], "body": "x" * big, "body_len": big}
+    with open(ex, "ab") as f:
+        f.write(orjson.dumps(line) + b"\n")
+    with open(res, "ab") as f:
+        f.write(orjson.dumps({**r.to_json(), "exchange_id": "zbig"}) + b"\n")
+    rows = [row for b in columnar_pairs(ex, res, JoinStats()) for row in b.to_pylist()]
+    assert len(rows) == 21
+    (row,) = [row for row in rows if row["exchange_id"] == "zbig"]
+    assert row["primary_response"]["body"] == b"x" * big
+
+
+def test_export_leaves_pandas_out(tmp_path) -> None:
+    """pyarrow imports pandas on its first conversion of a Python value (0.17 s of CPU) unless
+    it is missing: export's process has it missing, and exports all the same."""
+    write_run(str(tmp_path), 50)
+    code = (
+        "import sys\n"
+        "from shadowtap.cli import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as e:\n"
+        "    print('exit', e.code, 'pandas' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "export", str(tmp_path), "-o", str(tmp_path / "l")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.stdout.split() == ["exit", "0", "False"], out.stderr
+    assert "exported 50 pairs" in out.stderr
+
+
 def test_export_reads_bad_lines_record_by_record(tmp_path) -> None:
     """A line that is no valid record (bad JSON, an unknown error kind, a negative copy) makes
     export take the record path, which names the line and exports every good pair."""
