@@ -15,7 +15,12 @@
 # embedder's text cache serves the repeats, as it does for a model's answers to repeated prompts.
 # Times are CPU time (user+sys of the process, pinned to one core: the machine is shared) and
 # wall time; the pairs are compared as compare/run.py does (procs.batch_gc around the loop).
-# Usage: scripts/bench_llm.sh   (env: BENCH_PAIRS=3000 BENCH_PEER_PAIRS=200)
+# End to end: the `shadowtap compare EX RES -q --json OUT` command on BENCH_E2E_PAIRS pairs of the
+# same kind written as exchanges/results JSONL files (reading, decoding, the join, the comparison,
+# the report), its CPU as a child of this pinned process; the whole command's rate, and the steady
+# state's: less the CPU of the same command on the first 1% of the pairs (the fixed start: imports,
+# the embedder's load). BENCH_E2E_PAIRS=0 leaves it out.
+# Usage: scripts/bench_llm.sh   (env: BENCH_PAIRS=3000 BENCH_PEER_PAIRS=200 BENCH_E2E_PAIRS=20000)
 # Goal (issue 13): >= 5,000 pairs/s through compare with text metrics on, one core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +30,10 @@ if command -v taskset >/dev/null; then pin=(taskset -c 0); fi
 "${pin[@]}" "$PY" - <<'PY'
 import os
 import platform
+import resource
+import shutil
+import subprocess
+import tempfile
 import time
 
 import orjson
@@ -33,6 +42,7 @@ from deepdiff import DeepDiff
 
 from shadowtap.compare.aggregate import Comparison
 from shadowtap.compare.config import CompareConfig, GenAiConfig
+from shadowtap.errors import EXIT_OK, EXIT_VERDICT_FAIL, EXIT_VERDICT_MARGINAL
 from shadowtap.lab.llm_service import answer, prompts
 from shadowtap.procs import batch_gc
 from shadowtap.records import Exchange, Request, Response, Result
@@ -43,9 +53,9 @@ T0 = 1_796_149_490.0
 PROMPTS = prompts(max(N, 60))
 
 
-def long_answer(i: int, version: int) -> str:
+def long_answer(i: int, version: int, prompts: list[str]) -> str:
     """About 1 KB: the answers to five consecutive prompts, as one answer."""
-    return " ".join(answer(PROMPTS[(i + k) % len(PROMPTS)], version) if k else answer(PROMPTS[i], version)
+    return " ".join(answer(prompts[(i + k) % len(prompts)], version) if k else answer(prompts[i], version)
                     for k in range(5))[:1024]
 
 
@@ -74,17 +84,17 @@ def body(text: str, created: int) -> bytes:
                                    "total_tokens": 9 + len(text.split())}})
 
 
-pairs, texts = [], []
-for i in range(N):
+def make_pair(i: int, prompts: list[str]) -> tuple[Exchange, Result, str, str]:
+    """The i-th pair (streamed when i is even) and its two answers' texts."""
     t = T0 + i * 0.01
     stream = i % 2 == 0
-    rb = orjson.dumps({"model": "m", "stream": stream, "messages": [{"role": "user", "content": PROMPTS[i]}]})
+    rb = orjson.dumps({"model": "m", "stream": stream, "messages": [{"role": "user", "content": prompts[i]}]})
     req = Request(t, t, "HTTP/1.1", (("Content-Type", "application/json"),), rb, len(rb), method="POST",
                   target="/v1/chat/completions")
-    sides = []
+    sides, answers = [], []
     for version in (1, 2):
-        text = long_answer(i, version)
-        texts.append(text)
+        text = long_answer(i, version, prompts)
+        answers.append(text)
         created = int(t) + version
         if stream:
             b, ch = sse(text, t, created)
@@ -94,8 +104,16 @@ for i in range(N):
             ct = "application/json"
         sides.append((Response(t, t + 0.1, "HTTP/1.1", (("Content-Type", ct),), b, len(b), status=200, reason="OK"), ch))
     (p, pch), (s, sch) = sides
-    pairs.append((Exchange(f"{i:016x}", "10.0.0.1:1", "10.0.0.2:80", 0, req, p, total_ms=100.0, chunks=pch),
-                  Result(f"{i:016x}", "http://s/v1/chat/completions", t, t, s, total_ms=100.0, chunks=sch)))
+    return (Exchange(f"{i:016x}", "10.0.0.1:1", "10.0.0.2:80", 0, req, p, total_ms=100.0, chunks=pch),
+            Result(f"{i:016x}", "http://s/v1/chat/completions", t, t, s, total_ms=100.0, chunks=sch),
+            answers[0], answers[1])
+
+
+pairs, texts = [], []
+for i in range(N):
+    ex, res, tp, ts = make_pair(i, PROMPTS)
+    pairs.append((ex, res))
+    texts += (tp, ts)
 
 # An untimed pass first (lexical only, so the embedder's text cache stays empty): whichever
 # configuration ran first paid the process's warm-up (allocator, caches), ~50 us a pair.
@@ -136,6 +154,52 @@ for k in range(M):
 chrf = (time.perf_counter() - t, time.process_time() - c)
 
 
+def private(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
+def e2e() -> tuple[float, float, float, int]:
+    """``shadowtap compare EX RES -q --json OUT`` on E pairs written as JSONL files (the records'
+    to_json, orjson: what capture and replay write), and on their first 1%: the CPU (user+sys)
+    of each command (a child of this pinned process: pinned too) and the wall time of the whole."""
+    e_prompts = prompts(max(E, 60))  # the pairs of BENCH_PAIRS=E
+    start = max(1, E // 100)
+    work = tempfile.mkdtemp(prefix="bench-llm-")  # 0700
+    try:
+        files = {k: (os.path.join(work, f"ex-{k}.jsonl"), os.path.join(work, f"res-{k}.jsonl"))
+                 for k in ("all", "start")}
+        outs = [open(f, "wb", opener=private) for k in ("all", "start") for f in files[k]]
+        for i in range(E):
+            ex, res, _, _ = make_pair(i, e_prompts)
+            lines = (orjson.dumps(ex.to_json(), option=orjson.OPT_APPEND_NEWLINE),
+                     orjson.dumps(res.to_json(), option=orjson.OPT_APPEND_NEWLINE))
+            for f, line in zip(outs[: 4 if i < start else 2], lines * 2):
+                f.write(line)
+        for f in outs:
+            f.close()
+        cpu, wall = {}, 0.0
+        for k in ("start", "all"):
+            out = os.path.join(work, f"report-{k}.json")
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t = time.perf_counter()
+            rc = subprocess.run([".venv/bin/shadowtap", "compare", *files[k], "-q", "--json", out]).returncode
+            wall = time.perf_counter() - t
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[k] = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+            assert rc in (EXIT_OK, EXIT_VERDICT_MARGINAL, EXIT_VERDICT_FAIL), rc
+            with open(out, "rb") as f:
+                n = orjson.loads(f.read())["summary"]["pairs"]
+            assert n == (E if k == "all" else start), n
+        return cpu["all"], cpu["start"], wall, start
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+E = int(os.environ.get("BENCH_E2E_PAIRS", "20000"))
+if E:
+    e2e_cpu, e2e_start, e2e_wall, e2e_small = e2e()
+
+
 def rates(n: int, wall_cpu: tuple[float, float]) -> tuple[float, float]:
     return n / wall_cpu[0], n / wall_cpu[1]
 
@@ -154,4 +218,11 @@ for label, (w, c) in (("semantic", sem), ("lexical", lex)):
     print(f"ratio shadowtap({label}) CPU: /deepdiff {c / dd[1]:.1f}x, /chrF alone {c / cf[1]:.1f}x")
 print(f"goal >= 5,000 pairs per CPU-second with text metrics on (semantic): "
       f"{'met' if sem[1] >= 5000 else 'not met'}")
+if E:
+    steady = (E - e2e_small) / (e2e_cpu - e2e_start)
+    print(f"shadowtap compare command end to end ({E} pairs as exchanges/results JSONL files, semantic): "
+          f"whole command {E / e2e_cpu:,.0f} pairs per CPU-second ({e2e_cpu:.2f} s CPU, wall {e2e_wall:.2f} s)")
+    print(f"  steady state (less the same command on the first 1%, {e2e_small} pairs: {e2e_start:.2f} s CPU, "
+          f"the fixed start): {steady:,.0f} pairs per CPU-second")
+    print(f"goal >= 5,000 pairs per CPU-second end to end, steady state: {'met' if steady >= 5000 else 'not met'}")
 PY
