@@ -160,14 +160,20 @@ class JsonlWriter:
         self.close()
 
 
+_READ_BUFFER = 1 << 20
+
+
 def _open_input(path: str) -> IO[bytes]:
     if path == "-":
         return sys.stdin.buffer
+    gz = path.endswith(".gz")
     try:
-        raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+        # 1 MiB buffers for plain files: records of streamed answers are lines of 5-20 KB, which
+        # the default 8 KiB buffer reads in pieces and joins (readline 3.3 -> 1.3 us a 9 KB line)
+        raw = open(path, "rb", buffering=-1 if gz else _READ_BUFFER)  # noqa: SIM115 - closed by the caller
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", where=path) from exc
-    if path.endswith(".gz"):
+    if gz:
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     return raw
 
@@ -216,7 +222,7 @@ def read_jsonl(
                     if placeholder is not None:
                         yield placeholder
                 continue
-            if not line.strip():
+            if line.isspace():  # blank (line is not empty here): no stripped copy of every line
                 continue
             try:
                 obj = orjson.loads(line)
