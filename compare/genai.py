@@ -275,7 +275,18 @@ def text_metrics(p: str, s: str, embedder: Embedder | None, chrf: bool) -> TextM
 
 
 def _norm(text: str) -> str:
-    """Whitespace folded: runs of whitespace (str.isspace, as ``\\s``) become one space."""
+    """Whitespace folded: runs of whitespace (str.isspace, as ``\\s``) become one space.
+    ASCII text whose only whitespace is single inner spaces (printable ASCII holds no other)
+    is its own folding: four C scans instead of a split and a join (1.6 vs 4.5 us a 1 KB
+    answer)."""
+    if (
+        text.isascii()
+        and text.isprintable()
+        and "  " not in text
+        and text[:1] != " "
+        and text[-1:] != " "
+    ):
+        return text
     return " ".join(text.split())
 
 

@@ -3,6 +3,8 @@ generic SSE, and the bad inputs of issue 13 (cut streams, non-JSON data, errors,
 
 from __future__ import annotations
 
+import re
+
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -462,7 +464,10 @@ def usual_streams(draw):
         odd = b"data: " + orjson.dumps(draw(_odd_event)) + b"\n\n"
         body = _at_event(body, at, lambda e: odd + e)
         bends.append("odd chunk")
-    cuts = sorted({*draw(st.lists(st.integers(0, len(body) + 5), max_size=8)), len(body)})
+    if draw(st.integers(0, 3)) == 0:  # a write an event: each event a chunk of its own
+        cuts = sorted({m.end() for m in re.finditer(b"\n\n", body)} | {len(body)})
+    else:
+        cuts = sorted({*draw(st.lists(st.integers(0, len(body) + 5), max_size=8)), len(body)})
     chunks = [(end, float(i)) for i, end in enumerate(cuts)]
     if draw(st.integers(0, 9)) == 0:
         chunks.reverse()  # ends out of order (a hand-made record)
