@@ -76,3 +76,27 @@ def test_an_exchanges_file_given_as_results_names_the_missing_field(tmp_path):
     with pytest.raises(InputError) as e:
         list(read_jsonl(str(path), Result.from_json))
     assert "swapped.jsonl line 1: malformed record: missing field 'exchange_id'" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        ([[9, 1.5], [20, 2]], ((9, 1.5), (20, 2.0))),  # as written; an integral time
+        ([[True, "2.5"], [3.0, 4]], ((1, 2.5), (3, 4.0))),  # odd but convertible: as int()/float()
+        ([[2**70, 1.0]], ((2**70, 1.0),)),
+        ([], ()),
+        (None, ()),
+    ],
+)
+def test_chunks_decode_as_int_and_float_pairs(chunks, expected):
+    r = Result("a", "http://x/", 1.0, 1.0, None).to_json()
+    got = Result.from_json({**r, "chunks": chunks}).chunks
+    assert got == expected
+    assert all(type(off) is int and type(ts) is float for off, ts in got)
+
+
+@pytest.mark.parametrize("chunks", [[5], [[1, 2, 3]], [[1]], "ab", [[1, None]], [["x", 1.0]]])
+def test_chunks_that_are_no_pairs_are_refused(chunks):
+    r = Result("a", "http://x/", 1.0, 1.0, None).to_json()
+    with pytest.raises(ValueError, match="chunks: not a list of"):
+        Result.from_json({**r, "chunks": chunks})
