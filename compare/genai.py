@@ -56,6 +56,7 @@ from shadowtap.compare.diff import Body, BodyType, Difference, Kind, Prepared, d
 from shadowtap.compare.samples import redact_text
 from shadowtap.compare.stats import Reservoir, latency_shift, percentiles
 from shadowtap.errors import PrerequisiteError
+from shadowtap.frozen import fast_init
 from shadowtap.records import Exchange, Result
 from shadowtap.wire.genai import (
     UNPARSED,
@@ -216,6 +217,7 @@ def _cosine(a: Any, b: Any) -> float:
 # ------------------------------------------------------------------------------ metrics
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TextMetrics:
     edit: float  # character edit similarity, 0..1
@@ -310,6 +312,7 @@ def _is_json(text: str) -> bool:
         return False
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Side:
     """What one side's answer is, beyond its text."""
@@ -550,6 +553,7 @@ def _exact(path: str) -> tuple[float, float]:
     return 0.0, 1e-9
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class GenPair:
     primary: Side

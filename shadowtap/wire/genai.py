@@ -40,6 +40,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import orjson
 
+from shadowtap.frozen import fast_init
 from shadowtap.wire.sse import DEFAULT_MAX_EVENT, parse_sse
 
 __all__ = [
@@ -75,6 +76,7 @@ class Anomaly(str, Enum):
     TRUNCATED = "body_truncated"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ToolCall:
     index: int
@@ -85,6 +87,7 @@ class ToolCall:
     valid: bool = True
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Choice:
     index: int
@@ -94,6 +97,7 @@ class Choice:
     refusal: str | None = None  # OpenAI's ``refusal`` field (structured outputs)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Generation:
     """The reassembled answer. ``content_times``: arrival time (epoch s) of each event that carried
@@ -875,6 +879,7 @@ def _with_anomaly(gen: Generation, name: str) -> Generation:
 # -------------------------------------------------------------------------------- timing
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Timing:
     """Latency of a generation, in ms (definitions in docs/results-format.md):
