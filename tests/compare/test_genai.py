@@ -4,6 +4,8 @@ measured. The answers come from the lab's demo LLM generator (scripts/lab/llm_se
 
 from __future__ import annotations
 
+import re
+
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 
 from shadowtap.compare.aggregate import Comparison
 from shadowtap.compare.config import CompareConfig, GenAiConfig
-from shadowtap.compare.genai import GenAiComparer, text_metrics
+from shadowtap.compare.genai import GenAiComparer, _any_of, _norm, text_metrics
 from shadowtap.lab.llm_service import answer, behaviour, prompts, tokens
 from shadowtap.records import Exchange, Request, Response, Result
 
@@ -512,3 +514,30 @@ def test_each_answer_body_is_parsed_once_per_pair(monkeypatch, same):
     cmp.add(Exchange("e1", "c:1", "s:2", 0, req, p), Result("e1", "u", 2.0, 2.0, s))
     assert seen.count(pb) == 1 and seen.count(sb) == 1  # the same bytes: one parse in all
     assert len([x for x in seen if x in (pb, sb)]) == (1 if same else 2)
+
+
+_letters = st.text(st.sampled_from(list("ab c.'\\(|*")), max_size=6)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_letters, max_size=6), st.text(st.sampled_from(list("ab c.'\\(|*")), max_size=30))
+def test_the_refusal_regex_finds_a_phrase_where_the_plain_alternation_does(phrases, text):
+    """The factored regex (a trie of the phrases) and the plain alternation find a phrase in the
+    same texts: prefixes shared, one phrase the prefix of another, regex characters, ''."""
+    if not phrases:
+        return
+    plain = re.compile("|".join(re.escape(p) for p in phrases))
+    assert (re.compile(_any_of(phrases)).search(text) is None) == (plain.search(text) is None)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.text(
+        st.sampled_from(
+            [*"ab .", " ", "\t", "\n", "\x1c", "\x85", "\xa0", "\u3000", "é", "\x00", "\x7f"]
+        ),
+        max_size=12,
+    )
+)
+def test_whitespace_folding_shortcut_is_the_split_and_join(text):
+    assert _norm(text) == " ".join(text.split())
