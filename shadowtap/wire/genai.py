@@ -212,26 +212,27 @@ _TYPED = True  # OpenAI chunks decoded as _Chunk (the tests turn it off to compa
 # model that is a string or null, no usage (the last event may carry it, and no choice: the
 # usage chunk). A stream of these alone is read by ``_usual_stream`` with no Python per event;
 # any other value fails the decoding, and the stream goes the event-by-event way. What these
-# types take, ``_Chunk`` takes with the same values.
-class _PlainDelta(msgspec.Struct):
+# types take, ``_Chunk`` takes with the same values. ``gc=False``: values decoded from JSON hold
+# no cycle, so the collector need not track them (decode_lines of 50 events 15.0 -> 13.5 us).
+class _PlainDelta(msgspec.Struct, gc=False):
     content: str | None = None
     refusal: None = None
     tool_calls: None = None
 
 
-class _PlainChoice(msgspec.Struct):
+class _PlainChoice(msgspec.Struct, gc=False):
     delta: _PlainDelta
     index: Literal[0] = 0
     finish_reason: str | None = None
 
 
-class _PlainChunk(msgspec.Struct):
+class _PlainChunk(msgspec.Struct, gc=False):
     choices: tuple[_PlainChoice]  # exactly one
     model: str | None = None
     usage: None = None
 
 
-class _PlainLast(msgspec.Struct):
+class _PlainLast(msgspec.Struct, gc=False):
     choices: Annotated[list[_PlainChoice], msgspec.Meta(max_length=1)]
     model: str | None = None
     usage: dict[str, Any] | None = None
