@@ -13,10 +13,12 @@ import functools
 import hashlib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Annotated, Any, TypeVar, overload
 
 import msgspec
+import orjson
 
 from shadowtap.frozen import fast_init
 
@@ -26,6 +28,8 @@ from shadowtap.frozen import fast_init
 # line rather than replaying an HTTP/2 exchange as HTTP/1.x.
 EXCHANGE_SCHEMA = 2
 RESULT_SCHEMA = 2
+
+T = TypeVar("T")
 
 Headers = tuple[tuple[str, str], ...]
 # (end offset in the body, arrival time in epoch seconds) of each piece of a streamed body
@@ -644,3 +648,206 @@ class Result:
             chunks=_chunks_from(d),
             tls_handshake_ms=_optional_finite(d, "tls_handshake_ms", ""),
         )
+
+
+# ---- Decoding a JSONL line: a typed fast path, the dict path behind it ----
+#
+# ``line_decoder(Exchange.from_json)`` (or ``Result.from_json``) decodes a line's bytes with
+# msgspec straight into structs of the line's shape (no dict of every field, no per-field checks in
+# Python): on an 8 KB line of a streamed answer, 12.6 us an exchange and 10.6 us a result where
+# orjson + ``from_json`` take 15.3 and 12.2 (most of what is left is unescaping the bodies' JSON
+# strings: msgspec's scan of a line costs about what orjson's parse does). The
+# structs accept only what ``from_json`` would turn into the same record: exact JSON types (a
+# string where a string is read, an int >= 0 where a count is), the current schema, finite times;
+# the fields ``from_json`` reads from a dict as they are (``h2``, ``grpc``, ``extra``) are kept as
+# raw JSON and decoded by orjson and the same ``from_json`` as on the slow path. Any line they
+# refuse, or whose record fails a check, goes the dict path (orjson + ``from_json``), which then
+# decides: the accepted lines, the records and every error are those of the dict path
+# (tests/shadowtap/test_records_fast.py compares both paths).
+
+
+# orjson reads an integer outside [-2**63, 2**64) as a float, which the dict path then refuses
+# or converts: the typed path takes only integers in [-2**63, 2**63) (msgspec's bounds are
+# int64s), the others go the dict path.
+_Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+_Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+_ABSENT = msgspec.Raw()  # a field of raw JSON left out of the line (empty: no JSON value is)
+
+
+class _MessageS(msgspec.Struct, kw_only=True, gc=False):
+    ts: float
+    end_ts: float
+    version: str
+    headers: Headers
+    body: str = ""
+    body_encoding: str = "utf8"
+    body_len: _Count
+    body_truncated: bool = False
+    decoded_len: _Count | None = None
+
+    def common(self) -> tuple[Any, ...]:
+        """``Message._common``'s tuple; ValueError when a time is not finite."""
+        ts, end_ts = self.ts, self.end_ts
+        if ts - ts != 0.0 or end_ts - end_ts != 0.0:  # inf - inf and NaN are NaN
+            raise ValueError("not finite")
+        enc = self.body_encoding
+        body = self.body.encode("utf-8") if enc == "utf8" else _decode_body(self.body, enc)
+        return (
+            ts,
+            end_ts,
+            self.version,
+            self.headers,
+            body,
+            self.body_len,
+            self.body_truncated,
+            self.decoded_len,
+        )
+
+
+class _RequestS(_MessageS, kw_only=True, gc=False):
+    method: str
+    target: str
+
+    def record(self) -> Request:
+        return Request(*self.common(), self.method, self.target)  # type: ignore[call-arg]
+
+
+class _ResponseS(_MessageS, kw_only=True, gc=False):
+    status: Annotated[int, msgspec.Meta(ge=0, le=999)]
+    reason: str
+
+    def record(self) -> Response:
+        return Response(*self.common(), self.status, self.reason)  # type: ignore[call-arg]
+
+
+class _ConnS(msgspec.Struct, gc=False):
+    client: str
+    server: str
+
+
+class _ExchangeS(msgspec.Struct, kw_only=True, gc=False):
+    schema: int
+    id: str
+    conn: _ConnS
+    index: _Count
+    request: _RequestS | None = None
+    response: _ResponseS | None = None
+    ttfb_ms: float | None = None
+    total_ms: float | None = None
+    anomalies: tuple[str, ...] = ()
+    h2: msgspec.Raw = _ABSENT
+    grpc: msgspec.Raw = _ABSENT
+    chunks: tuple[tuple[_Int, float], ...] = ()
+
+
+class _ErrorS(msgspec.Struct, gc=False):
+    kind: str
+    message: str
+
+
+class _ResultS(msgspec.Struct, kw_only=True, gc=False):
+    schema: int
+    exchange_id: str
+    copy: _Count | None = None
+    target: str
+    scheduled: float
+    sent: float
+    response: _ResponseS | None = None
+    ttfb_ms: float | None = None
+    total_ms: float | None = None
+    error: _ErrorS | None = None
+    extra: msgspec.Raw = _ABSENT
+    grpc: msgspec.Raw = _ABSENT
+    chunks: tuple[tuple[_Int, float], ...] = ()
+    tls_handshake_ms: float | None = None
+
+
+def _finite_or_none(v: float | None) -> float | None:
+    if v is not None and v - v != 0.0:
+        raise ValueError("not finite")
+    return v
+
+
+def _raw_object(raw: msgspec.Raw, default: Any = None) -> Any:
+    """A raw JSON value as the dict path reads it (orjson: the same numbers, the same refusals);
+    ``default`` when the field is absent."""
+    return orjson.loads(memoryview(raw)) if raw else default
+
+
+def _exchange_fast(s: _ExchangeS) -> Exchange:
+    if s.schema != EXCHANGE_SCHEMA:
+        raise ValueError("schema")  # older schemas: the dict path migrates them
+    req, resp = s.request, s.response
+    h2, grpc = _raw_object(s.h2), _raw_object(s.grpc)
+    return Exchange(
+        s.id,
+        s.conn.client,
+        s.conn.server,
+        s.index,
+        req.record() if req is not None else None,
+        resp.record() if resp is not None else None,
+        s.anomalies,
+        _finite_or_none(s.ttfb_ms),
+        _finite_or_none(s.total_ms),
+        H2Stream.from_json(h2) if h2 is not None else None,
+        GrpcCall.from_json(grpc) if grpc is not None else None,
+        s.chunks,
+    )
+
+
+def _result_fast(s: _ResultS) -> Result:
+    if s.schema != RESULT_SCHEMA:
+        raise ValueError("schema")
+    resp, err = s.response, s.error
+    scheduled, sent = s.scheduled, s.sent
+    if scheduled - scheduled != 0.0 or sent - sent != 0.0:
+        raise ValueError("not finite")
+    extra, grpc = _raw_object(s.extra, {}), _raw_object(s.grpc)
+    return Result(
+        s.exchange_id,
+        s.target,
+        scheduled,
+        sent,
+        resp.record() if resp is not None else None,
+        _finite_or_none(s.ttfb_ms),
+        _finite_or_none(s.total_ms),
+        ResultError(err.kind, err.message) if err is not None else None,
+        s.copy or 0,
+        dict(extra),
+        GrpcCall.from_json(grpc) if grpc is not None else None,
+        s.chunks,
+        _finite_or_none(s.tls_handshake_ms),
+    )
+
+
+def json_object(line: bytes) -> dict[str, Any]:
+    """A JSONL line's object (orjson.JSONDecodeError, a ValueError, when it is no JSON; TypeError
+    when it is JSON but no object)."""
+    obj = orjson.loads(line)
+    if not isinstance(obj, dict):
+        raise TypeError("not a JSON object")
+    return obj
+
+
+_FAST: dict[Any, tuple[msgspec.json.Decoder[Any], Callable[[Any], Any]]] = {
+    Exchange.from_json: (msgspec.json.Decoder(_ExchangeS), _exchange_fast),
+    Result.from_json: (msgspec.json.Decoder(_ResultS), _result_fast),
+}
+
+
+def line_decoder(decode: Callable[[dict[str, Any]], T]) -> Callable[[bytes], T]:
+    """The decoder of a JSONL line's bytes into what ``decode`` makes of the line's object: the
+    typed fast path above for ``Exchange.from_json`` and ``Result.from_json``, else (and for any
+    line the fast path refuses) ``decode(json_object(line))``. Raises what that raises."""
+    fast = _FAST.get(decode)
+    if fast is None:
+        return lambda line: decode(json_object(line))
+    typed, build = fast[0].decode, fast[1]
+
+    def decode_line(line: bytes) -> T:
+        try:
+            return build(typed(line))  # type: ignore[no-any-return]
+        except Exception:  # noqa: BLE001 - the dict path decides (and says why)
+            return decode(json_object(line))
+
+    return decode_line
