@@ -33,7 +33,7 @@ from shadowtap.compare.config import CompareConfig
 from shadowtap.compare.join import Joiner, join
 from shadowtap.errors import InputError
 from shadowtap.jsonl import malformed, read_jsonl
-from shadowtap.records import Exchange, Result, line_decoder
+from shadowtap.records import Exchange, Result
 
 _KEYS = {
     "x": (b'"id":"', b'"id": "'),
@@ -110,9 +110,9 @@ def compare_tagged(
     c = Comparison(cfg, baseline=baseline)
     j = Joiner(baseline=baseline)
     feed = {
-        "x": (line_decoder(Exchange.from_json), j.exchange),
-        "r": (line_decoder(Result.from_json), j.result),
-        "b": (line_decoder(Result.from_json), j.base),
+        "x": (Exchange.from_json, j.exchange),
+        "r": (Result.from_json, j.result),
+        "b": (Result.from_json, j.base),
     }
     where = {"x": "exchanges", "r": "results", "b": "baseline"}
     for tag, line in lines:
@@ -120,7 +120,10 @@ def compare_tagged(
             continue
         decode, push = feed[tag]
         try:
-            rec = decode(line)
+            obj = orjson.loads(line)
+            if not isinstance(obj, dict):
+                raise TypeError("not a JSON object")
+            rec = decode(obj)
         except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
             _note_error(c, InputError(malformed(exc), where=where[tag]))
             continue

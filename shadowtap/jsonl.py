@@ -20,7 +20,6 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from shadowtap.errors import InputError
-from shadowtap.records import line_decoder
 
 T = TypeVar("T")
 
@@ -194,8 +193,7 @@ def read_jsonl(
     keep: Callable[[bytes], bool] | None = None,
     other: Callable[[bytes], T | None] | None = None,
 ) -> Iterator[T]:
-    """Yield ``decode(obj)`` for each line's object of ``path`` (through ``line_decoder(decode)``:
-    the records' typed fast path where ``decode`` has one; each line ``keep(line)`` accepts, when
+    """Yield ``decode(obj)`` for each line of ``path`` (each line ``keep(line)`` accepts, when
     given: a cheap test on the raw bytes that spares the parse of lines another reader takes;
     ``other(line)``, when given and not None, is yielded for the lines ``keep`` rejects: a
     placeholder of another reader's line).
@@ -203,7 +201,6 @@ def read_jsonl(
     A malformed line (bad JSON, or ``decode`` raising ValueError/KeyError/TypeError) is reported to
     ``on_error`` as an InputError naming the file and line, and skipped; without ``on_error`` it
     raises. Blank lines are skipped. Reads are streaming: memory is O(longest line)."""
-    decode_line = line_decoder(decode)
     f = _open_input(path)
     try:
         lineno = 0
@@ -228,7 +225,10 @@ def read_jsonl(
             if line.isspace():  # blank (line is not empty here): no stripped copy of every line
                 continue
             try:
-                yield decode_line(line)
+                obj = orjson.loads(line)
+                if not isinstance(obj, dict):
+                    raise TypeError("not a JSON object")
+                yield decode(obj)
             except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
                 err = InputError(malformed(exc), where=f"{path} line {lineno}")
                 if on_error is None:
