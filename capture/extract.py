@@ -11,7 +11,6 @@ offset propagates (non-zero exit).
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import gc
 import heapq
 import os
@@ -27,11 +26,10 @@ from shadowtap.capture.extractor import Extractor, ExtractStats
 from shadowtap.capture.pcapfile import read_packets
 from shadowtap.codec import ErrorRecord, error_record
 from shadowtap.errors import InputError
-from shadowtap.procs import Child, Signals, batch_gc, codec_for, spawn
+from shadowtap.procs import Child, Signals, batch_gc, codec_for, enlarge_pipe, spawn
 from shadowtap.records import Exchange
 
 _PROGRESS_EVERY = 8192  # packets between progress updates
-_F_SETPIPE_SZ = 1031  # fcntl: set a pipe's capacity (Linux)
 
 
 def _packets(paths: Sequence[str]) -> Iterator[tuple[float, int, bytes]]:
@@ -352,10 +350,7 @@ def _run_sharded(
     try:
         for k in range(jobs):
             r, w = os.pipe()
-            try:
-                fcntl.fcntl(w, _F_SETPIPE_SZ, 1 << 20)
-            except OSError:
-                pass  # the default pipe size works, with more waiting
+            enlarge_pipe(w, 1 << 20)  # or what the kernel allows: a smaller pipe means more waiting
             # Ctrl-C reaches the whole group: a worker ends at once (exit 130), the parent reports.
             children.append(
                 spawn(

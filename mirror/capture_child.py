@@ -37,17 +37,24 @@ from shadowtap.codec import FrameReader, frame
 from shadowtap.errors import ShadowtapError
 from shadowtap.frozen import fast_init
 from shadowtap.mirror.sender import Admission, Outcome, Pending, TokenBucket
-from shadowtap.procs import Child, ChildContext, ChildDied, Signals, codec_for, spawn
+from shadowtap.procs import (
+    Child,
+    ChildContext,
+    ChildDied,
+    Signals,
+    codec_for,
+    enlarge_pipe,
+    spawn,
+)
 from shadowtap.records import Exchange
 from shadowtap.replay.policy import Policy, Prepared, Skip, SkipReason
 
-# Bytes asked for the pipe (F_SETPIPE_SZ). Without CAP_SYS_RESOURCE the kernel refuses more than
-# /proc/sys/fs/pipe-max-size (1 MiB by default): then that is asked (``enlarge_pipe``), never the
-# default 64 KiB, which holds ~70 requests' frames (a backlog behind it drained ~70 a second).
+# Bytes asked for the pipe (``procs.enlarge_pipe``). Without CAP_SYS_RESOURCE the kernel refuses
+# more than /proc/sys/fs/pipe-max-size (1 MiB by default): then that is asked, never the default
+# 64 KiB, which holds ~70 requests' frames (a backlog behind it drained ~70 a second).
 PIPE_SIZE = 4 << 20
 WRITE_BYTES = 256 << 10  # frames joined into one write, at most
 MAX_OUTBOX_BYTES = 256 << 20  # frames waiting for the pipe, at most (bodies can be 1 MiB each)
-_F_SETPIPE_SZ, _F_GETPIPE_SZ = 1031, 1032
 # Seconds between two reads of the capture under load (capture/live.py's CaptureConfig.coalesce):
 # a batch of packets, one write to the pipe and one wake-up of the mirror's loop every COALESCE,
 # not one of each a packet (at 3k requests/s, ~9k packets/s: the wake-ups and their system calls
@@ -178,21 +185,6 @@ class Outbox:
             self._partial = self._partial[n:]
 
 
-def enlarge_pipe(fd: int, size: int = PIPE_SIZE) -> int:
-    """Ask for a pipe of ``size`` bytes, else of the largest size an unprivileged process may
-    ask (/proc/sys/fs/pipe-max-size); returns the size the pipe has."""
-    try:
-        return fcntl.fcntl(fd, _F_SETPIPE_SZ, size)
-    except OSError:
-        pass
-    try:
-        with open("/proc/sys/fs/pipe-max-size") as f:
-            allowed = int(f.read())
-        return fcntl.fcntl(fd, _F_SETPIPE_SZ, min(size, allowed))
-    except (OSError, ValueError):
-        return fcntl.fcntl(fd, _F_GETPIPE_SZ)
-
-
 def make_decide(cfg: Any, policy: Policy, own: Container[str]) -> Callable[[Any], Any]:
     """Admission's decision for one RequestEvent: the shadow's own traffic (when the shadow is
     reached through the captured interface on a captured port) is never mirrored; then the Policy
@@ -228,7 +220,7 @@ def child_main(ctx: ChildContext, fd: int, cfg: Any, policy: Policy, own: Contai
     stop = ctx.stop
     fl = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
-    enlarge_pipe(fd)
+    enlarge_pipe(fd, PIPE_SIZE)
     outbox = Outbox(fd, max_frames=max(2 * cfg.queue, 20_000))
     bucket = TokenBucket(cfg.rate_limit) if cfg.rate_limit else None
     admission = Admission(

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import enum
+import fcntl
 import gc
 import os
 import signal
@@ -348,3 +349,19 @@ def spawn(
     proc.start()
     theirs.close()
     return Child(proc, Channel(mine, codec), name)
+
+
+def enlarge_pipe(fd: int, size: int) -> int:
+    """Ask for a pipe of ``size`` bytes, else of the largest size an unprivileged process may ask
+    (/proc/sys/fs/pipe-max-size, 1 MiB by default: more needs CAP_SYS_RESOURCE, which root may
+    lack); returns the size the pipe has (the default 64 KiB if both are refused)."""
+    try:
+        return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except OSError:
+        pass
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            allowed = int(f.read())
+        return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(size, allowed))
+    except (OSError, ValueError):
+        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)

@@ -23,7 +23,6 @@ _CONFIG = (
 _MAX_BODY = "Bytes of each body kept (longer ones are cut and marked body_truncated)."
 
 
-
 class _WithoutPandas(MetaPathFinder):
     """pandas as if not installed. pyarrow imports it the first time it converts a Python or
     numpy value, to ask whether that is a pandas object: 0.17 s of CPU (5% of a 200,000-pair

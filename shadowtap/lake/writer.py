@@ -126,8 +126,10 @@ class LakeWriter:
         """The per-pair diff summary of the primary's and the shadow's responses."""
         if p is None or s is None:
             return NOT_COMPARED
-        tol = self.config.numeric.tolerance
-        return _summarise(diff_responses(p, s, self._ignored, tol).differences)
+        return _summarise(self._differences(p, s))
+
+    def _differences(self, p: Response, s: Response) -> list[Difference]:
+        return diff_responses(p, s, self._ignored, self.config.numeric.tolerance).differences
 
     def add(self, ex: Exchange, res: Result, host: str | None = None) -> None:
         req = ex.request
@@ -178,7 +180,7 @@ class LakeWriter:
         ]
         rows = pc.indices_nonzero(pc.and_(todo, pc.invert(head)))
         codes += [
-            summaries.code(diff_responses(p, s, self._ignored, tol).differences)
+            summaries.code(self._differences(p, s))
             for p, s in zip(diff_sides(p_col, rows), diff_sides(s_col, rows))
         ]
         # Each row's summary by index into summaries.found (NOT_COMPARED, SAME, then each

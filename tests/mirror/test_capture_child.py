@@ -18,9 +18,9 @@ from shadowtap.mirror.capture_child import (
     Outbox,
     Started,
     decode,
-    enlarge_pipe,
 )
 from shadowtap.mirror.sender import Pending
+from shadowtap.procs import enlarge_pipe
 from shadowtap.records import Exchange, H2Stream, Request, Response
 from shadowtap.replay.policy import Policy, Target
 
@@ -143,8 +143,8 @@ def test_the_pipe_is_enlarged_to_what_the_kernel_allows():
     try:
         with open("/proc/sys/fs/pipe-max-size") as f:
             allowed = int(f.read())
-        size = enlarge_pipe(w)
-        assert size == fcntl.fcntl(w, 1032) >= min(PIPE_SIZE, allowed)
+        size = enlarge_pipe(w, PIPE_SIZE)
+        assert size == fcntl.fcntl(w, fcntl.F_GETPIPE_SZ) >= min(PIPE_SIZE, allowed)
     finally:
         os.close(r)
         os.close(w)
