@@ -252,7 +252,7 @@ def open_source(cfg: ReplayConfig, summary: ReplaySummary) -> Callable[[], Itera
                 console.warn(f"{err.message} (skipped)")
 
         def jsonl_pass() -> Iterable[Exchange]:
-            return read_jsonl(cfg.input, Exchange.from_json_sendable, on_error)
+            return read_jsonl(cfg.input, Exchange.sendable_from_line, on_error, lines=True)
 
         return jsonl_pass
 

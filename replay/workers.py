@@ -154,7 +154,12 @@ def shard_source(
         # to count): they are not even placeholders.
         untimed = cfg.timing.speed is None and cfg.timing.rate is None
         return read_jsonl(
-            cfg.input, Exchange.from_json_sendable, on_error, mine, None if untimed else other
+            cfg.input,
+            Exchange.sendable_from_line,
+            on_error,
+            mine,
+            None if untimed else other,
+            lines=True,
         )
 
     return shard_pass

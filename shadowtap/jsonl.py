@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
+import msgspec
 import orjson
 
 from shadowtap.errors import InputError
@@ -183,22 +184,28 @@ def malformed(exc: Exception) -> str:
     (``'exchange_id'``), so it is named as the missing field it is."""
     if isinstance(exc, KeyError):
         return f"malformed record: missing field {exc} (is this the right kind of file?)"
+    if isinstance(exc, msgspec.ValidationError) and "missing required field" in str(exc):
+        return f"malformed record: {exc} (is this the right kind of file?)"
     return f"malformed record: {exc}"
 
 
 def read_jsonl(
     path: str,
-    decode: Callable[[dict[str, Any]], T],
+    decode: Callable[[Any], T],
     on_error: Callable[[InputError], None] | None = None,
     keep: Callable[[bytes], bool] | None = None,
     other: Callable[[bytes], T | None] | None = None,
+    *,
+    lines: bool = False,
 ) -> Iterator[T]:
-    """Yield ``decode(obj)`` for each line of ``path`` (each line ``keep(line)`` accepts, when
+    """Yield ``decode(obj)`` for each line of ``path`` (``decode(line)``, the raw bytes, with
+    ``lines``: a typed decoder of its own) (each line ``keep(line)`` accepts, when
     given: a cheap test on the raw bytes that spares the parse of lines another reader takes;
     ``other(line)``, when given and not None, is yielded for the lines ``keep`` rejects: a
     placeholder of another reader's line).
 
-    A malformed line (bad JSON, or ``decode`` raising ValueError/KeyError/TypeError) is reported to
+    A malformed line (bad JSON, or ``decode`` raising ValueError/KeyError/TypeError or msgspec's
+    DecodeError) is reported to
     ``on_error`` as an InputError naming the file and line, and skipped; without ``on_error`` it
     raises. Blank lines are skipped. Reads are streaming: memory is O(longest line)."""
     f = _open_input(path)
@@ -225,11 +232,20 @@ def read_jsonl(
             if line.isspace():  # blank (line is not empty here): no stripped copy of every line
                 continue
             try:
+                if lines:
+                    yield decode(line)
+                    continue
                 obj = orjson.loads(line)
                 if not isinstance(obj, dict):
                     raise TypeError("not a JSON object")
                 yield decode(obj)
-            except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
+            except (
+                orjson.JSONDecodeError,
+                msgspec.DecodeError,
+                ValueError,
+                KeyError,
+                TypeError,
+            ) as exc:
                 err = InputError(malformed(exc), where=f"{path} line {lineno}")
                 if on_error is None:
                     raise err from exc

@@ -100,3 +100,79 @@ def test_chunks_that_are_no_pairs_are_refused(chunks):
     r = Result("a", "http://x/", 1.0, 1.0, None).to_json()
     with pytest.raises(ValueError, match="chunks: not a list of"):
         Result.from_json({**r, "chunks": chunks})
+
+
+def _sendable(tmp_path, d: dict | bytes) -> list[Exchange]:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n" + (d if isinstance(d, bytes) else orjson.dumps(d)) + b"\n")
+    return list(read_jsonl(str(path), Exchange.sendable_from_line, lines=True))
+
+
+def test_the_sendable_view_is_the_full_decoders_request(tmp_path):
+    """replay's typed decoder of a line (the request, id, connection, h2, grpc) gives what the full
+    decoder gives, the response left out; base64 bodies, HTAB in values and schema 1 lines too."""
+    d = exchange_json()
+    d["request"].update(
+        method="POST",
+        target="/v1/x?q=1",
+        headers=[["Host", "a"], ["X-Tab", "a\tb"], ["Content-Length", "3"]],
+        body="/wA=",
+        body_encoding="base64",
+        body_len=3,
+        body_truncated=True,
+        decoded_len=None,
+    )
+    d["h2"] = {"stream_id": 3, "outcome": "complete", "error_code": None}
+    full = Exchange.from_json(d)
+    for line in (d, {k: v for k, v in {**d, "schema": 1}.items() if k != "h2"}):
+        (got,) = _sendable(tmp_path, line)
+        assert got.request == full.request and got.request.body == b"\xff\x00"
+        assert (got.id, got.client, got.server, got.index) == (
+            full.id,
+            full.client,
+            full.server,
+            full.index,
+        )
+        assert got.response is None
+        assert got.h2 == (full.h2 if "h2" in line else None)
+
+
+def test_a_response_alone_is_decoded_whole(tmp_path):
+    d = {**exchange_json(), "request": None}
+    (got,) = _sendable(tmp_path, d)
+    assert got.request is None and got.response == Exchange.from_json(d).response
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("ts", "NaN", "Expected `float`, got `str` - at `$.request.ts`"),
+        ("body_len", -1, "Expected `int` >= 0 - at `$.request.body_len`"),
+        ("method", 7, "Expected `str`, got `int` - at `$.request.method`"),
+        ("headers", [["Host", 1]], "Expected `str`, got `int` - at `$.request.headers[0][1]`"),
+        ("method", "GET /x HTTP/1.1\r\nX:", "request not replayable: method"),
+        ("target", "/a b", "request not replayable: target"),
+    ],
+)
+def test_the_sendable_view_checks_what_it_decodes(tmp_path, key, value, message):
+    d = exchange_json()
+    d["request"][key] = value
+    with pytest.raises(InputError) as e:
+        _sendable(tmp_path, d)
+    assert "in.jsonl line 2: malformed record" in str(e.value) and message in str(e.value)
+
+
+def test_the_sendable_view_refuses_infinite_times_and_unknown_schemas(tmp_path):
+    line = orjson.dumps(exchange_json()).replace(b'"ts":1.0', b'"ts":1e999', 1)
+    with pytest.raises(InputError, match=r"Number out of range - at `\$.request.ts`"):
+        _sendable(tmp_path, line)
+    with pytest.raises(InputError, match=r"not an exchange record of schema 2 \(schema=9\)"):
+        _sendable(tmp_path, {**exchange_json(), "schema": 9})
+
+
+def test_a_results_file_given_as_exchanges_names_the_missing_field(tmp_path):
+    r = Result("a", "http://x/", 1.0, 1.0, None).to_json()
+    with pytest.raises(InputError) as e:
+        _sendable(tmp_path, r)
+    assert "missing required field `id`" in str(e.value)
+    assert "(is this the right kind of file?)" in str(e.value)
