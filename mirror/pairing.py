@@ -47,8 +47,9 @@ class Pairer:
         self.ttl = ttl
         self.max_bytes = max_bytes
         self.bytes = 0  # bodies held
-        # id -> (arrival time, Exchange or Result); insertion order is arrival order.
-        self._waiting: OrderedDict[str, tuple[float, Exchange | Result]] = OrderedDict()
+        # id -> (arrival time, Exchange or Result, its body_size); insertion order is arrival
+        # order. The size is kept so that taking an entry out costs no second look at its bodies.
+        self._waiting: OrderedDict[str, tuple[float, Exchange | Result, int]] = OrderedDict()
         self.paired = 0
         self.evicted_exchanges = 0  # exchange waited for a result that never came
         self.evicted_results = 0  # result waited for an exchange that never came
@@ -60,34 +61,35 @@ class Pairer:
         """An exchange whose request was sent (or is queued) to the shadow."""
         other = self._waiting.pop(ex.id, None)
         if other is not None:
-            self.bytes -= body_size(other[1])
-        if other is not None and isinstance(other[1], Result):
-            self.paired += 1
-            return Pair(ex, other[1])
+            self.bytes -= other[2]
+            if isinstance(other[1], Result):
+                self.paired += 1
+                return Pair(ex, other[1])
         self._hold(ex.id, ex, now)
         return None
 
     def add_result(self, res: Result, now: float) -> Pair | None:
         other = self._waiting.pop(res.exchange_id, None)
         if other is not None:
-            self.bytes -= body_size(other[1])
-        if other is not None and isinstance(other[1], Exchange):
-            self.paired += 1
-            return Pair(other[1], res)
+            self.bytes -= other[2]
+            if isinstance(other[1], Exchange):
+                self.paired += 1
+                return Pair(other[1], res)
         self._hold(res.exchange_id, res, now)
         return None
 
     def _hold(self, key: str, rec: Exchange | Result, now: float) -> None:
-        self._waiting[key] = (now, rec)
-        self.bytes += body_size(rec)
+        size = body_size(rec)
+        self._waiting[key] = (now, rec, size)
+        self.bytes += size
         while len(self._waiting) > 1 and (
             len(self._waiting) > self.capacity or self.bytes > self.max_bytes
         ):
             self._evict_oldest()
 
     def _evict_oldest(self) -> Exchange | Result:
-        _, (_, rec) = self._waiting.popitem(last=False)
-        self.bytes -= body_size(rec)
+        _, (_, rec, size) = self._waiting.popitem(last=False)
+        self.bytes -= size
         if isinstance(rec, Exchange):
             self.evicted_exchanges += 1
         else:
@@ -98,7 +100,7 @@ class Pairer:
         """Evict entries older than ``ttl``; returns them (oldest first)."""
         out: list[Exchange | Result] = []
         while self._waiting:
-            t, _ = next(iter(self._waiting.values()))
+            t = next(iter(self._waiting.values()))[0]
             if now - t <= self.ttl:
                 break
             out.append(self._evict_oldest())

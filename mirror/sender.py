@@ -129,12 +129,12 @@ class Outcome(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Pending:
     """One request waiting for a worker. ``outgoing`` is whatever the policy prepared (opaque here:
-    the sender knows it); ``wire_ts`` the request's last byte on the wire (epoch seconds)."""
+    the sender knows it); ``wire_ts`` the request's last byte on the wire (epoch seconds). What
+    crosses the pipe for every request: no field that the mirror's process does not read."""
 
     exchange_id: str
     outgoing: Any
     wire_ts: float
-    admitted: float  # wall clock when queued
 
 
 # decide(event) -> (outgoing, None) to send, or (None, (Outcome, reason)) to skip. Runs in the
@@ -176,12 +176,10 @@ class Admission:
             if outcome is Outcome.SKIPPED:
                 self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
             return outcome
-        now = self._clock()
-        if self._bucket is not None and not self._bucket.take(now):
+        if self._bucket is not None and not self._bucket.take(self._clock()):
             self.counts[Outcome.RATE_LIMITED] += 1
             return Outcome.RATE_LIMITED
-        req = event.request
-        item = Pending(event.exchange_id, outgoing, req.end_ts, now)
+        item = Pending(event.exchange_id, outgoing, event.request.end_ts)
         self._admitted[event.exchange_id] = None
         if len(self._admitted) > self._max_admitted:
             self._admitted.popitem(last=False)

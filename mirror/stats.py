@@ -8,8 +8,8 @@ the bucket's 25% width). The same buckets are exposed to Prometheus as ``_bucket
 
 from __future__ import annotations
 
-import bisect
 import math
+from bisect import bisect_left as _bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -40,10 +40,11 @@ class Histogram:
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        if math.isnan(value):
-            return
-        value = max(value, 0.0)
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        if not value > 0.0:  # NaN is skipped, a negative value counts as 0
+            if value != value:
+                return
+            value = 0.0
+        self.counts[_bisect_left(self.bounds, value)] += 1
         self.count += 1
         self.sum += value
 

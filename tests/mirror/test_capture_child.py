@@ -66,7 +66,7 @@ def test_records_survive_the_frames_whatever_the_splits():
     ex = _exchange()
     half = Exchange(id="h", client="c:1", server="s:2", index=0, request=ex.request, response=None)
     prepared = Policy(target=Target.parse("http://10.9.9.9:81"), allow_unsafe=True).decide(ex)
-    item = Pending(ex.id, prepared, 1.6, 123.0)
+    item = Pending(ex.id, prepared, 1.6)
     sent = [
         Captured(ex, True),
         item,
@@ -109,7 +109,7 @@ def test_outbox_never_blocks_and_drops_the_oldest_when_nobody_reads():
     )
     t0 = time.monotonic()
     dropped = [
-        box.put(Pending(str(i), replace(prepared, exchange_id=str(i)), 1.0, 1.0))
+        box.put(Pending(str(i), replace(prepared, exchange_id=str(i)), 1.0))
         for i in range(2000)
     ]  # ~8 MB: more than a pipe holds
     assert time.monotonic() - t0 < 5
@@ -131,7 +131,7 @@ def test_outbox_never_blocks_and_drops_the_oldest_when_nobody_reads():
         got += [decode(p).exchange_id for p in reader.feed(data)]
     assert len(got) + len(lost) == 2000 and got == sorted(got, key=int)
     os.close(r)
-    box.put(Pending("late", prepared, 1.0, 1.0))
+    box.put(Pending("late", prepared, 1.0))
     box.flush()  # the reader is gone: broken, not an exception
     assert box.broken
     os.close(w)

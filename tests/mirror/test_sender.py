@@ -79,7 +79,7 @@ def test_admission_counts_every_outcome_and_tracks_admitted_ids():
         ]
         assert adm.take_admitted("id5") is False  # once only
         item = q.pop()
-        assert item.outgoing == "/4" and item.wire_ts == 1.5 and item.admitted == 100.0
+        assert item.outgoing == "/4" and item.wire_ts == 1.5
 
         limited = Admission(
             DropOldestQueue(100), decide, rate_limit=TokenBucket(10, burst=3), clock=lambda: 5.0
@@ -132,7 +132,7 @@ def test_pump_keeps_the_concurrency_limit_against_a_real_server_and_drains():
                 ),
                 response=None,
             )
-            pump.offer(Pending(ex.id, policy.decide(ex), 1.0, 1.0))
+            pump.offer(Pending(ex.id, policy.decide(ex), 1.0))
             assert pump.in_flight <= 3
         assert await pump.drain(timeout=10)
         sender.close()
@@ -154,7 +154,7 @@ def test_pump_drain_timeout_abandons_and_counts():
 
         pump = Pump(DropOldestQueue(100), submit, lambda r: None, concurrency=2)
         for i in range(10):
-            pump.offer(Pending(f"id{i}", i, 0.0, 0.0))
+            pump.offer(Pending(f"id{i}", i, 0.0))
         assert pump.in_flight == 2 and len(pump.queue) == 8
         assert not await pump.drain(timeout=0.1)
         assert pump.abandoned == 10 and pump.in_flight == 0
