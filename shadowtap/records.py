@@ -490,7 +490,7 @@ class _SendableExchange(msgspec.Struct, frozen=True, kw_only=True):
     grpc: dict[str, Any] | None = None
 
 
-_SENDABLE = msgspec.json.Decoder(_SendableExchange)
+_decode_sendable = msgspec.json.Decoder(_SendableExchange).decode
 
 
 @fast_init
@@ -533,14 +533,14 @@ class Exchange:
     def sendable_from_line(cls, line: bytes) -> Exchange:
         """The exchange of a JSONL line as replay needs it: id, connection, index, the request
         (checked as ``from_json`` checks it), ``h2`` and ``grpc``. One typed msgspec decode of
-        only those fields (``_SENDABLE``): the primary's response, timings, anomalies and chunks
+        only those fields (``_SendableExchange``): the primary's response, timings, anomalies and chunks
         are skipped in C, never built (3.7 us a line where orjson and the dict walk took 8.0 on
         a wrk capture's lines). A line of an older schema is migrated first; a response alone
         is decoded whole (the policy skips it, counted). A request that cannot be sent as one
         request (CRLF injection, a method or header name that is no token) is a ValueError
         naming the field, so the reader warns about it with its line number and skips it;
         wrong types are msgspec's ValidationError, naming the field by its JSON path."""
-        s = _SENDABLE.decode(line)
+        s = _decode_sendable(line)
         if s.schema != EXCHANGE_SCHEMA:
             return cls.sendable_from_line(
                 orjson.dumps(_migrate(orjson.loads(line), EXCHANGE_SCHEMA, "an exchange"))
