@@ -296,18 +296,14 @@ class Shard:
             return
         import asyncio
 
-        import numpy as np
-
         loop = asyncio.get_running_loop()
         last = summary.lags.snapshot()
         last_n = 0
 
         def tick() -> None:
             nonlocal last, last_n
-            counts = summary.lags.snapshot()
-            delta = counts - last
-            bins = np.nonzero(delta)[0]
             lags = summary.lags
+            grown = lags.since(last)
             with contextlib.suppress(OSError, ValueError):
                 self.ctx.channel.send(
                     Tick(
@@ -316,12 +312,12 @@ class Shard:
                         dict(summary.errors),
                         dict(summary.skipped),
                         outstanding(),
-                        dict(zip(bins.tolist(), delta[bins].tolist(), strict=True)),
+                        grown,
                         lags.n - last_n,
                         lags.max,
                     )
                 )
-            last, last_n = counts, lags.n
+            last, last_n = lags.snapshot(), lags.n
             loop.call_later(TICK, tick)
 
         loop.call_later(TICK, tick)
@@ -380,7 +376,6 @@ def _worker(
         if writer is not None:
             writer.close()
     lags = summary.lags
-    lags.fold()
     return WorkerReport(
         worker=index,
         exchanges=summary.exchanges,

@@ -79,11 +79,27 @@ def test_lag_histogram_percentiles_within_half_a_percent():
     for got, q in ((p50, 50), (p99, 99)):
         exact = float(np.percentile(lags, q))
         assert exact * 0.99 <= got <= exact * 1.01
+    before = h.snapshot()
     other = Lags()
-    other.add(1.0)
-    other.fold()
+    for x in (1.0, 1.0, 300.0):
+        other.add(x)
     h.merge(other.counts.tobytes(), other.n, other.max)
-    assert h.n == len(lags) + 1
+    assert h.n == len(lags) + 3 and sum(h.counts) == h.n
+    grown = h.since(before)  # what a progress tick shows: the lags of the last interval
+    assert sum(grown.values()) == 3 and len(grown) == 2
+    assert 0.995 <= h.quantile(0.5, grown) <= 1.005 and h.quantile(1.0, grown) == 300.0
+
+
+def test_lag_histogram_edges():
+    h = Lags()
+    assert h.percentiles() is None and h.quantile(0.5) == 0.0
+    for x in (-5.0, 0.0, 0.0009, float("nan")):  # under 1 us, negative and NaN: bin 0
+        h.add(x)
+    assert h.counts[0] == 4 and h.quantile(0.99) == 0.0
+    h.add(float("inf"))  # the last bin, the maximum kept
+    h.add(1e12)
+    assert h.counts[Lags.BINS - 1] == 2 and h.max == float("inf")
+    assert h.quantile(1.0) == Lags.LO * Lags.FACTOR ** (Lags.BINS - 1)
 
 
 def test_workers_keep_each_connection_in_order_and_merge_every_result(tmp_path, aio_target):
