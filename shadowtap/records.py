@@ -532,14 +532,14 @@ class Exchange:
     @classmethod
     def sendable_from_line(cls, line: bytes) -> Exchange:
         """The exchange of a JSONL line as replay needs it: id, connection, index, the request
-        (checked as ``from_json`` checks it), ``h2`` and ``grpc``. One typed msgspec decode of
-        only those fields (``_SendableExchange``): the primary's response, timings, anomalies
-        and chunks are skipped in C, never built (3.7 us a line where orjson and the dict walk
-        took 8.0 on a wrk capture's lines). A line of an older schema is migrated first; a response alone
-        is decoded whole (the policy skips it, counted). A request that cannot be sent as one
-        request (CRLF injection, a method or header name that is no token) is a ValueError
-        naming the field, so the reader warns about it with its line number and skips it;
-        wrong types are msgspec's ValidationError, naming the field by its JSON path."""
+        (checked as ``from_json`` checks it), ``h2`` and ``grpc``. One typed msgspec decode of only
+        those fields (``_SendableExchange``): the primary's response, timings, anomalies and chunks
+        are skipped in C, never built (3.7 us a line where orjson and the dict walk took 8.0 on a
+        wrk capture's lines). A line of an older schema is migrated first; a response alone is
+        decoded whole (the policy skips it, counted). A request that cannot be sent as one request
+        (CRLF injection, a method or header name that is no token) is a ValueError naming the field,
+        so the reader warns about it with its line number and skips it; wrong types are msgspec's
+        ValidationError, naming the field by its JSON path."""
         s = _decode_sendable(line)
         if s.schema != EXCHANGE_SCHEMA:
             return cls.sendable_from_line(
