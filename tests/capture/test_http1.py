@@ -404,3 +404,17 @@ def test_header_line_memo_is_bounded_and_gives_what_parsing_gives():
         r.headers == (("Host", "h"), ("X-N", str(i)), ("X-Long", long_value))
         for i, r in enumerate(reqs)
     )
+
+
+def test_content_length_of_superscript_digits_is_bad_not_a_crash():
+    """Latin-1 has digits ``str.isdigit`` takes and ``int`` refuses (``²``): a Content-Length of
+    them is ``bad_content_length`` (the message read without a body), on the one-segment lane and
+    the state machine alike."""
+    for split in (None, 7):
+        done, _ = play(
+            ("c", b"POST /a HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n"),
+            ("s", b"HTTP/1.1 200 OK\r\nContent-Length: 1,\xb9\r\n\r\nok"),
+            split=split,
+        )
+        assert summary(done) == [("POST", "/a", 200, b"ok")]
+        assert "bad_content_length" in done[0].anomalies

@@ -117,14 +117,15 @@ def _values(headers: tuple[tuple[str, str], ...], lname: str) -> list[str]:
 def _content_length(values: list[str], msg: _Msg) -> int | None:
     """The Content-Length of a message, or None when absent or unusable (``bad_content_length``).
     Repeated equal values (also comma-joined) are one value; different ones are
-    ``conflicting_content_length`` and the first is used."""
-    if len(values) == 1 and values[0].isdigit():
+    ``conflicting_content_length`` and the first is used. Digits are ASCII digits: ``str.isdigit``
+    alone takes latin-1's superscripts (``²``), which ``int`` refuses."""
+    if len(values) == 1 and values[0].isdigit() and values[0].isascii():
         return int(values[0])
     nums: list[int] = []
     for v in values:
         for part in v.split(","):
             part = part.strip()
-            if not part.isdigit():
+            if not part.isdigit() or not part.isascii():
                 msg.anomalies.append(Anomaly.BAD_CONTENT_LENGTH)
                 return None
             nums.append(int(part))

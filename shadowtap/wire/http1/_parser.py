@@ -496,7 +496,7 @@ class _RequestSide(_Side):
         length = 0
         if "content-length" in lowered:
             cls = _values(headers, "content-length")
-            if len(cls) != 1 or not cls[0].isdigit():
+            if len(cls) != 1 or not cls[0].isdigit() or not cls[0].isascii():
                 return False
             length = int(cls[0])
         conv = self.conv
@@ -750,7 +750,7 @@ class _ResponseSide(_Side):
         ):
             return False
         cls = _values(headers, "content-length")
-        if len(cls) != 1 or not cls[0].isdigit():
+        if len(cls) != 1 or not cls[0].isdigit() or not cls[0].isascii():
             return False
         length = int(cls[0])
         if len(data) - e - 4 != length or length > conv.max_body:
