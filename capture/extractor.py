@@ -397,21 +397,14 @@ class Extractor:
         seg = decode(linktype, frame)
         if seg is None:
             return []
-        if self.ports and seg.sport not in self.ports and seg.dport not in self.ports:
-            return []
-        if shard is not None:
-            x = _conn_key(seg)
-            k = self._shares.get(x)
-            if k is None:
-                k = self._new_share(x)
-            if k != shard[0]:
-                return []  # another worker's connection
-        self._tcp += 1
         r = self.reassembler
+        # The in-order lane first: a connection the reassembler knows passed the port and share
+        # tests when it began (they do not change), so its segments skip them.
         found = r.feed_in_order(ts, seg)
         if found is not None:
             # The common segment: in order on a known connection. What ``_dispatch`` does for
             # one DATA event, without the event.
+            self._tcp += 1
             payload = seg[7]
             if not payload:
                 return []
@@ -429,6 +422,16 @@ class Extractor:
             if self._ready or len(self._heap) > self.max_held_exchanges:
                 return self._release()
             return []
+        if self.ports and seg.sport not in self.ports and seg.dport not in self.ports:
+            return []
+        if shard is not None:
+            x = _conn_key(seg)
+            k = self._shares.get(x)
+            if k is None:
+                k = self._new_share(x)
+            if k != shard[0]:
+                return []  # another worker's connection
+        self._tcp += 1
         events = r.feed(ts, seg)
         last = r.last_conn  # set by the general path only: the in-order fast path meets no conflict
         if last is not None:
@@ -744,36 +747,27 @@ class Extractor:
             anomalies = tuple(map(str, txn.anomalies))
             self._anomalies.update(anomalies)
         # Positional (cheaper than keywords): id, client, server, index, request, response,
-        # anomalies, ttfb_ms, total_ms.
+        # anomalies, ttfb_ms, total_ms, h2, grpc, chunks.
         eid = _id(conn, txn.index)
-        if txn.__class__ is _H2_STREAM:  # an HTTP/2 stream: its outcome and its gRPC call
-            ex = Exchange(
-                eid,
-                conn.client,
-                conn.server,
-                txn.index,
-                req,
-                resp,
-                anomalies,
-                ttfb,
-                total,
-                chunks=txn.chunks,
-                h2=txn.h2,
-                grpc=txn.grpc,
-            )
+        # ..., h2, grpc, chunks: an HTTP/2 stream has its outcome and its gRPC call.
+        if txn.__class__ is _H2_STREAM:
+            h2, grpc = txn.h2, txn.grpc
         else:
-            ex = Exchange(
-                eid,
-                conn.client,
-                conn.server,
-                txn.index,
-                req,
-                resp,
-                anomalies,
-                ttfb,
-                total,
-                chunks=txn.chunks,
-            )
+            h2 = grpc = None
+        ex = Exchange(
+            eid,
+            conn.client,
+            conn.server,
+            txn.index,
+            req,
+            resp,
+            anomalies,
+            ttfb,
+            total,
+            h2,
+            grpc,
+            txn.chunks,
+        )
         if self.redactor is not None:  # heads only when flagged; JSON and form bodies always
             ex = self.redactor.exchange(ex, head=txn.secret)
         return ex
