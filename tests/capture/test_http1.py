@@ -418,3 +418,72 @@ def test_content_length_of_superscript_digits_is_bad_not_a_crash():
         )
         assert summary(done) == [("POST", "/a", 200, b"ok")]
         assert "bad_content_length" in done[0].anomalies
+
+
+HEADER_LINES = st.sampled_from(
+    [
+        "Host: h",
+        "Content-Length: 5",
+        "content-length: 12",
+        "Content-Length: \xb2",
+        "Content-Length: 1, 1",
+        "X-Note: content-length",
+        "Transfer-Encoding: chunked",
+        "Content-Encoding: gzip",
+        "Upgrade: h2c",
+        "Authorization: Bearer x",
+        "X-Fold: a",
+        " folded",
+        "Bad Line",
+        "X-Sp : v",
+        "",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(HEADER_LINES, min_size=1, max_size=6))
+def test_header_block_memo_gives_what_reading_gives(lines):
+    """A remembered block (``_BLOCK_MEMO``) reads as a fresh one: the plain fields, the
+    lower-cased text, and the framing facts the one-segment lanes test."""
+    text = "\r\n".join(lines)
+    http1._BLOCK_MEMO.clear()
+    fresh = http1._plain_block(text)
+    again = http1._plain_block(text)
+    assert again == fresh
+    plain = http1._plain_headers(text)
+    if plain is None:
+        assert fresh is None
+        return
+    lowered = text.lower()
+    cls = [v for n, v in plain if n.lower() == "content-length"]
+    if "content-length" not in lowered:
+        length = -1
+    elif len(cls) == 1 and cls[0] in ("5", "12"):
+        length = int(cls[0])
+    else:
+        length = -2
+    assert fresh == (
+        plain,
+        lowered,
+        "transfer-encoding" in lowered or "content-encoding" in lowered,
+        "upgrade" in lowered,
+        length,
+    )
+
+
+def test_header_block_memo_is_bounded():
+    conv = Conversation()
+    wide = "v" * http1._BLOCK_MEMO_WIDTH
+    for i in range(http1._BLOCK_MEMO_SIZE + 50):
+        conv.data(
+            True,
+            float(i),
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-N: %d\r\nX-W: %s\r\n\r\n"
+            % (i, wide.encode() if i % 2 else b""),
+        )
+        conv.data(False, float(i), b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-N: %d\r\n\r\n" % i)
+    assert len(http1._BLOCK_MEMO) <= http1._BLOCK_MEMO_SIZE
+    assert not any(len(block) > http1._BLOCK_MEMO_WIDTH for block in http1._BLOCK_MEMO)
+    reqs = [t.request for ev, t in conv.events if ev == Event.REQUEST]
+    assert [dict(r.headers)["X-N"] for r in reqs] == [str(i) for i in range(len(reqs))]

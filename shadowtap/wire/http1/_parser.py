@@ -25,7 +25,8 @@ segment; body bytes beyond ``max_body`` are counted, not kept.
 
 Cost: a segment that is exactly one plain message (CRLF head, plain header lines, Content-Length
 body, nothing unusual) takes a one-step lane (``_RequestSide.fast``, ``_ResponseSide.fast``): one
-decode of the head, one split per header line, the records built at once, ~10 us a message here.
+decode of the head, its header block read once and remembered (``_headers._BLOCK_MEMO``: a block
+seen before is one lookup), the records built at once, ~3 us a message here.
 Everything else goes through the state machine; the property tests check both read any
 segmentation of a conversation alike.
 """
@@ -44,7 +45,7 @@ from shadowtap.wire.http1._headers import (
     _framing,
     _parse_header_text,
     _parse_headers,
-    _plain_headers,
+    _plain_block,
     _values,
     _watched,
 )
@@ -481,24 +482,16 @@ class _RequestSide(_Side):
         ):
             return False
         if block:
-            headers = _plain_headers(block)
-            if headers is None:
+            plain = _plain_block(block)
+            if plain is None:
                 return False
-            lowered = block.lower()
-            if (
-                "transfer-encoding" in lowered
-                or "upgrade" in lowered
-                or "content-encoding" in lowered
-            ):
+            headers, lowered, coded, upgrade, length = plain
+            if coded or upgrade or length == -2:
                 return False
+            if length < 0:
+                length = 0
         else:
-            headers, lowered = (), ""
-        length = 0
-        if "content-length" in lowered:
-            cls = _values(headers, "content-length")
-            if len(cls) != 1 or not cls[0].isdigit() or not cls[0].isascii():
-                return False
-            length = int(cls[0])
+            headers, lowered, length = (), "", 0
         conv = self.conv
         if len(data) - e - 4 != length or length > conv.max_body:
             return False
@@ -739,20 +732,12 @@ class _ResponseSide(_Side):
         status = int(code)
         if status < 200 or status == 204 or status == 304:
             return False
-        headers = _plain_headers(block) if block else None
-        if headers is None:
+        plain = _plain_block(block) if block else None
+        if plain is None:
             return False
-        lowered = block.lower()
-        if (
-            "transfer-encoding" in lowered
-            or "content-encoding" in lowered
-            or "content-length" not in lowered
-        ):
+        headers, lowered, coded, _upgrade, length = plain
+        if coded or length < 0:
             return False
-        cls = _values(headers, "content-length")
-        if len(cls) != 1 or not cls[0].isdigit() or not cls[0].isascii():
-            return False
-        length = int(cls[0])
         if len(data) - e - 4 != length or length > conv.max_body:
             return False
         txn.response = Response(
