@@ -14,12 +14,17 @@
 #   scripts/bench_mirror.sh            # as root; BENCH_SECONDS (10), BENCH_RATES ("1000 3000 5000 10000 15000"),
 #                                      # BENCH_LATENCY_RATE (1000), BENCH_LATENCY_ROUNDS (5), BENCH_BACKEND (ebpf),
 #                                      # BENCH_NO_RATES=1 (part 2 only), BENCH_NO_LATENCY=1 (part 1 only) override
+#                                      # BENCH_MEMORY="60 600" BENCH_MEMORY_RATE (3000): part 3 only
 #  Each step of part 1 also prints the CPU time of both mirror processes over the load window and
 #  the backlog it left (until nothing more reaches the shadow for a second; /proc, the start
 #  excluded) per request at the shadow (and the capture process's share of it), and the primary
 #  nginx's per request served; catch-up: that backlog's seconds plus the exit's.
 # Goal (issue 6): >= 5k requests/s mirrored without loss, lag p99 <= 20 ms, primary p99 up <= 5%.
-# Goal (issue 17): <= 60 us of mirror CPU a mirrored request; lossless to >= 15k/s.
+#  3. (BENCH_MEMORY="SECONDS ...", instead of 1 and 2) memory in run length: the mirror at its defaults
+#     but normal priority, hey at BENCH_MEMORY_RATE for each run length; the peak RSS (VmHWM) of
+#     both mirror processes at the end of the load, and the ratio of the longest run's to the shortest's.
+# Goal (issue 17): <= 60 us of mirror CPU a mirrored request; lossless to >= 15k/s; peak memory of
+# both processes flat in run length (a 10-minute run uses what a 1-minute run uses).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "bench_mirror: run as root" >&2; exit 4; }
@@ -139,6 +144,24 @@ def start_sleeper(seconds: float) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", SLEEPER, str(seconds)], stdout=subprocess.PIPE, text=True)
 
 
+def peak_rss_mb(pid: int) -> tuple[float, float]:
+    """VmHWM (peak resident set) of ``pid`` and of its largest child process (the capture
+    process), in MiB."""
+    def hwm(p: int) -> float:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+    try:
+        kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        kids = []
+    return hwm(pid), max((hwm(k) for k in kids), default=0.0)
+
+
 def shadow_count(log: Path) -> int:
     if not log.exists():
         return 0
@@ -181,6 +204,24 @@ try:
           f"{os.cpu_count()} CPUs, kernel {os.uname().release}; backend {BACKEND}; "
           f"hey -c {WORKERS}+ (1 per 800/s), {SECONDS:g} s a step; nginx primary and shadow; "
           f"load average before: {os.getloadavg()[0]:.1f}")
+    if os.environ.get("BENCH_MEMORY"):
+        mem_rate = int(os.environ.get("BENCH_MEMORY_RATE", "3000"))
+        print(f"memory in run length at {mem_rate}/s (peak RSS, VmHWM, at the end of the load):")
+        peaks = []
+        for secs in [float(x) for x in os.environ["BENCH_MEMORY"].split()]:
+            before = shadow_count(access)
+            proc, run, err = start_mirror(primary, iface, f"mem-{secs:g}", "--no-sched-idle", "--nice", "0")
+            load = hey(client, f"http://{PRIMARY}:{PORT}/bench", mem_rate, secs, WORKERS)
+            main_mb, capture_mb = peak_rss_mb(proc.pid)
+            stop(proc)
+            got = shadow_count(access) - before
+            peaks.append((secs, main_mb, capture_mb))
+            print(f"  {secs:6g} s: {load['sent']:9d} sent, {got:9d} at the shadow; peak RSS mirror process "
+                  f"{main_mb:6.1f} MiB, capture process {capture_mb:6.1f} MiB", flush=True)
+            shutil.rmtree(run, ignore_errors=True)
+        (s0, m0, c0), (s1, m1, c1) = peaks[0], peaks[-1]
+        print(f"  {s1:g} s against {s0:g} s: mirror process x{m1 / m0:.2f}, capture process x{c1 / c0:.2f}")
+        raise SystemExit(0)
     print(f"{'target/s':>8} {'served/s':>9} {'sent':>7} {'at shadow':>9} {'ratio':>8} {'dropped':>8} "
           f"{'lag p50':>8} {'lag p99':>8} {'catch-up':>8} {'mirror cpu/req':>14} {'of it capture':>13} {'nginx cpu/req':>13}  "
           f"sleeper late p99/max")
