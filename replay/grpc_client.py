@@ -461,13 +461,15 @@ class Router:
         copy: int,
         on_result: Callable[[Result], None],
     ) -> None:
+        # gRPC is HTTP/2 only: an HTTP/1.x request goes to the HTTP/1.x client without a look at
+        # its headers (a linear scan, ~1 us a request), whatever its Content-Type says.
         sender: Sender | GrpcSender | H2Sender
-        if is_grpc_request(prepared):
-            sender = self.grpc
-        elif prepared.http2:
-            sender = self.h2
-        else:
+        if not prepared.http2:
             sender = self.http
+        elif is_grpc_request(prepared):
+            sender = self.grpc
+        else:
+            sender = self.h2
         sender.submit(prepared, scheduled=scheduled, copy=copy, on_result=on_result)
 
     async def drain(self) -> None:

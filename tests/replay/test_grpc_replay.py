@@ -233,3 +233,26 @@ def test_certificate_name_prefers_the_alternative_names(tls_v2):
 
     _port, cert = tls_v2
     assert certificate_name(cert.read_bytes()) == "localhost"
+
+
+def test_an_http1_request_saying_grpc_goes_out_as_http1(tmp_path, aio_target):
+    """gRPC is HTTP/2 only: a captured HTTP/1.1 POST whose Content-Type says application/grpc (a
+    gateway's or a misconfigured client's) is replayed as the HTTP/1.1 request it was."""
+    from .conftest import make_exchange, read_results, write_jsonl
+
+    body = b"\x00\x00\x00\x00\x02\x08\x01"
+    ex = make_exchange(
+        method="POST",
+        target="/pkg.Svc/Call",
+        headers=(("Content-Type", "application/grpc"),),
+        body=body,
+    )
+    inp = write_jsonl(tmp_path / "in.jsonl", [ex])
+    out = tmp_path / "res.jsonl"
+    p = shadowtap_replay(inp, aio_target.url, out, "--speed", "max", "--allow-unsafe")
+    assert p.returncode == 0, p.stderr
+    (seen,) = aio_target.seen
+    assert (seen.method, seen.path, seen.body) == ("POST", "/pkg.Svc/Call", body)
+    assert seen.header("Content-Type") == "application/grpc"
+    (r,) = read_results(out)
+    assert r["response"]["status"] == 200 and r["error"] is None
