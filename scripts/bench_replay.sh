@@ -131,6 +131,39 @@ timed max_stream1 "${cli_pin[@]}" "$ST" replay "$work/ex.jsonl" -t "http://127.0
 timed max_stream "$ST" replay "$work/ex.jsonl" -t "http://127.0.0.1:$port" --speed max -c "$C" \
   --no-progress --json -o "$work/max_stream.jsonl"
 wrk2=$(wrk_rps "$W")
+# The ceiling of a Python asyncio client here: uvloop protocols on the same connections sending one
+# fixed request each time the previous answer is complete (no input, no records, no results file),
+# on the clients' core. What replay costs above it is its own per-request work.
+"${cli_pin[@]}" "$PY" - "$port" "$C" "$N" > "$work/floor.txt" <<'PY'
+import asyncio, sys, time, uvloop
+port, conns, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+req, left = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode(), [n]
+class Bare(asyncio.Protocol):
+    def __init__(self, done):
+        self.done, self.buf = done, b""
+    def connection_made(self, transport):
+        self.t = transport
+        transport.write(req)
+    def data_received(self, data):
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")  # nginx's "hello\n": 6 bytes of body
+        if end >= 0 and len(self.buf) >= end + 10:
+            self.buf = b""
+            left[0] -= 1
+            if left[0] > 0:
+                self.t.write(req)
+            elif not self.done.done():
+                self.done.set_result(None)
+async def main():
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    for _ in range(conns):
+        await loop.create_connection(lambda: Bare(done), "127.0.0.1", port)
+    t0, c0 = time.perf_counter(), time.process_time()
+    await done
+    print(f"{n / (time.perf_counter() - t0):.0f} {(time.process_time() - c0) / n * 1e6:.2f}")
+uvloop.run(main())
+PY
 
 # 2. Recorded timing at 1k/s and 5k/s (Poisson arrivals over C connections).
 for rate in 1000 5000; do
@@ -212,6 +245,9 @@ print(f"shadowtap replay --speed max --preload: {st:,.0f} req/s ({sent} sent, {o
       f"{100 * pre['cpu_s'] / pre['elapsed_s']:.0f}% of elapsed) = {100 * st / wrk:.1f}% of wrk (goal >= 30%)")
 print(f"shadowtap replay --speed max (streaming input, default workers): {st_stream:,.0f} req/s = "
       f"{100 * st_stream / wrk:.1f}% of wrk (sending phase)")
+floor_rps, floor_us = map(float, open(f"{work}/floor.txt").read().split())
+print(f"a bare uvloop client (fixed request, no records; the ceiling of Python asyncio here): {floor_rps:,.0f} req/s "
+      f"= {100 * floor_rps / wrk:.1f}% of wrk, {floor_us:.1f} us CPU a request")
 runs = [("before", "streaming, the BENCH_BEFORE build, 1 process on core 1")] if os.path.exists(f"{work}/before.wall") else []
 for name, what in (*runs, ("max", "--preload, 1 worker on core 1"), ("max_stream1", "streaming, 1 worker on core 1"),
                    ("max_stream", f"streaming, {len(stream.get('workers', [])) or 1} workers, not pinned")):
@@ -219,9 +255,10 @@ for name, what in (*runs, ("max", "--preload, 1 worker on core 1"), ("max_stream
     user, sys_, rss = open(f"{work}/{name}.time").read().split()[-3:]
     lines = sum(1 for _ in open(f"{work}/{name}.jsonl", "rb"))
     e2e = lines / (t1 - t0)
+    cpu = float(user) + float(sys_)
     print(f"  end to end ({what}): {lines} results in {t1 - t0:.2f} s = {e2e:,.0f} req/s = "
-          f"{100 * e2e / wrk:.1f}% of wrk (goal >= 50%); CPU user+sys {float(user) + float(sys_):.2f} s, "
-          f"peak RSS {int(rss) // 1024} MiB")
+          f"{100 * e2e / wrk:.1f}% of wrk (goal >= 50%); CPU user+sys {cpu:.2f} s ({user} + {sys_}; "
+          f"{cpu / max(1, lines) * 1e6:.1f} us a request), peak RSS {int(rss) // 1024} MiB")
 for rate, goal in ((1000, 2.0), (5000, 5.0)):
     rs = [orjson.loads(line) for line in open(f"{work}/r{rate}.jsonl", "rb")]
     rs.sort(key=lambda r: r["scheduled"])
