@@ -448,9 +448,11 @@ def test_header_block_memo_gives_what_reading_gives(lines):
     lower-cased text, and the framing facts the one-segment lanes test."""
     text = "\r\n".join(lines)
     http1._BLOCK_MEMO.clear()
+    http1._BLOCK_SEEN.clear()
     fresh = http1._plain_block(text)
-    again = http1._plain_block(text)
-    assert again == fresh
+    again = http1._plain_block(text)  # the second time: remembered
+    assert (text in http1._BLOCK_MEMO) == (fresh is not None)
+    assert http1._plain_block(text) == again == fresh
     plain = http1._plain_headers(text)
     if plain is None:
         assert fresh is None
@@ -473,17 +475,19 @@ def test_header_block_memo_gives_what_reading_gives(lines):
 
 
 def test_header_block_memo_is_bounded():
+    """Blocks are remembered the second time they are met, up to the memo's bounds; blocks met
+    once leave their hash only, within its own bound."""
     conv = Conversation()
     wide = "v" * http1._BLOCK_MEMO_WIDTH
-    for i in range(http1._BLOCK_MEMO_SIZE + 50):
-        conv.data(
-            True,
-            float(i),
-            b"GET / HTTP/1.1\r\nHost: h\r\nX-N: %d\r\nX-W: %s\r\n\r\n"
-            % (i, wide.encode() if i % 2 else b""),
-        )
+    n = http1._BLOCK_MEMO_SIZE + 50
+    for i in list(range(n)) * 2 + list(range(n, n + http1._BLOCK_SEEN_SIZE + 50)):
+        head = b"GET / HTTP/1.1\r\nHost: h\r\nX-N: %d\r\nX-W: %s\r\n\r\n"
+        conv.data(True, float(i), head % (i, wide.encode() if i % 2 else b""))
         conv.data(False, float(i), b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-N: %d\r\n\r\n" % i)
-    assert len(http1._BLOCK_MEMO) <= http1._BLOCK_MEMO_SIZE
+    assert 0 < len(http1._BLOCK_MEMO) <= http1._BLOCK_MEMO_SIZE
+    assert 0 < len(http1._BLOCK_SEEN) <= http1._BLOCK_SEEN_SIZE
     assert not any(len(block) > http1._BLOCK_MEMO_WIDTH for block in http1._BLOCK_MEMO)
     reqs = [t.request for ev, t in conv.events if ev == Event.REQUEST]
-    assert [dict(r.headers)["X-N"] for r in reqs] == [str(i) for i in range(len(reqs))]
+    assert [dict(r.headers)["X-N"] for r in reqs] == [
+        str(i) for i in list(range(n)) * 2 + list(range(n, n + http1._BLOCK_SEEN_SIZE + 50))
+    ]

@@ -41,11 +41,12 @@ from shadowtap.wire.anomalies import Anomaly
 from shadowtap.wire.content import decode
 from shadowtap.wire.genai import is_stream_type
 from shadowtap.wire.http1._headers import (
+    _BLOCK_MEMO,
     _content_length,
     _framing,
     _parse_header_text,
     _parse_headers,
-    _plain_block,
+    _read_block,
     _values,
     _watched,
 )
@@ -482,7 +483,7 @@ class _RequestSide(_Side):
         ):
             return False
         if block:
-            plain = _plain_block(block)
+            plain = _BLOCK_MEMO.get(block) or _read_block(block)
             if plain is None:
                 return False
             headers, lowered, coded, upgrade, length = plain
@@ -732,7 +733,7 @@ class _ResponseSide(_Side):
         status = int(code)
         if status < 200 or status == 204 or status == 304:
             return False
-        plain = _plain_block(block) if block else None
+        plain = (_BLOCK_MEMO.get(block) or _read_block(block)) if block else None
         if plain is None:
             return False
         headers, lowered, coded, _upgrade, length = plain
