@@ -7,9 +7,9 @@ the same code on the same synthetic traffic with nothing else in the way, so two
 
 - capture path: Ethernet frames of keep-alive HTTP/1.1 connections (the bench's requests, nginx's
   answers) into the capture process's code: the Extractor (TCP reassembly, HTTP parsing, records),
-  admission (the Policy's prepared request, a Pending) and the Outbox (encoded frames, one write a
-  batch of 8 frames, to a file here). Not measured: the eBPF ring's read (bcc's callback a packet).
-- loop path: those frames, as the mirror's process gets them, decoded and handed to the run's
+  admission (the Policy's prepared request, a Pending) and the Outbox (the records of every 8
+  packets encoded as one frame and written, to a file here). Not measured: the eBPF ring's read.
+- loop path: those records, as the mirror's process gets them, decoded and handed to the run's
   consumers (counters, pairing, the run directory, the live comparison on its thread, redaction),
   each request's shadow answer made as replay's client makes it. Not measured: the sockets to the
   shadow (a write and a read a request) and the event loop's own work.
@@ -43,7 +43,7 @@ from types import SimpleNamespace
 from shadowtap.capture.extractor import Extractor
 from shadowtap.codec import FrameReader
 from shadowtap.mirror import comparison as mirror_compare
-from shadowtap.mirror.capture_child import CODEC, Captured, Outbox, make_decide
+from shadowtap.mirror.capture_child import Captured, Outbox, decode_batch, make_decide
 from shadowtap.mirror.consumers import (
     Consumers,
     Counters,
@@ -128,7 +128,7 @@ def traffic(requests: int, connections: int = 16) -> list[tuple[int, bytes]]:
 def capture_path(frames: list[tuple[int, bytes]], out_fd: int) -> int:
     """The capture process's work on ``frames``; the frames it sends go to ``out_fd``."""
     cfg = SimpleNamespace(percent=100.0, sample_per_request=True, queue=20_000)
-    outbox = Outbox(out_fd, max_frames=1 << 30, max_bytes=1 << 40)
+    outbox = Outbox(out_fd, max_records=1 << 30, max_bytes=1 << 40)
     policy = Policy(target=Target.parse("http://10.250.32.2:8080"), force=True)
     admission = Admission(outbox, make_decide(cfg, policy, frozenset()), max_admitted=1 << 30)  # type: ignore[arg-type]
     extractor = Extractor(
@@ -155,13 +155,12 @@ def loop_path(payloads: list[bytes], run_dir: str, comparison: LiveComparison) -
     pairing = Pairing(pairer, emit=lambda _p: None)
     hub = Consumers([Counters(), pairing, RunDirectory(run_dir), comparison], Redactor(b"k" * 32))
     pairing.emit = hub.pair
-    loads = CODEC.loads
     headers_of = {}
 
     async def run() -> None:
         await hub.start()
-        for i, payload in enumerate(payloads):
-            obj = loads(payload)
+        records = (record for payload in payloads for record in decode_batch(payload))
+        for i, obj in enumerate(records):
             if type(obj) is Pending:
                 prepared = obj.outgoing
                 sent = obj.wire_ts + 0.0005

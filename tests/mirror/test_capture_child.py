@@ -11,13 +11,14 @@ from shadowtap.capture import live
 from shadowtap.capture.source import SourceStats
 from shadowtap.codec import FrameReader, frame
 from shadowtap.mirror.capture_child import (
-    CODEC,
+    BATCH_RECORDS,
     PIPE_SIZE,
     Captured,
     CaptureFigures,
     Outbox,
     Started,
-    decode,
+    decode_batch,
+    encode_batch,
 )
 from shadowtap.mirror.sender import Pending
 from shadowtap.procs import enlarge_pipe
@@ -74,12 +75,12 @@ def test_records_survive_the_frames_whatever_the_splits():
         Started("eBPF on x", "auto"),
         CaptureFigures(seen=3, counts=(("queued", 2),), final=True),
     ]
-    stream = b"".join(frame(CODEC.dumps(r)) for r in sent)
+    stream = frame(encode_batch(sent[:2])) + frame(encode_batch(sent[2:]))
     for step in (1, 3, 7, len(stream)):
         reader = FrameReader()
         out = []
         for i in range(0, len(stream), step):
-            out += [decode(p) for p in reader.feed(stream[i : i + step])]
+            out += [r for p in reader.feed(stream[i : i + step]) for r in decode_batch(p)]
         assert out == sent
         assert out[1].outgoing.wire == prepared.wire and out[0].exchange.h2 == ex.h2
 
@@ -87,7 +88,7 @@ def test_records_survive_the_frames_whatever_the_splits():
 def test_outbox_never_blocks_and_drops_the_oldest_when_nobody_reads():
     r, w = os.pipe()
     fcntl.fcntl(w, fcntl.F_SETFL, fcntl.fcntl(w, fcntl.F_GETFL) | os.O_NONBLOCK)
-    box = Outbox(w, max_frames=100)
+    box = Outbox(w, max_records=100)
     prepared = Policy(target=Target.parse("http://10.9.9.9:81")).decide(
         Exchange(
             id="x",
@@ -125,10 +126,10 @@ def test_outbox_never_blocks_and_drops_the_oldest_when_nobody_reads():
         try:
             data = os.read(r, 1 << 20)
         except BlockingIOError:
-            if not box._frames and not box._partial:
+            if not box._records and not box._partial:
                 break
             continue
-        got += [decode(p).exchange_id for p in reader.feed(data)]
+        got += [r.exchange_id for p in reader.feed(data) for r in decode_batch(p)]
     assert len(got) + len(lost) == 2000 and got == sorted(got, key=int)
     os.close(r)
     box.put(Pending("late", prepared, 1.0))
@@ -197,3 +198,28 @@ def test_a_backlog_moves_on_when_the_packets_stop(monkeypatch):
     )
     assert len(batches) == 4  # the packet's batch, then three empty reads while it was behind
     assert waits[:6] == [live.READ_TIMEOUT] + [live.BACKLOG_POLL] * 3 + [live.READ_TIMEOUT] * 2
+
+
+def test_a_flush_sends_its_records_as_frames_of_a_batch_each_in_order():
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETFL, fcntl.fcntl(w, fcntl.F_GETFL) | os.O_NONBLOCK)
+    enlarge_pipe(w, PIPE_SIZE)
+    box = Outbox(w, max_records=10_000)
+    n = 2 * BATCH_RECORDS + 10
+    for i in range(n):
+        box.put_exchange(_exchange(i), admitted=i % 2 == 0)
+    box.put_record(CaptureFigures(seen=n, final=True))
+    box.flush()
+    assert not box.pending and box.bytes == 0
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 1 << 20):
+        data += chunk
+    os.close(r)
+    batches = [decode_batch(p) for p in FrameReader().feed(data)]
+    # frames of at most BATCH_RECORDS records (and WRITE_BYTES of their weight)
+    assert len(batches) >= 3 and all(0 < len(b) <= BATCH_RECORDS for b in batches)
+    got = [rec for b in batches for rec in b]
+    assert [c.exchange.index for c in got[:-1]] == list(range(n))
+    assert [c.admitted for c in got[:3]] == [True, False, True]
+    assert got[-1] == CaptureFigures(seen=n, final=True)
