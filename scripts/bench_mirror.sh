@@ -216,7 +216,8 @@ try:
             stop(proc)
             got = shadow_count(access) - before
             peaks.append((secs, main_mb, capture_mb))
-            print(f"  {secs:6g} s: {load['sent']:9d} sent, {got:9d} at the shadow; peak RSS mirror process "
+            # (hey keeps at most 1,000,000 answers for its report: the shadow's count is the one)
+            print(f"  {secs:6g} s: {got:9d} at the shadow ({got / secs:,.0f}/s); peak RSS mirror process "
                   f"{main_mb:6.1f} MiB, capture process {capture_mb:6.1f} MiB", flush=True)
             shutil.rmtree(run, ignore_errors=True)
         (s0, m0, c0), (s1, m1, c1) = peaks[0], peaks[-1]
