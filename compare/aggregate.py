@@ -247,6 +247,12 @@ def _no_tensor_keys(resp: Any) -> bool:
     )
 
 
+# The memo of identical pairs (Comparison._add): at most this many keys, each of bodies of at most
+# IDENTICAL_BODY bytes together (heads are bounded by the capture's limits): at most ~16 MiB.
+IDENTICAL_MEMO = 1024
+IDENTICAL_BODY = 16 << 10
+
+
 class Comparison:
     """The streaming aggregator behind ``shadowtap compare`` and the live mirror."""
 
@@ -269,6 +275,8 @@ class Comparison:
         self._max_walk = self.config.limits.max_walk  # per-pair diff bounds (compare/diff.py)
         self._max_differences = self.config.limits.max_differences
         self._lock = threading.Lock()
+        # the keys of pairs found identical -> their leaf statistics' item (see _add)
+        self._identical: dict[tuple[Any, ...], tuple[Any, ...] | None] = {}
         # endpoint name -> ((pairs, baseline pairs) it was computed at, its report, when)
         self._cache: dict[str, tuple[tuple[int, int], EndpointReport, float]] = {}
         self._pooled: dict[str, Volatility] = {}
@@ -345,11 +353,46 @@ class Comparison:
         agg.compared += 1
         self._overall.compared += 1
         agg.status_pairs[(p.status, s.status)] += 1
-        prepared = Prepared(p, s)  # each body decoded and parsed once, whoever needs it first
         if p.status >= 500 and s.status < 500:
             # The shadow answers where the primary failed: a recovery (errors.recoveries), not a
             # content difference; the primary's error page has no fields to compare.
             return
+        # A pair whose request and answers are those of an earlier pair found identical (no
+        # difference, no generative answer, no tensors) is identical again: everything below
+        # is a pure function of these fields and the config, but for the leaf statistics'
+        # sampling draw, made here the same way with the item remembered. Bounded
+        # (IDENTICAL_MEMO keys of small bodies, cleared when full); the key costs a hash of the
+        # heads and bodies, O(their bytes), where a full comparison parses and walks them.
+        key = None
+        req = ex.request
+        if (
+            base is None
+            and req is not None
+            and ex.h2 is None
+            and ex.grpc is None
+            and res.grpc is None
+            and not ex.chunks
+            and not res.chunks
+            and len(req.body) + len(p.body) + len(s.body) <= IDENTICAL_BODY
+        ):
+            key = (
+                (req.method, req.target, req.headers, req.body),
+                (p.version, p.status, p.reason, p.headers, p.body, p.body_len, p.body_truncated),
+                (s.version, s.status, s.reason, s.headers, s.body, s.body_len, s.body_truncated),
+            )
+            if key in self._identical:
+                agg.identical += 1
+                self._overall.identical += 1
+                slot = agg.values.wants()  # the same draw as a full comparison's
+                if slot >= 0:
+                    item = self._identical[key]
+                    if item is None:  # the key's leaf item, made the first time it is wanted
+                        both = Prepared(p, s)
+                        item = self._leaf_item(both.primary, both.shadow, ())
+                        self._identical[key] = item
+                    agg.values.put(slot, item)
+                return
+        prepared = Prepared(p, s)  # each body decoded and parsed once, whoever needs it first
         gp = None
         if ex.grpc is not None and res.grpc is not None:
             # gRPC: messages field by field, grpc-status as the status (compare/protobuf.py).
@@ -420,6 +463,10 @@ class Comparison:
         if not diffs and (gp is None or gp.cls == "identical") and not tensors_differ:
             agg.identical += 1
             self._overall.identical += 1
+            if key is not None and gp is None and not tensor_paths:
+                if len(self._identical) >= IDENTICAL_MEMO:
+                    self._identical.clear()
+                self._identical[key] = None
         else:
             self._record(ex, res, agg, diffs, pair.primary_body, pair.shadow_body)
         if base is not None and base.response is not None:
@@ -455,29 +502,32 @@ class Comparison:
         elif slot >= 0:
             pb = pair.primary_body or prepared.primary
             sb = pair.shadow_body or prepared.shadow
-            if pb.type is BodyType.JSON and sb.type is BodyType.JSON:
-                pp: list[str] = []
-                pv: list[Any] = []
-                sp: list[str] = []
-                sv: list[Any] = []
-                try:
-                    _leaves(pb.value, "body", pp, pv)
-                    if sb is not pb:
-                        _leaves(sb.value, "body", sp, sv)
-                except RecursionError:  # absurdly deep: no leaf statistics for this pair
-                    pp, pv, sp, sv = [], [], [], []
-                if tensor_paths:  # tensor elements are no fields with distributions of their own
-                    pp, pv = _without(pp, pv, tensor_paths)
-                    sp, sv = (pp, pv) if sb is pb else _without(sp, sv, tensor_paths)
-                # Responses of one endpoint share a few shapes: one tuple of paths per shape, so a
-                # slot costs its values only; equal bodies share one walk and one tuple.
-                ppaths, pvals = self._shape(pp), tuple(pv)
-                if sb is pb:
-                    agg.values.put(slot, (ppaths, pvals, ppaths, pvals))
-                else:
-                    agg.values.put(slot, (ppaths, pvals, self._shape(sp), tuple(sv)))
-            else:
-                agg.values.put(slot, ((), (), (), ()))
+            agg.values.put(slot, self._leaf_item(pb, sb, tensor_paths))
+
+    def _leaf_item(self, pb: Body, sb: Body, tensor_paths: tuple[str, ...]) -> tuple[Any, ...]:
+        """A pair's item of the leaf statistics: (primary paths, values, shadow paths, values)
+        of two JSON bodies, empty tuples else."""
+        if pb.type is not BodyType.JSON or sb.type is not BodyType.JSON:
+            return ((), (), (), ())
+        pp: list[str] = []
+        pv: list[Any] = []
+        sp: list[str] = []
+        sv: list[Any] = []
+        try:
+            _leaves(pb.value, "body", pp, pv)
+            if sb is not pb:
+                _leaves(sb.value, "body", sp, sv)
+        except RecursionError:  # absurdly deep: no leaf statistics for this pair
+            pp, pv, sp, sv = [], [], [], []
+        if tensor_paths:  # tensor elements are no fields with distributions of their own
+            pp, pv = _without(pp, pv, tensor_paths)
+            sp, sv = (pp, pv) if sb is pb else _without(sp, sv, tensor_paths)
+        # Responses of one endpoint share a few shapes: one tuple of paths per shape, so a
+        # slot costs its values only; equal bodies share one walk and one tuple.
+        ppaths, pvals = self._shape(pp), tuple(pv)
+        if sb is pb:
+            return (ppaths, pvals, ppaths, pvals)
+        return (ppaths, pvals, self._shape(sp), tuple(sv))
 
     def _tensors(
         self, ex: Exchange, agg: EndpointAgg, gp: Any, pair: PairDiff, prepared: Prepared
@@ -648,10 +698,11 @@ class Comparison:
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (for other processes and Spark's executors): no lock, no report cache, no
-        generative comparer."""
+        memo of identical pairs, no generative comparer."""
         state = self.__dict__.copy()
         del state["_lock"]
         state["_cache"] = {}
+        state["_identical"] = {}
         state["_genai"] = None  # a comparer (models, caches): made anew from the config
         return state
 

@@ -183,3 +183,34 @@ def test_the_shadow_fixing_errors_is_a_recovery_not_a_regression(craft):
     [err] = [m for m in rep.verdict.metrics if m.name == "error rate"]
     assert err.result == "Low" and not err.failed
     assert rep.verdict.result == "pass"
+
+
+def test_repeated_identical_pairs_are_compared_once_with_the_same_report(craft):
+    """The memo of identical pairs changes no figure: the same pairs with it emptied before
+    every pair (each compared in full) give the same report, the sampled leaf statistics too."""
+    pairs = []
+    for i in range(600):
+        # a field that differs in some pairs and is absent from some identical ones: its rate
+        # rests on the sampled bodies (the leaf statistics' presence of the path)
+        primary = {"a": 1} if i % 2 else {"b": i % 3}
+        shadow = {"a": 2} if i % 7 == 0 else primary
+        date = (("Date", "x"),)
+        pairs.append(
+            (
+                craft.exchange(
+                    i, craft.response(primary, headers=date), target="/items", latency_ms=float(i)
+                ),
+                craft.result(i, craft.response(shadow, headers=date)),
+            )
+        )
+    cfg = CompareConfig(limits=LimitsConfig(value_sample=200, latency_sample=7))
+    memo, full = Comparison(cfg), Comparison(cfg)
+    for ex, res in pairs:
+        memo.add(ex, res)
+        full._identical.clear()
+        full.add(ex, res)
+    assert 0 < len(memo._identical) <= 4  # a key a distinct identical pair
+    a, b = memo.snapshot(fresh=True).to_json(), full.snapshot(fresh=True).to_json()
+    a.pop("generated"), b.pop("generated")
+    assert a == b
+    assert a["summary"].pairs == 600
