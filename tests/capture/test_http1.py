@@ -442,17 +442,18 @@ HEADER_LINES = st.sampled_from(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(HEADER_LINES, min_size=1, max_size=6))
-def test_header_block_memo_gives_what_reading_gives(lines):
-    """A remembered block (``_BLOCK_MEMO``) reads as a fresh one: the plain fields, the
-    lower-cased text, and the framing facts the one-segment lanes test."""
+@given(st.lists(HEADER_LINES, min_size=1, max_size=6), st.sampled_from([(), ("auth", "fold")]))
+def test_header_block_memo_gives_what_reading_gives(lines, watch):
+    """A remembered block (``block_memo``) reads as a fresh one: the plain fields, the
+    lower-cased text, the framing facts the one-segment lanes test and the watched names."""
     text = "\r\n".join(lines)
-    http1._BLOCK_MEMO.clear()
+    memo = http1.block_memo(watch)
+    memo.clear()
     http1._BLOCK_SEEN.clear()
-    fresh = http1._plain_block(text)
-    again = http1._plain_block(text)  # the second time: remembered
-    assert (text in http1._BLOCK_MEMO) == (fresh is not None)
-    assert http1._plain_block(text) == again == fresh
+    fresh = memo.get(text) or http1._read_block(text, watch, memo)
+    again = memo.get(text) or http1._read_block(text, watch, memo)  # the second time: kept
+    assert (text in memo) == (fresh is not None)
+    assert memo.get(text) == again == fresh
     plain = http1._plain_headers(text)
     if plain is None:
         assert fresh is None
@@ -471,23 +472,34 @@ def test_header_block_memo_gives_what_reading_gives(lines):
         "transfer-encoding" in lowered or "content-encoding" in lowered,
         "upgrade" in lowered,
         length,
+        any(name in lowered for name in watch),
     )
 
 
-def test_header_block_memo_is_bounded():
+def test_header_block_memo_is_bounded_and_kept_per_watched_names():
     """Blocks are remembered the second time they are met, up to the memo's bounds; blocks met
-    once leave their hash only, within its own bound."""
-    conv = Conversation()
+    once leave their hash only, within its own bound. A memo serves one set of watched names: a
+    block remembered for one set never answers for another."""
+    watch = ("x-n",)
+    conv = Conversation(watch=watch)
+    memo = http1.block_memo(watch)
+    assert conv.blocks is memo
     wide = "v" * http1._BLOCK_MEMO_WIDTH
     n = http1._BLOCK_MEMO_SIZE + 50
-    for i in list(range(n)) * 2 + list(range(n, n + http1._BLOCK_SEEN_SIZE + 50)):
+    order = list(range(n)) * 2 + list(range(n, n + http1._BLOCK_SEEN_SIZE + 50))
+    for i in order:
         head = b"GET / HTTP/1.1\r\nHost: h\r\nX-N: %d\r\nX-W: %s\r\n\r\n"
         conv.data(True, float(i), head % (i, wide.encode() if i % 2 else b""))
         conv.data(False, float(i), b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-N: %d\r\n\r\n" % i)
-    assert 0 < len(http1._BLOCK_MEMO) <= http1._BLOCK_MEMO_SIZE
+    assert 0 < len(memo) <= http1._BLOCK_MEMO_SIZE
     assert 0 < len(http1._BLOCK_SEEN) <= http1._BLOCK_SEEN_SIZE
-    assert not any(len(block) > http1._BLOCK_MEMO_WIDTH for block in http1._BLOCK_MEMO)
-    reqs = [t.request for ev, t in conv.events if ev == Event.REQUEST]
-    assert [dict(r.headers)["X-N"] for r in reqs] == [
-        str(i) for i in list(range(n)) * 2 + list(range(n, n + http1._BLOCK_SEEN_SIZE + 50))
-    ]
+    assert not any(len(block) > http1._BLOCK_MEMO_WIDTH for block in memo)
+    txns = [t for ev, t in conv.events if ev == Event.DONE]
+    assert [dict(t.request.headers)["X-N"] for t in txns] == [str(i) for i in order]
+    assert all(t.secret for t in txns)
+    # The same blocks, another set of names: read again, not secret.
+    other = Conversation()
+    assert other.blocks is not memo
+    other.data(True, 1.0, b"GET / HTTP/1.1\r\nHost: h\r\nX-N: 0\r\nX-W: \r\n\r\n")
+    other.data(False, 1.0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-N: 0\r\n\r\n")
+    assert [t.secret for ev, t in other.events if ev == Event.DONE] == [False]

@@ -9,14 +9,17 @@ from shadowtap.wire.anomalies import Anomaly
 from shadowtap.wire.http1._messages import _Msg
 
 
-def _parse_headers(block: bytes, msg: _Msg) -> tuple[tuple[tuple[str, str], ...], str]:
+def _parse_headers(
+    block: bytes, msg: _Msg, watch: tuple[str, ...], memo: dict[str, Block]
+) -> tuple[tuple[tuple[str, str], ...], str, bool]:
     """A header block (the lines after the start line, without the final empty line) -> the
-    (name, value) pairs and the block lower-cased (for cheap presence tests). One decode for the
-    block; per line one partition and one strip. obs-fold continuation lines join the previous value
-    with one space (``obs_fold``); lines without a colon are dropped (``bad_header``)."""
+    (name, value) pairs, the block lower-cased (for cheap presence tests) and whether it names one
+    of ``watch`` (``_watched``). One decode for the block; per line one partition and one strip.
+    obs-fold continuation lines join the previous value with one space (``obs_fold``); lines
+    without a colon are dropped (``bad_header``). ``memo``: ``block_memo(watch)``."""
     if block[-1:] == b"\r":
         block = block[:-1]
-    return _parse_header_text(block.decode("latin-1"), msg)
+    return _parse_header_text(block.decode("latin-1"), msg, watch, memo)
 
 
 # Header lines seen recently -> their (name, value): traffic repeats most lines (Host, User-Agent,
@@ -72,13 +75,16 @@ def _plain_headers(text: str) -> tuple[tuple[str, str], ...] | None:
 
 # Whole plain header blocks seen recently -> ``Block``: traffic repeats whole blocks (a client's
 # requests differ in their request line, a server's answers in Date, once a second), and one
-# lookup stands for _plain_headers' split, checks and line lookups, the lower-casing and the
-# framing tests of the one-segment lanes (~1.5 us a message). A memo of a pure function of the
-# block's text: blocks up to _BLOCK_MEMO_WIDTH characters, at most _BLOCK_MEMO_SIZE of them
-# (~3 MB at most), emptied when full. A block goes in the second time it is met (its hash is in
-# _BLOCK_SEEN, emptied when full): blocks met once (a trace or request id in every head) cost an
-# int there, not their text kept (keeping them cost ~0.2 us a message in cache misses).
-_BLOCK_MEMO: dict[str, Block] = {}
+# lookup stands for _plain_headers' split, checks and line lookups, the lower-casing, the framing
+# tests of the one-segment lanes and the search for secret names (``_watched``: ~1 us a message
+# with the default redaction's 20 names): ~1.5-2.5 us a message. A memo of a pure function of the
+# block's text and the watched names: one memo per set of names (``block_memo``: an Extractor's,
+# fetched once a connection; a process has one or two), blocks up to _BLOCK_MEMO_WIDTH
+# characters, at most _BLOCK_MEMO_SIZE of them (~3 MB at most), emptied when full. A block goes
+# in the second time it is met (its hash is in _BLOCK_SEEN, emptied when full): blocks met once
+# (a trace or request id in every head) cost an int there, not their text kept.
+_BLOCK_MEMOS: dict[tuple[str, ...], dict[str, Block]] = {}
+_BLOCK_MEMOS_MAX = 8  # sets of watched names (past them the table starts again: tests make many)
 _BLOCK_MEMO_SIZE = 1024
 _BLOCK_MEMO_WIDTH = 2048
 _BLOCK_SEEN: set[int] = set()
@@ -86,7 +92,7 @@ _BLOCK_SEEN_SIZE = 4096
 
 
 class Block(NamedTuple):
-    """A plain header block read (``_plain_block``)."""
+    """A plain header block read (``_read_block``)."""
 
     headers: tuple[tuple[str, str], ...]
     lowered: str  # the block lower-cased: presence tests of names (values included: cheap, wary)
@@ -95,6 +101,7 @@ class Block(NamedTuple):
     # The one Content-Length, a count of ASCII digits; -1: "content-length" not in ``lowered``;
     # -2: named, but not one count (no field, several, or not digits).
     length: int
+    secret: bool  # ``_watched(watch, lowered)`` for the memo's watched names
 
 
 # Block(...) goes through a Python-level __new__; tuple.__new__ makes the same object for a
@@ -102,15 +109,21 @@ class Block(NamedTuple):
 _new_tuple = tuple.__new__
 
 
-def _plain_block(text: str) -> Block | None:
+def block_memo(watch: tuple[str, ...]) -> dict[str, Block]:
+    """The memo of the blocks read for the watched names ``watch`` (see _BLOCK_MEMOS)."""
+    memo = _BLOCK_MEMOS.get(watch)
+    if memo is None:
+        if len(_BLOCK_MEMOS) >= _BLOCK_MEMOS_MAX:
+            _BLOCK_MEMOS.clear()  # a parser still holding its memo keeps it, bounded
+        memo = _BLOCK_MEMOS[watch] = {}
+    return memo
+
+
+def _read_block(text: str, watch: tuple[str, ...], memo: dict[str, Block]) -> Block | None:
     """A header block (the latin-1 text between the start line and the empty line, not empty)
-    when ``_plain_headers`` reads it, else None. Remembered (``_BLOCK_MEMO``): the one-segment
-    lanes look there first themselves (``_BLOCK_MEMO.get(text) or _read_block(text)``)."""
-    return _BLOCK_MEMO.get(text) or _read_block(text)
-
-
-def _read_block(text: str) -> Block | None:
-    """``_plain_block`` of a block not in the memo (put there)."""
+    when ``_plain_headers`` reads it, else None; for a block not in ``memo`` (``block_memo(watch)``:
+    the callers look there first, ``memo.get(text) or _read_block(text, watch, memo)``), and put
+    there the second time it is met."""
     headers = _plain_headers(text)
     if headers is None:
         return None
@@ -127,14 +140,15 @@ def _read_block(text: str) -> Block | None:
             "transfer-encoding" in lowered or "content-encoding" in lowered,
             "upgrade" in lowered,
             length,
+            bool(watch) and _watched(watch, lowered),
         ),
     )
     if len(text) <= _BLOCK_MEMO_WIDTH:
         h = hash(text)  # known already: the memo's lookup computed it
         if h in _BLOCK_SEEN:
-            if len(_BLOCK_MEMO) >= _BLOCK_MEMO_SIZE:
-                _BLOCK_MEMO.clear()
-            _BLOCK_MEMO[text] = block
+            if len(memo) >= _BLOCK_MEMO_SIZE:
+                memo.clear()
+            memo[text] = block
         else:
             if len(_BLOCK_SEEN) >= _BLOCK_SEEN_SIZE:
                 _BLOCK_SEEN.clear()
@@ -142,11 +156,13 @@ def _read_block(text: str) -> Block | None:
     return block
 
 
-def _parse_header_text(text: str, msg: _Msg) -> tuple[tuple[tuple[str, str], ...], str]:
+def _parse_header_text(
+    text: str, msg: _Msg, watch: tuple[str, ...], memo: dict[str, Block]
+) -> tuple[tuple[tuple[str, str], ...], str, bool]:
     """``_parse_headers`` on the latin-1 decoded block."""
-    plain = _plain_block(text)
+    plain = memo.get(text) or _read_block(text, watch, memo)
     if plain is not None:
-        return plain[0], plain[1]
+        return plain[0], plain[1], plain[5]
     out: list[tuple[str, str]] = []
     append = out.append
     for line in text.split("\n"):
@@ -171,7 +187,8 @@ def _parse_header_text(text: str, msg: _Msg) -> tuple[tuple[tuple[str, str], ...
                 msg.anomalies.append(Anomaly.BAD_HEADER)
         elif line and Anomaly.BAD_HEADER not in msg.anomalies:
             msg.anomalies.append(Anomaly.BAD_HEADER)
-    return tuple(out), text.lower()
+    lowered = text.lower()
+    return tuple(out), lowered, bool(watch) and _watched(watch, lowered)
 
 
 def _watched(names: tuple[str, ...], lowered: str) -> bool:

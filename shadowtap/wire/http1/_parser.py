@@ -25,7 +25,7 @@ segment; body bytes beyond ``max_body`` are counted, not kept.
 
 Cost: a segment that is exactly one plain message (CRLF head, plain header lines, Content-Length
 body, nothing unusual) takes a one-step lane (``_RequestSide.fast``, ``_ResponseSide.fast``): one
-decode of the head, its header block read once and remembered (``_headers._BLOCK_MEMO``: a block
+decode of the head, its header block read once and remembered (``_headers.block_memo``: a block
 seen before is one lookup), the records built at once, ~3 us a message here.
 Everything else goes through the state machine; the property tests check both read any
 segmentation of a conversation alike.
@@ -41,14 +41,13 @@ from shadowtap.wire.anomalies import Anomaly
 from shadowtap.wire.content import decode
 from shadowtap.wire.genai import is_stream_type
 from shadowtap.wire.http1._headers import (
-    _BLOCK_MEMO,
     _content_length,
     _framing,
     _parse_header_text,
     _parse_headers,
     _read_block,
     _values,
-    _watched,
+    block_memo,
 )
 from shadowtap.wire.http1._messages import (
     _EVENT_DONE,
@@ -274,9 +273,10 @@ class _Side:
             hend, nxt = end, end + 3
         msg = self.msg
         assert msg is not None
-        trailers, lowered = _parse_headers(buf[pos:hend], msg)
+        conv = self.conv
+        trailers, _lowered, secret = _parse_headers(buf[pos:hend], msg, conv.watch, conv.blocks)
         msg.headers = msg.headers + trailers
-        if self.conv.watch and _watched(self.conv.watch, lowered):
+        if secret:
             msg.secret = True
         self.pos = nxt
         self.complete(ts)
@@ -482,18 +482,18 @@ class _RequestSide(_Side):
             or parts[0] == "CONNECT"
         ):
             return False
+        conv = self.conv
         if block:
-            plain = _BLOCK_MEMO.get(block) or _read_block(block)
+            plain = conv.blocks.get(block) or _read_block(block, conv.watch, conv.blocks)
             if plain is None:
                 return False
-            headers, lowered, coded, upgrade, length = plain
+            headers, _lowered, coded, upgrade, length, secret = plain
             if coded or upgrade or length == -2:
                 return False
             if length < 0:
                 length = 0
         else:
-            headers, lowered, length = (), "", 0
-        conv = self.conv
+            headers, length, secret = (), 0, False
         if len(data) - e - 4 != length or length > conv.max_body:
             return False
         txn = Transaction(ts)
@@ -513,7 +513,7 @@ class _RequestSide(_Side):
         )
         txn.req_end_ts = ts
         txn.req_done = True
-        if conv.watch and _watched(conv.watch, lowered):
+        if secret:
             txn.secret = True
         conv.seen_message = True
         conv.completed = txn
@@ -558,8 +558,10 @@ class _RequestSide(_Side):
                 msg.start2 = parts[1]
                 msg.version = parts[2]
                 if block:
-                    headers, lowered = _parse_header_text(block, msg)
-                    if conv.watch and _watched(conv.watch, lowered):
+                    headers, lowered, secret = _parse_header_text(
+                        block, msg, conv.watch, conv.blocks
+                    )
+                    if secret:
                         msg.secret = True
                 else:
                     headers, lowered = (), ""
@@ -649,8 +651,10 @@ class _RequestSide(_Side):
             headers = ()
             lowered = ""
         else:
-            headers, lowered = _parse_headers(buf[le + 1 : hend], msg)
-            if conv.watch and _watched(conv.watch, lowered):
+            headers, lowered, secret = _parse_headers(
+                buf[le + 1 : hend], msg, conv.watch, conv.blocks
+            )
+            if secret:
                 msg.secret = True
         msg.headers = headers
         self.msg = msg
@@ -733,10 +737,12 @@ class _ResponseSide(_Side):
         status = int(code)
         if status < 200 or status == 204 or status == 304:
             return False
-        plain = (_BLOCK_MEMO.get(block) or _read_block(block)) if block else None
+        if not block:
+            return False
+        plain = conv.blocks.get(block) or _read_block(block, conv.watch, conv.blocks)
         if plain is None:
             return False
-        headers, lowered, coded, _upgrade, length = plain
+        headers, _lowered, coded, _upgrade, length, secret = plain
         if coded or length < 0:
             return False
         if len(data) - e - 4 != length or length > conv.max_body:
@@ -754,7 +760,7 @@ class _ResponseSide(_Side):
             parts[2].strip() if len(parts) > 2 else "",
         )
         txn.resp_done = True
-        if conv.watch and _watched(conv.watch, lowered):
+        if secret:
             txn.secret = True
         conv.seen_message = True
         conv.completed = txn
@@ -797,8 +803,10 @@ class _ResponseSide(_Side):
                 msg.start1 = code
                 msg.start2 = parts[2].strip() if len(parts) > 2 else ""
                 if block:
-                    headers, lowered = _parse_header_text(block, msg)
-                    if conv.watch and _watched(conv.watch, lowered):
+                    headers, lowered, secret = _parse_header_text(
+                        block, msg, conv.watch, conv.blocks
+                    )
+                    if secret:
                         msg.secret = True
                 else:
                     headers, lowered = (), ""
@@ -832,8 +840,10 @@ class _ResponseSide(_Side):
         msg.start1 = words[1].decode("ascii")
         msg.start2 = words[2].decode("latin-1").strip() if len(words) > 2 else ""
         if le < hend:
-            headers, lowered = _parse_headers(buf[le + 1 : hend], msg)
-            if conv.watch and _watched(conv.watch, lowered):
+            headers, lowered, secret = _parse_headers(
+                buf[le + 1 : hend], msg, conv.watch, conv.blocks
+            )
+            if secret:
                 msg.secret = True
         else:
             headers, lowered = (), ""
@@ -943,6 +953,7 @@ class Conversation:
         self.watch = (
             watch  # lower-case names looked for in each lower-cased head: Transaction.secret
         )
+        self.blocks = block_memo(watch)  # header blocks read for these names (_headers.py)
         self.max_head = max_head
         start = _STATE_SYNC if midstream else _STATE_HEAD
         self.client = _RequestSide(self, True, start)
