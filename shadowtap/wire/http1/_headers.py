@@ -80,11 +80,12 @@ def _plain_headers(text: str) -> tuple[tuple[str, str], ...] | None:
 # with the default redaction's 20 names): ~1.5-2.5 us a message. A memo of a pure function of the
 # block's text and the watched names: one memo per set of names (``block_memo``: an Extractor's,
 # fetched once a connection; a process has one or two), blocks up to _BLOCK_MEMO_WIDTH
-# characters, at most _BLOCK_MEMO_SIZE of them (~3 MB at most), emptied when full. A block goes
+# characters, at most _BLOCK_MEMO_SIZE of them, emptied when full: ~1.5 MB a memo of 300-character
+# heads, ~7 MB at most (the text, its lower-cased copy and the fields of 2,048). A block goes
 # in the second time it is met (its hash is in _BLOCK_SEEN, emptied when full): blocks met once
 # (a trace or request id in every head) cost an int there, not their text kept.
 _BLOCK_MEMOS: dict[tuple[str, ...], dict[str, Block]] = {}
-_BLOCK_MEMOS_MAX = 8  # sets of watched names (past them the table starts again: tests make many)
+_BLOCK_MEMOS_MAX = 4  # sets of watched names (past them the table starts again: tests make many)
 _BLOCK_MEMO_SIZE = 1024
 _BLOCK_MEMO_WIDTH = 2048
 _BLOCK_SEEN: set[int] = set()
