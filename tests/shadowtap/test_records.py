@@ -176,3 +176,26 @@ def test_a_results_file_given_as_exchanges_names_the_missing_field(tmp_path):
         _sendable(tmp_path, r)
     assert "missing required field `id`" in str(e.value)
     assert "(is this the right kind of file?)" in str(e.value)
+
+
+def test_the_clean_heads_memo_never_lets_a_bad_head_through(monkeypatch):
+    from shadowtap import records
+
+    monkeypatch.setattr(records, "_CLEAN_HEADS_MAX", 3)
+    records._CLEAN_HEADS.clear()
+    clean = (("Host", "a"), ("X-Id", "1"))
+    assert records.request_line_problem("GET", "/", clean) is None
+    assert clean in records._CLEAN_HEADS  # remembered: the next check of it is a lookup
+    assert records.request_line_problem("GET", "/", clean) is None
+    for bad, what in (
+        ((("Host", "a"), ("X-Id", "1\r\nX-Evil: 1")), "holds a control character"),
+        ((("Host", "a"), ("X Id", "1")), "is not a token"),
+    ):
+        assert what in (records.request_line_problem("GET", "/", bad) or "")
+        assert bad not in records._CLEAN_HEADS
+    # the method and target are checked whatever the head
+    assert "is not a token" in (records.request_line_problem("G T", "/", clean) or "")
+    assert "holds a space" in (records.request_line_problem("GET", "/a b", clean) or "")
+    for i in range(10):  # bounded: emptied when full
+        records.request_line_problem("GET", "/", (("Host", f"h{i}"),))
+        assert len(records._CLEAN_HEADS) <= 3
