@@ -461,8 +461,8 @@ class Router:
         copy: int,
         on_result: Callable[[Result], None],
     ) -> None:
-        # gRPC is HTTP/2 only: an HTTP/1.x request goes to the HTTP/1.x client without a look at
-        # its headers (a linear scan, ~1 us a request), whatever its Content-Type says.
+        # gRPC is HTTP/2 only: an HTTP/1.x request goes to the HTTP/1.x client whatever its
+        # Content-Type says, without a scan of its headers (0.15-0.35 us a request).
         sender: Sender | GrpcSender | H2Sender
         if not prepared.http2:
             sender = self.http

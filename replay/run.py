@@ -102,7 +102,7 @@ class Lags:
     """The lags (ms) of a run's results in constant memory: the exact count and maximum, and a
     log histogram (bins 0.5% wide from 1 µs to ~11 days; lags under 1 µs, negative ones
     included, in bin 0). Percentiles are exact to the bin (0.5%). Memory: ~5,000 counts (40 KB),
-    whatever the run's length; cost ~0.3 µs a lag (one log). No numpy: its import was a tenth
+    whatever the run's length; cost ~0.2 µs a lag (one log). No numpy: its import was a tenth
     of a second of every replay's start (and of each worker's). Workers' Lags merge by adding
     counts (``merge``)."""
 

@@ -552,10 +552,9 @@ class Exchange:
         so the reader warns about it with its line number and skips it; wrong types are msgspec's
         ValidationError, naming the field by its JSON path."""
         s = _decode_sendable(line)
-        if s.schema != EXCHANGE_SCHEMA:
-            return cls.sendable_from_line(
-                orjson.dumps(_migrate(orjson.loads(line), EXCHANGE_SCHEMA, "an exchange"))
-            )
+        if s.schema != EXCHANGE_SCHEMA:  # migrated as a dict, then the same typed fields
+            d = _migrate(orjson.loads(line), EXCHANGE_SCHEMA, "an exchange")
+            s = msgspec.convert(d, _SendableExchange)
         r = s.request
         if r is None:
             return cls.from_json(orjson.loads(line))
